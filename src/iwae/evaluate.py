@@ -1,0 +1,197 @@
+"""Evaluation: test log-likelihood by L_5000 in chunks, and active units.
+
+    from iwae.evaluate import evaluate
+    report = evaluate("runs/iwae-k5", k=5000)      # {'nll': ..., 'nll_stderr': ..., 'active_units': ...}
+
+Test NLL follows Burda et al. (2016): -(1/N) sum_n L_k(x_n) with k = 5000, on the test set
+binarized once with a fixed seed (:func:`iwae.data.load_dataset`). L_k is a lower bound on
+log p(x), so the NLL it gives is an upper bound (a conservative estimate). The standard error is
+the standard deviation of -L_k(x_n) over test images divided by sqrt(N).
+
+The first encoder layer runs once per image; samples are drawn in chunks so that no decoder call
+exceeds ``memory_budget`` bytes, whatever k and the number of images. The same path serves every k.
+
+Active units (Burda et al., Sec. 5.2): A_u = Var_x(E_q[u | x]) over the first 500 training images;
+unit u is active if A_u > 0.01.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as data_module
+from .models import VAE
+from .objectives import iwae as iwae_bound
+
+__all__ = ["log_likelihood", "active_units", "evaluate", "ACTIVE_THRESHOLD"]
+
+ACTIVE_THRESHOLD = 0.01
+ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
+ACTIVE_UNITS_SEED = 2016  # fixed binarization of those images
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
+# Decoder calls of a few thousand rows keep their temporaries in cache: faster than larger calls
+# on CPU (see benchmarks/). Larger calls only happen on CUDA, where they are faster.
+CPU_ROWS_PER_CALL = 2500
+
+
+def _bytes_per_row(model: VAE) -> int:
+    """Upper estimate of the float32 memory one sample of one image needs in a no-grad forward pass."""
+    cfg = model.config
+    widths = 3 * cfg.input_dim + 3 * sum(sum(h) for h in cfg.hidden_dims) + 6 * sum(cfg.latent_dims)
+    return 4 * widths
+
+
+def _chunking(model: VAE, k: int, n: int, memory_budget: int, device: torch.device) -> tuple[int, int]:
+    """(images per chunk, samples per chunk) so that images * samples rows fit the budget."""
+    max_rows = max(1, memory_budget // _bytes_per_row(model))
+    if device.type == "cpu":
+        max_rows = min(max_rows, CPU_ROWS_PER_CALL)
+    if k <= max_rows:
+        return max(1, min(n, max_rows // k)), k
+    chunks = math.ceil(k / max_rows)
+    return 1, math.ceil(k / chunks)
+
+
+@torch.no_grad()
+def log_likelihood(
+    model: VAE,
+    x: torch.Tensor,
+    k: int = 5000,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """L_k(x_n) = log (1/k) sum_i w_i for each row of ``x``: an estimate (lower bound) of log p(x_n).
+
+    Args:
+        model: the model (switched to eval mode for the call).
+        x: binarized inputs, shape ``(N, D)``, on the model's device.
+        k: importance samples per input.
+        memory_budget: bytes a decoder call may use; sets the chunk sizes.
+        generator: random numbers for the samples (pass a seeded one for reproducible numbers).
+        progress: show a progress bar.
+
+    Returns:
+        Shape ``(N,)``, in nats.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if memory_budget < _bytes_per_row(model):
+        raise ValueError(f"memory_budget of {memory_budget} bytes is below one sample's {_bytes_per_row(model)}")
+    was_training = model.training
+    model.eval()
+    n = x.shape[0]
+    images, samples = _chunking(model, k, n, memory_budget, x.device)
+    out = torch.empty(n, device=x.device)
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, n, images), disable=not progress, leave=False, unit="chunk", desc=f"L_{k}"):
+        xb = x[i: i + images]
+        loc, log_scale = model.encoder[0].loc_log_scale(xb)  # once per image
+        log_w = torch.cat([
+            model.log_weights_from_posterior(xb, loc, log_scale, min(samples, k - j), generator)
+            for j in range(0, k, samples)
+        ])  # (k, images)
+        out[i: i + images] = iwae_bound(log_w)
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class ActiveUnits:
+    variances: list[torch.Tensor]  # A_u per stochastic layer
+    threshold: float = ACTIVE_THRESHOLD
+
+    @property
+    def counts(self) -> list[int]:
+        return [int((v > self.threshold).sum()) for v in self.variances]
+
+
+@torch.no_grad()
+def active_units(model: VAE, x: torch.Tensor, num_samples: int = 100,
+                 generator: torch.Generator | None = None, threshold: float = ACTIVE_THRESHOLD) -> ActiveUnits:
+    """A_u = Var_x(E_q[u | x]) for every unit of every stochastic layer, over the rows of ``x``.
+
+    Layer 1: E_q[z_1 | x] is q's mean. Layer l > 1: E_q[z_l | x] = E_{z_{l-1} ~ q}[mean of
+    q(z_l | z_{l-1})], averaged over ``num_samples`` samples of the chain below (Burda et al.'s
+    code used one sample). Variances are over x, without Bessel's correction (as ``np.var``).
+    """
+    was_training = model.training
+    model.eval()
+    loc, log_scale = model.encoder[0].loc_log_scale(x)
+    means = [loc]
+    if model.num_layers > 1:
+        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device)
+        z = loc + log_scale.exp() * eps  # (S, N, D_1)
+        for layer in model.encoder[1:]:
+            loc_l, log_scale_l = layer.loc_log_scale(z)
+            means.append(loc_l.mean(0))
+            z = loc_l + log_scale_l.exp() * torch.randn(loc_l.shape, generator=generator, device=loc.device)
+    model.train(was_training)
+    return ActiveUnits([m.var(0, unbiased=False).cpu() for m in means], threshold)
+
+
+def evaluate(
+    run_dir: str | os.PathLike | None = None,
+    *,
+    model: VAE | None = None,
+    splits: data_module.Splits | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    k: int = 5000,
+    test_subset: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Test NLL by L_k with its standard error, and active units, of a run (or of ``model`` on ``splits``).
+
+    Returns:
+        A dict with ``nll``, ``nll_stderr``, ``k``, ``n_test``, ``active_units`` (total),
+        ``active_units_per_layer``, ``unit_variances`` and ``seconds``.
+    """
+    from .train import TrainConfig, load
+
+    if model is None:
+        if run_dir is None:
+            raise ValueError("evaluate needs a run directory or a model")
+        model = load(run_dir, device)
+        if splits is None:
+            config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir)
+    if splits is None:
+        splits = data_module.load_dataset(dataset or "mnist", data_dir)
+    if test_subset is not None and test_subset < 1:
+        raise ValueError(f"test_subset must be >= 1, got {test_subset}")
+    dev = next(model.parameters()).device
+    x_test = splits.test if test_subset is None else splits.test[:test_subset]
+    generator = torch.Generator(device=dev)
+    generator.manual_seed(seed)
+
+    t0 = time.perf_counter()
+    ll = log_likelihood(model, x_test.to(dev), k, memory_budget=memory_budget, generator=generator, progress=progress)
+    seconds = time.perf_counter() - t0
+    x_units = splits.train[:ACTIVE_UNITS_IMAGES]
+    if splits.dynamic:
+        x_units = torch.from_numpy(data_module.fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
+    units = active_units(model, x_units.to(dev), generator=generator)
+    nll = -ll.double()
+    return {
+        "nll": nll.mean().item(),
+        "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
+        "k": k,
+        "n_test": len(nll),
+        "active_units": sum(units.counts),
+        "active_units_per_layer": units.counts,
+        "unit_variances": [v.tolist() for v in units.variances],
+        "seconds": seconds,
+        "images_per_s": len(nll) / seconds,
+    }

@@ -1,0 +1,76 @@
+"""The tanh MLPs of Burda et al. (2016) that map one layer's values to the next layer's distribution.
+
+``GaussianMLP`` maps ``h`` to a diagonal Normal (mean = linear, sigma = exp(linear)); it serves as
+each encoder layer q(z_l | z_{l-1}) and as the inner decoder layers p(z_l | z_{l+1}).
+``BernoulliMLP`` maps ``z`` to independent Bernoulli logits over the pixels, p(x | z).
+Weights are Glorot-uniform, biases zero, as in the released code of Burda et al.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal
+
+__all__ = ["GaussianMLP", "BernoulliMLP", "glorot_linear"]
+
+
+def glorot_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer with Glorot-uniform weights, U(-a, a), a = sqrt(6 / (in + out)), and zero bias."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _tanh_mlp(in_features: int, hidden: Sequence[int]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [glorot_linear(width, h), nn.Tanh()]
+        width = h
+    return nn.Sequential(*layers), width
+
+
+class GaussianMLP(nn.Module):
+    """h -> N(loc(h), diag(scale(h)^2)): a tanh MLP, then loc = linear, scale = exp(linear).
+
+    The mean and log-scale heads are one ``out_features * 2`` linear layer (one matrix product)
+    whose two halves are initialised as two separate Glorot layers, as in the original code.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+        super().__init__()
+        self.body, width = _tanh_mlp(in_features, hidden)
+        self.head = nn.Linear(width, 2 * out_features)
+        with torch.no_grad():
+            for half in (slice(0, out_features), slice(out_features, None)):
+                nn.init.xavier_uniform_(self.head.weight[half])
+            self.head.bias.zero_()
+        self.out_features = out_features
+
+    def loc_log_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``."""
+        loc, log_scale = self.head(self.body(h)).chunk(2, dim=-1)
+        return loc, log_scale
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        loc, log_scale = self.loc_log_scale(h)
+        return Independent(Normal(loc, log_scale.exp()), 1)
+
+
+class BernoulliMLP(nn.Module):
+    """z -> Bernoulli(logits(z)) over ``out_features`` pixels: a tanh MLP and a linear output layer."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+        super().__init__()
+        self.body, width = _tanh_mlp(in_features, hidden)
+        self.head = glorot_linear(width, out_features)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z))
+
+    def forward(self, z: torch.Tensor) -> Independent:
+        return Independent(Bernoulli(logits=self.logits(z)), 1)

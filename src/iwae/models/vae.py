@@ -1,0 +1,209 @@
+"""The variational autoencoder of Burda et al. (2016) with 1 or more stochastic layers.
+
+``VAE`` ties the encoder q(z|x), the decoder p(x|z) and the prior p(z) together and computes the
+log importance weights ``log w = log p(x, z) - log q(z|x)`` of K samples per input. The
+objectives in :mod:`iwae.objectives` reduce them to bounds; the model knows no objective.
+
+Stochastic layers are indexed bottom-up: ``z_1`` (called h1 in the paper) is nearest to x.
+
+    q(z_1, ..., z_L | x) = q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
+    p(x, z_1, ..., z_L)  = p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1)
+
+Reference: Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from .likelihood import bernoulli_log_prob
+from .networks import BernoulliMLP, GaussianMLP
+from .priors import make_prior
+
+__all__ = ["ModelConfig", "VAE"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the network. The defaults are Burda et al.'s 1-layer MNIST model."""
+
+    input_dim: int = 784  # pixels
+    latent_dims: tuple[int, ...] = (50,)  # units per stochastic layer, bottom-up (z_1 first)
+    # hidden widths of the deterministic tanh layers of each encoder layer q(z_l | z_{l-1});
+    # the decoder layer p(z_{l-1} | z_l) mirrors them in reverse order
+    hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200),)
+    prior: str = "normal"  # p(z_L); see iwae.models.priors.PRIORS
+
+    def __post_init__(self) -> None:
+        # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
+        object.__setattr__(self, "latent_dims", tuple(int(d) for d in self.latent_dims))
+        object.__setattr__(
+            self, "hidden_dims", tuple(tuple(int(h) for h in hs) for hs in self.hidden_dims)
+        )
+        if len(self.latent_dims) < 1:
+            raise ValueError("latent_dims needs at least one stochastic layer")
+        if len(self.hidden_dims) != len(self.latent_dims):
+            raise ValueError(
+                f"hidden_dims needs one tuple of widths per stochastic layer: "
+                f"{len(self.latent_dims)} layers but {len(self.hidden_dims)} tuples"
+            )
+        if self.input_dim < 1 or min(self.latent_dims) < 1 or any(
+            h < 1 for hs in self.hidden_dims for h in hs
+        ):
+            raise ValueError(f"all sizes must be positive, got {self}")
+
+    @classmethod
+    def burda(cls, layers: int = 1, input_dim: int = 784) -> ModelConfig:
+        """Burda et al.'s architectures: 1 layer 784-200-200-50, 2 layers 784-200-200-100-100-100-50."""
+        if layers == 1:
+            return cls(input_dim, (50,), ((200, 200),))
+        if layers == 2:
+            return cls(input_dim, (100, 50), ((200, 200), (100, 100)))
+        raise ValueError(f"Burda et al. define 1 or 2 stochastic layers, got {layers}")
+
+    def to_dict(self) -> dict:
+        return {k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()}
+
+
+def _normal_log_prob_from_eps(eps: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(loc + scale * eps; loc, scale) = -eps^2 / 2 - log scale - log(2 pi) / 2, summed over the last dim."""
+    return -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - eps.shape[-1] * _HALF_LOG_2PI
+
+
+def _normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(z; loc, exp(log_scale)^2), summed over the last dim."""
+    return _normal_log_prob_from_eps((z - loc) * torch.exp(-log_scale), log_scale)
+
+
+class VAE(nn.Module):
+    """A VAE with Gaussian stochastic layers and a Bernoulli observation model.
+
+    Args:
+        config: the sizes; :meth:`ModelConfig.burda` gives the paper's models.
+
+    Attributes:
+        encoder: ``encoder[l]`` is q(z_{l+1} | z_l) with z_0 = x.
+        decoder: ``decoder[0]`` is p(x | z_1); ``decoder[l]`` is p(z_l | z_{l+1}) for l >= 1.
+        prior_module: the module behind :attr:`prior`.
+
+    Example:
+        >>> model = VAE(ModelConfig.burda(1))
+        >>> x = torch.bernoulli(torch.full((3, 784), 0.3))
+        >>> model.log_weights(x, num_samples=5).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        dims = (config.input_dim,) + config.latent_dims
+        self.encoder = nn.ModuleList(
+            GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(len(config.latent_dims))
+        )
+        self.decoder = nn.ModuleList(
+            [BernoulliMLP(dims[1], config.hidden_dims[0][::-1], dims[0])]
+            + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
+        )
+        self.prior_module = make_prior(config.prior, config.latent_dims[-1])
+
+    # ----------------------------------------------------------------- distributions
+    @property
+    def num_layers(self) -> int:
+        return len(self.config.latent_dims)
+
+    @property
+    def prior(self) -> Distribution:
+        """p(z_L), the prior over the top stochastic layer."""
+        return self.prior_module()
+
+    def encode(self, x: torch.Tensor) -> Distribution | tuple[Distribution, ...]:
+        """The approximate posterior q(z | x).
+
+        For one stochastic layer, q(z_1 | x) (an ``Independent(Normal)``, event shape ``(D,)``).
+        For L layers, the tuple ``(q(z_1 | x), q(z_2 | E[z_1]), ...)``: each layer above the first is
+        conditioned on the mean of the layer below, a deterministic summary for inspection;
+        :meth:`log_weights` samples the whole chain.
+        """
+        dists = []
+        h = x
+        for layer in self.encoder:
+            dist = layer(h)
+            dists.append(dist)
+            h = dist.mean
+        return dists[0] if len(dists) == 1 else tuple(dists)
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x | z_1): independent Bernoulli pixels, event shape ``(input_dim,)``."""
+        return self.decoder[0](z)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The inference network's parameters (phi)."""
+        return list(self.encoder.parameters())
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The generative model's parameters (theta): decoder and prior."""
+        return list(self.decoder.parameters()) + list(self.prior_module.parameters())
+
+    @torch.no_grad()
+    def init_output_bias(self, train_mean: torch.Tensor) -> None:
+        """Sets p(x | z)'s output bias to logit(clip(mean training pixel, 1e-3, 1 - 1e-3)), as Burda et al.'s code."""
+        p = train_mean.to(self.decoder[0].head.bias).clamp(1e-3, 1 - 1e-3)
+        self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))
+
+    # ----------------------------------------------------------------- log-weights
+    def log_weights(
+        self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """log w_i = log p(x, z_i) - log q(z_i | x) for ``num_samples`` samples z_i ~ q(z | x).
+
+        The first encoder layer runs once per input; the samples are drawn by reparameterisation
+        (z = loc + scale * eps) and the decoder runs on all of them in one batched call.
+
+        Args:
+            x: inputs in [0, 1], shape ``(B, input_dim)``.
+            num_samples: K, samples per input.
+            generator: optional random number generator for eps.
+
+        Returns:
+            Log-weights of shape ``(K, B)``.
+        """
+        loc, log_scale = self.encoder[0].loc_log_scale(x)
+        return self.log_weights_from_posterior(x, loc, log_scale, num_samples, generator)
+
+    def log_weights_from_posterior(
+        self,
+        x: torch.Tensor,
+        loc: torch.Tensor,
+        log_scale: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`log_weights` given q(z_1 | x)'s ``loc`` and ``log_scale`` (shape ``(B, D_1)``).
+
+        Lets evaluation run the first encoder layer once per input and draw samples in chunks.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        z = torch.addcmul(loc, log_scale.exp(), eps)  # (K, B, D_1)
+        log_q = _normal_log_prob_from_eps(eps, log_scale)  # (K, B)
+        zs = [z]
+        for layer in self.encoder[1:]:
+            loc_l, log_scale_l = layer.loc_log_scale(zs[-1])  # (K, B, D_l)
+            eps = torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            zs.append(torch.addcmul(loc_l, log_scale_l.exp(), eps))
+            log_q = log_q + _normal_log_prob_from_eps(eps, log_scale_l)
+        log_p = self.prior_module.log_prob(zs[-1])
+        for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
+            loc_l, log_scale_l = layer.loc_log_scale(z_above)
+            log_p = log_p + _normal_log_prob(z_below, loc_l, log_scale_l)
+        log_p = log_p + bernoulli_log_prob(self.decoder[0], zs[0], x)
+        return log_p - log_q
