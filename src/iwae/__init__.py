@@ -4,20 +4,27 @@ Train VAE, IWAE, MIWAE, CIWAE and PIWAE models as in Burda et al. (2016) and Rai
 (2018), and measure their test log-likelihood by L_5000.
 
     import iwae
-    run_dir = iwae.train(iwae.TrainConfig(objective="iwae", k=5, epochs=3, out="runs/demo"))
+    from iwae.train import TrainConfig, train
+    from iwae.evaluate import evaluate
+
+    run_dir = train(TrainConfig(objective="iwae", k=5, epochs=3, out="runs/demo"))
     model = iwae.load(run_dir)
-    print(iwae.evaluate(run_dir, k=5000)["nll"])
+    print(evaluate(run_dir, k=5000)["nll"])
+
+The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions of the same
+names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 """
 
-from . import data, objectives
+from . import data, estimators, evaluate, models, objectives, train
 from .data import load_dataset
 from .estimators import ObjectiveSpec
-from .evaluate import active_units, evaluate, log_likelihood
+from .evaluate import active_units, log_likelihood
 from .models import VAE, ModelConfig
-from .train import TrainConfig, load, train
+from .train import TrainConfig, load
 
 __all__ = [
-    "data", "objectives", "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig",
-    "TrainConfig", "train", "load", "evaluate", "log_likelihood", "active_units",
+    "data", "estimators", "evaluate", "models", "objectives", "train",
+    "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
+    "log_likelihood", "active_units",
 ]
 __version__ = "0.1.0"

@@ -140,7 +140,8 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
         for name, value in options.items():
             if name in given or not config_file:
                 values[name] = value
-        if values.get("layers") is None:
+        if "layers" not in given and ("latent_dims" in given or values.get("layers") is None):
+            # --latent-dims 100,50 implies 2 layers, also over a config file's setting
             values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
         if not values.get("out"):
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")

@@ -174,7 +174,11 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
     tensors, meta = load_tensors(run_dir / "model.safetensors")
     if "model_config" not in meta:
         raise CheckpointError(f"{run_dir / 'model.safetensors'} has no model config in its metadata")
-    model = VAE(ModelConfig(**meta["model_config"]))
+    try:
+        model = VAE(ModelConfig(**meta["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / 'model.safetensors'} has an invalid model config ({e}); "
+                              f"was it written by another version of iwae?") from e
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -257,6 +261,12 @@ def _make_optimizer(config: TrainConfig, model: VAE, device: torch.device) -> to
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                             eps=config.adam_eps, fused=fused)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -363,9 +373,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             _save_checkpoint(run_dir, model, optimizer, generator, epoch + 1, step, metrics)
             _write_metrics(run_dir, metrics)
             if progress:
+                eta = (time.perf_counter() - run_start) / (epoch + 1) * (total_epochs - epoch - 1)
                 print(f"epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {spec.label} {train_bound:.3f}  "
-                      f"valid L_{valid_k} {valid_bound:.3f}  {row['examples_per_s']:.0f} ex/s",
-                      file=sys.stderr)
+                      f"valid L_{valid_k} {valid_bound:.3f}  {row['examples_per_s']:.0f} ex/s  "
+                      f"ETA {_duration(eta)}", file=sys.stderr)
     finally:
         writer.close()
     return run_dir

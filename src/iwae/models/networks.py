@@ -14,7 +14,32 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-__all__ = ["GaussianMLP", "BernoulliMLP", "glorot_linear"]
+__all__ = ["GaussianMLP", "BernoulliMLP", "Tanh", "glorot_linear"]
+
+
+class _TanhFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
+
+
+class Tanh(nn.Module):
+    """tanh(h) computed as 2 sigmoid(2h) - 1.
+
+    The same function (absolute error below 2e-7 in float32), but on CPU PyTorch's vectorised
+    sigmoid is about 3x faster than its tanh, and the hidden layers' tanh is a sizeable part of a
+    training step at large K. The gradient is the usual (1 - tanh^2) g.
+    """
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _TanhFunction.apply(h)
 
 
 def glorot_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -29,7 +54,7 @@ def _tanh_mlp(in_features: int, hidden: Sequence[int]) -> tuple[nn.Sequential, i
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [glorot_linear(width, h), nn.Tanh()]
+        layers += [glorot_linear(width, h), Tanh()]
         width = h
     return nn.Sequential(*layers), width
 

@@ -1,0 +1,153 @@
+"""Throughput of iwae against the machine's float32 GEMM peak.
+
+    python benchmarks/bench.py                 # about 2 minutes on 2 CPU cores
+    python benchmarks/bench.py --plain         # also time a plain eager implementation
+    python benchmarks/bench.py --eval-images 10000   # L_5000 on the whole MNIST test set
+
+Measures, in one run:
+1. the float32 GEMM peak of torch.mm (best over square sizes), in GFLOP/s;
+2. training steps/s (forward, backward, Adam) of Burda et al.'s 1-layer model with the IWAE
+   objective at batch 20 and 100 and k = 1, 5, 50;
+3. L_5000 images/s (iwae.evaluate.log_likelihood);
+and prints each as a fraction of the GEMM peak. FLOPs are counted as 2*m*n*k per matrix product,
+three products per layer for a training step (forward, and two in backward), one for evaluation.
+A step's time is the median over repetitions of a block of steps.
+
+``--plain`` times the same model with PyTorch's ``nn.Tanh`` and ``binary_cross_entropy_with_logits``
+instead of iwae's kernels: the clean eager baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import iwae.models.networks as networks
+import iwae.models.vae as vae_module
+from iwae.evaluate import log_likelihood
+from iwae.models import VAE, ModelConfig
+from iwae.objectives import iwae
+
+
+def gemm_peak(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
+    """Best float32 torch.mm throughput over square sizes, GFLOP/s."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        for _ in range(2):
+            torch.mm(a, b, out=out)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def matmul_flops(config: ModelConfig, rows_encoder: int, rows_decoder: int) -> int:
+    """2*m*n*k summed over the 1-layer model's linear layers (forward only)."""
+    d, (h1, h2), z = config.input_dim, config.hidden_dims[0], config.latent_dims[0]
+    encoder = d * h1 + h1 * h2 + h2 * 2 * z
+    decoder = z * h2 + h2 * h1 + h1 * d
+    return 2 * (rows_encoder * encoder + rows_decoder * decoder)
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """Swap iwae's Tanh and Bernoulli log-likelihood for PyTorch's stock ones."""
+    old_tanh, old_lik = networks.Tanh, vae_module.bernoulli_log_prob
+
+    def stock_lik(decoder, z, x):
+        logits = decoder.logits(z)
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+    networks.Tanh, vae_module.bernoulli_log_prob = nn.Tanh, stock_lik
+    try:
+        yield
+    finally:
+        networks.Tanh, vae_module.bernoulli_log_prob = old_tanh, old_lik
+
+
+def train_step_rate(batch: int, k: int, seconds: float = 2.0) -> float:
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
+    x = torch.bernoulli(torch.rand(batch, 784))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (-iwae(model.log_weights(x, k)).sum()).backward()
+        opt.step()
+
+    t = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t < 0.3 or n < 5:  # warm-up, and size the blocks
+        step()
+        n += 1
+    block = max(3, int(n / (time.perf_counter() - t) * seconds / 7))
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        for _ in range(block):
+            step()
+        times.append((time.perf_counter() - t) / block)
+    return 1.0 / statistics.median(times)
+
+
+def eval_rate(images: int, k: int = 5000) -> float:
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(1)).eval()
+    x = torch.bernoulli(torch.rand(images, 784))
+    log_likelihood(model, x[:1], k)  # warm-up
+    t = time.perf_counter()
+    log_likelihood(model, x, k)
+    return images / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--eval-images", type=int, default=40, help="images for the L_5000 rate")
+    parser.add_argument("--plain", action="store_true", help="also time the plain eager baseline")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = ModelConfig.burda(1)
+    peak = gemm_peak()
+    print(f"# iwae benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"float32 GEMM peak (torch.mm): {peak:.0f} GFLOP/s\n")
+    variants = [("iwae", contextlib.nullcontext)] + ([("plain eager", plain_kernels)] if args.plain else [])
+    print("| what | batch | k | implementation | rate | GFLOP/s | of GEMM peak |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (20, 100):
+        for k in (1, 5, 50):
+            flops = 3 * matmul_flops(cfg, batch, batch * k)
+            for name, ctx in variants:
+                with ctx():
+                    rate = train_step_rate(batch, k, args.seconds)
+                print(f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
+                      f"{rate * flops / 1e9 / peak:.0%} |", flush=True)
+    flops_img = matmul_flops(cfg, 1, 5000)
+    for name, ctx in variants:
+        with ctx():
+            rate = eval_rate(args.eval_images)
+        gflops = rate * flops_img / 1e9
+        full = 10000 / rate
+        ideal = 10000 * flops_img / 1e9 / peak
+        print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
+              f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s the peak allows) |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: the benchmark data folder, loaded MNIST splits, no network.
+
+The shared benchmark files live in ``<repo parent>/shared/data`` (override with
+``$IWAE_TEST_DATA_DIR``); tests that need them skip when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from iwae.data import Splits, load_dataset
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("IWAE_TEST_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The root folder of the shared benchmark data (holds mnist/, fashion_mnist/, ...)."""
+    root = _data_dir()
+    if not (root / "mnist").is_dir():
+        pytest.skip(f"shared data {root / 'mnist'} not available (set IWAE_TEST_DATA_DIR)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_splits(shared_data_dir: Path) -> Splits:
+    """Real MNIST (59,600 / 400 / 10,000), loaded once per session, never downloaded."""
+    return load_dataset("mnist", shared_data_dir, download=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Tests must never touch the network: any socket connection fails loudly."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tests must not use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the tiny models here gain nothing from more, and on a shared, busy
+    machine spinning OpenMP workers make runs many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,266 @@
+"""Tests for the ``iwae`` command line (click's CliRunner on iwae.cli.main, plus one real
+subprocess of the installed console script for the exit status)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from iwae.checkpoint import load_tensors
+from iwae.cli import main
+
+from iwae import train as train_module
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_usage_error(result, *phrases: str) -> str:
+    """Exit status 2, no traceback, exactly one ``Error:`` line that says what is wrong."""
+    text = result.output
+    assert result.exit_code == 2, (result.exit_code, text, result.exception)
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, text
+    for phrase in phrases:
+        assert phrase in errors[0], (phrase, errors[0])
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shared_data_dir) -> Path:
+    """`iwae train` end to end on real MNIST: IWAE(k=5), one epoch on 500 images."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke("train", "--objective", "iwae", "--k", 5, "--epochs", 1, "--train-subset", 500,
+                    "--data-dir", shared_data_dir, "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert str(out) in result.stdout and "evaluate" in result.stdout
+    return out
+
+
+def test_train_then_evaluate_end_to_end(run_dir):
+    for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["objective"] == "iwae" and config["k"] == 5 and config["epochs"] == 1
+    assert config["train_subset"] == 500 and config["layers"] == 1
+
+    result = invoke("evaluate", run_dir, "--k", 50, "--test-subset", 100, "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.stdout)
+    assert math.isfinite(report["nll"]) and 60 < report["nll"] < 550
+    assert math.isfinite(report["nll_stderr"]) and report["nll_stderr"] > 0
+    assert report["k"] == 50 and report["n_test"] == 100
+    assert isinstance(report["active_units"], int) and 0 <= report["active_units"] <= 50
+    saved = json.loads((run_dir / "eval_k50_n100.json").read_text())
+    assert saved["nll"] == report["nll"] and saved["k"] == 50
+
+    table = invoke("evaluate", run_dir, "--k", 5, "--test-subset", 10, "--quiet")
+    assert table.exit_code == 0, (table.output, table.exception)
+    assert "test NLL" in table.stdout and "active units" in table.stdout
+    saved = json.loads((run_dir / "eval_k5_n10.json").read_text())
+    assert f"{saved['nll']:.2f}" in table.stdout
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("args, phrases", [
+    (["--k", "0"], ["k must be >= 1"]),
+    (["--beta", "1.5"], ["beta", "[0, 1]"]),
+    (["--objective", "miwae", "--k", "10", "--m", "3"], ["m = 3 must divide", "k = 10"]),
+    (["--dataset", "no-such-data"], ["unknown dataset", "no-such-data"]),
+    (["--latent-dims", "a,b"], ["--latent-dims"]),
+    (["--latent-dims", "100,50", "--layers", "1"], ["latent_dims"]),
+], ids=["k0", "beta", "miwae-m", "dataset", "latent-dims", "layers"])
+def test_train_bad_input_exits_2(tmp_path, args, phrases):
+    result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "run")
+    assert_usage_error(result, *phrases)
+
+
+def test_train_without_out(tmp_path):
+    assert_usage_error(invoke("train", "--k", 5, "--epochs", 1), "--out")
+
+
+def test_evaluate_missing_run_dir(tmp_path):
+    assert_usage_error(invoke("evaluate", tmp_path / "nope", "--k", 5), "not found", "nope")
+    assert_usage_error(invoke("evaluate", tmp_path, "--k", 0), "k must be >= 1")
+
+
+def test_resume_without_checkpoint(tmp_path, run_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_usage_error(invoke("train", "--resume", empty), "config")
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(run_dir / "config.yaml", half / "config.yaml")
+    assert_usage_error(invoke("train", "--resume", half), "checkpoint")
+    assert_usage_error(invoke("train", "--resume", tmp_path / "missing"), "not found")
+
+
+def test_resume_cannot_change_the_objective(run_dir):
+    before = snapshot(run_dir)
+    assert_usage_error(invoke("train", "--resume", run_dir, "--objective", "vae", "--epochs", 2),
+                       "cannot change --objective")
+    assert_usage_error(invoke("train", "--resume", run_dir, "--k", 50), "cannot change --k")
+    assert snapshot(run_dir) == before
+
+
+def test_existing_out_needs_overwrite(run_dir, shared_data_dir):
+    before = snapshot(run_dir)
+    result = invoke("train", "--objective", "vae", "--k", 1, "--epochs", 1, "--train-subset", 20,
+                    "--data-dir", shared_data_dir, "--out", run_dir)
+    assert_usage_error(result, "not empty", "--overwrite")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_evaluate_corrupt_model(tmp_path, run_dir, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    path = copy / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(b"not a model at all\n" * 50 if damage == "garbage" else data[: len(data) // 3])
+    assert_usage_error(invoke("evaluate", copy, "--k", 5, "--test-subset", 5), "model.safetensors", "corrupt")
+
+
+def test_evaluate_model_with_inconsistent_metadata(tmp_path, run_dir):
+    """A valid safetensors file whose model config does not fit this version (an unknown key, or
+    weights of other shapes) is a user error too: exit 2, one line, no traceback."""
+    from safetensors.torch import save_file
+
+    tensors, meta = load_tensors(run_dir / "model.safetensors")
+    for name, change in [("shapes", lambda m: m["model_config"].update(latent_dims=[7])),
+                         ("no-config", lambda m: m.pop("model_config")),
+                         ("unknown-key", lambda m: m["model_config"].update(dropout=0.1))]:
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        bad = json.loads(json.dumps(meta))
+        change(bad)
+        save_file(tensors, str(copy / "model.safetensors"), metadata={"json": json.dumps(bad)})
+        assert_usage_error(invoke("evaluate", copy, "--k", 2, "--test-subset", 2), "model.safetensors")
+
+
+def test_resume_extends_a_run_like_a_longer_run(tmp_path, run_dir):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    result = invoke("train", "--resume", resumed, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert yaml.safe_load((resumed / "config.yaml").read_text())["epochs"] == 2
+    assert len((resumed / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+    longer = tmp_path / "longer"
+    result = invoke("train", "--config", run_dir / "config.yaml", "--epochs", 2, "--out", longer, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    a, _ = load_tensors(resumed / "model.safetensors")
+    b, _ = load_tensors(longer / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupt_exits_130_with_a_hint(tmp_path, monkeypatch):
+    def interrupted(config, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    result = invoke("train", "--epochs", 1, "--out", tmp_path / "run")
+    assert result.exit_code == 130
+    assert "--resume" in result.output and "Traceback" not in result.output
+
+
+def test_console_script_exit_status(tmp_path):
+    exe = shutil.which("iwae")
+    assert exe, "the iwae console script is not installed (pip install -e .)"
+    env = dict(os.environ, IWAE_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("IWAE_DATA_DIR", None)
+    proc = subprocess.run([exe, "train", "--k", "0", "--epochs", "1", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert errors == ["Error: k must be >= 1, got 0"], proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- help, config, dims
+def test_help_shows_examples():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout
+    assert "iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5" in result.stdout
+    assert "iwae train --resume runs/iwae-k5 --epochs 40" in result.stdout
+    result = invoke("evaluate", "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout
+    assert "iwae evaluate runs/iwae-k5 --k 100 --test-subset 1000 --json" in result.stdout
+    assert invoke("--help").exit_code == 0
+
+
+def test_config_reruns_with_the_same_settings(tmp_path, run_dir):
+    new = tmp_path / "again"
+    result = invoke("train", "--config", run_dir / "config.yaml", "--out", new, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    old_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    new_cfg = yaml.safe_load((new / "config.yaml").read_text())
+    assert new_cfg["out"] == str(new)
+    old_cfg.pop("out"), new_cfg.pop("out")
+    assert new_cfg == old_cfg
+    # same settings, same seed: the same model, bit for bit
+    a, _ = load_tensors(run_dir / "model.safetensors")
+    b, _ = load_tensors(new / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_flags_override(tmp_path, run_dir, monkeypatch):
+    captured = []
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: captured.append((config, kw)) or Path(config.out))
+    result = invoke("train", "--config", run_dir / "config.yaml", "--out", tmp_path / "x", "--k", 7, "--seed", 3)
+    assert result.exit_code == 0, (result.output, result.exception)
+    (config, kw), = captured
+    assert config.k == 7 and config.seed == 3 and config.train_subset == 500 and config.out == str(tmp_path / "x")
+
+
+def captured_config(monkeypatch, tmp_path, *args):
+    captured = []
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: captured.append(config) or Path(config.out))
+    result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "run")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(captured) == 1
+    return captured[0]
+
+
+def test_latent_dims_imply_layers(tmp_path, monkeypatch):
+    config = captured_config(monkeypatch, tmp_path, "--latent-dims", "100,50")
+    assert config.layers == 2 and config.latent_dims == [100, 50]
+    mc = config.model_config(784)
+    assert mc.latent_dims == (100, 50) and mc.hidden_dims == ((200, 200), (100, 100))
+    config = captured_config(monkeypatch, tmp_path, "--latent-dims", "2")
+    assert config.layers == 1 and config.model_config(784).latent_dims == (2,)
+    config = captured_config(monkeypatch, tmp_path)
+    assert config.layers == 1 and config.model_config(784).latent_dims == (50,)
+
+
+def test_latent_dims_imply_layers_over_a_config(tmp_path, monkeypatch, run_dir):
+    """--latent-dims given on the command line overrides a 1-layer config.yaml: 2 layers."""
+    config = captured_config(monkeypatch, tmp_path, "--config", run_dir / "config.yaml", "--latent-dims", "100,50")
+    assert config.layers == 2 and config.latent_dims == [100, 50]
+
+
+def test_hidden_dims_parse(tmp_path, monkeypatch):
+    config = captured_config(monkeypatch, tmp_path, "--latent-dims", "100,50", "--hidden-dims", "200,200/100,100")
+    assert config.hidden_dims == [[200, 200], [100, 100]]
+    assert config.model_config(784).hidden_dims == ((200, 200), (100, 100))
+    config = captured_config(monkeypatch, tmp_path, "--latent-dims", "30,10", "--hidden-dims", "64/32,16,8")
+    assert config.model_config(784).hidden_dims == ((64,), (32, 16, 8))
+    assert_usage_error(invoke("train", "--hidden-dims", "200,x", "--out", tmp_path / "r"), "--hidden-dims")

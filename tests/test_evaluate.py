@@ -1,0 +1,268 @@
+"""Tests for iwae.evaluate: chunked L_k, its memory budget, L_k growing with k, active units,
+and evaluate() on a run directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import iwae
+from iwae import objectives
+from iwae.checkpoint import CheckpointError
+from iwae.data import Splits, fixed_binarization, load_dataset
+from iwae.evaluate import active_units, log_likelihood
+from iwae.models import VAE, ModelConfig
+from iwae.train import TrainConfig, train
+
+from iwae import evaluate as evaluate_module
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shared_data_dir, mnist_splits) -> Path:
+    """A trained-ish model: one epoch of IWAE(k=5) on 1,000 MNIST images (config points at the real data)."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    splits = Splits("mnist", mnist_splits.train, mnist_splits.valid[:50], mnist_splits.test, True)
+    cfg = TrainConfig(objective="iwae", k=5, epochs=1, train_subset=1000, data_dir=str(shared_data_dir),
+                      out=str(out))
+    return train(cfg, progress=False, splits=splits)
+
+
+@pytest.fixture(scope="module")
+def trained_model(trained_run) -> VAE:
+    return iwae.load(trained_run)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- chunking
+def test_same_chunking_gives_identical_values(trained_model, mnist_splits):
+    model, x = trained_model, mnist_splits.test[:6]
+    bpr = evaluate_module._bytes_per_row(model)
+    k = 40
+    budgets = [bpr * k * 6, bpr * k * 10, bpr * k * 6 + bpr - 1]
+    chunkings = {evaluate_module._chunking(model, k, 6, b, torch.device("cpu")) for b in budgets}
+    assert chunkings == {(6, k)}  # all the images in one chunk, all the samples at once
+    values = [log_likelihood(model, x, k, memory_budget=b, generator=gen(7)) for b in budgets]
+    assert values[0].shape == (6,)
+    assert torch.isfinite(values[0]).all() and (values[0] < 0).all()
+    for v in values[1:]:
+        assert torch.equal(v, values[0])
+    # another seed gives other numbers
+    assert not torch.equal(log_likelihood(model, x, k, memory_budget=budgets[0], generator=gen(8)), values[0])
+
+
+def test_different_chunking_agrees_within_monte_carlo_error(trained_model, mnist_splits):
+    model, x = trained_model, mnist_splits.test[:60]
+    bpr = evaluate_module._bytes_per_row(model)
+    k = 40
+    one_chunk = bpr * k * 60
+    tiny = bpr * 7  # 1 image x 6 chunks of 7 (or fewer) samples
+    assert evaluate_module._chunking(model, k, 60, one_chunk, torch.device("cpu")) == (60, 40)
+    assert evaluate_module._chunking(model, k, 60, tiny, torch.device("cpu")) == (1, 7)
+    a = log_likelihood(model, x, k, memory_budget=one_chunk, generator=gen(1)).double()
+    b = log_likelihood(model, x, k, memory_budget=tiny, generator=gen(2)).double()
+    d = a - b
+    assert abs(d.mean().item()) < 4 * d.std().item() / math.sqrt(len(d)) + 1e-6
+    # the same per-image quantity: across images the two estimates are almost perfectly correlated
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
+
+
+def test_log_likelihood_draws_exactly_k_samples_per_image(trained_model, mnist_splits, monkeypatch):
+    model, n, k = trained_model, 5, 23
+    x = mnist_splits.test[:n]
+    bpr = evaluate_module._bytes_per_row(model)
+    calls = []
+    real = model.log_weights_from_posterior
+
+    def recording(xb, loc, log_scale, num_samples, generator=None):
+        out = real(xb, loc, log_scale, num_samples, generator)
+        calls.append((xb.clone(), num_samples))
+        return out
+
+    monkeypatch.setattr(model, "log_weights_from_posterior", recording)
+    for budget in (bpr * 5, bpr * 23, bpr * 50, bpr * 1000):
+        calls.clear()
+        out = log_likelihood(model, x, k, memory_budget=budget, generator=gen(0))
+        assert out.shape == (n,) and torch.isfinite(out).all()
+        per_image = torch.zeros(n, dtype=torch.long)
+        for xb, s in calls:
+            assert s * xb.shape[0] * bpr <= budget
+            for row in xb:
+                idx = [i for i in range(n) if torch.equal(x[i], row)]
+                assert len(idx) == 1
+                per_image[idx[0]] += s
+        assert per_image.tolist() == [k] * n, budget
+
+
+def test_k1_is_the_single_sample_log_weight(trained_model, mnist_splits):
+    model, x = trained_model, mnist_splits.test[:4]
+    ll = log_likelihood(model, x, 1, generator=gen(3))
+    log_w = model.log_weights(x, 1, gen(3))
+    torch.testing.assert_close(ll, objectives.iwae(log_w), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_chunking_respects_the_budget(device):
+    dev = torch.device(device)  # only the device type matters; no CUDA needed
+    for config in (ModelConfig.burda(1), ModelConfig.burda(2), ModelConfig(784, (2,), ((20,),))):
+        model = VAE(config)
+        bpr = evaluate_module._bytes_per_row(model)
+        for k in (1, 2, 5, 50, 999, 2500, 2501, 5000, 12345):
+            for n in (1, 7, 100, 10000):
+                for rows in (1, 2, 3, 10, 100, 2499, 2500, 2501, 10**6):
+                    for budget in (rows * bpr, rows * bpr + bpr - 1):
+                        images, samples = evaluate_module._chunking(model, k, n, budget, dev)
+                        case = (config.latent_dims, device, k, n, budget)
+                        assert 1 <= images <= n, case
+                        assert 1 <= samples <= k, case
+                        assert images * samples * bpr <= budget, case
+                        if device == "cpu":
+                            assert images * samples <= evaluate_module.CPU_ROWS_PER_CALL, case
+                        # all k samples, in chunks no more numerous than needed
+                        sizes = [min(samples, k - j) for j in range(0, k, samples)]
+                        assert sum(sizes) == k, case
+                        max_rows = min(rows, evaluate_module.CPU_ROWS_PER_CALL) if device == "cpu" else rows
+                        assert len(sizes) == math.ceil(k / max_rows), case
+                        if k <= max_rows:
+                            assert images == min(n, max_rows // k), case
+
+
+def test_bad_arguments_raise(trained_model, mnist_splits):
+    x = mnist_splits.test[:2]
+    bpr = evaluate_module._bytes_per_row(trained_model)
+    with pytest.raises(ValueError, match=r"k must be >= 1, got 0"):
+        log_likelihood(trained_model, x, 0)
+    with pytest.raises(ValueError, match=r"k must be >= 1"):
+        log_likelihood(trained_model, x, -5)
+    with pytest.raises(ValueError, match=r"memory_budget"):
+        log_likelihood(trained_model, x, 10, memory_budget=bpr - 1)
+    with pytest.raises(ValueError, match=r"memory_budget"):
+        log_likelihood(trained_model, x, 10, memory_budget=0)
+    log_likelihood(trained_model, x, 3, memory_budget=bpr)  # exactly one row fits
+
+
+def test_lk_increases_with_k(trained_model, mnist_splits):
+    model, x = trained_model, mnist_splits.test[:100]
+    l1, l10, l100 = (log_likelihood(model, x, k, generator=gen(k)).double() for k in (1, 10, 100))
+    for lo, hi in ((l1, l10), (l10, l100)):
+        d = hi - lo
+        assert d.mean().item() > 3 * d.std().item() / math.sqrt(len(d)), (d.mean(), d.std())
+    assert l1.mean() < l10.mean() < l100.mean()
+    assert -l100.mean().item() < 300  # a trained-ish model
+
+
+def test_log_likelihood_restores_training_mode(trained_model, mnist_splits):
+    trained_model.train()
+    try:
+        log_likelihood(trained_model, mnist_splits.test[:2], 3)
+        assert trained_model.training
+    finally:
+        trained_model.eval()
+
+
+# ----------------------------------------------------------------------------- active units
+def binary_inputs(n: int = 200, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, 1, generator=g) * torch.rand(1, 784, generator=g)  # varied images
+    return torch.bernoulli(p, generator=g)
+
+
+def test_constant_encoder_mean_has_no_active_units():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(1))
+    head = model.encoder[0].head
+    with torch.no_grad():
+        head.weight[:50].zero_()
+        head.bias[:50].normal_(0, 3)  # a constant, even a large one, is not activity
+    units = active_units(model, binary_inputs())
+    assert units.counts == [0]
+    assert units.variances[0].shape == (50,)
+    assert torch.all(units.variances[0] < 1e-10)
+
+
+def test_exactly_three_active_units():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(1))
+    head = model.encoder[0].head
+    width = head.weight.shape[1]
+    active = [3, 17, 42]
+    with torch.no_grad():
+        head.weight[:50].zero_()
+        for u in active:
+            head.weight[u] = torch.randn(width) * 2.0
+        head.weight[5] = torch.randn(width) * 1e-4  # varies, but far below the threshold
+    x = binary_inputs()
+    units = active_units(model, x)
+    assert units.counts == [3]
+    assert (units.variances[0] > 0.01).nonzero().flatten().tolist() == active
+    assert units.variances[0][active].min() > 0.1  # strongly, not marginally
+    # the variance is over x of q's mean, without Bessel's correction
+    loc, _ = model.encoder[0].loc_log_scale(x)
+    torch.testing.assert_close(units.variances[0], loc.detach().var(0, unbiased=False))
+    # a higher threshold counts fewer
+    assert active_units(model, x, threshold=1e6).counts == [0]
+
+
+def test_two_layer_model_gives_two_counts():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(2))
+    x = binary_inputs(100)
+    units = active_units(model, x, generator=gen(0))
+    assert len(units.counts) == 2
+    assert [v.shape[0] for v in units.variances] == [100, 50]
+    with torch.no_grad():
+        model.encoder[1].head.weight[:50].zero_()
+    units = active_units(model, x, generator=gen(0))
+    assert len(units.counts) == 2 and units.counts[1] == 0
+
+
+# ----------------------------------------------------------------------------- evaluate()
+def test_evaluate_run_dir(trained_run, trained_model, mnist_splits):
+    report = evaluate_module.evaluate(trained_run, k=20, test_subset=30)
+    for key in ("nll", "nll_stderr", "k", "n_test", "active_units", "active_units_per_layer"):
+        assert key in report, key
+    assert report["k"] == 20 and report["n_test"] == 30
+    assert math.isfinite(report["nll"]) and 50 < report["nll"] < 600
+    assert math.isfinite(report["nll_stderr"]) and report["nll_stderr"] > 0
+    assert len(report["active_units_per_layer"]) == 1
+    assert report["active_units"] == sum(report["active_units_per_layer"])
+    assert 0 <= report["active_units"] <= 50
+
+    # deterministic: fixed test binarization, fixed seed
+    again = evaluate_module.evaluate(trained_run, k=20, test_subset=30)
+    for key in ("nll", "nll_stderr", "k", "n_test", "active_units", "active_units_per_layer", "unit_variances"):
+        assert again[key] == report[key], key
+
+    # nll = -mean L_k over load_dataset(...).test[:n], same seed
+    x = mnist_splits.test[:30]
+    ll = log_likelihood(trained_model, x, 20, generator=gen(0)).double()
+    assert report["nll"] == pytest.approx(-ll.mean().item(), rel=1e-12, abs=1e-9)
+    assert report["nll_stderr"] == pytest.approx(ll.std().item() / math.sqrt(30), rel=1e-9)
+
+    # active units over the first 500 training images, binarized once with the fixed seed
+    x_units = torch.from_numpy(fixed_binarization(mnist_splits.train[:500].numpy(), evaluate_module.ACTIVE_UNITS_SEED))
+    assert report["active_units_per_layer"] == active_units(trained_model, x_units).counts
+
+    # another seed, other samples
+    other = evaluate_module.evaluate(trained_run, model=trained_model, splits=mnist_splits, k=20, test_subset=30, seed=1)
+    assert other["nll"] != report["nll"]
+    assert abs(other["nll"] - report["nll"]) < 5
+
+
+def test_evaluate_test_set_matches_a_fresh_load(shared_data_dir, mnist_splits):
+    fresh = load_dataset("mnist", shared_data_dir, download=False)
+    assert torch.equal(fresh.test, mnist_splits.test)  # the test binarization is fixed
+
+
+def test_evaluate_errors(trained_run, trained_model, mnist_splits, tmp_path):
+    with pytest.raises(ValueError, match="test_subset"):
+        evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=5, test_subset=0)
+    with pytest.raises(ValueError, match="run directory or a model"):
+        evaluate_module.evaluate(k=5)
+    with pytest.raises(CheckpointError, match="not found"):
+        evaluate_module.evaluate(tmp_path / "missing", k=5)

@@ -1,0 +1,574 @@
+"""Tests for iwae.train and iwae.checkpoint: schedule, config validation, run directories,
+atomic checkpoints, bit-exact resume after a kill, and the reported training bound."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import iwae
+import iwae.checkpoint as checkpoint_module
+from iwae import objectives
+from iwae.checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
+from iwae.data import Splits
+from iwae.estimators import ObjectiveSpec, gradient_terms
+from iwae.models import VAE, ModelConfig
+from iwae.train import TrainConfig, learning_rate, paper_schedule, train
+
+# ``iwae.train`` is the function (re-exported by iwae/__init__), so fetch the module itself
+from iwae import train as train_module
+
+PAPER_RATES = [1e-3 * 10 ** (-i / 7) for i in range(8)]
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def small_splits(mnist_splits) -> Splits:
+    """Real MNIST, cut down: all training images (runs pick train_subset), 100 valid, 100 test."""
+    s = mnist_splits
+    return Splits("mnist", s.train, s.valid[:100], s.test[:100], True)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(mnist_splits) -> Splits:
+    """40 training images, 20 validation images: for tests where the data does not matter."""
+    s = mnist_splits
+    return Splits("mnist", s.train[:40].clone(), s.valid[:20].clone(), s.test[:20].clone(), True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_tensor_files(a: Path, b: Path) -> None:
+    ta, _ = load_tensors(a)
+    tb, _ = load_tensors(b)
+    assert sorted(ta) == sorted(tb)
+    for key in ta:
+        assert ta[key].dtype == tb[key].dtype, key
+        assert torch.equal(ta[key], tb[key]), f"{key} differs between {a} and {b}"
+
+
+def assert_same_bounds(a: Path, b: Path, valid_key: str) -> None:
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for key in ("epoch", "stage", "lr", "step", "train_bound", valid_key):
+            assert x[key] == y[key], (key, x[key], y[key])
+
+
+def hidden_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*") if p.name.startswith(".")]
+
+
+RESUME_SETTINGS = {
+    "iwae": dict(objective="iwae", k=5),
+    "piwae": dict(objective="piwae", k=4, m=2),
+}
+
+
+def resume_config(out: Path, objective: str, epochs: int) -> TrainConfig:
+    return TrainConfig(**RESUME_SETTINGS[objective], train_subset=200, batch_size=20, epochs=epochs, seed=3,
+                       out=str(out))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, small_splits):
+    """Uninterrupted 3-epoch runs, trained once per objective and shared."""
+    cache: dict[str, Path] = {}
+
+    def get(objective: str) -> Path:
+        if objective not in cache:
+            out = tmp_path_factory.mktemp(f"ref-{objective}") / "run"
+            cache[objective] = train(resume_config(out, objective, 3), progress=False, splits=small_splits)
+        return cache[objective]
+
+    return get
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_paper_schedule_stages_and_rates():
+    cfg = TrainConfig()
+    assert cfg.total_epochs == 3280 == sum(3**i for i in range(8))
+    assert paper_schedule() == pytest.approx([(3**i, r) for i, r in enumerate(PAPER_RATES)])
+    start = 0
+    for i in range(8):
+        end = start + 3**i
+        for epoch in (start, (start + end - 1) // 2, end - 1):
+            stage, lr = learning_rate(cfg, epoch)
+            assert stage == i, (epoch, stage)
+            assert lr == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-12)
+        start = end
+    assert start == 3280
+    counts = collections.Counter(learning_rate(cfg, e)[0] for e in range(3280))
+    assert counts == {i: 3**i for i in range(8)}
+    # rates strictly decrease, ten-fold over 7 stages
+    rates = [learning_rate(cfg, e)[1] for e in (0, 1, 4, 13, 40, 121, 364, 1093)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] / rates[7] == pytest.approx(10.0)
+
+
+def test_paper_schedule_scales_with_lr():
+    cfg = TrainConfig(lr=2e-3)
+    for i, epoch in enumerate((0, 1, 4, 13, 40, 121, 364, 1093)):
+        assert learning_rate(cfg, epoch) == (i, pytest.approx(2e-3 * 10 ** (-i / 7)))
+
+
+def test_forty_epochs_cover_stages_0_to_3_exactly():
+    cfg = TrainConfig(epochs=40)
+    assert cfg.total_epochs == 40
+    counts = collections.Counter(learning_rate(cfg, e)[0] for e in range(cfg.total_epochs))
+    assert counts == {0: 1, 1: 3, 2: 9, 3: 27}
+    assert learning_rate(cfg, 40)[0] == 4  # the 41st epoch would start stage 4
+
+
+def test_constant_schedule():
+    cfg = TrainConfig(schedule="constant", epochs=7, lr=3e-4)
+    assert cfg.total_epochs == 7
+    for epoch in (0, 1, 6, 100, 5000):
+        assert learning_rate(cfg, epoch) == (0, 3e-4)
+
+
+def test_training_follows_the_schedule(tmp_path, tiny_splits):
+    cfg = TrainConfig(k=1, epochs=5, batch_size=40, valid_k=1, out=str(tmp_path / "run"))
+    train(cfg, progress=False, splits=tiny_splits)
+    rows = read_metrics(tmp_path / "run")
+    assert [int(r["stage"]) for r in rows] == [0, 1, 1, 1, 2]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([PAPER_RATES[s] for s in (0, 1, 1, 1, 2)])
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    _, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["param_groups"][0]["lr"] == pytest.approx(PAPER_RATES[2])
+
+
+# ----------------------------------------------------------------------------- config validation
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k=0), r"k must be >= 1, got 0"),
+    (dict(k=-3), r"k must be >= 1"),
+    (dict(objective="ciwae", beta=1.5), r"beta must lie in \[0, 1\], got 1.5"),
+    (dict(objective="ciwae", beta=-0.1), r"beta must lie in \[0, 1\]"),
+    (dict(objective="miwae", k=10, m=3), r"m = 3 must divide the total number of samples k = 10"),
+    (dict(objective="piwae", k=5, m=2), r"m = 2 must divide"),
+    (dict(objective="iwaee"), r"unknown objective 'iwaee'; choose one of vae, iwae, miwae, ciwae, piwae"),
+    (dict(schedule="cosine", epochs=3), r"unknown schedule 'cosine'; choose one of paper, constant"),
+    (dict(schedule="constant"), r"constant schedule needs a number of epochs"),
+    (dict(epochs=0), r"epochs must be >= 1"),
+    (dict(batch_size=0), r"batch_size must be >= 1"),
+    (dict(lr=0.0), r"lr must be > 0"),
+    (dict(train_subset=0), r"train_subset must be >= 1"),
+    (dict(layers=1, latent_dims=[100, 50]), r"2 entries for 1 layers"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_config_valid_edge_cases():
+    TrainConfig(objective="ciwae", beta=0.0)
+    TrainConfig(objective="ciwae", beta=1.0)
+    TrainConfig(objective="miwae", k=64, m=8)
+    TrainConfig(schedule="constant", epochs=1)
+
+
+def test_from_dict_rejects_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config keys: kk, samples"):
+        TrainConfig.from_dict({"objective": "iwae", "samples": 5, "kk": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"k": 5, "learning_rate": 1e-3}))
+    with pytest.raises(ValueError, match=r"unknown config keys: learning_rate"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(CheckpointError, match="mapping"):
+        TrainConfig.from_yaml(path)
+
+
+# ----------------------------------------------------------------------------- run directory
+def test_run_directory_contents(tmp_path, tiny_splits, monkeypatch):
+    built = []
+    real_build = train_module.build_model
+
+    def recording_build(config, input_dim):
+        model = real_build(config, input_dim)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", recording_build)
+    cfg = TrainConfig(objective="iwae", k=3, epochs=2, batch_size=20, seed=1, out=str(tmp_path / "run"))
+    run_dir = train(cfg, progress=False, splits=tiny_splits)
+    assert run_dir == tmp_path / "run"
+    assert len(built) == 1
+    trained = built[0]
+
+    # config.yaml round-trips
+    assert (run_dir / "config.yaml").is_file()
+    assert TrainConfig.from_yaml(run_dir / "config.yaml") == cfg
+    # weights and checkpoint
+    assert (run_dir / "model.safetensors").is_file()
+    assert (run_dir / "checkpoint.safetensors").is_file()
+    _, meta = load_tensors(run_dir / "model.safetensors")
+    assert meta["epoch"] == 2
+    assert meta["model_config"] == trained.config.to_dict()
+    # metrics: one row per epoch
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("train_bound", "valid_L3", "epoch_time_s", "examples_per_s"):
+        assert key in rows[0], key
+    for r in rows:
+        assert math.isfinite(float(r["train_bound"])) and float(r["train_bound"]) < 0
+        assert math.isfinite(float(r["valid_L3"])) and float(r["valid_L3"]) < 0
+        assert float(r["epoch_time_s"]) > 0
+        assert float(r["examples_per_s"]) == pytest.approx(40 / float(r["epoch_time_s"]), rel=1e-6)
+    # TensorBoard
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    assert not hidden_files(run_dir)
+
+    # iwae.load gives the trained model back, in eval mode
+    loaded = iwae.load(run_dir)
+    assert isinstance(loaded, VAE) and not loaded.training
+    assert loaded.config == trained.config
+    trained_state, loaded_state = trained.state_dict(), loaded.state_dict()
+    assert sorted(trained_state) == sorted(loaded_state)
+    for key in trained_state:
+        assert torch.equal(trained_state[key], loaded_state[key]), key
+    # ... and the checkpoint holds the same weights
+    ckpt, ckpt_meta = load_tensors(run_dir / "checkpoint.safetensors")
+    assert ckpt_meta["epoch"] == 2 and ckpt_meta["step"] == 4 and len(ckpt_meta["metrics"]) == 2
+    for key in trained_state:
+        assert torch.equal(ckpt[f"model.{key}"], trained_state[key]), key
+
+
+def test_valid_k_names_the_metrics_column(tmp_path, tiny_splits):
+    cfg = TrainConfig(k=2, valid_k=7, epochs=1, out=str(tmp_path / "run"))
+    train(cfg, progress=False, splits=tiny_splits)
+    row = read_metrics(tmp_path / "run")[0]
+    assert "valid_L7" in row and "valid_L2" not in row
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        iwae.load(tmp_path / "nope")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="not found"):
+        iwae.load(tmp_path / "run")
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        iwae.load(tmp_path / "run")
+    model = VAE(ModelConfig(784, (4,), ((8,),)))
+    save_tensors(tmp_path / "run" / "model.safetensors", model.state_dict())  # no iwae metadata
+    with pytest.raises(CheckpointError, match="no model config"):
+        iwae.load(tmp_path / "run")
+    other = ModelConfig(784, (5,), ((8,),)).to_dict()
+    save_tensors(tmp_path / "run" / "model.safetensors", model.state_dict(), {"model_config": other})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        iwae.load(tmp_path / "run")
+
+
+def test_refuses_to_overwrite_without_overwrite(tmp_path, tiny_splits):
+    out = tmp_path / "run"
+    cfg = TrainConfig(k=1, epochs=1, batch_size=40, valid_k=1, out=str(out))
+    train(cfg, progress=False, splits=tiny_splits)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    cfg2 = TrainConfig(k=2, epochs=1, batch_size=40, valid_k=1, seed=5, out=str(out))
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        train(cfg2, progress=False, splits=tiny_splits)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # untouched
+
+    (out / "marker.txt").write_text("old run")
+    train(cfg2, overwrite=True, progress=False, splits=tiny_splits)
+    assert not (out / "marker.txt").exists()
+    assert TrainConfig.from_yaml(out / "config.yaml") == cfg2
+    assert len(read_metrics(out)) == 1
+
+    # any non-empty folder is refused, an empty one is fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        train(TrainConfig(k=1, epochs=1, valid_k=1, out=str(other)), progress=False, splits=tiny_splits)
+    assert (other / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train(TrainConfig(k=1, epochs=1, batch_size=40, valid_k=1, out=str(empty)), progress=False, splits=tiny_splits)
+    assert (empty / "model.safetensors").is_file()
+
+
+def test_resume_without_checkpoint_raises(tmp_path, tiny_splits):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(TrainConfig(k=1, epochs=1, out=str(tmp_path / "none")), resume=True, splits=tiny_splits)
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("objective", ["iwae", "piwae"])
+def test_resume_is_bit_exact(tmp_path, small_splits, reference_run, objective):
+    ref = reference_run(objective)
+    out = tmp_path / "run"
+    train(resume_config(out, objective, 2), progress=False, splits=small_splits)
+    assert len(read_metrics(out)) == 2
+    train(resume_config(out, objective, 3), resume=True, progress=False, splits=small_splits)
+
+    assert_same_tensor_files(ref / "model.safetensors", out / "model.safetensors")
+    ref_ckpt, _ = load_tensors(ref / "checkpoint.safetensors")
+    out_ckpt, out_meta = load_tensors(out / "checkpoint.safetensors")
+    for key in ref_ckpt:
+        assert torch.equal(ref_ckpt[key], out_ckpt[key]), key  # weights, Adam moments, RNG state
+    assert out_meta["epoch"] == 3 and out_meta["step"] == 30
+    valid_key = f"valid_L{RESUME_SETTINGS[objective]['k']}"
+    assert_same_bounds(ref, out, valid_key)
+    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2, 3]
+    assert not hidden_files(out)
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+def test_kill_mid_epoch_then_resume(tmp_path, small_splits, reference_run, monkeypatch):
+    """Training dies in the middle of epoch 2 (at the 15th optimizer step of 10 per epoch)."""
+    ref = reference_run("iwae")
+    real_make = train_module._make_optimizer
+    calls = {"n": 0}
+
+    def dying_optimizer(config, model, device):
+        opt = real_make(config, model, device)
+        real_step = opt.step
+
+        def step(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 15:
+                raise SimulatedKill("killed")
+            return real_step(*args, **kwargs)
+
+        opt.step = step
+        return opt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "_make_optimizer", dying_optimizer)
+    with pytest.raises(SimulatedKill):
+        train(resume_config(out, "iwae", 3), progress=False, splits=small_splits)
+    monkeypatch.setattr(train_module, "_make_optimizer", real_make)
+
+    # the run directory holds epoch 1, complete and consistent
+    tensors, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 1 and meta["step"] == 10 and len(meta["metrics"]) == 1
+    assert load_tensors(out / "model.safetensors")[1]["epoch"] == 1
+    assert [int(r["epoch"]) for r in read_metrics(out)] == [1]
+    assert not hidden_files(out)
+    model = iwae.load(out)
+    for key, value in model.state_dict().items():
+        assert torch.equal(tensors[f"model.{key}"], value)
+
+    train(resume_config(out, "iwae", 3), resume=True, progress=False, splits=small_splits)
+    assert_same_tensor_files(ref / "model.safetensors", out / "model.safetensors")
+    assert_same_bounds(ref, out, "valid_L5")
+
+
+def test_kill_while_writing_checkpoint_then_resume(tmp_path, small_splits, reference_run, monkeypatch):
+    """Training dies half-way through writing epoch 2's checkpoint file."""
+    ref = reference_run("iwae")
+    real_save_file = checkpoint_module.save_file
+    calls = {"n": 0}
+
+    def dying_save_file(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(".checkpoint.safetensors"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                real_save_file(tensors, filename, metadata=metadata)
+                data = Path(filename).read_bytes()
+                Path(filename).write_bytes(data[: len(data) // 2])  # half written
+                raise SimulatedKill("killed while writing")
+        return real_save_file(tensors, filename, metadata=metadata)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint_module, "save_file", dying_save_file)
+    with pytest.raises(SimulatedKill):
+        train(resume_config(out, "iwae", 3), progress=False, splits=small_splits)
+    monkeypatch.setattr(checkpoint_module, "save_file", real_save_file)
+    assert calls["n"] == 2
+
+    _, meta = load_tensors(out / "checkpoint.safetensors")  # loads: the old file is intact
+    assert meta["epoch"] == 1 and meta["step"] == 10
+    assert [int(r["epoch"]) for r in read_metrics(out)] == [1]
+    assert not hidden_files(out)
+
+    train(resume_config(out, "iwae", 3), resume=True, progress=False, splits=small_splits)
+    assert_same_tensor_files(ref / "model.safetensors", out / "model.safetensors")
+    assert_same_bounds(ref, out, "valid_L5")
+
+
+def test_kill_in_save_checkpoint_then_resume(tmp_path, small_splits, reference_run, monkeypatch):
+    """_save_checkpoint raises on its 2nd call (end of epoch 2)."""
+    ref = reference_run("iwae")
+    real = train_module._save_checkpoint
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SimulatedKill("killed")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "_save_checkpoint", dying)
+    with pytest.raises(SimulatedKill):
+        train(resume_config(out, "iwae", 3), progress=False, splits=small_splits)
+    monkeypatch.setattr(train_module, "_save_checkpoint", real)
+    assert load_tensors(out / "checkpoint.safetensors")[1]["epoch"] == 1
+    assert not hidden_files(out)
+    train(resume_config(out, "iwae", 3), resume=True, progress=False, splits=small_splits)
+    assert_same_tensor_files(ref / "model.safetensors", out / "model.safetensors")
+    assert_same_bounds(ref, out, "valid_L5")
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("old contents\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(path) as f:
+            f.write("new contents, half writ")
+            raise RuntimeError("boom")
+    assert path.read_text() == "old contents\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(tmp_path / "new.txt") as f:
+            f.write("x")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+    with atomic_write(path) as f:
+        f.write("new contents\n")
+    assert path.read_text() == "new contents\n"
+    with atomic_write(tmp_path / "blob.bin", "wb") as f:
+        f.write(b"\x00\x01")
+    assert (tmp_path / "blob.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "metrics.csv"]
+
+
+def test_save_load_tensors_round_trip(tmp_path):
+    tensors = {
+        "w": torch.randn(3, 4),
+        "w_t": torch.randn(4, 3).t(),  # not contiguous
+        "d": torch.randn(5, dtype=torch.float64),
+        "i": torch.arange(7, dtype=torch.int64),
+        "u": torch.tensor([0, 255], dtype=torch.uint8),
+        "scalar": torch.tensor(2.5),
+    }
+    meta = {"epoch": 3, "model_config": {"latent_dims": [100, 50]}, "metrics": [{"a": 1.5}], "name": "x"}
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, tensors, meta)
+    loaded, loaded_meta = load_tensors(path)
+    assert loaded_meta == meta
+    assert sorted(loaded) == sorted(tensors)
+    for key, value in tensors.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    save_tensors(path, {"x": torch.zeros(1)})  # overwrite, no metadata
+    assert load_tensors(path)[1] == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header-only", "garbage", "empty"])
+def test_load_tensors_on_a_damaged_file(tmp_path, damage):
+    path = tmp_path / "checkpoint.safetensors"
+    save_tensors(path, {"x": torch.arange(1000.0)}, {"epoch": 1})
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "header-only": data[:6],
+        "garbage": b"this is not a safetensors file\n" * 20,
+        "empty": b"",
+    }[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match=r"is corrupt or not a safetensors file") as info:
+        load_tensors(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
+    out = tmp_path / "run"
+    train(TrainConfig(k=2, epochs=1, valid_k=1, out=str(out)), progress=False, splits=tiny_splits)
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        data = (out / name).read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        assert 0 < n and 8 + n <= len(data)
+        assert data[8:9] == b"{"
+        header = json.loads(data[8:8 + n])
+        assert "__metadata__" in header
+        assert not data.startswith(b"\x80") and not data.startswith(b"PK")  # neither pickle nor torch.save zip
+    tensors, meta = load_tensors(out / "checkpoint.safetensors")
+    assert {"epoch", "step", "metrics", "param_groups", "model_config"} <= set(meta)
+    assert "rng.generator" in tensors and "rng.torch" in tensors
+    assert any(k.startswith("optim.") for k in tensors)
+
+
+# ----------------------------------------------------------------------------- objectives
+@pytest.mark.parametrize("settings", [
+    dict(objective="vae", k=2),
+    dict(objective="iwae", k=3),
+    dict(objective="miwae", k=4, m=2),
+    dict(objective="ciwae", k=3, beta=0.5),
+    dict(objective="piwae", k=4, m=2),
+    dict(objective="iwae", k=3, layers=2),
+], ids=["vae", "iwae", "miwae", "ciwae", "piwae", "iwae-2layers"])
+def test_every_objective_trains_and_reports_the_true_bound(tmp_path, tiny_splits, monkeypatch, settings):
+    recorded = []
+    real_terms = train_module.gradient_terms
+
+    def recording_terms(model, log_w, spec):
+        result = real_terms(model, log_w, spec)
+        recorded.append((log_w.detach().clone(), result.bound.detach().clone()))
+        return result
+
+    monkeypatch.setattr(train_module, "gradient_terms", recording_terms)
+    cfg = TrainConfig(**settings, epochs=1, batch_size=20, out=str(tmp_path / "run"))
+    train(cfg, progress=False, splits=tiny_splits)
+    row = read_metrics(tmp_path / "run")[0]
+    train_bound = float(row["train_bound"])
+    assert math.isfinite(train_bound) and train_bound < 0
+    assert math.isfinite(float(row[f"valid_L{cfg.k}"]))
+    if cfg.layers == 2:
+        assert iwae.load(tmp_path / "run").num_layers == 2
+
+    assert len(recorded) == 2  # 40 images, batches of 20
+    name, k, m = cfg.objective, cfg.k, cfg.m
+    total = 0.0
+    for log_w, bound in recorded:
+        assert log_w.shape == (k, 20)
+        expected = {
+            "vae": lambda: objectives.elbo(log_w),
+            "iwae": lambda: objectives.iwae(log_w),
+            "miwae": lambda: objectives.miwae(log_w.view(m, k // m, -1)),
+            "ciwae": lambda: objectives.ciwae(log_w, cfg.beta),
+            "piwae": lambda: objectives.iwae(log_w),  # PIWAE reports IWAE(M*K)
+        }[name]()
+        torch.testing.assert_close(bound, expected, rtol=1e-6, atol=1e-5)
+        total += bound.double().sum().item()
+    assert train_bound == pytest.approx(total / 40, rel=1e-5)
+
+
+def test_gradient_terms_bound_is_the_iwae_bound():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(784, (10,), ((30,),)))
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    log_w = model.log_weights(x, 5, torch.Generator().manual_seed(1))
+    result = gradient_terms(model, log_w, ObjectiveSpec("iwae", 5))
+    assert not result.bound.requires_grad
+    assert torch.equal(result.bound, objectives.iwae(log_w).detach())
+    by_hand = torch.logsumexp(log_w.detach().double(), 0) - math.log(5)
+    torch.testing.assert_close(result.bound.double(), by_hand, rtol=1e-6, atol=1e-5)
+    # not the ELBO (a looser bound) and not a surrogate
+    assert (result.bound > objectives.elbo(log_w).detach()).all()
