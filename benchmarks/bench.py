@@ -1,7 +1,7 @@
 """Throughput of iwae against the machine's float32 GEMM peak.
 
-    python benchmarks/bench.py                 # about 2 minutes on 2 CPU cores
-    python benchmarks/bench.py --plain         # also time a plain eager implementation
+    python benchmarks/bench.py                 # about a minute on 2 CPU cores
+    IWAE_KEEP_MALLOC=1 python benchmarks/bench.py --impl plain   # the plain eager baseline
     python benchmarks/bench.py --eval-images 10000   # L_5000 on the whole MNIST test set
 
 Measures, in one run:
@@ -13,8 +13,9 @@ and prints each as a fraction of the GEMM peak. FLOPs are counted as 2*m*n*k per
 three products per layer for a training step (forward, and two in backward), one for evaluation.
 A step's time is the median over repetitions of a block of steps.
 
-``--plain`` times the same model with PyTorch's ``nn.Tanh`` and ``binary_cross_entropy_with_logits``
-instead of iwae's kernels: the clean eager baseline.
+``--impl plain`` times the same model with PyTorch's ``nn.Tanh`` and
+``binary_cross_entropy_with_logits`` instead of iwae's kernels; with ``IWAE_KEEP_MALLOC=1`` it also
+keeps glibc's default allocator settings (see ``iwae.runtime``): the clean eager baseline.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from torch import nn
 
 import iwae.models.networks as networks
 import iwae.models.vae as vae_module
-from iwae.evaluate import log_likelihood
+from iwae.evaluate import CPU_ROWS_PER_CALL, log_likelihood
 from iwae.models import VAE, ModelConfig
 from iwae.objectives import iwae
+from iwae.runtime import tune_allocator
 
 
 def gemm_peak(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
@@ -57,6 +59,41 @@ def matmul_flops(config: ModelConfig, rows_encoder: int, rows_decoder: int) -> i
     encoder = d * h1 + h1 * h2 + h2 * 2 * z
     decoder = z * h2 + h2 * h1 + h1 * d
     return 2 * (rows_encoder * encoder + rows_decoder * decoder)
+
+
+def _linear_shapes(config: ModelConfig, rows_encoder: int, rows_decoder: int) -> list[tuple[int, int, int]]:
+    d, (h1, h2), z = config.input_dim, config.hidden_dims[0], config.latent_dims[0]
+    return ([(rows_encoder, i, o) for i, o in ((d, h1), (h1, h2), (h2, 2 * z))]
+            + [(rows_decoder, i, o) for i, o in ((z, h2), (h2, h1), (h1, d))])
+
+
+def gemm_only_rate(shapes: list[tuple[int, int, int]], backward: bool, seconds: float = 1.0) -> float:
+    """Calls/s of just the matrix products of a step (forward, and both backward products), with
+    preallocated outputs: the ceiling a step could reach if nothing else took time."""
+    ops = []
+    for rows, i, o in shapes:
+        x, w, y = torch.randn(rows, i), torch.randn(o, i), torch.randn(rows, o)
+        ops.append((x, w.t(), torch.empty(rows, o)))  # forward: y = x W^T
+        if backward:
+            ops.append((y.t(), x, torch.empty(o, i)))  # dW = dy^T x
+            ops.append((y, w, torch.empty(rows, i)))  # dx = dy W
+
+    def run():
+        for a, b, out in ops:
+            torch.mm(a, b, out=out)
+
+    for _ in range(5):
+        run()
+    n = max(5, int(seconds / max(1e-6, _time(run))))
+    times = [_time(run, n) for _ in range(7)]
+    return 1.0 / statistics.median(times)
+
+
+def _time(fn, n: int = 1) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
 
 
 @contextlib.contextmanager
@@ -111,36 +148,45 @@ def eval_rate(images: int, k: int = 5000) -> float:
     return images / (time.perf_counter() - t)
 
 
+def _with(ctx, fn, *args):
+    with ctx():
+        return fn(*args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--eval-images", type=int, default=40, help="images for the L_5000 rate")
-    parser.add_argument("--plain", action="store_true", help="also time the plain eager baseline")
+    parser.add_argument("--impl", choices=["iwae", "plain"], default="iwae",
+                        help="iwae's kernels, or PyTorch's stock ones (the plain eager baseline)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_allocator()  # as iwae.train and iwae.evaluate do
 
     cfg = ModelConfig.burda(1)
+    gemm_peak(repeats=10)  # warm-up: wakes the cores and threads before anything is timed
     peak = gemm_peak()
     print(f"# iwae benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"float32 GEMM peak (torch.mm): {peak:.0f} GFLOP/s\n")
-    variants = [("iwae", contextlib.nullcontext)] + ([("plain eager", plain_kernels)] if args.plain else [])
+    variants = [("iwae", contextlib.nullcontext)] if args.impl == "iwae" else [("plain eager", plain_kernels)]
     print("| what | batch | k | implementation | rate | GFLOP/s | of GEMM peak |")
     print("|---|---|---|---|---|---|---|")
     for batch in (20, 100):
         for k in (1, 5, 50):
             flops = 3 * matmul_flops(cfg, batch, batch * k)
-            for name, ctx in variants:
-                with ctx():
-                    rate = train_step_rate(batch, k, args.seconds)
+            rates = [(name, _with(ctx, train_step_rate, batch, k, args.seconds)) for name, ctx in variants]
+            rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True)))
+            for name, rate in rates:
                 print(f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
                       f"{rate * flops / 1e9 / peak:.0%} |", flush=True)
     flops_img = matmul_flops(cfg, 1, 5000)
-    for name, ctx in variants:
-        with ctx():
-            rate = eval_rate(args.eval_images)
+    rates = [(name, _with(ctx, eval_rate, args.eval_images)) for name, ctx in variants]
+    rows = CPU_ROWS_PER_CALL  # one decoder call of L_5000, forward only
+    rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, 1, rows), False) * rows / 5000))
+    for name, rate in rates:
         gflops = rate * flops_img / 1e9
         full = 10000 / rate
         ideal = 10000 * flops_img / 1e9 / peak

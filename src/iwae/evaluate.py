@@ -28,6 +28,7 @@ import torch
 from . import data as data_module
 from .models import VAE
 from .objectives import iwae as iwae_bound
+from .runtime import tune_allocator
 
 __all__ = ["log_likelihood", "active_units", "evaluate", "ACTIVE_THRESHOLD"]
 
@@ -85,6 +86,7 @@ def log_likelihood(
         raise ValueError(f"k must be >= 1, got {k}")
     if memory_budget < _bytes_per_row(model):
         raise ValueError(f"memory_budget of {memory_budget} bytes is below one sample's {_bytes_per_row(model)}")
+    tune_allocator()
     was_training = model.training
     model.eval()
     n = x.shape[0]

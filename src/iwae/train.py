@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError, atomic_write, load_tensors, save_tensor
 from .estimators import ESTIMATORS, ObjectiveSpec, backward, gradient_terms
 from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
+from .runtime import tune_allocator
 
 __all__ = ["TrainConfig", "train", "paper_schedule", "learning_rate", "load", "build_model"]
 
@@ -294,6 +295,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    tune_allocator()
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but CUDA is not available")

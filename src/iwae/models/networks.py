@@ -95,7 +95,10 @@ class BernoulliMLP(nn.Module):
         self.head = glorot_linear(width, out_features)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(z))
+        h = self.body(z)
+        # matmul, then the bias in place: addmm would first broadcast the bias into the whole
+        # (K * B, D) output and then accumulate into it, an extra pass over the largest tensor
+        return torch.matmul(h, self.head.weight.t()).add_(self.head.bias)
 
     def forward(self, z: torch.Tensor) -> Independent:
         return Independent(Bernoulli(logits=self.logits(z)), 1)
