@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write", "save_tensors", "load_tensors", "CheckpointError"]
@@ -35,30 +35,12 @@ class CheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Opens a temporary file beside ``path``; on success renames it over ``path``, else deletes it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Writes ``tensors`` to a safetensors file atomically; ``metadata`` is stored as JSON under key ``json``."""
-    path = Path(path)
+def _atomic_path(path: Path) -> Iterator[str]:
+    """Yields a temporary path beside ``path``; on success syncs it and renames it over ``path``, else deletes it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +50,20 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         raise
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Opens a temporary file beside ``path``; on success renames it over ``path``, else deletes it."""
+    with _atomic_path(Path(path)) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Writes ``tensors`` to a safetensors file atomically; ``metadata`` is stored as JSON under key ``json``."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with _atomic_path(Path(path)) as tmp:
+        save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+
+
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Reads a file written by :func:`save_tensors`: ``(tensors, metadata)``."""
     path = Path(path)
@@ -75,8 +71,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"{path} not found")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("json", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
