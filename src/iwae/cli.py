@@ -26,6 +26,12 @@ from .objectives import OBJECTIVES
 USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
 
 
+class UserError(click.ClickException):
+    """Bad input that is not about the command's syntax: one line, exit status 2."""
+
+    exit_code = 2
+
+
 def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -34,7 +40,7 @@ def _user_errors(fn):
         except click.ClickException:
             raise
         except USER_ERRORS as e:
-            raise click.UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+            raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         except KeyboardInterrupt:
             click.echo("interrupted; resume with --resume RUN_DIR", err=True)
             sys.exit(130)

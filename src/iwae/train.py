@@ -282,17 +282,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         progress: show a progress bar.
         splits: data already loaded (else ``load_dataset(config.dataset, config.data_dir)``).
     """
-    run_dir = Path(config.out)
-    if resume:
-        if not (run_dir / "checkpoint.safetensors").is_file():
-            raise CheckpointError(f"cannot resume: {run_dir} holds no checkpoint.safetensors")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
-                                  f"--resume it, or pass --overwrite")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     if config.threads:
         torch.set_num_threads(config.threads)
     tune_allocator()
@@ -300,11 +289,23 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but CUDA is not available")
 
-    # data
+    run_dir = Path(config.out)
+    if resume:
+        if not (run_dir / "checkpoint.safetensors").is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} holds no checkpoint.safetensors")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
+                              f"--resume it, or pass --overwrite")
+
+    # data first: a data error must not leave an empty run directory or delete an old run
     splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
     x_train = splits.train if config.train_subset is None else splits.train[: config.train_subset]
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
+
+    if not resume and run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     # model, optimiser, randomness (one generator drives shuffling, binarization and sampling)
     torch.manual_seed(config.seed)
