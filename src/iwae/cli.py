@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from .checkpoint import CheckpointError, atomic_write
 from .data import DataError
+from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
 
 # user errors: reported in one line with exit status 2, never as a traceback
@@ -80,6 +81,7 @@ Examples:
   iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5
   iwae train --objective miwae --k 64 --m 8 --epochs 40 --out runs/miwae-8-8     # MIWAE(8,8)
   iwae train --objective ciwae --k 64 --beta 0.5 --layers 2 --out runs/ciwae
+  iwae train --objective iwae --k 50 --estimator dreg --epochs 10 --out runs/iwae-dreg
   iwae train --objective vae --latent-dims 2 --epochs 5 --train-subset 5000 --out runs/vae-2d
   iwae train --resume runs/iwae-k5 --epochs 40                                 # continue, extend
 """
@@ -92,6 +94,8 @@ Examples:
               help="Total samples per example (for miwae/piwae: M groups of k/M).")
 @click.option("--m", "m", type=int, default=1, show_default=True, help="Groups M, for miwae and piwae.")
 @click.option("--beta", type=float, default=0.5, show_default=True, help="ELBO weight in [0, 1], for ciwae.")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), default="reparam", show_default=True,
+              help="The encoder's gradient estimator (the decoder always gets its objective's gradient).")
 @click.option("--layers", type=int, default=None, help="Stochastic layers, 1 or 2 for Burda et al.'s nets.  [default: 1]")
 @click.option("--latent-dims", help="Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
 @click.option("--hidden-dims", help="Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")

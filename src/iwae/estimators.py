@@ -1,14 +1,31 @@
 """Gradient estimators: which surrogate each set of parameters differentiates for an objective.
 
-:mod:`iwae.objectives` defines the bounds; this module turns a bound into a gradient. The default,
-``reparam``, differentiates the bound itself through reparameterised samples. PIWAE routes two
-objectives to two parameter sets. A training step is
+:mod:`iwae.objectives` defines the bounds; this module turns a bound into a gradient. The decoder
+(theta, with a learnable prior) always ascends its objective's own reparameterised gradient; the
+estimator decides the encoder's (phi) gradient:
 
-    log_w = model.log_weights(x, k)                 # (k, B)
-    terms = gradient_terms(model, log_w, spec)      # [(surrogate, params or None), ...]
-    for surrogate, params in terms: (-surrogate.sum()).backward(inputs=params, ...)
+- ``reparam``: the objective itself, through reparameterised samples (the default).
+- ``stl``, "sticking the landing" [1]: the objective with log q evaluated with the encoder's
+  parameters detached, so the score-function term is dropped (unbiased for K = 1).
+- ``dreg``, doubly reparameterised gradients [2]: for IWAE the surrogate
+  sum_i w~_i^2 log w_i with q's parameters detached inside log q (w~ the normalised weights, held
+  constant); for MIWAE per group of K; for the ELBO it is STL; PIWAE's encoder uses it on MIWAE.
+- ``rws``, reweighted wake-sleep's wake-phi update [3]: sum_i w~_i log q(stop_grad(z_i) | x).
+- ``rws-dreg`` [2]: sum_i (w~_i - w~_i^2) log w_i, q's parameters detached.
 
-and the value it reports is ``terms.bound``, the true bound, never a surrogate.
+PIWAE routes IWAE(M*K) to the decoder and MIWAE(M, K) to the encoder [4]. One training step is
+
+    bound = accumulate_gradients(model, x, spec, generator)   # fills .grad, returns the true bound
+
+which samples once and runs the decoder forward once; an estimator other than ``reparam``
+back-propagates through the decoder a second time for the encoder's term (no weight gradients).
+
+References:
+    [1] G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing. NeurIPS 2017.
+    [2] G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators
+        for Monte Carlo Objectives. ICLR 2019.
+    [3] J. Bornschein, Y. Bengio. Reweighted Wake-Sleep. ICLR 2015.
+    [4] T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018.
 """
 
 from __future__ import annotations
@@ -18,10 +35,19 @@ from dataclasses import dataclass
 import torch
 
 from . import objectives
+from .models.vae import LogWeightParts
 
-__all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "ESTIMATORS"]
+__all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "ESTIMATORS"]
 
-ESTIMATORS = ("reparam",)
+ESTIMATORS = ("reparam", "stl", "dreg", "rws", "rws-dreg")
+# objectives each estimator is defined for
+_SUPPORTED = {
+    "reparam": objectives.OBJECTIVES,
+    "stl": objectives.OBJECTIVES,
+    "dreg": objectives.OBJECTIVES,
+    "rws": ("iwae",),
+    "rws-dreg": ("iwae",),
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,10 @@ class ObjectiveSpec:
             raise ValueError(f"beta must lie in [0, 1], got {self.beta}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.name not in _SUPPORTED[self.estimator]:
+            raise ValueError(f"the {self.estimator} estimator is defined for the "
+                             f"{' and '.join(_SUPPORTED[self.estimator])} objective only, not {self.name}; "
+                             f"use --estimator reparam, stl or dreg")
 
     @property
     def label(self) -> str:
@@ -73,32 +103,78 @@ class GradientTerms:
     terms: list[tuple[torch.Tensor, list[torch.nn.Parameter] | None]]
 
 
-def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor, spec: ObjectiveSpec) -> GradientTerms:
-    """The surrogates whose gradients train ``model`` on ``spec``'s objective.
+def _objective(spec: ObjectiveSpec, log_w: torch.Tensor, *, encoder: bool = False) -> torch.Tensor:
+    """The value of spec's objective on log-weights ``(k, B)``; for PIWAE the decoder's or the encoder's part."""
+    k, b = log_w.shape
+    if spec.name == "vae":
+        return objectives.elbo(log_w)
+    if spec.name == "iwae":
+        return objectives.iwae(log_w)
+    if spec.name == "ciwae":
+        return objectives.ciwae(log_w, spec.beta)
+    grouped = log_w.reshape(spec.m, k // spec.m, b)
+    if spec.name == "miwae":
+        return objectives.miwae(grouped)
+    decoder_objective, encoder_objective = objectives.piwae(grouped)  # piwae
+    return encoder_objective if encoder else decoder_objective
+
+
+def _dreg(log_w: torch.Tensor, log_w_path: torch.Tensor, groups: int) -> torch.Tensor:
+    """(1/M) sum_m sum_k w~_{m,k}^2 log w_{m,k}: w~ normalised within each of ``groups`` groups, held constant."""
+    k, b = log_w.shape
+    w = torch.softmax(log_w.detach().reshape(groups, k // groups, b), dim=1)  # (M, K, B)
+    return (w.square() * log_w_path.reshape(groups, k // groups, b)).sum(1).mean(0)
+
+
+def _encoder_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    log_w = parts.log_weights
+    if spec.estimator in ("stl", "dreg", "rws-dreg"):
+        log_w_path = parts.log_p - parts.log_q_stop_params  # gradient to phi only through z
+    if spec.estimator == "stl":
+        return _objective(spec, log_w_path, encoder=True)
+    if spec.estimator == "dreg":
+        if spec.name == "vae":  # K independent one-sample ELBOs: DReG is STL
+            return objectives.elbo(log_w_path)
+        if spec.name == "ciwae":
+            return spec.beta * objectives.elbo(log_w_path) + (1 - spec.beta) * _dreg(log_w, log_w_path, 1)
+        return _dreg(log_w, log_w_path, spec.m if spec.name in ("miwae", "piwae") else 1)
+    w = torch.softmax(log_w.detach(), dim=0)  # (k, B), rws and rws-dreg (iwae only)
+    if spec.estimator == "rws":
+        return (w * parts.log_q_stop_samples).sum(0)
+    return ((w - w.square()) * log_w_path).sum(0)  # rws-dreg
+
+
+def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec) -> GradientTerms:
+    """The surrogates whose gradients train ``model`` on ``spec``'s objective with ``spec``'s estimator.
 
     Args:
-        model: a model with ``encoder_parameters()`` and ``decoder_parameters()`` (for PIWAE).
-        log_w: log-weights of shape ``(k, B)`` from ``model.log_weights(x, spec.k)``.
-        spec: the objective.
+        model: a model with ``encoder_parameters()`` and ``decoder_parameters()``.
+        log_w: log-weights of shape ``(k, B)`` from ``model.log_weights(x, spec.k)`` (enough for
+            ``reparam``), or the :class:`~iwae.models.LogWeightParts` from
+            ``model.log_weight_parts`` with the views the estimator needs.
+        spec: the objective and estimator.
+
+    Returns:
+        The true bound (detached, for reporting) and the (surrogate, parameters) pairs.
     """
+    parts = log_w if isinstance(log_w, LogWeightParts) else None
+    log_w = parts.log_weights if parts is not None else log_w
     k, b = log_w.shape
     if k != spec.k:
         raise ValueError(f"log_w has {k} samples per example but the objective expects k = {spec.k}")
-    if spec.name == "vae":
-        bound = objectives.elbo(log_w)
-    elif spec.name == "iwae":
-        bound = objectives.iwae(log_w)
-    elif spec.name == "ciwae":
-        bound = objectives.ciwae(log_w, spec.beta)
-    elif spec.name == "miwae":
-        bound = objectives.miwae(log_w.view(spec.m, k // spec.m, b))
-    else:  # piwae: the decoder ascends IWAE(M*K), the encoder MIWAE(M, K), on the same samples
-        decoder_objective, encoder_objective = objectives.piwae(log_w.view(spec.m, k // spec.m, b))
-        return GradientTerms(
-            decoder_objective.detach(),
-            [(decoder_objective, model.decoder_parameters()), (encoder_objective, model.encoder_parameters())],
-        )
-    return GradientTerms(bound.detach(), [(bound, None)])
+    bound = _objective(spec, log_w)
+    if spec.estimator == "reparam" and spec.name != "piwae":
+        return GradientTerms(bound.detach(), [(bound, None)])
+    if spec.estimator == "reparam":
+        encoder_term = _objective(spec, log_w, encoder=True)
+    else:
+        needed = "log_q_stop_samples" if spec.estimator == "rws" else "log_q_stop_params"
+        if parts is None or getattr(parts, needed) is None:
+            raise ValueError(f"the {spec.estimator} estimator needs model.log_weight_parts(..., "
+                             f"{'stop_samples' if spec.estimator == 'rws' else 'stop_params'}=True)")
+        encoder_term = _encoder_surrogate(spec, parts)
+    return GradientTerms(bound.detach(), [(bound, model.decoder_parameters()),
+                                          (encoder_term, model.encoder_parameters())])
 
 
 def backward(result: GradientTerms) -> None:
@@ -107,3 +183,15 @@ def backward(result: GradientTerms) -> None:
     for i, (surrogate, params) in enumerate(result.terms):
         last = i == len(result.terms) - 1
         (-surrogate.sum()).backward(inputs=params, retain_graph=not last)
+
+
+def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
+    minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``."""
+    parts = model.log_weight_parts(x, spec.k, generator,
+                                   stop_params=spec.estimator in ("stl", "dreg", "rws-dreg"),
+                                   stop_samples=spec.estimator == "rws")
+    result = gradient_terms(model, parts, spec)
+    backward(result)
+    return result.bound

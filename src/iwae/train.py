@@ -29,7 +29,7 @@ import yaml
 
 from . import data as data_module
 from .checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
-from .estimators import ESTIMATORS, ObjectiveSpec, backward, gradient_terms
+from .estimators import ObjectiveSpec, accumulate_gradients
 from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
 from .runtime import tune_allocator
@@ -58,7 +58,7 @@ class TrainConfig:
     k: int = 5  # total samples per example
     m: int = 1  # groups of k // m samples, for miwae and piwae
     beta: float = 0.5  # weight of the ELBO, for ciwae
-    estimator: str = "reparam"
+    estimator: str = "reparam"  # the encoder's gradient: reparam, stl, dreg, rws, rws-dreg
     # optimisation
     batch_size: int = 20
     schedule: str = "paper"  # paper: 3^i epochs at lr * 10^(-i/7); constant: lr throughout
@@ -348,10 +348,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 if splits.dynamic:
                     x = data_module.binarize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
-                result = gradient_terms(model, model.log_weights(x, spec.k, generator), spec)
-                backward(result)
+                bound = accumulate_gradients(model, x, spec, generator)
                 optimizer.step()
-                bound_sum += result.bound.sum()
+                bound_sum += bound.sum()
                 step += 1
                 if progress and step % 50 == 0:
                     bar.set_postfix(bound=f"{bound_sum.item() / min(i + config.batch_size, n_train):.2f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
@@ -76,9 +77,19 @@ class GaussianMLP(nn.Module):
             self.head.bias.zero_()
         self.out_features = out_features
 
-    def loc_log_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``."""
-        loc, log_scale = self.head(self.body(h)).chunk(2, dim=-1)
+    def loc_log_scale(self, h: torch.Tensor, detach_params: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``.
+
+        With ``detach_params`` the weights are treated as constants: gradients reach ``h`` only.
+        """
+        if detach_params:
+            for module in self.body:
+                h = F.linear(h, module.weight.detach(), module.bias.detach()) if isinstance(module, nn.Linear) \
+                    else module(h)
+            out = F.linear(h, self.head.weight.detach(), self.head.bias.detach())
+        else:
+            out = self.head(self.body(h))
+        loc, log_scale = out.chunk(2, dim=-1)
         return loc, log_scale
 
     def forward(self, h: torch.Tensor) -> Independent:

@@ -25,7 +25,7 @@ from .likelihood import bernoulli_log_prob
 from .networks import BernoulliMLP, GaussianMLP
 from .priors import make_prior
 
-__all__ = ["ModelConfig", "VAE"]
+__all__ = ["ModelConfig", "VAE", "LogWeightParts"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -81,6 +81,21 @@ def _normal_log_prob_from_eps(eps: torch.Tensor, log_scale: torch.Tensor) -> tor
 def _normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """log N(z; loc, exp(log_scale)^2), summed over the last dim."""
     return _normal_log_prob_from_eps((z - loc) * torch.exp(-log_scale), log_scale)
+
+
+@dataclass
+class LogWeightParts:
+    """log p(x, z_i) and log q(z_i | x) for K samples per input, each of shape ``(K, B)``."""
+
+    log_p: torch.Tensor  # log p(x, z_i)
+    log_q: torch.Tensor  # log q(z_i | x), differentiable through samples and parameters
+    log_q_stop_params: torch.Tensor | None = None  # encoder parameters detached, samples attached
+    log_q_stop_samples: torch.Tensor | None = None  # samples detached, parameters attached
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log w_i = log p(x, z_i) - log q(z_i | x)."""
+        return self.log_p - self.log_q
 
 
 class VAE(nn.Module):
@@ -190,20 +205,61 @@ class VAE(nn.Module):
 
         Lets evaluation run the first encoder layer once per input and draw samples in chunks.
         """
+        return self._log_weight_parts(x, loc, log_scale, num_samples, generator).log_weights
+
+    def log_weight_parts(
+        self,
+        x: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        *,
+        stop_params: bool = False,
+        stop_samples: bool = False,
+    ) -> LogWeightParts:
+        """The terms of the log-weights, with the views that gradient estimators need.
+
+        One sampling and one decoder pass give ``log p(x, z_i)`` and ``log q(z_i | x)``, and
+        optionally log q evaluated with the encoder's parameters detached (gradient reaches the
+        encoder only through the samples z_i: STL, DReG) or at detached samples (gradient only
+        through the parameters: RWS).
+        """
+        loc, log_scale = self.encoder[0].loc_log_scale(x)
+        return self._log_weight_parts(x, loc, log_scale, num_samples, generator, stop_params, stop_samples)
+
+    def _log_weight_parts(
+        self,
+        x: torch.Tensor,
+        loc: torch.Tensor,
+        log_scale: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None,
+        stop_params: bool = False,
+        stop_samples: bool = False,
+    ) -> LogWeightParts:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         z = torch.addcmul(loc, log_scale.exp(), eps)  # (K, B, D_1)
         log_q = _normal_log_prob_from_eps(eps, log_scale)  # (K, B)
+        # layer 1's parameters depend on x only, so detaching its outputs detaches the encoder
+        log_q_sp = _normal_log_prob(z, loc.detach(), log_scale.detach()) if stop_params else None
+        log_q_ss = _normal_log_prob(z.detach(), loc, log_scale) if stop_samples else None
         zs = [z]
         for layer in self.encoder[1:]:
-            loc_l, log_scale_l = layer.loc_log_scale(zs[-1])  # (K, B, D_l)
+            z_below = zs[-1]
+            loc_l, log_scale_l = layer.loc_log_scale(z_below)  # (K, B, D_l)
             eps = torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
             zs.append(torch.addcmul(loc_l, log_scale_l.exp(), eps))
             log_q = log_q + _normal_log_prob_from_eps(eps, log_scale_l)
+            if stop_params:  # the layer's weights detached, its input z_below still attached
+                loc_d, log_scale_d = layer.loc_log_scale(z_below, detach_params=True)
+                log_q_sp = log_q_sp + _normal_log_prob(zs[-1], loc_d, log_scale_d)
+            if stop_samples:
+                loc_s, log_scale_s = layer.loc_log_scale(z_below.detach())
+                log_q_ss = log_q_ss + _normal_log_prob(zs[-1].detach(), loc_s, log_scale_s)
         log_p = self.prior_module.log_prob(zs[-1])
         for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
             loc_l, log_scale_l = layer.loc_log_scale(z_above)
             log_p = log_p + _normal_log_prob(z_below, loc_l, log_scale_l)
         log_p = log_p + bernoulli_log_prob(self.decoder[0], zs[0], x)
-        return log_p - log_q
+        return LogWeightParts(log_p, log_q, log_q_sp, log_q_ss)
