@@ -1,7 +1,7 @@
 """Shared fixtures: the benchmark data folder, loaded MNIST splits, no network.
 
 The shared benchmark files live in ``<repo parent>/shared/data`` (override with
-``$IWAE_TEST_DATA_DIR``); tests that need them skip when they are absent.
+``$IWAE_TEST_DATA_DIR``); tests that need them fail, with a message saying so, when they are absent.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def shared_data_dir() -> Path:
     """The root folder of the shared benchmark data (holds mnist/, fashion_mnist/, ...)."""
     root = _data_dir()
     if not (root / "mnist").is_dir():
-        pytest.skip(f"shared data {root / 'mnist'} not available (set IWAE_TEST_DATA_DIR)")
+        pytest.fail(f"shared data {root / 'mnist'} not found: set IWAE_TEST_DATA_DIR to the folder that holds mnist/")
     return root
 
 
