@@ -106,17 +106,16 @@ class TrainConfig:
         return self.epochs if self.epochs is not None else sum(3**i for i in range(PAPER_STAGES))
 
     def model_config(self, input_dim: int) -> ModelConfig:
-        burda = ModelConfig.burda(self.layers, input_dim) if self.layers in (1, 2) else None
-        latent = self.latent_dims or (burda.latent_dims if burda else None)
-        hidden = self.hidden_dims or (burda.hidden_dims if burda else None)
-        if latent is None or hidden is None:
-            raise ValueError(f"{self.layers} stochastic layers need explicit latent_dims and hidden_dims")
+        """The network sizes: ``latent_dims`` / ``hidden_dims`` where given, else Burda et al.'s for ``layers``."""
+        if self.latent_dims is None or self.hidden_dims is None:
+            if self.layers not in (1, 2):
+                raise ValueError(f"{self.layers} stochastic layers need explicit latent_dims and hidden_dims "
+                                 f"(Burda et al. define 1 and 2)")
+            burda = ModelConfig.burda(self.layers, input_dim)
+        latent = self.latent_dims or burda.latent_dims
+        hidden = self.hidden_dims or burda.hidden_dims
         if len(latent) != self.layers:
             raise ValueError(f"latent_dims {list(latent)} has {len(latent)} entries for {self.layers} layers")
-        if self.hidden_dims is None and burda is None:
-            raise ValueError("hidden_dims is required")
-        if self.hidden_dims is None and len(hidden) != len(latent):
-            hidden = [hidden[0]] * len(latent)
         return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior)
 
     def to_dict(self) -> dict:
