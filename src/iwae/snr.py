@@ -1,0 +1,364 @@
+"""Signal-to-noise ratio of gradient estimators, the study of Rainforth et al. [1].
+
+For a model, a fixed minibatch ``x`` and an objective with its estimator (an
+:class:`~iwae.estimators.ObjectiveSpec`), draw R independent gradient estimates g_1 .. g_R (fresh
+latent samples each time, same ``x``, same parameters) and report, for every scalar parameter,
+
+    SNR = |E[g]| / std[g],   estimated by |mean_r g_r| / sqrt(sum_r (g_r - mean)^2 / (R - 1)).
+
+Each estimate is the gradient of the *mean over the minibatch* of the negated objective, i.e.
+:func:`~iwae.estimators.accumulate_gradients` on ``x`` divided by the batch size B (the sign and
+the 1/B do not change the SNR, but they make the reported means per example). The estimates are
+summarised separately for the inference network (encoder, phi) and the generative network
+(decoder, theta), by the mean and the median SNR over scalar parameters, and per parameter tensor.
+Components whose R estimates are all equal (std exactly 0: pixels that are 0 in every image of
+the batch give the first encoder layer exactly-zero gradients) have no finite SNR; they are left
+out of every summary and counted instead.
+
+Rainforth et al.'s theory: for IWAE with K samples the decoder's SNR grows as sqrt(K) and the
+encoder's falls as 1/sqrt(K); for MIWAE(M, K) the encoder's grows as sqrt(M / K), the decoder's
+as sqrt(M K). DReG [2] removes the score-function term of the encoder's gradient, and its SNR no
+longer falls with K. Run it with
+
+    iwae snr --fresh --k 1,4,16,64 --m 1,4,16 --estimators reparam,dreg --out results/snr
+
+References:
+    [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh.
+        Tighter Variational Bounds are Not Necessarily Better. ICML 2018.
+    [2] G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators
+        for Monte Carlo Objectives. ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import Splits, fixed_binarization
+from .estimators import ObjectiveSpec, accumulate_gradients
+
+__all__ = ["SNRResult", "RunningMoments", "fixed_batch", "gradient_samples", "gradient_snr", "snr_sweep",
+           "fit_slope", "curve_slopes", "plot_snr"]
+
+PARTS = ("encoder", "decoder")
+BATCH_BINARIZATION_SEED = 0  # the fixed batch is binarized once with this seed, whatever the sweep's seed
+
+
+def fixed_batch(splits: Splits, batch_size: int) -> torch.Tensor:
+    """The first ``batch_size`` training images, binarized once (:func:`~iwae.data.fixed_binarization`
+    with :data:`BATCH_BINARIZATION_SEED`) when the dataset is dynamic, ``(B, D)`` float32."""
+    n = splits.train.shape[0]
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch size must lie in 1..{n} (the training images of {splits.name}), got {batch_size}")
+    x = splits.train[:batch_size]
+    if not splits.dynamic:
+        return x.clone()
+    return torch.from_numpy(fixed_binarization(x.numpy(), BATCH_BINARIZATION_SEED))
+
+
+# ----------------------------------------------------------------------------- gradient draws
+def _parts(model: torch.nn.Module) -> dict[str, str]:
+    """``{parameter name: 'encoder' or 'decoder'}``, by ``model.encoder_parameters()`` / ``decoder_parameters()``."""
+    encoder = {id(p) for p in model.encoder_parameters()}
+    decoder = {id(p) for p in model.decoder_parameters()}
+    parts = {}
+    for name, p in model.named_parameters():
+        assert (id(p) in encoder) != (id(p) in decoder), f"{name} must be an encoder or a decoder parameter"
+        parts[name] = "encoder" if id(p) in encoder else "decoder"
+    return parts
+
+
+def _gradient_draws(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
+                    generator: torch.Generator | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``repeats`` gradient estimates ``{name: (numel,)}`` of the batch-mean negated objective."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    params = dict(model.named_parameters())
+    b = x.shape[0]
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(model, x, spec, generator)  # sums over the batch
+        # a parameter the surrogate does not reach has gradient 0, not None
+        yield {name: (p.grad.detach().reshape(-1) / b if p.grad is not None else torch.zeros(p.numel(), device=p.device))
+               for name, p in params.items()}
+    model.zero_grad(set_to_none=True)
+
+
+def gradient_samples(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """``repeats`` independent gradient estimates, stored: ``{parameter name: (R, numel)}``.
+
+    Each row is the gradient of the negated objective averaged over the rows of ``x``
+    (``accumulate_gradients(model, x, spec) / B``), drawn with fresh samples from ``generator``.
+    Needs R x (number of parameters) floats: use :func:`gradient_snr` for large R.
+    Leaves the parameters' ``.grad`` at None.
+    """
+    draws = list(_gradient_draws(model, x, spec, repeats, generator))
+    return {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
+
+
+class RunningMoments:
+    """Welford's running mean and sum of squared deviations (M2) of vectors, in float64.
+
+    Exact for constant inputs (every deviation is 0, so M2 stays exactly 0), which is what lets
+    :class:`SNRResult` tell deterministic gradient components apart; a running sum and sum of
+    squares would leave rounding residue there.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, value: torch.Tensor) -> None:
+        value = value.detach().to(torch.float64)
+        self.n += 1
+        if self.mean is None:
+            self.mean, self.m2 = value.clone(), torch.zeros_like(value)
+            return
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (value - self.mean)
+
+    def std(self) -> torch.Tensor:
+        """The sample standard deviation (divisor n - 1)."""
+        if self.n < 2:
+            raise ValueError(f"a standard deviation needs at least 2 values, got {self.n}")
+        return (self.m2 / (self.n - 1)).sqrt()
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class SNRResult:
+    """Per-component gradient statistics of one objective / estimator, from ``repeats`` estimates.
+
+    ``mean`` and ``std`` map each parameter name to a float64 vector ``(numel,)``; ``part`` maps it
+    to ``'encoder'`` or ``'decoder'``. Components with ``std == 0`` are *excluded*: ``zero`` when
+    their gradient was always exactly 0, ``constant`` when it was always the same non-zero value.
+    """
+
+    spec: ObjectiveSpec
+    repeats: int
+    mean: dict[str, torch.Tensor]
+    std: dict[str, torch.Tensor]
+    part: dict[str, str]
+
+    def snr(self, name: str) -> torch.Tensor:
+        """|mean| / std of the components of parameter ``name`` with std > 0 (excluded ones dropped)."""
+        keep = self.std[name] > 0
+        return self.mean[name][keep].abs() / self.std[name][keep]
+
+    def excluded(self, name: str) -> tuple[int, int]:
+        """``(zero, constant)``: how many components of ``name`` have std 0 with mean 0 / mean != 0."""
+        fixed = self.std[name] == 0
+        zero = int((fixed & (self.mean[name] == 0)).sum())
+        return zero, int(fixed.sum()) - zero
+
+    def _summary(self, names: Sequence[str]) -> dict[str, float | int]:
+        values = torch.cat([self.snr(n) for n in names]) if names else torch.zeros(0, dtype=torch.float64)
+        zero = sum(self.excluded(n)[0] for n in names)
+        constant = sum(self.excluded(n)[1] for n in names)
+        # nothing left to summarise: say so with n = 0 (the mean and median are undefined)
+        return {"mean": values.mean().item() if len(values) else math.nan,
+                "median": values.median().item() if len(values) else math.nan,
+                "n": len(values), "zero": zero, "constant": constant}
+
+    def summary(self, part: str) -> dict[str, float | int]:
+        """Mean and median SNR over all non-excluded scalar parameters of ``part`` ('encoder' or
+        'decoder'), ``n`` of them, and the counts of excluded ``zero`` and ``constant`` components."""
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
+        return self._summary([n for n, p in self.part.items() if p == part])
+
+    def layers(self) -> list[dict]:
+        """One summary per parameter tensor: ``name``, ``part``, ``mean``, ``median``, ``n``, ``zero``, ``constant``."""
+        return [{"name": n, "part": p, **self._summary([n])} for n, p in self.part.items()]
+
+
+def gradient_snr(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
+                 generator: torch.Generator | None = None) -> SNRResult:
+    """Per-parameter SNR of ``spec``'s gradient estimator at ``model``'s parameters on the batch ``x``.
+
+    Draws the same estimates as :func:`gradient_samples` (the batch-mean gradient, R times) but
+    keeps only a running mean and M2 in float64 (:class:`RunningMoments`), so memory does not grow
+    with R. Leaves the parameters' ``.grad`` at None.
+
+    Args:
+        model: a model with ``encoder_parameters()`` and ``decoder_parameters()``.
+        x: the fixed batch, ``(B, D)``, already binarized.
+        spec: the objective, its sample layout and the encoder's estimator.
+        repeats: R >= 2, the number of independent estimates.
+        generator: the source of the latent samples.
+
+    Returns:
+        An :class:`SNRResult`.
+    """
+    if repeats < 2:
+        raise ValueError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}")
+    moments: dict[str, RunningMoments] = {}
+    for draw in _gradient_draws(model, x, spec, repeats, generator):
+        for name, g in draw.items():
+            moments.setdefault(name, RunningMoments()).update(g)
+    return SNRResult(spec, repeats, {n: m.mean for n, m in moments.items()},
+                     {n: m.std() for n, m in moments.items()}, _parts(model))
+
+
+# ----------------------------------------------------------------------------- sweep
+def snr_sweep(model: torch.nn.Module, x: torch.Tensor, specs: Sequence[ObjectiveSpec], repeats: int,
+              seed: int = 0, per_layer: bool = False, progress=None) -> list[dict]:
+    """:func:`gradient_snr` for each spec; one row per spec.
+
+    Every spec draws from its own generator seeded with ``seed``, so a row does not depend on
+    which other specs were run. A row holds ``objective``, ``m``, ``k`` (the total samples per
+    example, as in :class:`ObjectiveSpec`), ``k_per_group`` (K of MIWAE(M, K); ``k`` for
+    one-group objectives), ``estimator``, ``repeats``, ``{encoder,decoder}_{mean,median}`` (SNR
+    over scalar parameters), ``{encoder,decoder}_excluded`` (components with std 0), ``ess``
+    (the weights' mean effective sample size per group, out of K) and ``seconds``; with ``per_layer``, also ``layers``, the list of :meth:`SNRResult.layers`.
+    ``progress``, if given, is called with each finished row.
+    """
+    rows = []
+    for spec in specs:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(seed)
+        t0 = time.perf_counter()
+        result = gradient_snr(model, x, spec, repeats, generator)
+        row = {"objective": spec.name, "m": spec.m, "k": spec.k, "k_per_group": spec.k // spec.m,
+               "estimator": spec.estimator, "repeats": repeats}
+        for part in PARTS:
+            s = result.summary(part)
+            row.update({f"{part}_mean": s["mean"], f"{part}_median": s["median"],
+                        f"{part}_excluded": s["zero"] + s["constant"]})
+        row["ess"] = _effective_sample_size(model, x, spec, generator)
+        row["seconds"] = time.perf_counter() - t0
+        if per_layer:
+            row["layers"] = result.layers()
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
+@torch.no_grad()
+def _effective_sample_size(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
+                           generator: torch.Generator | None, draws: int = 4) -> float:
+    """(sum w)^2 / sum w^2 within each group of K, averaged over groups, the batch and ``draws``
+    draws: near 1 when one sample dominates (the regime where IWAE's gradient behaves as a
+    one-sample estimate), near K when the weights are even (where the SNR theory applies)."""
+    total = 0.0
+    for _ in range(draws):
+        log_w = model.log_weights(x, spec.k, generator)  # (k, B)
+        log_w = log_w.reshape(spec.m, spec.k // spec.m, -1)  # (M, K, B)
+        ess = torch.exp(2 * log_w.logsumexp(1) - (2 * log_w).logsumexp(1))  # (M, B)
+        total += ess.mean().item()
+    return total / draws
+
+
+def fit_slope(xs: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of log(values) on log(xs): the exponent a of values ~ c * xs^a.
+
+    Raises:
+        ValueError: fewer than two points, distinct xs fewer than two, or a value or x <= 0 / not finite.
+    """
+    xs_t = torch.as_tensor(list(xs), dtype=torch.float64)
+    ys_t = torch.as_tensor(list(values), dtype=torch.float64)
+    if xs_t.shape != ys_t.shape or xs_t.numel() < 2:
+        raise ValueError(f"fit_slope needs two or more (x, value) pairs, got {xs_t.numel()} x and {ys_t.numel()} values")
+    if not (torch.isfinite(xs_t).all() and torch.isfinite(ys_t).all() and (xs_t > 0).all() and (ys_t > 0).all()):
+        raise ValueError(f"fit_slope needs positive finite xs and values, got {xs_t.tolist()} and {ys_t.tolist()}")
+    lx, ly = xs_t.log(), ys_t.log()
+    lx_c = lx - lx.mean()
+    denominator = lx_c.square().sum()
+    if denominator == 0:
+        raise ValueError(f"fit_slope needs at least two distinct xs, got {xs_t.tolist()}")
+    return float((lx_c * (ly - ly.mean())).sum() / denominator)
+
+
+# ----------------------------------------------------------------------------- figure
+SUMMARY = "median"  # the SNR summary plotted: the median over scalar parameters (robust to a few huge SNRs)
+
+
+def _curves(rows: Sequence[dict], objective: str, axis: str) -> list[tuple[str, str, list[float], list[float]]]:
+    """``(estimator, part, xs, SNRs)`` per curve of ``objective``'s rows, along ``axis`` ('k' or 'm')."""
+    curves = []
+    mine = [r for r in rows if r["objective"] == objective]
+    for estimator in dict.fromkeys(r["estimator"] for r in mine):
+        chosen = sorted((r for r in mine if r["estimator"] == estimator), key=lambda r: r[axis])
+        for part in PARTS:
+            pts = [(r[axis], r[f"{part}_{SUMMARY}"]) for r in chosen
+                   if math.isfinite(r[f"{part}_{SUMMARY}"]) and r[f"{part}_{SUMMARY}"] > 0]
+            if pts:
+                curves.append((estimator, part, [p[0] for p in pts], [p[1] for p in pts]))
+    return curves
+
+
+def curve_slopes(rows: Sequence[dict]) -> list[dict]:
+    """Fitted log-log slopes: IWAE's SNR against K, MIWAE's against M (at its fixed K per group).
+
+    Returns rows ``{objective, against, k_per_group, estimator, part, slope}``; curves with fewer
+    than two distinct x values are left out.
+    """
+    out = []
+    for objective, axis in (("iwae", "k"), ("miwae", "m")):
+        for estimator, part, xs, ys in _curves(rows, objective, axis):
+            if len(set(xs)) >= 2:
+                group_k = {r["k_per_group"] for r in rows if r["objective"] == objective}
+                out.append({"objective": objective, "against": axis.upper(),
+                            "k_per_group": min(group_k) if len(group_k) == 1 else None,
+                            "estimator": estimator, "part": part, "slope": fit_slope(xs, ys)})
+    return out
+
+
+def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None, dpi: int = 100) -> Path:
+    """Draws the SNR figure from :func:`snr_sweep` rows and writes it to ``path``.
+
+    Left: IWAE, SNR against K; right: MIWAE(M, K), SNR against M at the fixed K per group of its
+    rows (Rainforth et al. fix K and vary M). Both log-log; the SNR is the median over the
+    encoder's or the decoder's scalar parameters; one line per (estimator, network), its fitted
+    slope in the legend. The format follows the extension (.png, .svg, .pdf, ...); the figure is
+    11 x 4.5 inches, 1100 x 450 pixels as PNG at the default ``dpi``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=dpi)
+    colors = {"encoder": "tab:blue", "decoder": "tab:red"}
+    styles = ["-", "--", ":", "-."]
+    panels = (("iwae", "k", "K (samples)", "IWAE: SNR against K"),
+              ("miwae", "m", "M (groups)", "MIWAE(M, K): SNR against M"))
+    for ax, (objective, axis, xlabel, panel_title) in zip(axes, panels):
+        curves = _curves(rows, objective, axis)
+        group_k = sorted({r["k_per_group"] for r in rows if r["objective"] == objective})
+        if objective == "miwae" and group_k:
+            panel_title += f" at K = {', '.join(map(str, group_k))}"
+        estimators = list(dict.fromkeys(c[0] for c in curves))
+        for estimator, part, xs, ys in curves:
+            label = f"{part}, {estimator}"
+            if len(set(xs)) >= 2:
+                label += f" (slope {fit_slope(xs, ys):+.2f})"
+            ax.plot(xs, ys, styles[estimators.index(estimator) % len(styles)], marker="o",
+                    color=colors[part], label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{SUMMARY} SNR over parameters, |mean| / std")
+        ax.set_title(panel_title)
+        ax.grid(True, which="both", alpha=0.3)
+        if curves:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {objective.upper()} rows", ha="center", va="center", transform=ax.transAxes)
+    repeats = sorted({r["repeats"] for r in rows})
+    fig.suptitle(title or f"Gradient SNR (R = {', '.join(map(str, repeats))} estimates per point)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
