@@ -11,7 +11,11 @@ Measures, in one run:
 3. L_5000 images/s (iwae.evaluate.log_likelihood);
 and prints each as a fraction of the GEMM peak. FLOPs are counted as 2*m*n*k per matrix product,
 three products per layer for a training step (forward, and two in backward), one for evaluation.
-A step's time is the median over repetitions of a block of steps.
+A step's time is the median over repetitions of a block of steps. Last,
+4. the cost of the encoder's gradient estimators: training steps/s of the same model with IWAE at
+   batch 20, k = 50 for estimator reparam, stl, dreg and rws (iwae.estimators.accumulate_gradients,
+   then Adam), and each one's time per step relative to reparam. ``--estimators`` runs this section
+   alone; ``--impl plain`` leaves it out.
 
 ``--impl plain`` times the same model with PyTorch's ``nn.Tanh`` and
 ``binary_cross_entropy_with_logits`` instead of iwae's kernels; with ``IWAE_KEEP_MALLOC=1`` it also
@@ -32,6 +36,7 @@ from torch import nn
 
 import iwae.models.networks as networks
 import iwae.models.vae as vae_module
+from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.evaluate import CPU_ROWS_PER_CALL, log_likelihood
 from iwae.models import VAE, ModelConfig
 from iwae.objectives import iwae
@@ -123,6 +128,29 @@ def train_step_rate(batch: int, k: int, seconds: float = 2.0) -> float:
         (-iwae(model.log_weights(x, k)).sum()).backward()
         opt.step()
 
+    return _step_rate(step, seconds)
+
+
+def estimator_step(estimator: str, batch: int = 20, k: int = 50):
+    """One training step (sampling, the estimator's backward passes, Adam) of the 1-layer model on
+    IWAE(k) with ``estimator``, through iwae.estimators.accumulate_gradients as iwae.train runs it."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
+    x = torch.bernoulli(torch.rand(batch, 784))
+    spec = ObjectiveSpec("iwae", k=k, estimator=estimator)
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        accumulate_gradients(model, x, spec, generator)
+        opt.step()
+
+    return step
+
+
+def _step_rate(step, seconds: float) -> float:
+    """Steps/s of ``step``: median over 7 timed blocks, after a warm-up that sizes the blocks."""
     t = time.perf_counter()
     n = 0
     while time.perf_counter() - t < 0.3 or n < 5:  # warm-up, and size the blocks
@@ -153,6 +181,32 @@ def _with(ctx, fn, *args):
         return fn(*args)
 
 
+def estimator_table(seconds: float, batch: int = 20, k: int = 50,
+                    estimators: tuple[str, ...] = ("reparam", "stl", "dreg", "rws")) -> None:
+    """Prints the markdown table of section 4: steps/s per estimator and its time per step relative
+    to reparam. The estimators' blocks of steps are timed in turn, 7 rounds, and each rate is the
+    median of its 7 blocks, so that a change in the machine's load hits them all alike."""
+    steps = {name: estimator_step(name, batch, k) for name in estimators}
+    blocks = {}
+    for name, step in steps.items():  # warm-up, and size the blocks
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < 0.3 or n < 3:
+            step()
+            n += 1
+        blocks[name] = max(2, int(n / (time.perf_counter() - t) * seconds / 7))
+    times = {name: [] for name in estimators}
+    for _ in range(7):
+        for name, step in steps.items():
+            times[name].append(_time(step, blocks[name]))
+    rates = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+    print(f"\nEncoder gradient estimators: train steps of the 1-layer model, IWAE, batch {batch}, k = {k}\n")
+    print("| estimator | steps/s | time per step vs reparam |")
+    print("|---|---|---|")
+    for name, rate in rates.items():
+        relative = "(baseline)" if name == "reparam" else f"{rates['reparam'] / rate - 1.0:+.0%}"
+        print(f"| {name} | {rate:.1f} | {relative} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -160,10 +214,17 @@ def main() -> None:
     parser.add_argument("--impl", choices=["iwae", "plain"], default="iwae",
                         help="iwae's kernels, or PyTorch's stock ones (the plain eager baseline)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    parser.add_argument("--estimators", action="store_true",
+                        help="run only the gradient estimators' section (steps/s of reparam, stl, dreg, rws)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_allocator()  # as iwae.train and iwae.evaluate do
+    if args.estimators:
+        print(f"# iwae benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+        estimator_table(args.seconds)
+        return
 
     cfg = ModelConfig.burda(1)
     gemm_peak(repeats=10)  # warm-up: wakes the cores and threads before anything is timed
@@ -193,6 +254,8 @@ def main() -> None:
         print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
               f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s the peak allows) |",
               flush=True)
+    if args.impl == "iwae":  # the estimators' section times iwae's own kernels
+        estimator_table(args.seconds)
 
 
 if __name__ == "__main__":

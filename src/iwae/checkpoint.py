@@ -30,6 +30,10 @@ from safetensors.torch import load_file, save_file
 __all__ = ["atomic_write", "save_tensors", "load_tensors", "CheckpointError"]
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     """A run directory or checkpoint file is missing, corrupt or inconsistent."""
 
@@ -39,6 +43,7 @@ def _atomic_path(path: Path) -> Iterator[str]:
     """Yields a temporary path beside ``path``; on success syncs it and renames it over ``path``, else deletes it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give the usual permissions
     try:
         yield tmp
         with open(tmp, "rb") as f:

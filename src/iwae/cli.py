@@ -217,5 +217,212 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
         click.echo(f"{label:<{width}}  {value}")
 
 
+SNR_EXAMPLES = """
+\b
+Examples:
+  iwae snr --fresh --out results/snr                       # Burda 1-layer net at initialisation
+  iwae snr runs/iwae-k50 --repeats 500 --out results/snr-trained
+  iwae snr --fresh --objectives iwae --estimators reparam,dreg,stl --k 1,8,64 --out results/snr-k
+"""
+
+
+@main.command(epilog=SNR_EXAMPLES)
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
+@click.option("--k", "ks", default="1,4,16,64", show_default=True,
+              help="Total samples K for the one-group objectives (iwae, vae, ciwae).")
+@click.option("--m", "ms", default="1,4,16", show_default=True, help="Groups M for miwae and piwae.")
+@click.option("--group-k", type=int, default=4, show_default=True,
+              help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).")
+@click.option("--estimators", default="reparam,dreg", show_default=True,
+              help=f"Comma-separated encoder estimators: {', '.join(ESTIMATORS)}.")
+@click.option("--objectives", default="iwae,miwae", show_default=True,
+              help=f"Comma-separated objectives: {', '.join(OBJECTIVES)}.")
+@click.option("--repeats", type=int, default=200, show_default=True,
+              help="Independent gradient estimates R per point (>= 2).")
+@click.option("--batch-size", type=int, default=20, show_default=True,
+              help="The fixed batch: the first N training images, binarized once.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a --fresh init).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for snr.csv, snr_layers.csv and snr.png.")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
+@click.pass_context
+@_user_errors
+def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
+        data_dir, out, threads, as_json) -> None:
+    """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
+    over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
+    et al. 2018). Writes OUT/snr.csv, OUT/snr_layers.csv and OUT/snr.png (SNR against K for
+    IWAE, against M at fixed K per group for MIWAE, with fitted log-log slopes)."""
+    import csv
+    import io
+
+    import torch
+
+    from . import snr as snr_module
+    from .data import load_dataset
+    from .estimators import ObjectiveSpec
+
+    # everything about the arguments first: a bad value must not wait for the data
+    if bool(run_dir) == fresh:
+        raise click.UsageError("give either RUN_DIR or --fresh (a freshly initialised model), not both or neither")
+    if repeats < 2:
+        raise ValueError(f"--repeats must be >= 2 to estimate a standard deviation, got {repeats}")
+    if group_k < 1:
+        raise ValueError(f"--group-k must be >= 1, got {group_k}")
+    k_values, m_values = _int_list(ks, "--k"), _int_list(ms, "--m")
+    chosen = {}
+    for flag, value, known in (("--estimators", estimators, ESTIMATORS), ("--objectives", objectives, OBJECTIVES)):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = [v for v in names if v not in known]
+        if unknown or not names:
+            raise ValueError(f"{flag}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                             f"choose from {', '.join(known)}")
+        chosen[flag] = list(dict.fromkeys(names))
+    grouped = [o for o in chosen["--objectives"] if o in ("miwae", "piwae")]
+    if not grouped and ctx.get_parameter_source("ms") == ParameterSource.COMMANDLINE:
+        raise ValueError("--m applies to miwae and piwae only; add one of them to --objectives or drop --m")
+    specs = []  # ObjectiveSpec checks each pair, e.g. rws is defined for iwae only
+    for objective in chosen["--objectives"]:
+        for estimator in chosen["--estimators"]:
+            if objective in grouped:
+                specs += [ObjectiveSpec(objective, m * group_k, m, estimator=estimator) for m in m_values]
+            else:
+                specs += [ObjectiveSpec(objective, k, estimator=estimator) for k in k_values]
+    if threads:
+        torch.set_num_threads(threads)
+
+    if fresh:
+        splits = load_dataset("mnist", data_dir)
+        torch.manual_seed(seed)
+        from .models import VAE, ModelConfig
+
+        model = VAE(ModelConfig.burda(1, splits.dim))
+        model.init_output_bias(splits.train.mean(0))  # as training does
+        source = f"fresh Burda 1-layer model (seed {seed})"
+    else:
+        from .train import TrainConfig, load
+
+        model = load(run_dir)
+        config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+        splits = load_dataset(config.dataset, data_dir or config.data_dir)
+        source = f"run {run_dir}"
+    x = snr_module.fixed_batch(splits, batch_size)
+
+    def report(row: dict) -> None:
+        if not as_json:
+            click.echo(f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: "
+                       f"encoder {row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} "
+                       f"(median SNR), {row['seconds']:.1f} s", err=True)
+
+    if not as_json:
+        click.echo(f"{len(specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
+                   f"training images, {source}", err=True)
+    rows = snr_module.snr_sweep(model, x, specs, repeats, seed=seed, per_layer=True, progress=report)
+    slopes = snr_module.curve_slopes(rows)
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, records in (("snr.csv", [{k: v for k, v in r.items() if k != "layers"} for r in rows]),
+                          ("snr_layers.csv", [{"objective": r["objective"], "m": r["m"], "k": r["k"],
+                                               "estimator": r["estimator"], **layer}
+                                              for r in rows for layer in r["layers"]])):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+        with atomic_write(out_dir / name) as f:
+            f.write(buf.getvalue())
+    figure = snr_module.plot_snr(rows, out_dir / "snr.png", title=f"Gradient SNR, {source}, R = {repeats}")
+
+    if as_json:
+        click.echo(json.dumps({"rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
+                               "slopes": slopes, "figure": str(figure)}, indent=1))
+        return
+    header = ("objective", "estimator", "enc mean", "enc median", "dec mean", "dec median", "ESS", "excl enc")
+    table = [(ObjectiveSpec(r["objective"], r["k"], r["m"]).label, r["estimator"],
+              *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
+              f"{r['ess']:.2f}/{r['k_per_group']}", str(r["encoder_excluded"])) for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
+    for line in (header, *table):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    click.echo("SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0")
+    for s in slopes:
+        at = f" at K = {s['k_per_group']}" if s["against"] == "M" else ""
+        click.echo(f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
+                   f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}")
+    click.echo(f"wrote {out_dir / 'snr.csv'}, {out_dir / 'snr_layers.csv'} and {figure}")
+
+
+GRID_EXAMPLES = """
+\b
+Examples:
+  iwae grid --out runs/grid --data-dir data                 # short CPU protocol, 16 runs, ~30 min
+  iwae grid --out runs/grid --dry-run                       # list the runs and the points they serve
+  iwae grid --out runs/grid-long --epochs 40 --train-subset 20000 --test-subset 2000
+  iwae grid --out runs/grid16 --total 16 --betas 0,0.5,1 --ms 1,4,16
+"""
+
+
+def _float_list(value: str, name: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0,0.5,1, got {value!r}", param_hint=name)
+    if not out:
+        raise click.BadParameter(f"expected at least one number, got {value!r}", param_hint=name)
+    return out
+
+
+@main.command(epilog=GRID_EXAMPLES)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder of the grid: runs/, grid.csv, grid.md, grid.png.")
+@click.option("--total", type=int, default=64, show_default=True, help="M * K, samples per example.")
+@click.option("--betas", default="0,0.25,0.5,0.75,1", show_default=True, help="CIWAE's ELBO weights, in [0, 1].")
+@click.option("--ms", help="M values of MIWAE and PIWAE, each dividing --total.  [default: all divisors]")
+@click.option("--epochs", type=int, default=4, show_default=True, help="The first N epochs of the schedule.")
+@click.option("--schedule", type=click.Choice(["paper", "constant"]), default="paper", show_default=True)
+@click.option("--train-subset", type=int, default=5000, show_default=True,
+              help="Train on the first N training images (0: all).")
+@click.option("--test-subset", type=int, default=500, show_default=True,
+              help="Evaluate on the first N test images (0: all 10,000).")
+@click.option("--log-p-k", type=int, default=5000, show_default=True, help="Samples of log p-hat = L_k.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--dry-run", is_flag=True, help="List the distinct runs and the grid points they serve; train nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-run lines.")
+@_user_errors
+def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset, log_p_k, data_dir, seed, threads,
+         dry_run, quiet) -> None:
+    """Rainforth et al.'s (M, K) study: MIWAE and PIWAE at every (M, K) with M * K = --total, CIWAE
+    over --betas; identical runs are trained once, finished runs are reused, killed ones resumed.
+
+    Writes OUT/grid.csv (one row per grid point: IWAE-k, log p-hat = L_5000, -KL = their
+    difference, active units, seconds), OUT/grid.md (beside the published numbers) and OUT/grid.png.
+    """
+    from .grid import canonical_run, grid_points, grid_table, plan, run_grid
+
+    beta_list = _float_list(betas, "--betas")
+    m_list = _int_list(ms, "--ms")
+    if total < 1:
+        raise ValueError(f"--total must be >= 1, got {total}")
+    points = grid_points(total, beta_list, m_list)
+    if dry_run:
+        runs = plan(points)
+        click.echo(f"{len(points)} grid points, {len(runs)} distinct runs under {Path(out_dir) / 'runs'}:")
+        width = max(len(r.name) for r in runs)
+        for run, served in runs.items():
+            click.echo(f"  {run.name:<{width}}  {', '.join(p.label for p in served)}")
+        return
+    rows = run_grid(out_dir, total=total, betas=beta_list, ms=m_list, epochs=epochs, schedule=schedule,
+                    train_subset=train_subset or None, test_subset=test_subset or None, log_p_k=log_p_k,
+                    data_dir=data_dir, seed=seed, threads=threads, progress=not quiet)
+    click.echo(grid_table(rows))
+    click.echo(f"wrote {Path(out_dir) / 'grid.csv'}, {Path(out_dir) / 'grid.md'} and {Path(out_dir) / 'grid.png'}")
+
+
 if __name__ == "__main__":
     main()
