@@ -82,7 +82,7 @@ class ObjectiveSpec:
         if self.name not in _SUPPORTED[self.estimator]:
             raise ValueError(f"the {self.estimator} estimator is defined for the "
                              f"{' and '.join(_SUPPORTED[self.estimator])} objective only, not {self.name}; "
-                             f"use --estimator reparam, stl or dreg")
+                             f"use the reparam, stl or dreg estimator")
 
     @property
     def label(self) -> str:
