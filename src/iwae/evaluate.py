@@ -94,7 +94,7 @@ def log_likelihood(
     out = torch.empty(n, device=x.device)
     from tqdm.auto import tqdm
 
-    for i in tqdm(range(0, n, images), disable=not progress, leave=False, unit="chunk", desc=f"L_{k}"):
+    for i in tqdm(range(0, n, images), disable=None if progress else True, leave=False, unit="chunk", desc=f"L_{k}"):
         xb = x[i: i + images]
         loc, log_scale = model.encoder[0].loc_log_scale(xb)  # once per image
         log_w = torch.cat([

@@ -341,7 +341,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             order = torch.randperm(n_train, generator=generator, device=device)
             bound_sum = torch.zeros((), device=device)
             bar = tqdm(range(0, n_train, config.batch_size), desc=f"epoch {epoch + 1}/{total_epochs}",
-                       disable=not progress, leave=False, file=sys.stderr, unit="batch")
+                       disable=None if progress else True,  # None: off when stderr is not a terminal
+                       leave=False, file=sys.stderr, unit="batch")
             for i in bar:
                 x = x_train[order[i: i + config.batch_size]]
                 if splits.dynamic:
