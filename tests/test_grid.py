@@ -1,0 +1,211 @@
+"""Tests for iwae.grid and ``iwae grid``: canonical runs, an end-to-end tiny grid (csv, figure,
+table), reuse of finished runs, redoing interrupted ones, and the command line."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iwae import grid as grid_module
+from iwae.cli import main
+from iwae.data import Splits
+from iwae.grid import (EVAL_FILE, FIGURE_DPI, FIGURE_SIZE, GridPoint, Run, canonical_run, grid_points,
+                       grid_table, plan, plot_grid, read_grid_csv, run_grid)
+
+TINY = dict(total=4, betas=[0.0, 0.5], epochs=1, train_subset=None, test_subset=10, log_p_k=20, progress=False)
+
+
+# ----------------------------------------------------------------------------- canonical runs
+def test_identical_objectives_share_one_run():
+    iwae64, vae64 = Run("iwae", 64), Run("vae", 64)
+    assert canonical_run(GridPoint("miwae", 1, 64)) == iwae64
+    assert canonical_run(GridPoint("piwae", 1, 64)) == iwae64
+    assert canonical_run(GridPoint("ciwae", 1, 64, 0.0)) == iwae64
+    assert canonical_run(GridPoint("miwae", 64, 1)) == vae64
+    assert canonical_run(GridPoint("ciwae", 1, 64, 1.0)) == vae64
+
+
+def test_piwae_64_1_is_not_the_vae():
+    run = canonical_run(GridPoint("piwae", 64, 1))
+    assert run == Run("piwae", 64, m=64) != Run("vae", 64)
+    assert run.config(out="x").spec.label == "PIWAE(64,1)"
+
+
+def test_default_grid_has_seven_mk_points_and_sixteen_runs():
+    points = grid_points()
+    mk = [(p.m, p.k) for p in points if p.objective == "miwae"]
+    assert mk == [(1, 64), (2, 32), (4, 16), (8, 8), (16, 4), (32, 2), (64, 1)]
+    assert [(p.m, p.k) for p in points if p.objective == "piwae"] == mk
+    assert [p.beta for p in points if p.objective == "ciwae"] == [0, 0.25, 0.5, 0.75, 1]
+    runs = plan(points)
+    assert len(points) == 19 and len(runs) == 16
+    assert [p.label for p in runs[Run("iwae", 64)]] == ["MIWAE(1,64)", "PIWAE(1,64)", "CIWAE(beta=0)"]
+    assert [p.label for p in runs[Run("vae", 64)]] == ["MIWAE(64,1)", "CIWAE(beta=1)"]
+    assert len({r.name for r in runs}) == 16  # distinct directories
+
+
+def test_total_12_uses_its_divisors():
+    points = grid_points(12, betas=[0.5])
+    assert [(p.m, p.k) for p in points if p.objective == "piwae"] == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(total=0), "total"),
+    (dict(total=64, betas=[0.5, 1.5]), r"beta must lie in \[0, 1\], got 1.5"),
+    (dict(total=64, ms=[1, 3]), "M = 3 does not divide total = 64"),
+])
+def test_bad_grids_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        grid_points(**kwargs)
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_splits(mnist_splits) -> Splits:
+    s = mnist_splits
+    return Splits("mnist", s.train[:40].clone(), s.valid[:20].clone(), s.test[:20].clone(), True)
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory, tiny_splits):
+    out = tmp_path_factory.mktemp("grid")
+    rows = run_grid(out, splits=tiny_splits, **TINY)
+    return out, rows
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_tiny_grid_writes_one_row_per_point(tiny_grid):
+    out, rows = tiny_grid
+    points = grid_points(4, [0.0, 0.5])
+    assert [r["label"] for r in rows] == [p.label for p in points]
+    on_disk = read_grid_csv(out / "grid.csv")
+    assert [r["label"] for r in on_disk] == [p.label for p in points]
+    for r in on_disk:
+        for key in ("iwae_bound", "log_p_hat", "neg_kl", "seconds", "train_seconds", "eval_seconds"):
+            assert math.isfinite(r[key]), (r["label"], key)
+        assert r["neg_kl"] == pytest.approx(r["iwae_bound"] - r["log_p_hat"], abs=1e-9)
+        assert r["iwae_bound"] < 0 and r["log_p_hat"] < 0
+        assert r["iwae_k"] == 4 and r["log_p_k"] == 20 and r["n_test"] == 10
+        assert 0 <= r["active_units"] <= 50
+        assert r["run"] == canonical_run(GridPoint(r["objective"], r["m"], r["k"], r["beta"])).name
+    by_label = {r["label"]: r for r in on_disk}
+    assert by_label["MIWAE(1,4)"]["log_p_hat"] == by_label["CIWAE(beta=0)"]["log_p_hat"]  # one run
+    assert by_label["PIWAE(4,1)"]["run"] != by_label["MIWAE(4,1)"]["run"] == "vae-k4"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r.name for r in plan(points))
+
+
+def test_tiny_grid_figure_and_table(tiny_grid):
+    out, rows = tiny_grid
+    assert _png_size(out / "grid.png") == (FIGURE_SIZE[0] * FIGURE_DPI, FIGURE_SIZE[1] * FIGURE_DPI)
+    table = (out / "grid.md").read_text()
+    assert sum(ln.startswith("| ") for ln in table.splitlines()) == len(rows) + 1  # header and one per point
+    assert "IWAE-4" in table
+
+
+def test_rerun_reuses_finished_runs(tiny_grid, tiny_splits, monkeypatch):
+    out, rows = tiny_grid
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(grid_module, "train", refuse)
+    again = run_grid(out, splits=tiny_splits, **TINY)
+    assert again == rows
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")} == mtimes
+
+
+def test_interrupted_runs_are_redone(tiny_grid, tiny_splits, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    shutil.copytree(tiny_grid[0], out)
+    (out / "runs" / "miwae-m2-k2" / EVAL_FILE).unlink()  # killed after training, before evaluation
+    killed_early = out / "runs" / "piwae-m2-k2"  # killed before its first checkpoint
+    for name in ("checkpoint.safetensors", "metrics.csv", EVAL_FILE):
+        (killed_early / name).unlink()
+    calls = []
+    real_train = grid_module.train
+
+    def counting(config, **kwargs):
+        calls.append((Path(config.out).name, kwargs.get("resume", False), kwargs.get("overwrite", False)))
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(grid_module, "train", counting)
+    rows = run_grid(out, splits=tiny_splits, **TINY)
+    assert sorted(calls) == [("miwae-m2-k2", True, False), ("piwae-m2-k2", False, True)]
+    assert (out / "runs" / "miwae-m2-k2" / EVAL_FILE).is_file()
+    assert (killed_early / "checkpoint.safetensors").is_file()
+    assert all(math.isfinite(r["neg_kl"]) for r in rows)
+
+
+def test_more_epochs_resume_the_runs_from_their_checkpoints(tiny_grid, tiny_splits, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    shutil.copytree(tiny_grid[0], out)
+    calls = []
+    real_train = grid_module.train
+
+    def counting(config, **kwargs):
+        calls.append(kwargs.get("resume", False))
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(grid_module, "train", counting)
+    rows = run_grid(out, splits=tiny_splits, **{**TINY, "epochs": 2})
+    assert calls == [True] * len(plan(grid_points(4, [0.0, 0.5])))
+    for run_dir in (out / "runs").iterdir():
+        assert len((run_dir / "metrics.csv").read_text().strip().splitlines()) == 1 + 2, run_dir.name
+    assert {r["epochs"] for r in rows} == {2}
+
+
+def test_a_different_protocol_in_the_same_folder_is_refused(tiny_grid, tiny_splits, tmp_path):
+    out = tmp_path / "grid"
+    shutil.copytree(tiny_grid[0], out)
+    with pytest.raises(ValueError, match="trained with other settings"):
+        run_grid(out, splits=tiny_splits, **{**TINY, "train_subset": 20})
+
+
+def test_table_and_figure_show_published_numbers_at_total_64(tmp_path):
+    rows = []
+    for i, p in enumerate(grid_points()):
+        run = canonical_run(p)
+        rows.append({"objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "total": 64, "label": p.label,
+                     "run": run.name, "iwae_bound": -110.0 - i * 0.1, "log_p_hat": -108.0, "neg_kl": -2.0 - i * 0.1,
+                     "active_units": 20, "seconds": 1.0, "iwae_k": 64, "log_p_k": 5000, "n_test": 500,
+                     "epochs": 4, "train_subset": 5000})
+    table = grid_table(rows)
+    line = {ln.split(" | ")[0].lstrip("| "): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert "-86.11" in line["MIWAE(1,64)"] and "-86.11" in line["CIWAE(beta=0)"]
+    assert "-86.69" in line["MIWAE(64,1)"] and "-86.69" in line["CIWAE(beta=1)"]
+    assert "-85.74" in line["PIWAE(8,8)"] and "-85.69" in line["MIWAE(8,8)"] and "-86.08" in line["CIWAE(beta=0.5)"]
+    assert "-86.69" not in line["PIWAE(64,1)"] and "public reproduction" in table
+    path = plot_grid(rows, tmp_path / "fig.png")
+    assert _png_size(path) == (1500, 800)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_dry_run_lists_shared_runs(tmp_path):
+    result = CliRunner().invoke(main, ["grid", "--out", str(tmp_path / "g"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "19 grid points, 16 distinct runs" in result.output
+    line = next(ln for ln in result.output.splitlines() if ln.strip().startswith("iwae-k64"))
+    assert "MIWAE(1,64), PIWAE(1,64), CIWAE(beta=0)" in line
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--total", "0"], "--total must be >= 1"),
+    (["--betas", "0,1.5"], "beta must lie in [0, 1]"),
+    (["--ms", "1,5"], "M = 5 does not divide total = 64"),
+])
+def test_cli_bad_values_exit_2_with_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["grid", "--out", str(tmp_path / "g"), "--dry-run", *args])
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
