@@ -99,6 +99,13 @@ Examples:
 @click.option("--layers", type=int, default=None, help="Stochastic layers, 1 or 2 for Burda et al.'s nets.  [default: 1]")
 @click.option("--latent-dims", help="Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
 @click.option("--hidden-dims", help="Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
+@click.option("--prior", type=click.Choice(["normal", "mog", "vamp"]), default="normal", show_default=True,
+              help="p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the VampPrior.")
+@click.option("--components", type=int, default=1, show_default=True,
+              help="Mixture components (mog) or pseudo-inputs (vamp).")
+@click.option("--learn-mixture-weights", is_flag=True, help="mog: learn the mixture weights (else uniform).")
+@click.option("--kl-warmup", type=int, default=0, show_default=True,
+              help="vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
 @click.option("--dataset", default="mnist", show_default=True,
               help="mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files (else $IWAE_DATA_DIR, the cache, download).")
@@ -422,6 +429,69 @@ def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset,
                     data_dir=data_dir, seed=seed, threads=threads, progress=not quiet)
     click.echo(grid_table(rows))
     click.echo(f"wrote {Path(out_dir) / 'grid.csv'}, {Path(out_dir) / 'grid.md'} and {Path(out_dir) / 'grid.png'}")
+
+
+ANALYZE_EXAMPLES = """
+\b
+Examples:
+  iwae analyze runs/iwae-k5                        # ELBO surgery on the first 5,000 training images
+  iwae analyze runs/iwae-k5 --subset 59600 --samples 2 --json
+"""
+
+
+@main.command(epilog=ANALYZE_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--subset", type=int, default=5000, show_default=True, help="The first N training images.")
+@click.option("--samples", type=int, default=1, show_default=True, help="Samples z per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
+@_user_errors
+def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
+    """ELBO surgery (Hoffman & Johnson 2016) of a trained 1-layer run on training images: reconstruction,
+    average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error.
+
+    The result is also written to RUN_DIR/surgery_n{N}.json.
+    """
+    import torch
+
+    from .analysis import elbo_surgery
+    from .data import fixed_binarization, load_dataset
+    from .train import TrainConfig, load
+
+    if subset < 1:
+        raise ValueError(f"--subset must be >= 1, got {subset}")
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    model = load(run_dir)
+    config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+    splits = load_dataset(config.dataset, data_dir or config.data_dir)
+    x = splits.train[:subset]
+    if splits.dynamic:  # grey levels: binarize once, reproducibly
+        x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
+    result = elbo_surgery(model, x, num_samples=samples, generator=torch.Generator().manual_seed(seed))
+    result["seed"] = seed
+    with atomic_write(Path(run_dir) / f"surgery_n{result['n']}.json") as f:
+        json.dump(result, f, indent=1)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    r = result
+    analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
+    rows = [
+        ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
+        ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
+        ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
+        ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
+        ("ELBO", f"{r['elbo']:.3f}"),
+        ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
+        ("images", f"{r['n']} training images x {r['num_samples']} samples"),
+    ]
+    width = max(len(row[0]) for row in rows)
+    for label, value in rows:
+        click.echo(f"{label:<{width}}  {value}")
 
 
 if __name__ == "__main__":

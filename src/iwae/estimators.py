@@ -144,7 +144,17 @@ def _encoder_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tens
     return ((w - w.square()) * log_w_path).sum(0)  # rws-dreg
 
 
-def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec) -> GradientTerms:
+def _kl_weighted(parts: LogWeightParts, kl_weight: float) -> LogWeightParts:
+    """Parts whose log-weights are log p(x|z) + kl_weight * (log p(z) - log q(z|x)), for KL warm-up."""
+    if parts.log_likelihood is None:
+        raise ValueError("KL warm-up needs LogWeightParts with log_likelihood, from model.log_weight_parts")
+    lik = parts.log_likelihood
+    scaled = [None if t is None else kl_weight * t for t in (parts.log_q, parts.log_q_stop_params)]
+    return LogWeightParts(lik + kl_weight * (parts.log_p - lik), scaled[0], scaled[1], None, lik)
+
+
+def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec,
+                   kl_weight: float = 1.0) -> GradientTerms:
     """The surrogates whose gradients train ``model`` on ``spec``'s objective with ``spec``'s estimator.
 
     Args:
@@ -153,11 +163,25 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
             ``reparam``), or the :class:`~iwae.models.LogWeightParts` from
             ``model.log_weight_parts`` with the views the estimator needs.
         spec: the objective and estimator.
+        kl_weight: KL warm-up, ELBO only: the surrogates use log p(x|z) + kl_weight * (log p(z) -
+            log q(z|x)) in place of log w (the reported bound does not). Default 1.0: none.
 
     Returns:
         The true bound (detached, for reporting) and the (surrogate, parameters) pairs.
+
+    Raises:
+        ValueError: for a kl_weight other than 1 with an objective other than ``vae``.
     """
     parts = log_w if isinstance(log_w, LogWeightParts) else None
+    if kl_weight != 1.0:
+        if spec.name != "vae":
+            raise ValueError(f"KL warm-up (kl_weight {kl_weight}) is defined for the vae objective (the ELBO) "
+                             f"only, not {spec.name}; train {spec.name} without warm-up")
+        if parts is None:
+            raise ValueError("KL warm-up needs the LogWeightParts from model.log_weight_parts, not bare log-weights")
+        bound = objectives.elbo(parts.log_weights).detach()
+        result = gradient_terms(model, _kl_weighted(parts, kl_weight), spec)
+        return GradientTerms(bound, result.terms)
     log_w = parts.log_weights if parts is not None else log_w
     k, b = log_w.shape
     if k != spec.k:
@@ -186,12 +210,14 @@ def backward(result: GradientTerms) -> None:
 
 
 def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, kl_weight: float = 1.0) -> torch.Tensor:
     """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
-    minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``."""
+    minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``.
+    ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`)."""
     parts = model.log_weight_parts(x, spec.k, generator,
                                    stop_params=spec.estimator in ("stl", "dreg", "rws-dreg"),
                                    stop_samples=spec.estimator == "rws")
-    result = gradient_terms(model, parts, spec)
+    # without warm-up, the three-argument call (which tests substitute a recorder for)
+    result = gradient_terms(model, parts, spec) if kl_weight == 1.0 else gradient_terms(model, parts, spec, kl_weight)
     backward(result)
     return result.bound

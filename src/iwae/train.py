@@ -34,7 +34,7 @@ from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
 from .runtime import tune_allocator
 
-__all__ = ["TrainConfig", "train", "paper_schedule", "learning_rate", "load", "build_model"]
+__all__ = ["TrainConfig", "train", "paper_schedule", "learning_rate", "kl_weight", "load", "build_model"]
 
 SCHEDULES = ("paper", "constant")
 PAPER_STAGES = 8  # i = 0..7
@@ -52,13 +52,16 @@ class TrainConfig:
     layers: int = 1  # stochastic layers (Burda et al.'s 1- and 2-layer architectures)
     latent_dims: list[int] | None = None  # units per stochastic layer, bottom-up; None = Burda's
     hidden_dims: list[list[int]] | None = None  # tanh widths per stochastic layer; None = Burda's
-    prior: str = "normal"
+    prior: str = "normal"  # p(z) of the top layer: normal, mog (mixture of Gaussians), vamp (VampPrior)
+    components: int = 1  # mixture components (mog) or pseudo-inputs (vamp)
+    learn_mixture_weights: bool = False  # mog: learn the mixture weights (else uniform)
     # objective
     objective: str = "iwae"  # vae, iwae, miwae, ciwae, piwae
     k: int = 5  # total samples per example
     m: int = 1  # groups of k // m samples, for miwae and piwae
     beta: float = 0.5  # weight of the ELBO, for ciwae
     estimator: str = "reparam"  # the encoder's gradient: reparam, stl, dreg, rws, rws-dreg
+    kl_warmup: int = 0  # vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1
     # optimisation
     batch_size: int = 20
     schedule: str = "paper"  # paper: 3^i epochs at lr * 10^(-i/7); constant: lr throughout
@@ -95,6 +98,11 @@ class TrainConfig:
             raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.valid_k is not None and self.valid_k < 1:
             raise ValueError(f"valid_k must be >= 1, got {self.valid_k}")
+        if self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}")
+        if self.kl_warmup and self.objective != "vae":
+            raise ValueError(f"kl_warmup applies to the vae objective (the ELBO) only, not {self.objective}; "
+                             f"use objective vae or kl_warmup 0")
         self.model_config(input_dim=784)  # validates the sizes
 
     @property
@@ -116,7 +124,8 @@ class TrainConfig:
         hidden = self.hidden_dims or burda.hidden_dims
         if len(latent) != self.layers:
             raise ValueError(f"latent_dims {list(latent)} has {len(latent)} entries for {self.layers} layers")
-        return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior)
+        return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior, self.components,
+                           self.learn_mixture_weights)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +156,11 @@ class TrainConfig:
 def paper_schedule(stages: int = PAPER_STAGES, lr: float = 1e-3) -> list[tuple[int, float]]:
     """Burda et al.'s schedule: ``[(3^i epochs, lr * 10^(-i/7)) for i in range(stages)]``."""
     return [(3**i, lr * 10 ** (-i / 7)) for i in range(stages)]
+
+
+def kl_weight(config: TrainConfig, epoch: int) -> float:
+    """KL warm-up: the weight of log p(z) - log q(z|x) in the 0-based ``epoch``, epoch / kl_warmup up to 1."""
+    return min(1.0, epoch / config.kl_warmup) if config.kl_warmup else 1.0
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> tuple[int, float]:
@@ -310,6 +324,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(config.seed)
     model = build_model(config, x_train.shape[1]).to(device)
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
+    model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
     optimizer = _make_optimizer(config, model, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -337,6 +352,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
+            warmup_weight = kl_weight(config, epoch)
             t0 = time.perf_counter()
             order = torch.randperm(n_train, generator=generator, device=device)
             bound_sum = torch.zeros((), device=device)
@@ -348,7 +364,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 if splits.dynamic:
                     x = data_module.binarize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
-                bound = accumulate_gradients(model, x, spec, generator)
+                bound = accumulate_gradients(model, x, spec, generator, warmup_weight)
                 optimizer.step()
                 bound_sum += bound.sum()
                 step += 1

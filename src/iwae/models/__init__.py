@@ -1,7 +1,7 @@
 """Models: the VAE of Burda et al. with its encoder, decoder and prior networks."""
 
 from .networks import BernoulliMLP, GaussianMLP
-from .priors import PRIORS, StandardNormalPrior, make_prior
+from .priors import PRIORS, MixturePrior, StandardNormalPrior, VampPrior, make_prior
 from .vae import VAE, ModelConfig
 
-__all__ = ["VAE", "ModelConfig", "GaussianMLP", "BernoulliMLP", "StandardNormalPrior", "PRIORS", "make_prior"]
+__all__ = ["VAE", "ModelConfig", "GaussianMLP", "BernoulliMLP", "StandardNormalPrior", "MixturePrior", "VampPrior", "PRIORS", "make_prior"]

@@ -1,8 +1,11 @@
-"""Priors p(z) over the top stochastic layer.
+"""Priors p(z) over the top stochastic layer: standard Normal, mixture of Gaussians, VampPrior.
 
 A prior is a module whose ``forward()`` returns a ``torch.distributions.Distribution`` with event
 shape ``(D,)`` and whose ``log_prob(z)`` sums over the last dimension. Parameters of a prior are
-generative parameters: they train with the decoder.
+generative parameters: they train with the decoder (``VAE.decoder_parameters()``).
+
+References:
+    [1] J. M. Tomczak, M. Welling. VAE with a VampPrior. AISTATS 2018 (arXiv:1705.07120).
 """
 
 from __future__ import annotations
@@ -11,9 +14,17 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-__all__ = ["StandardNormalPrior", "make_prior", "PRIORS"]
+__all__ = ["StandardNormalPrior", "MixturePrior", "VampPrior", "make_prior", "PRIORS"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(z_..., loc_c, exp(log_scale_c)^2) for every component c: z ``(..., D)``, loc ``(C, D)`` -> ``(..., C)``."""
+    eps = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)  # (..., C, D)
+    return -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - z.shape[-1] * _HALF_LOG_2PI
 
 
 class StandardNormalPrior(nn.Module):
@@ -34,11 +45,146 @@ class StandardNormalPrior(nn.Module):
         return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
 
-PRIORS = {"normal": StandardNormalPrior}
+class MixturePrior(nn.Module):
+    """p(z) = sum_c pi_c N(z; mu_c, diag(sigma_c^2)), a learnable mixture of C diagonal Gaussians.
+
+    ``loc`` (mu, shape ``(C, D)``) starts from N(0, I) draws, ``log_var`` (log sigma^2) at 0; the
+    weights pi = softmax(``logits``) are uniform, and learnable only with ``learn_weights``.
+
+    Args:
+        dim: D, latent units.
+        components: C >= 1.
+        learn_weights: train the mixture weights (else a buffer of zeros: pi_c = 1 / C).
+    """
+
+    def __init__(self, dim: int, components: int, learn_weights: bool = False):
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"a mixture needs components >= 1, got {components}")
+        self.dim, self.components = dim, components
+        self.loc = nn.Parameter(torch.randn(components, dim))
+        self.log_var = nn.Parameter(torch.zeros(components, dim))
+        logits = torch.zeros(components)
+        if learn_weights:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+
+    def forward(self) -> Distribution:
+        return MixtureSameFamily(Categorical(logits=self.logits),
+                                 Independent(Normal(self.loc, torch.exp(0.5 * self.log_var)), 1))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log sum_c exp(log pi_c + log N(z; mu_c, sigma_c^2)), for z of shape ``(..., D)`` -> ``(...)``."""
+        log_pi = torch.log_softmax(self.logits, -1)  # (C,)
+        return torch.logsumexp(log_pi + _diag_normal_log_prob(z, self.loc, 0.5 * self.log_var), -1)
 
 
-def make_prior(name: str, dim: int) -> nn.Module:
-    """Builds the prior called ``name`` (one of ``PRIORS``) over ``dim`` latent units."""
+class VampPrior(nn.Module):
+    """p(z_L) = (1/C) sum_c q(z_L | u_c), the VampPrior of [1] with C learnable pseudo-inputs u_c.
+
+    The pseudo-inputs are ``u = sigmoid(raw)`` (``raw`` of shape ``(C, input_dim)`` is the
+    parameter), so they stay in (0, 1) and, unlike the hardtanh of the released code of [1], never
+    lose their gradient at the boundary. :meth:`init_from_data` starts them at training images plus
+    N(0, 0.05^2) noise; without it they start near 0.5.
+
+    q(z_L | u) is the model's own encoder, handed over at construction but not registered as a
+    submodule: the encoder's weights remain encoder parameters (a generative-model optimiser, e.g.
+    PIWAE's decoder step, updates only the pseudo-inputs), and the state dict holds them once. With
+    L > 1 stochastic layers, q(z_L | u) is the chain evaluated at the means of the layers below,
+    q(z_L | E[z_{L-1} | ... E[z_1 | u]]), one Gaussian per pseudo-input (a simplification of [1]).
+
+    The C posteriors are computed once per :meth:`log_prob` call (one batched encoder pass) and,
+    in eval mode without autograd, cached until the pseudo-inputs or the encoder change.
+
+    Args:
+        dim: D, units of the top layer.
+        components: C >= 1, pseudo-inputs.
+        encoder: the encoder layers, ``encoder[l]`` with ``loc_log_scale(h)`` giving q(z_{l+1} | z_l).
+        input_dim: size of an input x.
+    """
+
+    def __init__(self, dim: int, components: int, encoder: nn.ModuleList, input_dim: int):
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"the VampPrior needs components >= 1 pseudo-inputs, got {components}")
+        self.dim, self.components = dim, components
+        self._encoder = (encoder,)  # a tuple: not a submodule, see the class docstring
+        self.raw = nn.Parameter(0.01 * torch.randn(components, input_dim))  # u = sigmoid(raw) ~ 0.5
+        self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """u_c = sigmoid(raw_c), shape ``(C, input_dim)``, in (0, 1)."""
+        return torch.sigmoid(self.raw)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, noise: float = 0.05, generator: torch.Generator | None = None) -> None:
+        """Sets u_c to C random rows of ``x`` (values in [0, 1]) plus N(0, noise^2), clipped to [0.01, 0.99]."""
+        idx = torch.randint(x.shape[0], (self.components,), generator=generator, device=x.device)
+        u = x[idx] + noise * torch.randn(x[idx].shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = u.clamp(0.01, 0.99).to(self.raw)
+        self.raw.copy_(torch.log(u) - torch.log1p(-u))
+
+    def train(self, mode: bool = True) -> VampPrior:
+        self._cache = None
+        return super().train(mode)
+
+    def _posteriors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and log_scale of q(z_L | u_c), each ``(C, D)``."""
+        encoder = self._encoder[0]
+        cacheable = not self.training and not torch.is_grad_enabled()
+        if cacheable:
+            # in-place updates (optimiser steps, load_state_dict, .to) change a version or a pointer
+            key = tuple((p.data_ptr(), p._version, p.dtype) for p in (self.raw, *encoder.parameters()))
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
+        h = self.pseudo_inputs
+        for layer in encoder:
+            loc, log_scale = layer.loc_log_scale(h)
+            h = loc  # the mean of z_l feeds the next layer
+        if cacheable:
+            self._cache = (key, (loc, log_scale))
+        return loc, log_scale
+
+    def forward(self) -> Distribution:
+        loc, log_scale = self._posteriors()
+        mix = Categorical(logits=torch.zeros(self.components, device=loc.device, dtype=loc.dtype))
+        return MixtureSameFamily(mix, Independent(Normal(loc, log_scale.exp()), 1))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log (1/C) sum_c q(z | u_c), for z of shape ``(..., D)`` -> ``(...)``."""
+        loc, log_scale = self._posteriors()
+        return torch.logsumexp(_diag_normal_log_prob(z, loc, log_scale), -1) - math.log(self.components)
+
+
+PRIORS = ("normal", "mog", "vamp")
+
+
+def make_prior(name: str, dim: int, components: int = 1, *, learn_weights: bool = False,
+               encoder: nn.ModuleList | None = None, input_dim: int | None = None) -> nn.Module:
+    """Builds the prior called ``name`` (one of ``PRIORS``) over ``dim`` latent units.
+
+    Args:
+        name: ``normal`` (N(0, I)), ``mog`` (:class:`MixturePrior`) or ``vamp`` (:class:`VampPrior`).
+        dim: latent units of the top layer.
+        components: mixture components or pseudo-inputs; must be 1 for ``normal``.
+        learn_weights: learnable mixture weights, ``mog`` only.
+        encoder, input_dim: the encoder layers and the input size, ``vamp`` only.
+
+    Raises:
+        ValueError: for an unknown name or a setting the prior does not take.
+    """
     if name not in PRIORS:
         raise ValueError(f"unknown prior {name!r}; choose one of {', '.join(PRIORS)}")
-    return PRIORS[name](dim)
+    if name == "normal" and components != 1:
+        raise ValueError(f"the normal prior has no components (got {components}); use the mog or vamp prior")
+    if learn_weights and name != "mog":
+        raise ValueError(f"learnable mixture weights apply to the mog prior only, not {name}")
+    if name == "normal":
+        return StandardNormalPrior(dim)
+    if name == "mog":
+        return MixturePrior(dim, components, learn_weights)
+    if encoder is None or input_dim is None:
+        raise ValueError("the vamp prior needs the encoder and the input size")
+    return VampPrior(dim, components, encoder, input_dim)

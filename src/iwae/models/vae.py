@@ -39,7 +39,9 @@ class ModelConfig:
     # hidden widths of the deterministic tanh layers of each encoder layer q(z_l | z_{l-1});
     # the decoder layer p(z_{l-1} | z_l) mirrors them in reverse order
     hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200),)
-    prior: str = "normal"  # p(z_L); see iwae.models.priors.PRIORS
+    prior: str = "normal"  # p(z_L): normal, mog or vamp; see iwae.models.priors
+    prior_components: int = 1  # mixture components (mog) or pseudo-inputs (vamp); 1 for normal
+    prior_learn_weights: bool = False  # learnable mixture weights, mog only
 
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
@@ -54,6 +56,13 @@ class ModelConfig:
                 f"hidden_dims needs one tuple of widths per stochastic layer: "
                 f"{len(self.latent_dims)} layers but {len(self.hidden_dims)} tuples"
             )
+        if self.prior_components < 1:
+            raise ValueError(f"prior_components must be >= 1, got {self.prior_components}")
+        if self.prior == "normal" and self.prior_components != 1:
+            raise ValueError(f"the normal prior has no components (got {self.prior_components}); "
+                             f"use prior mog or vamp")
+        if self.prior_learn_weights and self.prior != "mog":
+            raise ValueError(f"learnable mixture weights apply to the mog prior only, not {self.prior}")
         if self.input_dim < 1 or min(self.latent_dims) < 1 or any(
             h < 1 for hs in self.hidden_dims for h in hs
         ):
@@ -91,6 +100,7 @@ class LogWeightParts:
     log_q: torch.Tensor  # log q(z_i | x), differentiable through samples and parameters
     log_q_stop_params: torch.Tensor | None = None  # encoder parameters detached, samples attached
     log_q_stop_samples: torch.Tensor | None = None  # samples detached, parameters attached
+    log_likelihood: torch.Tensor | None = None  # log p(x | z_1), the part of log_p that KL warm-up keeps
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -127,7 +137,10 @@ class VAE(nn.Module):
             [BernoulliMLP(dims[1], config.hidden_dims[0][::-1], dims[0])]
             + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
         )
-        self.prior_module = make_prior(config.prior, config.latent_dims[-1])
+        # the VampPrior maps its pseudo-inputs through the encoder, which stays outside the prior's parameters
+        self.prior_module = make_prior(config.prior, config.latent_dims[-1], config.prior_components,
+                                       learn_weights=config.prior_learn_weights, encoder=self.encoder,
+                                       input_dim=config.input_dim)
 
     # ----------------------------------------------------------------- distributions
     @property
@@ -164,8 +177,22 @@ class VAE(nn.Module):
         return list(self.encoder.parameters())
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        """The generative model's parameters (theta): decoder and prior."""
+        """The generative model's parameters (theta): decoder and prior.
+
+        The prior's parameters include a VampPrior's pseudo-inputs but not the encoder weights that
+        map them to q(z | u_c): those stay encoder parameters (phi). So where the two sets follow
+        different objectives, the encoder's part of log p(z) follows the encoder's: with PIWAE the
+        pseudo-inputs ascend IWAE(M*K) while the encoder, also inside the prior, ascends MIWAE(M, K);
+        with ``rws`` the encoder gets no gradient through the prior at all.
+        """
         return list(self.decoder.parameters()) + list(self.prior_module.parameters())
+
+    @torch.no_grad()
+    def init_prior(self, x_train: torch.Tensor) -> None:
+        """Starts a VampPrior's pseudo-inputs at random training images plus small noise (a no-op for
+        other priors); uses torch's global random numbers."""
+        if hasattr(self.prior_module, "init_from_data"):
+            self.prior_module.init_from_data(x_train)
 
     @torch.no_grad()
     def init_output_bias(self, train_mean: torch.Tensor) -> None:
@@ -261,5 +288,5 @@ class VAE(nn.Module):
         for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
             loc_l, log_scale_l = layer.loc_log_scale(z_above)
             log_p = log_p + _normal_log_prob(z_below, loc_l, log_scale_l)
-        log_p = log_p + bernoulli_log_prob(self.decoder[0], zs[0], x)
-        return LogWeightParts(log_p, log_q, log_q_sp, log_q_ss)
+        log_lik = bernoulli_log_prob(self.decoder[0], zs[0], x)
+        return LogWeightParts(log_p + log_lik, log_q, log_q_sp, log_q_ss, log_lik)
