@@ -494,5 +494,217 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
         click.echo(f"{label:<{width}}  {value}")
 
 
+QEW_EXAMPLES = """
+\b
+Examples:
+  iwae qew runs/iwae-2d                                  # first 3 test images, k = 1,5,50 -> runs/iwae-2d/qew.png
+  iwae qew runs/iwae-2d --images 5 --k 1,10,100 --out results/qew.pdf --json
+"""
+
+
+@main.command(epilog=QEW_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--images", type=int, default=3, show_default=True, help="The first N test images, one row each.")
+@click.option("--k", "ks", default="1,5,50", show_default=True, help="Comma-separated k of q_EW.")
+@click.option("--samples", type=int, default=20000, show_default=True, help="q_EW draws per image and k.")
+@click.option("--grid-size", type=int, default=121, show_default=True, help="Cells per latent dimension.")
+@click.option("--extent", default="auto", show_default=True,
+              help="auto (a window per image around its posterior) or a half-width E: the grid [-E, E]^2.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Figure file (.png, .svg, .pdf); the JSON goes beside it.  [default: RUN_DIR/qew.png]")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@_user_errors
+def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, data_dir, threads) -> None:
+    """The IWAE's implicit posterior q_EW (Cremer et al. 2017) of a 2-D-latent, 1-layer run: for each
+    of the first test images, the true posterior p(z|x) normalised on a grid, q(z|x) and q_EW for
+    each k, with the total variation distance of each to p. Writes the figure and a JSON beside it."""
+    import torch
+
+    from .data import load_dataset
+    from .posterior_figure import check_model, qew_figure
+    from .train import TrainConfig, load
+
+    k_values = _int_list(ks, "--k")
+    if images < 1:
+        raise ValueError(f"--images must be >= 1, got {images}")
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if grid_size < 2:
+        raise ValueError(f"--grid-size must be >= 2, got {grid_size}")
+    if extent != "auto":
+        try:
+            extent = float(extent)
+        except ValueError:
+            raise click.BadParameter(f"expected auto or a positive number, got {extent!r}", param_hint="--extent")
+        if not extent > 0:
+            raise click.BadParameter(f"expected auto or a positive number, got {extent}", param_hint="--extent")
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    if threads:
+        torch.set_num_threads(threads)
+    model = load(run_dir)
+    check_model(model)  # before the data: a 50-D or 2-layer run fails at once
+    config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+    splits = load_dataset(config.dataset, data_dir or config.data_dir)
+    x = splits.test[:images]  # in {0, 1}
+    figure = Path(out) if out else Path(run_dir) / "qew.png"
+    rows = qew_figure(model, x, k_values, figure, samples=samples, generator=torch.Generator().manual_seed(seed),
+                      grid_size=grid_size, extent=extent, image_shape=splits.image_shape)
+    result = {"run_dir": str(run_dir), "figure": str(figure), "images": int(x.shape[0]), "ks": k_values,
+              "samples": samples, "grid_size": grid_size, "extent": extent, "seed": seed, "rows": rows}
+    with atomic_write(figure.with_suffix(".json")) as f:
+        json.dump(result, f, indent=1)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    header = ("image", "k", "TV(q_EW,p)", "KL(p||q_EW)", "TV(q,p)", "KL(p||q)", "TV floor", "p edge mass")
+    table = [(r["image"], r["k"], f"{r['tv_qew']:.3f}", f"{r['kl_qew']:.3f}", f"{r['tv_q']:.3f}", f"{r['kl_q']:.3f}",
+              f"{r['tv_floor']:.3f}", f"{r['edge_mass']:.1e}") for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
+    for line in (header, *table):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    click.echo(f"TV floor: TV of a histogram of {samples} draws from p itself; KL(p||q_EW) smooths the histogram "
+               f"and is biased upward by its noise")
+    click.echo(f"wrote {figure} and {figure.with_suffix('.json')}")
+
+
+SAMPLE_EXAMPLES = """
+\b
+Examples:
+  iwae sample runs/iwae-k5                         # RUN_DIR/samples.png, 64 Bernoulli means
+  iwae sample runs/iwae-k5 --binary --n 100 --out samples.pdf
+  iwae sample runs/vamp --pseudo-inputs            # RUN_DIR/pseudo_inputs.png
+"""
+
+
+def _run_title(run_dir: Path) -> str:
+    """The run's objective and K from its config, e.g. ``IWAE(k=5)``."""
+    from .train import TrainConfig
+
+    return TrainConfig.from_yaml(run_dir / "config.yaml").spec.label
+
+
+def _existing_run(run_dir: str) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {path} not found")
+    return path
+
+
+@main.command(epilog=SAMPLE_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--n", "n", type=int, default=64, show_default=True, help="Number of samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Figure file; .png, .svg or .pdf.  [default: RUN_DIR/samples.png or RUN_DIR/pseudo_inputs.png]")
+@click.option("--probabilities/--binary", default=True, show_default=True,
+              help="Show the Bernoulli means of p(x | z), or binary samples x ~ p(x | z).")
+@click.option("--pseudo-inputs", is_flag=True, help="Draw the VampPrior's pseudo-inputs instead of samples.")
+@_user_errors
+def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
+    """Samples of a trained run: z ~ p(z) (top-down through the layers), then p(x | z), as an image grid."""
+    from .plots import plot_pseudo_inputs, plot_samples
+    from .train import load
+
+    path = _existing_run(run_dir)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    model = load(path)
+    title = _run_title(path)
+    if pseudo_inputs:
+        figure = plot_pseudo_inputs(model, out or path / "pseudo_inputs.png", title=title)
+    else:
+        figure = plot_samples({title: model}, out or path / "samples.png", n=n, seed=seed,
+                              probabilities=probabilities)
+    click.echo(f"wrote {figure}")
+
+
+PLOT_EXAMPLES = """
+\b
+Examples:
+  iwae plot runs/iwae-k5 --out figures/                     # all figures of one run
+  iwae plot runs/vae-2d runs/iwae-2d --what latent --out figures/   # side by side
+  iwae plot runs/vae runs/iwae --what curves --format pdf --out figures/
+  iwae plot toy --out toy.png                               # bias of log-mean against k
+"""
+PLOT_KINDS = ("samples", "reconstructions", "latent", "activity", "curves")
+
+
+@main.command(epilog=PLOT_EXAMPLES)
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--what", type=click.Choice(PLOT_KINDS + ("all",)), default="all", show_default=True,
+              help="Which figure to draw.")
+@click.option("--out", type=click.Path(), required=True,
+              help="Folder of the figures (for `plot toy`: the figure file).")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+              help="File format of the figures.")
+@click.option("--points", type=int, default=2000, show_default=True,
+              help="Test images in the latent figure (and first N test images reconstructed: 10).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@_user_errors
+def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
+    """Figures of one run, or of two side by side (e.g. VAE vs IWAE): samples, reconstructions of
+    test images, latent spread of test points coloured by label, per-unit activity A_u, and
+    training curves; written to OUT/<what>.<format>. `iwae plot toy --out FILE` draws the bias of
+    E[log mean of k samples] against k for a two-valued variable instead.
+
+    The latent figure draws the top stochastic layer: a 2-D latent directly, else its two units of
+    largest A_u on the first 500 training images (as `iwae evaluate`). Activity uses the same images.
+    """
+    import torch
+
+    from . import plots
+    from .data import fixed_binarization, load_dataset
+    from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+    from .train import TrainConfig, load
+
+    if runs[0] == "toy":
+        if len(runs) > 1:
+            raise click.UsageError("`iwae plot toy` takes no run directories")
+        click.echo(f"wrote {plots.plot_toy(out)}")
+        return
+    if len(runs) > 2:
+        raise click.UsageError(f"give one or two run directories, got {len(runs)}")
+    if points < 1:
+        raise ValueError(f"--points must be >= 1, got {points}")
+    paths = [_existing_run(r) for r in runs]
+    titles = [_run_title(p) for p in paths]
+    if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
+        titles = [f"{t} ({p.name})" for t, p in zip(titles, paths)]
+    kinds = PLOT_KINDS if what == "all" else (what,)
+    out_dir = Path(out)
+    written = []
+    if "curves" in kinds:
+        metrics = {t: plots.read_metrics(p) for t, p in zip(titles, paths)}
+        written.append(plots.plot_curves(metrics, out_dir / f"curves.{fmt}"))
+    if set(kinds) - {"curves"}:
+        models = {t: load(p) for t, p in zip(titles, paths)}
+        if len({m.config.input_dim for m in models.values()}) > 1:
+            raise ValueError("the two runs model inputs of different sizes; plot them separately")
+        if "samples" in kinds:
+            written.append(plots.plot_samples(models, out_dir / f"samples.{fmt}", seed=seed))
+    if set(kinds) & {"reconstructions", "latent", "activity"}:
+        config = TrainConfig.from_yaml(paths[0] / "config.yaml")
+        splits = load_dataset(config.dataset, data_dir or config.data_dir)
+        x_units = splits.train[:ACTIVE_UNITS_IMAGES]
+        if splits.dynamic:  # grey levels: binarize once, as evaluation does
+            x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
+        shape = splits.image_shape
+        if "reconstructions" in kinds:
+            written.append(plots.plot_reconstructions(models, splits.test, out_dir / f"reconstructions.{fmt}",
+                                                      image_shape=shape))
+        if "latent" in kinds:
+            labels = None if splits.test_labels is None else splits.test_labels[:points]
+            written.append(plots.plot_latent(models, splits.test[:points], out_dir / f"latent.{fmt}",
+                                             labels=labels, x_units=x_units))
+        if "activity" in kinds:
+            written.append(plots.plot_activity(models, x_units, out_dir / f"activity.{fmt}"))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,152 @@
+"""Tests for the figures (iwae.plots) and the ``iwae sample`` / ``iwae plot`` commands: pixel sizes,
+file formats, one-line errors, and the exact bias of the toy figure against Monte Carlo."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from iwae import plots
+from iwae.cli import main
+from iwae.models import VAE, ModelConfig
+from iwae.train import TrainConfig, train
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_one_line_error(result, phrase: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and phrase in errors[0], result.output
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) in pixels of a non-blank PNG."""
+    assert path.is_file() and path.stat().st_size > 0
+    img = mpimg.imread(path)
+    assert img[..., :3].std() > 0, f"{path} is blank"
+    return img.shape[:2]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_data_dir) -> dict[str, Path]:
+    """Tiny 1-epoch runs: VAE and IWAE with a 2-D latent, a 2-layer VampPrior run."""
+    root = tmp_path_factory.mktemp("runs")
+    common = dict(epochs=1, train_subset=60, data_dir=str(shared_data_dir), valid_k=2, schedule="constant")
+    settings = {
+        "vae2d": dict(objective="vae", k=1, latent_dims=[2], hidden_dims=[[20]]),
+        "iwae2d": dict(objective="iwae", k=5, latent_dims=[2], hidden_dims=[[20]]),
+        "vamp2l": dict(objective="iwae", k=2, layers=2, latent_dims=[6, 4], hidden_dims=[[20], [10]],
+                       prior="vamp", components=9),
+    }
+    return {name: train(TrainConfig(**common, **s, out=str(root / name)), progress=False)
+            for name, s in settings.items()}
+
+
+# ----------------------------------------------------------------------------- toy bias
+@pytest.mark.parametrize("a, b, p", [(0.1, 2.0, 0.9), (0.1, 2.0, 0.5), (1.0, 3.0, 0.2)])
+def test_toy_bias_matches_monte_carlo(a, b, p):
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 5):
+        x = np.where(rng.random((400_000, k)) < p, a, b)
+        log_mean = np.log(x.mean(1))
+        mc = log_mean.mean() - math.log(p * a + (1 - p) * b)
+        stderr = log_mean.std() / math.sqrt(len(log_mean))
+        assert abs(plots.toy_bias(k, a, b, p) - mc) < 5 * stderr + 1e-9, (k, plots.toy_bias(k, a, b, p), mc)
+
+
+def test_toy_bias_is_negative_and_rises_to_zero():
+    for a, b, p in plots.TOY_SETTINGS:
+        biases = [plots.toy_bias(k, a, b, p) for k in plots.TOY_KS]
+        assert all(v <= 1e-12 for v in biases)
+        assert all(x < y for x, y in zip(biases, biases[1:])), biases
+        assert abs(biases[-1]) < 0.01
+    assert plots.toy_bias(1, 0.1, 2.0, 0.9) == pytest.approx(
+        0.9 * math.log(0.1) + 0.1 * math.log(2.0) - math.log(0.9 * 0.1 + 0.1 * 2.0))
+    assert plots.toy_bias(7, 0.1, 2.0, 1.0) == pytest.approx(0.0, abs=1e-12)  # a constant has no bias
+
+
+def test_toy_bias_rejects_bad_input():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        plots.toy_bias(0)
+    with pytest.raises(ValueError, match="must be > 0"):
+        plots.toy_bias(3, a=0.0)
+
+
+# ----------------------------------------------------------------------------- figure functions
+def test_sample_images_shapes_and_binary():
+    model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,))))
+    means = plots.sample_images(model, 8, seed=1)
+    assert means.shape == (8, 784) and ((means > 0) & (means < 1)).all()
+    assert torch.equal(means, plots.sample_images(model, 8, seed=1))
+    binary = plots.sample_images(model, 8, seed=1, probabilities=False)
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("ext, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_vector_formats_by_extension(tmp_path, ext, magic):
+    path = plots.plot_toy(tmp_path / f"toy.{ext}")
+    assert path.read_bytes().startswith(magic)
+    assert plots.plot_toy(tmp_path / "toy").suffix == ".png"
+    with pytest.raises(ValueError, match="unknown figure format"):
+        plots.plot_toy(tmp_path / "toy.bmp")
+
+
+def test_pseudo_inputs_need_a_vamp_prior(tmp_path):
+    with pytest.raises(ValueError, match="no pseudo-inputs"):
+        plots.plot_pseudo_inputs(VAE(ModelConfig(latent_dims=(2,), hidden_dims=((10,),))), tmp_path / "u.png")
+
+
+# ----------------------------------------------------------------------------- commands
+def test_sample_command(runs, tmp_path):
+    result = invoke("sample", runs["iwae2d"], "--n", 16, "--out", tmp_path / "s.png")
+    assert result.exit_code == 0, result.output
+    assert image_size(tmp_path / "s.png") == (550, 500)
+    result = invoke("sample", runs["vamp2l"], "--binary")  # 2 layers, top-down
+    assert result.exit_code == 0, result.output
+    assert image_size(runs["vamp2l"] / "samples.png") == (550, 500)
+    result = invoke("sample", runs["vamp2l"], "--pseudo-inputs", "--out", tmp_path / "u.pdf")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "u.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_plot_all_two_runs_side_by_side(runs, tmp_path):
+    result = invoke("plot", runs["vae2d"], runs["iwae2d"], "--what", "all", "--points", 300, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    sizes = {name: image_size(tmp_path / f"{name}.png")
+             for name in ("samples", "reconstructions", "latent", "activity", "curves")}
+    assert sizes == {"samples": (550, 1000), "reconstructions": (300, 1600), "latent": (500, 1100),
+                     "activity": (400, 500), "curves": (450, 700)}
+
+
+def test_plot_one_run_latent_and_activity_of_two_layers(runs, tmp_path):
+    result = invoke("plot", runs["vamp2l"], "--what", "latent", "--points", 200, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert image_size(tmp_path / "latent.png") == (500, 600)
+    result = invoke("plot", runs["vamp2l"], "--what", "activity", "--format", "svg", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "activity.svg").read_bytes().startswith(b"<?xml")
+
+
+def test_plot_toy_command(tmp_path):
+    result = invoke("plot", "toy", "--out", tmp_path / "toy.png")
+    assert result.exit_code == 0, result.output
+    assert image_size(tmp_path / "toy.png") == (450, 700)
+
+
+def test_command_errors_are_one_line(runs, tmp_path):
+    assert_one_line_error(invoke("sample", tmp_path / "missing"), "not found")
+    assert_one_line_error(invoke("plot", tmp_path / "missing", "--out", tmp_path), "not found")
+    assert_one_line_error(invoke("sample", runs["vae2d"], "--pseudo-inputs", "--out", tmp_path / "u.png"),
+                          "no pseudo-inputs")
+    assert_one_line_error(invoke("plot", runs["vae2d"], "--what", "everything", "--out", tmp_path), "--what")
+    assert_one_line_error(invoke("plot", "toy", runs["vae2d"], "--out", tmp_path / "t.png"), "toy")
