@@ -49,6 +49,13 @@ def _user_errors(fn):
     return wrapper
 
 
+def _echo_table(rows: list[tuple[str, str]]) -> None:
+    """Prints (label, value) rows with the values aligned."""
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        click.echo(f"{label:<{width}}  {value}")
+
+
 def _int_list(value: str | None, name: str) -> list[int] | None:
     if value is None:
         return None
@@ -219,9 +226,7 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
          + (f" = {result['active_units']}" if len(result["active_units_per_layer"]) > 1 else "")),
         ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
     ]
-    width = max(len(r[0]) for r in rows)
-    for label, value in rows:
-        click.echo(f"{label:<{width}}  {value}")
+    _echo_table(rows)
 
 
 SNR_EXAMPLES = """
@@ -489,9 +494,7 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
         ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
         ("images", f"{r['n']} training images x {r['num_samples']} samples"),
     ]
-    width = max(len(row[0]) for row in rows)
-    for label, value in rows:
-        click.echo(f"{label:<{width}}  {value}")
+    _echo_table(rows)
 
 
 QEW_EXAMPLES = """
