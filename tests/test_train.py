@@ -532,8 +532,8 @@ def test_every_objective_trains_and_reports_the_true_bound(tmp_path, tiny_splits
     recorded = []
     real_terms = estimators_module.gradient_terms
 
-    def recording_terms(model, parts, spec):
-        result = real_terms(model, parts, spec)
+    def recording_terms(model, parts, spec, kl_weight=1.0):
+        result = real_terms(model, parts, spec, kl_weight)
         log_w = parts.log_weights if isinstance(parts, LogWeightParts) else parts
         recorded.append((log_w.detach().clone(), result.bound.detach().clone()))
         return result

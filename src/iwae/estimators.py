@@ -217,7 +217,6 @@ def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: Objectiv
     parts = model.log_weight_parts(x, spec.k, generator,
                                    stop_params=spec.estimator in ("stl", "dreg", "rws-dreg"),
                                    stop_samples=spec.estimator == "rws")
-    # without warm-up, the three-argument call (which tests substitute a recorder for)
-    result = gradient_terms(model, parts, spec) if kl_weight == 1.0 else gradient_terms(model, parts, spec, kl_weight)
+    result = gradient_terms(model, parts, spec, kl_weight)
     backward(result)
     return result.bound
