@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from iwae import grid as grid_module
+from iwae import train as train_module
 from iwae.cli import main
 from iwae.data import Splits
 from iwae.grid import (EVAL_FILE, FIGURE_DPI, FIGURE_SIZE, GridPoint, Run, canonical_run, grid_points,
@@ -119,7 +119,7 @@ def test_rerun_reuses_finished_runs(tiny_grid, tiny_splits, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(grid_module, "train", refuse)
+    monkeypatch.setattr(train_module, "train", refuse)
     again = run_grid(out, splits=tiny_splits, **TINY)
     assert again == rows
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")} == mtimes
@@ -133,13 +133,13 @@ def test_interrupted_runs_are_redone(tiny_grid, tiny_splits, tmp_path, monkeypat
     for name in ("checkpoint.safetensors", "metrics.csv", EVAL_FILE):
         (killed_early / name).unlink()
     calls = []
-    real_train = grid_module.train
+    real_train = train_module.train
 
     def counting(config, **kwargs):
         calls.append((Path(config.out).name, kwargs.get("resume", False), kwargs.get("overwrite", False)))
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(grid_module, "train", counting)
+    monkeypatch.setattr(train_module, "train", counting)
     rows = run_grid(out, splits=tiny_splits, **TINY)
     assert sorted(calls) == [("miwae-m2-k2", True, False), ("piwae-m2-k2", False, True)]
     assert (out / "runs" / "miwae-m2-k2" / EVAL_FILE).is_file()
@@ -151,13 +151,13 @@ def test_more_epochs_resume_the_runs_from_their_checkpoints(tiny_grid, tiny_spli
     out = tmp_path / "grid"
     shutil.copytree(tiny_grid[0], out)
     calls = []
-    real_train = grid_module.train
+    real_train = train_module.train
 
     def counting(config, **kwargs):
         calls.append(kwargs.get("resume", False))
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(grid_module, "train", counting)
+    monkeypatch.setattr(train_module, "train", counting)
     rows = run_grid(out, splits=tiny_splits, **{**TINY, "epochs": 2})
     assert calls == [True] * len(plan(grid_points(4, [0.0, 0.5])))
     for run_dir in (out / "runs").iterdir():

@@ -55,13 +55,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
-
 from . import data as data_module
 from . import published
-from .checkpoint import CheckpointError, atomic_write, load_tensors
+from .checkpoint import atomic_write
 from .evaluate import evaluate
-from .train import TrainConfig, train
+from .train import TrainConfig, run_identity, train_or_resume
 
 __all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "plan", "run_grid", "plot_grid", "grid_table",
            "read_grid_csv", "DEFAULT_BETAS"]
@@ -79,8 +77,6 @@ EVAL_FILE = "grid_eval.json"  # written last in a run directory: its presence ma
 FIGURE_SIZE = (15.0, 8.0)  # inches, at FIGURE_DPI: grid.png is 1500 x 800 pixels
 FIGURE_DPI = 100
 PUBLISHED_LABEL = "Rainforth et al. 2018 (full protocol)"
-# settings that may differ between two invocations on the same runs (they do not change the result)
-_NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs")
 
 CSV_FIELDS = ["objective", "m", "k", "beta", "total", "label", "run", "iwae_bound", "iwae_stderr", "log_p_hat",
               "log_p_hat_stderr", "neg_kl", "active_units", "iwae_k", "log_p_k", "n_test", "epochs",
@@ -200,44 +196,6 @@ def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
 
 
 # ----------------------------------------------------------------------------- one run
-def _identity(config: TrainConfig) -> dict:
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
-
-
-def _trained_epochs(run_dir: Path) -> int:
-    _, meta = load_tensors(run_dir / "checkpoint.safetensors")
-    return int(meta.get("epoch", 0))
-
-
-def _train_run(config: TrainConfig, splits, progress: bool) -> str:
-    """Trains or resumes ``config.out``; returns what was done: trained, resumed, restarted."""
-    run_dir = Path(config.out)
-    if (run_dir / "checkpoint.safetensors").is_file():
-        try:
-            old = TrainConfig.from_yaml(run_dir / "config.yaml")
-        except (CheckpointError, ValueError, TypeError):
-            old = config  # unreadable config: the checkpoint check below decides
-        if _identity(old) != _identity(config):
-            diff = sorted(k for k, v in _identity(config).items() if _identity(old).get(k) != v)
-            raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
-                             f"use another --out for a different protocol")
-        try:
-            done = _trained_epochs(run_dir)
-        except CheckpointError:
-            done = None  # unreadable: start again below
-        if done is not None:
-            if done > config.total_epochs:
-                raise ValueError(f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
-                                 f"asked for; use another --out")
-            with atomic_write(run_dir / "config.yaml") as f:  # the run's config records the new epochs
-                yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-            train(config, resume=True, progress=progress, splits=splits)
-            return "resumed"
-    existed = run_dir.exists()
-    train(config, overwrite=True, progress=progress, splits=splits)
-    return "restarted" if existed else "trained"
-
-
 def _training_seconds(run_dir: Path) -> float:
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -339,12 +297,12 @@ def run_grid(
     for i, (run, served) in enumerate(runs.items(), 1):
         run_dir = out_dir / "runs" / run.name
         config = run.config(out=str(run_dir), **protocol_train)
-        protocol = {"train": _identity(config), **protocol_eval}  # what a reusable result must match
+        protocol = {"train": run_identity(config), **protocol_eval}  # what a reusable result must match
         result = _read_eval(run_dir, protocol)
         done = "reused"
         if result is None:
             t0 = time.perf_counter()
-            done = _train_run(config, splits, progress)
+            done = train_or_resume(config, splits=splits, progress=progress)
             result = _evaluate_run(run_dir, splits, protocol)
             with atomic_write(run_dir / EVAL_FILE) as f:
                 json.dump(result, f, indent=1)

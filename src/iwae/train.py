@@ -34,10 +34,13 @@ from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
 from .runtime import tune_allocator
 
-__all__ = ["TrainConfig", "train", "paper_schedule", "learning_rate", "kl_weight", "load", "build_model"]
+__all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "paper_schedule", "learning_rate", "kl_weight",
+           "load", "build_model"]
 
 SCHEDULES = ("paper", "constant")
 PAPER_STAGES = 8  # i = 0..7
+# settings that may differ between two invocations on the same run (they do not change its result)
+NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from")
 
 
 @dataclass
@@ -73,6 +76,7 @@ class TrainConfig:
     # validation
     valid_k: int | None = None  # samples for the per-epoch validation L_k; None = k
     # run
+    init_from: str | None = None  # start from this run directory's trained model (fresh optimiser), e.g. to continue
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None = torch's default
@@ -200,6 +204,15 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
     return model.to(device).eval()
 
 
+def _init_from(model: VAE, source: Path) -> None:
+    """Copies the trained weights of run directory ``source`` into ``model``; the architectures must match."""
+    tensors, meta = load_tensors(source / "model.safetensors")
+    if meta.get("model_config") != model.config.to_dict():
+        raise ValueError(f"init_from {source}: its model ({meta.get('model_config')}) is not this run's "
+                         f"({model.config.to_dict()})")
+    model.load_state_dict(tensors)
+
+
 def _save_model(run_dir: Path, model: VAE, epoch: int) -> None:
     save_tensors(
         run_dir / "model.safetensors",
@@ -325,6 +338,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     model = build_model(config, x_train.shape[1]).to(device)
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
     model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
+    if config.init_from and not resume:
+        _init_from(model, Path(config.init_from))
     optimizer = _make_optimizer(config, model, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -398,3 +413,51 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     finally:
         writer.close()
     return run_dir
+
+
+# ----------------------------------------------------------------------------- train, or resume what is there
+def run_identity(config: TrainConfig) -> dict:
+    """The settings that decide a run's result: its config without where it runs or how long (``NOT_IDENTITY``).
+
+    Two configs with the same identity describe the same run, so one may resume the other.
+    """
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
+
+
+def _trained_epochs(run_dir: Path) -> int:
+    _, meta = load_tensors(run_dir / "checkpoint.safetensors")
+    return int(meta.get("epoch", 0))
+
+
+def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = None, progress: bool = True) -> str:
+    """Trains ``config.out``, resuming its checkpoint when one of the same run is there.
+
+    Returns what was done: ``trained`` (new directory), ``resumed`` or ``restarted`` (a directory
+    without a readable checkpoint is replaced). A checkpoint of another run (other
+    :func:`run_identity`) or of more epochs than asked for raises ValueError and is left alone.
+    """
+    run_dir = Path(config.out)
+    if (run_dir / "checkpoint.safetensors").is_file():
+        try:
+            old = TrainConfig.from_yaml(run_dir / "config.yaml")
+        except (CheckpointError, ValueError, TypeError):
+            old = config  # unreadable config: the checkpoint check below decides
+        if run_identity(old) != run_identity(config):
+            diff = sorted(k for k, v in run_identity(config).items() if run_identity(old).get(k) != v)
+            raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
+                             f"use another --out for a different protocol")
+        try:
+            done = _trained_epochs(run_dir)
+        except CheckpointError:
+            done = None  # unreadable: start again below
+        if done is not None:
+            if done > config.total_epochs:
+                raise ValueError(f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
+                                 f"asked for; use another --out")
+            with atomic_write(run_dir / "config.yaml") as f:  # the run's config records the new epochs
+                yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+            train(config, resume=True, progress=progress, splits=splits)
+            return "resumed"
+    existed = run_dir.exists()
+    train(config, overwrite=True, progress=progress, splits=splits)
+    return "restarted" if existed else "trained"
