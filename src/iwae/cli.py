@@ -436,6 +436,109 @@ def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset,
     click.echo(f"wrote {Path(out_dir) / 'grid.csv'}, {Path(out_dir) / 'grid.md'} and {Path(out_dir) / 'grid.png'}")
 
 
+REPRODUCE_EXAMPLES = """
+\b
+Examples:
+  iwae reproduce --list                                       # the shipped experiments
+  iwae reproduce table1 --datasets mnist --dry-run            # its runs and their estimated cost
+  iwae reproduce table1 --datasets mnist --only 'mnist-l1-*' --workers 2 --out runs/table1
+  iwae reproduce rainforth --protocol paper --ray auto --out runs/rainforth
+  iwae reproduce my-experiment.yaml --epochs 1 --test-subset 100   # your own file, shortened further
+  iwae report runs/table1                                     # then the report
+"""
+
+
+def _format_seconds(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
+
+
+@main.command(epilog=REPRODUCE_EXAMPLES)
+@click.argument("experiment", required=False)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder: reproduction.json and runs/.  [default: runs/EXPERIMENT-PROTOCOL]")
+@click.option("--protocol", default="short", show_default=True,
+              help="paper (Burda et al.'s 3,280 epochs) or short (the CPU-sized truncation each file documents).")
+@click.option("--datasets", help="Only the runs on these datasets (comma-separated).")
+@click.option("--only", multiple=True, help="Only the runs whose names match this shell pattern (repeatable).")
+@click.option("--dry-run", is_flag=True, help="List the runs, their state and estimated cost; train nothing.")
+@click.option("--list", "list_experiments", is_flag=True, help="List the shipped experiments and exit.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn).")
+@click.option("--threads", type=int, help="torch threads per run.  [default: the cores divided among the workers]")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run each run as a task on the Ray cluster at ADDRESS (auto: the running one; local: a new one).")
+@click.option("--cpus-per-run", type=int, default=1, show_default=True, help="CPUs each Ray task asks for.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--epochs", type=int, help="Override every run's epochs.")
+@click.option("--train-subset", type=int, help="Override: train on the first N training images.")
+@click.option("--test-subset", type=int, help="Override: evaluate on the first N test images.")
+@click.option("--eval-k", type=int, help="Override: samples of the test bound L_k (default 5000).")
+@click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
+@_user_errors
+def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_experiments, workers, threads, ray_address,
+              cpus_per_run, device, data_dir, epochs, train_subset, test_subset, eval_k, quiet) -> None:
+    """Trains and evaluates every run of EXPERIMENT (a shipped name, or a path to an experiment file),
+    skipping finished runs and resuming interrupted ones.
+
+    Writes OUT/reproduction.json and OUT/runs/NAME/ (the run, result.json or error.json). A run
+    that fails is reported and the others go on; the exit status is then 1.
+    """
+    from .experiment import load_experiment, shipped_experiments
+    from .reproduce import plan
+    from .reproduce import reproduce as run_reproduction
+
+    if list_experiments:
+        for name in shipped_experiments():
+            exp = load_experiment(name)
+            click.echo(f"{name:<12} {len(exp.resolve('short'))} runs  {exp.title}")
+        return
+    if not experiment:
+        raise click.UsageError("give an EXPERIMENT (see --list)")
+    exp = load_experiment(experiment)
+    overrides = {k: v for k, v in (("epochs", epochs), ("train_subset", train_subset),
+                                   ("test_subset", test_subset), ("eval_k", eval_k)) if v is not None}
+    for key, value in overrides.items():
+        if value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    dataset_list = [d for d in datasets.split(",") if d.strip()] if datasets else None
+    out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
+    runs = exp.resolve(protocol, datasets=dataset_list, only=list(only) or None, overrides=overrides)
+    if dry_run:
+        planned = plan(runs, out_dir)
+        todo = sum(p.seconds for p in planned if p.state != "done")
+        click.echo(f"{exp.name}, protocol {protocol}: {len(runs)} runs in {out_dir / 'runs'}")
+        width = max(len(p.spec.name) for p in planned)
+        for p in planned:
+            c = p.spec.config
+            after = f", continues {p.spec.after}" if p.spec.after else ""
+            click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
+                       f"{_epochs_of(c)} epochs, L_{p.spec.eval['k']} on "
+                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}")
+        click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
+                   f"(rough; divide by --workers on a machine with the cores for them)")
+        return
+    summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=list(only) or None,
+                               overrides=overrides, workers=workers, threads=threads, ray=ray_address,
+                               cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet)
+    counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
+    click.echo(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} finished before, "
+               f"{counts['failed']} failed, {counts['blocked']} blocked; see {out_dir / 'reproduction.json'}; "
+               f"report with: iwae report {out_dir}")
+    if summary.failed:
+        for name in summary.failed:
+            error = summary.results.get(name, {}).get("error", "its dependency failed")
+            click.echo(f"  {name}: {error}", err=True)
+        sys.exit(1)
+
+
+def _epochs_of(config: dict) -> int:
+    from .train import TrainConfig
+
+    return TrainConfig.from_dict({**config, "out": "x"}).total_epochs
+
+
 ANALYZE_EXAMPLES = """
 \b
 Examples:
@@ -707,6 +810,35 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
         if "activity" in kinds:
             written.append(plots.plot_activity(models, x_units, out_dir / f"activity.{fmt}"))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+REPORT_EXAMPLES = """
+\b
+Examples:
+  iwae report runs/table1                  # report.md, report.html, report_figures/ in runs/table1
+  iwae report runs --no-figures            # every runs/*/reproduction.json, tables only
+"""
+
+
+@main.command(epilog=REPORT_EXAMPLES)
+@click.argument("out_dir", type=click.Path())
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]")
+@click.option("--no-figures", is_flag=True, help="Tables only: draw no figures.")
+@_user_errors
+def report(out_dir, data_dir, no_figures) -> None:
+    """Report of an `iwae reproduce` folder (or of every one in a parent folder): the protocol, one
+    row per run with our numbers beside the published ones and their difference (flagged above
+    0.3 nats), and the experiment's figures. Writes OUT_DIR/report.md and a self-contained
+    OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
+    from .report import FIGURE_DIR, write_report
+
+    markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures)
+    written = [markdown_path, html_path]
+    if not no_figures and (Path(out_dir) / FIGURE_DIR).is_dir():
+        written.append(Path(out_dir) / FIGURE_DIR)
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

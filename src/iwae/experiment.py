@@ -1,0 +1,308 @@
+"""Experiments as data: a YAML file lists the training runs of a published experiment and its protocols.
+
+    from iwae.experiment import load_experiment
+    exp = load_experiment("table1")                      # shipped: iwae/experiments/table1.yaml
+    runs = exp.resolve("short", datasets=["mnist"])      # [RunSpec(name="mnist-l1-vae-k1", ...), ...]
+
+An experiment file holds (see the shipped files in ``iwae/experiments/`` for complete examples)::
+
+    name: table1
+    title: ...                       # one line
+    description: ...                 # free text
+    name_format: "{dataset}-l{layers}-{objective}-k{k}"   # run names, from the run's settings
+    labels: [dataset, layers, objective, k]              # the settings the report shows per run
+    defaults: {batch_size: 20}       # TrainConfig settings of every run
+    matrix: {dataset: [mnist, omniglot], layers: [1, 2]} # every run once per combination
+    runs:                            # TrainConfig settings, plus name, continue_from, protocols, published
+      - {objective: vae, k: 1}
+      - {objective: iwae, k: 5}
+    evaluate: {k: 5000, bound_ks: [], seed: 0}           # test L_k, further bounds, seed
+    protocols:                       # named protocols: TrainConfig settings and test_subset
+      paper: {epochs: null, test_subset: null}
+      short: {epochs: 13, test_subset: 2000, description: ...}
+    published:                       # where each run's published numbers are, or null
+      paper: burda2016
+      table: table1
+      match: [dataset, layers, k]    # row fields equal to the run's settings (or a mapping of fixed values)
+      values: {nll: "{objective}_nll"}            # our metric: the row's column (formatted with the run's settings)
+      active_units: "{objective}_active"
+    figures: [curves, samples, latent]
+
+A run's settings are, in order of precedence: the command line's overrides, the run's own
+``protocols[name]``, the experiment's ``protocols[name]``, the run, its matrix combination,
+``defaults``. ``continue_from: RUN`` starts the run from RUN's trained model (``init_from``) and
+makes it wait for RUN. A run's ``published`` entry is merged over the experiment's (``null``: none).
+Every run is checked (its TrainConfig built, its published row found) when the file is resolved,
+before anything trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from . import published as published_module
+from .train import TrainConfig
+
+__all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "shipped_experiments", "PROTOCOLS"]
+
+PROTOCOLS = ("paper", "short")
+FIGURES = ("curves", "samples", "latent", "grid", "snr")
+PROTOCOL_KEYS = {"test_subset", "eval_k", "description"}  # protocol settings that are not TrainConfig fields
+RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
+TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
+            "protocols", "published", "figures"}
+# set per invocation, never by an experiment file: where and how a run executes
+EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from"}
+_CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be used, or a selection that matches nothing; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One resolved training run of an experiment.
+
+    ``config`` holds the TrainConfig settings that define the run (without out, data_dir, device,
+    threads); ``eval`` the test evaluation: ``k`` (L_k for the NLL), ``bound_ks`` (further bounds
+    reported as ``iwae{k}``), ``test_subset`` and ``seed``; ``after`` the run it continues, if any;
+    ``labels`` the settings the report shows; ``published`` our metric names mapped to the
+    published numbers, in our sign convention, plus ``active_units``, or None.
+    """
+
+    name: str
+    config: dict
+    eval: dict
+    after: str | None = None
+    labels: dict = field(default_factory=dict)
+    published: dict | None = None
+
+    def train_config(self, out: str | os.PathLike, *, data_dir: str | None = None, device: str = "cpu",
+                     threads: int | None = None) -> TrainConfig:
+        """The run's TrainConfig writing to ``out``; a continued run starts from ``out/../<after>``."""
+        init = str(Path(out).parent / self.after) if self.after else None
+        return TrainConfig.from_dict({**self.config, "out": str(out), "data_dir": data_dir, "device": device,
+                                      "threads": threads, "init_from": init})
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "config": self.config, "eval": self.eval, "after": self.after,
+                "labels": self.labels, "published": self.published}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        return cls(d["name"], d["config"], d["eval"], d.get("after"), d.get("labels", {}), d.get("published"))
+
+
+@dataclass
+class Experiment:
+    """An experiment file, read and checked; :meth:`resolve` turns it into runs."""
+
+    name: str
+    title: str
+    description: str
+    source: str
+    spec: dict  # the file's content
+
+    @property
+    def figures(self) -> list[str]:
+        return list(self.spec.get("figures", []))
+
+    @property
+    def protocols(self) -> dict[str, dict]:
+        return self.spec["protocols"]
+
+    def published_table(self) -> dict | None:
+        """``{key, table, citation, sign}`` of the published table the runs are compared with, or None."""
+        pub = self.spec.get("published")
+        if not pub:
+            return None
+        data = published_module.load()
+        table = data["papers"][pub["paper"]][pub["table"]]
+        sign = table.get("sign", "nll")
+        return {"key": pub["paper"], "table": pub["table"], "caption": table.get("caption", ""),
+                "citation": published_module.citation(pub["paper"]),
+                "sign": f"{sign}: {data['sign_conventions'][sign]}"}
+
+    def protocol_settings(self, protocol: str, overrides: dict | None = None) -> dict:
+        """The protocol's settings with ``overrides`` applied (what the report records as 'used')."""
+        if protocol not in self.protocols:
+            raise ExperimentError(f"{self.name} has no protocol {protocol!r}; choose one of "
+                                  f"{', '.join(self.protocols)}")
+        settings = {k: v for k, v in self.protocols[protocol].items() if k != "description"}
+        return {**settings, **(overrides or {})}
+
+    def resolve(self, protocol: str = "short", *, datasets: list[str] | None = None, only: list[str] | None = None,
+                overrides: dict | None = None) -> list[RunSpec]:
+        """The runs under ``protocol``, restricted to ``datasets`` and to the names matching ``only``
+        (shell patterns; a continued run brings the run it continues), with ``overrides`` (TrainConfig
+        settings, ``test_subset``, ``eval_k``) over every run's settings.
+
+        Raises:
+            ExperimentError: unknown protocol, a selection that matches nothing, an invalid run.
+        """
+        overrides = dict(overrides or {})
+        bad = set(overrides) - _CONFIG_KEYS - PROTOCOL_KEYS
+        if bad or set(overrides) & EXECUTION_KEYS:
+            raise ExperimentError(f"cannot override {', '.join(sorted(bad or set(overrides) & EXECUTION_KEYS))}")
+        self.protocol_settings(protocol)
+        runs = {r.name: r for r in (self._resolve_run(raw, combo, protocol, overrides)
+                                    for raw, combo in self._expanded())}
+        selected = list(runs.values())
+        if datasets is not None:
+            wanted = {d.strip().lower().replace("_", "-") for d in datasets}
+            known = {r.config["dataset"] for r in runs.values()}
+            if not wanted & known:
+                raise ExperimentError(f"{self.name} has no runs on {', '.join(sorted(wanted))}; its datasets are "
+                                      f"{', '.join(sorted(known))}")
+            selected = [r for r in selected if r.config["dataset"] in wanted]
+        if only:
+            missing = [p for p in only if not any(fnmatch.fnmatchcase(r.name, p) for r in selected)]
+            if missing:
+                raise ExperimentError(f"--only {missing[0]} matches no run of {self.name}; its runs are "
+                                      f"{', '.join(r.name for r in selected)}")
+            chosen = {r.name for r in selected if any(fnmatch.fnmatchcase(r.name, p) for p in only)}
+            for name in list(chosen):  # a continued run needs the run it continues
+                while runs[name].after:
+                    name = runs[name].after
+                    chosen.add(name)
+            selected = [r for r in runs.values() if r.name in chosen]
+        return selected
+
+    # -------------------------------------------------------------------- internals
+    def _expanded(self) -> list[tuple[dict, dict]]:
+        matrix = self.spec.get("matrix") or {}
+        combos = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())] or [{}]
+        return [(raw, combo) for combo in combos for raw in self.spec["runs"]]
+
+    def _resolve_run(self, raw: dict, combo: dict, protocol: str, overrides: dict) -> RunSpec:
+        proto = self.protocols[protocol]
+        run_proto = (raw.get("protocols") or {}).get(protocol, {})
+        settings = {**(self.spec.get("defaults") or {}), **combo,
+                    **{k: v for k, v in raw.items() if k not in RUN_KEYS},
+                    **{k: v for k, v in proto.items() if k != "description"}, **run_proto, **overrides}
+        evaluation = dict(self.spec.get("evaluate") or {})
+        eval_spec = {"k": settings.pop("eval_k", evaluation.get("k", 5000)),
+                     "bound_ks": list(evaluation.get("bound_ks", [])),
+                     "test_subset": settings.pop("test_subset", None), "seed": evaluation.get("seed", 0)}
+        fmt_values = {**TrainConfig(out="x").to_dict(), **settings}
+        try:
+            name = raw.get("name") or self.spec["name_format"].format(**fmt_values)
+        except (KeyError, IndexError) as e:
+            raise ExperimentError(f"{self.source}: name_format needs {e}, which a run does not set") from None
+        if raw.get("continue_from"):
+            after = str(raw["continue_from"]).format(**fmt_values)
+        else:
+            after = None
+        try:
+            config = TrainConfig.from_dict({**settings, "out": "unused"})
+        except (ValueError, TypeError) as e:
+            raise ExperimentError(f"{self.source}: run {name}: {e}") from None
+        config_dict = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_KEYS}
+        labels = {k: config_dict.get(k) for k in self.spec.get("labels", [])}
+        pub_spec = self.spec.get("published")
+        if "published" in raw:
+            pub_spec = None if raw["published"] is None else {**(pub_spec or {}), **raw["published"]}
+        return RunSpec(name, config_dict, eval_spec, after, labels, self._published_values(name, pub_spec, fmt_values))
+
+    def _published_values(self, name: str, pub: dict | None, values: dict) -> dict | None:
+        if not pub or not pub.get("values"):
+            return None
+        table = published_module.load()["papers"][pub["paper"]][pub["table"]]
+        match = pub.get("match", [])
+        wanted = {f: values[f] for f in match} if isinstance(match, list) else dict(match)
+        rows = [r for r in table["rows"] if all(r.get(f) == v for f, v in wanted.items())]
+        if len(rows) != 1:
+            raise ExperimentError(f"{self.source}: run {name}: {len(rows)} rows of {pub['paper']} {pub['table']} "
+                                  f"match {wanted}; expected one (set published: null for a run without one)")
+        row = rows[0]
+        scale = pub.get("scale", 1)  # -1 turns a published log-likelihood into our positive NLL
+        out = {}
+        for metric, column in pub["values"].items():
+            column = column.format(**values)
+            if column not in row:
+                raise ExperimentError(f"{self.source}: {pub['paper']} {pub['table']} has no column {column!r}")
+            out[metric] = scale * row[column]
+        if pub.get("active_units"):
+            out["active_units"] = row[pub["active_units"].format(**values)]
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+def shipped_experiments() -> list[str]:
+    """Names of the experiment files shipped with the package."""
+    folder = resources.files("iwae").joinpath("experiments")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _check(spec: object, source: str) -> dict:
+    if not isinstance(spec, dict):
+        raise ExperimentError(f"{source} must hold a mapping")
+    unknown = set(spec) - TOP_KEYS
+    if unknown:
+        raise ExperimentError(f"{source}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("name", "runs", "protocols"):
+        if key not in spec:
+            raise ExperimentError(f"{source} has no {key!r}")
+    if not isinstance(spec["runs"], list) or not spec["runs"] or not all(isinstance(r, dict) for r in spec["runs"]):
+        raise ExperimentError(f"{source}: runs must be a non-empty list of mappings")
+    if "name_format" not in spec and not all("name" in r for r in spec["runs"]):
+        raise ExperimentError(f"{source}: give every run a name, or a name_format")
+    if not isinstance(spec["protocols"], dict) or not all(isinstance(p, dict) for p in spec["protocols"].values()):
+        raise ExperimentError(f"{source}: protocols must map names to settings")
+    matrix = spec.get("matrix") or {}
+    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+        raise ExperimentError(f"{source}: matrix must map settings to non-empty lists")
+    for raw in spec["runs"]:
+        bad = set(raw) - _CONFIG_KEYS - RUN_KEYS
+        if bad or set(raw) & EXECUTION_KEYS:
+            raise ExperimentError(f"{source}: a run sets {', '.join(sorted(bad or set(raw) & EXECUTION_KEYS))}, "
+                                  f"which is not a run setting")
+    figures = spec.get("figures", [])
+    unknown = set(figures) - set(FIGURES)
+    if unknown:
+        raise ExperimentError(f"{source}: unknown figures {', '.join(sorted(unknown))}; choose among {', '.join(FIGURES)}")
+    return spec
+
+
+def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
+    """A shipped experiment by name (``table1``) or an experiment file by path, checked and resolved once.
+
+    Raises:
+        ExperimentError: unknown name, unreadable file, invalid content, a run that does not resolve.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ExperimentError(f"experiment file {path} not found")
+        source, text = str(path), path.read_text()
+    else:
+        if str(name_or_path) not in shipped_experiments():
+            raise ExperimentError(f"unknown experiment {name_or_path!r}; choose one of "
+                                  f"{', '.join(shipped_experiments())}, or give a path to a .yaml file")
+        source = f"iwae/experiments/{name_or_path}.yaml"
+        text = resources.files("iwae").joinpath(f"experiments/{name_or_path}.yaml").read_text(encoding="utf-8")
+    try:
+        spec = _check(yaml.safe_load(text), source)
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+    exp = Experiment(str(spec["name"]), str(spec.get("title", spec["name"])), str(spec.get("description", "")).strip(),
+                     source, copy.deepcopy(spec))
+    for protocol in exp.protocols:  # every run of every protocol resolves, or the file is refused now
+        runs = exp.resolve(protocol)
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ExperimentError(f"{source}: two runs are named {dup}; give them distinct names")
+        for r in runs:
+            if r.after and r.after not in names:
+                raise ExperimentError(f"{source}: run {r.name} continues {r.after}, which is not a run")
+    return exp

@@ -1,0 +1,489 @@
+"""Reproduce an experiment: train and evaluate each of its runs, locally in worker processes or on Ray.
+
+    from iwae.reproduce import reproduce
+    summary = reproduce("table1", "runs/table1", protocol="short", datasets=["mnist"], workers=2)
+
+Each run of the experiment (:mod:`iwae.experiment`) is an independent job: train (resuming its
+checkpoint if there is one), then evaluate the test NLL by L_k with its standard error, any further
+bounds, and active units, then write ``runs/<name>/result.json``. A run whose result.json matches
+its spec is finished and skipped, so an interrupted reproduction picks up where it stopped (a run
+killed mid-training resumes from its last epoch's checkpoint). A run that fails writes
+``runs/<name>/error.json`` and the others go on; a run continuing a failed one is ``blocked``.
+``reproduction.json`` in the output folder records the experiment, the protocol used, each run's
+spec and status, and the wall time; it is rewritten (atomically) as runs finish. ``iwae report``
+turns the folder into a report.
+
+Execution:
+
+- ``workers=1``: one run after another in this process.
+- ``workers=N``: N worker processes; on CPU each is pinned (``sched_setaffinity``) to its own
+  share of the cores and sets torch's threads to it; with ``device="cuda"`` the workers take the
+  GPUs in turn, several workers per GPU when N exceeds the GPUs (small runs then share a GPU).
+- ``ray="auto"`` or an address: each run is a Ray task asking for ``cpus_per_run`` CPUs (or one
+  GPU with ``device="cuda"``). The task trains in a temporary folder on its node, from the files
+  the driver sends (a checkpoint to resume, the model a continued run starts from), and returns
+  the run's files, which the driver writes to the output folder: no shared file system is needed.
+  Ray is an optional dependency: ``pip install "iwae[ray]"``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .checkpoint import CheckpointError, atomic_write
+from .experiment import Experiment, RunSpec, load_experiment
+from .train import TrainConfig, run_identity
+
+__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
+           "STATE_FILE"]
+
+RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
+ERROR_FILE = "error.json"
+STATE_FILE = "reproduction.json"
+
+# Rough costs measured on a 2-core CPU (torch 2.13, 2 threads, one run at a time), for --dry-run:
+# training seconds per example = TRAIN_BASE + TRAIN_PER_SAMPLE * k (batch 20, Burda's 1-layer model),
+# evaluation seconds per test image and sample of L_k.
+TRAIN_BASE, TRAIN_PER_SAMPLE, EVAL_PER_SAMPLE = 1.9e-4, 1.05e-5, 5e-6
+ESTIMATOR_COST = {"reparam": 1.0, "stl": 1.33, "dreg": 1.33, "rws": 1.07, "rws-dreg": 1.33}
+TRAIN_IMAGES = {"mnist": 59600, "fashion-mnist": 59600, "binarized-mnist": 50000, "omniglot": 23000}
+TEST_IMAGES = {"mnist": 10000, "fashion-mnist": 10000, "binarized-mnist": 10000, "omniglot": 8070}
+
+
+# ----------------------------------------------------------------------------- one run
+def hardware(device: str = "cpu") -> dict:
+    """Where a run ran: host, CPU model, torch threads, device (and GPU name), torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {"host": platform.node(), "cpu": cpu, "threads": torch.get_num_threads(), "device": device,
+            "gpu": gpu, "torch": torch.__version__}
+
+
+def _identity_of(spec: dict) -> dict:
+    """What a finished result must match to be reused: the run's settings and evaluation."""
+    return {"config": spec["config"], "eval": spec["eval"], "after": spec.get("after")}
+
+
+def finished_result(run_dir: Path, spec: RunSpec) -> dict | None:
+    """The run's result.json if it is finished under ``spec``, else None."""
+    try:
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = result.get("status") == "done" and _identity_of(result.get("spec", {})) == _identity_of(spec.to_dict())
+    return result if ok else None
+
+
+def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: str = "cpu",
+                threads: int | None = None, progress: bool = False) -> dict:
+    """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
+
+    Never raises for a failing run: the error is written to ``error.json`` and returned as
+    ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on.
+    """
+    from .evaluate import evaluate
+    from .train import train_or_resume
+
+    run = RunSpec.from_dict(spec)
+    run_dir = Path(run_dir)
+    try:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        config = run.train_config(run_dir, data_dir=data_dir, device=device, threads=threads)
+        t0 = time.perf_counter()
+        done = train_or_resume(config, progress=progress)
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = run.eval
+        main = evaluate(run_dir, data_dir=data_dir, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"],
+                        device=device)
+        metrics = {"nll": main["nll"], "nll_stderr": main["nll_stderr"], "log_p_hat": -main["nll"]}
+        for k in ev["bound_ks"]:
+            bound = evaluate(run_dir, data_dir=data_dir, k=k, test_subset=ev["test_subset"], seed=ev["seed"],
+                             device=device)
+            metrics[f"iwae{k}"] = -bound["nll"]
+            metrics[f"iwae{k}_stderr"] = bound["nll_stderr"]
+            metrics["neg_kl" if len(ev["bound_ks"]) == 1 else f"neg_kl{k}"] = main["nll"] - bound["nll"]
+        result = {
+            "name": run.name, "status": "done", "metrics": metrics,
+            "active_units": main["active_units_per_layer"], "n_test": main["n_test"], "eval_k": ev["k"],
+            "epochs": config.total_epochs, "training": done,
+            "train_seconds": _training_seconds(run_dir, train_seconds), "eval_seconds": time.perf_counter() - t0,
+            "hardware": hardware(device), "spec": run.to_dict(),
+        }
+        with atomic_write(run_dir / RESULT_FILE) as f:
+            json.dump(result, f, indent=1)
+        return result
+    except Exception as e:  # noqa: BLE001 - any failure of one run is reported, and the others go on
+        error = {"name": run.name, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
+                 "traceback": traceback.format_exc()}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / ERROR_FILE) as f:
+            json.dump(error, f, indent=1)
+        return error
+
+
+def _training_seconds(run_dir: Path, fallback: float) -> float:
+    """Wall time of all the run's epochs (across resumptions), from its metrics.csv."""
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return float(rows[-1]["wall_time_s"])
+    except (OSError, KeyError, IndexError, ValueError):
+        return fallback
+
+
+# ----------------------------------------------------------------------------- planning
+def estimate_seconds(spec: RunSpec) -> float:
+    """Rough seconds one run takes on a 2-core CPU (training + evaluation); for planning only."""
+    c = spec.config
+    n_train = min(c["train_subset"] or 10**9, TRAIN_IMAGES.get(c["dataset"], 50000))
+    epochs = TrainConfig.from_dict({**c, "out": "x"}).total_epochs
+    train = epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
+    n_test = min(spec.eval["test_subset"] or 10**9, TEST_IMAGES.get(c["dataset"], 10000))
+    evaluation = n_test * EVAL_PER_SAMPLE * (spec.eval["k"] + sum(spec.eval["bound_ks"]))
+    return train + evaluation
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    state: str  # done, partial (a checkpoint to resume), new
+    seconds: float  # estimated cost if it has to run
+
+
+def plan(runs: list[RunSpec], out_dir: str | os.PathLike) -> list[PlannedRun]:
+    """Each run's state in ``out_dir`` and its estimated cost.
+
+    Raises:
+        ValueError: a run directory holds another run (other settings): the output folder belongs to
+            another protocol or experiment.
+    """
+    out = []
+    for spec in runs:
+        run_dir = Path(out_dir) / "runs" / spec.name
+        state = "new"
+        if finished_result(run_dir, spec):
+            state = "done"
+        elif (run_dir / "config.yaml").is_file():
+            try:
+                old = TrainConfig.from_yaml(run_dir / "config.yaml")
+            except (CheckpointError, ValueError, TypeError):
+                old = None  # unreadable: train_or_resume restarts it
+            new = spec.train_config(run_dir)
+            if old is not None and run_identity(old) != run_identity(new):
+                diff = sorted(k for k, v in run_identity(new).items() if run_identity(old).get(k) != v)
+                raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
+                                 f"use another --out for another protocol")
+            if (run_dir / "checkpoint.safetensors").is_file():
+                state = "partial"
+        out.append(PlannedRun(spec, state, estimate_seconds(spec)))
+    return out
+
+
+# ----------------------------------------------------------------------------- executors
+_WORKER: dict = {}  # this worker process's device and threads (set by _init_worker)
+
+
+def _init_worker(slots, threads: int, device: str) -> None:
+    """Runs once in each worker process: takes a slot, pins to its cores or picks its GPU."""
+    import torch
+
+    slot = slots.get()
+    if device == "cuda":
+        _WORKER["device"] = f"cuda:{slot % max(1, torch.cuda.device_count())}"
+    else:
+        _WORKER["device"] = device
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if cores:  # a contiguous share of the cores: workers do not contend for the same ones
+            mine = [cores[(slot * threads + i) % len(cores)] for i in range(threads)]
+            os.sched_setaffinity(0, mine)
+    _WORKER["threads"] = threads
+    torch.set_num_threads(threads)
+
+
+def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
+    return execute_run(spec, run_dir, data_dir, _WORKER["device"], _WORKER["threads"])
+
+
+class _Inline:
+    """Runs each job when submitted, in this process (workers = 1): progress bars, plain tracebacks."""
+
+    def submit(self, fn, *args) -> cf.Future:
+        future: cf.Future = cf.Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            f.write(data)
+
+
+def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes], data_dir: str | None,
+              device: str, threads: int) -> tuple[dict, dict[str, bytes]]:
+    """A run on a Ray worker: rebuild its folder (and its dependency's model) in a temporary
+    folder, execute it there, and return its result and files."""
+    with tempfile.TemporaryDirectory(prefix="iwae-ray-") as tmp:
+        runs = Path(tmp) / "runs"
+        run_dir = runs / spec["name"]
+        run_dir.mkdir(parents=True)
+        _write_files(run_dir, files)
+        if spec.get("after"):
+            _write_files(runs / spec["after"], dependency)
+        result = execute_run(spec, str(run_dir), data_dir, device, threads)
+        return result, _read_files(run_dir)
+
+
+class _Ray:
+    """Submits runs as Ray tasks and writes what they return into the output folder."""
+
+    def __init__(self, address: str, cpus: int, device: str):
+        try:
+            import ray
+        except ImportError:
+            raise ValueError('--ray needs Ray: pip install "iwae[ray]"') from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        gpus = 1 if device == "cuda" else 0
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
+        self.cpus, self.device = cpus, device
+
+    def submit(self, fn, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
+        run_dir = Path(run_dir)
+        files = {}
+        if (run_dir / "checkpoint.safetensors").is_file():  # resume on the worker
+            files = {k: v for k, v in _read_files(run_dir).items() if k not in (RESULT_FILE, ERROR_FILE)}
+        dependency = {}
+        if spec.get("after"):
+            dependency = {"model.safetensors": (run_dir.parent / spec["after"] / "model.safetensors").read_bytes()}
+        ref = self.remote.remote(spec, files, dependency, data_dir, self.device, self.cpus)
+        future: cf.Future = cf.Future()
+
+        def gather(ray_future: cf.Future) -> None:
+            try:
+                result, out_files = ray_future.result()
+                _write_files(run_dir, out_files)
+                future.set_result(result)
+            except BaseException as e:  # noqa: BLE001 - a lost task fails its run only
+                future.set_exception(e)
+
+        ref.future().add_done_callback(gather)
+        return future
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        pass  # the cluster outlives the reproduction
+
+
+# ----------------------------------------------------------------------------- the reproduction
+@dataclass
+class Summary:
+    """What a reproduction did: per run its status (done, skipped, failed, blocked) and result or error."""
+
+    out_dir: Path
+    status: dict[str, str] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [n for n, s in self.status.items() if s in ("failed", "blocked")]
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _describe(workers: int, threads: int, device: str, ray: str | None, cpus: int) -> str:
+    if ray:
+        return f"ray ({ray}): one task per run, {cpus} CPU{'s' if cpus > 1 else ''}" + \
+            (" and 1 GPU" if device == "cuda" else "") + " each"
+    if device == "cuda":
+        return f"local: {workers} worker process{'es' if workers > 1 else ''} on the GPUs in turn"
+    return f"local: {workers} worker process{'es' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+
+
+def reproduce(
+    experiment: str | os.PathLike | Experiment,
+    out_dir: str | os.PathLike,
+    *,
+    protocol: str = "short",
+    datasets: list[str] | None = None,
+    only: list[str] | None = None,
+    overrides: dict | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    ray: str | None = None,
+    cpus_per_run: int = 1,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Runs every unfinished run of ``experiment`` under ``protocol`` and records them in ``out_dir``.
+
+    Args:
+        experiment: a shipped experiment's name, a path to an experiment file, or an Experiment.
+        out_dir: the output folder: ``reproduction.json`` and ``runs/<name>/``.
+        protocol: ``short`` or ``paper`` (or any protocol the file defines).
+        datasets, only, overrides: see :meth:`iwae.experiment.Experiment.resolve`.
+        workers: local worker processes (1: in this process).
+        threads: torch threads per run (default: the cores divided among the workers).
+        ray: a Ray address (``auto``, ``host:port``, ``local`` for a new local instance); None: local.
+        cpus_per_run: CPUs each Ray task asks for (and its torch threads).
+        device: ``cpu`` or ``cuda``.
+        data_dir: where the datasets are (else ``$IWAE_DATA_DIR``, the cache, download).
+        progress: report each run on stderr (and, with one worker, its epochs).
+
+    Returns:
+        A :class:`Summary`; runs that failed are listed in ``summary.failed``.
+    """
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    runs = exp.resolve(protocol, datasets=datasets, only=only, overrides=overrides)
+    if workers < 1 or cpus_per_run < 1:
+        raise ValueError("--workers and --cpus-per-run must be >= 1")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    out_dir = Path(out_dir)
+    planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
+    threads = threads or (cpus_per_run if ray else max(1, _cpu_count() // workers))
+
+    summary = Summary(out_dir)
+    state = {
+        "experiment": exp.name, "title": exp.title, "description": exp.description, "source": exp.source,
+        "protocol": {"name": protocol, "description": str(exp.protocols[protocol].get("description", "")).strip(),
+                     "settings": exp.protocol_settings(protocol, overrides), "overrides": dict(overrides or {})},
+        "published": exp.published_table(), "figures": exp.figures,
+        "runs": [{**p.spec.to_dict(), "status": "done" if p.state == "done" else "pending"} for p in planned],
+        "started": datetime.now().isoformat(timespec="seconds"), "finished": None, "wall_seconds": None,
+        "executor": _describe(workers, threads, device, ray, cpus_per_run),
+        "hardware": hardware("cpu"),
+    }
+    entry = {r["name"]: r for r in state["runs"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    try:  # a resumed reproduction keeps its first start and adds up its wall time
+        before = json.loads((out_dir / STATE_FILE).read_text())
+        state["started"] = before.get("started") or state["started"]
+        earlier_seconds = float(before.get("wall_seconds") or 0.0)
+    except (OSError, ValueError, TypeError):
+        earlier_seconds = 0.0
+
+    def save() -> None:
+        with atomic_write(out_dir / STATE_FILE) as f:
+            json.dump(state, f, indent=1)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    todo = []
+    for p in planned:
+        if p.state == "done":
+            summary.status[p.spec.name] = "skipped"
+            summary.results[p.spec.name] = finished_result(out_dir / "runs" / p.spec.name, p.spec)
+            say(f"{p.spec.name}: finished before, skipped")
+        else:
+            todo.append(p.spec)
+    save()
+
+    if ray:
+        executor = _Ray(None if ray == "local" else ray, cpus_per_run, device)
+    elif workers == 1:
+        executor = _Inline()
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        slots = ctx.Queue()
+        for i in range(workers):
+            slots.put(i)
+        executor = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                          initargs=(slots, threads, device))
+
+    def submit(spec: RunSpec) -> cf.Future:
+        run_dir = str(out_dir / "runs" / spec.name)
+        say(f"{spec.name}: started")
+        if isinstance(executor, _Inline):
+            return executor.submit(execute_run, spec.to_dict(), run_dir, data_dir, device, threads, progress)
+        if isinstance(executor, _Ray):
+            return executor.submit(None, spec.to_dict(), run_dir, data_dir)
+        return executor.submit(_pool_run, spec.to_dict(), run_dir, data_dir)
+
+    pending = list(todo)
+    running: dict[cf.Future, RunSpec] = {}
+    finished = sum(1 for s in summary.status.values() if s == "skipped")
+    try:
+        while pending or running:
+            for spec in list(pending):
+                dep = summary.status.get(spec.after) if spec.after else "done"
+                if dep in ("failed", "blocked"):
+                    pending.remove(spec)
+                    summary.status[spec.name] = entry[spec.name]["status"] = "blocked"
+                    say(f"{spec.name}: blocked, {spec.after} failed")
+                elif dep in ("done", "skipped"):
+                    pending.remove(spec)
+                    running[submit(spec)] = spec
+            if not running:
+                continue
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                spec = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - a crashed worker or lost task fails its run only
+                    result = {"name": spec.name, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+                    run_dir = out_dir / "runs" / spec.name
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    with atomic_write(run_dir / ERROR_FILE) as f:
+                        json.dump(result, f, indent=1)
+                finished += 1
+                summary.status[spec.name] = entry[spec.name]["status"] = result["status"]
+                summary.results[spec.name] = result
+                save()
+                if result["status"] == "done":
+                    m = result["metrics"]
+                    say(f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
+                        f"active units {'+'.join(map(str, result['active_units']))}, "
+                        f"{result['train_seconds'] + result['eval_seconds']:.0f} s")
+                else:
+                    say(f"[{finished}/{len(planned)}] {spec.name}: FAILED: {result['error']}")
+    finally:
+        executor.shutdown(cancel_futures=True)
+        state["finished"] = datetime.now().isoformat(timespec="seconds")
+        state["wall_seconds"] = round(earlier_seconds + time.perf_counter() - t_start, 1)
+        save()
+    return summary
+
