@@ -825,14 +825,19 @@ Examples:
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]")
 @click.option("--no-figures", is_flag=True, help="Tables only: draw no figures.")
+@click.option("--threads", type=int, help="CPU threads for torch (the samples, latent and SNR figures).")
 @_user_errors
-def report(out_dir, data_dir, no_figures) -> None:
+def report(out_dir, data_dir, no_figures, threads) -> None:
     """Report of an `iwae reproduce` folder (or of every one in a parent folder): the protocol, one
     row per run with our numbers beside the published ones and their difference (flagged above
     0.3 nats), and the experiment's figures. Writes OUT_DIR/report.md and a self-contained
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
     from .report import FIGURE_DIR, write_report
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures)
     written = [markdown_path, html_path]
     if not no_figures and (Path(out_dir) / FIGURE_DIR).is_dir():

@@ -1,0 +1,576 @@
+"""Reports of reproduced experiments: ``report.md`` and a self-contained ``report.html``.
+
+    iwae report runs/table1                 # one experiment: the folder holds reproduction.json
+    iwae report runs --no-figures           # every runs/*/reproduction.json, in turn, tables only
+    from iwae.report import write_report
+    markdown_path, html_path = write_report("runs/table1")
+
+Reads what ``iwae reproduce`` writes: ``OUT/reproduction.json`` (the experiment, the protocol
+used, the published table, one entry per run) and per run ``OUT/runs/<name>/`` with
+``result.json`` when it finished or ``error.json`` when it failed. Per experiment the report
+gives the protocol, then one table row per run: our metrics, the published value and
+delta = ours - published (same keys, same signs), flagged when |delta| > 0.3 nats; active units,
+epochs, train and evaluation time, hardware; then the figures the experiment asks for (training
+curves, samples, latent spread, the (M, K) grid of Rainforth et al., a small gradient-SNR sweep),
+as PNGs under ``OUT/report_figures/``. A figure that cannot be drawn becomes a one-line note.
+
+The HTML is the same Markdown rendered by python-markdown (``tables`` extension), with inline CSS
+and every figure embedded as a base64 data URI: one file that renders offline, as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from .checkpoint import atomic_write
+
+__all__ = ["find_experiments", "load_experiment", "compare", "markdown_report", "render_html", "write_report",
+           "FLAG_NATS"]
+
+SPEC_FILE = "reproduction.json"
+FIGURE_DIR = "report_figures"
+FLAG_NATS = 0.3  # |ours - published| above this many nats is flagged in the table
+_TOLERANCE = 1e-9  # 85.84 - 85.54 is 0.30000000000001 in floating point: not above 0.3
+# metric key -> (column name, whether higher is better); published values use the same keys and signs
+METRICS = {"nll": ("NLL", False), "log_p_hat": ("log p-hat", True), "iwae64": ("IWAE-64", True),
+           "neg_kl": ("-KL(Q||P)", True)}
+MAX_PANELS = 6  # the samples figure: at most this many runs side by side
+CURVES_PER_FIGURE = 6  # runs per training-curves figure (each run adds two legend entries)
+LATENT_RUNS, LATENT_POINTS = 3, 1000  # runs and test images of the latent figure
+# the report's SNR sweep: small enough for ~10-30 s on a CPU; `iwae snr` is the full study
+SNR_KS, SNR_MS, SNR_GROUP_K = (1, 4, 16, 64), (1, 4, 16), 4
+SNR_ESTIMATORS = ("reparam", "stl", "dreg")
+SNR_REPEATS, SNR_BATCH = 30, 20
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1250px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; white-space: nowrap; }
+td:last-child { white-space: normal; min-width: 14em; }
+th { background: #eef; } tr:nth-child(even) td { background: #f7f7f7; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+# ----------------------------------------------------------------------------- reading the folders
+def find_experiments(out_dir: str | os.PathLike) -> list[Path]:
+    """``[out_dir]`` when it holds reproduction.json, else its subfolders that do, sorted by name.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` is not a folder.
+        ValueError: neither ``out_dir`` nor any subfolder holds a reproduction.json.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir} is not a folder; give the --out folder of `iwae reproduce`")
+    if (out_dir / SPEC_FILE).is_file():
+        return [out_dir]
+    found = sorted(p for p in out_dir.iterdir() if (p / SPEC_FILE).is_file())
+    if not found:
+        raise ValueError(f"{out_dir} holds no {SPEC_FILE}, nor does any folder in it; "
+                         f"give the --out folder of `iwae reproduce` (or its parent)")
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({str(e).splitlines()[0]})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(value).__name__}")
+    return value
+
+
+def load_experiment(exp_dir: str | os.PathLike) -> dict:
+    """reproduction.json of ``exp_dir``, each run completed with ``dir`` (its run folder), ``result``
+    (result.json or None), ``error`` (a one-line message or None) and ``status``.
+
+    The files in the run folder decide the status (reproduction.json may have been written before
+    the run ended): error.json means failed, result.json done (the newer if both); otherwise the status written in
+    reproduction.json stands (pending, blocked, ...). An unreadable result or error file makes the
+    run ``unreadable`` with the reason as its error, so one bad file does not hide the others.
+
+    Raises:
+        ValueError: reproduction.json is missing, not JSON, or has no list of runs.
+    """
+    exp_dir = Path(exp_dir)
+    exp = _read_json(exp_dir / SPEC_FILE)
+    if not isinstance(exp.get("runs"), list):
+        raise ValueError(f"{exp_dir / SPEC_FILE} has no list of runs ('runs'); was it written by `iwae reproduce`?")
+    exp.setdefault("experiment", exp_dir.name)
+    for run in exp["runs"]:
+        run["dir"] = exp_dir / "runs" / str(run.get("name"))
+        run["result"], run["error"] = None, None
+        # both files after a rerun: the newer one is the run's last outcome
+        outcome = max((p for p in (run["dir"] / "result.json", run["dir"] / "error.json") if p.is_file()),
+                      key=lambda p: p.stat().st_mtime, default=None)
+        try:
+            if outcome is not None and outcome.name == "error.json":
+                failure = _read_json(outcome)
+                run["status"], run["error"] = "failed", str(failure.get("error") or "no message")
+            elif outcome is not None:
+                run["status"], run["result"] = "done", _read_json(outcome)
+            else:
+                run["status"] = str(run.get("status") or "pending")
+                if run["status"] == "done":  # written as done, but its result is gone
+                    run["status"], run["error"] = "unreadable", "result.json missing"
+        except ValueError as e:
+            run["status"], run["error"] = "unreadable", str(e)
+        run["config"] = run.get("config") or (run["result"] or {}).get("spec", {}).get("config") or {}
+    return exp
+
+
+# ----------------------------------------------------------------------------- formatting
+def compare(ours: float | None, published: float | None) -> tuple[float | None, bool]:
+    """``(delta, flagged)``: delta = ours - published (None when either is missing) and whether
+    |delta| > :data:`FLAG_NATS`."""
+    if ours is None or published is None:
+        return None, False
+    delta = float(ours) - float(published)
+    return delta, abs(delta) > FLAG_NATS + _TOLERANCE
+
+
+def _cell(value) -> str:
+    """Text that cannot break a Markdown table row nor be read as HTML."""
+    return str(value).replace("\n", " ").replace("|", "\\|").replace("<", "&lt;")
+
+
+def _num(value, digits: int = 2) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _units(value) -> str:
+    """Active units per stochastic layer, ``[21, 5]`` -> ``21+5``."""
+    if value is None:
+        return ""
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    minutes, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s} s"
+
+
+def _hardware(h: dict | None) -> str:
+    """A short description: ``host: CPU or GPU, T threads, torch V``."""
+    if not h:
+        return ""
+    threads = h.get("threads")
+    parts = [h.get("gpu") or h.get("cpu") or h.get("device") or "unknown device",
+             f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
+             f"torch {h['torch']}" if h.get("torch") else None]
+    text = ", ".join(p for p in parts if p)
+    return f"{h['host']}: {text}" if h.get("host") else text
+
+
+def _status(run: dict) -> str:
+    status, after = run["status"], run.get("after")
+    if status in ("failed", "unreadable"):
+        error = run["error"] or "no message"
+        return f"{status}: {error[:120] + '...' if len(error) > 120 else error}"
+    if status == "blocked":
+        return f"blocked: `{after}` did not finish" if after else "blocked"
+    return f"{status}, after `{after}`" if after else status
+
+
+# ----------------------------------------------------------------------------- the table
+def _metric_columns(runs: list[dict]) -> list[str]:
+    """The metrics to show: those evaluated or published, but log p-hat and NLL (the same number,
+    negated) only once, in the sign of the published table."""
+    ours = {k for r in runs for k in ((r["result"] or {}).get("metrics") or {})}
+    published = {k for r in runs for k in (r.get("published") or {})}
+    keys = [k for k in METRICS if k in ours | published]
+    if "log_p_hat" in published and "nll" not in published:
+        keys = [k for k in keys if k != "nll"]
+    elif "nll" in keys:
+        keys = [k for k in keys if k != "log_p_hat" or k in published]
+    return keys
+
+
+def _table(exp: dict) -> list[str]:
+    """The results table of one experiment, with its caption, as Markdown lines."""
+    runs = exp["runs"]
+    label_keys = list(dict.fromkeys(k for r in runs for k in (r.get("labels") or {})))
+    metrics = _metric_columns(runs)
+    published_keys = {k for r in runs for k in (r.get("published") or {})}
+    hardware = {_hardware((r["result"] or {}).get("hardware")) for r in runs if r["result"]}
+    one_machine = len(hardware) == 1
+    header, align = ["run", *label_keys], ["---"] * (1 + len(label_keys))
+    for key in metrics:
+        name = METRICS[key][0]
+        header += [name] + ([f"{name} published", f"delta {name}"] if key in published_keys else [])
+        align += ["---:"] * (3 if key in published_keys else 1)
+    header += ["active units (ours / published)", "epochs", "train", "eval"] + ([] if one_machine else ["hardware"])
+    align += ["---:"] * 4 + ([] if one_machine else ["---"])
+    header.append("status")
+    align.append("---")
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "| " + " | ".join(align) + " |"]
+    for run in runs:
+        result = run["result"] or {}
+        ours, pub = result.get("metrics") or {}, run.get("published") or {}
+        labels = run.get("labels") or {}
+        cells = [f"`{run.get('name')}`", *("" if labels.get(k) is None else labels[k] for k in label_keys)]
+        for key in metrics:
+            value = ours.get(key)
+            text = _num(value)
+            stderr = ours.get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")  # log p-hat = -NLL
+            if value is not None and stderr is not None:
+                text += f" ± {stderr:.2f}"
+            cells.append(text)
+            if key in published_keys:
+                delta, flagged = compare(value, pub.get(key))
+                cells += [_num(pub.get(key)), "" if delta is None else f"{delta:+.2f}" + (" ⚠" if flagged else "")]
+        ours_units, pub_units = _units(result.get("active_units")), _units(pub.get("active_units"))
+        cells.append(f"{ours_units or '-'} / {pub_units}" if pub_units else ours_units)
+        cells += [result.get("epochs", ""),
+                  _duration(result.get("train_seconds")), _duration(result.get("eval_seconds"))]
+        if not one_machine:
+            cells.append(_hardware(result.get("hardware")))
+        cells.append(_status(run))
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+
+    caption = []
+    if published_keys & set(metrics):
+        lower = [METRICS[k][0] for k in metrics if k in published_keys and not METRICS[k][1]]
+        higher = [METRICS[k][0] for k in metrics if k in published_keys and METRICS[k][1]]
+        caption.append("delta = ours - published, in nats, in the published table's sign convention"
+                       + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better"
+                          if lower else "")
+                       + (f"; for {', '.join(higher)} (log-likelihoods, higher is better) a positive delta "
+                          f"means ours is better" if higher else "")
+                       + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
+                         f"those cells blank.")
+    eval_ks = {str(r["result"].get("eval_k")) for r in runs if r["result"] and r["result"].get("eval_k")}
+    k = eval_ks.pop() if len(eval_ks) == 1 else "k"
+    definitions = {"nll": f"NLL = -mean L_{k} over the test images, ± its standard error over images",
+                   "log_p_hat": f"log p-hat = mean L_{k}, ± its standard error over images",
+                   "iwae64": "IWAE-64 = mean L_64", "neg_kl": "-KL(Q||P) = IWAE-64 - log p-hat"}
+    if metrics:
+        caption.append("; ".join(definitions[key] for key in metrics) + ".")
+    caption.append("Active units: A_u > 0.01, per stochastic layer. Times: training and evaluation, wall clock.")
+    if one_machine:
+        caption.append(f"Hardware (all finished runs): {hardware.pop()}.")
+    counts = Counter(r["status"] for r in runs)
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    lines += ["", f"*{len(runs)} runs: {summary}.* " + " ".join(caption)]
+    failed = [r for r in runs if r["status"] in ("failed", "unreadable")]
+    if failed:
+        lines += ["", "Failed runs (message and traceback in `runs/NAME/error.json`):", ""]
+        lines += [f"- `{r.get('name')}`: {_cell(r['error'])}" for r in failed]
+    return lines
+
+
+def _header(exp: dict) -> list[str]:
+    """Title, description, protocol, executor and times, and the published source, as Markdown lines."""
+    lines = [f"## {_cell(exp.get('title') or exp['experiment'])}", "", f"Experiment `{exp['experiment']}`.", ""]
+    if exp.get("description"):
+        lines += [str(exp["description"]).replace("<", "&lt;"), ""]
+    protocol = exp.get("protocol") or {}
+    settings = "; ".join(f"{k.replace('_', ' ')} {_setting(k, v)}" for k, v in (protocol.get("settings") or {}).items())
+    lines.append(f"- **Protocol** `{protocol.get('name', 'unknown')}`: {_cell(protocol.get('description', ''))}"
+                 + (f" Settings: {settings}." if settings else ""))
+    lines.append(f"- **Executor**: {_cell(exp.get('executor') or 'unknown')}")
+    wall = _duration(exp.get("wall_seconds")) or "not finished"
+    lines.append(f"- **Started** {exp.get('started') or '?'}, **finished** {exp.get('finished') or 'not yet'}, "
+                 f"**total wall time** {wall}")
+    pub = exp.get("published")
+    if pub:
+        lines.append(f"- **Published**: {_cell(pub.get('citation', pub.get('key', '')))} "
+                     f"Table `{pub.get('table', '?')}`. Sign convention: {_cell(pub.get('sign', 'as published'))}.")
+    else:
+        lines.append("- **Published**: no published table for this experiment.")
+    return lines + [""]
+
+
+def _setting(key: str, value) -> str:
+    if value is None:  # None means "no limit" for subsets, the whole paper schedule for epochs
+        return "all" if key.endswith("subset") else "full schedule" if key == "epochs" else "default"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- figures
+def _done(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["status"] == "done" and (r["dir"] / "model.safetensors").is_file()]
+
+
+def _representatives(runs: list[dict], cap: int) -> list[dict]:
+    """One finished run per label combination apart from k (the one with the largest k), at most ``cap``."""
+    def k_of(r: dict) -> int:
+        return int((r.get("labels") or {}).get("k") or r["config"].get("k") or 0)
+
+    chosen: dict[tuple, dict] = {}
+    for r in _done(runs):
+        labels = r.get("labels") or {"name": r.get("name")}
+        key = tuple((k, str(v)) for k, v in labels.items() if k != "k")
+        if key not in chosen or k_of(r) > k_of(chosen[key]):
+            chosen[key] = r
+    if not chosen:
+        raise ValueError("no finished run with a model.safetensors")
+    return list(chosen.values())[:cap]
+
+
+def _splits(run: dict, data_dir, cache: dict):
+    """The run's dataset, loaded once per report and never downloaded (a report must not hit the network),
+    from ``data_dir``, else the run's data_dir: its spec's, or its config.yaml's (where the data was at
+    training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
+    import yaml
+
+    from .data import load_dataset
+
+    dataset = run["config"].get("dataset", "mnist")
+    folder = data_dir or run["config"].get("data_dir")
+    if folder is None and (run["dir"] / "config.yaml").is_file():
+        folder = (yaml.safe_load((run["dir"] / "config.yaml").read_text()) or {}).get("data_dir")
+    if (dataset, folder) not in cache:
+        cache[(dataset, folder)] = load_dataset(dataset, folder, download=False)
+    return cache[(dataset, folder)]
+
+
+Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
+
+
+def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
+    from .plots import plot_curves, read_metrics
+
+    runs = [r for r in exp["runs"] if (r["dir"] / "metrics.csv").is_file()]
+    if not runs:
+        raise ValueError("no run has a metrics.csv yet")
+    out = []
+    for i in range(0, len(runs), CURVES_PER_FIGURE):
+        chunk = runs[i: i + CURVES_PER_FIGURE]
+        part = f"-{i // CURVES_PER_FIGURE + 1}" if len(runs) > CURVES_PER_FIGURE else ""
+        path = plot_curves({r["name"]: read_metrics(r["dir"]) for r in chunk}, fig_dir / f"curves{part}.png")
+        out.append((path, f"Training curves of runs {i + 1}-{i + len(chunk)} of the {len(runs)} with a metrics.csv: "
+                          f"training bound (solid) and validation L_k (dashed) per epoch."))
+    return out
+
+
+def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """plots.plot_samples of a few finished runs (:func:`_representatives`)."""
+    from .plots import plot_samples
+    from .train import load
+
+    runs = _representatives(exp["runs"], MAX_PANELS)
+    path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
+    return [(path, f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
+                   f"of each, at most {MAX_PANELS}): z ~ p(z), Bernoulli means of p(x | z).")]
+
+
+def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """plots.plot_latent of a few finished runs of one dataset on its first test images, by label."""
+    import torch
+
+    from .data import fixed_binarization
+    from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+    from .plots import plot_latent
+    from .train import load
+
+    runs = _representatives(exp["runs"], MAX_PANELS)
+    dataset = runs[0]["config"].get("dataset", "mnist")
+    runs = [r for r in runs if r["config"].get("dataset", "mnist") == dataset][:LATENT_RUNS]  # one test set
+    splits = _splits(runs[0], data_dir, cache)
+    x_units = splits.train[:ACTIVE_UNITS_IMAGES]
+    if splits.dynamic:  # grey levels: binarize once, as evaluation does
+        x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
+    labels = None if splits.test_labels is None else splits.test_labels[:LATENT_POINTS]
+    path = plot_latent({r["name"]: load(r["dir"]) for r in runs}, splits.test[:LATENT_POINTS],
+                       fig_dir / "latent.png", labels=labels, x_units=x_units)
+    return [(path, f"Posterior means E_q[z | x] of the first {min(LATENT_POINTS, len(splits.test))} {splits.name} "
+                   f"test images in the two most active latent units, "
+                   f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs.")]
+
+
+def _grid_rows(exp: dict) -> list[dict]:
+    """Rows in :func:`iwae.grid.plot_grid`'s format: every grid point whose (canonical) run finished."""
+    from . import grid
+
+    by_run = {}
+    for r in exp["runs"]:
+        metrics = (r["result"] or {}).get("metrics") or {}
+        c = r["config"]
+        if r["status"] != "done" or "iwae64" not in metrics or "objective" not in c:
+            continue
+        grouped = c["objective"] in ("miwae", "piwae")
+        beta = float(c.get("beta", 0.5)) if c["objective"] == "ciwae" else None
+        by_run[grid.Run(c["objective"], int(c["k"]), int(c.get("m", 1)) if grouped else 1, beta)] = r
+    if not by_run:
+        raise ValueError("no finished run has an IWAE-64 bound (metric iwae64)")
+    total = Counter(run.k for run in by_run).most_common(1)[0][0]
+    betas = sorted({run.beta for run in by_run if run.objective == "ciwae"} | {0.0, 1.0})
+    rows = []
+    for point in grid.grid_points(total, betas):
+        run = grid.canonical_run(point)
+        if run not in by_run:
+            continue
+        r = by_run[run]
+        result, metrics = r["result"], r["result"]["metrics"]
+        log_p = metrics.get("log_p_hat", -metrics["nll"])
+        rows.append({"objective": point.objective, "m": point.m, "k": point.k, "beta": point.beta,
+                     "total": point.total, "label": point.label, "run": run.name, "iwae_bound": metrics["iwae64"],
+                     "log_p_hat": log_p, "neg_kl": metrics.get("neg_kl", metrics["iwae64"] - log_p),
+                     "iwae_k": ((r.get("eval") or {}).get("bound_ks") or [64])[0],
+                     "log_p_k": result.get("eval_k", 5000), "epochs": result.get("epochs", r["config"].get("epochs")),
+                     "train_subset": r["config"].get("train_subset"), "n_test": result.get("n_test")})
+    if not rows:
+        raise ValueError(f"no finished run is a point of the M * K = {total} grid")
+    return rows
+
+
+def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """grid.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
+    from .grid import plot_grid
+
+    rows = _grid_rows(exp)
+    path = plot_grid(rows, fig_dir / "grid.png")
+    return [(path, f"IWAE-64, log p-hat and -KL(Q||P) = IWAE-64 - log p-hat against (M, K) for MIWAE and PIWAE "
+                   f"(top) and against beta for CIWAE (bottom), M * K = {rows[0]['total']}: {len(rows)} grid points "
+                   f"with a finished run (identical objectives share one run, e.g. MIWAE(1,K) = PIWAE(1,K) = "
+                   f"CIWAE(0) = IWAE). Stars: Rainforth et al. (2018), full protocol.")]
+
+
+def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """A small snr.snr_sweep (IWAE against K, MIWAE against M; reparam, STL, DReG) of one trained run."""
+    import time
+
+    from .estimators import ObjectiveSpec
+    from .snr import fixed_batch, plot_snr, snr_sweep
+    from .train import load
+
+    def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients
+        c = r["config"]
+        return (c.get("objective") == "iwae", c.get("estimator", "reparam") == "reparam", c.get("k") == 50,
+                c.get("k", 0))
+
+    done = _done(exp["runs"])
+    if not done:
+        raise ValueError("no finished run with a model.safetensors")
+    run = max(done, key=preference)  # the first of the best
+    splits = _splits(run, data_dir, cache)
+    x = fixed_batch(splits, min(SNR_BATCH, len(splits.train)))
+    specs = [ObjectiveSpec("iwae", k, estimator=e) for e in SNR_ESTIMATORS for k in SNR_KS]
+    specs += [ObjectiveSpec("miwae", m * SNR_GROUP_K, m, estimator=e) for e in SNR_ESTIMATORS for m in SNR_MS]
+    t0 = time.perf_counter()
+    rows = snr_sweep(load(run["dir"]), x, specs, SNR_REPEATS, seed=0)
+    seconds = time.perf_counter() - t0
+    path = plot_snr(rows, fig_dir / "snr.png", title=f"Gradient SNR of run {run['name']} "
+                    f"(R = {SNR_REPEATS} estimates per point, batch {len(x)})")
+    return [(path, f"Gradient SNR of the trained run `{run['name']}`: median |mean| / std over the encoder's and "
+                   f"the decoder's parameters, R = {SNR_REPEATS} gradient estimates per point on one fixed batch of "
+                   f"the first {len(x)} training images (binarized once); IWAE at K = "
+                   f"{', '.join(map(str, SNR_KS))}, MIWAE(M, {SNR_GROUP_K}) at M = {', '.join(map(str, SNR_MS))}; "
+                   f"estimators {', '.join(SNR_ESTIMATORS)}; slopes are log-log fits. A small sweep "
+                   f"({seconds:.0f} s): `iwae snr RUN_DIR --repeats 200` is the full study.")]
+
+
+FIGURES = {"curves": _fig_curves, "samples": _fig_samples, "latent": _fig_latent, "grid": _fig_grid,
+           "snr": _fig_snr}
+
+
+def _figures(exp: dict, out_dir: Path, data_dir, cache: dict, counter: list[int]) -> list[str]:
+    """Draws the experiment's figures under ``out_dir/report_figures`` and returns their Markdown."""
+    lines = ["### Figures", ""]
+    prefix = re.sub(r"[^A-Za-z0-9._-]+", "-", str(exp["experiment"]))
+    fig_dir = out_dir / FIGURE_DIR / prefix
+    for kind in exp.get("figures") or []:
+        if kind not in FIGURES:
+            lines += [f"*Figure `{_cell(kind)}` not drawn: unknown kind (known: {', '.join(FIGURES)}).*", ""]
+            continue
+        try:
+            drawn = FIGURES[kind](exp, fig_dir, data_dir, cache)
+        except Exception as e:  # a figure is an extra: say why it is missing rather than lose the report
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            lines += [f"*Figure `{kind}` not drawn: {_cell(reason)}.*", ""]
+            continue
+        for path, caption in drawn:
+            counter[0] += 1
+            lines += [f"![{kind}]({Path(path).relative_to(out_dir).as_posix()})", "",
+                      f"**Figure {counter[0]}.** {caption}", ""]
+    return lines if len(lines) > 2 else []
+
+
+# ----------------------------------------------------------------------------- the report
+def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                    figures: bool = True) -> str:
+    """The report of every experiment under ``out_dir`` (see :func:`find_experiments`) as Markdown;
+    with ``figures``, also draws the figures under ``out_dir/report_figures/``, which it links to
+    relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data."""
+    out_dir = Path(out_dir)
+    experiments = [load_experiment(p) for p in find_experiments(out_dir)]
+    try:
+        from importlib.metadata import version
+
+        by = f"iwae {version('iwae')}"
+    except Exception:  # not installed as a distribution: the report is still valid
+        by = "iwae"
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    names = [f"`{e['experiment']}`" for e in experiments]
+    lines = ["# Reproduction report", "",
+             f"Generated {now} by {by} from `{out_dir}`: {len(experiments)} experiment"
+             f"{'s' if len(experiments) != 1 else ''} ({', '.join(names)}).", ""]
+    cache: dict = {}
+    counter = [0]
+    for exp in experiments:
+        lines += _header(exp) + ["### Results", ""] + _table(exp) + [""]
+        if figures:
+            lines += _figures(exp, out_dir, data_dir, cache, counter)
+        elif exp.get("figures"):
+            lines += [f"*Figures ({', '.join(exp['figures'])}) not drawn: --no-figures.*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "Reproduction report") -> str:
+    """A self-contained HTML page of ``markdown_text``: inline CSS, and every relative image (resolved
+    against ``base_dir``) embedded as a base64 data URI."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    base_dir = Path(base_dir)
+
+    def embed(match: re.Match) -> str:
+        src = html.unescape(match.group(1))
+        path = base_dir / src
+        if "://" in src or not path.is_file():
+            return match.group(0)
+        mime = "image/png" if path.suffix.lower() == ".png" else f"image/{path.suffix.lstrip('.').lower()}"
+        return f'src="data:{mime};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+    body = re.sub(r'src="([^"]+)"', embed, body)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def write_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                 figures: bool = True) -> tuple[Path, Path]:
+    """Writes ``out_dir/report.md`` and ``out_dir/report.html`` (each atomically) and, with
+    ``figures``, the PNGs under ``out_dir/report_figures/``. Returns the two report paths.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` is not a folder.
+        ValueError: no reproduction.json in ``out_dir`` or its subfolders, or one is not valid JSON.
+    """
+    out_dir = Path(out_dir)
+    text = markdown_report(out_dir, data_dir, figures)
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    with atomic_write(md_path, "wb") as f:  # bytes: UTF-8 whatever the locale (the table has ± and ⚠)
+        f.write(text.encode("utf-8"))
+    titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    page = render_html(text, out_dir, title="Reproduction report" + (f": {titles[0]}" if len(titles) == 1 else ""))
+    with atomic_write(html_path, "wb") as f:
+        f.write(page.encode("utf-8"))
+    return md_path, html_path
