@@ -143,8 +143,8 @@ def test_table_deltas_flags_blanks_and_failures(tmp_path):
     assert close["delta NLL"] == "-0.29"  # |delta| < 0.3: no flag
     assert unpublished["NLL"] == "90.00 ± 0.30"
     assert unpublished["NLL published"] == "" and unpublished["delta NLL"] == ""
-    assert flagged["active units (ours / published)"] == "38 / 22"
-    assert close["active units (ours / published)"] == "44"  # none published
+    assert flagged["active units"] == "38 / 22"
+    assert close["active units"] == "44"  # none published
     assert flagged["epochs"] == "13" and flagged["train"] == "8m32s" and flagged["eval"] == "1m00s"
     assert "log p-hat" not in table[0]  # the same number as NLL, negated: shown once
 

@@ -28,6 +28,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import atomic_write
@@ -55,7 +56,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; white-space: nowrap; }
-td:last-child { white-space: normal; min-width: 14em; }
+td:last-child { white-space: normal; min-width: 12em; }
 th { background: #eef; } tr:nth-child(even) td { background: #f7f7f7; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 code { background: #f3f3f3; padding: 0 0.2em; }
@@ -93,13 +94,14 @@ def _read_json(path: Path) -> dict:
 
 
 def load_experiment(exp_dir: str | os.PathLike) -> dict:
-    """reproduction.json of ``exp_dir``, each run completed with ``dir`` (its run folder), ``result``
-    (result.json or None), ``error`` (a one-line message or None) and ``status``.
+    """reproduction.json of ``exp_dir``, each run completed with ``dir`` (its run folder), ``status``,
+    ``result`` (result.json, ``{}`` when there is none), ``metrics`` (ours), ``error`` (a one-line
+    message or None), and ``labels``, ``published`` and ``config`` as dicts (``{}`` for none).
 
     The files in the run folder decide the status (reproduction.json may have been written before
-    the run ended): error.json means failed, result.json done (the newer if both); otherwise the status written in
-    reproduction.json stands (pending, blocked, ...). An unreadable result or error file makes the
-    run ``unreadable`` with the reason as its error, so one bad file does not hide the others.
+    the run ended): error.json means failed, result.json done, the newer if both; otherwise the
+    status written in reproduction.json stands (pending, blocked, ...). An unreadable result or
+    error file makes the run ``unreadable``, with the reason, so one bad file hides no other run.
 
     Raises:
         ValueError: reproduction.json is missing, not JSON, or has no list of runs.
@@ -111,23 +113,24 @@ def load_experiment(exp_dir: str | os.PathLike) -> dict:
     exp.setdefault("experiment", exp_dir.name)
     for run in exp["runs"]:
         run["dir"] = exp_dir / "runs" / str(run.get("name"))
-        run["result"], run["error"] = None, None
+        run["result"], run["error"] = {}, None
         # both files after a rerun: the newer one is the run's last outcome
         outcome = max((p for p in (run["dir"] / "result.json", run["dir"] / "error.json") if p.is_file()),
                       key=lambda p: p.stat().st_mtime, default=None)
         try:
             if outcome is not None and outcome.name == "error.json":
-                failure = _read_json(outcome)
-                run["status"], run["error"] = "failed", str(failure.get("error") or "no message")
+                run["status"], run["error"] = "failed", str(_read_json(outcome).get("error") or "no message")
             elif outcome is not None:
                 run["status"], run["result"] = "done", _read_json(outcome)
             else:
                 run["status"] = str(run.get("status") or "pending")
-                if run["status"] == "done":  # written as done, but its result is gone
+                if run["status"] == "done":  # recorded as done, but its result is gone
                     run["status"], run["error"] = "unreadable", "result.json missing"
         except ValueError as e:
             run["status"], run["error"] = "unreadable", str(e)
-        run["config"] = run.get("config") or (run["result"] or {}).get("spec", {}).get("config") or {}
+        run["metrics"] = run["result"].get("metrics") or {}
+        run["config"] = run.get("config") or run["result"].get("spec", {}).get("config") or {}
+        run["labels"], run["published"] = run.get("labels") or {}, run.get("published") or {}
     return exp
 
 
@@ -177,6 +180,24 @@ def _hardware(h: dict | None) -> str:
     return f"{h['host']}: {text}" if h.get("host") else text
 
 
+# ----------------------------------------------------------------------------- the table: cells of one run
+def _value(run: dict, key: str) -> str:
+    """Our metric ``key`` with its standard error (log p-hat = -NLL has NLL's)."""
+    value = run["metrics"].get(key)
+    stderr = run["metrics"].get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")
+    return _num(value) + (f" ± {stderr:.2f}" if value is not None and stderr is not None else "")
+
+
+def _delta(run: dict, key: str) -> str:
+    delta, flagged = compare(run["metrics"].get(key), run["published"].get(key))
+    return "" if delta is None else f"{delta:+.2f}" + (" ⚠" if flagged else "")
+
+
+def _active_units(run: dict) -> str:
+    ours, published = _units(run["result"].get("active_units")), _units(run["published"].get("active_units"))
+    return f"{ours or '-'} / {published}" if published else ours
+
+
 def _status(run: dict) -> str:
     status, after = run["status"], run.get("after")
     if status in ("failed", "unreadable"):
@@ -188,85 +209,81 @@ def _status(run: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the table
-def _metric_columns(runs: list[dict]) -> list[str]:
+def _metric_keys(runs: list[dict]) -> list[str]:
     """The metrics to show: those evaluated or published, but log p-hat and NLL (the same number,
     negated) only once, in the sign of the published table."""
-    ours = {k for r in runs for k in ((r["result"] or {}).get("metrics") or {})}
-    published = {k for r in runs for k in (r.get("published") or {})}
+    ours, published = {k for r in runs for k in r["metrics"]}, {k for r in runs for k in r["published"]}
     keys = [k for k in METRICS if k in ours | published]
     if "log_p_hat" in published and "nll" not in published:
-        keys = [k for k in keys if k != "nll"]
-    elif "nll" in keys:
-        keys = [k for k in keys if k != "log_p_hat" or k in published]
-    return keys
+        return [k for k in keys if k != "nll"]
+    return [k for k in keys if k != "log_p_hat" or k in published or "nll" not in keys]
 
 
-def _table(exp: dict) -> list[str]:
-    """The results table of one experiment, with its caption, as Markdown lines."""
-    runs = exp["runs"]
-    label_keys = list(dict.fromkeys(k for r in runs for k in (r.get("labels") or {})))
-    metrics = _metric_columns(runs)
-    published_keys = {k for r in runs for k in (r.get("published") or {})}
-    hardware = {_hardware((r["result"] or {}).get("hardware")) for r in runs if r["result"]}
-    one_machine = len(hardware) == 1
-    header, align = ["run", *label_keys], ["---"] * (1 + len(label_keys))
-    for key in metrics:
+def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]]]:
+    """The table's columns: ``(header, numeric, the cell of a run)``; a metric gets its published
+    value and delta beside it when some run has a published value for it."""
+    published = {k for r in runs for k in r["published"]}
+    columns = [("run", False, lambda r: f"`{r.get('name')}`")]
+    columns += [(key, False, lambda r, key=key: r["labels"].get(key, ""))
+                for key in dict.fromkeys(k for r in runs for k in r["labels"])]
+    for key in _metric_keys(runs):
         name = METRICS[key][0]
-        header += [name] + ([f"{name} published", f"delta {name}"] if key in published_keys else [])
-        align += ["---:"] * (3 if key in published_keys else 1)
-    header += ["active units (ours / published)", "epochs", "train", "eval"] + ([] if one_machine else ["hardware"])
-    align += ["---:"] * 4 + ([] if one_machine else ["---"])
-    header.append("status")
-    align.append("---")
-    lines = ["| " + " | ".join(map(_cell, header)) + " |", "| " + " | ".join(align) + " |"]
-    for run in runs:
-        result = run["result"] or {}
-        ours, pub = result.get("metrics") or {}, run.get("published") or {}
-        labels = run.get("labels") or {}
-        cells = [f"`{run.get('name')}`", *("" if labels.get(k) is None else labels[k] for k in label_keys)]
-        for key in metrics:
-            value = ours.get(key)
-            text = _num(value)
-            stderr = ours.get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")  # log p-hat = -NLL
-            if value is not None and stderr is not None:
-                text += f" ± {stderr:.2f}"
-            cells.append(text)
-            if key in published_keys:
-                delta, flagged = compare(value, pub.get(key))
-                cells += [_num(pub.get(key)), "" if delta is None else f"{delta:+.2f}" + (" ⚠" if flagged else "")]
-        ours_units, pub_units = _units(result.get("active_units")), _units(pub.get("active_units"))
-        cells.append(f"{ours_units or '-'} / {pub_units}" if pub_units else ours_units)
-        cells += [result.get("epochs", ""),
-                  _duration(result.get("train_seconds")), _duration(result.get("eval_seconds"))]
-        if not one_machine:
-            cells.append(_hardware(result.get("hardware")))
-        cells.append(_status(run))
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        columns.append((name, True, lambda r, key=key: _value(r, key)))
+        if key in published:
+            columns += [(f"{name} published", True, lambda r, key=key: _num(r["published"].get(key))),
+                        (f"delta {name}", True, lambda r, key=key: _delta(r, key))]
+    columns += [("active units", True, _active_units),
+                ("epochs", True, lambda r: r["result"].get("epochs", "")),
+                ("train", True, lambda r: _duration(r["result"].get("train_seconds"))),
+                ("eval", True, lambda r: _duration(r["result"].get("eval_seconds")))]
+    if len({_hardware(r["result"].get("hardware")) for r in runs if r["result"]}) > 1:
+        columns.append(("hardware", False, lambda r: _hardware(r["result"].get("hardware"))))
+    return columns + [("status", False, _status)]
 
-    caption = []
-    if published_keys & set(metrics):
-        lower = [METRICS[k][0] for k in metrics if k in published_keys and not METRICS[k][1]]
-        higher = [METRICS[k][0] for k in metrics if k in published_keys and METRICS[k][1]]
-        caption.append("delta = ours - published, in nats, in the published table's sign convention"
-                       + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better"
-                          if lower else "")
-                       + (f"; for {', '.join(higher)} (log-likelihoods, higher is better) a positive delta "
-                          f"means ours is better" if higher else "")
-                       + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
-                         f"those cells blank.")
-    eval_ks = {str(r["result"].get("eval_k")) for r in runs if r["result"] and r["result"].get("eval_k")}
+
+def _caption(runs: list[dict]) -> str:
+    """What the table's columns mean: delta's sign, the flag, the metrics, the hardware if shared."""
+    keys, published = _metric_keys(runs), {k for r in runs for k in r["published"]}
+    compared = [k for k in keys if k in published]
+    lower = [METRICS[k][0] for k in compared if not METRICS[k][1]]
+    higher = [METRICS[k][0] for k in compared if METRICS[k][1]]
+    parts = []
+    if compared:
+        parts.append("delta = ours - published, in nats, in the published table's sign convention"
+                     + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better"
+                        if lower else "")
+                     + (f"; for {', '.join(higher)} (log-likelihoods, higher is better) a positive delta "
+                        f"means ours is better" if higher else "")
+                     + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
+                       f"those cells blank.")
+    eval_ks = {str(r["result"]["eval_k"]) for r in runs if r["result"].get("eval_k")}
     k = eval_ks.pop() if len(eval_ks) == 1 else "k"
     definitions = {"nll": f"NLL = -mean L_{k} over the test images, ± its standard error over images",
                    "log_p_hat": f"log p-hat = mean L_{k}, ± its standard error over images",
                    "iwae64": "IWAE-64 = mean L_64", "neg_kl": "-KL(Q||P) = IWAE-64 - log p-hat"}
-    if metrics:
-        caption.append("; ".join(definitions[key] for key in metrics) + ".")
-    caption.append("Active units: A_u > 0.01, per stochastic layer. Times: training and evaluation, wall clock.")
-    if one_machine:
-        caption.append(f"Hardware (all finished runs): {hardware.pop()}.")
-    counts = Counter(r["status"] for r in runs)
-    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
-    lines += ["", f"*{len(runs)} runs: {summary}.* " + " ".join(caption)]
+    if keys:
+        parts.append("; ".join(definitions[key] for key in keys) + ".")
+    parts.append("Active units: A_u > 0.01, per stochastic layer, ours / published. "
+                 "Times: training and evaluation, wall clock.")
+    machines = {_hardware(r["result"].get("hardware")) for r in runs if r["result"]}
+    if len(machines) == 1:
+        parts.append(f"Hardware (all finished runs): {machines.pop()}.")
+    counts = ", ".join(f"{n} {status}" for status, n in Counter(r["status"] for r in runs).items())
+    return f"*{len(runs)} runs: {counts}.* " + " ".join(parts)
+
+
+def _table(exp: dict) -> list[str]:
+    """The results table of one experiment, its caption and the failures, as Markdown lines."""
+    runs = exp["runs"]
+    columns = _columns(runs)
+
+    def row(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [row(_cell(header) for header, _, _ in columns),
+             row("---:" if numeric else "---" for _, numeric, _ in columns)]
+    lines += [row(_cell(cell(r)) for *_, cell in columns) for r in runs]
+    lines += ["", _caption(runs)]
     failed = [r for r in runs if r["status"] in ("failed", "unreadable")]
     if failed:
         lines += ["", "Failed runs (message and traceback in `runs/NAME/error.json`):", ""]
@@ -310,11 +327,11 @@ def _done(runs: list[dict]) -> list[dict]:
 def _representatives(runs: list[dict], cap: int) -> list[dict]:
     """One finished run per label combination apart from k (the one with the largest k), at most ``cap``."""
     def k_of(r: dict) -> int:
-        return int((r.get("labels") or {}).get("k") or r["config"].get("k") or 0)
+        return int(r["labels"].get("k") or r["config"].get("k") or 0)
 
     chosen: dict[tuple, dict] = {}
     for r in _done(runs):
-        labels = r.get("labels") or {"name": r.get("name")}
+        labels = r["labels"] or {"name": r.get("name")}
         key = tuple((k, str(v)) for k, v in labels.items() if k != "k")
         if key not in chosen or k_of(r) > k_of(chosen[key]):
             chosen[key] = r
@@ -401,8 +418,7 @@ def _grid_rows(exp: dict) -> list[dict]:
 
     by_run = {}
     for r in exp["runs"]:
-        metrics = (r["result"] or {}).get("metrics") or {}
-        c = r["config"]
+        metrics, c = r["metrics"], r["config"]
         if r["status"] != "done" or "iwae64" not in metrics or "objective" not in c:
             continue
         grouped = c["objective"] in ("miwae", "piwae")
@@ -418,7 +434,7 @@ def _grid_rows(exp: dict) -> list[dict]:
         if run not in by_run:
             continue
         r = by_run[run]
-        result, metrics = r["result"], r["result"]["metrics"]
+        result, metrics = r["result"], r["metrics"]
         log_p = metrics.get("log_p_hat", -metrics["nll"])
         rows.append({"objective": point.objective, "m": point.m, "k": point.k, "beta": point.beta,
                      "total": point.total, "label": point.label, "run": run.name, "iwae_bound": metrics["iwae64"],
