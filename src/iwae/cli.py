@@ -519,9 +519,14 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
         click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
                    f"(rough; divide by --workers on a machine with the cores for them)")
         return
-    summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=list(only) or None,
-                               overrides=overrides, workers=workers, threads=threads, ray=ray_address,
-                               cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet)
+    try:
+        summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=list(only) or None,
+                                   overrides=overrides, workers=workers, threads=threads, ray=ray_address,
+                                   cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to go on: finished runs are kept, the others resume "
+                   "from their last epoch", err=True)
+        sys.exit(130)
     counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
     click.echo(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} finished before, "
                f"{counts['failed']} failed, {counts['blocked']} blocked; see {out_dir / 'reproduction.json'}; "

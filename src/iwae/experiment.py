@@ -154,8 +154,12 @@ class Experiment:
         if bad or set(overrides) & EXECUTION_KEYS:
             raise ExperimentError(f"cannot override {', '.join(sorted(bad or set(overrides) & EXECUTION_KEYS))}")
         self.protocol_settings(protocol)
-        runs = {r.name: r for r in (self._resolve_run(raw, combo, protocol, overrides)
-                                    for raw, combo in self._expanded())}
+        resolved = [self._resolve_run(raw, combo, protocol, overrides) for raw, combo in self._expanded()]
+        runs = {r.name: r for r in resolved}
+        if len(runs) != len(resolved):
+            names = [r.name for r in resolved]
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ExperimentError(f"{self.source}: two runs are named {dup}; give them distinct names")
         selected = list(runs.values())
         if datasets is not None:
             wanted = {d.strip().lower().replace("_", "-") for d in datasets}
@@ -207,7 +211,7 @@ class Experiment:
         except (ValueError, TypeError) as e:
             raise ExperimentError(f"{self.source}: run {name}: {e}") from None
         config_dict = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_KEYS}
-        labels = {k: config_dict.get(k) for k in self.spec.get("labels", [])}
+        labels = {k: config_dict.get(k) if _applies(k, config_dict) else None for k in self.spec.get("labels", [])}
         pub_spec = self.spec.get("published")
         if "published" in raw:
             pub_spec = None if raw["published"] is None else {**(pub_spec or {}), **raw["published"]}
@@ -234,6 +238,17 @@ class Experiment:
         if pub.get("active_units"):
             out["active_units"] = row[pub["active_units"].format(**values)]
         return out
+
+
+def _applies(setting: str, config: dict) -> bool:
+    """Whether a setting means anything for this run (a VAE's beta does not): the report leaves the others blank."""
+    if setting == "beta":
+        return config["objective"] == "ciwae"
+    if setting == "m":
+        return config["objective"] in ("miwae", "piwae")
+    if setting == "components":
+        return config["prior"] != "normal"
+    return True
 
 
 # ----------------------------------------------------------------------------- loading
@@ -299,9 +314,6 @@ def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
     for protocol in exp.protocols:  # every run of every protocol resolves, or the file is refused now
         runs = exp.resolve(protocol)
         names = [r.name for r in runs]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise ExperimentError(f"{source}: two runs are named {dup}; give them distinct names")
         for r in runs:
             if r.after and r.after not in names:
                 raise ExperimentError(f"{source}: run {r.name} continues {r.after}, which is not a run")

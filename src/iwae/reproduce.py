@@ -63,7 +63,7 @@ TEST_IMAGES = {"mnist": 10000, "fashion-mnist": 10000, "binarized-mnist": 10000,
 
 # ----------------------------------------------------------------------------- one run
 def hardware(device: str = "cpu") -> dict:
-    """Where a run ran: host, CPU model, torch threads, device (and GPU name), torch version."""
+    """Where a run ran: host, CPU model, the cores it may use, torch threads, device (and GPU name), torch version."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -75,7 +75,8 @@ def hardware(device: str = "cpu") -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
-    return {"host": platform.node(), "cpu": cpu, "threads": torch.get_num_threads(), "device": device,
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"host": platform.node(), "cpu": cpu, "cores": cores, "threads": torch.get_num_threads(), "device": device,
             "gpu": gpu, "torch": torch.__version__}
 
 
@@ -435,7 +436,7 @@ def reproduce(
 
     def submit(spec: RunSpec) -> cf.Future:
         run_dir = str(out_dir / "runs" / spec.name)
-        say(f"{spec.name}: started")
+        say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
         if isinstance(executor, _Inline):
             return executor.submit(execute_run, spec.to_dict(), run_dir, data_dir, device, threads, progress)
         if isinstance(executor, _Ray):

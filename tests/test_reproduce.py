@@ -1,0 +1,270 @@
+"""Tests for iwae.reproduce and ``iwae reproduce``: real (tiny) runs on MNIST, finished runs skipped,
+failures isolated, a killed reproduction resumed, worker processes, and a real local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import iwae.train as train_module
+from iwae.checkpoint import load_tensors
+from iwae.cli import main
+from iwae.reproduce import ERROR_FILE, RESULT_FILE, STATE_FILE, reproduce
+from iwae.train import TrainConfig, train
+
+TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
+
+
+def write_experiment(path: Path, runs: list[dict], protocol: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "title": "tiny runs", "labels": ["objective", "k"], "runs": runs,
+        "protocols": {"short": protocol or TINY}, "figures": ["curves"]}))
+    return path
+
+
+TWO_RUNS = [{"name": "a", "objective": "iwae", "k": 2},
+            {"name": "b", "objective": "vae", "k": 1, "continue_from": "a", "schedule": "constant", "lr": 1e-4}]
+
+
+def cli(*args, **kwargs):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def finished(tmp_path, shared_data_dir):
+    """A tiny two-run reproduction (b continues a), run in this process."""
+    exp = write_experiment(tmp_path / "tiny.yaml", TWO_RUNS)
+    out = tmp_path / "out"
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), progress=False)
+    return exp, out, summary
+
+
+def test_a_reproduction_writes_each_run_s_result_and_its_state(finished):
+    exp, out, summary = finished
+    assert summary.status == {"a": "done", "b": "done"} and not summary.failed
+    state = read_json(out / STATE_FILE)
+    assert [r["status"] for r in state["runs"]] == ["done", "done"]
+    assert state["protocol"]["name"] == "short" and state["protocol"]["settings"] == TINY
+    assert state["wall_seconds"] > 0 and state["executor"].startswith("local: 1 worker")
+    for name in ("a", "b"):
+        result = read_json(out / "runs" / name / RESULT_FILE)
+        m = result["metrics"]
+        assert m["log_p_hat"] == -m["nll"] and 50 < m["nll"] < 600 and m["nll_stderr"] > 0
+        assert result["n_test"] == 10 and result["eval_k"] == 20 and result["epochs"] == 1
+        assert len(result["active_units"]) == 1 and 0 <= result["active_units"][0] <= 50
+        assert result["hardware"]["torch"] == torch.__version__ and result["train_seconds"] > 0
+        assert result["spec"]["name"] == name
+    assert read_json(out / "runs" / "b" / RESULT_FILE)["spec"]["after"] == "a"
+    assert TrainConfig.from_yaml(out / "runs" / "b" / "config.yaml").init_from == str(out / "runs" / "a")
+
+
+def test_a_second_invocation_skips_finished_runs(finished, shared_data_dir, monkeypatch):
+    exp, out, _ = finished
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_module, "train", refuse)
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), progress=False)
+    assert summary.status == {"a": "skipped", "b": "skipped"}
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == mtimes
+    assert [r["status"] for r in read_json(out / STATE_FILE)["runs"]] == ["done", "done"]
+
+
+def test_more_epochs_resume_the_runs_and_evaluate_them_again(finished, shared_data_dir):
+    exp, out, _ = finished
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), progress=False, overrides={"epochs": 2})
+    assert summary.status == {"a": "done", "b": "done"}
+    for name in ("a", "b"):
+        result = read_json(out / "runs" / name / RESULT_FILE)
+        assert result["training"] == "resumed" and result["epochs"] == 2
+        assert len((out / "runs" / name / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+
+
+def test_another_protocol_in_the_same_folder_is_refused_before_anything_runs(finished, shared_data_dir):
+    exp, out, _ = finished
+    result = cli("reproduce", exp, "--out", out, "--data-dir", shared_data_dir, "--train-subset", 50)
+    assert result.exit_code == 2
+    assert "holds a run with other settings (train_subset)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, shared_data_dir):
+    exp = write_experiment(tmp_path / "tiny.yaml", [
+        {"name": "broken", "dataset": f"npz:{tmp_path / 'missing.npz'}", "objective": "iwae", "k": 2},
+        {"name": "after-broken", "continue_from": "broken", "objective": "vae", "k": 1},
+        {"name": "fine", "objective": "vae", "k": 1},
+    ])
+    out = tmp_path / "out"
+    result = cli("reproduce", exp, "--out", out, "--data-dir", shared_data_dir, "--quiet")
+    assert result.exit_code == 1
+    assert "1 run(s) done, 0 finished before, 1 failed, 1 blocked" in result.output
+    error = read_json(out / "runs" / "broken" / ERROR_FILE)
+    assert error["status"] == "failed" and "missing.npz" in error["error"] and "Traceback" in error["traceback"]
+    assert (out / "runs" / "fine" / RESULT_FILE).is_file()
+    assert not (out / "runs" / "after-broken").exists()
+    statuses = {r["name"]: r["status"] for r in read_json(out / STATE_FILE)["runs"]}
+    assert statuses == {"broken": "failed", "after-broken": "blocked", "fine": "done"}
+
+
+def test_dry_run_lists_the_runs_their_state_and_cost(finished, shared_data_dir, tmp_path):
+    exp, out, _ = finished
+    (out / "runs" / "b" / RESULT_FILE).unlink()  # b was killed after training
+    result = cli("reproduce", exp, "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(ln.split()[:2] == ["a", "done"] for ln in lines)
+    assert any(ln.split()[:2] == ["b", "partial"] and "continues a" in ln for ln in lines)
+    assert "estimated cost of what is left" in result.output
+    assert not (out / "runs" / "b" / RESULT_FILE).exists()  # nothing ran
+    listing = cli("reproduce", "--list")
+    assert listing.exit_code == 0 and "table1" in listing.output and "rainforth" in listing.output
+
+
+def test_a_killed_reproduction_resumes_where_it_stopped(tmp_path, shared_data_dir):
+    """A real process, killed (SIGKILL) in the middle of its second run's training."""
+    exp = write_experiment(tmp_path / "tiny.yaml", [
+        {"name": "quick", "objective": "vae", "k": 1, "protocols": {"short": {"epochs": 1}}},
+        {"name": "slow", "objective": "iwae", "k": 5},
+    ], {"epochs": 6, "train_subset": 3000, "test_subset": 10, "eval_k": 20})
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp), "--out", str(out),
+               "--data-dir", str(shared_data_dir), "--quiet", "--threads", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "runs" / "slow" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().strip().splitlines()) >= 2:  # slow: 1 epoch done
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the reproduction finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "runs" / "quick" / RESULT_FILE).is_file() and not (out / "runs" / "slow" / RESULT_FILE).exists()
+    quick_mtime = (out / "runs" / "quick" / RESULT_FILE).stat().st_mtime_ns
+    killed_at = load_tensors(out / "runs" / "slow" / "checkpoint.safetensors")[1]["epoch"]
+    assert 1 <= killed_at < 6
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (out / "runs" / "quick" / RESULT_FILE).stat().st_mtime_ns == quick_mtime  # skipped, not redone
+    result = read_json(out / "runs" / "slow" / RESULT_FILE)
+    assert result["training"] == "resumed" and result["epochs"] == 6
+    epochs = [row.split(",")[0] for row in metrics.read_text().strip().splitlines()[1:]]
+    assert epochs == [str(e) for e in range(1, 7)]
+
+
+def test_worker_processes_each_take_their_share_of_the_cores(tmp_path, shared_data_dir):
+    exp = write_experiment(tmp_path / "tiny.yaml", [
+        {"name": "a", "objective": "iwae", "k": 2}, {"name": "b", "objective": "vae", "k": 3}])
+    out = tmp_path / "out"
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)
+    assert summary.status == {"a": "done", "b": "done"}
+    cores = len(os.sched_getaffinity(0))
+    share = max(1, cores // 2)
+    for name in ("a", "b"):
+        hw = read_json(out / "runs" / name / RESULT_FILE)["hardware"]
+        assert hw["threads"] == share and hw["cores"] == share  # pinned: sched_setaffinity to its share
+    assert "2 worker processes" in read_json(out / STATE_FILE)["executor"]
+
+
+def test_init_from_starts_a_run_from_another_run_s_trained_weights(tmp_path, mnist_splits):
+    first = train(TrainConfig(objective="iwae", k=2, epochs=1, train_subset=100, out=str(tmp_path / "a")),
+                  progress=False, splits=mnist_splits)
+    # with a vanishing learning rate the continued run's weights stay those of the first run
+    second = train(TrainConfig(objective="vae", k=1, epochs=1, train_subset=100, schedule="constant", lr=1e-20,
+                               init_from=str(first), out=str(tmp_path / "b")), progress=False, splits=mnist_splits)
+    a, _ = load_tensors(first / "model.safetensors")
+    b, _ = load_tensors(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="init_from .* is not this run's"):
+        train(TrainConfig(layers=2, epochs=1, train_subset=100, init_from=str(first), out=str(tmp_path / "c")),
+              progress=False, splits=mnist_splits)
+
+
+@pytest.mark.parametrize("experiment, only", [
+    ("table1", "mnist-l2-iwae-k5"), ("table2", "vae-k1-then-iwae-k50"), ("table3", "l1-vae-k5"),
+    ("rainforth", "piwae-m8-k8"), ("estimators", "iwae-k5-dreg"), ("priors", "vamp-iwae-k5"),
+])
+def test_every_shipped_experiment_runs_end_to_end(experiment, only, tmp_path, shared_data_dir):
+    """One run of each shipped experiment (and what it continues), shortened further by overrides."""
+    out = tmp_path / experiment
+    result = cli("reproduce", experiment, "--only", only, "--out", out, "--data-dir", shared_data_dir, "--quiet",
+                 "--epochs", 1, "--train-subset", 100, "--test-subset", 10, "--eval-k", 20)
+    assert result.exit_code == 0, result.output
+    state = read_json(out / STATE_FILE)
+    assert only in [r["name"] for r in state["runs"]] and {r["status"] for r in state["runs"]} == {"done"}
+    spec = next(r for r in state["runs"] if r["name"] == only)
+    metrics = read_json(out / "runs" / only / RESULT_FILE)["metrics"]
+    if spec["published"]:
+        assert set(spec["published"]) - {"active_units"} <= set(metrics)  # every published metric is measured
+
+
+def test_rainforth_short_protocol_one_run(tmp_path, shared_data_dir):
+    """A real short-protocol run (4 epochs on 5,000 images, L_64 and L_5000 on 500 test images)."""
+    out = tmp_path / "rainforth"
+    result = cli("reproduce", "rainforth", "--only", "vae-k64", "--out", out, "--data-dir", shared_data_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    r = read_json(out / "runs" / "vae-k64" / RESULT_FILE)
+    m = r["metrics"]
+    assert r["n_test"] == 500 and r["epochs"] == 4 and r["eval_k"] == 5000
+    assert -140 < m["iwae64"] < m["log_p_hat"] < -90  # L_64 <= L_5000 <= log p(x), far from -86 this early
+    assert m["neg_kl"] == pytest.approx(m["iwae64"] - m["log_p_hat"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # noqa: the no-network fixture patches connect, not bind
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_runs_each_run_as_a_task_and_gathers_the_files(tmp_path, shared_data_dir):
+    """A real local Ray instance (``ray start --head``), no mocks: two tiny runs, one continuing the other,
+    trained in the tasks' temporary folders and written back to the output folder."""
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    assert ray_cli, 'Ray is not installed: pip install "iwae[ray]" (the dev extra includes it)'
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = Path("/tmp") / f"ray-iwae-{os.getpid()}"  # Ray's socket paths must stay short
+    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port),
+                            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        exp = write_experiment(tmp_path / "tiny.yaml", TWO_RUNS)
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp),
+                               "--out", str(out), "--data-dir", str(shared_data_dir), "--ray", f"127.0.0.1:{port}",
+                               "--cpus-per-run", "1"], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+    state = read_json(out / STATE_FILE)
+    assert state["executor"].startswith(f"ray (127.0.0.1:{port})")
+    for name in ("a", "b"):
+        run_dir = out / "runs" / name
+        for f in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv", RESULT_FILE):
+            assert (run_dir / f).is_file(), f"{name}/{f} was not gathered"
+        result = read_json(run_dir / RESULT_FILE)
+        assert result["status"] == "done" and result["hardware"]["threads"] == 1
+        assert "iwae-ray-" not in str(out)  # written where asked, not in the task's folder
+    # b started from a's trained model, shipped to its task; its config names it inside the task's folder
+    assert TrainConfig.from_yaml(out / "runs" / "b" / "config.yaml").init_from.endswith("/runs/a")
