@@ -268,3 +268,18 @@ def test_ray_runs_each_run_as_a_task_and_gathers_the_files(tmp_path, shared_data
         assert "iwae-ray-" not in str(out)  # written where asked, not in the task's folder
     # b started from a's trained model, shipped to its task; its config names it inside the task's folder
     assert TrainConfig.from_yaml(out / "runs" / "b" / "config.yaml").init_from.endswith("/runs/a")
+
+
+def test_selections_run_one_after_another_add_up_in_the_state(tmp_path, shared_data_dir):
+    exp = write_experiment(tmp_path / "tiny.yaml", [
+        {"name": "a", "objective": "iwae", "k": 2}, {"name": "c", "objective": "vae", "k": 1}])
+    out = tmp_path / "out"
+    reproduce(exp, out, only=["c"], data_dir=str(shared_data_dir), progress=False)
+    first = read_json(out / STATE_FILE)
+    reproduce(exp, out, only=["a"], data_dir=str(shared_data_dir), progress=False)
+    state = read_json(out / STATE_FILE)
+    assert [(r["name"], r["status"]) for r in state["runs"]] == [("a", "done"), ("c", "done")]  # the file's order
+    assert state["started"] == first["started"] and state["wall_seconds"] > first["wall_seconds"]
+    # another protocol in the same folder starts a new record
+    reproduce(exp, out, only=["a"], data_dir=str(shared_data_dir), progress=False, overrides={"eval_k": 10})
+    assert [r["name"] for r in read_json(out / STATE_FILE)["runs"]] == ["a"]

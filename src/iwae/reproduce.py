@@ -397,12 +397,20 @@ def reproduce(
     entry = {r["name"]: r for r in state["runs"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    try:  # a resumed reproduction keeps its first start and adds up its wall time
+    earlier_seconds = 0.0
+    try:
         before = json.loads((out_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        before = None
+    if isinstance(before, dict) and before.get("experiment") == exp.name and before.get("protocol") == state["protocol"]:
+        # the same reproduction again (resumed, or another selection of its runs): keep its first start,
+        # add up its wall time, and keep the runs an earlier selection ran, in the experiment's order
         state["started"] = before.get("started") or state["started"]
         earlier_seconds = float(before.get("wall_seconds") or 0.0)
-    except (OSError, ValueError, TypeError):
-        earlier_seconds = 0.0
+        order = [r.name for r in exp.resolve(protocol, overrides=overrides)]
+        kept = [r for r in before.get("runs", []) if isinstance(r, dict) and r.get("name") not in entry]
+        state["runs"] = sorted(kept + state["runs"],
+                               key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
 
     def save() -> None:
         with atomic_write(out_dir / STATE_FILE) as f:
