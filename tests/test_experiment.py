@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -145,3 +147,13 @@ def test_a_user_file_and_unknown_names(tmp_path):
     (tmp_path / "broken.yaml").write_text("runs: [\n")
     with pytest.raises(ExperimentError, match="not valid YAML"):
         load_experiment(tmp_path / "broken.yaml")
+
+
+def test_the_readme_s_example_experiment_file_is_valid(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("**Your own experiments**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "mine.yaml"
+    path.write_text(block)
+    runs = load_experiment(path).resolve("short")
+    assert [r.name for r in runs] == ["vae-k5", "iwae-k5", "vae-k50", "iwae-k50"]
+    assert runs[1].config["estimator"] == "dreg" and runs[0].eval["bound_ks"] == [64]
