@@ -283,3 +283,11 @@ def test_selections_run_one_after_another_add_up_in_the_state(tmp_path, shared_d
     # another protocol in the same folder starts a new record
     reproduce(exp, out, only=["a"], data_dir=str(shared_data_dir), progress=False, overrides={"eval_k": 10})
     assert [r["name"] for r in read_json(out / STATE_FILE)["runs"]] == ["a"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}])
+    result = cli("reproduce", exp, "--out", tmp_path / "out", "--device", "cuda")
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert not (tmp_path / "out").exists()

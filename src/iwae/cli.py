@@ -463,8 +463,9 @@ def _format_seconds(seconds: float) -> str:
 @click.option("--only", multiple=True, help="Only the runs whose names match this shell pattern (repeatable).")
 @click.option("--dry-run", is_flag=True, help="List the runs, their state and estimated cost; train nothing.")
 @click.option("--list", "list_experiments", is_flag=True, help="List the shipped experiments and exit.")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn).")
+@click.option("--workers", type=int,
+              help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn)."
+                   "  [default: 1 on CPU, one per GPU with --device cuda]")
 @click.option("--threads", type=int, help="torch threads per run.  [default: the cores divided among the workers]")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
               help="Run each run as a task on the Ray cluster at ADDRESS (auto: the running one; local: a new one).")

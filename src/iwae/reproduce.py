@@ -15,10 +15,11 @@ turns the folder into a report.
 
 Execution:
 
-- ``workers=1``: one run after another in this process.
+- ``workers=1`` (the default on CPU): one run after another in this process.
 - ``workers=N``: N worker processes; on CPU each is pinned (``sched_setaffinity``) to its own
   share of the cores and sets torch's threads to it; with ``device="cuda"`` the workers take the
-  GPUs in turn, several workers per GPU when N exceeds the GPUs (small runs then share a GPU).
+  GPUs in turn, several workers per GPU when N exceeds the GPUs (small runs then share a GPU);
+  the default on CUDA is one worker per GPU.
 - ``ray="auto"`` or an address: each run is a Ray task asking for ``cpus_per_run`` CPUs (or one
   GPU with ``device="cuda"``). The task trains in a temporary folder on its node, from the files
   the driver sends (a checkpoint to resume, the model a continued run starts from), and returns
@@ -347,7 +348,7 @@ def reproduce(
     datasets: list[str] | None = None,
     only: list[str] | None = None,
     overrides: dict | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     threads: int | None = None,
     ray: str | None = None,
     cpus_per_run: int = 1,
@@ -362,7 +363,7 @@ def reproduce(
         out_dir: the output folder: ``reproduction.json`` and ``runs/<name>/``.
         protocol: ``short`` or ``paper`` (or any protocol the file defines).
         datasets, only, overrides: see :meth:`iwae.experiment.Experiment.resolve`.
-        workers: local worker processes (1: in this process).
+        workers: local worker processes (1: in this process). Default: 1 on CPU, one per GPU on CUDA.
         threads: torch threads per run (default: the cores divided among the workers).
         ray: a Ray address (``auto``, ``host:port``, ``local`` for a new local instance); None: local.
         cpus_per_run: CPUs each Ray task asks for (and its torch threads).
@@ -375,6 +376,13 @@ def reproduce(
     """
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     runs = exp.resolve(protocol, datasets=datasets, only=only, overrides=overrides)
+    if device == "cuda" and not ray:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but CUDA is not available on this machine")
+        workers = torch.cuda.device_count() if workers is None else workers
+    workers = 1 if workers is None else workers
     if workers < 1 or cpus_per_run < 1:
         raise ValueError("--workers and --cpus-per-run must be >= 1")
     if device not in ("cpu", "cuda"):
