@@ -310,7 +310,7 @@ def test_grid_figure_and_self_contained_html(tmp_path):
 
 
 def test_grid_rows_follow_canonical_runs(tmp_path):
-    exp = report.load_experiment(grid_experiment(tmp_path / "grid"))
+    exp = report.read_reproduction(grid_experiment(tmp_path / "grid"))
     rows = report._grid_rows(exp)
     labels = {r["label"]: r for r in rows}
     # IWAE(k=64) serves MIWAE(1,64), PIWAE(1,64) and CIWAE(0); the VAE serves MIWAE(64,1) and CIWAE(1)
@@ -385,7 +385,7 @@ def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     assert "Settings: epochs 1;" in text and "train subset 100" in text and "eval k 10" in text
     assert "*Figures (curves, snr) not drawn: --no-figures.*" in text
     # reproduce passes the data folder per invocation: the figures find it in the run's config.yaml
-    (run,) = report.load_experiment(out)["runs"]
+    (run,) = report.read_reproduction(out)["runs"]
     assert report._splits(run, None, {}).name == "mnist"
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write
 
-__all__ = ["find_experiments", "load_experiment", "compare", "markdown_report", "render_html", "write_report",
+__all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
            "FLAG_NATS"]
 
 SPEC_FILE = "reproduction.json"
@@ -93,7 +93,7 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def load_experiment(exp_dir: str | os.PathLike) -> dict:
+def read_reproduction(exp_dir: str | os.PathLike) -> dict:
     """reproduction.json of ``exp_dir``, each run completed with ``dir`` (its run folder), ``status``,
     ``result`` (result.json, ``{}`` when there is none), ``metrics`` (ours), ``error`` (a one-line
     message or None), and ``labels``, ``published`` and ``config`` as dicts (``{}`` for none).
@@ -526,7 +526,7 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     with ``figures``, also draws the figures under ``out_dir/report_figures/``, which it links to
     relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data."""
     out_dir = Path(out_dir)
-    experiments = [load_experiment(p) for p in find_experiments(out_dir)]
+    experiments = [read_reproduction(p) for p in find_experiments(out_dir)]
     try:
         from importlib.metadata import version
 
