@@ -10,23 +10,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from iwae import plots
-from iwae.cli import main
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
 
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_one_line_error(result, phrase: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1 and phrase in errors[0], result.output
+from cli_helpers import assert_one_line_error, invoke
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -20,11 +20,11 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from iwae import report
-from iwae.cli import main
 from iwae.train import TrainConfig, train
+
+from cli_helpers import assert_one_line_error, invoke
 
 HARDWARE = {"host": "box", "cpu": "Intel Xeon Test", "threads": 1, "device": "cpu", "gpu": None, "torch": "2.13.0"}
 BURDA = {"key": "burda2016", "table": "table1", "citation": "Yuri Burda, Roger Grosse, Ruslan Salakhutdinov. "
@@ -104,17 +104,6 @@ def markdown_tables(text: str) -> list[list[dict[str, str]]]:
 
 def by_run(table: list[dict]) -> dict[str, dict]:
     return {row["run"].strip("`"): row for row in table}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
-
-
-def assert_one_line_error(result, phrase: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1 and phrase in errors[0], result.output
 
 
 # ----------------------------------------------------------------------------- the table

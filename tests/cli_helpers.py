@@ -1,0 +1,20 @@
+"""Helpers the CLI tests share: invoke the ``iwae`` command in-process, check a one-line user error."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from iwae.cli import main
+
+
+def invoke(*args):
+    """Runs ``iwae ARGS...`` (each argument str()-ed) and returns click's Result; exceptions are caught."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_one_line_error(result, phrase: str) -> None:
+    """Exit status 2, no traceback, and exactly one ``Error`` line, which contains ``phrase``."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and phrase in errors[0], result.output
