@@ -46,7 +46,7 @@ from .checkpoint import CheckpointError, atomic_write
 from .experiment import Experiment, RunSpec, load_experiment
 from .train import TrainConfig, run_identity
 
-__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
+__all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
            "STATE_FILE"]
 
 RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
@@ -81,8 +81,9 @@ def hardware(device: str = "cpu") -> dict:
             "gpu": gpu, "torch": torch.__version__}
 
 
-def _identity_of(spec: dict) -> dict:
-    """What a finished result must match to be reused: the run's settings and evaluation."""
+def run_key(spec: dict) -> dict:
+    """What a result must match to be the result of run ``spec`` (a RunSpec dict): its settings,
+    evaluation and the run it continues. A result.json whose ``spec`` has another key is stale."""
     return {"config": spec["config"], "eval": spec["eval"], "after": spec.get("after")}
 
 
@@ -92,7 +93,7 @@ def finished_result(run_dir: Path, spec: RunSpec) -> dict | None:
         result = json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    ok = result.get("status") == "done" and _identity_of(result.get("spec", {})) == _identity_of(spec.to_dict())
+    ok = result.get("status") == "done" and run_key(result.get("spec", {})) == run_key(spec.to_dict())
     return result if ok else None
 
 
