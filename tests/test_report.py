@@ -41,12 +41,13 @@ def write_json(path: Path, value) -> None:
 
 def make_experiment(out: Path, runs: list[dict], *, name: str = "table1", title: str = "Burda et al. (2016), Table 1",
                     published: dict | None = BURDA, figures: list[str] = ()) -> Path:
-    """Writes ``out`` as `iwae reproduce` would. Each run: name, labels, published, status, config,
+    """Writes ``out`` as `iwae reproduce` would. Each run: name, labels, published, status, config, eval,
     and ``metrics`` (written to result.json, with ``hardware``) or ``error`` (error.json)."""
     entries = []
     for r in runs:
         entry = {"name": r["name"], "config": r.get("config", {"objective": "iwae", "k": 5, "epochs": 13}),
-                 "eval": {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}, "after": r.get("after"),
+                 "eval": r.get("eval", {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}),
+                 "after": r.get("after"),
                  "labels": r.get("labels", {}), "published": r.get("published"), "status": r.get("status", "done")}
         entries.append(entry)
         if "metrics" in r:
@@ -212,6 +213,103 @@ def test_errors_are_one_line(tmp_path):
     assert_one_line_error(invoke("report", bad), "is not readable JSON")
     (bad / "reproduction.json").write_text('{"experiment": "x"}')
     assert_one_line_error(invoke("report", bad), "has no list of runs")
+    assert_one_line_error(invoke("report", bad, "--threads", "-1"), "--threads must be >= 1")
+
+
+@pytest.mark.parametrize("path, value, phrase", [
+    (["runs"], ["a"], "runs[0] must hold a JSON object, found a string"),
+    (["protocol"], "short", "'protocol' must be an object, found a string"),
+    (["protocol", "settings"], [1], "protocol: 'settings' must be an object, found an array"),
+    (["published"], "x", "'published' must be an object, found a string"),
+    (["figures"], "grid", "'figures' must be an array"),
+    (["wall_seconds"], "long", "'wall_seconds' must be a number"),
+    (["runs", 0, "labels"], "x", "runs[0]: 'labels' must be an object"),
+    (["runs", 0, "published"], "x", "runs[0]: 'published' must be an object"),
+    (["runs", 0, "published", "nll"], "x", "runs[0]: published: 'nll' must be a number, found a string"),
+    (["runs", 0, "eval", "bound_ks"], 64, "'bound_ks' must be an array"),
+    (["runs", 0, "name"], None, "runs[0] has no name"),
+])
+def test_malformed_reproduction_is_a_one_line_error(tmp_path, path, value, phrase):
+    out = make_experiment(tmp_path / "t", table1_runs()[:2])
+    spec = json.loads((out / "reproduction.json").read_text())
+    *parents, last = path
+    target = spec
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    (out / "reproduction.json").write_text(json.dumps(spec))
+    assert_one_line_error(invoke("report", out, "--no-figures"), phrase)
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"metrics": 5}, "'metrics' must be an object, found a number"),
+    ({"metrics": {"nll": "x"}}, "metrics: 'nll' must be a number, found a string"),
+    ({"hardware": "box"}, "'hardware' must be an object"),
+    ({"train_seconds": "long"}, "'train_seconds' must be a number"),
+    ({"spec": ["x"]}, "'spec' must be an object"),
+])
+def test_malformed_result_makes_its_run_unreadable(tmp_path, change, phrase):
+    out = make_experiment(tmp_path / "t", table1_runs()[:2])
+    path = out / "runs" / "mnist-l1-iwae-k50" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    text = report.markdown_report(out, figures=False)
+    rows = by_run(markdown_tables(text)[0])
+    assert rows["mnist-l1-iwae-k5"]["delta NLL"] == "+0.31 ⚠"  # the other run is intact
+    assert rows["mnist-l1-iwae-k50"]["status"].startswith("unreadable: runs/mnist-l1-iwae-k50/result.json: ")
+    assert rows["mnist-l1-iwae-k50"]["NLL"] == ""
+    assert f"- `mnist-l1-iwae-k50`: runs/mnist-l1-iwae-k50/result.json: {phrase}" in text  # in full below the table
+
+
+def test_stale_result_is_not_a_finished_run(tmp_path):
+    """Rerun with another --eval-k and stopped before the run ended: its result.json is of the old settings."""
+    out = make_experiment(tmp_path / "t", table1_runs()[:2])
+    spec = json.loads((out / "reproduction.json").read_text())
+    spec["runs"][0]["eval"]["k"], spec["runs"][0]["status"] = 30, "pending"
+    (out / "reproduction.json").write_text(json.dumps(spec))
+    text = report.markdown_report(out, figures=False)
+    rows = by_run(markdown_tables(text)[0])
+    stale = rows["mnist-l1-iwae-k5"]
+    assert stale["status"] == "stale: result of other settings (eval), rerun `iwae reproduce`"
+    assert (stale["NLL"], stale["delta NLL"], stale["epochs"], stale["train"]) == ("", "", "", "")
+    assert stale["active units"] == "- / 22" and stale["NLL published"] == "85.54"
+    assert rows["mnist-l1-iwae-k50"]["status"] == "done" and rows["mnist-l1-iwae-k50"]["delta NLL"] == "-0.29"
+    assert "2 runs: 1 stale, 1 done." in text and "Failed runs" not in text
+
+
+def test_labels_that_do_not_apply_are_blank(tmp_path):
+    runs = [{"name": "iwae-k5", "labels": {"objective": "iwae", "m": None, "beta": None}, "published": None,
+             "metrics": {"nll": 90.0, "nll_stderr": 0.3}},
+            {"name": "ciwae", "labels": {"objective": "ciwae", "m": None, "beta": 0.5}, "published": None,
+             "metrics": {"nll": 91.0, "nll_stderr": 0.3}}]
+    rows = by_run(markdown_tables(report.markdown_report(make_experiment(tmp_path / "t", runs), figures=False))[0])
+    assert (rows["iwae-k5"]["m"], rows["iwae-k5"]["beta"], rows["ciwae"]["beta"]) == ("", "", "0.5")
+
+
+def test_bounds_follow_eval_bound_ks(tmp_path):
+    """bound_ks [16]: IWAE-16 and a -KL(Q||P) of IWAE-16; [16, 64]: a -KL per bound (neg_kl16, neg_kl64)."""
+    evaluation = {"k": 5000, "test_subset": 2000, "seed": 0}
+    runs = [{"name": "one", "eval": {**evaluation, "bound_ks": [16]}, "published": {"iwae16": -90.5},
+             "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0, "iwae16": -91.0, "iwae16_stderr": 0.4,
+                         "neg_kl": -1.0}},
+            {"name": "two", "eval": {**evaluation, "bound_ks": [16, 64]},
+             "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0, "iwae16": -91.0, "iwae64": -90.5,
+                         "neg_kl16": -1.0, "neg_kl64": -0.5}}]
+    text = report.markdown_report(make_experiment(tmp_path / "t", runs, published=None), figures=False)
+    (table,) = markdown_tables(text)
+    assert list(table[0])[1:9] == ["NLL", "IWAE-16", "IWAE-16 published", "delta IWAE-16", "IWAE-64",
+                                   "-KL(Q\\|\\|P)", "-KL(Q\\|\\|P) at 16", "-KL(Q\\|\\|P) at 64"]
+    rows = by_run(table)
+    assert rows["one"]["IWAE-16"] == "-91.00 ± 0.40" and rows["one"]["delta IWAE-16"] == "-0.50 ⚠"
+    assert rows["one"]["-KL(Q\\|\\|P)"] == "-1.00" and rows["two"]["-KL(Q\\|\\|P) at 64"] == "-0.50"
+    assert "IWAE-16 = mean L_16; IWAE-64 = mean L_64; -KL(Q||P) = IWAE-16 - log p-hat; " \
+           "-KL(Q||P) at 16 = IWAE-16 - log p-hat; -KL(Q||P) at 64 = IWAE-64 - log p-hat." in text
+    assert "IWAE-64 - log p-hat;" not in text
+
+
+def test_figure_kinds_are_the_experiment_module_s():
+    from iwae import experiment
+
+    assert report.FIGURES is experiment.FIGURES and list(report.DRAW) == list(experiment.FIGURES)
 
 
 def test_unreadable_result_is_reported_not_fatal(tmp_path):
@@ -278,8 +376,8 @@ def test_grid_figure_and_self_contained_html(tmp_path):
     result = invoke("report", out)
     assert result.exit_code == 0, (result.output, result.exception)
     text = (out / "report.md").read_text(encoding="utf-8")
-    figure = out / "report_figures" / "rainforth" / "grid.png"
-    assert "![grid](report_figures/rainforth/grid.png)" in text  # relative to report.md
+    figure = out / "report_figures" / "grid" / "grid.png"  # the experiment's folder, not its name
+    assert "![grid](report_figures/grid/grid.png)" in text  # relative to report.md
     assert mpimg.imread(figure).shape[:2] == (800, 1500)
     assert "8 grid points with a finished run" in text  # 5 runs serve 8 points of the grid
     # no model files: the samples figure is a note, as is an unknown kind
@@ -296,6 +394,18 @@ def test_grid_figure_and_self_contained_html(tmp_path):
     (table,) = parsed.tables
     cells = {c for row in table for c in row}
     assert {"iwae-k64", "88.00 ± 0.60", "failed: killed"} <= cells  # nothing published: NLL
+
+
+def test_figures_of_two_folders_of_one_experiment_are_apart(tmp_path):
+    """runs/table2-short and runs/table2 paper both hold `rainforth`: each gets its own figure folder."""
+    short, paper = grid_experiment(tmp_path / "table2-short"), grid_experiment(tmp_path / "table2 paper")
+    md, html_path = report.write_report(tmp_path)
+    text = md.read_text(encoding="utf-8")
+    assert "![grid](report_figures/table2-short/grid.png)" in text
+    assert "![grid](report_figures/table2%20paper/grid.png)" in text  # a link may hold no space
+    assert (tmp_path / "report_figures" / "table2 paper" / "grid.png").is_file() and short.is_dir() and paper.is_dir()
+    images = parse(html_path.read_text(encoding="utf-8")).images
+    assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
 
 
 def test_grid_rows_follow_canonical_runs(tmp_path):
@@ -337,7 +447,7 @@ def test_figures_of_real_runs(trained):
         image = mpimg.imread(figure)
         assert image[..., :3].std() > 0, f"{figure} is blank"
     assert "R = 30 gradient estimates per point" in text and "first 20 training images" in text
-    assert "*Figure `grid` not drawn: no finished run has an IWAE-64 bound" in text
+    assert "*Figure `grid` not drawn: no finished run has an IWAE-k bound" in text
     assert [f"**Figure {i}.**" in text for i in (1, 2, 3, 4, 5)] == [True] * 4 + [False]
     assert len(parse(html_path.read_text(encoding="utf-8")).images) == 4
 
@@ -348,6 +458,10 @@ def test_figures_without_data_become_notes(trained, tmp_path):
     spec = json.loads((out / "reproduction.json").read_text())
     for run in spec["runs"]:
         run["config"]["dataset"] = f"npz:{tmp_path / 'missing.npz'}"  # the data is gone
+        if (out / "runs" / run["name"] / "result.json").is_file():  # and the results say so: not stale
+            result = json.loads((out / "runs" / run["name"] / "result.json").read_text())
+            result["spec"]["config"] = run["config"]
+            (out / "runs" / run["name"] / "result.json").write_text(json.dumps(result))
     (out / "reproduction.json").write_text(json.dumps(spec))
     text = report.markdown_report(out)
     assert "![samples]" in text and "![curves]" in text  # need no data

@@ -840,6 +840,8 @@ def report(out_dir, data_dir, no_figures, threads) -> None:
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
     from .report import FIGURE_DIR, write_report
 
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
     if threads:
         import torch
 

@@ -7,12 +7,14 @@
 
 Reads what ``iwae reproduce`` writes: ``OUT/reproduction.json`` (the experiment, the protocol
 used, the published table, one entry per run) and per run ``OUT/runs/<name>/`` with
-``result.json`` when it finished or ``error.json`` when it failed. Per experiment the report
+``result.json`` when it finished (a result of other settings, see :func:`iwae.reproduce.run_key`,
+is shown as stale, without its numbers) or ``error.json`` when it failed. Per experiment the report
 gives the protocol, then one table row per run: our metrics, the published value and
 delta = ours - published (same keys, same signs), flagged when |delta| > 0.3 nats; active units,
 epochs, train and evaluation time, hardware; then the figures the experiment asks for (training
 curves, samples, latent spread, the (M, K) grid of Rainforth et al., a small gradient-SNR sweep),
-as PNGs under ``OUT/report_figures/``. A figure that cannot be drawn becomes a one-line note.
+as PNGs under ``OUT/report_figures/<experiment folder>/``. A figure that cannot be drawn becomes a
+one-line note.
 
 The HTML is the same Markdown rendered by python-markdown (``tables`` extension), with inline CSS
 and every figure embedded as a base64 data URI: one file that renders offline, as it is.
@@ -30,8 +32,11 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from .checkpoint import atomic_write
+from .experiment import FIGURES
+from .reproduce import run_key
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
            "FLAG_NATS"]
@@ -40,9 +45,9 @@ SPEC_FILE = "reproduction.json"
 FIGURE_DIR = "report_figures"
 FLAG_NATS = 0.3  # |ours - published| above this many nats is flagged in the table
 _TOLERANCE = 1e-9  # 85.84 - 85.54 is 0.30000000000001 in floating point: not above 0.3
-# metric key -> (column name, whether higher is better); published values use the same keys and signs
-METRICS = {"nll": ("NLL", False), "log_p_hat": ("log p-hat", True), "iwae64": ("IWAE-64", True),
-           "neg_kl": ("-KL(Q||P)", True)}
+# the metrics a table may show, in this order (published values use the same keys and signs): nll, log_p_hat,
+# and per k of eval.bound_ks iwae{k} and neg_kl{k} = iwae{k} - log_p_hat (neg_kl when there is one k)
+BOUND_KEY = re.compile(r"(?:iwae|neg_kl)(\d+)$")
 MAX_PANELS = 6  # the samples figure: at most this many runs side by side
 CURVES_PER_FIGURE = 6  # runs per training-curves figure (each run adds two legend entries)
 LATENT_RUNS, LATENT_POINTS = 3, 1000  # runs and test images of the latent figure
@@ -83,54 +88,97 @@ def find_experiments(out_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON ({str(e).splitlines()[0]})") from e
+_NUMBER = (int, float)
+
+
+def _json_type(x) -> str:
+    """JSON's name for a value's type, or for a type (of a tuple of types, the first)."""
+    t = x if isinstance(x, (type, tuple)) else type(x)
+    t = t[0] if isinstance(t, tuple) else t
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(t, t.__name__)
+
+
+def _check(value, where: str, every=None, **shape) -> dict:
+    """``value`` if it is a JSON object whose values have the types ``shape`` gives for their key
+    (``every`` for the other keys; any when None), or are null. Raises ValueError saying what is wrong."""
     if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, found {type(value).__name__}")
+        raise ValueError(f"{where} must hold a JSON object, found {_json_type(value)}")
+    for key, item in value.items():
+        types = shape.get(key, every)
+        if types is not None and item is not None and not isinstance(item, types):
+            raise ValueError(f"{where}: {key!r} must be {_json_type(types)}, found {_json_type(item)}")
     return value
 
 
-def read_reproduction(exp_dir: str | os.PathLike) -> dict:
-    """reproduction.json of ``exp_dir``, each run completed with ``dir`` (its run folder), ``status``,
-    ``result`` (result.json, ``{}`` when there is none), ``metrics`` (ours), ``error`` (a one-line
-    message or None), and ``labels``, ``published`` and ``config`` as dicts (``{}`` for none).
+def _read_json(path: Path, name: str | None = None, **shape) -> dict:
+    """The JSON object in ``path``, checked by :func:`_check`; messages call the file ``name`` (default: its path)."""
+    name = name or str(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{name} is not readable JSON ({str(e).splitlines()[0]})") from e
+    return _check(value, name, **shape)
 
-    The files in the run folder decide the status (reproduction.json may have been written before
-    the run ended): error.json means failed, result.json done, the newer if both; otherwise the
-    status written in reproduction.json stands (pending, blocked, ...). An unreadable result or
-    error file makes the run ``unreadable``, with the reason, so one bad file hides no other run.
+
+def _result(run: dict) -> tuple[str, dict, str | None]:
+    """``(status, result, message)`` of a run from the files in its folder (reproduction.json may have
+    been written before the run ended): error.json means failed, result.json done, the newer if both;
+    a result of other settings (:func:`iwae.reproduce.run_key`) is stale; with neither file the status
+    written in reproduction.json stands. Raises ValueError for a file that cannot be read or used."""
+    outcome = max((p for p in (run["dir"] / "result.json", run["dir"] / "error.json") if p.is_file()),
+                  key=lambda p: p.stat().st_mtime, default=None)
+    name = None if outcome is None else f"runs/{run['name']}/{outcome.name}"  # short: it goes in a table cell
+    if outcome is not None and outcome.name == "error.json":
+        return "failed", {}, str(_read_json(outcome, name).get("error") or "no message")
+    if outcome is None:
+        status = str(run.get("status") or "pending")
+        return ("unreadable", {}, "result.json missing") if status == "done" else (status, {}, None)
+    result = _read_json(outcome, name, metrics=dict, spec=dict, hardware=dict, train_seconds=_NUMBER,
+                        eval_seconds=_NUMBER)
+    _check(result.get("metrics") or {}, f"{name}: metrics", every=_NUMBER)
+    ours, wanted = run_key({"config": None, "eval": None, **(result.get("spec") or {})}), run_key(run)
+    changed = [key for key in wanted if ours.get(key) != wanted[key]]
+    if changed:  # e.g. evaluated with another --eval-k: not this run's result (any more)
+        return "stale", {}, f"result of other settings ({', '.join(changed)}), rerun `iwae reproduce`"
+    return "done", result, None
+
+
+def read_reproduction(exp_dir: str | os.PathLike) -> dict:
+    """reproduction.json of ``exp_dir``, with ``dir`` (``exp_dir``), each run completed with ``dir``
+    (its run folder), ``status`` (see :func:`_result`), ``result`` (its result.json, ``{}`` when it has
+    no current one), ``metrics`` (ours), ``error`` (a one-line message or None), and ``labels``,
+    ``published``, ``config`` and ``eval`` as dicts (``{}`` for none). An unreadable or malformed
+    result or error file makes the run ``unreadable``, with the reason, so one bad file hides no other run.
 
     Raises:
-        ValueError: reproduction.json is missing, not JSON, or has no list of runs.
+        ValueError: reproduction.json is missing, not JSON, has no list of runs, or is not shaped as
+            `iwae reproduce` writes it.
     """
     exp_dir = Path(exp_dir)
-    exp = _read_json(exp_dir / SPEC_FILE)
+    path = exp_dir / SPEC_FILE
+    exp = _read_json(path, runs=list, protocol=dict, published=dict, figures=list, wall_seconds=_NUMBER)
     if not isinstance(exp.get("runs"), list):
-        raise ValueError(f"{exp_dir / SPEC_FILE} has no list of runs ('runs'); was it written by `iwae reproduce`?")
-    exp.setdefault("experiment", exp_dir.name)
-    for run in exp["runs"]:
-        run["dir"] = exp_dir / "runs" / str(run.get("name"))
-        run["result"], run["error"] = {}, None
-        # both files after a rerun: the newer one is the run's last outcome
-        outcome = max((p for p in (run["dir"] / "result.json", run["dir"] / "error.json") if p.is_file()),
-                      key=lambda p: p.stat().st_mtime, default=None)
+        raise ValueError(f"{path} has no list of runs ('runs'); was it written by `iwae reproduce`?")
+    _check(exp.get("protocol") or {}, f"{path}: protocol", settings=dict)
+    exp["experiment"], exp["dir"] = exp.get("experiment") or exp_dir.name, exp_dir
+    for i, run in enumerate(exp["runs"]):
+        where = f"{path}: runs[{i}]"
+        _check(run, where, name=str, config=dict, eval=dict, labels=dict, published=dict)
+        missing = [key for key in ("name", "config", "eval") if run.get(key) is None]
+        if missing:
+            raise ValueError(f"{where} has no {' or '.join(missing)}; was it written by `iwae reproduce`?")
+        _check(run.get("published") or {}, f"{where}: published", every=_NUMBER, active_units=(list, int, float))
+        _check(run["eval"], f"{where}: eval", bound_ks=list)
+        run["dir"] = exp_dir / "runs" / run["name"]
         try:
-            if outcome is not None and outcome.name == "error.json":
-                run["status"], run["error"] = "failed", str(_read_json(outcome).get("error") or "no message")
-            elif outcome is not None:
-                run["status"], run["result"] = "done", _read_json(outcome)
-            else:
-                run["status"] = str(run.get("status") or "pending")
-                if run["status"] == "done":  # recorded as done, but its result is gone
-                    run["status"], run["error"] = "unreadable", "result.json missing"
+            run["status"], run["result"], run["error"] = _result(run)
         except ValueError as e:
-            run["status"], run["error"] = "unreadable", str(e)
+            run["status"], run["result"], run["error"] = "unreadable", {}, str(e)
         run["metrics"] = run["result"].get("metrics") or {}
-        run["config"] = run.get("config") or run["result"].get("spec", {}).get("config") or {}
-        run["labels"], run["published"] = run.get("labels") or {}, run.get("published") or {}
+        for key in ("labels", "published", "config", "eval"):
+            run[key] = run.get(key) or {}
     return exp
 
 
@@ -173,7 +221,7 @@ def _hardware(h: dict | None) -> str:
     if not h:
         return ""
     threads = h.get("threads")
-    parts = [h.get("gpu") or h.get("cpu") or h.get("device") or "unknown device",
+    parts = [str(h.get("gpu") or h.get("cpu") or h.get("device") or "unknown device"),
              f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
              f"torch {h['torch']}" if h.get("torch") else None]
     text = ", ".join(p for p in parts if p)
@@ -200,7 +248,7 @@ def _active_units(run: dict) -> str:
 
 def _status(run: dict) -> str:
     status, after = run["status"], run.get("after")
-    if status in ("failed", "unreadable"):
+    if status in ("failed", "unreadable", "stale"):
         error = run["error"] or "no message"
         return f"{status}: {error[:120] + '...' if len(error) > 120 else error}"
     if status == "blocked":
@@ -209,14 +257,29 @@ def _status(run: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the table
-def _metric_keys(runs: list[dict]) -> list[str]:
-    """The metrics to show: those evaluated or published, but log p-hat and NLL (the same number,
-    negated) only once, in the sign of the published table."""
+def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
+    """The metrics to show, ``{key: (column, higher is better, definition)}``: those evaluated or
+    published, but log p-hat and NLL (the same number, negated) only once, in the sign of the
+    published table."""
     ours, published = {k for r in runs for k in r["metrics"]}, {k for r in runs for k in r["published"]}
-    keys = [k for k in METRICS if k in ours | published]
+    ks = sorted({int(m[1]) for m in map(BOUND_KEY.match, ours | published) if m})
+    keys = [key for key in ("nll", "log_p_hat", *(f"iwae{n}" for n in ks), "neg_kl", *(f"neg_kl{n}" for n in ks))
+            if key in ours | published]
     if "log_p_hat" in published and "nll" not in published:
-        return [k for k in keys if k != "nll"]
-    return [k for k in keys if k != "log_p_hat" or k in published or "nll" not in keys]
+        keys = [k for k in keys if k != "nll"]
+    else:
+        keys = [k for k in keys if k != "log_p_hat" or k in published or "nll" not in keys]
+    eval_ks = {str(r["result"]["eval_k"]) for r in runs if r["result"].get("eval_k")}
+    k = eval_ks.pop() if len(eval_ks) == 1 else "k"
+    single = {str(r["eval"]["bound_ks"][0]) for r in runs if len(r["eval"].get("bound_ks") or []) == 1}
+    bound = single.pop() if len(single) == 1 else "k"  # the k of neg_kl, which has none in its name
+    metrics = {"nll": ("NLL", False, f"NLL = -mean L_{k} over the test images, ± its standard error over images"),
+               "log_p_hat": ("log p-hat", True, f"log p-hat = mean L_{k}, ± its standard error over images"),
+               "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat")}
+    for n in ks:
+        metrics[f"iwae{n}"] = (f"IWAE-{n}", True, f"IWAE-{n} = mean L_{n}")
+        metrics[f"neg_kl{n}"] = (f"-KL(Q||P) at {n}", True, f"-KL(Q||P) at {n} = IWAE-{n} - log p-hat")
+    return {key: metrics[key] for key in keys}
 
 
 def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]]]:
@@ -224,10 +287,9 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
     value and delta beside it when some run has a published value for it."""
     published = {k for r in runs for k in r["published"]}
     columns = [("run", False, lambda r: f"`{r.get('name')}`")]
-    columns += [(key, False, lambda r, key=key: r["labels"].get(key, ""))
+    columns += [(key, False, lambda r, key=key: "" if r["labels"].get(key) is None else r["labels"][key])
                 for key in dict.fromkeys(k for r in runs for k in r["labels"])]
-    for key in _metric_keys(runs):
-        name = METRICS[key][0]
+    for key, (name, _, _) in _metrics(runs).items():
         columns.append((name, True, lambda r, key=key: _value(r, key)))
         if key in published:
             columns += [(f"{name} published", True, lambda r, key=key: _num(r["published"].get(key))),
@@ -243,12 +305,11 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
 
 def _caption(runs: list[dict]) -> str:
     """What the table's columns mean: delta's sign, the flag, the metrics, the hardware if shared."""
-    keys, published = _metric_keys(runs), {k for r in runs for k in r["published"]}
-    compared = [k for k in keys if k in published]
-    lower = [METRICS[k][0] for k in compared if not METRICS[k][1]]
-    higher = [METRICS[k][0] for k in compared if METRICS[k][1]]
+    metrics, published = _metrics(runs), {k for r in runs for k in r["published"]}
+    lower = [name for key, (name, higher, _) in metrics.items() if key in published and not higher]
+    higher = [name for key, (name, higher, _) in metrics.items() if key in published and higher]
     parts = []
-    if compared:
+    if lower or higher:
         parts.append("delta = ours - published, in nats, in the published table's sign convention"
                      + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better"
                         if lower else "")
@@ -256,13 +317,8 @@ def _caption(runs: list[dict]) -> str:
                         f"means ours is better" if higher else "")
                      + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
                        f"those cells blank.")
-    eval_ks = {str(r["result"]["eval_k"]) for r in runs if r["result"].get("eval_k")}
-    k = eval_ks.pop() if len(eval_ks) == 1 else "k"
-    definitions = {"nll": f"NLL = -mean L_{k} over the test images, ± its standard error over images",
-                   "log_p_hat": f"log p-hat = mean L_{k}, ± its standard error over images",
-                   "iwae64": "IWAE-64 = mean L_64", "neg_kl": "-KL(Q||P) = IWAE-64 - log p-hat"}
-    if keys:
-        parts.append("; ".join(definitions[key] for key in keys) + ".")
+    if metrics:
+        parts.append("; ".join(definition for *_, definition in metrics.values()) + ".")
     parts.append("Active units: A_u > 0.01, per stochastic layer, ours / published. "
                  "Times: training and evaluation, wall clock.")
     machines = {_hardware(r["result"].get("hardware")) for r in runs if r["result"]}
@@ -416,16 +472,16 @@ def _grid_rows(exp: dict) -> list[dict]:
     """Rows in :func:`iwae.grid.plot_grid`'s format: every grid point whose (canonical) run finished."""
     from . import grid
 
-    by_run = {}
+    by_run = {}  # grid.Run -> (run, the k of its IWAE bound: the first of its eval.bound_ks)
     for r in exp["runs"]:
-        metrics, c = r["metrics"], r["config"]
-        if r["status"] != "done" or "iwae64" not in metrics or "objective" not in c:
+        c, bound_k = r["config"], (r["eval"].get("bound_ks") or [None])[0]
+        if r["status"] != "done" or f"iwae{bound_k}" not in r["metrics"] or "objective" not in c:
             continue
         grouped = c["objective"] in ("miwae", "piwae")
         beta = float(c.get("beta", 0.5)) if c["objective"] == "ciwae" else None
-        by_run[grid.Run(c["objective"], int(c["k"]), int(c.get("m", 1)) if grouped else 1, beta)] = r
+        by_run[grid.Run(c["objective"], int(c["k"]), int(c.get("m", 1)) if grouped else 1, beta)] = r, bound_k
     if not by_run:
-        raise ValueError("no finished run has an IWAE-64 bound (metric iwae64)")
+        raise ValueError("no finished run has an IWAE-k bound (metric iwae{k}, k the first of eval.bound_ks)")
     total = Counter(run.k for run in by_run).most_common(1)[0][0]
     betas = sorted({run.beta for run in by_run if run.objective == "ciwae"} | {0.0, 1.0})
     rows = []
@@ -433,13 +489,12 @@ def _grid_rows(exp: dict) -> list[dict]:
         run = grid.canonical_run(point)
         if run not in by_run:
             continue
-        r = by_run[run]
-        result, metrics = r["result"], r["metrics"]
+        r, bound_k = by_run[run]
+        result, metrics, bound = r["result"], r["metrics"], r["metrics"][f"iwae{bound_k}"]
         log_p = metrics.get("log_p_hat", -metrics["nll"])
         rows.append({"objective": point.objective, "m": point.m, "k": point.k, "beta": point.beta,
-                     "total": point.total, "label": point.label, "run": run.name, "iwae_bound": metrics["iwae64"],
-                     "log_p_hat": log_p, "neg_kl": metrics.get("neg_kl", metrics["iwae64"] - log_p),
-                     "iwae_k": ((r.get("eval") or {}).get("bound_ks") or [64])[0],
+                     "total": point.total, "label": point.label, "run": run.name, "iwae_bound": bound,
+                     "log_p_hat": log_p, "neg_kl": bound - log_p, "iwae_k": bound_k,
                      "log_p_k": result.get("eval_k", 5000), "epochs": result.get("epochs", r["config"].get("epochs")),
                      "train_subset": r["config"].get("train_subset"), "n_test": result.get("n_test")})
     if not rows:
@@ -453,7 +508,8 @@ def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
     rows = _grid_rows(exp)
     path = plot_grid(rows, fig_dir / "grid.png")
-    return [(path, f"IWAE-64, log p-hat and -KL(Q||P) = IWAE-64 - log p-hat against (M, K) for MIWAE and PIWAE "
+    bound = f"IWAE-{rows[0]['iwae_k']}"
+    return [(path, f"{bound}, log p-hat and -KL(Q||P) = {bound} - log p-hat against (M, K) for MIWAE and PIWAE "
                    f"(top) and against beta for CIWAE (bottom), M * K = {rows[0]['total']}: {len(rows)} grid points "
                    f"with a finished run (identical objectives share one run, e.g. MIWAE(1,K) = PIWAE(1,K) = "
                    f"CIWAE(0) = IWAE). Stars: Rainforth et al. (2018), full protocol.")]
@@ -493,28 +549,26 @@ def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
                    f"({seconds:.0f} s): `iwae snr RUN_DIR --repeats 200` is the full study.")]
 
 
-FIGURES = {"curves": _fig_curves, "samples": _fig_samples, "latent": _fig_latent, "grid": _fig_grid,
-           "snr": _fig_snr}
+DRAW = {kind: globals()[f"_fig_{kind}"] for kind in FIGURES}  # the kinds an experiment may ask for
 
 
 def _figures(exp: dict, out_dir: Path, data_dir, cache: dict, counter: list[int]) -> list[str]:
     """Draws the experiment's figures under ``out_dir/report_figures`` and returns their Markdown."""
     lines = ["### Figures", ""]
-    prefix = re.sub(r"[^A-Za-z0-9._-]+", "-", str(exp["experiment"]))
-    fig_dir = out_dir / FIGURE_DIR / prefix
+    fig_dir = out_dir / FIGURE_DIR / exp["dir"].resolve().name  # unique among the experiments of a parent
     for kind in exp.get("figures") or []:
         if kind not in FIGURES:
             lines += [f"*Figure `{_cell(kind)}` not drawn: unknown kind (known: {', '.join(FIGURES)}).*", ""]
             continue
         try:
-            drawn = FIGURES[kind](exp, fig_dir, data_dir, cache)
+            drawn = DRAW[kind](exp, fig_dir, data_dir, cache)
         except Exception as e:  # a figure is an extra: say why it is missing rather than lose the report
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             lines += [f"*Figure `{kind}` not drawn: {_cell(reason)}.*", ""]
             continue
         for path, caption in drawn:
             counter[0] += 1
-            lines += [f"![{kind}]({Path(path).relative_to(out_dir).as_posix()})", "",
+            lines += [f"![{kind}]({quote(Path(path).relative_to(out_dir).as_posix())})", "",
                       f"**Figure {counter[0]}.** {caption}", ""]
     return lines if len(lines) > 2 else []
 
@@ -545,7 +599,7 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
         if figures:
             lines += _figures(exp, out_dir, data_dir, cache, counter)
         elif exp.get("figures"):
-            lines += [f"*Figures ({', '.join(exp['figures'])}) not drawn: --no-figures.*", ""]
+            lines += [f"*Figures ({', '.join(map(str, exp['figures']))}) not drawn: --no-figures.*", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -558,7 +612,7 @@ def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "R
     base_dir = Path(base_dir)
 
     def embed(match: re.Match) -> str:
-        src = html.unescape(match.group(1))
+        src = unquote(html.unescape(match.group(1)))
         path = base_dir / src
         if "://" in src or not path.is_file():
             return match.group(0)
