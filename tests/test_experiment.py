@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from iwae import published
-from iwae.experiment import ExperimentError, load_experiment, shipped_experiments
+from iwae.experiment import EXECUTION_KEYS, ExperimentError, load_experiment, shipped_experiments
 from iwae.train import TrainConfig
 
 PAPER_EPOCHS = sum(3**i for i in range(8))
@@ -139,7 +139,7 @@ def test_a_user_file_and_unknown_names(tmp_path):
     path.write_text(yaml.safe_dump(GOOD))
     (run,) = load_experiment(path).resolve("short")
     assert run.config == {k: v for k, v in TrainConfig(objective="iwae", k=2, epochs=1).to_dict().items()
-                          if k not in ("out", "data_dir", "device", "threads", "init_from")}
+                          if k not in EXECUTION_KEYS}
     with pytest.raises(ExperimentError, match="unknown experiment 'table9'"):
         load_experiment("table9")
     with pytest.raises(ExperimentError, match="not found"):

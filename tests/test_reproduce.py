@@ -21,8 +21,8 @@ from click.testing import CliRunner
 import iwae.train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
-from iwae.reproduce import ERROR_FILE, RESULT_FILE, STATE_FILE, reproduce
-from iwae.train import TrainConfig, train
+from iwae.reproduce import ERROR_FILE, RESULT_FILE, STATE_FILE, _lock, reproduce
+from iwae.train import TrainConfig, model_sha256, train
 
 TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
 
@@ -88,14 +88,38 @@ def test_a_second_invocation_skips_finished_runs(finished, shared_data_dir, monk
     assert [r["status"] for r in read_json(out / STATE_FILE)["runs"]] == ["done", "done"]
 
 
-def test_more_epochs_resume_the_runs_and_evaluate_them_again(finished, shared_data_dir):
+def test_more_epochs_resume_a_run_and_restart_the_run_continuing_it(finished, shared_data_dir):
     exp, out, _ = finished
+    old_a = model_sha256(out / "runs" / "a")
+    assert read_json(out / "runs" / "b" / RESULT_FILE)["init_sha256"] == old_a
     summary = reproduce(exp, out, data_dir=str(shared_data_dir), progress=False, overrides={"epochs": 2})
     assert summary.status == {"a": "done", "b": "done"}
+    a = read_json(out / "runs" / "a" / RESULT_FILE)
+    assert a["training"] == "resumed" and a["epochs"] == 2
+    # a trained on, so b, which continues a, starts again from a's new model (not from its old checkpoint)
+    b = read_json(out / "runs" / "b" / RESULT_FILE)
+    new_a = model_sha256(out / "runs" / "a")
+    assert new_a != old_a and b["init_sha256"] == new_a and b["training"] == "trained"
     for name in ("a", "b"):
-        result = read_json(out / "runs" / name / RESULT_FILE)
-        assert result["training"] == "resumed" and result["epochs"] == 2
         assert len((out / "runs" / name / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+
+
+def test_fewer_epochs_than_trained_are_refused_before_anything_runs(finished, shared_data_dir):
+    exp, out, _ = finished
+    reproduce(exp, out, data_dir=str(shared_data_dir), progress=False, only=["a"], overrides={"epochs": 2})
+    with pytest.raises(ValueError, match="has trained 2 epochs, more than the 1 asked for"):
+        reproduce(exp, out, data_dir=str(shared_data_dir), progress=False, overrides={"epochs": 1})
+
+
+def test_a_second_reproduction_into_the_same_folder_is_refused_while_one_runs(finished, shared_data_dir):
+    exp, out, _ = finished
+    held = _lock(out)
+    try:
+        with pytest.raises(ValueError, match="another iwae reproduce is writing to"):
+            reproduce(exp, out, data_dir=str(shared_data_dir), progress=False)
+    finally:
+        held.close()
+    assert reproduce(exp, out, data_dir=str(shared_data_dir), progress=False).status == {"a": "skipped", "b": "skipped"}
 
 
 def test_another_protocol_in_the_same_folder_is_refused_before_anything_runs(finished, shared_data_dir):
@@ -291,3 +315,46 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     result = cli("reproduce", exp, "--out", tmp_path / "out", "--device", "cuda")
     assert result.exit_code == 2 and "CUDA is not available" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_worker_is_pinned_to_the_cores_of_its_slot(slot):
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from iwae.reproduce import _init_worker
+
+    cores = sorted(os.sched_getaffinity(0))
+    ctx = multiprocessing.get_context("spawn")
+    slots = ctx.Queue()
+    slots.put(slot)
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(slots, 1, "cpu")) as pool:
+        pinned = pool.submit(os.sched_getaffinity, 0).result(timeout=120)
+        threads = pool.submit(torch.get_num_threads).result(timeout=60)
+    assert pinned == {cores[slot % len(cores)]} and threads == 1
+
+
+def test_a_worker_that_dies_takes_no_run_down_with_it(tmp_path, shared_data_dir):
+    """One of two worker processes is killed (SIGKILL) mid-run: the pool is rebuilt and both runs finish."""
+    import multiprocessing
+    import threading
+
+    exp = write_experiment(tmp_path / "tiny.yaml", [
+        {"name": "a", "objective": "iwae", "k": 5}, {"name": "b", "objective": "vae", "k": 5}],
+        {"epochs": 2, "train_subset": 3000, "test_subset": 10, "eval_k": 20})
+    out = tmp_path / "out"
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        summary=reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)))
+    thread.start()
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((out / "runs").glob("*/config.yaml")):
+        time.sleep(0.05)
+    victims = multiprocessing.active_children()
+    assert victims, "no worker process to kill"
+    os.kill(victims[0].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert outcome["summary"].status == {"a": "done", "b": "done"}
+    assert all((out / "runs" / n / RESULT_FILE).is_file() and not (out / "runs" / n / ERROR_FILE).exists()
+               for n in ("a", "b"))

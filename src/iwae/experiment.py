@@ -60,7 +60,7 @@ RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries th
 TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
             "protocols", "published", "figures"}
 # set per invocation, never by an experiment file: where and how a run executes
-EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from"}
+EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from", "init_sha256"}
 _CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
 
 
@@ -160,26 +160,41 @@ class Experiment:
             names = [r.name for r in resolved]
             dup = next(n for n in names if names.count(n) > 1)
             raise ExperimentError(f"{self.source}: two runs are named {dup}; give them distinct names")
+        for r in resolved:
+            if r.after and r.after not in runs:
+                raise ExperimentError(f"{self.source}: run {r.name} continues {r.after}, which is not a run")
+        _check_acyclic(runs, self.source)
         selected = list(runs.values())
         if datasets is not None:
-            wanted = {d.strip().lower().replace("_", "-") for d in datasets}
+            wanted = {d.strip().lower().replace("_", "-") for d in datasets if d.strip()}
             known = {r.config["dataset"] for r in runs.values()}
-            if not wanted & known:
-                raise ExperimentError(f"{self.name} has no runs on {', '.join(sorted(wanted))}; its datasets are "
-                                      f"{', '.join(sorted(known))}")
+            if not wanted:
+                raise ExperimentError("--datasets lists no dataset")
+            if wanted - known:
+                raise ExperimentError(f"{self.name} has no runs on {', '.join(sorted(wanted - known))}; "
+                                      f"its datasets are {', '.join(sorted(known))}")
             selected = [r for r in selected if r.config["dataset"] in wanted]
         if only:
             missing = [p for p in only if not any(fnmatch.fnmatchcase(r.name, p) for r in selected)]
             if missing:
                 raise ExperimentError(f"--only {missing[0]} matches no run of {self.name}; its runs are "
                                       f"{', '.join(r.name for r in selected)}")
-            chosen = {r.name for r in selected if any(fnmatch.fnmatchcase(r.name, p) for p in only)}
-            for name in list(chosen):  # a continued run needs the run it continues
-                while runs[name].after:
-                    name = runs[name].after
-                    chosen.add(name)
-            selected = [r for r in runs.values() if r.name in chosen]
-        return selected
+            selected = [r for r in selected if any(fnmatch.fnmatchcase(r.name, p) for p in only)]
+        chosen = {r.name for r in selected}
+        for name in list(chosen):  # a continued run needs the run it continues
+            while runs[name].after:
+                name = runs[name].after
+                chosen.add(name)
+        # the file's order, except that a run always comes after the run it continues
+        ordered: list[RunSpec] = []
+        for r in runs.values():
+            chain = [r]
+            while chain[-1].after:
+                chain.append(runs[chain[-1].after])
+            for c in reversed(chain):
+                if c.name in chosen and c not in ordered:
+                    ordered.append(c)
+        return ordered
 
     # -------------------------------------------------------------------- internals
     def _expanded(self) -> list[tuple[dict, dict]]:
@@ -206,6 +221,11 @@ class Experiment:
             after = str(raw["continue_from"]).format(**fmt_values)
         else:
             after = None
+        for key, value in settings.items():
+            default = TrainConfig.__dataclass_fields__[key].default if key in _CONFIG_KEYS else None
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+                raise ExperimentError(f"{self.source}: run {name}: {key} must be a number, got {value!r} (YAML reads "
+                                      f"1e-4 without a dot as text: write 1.0e-4)")
         try:
             config = TrainConfig.from_dict({**settings, "out": "unused"})
         except (ValueError, TypeError) as e:
@@ -220,8 +240,17 @@ class Experiment:
     def _published_values(self, name: str, pub: dict | None, values: dict) -> dict | None:
         if not pub or not pub.get("values"):
             return None
-        table = published_module.load()["papers"][pub["paper"]][pub["table"]]
+        try:
+            table = published_module.load()["papers"][pub["paper"]][pub["table"]]
+        except (KeyError, TypeError):
+            raise ExperimentError(f"{self.source}: run {name}: published needs a known paper and table, got "
+                                  f"{pub.get('paper')!r} {pub.get('table')!r}") from None
+        if not isinstance(pub["values"], dict):
+            raise ExperimentError(f"{self.source}: published values must map our metrics to the table's columns")
         match = pub.get("match", [])
+        if isinstance(match, list) and set(match) - set(values):
+            raise ExperimentError(f"{self.source}: published match lists {', '.join(sorted(set(match) - set(values)))}, "
+                                  f"which is not a run setting")
         wanted = {f: values[f] for f in match} if isinstance(match, list) else dict(match)
         rows = [r for r in table["rows"] if all(r.get(f) == v for f, v in wanted.items())]
         if len(rows) != 1:
@@ -231,7 +260,10 @@ class Experiment:
         scale = pub.get("scale", 1)  # -1 turns a published log-likelihood into our positive NLL
         out = {}
         for metric, column in pub["values"].items():
-            column = column.format(**values)
+            try:
+                column = str(column).format(**values)
+            except (KeyError, IndexError) as e:
+                raise ExperimentError(f"{self.source}: published column {column!r} needs {e}, not a run setting") from None
             if column not in row:
                 raise ExperimentError(f"{self.source}: {pub['paper']} {pub['table']} has no column {column!r}")
             out[metric] = scale * row[column]
@@ -249,6 +281,16 @@ def _applies(setting: str, config: dict) -> bool:
     if setting == "components":
         return config["prior"] != "normal"
     return True
+
+
+def _check_acyclic(runs: dict[str, RunSpec], source: str) -> None:
+    for r in runs.values():
+        seen = [r.name]
+        while runs[seen[-1]].after:
+            nxt = runs[seen[-1]].after
+            if nxt in seen:
+                raise ExperimentError(f"{source}: runs continue each other in a circle: {' -> '.join(seen + [nxt])}")
+            seen.append(nxt)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -281,7 +323,34 @@ def _check(spec: object, source: str) -> dict:
         if bad or set(raw) & EXECUTION_KEYS:
             raise ExperimentError(f"{source}: a run sets {', '.join(sorted(bad or set(raw) & EXECUTION_KEYS))}, "
                                   f"which is not a run setting")
+    for key in ("defaults", "evaluate", "published"):
+        if spec.get(key) is not None and not isinstance(spec[key], dict):
+            raise ExperimentError(f"{source}: {key} must be a mapping, got {spec[key]!r}")
+    evaluation = spec.get("evaluate") or {}
+    unknown = set(evaluation) - {"k", "bound_ks", "seed"}
+    if unknown:
+        raise ExperimentError(f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, seed")
+    ks = [evaluation.get("k", 5000), *evaluation.get("bound_ks", [])] if isinstance(evaluation.get("bound_ks", []), list) \
+        else [None]
+    if not all(type(k) is int and k >= 1 for k in ks) or type(evaluation.get("seed", 0)) is not int:
+        raise ExperimentError(f"{source}: evaluate needs k >= 1, a list bound_ks of integers >= 1 and an integer seed")
+    for raw in spec["runs"]:
+        protocols = raw.get("protocols") or {}
+        if not isinstance(protocols, dict) or not all(isinstance(v, dict) for v in protocols.values()):
+            raise ExperimentError(f"{source}: a run's protocols must map protocol names to settings")
+        if raw.get("published") is not None and not isinstance(raw["published"], dict):
+            raise ExperimentError(f"{source}: a run's published must be a mapping or null")
+    pub = spec.get("published")
+    if pub:
+        papers = published_module.load()["papers"]
+        if pub.get("paper") not in papers or pub.get("table") not in papers[pub["paper"]]:
+            raise ExperimentError(f"{source}: published needs paper (one of {', '.join(papers)}) and a table of it")
+    labels = spec.get("labels", [])
+    if not isinstance(labels, list) or set(labels) - _CONFIG_KEYS:
+        raise ExperimentError(f"{source}: labels must be a list of run settings, got {labels!r}")
     figures = spec.get("figures", [])
+    if not isinstance(figures, list):
+        raise ExperimentError(f"{source}: figures must be a list, e.g. [curves, samples]")
     unknown = set(figures) - set(FIGURES)
     if unknown:
         raise ExperimentError(f"{source}: unknown figures {', '.join(sorted(unknown))}; choose among {', '.join(FIGURES)}")
@@ -295,7 +364,8 @@ def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
         ExperimentError: unknown name, unreadable file, invalid content, a run that does not resolve.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    looks_like_path = path.suffix in (".yaml", ".yml") or len(path.parts) > 1
+    if looks_like_path or (path.is_file() and str(name_or_path) not in shipped_experiments()):
         if not path.is_file():
             raise ExperimentError(f"experiment file {path} not found")
         source, text = str(path), path.read_text()
@@ -312,9 +382,5 @@ def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
     exp = Experiment(str(spec["name"]), str(spec.get("title", spec["name"])), str(spec.get("description", "")).strip(),
                      source, copy.deepcopy(spec))
     for protocol in exp.protocols:  # every run of every protocol resolves, or the file is refused now
-        runs = exp.resolve(protocol)
-        names = [r.name for r in runs]
-        for r in runs:
-            if r.after and r.after not in names:
-                raise ExperimentError(f"{source}: run {r.name} continues {r.after}, which is not a run")
+        exp.resolve(protocol)
     return exp

@@ -59,7 +59,7 @@ from . import data as data_module
 from . import published
 from .checkpoint import atomic_write
 from .evaluate import evaluate
-from .train import TrainConfig, run_identity, train_or_resume
+from .train import TrainConfig, run_identity, train_or_resume, training_seconds
 
 __all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "plan", "run_grid", "plot_grid", "grid_table",
            "read_grid_csv", "DEFAULT_BETAS"]
@@ -196,12 +196,6 @@ def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
 
 
 # ----------------------------------------------------------------------------- one run
-def _training_seconds(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return float(rows[-1]["wall_time_s"]) if rows else 0.0
-
-
 def _evaluate_run(run_dir: Path, splits, protocol: dict) -> dict:
     t0 = time.perf_counter()
     bound = evaluate(run_dir, splits=splits, k=protocol["iwae_k"], test_subset=protocol["test_subset"],
@@ -209,7 +203,7 @@ def _evaluate_run(run_dir: Path, splits, protocol: dict) -> dict:
     log_p = evaluate(run_dir, splits=splits, k=protocol["log_p_k"], test_subset=protocol["test_subset"],
                      seed=protocol["seed"])
     eval_seconds = time.perf_counter() - t0
-    train_seconds = _training_seconds(run_dir)
+    train_seconds = training_seconds(run_dir)
     return {
         "protocol": protocol,
         "iwae_bound": -bound["nll"], "iwae_stderr": bound["nll_stderr"],

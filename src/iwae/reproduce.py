@@ -30,10 +30,12 @@ Execution:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process
 import json
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -42,9 +44,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there
+    fcntl = None
+
 from .checkpoint import CheckpointError, atomic_write
 from .experiment import Experiment, RunSpec, load_experiment
-from .train import TrainConfig, run_identity
+from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
 
 __all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
            "STATE_FILE"]
@@ -84,16 +91,30 @@ def hardware(device: str = "cpu") -> dict:
 def run_key(spec: dict) -> dict:
     """What a result must match to be the result of run ``spec`` (a RunSpec dict): its settings,
     evaluation and the run it continues. A result.json whose ``spec`` has another key is stale."""
-    return {"config": spec["config"], "eval": spec["eval"], "after": spec.get("after")}
+    spec = spec if isinstance(spec, dict) else {}
+    return {"config": spec.get("config"), "eval": spec.get("eval"), "after": spec.get("after")}
+
+
+def _dependency_digest(run_dir: Path, spec: RunSpec) -> str | None:
+    """SHA-256 of the model a continued run starts from (None: not a continued run, or no model yet)."""
+    if not spec.after:
+        return None
+    try:
+        return model_sha256(run_dir.parent / spec.after)
+    except CheckpointError:
+        return None
 
 
 def finished_result(run_dir: Path, spec: RunSpec) -> dict | None:
-    """The run's result.json if it is finished under ``spec``, else None."""
+    """The run's result.json if it is finished under ``spec`` (and, for a continued run, from the
+    model its dependency holds now), else None."""
     try:
         result = json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    ok = result.get("status") == "done" and run_key(result.get("spec", {})) == run_key(spec.to_dict())
+    ok = (isinstance(result, dict) and result.get("status") == "done"
+          and run_key(result.get("spec", {})) == run_key(spec.to_dict())
+          and result.get("init_sha256") == _dependency_digest(run_dir, spec))
     return result if ok else None
 
 
@@ -101,11 +122,12 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 threads: int | None = None, progress: bool = False) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
 
+    A continued run records the SHA-256 of the model it starts from; if its folder was started from
+    another model (the dependency was trained again since), it starts again from the new one.
     Never raises for a failing run: the error is written to ``error.json`` and returned as
     ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on.
     """
     from .evaluate import evaluate
-    from .train import train_or_resume
 
     run = RunSpec.from_dict(spec)
     run_dir = Path(run_dir)
@@ -116,6 +138,14 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             torch.set_num_threads(threads)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         config = run.train_config(run_dir, data_dir=data_dir, device=device, threads=threads)
+        if run.after:
+            config.init_sha256 = model_sha256(config.init_from)
+            try:
+                started_from = TrainConfig.from_yaml(run_dir / "config.yaml").init_sha256
+            except (CheckpointError, ValueError, TypeError):
+                started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
+            if started_from != config.init_sha256:
+                shutil.rmtree(run_dir)
         t0 = time.perf_counter()
         done = train_or_resume(config, progress=progress)
         train_seconds = time.perf_counter() - t0
@@ -133,8 +163,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         result = {
             "name": run.name, "status": "done", "metrics": metrics,
             "active_units": main["active_units_per_layer"], "n_test": main["n_test"], "eval_k": ev["k"],
-            "epochs": config.total_epochs, "training": done,
-            "train_seconds": _training_seconds(run_dir, train_seconds), "eval_seconds": time.perf_counter() - t0,
+            "epochs": config.total_epochs, "training": done, "init_sha256": config.init_sha256,
+            "train_seconds": training_seconds(run_dir) or train_seconds, "eval_seconds": time.perf_counter() - t0,
             "hardware": hardware(device), "spec": run.to_dict(),
         }
         with atomic_write(run_dir / RESULT_FILE) as f:
@@ -147,18 +177,6 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         with atomic_write(run_dir / ERROR_FILE) as f:
             json.dump(error, f, indent=1)
         return error
-
-
-def _training_seconds(run_dir: Path, fallback: float) -> float:
-    """Wall time of all the run's epochs (across resumptions), from its metrics.csv."""
-    import csv
-
-    try:
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return float(rows[-1]["wall_time_s"])
-    except (OSError, KeyError, IndexError, ValueError):
-        return fallback
 
 
 # ----------------------------------------------------------------------------- planning
@@ -176,36 +194,53 @@ def estimate_seconds(spec: RunSpec) -> float:
 @dataclass
 class PlannedRun:
     spec: RunSpec
-    state: str  # done, partial (a checkpoint to resume), new
+    state: str  # done; partial (a checkpoint to resume); new (including a continued run that must start again)
     seconds: float  # estimated cost if it has to run
 
 
+def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
+    """done, partial or new; raises ValueError for a folder that holds another run."""
+    if dependency_state not in (None, "done"):
+        return "new"  # its dependency trains (again) first, so it starts again from the new model
+    if finished_result(run_dir, spec):
+        return "done"
+    if not (run_dir / "config.yaml").is_file():
+        return "new"
+    try:
+        old = TrainConfig.from_yaml(run_dir / "config.yaml")
+    except (CheckpointError, ValueError, TypeError):
+        return "new"  # unreadable: train_or_resume starts it again
+    new = spec.train_config(run_dir)
+    old_id, new_id = run_identity(old), run_identity(new)
+    old_id.pop("init_sha256"), new_id.pop("init_sha256")  # a changed starting model restarts the run instead
+    if old_id != new_id:
+        diff = sorted(k for k, v in new_id.items() if old_id.get(k) != v)
+        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
+                         f"use another --out for another protocol")
+    if spec.after and old.init_sha256 != _dependency_digest(run_dir, spec):
+        return "new"
+    try:
+        trained = trained_epochs(run_dir)
+    except CheckpointError:
+        return "new"
+    if trained > new.total_epochs:
+        raise ValueError(f"{run_dir} has trained {trained} epochs, more than the {new.total_epochs} asked for; "
+                         f"use another --out")
+    return "partial"
+
+
 def plan(runs: list[RunSpec], out_dir: str | os.PathLike) -> list[PlannedRun]:
-    """Each run's state in ``out_dir`` and its estimated cost.
+    """Each run's state in ``out_dir`` and its estimated cost; a run comes after the run it continues.
 
     Raises:
-        ValueError: a run directory holds another run (other settings): the output folder belongs to
-            another protocol or experiment.
+        ValueError: a run directory holds another run (other settings than its length: another
+            protocol or experiment), or more epochs than asked for.
     """
+    states: dict[str, str] = {}
     out = []
     for spec in runs:
-        run_dir = Path(out_dir) / "runs" / spec.name
-        state = "new"
-        if finished_result(run_dir, spec):
-            state = "done"
-        elif (run_dir / "config.yaml").is_file():
-            try:
-                old = TrainConfig.from_yaml(run_dir / "config.yaml")
-            except (CheckpointError, ValueError, TypeError):
-                old = None  # unreadable: train_or_resume restarts it
-            new = spec.train_config(run_dir)
-            if old is not None and run_identity(old) != run_identity(new):
-                diff = sorted(k for k, v in run_identity(new).items() if run_identity(old).get(k) != v)
-                raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
-                                 f"use another --out for another protocol")
-            if (run_dir / "checkpoint.safetensors").is_file():
-                state = "partial"
-        out.append(PlannedRun(spec, state, estimate_seconds(spec)))
+        states[spec.name] = _state(spec, Path(out_dir) / "runs" / spec.name, states.get(spec.after) if spec.after else None)
+        out.append(PlannedRun(spec, states[spec.name], estimate_seconds(spec)))
     return out
 
 
@@ -235,15 +270,48 @@ def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
 
 
 class _Inline:
-    """Runs each job when submitted, in this process (workers = 1): progress bars, plain tracebacks."""
+    """Runs each run when submitted, in this process (one worker): progress bars, plain tracebacks."""
 
-    def submit(self, fn, *args) -> cf.Future:
+    def __init__(self, device: str, threads: int, progress: bool):
+        self.device, self.threads, self.progress = device, threads, progress
+
+    def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         future: cf.Future = cf.Future()
-        future.set_result(fn(*args))
+        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress))
         return future
 
-    def shutdown(self, cancel_futures: bool = False) -> None:
+    def shutdown(self) -> None:
         pass
+
+
+class _Pool:
+    """Spawned worker processes, each pinned to its share of the cores (or taking a GPU in turn).
+
+    A worker that dies (killed, out of memory) breaks a ProcessPoolExecutor for every run in it:
+    :meth:`restart` starts a fresh pool so the reproduction can go on.
+    """
+
+    def __init__(self, workers: int, threads: int, device: str):
+        self.workers, self.threads, self.device = workers, threads, device
+        self._start()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        slots = ctx.Queue()
+        for i in range(self.workers):
+            slots.put(i)
+        self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                           initargs=(slots, self.threads, self.device))
+
+    def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
+        return self.pool.submit(_pool_run, spec, run_dir, data_dir)
+
+    def restart(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._start()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:
@@ -251,7 +319,8 @@ def _read_files(folder: Path) -> dict[str, bytes]:
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
+    # result.json last: it marks the run finished, so everything it describes must be there before it
+    for rel, data in sorted(files.items(), key=lambda item: item[0] == RESULT_FILE):
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:
@@ -276,19 +345,24 @@ def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes],
 class _Ray:
     """Submits runs as Ray tasks and writes what they return into the output folder."""
 
-    def __init__(self, address: str, cpus: int, device: str):
+    def __init__(self, address: str | None, cpus: int, threads: int, device: str):
         try:
             import ray
         except ImportError:
             raise ValueError('--ray needs Ray: pip install "iwae[ray]"') from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ValueError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         gpus = 1 if device == "cuda" else 0
         self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
-        self.cpus, self.device = cpus, device
+        self.threads, self.device = threads, device
+        self.refs: list = []
 
-    def submit(self, fn, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
+    def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         run_dir = Path(run_dir)
         files = {}
         if (run_dir / "checkpoint.safetensors").is_file():  # resume on the worker
@@ -296,7 +370,8 @@ class _Ray:
         dependency = {}
         if spec.get("after"):
             dependency = {"model.safetensors": (run_dir.parent / spec["after"] / "model.safetensors").read_bytes()}
-        ref = self.remote.remote(spec, files, dependency, data_dir, self.device, self.cpus)
+        ref = self.remote.remote(spec, files, dependency, data_dir, self.device, self.threads)
+        self.refs.append(ref)
         future: cf.Future = cf.Future()
 
         def gather(ray_future: cf.Future) -> None:
@@ -310,8 +385,9 @@ class _Ray:
         ref.future().add_done_callback(gather)
         return future
 
-    def shutdown(self, cancel_futures: bool = False) -> None:
-        pass  # the cluster outlives the reproduction
+    def shutdown(self) -> None:
+        for ref in self.refs:  # after an interruption: stop the tasks still running (finished ones are unaffected)
+            self.ray.cancel(ref, force=True)
 
 
 # ----------------------------------------------------------------------------- the reproduction
@@ -377,6 +453,8 @@ def reproduce(
     """
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     runs = exp.resolve(protocol, datasets=datasets, only=only, overrides=overrides)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not ray:
         import torch
 
@@ -384,14 +462,43 @@ def reproduce(
             raise ValueError("--device cuda, but CUDA is not available on this machine")
         workers = torch.cuda.device_count() if workers is None else workers
     workers = 1 if workers is None else workers
-    if workers < 1 or cpus_per_run < 1:
-        raise ValueError("--workers and --cpus-per-run must be >= 1")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    out_dir = Path(out_dir)
-    planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
+    if workers < 1 or cpus_per_run < 1 or (threads is not None and threads < 1):
+        raise ValueError("--workers, --threads and --cpus-per-run must be >= 1")
     threads = threads or (cpus_per_run if ray else max(1, _cpu_count() // workers))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_dir)  # one reproduction at a time writes to a folder
+    try:
+        planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
+        if ray:
+            executor = _Ray(None if ray == "local" else ray, cpus_per_run, threads, device)
+        elif workers == 1:
+            executor = _Inline(device, threads, progress)
+        else:
+            executor = _Pool(workers, threads, device)
+        return _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
+                        _describe(workers, threads, device, ray, cpus_per_run), progress)
+    finally:
+        lock.close()
 
+
+def _lock(out_dir: Path):
+    """An exclusive lock on ``out_dir/.reproduce.lock``, held until the returned file is closed."""
+    handle = open(out_dir / ".reproduce.lock", "w")
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ValueError(f"another iwae reproduce is writing to {out_dir}; wait for it to finish or use "
+                             f"another --out") from None
+    return handle
+
+
+def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: list[PlannedRun], out_dir: Path,
+             executor, data_dir: str | None, executor_name: str, progress: bool) -> Summary:
+    """Runs the planned runs that are not done, each once its dependency is done, and keeps
+    ``reproduction.json`` up to date."""
     summary = Summary(out_dir)
     state = {
         "experiment": exp.name, "title": exp.title, "description": exp.description, "source": exp.source,
@@ -400,11 +507,9 @@ def reproduce(
         "published": exp.published_table(), "figures": exp.figures,
         "runs": [{**p.spec.to_dict(), "status": "done" if p.state == "done" else "pending"} for p in planned],
         "started": datetime.now().isoformat(timespec="seconds"), "finished": None, "wall_seconds": None,
-        "executor": _describe(workers, threads, device, ray, cpus_per_run),
-        "hardware": hardware("cpu"),
+        "executor": executor_name, "hardware": hardware("cpu"),
     }
     entry = {r["name"]: r for r in state["runs"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     earlier_seconds = 0.0
     try:
@@ -429,79 +534,93 @@ def reproduce(
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    todo = []
+    def record(spec: RunSpec, result: dict) -> None:
+        nonlocal finished
+        finished += 1
+        summary.status[spec.name] = entry[spec.name]["status"] = result["status"]
+        summary.results[spec.name] = result
+        save()
+        if result["status"] == "done":
+            m = result["metrics"]
+            say(f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
+                f"active units {'+'.join(map(str, result['active_units']))}, "
+                f"{result['train_seconds'] + result['eval_seconds']:.0f} s")
+        else:
+            say(f"[{finished}/{len(planned)}] {spec.name}: FAILED: {result['error']}")
+
+    def fail(spec: RunSpec, message: str) -> None:
+        result = {"name": spec.name, "status": "failed", "error": message}
+        run_dir = out_dir / "runs" / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / ERROR_FILE) as f:
+            json.dump(result, f, indent=1)
+        record(spec, result)
+
+    pending = []
+    finished = 0
     for p in planned:
         if p.state == "done":
             summary.status[p.spec.name] = "skipped"
             summary.results[p.spec.name] = finished_result(out_dir / "runs" / p.spec.name, p.spec)
+            finished += 1
             say(f"{p.spec.name}: finished before, skipped")
         else:
-            todo.append(p.spec)
+            pending.append(p.spec)
     save()
 
-    if ray:
-        executor = _Ray(None if ray == "local" else ray, cpus_per_run, device)
-    elif workers == 1:
-        executor = _Inline()
-    else:
-        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        slots = ctx.Queue()
-        for i in range(workers):
-            slots.put(i)
-        executor = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                          initargs=(slots, threads, device))
-
-    def submit(spec: RunSpec) -> cf.Future:
-        run_dir = str(out_dir / "runs" / spec.name)
-        say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
-        if isinstance(executor, _Inline):
-            return executor.submit(execute_run, spec.to_dict(), run_dir, data_dir, device, threads, progress)
-        if isinstance(executor, _Ray):
-            return executor.submit(None, spec.to_dict(), run_dir, data_dir)
-        return executor.submit(_pool_run, spec.to_dict(), run_dir, data_dir)
-
-    pending = list(todo)
     running: dict[cf.Future, RunSpec] = {}
-    finished = sum(1 for s in summary.status.values() if s == "skipped")
+    suspects: set[str] = set()  # runs whose worker died: each is run again alone, to find the one that kills it
     try:
         while pending or running:
+            ready = []
             for spec in list(pending):
-                dep = summary.status.get(spec.after) if spec.after else "done"
+                dep = summary.status.get(spec.after, "pending") if spec.after else "done"
                 if dep in ("failed", "blocked"):
                     pending.remove(spec)
                     summary.status[spec.name] = entry[spec.name]["status"] = "blocked"
                     say(f"{spec.name}: blocked, {spec.after} failed")
+                    save()
                 elif dep in ("done", "skipped"):
-                    pending.remove(spec)
-                    running[submit(spec)] = spec
+                    ready.append(spec)
+            if any(spec.name in suspects for spec in ready):
+                ready = [] if running else [next(spec for spec in ready if spec.name in suspects)]
+            for spec in ready:
+                pending.remove(spec)
+                say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
+                running[executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)] = spec
             if not running:
+                if pending:  # nothing can start: should not happen, as every dependency is selected
+                    for spec in pending:
+                        fail(spec, f"its dependency {spec.after} was neither run nor finished")
+                    pending.clear()
                 continue
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            broken = False
             for future in done:
                 spec = running.pop(future)
                 try:
-                    result = future.result()
-                except Exception as e:  # noqa: BLE001 - a crashed worker or lost task fails its run only
-                    result = {"name": spec.name, "status": "failed", "error": f"{type(e).__name__}: {e}"}
-                    run_dir = out_dir / "runs" / spec.name
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    with atomic_write(run_dir / ERROR_FILE) as f:
-                        json.dump(result, f, indent=1)
-                finished += 1
-                summary.status[spec.name] = entry[spec.name]["status"] = result["status"]
-                summary.results[spec.name] = result
-                save()
-                if result["status"] == "done":
-                    m = result["metrics"]
-                    say(f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
-                        f"active units {'+'.join(map(str, result['active_units']))}, "
-                        f"{result['train_seconds'] + result['eval_seconds']:.0f} s")
-                else:
-                    say(f"[{finished}/{len(planned)}] {spec.name}: FAILED: {result['error']}")
+                    record(spec, future.result())
+                except cf.process.BrokenProcessPool:
+                    if spec.name in suspects:  # it ran alone: its own worker died
+                        fail(spec, "its worker process died (killed, or out of memory?) twice, the second time "
+                                   "running alone")
+                    else:
+                        broken = True
+                        suspects.add(spec.name)
+                        pending.insert(0, spec)
+                except Exception as e:  # noqa: BLE001 - a lost task fails its run only
+                    fail(spec, f"{type(e).__name__}: {e}".splitlines()[0])
+            if broken:
+                for spec in running.values():  # the whole pool went down with the dead worker
+                    suspects.add(spec.name)
+                    pending.insert(0, spec)
+                running.clear()
+                say("a worker process died; starting new workers and running the runs it took down again, "
+                    "one at a time")
+                executor.restart()
     finally:
-        executor.shutdown(cancel_futures=True)
+        executor.shutdown()
         state["finished"] = datetime.now().isoformat(timespec="seconds")
         state["wall_seconds"] = round(earlier_seconds + time.perf_counter() - t_start, 1)
         save()
     return summary
-

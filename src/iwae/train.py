@@ -15,6 +15,7 @@ for bit, as the uninterrupted run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -34,7 +35,8 @@ from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
 from .runtime import tune_allocator
 
-__all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "paper_schedule", "learning_rate", "kl_weight",
+__all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_epochs", "training_seconds",
+           "model_sha256", "paper_schedule", "learning_rate", "kl_weight",
            "load", "build_model"]
 
 SCHEDULES = ("paper", "constant")
@@ -77,6 +79,7 @@ class TrainConfig:
     valid_k: int | None = None  # samples for the per-epoch validation L_k; None = k
     # run
     init_from: str | None = None  # start from this run directory's trained model (fresh optimiser), e.g. to continue
+    init_sha256: str | None = None  # SHA-256 of init_from's model.safetensors, if it must be that model
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None = torch's default
@@ -204,8 +207,24 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
     return model.to(device).eval()
 
 
-def _init_from(model: VAE, source: Path) -> None:
-    """Copies the trained weights of run directory ``source`` into ``model``; the architectures must match."""
+def model_sha256(run_dir: str | os.PathLike) -> str:
+    """SHA-256 of a run directory's model.safetensors: which trained model a continued run starts from."""
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _init_from(model: VAE, source: Path, sha256: str | None) -> None:
+    """Copies the trained weights of run directory ``source`` into ``model``; the architectures must
+    match, and the file must be the one whose digest is ``sha256`` (when given)."""
+    if sha256 is not None and model_sha256(source) != sha256:
+        raise ValueError(f"init_from {source}: its model.safetensors is not the model this run was planned "
+                         f"from (SHA-256 differs); was it trained again?")
     tensors, meta = load_tensors(source / "model.safetensors")
     if meta.get("model_config") != model.config.to_dict():
         raise ValueError(f"init_from {source}: its model ({meta.get('model_config')}) is not this run's "
@@ -339,7 +358,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
     model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
     if config.init_from and not resume:
-        _init_from(model, Path(config.init_from))
+        _init_from(model, Path(config.init_from), config.init_sha256)
     optimizer = _make_optimizer(config, model, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -424,15 +443,27 @@ def run_identity(config: TrainConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
 
 
-def _trained_epochs(run_dir: Path) -> int:
-    _, meta = load_tensors(run_dir / "checkpoint.safetensors")
+def trained_epochs(run_dir: str | os.PathLike) -> int:
+    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable)."""
+    _, meta = load_tensors(Path(run_dir) / "checkpoint.safetensors")
     return int(meta.get("epoch", 0))
+
+
+def training_seconds(run_dir: str | os.PathLike) -> float:
+    """Wall time of all the run's epochs, across resumptions, from its metrics.csv (0 without one)."""
+    try:
+        with open(Path(run_dir) / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return float(rows[-1]["wall_time_s"]) if rows else 0.0
+    except (OSError, KeyError, ValueError):
+        return 0.0
 
 
 def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = None, progress: bool = True) -> str:
     """Trains ``config.out``, resuming its checkpoint when one of the same run is there.
 
-    Returns what was done: ``trained`` (new directory), ``resumed`` or ``restarted`` (a directory
+    Returns what was done: ``trained`` (new directory), ``resumed``, ``trained before`` (nothing left
+    to train), or ``restarted`` (a directory
     without a readable checkpoint is replaced). A checkpoint of another run (other
     :func:`run_identity`) or of more epochs than asked for raises ValueError and is left alone.
     """
@@ -447,7 +478,7 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
             raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
                              f"use another --out for a different protocol")
         try:
-            done = _trained_epochs(run_dir)
+            done = trained_epochs(run_dir)
         except CheckpointError:
             done = None  # unreadable: start again below
         if done is not None:
@@ -456,6 +487,8 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
                                  f"asked for; use another --out")
             with atomic_write(run_dir / "config.yaml") as f:  # the run's config records the new epochs
                 yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+            if done == config.total_epochs:
+                return "trained before"
             train(config, resume=True, progress=progress, splits=splits)
             return "resumed"
     existed = run_dir.exists()
