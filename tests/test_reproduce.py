@@ -358,3 +358,15 @@ def test_a_worker_that_dies_takes_no_run_down_with_it(tmp_path, shared_data_dir)
     assert outcome["summary"].status == {"a": "done", "b": "done"}
     assert all((out / "runs" / n / RESULT_FILE).is_file() and not (out / "runs" / n / ERROR_FILE).exists()
                for n in ("a", "b"))
+
+
+def test_a_ray_address_that_does_not_answer_is_a_clear_error(tmp_path):
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}])
+    bad = cli("reproduce", exp, "--out", tmp_path / "out", "--ray", "nonsense")
+    assert bad.exit_code == 2 and "--ray wants auto, local or HOST:PORT" in bad.output
+    # a real connection attempt, in a process of its own (this one refuses sockets)
+    done = subprocess.run([sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp),
+                           "--out", str(tmp_path / "out"), "--ray", f"127.0.0.1:{_free_port()}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cannot connect to the Ray cluster at 127.0.0.1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -342,6 +343,20 @@ def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes],
         return result, _read_files(run_dir)
 
 
+def _probe(address: str | None, seconds: float = 10.0) -> None:
+    """Fails fast, with a clear message, when a ``host:port`` Ray address does not answer (Ray itself
+    waits minutes for an unreachable head node)."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray wants auto, local or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as e:
+        raise ValueError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}") from None
+
+
 class _Ray:
     """Submits runs as Ray tasks and writes what they return into the output folder."""
 
@@ -352,6 +367,7 @@ class _Ray:
             raise ValueError('--ray needs Ray: pip install "iwae[ray]"') from None
         self.ray = ray
         if not ray.is_initialized():
+            _probe(address)
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
