@@ -62,9 +62,10 @@ ERROR_FILE = "error.json"
 STATE_FILE = "reproduction.json"
 
 # Rough costs measured on a 2-core CPU (torch 2.13, 2 threads, one run at a time), for --dry-run:
-# training seconds per example = TRAIN_BASE + TRAIN_PER_SAMPLE * k (batch 20, Burda's 1-layer model),
-# evaluation seconds per test image and sample of L_k.
-TRAIN_BASE, TRAIN_PER_SAMPLE, EVAL_PER_SAMPLE = 1.9e-4, 1.05e-5, 5e-6
+# training seconds per example = TRAIN_BASE + TRAIN_PER_SAMPLE * k (batch 20, Burda's 1-layer model);
+# evaluation seconds per test image and sample of L_k, and a fixed cost per run (loading the data for
+# training and for each evaluation, checkpoints, active units).
+TRAIN_BASE, TRAIN_PER_SAMPLE, EVAL_PER_SAMPLE, RUN_OVERHEAD = 1.9e-4, 1.05e-5, 5e-6, 20.0
 ESTIMATOR_COST = {"reparam": 1.0, "stl": 1.33, "dreg": 1.33, "rws": 1.07, "rws-dreg": 1.33}
 TRAIN_IMAGES = {"mnist": 59600, "fashion-mnist": 59600, "binarized-mnist": 50000, "omniglot": 23000}
 TEST_IMAGES = {"mnist": 10000, "fashion-mnist": 10000, "binarized-mnist": 10000, "omniglot": 8070}
@@ -189,7 +190,7 @@ def estimate_seconds(spec: RunSpec) -> float:
     train = epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
     n_test = min(spec.eval["test_subset"] or 10**9, TEST_IMAGES.get(c["dataset"], 10000))
     evaluation = n_test * EVAL_PER_SAMPLE * (spec.eval["k"] + sum(spec.eval["bound_ks"]))
-    return train + evaluation
+    return train + evaluation + RUN_OVERHEAD
 
 
 @dataclass
