@@ -158,6 +158,8 @@ def test_dry_run_lists_the_runs_their_state_and_cost(finished, shared_data_dir, 
     assert any(ln.split()[:2] == ["b", "partial"] and "continues a" in ln for ln in lines)
     assert "estimated cost of what is left" in result.output
     assert not (out / "runs" / "b" / RESULT_FILE).exists()  # nothing ran
+    both = cli("reproduce", exp, "--out", out, "--dry-run", "--only", "a,b")
+    assert sum(ln.split()[:1] in (["a"], ["b"]) for ln in both.output.splitlines()) == 2
     listing = cli("reproduce", "--list")
     assert listing.exit_code == 0 and "table1" in listing.output and "rainforth" in listing.output
 

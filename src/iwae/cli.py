@@ -460,7 +460,8 @@ def _format_seconds(seconds: float) -> str:
 @click.option("--protocol", default="short", show_default=True,
               help="paper (Burda et al.'s 3,280 epochs) or short (the CPU-sized truncation each file documents).")
 @click.option("--datasets", help="Only the runs on these datasets (comma-separated).")
-@click.option("--only", multiple=True, help="Only the runs whose names match this shell pattern (repeatable).")
+@click.option("--only", multiple=True,
+              help="Only the runs whose names match these shell patterns (comma-separated; repeatable).")
 @click.option("--dry-run", is_flag=True, help="List the runs, their state and estimated cost; train nothing.")
 @click.option("--list", "list_experiments", is_flag=True, help="List the shipped experiments and exit.")
 @click.option("--workers", type=int,
@@ -503,9 +504,10 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     for key, value in overrides.items():
         if value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-    dataset_list = [d for d in datasets.split(",") if d.strip()] if datasets else None
+    dataset_list = datasets.split(",") if datasets is not None else None
+    only = [p.strip() for pattern in only for p in pattern.split(",") if p.strip()]
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
-    runs = exp.resolve(protocol, datasets=dataset_list, only=list(only) or None, overrides=overrides)
+    runs = exp.resolve(protocol, datasets=dataset_list, only=only or None, overrides=overrides)
     if dry_run:
         planned = plan(runs, out_dir)
         todo = sum(p.seconds for p in planned if p.state != "done")
@@ -521,7 +523,7 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
                    f"(rough; divide by --workers on a machine with the cores for them)")
         return
     try:
-        summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=list(only) or None,
+        summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
                                    overrides=overrides, workers=workers, threads=threads, ray=ray_address,
                                    cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet)
     except KeyboardInterrupt:
