@@ -601,6 +601,8 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
                     ready.append(spec)
             if any(spec.name in suspects for spec in ready):
                 ready = [] if running else [next(spec for spec in ready if spec.name in suspects)]
+            if isinstance(executor, _Inline):
+                ready = ready[:1]  # it runs as it is submitted: one at a time, so each result is reported at once
             for spec in ready:
                 pending.remove(spec)
                 say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
