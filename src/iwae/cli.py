@@ -517,7 +517,7 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
             c = p.spec.config
             after = f", continues {p.spec.after}" if p.spec.after else ""
             click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
-                       f"{_epochs_of(c)} epochs, L_{p.spec.eval['k']} on "
+                       f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on "
                        f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}")
         click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
                    f"(rough; divide by --workers on a machine with the cores for them)")
@@ -539,12 +539,6 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
             error = summary.results.get(name, {}).get("error", "its dependency failed")
             click.echo(f"  {name}: {error}", err=True)
         sys.exit(1)
-
-
-def _epochs_of(config: dict) -> int:
-    from .train import TrainConfig
-
-    return TrainConfig.from_dict({**config, "out": "x"}).total_epochs
 
 
 ANALYZE_EXAMPLES = """

@@ -93,6 +93,11 @@ class RunSpec:
         return TrainConfig.from_dict({**self.config, "out": str(out), "data_dir": data_dir, "device": device,
                                       "threads": threads, "init_from": init})
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the run trains (its ``epochs``, or the whole paper schedule)."""
+        return TrainConfig.from_dict({**self.config, "out": "unused"}).total_epochs
+
     def to_dict(self) -> dict:
         return {"name": self.name, "config": self.config, "eval": self.eval, "after": self.after,
                 "labels": self.labels, "published": self.published}

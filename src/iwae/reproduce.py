@@ -51,6 +51,7 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None
 
 from .checkpoint import CheckpointError, atomic_write
+from .data import load_dataset
 from .experiment import Experiment, RunSpec, load_experiment
 from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
 
@@ -148,16 +149,17 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
                 shutil.rmtree(run_dir)
+        splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
-        done = train_or_resume(config, progress=progress)
+        done = train_or_resume(config, splits=splits, progress=progress)
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         ev = run.eval
-        main = evaluate(run_dir, data_dir=data_dir, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"],
+        main = evaluate(run_dir, splits=splits, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"],
                         device=device)
         metrics = {"nll": main["nll"], "nll_stderr": main["nll_stderr"], "log_p_hat": -main["nll"]}
         for k in ev["bound_ks"]:
-            bound = evaluate(run_dir, data_dir=data_dir, k=k, test_subset=ev["test_subset"], seed=ev["seed"],
+            bound = evaluate(run_dir, splits=splits, k=k, test_subset=ev["test_subset"], seed=ev["seed"],
                              device=device)
             metrics[f"iwae{k}"] = -bound["nll"]
             metrics[f"iwae{k}_stderr"] = bound["nll_stderr"]
@@ -186,8 +188,7 @@ def estimate_seconds(spec: RunSpec) -> float:
     """Rough seconds one run takes on a 2-core CPU (training + evaluation); for planning only."""
     c = spec.config
     n_train = min(c["train_subset"] or 10**9, TRAIN_IMAGES.get(c["dataset"], 50000))
-    epochs = TrainConfig.from_dict({**c, "out": "x"}).total_epochs
-    train = epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
+    train = spec.total_epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
     n_test = min(spec.eval["test_subset"] or 10**9, TEST_IMAGES.get(c["dataset"], 10000))
     evaluation = n_test * EVAL_PER_SAMPLE * (spec.eval["k"] + sum(spec.eval["bound_ks"]))
     return train + evaluation + RUN_OVERHEAD
