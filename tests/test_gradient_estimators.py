@@ -7,7 +7,10 @@ What each estimator must do (Roeder et al. 2017; Tucker et al. 2019; Bornschein 
 - the encoder (phi) gets the estimator's surrogate: STL sum_i w~_i log w_i with q's parameters
   detached, DReG sum_i w~_i^2 log w_i (per group for MIWAE / PIWAE), RWS sum_i w~_i log q(stop(z_i)),
   RWS-DReG sum_i (w~_i - w~_i^2) log w_i;
-- DReG is unbiased for the IWAE / MIWAE gradient and STL for the ELBO gradient (K = 1).
+- DReG is unbiased for the IWAE / MIWAE gradient and STL for the ELBO gradient (K = 1);
+- with the VampPrior, log p(z) depends on phi directly: that term keeps the weight w~ in DReG
+  and gets none in RWS-DReG (the identity of Tucker et al. rewrites only q's score term), so
+  E[DReG] = E[reparam] and E[RWS-DReG] = E[RWS] for every prior and 1 or 2 stochastic layers.
 
 Exact checks run in float64 against gradients computed here by hand from the model's networks and
 torch.distributions, with the same seeded generator; the unbiasedness checks are statistical with
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import math
 import re
 
@@ -25,13 +29,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from torch.distributions import Bernoulli, Normal
+from torch.distributions import Bernoulli, Independent, Normal
 
 from iwae import objectives
 from iwae.cli import main
 from iwae.data import Splits
-from iwae.estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
-from iwae.models import VAE, ModelConfig
+from iwae.estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients, gradient_terms
+from iwae.models import VAE, ModelConfig, VampPrior
 from iwae.train import TrainConfig, train
 
 F64 = torch.float64
@@ -39,6 +43,17 @@ SEED = 4321
 CFG1 = ModelConfig(input_dim=12, latent_dims=(3,), hidden_dims=((8,),))
 CFG2 = ModelConfig(input_dim=12, latent_dims=(4, 2), hidden_dims=((8,), (6,)))
 CONFIGS = pytest.mark.parametrize("config", [CFG1, CFG2], ids=["1layer", "2layer"])
+
+
+def _with_prior(config: ModelConfig, prior: str, components: int = 3) -> ModelConfig:
+    return ModelConfig(config.input_dim, config.latent_dims, config.hidden_dims, prior=prior,
+                       prior_components=1 if prior == "normal" else components)
+
+
+# the exact checks also run with the priors that learn (mog) and that depend on the encoder (vamp)
+PRIOR_CONFIGS = pytest.mark.parametrize(
+    "config", [CFG1, CFG2, _with_prior(CFG1, "mog"), _with_prior(CFG1, "vamp"), _with_prior(CFG2, "vamp")],
+    ids=["1layer", "2layer", "mog-1layer", "vamp-1layer", "vamp-2layer"])
 
 # every (objective, estimator) pair ObjectiveSpec accepts, with small sample layouts
 OBJECTIVE_SPECS = {
@@ -54,13 +69,18 @@ SUPPORTED = [(obj, est) for est in ESTIMATORS for obj in objectives.OBJECTIVES
 
 # ----------------------------------------------------------------------------- helpers
 def _setup(config: ModelConfig = CFG1, B: int = 4, seed: int = 0):
-    """A float64 model with nonzero biases (so every parameter matters) and a binary batch."""
+    """A float64 model with nonzero biases (so every parameter matters) and a binary batch; a
+    VampPrior's pseudo-inputs spread over (0, 1), a mixture's components apart."""
     torch.manual_seed(seed)
     model = VAE(config).double()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
                 p.normal_(0.0, 0.3)
+        if config.prior == "vamp":
+            model.prior_module.raw.normal_(0.0, 1.5)
+        if config.prior == "mog":
+            model.prior_module.log_var.normal_(0.0, 0.3)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.bernoulli(torch.full((B, config.input_dim), 0.4, dtype=F64), generator=g)
     return model, x
@@ -117,19 +137,40 @@ def _hand_parts(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator)
         log_q_ss = log_q_ss + Normal(s_loc, s_log_scale.exp()).log_prob(z.detach()).sum(-1)
         log_q_sp_cut = log_q_sp_cut + Normal(f_loc, f_log_scale.exp()).log_prob(z).sum(-1).detach()
         zs.append(z)
-    log_p = model.prior.log_prob(zs[-1])
+    if isinstance(model.prior_module, VampPrior):
+        # (1/C) sum_c q(z_L | u_c) written out; the frozen encoder gives the prior without its
+        # direct dependence on phi, the detached z the direct dependence alone
+        log_prior = _hand_vamp(model, zs[-1], model.encoder)
+        log_prior_path = _hand_vamp(model, zs[-1], frozen)
+        direct = _hand_vamp(model, zs[-1].detach(), model.encoder)
+    else:
+        log_prior = log_prior_path = model.prior.log_prob(zs[-1])
+        direct = torch.zeros_like(log_prior)
+    log_dec = 0.0
     for layer, above, below in zip(model.decoder[1:], zs[1:], zs[:-1]):
         loc, log_scale = layer.loc_log_scale(above)
-        log_p = log_p + Normal(loc, log_scale.exp()).log_prob(below).sum(-1)
-    log_p = log_p + Bernoulli(logits=model.decoder[0].logits(zs[0])).log_prob(x).sum(-1)
+        log_dec = log_dec + Normal(loc, log_scale.exp()).log_prob(below).sum(-1)
+    log_dec = log_dec + Bernoulli(logits=model.decoder[0].logits(zs[0])).log_prob(x).sum(-1)
+    log_p = log_prior + log_dec
     return dict(log_p=log_p, log_q=log_q, log_q_sp=log_q_sp, log_q_ss=log_q_ss, log_w=log_p - log_q,
-                path=log_p - log_q_sp, path_cut=log_p - log_q_sp_cut, zs=zs)
+                path=log_p - log_q_sp, path_cut=log_p - log_q_sp_cut, zs=zs,
+                path_only=log_prior_path + log_dec - log_q_sp, direct=direct)
+
+
+def _hand_vamp(model: VAE, z: torch.Tensor, encoder) -> torch.Tensor:
+    """log (1/C) sum_c q(z | u_c) with q(z_L | u) the chain of ``encoder`` at the means of the layers below."""
+    h = model.prior_module.pseudo_inputs
+    for layer in encoder:
+        loc, log_scale = layer.loc_log_scale(h)
+        h = loc
+    components = Independent(Normal(loc, log_scale.exp()), 1)  # batch (C,)
+    return torch.logsumexp(components.log_prob(z.unsqueeze(-2)), -1) - math.log(loc.shape[0])
 
 
 def _hand_surrogate(parts: dict, which: str, groups: int = 1) -> torch.Tensor:
     """The encoder surrogate (summed over the batch) of ``which``, built by hand; ``groups`` splits
     the K samples into consecutive groups with weights normalised within each group (MIWAE)."""
-    log_w, path = parts["log_w"], parts["path"]
+    log_w, path, path_only, direct = parts["log_w"], parts["path"], parts["path_only"], parts["direct"]
     k = log_w.shape[0]
     size = k // groups
     total = log_w.new_zeros(())
@@ -138,11 +179,15 @@ def _hand_surrogate(parts: dict, which: str, groups: int = 1) -> torch.Tensor:
         w = torch.softmax(log_w[rows].detach(), dim=0)  # w~, held constant
         if which == "stl":
             term = w * path[rows]
-        elif which == "dreg":
-            term = w.square() * path[rows]
+        elif which == "dreg":  # the path P with w~^2, the prior's direct term D with w~
+            term = w.square() * path_only[rows] + w * direct[rows]
         elif which == "rws":
             term = w * parts["log_q_ss"][rows]
-        elif which == "rws-dreg":
+        elif which == "rws-dreg":  # the path P only
+            term = (w - w.square()) * path_only[rows]
+        elif which == "wrong: dreg, w~^2 on the prior's direct term":
+            term = w.square() * path[rows]
+        elif which == "wrong: rws-dreg, w~ - w~^2 on the prior's direct term":
             term = (w - w.square()) * path[rows]
         elif which == "wrong: log p only":  # drops log q's path term too
             term = w * parts["log_p"][rows]
@@ -162,7 +207,7 @@ def _hand_encoder_grads(model: VAE, x: torch.Tensor, k: int, which: str, seed: i
 
 
 # ----------------------------------------------------------------------------- 1, 2: decoder and bound
-@CONFIGS
+@PRIOR_CONFIGS
 @pytest.mark.parametrize("objective,estimator", SUPPORTED, ids=[f"{o}-{e}" for o, e in SUPPORTED])
 def test_decoder_gradient_does_not_depend_on_estimator(config, objective, estimator):
     """For every estimator and every objective it supports, the decoder's (and prior's) gradients
@@ -183,7 +228,7 @@ def test_decoder_gradient_does_not_depend_on_estimator(config, objective, estima
         assert (_flat(enc) - _flat(enc_ref)).abs().max() > 1e-6, f"{estimator} gave the reparam encoder gradient"
 
 
-@CONFIGS
+@PRIOR_CONFIGS
 @pytest.mark.parametrize("objective,estimator", SUPPORTED, ids=[f"{o}-{e}" for o, e in SUPPORTED])
 def test_reported_bound_is_the_true_objective(config, objective, estimator):
     """accumulate_gradients returns, for every estimator, the objective's true value per example
@@ -234,7 +279,7 @@ def test_k1_identities(config):
 
 
 # ----------------------------------------------------------------------------- 4: the formulas by hand
-@CONFIGS
+@PRIOR_CONFIGS
 @pytest.mark.parametrize("estimator", ["stl", "dreg", "rws", "rws-dreg"])
 def test_encoder_gradient_matches_hand_formula(config, estimator):
     """The encoder gradient of IWAE(k=5) equals the gradient of a surrogate built here by hand
@@ -252,7 +297,7 @@ def test_encoder_gradient_matches_hand_formula(config, estimator):
         assert (_flat(got) - _flat(_hand_encoder_grads(model, x, k, other))).abs().max() > 1e-6, other
 
 
-@CONFIGS
+@PRIOR_CONFIGS
 @pytest.mark.parametrize("objective", ["vae", "miwae", "ciwae"])
 @pytest.mark.parametrize("estimator", ["stl", "dreg"])
 def test_encoder_gradient_matches_hand_formula_other_objectives(config, objective, estimator):
@@ -274,7 +319,7 @@ def test_encoder_gradient_matches_hand_formula_other_objectives(config, objectiv
     _assert_close(got, list(want), f"{spec.label} {estimator} encoder gradient vs hand formula")
 
 
-@CONFIGS
+@PRIOR_CONFIGS
 def test_hand_log_weights_match_model(config):
     """Sanity of the hand computation the other tests rely on: its log-weights equal
     model.log_weights drawn with the same seed (same eps order, same densities)."""
@@ -388,8 +433,110 @@ def test_stl_unbiased_for_k1(config):
         assert z_wrong > Z_MAX, f"the statistic missed {which!r} (z = {z_wrong:.1f})"
 
 
+# ----------------------------------------------------------------------------- 6b: every prior, 1 and 2 layers
+# One sample size for every objective, so that one forward pass per draw serves all of them:
+# VAE(k=6), IWAE(k=6), MIWAE(2,3), CIWAE(beta=0.3, k=6), PIWAE(2,3).
+K_ALL = 6
+ALL_SPECS = {"vae": dict(name="vae", k=K_ALL), "iwae": dict(name="iwae", k=K_ALL),
+             "miwae": dict(name="miwae", k=K_ALL, m=2), "ciwae": dict(name="ciwae", k=K_ALL, beta=0.3),
+             "piwae": dict(name="piwae", k=K_ALL, m=2)}
+# (objective, estimator, the estimator whose expectation it must have): DReG that of the
+# reparameterised gradient of every objective, STL that of the ELBO's (any K), RWS-DReG that of RWS
+UNBIASED = [(o, "dreg", "reparam") for o in ALL_SPECS] + [("vae", "stl", "reparam"), ("iwae", "rws-dreg", "rws")]
+# 3,000 draws as 120 means of 25 independent replicas: one call per mean keeps the test fast,
+# and the means are close to normal even where single draws (importance weights) are skewed
+N_ALL, REPS_ALL = 120, 25
+# Bonferroni over the whole family: 7 checks x 6 models x up to 220 components ~ 1e4 comparisons;
+# a two-sided Student-t tail (119 degrees of freedom) beyond 5.5 standard errors has probability
+# about 2e-7 each, so a family-wise false alarm of about 2e-3 (the seeds are fixed, so the outcome
+# is deterministic; the margin is what makes it safe to change them).
+Z_ALL = 5.5
+WRONG_DREG = "wrong: dreg, w~^2 on the prior's direct term"
+WRONG_RWS_DREG = "wrong: rws-dreg, w~ - w~^2 on the prior's direct term"
+
+
+def _encoder_term(model: VAE, terms) -> torch.Tensor:
+    """The surrogate of gradient_terms whose gradient goes to the encoder (params None: to all)."""
+    encoder = {id(p) for p in model.encoder_parameters()}
+    for surrogate, params in terms:
+        if params is None or encoder <= {id(p) for p in params}:
+            return surrogate
+    raise AssertionError("no term trains the encoder")
+
+
+@functools.lru_cache(maxsize=None)
+def _all_draws(prior: str, layers: int) -> dict:
+    """Paired encoder-gradient draws of every (objective, estimator) in UNBIASED, their targets
+    and the negative controls, on one tiny float64 model with ``prior``: per draw one call of
+    model.log_weight_parts with every view (so all estimators see the same eps), then one
+    autograd.grad per surrogate from gradient_terms. Shape (N_ALL, P) per key (objective, estimator)."""
+    model, x = _setup(_with_prior(CFG1 if layers == 1 else CFG2, prior), B=2, seed=3)
+    xr = x.repeat(REPS_ALL, 1)
+    enc = model.encoder_parameters()
+    g = _gen(97)
+    keys = sorted({(o, e) for o, e, _ in UNBIASED} | {(o, t) for o, _, t in UNBIASED} | {("iwae", "stl")})
+    keys.remove(("piwae", "reparam"))  # PIWAE's reparam encoder term is MIWAE's: the same draws
+    wrong = [("iwae", WRONG_DREG), ("iwae", WRONG_RWS_DREG)] if prior == "vamp" else []
+    out: dict = {key: [] for key in keys + wrong}
+    for _ in range(N_ALL):
+        parts = model.log_weight_parts(xr, K_ALL, g, stop_params=True, stop_samples=True, prior_direct=True)
+        surrogates = {(o, e): _encoder_term(model, gradient_terms(model, parts, ObjectiveSpec(**ALL_SPECS[o], estimator=e)).terms)
+                      for o, e in keys}
+        # the surrogates as they were before the prior's direct term was weighted apart
+        w = torch.softmax(parts.log_weights.detach(), 0)
+        path = parts.log_p - parts.log_q_stop_params
+        if wrong:
+            surrogates[wrong[0]] = (w.square() * path).sum(0)
+            surrogates[wrong[1]] = ((w - w.square()) * path).sum(0)
+        else:  # no direct term: the old and the new surrogates are the same, so only check that once
+            torch.testing.assert_close(surrogates[("iwae", "dreg")], (w.square() * path).sum(0), rtol=0, atol=0)
+            torch.testing.assert_close(surrogates[("iwae", "rws-dreg")], ((w - w.square()) * path).sum(0),
+                                       rtol=0, atol=0)
+        for key, surrogate in surrogates.items():
+            grads = torch.autograd.grad(surrogate.sum(), enc, retain_graph=True)
+            out[key].append(_flat(grads) / REPS_ALL)
+    draws = {key: torch.stack(v) for key, v in out.items()}
+    draws[("piwae", "reparam")] = draws[("miwae", "reparam")]
+    return draws
+
+
+ALL_MODELS = [(p, n) for p in ("normal", "mog", "vamp") for n in (1, 2)]
+
+
+@pytest.mark.parametrize("prior,layers", ALL_MODELS, ids=[f"{p}-{n}layer" for p, n in ALL_MODELS])
+@pytest.mark.parametrize("objective,estimator,target", UNBIASED, ids=[f"{o}-{e}" for o, e, _ in UNBIASED])
+def test_estimator_unbiased_for_every_prior(prior, layers, objective, estimator, target):
+    """E[DReG] = E[reparam] for VAE(6), IWAE(6), MIWAE(2,3), CIWAE(0.3, 6) and PIWAE(2,3)'s encoder
+    (MIWAE), E[STL] = E[reparam] for the ELBO, E[RWS-DReG] = E[RWS] for IWAE(6): with the normal,
+    the mixture (3 components) and the VampPrior (3 pseudo-inputs, whose log p(z) depends on the
+    encoder directly), 1 and 2 stochastic layers. Paired z-statistic over 3,000 draws on every
+    encoder component, below the Bonferroni-safe Z_ALL. The negative controls in
+    test_unbiasedness_statistic_flags_biased_estimators use the same draws and threshold."""
+    draws = _all_draws(prior, layers)
+    z = _z_max(draws[(objective, estimator)], draws[(objective, target)])
+    assert z < Z_ALL, (f"{estimator} for {objective} with the {prior} prior, {layers} layer(s): its mean differs "
+                       f"from {target}'s by {z:.1f} standard errors")
+
+
+@pytest.mark.parametrize("prior,layers", ALL_MODELS, ids=[f"{p}-{n}layer" for p, n in ALL_MODELS])
+def test_unbiasedness_statistic_flags_biased_estimators(prior, layers):
+    """Negative controls for test_estimator_unbiased_for_every_prior, same draws and threshold:
+    STL for IWAE(6) (biased for K > 1) is flagged with every prior; with the VampPrior so are the
+    surrogates that weight its direct dependence on phi like the path (w~^2 for DReG, w~ - w~^2
+    for RWS-DReG), which is what dreg and rws-dreg computed before; with the other priors those
+    are the same estimators as dreg and rws-dreg (log p has no direct term)."""
+    draws = _all_draws(prior, layers)
+    z = _z_max(draws[("iwae", "stl")], draws[("iwae", "reparam")])
+    assert z > Z_ALL, f"the statistic missed STL's bias for IWAE(6) (z = {z:.1f})"
+    if prior != "vamp":  # _all_draws checked that the wrong surrogates equal dreg's and rws-dreg's
+        return
+    for wrong, target in [(WRONG_DREG, "reparam"), (WRONG_RWS_DREG, "rws")]:
+        z = _z_max(draws[("iwae", wrong)], draws[("iwae", target)])
+        assert z > Z_ALL, f"the statistic missed {wrong!r} (z = {z:.1f})"
+
+
 # ----------------------------------------------------------------------------- 7: PIWAE with DReG
-@CONFIGS
+@PRIOR_CONFIGS
 def test_piwae_dreg_routes_miwae_dreg_to_encoder_and_iwae_to_decoder(config):
     """PIWAE(3,2) with dreg: the encoder's gradient is DReG of MIWAE(3,2), computed here by hand as
     (1/M) sum_m sum_k w~_{m,k}^2 log w_{m,k} with w~ normalised within each group of 2 consecutive
@@ -450,7 +597,7 @@ def test_cli_refuses_rws_with_ciwae(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 9: one decoder pass
-@CONFIGS
+@PRIOR_CONFIGS
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_decoder_runs_once_per_step(config, estimator):
     """accumulate_gradients samples once and runs the decoder's first layer forward exactly once,

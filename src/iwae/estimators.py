@@ -6,12 +6,41 @@ estimator decides the encoder's (phi) gradient:
 
 - ``reparam``: the objective itself, through reparameterised samples (the default).
 - ``stl``, "sticking the landing" [1]: the objective with log q evaluated with the encoder's
-  parameters detached, so the score-function term is dropped (unbiased for K = 1).
+  parameters detached, so the score-function term is dropped (unbiased for K = 1, and for the
+  ELBO at any K).
 - ``dreg``, doubly reparameterised gradients [2]: for IWAE the surrogate
   sum_i w~_i^2 log w_i with q's parameters detached inside log q (w~ the normalised weights, held
-  constant); for MIWAE per group of K; for the ELBO it is STL; PIWAE's encoder uses it on MIWAE.
+  constant), plus sum_i w~_i times the prior's direct dependence on phi (VampPrior, see below);
+  for MIWAE per group of K; for the ELBO it is STL; PIWAE's encoder uses it on MIWAE.
 - ``rws``, reweighted wake-sleep's wake-phi update [3]: sum_i w~_i log q(stop_grad(z_i) | x).
-- ``rws-dreg`` [2]: sum_i (w~_i - w~_i^2) log w_i, q's parameters detached.
+- ``rws-dreg`` [2]: sum_i (w~_i - w~_i^2) log w_i, q's parameters detached, the prior's too.
+
+Derivation (the surrogates' gradients, for any prior and any number of stochastic layers). Write
+z_i = (z_{1,i}, ..., z_{L,i}) = T_phi(eps_i), the whole chain q(z_1 | x) q(z_2 | z_1) ...
+reparameterised, and split the total phi-gradient of log w_i = log p(x, z_i) - log q_phi(z_i | x) into
+
+    d log w_i / d phi = P_i + D_i - S_i,
+    P_i = (d log w_i / d z_i at fixed phi) . (d T_phi(eps_i) / d phi)   the path through every z_l,
+    D_i = d log p_phi(z_{L,i}) / d phi at fixed z                          the prior's direct term,
+    S_i = d log q_phi(z_i | x) / d phi at fixed z = sum_l d log q(z_l | z_{l-1}) / d phi   the score.
+
+D_i is zero except for the VampPrior, p(z_L) = (1/C) sum_c q_phi(z_L | u_c): its pseudo-inputs go
+through the encoder. The decoder's p(z_{l-1} | z_l) and p(x | z_1) have no phi, so they enter P
+only; with 2 layers the score is that of q(z_1 | x) and of q(z_2 | z_1) at fixed z_1, z_2, while
+z_2's dependence on phi_1 through z_1 is part of the path. Tucker et al.'s identity [2],
+E[f S_i] = E[(df / dz_i at fixed phi) . dT/dphi] for f a function of the samples only, with
+f = w~_i gives E[w~_i S_i] = E[(w~_i - w~_i^2) P_i]. It rewrites the score term and nothing else, so
+
+    IWAE:    E[sum_i w~_i (P_i + D_i - S_i)] = E[sum_i w~_i^2 P_i + w~_i D_i]      (dreg)
+    RWS:     E[sum_i w~_i S_i]               = E[sum_i (w~_i - w~_i^2) P_i]         (rws-dreg)
+    ELBO:    E[P_i + D_i - S_i]              = E[P_i + D_i], since E[S_i] = 0         (stl, K = 1)
+
+and MIWAE, CIWAE and PIWAE's encoder term combine these per group / per part. The model's views
+give these terms: ``log p - log q_stop_params`` has phi-gradient P + D (q's parameters detached,
+the samples attached, layer inputs included) and ``log_prior_direct`` = log p(stop_grad(z_L)) has
+D. So dreg ascends sum_i w~_i^2 (log p - log q_stop_params)_i + (w~_i - w~_i^2) log_prior_direct_i
+and rws-dreg sum_i (w~_i - w~_i^2) (log p - log q_stop_params - log_prior_direct)_i. STL keeps D
+with the objective's own weights: it drops the score S and nothing else.
 
 PIWAE routes IWAE(M*K) to the decoder and MIWAE(M, K) to the encoder [4]. One training step is
 
@@ -119,29 +148,46 @@ def _objective(spec: ObjectiveSpec, log_w: torch.Tensor, *, encoder: bool = Fals
     return encoder_objective if encoder else decoder_objective
 
 
-def _dreg(log_w: torch.Tensor, log_w_path: torch.Tensor, groups: int) -> torch.Tensor:
-    """(1/M) sum_m sum_k w~_{m,k}^2 log w_{m,k}: w~ normalised within each of ``groups`` groups, held constant."""
+def _dreg(log_w: torch.Tensor, log_w_path: torch.Tensor, direct: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """(1/M) sum_m sum_k [w~_{m,k}^2 log w_{m,k} + (w~_{m,k} - w~_{m,k}^2) direct_{m,k}]: w~ normalised
+    within each of ``groups`` groups, held constant; ``direct`` (or None: no such term) carries the
+    prior's direct dependence on phi, whose weight w~ the identity leaves alone (module docstring)."""
     k, b = log_w.shape
     w = torch.softmax(log_w.detach().reshape(groups, k // groups, b), dim=1)  # (M, K, B)
-    return (w.square() * log_w_path.reshape(groups, k // groups, b)).sum(1).mean(0)
+    surrogate = w.square() * log_w_path.reshape(groups, k // groups, b)
+    if direct is not None:
+        surrogate = surrogate + (w - w.square()) * direct.reshape(groups, k // groups, b)
+    return surrogate.sum(1).mean(0)
 
 
 def _encoder_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
     log_w = parts.log_weights
+    direct = parts.log_prior_direct  # phi-gradient D_i, or None where the prior has no phi
     if spec.estimator in ("stl", "dreg", "rws-dreg"):
-        log_w_path = parts.log_p - parts.log_q_stop_params  # gradient to phi only through z
+        log_w_path = parts.log_p - parts.log_q_stop_params  # phi-gradient P_i + D_i: no score term
     if spec.estimator == "stl":
         return _objective(spec, log_w_path, encoder=True)
     if spec.estimator == "dreg":
         if spec.name == "vae":  # K independent one-sample ELBOs: DReG is STL
             return objectives.elbo(log_w_path)
         if spec.name == "ciwae":
-            return spec.beta * objectives.elbo(log_w_path) + (1 - spec.beta) * _dreg(log_w, log_w_path, 1)
-        return _dreg(log_w, log_w_path, spec.m if spec.name in ("miwae", "piwae") else 1)
+            return spec.beta * objectives.elbo(log_w_path) + (1 - spec.beta) * _dreg(log_w, log_w_path, direct, 1)
+        return _dreg(log_w, log_w_path, direct, spec.m if spec.name in ("miwae", "piwae") else 1)
     w = torch.softmax(log_w.detach(), dim=0)  # (k, B), rws and rws-dreg (iwae only)
     if spec.estimator == "rws":
         return (w * parts.log_q_stop_samples).sum(0)
+    if direct is not None:  # the path P_i alone: RWS's target has no term in the prior's phi
+        log_w_path = log_w_path - direct
     return ((w - w.square()) * log_w_path).sum(0)  # rws-dreg
+
+
+def _needs_prior_direct(spec: ObjectiveSpec) -> bool:
+    """Whether spec's encoder surrogate weights the prior's direct term apart (its views need log_prior_direct)."""
+    return spec.estimator == "rws-dreg" or (spec.estimator == "dreg" and spec.name != "vae")
+
+
+def _prior_depends_on_encoder(model: torch.nn.Module) -> bool:
+    return bool(getattr(getattr(model, "prior_module", None), "depends_on_encoder", False))
 
 
 def _kl_weighted(parts: LogWeightParts, kl_weight: float) -> LogWeightParts:
@@ -149,8 +195,9 @@ def _kl_weighted(parts: LogWeightParts, kl_weight: float) -> LogWeightParts:
     if parts.log_likelihood is None:
         raise ValueError("KL warm-up needs LogWeightParts with log_likelihood, from model.log_weight_parts")
     lik = parts.log_likelihood
-    scaled = [None if t is None else kl_weight * t for t in (parts.log_q, parts.log_q_stop_params)]
-    return LogWeightParts(lik + kl_weight * (parts.log_p - lik), scaled[0], scaled[1], None, lik)
+    scaled = [None if t is None else kl_weight * t
+              for t in (parts.log_q, parts.log_q_stop_params, parts.log_prior_direct)]
+    return LogWeightParts(lik + kl_weight * (parts.log_p - lik), scaled[0], scaled[1], None, lik, scaled[2])
 
 
 def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec,
@@ -196,6 +243,10 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
         if parts is None or getattr(parts, needed) is None:
             raise ValueError(f"the {spec.estimator} estimator needs model.log_weight_parts(..., "
                              f"{'stop_samples' if spec.estimator == 'rws' else 'stop_params'}=True)")
+        if _needs_prior_direct(spec) and _prior_depends_on_encoder(model) and parts.log_prior_direct is None:
+            # without the view the prior's direct term would get DReG's weights: a biased gradient
+            raise ValueError(f"the {spec.estimator} estimator with a prior that depends on the encoder "
+                             f"({type(model.prior_module).__name__}) needs model.log_weight_parts(..., prior_direct=True)")
         encoder_term = _encoder_surrogate(spec, parts)
     return GradientTerms(bound.detach(), [(bound, model.decoder_parameters()),
                                           (encoder_term, model.encoder_parameters())])
@@ -216,7 +267,8 @@ def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: Objectiv
     ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`)."""
     parts = model.log_weight_parts(x, spec.k, generator,
                                    stop_params=spec.estimator in ("stl", "dreg", "rws-dreg"),
-                                   stop_samples=spec.estimator == "rws")
+                                   stop_samples=spec.estimator == "rws",
+                                   prior_direct=_needs_prior_direct(spec))
     result = gradient_terms(model, parts, spec, kl_weight)
     backward(result)
     return result.bound

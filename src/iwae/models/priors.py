@@ -4,6 +4,12 @@ A prior is a module whose ``forward()`` returns a ``torch.distributions.Distribu
 shape ``(D,)`` and whose ``log_prob(z)`` sums over the last dimension. Parameters of a prior are
 generative parameters: they train with the decoder (``VAE.decoder_parameters()``).
 
+Each prior also says whether log p(z) depends on the encoder's parameters directly
+(``depends_on_encoder``: only the VampPrior's does) and gives, with
+``log_prob_with_direct(z)``, the view that DReG-type estimators need to keep that dependence
+apart from the path through z (see :mod:`iwae.estimators`); ``floats_per_row()`` is the
+temporary memory of a no-grad ``log_prob`` per row of z, for evaluation's memory budget.
+
 References:
     [1] J. M. Tomczak, M. Welling. VAE with a VampPrior. AISTATS 2018 (arXiv:1705.07120).
 """
@@ -16,19 +22,48 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-__all__ = ["StandardNormalPrior", "MixturePrior", "VampPrior", "make_prior", "PRIORS"]
+__all__ = ["StandardNormalPrior", "MixturePrior", "VampPrior", "make_prior", "mixture_floats_per_row", "PRIORS"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+# Components per slice in mixture log-densities: a slice's (rows, c, D) temporaries hold at most
+# about this many floats per row, whatever C is. Without slicing, C = 500 components of D = 50 build
+# 25,000 floats per row, several times the rest of an evaluation's per-row memory.
+_COMPONENT_FLOATS = 1024
+
+
 def _diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log N(z_..., loc_c, exp(log_scale_c)^2) for every component c: z ``(..., D)``, loc ``(C, D)`` -> ``(..., C)``."""
-    eps = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)  # (..., C, D)
-    return -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+    """log N(z_..., loc_c, exp(log_scale_c)^2) for every component c: z ``(..., D)``, loc ``(C, D)`` -> ``(..., C)``.
+
+    Computed in slices of ``_COMPONENT_FLOATS // D`` components, so that the ``(..., c, D)``
+    temporaries stay bounded per row (see :func:`mixture_floats_per_row`); the values are those of
+    the unsliced formula, bit for bit.
+    """
+    step = max(1, _COMPONENT_FLOATS // z.shape[-1])
+    pieces = []
+    for start in range(0, loc.shape[0], step):
+        loc_c, log_scale_c = loc[start: start + step], log_scale[start: start + step]
+        eps = (z.unsqueeze(-2) - loc_c) * torch.exp(-log_scale_c)  # (..., c, D)
+        pieces.append(-0.5 * eps.square().sum(-1) - log_scale_c.sum(-1) - z.shape[-1] * _HALF_LOG_2PI)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, -1)  # (..., C)
+
+
+def mixture_floats_per_row(components: int, dim: int) -> int:
+    """Upper estimate of the temporary floats one row of z needs in a no-grad mixture log_prob.
+
+    One slice of c components: ``z - loc`` and ``eps`` (2 c D), ``eps^2`` and its sum (c D + c);
+    then the (C,) log-densities, their slices before the concatenation, ``log pi`` added and
+    logsumexp's shifted copy and exponentials (5 C).
+    """
+    step = min(components, max(1, _COMPONENT_FLOATS // dim))
+    return 3 * step * dim + step + 5 * components
 
 
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I) in ``dim`` dimensions."""
+
+    depends_on_encoder = False
 
     def __init__(self, dim: int):
         super().__init__()
@@ -44,6 +79,14 @@ class StandardNormalPrior(nn.Module):
         """log N(z; 0, I) = -|z|^2 / 2 - (D / 2) log(2 pi), summed over the last dim."""
         return -0.5 * z.square().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
+    def log_prob_with_direct(self, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``(log_prob(z), None)``: N(0, I) does not depend on the encoder."""
+        return self.log_prob(z), None
+
+    def floats_per_row(self) -> int:
+        """Temporary floats per row of z in a no-grad :meth:`log_prob`: z^2 and its sum."""
+        return self.dim + 1
+
 
 class MixturePrior(nn.Module):
     """p(z) = sum_c pi_c N(z; mu_c, diag(sigma_c^2)), a learnable mixture of C diagonal Gaussians.
@@ -56,6 +99,8 @@ class MixturePrior(nn.Module):
         components: C >= 1.
         learn_weights: train the mixture weights (else a buffer of zeros: pi_c = 1 / C).
     """
+
+    depends_on_encoder = False
 
     def __init__(self, dim: int, components: int, learn_weights: bool = False):
         super().__init__()
@@ -78,6 +123,14 @@ class MixturePrior(nn.Module):
         """log sum_c exp(log pi_c + log N(z; mu_c, sigma_c^2)), for z of shape ``(..., D)`` -> ``(...)``."""
         log_pi = torch.log_softmax(self.logits, -1)  # (C,)
         return torch.logsumexp(log_pi + _diag_normal_log_prob(z, self.loc, 0.5 * self.log_var), -1)
+
+    def log_prob_with_direct(self, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``(log_prob(z), None)``: the mixture's parameters are generative, not the encoder's."""
+        return self.log_prob(z), None
+
+    def floats_per_row(self) -> int:
+        """Temporary floats per row of z in a no-grad :meth:`log_prob` (see :func:`mixture_floats_per_row`)."""
+        return mixture_floats_per_row(self.components, self.dim)
 
 
 class VampPrior(nn.Module):
@@ -103,6 +156,9 @@ class VampPrior(nn.Module):
         encoder: the encoder layers, ``encoder[l]`` with ``loc_log_scale(h)`` giving q(z_{l+1} | z_l).
         input_dim: size of an input x.
     """
+
+    # log p(z) = log (1/C) sum_c q_phi(z | u_c) depends on the encoder's parameters phi directly
+    depends_on_encoder = True
 
     def __init__(self, dim: int, components: int, encoder: nn.ModuleList, input_dim: int):
         super().__init__()
@@ -155,7 +211,24 @@ class VampPrior(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log (1/C) sum_c q(z | u_c), for z of shape ``(..., D)`` -> ``(...)``."""
         loc, log_scale = self._posteriors()
+        return self._log_prob(z, loc, log_scale)
+
+    def _log_prob(self, z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(_diag_normal_log_prob(z, loc, log_scale), -1) - math.log(self.components)
+
+    def log_prob_with_direct(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(z), log p(stop_grad(z)))`` from one encoder pass over the pseudo-inputs.
+
+        The second has the same value; its gradient reaches the encoder only through the
+        pseudo-posteriors q_phi(z | u_c), not through z: the prior's direct dependence on phi,
+        which DReG-type estimators weight apart from the path through z.
+        """
+        loc, log_scale = self._posteriors()
+        return self._log_prob(z, loc, log_scale), self._log_prob(z.detach(), loc, log_scale)
+
+    def floats_per_row(self) -> int:
+        """Temporary floats per row of z in a no-grad :meth:`log_prob` (see :func:`mixture_floats_per_row`)."""
+        return mixture_floats_per_row(self.components, self.dim)
 
 
 PRIORS = ("normal", "mog", "vamp")

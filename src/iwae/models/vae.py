@@ -101,6 +101,9 @@ class LogWeightParts:
     log_q_stop_params: torch.Tensor | None = None  # encoder parameters detached, samples attached
     log_q_stop_samples: torch.Tensor | None = None  # samples detached, parameters attached
     log_likelihood: torch.Tensor | None = None  # log p(x | z_1), the part of log_p that KL warm-up keeps
+    # log p(z_L) at detached samples: its gradient is the prior's direct dependence on the encoder
+    # (VampPrior); None where the prior has none or the view was not asked for
+    log_prior_direct: torch.Tensor | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -242,16 +245,20 @@ class VAE(nn.Module):
         *,
         stop_params: bool = False,
         stop_samples: bool = False,
+        prior_direct: bool = False,
     ) -> LogWeightParts:
         """The terms of the log-weights, with the views that gradient estimators need.
 
         One sampling and one decoder pass give ``log p(x, z_i)`` and ``log q(z_i | x)``, and
         optionally log q evaluated with the encoder's parameters detached (gradient reaches the
         encoder only through the samples z_i: STL, DReG) or at detached samples (gradient only
-        through the parameters: RWS).
+        through the parameters: RWS). With ``prior_direct``, and a prior that depends on the
+        encoder (VampPrior), also log p(z_L) at the detached top-layer samples, whose gradient is
+        that direct dependence alone (DReG, RWS-DReG).
         """
         loc, log_scale = self.encoder[0].loc_log_scale(x)
-        return self._log_weight_parts(x, loc, log_scale, num_samples, generator, stop_params, stop_samples)
+        return self._log_weight_parts(x, loc, log_scale, num_samples, generator, stop_params, stop_samples,
+                                      prior_direct)
 
     def _log_weight_parts(
         self,
@@ -262,6 +269,7 @@ class VAE(nn.Module):
         generator: torch.Generator | None,
         stop_params: bool = False,
         stop_samples: bool = False,
+        prior_direct: bool = False,
     ) -> LogWeightParts:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -284,9 +292,13 @@ class VAE(nn.Module):
             if stop_samples:
                 loc_s, log_scale_s = layer.loc_log_scale(z_below.detach())
                 log_q_ss = log_q_ss + _normal_log_prob(zs[-1].detach(), loc_s, log_scale_s)
-        log_p = self.prior_module.log_prob(zs[-1])
+        log_prior_direct = None
+        if prior_direct and self.prior_module.depends_on_encoder:
+            log_p, log_prior_direct = self.prior_module.log_prob_with_direct(zs[-1])
+        else:
+            log_p = self.prior_module.log_prob(zs[-1])
         for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
             loc_l, log_scale_l = layer.loc_log_scale(z_above)
             log_p = log_p + _normal_log_prob(z_below, loc_l, log_scale_l)
         log_lik = bernoulli_log_prob(self.decoder[0], zs[0], x)
-        return LogWeightParts(log_p + log_lik, log_q, log_q_sp, log_q_ss, log_lik)
+        return LogWeightParts(log_p + log_lik, log_q, log_q_sp, log_q_ss, log_lik, log_prior_direct)
