@@ -42,10 +42,27 @@ CPU_ROWS_PER_CALL = 2500
 
 
 def _bytes_per_row(model: VAE) -> int:
-    """Upper estimate of the float32 memory one sample of one image needs in a no-grad forward pass."""
+    """Upper estimate of the memory one sample of one image needs in a no-grad forward pass.
+
+    The pass runs in stages (the encoder layers above the first, log p(z_L), the Gaussian decoder
+    layers, p(x | z_1)) whose temporaries are freed before the next, so a row needs what it holds
+    throughout plus the largest stage. The prior's stage is the prior's own count
+    (``floats_per_row``): a mixture's per-component densities, C of them per row, can exceed the
+    networks' (measured in tests/test_memory_budget.py, which also pins this estimate within a
+    factor 2 of the measured peak).
+    """
     cfg = model.config
-    widths = 3 * cfg.input_dim + 3 * sum(sum(h) for h in cfg.hidden_dims) + 6 * sum(cfg.latent_dims)
-    return 4 * widths
+    widest = max(h for hs in cfg.hidden_dims for h in hs)
+    # held throughout: every layer's sample and noise, log q, log p, the log-weight pieces
+    held = 2 * sum(cfg.latent_dims) + 8
+    stages = (
+        3 * widest,  # a tanh layer: its input, 2h and the sigmoid
+        2 * cfg.input_dim + max(cfg.hidden_dims[0]),  # p(x | z_1): logits and softplus, the last hidden layer
+        widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
+        model.prior_module.floats_per_row(),  # log p(z_L)
+    )
+    element_size = next(model.parameters()).element_size()
+    return element_size * (held + max(stages))
 
 
 def _chunking(model: VAE, k: int, n: int, memory_budget: int, device: torch.device) -> tuple[int, int]:

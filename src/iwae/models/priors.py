@@ -52,12 +52,13 @@ def _diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.T
 def mixture_floats_per_row(components: int, dim: int) -> int:
     """Upper estimate of the temporary floats one row of z needs in a no-grad mixture log_prob.
 
-    One slice of c components: ``z - loc`` and ``eps`` (2 c D), ``eps^2`` and its sum (c D + c);
-    then the (C,) log-densities, their slices before the concatenation, ``log pi`` added and
-    logsumexp's shifted copy and exponentials (5 C).
+    While a slice of c components is computed, up to three ``(c, D)`` temporaries live at once
+    (``z - loc``, ``eps``, ``eps^2``; three is what torch's profiler measures) with the slices
+    done so far (< C) and a few ``(c,)`` sums; afterwards the ``(C,)`` log-densities live at most
+    three at a time (concatenation, ``log pi`` added, logsumexp's shifted copy and exponentials).
     """
     step = min(components, max(1, _COMPONENT_FLOATS // dim))
-    return 3 * step * dim + step + 5 * components
+    return max(3 * step * dim + components, 3 * components) + step
 
 
 class StandardNormalPrior(nn.Module):
