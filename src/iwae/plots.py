@@ -188,21 +188,44 @@ def plot_reconstructions(models: VAE | Mapping[str, VAE], x: torch.Tensor, path:
 
 
 # ----------------------------------------------------------------------------- latent space
+LATENT_SAMPLES = 100  # draws of the chain below the top layer for E_q[z_L | x], as active_units
+
+
 @torch.no_grad()
-def _posterior_means(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """E_q[z_L | x] of the top layer, the chain of :meth:`VAE.encode` (each layer at the mean of the one below)."""
+def _posterior_means(model: VAE, x: torch.Tensor, num_samples: int = LATENT_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """E_q[z_L | x] of the top layer, shape ``(N, D_L)``.
+
+    One layer: q(z_1 | x)'s mean. L > 1 layers: E_q[z_L | x] = E_{z_{L-1} ~ q(z_{L-1} | x)}[mean of
+    q(z_L | z_{L-1})], estimated by the average over ``num_samples`` draws of the chain
+    z_1, ..., z_{L-1} ~ q (seeded: the same figure every time). The mean of q(z_L | E[z_{L-1}]),
+    the chain of :meth:`VAE.encode`, is not that expectation when q(z_L | z_{L-1}) is nonlinear in
+    z_{L-1}. The estimator and the order of its random draws are those of
+    :func:`iwae.evaluate.active_units`, so with the same seed the variances of these points are
+    its A_u of the top layer.
+    """
     was_training = model.training
     model.eval()
-    q = model.encode(x.to(next(model.parameters()).device))
+    dev = next(model.parameters()).device
+    x = x.to(dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    loc, log_scale = model.encoder[0].loc_log_scale(x)
+    mean = loc
+    if model.num_layers > 1:
+        z = loc + log_scale.exp() * torch.randn((num_samples,) + loc.shape, generator=generator, device=dev)
+        for layer in model.encoder[1:]:
+            loc_l, log_scale_l = layer.loc_log_scale(z)  # (S, N, D_l)
+            mean = loc_l.mean(0)
+            z = loc_l + log_scale_l.exp() * torch.randn(loc_l.shape, generator=generator, device=dev)
     model.train(was_training)
-    return (q[-1] if isinstance(q, tuple) else q).mean.cpu()
+    return mean.cpu()
 
 
 def plot_latent(models: VAE | Mapping[str, VAE], x: torch.Tensor, path: str | os.PathLike, *,
                 labels: torch.Tensor | None = None, x_units: torch.Tensor | None = None, dpi: int = DPI) -> Path:
     """Posterior means E_q[z_L | x] of the rows of ``x`` in the top stochastic layer, coloured by ``labels``.
 
-    A 2-D latent is drawn directly. Otherwise the two dimensions with the largest activity
+    With L > 1 layers E_q[z_L | x] is a Monte Carlo average over 100 draws of the layers below
+    (see :func:`_posterior_means`), and the title says so. A 2-D latent is drawn directly. Otherwise the two dimensions with the largest activity
     A_u = Var_x(E_q[u | x]) are drawn: A_u from :func:`iwae.evaluate.active_units` on ``x_units``
     (pass the first 500 training images, as evaluation does), or, without ``x_units``, the variance
     of the plotted points' own posterior means. Axis labels give each unit's A_u; a unit with
@@ -229,10 +252,15 @@ def plot_latent(models: VAE | Mapping[str, VAE], x: torch.Tensor, path: str | os
             dims = [0, 0]
         colour = {} if labels is None else dict(c=np.asarray(labels[: len(z)]), cmap="tab10", vmin=-0.5, vmax=9.5)
         scatter = ax.scatter(z[:, dims[0]], z[:, dims[1]], s=4, alpha=0.7, **colour)
+        top = model.num_layers
         for setter, d in ((ax.set_xlabel, dims[0]), (ax.set_ylabel, dims[1])):
             state = "" if a_u[d] > ACTIVE_THRESHOLD else ", inactive"
-            setter(f"E[z_{d + 1} | x]  (A_u = {a_u[d]:.3g}{state})")
+            unit = f"z_{d + 1}" if top == 1 else f"z_{top}[{d + 1}]"  # unit d + 1 of the top layer
+            setter(f"E[{unit} | x]  (A_u = {a_u[d]:.3g}{state})")
         heading = f"{title + ': ' if title else ''}posterior means, {len(z)} test images"
+        if top > 1:  # the expectation over the layers below is estimated, not exact
+            below = "z_1" if top == 2 else f"z_1..z_{top - 1}"
+            heading += f"\nE_q[z_{top} | x] averaged over {LATENT_SAMPLES} draws of {below}"
         if z.shape[1] != 2:
             heading += f"\n2 most active of {z.shape[1]} units ({source})"
         ax.set_title(heading, fontsize=10)
