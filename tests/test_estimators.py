@@ -179,3 +179,28 @@ def test_objective_spec_valid_and_labels():
     for beta in (0.0, 1.0):
         ObjectiveSpec("ciwae", k=5, beta=beta)
     ObjectiveSpec("miwae", k=7, m=7)
+
+
+@pytest.mark.parametrize("estimator,objective", [("dreg", "iwae"), ("dreg", "miwae"), ("dreg", "ciwae"),
+                                                 ("dreg", "piwae"), ("rws-dreg", "iwae")])
+def test_gradient_terms_refuses_vamp_parts_without_the_prior_view(estimator, objective):
+    """With the VampPrior, DReG (other than for the ELBO) and RWS-DReG need log p(stop_grad(z_L)):
+    parts from log_weight_parts(..., stop_params=True) without prior_direct=True are refused with a
+    ValueError that names the missing option (they would give the prior's direct term the path's
+    weights: a biased gradient). The same parts with a normal prior, or with the view, are accepted."""
+    m = 2 if objective in ("miwae", "piwae") else 1
+    spec = ObjectiveSpec(objective, k=4, m=m, estimator=estimator)
+    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),), prior="vamp",
+                                  prior_components=3))
+    parts = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True)
+    assert parts.log_prior_direct is None
+    with pytest.raises(ValueError, match=r"prior_direct=True") as info:
+        gradient_terms(model, parts, spec)
+    assert estimator in str(info.value) and "VampPrior" in str(info.value)
+    with_view = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True, prior_direct=True)
+    assert with_view.log_prior_direct is not None
+    gradient_terms(model, with_view, spec)
+    normal, x = _setup()
+    parts = normal.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True, prior_direct=True)
+    assert parts.log_prior_direct is None  # N(0, I) has no direct dependence on the encoder
+    gradient_terms(normal, parts, spec)

@@ -215,3 +215,31 @@ def test_cli_trains_a_vamp_prior(shared_data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     model = iwae.load(tmp_path / "run")
     assert model.config.prior == "vamp" and model.prior_module.pseudo_inputs.shape == (10, 784)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_vamp_log_prob_with_direct_splits_the_gradient(layers):
+    """VampPrior.log_prob_with_direct(z) gives log p(z) twice in value; the second's gradient is
+    the prior's direct dependence on the encoder alone: none reaches z, and the encoder's gradient
+    equals that of log p(stop_grad(z)), and is not zero. The normal and mixture priors have no
+    such term (None)."""
+    model = _model("vamp", components=4, layers=layers)
+    prior = model.prior_module
+    assert prior.depends_on_encoder
+    z = torch.randn(5, 3, model.config.latent_dims[-1], dtype=F64, requires_grad=True)
+    full, direct = prior.log_prob_with_direct(z)
+    torch.testing.assert_close(full, prior.log_prob(z), rtol=0, atol=0)
+    torch.testing.assert_close(direct, full, rtol=0, atol=0)
+    enc = model.encoder_parameters()
+    assert torch.autograd.grad(direct.sum(), z, allow_unused=True)[0] is None
+    g_direct = torch.autograd.grad(direct.sum(), enc, retain_graph=True)
+    g_want = torch.autograd.grad(prior.log_prob(z.detach()).sum(), enc)
+    for a, b in zip(g_direct, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert max(g.abs().max().item() for g in g_direct) > 1e-6  # the direct term is there
+    for name in ("normal", "mog"):
+        other = _model(name, components=1 if name == "normal" else 3, layers=layers).prior_module
+        assert not other.depends_on_encoder
+        value, none = other.log_prob_with_direct(z.detach())
+        assert none is None
+        torch.testing.assert_close(value, other.log_prob(z.detach()), rtol=0, atol=0)
