@@ -1,0 +1,106 @@
+"""Tests for the CUDA path (issue 14) that run on CPU: kernels chosen by device, the q_EW figure's
+tensors on the model's device, sampling that leaves every global RNG alone; and, marked ``cuda``
+(skipped where CUDA is absent, run by benchmarks/gpu_check.sh), the same on a real GPU.
+
+Without a GPU the CUDA branches are reached through the meta device (tensors with a device and a
+shape but no data) or by asking the selection functions about ``torch.device("cuda")``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iwae.models import VAE, ModelConfig
+from iwae.models import networks
+from iwae.models.networks import BernoulliMLP, Tanh, output_layer_kernel, tanh_kernel
+
+
+
+def cuda(test):
+    """Marks a test ``cuda`` and skips it where CUDA is absent (``pytest -m cuda`` selects them)."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    return pytest.mark.cuda(skip(test))
+
+
+# ----------------------------------------------------------------------------- item 3: kernels by device
+def test_cpu_and_cuda_tanh_kernels_agree_in_value_and_gradient():
+    """2 sigmoid(2h) - 1 (CPU's kernel) and torch.tanh (CUDA's), run both on CPU: same values and
+    gradients to float32 rounding, including saturated inputs."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.cat([4.0 * torch.randn(2000, generator=g), torch.tensor([-30.0, -10.0, 0.0, 10.0, 30.0])])
+    cpu_kernel, cuda_kernel = tanh_kernel(torch.device("cpu")), tanh_kernel(torch.device("cuda"))
+    assert cpu_kernel is not cuda_kernel
+    h1, h2 = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    y1, y2 = cpu_kernel(h1), cuda_kernel(h2)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=3e-7)
+    upstream = torch.randn(h.shape, generator=g)
+    (g1,), (g2,) = torch.autograd.grad(y1, h1, upstream), torch.autograd.grad(y2, h2, upstream)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-6)
+    # negative control: the tolerance is tight enough to see a wrong formula
+    assert not torch.allclose(torch.sigmoid(h), y2, atol=1e-3)
+
+
+def test_cpu_and_cuda_output_layer_kernels_agree_in_value_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    h, w, b = torch.randn(3, 4, 20, generator=g), torch.randn(9, 20, generator=g), torch.randn(9, generator=g)
+    args1 = [t.clone().requires_grad_(True) for t in (h, w, b)]
+    args2 = [t.clone().requires_grad_(True) for t in (h, w, b)]
+    y1, y2 = output_layer_kernel(torch.device("cpu"))(*args1), output_layer_kernel(torch.device("cuda"))(*args2)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(y1, h @ w.t() + b)  # both are the affine map
+    upstream = torch.randn(y1.shape, generator=g)
+    for a1, a2 in zip(torch.autograd.grad(y1, args1, upstream), torch.autograd.grad(y2, args2, upstream)):
+        torch.testing.assert_close(a1, a2)
+
+
+def test_cuda_selects_torch_tanh_and_f_linear_cpu_the_tuned_kernels():
+    assert tanh_kernel(torch.device("cuda")) is torch.tanh
+    assert tanh_kernel(torch.device("cuda:1")) is torch.tanh
+    assert output_layer_kernel(torch.device("cuda")) is F.linear
+    assert tanh_kernel(torch.device("cpu")) is networks._tanh_via_sigmoid
+    assert output_layer_kernel(torch.device("cpu")) is networks._linear_then_bias
+
+
+def test_modules_pick_their_kernel_from_the_tensor_s_device(monkeypatch):
+    """On a non-CPU device (meta here: CUDA's branch, no data) the decoder runs torch.tanh and F.linear,
+    never the CPU kernels; on CPU it runs the CPU kernels."""
+    calls = []
+    for name in ("_tanh_via_sigmoid", "_linear_then_bias"):
+        real = getattr(networks, name)
+        monkeypatch.setattr(networks, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    real_tanh, real_linear = torch.tanh, F.linear
+    monkeypatch.setattr(torch, "tanh", lambda *a: calls.append("torch.tanh") or real_tanh(*a))
+    monkeypatch.setattr(F, "linear", lambda *a: calls.append("F.linear") or real_linear(*a))
+
+    decoder = BernoulliMLP(3, [5, 6], 7)
+    logits = decoder.logits(torch.randn(4, 2, 3))
+    assert logits.shape == (4, 2, 7)
+    assert calls.count("_tanh_via_sigmoid") == 2 and calls.count("_linear_then_bias") == 1
+    assert "torch.tanh" not in calls
+
+    calls.clear()
+    meta = decoder.to("meta")
+    logits = meta.logits(torch.empty(4, 2, 3, device="meta"))
+    assert logits.device.type == "meta" and logits.shape == (4, 2, 7)
+    assert calls.count("torch.tanh") == 2 and calls.count("F.linear") == 3  # two hidden layers and the head
+    assert "_tanh_via_sigmoid" not in calls and "_linear_then_bias" not in calls
+    assert Tanh()(torch.empty(5, device="meta")).device.type == "meta"
+
+
+@cuda
+def test_cuda_decoder_matches_the_cpu_decoder_and_stays_on_the_gpu():
+    torch.manual_seed(0)
+    decoder = BernoulliMLP(50, [200, 200], 784)
+    z = torch.randn(5, 20, 50)
+    ref = decoder.logits(z)
+    gpu = decoder.to("cuda")
+    out = gpu.logits(z.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)  # TF32 may be on
+    h = torch.randn(1000, device="cuda", requires_grad=True)
+    y = Tanh()(h)
+    y.sum().backward()
+    torch.testing.assert_close(y, torch.tanh(h.detach()))
+    assert h.grad.device.type == "cuda"
