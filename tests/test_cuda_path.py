@@ -104,3 +104,61 @@ def test_cuda_decoder_matches_the_cpu_decoder_and_stays_on_the_gpu():
     y.sum().backward()
     torch.testing.assert_close(y, torch.tanh(h.detach()))
     assert h.grad.device.type == "cuda"
+
+
+@cuda
+def test_a_training_step_and_its_gradients_stay_on_the_gpu():
+    from iwae.objectives import iwae
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig.burda(2)).cuda()
+    x = torch.bernoulli(torch.full((20, 784), 0.3, device="cuda"))
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    log_w = model.log_weights(x, 50, generator)
+    assert log_w.shape == (50, 20) and log_w.device.type == "cuda" and torch.isfinite(log_w).all()
+    (-iwae(log_w).mean()).backward()
+    assert all(p.grad is not None and p.grad.device.type == "cuda" for p in model.parameters())
+
+
+@cuda
+def test_cuda_sampling_leaves_every_global_stream_alone():
+    from iwae import plots
+
+    model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,)))).cuda()
+    cpu, gpus = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    a = plots.sample_images(model, 8, seed=3, probabilities=False)
+    assert torch.equal(a, plots.sample_images(model, 8, seed=3, probabilities=False))
+    assert a.device.type == "cpu" and set(a.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(torch.get_rng_state(), cpu)
+    assert all(torch.equal(x, y) for x, y in zip(torch.cuda.get_rng_state_all(), gpus))
+
+
+@cuda
+def test_the_qew_figure_runs_with_a_model_on_the_gpu(tmp_path):
+    """The q_EW report and figure of a CUDA model: the exact (sampling-free) columns agree with the
+    CPU model's, and the figure is written."""
+    from iwae.posterior_figure import qew_figure, qew_report
+
+    torch.manual_seed(1)
+    model = VAE(ModelConfig(input_dim=8, latent_dims=(2,), hidden_dims=((16,),))).eval()
+    x = torch.bernoulli(torch.full((2, 8), 0.5))
+    ref = qew_report(model, x, ks=(1, 5), samples=2000, generator=torch.Generator().manual_seed(0), grid_size=31)
+    gpu, xg = model.cuda(), x.cuda()
+    rows = qew_figure(gpu, xg, (1, 5), tmp_path / "qew.png", samples=2000,
+                      generator=torch.Generator(device="cuda").manual_seed(0), grid_size=31)
+    assert (tmp_path / "qew.png").stat().st_size > 0
+    for r, c in zip(rows, ref):
+        assert (r["image"], r["k"]) == (c["image"], c["k"])
+        for key in ("tv_q", "kl_q", "edge_mass", "half_width"):
+            assert r[key] == pytest.approx(c[key], rel=1e-3, abs=1e-4), key
+
+
+@cuda
+def test_a_real_cuda_out_of_memory_is_a_device_failure():
+    from iwae.reproduce import is_device_failure
+
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # a petabyte
+    assert is_device_failure(caught.value)
+    torch.cuda.empty_cache()
+    assert torch.ones(3, device="cuda").sum().item() == 3.0  # out of memory leaves the context usable
