@@ -232,17 +232,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batches", default="20,100", help="training batch sizes, comma-separated (default 20,100)")
     parser.add_argument("--ks", default="1,5,50", help="training k, comma-separated (default 1,5,50)")
+    parser.add_argument("--gemm-sizes", default=None,
+                        help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)")
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "bench.py: error: --device cuda, but CUDA is not available on this machine\n")
     try:
-        batches, ks = ([int(v) for v in value.split(",")] for value in (args.batches, args.ks))
+        default_sizes = "2048,4096,8192" if DEVICE.type == "cuda" else "1024,2048,3072"
+        batches, ks, sizes = ([int(v) for v in value.split(",")]
+                              for value in (args.batches, args.ks, args.gemm_sizes or default_sizes))
     except ValueError:
-        parser.exit(2, "bench.py: error: --batches and --ks want comma-separated integers\n")
-    if not batches or not ks or min(batches + ks) < 1:
-        parser.exit(2, "bench.py: error: --batches and --ks must be positive integers\n")
+        parser.exit(2, "bench.py: error: --batches, --ks and --gemm-sizes want comma-separated integers\n")
+    if not batches or not ks or not sizes or min(batches + ks + sizes) < 1:
+        parser.exit(2, "bench.py: error: --batches, --ks and --gemm-sizes must be positive integers\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_allocator()  # as iwae.train and iwae.evaluate do
@@ -258,8 +262,8 @@ def main() -> None:
         return
 
     cfg = ModelConfig.burda(1)
-    gemm_peak(repeats=10)  # warm-up: wakes the cores and threads before anything is timed
-    peak = gemm_peak((2048, 4096, 8192) if DEVICE.type == "cuda" else (1024, 2048, 3072))
+    gemm_peak(sizes, repeats=10)  # warm-up: wakes the cores and threads before anything is timed
+    peak = gemm_peak(sizes)
     print(f"# iwae benchmark: torch {torch.__version__}, {where}")
     print(f"float32 GEMM peak (torch.mm on {DEVICE}): {peak:.0f} GFLOP/s\n")
     variants = [("iwae", contextlib.nullcontext)] if args.impl == "iwae" else [("plain eager", plain_kernels)]
@@ -269,14 +273,16 @@ def main() -> None:
         for k in ks:
             flops = 3 * matmul_flops(cfg, batch, batch * k)
             rates = [(name, _with(ctx, train_step_rate, batch, k, args.seconds)) for name, ctx in variants]
-            rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True)))
+            rates.append(("its matrix products alone",
+                          gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True, min(1.0, args.seconds))))
             for name, rate in rates:
                 print(f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
                       f"{rate * flops / 1e9 / peak:.0%} |", flush=True)
     flops_img = matmul_flops(cfg, 1, 5000)
     rates = [(name, _with(ctx, eval_rate, args.eval_images)) for name, ctx in variants]
     rows = CPU_ROWS_PER_CALL if DEVICE.type == "cpu" else 5000  # one decoder call of L_5000, forward only
-    rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, 1, rows), False) * rows / 5000))
+    rates.append(("its matrix products alone",
+                  gemm_only_rate(_linear_shapes(cfg, 1, rows), False, min(1.0, args.seconds)) * rows / 5000))
     for name, rate in rates:
         gflops = rate * flops_img / 1e9
         full = 10000 / rate

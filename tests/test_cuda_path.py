@@ -8,6 +8,12 @@ shape but no data) or by asking the selection functions about ``torch.device("cu
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,3 +168,29 @@ def test_a_real_cuda_out_of_memory_is_a_device_failure():
     assert is_device_failure(caught.value)
     torch.cuda.empty_cache()
     assert torch.ones(3, device="cuda").sum().item() == 3.0  # out of memory leaves the context usable
+
+
+# ----------------------------------------------------------------------------- benchmarks/gpu_check.sh
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_clearly_without_cuda():
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "gpu_check.sh: error: CUDA is not available" in done.stderr
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--fast"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "unknown argument --fast" in bad.stderr
+
+
+def test_the_kernel_benchmark_times_both_variants_and_names_the_one_in_use():
+    spec = importlib.util.spec_from_file_location("iwae_kernels_bench", ROOT / "benchmarks" / "kernels.py")
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    rows = kernels.kernel_rows(torch.device("cpu"), 50, seconds=0.01)
+    assert len(rows) == 6 and all(seconds > 0 for _, _, seconds, _ in rows)
+    used = {variant for _, variant, _, in_use in rows if in_use}
+    assert used == {"2 sigmoid(2h) - 1", "matmul + add_(bias)", "iwae fused"}  # CPU's choices
