@@ -31,13 +31,15 @@ if [ "$DEVICE" != cuda ] && [ "$DEVICE" != cpu ]; then
     exit 2
 fi
 PY=${PYTHON:-$(command -v python || command -v python3 || true)}
-if [ -z "$PY" ] || ! "$PY" -c "import torch" 2>/dev/null; then
-    echo "gpu_check.sh: error: no python with torch found (set PYTHON=/path/to/python)" >&2
-    exit 2
-fi
-if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "gpu_check.sh: error: CUDA is not available to torch $("$PY" -c 'import torch; print(torch.__version__)') \
-(built for CUDA $("$PY" -c 'import torch; print(torch.version.cuda)')); run it on a GPU machine, or --device cpu to try the steps" >&2
+# one python start (torch takes seconds to import): says what is missing, or nothing
+PROBLEM=$("${PY:-false}" -c "
+import torch, sys
+if sys.argv[1] == 'cuda' and not torch.cuda.is_available():
+    print(f'CUDA is not available to torch {torch.__version__} (built for CUDA {torch.version.cuda}); '
+          f'run it on a GPU machine, or --device cpu to try the steps')
+" "$DEVICE" 2>/dev/null) || PROBLEM="no python with torch found (set PYTHON=/path/to/python)"
+if [ -n "$PROBLEM" ]; then
+    echo "gpu_check.sh: error: $PROBLEM" >&2
     exit 2
 fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
