@@ -3,6 +3,7 @@
     python benchmarks/bench.py                 # about a minute on 2 CPU cores
     IWAE_KEEP_MALLOC=1 python benchmarks/bench.py --impl plain   # the plain eager baseline
     python benchmarks/bench.py --eval-images 10000   # L_5000 on the whole MNIST test set
+    python benchmarks/bench.py --device cuda --batches 20 --ks 1,50 --no-estimators   # as gpu_check.sh
 
 Measures, in one run:
 1. the float32 GEMM peak of torch.mm (best over square sizes), in GFLOP/s;
@@ -20,6 +21,10 @@ A step's time is the median over repetitions of a block of steps. Last,
 ``--impl plain`` times the same model with PyTorch's ``nn.Tanh`` and
 ``binary_cross_entropy_with_logits`` instead of iwae's kernels; with ``IWAE_KEEP_MALLOC=1`` it also
 keeps glibc's default allocator settings (see ``iwae.runtime``): the clean eager baseline.
+
+``--device cuda`` runs everything on the GPU (the GEMM peak is then the GPU's, at torch's current
+TF32 setting, which the header prints); every timed block ends with a CUDA synchronisation.
+``benchmarks/kernels.py`` times the kernels iwae chooses by device, both variants of each.
 """
 
 from __future__ import annotations
@@ -43,17 +48,28 @@ from iwae.objectives import iwae
 from iwae.runtime import tune_allocator
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def _sync() -> None:
+    """Waits for the GPU's queued work (a no-op on CPU): timings must end when the work does."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def gemm_peak(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
     """Best float32 torch.mm throughput over square sizes, GFLOP/s."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        out = torch.empty(n, n)
+        a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+        out = torch.empty(n, n, device=DEVICE)
         for _ in range(2):
             torch.mm(a, b, out=out)
         for _ in range(repeats):
+            _sync()
             t = time.perf_counter()
             torch.mm(a, b, out=out)
+            _sync()
             best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -77,11 +93,12 @@ def gemm_only_rate(shapes: list[tuple[int, int, int]], backward: bool, seconds: 
     preallocated outputs: the ceiling a step could reach if nothing else took time."""
     ops = []
     for rows, i, o in shapes:
-        x, w, y = torch.randn(rows, i), torch.randn(o, i), torch.randn(rows, o)
-        ops.append((x, w.t(), torch.empty(rows, o)))  # forward: y = x W^T
+        x, w, y = (torch.randn(rows, i, device=DEVICE), torch.randn(o, i, device=DEVICE),
+                   torch.randn(rows, o, device=DEVICE))
+        ops.append((x, w.t(), torch.empty(rows, o, device=DEVICE)))  # forward: y = x W^T
         if backward:
-            ops.append((y.t(), x, torch.empty(o, i)))  # dW = dy^T x
-            ops.append((y, w, torch.empty(rows, i)))  # dx = dy W
+            ops.append((y.t(), x, torch.empty(o, i, device=DEVICE)))  # dW = dy^T x
+            ops.append((y, w, torch.empty(rows, i, device=DEVICE)))  # dx = dy W
 
     def run():
         for a, b, out in ops:
@@ -95,9 +112,11 @@ def gemm_only_rate(shapes: list[tuple[int, int, int]], backward: bool, seconds: 
 
 
 def _time(fn, n: int = 1) -> float:
+    _sync()
     t = time.perf_counter()
     for _ in range(n):
         fn()
+    _sync()
     return (time.perf_counter() - t) / n
 
 
@@ -119,9 +138,9 @@ def plain_kernels():
 
 def train_step_rate(batch: int, k: int, seconds: float = 2.0) -> float:
     torch.manual_seed(0)
-    model = VAE(ModelConfig.burda(1))
+    model = VAE(ModelConfig.burda(1)).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
-    x = torch.bernoulli(torch.rand(batch, 784))
+    x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -135,11 +154,11 @@ def estimator_step(estimator: str, batch: int = 20, k: int = 50):
     """One training step (sampling, the estimator's backward passes, Adam) of the 1-layer model on
     IWAE(k) with ``estimator``, through iwae.estimators.accumulate_gradients as iwae.train runs it."""
     torch.manual_seed(0)
-    model = VAE(ModelConfig.burda(1))
+    model = VAE(ModelConfig.burda(1)).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
-    x = torch.bernoulli(torch.rand(batch, 784))
+    x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
     spec = ObjectiveSpec("iwae", k=k, estimator=estimator)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -156,24 +175,17 @@ def _step_rate(step, seconds: float) -> float:
     while time.perf_counter() - t < 0.3 or n < 5:  # warm-up, and size the blocks
         step()
         n += 1
+    _sync()
     block = max(3, int(n / (time.perf_counter() - t) * seconds / 7))
-    times = []
-    for _ in range(7):
-        t = time.perf_counter()
-        for _ in range(block):
-            step()
-        times.append((time.perf_counter() - t) / block)
-    return 1.0 / statistics.median(times)
+    return 1.0 / statistics.median(_time(step, block) for _ in range(7))
 
 
 def eval_rate(images: int, k: int = 5000) -> float:
     torch.manual_seed(0)
-    model = VAE(ModelConfig.burda(1)).eval()
-    x = torch.bernoulli(torch.rand(images, 784))
+    model = VAE(ModelConfig.burda(1)).to(DEVICE).eval()
+    x = torch.bernoulli(torch.rand(images, 784)).to(DEVICE)
     log_likelihood(model, x[:1], k)  # warm-up
-    t = time.perf_counter()
-    log_likelihood(model, x, k)
-    return images / (time.perf_counter() - t)
+    return images / _time(lambda: log_likelihood(model, x, k))
 
 
 def _with(ctx, fn, *args):
@@ -216,37 +228,61 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
     parser.add_argument("--estimators", action="store_true",
                         help="run only the gradient estimators' section (steps/s of reparam, stl, dreg, rws)")
+    parser.add_argument("--no-estimators", action="store_true", help="leave the gradient estimators' section out")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batches", default="20,100", help="training batch sizes, comma-separated (default 20,100)")
+    parser.add_argument("--ks", default="1,5,50", help="training k, comma-separated (default 1,5,50)")
+    parser.add_argument("--gemm-sizes", default=None,
+                        help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "bench.py: error: --device cuda, but CUDA is not available on this machine\n")
+    try:
+        default_sizes = "2048,4096,8192" if DEVICE.type == "cuda" else "1024,2048,3072"
+        batches, ks, sizes = ([int(v) for v in value.split(",")]
+                              for value in (args.batches, args.ks, args.gemm_sizes or default_sizes))
+    except ValueError:
+        parser.exit(2, "bench.py: error: --batches, --ks and --gemm-sizes want comma-separated integers\n")
+    if not batches or not ks or not sizes or min(batches + ks + sizes) < 1:
+        parser.exit(2, "bench.py: error: --batches, --ks and --gemm-sizes must be positive integers\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_allocator()  # as iwae.train and iwae.evaluate do
+    if DEVICE.type == "cuda":
+        where = (f"{torch.cuda.get_device_name(DEVICE)}, CUDA {torch.version.cuda}, "
+                 f"TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+    else:
+        where = (f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+                 f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     if args.estimators:
-        print(f"# iwae benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+        print(f"# iwae benchmark: torch {torch.__version__}, {where}")
         estimator_table(args.seconds)
         return
 
     cfg = ModelConfig.burda(1)
-    gemm_peak(repeats=10)  # warm-up: wakes the cores and threads before anything is timed
-    peak = gemm_peak()
-    print(f"# iwae benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"float32 GEMM peak (torch.mm): {peak:.0f} GFLOP/s\n")
+    gemm_peak(sizes, repeats=10)  # warm-up: wakes the cores and threads before anything is timed
+    peak = gemm_peak(sizes)
+    print(f"# iwae benchmark: torch {torch.__version__}, {where}")
+    print(f"float32 GEMM peak (torch.mm on {DEVICE}): {peak:.0f} GFLOP/s\n")
     variants = [("iwae", contextlib.nullcontext)] if args.impl == "iwae" else [("plain eager", plain_kernels)]
     print("| what | batch | k | implementation | rate | GFLOP/s | of GEMM peak |")
     print("|---|---|---|---|---|---|---|")
-    for batch in (20, 100):
-        for k in (1, 5, 50):
+    for batch in batches:
+        for k in ks:
             flops = 3 * matmul_flops(cfg, batch, batch * k)
             rates = [(name, _with(ctx, train_step_rate, batch, k, args.seconds)) for name, ctx in variants]
-            rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True)))
+            rates.append(("its matrix products alone",
+                          gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True, min(1.0, args.seconds))))
             for name, rate in rates:
                 print(f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
                       f"{rate * flops / 1e9 / peak:.0%} |", flush=True)
     flops_img = matmul_flops(cfg, 1, 5000)
     rates = [(name, _with(ctx, eval_rate, args.eval_images)) for name, ctx in variants]
-    rows = CPU_ROWS_PER_CALL  # one decoder call of L_5000, forward only
-    rates.append(("its matrix products alone", gemm_only_rate(_linear_shapes(cfg, 1, rows), False) * rows / 5000))
+    rows = CPU_ROWS_PER_CALL if DEVICE.type == "cpu" else 5000  # one decoder call of L_5000, forward only
+    rates.append(("its matrix products alone",
+                  gemm_only_rate(_linear_shapes(cfg, 1, rows), False, min(1.0, args.seconds)) * rows / 5000))
     for name, rate in rates:
         gflops = rate * flops_img / 1e9
         full = 10000 / rate
@@ -254,7 +290,7 @@ def main() -> None:
         print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
               f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s the peak allows) |",
               flush=True)
-    if args.impl == "iwae":  # the estimators' section times iwae's own kernels
+    if args.impl == "iwae" and not args.no_estimators:  # the estimators' section times iwae's own kernels
         estimator_table(args.seconds)
 
 

@@ -81,6 +81,51 @@ def test_sample_images_shapes_and_binary():
     assert set(binary.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_sample_images_leaves_the_global_random_state_alone(monkeypatch):
+    """Sampling draws from a generator of its own: the CPU stream is unchanged and no CUDA device is
+    reseeded (torch.manual_seed would call torch.cuda.manual_seed_all; recorded here by a mock)."""
+    cuda_calls = []
+    for name in ("manual_seed", "manual_seed_all", "set_rng_state", "set_rng_state_all", "seed", "seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: cuda_calls.append(_name))
+    model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,)), prior="mog", prior_components=3))
+    torch.manual_seed(123)
+    cuda_calls.clear()
+    before = torch.get_rng_state()
+    a = plots.sample_images(model, 8, seed=1, probabilities=False)
+    b = plots.sample_images(model, 8, seed=1, probabilities=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert cuda_calls == []
+    assert torch.equal(a, b)  # same seed, same samples
+    assert not torch.equal(plots.sample_images(model, 8, seed=1), plots.sample_images(model, 8, seed=2))
+
+
+@pytest.mark.parametrize("prior, components", [("normal", 1), ("mog", 3), ("vamp", 4)])
+def test_prior_draws_from_a_generator_follow_the_prior(prior, components):
+    """The generator-driven prior sampler against the prior's own mean and variance (mixture: sum_c pi_c
+    mu_c and sum_c pi_c (sigma_c^2 + mu_c^2) - mean^2), 200,000 draws; a mixture sampled from one
+    component only must fail the same check."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dims=(3,), hidden_dims=((10,),), prior=prior, prior_components=components))
+    with torch.no_grad():
+        if prior == "mog":
+            model.prior_module.loc.mul_(3.0)
+        dist = model.prior
+        z = plots._sample_prior(dist, 200_000, torch.Generator().manual_seed(0))
+    assert z.shape == (200_000, 3)
+    if isinstance(dist, torch.distributions.MixtureSameFamily):
+        pi = dist.mixture_distribution.probs[:, None]
+        mu, sigma = dist.component_distribution.base_dist.loc, dist.component_distribution.base_dist.scale
+        mean = (pi * mu).sum(0)
+        var = (pi * (sigma.square() + mu.square())).sum(0) - mean.square()
+        if prior == "mog":  # negative control: one component's draws are not the mixture's
+            one = mu[0] + sigma[0] * torch.randn(200_000, 3, generator=torch.Generator().manual_seed(1))
+            assert ((one.mean(0) - mean).abs() > 5 * (var / 200_000).sqrt()).any()
+    else:
+        mean, var = torch.zeros(3), torch.ones(3)
+    assert ((z.mean(0) - mean).abs() < 5 * (var / 200_000).sqrt()).all(), (z.mean(0), mean)
+    torch.testing.assert_close(z.var(0), var, rtol=0.03, atol=1e-3)
+
+
 @pytest.mark.parametrize("ext, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_vector_formats_by_extension(tmp_path, ext, magic):
     path = plots.plot_toy(tmp_path / f"toy.{ext}")

@@ -50,6 +50,22 @@ def test_tv_to_the_posterior_decreases_with_k(extent):
             assert row["qew_inside"] > 0.99 and row["q_inside"] > 0.99
 
 
+@pytest.mark.parametrize("extent, grid", [("auto", None), (4.0, None), ("auto", torch.linspace(-3.0, 3.0, 11))])
+def test_every_tensor_is_built_on_the_model_s_device(extent, grid, tmp_path):
+    """With torch's default device set to meta, any tensor built without naming the model's device
+    lands on meta and the report fails (no data to copy); built on x's device, the report and the
+    figure are what they are without it. (On a GPU, test_cuda_path runs the figure on CUDA itself.)"""
+    model = poor_q_model()
+    x = torch.bernoulli(torch.full((2, 8), 0.5), generator=gen(3))
+    args = dict(ks=(1, 3), samples=300, grid_size=15, extent=extent, grid=grid)
+    ref = qew_report(model, x, generator=gen(0), **args)
+    with torch.device("meta"):
+        got = qew_report(model, x, generator=gen(0), **args)
+        figure_rows = qew_figure(model, x[:1], path=tmp_path / "q.png", generator=gen(0), **args)
+    assert got == ref
+    assert figure_rows == ref[:2] and (tmp_path / "q.png").stat().st_size > 0
+
+
 def test_same_seed_same_report():
     model = poor_q_model()
     x = torch.ones(1, 8)

@@ -372,3 +372,190 @@ def test_a_ray_address_that_does_not_answer_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "cannot connect to the Ray cluster at 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- device failures (issue 14)
+FAULTS_ENV = "IWAE_TEST_FAULTS"  # {run name: [error kind per attempt, None: no fault]} as JSON, and a log file
+
+
+def _faulty_worker(slots, threads, device, progress=False):
+    """A worker initializer (run in each spawned worker) that makes the runs named in $IWAE_TEST_FAULTS
+    raise, per attempt, the error it lists, and logs every attempt (pid, run, error) to a file."""
+    import iwae.reproduce as reproduce_module
+
+    reproduce_module._init_worker(slots, threads, device, *([progress] if progress else []))
+    faults, log = json.loads(os.environ[FAULTS_ENV]), Path(os.environ[FAULTS_ENV + "_LOG"])
+    real = reproduce_module.train_or_resume
+
+    def train_or_resume(config, **kwargs):
+        name = Path(config.out).name
+        attempt = sum(1 for line in log.read_text().splitlines() if line.split()[1] == name) if log.exists() else 0
+        kinds = faults.get(name, [])
+        kind = kinds[attempt] if attempt < len(kinds) else None
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {name} {kind}\n")
+        if kind == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        if kind == "cuda":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected by the test)")
+        if kind == "value":
+            raise ValueError("a plain failure of the run (injected by the test)")
+        return real(config, **kwargs)
+
+    reproduce_module.train_or_resume = train_or_resume
+
+
+def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp_path, shared_data_dir, monkeypatch):
+    """Through the worker pool: a run that runs out of memory once is retried in a fresh worker and
+    finishes; one whose CUDA fails every time fails, after exactly two attempts in two processes,
+    with its own error; a plain error is not retried (and the run sharing the broken pool is unharmed)."""
+    import iwae.reproduce as reproduce_module
+
+    faults = {"oom-once": ["oom"], "cuda-always": ["cuda", "cuda"], "plain": ["value"]}
+    log = tmp_path / "attempts.log"
+    monkeypatch.setenv(FAULTS_ENV, json.dumps(faults))
+    monkeypatch.setenv(FAULTS_ENV + "_LOG", str(log))
+    monkeypatch.setattr(reproduce_module, "_init_worker", _faulty_worker)
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2}
+                                                    for n in ("oom-once", "cuda-always", "plain")])
+    out = tmp_path / "out"
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)
+    assert summary.status == {"oom-once": "done", "cuda-always": "failed", "plain": "failed"}
+    attempts = [line.split() for line in log.read_text().splitlines()]
+    tries = {n: [a for a in attempts if a[1] == n] for n in faults}
+    assert len(tries["oom-once"]) == 2 and len(tries["cuda-always"]) == 2 and len(tries["plain"]) == 1
+    assert tries["cuda-always"][0][0] != tries["cuda-always"][1][0]  # a fresh process the second time
+    error = read_json(out / "runs" / "cuda-always" / ERROR_FILE)
+    assert error["error"].startswith("RuntimeError: CUDA error: an illegal memory access") and "twice" in error["error"]
+    assert "Traceback" in error["traceback"] and error["device_failure"] is True
+    assert read_json(out / "runs" / "plain" / ERROR_FILE)["error"].startswith("ValueError: a plain failure")
+    assert not (out / "runs" / "oom-once" / ERROR_FILE).exists() and (out / "runs" / "oom-once" / RESULT_FILE).is_file()
+    assert {r["name"]: r["status"] for r in read_json(out / STATE_FILE)["runs"]}["cuda-always"] == "failed"
+
+
+def test_device_failures_are_told_from_other_errors():
+    from iwae.reproduce import is_device_failure
+
+    assert is_device_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert is_device_failure(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    if hasattr(torch, "AcceleratorError"):
+        assert is_device_failure(torch.AcceleratorError("CUDA error: device-side assert triggered"))
+    assert is_device_failure(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert is_device_failure(torch.cuda.CudaError.__new__(torch.cuda.CudaError))  # its __init__ needs a CUDA build
+    assert not is_device_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+    assert not is_device_failure(ValueError("CUDA is not available"))
+    assert not is_device_failure(FloatingPointError("the bound is NaN"))
+
+
+def test_one_cuda_worker_is_still_a_process_of_its_own(tmp_path, monkeypatch):
+    """With one GPU the default is one worker; it runs in a worker process (so that a device failure
+    can take the process, not the reproduction, down), never in this process."""
+    import iwae.reproduce as reproduce_module
+
+    made = []
+
+    class Refused(Exception):
+        pass
+
+    def fake_pool(workers, threads, device, progress=False):
+        made.append((workers, device, progress))
+        raise Refused
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(reproduce_module, "_Pool", fake_pool)
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}])
+    with pytest.raises(Refused):
+        reproduce(exp, tmp_path / "out", device="cuda", progress=True)
+    assert made == [(1, "cuda", True)]
+
+
+class FakeRay:
+    """The part of the ray module iwae.reproduce uses; a task runs when it is submitted, in this process."""
+
+    def __init__(self, resources: dict):
+        self.resources, self.inits, self.options, self.calls = resources, [], [], 0
+
+    def is_initialized(self):
+        return bool(self.inits)
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+
+    def cluster_resources(self):
+        return dict(self.resources)
+
+    def remote(self, **options):
+        import concurrent.futures as cf
+        from types import SimpleNamespace
+
+        self.options.append(options)
+        fake = self
+
+        def wrap(fn):
+            def submit(*args):
+                fake.calls += 1
+                future = cf.Future()
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the driver, as Ray does
+                    future.set_exception(e)
+                return SimpleNamespace(future=lambda: future)
+
+            return SimpleNamespace(remote=submit)
+
+        return wrap
+
+    def cancel(self, ref, force=False):
+        pass
+
+
+def test_ray_with_cuda_refuses_a_cluster_without_gpus(tmp_path, monkeypatch):
+    """Tasks asking for num_gpus=1 on a cluster without GPUs are never scheduled: refused in one line
+    (exit status 2) before any task is submitted or anything is written."""
+    fake = FakeRay({"CPU": 16.0, "memory": 1e10})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}])
+    result = CliRunner().invoke(main, ["reproduce", str(exp), "--out", str(tmp_path / "out"), "--ray", "auto",
+                                       "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "has no GPU" in errors[0] and "--device cpu" in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert fake.inits and fake.options == [] and fake.calls == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_once(tmp_path, shared_data_dir,
+                                                                                 monkeypatch):
+    """On a cluster with a GPU, each task asks for one (in a fresh worker process, max_calls=1); a run
+    whose device fails once is submitted again and finishes; one that fails twice is failed with its error.
+    (The runs themselves train on the CPU here.)"""
+    import iwae.reproduce as reproduce_module
+
+    fake = FakeRay({"CPU": 4.0, "GPU": 1.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    attempts: dict[str, int] = {}
+    real = reproduce_module.execute_run
+
+    def execute_run(spec, run_dir, data_dir, device, threads, progress=False):
+        assert device == "cuda"
+        attempts[spec["name"]] = attempts.get(spec["name"], 0) + 1
+        if spec["name"] == "always" or attempts[spec["name"]] == 1 and spec["name"] == "once":
+            monkeypatch.setattr(reproduce_module, "train_or_resume", oom)
+        else:
+            monkeypatch.setattr(reproduce_module, "train_or_resume", real_train)
+        return real(spec, run_dir, data_dir, "cpu", threads, progress)
+
+    def oom(config, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+    real_train = reproduce_module.train_or_resume
+    monkeypatch.setattr(reproduce_module, "execute_run", execute_run)
+    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2} for n in ("once", "always")])
+    out = tmp_path / "out"
+    summary = reproduce(exp, out, data_dir=str(shared_data_dir), ray="auto", device="cuda", progress=False)
+    assert fake.options == [{"num_cpus": 1, "num_gpus": 1, "max_retries": 0, "max_calls": 1}]
+    assert summary.status == {"once": "done", "always": "failed"} and attempts == {"once": 2, "always": 2}
+    assert read_json(out / "runs" / "always" / ERROR_FILE)["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert (out / "runs" / "once" / RESULT_FILE).is_file() and not (out / "runs" / "once" / ERROR_FILE).exists()

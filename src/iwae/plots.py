@@ -101,25 +101,45 @@ def _as_runs(models: VAE | Mapping[str, VAE]) -> dict[str, VAE]:
 
 
 # ----------------------------------------------------------------------------- samples
+def _sample_prior(prior: torch.distributions.Distribution, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws ``(n, D)`` of a prior (an Independent Normal, or a MixtureSameFamily of them) from
+    ``generator``: torch's ``Distribution.sample`` takes none, it draws from the global stream."""
+    if isinstance(prior, torch.distributions.MixtureSameFamily):
+        weights = prior.mixture_distribution.probs  # (C,)
+        component = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
+        normal = prior.component_distribution.base_dist
+        loc, scale = normal.loc[component], normal.scale[component]  # (n, D)
+    else:
+        normal = prior.base_dist if isinstance(prior, torch.distributions.Independent) else prior
+        if not isinstance(normal, torch.distributions.Normal):
+            raise TypeError(f"cannot sample a {type(prior).__name__} prior with a generator")
+        loc, scale = normal.loc.expand(n, *normal.loc.shape), normal.scale.expand(n, *normal.scale.shape)
+    return loc + scale * torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+
+
 @torch.no_grad()
 def sample_images(model: VAE, n: int = 64, seed: int = 0, probabilities: bool = True) -> torch.Tensor:
     """Draws x ~ p(x) ancestrally: z_L ~ p(z_L), then z_{l-1} ~ p(z_{l-1} | z_l) top-down, then p(x | z_1).
+
+    The draws come from a generator of their own on the model's device, seeded with ``seed``: the
+    same seed gives the same samples, and torch's global random state (CPU and every CUDA device)
+    is left as it was.
 
     Returns:
         ``(n, input_dim)``: the Bernoulli means of p(x | z_1) (``probabilities``), else binary samples.
     """
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):  # the prior's sample() takes no generator
-        torch.manual_seed(seed)
-        z = model.prior.sample((n,))  # (n, D_L)
-        for layer in reversed(model.decoder[1:]):  # decoder[l] is p(z_l | z_{l+1})
-            loc, log_scale = layer.loc_log_scale(z)
-            z = loc + log_scale.exp() * torch.randn_like(loc)
-        px = model.decode(z)
-        x = px.mean if probabilities else torch.bernoulli(px.mean)
+    z = _sample_prior(model.prior, n, generator)  # (n, D_L)
+    for layer in reversed(model.decoder[1:]):  # decoder[l] is p(z_l | z_{l+1})
+        loc, log_scale = layer.loc_log_scale(z)
+        z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)
+    px = model.decode(z)
+    x = px.mean if probabilities else torch.bernoulli(px.mean, generator=generator)
     model.train(was_training)
     return x.cpu()
 

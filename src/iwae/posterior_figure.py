@@ -104,7 +104,7 @@ def _kl(p: torch.Tensor, log_q: torch.Tensor) -> float:
 
 def _auto_window(model, x1: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Centre ``(2,)`` and half-width for one input: p's mean, 5 of p's sd, 4 of q's, at least 0.5."""
-    coarse = _COARSE.to(x1.dtype)
+    coarse = _COARSE.to(device=x1.device, dtype=x1.dtype)  # on the model's device, like p below
     p = posterior_grid(model, x1, coarse)[0]  # (g, g)
     pts = torch.stack(torch.meshgrid(coarse, coarse, indexing="ij"), -1).double()  # (g, g, 2)
     mean = (p[..., None] * pts).sum((0, 1))
@@ -129,19 +129,21 @@ def _panels(model, x, ks, grid, grid_size, extent, samples, generator) -> list[_
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    # every grid, centre and mass lives on x's device, the model's: posterior masses computed there
+    # are mixed with them (the figure moves what it draws to the CPU itself)
+    on = {"device": x.device, "dtype": x.dtype}
     panels = []
     for b in range(x.shape[0]):
         x1 = x[b: b + 1]
         loc, scale = _gaussian_posterior(model, x1)
         if grid is not None:
-            centre, g = torch.zeros(2, dtype=x.dtype), grid.to(x.dtype)
+            centre, g = torch.zeros(2, **on), grid.to(**on)
         elif extent == "auto":
             centre, half = _auto_window(model, x1, loc[0], scale[0])
-            g = torch.linspace(-half, half, grid_size, dtype=x.dtype)
+            g = torch.linspace(-half, half, grid_size, **on)
         else:
-            centre, g = torch.zeros(2, dtype=x.dtype), torch.linspace(-float(extent), float(extent), grid_size,
-                                                                        dtype=x.dtype)
-        shifted = _Shifted(model, centre.to(x.device))
+            centre, g = torch.zeros(2, **on), torch.linspace(-float(extent), float(extent), grid_size, **on)
+        shifted = _Shifted(model, centre)
         p = posterior_grid(shifted, x1, g)  # (1, G, G)
         pts = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).double() + centre.double()
         log_q = torch.distributions.Normal(loc[0].double(), scale[0].double()).log_prob(pts).sum(-1)
@@ -182,11 +184,11 @@ def qew_report(model, x: torch.Tensor, ks=(1, 5, 50), grid: torch.Tensor | None 
 
     Args:
         model: a 1-stochastic-layer model with a 2-D latent (``encode``, ``decode``, ``prior``).
-        x: inputs, shape ``(B, input_dim)``.
+        x: inputs, shape ``(B, input_dim)``, on the model's device (grids and masses are built there).
         ks: the k of q_EW (1 is q itself, sampled).
         grid: ``(G,)`` cell centres used for every image and both dims; None: ``grid_size`` and ``extent``.
         samples: q_EW draws per image and k.
-        generator: random numbers for the draws.
+        generator: random numbers for the draws, on the model's device.
         grid_size: G when ``grid`` is None.
         extent: "auto" (a window per image, see the module docstring) or a half-width e: [-e, e]^2.
 
@@ -235,15 +237,15 @@ def qew_figure(model, x: torch.Tensor, ks, path: str | os.PathLike, *, grid: tor
         row[0].set_title(f"input {b}", fontsize=8)
         row[0].set_xticks([])
         row[0].set_yticks([])
-        g = panel.grid.double().numpy()
+        g = panel.grid.double().cpu().numpy()
         cx, cy = panel.centre.double().tolist()
         h = (g[1] - g[0]) / 2
         box = [g[0] - h + cx, g[-1] + h + cx, g[0] - h + cy, g[-1] + h + cy]
-        p = panel.p.numpy()
+        p = panel.p.cpu().numpy()
         by_k = {r["k"]: r for r in panel.rows}
         maps = [(f"true p(z|x)\nTV floor {panel.rows[0]['tv_floor']:.3f}", p, False),
-                (f"q(z|x)\nTV {panel.rows[0]['tv_q']:.3f}", panel.q.numpy(), True)]
-        maps += [(f"q_EW k={k}\nTV {by_k[k]['tv_qew']:.3f}", panel.qew[k].numpy(), True) for k in ks]
+                (f"q(z|x)\nTV {panel.rows[0]['tv_q']:.3f}", panel.q.cpu().numpy(), True)]
+        maps += [(f"q_EW k={k}\nTV {by_k[k]['tv_qew']:.3f}", panel.qew[k].cpu().numpy(), True) for k in ks]
         for ax, (title, mass, contour) in zip(row[1:], maps):
             ax.imshow(mass.T, origin="lower", extent=box, cmap="viridis", interpolation="nearest", aspect="equal")
             if contour and p.max() > 0:

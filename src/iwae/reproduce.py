@@ -19,12 +19,18 @@ Execution:
 - ``workers=N``: N worker processes; on CPU each is pinned (``sched_setaffinity``) to its own
   share of the cores and sets torch's threads to it; with ``device="cuda"`` the workers take the
   GPUs in turn, several workers per GPU when N exceeds the GPUs (small runs then share a GPU);
-  the default on CUDA is one worker per GPU.
+  the default on CUDA is one worker per GPU, and even one worker is a process of its own.
+  A worker that dies takes down the pool: it is rebuilt, and the runs it held run again, one at
+  a time. A run that fails on its device (CUDA out of memory, a CUDA error,
+  :func:`is_device_failure`) counts as a dead worker, since its CUDA context may be unusable:
+  the worker exits, and the run is retried alone once; failing again, it is failed with its error.
 - ``ray="auto"`` or an address: each run is a Ray task asking for ``cpus_per_run`` CPUs (or one
   GPU with ``device="cuda"``). The task trains in a temporary folder on its node, from the files
   the driver sends (a checkpoint to resume, the model a continued run starts from), and returns
   the run's files, which the driver writes to the output folder: no shared file system is needed.
-  Ray is an optional dependency: ``pip install "iwae[ray]"``.
+  Ray is an optional dependency: ``pip install "iwae[ray]"``. With ``device="cuda"`` a cluster
+  without a GPU is refused before anything runs (its tasks would wait for ever), and a run whose
+  device fails is run once more in a fresh task.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from .experiment import Experiment, RunSpec, load_experiment
 from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
 
 __all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
-           "STATE_FILE"]
+           "STATE_FILE", "is_device_failure"]
 
 RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
 ERROR_FILE = "error.json"
@@ -121,6 +127,24 @@ def finished_result(run_dir: Path, spec: RunSpec) -> dict | None:
     return result if ok else None
 
 
+def is_device_failure(error: BaseException) -> bool:
+    """True for an error of the device rather than of the run: CUDA out of memory, or a CUDA error.
+
+    Out of memory may pass when the run is retried alone (not sharing its GPU); a CUDA error (an
+    illegal memory access, a launch failure) is sticky, it poisons the process's CUDA context for
+    every later run. Either way the run's worker process must go, as if it had died.
+    """
+    import torch
+
+    kinds = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch, "AcceleratorError", None),
+                              getattr(torch.cuda, "OutOfMemoryError", None), getattr(torch.cuda, "CudaError", None))
+                  if isinstance(t, type))
+    if isinstance(error, kinds):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("CUDA error" in message or "CUDA out of memory" in message)
+
+
 def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: str = "cpu",
                 threads: int | None = None, progress: bool = False) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
@@ -128,7 +152,9 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
     A continued run records the SHA-256 of the model it starts from; if its folder was started from
     another model (the dependency was trained again since), it starts again from the new one.
     Never raises for a failing run: the error is written to ``error.json`` and returned as
-    ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on.
+    ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on. A failure of
+    the device (:func:`is_device_failure`) is marked ``"device_failure": True``: the worker pool and
+    Ray then retry the run once, in a fresh process.
     """
     from .evaluate import evaluate
 
@@ -177,6 +203,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
     except Exception as e:  # noqa: BLE001 - any failure of one run is reported, and the others go on
         error = {"name": run.name, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
                  "traceback": traceback.format_exc()}
+        if is_device_failure(e):
+            error["device_failure"] = True
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / ERROR_FILE) as f:
             json.dump(error, f, indent=1)
@@ -248,10 +276,11 @@ def plan(runs: list[RunSpec], out_dir: str | os.PathLike) -> list[PlannedRun]:
 
 
 # ----------------------------------------------------------------------------- executors
-_WORKER: dict = {}  # this worker process's device and threads (set by _init_worker)
+_WORKER: dict = {}  # this worker process's device, threads and progress (set by _init_worker)
+DEVICE_FAILURE_EXIT = 75  # a worker's exit status after a device failure (EX_TEMPFAIL: try again)
 
 
-def _init_worker(slots, threads: int, device: str) -> None:
+def _init_worker(slots, threads: int, device: str, progress: bool = False) -> None:
     """Runs once in each worker process: takes a slot, pins to its cores or picks its GPU."""
     import torch
 
@@ -264,12 +293,20 @@ def _init_worker(slots, threads: int, device: str) -> None:
         if cores:  # a contiguous share of the cores: workers do not contend for the same ones
             mine = [cores[(slot * threads + i) % len(cores)] for i in range(threads)]
             os.sched_setaffinity(0, mine)
-    _WORKER["threads"] = threads
+    _WORKER["threads"], _WORKER["progress"] = threads, progress
     torch.set_num_threads(threads)
 
 
 def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
-    return execute_run(spec, run_dir, data_dir, _WORKER["device"], _WORKER["threads"])
+    result = execute_run(spec, run_dir, data_dir, _WORKER["device"], _WORKER["threads"],
+                         _WORKER.get("progress", False))
+    if result.get("device_failure"):
+        # out of memory or a CUDA error: this process's CUDA context may be unusable for any later
+        # run, so it exits like a dead worker; the pool is rebuilt and the run retried alone, and
+        # its error.json (written above) says why if it fails again
+        sys.stderr.flush()
+        os._exit(DEVICE_FAILURE_EXIT)
+    return result
 
 
 class _Inline:
@@ -294,8 +331,8 @@ class _Pool:
     :meth:`restart` starts a fresh pool so the reproduction can go on.
     """
 
-    def __init__(self, workers: int, threads: int, device: str):
-        self.workers, self.threads, self.device = workers, threads, device
+    def __init__(self, workers: int, threads: int, device: str, progress: bool = False):
+        self.workers, self.threads, self.device, self.progress = workers, threads, device, progress
         self._start()
 
     def _start(self) -> None:
@@ -304,7 +341,7 @@ class _Pool:
         for i in range(self.workers):
             slots.put(i)
         self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                           initargs=(slots, self.threads, self.device))
+                                           initargs=(slots, self.threads, self.device, self.progress))
 
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         return self.pool.submit(_pool_run, spec, run_dir, data_dir)
@@ -328,6 +365,16 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:
             f.write(data)
+
+
+def _device_failure_written(run_dir: Path) -> dict | None:
+    """The error.json a worker wrote before it exited for a device failure (see _pool_run); None if
+    there is none: the worker died of something else. (_run_all removes it before each attempt.)"""
+    try:
+        error = json.loads((run_dir / ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return error if isinstance(error, dict) and error.get("device_failure") else None
 
 
 def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes], data_dir: str | None,
@@ -375,8 +422,18 @@ class _Ray:
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ValueError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if device == "cuda":
+            # a task asking for a GPU that no node has is never scheduled: Ray would wait for ever
+            available = ray.cluster_resources().get("GPU", 0)
+            if available < 1:
+                raise ValueError(f"--device cuda, but the Ray cluster at {address or 'a new local instance'} has no "
+                                 f"GPU (ray.cluster_resources() lists {available:g}); its tasks would wait for ever: "
+                                 f"add nodes with GPUs or use --device cpu")
         gpus = 1 if device == "cuda" else 0
-        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
+        # max_calls=1 on a GPU (Ray's default there, said anyway): a worker whose CUDA context a
+        # failed run may have poisoned serves no other run
+        options = {"max_calls": 1} if gpus else {}
+        self.remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0, **options)(_ray_task)
         self.threads, self.device = threads, device
         self.refs: list = []
 
@@ -484,16 +541,17 @@ def reproduce(
         raise ValueError("--workers, --threads and --cpus-per-run must be >= 1")
     threads = threads or (cpus_per_run if ray else max(1, _cpu_count() // workers))
     out_dir = Path(out_dir)
+    # Ray first: a cluster that cannot be reached, or has no GPU for --device cuda, is refused before
+    # anything is written
+    executor = _Ray(None if ray == "local" else ray, cpus_per_run, threads, device) if ray else None
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_dir)  # one reproduction at a time writes to a folder
     try:
         planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
-        if ray:
-            executor = _Ray(None if ray == "local" else ray, cpus_per_run, threads, device)
-        elif workers == 1:
+        if executor is None and workers == 1 and device == "cpu":
             executor = _Inline(device, threads, progress)
-        else:
-            executor = _Pool(workers, threads, device)
+        elif executor is None:  # on CUDA even one worker is a process of its own: see _pool_run
+            executor = _Pool(workers, threads, device, progress=progress and workers == 1)
         return _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
                         _describe(workers, threads, device, ray, cpus_per_run), progress)
     finally:
@@ -566,8 +624,8 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         else:
             say(f"[{finished}/{len(planned)}] {spec.name}: FAILED: {result['error']}")
 
-    def fail(spec: RunSpec, message: str) -> None:
-        result = {"name": spec.name, "status": "failed", "error": message}
+    def fail(spec: RunSpec, message: str, details: dict | None = None) -> None:
+        result = {**(details or {}), "name": spec.name, "status": "failed", "error": message}
         run_dir = out_dir / "runs" / spec.name
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / ERROR_FILE) as f:
@@ -588,6 +646,8 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
 
     running: dict[cf.Future, RunSpec] = {}
     suspects: set[str] = set()  # runs whose worker died: each is run again alone, to find the one that kills it
+    retried: set[str] = set()  # Ray runs whose device failed once (out of memory, a CUDA error)
+    device_failed: set[str] = set()  # runs whose device failed once in a worker process
     try:
         while pending or running:
             ready = []
@@ -605,11 +665,22 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
             if isinstance(executor, _Inline):
                 ready = ready[:1]  # it runs as it is submitted: one at a time, so each result is reported at once
             for spec in ready:
+                # an error.json left now is this attempt's (a worker that exits for a device failure
+                # leaves its error there), not an earlier one's
+                (out_dir / "runs" / spec.name / ERROR_FILE).unlink(missing_ok=True)
+                try:
+                    future = executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)
+                except cf.process.BrokenProcessPool:
+                    # a worker died since the last wait, without this run: the futures still running
+                    # report it, and the pool is rebuilt there; with none running, rebuild it now
+                    if not running:
+                        executor.restart()
+                    break
                 pending.remove(spec)
                 say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
-                running[executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)] = spec
+                running[future] = spec
             if not running:
-                if pending:  # nothing can start: should not happen, as every dependency is selected
+                if pending and not ready:  # nothing can start: should not happen, as every dependency is selected
                     for spec in pending:
                         fail(spec, f"its dependency {spec.after} was neither run nor finished")
                     pending.clear()
@@ -619,9 +690,23 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
             for future in done:
                 spec = running.pop(future)
                 try:
-                    record(spec, future.result())
+                    result = future.result()
+                    if result.get("device_failure") and isinstance(executor, _Ray) and spec.name not in retried:
+                        retried.add(spec.name)  # each Ray task on a GPU is a fresh process: once more
+                        pending.insert(0, spec)
+                        say(f"{spec.name}: {result['error']}; running it again")
+                    else:
+                        record(spec, result)
                 except cf.process.BrokenProcessPool:
-                    if spec.name in suspects:  # it ran alone: its own worker died
+                    own = _device_failure_written(out_dir / "runs" / spec.name)
+                    if own and spec.name in device_failed:  # its device failed again, running alone
+                        fail(spec, f"{own['error']} (twice, the second time running alone)", own)
+                    elif own:  # its device failed: its worker exited (see _pool_run); once more, alone
+                        device_failed.add(spec.name)
+                        broken = True
+                        suspects.add(spec.name)
+                        pending.insert(0, spec)
+                    elif spec.name in suspects:  # it ran alone: its own worker died
                         fail(spec, "its worker process died (killed, or out of memory?) twice, the second time "
                                    "running alone")
                     else:

@@ -7,7 +7,10 @@ log-likelihood and its gradient are written here as one small autograd function:
 
     log p(x | l) = sum_d x_d l_d - softplus(l_d),     d/dl_d = x_d - sigmoid(l_d)
 
-Same formula, same values (to float rounding), two passes forward and three backward.
+Same formula, same values (to float rounding), two passes forward and three backward. It serves on
+every device: PyTorch's function is composite on CUDA too, and passes over memory are what an
+elementwise kernel costs there; ``benchmarks/kernels.py`` times both on the current device (the GPU
+check prints it), where tanh and the output layer are chosen by device (:mod:`.networks`).
 """
 
 from __future__ import annotations

@@ -8,14 +8,14 @@ Weights are Glorot-uniform, biases zero, as in the released code of Burda et al.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-__all__ = ["GaussianMLP", "BernoulliMLP", "Tanh", "glorot_linear"]
+__all__ = ["GaussianMLP", "BernoulliMLP", "Tanh", "glorot_linear", "tanh_kernel", "output_layer_kernel"]
 
 
 class _TanhFunction(torch.autograd.Function):
@@ -31,16 +31,48 @@ class _TanhFunction(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2)
 
 
-class Tanh(nn.Module):
-    """tanh(h) computed as 2 sigmoid(2h) - 1.
+def _tanh_via_sigmoid(h: torch.Tensor) -> torch.Tensor:
+    """tanh(h) as 2 sigmoid(2h) - 1, with the usual (1 - tanh^2) g gradient."""
+    return _TanhFunction.apply(h)
 
-    The same function (absolute error below 2e-7 in float32), but on CPU PyTorch's vectorised
-    sigmoid is about 3x faster than its tanh, and the hidden layers' tanh is a sizeable part of a
-    training step at large K. The gradient is the usual (1 - tanh^2) g.
+
+def _linear_then_bias(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h W^T + b as a matmul and an in-place bias add."""
+    # addmm would first broadcast the bias into the whole (K * B, D) output and then accumulate
+    # into it, an extra pass over the largest tensor on CPU
+    return torch.matmul(h, weight.t()).add_(bias)
+
+
+def tanh_kernel(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tanh used on ``device``: 2 sigmoid(2h) - 1 on CPU, ``torch.tanh`` elsewhere.
+
+    On CPU PyTorch's vectorised sigmoid is about 3x faster than its tanh; on CUDA the sigmoid form
+    is four elementwise kernels (mul, sigmoid, mul, sub) where ``torch.tanh`` is one, and every
+    one of them is a pass over memory. ``benchmarks/kernels.py`` times both on the current device.
+    """
+    return _tanh_via_sigmoid if torch.device(device).type == "cpu" else torch.tanh
+
+
+def output_layer_kernel(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The decoder's output layer ``(h, weight, bias) -> h W^T + b`` used on ``device``.
+
+    On CPU a matmul and an in-place bias add (see :func:`_linear_then_bias`); elsewhere
+    ``F.linear``, which on CUDA adds the bias in the matrix product's epilogue (cuBLASLt) instead
+    of a second pass over the ``(K * B, 784)`` output. ``benchmarks/kernels.py`` times both.
+    """
+    return _linear_then_bias if torch.device(device).type == "cpu" else F.linear
+
+
+class Tanh(nn.Module):
+    """tanh(h), by the kernel that is fastest on ``h``'s device (:func:`tanh_kernel`).
+
+    On CPU it is 2 sigmoid(2h) - 1: the same function (absolute error below 2e-7 in float32), but
+    PyTorch's CPU sigmoid is about 3x faster than its tanh, and the hidden layers' tanh is a
+    sizeable part of a training step at large K. The gradient is the usual (1 - tanh^2) g.
     """
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return _TanhFunction.apply(h)
+        return tanh_kernel(h.device)(h)
 
 
 def glorot_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -107,9 +139,7 @@ class BernoulliMLP(nn.Module):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         h = self.body(z)
-        # matmul, then the bias in place: addmm would first broadcast the bias into the whole
-        # (K * B, D) output and then accumulate into it, an extra pass over the largest tensor
-        return torch.matmul(h, self.head.weight.t()).add_(self.head.bias)
+        return output_layer_kernel(h.device)(h, self.head.weight, self.head.bias)
 
     def forward(self, z: torch.Tensor) -> Independent:
         return Independent(Bernoulli(logits=self.logits(z)), 1)
