@@ -389,6 +389,22 @@ def test_two_layer_samples_go_through_p_z1_given_z2():
         assert (means - torch.sigmoid(model.decoder[0].logits(torch.zeros(16, 3)))).abs().max() > 0.05
 
 
+def test_three_layer_samples_go_top_down():
+    """With 3 layers of distinct sizes the chain runs z_3 -> z_2 -> z_1 -> x: each p(z_l | z_{l+1})
+    is pinned to a constant mean, so x's means are those of p(x | z_1 = c_1)."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(784, (4, 3, 2), ((8,), (8,), (8,))))
+    for layer, dim in zip(model.decoder[1:], (4, 3)):
+        with torch.no_grad():
+            layer.head.weight.zero_()
+            layer.head.bias[:dim] = torch.linspace(-2.0, 2.0, dim)
+            layer.head.bias[dim:] = math.log(1e-3)
+    means = sample_images(model, n=8, seed=1)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.decoder[0].logits(torch.linspace(-2.0, 2.0, 4).expand(8, 4)))
+    torch.testing.assert_close(means, expected, rtol=0, atol=2e-3)
+
+
 # ----------------------------------------------------------------------------- dynamic binarization
 def test_every_training_batch_is_a_fresh_binarization(tmp_path, splits):
     """Dynamic binarization (Burda et al.): each time an image is used it is a new Bernoulli sample
