@@ -18,6 +18,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+import by_hand
 import iwae.train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
@@ -55,7 +56,7 @@ def finished(tmp_path, shared_data_dir):
     return exp, out, summary
 
 
-def test_a_reproduction_writes_each_run_s_result_and_its_state(finished):
+def test_a_reproduction_writes_each_run_s_result_and_its_state(finished, mnist_splits):
     exp, out, summary = finished
     assert summary.status == {"a": "done", "b": "done"} and not summary.failed
     state = read_json(out / STATE_FILE)
@@ -65,9 +66,13 @@ def test_a_reproduction_writes_each_run_s_result_and_its_state(finished):
     for name in ("a", "b"):
         result = read_json(out / "runs" / name / RESULT_FILE)
         m = result["metrics"]
-        assert m["log_p_hat"] == -m["nll"] and 50 < m["nll"] < 600 and m["nll_stderr"] > 0
         assert result["n_test"] == 10 and result["eval_k"] == 20 and result["epochs"] == 1
-        assert len(result["active_units"]) == 1 and 0 <= result["active_units"][0] <= 50
+        # -L_20 over the first 10 test images and the active units, computed by hand from the run's model
+        model = train_module.load(out / "runs" / name)
+        lk, spread = by_hand.mean_lk(model, mnist_splits.test[:10], 20)
+        assert m["log_p_hat"] == -m["nll"] and m["nll_stderr"] > 0
+        assert abs(m["nll"] + lk) < max(0.5, 8 * spread), (name, m["nll"], lk, spread)
+        assert result["active_units"] == [by_hand.active_units_one_layer(model, mnist_splits.train)]
         assert result["hardware"]["torch"] == torch.__version__ and result["train_seconds"] > 0
         assert result["spec"]["name"] == name
     assert read_json(out / "runs" / "b" / RESULT_FILE)["spec"]["after"] == "a"
