@@ -252,12 +252,14 @@ def test_active_units_use_burdas_threshold_on_binarized_training_images(splits):
 # ----------------------------------------------------------------------------- the memory budget
 class _PeakMemory(TorchDispatchMode):
     """Measures the peak bytes of tensor storage alive at once, over every aten op run inside it
-    (a storage counts from the op that creates it until its last tensor is garbage collected)."""
+    (a storage counts from the op that creates it until its last tensor is garbage collected);
+    the storages of ``existing`` tensors (weights, inputs) and views of them do not count."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing=()) -> None:
         super().__init__()
         self.refs: dict[int, int] = {}
         self.now = self.peak = 0
+        self.existing = {t.untyped_storage().data_ptr() for t in existing}
 
     def _release(self, key: int, nbytes: int) -> None:
         self.refs[key] -= 1
@@ -271,6 +273,8 @@ class _PeakMemory(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key, nbytes = storage.data_ptr(), storage.nbytes()
+                if key in self.existing:
+                    continue
                 if key not in self.refs:
                     self.refs[key] = 0
                     self.now += nbytes
@@ -283,19 +287,22 @@ class _PeakMemory(TorchDispatchMode):
 @pytest.mark.parametrize("config", [
     ModelConfig.burda(1),
     ModelConfig.burda(2),
-    ModelConfig(784, (50,), ((200, 200),), "vamp", 10),
+    # the prior's (rows, C, D) temporaries: 12.5 kB a row at C = 30, measured; 41 kB at C = 100
+    ModelConfig(784, (50,), ((200, 200),), "mog", 30),
+    ModelConfig(784, (50,), ((200, 200),), "vamp", 30),
     pytest.param(ModelConfig(784, (50,), ((200, 200),), "vamp", 100), marks=pytest.mark.xfail(
         strict=True, reason="_bytes_per_row has no prior term: the VampPrior's (rows, C, D) temporaries exceed "
                             "the budget 2.5x; the fix is another branch's (remove this mark when it is merged)")),
-], ids=["1layer", "2layer", "vamp10", "vamp100"])
+], ids=["1layer", "2layer", "mog30", "vamp30", "vamp100"])
 def test_log_likelihood_stays_within_its_memory_budget(config):
-    """The evaluation's promise: no more than ``memory_budget`` bytes of tensors alive at once,
-    measured here op by op (the budget is 2 MiB, so 1,000 samples of 4 images go in chunks)."""
+    """The evaluation's promise: no more than ``memory_budget`` bytes of temporaries alive at once,
+    measured here op by op (the budget is 2 MiB, so 1,000 samples of 4 images go in chunks).
+    Measured per sample row: 6.7 kB (1 layer), 7.9 kB (2 layers), 12.5 kB (30 prior components)."""
     torch.manual_seed(0)
     model = VAE(config).eval()
     x = torch.bernoulli(torch.full((4, 784), 0.3), generator=torch.Generator().manual_seed(0))
     budget = 2 << 20
-    meter = _PeakMemory()
+    meter = _PeakMemory(existing=[*model.parameters(), *model.buffers(), x])
     with meter:
         ll = evaluate_module.log_likelihood(model, x, 1000, memory_budget=budget)
     assert ll.shape == (4,) and torch.isfinite(ll).all()
