@@ -175,10 +175,16 @@ def test_config_validation(kwargs, message):
 
 
 def test_config_valid_edge_cases():
-    TrainConfig(objective="ciwae", beta=0.0)
-    TrainConfig(objective="ciwae", beta=1.0)
-    TrainConfig(objective="miwae", k=64, m=8)
-    TrainConfig(schedule="constant", epochs=1)
+    """The edge values are accepted and mean what the papers say: CIWAE(0) is IWAE and CIWAE(1) the
+    ELBO on the same samples, MIWAE(8, 8) is 8 groups of 8, and a constant schedule keeps its rate."""
+    log_w = torch.tensor([[0.0], [3.0], [-1.0], [2.0]])  # (k = 4, B = 1)
+    iwae_4 = math.log(sum(math.exp(v) for v in (0.0, 3.0, -1.0, 2.0)) / 4)
+    for beta, expected in ((0.0, iwae_4), (1.0, 1.0)):  # the ELBO: the mean log-weight, 4 / 4
+        spec = TrainConfig(objective="ciwae", beta=beta, k=4).spec
+        assert gradient_terms(torch.nn.Linear(1, 1), log_w, spec).bound.item() == pytest.approx(expected, abs=1e-6)
+    assert TrainConfig(objective="miwae", k=64, m=8).spec.label == "MIWAE(8,8)"
+    config = TrainConfig(schedule="constant", epochs=1)
+    assert config.total_epochs == 1 and learning_rate(config, 0) == learning_rate(config, 5) == (0, 1e-3)
 
 
 def test_from_dict_rejects_unknown_keys(tmp_path):
