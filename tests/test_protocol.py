@@ -82,11 +82,12 @@ def test_adam_step_matches_the_hand_computed_update(tmp_path, splits):
     captured = {}
     original = VAE.log_weight_parts
 
-    def recording(self, x, num_samples, generator=None, **kwargs):  # the training step's inputs, once
+    def recording(self, x, num_samples, *args, **kwargs):  # the training step's inputs, once
         if "x" not in captured:
+            generator = args[0] if args else kwargs["generator"]
             captured.update(x=x.clone(), generator=generator.get_state(),
                             params={n: t.detach().clone() for n, t in self.state_dict().items()})
-        return original(self, x, num_samples, generator, **kwargs)
+        return original(self, x, num_samples, *args, **kwargs)
 
     VAE.log_weight_parts = recording
     try:
