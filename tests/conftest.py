@@ -2,6 +2,8 @@
 
 The shared benchmark files live in ``<repo parent>/shared/data`` (override with
 ``$IWAE_TEST_DATA_DIR``); tests that need them fail, with a message saying so, when they are absent.
+(``tests/test_data.py`` skips its tests of a missing dataset folder, and fails them with
+``IWAE_REQUIRE_DATA=1``, which ``.ci/run`` sets.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+import by_hand
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 
@@ -52,7 +53,7 @@ def run_dir(tmp_path_factory, shared_data_dir) -> Path:
     return out
 
 
-def test_train_then_evaluate_end_to_end(run_dir):
+def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
     for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv"):
         assert (run_dir / name).is_file(), name
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -62,10 +63,13 @@ def test_train_then_evaluate_end_to_end(run_dir):
     result = invoke("evaluate", run_dir, "--k", 50, "--test-subset", 100, "--json")
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads(result.stdout)
-    assert math.isfinite(report["nll"]) and 60 < report["nll"] < 550
+    # -L_50 over the first 100 test images, L_50 computed by hand from the trained model's log-weights
+    model = train_module.load(run_dir)
+    lk, spread = by_hand.mean_lk(model, mnist_splits.test[:100], 50)
+    assert abs(report["nll"] + lk) < max(0.3, 8 * spread), (report["nll"], lk, spread)
     assert math.isfinite(report["nll_stderr"]) and report["nll_stderr"] > 0
     assert report["k"] == 50 and report["n_test"] == 100
-    assert isinstance(report["active_units"], int) and 0 <= report["active_units"] <= 50
+    assert report["active_units"] == by_hand.active_units_one_layer(model, mnist_splits.train)
     saved = json.loads((run_dir / "eval_k50_n100.json").read_text())
     assert saved["nll"] == report["nll"] and saved["k"] == 50
 

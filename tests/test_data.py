@@ -2,7 +2,7 @@
 
 The shared benchmark files are looked up in ``<repo parent>/shared/data`` (folders mnist/,
 fashion_mnist/, binarized_mnist/), or in ``$IWAE_TEST_DATA_DIR``; tests that need them skip
-when they are absent.  No test touches the network: socket connections fail and every
+when they are absent, and fail instead with ``IWAE_REQUIRE_DATA=1`` (as CI sets it).  No test touches the network: socket connections fail and every
 download URL is replaced by a ``file://`` URL or nothing.
 """
 
@@ -32,10 +32,13 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def shared(sub: str) -> Path:
-    """The shared data subfolder, or skip the test if it is not there."""
+    """The shared data subfolder; if it is not there, skip the test, or fail it with IWAE_REQUIRE_DATA=1."""
     p = SHARED / sub
     if not p.is_dir():
-        pytest.skip(f"shared data {p} not available (set IWAE_TEST_DATA_DIR)")
+        message = f"shared data {p} not available (set IWAE_TEST_DATA_DIR)"
+        if os.environ.get("IWAE_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (IWAE_REQUIRE_DATA=1)")
+        pytest.skip(message)
     return p
 
 
@@ -90,6 +93,22 @@ def garbage_files(dst: Path, names=MNIST_FILES) -> Path:
 
 
 # --------------------------------------------------------------------------- real MNIST
+
+
+def test_missing_shared_data_fails_when_required(monkeypatch):
+    """CI sets IWAE_REQUIRE_DATA=1: a missing data folder must fail the tests, not skip them silently."""
+    monkeypatch.setenv("IWAE_REQUIRE_DATA", "1")
+    try:
+        shared("no_such_dataset")
+    except pytest.skip.Exception:
+        pytest.fail("a missing data folder was skipped although IWAE_REQUIRE_DATA=1")
+    except pytest.fail.Exception as e:
+        assert "no_such_dataset not available" in str(e) and "IWAE_REQUIRE_DATA=1" in str(e)
+    else:
+        pytest.fail("shared() returned a folder that does not exist")
+    monkeypatch.delenv("IWAE_REQUIRE_DATA")
+    with pytest.raises(pytest.skip.Exception, match="no_such_dataset not available"):
+        shared("no_such_dataset")
 
 
 def test_mnist_shapes_labels_and_ranges(mnist):
