@@ -107,7 +107,8 @@ MUTATIONS: list[Mutation] = [
       (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
       "a unit is active above 0.05 instead of 0.01"),
     # --- the evaluation's memory budget
-    M("bytes-per-row-halved", "src/iwae/evaluate.py", "return 4 * widths", "return 2 * widths",
+    M("bytes-per-row-halved", "src/iwae/evaluate.py", "return element_size * (held + max(stages))",
+      "return element_size * (held + max(stages)) // 2",
       (P + "test_log_likelihood_stays_within_its_memory_budget",),
       "the per-row memory estimate is halved: chunks twice as large as the budget allows"),
     # --- the (M, K) grid of Rainforth et al.

@@ -291,9 +291,7 @@ class _PeakMemory(TorchDispatchMode):
     # the prior's (rows, C, D) temporaries: 12.5 kB a row at C = 30, measured; 41 kB at C = 100
     ModelConfig(784, (50,), ((200, 200),), "mog", 30),
     ModelConfig(784, (50,), ((200, 200),), "vamp", 30),
-    pytest.param(ModelConfig(784, (50,), ((200, 200),), "vamp", 100), marks=pytest.mark.xfail(
-        strict=True, reason="_bytes_per_row has no prior term: the VampPrior's (rows, C, D) temporaries exceed "
-                            "the budget 2.5x; the fix is another branch's (remove this mark when it is merged)")),
+    ModelConfig(784, (50,), ((200, 200),), "vamp", 100),
 ], ids=["1layer", "2layer", "mog30", "vamp30", "vamp100"])
 def test_log_likelihood_stays_within_its_memory_budget(config):
     """The evaluation's promise: no more than ``memory_budget`` bytes of temporaries alive at once,
