@@ -308,9 +308,10 @@ def test_refuses_to_overwrite_without_overwrite(tmp_path, tiny_splits):
     assert (empty / "model.safetensors").is_file()
 
 
-def test_resume_without_checkpoint_raises(tmp_path, tiny_splits):
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+def test_resume_of_a_missing_run_directory_raises(tmp_path, tiny_splits):
+    with pytest.raises(CheckpointError, match="run directory .*none not found"):
         train(TrainConfig(k=1, epochs=1, out=str(tmp_path / "none")), resume=True, splits=tiny_splits)
+    assert not (tmp_path / "none").exists()
 
 
 # ----------------------------------------------------------------------------- resume
