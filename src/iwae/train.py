@@ -206,7 +206,8 @@ def _check_types(config: TrainConfig) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         if not _matches(value, hints[f.name]):
-            hint = str(hints[f.name]).replace("NoneType", "None")
+            hint = getattr(hints[f.name], "__name__", None) if isinstance(hints[f.name], type) else None
+            hint = hint or str(hints[f.name]).replace("NoneType", "None")
             extra = ""
             if isinstance(value, str) and "float" in hint:
                 extra = " (YAML reads 1e-3 as text: write 1.0e-3)"
