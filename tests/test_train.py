@@ -793,7 +793,10 @@ def test_nonfinite_check_sees_only_nonfinite_values():
 
 # ----------------------------------------------------------------------------- validation memory
 def test_validation_bound_stays_within_the_memory_budget(monkeypatch):
-    """validation_bound sent 100 images x valid_k samples per decoder call (500,000 rows at k = 5000)."""
+    """validation_bound sent 100 images x valid_k samples per decoder call, whatever the memory
+    (500,000 rows at --valid-k 5000); now no call exceeds the budget."""
+    from iwae.evaluate import _bytes_per_row
+
     torch.manual_seed(0)
     model = VAE(ModelConfig(784, (4,), ((16,),)))
     x = torch.bernoulli(torch.full((30, 784), 0.3))
@@ -805,26 +808,31 @@ def test_validation_bound_stays_within_the_memory_budget(monkeypatch):
         return real(self, x, loc, log_scale, num_samples, generator)
 
     monkeypatch.setattr(VAE, "log_weights_from_posterior", recording)
-    value = train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0))
-    from iwae.evaluate import CPU_ROWS_PER_CALL
-
-    assert rows and max(rows) <= CPU_ROWS_PER_CALL and sum(rows) == 30 * 3000
-    # an independent L_3000 on the same images, by logsumexp over all samples at once
+    budget = 4 << 20  # 4 MiB: about 430 samples of this net
+    value = train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0), memory_budget=budget)
+    assert rows and max(rows) * _bytes_per_row(model) <= budget and sum(rows) == 30 * 3000
+    # an independent L_3000 of the same images: logsumexp over all samples at once, other samples
     log_w = real(model, x, *model.encoder[0].loc_log_scale(x), 3000, torch.Generator().manual_seed(1))
     direct = (torch.logsumexp(log_w.double(), 0) - math.log(3000)).mean().item()
     assert value == pytest.approx(direct, abs=0.5)
+    # negative control: a budget that fits is one call per batch
+    rows.clear()
+    train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0), memory_budget=1 << 30)
+    assert rows == [30 * 3000]
 
 
-def test_validation_bound_keeps_its_numbers_where_one_call_fits():
-    """For 100 images x k samples within one decoder call, the values are those of the old loop:
-    one model.log_weights call per 100 images on the same generator."""
+def test_validation_bound_keeps_its_numbers_where_the_budget_allows():
+    """Where 100 images x k samples fit the budget, the values (and so the training generator's
+    later draws) are those of the loop before: one model.log_weights call per 100 images."""
     torch.manual_seed(0)
     model = VAE(ModelConfig(784, (4,), ((16,),)))
     x = torch.bernoulli(torch.full((250, 784), 0.3))
-    for k in (1, 5, 25):
-        value = train_module.validation_bound(model, x, k, torch.Generator().manual_seed(7))
+    for k in (1, 5, 50):
         gen = torch.Generator().manual_seed(7)
+        value = train_module.validation_bound(model, x, k, gen)
+        gen_old = torch.Generator().manual_seed(7)
         total = 0.0
         for i in range(0, 250, 100):
-            total += objectives.iwae(model.log_weights(x[i:i + 100], k, gen)).sum().item()
+            total += objectives.iwae(model.log_weights(x[i:i + 100], k, gen_old)).sum().item()
         assert value == total / 250, k
+        assert torch.equal(gen.get_state(), gen_old.get_state())

@@ -36,8 +36,9 @@ from . import data as data_module
 from .checkpoint import (CheckpointError, WriteError, atomic_write, check_writable, load_tensors, remove_temporaries,
                          save_tensors)
 from .estimators import ObjectiveSpec, accumulate_gradients
-from .evaluate import DEFAULT_MEMORY_BUDGET, log_likelihood
+from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import VAE, ModelConfig
+from .objectives import iwae as iwae_bound
 from .runtime import tune_allocator
 
 __all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_epochs", "training_seconds",
@@ -435,16 +436,24 @@ def _sync_outputs(run_dir: Path, config: TrainConfig, metrics: list[dict]) -> No
 @torch.no_grad()
 def validation_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, batch_size: int = 100,
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
-    """Mean L_k over ``x`` (already binarized), in nats, through :func:`iwae.evaluate.log_likelihood`
-    on ``batch_size`` images at a time, so that no decoder call exceeds ``memory_budget`` bytes.
+    """Mean L_k over ``x`` (already binarized), in nats, ``batch_size`` images at a time; no decoder
+    call exceeds ``memory_budget`` bytes (by :mod:`iwae.evaluate`'s estimate of a sample's memory).
 
-    While ``batch_size * k`` samples fit one decoder call (k <= 25 on CPU; on CUDA, k up to the
-    budget's rows / 100) the random numbers, and so the values, are those of one
-    ``model.log_weights`` call per ``batch_size`` images; beyond that the samples come in chunks."""
+    Where ``batch_size * k`` samples fit the budget (with the default 1 GiB and Burda's 1-layer net,
+    k up to about 690) each batch is one ``model.log_weights`` call, as before the budget existed,
+    so the values and the training generator's later draws stay as they were. Beyond that, the
+    batch goes through :func:`iwae.evaluate.log_likelihood`, which draws the samples in chunks."""
+    was_training = model.training
+    model.eval()
+    one_call = min(batch_size, x.shape[0]) * k * _bytes_per_row(model) <= memory_budget
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
-        total += log_likelihood(model, x[i:i + batch_size], k, memory_budget=memory_budget,
-                                generator=generator).sum().item()
+        xb = x[i:i + batch_size]
+        if one_call:
+            total += iwae_bound(model.log_weights(xb, k, generator)).sum().item()
+        else:
+            total += log_likelihood(model, xb, k, memory_budget=memory_budget, generator=generator).sum().item()
+    model.train(was_training)
     return total / x.shape[0]
 
 
