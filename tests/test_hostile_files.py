@@ -173,10 +173,14 @@ def test_a_cuda_generator_state_is_refused_on_cpu(half_run, trained):
     assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
                           "was trained on cuda; resuming it on cpu would draw other random numbers")
     with pytest.raises(ValueError, match="trained on cuda"):  # as iwae reproduce resumes
-        train_or_resume(TrainConfig.from_yaml(half_run / "config.yaml"), progress=False)
+        train_or_resume(TrainConfig(**{**TrainConfig.from_yaml(half_run / "config.yaml").to_dict(), "epochs": 2}),
+                        progress=False)
     assert snapshot(half_run) == before
     _rewrite_checkpoint(half_run, lambda tensors, meta: meta.update(rng_device="cuda"))
-    assert_one_line_error(invoke("train", "--resume", half_run, "--quiet"), "was trained on cuda")
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "was trained on cuda")
+    # a finished run has nothing left to draw: no refusal, on any device
+    result = invoke("train", "--resume", half_run, "--quiet")
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
 
 
 def test_resuming_a_cpu_run_on_cuda_is_refused(half_run, monkeypatch):

@@ -4,8 +4,10 @@ A run directory holds
 
     config.yaml               the resolved training config (re-runnable with ``iwae train --config``)
     model.safetensors         the model's weights; metadata: model config and epoch
-    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state,
-                              epoch, step and the metrics so far, in one file
+    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
+                              and the generator's device type, epoch, step and the metrics so
+                              far, in one file; in the middle of an epoch (``checkpoint_every``)
+                              also the epoch's shuffled order, position and partial bound
     metrics.csv               one row per epoch
     tb/                       TensorBoard event files
 

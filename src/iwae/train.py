@@ -550,7 +550,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
         if ckpt_path.is_file():
             saved = load_tensors(ckpt_path)
-            _check_same_device_type(ckpt_path, *saved, config.device)
             done = saved[1].get("epoch")
             if not isinstance(done, int):
                 raise CheckpointError(f"{ckpt_path} has no epoch count; was it written by iwae?")
@@ -561,7 +560,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 remove_temporaries(run_dir, RUN_FILES)
                 _sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
                 print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
-                return run_dir
+                return run_dir  # on any device: nothing is drawn
+            _check_same_device_type(ckpt_path, *saved, config.device)
         else:
             print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
                   f"starting it from the beginning", file=sys.stderr)
@@ -718,7 +718,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 def run_identity(config: TrainConfig) -> dict:
     """The settings that decide a run's result: its config without where it runs or how long (``NOT_IDENTITY``).
 
-    Two configs with the same identity describe the same run, so one may resume the other.
+    Two configs with the same identity describe the same run, so one may resume the other, on the
+    device type its checkpoint was written on: the device type decides the result too (CPU and
+    CUDA draw other random numbers), but a config's ``device`` says where to run next, so
+    :func:`train` checks it against the checkpoint rather than here.
     """
     return {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
 
@@ -765,10 +768,11 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
             if done > config.total_epochs:
                 raise ValueError(f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
                                  f"asked for; use another --out")
-            # train() checks the device type, records the new epochs in config.yaml, and does
-            # nothing more when all are trained
-            train(config, resume=True, progress=progress, splits=splits)
-            return "trained before" if done == config.total_epochs else "resumed"
+            if done == config.total_epochs:  # nothing to train, on any device
+                _sync_outputs(run_dir, config, list(load_tensors(run_dir / "checkpoint.safetensors")[1].get("metrics", [])))
+                return "trained before"
+            train(config, resume=True, progress=progress, splits=splits)  # checks the device type
+            return "resumed"
     existed = run_dir.exists()
     train(config, overwrite=True, progress=progress, splits=splits)
     return "restarted" if existed else "trained"
