@@ -792,13 +792,15 @@ def test_nonfinite_loss_or_gradient_stops_before_the_parameters_change(tmp_path,
 def test_nonfinite_check_sees_only_nonfinite_values():
     model = VAE(ModelConfig(784, (2,), ((4,),)))
     for p in model.parameters():
-        p.grad = torch.full_like(p, 3e38)  # huge but finite: its sum or 2-norm would overflow
-    bound = torch.tensor([-1e30, -5.0])
-    assert not train_module._nonfinite(bound, model)
-    next(model.parameters()).grad[0, 0] = float("-inf")
-    assert train_module._nonfinite(bound, model)
+        p.grad = torch.full_like(p, 3e38)  # huge but finite: a float32 sum overflows to inf
+    bound = torch.tensor([-3e38, -5.0])
+    assert not train_module._nonfinite(bound, model) and not train_module._nonfinite_now(bound, model)
+    for value in (float("-inf"), float("inf"), float("nan")):
+        next(model.parameters()).grad[0, 0] = value
+        assert train_module._nonfinite(bound, model) and train_module._nonfinite_now(bound, model)
     next(model.parameters()).grad[0, 0] = 0.0
-    assert train_module._nonfinite(torch.tensor([float("nan"), 0.0]), model)
+    bound[1] = float("nan")
+    assert train_module._nonfinite(bound, model) and train_module._nonfinite_now(bound, model)
 
 
 # ----------------------------------------------------------------------------- validation memory

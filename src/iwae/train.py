@@ -474,14 +474,24 @@ def _defer_finite_check(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _total(bound: torch.Tensor, model: VAE, dtype: torch.dtype) -> torch.Tensor:
+    """The sum of ``bound`` and of every gradient element, in ``dtype``: nan or inf if one of them is
+    (inf + -inf is nan). In float64 the sum of finite float32 values cannot overflow, so it is
+    finite exactly when they all are; in float32 it can (a false alarm only)."""
+    sums = [bound.sum(dtype=dtype)] + [p.grad.sum(dtype=dtype) for p in model.parameters() if p.grad is not None]
+    return torch.stack(sums).sum()
+
+
 def _nonfinite(bound: torch.Tensor, model: VAE) -> torch.Tensor:
-    """A 0-dim bool tensor on the model's device: is any of ``bound`` or any gradient nan or inf?
-    (The max-norm of the gradients is nan or inf exactly when one element is; it cannot overflow.)"""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    bad = ~torch.isfinite(bound).all()
-    if grads:
-        bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))
-    return bad
+    """A 0-dim bool tensor on the model's device, without a host sync: is any of ``bound`` or of
+    the gradients nan or inf?"""
+    return ~torch.isfinite(_total(bound, model, torch.float64))
+
+
+def _nonfinite_now(bound: torch.Tensor, model: VAE) -> bool:
+    """:func:`_nonfinite` read on the host, by the cheaper float32 sum first (about 50 us for Burda's
+    1-layer net on one CPU core, 1% of a step; the float64 sums take 170 us), confirmed in float64."""
+    return not bool(torch.isfinite(_total(bound, model, torch.float32))) and bool(_nonfinite(bound, model))
 
 
 def _duration(seconds: float) -> str:
@@ -663,11 +673,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                     x = data_module.binarize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
                 bound = accumulate_gradients(model, x, spec, generator, warmup_weight)
-                bad = _nonfinite(bound, model)
                 if defer:
+                    bad = _nonfinite(bound, model)
                     first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
                     optimizer.found_inf = bad.float()  # fused Adam skips the update when it is 1
-                elif bad.item():
+                elif _nonfinite_now(bound, model):
                     stop_if_nonfinite(epoch, step + 1)
                 optimizer.step()
                 bound_sum += bound.sum()
