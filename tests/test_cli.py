@@ -110,7 +110,12 @@ def test_resume_without_checkpoint(tmp_path, run_dir):
     half = tmp_path / "half"
     half.mkdir()
     shutil.copy(run_dir / "config.yaml", half / "config.yaml")
-    assert_usage_error(invoke("train", "--resume", half), "checkpoint")
+    # stopped before its first checkpoint: --resume trains it from the beginning, to the same model
+    result = invoke("train", "--resume", half, "--quiet")
+    assert result.exit_code == 0 and "starting it from the beginning" in result.output, result.output
+    a, _ = load_tensors(half / "model.safetensors")
+    b, _ = load_tensors(run_dir / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert_usage_error(invoke("train", "--resume", tmp_path / "missing"), "not found")
 
 

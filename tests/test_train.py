@@ -315,9 +315,10 @@ def test_refuses_to_overwrite_without_overwrite(tmp_path, tiny_splits):
     assert (empty / "model.safetensors").is_file()
 
 
-def test_resume_without_checkpoint_raises(tmp_path, tiny_splits):
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+def test_resume_of_a_missing_run_directory_raises(tmp_path, tiny_splits):
+    with pytest.raises(CheckpointError, match="run directory .*none not found"):
         train(TrainConfig(k=1, epochs=1, out=str(tmp_path / "none")), resume=True, splits=tiny_splits)
+    assert not (tmp_path / "none").exists()
 
 
 # ----------------------------------------------------------------------------- resume
@@ -586,3 +587,273 @@ def test_gradient_terms_bound_is_the_iwae_bound():
     torch.testing.assert_close(result.bound.double(), by_hand, rtol=1e-6, atol=1e-5)
     # not the ELBO (a looser bound) and not a surrogate
     assert (result.bound > objectives.elbo(log_w).detach()).all()
+
+
+# ----------------------------------------------------------------------------- issue 9: files, devices, resume
+def test_run_files_have_the_usual_permissions(tmp_path, tiny_splits):
+    """safetensors files were written 0600 while every other file was 0644 (umask 022)."""
+    out = tmp_path / "run"
+    train(TrainConfig(k=1, epochs=1, batch_size=40, valid_k=1, out=str(out)), progress=False, splits=tiny_splits)
+    expected = 0o666 & ~checkpoint_module._UMASK
+    for name in ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv"):
+        assert (out / name).stat().st_mode & 0o777 == expected, name
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda0", "cuda:", "tpu", "CPU", ""])
+def test_unknown_device_is_refused_by_the_config(device):
+    with pytest.raises(ValueError, match=r"unknown device .*; use cpu, cuda or cuda:N"):
+        TrainConfig(device=device)
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path, tiny_splits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device cuda requested but CUDA is not available on this machine"):
+        train(TrainConfig(k=1, epochs=1, device="cuda", out=str(tmp_path / "run")), splits=tiny_splits)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"cuda:3 requested but this machine has 1 CUDA device"):
+        train(TrainConfig(k=1, epochs=1, device="cuda:3", out=str(tmp_path / "run")), splits=tiny_splits)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("k", "five", r"config key 'k' must be int, got 'five' \(str\)"),
+    ("lr", "1e-3", r"config key 'lr' must be float, got '1e-3' \(str\) \(YAML reads 1e-3 as text"),
+    ("epochs", 2.5, r"config key 'epochs' must be int \| None, got 2.5"),
+    ("learn_mixture_weights", "yes", r"config key 'learn_mixture_weights' must be bool"),
+    ("latent_dims", [4, "x"], r"config key 'latent_dims' must be list\[int\] \| None"),
+    ("k", True, r"config key 'k' must be int, got True \(bool\)"),
+])
+def test_config_yaml_with_a_wrong_type_names_the_key(tmp_path, key, value, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**TrainConfig().to_dict(), key: value}))
+    with pytest.raises(CheckpointError, match=message) as info:
+        TrainConfig.from_yaml(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_run_again_or_resumed(tmp_path, tiny_splits, monkeypatch):
+    cfg = TrainConfig(k=2, epochs=2, batch_size=20, valid_k=2, seed=4, out=str(tmp_path / "ref"))
+    ref = train(cfg, progress=False, splits=tiny_splits)
+
+    def killed(*args, **kwargs):
+        raise SimulatedKill("killed in the first step")
+
+    for how in ("again", "resume"):
+        out = tmp_path / how
+        cfg_out = TrainConfig(**{**cfg.to_dict(), "out": str(out)})
+        monkeypatch.setattr(train_module, "accumulate_gradients", killed)
+        with pytest.raises(SimulatedKill):
+            train(cfg_out, progress=False, splits=tiny_splits)
+        monkeypatch.undo()
+        assert (out / "config.yaml").is_file() and not (out / "checkpoint.safetensors").exists()
+        # the same command into the same --out (this used to be refused: "exists and is not empty"),
+        # or --resume (used to be refused: "holds no checkpoint.safetensors")
+        train(cfg_out, resume=how == "resume", progress=False, splits=tiny_splits)
+        assert_same_tensor_files(ref / "checkpoint.safetensors", out / "checkpoint.safetensors")
+        assert_same_bounds(ref, out, "valid_L2")
+
+
+def test_resume_for_fewer_epochs_than_trained_is_refused(tmp_path, tiny_splits):
+    from cli_helpers import assert_one_line_error, invoke
+
+    out = tmp_path / "run"
+    train(TrainConfig(k=1, epochs=3, batch_size=40, valid_k=1, out=str(out)), progress=False, splits=tiny_splits)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"cannot resume .* for 2 epochs: it has trained 3; ask for --epochs 3"):
+        train(TrainConfig(k=1, epochs=2, batch_size=40, valid_k=1, out=str(out)), resume=True, splits=tiny_splits)
+    # the command line used to rewrite config.yaml to 2 epochs before training noticed
+    assert_one_line_error(invoke("train", "--resume", out, "--epochs", 2), "it has trained 3")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_says_where_it_continues_and_when_there_is_nothing_to_do(tmp_path, tiny_splits):
+    from cli_helpers import invoke
+
+    out = tmp_path / "run"
+    train(TrainConfig(k=1, epochs=1, batch_size=20, valid_k=1, out=str(out)), progress=False, splits=tiny_splits)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = invoke("train", "--resume", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"nothing to do: {out} has trained all 1 epochs" in result.output
+    assert "trained IWAE" not in result.output
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # not even a new TensorBoard file
+
+    result = invoke("train", "--resume", out, "--epochs", 2, "--quiet", "--data-dir", "unused")
+    assert result.exit_code == 2  # --data-dir is not changeable on resume
+    train(TrainConfig(k=1, epochs=2, batch_size=20, valid_k=1, out=str(out)), resume=True, progress=False,
+          splits=tiny_splits)
+    assert TrainConfig.from_yaml(out / "config.yaml").epochs == 2
+
+
+def test_resume_message_names_the_epoch(tmp_path, tiny_splits, capsys):
+    out = tmp_path / "run"
+    cfg = TrainConfig(k=1, epochs=1, batch_size=10, valid_k=1, checkpoint_every=3, out=str(out))
+    train(cfg, progress=False, splits=tiny_splits)
+    capsys.readouterr()
+    train(TrainConfig(**{**cfg.to_dict(), "epochs": 2}), resume=True, progress=False, splits=tiny_splits)
+    assert f"resuming {out} from epoch 1 of 2 (step 4)" in capsys.readouterr().err
+
+
+def test_checkpoint_every_writes_mid_epoch_checkpoints_that_resume_bit_exact(tmp_path, small_splits,
+                                                                               reference_run, monkeypatch):
+    """A checkpoint every 3 steps (10 steps an epoch); killed in step 17, resumed from step 15's
+    checkpoint, 5 batches (100 images) into epoch 2."""
+    ref = reference_run("iwae")
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**resume_config(out, "iwae", 3).to_dict(), "checkpoint_every": 3})
+    real = train_module.accumulate_gradients
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            raise SimulatedKill("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "accumulate_gradients", dying)
+    with pytest.raises(SimulatedKill):
+        train(cfg, progress=False, splits=small_splits)
+    monkeypatch.undo()
+    tensors, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 1 and meta["step"] == 15 and meta["epoch_position"] == 100
+    assert tensors["epoch.order"].shape == (200,)
+    train(cfg, resume=True, progress=False, splits=small_splits)
+    assert_same_tensor_files(ref / "model.safetensors", out / "model.safetensors")
+    ref_ckpt, _ = load_tensors(ref / "checkpoint.safetensors")
+    out_ckpt, _ = load_tensors(out / "checkpoint.safetensors")
+    assert sorted(ref_ckpt) == sorted(out_ckpt)
+    assert all(torch.equal(ref_ckpt[k], out_ckpt[k]) for k in ref_ckpt)
+    assert_same_bounds(ref, out, "valid_L5")
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        TrainConfig(checkpoint_every=0)
+
+
+# ----------------------------------------------------------------------------- nan / inf
+def _poisoning(real, at: int, what: str, snapshots: list, model_ref: list):
+    """accumulate_gradients that makes the loss or a gradient nan at its ``at``-th call and records
+    the parameters at the start of calls ``at`` and ``at + 1``."""
+    calls = {"n": 0}
+
+    def poisoned(model, x, spec, generator, kl_weight=1.0):
+        calls["n"] += 1
+        model_ref[:] = [model]
+        if calls["n"] in (at, at + 1):
+            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        bound = real(model, x, spec, generator, kl_weight)
+        if calls["n"] == at:
+            if what == "loss":
+                bound = bound.clone()
+                bound[3] = float("nan")
+            else:
+                next(model.parameters()).grad[0, 0] = float("inf")
+        return bound
+
+    return poisoned
+
+
+NAN_RUN = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=10, valid_k=2, epochs=3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def nan_reference(tmp_path_factory, tiny_splits) -> Path:
+    """The uninterrupted tiny run (4 steps an epoch) the nan/inf tests resume to."""
+    out = tmp_path_factory.mktemp("nan-ref") / "run"
+    return train(TrainConfig(**NAN_RUN, out=str(out)), progress=False, splits=tiny_splits)
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient"])
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-each-step", "deferred-as-on-cuda"])
+def test_nonfinite_loss_or_gradient_stops_before_the_parameters_change(tmp_path, tiny_splits, nan_reference,
+                                                                       monkeypatch, what, deferred):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**NAN_RUN, out=str(out))
+    snapshots: list = []
+    model_ref: list = []
+    monkeypatch.setattr(train_module, "_defer_finite_check", lambda device: deferred)
+    monkeypatch.setattr(train_module, "accumulate_gradients",
+                        _poisoning(train_module.accumulate_gradients, 6, what, snapshots, model_ref))
+    with pytest.raises(FloatingPointError) as info:
+        train(cfg, progress=False, splits=tiny_splits)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "in epoch 2 at step 6" in message and "(epoch 1, step 4) is intact" in message
+    model = model_ref[0]
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    if deferred:  # the poisoned step 6 was skipped by fused Adam; the epoch's other steps ran
+        assert len(snapshots) == 2
+        for key, value in snapshots[0].items():
+            assert torch.equal(value, snapshots[1][key]), key
+    else:  # stopped at once: the parameters are those before step 6
+        assert len(snapshots) == 1
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, snapshots[0][key]), key
+    # the last good checkpoint is intact and resumes to the uninterrupted run
+    _, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 1 and meta["step"] == 4
+    monkeypatch.undo()
+    train(cfg, resume=True, progress=False, splits=tiny_splits)
+    assert_same_tensor_files(nan_reference / "checkpoint.safetensors", out / "checkpoint.safetensors")
+    assert_same_bounds(nan_reference, out, "valid_L2")
+
+
+def test_nonfinite_check_sees_only_nonfinite_values():
+    model = VAE(ModelConfig(784, (2,), ((4,),)))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3e38)  # huge but finite: a float32 sum overflows to inf
+    bound = torch.tensor([-3e38, -5.0])
+    assert not train_module._nonfinite(bound, model) and not train_module._nonfinite_now(bound, model)
+    for value in (float("-inf"), float("inf"), float("nan")):
+        next(model.parameters()).grad[0, 0] = value
+        assert train_module._nonfinite(bound, model) and train_module._nonfinite_now(bound, model)
+    next(model.parameters()).grad[0, 0] = 0.0
+    bound[1] = float("nan")
+    assert train_module._nonfinite(bound, model) and train_module._nonfinite_now(bound, model)
+
+
+# ----------------------------------------------------------------------------- validation memory
+def test_validation_bound_stays_within_the_memory_budget(monkeypatch):
+    """validation_bound sent 100 images x valid_k samples per decoder call, whatever the memory
+    (500,000 rows at --valid-k 5000); now no call exceeds the budget."""
+    from iwae.evaluate import _bytes_per_row
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(784, (4,), ((16,),)))
+    x = torch.bernoulli(torch.full((30, 784), 0.3))
+    rows = []
+    real = VAE.log_weights_from_posterior
+
+    def recording(self, x, loc, log_scale, num_samples, generator=None):
+        rows.append(num_samples * x.shape[0])
+        return real(self, x, loc, log_scale, num_samples, generator)
+
+    monkeypatch.setattr(VAE, "log_weights_from_posterior", recording)
+    budget = 4 << 20  # 4 MiB: about 430 samples of this net
+    value = train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0), memory_budget=budget)
+    assert rows and max(rows) * _bytes_per_row(model) <= budget and sum(rows) == 30 * 3000
+    # an independent L_3000 of the same images: logsumexp over all samples at once, other samples
+    log_w = real(model, x, *model.encoder[0].loc_log_scale(x), 3000, torch.Generator().manual_seed(1))
+    direct = (torch.logsumexp(log_w.double(), 0) - math.log(3000)).mean().item()
+    assert value == pytest.approx(direct, abs=0.5)
+    # negative control: a budget that fits is one call per batch
+    rows.clear()
+    train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0), memory_budget=1 << 30)
+    assert rows == [30 * 3000]
+
+
+def test_validation_bound_keeps_its_numbers_where_the_budget_allows():
+    """Where 100 images x k samples fit the budget, the values (and so the training generator's
+    later draws) are those of the loop before: one model.log_weights call per 100 images."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(784, (4,), ((16,),)))
+    x = torch.bernoulli(torch.full((250, 784), 0.3))
+    for k in (1, 5, 50):
+        gen = torch.Generator().manual_seed(7)
+        value = train_module.validation_bound(model, x, k, gen)
+        gen_old = torch.Generator().manual_seed(7)
+        total = 0.0
+        for i in range(0, 250, 100):
+            total += objectives.iwae(model.log_weights(x[i:i + 100], k, gen_old)).sum().item()
+        assert value == total / 250, k
+        assert torch.equal(gen.get_state(), gen_old.get_state())

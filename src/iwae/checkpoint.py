@@ -4,20 +4,27 @@ A run directory holds
 
     config.yaml               the resolved training config (re-runnable with ``iwae train --config``)
     model.safetensors         the model's weights; metadata: model config and epoch
-    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state,
-                              epoch, step and the metrics so far, in one file
+    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
+                              and the generator's device type, epoch, step and the metrics so
+                              far, in one file; in the middle of an epoch (``checkpoint_every``)
+                              also the epoch's shuffled order, position and partial bound
     metrics.csv               one row per epoch
     tb/                       TensorBoard event files
 
-Every file is written to a temporary file in the same folder, flushed and renamed over the old
-one (``os.replace`` is atomic on POSIX), so a killed run never leaves a half-written file.
+Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and
+renamed over the old one (``os.replace`` is atomic on POSIX), so a killed run never leaves a
+half-written file under its real name; :func:`remove_temporaries` clears the temporary files a
+kill -9 leaves behind. A write that fails (full disk, read-only folder) raises :class:`WriteError`
+and leaves the old file as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno as errno_module
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["atomic_write", "save_tensors", "load_tensors", "CheckpointError"]
+__all__ = ["atomic_write", "save_tensors", "load_tensors", "remove_temporaries", "check_writable", "CheckpointError", "WriteError"]
 
 
 _UMASK = os.umask(0o022)
@@ -38,20 +45,41 @@ class CheckpointError(ValueError):
     """A run directory or checkpoint file is missing, corrupt or inconsistent."""
 
 
+class WriteError(CheckpointError, OSError):
+    """A file could not be written (full disk, read-only or missing folder); the old file is unchanged.
+
+    Both a CheckpointError (the CLI reports it in one line) and an OSError (for callers that catch those)."""
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    hint = {errno_module.ENOSPC: "; free some space and resume",
+            errno_module.EACCES: "; is the folder writable?", errno_module.EPERM: "; is the folder writable?",
+            errno_module.EROFS: "; the file system is read-only"}.get(e.errno, "")
+    return WriteError(f"could not write {path}: {reason}{hint} (the previous {path.name}, if any, is unchanged)")
+
+
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[str]:
     """Yields a temporary path beside ``path``; on success syncs it and renames it over ``path``, else deletes it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give the usual permissions
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         yield tmp
+        # mkstemp makes files private (0600), and safetensors' writer recreates the file with that
+        # mode too: give the finished file the usual permissions (0644 under umask 022)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(path, e) from e
         raise
 
 
@@ -66,7 +94,37 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """Writes ``tensors`` to a safetensors file atomically; ``metadata`` is stored as JSON under key ``json``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with _atomic_path(Path(path)) as tmp:
-        save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+        try:
+            save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+        except SafetensorError as e:  # the Rust writer reports I/O errors (a full disk) this way
+            raise WriteError(f"could not write {path}: {e} (the previous {Path(path).name}, if any, is unchanged)") from e
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raises :class:`WriteError` unless a file can be created in ``folder`` (before hours of work
+    that could not be saved); leaves nothing behind."""
+    folder = Path(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise _write_error(folder / "checkpoint.safetensors", e) from e
+
+
+_TEMPORARY = re.compile(r"^\..+\.[^.]+\.tmp$")  # .NAME.XXXXXXXX.tmp, as _atomic_path names them
+
+
+def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Deletes the temporary files that writes of ``names`` (e.g. ``("metrics.csv",)``) left in ``folder``
+    when the process was killed mid-write; returns what it deleted."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if _TEMPORARY.match(path.name) and any(path.name.startswith(f".{name}.") for name in names):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -125,8 +125,13 @@ Examples:
 @click.option("--valid-k", type=int, help="Samples for the per-epoch validation L_k.  [default: --k]")
 @click.option("--train-subset", type=int, help="Train on the first N training examples only.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU and CUDA "
+                   "draw other random numbers).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--checkpoint-every", type=int,
+              help="Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.  "
+                   "[default: at the end of each epoch]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
@@ -137,7 +142,7 @@ Examples:
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
-    from .train import TrainConfig, train as run_training
+    from .train import TrainConfig, train as run_training, trained_epochs
 
     given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     options["latent_dims"] = _int_list(options["latent_dims"], "--latent-dims")
@@ -146,19 +151,19 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise CheckpointError(f"run directory {run_dir} not found")
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
+                                  f"it started); train it again with --out {run_dir}")
         values = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
-        changeable = {"epochs", "device", "threads"}
+        # --device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
+        changeable = {"epochs", "device", "threads", "checkpoint_every"}
         fixed = given - changeable - {"out"}
         if fixed:
             raise ValueError(f"cannot change {', '.join('--' + f.replace('_', '-') for f in sorted(fixed))} "
-                             f"when resuming; only --epochs, --device and --threads")
+                             f"when resuming; only --epochs, --device, --threads and --checkpoint-every")
         values.update({name: options[name] for name in given & changeable})
         values["out"] = str(run_dir)
-        config = TrainConfig.from_dict(values)
-        with atomic_write(run_dir / "config.yaml") as f:
-            import yaml
-
-            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+        config = TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
     else:
         values = TrainConfig.from_yaml(config_file).to_dict() if config_file else {}
         for name, value in options.items():
@@ -170,8 +175,12 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
         if not values.get("out"):
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
         config = TrainConfig.from_dict(values)
+    finished = False
+    if resume and (Path(resume) / "checkpoint.safetensors").is_file():
+        finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do
     run_dir = run_training(config, resume=bool(resume), overwrite=overwrite, progress=not quiet)
-    click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
+    if not finished:
+        click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
     click.echo(f"evaluate it with: iwae evaluate {run_dir}")
 
 

@@ -1,0 +1,230 @@
+"""Fault injection: a real small training run (``iwae train``, MNIST images, a tiny net) killed
+with SIGKILL at 34 points (30 single kills and two runs killed twice), among them in the middle of every kind of file write, then resumed with
+``iwae train --resume``.
+
+Each kill happens in a forked child at a chosen event: the n-th optimizer step, the n-th
+validation pass, or the n-th write of a run file, either half-way (the temporary file truncated to
+half its size, as a kill during the write would leave it), with the temporary file complete but not
+yet renamed, or just after the rename. After each kill every file of the run directory under its
+real name must be complete, and after ``--resume`` the run must end with the uninterrupted run's
+weights, optimizer state and RNG state, bit for bit, and the same metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import iwae.checkpoint as checkpoint_module
+from iwae import train as train_module
+from iwae.checkpoint import load_tensors
+from iwae.cli import main
+from iwae.train import TrainConfig
+
+from cli_helpers import assert_one_line_error, invoke
+
+# 60 images in batches of 10: 6 steps an epoch, 18 in all; a checkpoint every 4 steps as well as
+# at the end of each epoch (steps 4, 6, 8, 12, 16, 18; step 12 ends epoch 2)
+TRAIN_ARGS = ("--k", 3, "--latent-dims", 4, "--hidden-dims", 16, "--batch-size", 10, "--epochs", 3,
+              "--checkpoint-every", 4, "--seed", 1, "--quiet")
+WRITES = {"config.yaml": 1, "model.safetensors": 4, "checkpoint.safetensors": 6, "metrics.csv": 3}
+TEMPORARY = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
+
+# (event, file or None, occurrence): fsync = killed half-way through the write; replace = the
+# temporary file is complete, not yet renamed; replaced = killed just after the rename
+KILL_POINTS = [
+    ("fsync", "config.yaml", 1), ("replaced", "config.yaml", 1),
+    ("fsync", "model.safetensors", 1), ("replaced", "model.safetensors", 1),
+    ("step", None, 1),
+    ("fsync", "checkpoint.safetensors", 1), ("replace", "checkpoint.safetensors", 1),
+    ("replaced", "checkpoint.safetensors", 1),
+    ("step", None, 5), ("validation", None, 1),
+    ("fsync", "model.safetensors", 2), ("replaced", "model.safetensors", 2),
+    ("fsync", "checkpoint.safetensors", 2), ("replace", "checkpoint.safetensors", 2),
+    ("fsync", "metrics.csv", 1), ("replaced", "metrics.csv", 1),
+    ("step", None, 7), ("fsync", "checkpoint.safetensors", 3),
+    ("validation", None, 2), ("replace", "checkpoint.safetensors", 4),
+    ("step", None, 13), ("replaced", "checkpoint.safetensors", 5),
+    ("step", None, 18), ("validation", None, 3),
+    ("fsync", "model.safetensors", 4),
+    ("fsync", "checkpoint.safetensors", 6), ("replace", "checkpoint.safetensors", 6),
+    ("replaced", "checkpoint.safetensors", 6), ("fsync", "metrics.csv", 3), ("replaced", "metrics.csv", 3),
+]
+# a kill, then a kill of the resumed run, then the resume that finishes
+KILL_CHAINS = [
+    [("step", None, 5), ("fsync", "checkpoint.safetensors", 1)],
+    [("replaced", "checkpoint.safetensors", 3), ("validation", None, 1)],
+]
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # never reached
+
+
+def _install_hooks(monkeypatch, on_event) -> None:
+    """Routes every optimizer step, validation pass, run-file fsync and rename through
+    ``on_event(kind, name, path)``, which may kill the process."""
+    real_replace, real_fsync = os.replace, os.fsync
+    real_accumulate, real_validation = train_module.accumulate_gradients, train_module.validation_bound
+
+    def replace(src, dst):
+        on_event("replace", Path(dst).name, src)
+        real_replace(src, dst)
+        on_event("replaced", Path(dst).name, dst)
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        match = TEMPORARY.match(Path(path).name)
+        if match:
+            on_event("fsync", match.group(1), path)
+        real_fsync(fd)
+
+    def accumulate(*args, **kwargs):
+        on_event("step", None, None)
+        return real_accumulate(*args, **kwargs)
+
+    def validation(*args, **kwargs):
+        on_event("validation", None, None)
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    monkeypatch.setattr(train_module, "accumulate_gradients", accumulate)
+    monkeypatch.setattr(train_module, "validation_bound", validation)
+
+
+def _run_killed(args: list[str], point: tuple) -> None:
+    """Runs ``iwae ARGS`` in a forked child that SIGKILLs itself at ``point``; asserts it died so."""
+    kind, name, occurrence = point
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            counts: collections.Counter = collections.Counter()
+
+            def on_event(k, n, path):
+                counts[k, n] += 1
+                if (k, n) == (kind, name) and counts[k, n] == occurrence:
+                    if k == "fsync":  # what a kill during the write leaves: the first half
+                        os.truncate(path, os.path.getsize(path) // 2)
+                    _die()
+
+            with pytest.MonkeyPatch.context() as mp:
+                _install_hooks(mp, on_event)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1), os.dup2(devnull, 2)
+                main([str(a) for a in args], standalone_mode=False)
+            os._exit(0)  # finished without reaching the kill point
+        except BaseException:  # noqa: BLE001 - any failure is reported through the exit status
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+        f"the run was not killed at {point}: exit status {os.waitstatus_to_exitcode(status)}")
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory, mnist_splits) -> str:
+    """60 training, 20 validation, 20 test MNIST images (grey levels: binarized dynamically)."""
+    path = tmp_path_factory.mktemp("data") / "mnist-small.npz"
+    s = mnist_splits
+    np.savez(path, train=s.train[:60].numpy(), valid=s.valid[:20].numpy(), test=s.test[:20].numpy())
+    return f"npz:{path}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_npz) -> Path:
+    """The uninterrupted run, with the events it passes through counted (the kill points exist)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    events: collections.Counter = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        _install_hooks(mp, lambda kind, name, path: events.update([(kind, name)]))
+        result = invoke("train", "--dataset", small_npz, *TRAIN_ARGS, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert events["step", None] == 18 and events["validation", None] == 3
+    for name, n in WRITES.items():
+        assert events["fsync", name] == events["replace", name] == events["replaced", name] == n, name
+    for kind, name, occurrence in KILL_POINTS + [p for chain in KILL_CHAINS for p in chain]:
+        assert events[kind, name] >= occurrence, (kind, name, occurrence)
+    return out
+
+
+def assert_complete(run_dir: Path) -> None:
+    """Every run file under its real name is whole, and the weights are never behind the checkpoint."""
+    if (run_dir / "config.yaml").exists():
+        TrainConfig.from_yaml(run_dir / "config.yaml")
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        if (run_dir / name).exists():
+            load_tensors(run_dir / name)  # raises CheckpointError on a partial file
+    if (run_dir / "metrics.csv").exists():
+        rows = list(csv.DictReader(open(run_dir / "metrics.csv", newline="")))
+        assert rows and all(None not in r and all(v != "" for v in r.values()) for r in rows)
+        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    if (run_dir / "checkpoint.safetensors").exists():
+        ckpt_epoch = load_tensors(run_dir / "checkpoint.safetensors")[1]["epoch"]
+        assert load_tensors(run_dir / "model.safetensors")[1]["epoch"] >= ckpt_epoch
+
+
+def assert_same_run(ref: Path, out: Path) -> None:
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, meta_a = load_tensors(ref / name)
+        b, meta_b = load_tensors(out / name)
+        assert sorted(a) == sorted(b), name
+        for key in a:  # weights, Adam moments and steps, both RNG states
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), f"{name}: {key} differs"
+        assert meta_a["epoch"] == meta_b["epoch"] and meta_a.get("step") == meta_b.get("step")
+    rows_a = list(csv.DictReader(open(ref / "metrics.csv", newline="")))
+    rows_b = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    timing = {"epoch_time_s", "examples_per_s", "wall_time_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in rows_b]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
+
+
+def _kill_and_resume(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
+    start = ["train", "--dataset", small_npz, *map(str, TRAIN_ARGS), "--out", str(out)]
+    _run_killed(start, points[0])
+    assert_complete(out)
+    for point in points[1:]:
+        _run_killed(["train", "--resume", str(out), "--quiet"], point)
+        assert_complete(out)
+    if not (out / "config.yaml").exists():
+        # killed before the run's config was written: nothing to resume from, and the same
+        # command may be run again into the same folder
+        assert_one_line_error(invoke("train", "--resume", out, "--quiet"), "no config.yaml")
+        result = invoke(*start)
+        assert result.exit_code == 0, result.output
+    else:
+        result = invoke("train", "--resume", out, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert re.search(r"resuming .* from epoch \d|starting it from the beginning|nothing to do", result.output)
+    assert_same_run(reference, out)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+@pytest.mark.parametrize("point", KILL_POINTS, ids=[f"{k}-{n or ''}-{i}" for k, n, i in KILL_POINTS])
+def test_kill_9_then_resume_is_bit_exact(tmp_path, small_npz, reference, point):
+    _kill_and_resume([point], tmp_path / "run", small_npz, reference)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+@pytest.mark.parametrize("chain", KILL_CHAINS, ids=["step-then-checkpoint", "checkpoint-then-validation"])
+def test_killed_again_while_resuming(tmp_path, small_npz, reference, chain):
+    _kill_and_resume(chain, tmp_path / "run", small_npz, reference)
+
+
+def test_the_kill_points_are_spread_over_the_run():
+    assert len(KILL_POINTS) + sum(len(c) for c in KILL_CHAINS) >= 20
+    kinds = collections.Counter(kind for kind, _, _ in KILL_POINTS)
+    assert {"fsync", "replace", "replaced", "step", "validation"} <= set(kinds)
+    for name, n in WRITES.items():  # half-way through the first and the last write of every file
+        assert ("fsync", name, 1) in KILL_POINTS and ("fsync", name, n) in KILL_POINTS

@@ -1,0 +1,277 @@
+"""Hostile and wrong files in a run directory, a full disk and a read-only folder: ``iwae train
+--resume`` (and ``iwae.load``) refuse each with one line, run no code from a file, and leave the
+last good checkpoint intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+import iwae
+import iwae.checkpoint as checkpoint_module
+from iwae.checkpoint import CheckpointError, load_tensors
+from iwae.data import Splits
+from iwae.train import TrainConfig, train, train_or_resume
+
+from cli_helpers import invoke
+
+SMALL = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=20, valid_k=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory, mnist_splits) -> str:
+    """40 training, 20 validation and test MNIST images as a user .npz, so the CLI loads them fast."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    s = mnist_splits
+    np.savez(path, train=s.train[:40].numpy(), valid=s.valid[:20].numpy(), test=s.test[:20].numpy())
+    return f"npz:{path}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_npz) -> Path:
+    """A 2-epoch run (reference) of the tiny net on 40 MNIST images."""
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    train(TrainConfig(**SMALL, dataset=tiny_npz, epochs=2, out=str(out)), progress=False)
+    return out
+
+
+@pytest.fixture
+def half_run(tmp_path, tiny_npz) -> Path:
+    """The same run after its first epoch: what --resume continues."""
+    out = tmp_path / "run"
+    train(TrainConfig(**SMALL, dataset=tiny_npz, epochs=1, out=str(out)), progress=False)
+    return out
+
+
+def assert_one_line_error(result, phrase: str) -> str:
+    """Exit status 2, no traceback, exactly one ``Error`` line, which contains ``phrase``; returns it."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and phrase in errors[0], result.output
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the proof that a file's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# ----------------------------------------------------------------------------- not safetensors
+@pytest.mark.parametrize("fmt", ["pickle", "torch.save"])
+def test_a_pickle_named_checkpoint_safetensors_is_refused_unexecuted(half_run, tmp_path, fmt):
+    marker = tmp_path / "code-ran"
+    path = half_run / "checkpoint.safetensors"
+    if fmt == "pickle":
+        path.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+        with open(tmp_path / "check.pkl", "wb") as f:  # the payload works: unpickling it runs code
+            pickle.dump(_Payload(tmp_path / "control"), f)
+        pickle.loads((tmp_path / "check.pkl").read_bytes())
+        assert (tmp_path / "control").exists()
+    else:
+        torch.save({"model": _Payload(marker)}, path)
+    before = snapshot(half_run)
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                          "is corrupt or not a safetensors file")
+    assert not marker.exists()
+    (half_run / "model.safetensors").write_bytes(path.read_bytes())
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        iwae.load(half_run)
+    assert not marker.exists()
+    assert snapshot(half_run) == {**before, Path("model.safetensors"): path.read_bytes()}
+
+
+# ----------------------------------------------------------------------------- safetensors of another run
+def _rewrite_checkpoint(run: Path, change) -> None:
+    tensors, meta = load_tensors(run / "checkpoint.safetensors")
+    change(tensors, meta)
+    save_file(tensors, str(run / "checkpoint.safetensors"), metadata={"json": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    ("weight-shape", "holds encoder.0.body.0.weight of shape (17, 784)"),
+    ("missing-weight", "lacks "),
+    ("adam-shape", "holds optim.0.exp_avg of shape"),
+    ("architecture", "holds another architecture"),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(half_run, damage, phrase):
+    def change(tensors, meta):
+        if damage == "weight-shape":
+            key = next(k for k in tensors if k.startswith("model.encoder") and k.endswith("weight"))
+            tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
+            meta.pop("model_config")
+        elif damage == "missing-weight":
+            del tensors[next(k for k in tensors if k.startswith("model."))]
+            meta.pop("model_config")
+        elif damage == "adam-shape":
+            tensors["optim.0.exp_avg"] = torch.zeros(3)
+        else:
+            meta["model_config"]["latent_dims"] = [8]
+
+    _rewrite_checkpoint(half_run, change)
+    before = snapshot(half_run)
+    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), phrase)
+    assert "checkpoint.safetensors" in error
+    assert snapshot(half_run) == before
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, half_run, tiny_npz):
+    other = tmp_path / "other"
+    train(TrainConfig(**{**SMALL, "latent_dims": [6]}, dataset=tiny_npz, epochs=1, out=str(other)), progress=False)
+    shutil.copy(other / "checkpoint.safetensors", half_run / "checkpoint.safetensors")
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                          "holds another architecture")
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("k: five\n", "config key 'k' must be int, got 'five'"),
+    ("lr: 1e-3\n", "config key 'lr' must be float"),
+    ("samples: 5\n", "unknown config keys: samples"),
+    ("latent_dims: 4\n", "config key 'latent_dims' must be list[int] | None"),
+])
+def test_a_config_yaml_with_unknown_keys_or_wrong_types_is_refused(half_run, text, phrase):
+    path = half_run / "config.yaml"
+    values = yaml.safe_load(path.read_text())
+    key = text.split(":")[0]
+    values.pop(key, None)
+    path.write_text(yaml.safe_dump(values, sort_keys=False) + text)
+    before = snapshot(half_run)
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), phrase)
+    assert snapshot(half_run) == before
+
+
+# ----------------------------------------------------------------------------- the generator's device
+def test_a_cuda_generator_state_is_refused_on_cpu(half_run, trained):
+    """A checkpoint started on CUDA holds a 16-byte generator state (a CPU one is 5,056 bytes); it
+    used to fail with "incomplete or does not match the config"."""
+    def to_cuda_style(tensors, meta):
+        tensors["rng.generator"] = torch.arange(16, dtype=torch.uint8)
+        meta.pop("rng_device")  # as older checkpoints, which did not record it: the size tells
+
+    _rewrite_checkpoint(half_run, to_cuda_style)
+    before = snapshot(half_run)
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                          "was trained on cuda; resuming it on cpu would draw other random numbers")
+    with pytest.raises(ValueError, match="trained on cuda"):  # as iwae reproduce resumes
+        train_or_resume(TrainConfig(**{**TrainConfig.from_yaml(half_run / "config.yaml").to_dict(), "epochs": 2}),
+                        progress=False)
+    assert snapshot(half_run) == before
+    _rewrite_checkpoint(half_run, lambda tensors, meta: meta.update(rng_device="cuda"))
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "was trained on cuda")
+    # a finished run has nothing left to draw: no refusal, on any device
+    result = invoke("train", "--resume", half_run, "--quiet")
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+
+
+def test_resuming_a_cpu_run_on_cuda_is_refused(half_run, monkeypatch):
+    """--device was "changeable" on resume, but a CUDA generator cannot take a CPU one's state,
+    and the two draw other numbers."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    before = snapshot(half_run)
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--device", "cuda", "--quiet"),
+                          "was trained on cpu; resuming it on cuda")
+    assert snapshot(half_run) == before
+    _, meta = load_tensors(half_run / "checkpoint.safetensors")
+    assert meta["rng_device"] == "cpu"
+
+
+# ----------------------------------------------------------------------------- full disk, read-only folder
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(half_run, trained, monkeypatch):
+    real_save = checkpoint_module.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        if Path(filename).name.startswith(".checkpoint.safetensors."):
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 3])  # the disk filled up in the middle
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    good = (half_run / "checkpoint.safetensors").read_bytes()
+    monkeypatch.setattr(checkpoint_module, "save_file", full_disk)
+    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                                  "No space left on device")
+    assert "checkpoint.safetensors" in error and "unchanged" in error
+    assert (half_run / "checkpoint.safetensors").read_bytes() == good
+    assert not [p for p in half_run.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+
+    # the same for a text file (metrics.csv), failing when it is flushed to disk
+    real_fsync = os.fsync
+
+    def full_disk_fsync(fd):
+        if ".metrics.csv." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    good_metrics = (half_run / "metrics.csv").read_bytes()
+    monkeypatch.setattr(checkpoint_module.os, "fsync", full_disk_fsync)
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                          "could not write")
+    monkeypatch.undo()
+    # the checkpoint of epoch 2 was written before metrics.csv failed; the resume syncs metrics.csv
+    assert (half_run / "metrics.csv").read_bytes() == good_metrics
+    result = invoke("train", "--resume", half_run, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, _ = load_tensors(trained / name)
+        b, _ = load_tensors(half_run / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert len((half_run / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_read_only_folder_is_one_line_before_any_training(half_run, trained, monkeypatch):
+    """Tests run as root, whom chmod does not stop: the folder refuses new files through mkstemp,
+    as a read-only folder does (EACCES)."""
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs.get("dir"))
+
+    steps = []
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr("iwae.train.accumulate_gradients", lambda *a, **k: steps.append(1))
+    before = snapshot(half_run)
+    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+                                  "Permission denied")
+    assert "is the folder writable?" in error and not steps  # refused before the first step
+    assert snapshot(half_run) == before
+    monkeypatch.undo()
+    result = invoke("train", "--resume", half_run, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    a, _ = load_tensors(trained / "model.safetensors")
+    b, _ = load_tensors(half_run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_training_is_one_line_from_the_command_line(tmp_path, tiny_npz, monkeypatch):
+    real = __import__("iwae.train", fromlist=["x"]).accumulate_gradients
+
+    def poisoned(model, x, spec, generator, kl_weight=1.0):
+        bound = real(model, x, spec, generator, kl_weight)
+        return bound * float("inf")
+
+    monkeypatch.setattr("iwae.train.accumulate_gradients", poisoned)
+    out = tmp_path / "run"
+    assert_one_line_error(invoke("train", "--dataset", tiny_npz, "--k", 2, "--latent-dims", 4, "--hidden-dims", 16,
+                                 "--epochs", 1, "--quiet", "--out", out),
+                          "became nan or inf in epoch 1 at step 1")
+    assert not (out / "checkpoint.safetensors").exists()
+    assert load_tensors(out / "model.safetensors")[1]["epoch"] == 0
