@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -66,14 +67,21 @@ def test_train_then_evaluate_end_to_end(run_dir):
     assert math.isfinite(report["nll_stderr"]) and report["nll_stderr"] > 0
     assert report["k"] == 50 and report["n_test"] == 100
     assert isinstance(report["active_units"], int) and 0 <= report["active_units"] <= 50
-    saved = json.loads((run_dir / "eval_k50_n100.json").read_text())
-    assert saved["nll"] == report["nll"] and saved["k"] == 50
+    saved = json.loads((run_dir / "eval_k50_n100_seed0.json").read_text())
+    assert saved == report
+    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == train_module.model_sha256(run_dir)
+    assert saved["seed"] == 0 and saved["test_images"] == {"dataset": "mnist", "split": "test", "first": 100, "of": 10000}
+    assert saved["runtime"]["device"] == "cpu" and saved["runtime"]["torch"] == torch.__version__
+    bounds = np.load(run_dir / "eval_k50_n100_seed0.npy")
+    assert bounds.shape == (100,) and -bounds.mean() == pytest.approx(report["nll"], rel=1e-12)
 
     table = invoke("evaluate", run_dir, "--k", 5, "--test-subset", 10, "--quiet")
     assert table.exit_code == 0, (table.output, table.exception)
     assert "test NLL" in table.stdout and "active units" in table.stdout
-    saved = json.loads((run_dir / "eval_k5_n10.json").read_text())
+    saved = json.loads((run_dir / "eval_k5_n10_seed0.json").read_text())
     assert f"{saved['nll']:.2f}" in table.stdout
+    assert "epoch 1 of 1" in table.stdout and saved["model"]["sha256"] in table.stdout
+    assert "the first 10 of 10000" in table.stdout
 
 
 # ----------------------------------------------------------------------------- errors
@@ -83,7 +91,7 @@ def test_train_then_evaluate_end_to_end(run_dir):
     (["--objective", "miwae", "--k", "10", "--m", "3"], ["m = 3 must divide", "k = 10"]),
     (["--dataset", "no-such-data"], ["unknown dataset", "no-such-data"]),
     (["--latent-dims", "a,b"], ["--latent-dims"]),
-    (["--latent-dims", "100,50", "--layers", "1"], ["latent_dims"]),
+    (["--latent-dims", "100,50", "--layers", "1"], ["--latent-dims [100, 50] has 2 entries for 1 --layers"]),
 ], ids=["k0", "beta", "miwae-m", "dataset", "latent-dims", "layers"])
 def test_train_bad_input_exits_2(tmp_path, args, phrases):
     result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "run")
@@ -188,7 +196,7 @@ def test_console_script_exit_status(tmp_path):
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
-    assert errors == ["Error: k must be >= 1, got 0"], proc.stderr
+    assert errors == ["Error: --k must be >= 1, got 0"], proc.stderr
     assert proc.stdout == ""
     assert not (tmp_path / "run").exists()
 

@@ -198,6 +198,24 @@ class Splits:
         """Number of pixels per image, D."""
         return int(self.train.shape[1])
 
+    def first(self, split: str, n: int | None, setting: str = "subset") -> torch.Tensor:
+        """The first ``n`` images of ``split`` (``train``, ``valid`` or ``test``), all of them for None.
+
+        Raises a ConfigError naming ``setting`` (e.g. ``train_subset``) when ``n`` is below 1 or more
+        than the split holds: a larger subset is never clamped to the data without a word.
+        """
+        from .errors import ConfigError
+
+        x = getattr(self, split)
+        if n is None:
+            return x
+        if n < 1:
+            raise ConfigError(f"{setting} must be >= 1, got {n}", [setting])
+        if n > x.shape[0]:
+            what = {"train": "training", "valid": "validation", "test": "test"}[split]
+            raise ConfigError(f"{setting} {n} is more than the {x.shape[0]} {what} images of {self.name}", [setting])
+        return x[:n]
+
     def __repr__(self) -> str:
         return (
             f"Splits(name={self.name!r}, train={tuple(self.train.shape)}, "

@@ -30,6 +30,7 @@ import yaml
 
 from . import data as data_module
 from .checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
+from .errors import ConfigError
 from .estimators import ObjectiveSpec, accumulate_gradients
 from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
@@ -58,7 +59,7 @@ class TrainConfig:
     latent_dims: list[int] | None = None  # units per stochastic layer, bottom-up; None = Burda's
     hidden_dims: list[list[int]] | None = None  # tanh widths per stochastic layer; None = Burda's
     prior: str = "normal"  # p(z) of the top layer: normal, mog (mixture of Gaussians), vamp (VampPrior)
-    components: int = 1  # mixture components (mog) or pseudo-inputs (vamp)
+    components: int | None = None  # mixture components (mog) or pseudo-inputs (vamp), required for them; normal: 1
     learn_mixture_weights: bool = False  # mog: learn the mixture weights (else uniform)
     # objective
     objective: str = "iwae"  # vae, iwae, miwae, ciwae, piwae
@@ -86,7 +87,18 @@ class TrainConfig:
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except ValueError as e:  # a ConfigError names the settings its message is about: the CLI prints their flags
+            raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
+
+    def _validate(self) -> None:
         self.spec  # validates objective, k, m, beta, estimator
+        if self.components is None:  # a default of one would make mog a plain Gaussian and vamp one pseudo-input
+            if self.prior in ("mog", "vamp"):
+                raise ValueError(f"prior {self.prior} needs components (mixture components or pseudo-inputs; "
+                                 f"Tomczak & Welling use 500)")
+            self.components = 1
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.batch_size < 1:
@@ -344,7 +356,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     # data first: a data error must not leave an empty run directory or delete an old run
     splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
-    x_train = splits.train if config.train_subset is None else splits.train[: config.train_subset]
+    x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
 
