@@ -538,18 +538,26 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
     runs = exp.resolve(protocol, datasets=dataset_list, only=only or None, overrides=overrides)
     if dry_run:
-        planned = plan(runs, out_dir)
+        planned = plan(runs, out_dir, data_dir)
         todo = sum(p.seconds for p in planned if p.state != "done")
         click.echo(f"{exp.name}, protocol {protocol}: {len(runs)} runs in {out_dir / 'runs'}")
         width = max(len(p.spec.name) for p in planned)
         for p in planned:
             c = p.spec.config
             after = f", continues {p.spec.after}" if p.spec.after else ""
+            # a run whose data is missing cannot start until it is downloaded (or found): say so
+            no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
             click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
                        f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on "
-                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}")
+                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}"
+                       f"{no_data}")
+        missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
         click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
                    f"(rough; divide by --workers on a machine with the cores for them)")
+        if missing:
+            click.echo(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
+                       f"({', '.join(missing)}): they download it when they start, or fail offline; "
+                       f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
         return
     try:
         summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,

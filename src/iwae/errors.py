@@ -34,8 +34,14 @@ class ConfigError(ValueError):
         message = str(self)
         for field in self.fields:
             if field in names:
-                message = re.sub(_word(field), lambda _: names[field], message)
+                message = re.sub(_word(field), lambda m: m[0] if _as_a_word(m) else names[field], message)
         return message
+
+
+def _as_a_word(match: re.Match) -> bool:
+    """Whether a field's name is used as a plain word there: after an article and a value ("the vae
+    objective", "the constant schedule") or a number ("for 1 layers"), it names no setting."""
+    return bool(re.search(r"(\b(the|a|an) \S+|\d) $", match.string[:match.start()]))
 
 
 def _word(name: str) -> str:
