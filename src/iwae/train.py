@@ -93,12 +93,23 @@ class TrainConfig:
             raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
 
     def _validate(self) -> None:
+        for name in ("beta", "lr", "beta1", "beta2", "adam_eps"):  # inf and nan pass the range checks below
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.spec  # validates objective, k, m, beta, estimator
         if self.components is None:  # a default of one would make mog a plain Gaussian and vamp one pseudo-input
             if self.prior in ("mog", "vamp"):
-                raise ValueError(f"prior {self.prior} needs components (mixture components or pseudo-inputs; "
-                                 f"Tomczak & Welling use 500)")
+                raise ValueError(f"prior {self.prior} needs components: how many Gaussians (mog) or pseudo-inputs "
+                                 f"(vamp) it has; Tomczak & Welling use 500")
             self.components = 1
+        if self.components < 1:  # checked here too, so that the message names this setting, not the model's
+            raise ValueError(f"components must be >= 1, got {self.components}")
+        if self.learn_mixture_weights and self.prior != "mog":
+            raise ValueError(f"learn_mixture_weights applies to the mog prior only, not {self.prior}; "
+                             f"use prior mog")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.batch_size < 1:
