@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -70,14 +71,21 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
     assert math.isfinite(report["nll_stderr"]) and report["nll_stderr"] > 0
     assert report["k"] == 50 and report["n_test"] == 100
     assert report["active_units"] == by_hand.active_units_one_layer(model, mnist_splits.train)
-    saved = json.loads((run_dir / "eval_k50_n100.json").read_text())
-    assert saved["nll"] == report["nll"] and saved["k"] == 50
+    saved = json.loads((run_dir / "eval_k50_n100_seed0.json").read_text())
+    assert saved == report
+    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == train_module.model_sha256(run_dir)
+    assert saved["seed"] == 0 and saved["test_images"] == {"dataset": "mnist", "split": "test", "first": 100, "of": 10000}
+    assert saved["runtime"]["device"] == "cpu" and saved["runtime"]["torch"] == torch.__version__
+    bounds = np.load(run_dir / "eval_k50_n100_seed0.npy")
+    assert bounds.shape == (100,) and -bounds.mean() == pytest.approx(report["nll"], rel=1e-12)
 
     table = invoke("evaluate", run_dir, "--k", 5, "--test-subset", 10, "--quiet")
     assert table.exit_code == 0, (table.output, table.exception)
     assert "test NLL" in table.stdout and "active units" in table.stdout
-    saved = json.loads((run_dir / "eval_k5_n10.json").read_text())
+    saved = json.loads((run_dir / "eval_k5_n10_seed0.json").read_text())
     assert f"{saved['nll']:.2f}" in table.stdout
+    assert "epoch 1 of 1" in table.stdout and saved["model"]["sha256"] in table.stdout
+    assert "the first 10 of 10000" in table.stdout
 
 
 # ----------------------------------------------------------------------------- errors
@@ -87,7 +95,7 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
     (["--objective", "miwae", "--k", "10", "--m", "3"], ["m = 3 must divide", "k = 10"]),
     (["--dataset", "no-such-data"], ["unknown dataset", "no-such-data"]),
     (["--latent-dims", "a,b"], ["--latent-dims"]),
-    (["--latent-dims", "100,50", "--layers", "1"], ["latent_dims"]),
+    (["--latent-dims", "100,50", "--layers", "1"], ["--latent-dims [100, 50] has 2 entries for 1 layers"]),
 ], ids=["k0", "beta", "miwae-m", "dataset", "latent-dims", "layers"])
 def test_train_bad_input_exits_2(tmp_path, args, phrases):
     result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "run")
@@ -197,7 +205,7 @@ def test_console_script_exit_status(tmp_path):
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
-    assert errors == ["Error: k must be >= 1, got 0"], proc.stderr
+    assert errors == ["Error: --k must be >= 1, got 0"], proc.stderr
     assert proc.stdout == ""
     assert not (tmp_path / "run").exists()
 
@@ -273,3 +281,103 @@ def test_hidden_dims_parse(tmp_path, monkeypatch):
     config = captured_config(monkeypatch, tmp_path, "--latent-dims", "30,10", "--hidden-dims", "64/32,16,8")
     assert config.model_config(784).hidden_dims == ((64,), (32, 16, 8))
     assert_usage_error(invoke("train", "--hidden-dims", "200,x", "--out", tmp_path / "r"), "--hidden-dims")
+
+
+# ----------------------------------------------------------------------------- messages name flags
+def test_config_errors_name_the_flag_given_and_the_key_read(tmp_path):
+    """Settings given as flags are named by their flags; settings read from a config file by its keys."""
+    assert_usage_error(invoke("train", "--train-subset", 0, "--epochs", 1, "--out", tmp_path / "a"),
+                       "--train-subset must be >= 1, got 0")
+    assert_usage_error(invoke("train", "--kl-warmup", 3, "--epochs", 1, "--out", tmp_path / "a"),
+                       "--kl-warmup applies to the vae objective", "use --objective vae or --kl-warmup 0")
+    assert_usage_error(invoke("train", "--valid-k", 0, "--epochs", 1, "--out", tmp_path / "a"), "--valid-k must be")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"objective": "iwae", "k": 5, "train_subset": 0, "epochs": 1}))
+    line = assert_usage_error(invoke("train", "--config", config, "--out", tmp_path / "b"), "train_subset must be >= 1")
+    assert "--train-subset" not in line  # the file's key, not a flag that was not given
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_python_api_keeps_the_field_names():
+    from iwae.errors import ConfigError
+    from iwae.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="^train_subset must be >= 1") as e:
+        TrainConfig(train_subset=0)
+    assert e.value.fields == ("train_subset",)
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(objective="miwae", k=10, m=3)
+    assert set(e.value.fields) == {"m", "k"}
+    assert e.value.renamed({"m": "--m", "k": "--k"}).startswith("--m = 3 must divide")
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_mixture_priors_need_components(tmp_path, prior, monkeypatch):
+    from iwae.errors import ConfigError
+    from iwae.train import TrainConfig
+
+    assert_usage_error(invoke("train", "--prior", prior, "--epochs", 1, "--out", tmp_path / "run"),
+                       f"--prior {prior} needs --components")
+    with pytest.raises(ConfigError, match=f"prior {prior} needs components"):
+        TrainConfig(prior=prior)
+    assert TrainConfig(prior=prior, components=3).components == 3
+    assert TrainConfig().components == 1  # the normal prior: one, as config.yaml files have recorded
+    assert captured_config(monkeypatch, tmp_path, "--prior", prior, "--components", 4).components == 4
+    assert not (tmp_path / "run").exists()
+
+
+def test_subsets_beyond_the_data_are_refused(tmp_path, run_dir, shared_data_dir):
+    out = tmp_path / "big"
+    assert_usage_error(invoke("train", "--train-subset", 100000, "--epochs", 1, "--data-dir", shared_data_dir,
+                              "--out", out), "--train-subset 100000 is more than the 59600 training images of mnist")
+    assert not out.exists()
+    before = snapshot(run_dir)
+    assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--test-subset", 20000),
+                       "--test-subset 20000 is more than the 10000 test images of mnist")
+    assert snapshot(run_dir) == before
+
+
+# ----------------------------------------------------------------------------- initial weights are refused
+@pytest.fixture(scope="module")
+def untrained_run(run_dir, tmp_path_factory) -> Path:
+    """A run killed before its first epoch ended: config.yaml and the initial model.safetensors only."""
+    from iwae.train import _save_model, load
+
+    run = tmp_path_factory.mktemp("untrained") / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "config.yaml", run / "config.yaml")
+    _save_model(run, load(run_dir), 0)
+    return run
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--k", 2, "--test-subset", 2],
+    ["analyze", "--subset", 5],
+    ["sample", "--n", 4],
+    ["plot", "--what", "samples", "--out", "OUT"],
+    ["snr", "--k", 1, "--repeats", 2, "--batch-size", 2, "--out", "OUT"],
+], ids=["evaluate", "analyze", "sample", "plot", "snr"])
+def test_commands_refuse_a_run_that_has_not_completed_an_epoch(untrained_run, tmp_path, command):
+    before = snapshot(untrained_run)
+    args = [tmp_path / "out" if a == "OUT" else a for a in command]
+    assert_usage_error(invoke(args[0], untrained_run, *args[1:]), "has not completed an epoch", "initial weights")
+    assert snapshot(untrained_run) == before
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- reproduce --dry-run
+def test_dry_run_says_which_runs_have_no_data(tmp_path, shared_data_dir, monkeypatch):
+    monkeypatch.setenv("IWAE_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: only --data-dir has data
+    monkeypatch.delenv("IWAE_DATA_DIR", raising=False)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({
+        "name": "tiny", "title": "tiny", "labels": ["dataset"], "figures": [],
+        "runs": [{"name": "on-mnist", "dataset": "mnist"}, {"name": "on-omniglot", "dataset": "omniglot"}],
+        "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}}}))
+    result = invoke("reproduce", exp, "--out", tmp_path / "out", "--data-dir", shared_data_dir, "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = {ln.split()[0]: ln for ln in result.output.splitlines() if ln.startswith("  ")}
+    assert "data is missing" not in lines["on-mnist"]
+    assert "its data is missing" in lines["on-omniglot"]
+    assert "data missing for 1 run(s) (chardata.mat)" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing read or downloaded

@@ -674,3 +674,47 @@ def test_user_file_missing(tmp_path):
         load_dataset(f"npz:{tmp_path / 'nothere.npz'}")
     with pytest.raises(DataError, match=r"needs a path"):
         load_dataset("npz:")
+
+
+# --------------------------------------------------------------------------- subsets and presence (no loading)
+def test_first_refuses_more_images_than_the_split_holds():
+    from iwae.errors import ConfigError
+
+    x = torch.arange(12.0).reshape(6, 2)
+    splits = Splits("toy", x, x[:2], x[:3], False)
+    assert torch.equal(splits.first("train", 4), x[:4])
+    assert splits.first("train", None) is x and torch.equal(splits.first("train", 6), x)
+    with pytest.raises(ConfigError, match="train_subset 7 is more than the 6 training images of toy") as e:
+        splits.first("train", 7, "train_subset")
+    assert e.value.fields == ("train_subset",)
+    with pytest.raises(ConfigError, match="test_subset 4 is more than the 3 test images"):
+        splits.first("test", 4, "test_subset")
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        splits.first("test", 0, "test_subset")
+
+
+def test_missing_files_looks_without_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("missing_files must not load"))
+    assert data.missing_files("mnist", tmp_path) == list(MNIST_FILES)
+    assert data.missing_files("omniglot", tmp_path) == ["chardata.mat"]
+    assert data.missing_files("binarized-mnist", tmp_path) == [
+        "binarized_mnist_train.amat", "binarized_mnist_valid.amat", "binarized_mnist_test.amat"]
+    (tmp_path / "mnist").mkdir()
+    for name in MNIST_FILES[:3]:
+        (tmp_path / "mnist" / name).write_bytes(b"")  # present by name; its checksum is load_dataset's business
+    assert data.missing_files("mnist", tmp_path) == [MNIST_FILES[3]]
+    (tmp_path / "omniglot.mat").write_bytes(b"")  # either Omniglot file name, at the top level
+    assert data.missing_files("omniglot", tmp_path) == []
+    (tmp_path / "binarized_mnist.npz").write_bytes(b"")
+    assert data.missing_files("binarized-mnist", tmp_path) == []
+    assert data.missing_files(f"npz:{tmp_path / 'none.npz'}") == [str(tmp_path / "none.npz")]
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.missing_files("no-such-data")
+    with pytest.raises(DataError, match="does not exist"):
+        data.missing_files("mnist", tmp_path / "nowhere")
+
+
+def test_missing_files_of_the_shared_data():
+    root = shared("mnist").parent
+    assert data.missing_files("mnist", root) == []
+    assert data.missing_files("fashion_mnist", root) == ([] if (root / "fashion_mnist").is_dir() else list(MNIST_FILES))

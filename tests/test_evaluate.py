@@ -3,16 +3,20 @@ and evaluate() on a run directory."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import iwae
-from iwae import objectives
+from iwae import objectives, runtime
 from iwae.checkpoint import CheckpointError
-from iwae.data import Splits, load_dataset
+from iwae.errors import ConfigError
+from iwae.data import Splits, fixed_binarization, load_dataset
 from iwae.evaluate import active_units, log_likelihood
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
@@ -267,3 +271,119 @@ def test_evaluate_errors(trained_run, trained_model, mnist_splits, tmp_path):
         evaluate_module.evaluate(k=5)
     with pytest.raises(CheckpointError, match="not found"):
         evaluate_module.evaluate(tmp_path / "missing", k=5)
+
+
+# ----------------------------------------------------------------------------- which weights, which files
+def untrained_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """The run as it is when killed before its first epoch ended: config.yaml and the model.safetensors
+    training writes at epoch 0 (the initial weights), no checkpoint, no metrics."""
+    from iwae.train import _save_model
+
+    run = tmp_path / "untrained"
+    run.mkdir()
+    (run / "config.yaml").write_bytes((trained_run / "config.yaml").read_bytes())
+    _save_model(run, iwae.load(trained_run), 0)
+    return run
+
+
+def test_a_run_without_a_completed_epoch_is_refused(trained_run, tmp_path):
+    run = untrained_copy(trained_run, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(CheckpointError, match="has not completed an epoch"):
+        evaluate_module.evaluate(run, k=2, test_subset=3)
+    assert sorted(p.name for p in run.iterdir()) == before  # no evaluation file written
+    with pytest.raises(CheckpointError, match="has not completed an epoch"):
+        evaluate_module.load_trained(run)
+
+
+def test_evaluate_records_the_weights_seed_images_and_device(trained_run, mnist_splits, tmp_path):
+    from iwae.train import model_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    first = evaluate_module.evaluate(run, k=5, test_subset=20, seed=0)
+    second = evaluate_module.evaluate(run, k=5, test_subset=20, seed=1)
+    # a second seed is a second file, not an overwrite of the first
+    a, b = run / "eval_k5_n20_seed0.json", run / "eval_k5_n20_seed1.json"
+    assert json.loads(a.read_text()) == first and json.loads(b.read_text()) == second
+    assert first["nll"] != second["nll"]
+    for result, seed in ((first, 0), (second, 1)):
+        assert result["seed"] == seed and result["k"] == 5 and result["n_test"] == 20
+        assert result["test_images"] == {"dataset": "mnist", "split": "test", "first": 20, "of": 10000}
+        assert result["model"] == {"run_dir": str(run), "epoch": 1, "epochs_planned": 1, "sha256": model_sha256(run)}
+        assert result["runtime"]["device"] == "cpu" and result["runtime"]["torch"] == torch.__version__
+        # the per-image bounds: L_k of test images 0..19, whose mean is -nll
+        bounds = np.load(run / result["files"]["bounds"])
+        assert bounds.shape == (20,) and bounds.dtype == np.float64
+        assert -bounds.mean() == pytest.approx(result["nll"], rel=1e-12)
+        assert bounds.std(ddof=1) / math.sqrt(20) == pytest.approx(result["nll_stderr"], rel=1e-9)
+    assert not list(run.glob(".*tmp"))  # atomic writes leave no temporary files
+    # all test images (here a split of 7): no _n in the name
+    seven = Splits("mnist", mnist_splits.train, mnist_splits.valid, mnist_splits.test[:7], True)
+    evaluate_module.evaluate(run, k=1, seed=3, splits=seven)
+    assert json.loads((run / "eval_k1_seed3.json").read_text())["test_images"]["of"] == 7
+
+
+def test_a_model_passed_in_writes_no_file_and_records_no_weights(trained_run, trained_model, mnist_splits, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    result = evaluate_module.evaluate(run, model=trained_model, splits=mnist_splits, k=2, test_subset=3)
+    assert result["model"]["sha256"] is None and result["files"] is None
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_test_subset_beyond_the_data_is_refused(trained_model, mnist_splits):
+    with pytest.raises(ConfigError, match="test_subset 10001 is more than the 10000 test images of mnist") as e:
+        evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=10001)
+    assert e.value.fields == ("test_subset",)
+    assert evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=1, test_subset=10000)["n_test"] == 10000
+
+
+def test_paired_difference_against_numpy(trained_model, mnist_splits, tmp_path):
+    x = mnist_splits.test[:40]
+    a = log_likelihood(trained_model, x, 10, generator=gen(0)).double().numpy()
+    b = log_likelihood(trained_model, x, 1, generator=gen(1)).double().numpy()
+    np.save(tmp_path / "a.npy", a)
+    mean, stderr = evaluate_module.paired_difference(tmp_path / "a.npy", b)
+    d = [ai - bi for ai, bi in zip(a.tolist(), b.tolist())]
+    m = sum(d) / len(d)
+    assert mean == pytest.approx(m, rel=1e-12)
+    assert stderr == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1) / len(d)), rel=1e-12)
+    assert mean > 0  # L_10 >= L_1 on average
+    # pairing removes the images' own spread: far below the unpaired error of the difference
+    unpaired = math.sqrt(a.var(ddof=1) / 40 + b.var(ddof=1) / 40)
+    assert stderr < unpaired / 3
+    with pytest.raises(ValueError, match="same N"):
+        evaluate_module.paired_difference(a, b[:-1])
+
+
+# ----------------------------------------------------------------------------- timing on CUDA
+def test_synchronize_waits_for_cuda_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    runtime.synchronize("cpu")
+    assert calls == []
+    runtime.synchronize("cuda:0")
+    assert calls == [torch.device("cuda:0")]
+
+
+def test_evaluate_reads_the_clock_only_after_synchronizing(trained_model, mnist_splits, monkeypatch):
+    """The L_k pass is timed between two synchronizations of the model's device, so on CUDA the
+    clock does not stop before the queued kernels have run."""
+    events = []
+    monkeypatch.setattr(evaluate_module, "synchronize", lambda device: events.append(("sync", torch.device(device))))
+    real = evaluate_module.time.perf_counter
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            events.append(("clock",))
+            return real()
+
+    monkeypatch.setattr(evaluate_module, "time", Clock)
+    original = evaluate_module.log_likelihood
+    monkeypatch.setattr(evaluate_module, "log_likelihood", lambda *a, **kw: events.append(("L_k",)) or original(*a, **kw))
+    evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=3)
+    cpu = torch.device("cpu")
+    assert events == [("sync", cpu), ("clock",), ("L_k",), ("sync", cpu), ("clock",)]

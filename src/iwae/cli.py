@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from .checkpoint import CheckpointError, atomic_write
 from .data import DataError
+from .errors import ConfigError
 from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
 
@@ -33,6 +34,22 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _flags(ctx: click.Context) -> dict[str, str]:
+    """Setting name -> the flag it was given as, for the command's options: a ConfigError about
+    ``train_subset`` then reads ``--train-subset``. Settings read from a config file (``--config``,
+    ``--resume``) keep their names, which are that file's keys."""
+    from_file = bool(ctx.params.get("config_file") or ctx.params.get("resume"))
+    flags = {}
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        if from_file and ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        long = [o for o in param.opts if o.startswith("--")]
+        flags[param.name] = long[0] if long else param.opts[0]
+    return flags
+
+
 def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -41,7 +58,8 @@ def _user_errors(fn):
         except click.ClickException:
             raise
         except USER_ERRORS as e:
-            raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+            message = e.renamed(_flags(click.get_current_context())) if isinstance(e, ConfigError) else str(e)
+            raise UserError(message.splitlines()[0] if message else type(e).__name__) from None
         except KeyboardInterrupt:
             click.echo("interrupted; resume with --resume RUN_DIR", err=True)
             sys.exit(130)
@@ -108,8 +126,8 @@ Examples:
 @click.option("--hidden-dims", help="Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
 @click.option("--prior", type=click.Choice(["normal", "mog", "vamp"]), default="normal", show_default=True,
               help="p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the VampPrior.")
-@click.option("--components", type=int, default=1, show_default=True,
-              help="Mixture components (mog) or pseudo-inputs (vamp).")
+@click.option("--components", type=int,
+              help="Mixture components (mog) or pseudo-inputs (vamp); required for them.")
 @click.option("--learn-mixture-weights", is_flag=True, help="mog: learn the mixture weights (else uniform).")
 @click.option("--kl-warmup", type=int, default=0, show_default=True,
               help="vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
@@ -205,16 +223,23 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, device, threads, quiet) -> None:
-    """Test NLL = -mean L_k (with standard error) and active units of a trained run.
+    """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
+    weights of its last completed epoch (a run that has completed none is refused).
 
-    The result is also written to RUN_DIR/eval_k{K}.json (eval_k{K}_n{N}.json for a subset).
+    The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
+    the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
+    first N test images), and L_k of each test image to the .npy beside it.
     """
     import torch
 
     from .evaluate import evaluate as run_evaluation
 
     if k < 1:
-        raise ValueError(f"--k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}", ["k"])
+    if not memory_budget > 0:
+        raise ConfigError(f"memory_budget must be > 0 GiB, got {memory_budget}", ["memory_budget"])
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
     if threads:
@@ -222,18 +247,21 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
     result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir,
                             memory_budget=int(memory_budget * (1 << 30)), seed=seed, device=device,
                             progress=not quiet and not as_json)
-    name = f"eval_k{k}" + (f"_n{test_subset}" if test_subset else "") + ".json"
-    with atomic_write(Path(run_dir) / name) as f:
-        json.dump(result, f, indent=1)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
+    measured, images, runtime = result["model"], result["test_images"], result["runtime"]
     rows = [
-        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean L_{k} ± s.e.)"),
-        ("test images", str(result["n_test"])),
+        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean L_{k} ± s.e., seed {seed})"),
+        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
         ("active units", " + ".join(map(str, result["active_units_per_layer"]))
          + (f" = {result['active_units']}" if len(result["active_units_per_layer"]) > 1 else "")),
+        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
+                  f"model.safetensors sha256 {measured['sha256']}"),
+        ("device", f"{runtime['device']}" + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
+         + f", torch {runtime['torch']}" + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else "")),
         ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
+        ("written", ", ".join(str(Path(run_dir) / f) for f in result["files"].values())),
     ]
     _echo_table(rows)
 
@@ -324,9 +352,10 @@ def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objecti
         model.init_output_bias(splits.train.mean(0))  # as training does
         source = f"fresh Burda 1-layer model (seed {seed})"
     else:
-        from .train import TrainConfig, load
+        from .evaluate import load_trained
+        from .train import TrainConfig
 
-        model = load(run_dir)
+        model, _ = load_trained(run_dir)  # never the initial weights of a run that has not trained
         config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
         splits = load_dataset(config.dataset, data_dir or config.data_dir)
         source = f"run {run_dir}"
@@ -518,18 +547,26 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
     runs = exp.resolve(protocol, datasets=dataset_list, only=only or None, overrides=overrides)
     if dry_run:
-        planned = plan(runs, out_dir)
+        planned = plan(runs, out_dir, data_dir)
         todo = sum(p.seconds for p in planned if p.state != "done")
         click.echo(f"{exp.name}, protocol {protocol}: {len(runs)} runs in {out_dir / 'runs'}")
         width = max(len(p.spec.name) for p in planned)
         for p in planned:
             c = p.spec.config
             after = f", continues {p.spec.after}" if p.spec.after else ""
+            # a run whose data is missing cannot start until it is downloaded (or found): say so
+            no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
             click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
                        f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on "
-                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}")
+                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}"
+                       f"{no_data}")
+        missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
         click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
                    f"(rough; divide by --workers on a machine with the cores for them)")
+        if missing:
+            click.echo(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
+                       f"({', '.join(missing)}): they download it when they start, or fail offline; "
+                       f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
         return
     try:
         summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
@@ -576,7 +613,8 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
 
     from .analysis import elbo_surgery
     from .data import fixed_binarization, load_dataset
-    from .train import TrainConfig, load
+    from .evaluate import load_trained
+    from .train import TrainConfig
 
     if subset < 1:
         raise ValueError(f"--subset must be >= 1, got {subset}")
@@ -584,7 +622,7 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
         raise ValueError(f"--samples must be >= 1, got {samples}")
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
-    model = load(run_dir)
+    model, weights = load_trained(run_dir)  # never the initial weights of a run that has not trained
     config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
     splits = load_dataset(config.dataset, data_dir or config.data_dir)
     x = splits.train[:subset]
@@ -592,6 +630,7 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
         x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
     result = elbo_surgery(model, x, num_samples=samples, generator=torch.Generator().manual_seed(seed))
     result["seed"] = seed
+    result["model"] = weights  # which weights: the epoch and SHA-256 of model.safetensors
     with atomic_write(Path(run_dir) / f"surgery_n{result['n']}.json") as f:
         json.dump(result, f, indent=1)
     if as_json:
@@ -642,7 +681,8 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
 
     from .data import load_dataset
     from .posterior_figure import check_model, qew_figure
-    from .train import TrainConfig, load
+    from .evaluate import load_trained
+    from .train import TrainConfig
 
     k_values = _int_list(ks, "--k")
     if images < 1:
@@ -662,7 +702,7 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
         raise CheckpointError(f"run directory {run_dir} not found")
     if threads:
         torch.set_num_threads(threads)
-    model = load(run_dir)
+    model, _ = load_trained(run_dir)  # never the initial weights of a run that has not trained
     check_model(model)  # before the data: a 50-D or 2-layer run fails at once
     config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
     splits = load_dataset(config.dataset, data_dir or config.data_dir)
@@ -724,12 +764,12 @@ def _existing_run(run_dir: str) -> Path:
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
     """Samples of a trained run: z ~ p(z) (top-down through the layers), then p(x | z), as an image grid."""
     from .plots import plot_pseudo_inputs, plot_samples
-    from .train import load
+    from .evaluate import load_trained
 
     path = _existing_run(run_dir)
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    model = load(path)
+    model, _ = load_trained(path)  # never the initial weights of a run that has not trained
     title = _run_title(path)
     if pseudo_inputs:
         figure = plot_pseudo_inputs(model, out or path / "pseudo_inputs.png", title=title)
@@ -777,7 +817,8 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
     from . import plots
     from .data import fixed_binarization, load_dataset
     from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .train import TrainConfig, load
+    from .evaluate import load_trained
+    from .train import TrainConfig
 
     if runs[0] == "toy":
         if len(runs) > 1:
@@ -799,7 +840,7 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
         metrics = {t: plots.read_metrics(p) for t, p in zip(titles, paths)}
         written.append(plots.plot_curves(metrics, out_dir / f"curves.{fmt}"))
     if set(kinds) - {"curves"}:
-        models = {t: load(p) for t, p in zip(titles, paths)}
+        models = {t: load_trained(p)[0] for t, p in zip(titles, paths)}  # refuses initial weights
         if len({m.config.input_dim for m in models.values()}) > 1:
             raise ValueError("the two runs model inputs of different sizes; plot them separately")
         if "samples" in kinds:

@@ -74,6 +74,7 @@ __all__ = [
     "default_cache_dir",
     "fixed_binarization",
     "load_dataset",
+    "missing_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,24 @@ class Splits:
     def dim(self) -> int:
         """Number of pixels per image, D."""
         return int(self.train.shape[1])
+
+    def first(self, split: str, n: int | None, setting: str = "subset") -> torch.Tensor:
+        """The first ``n`` images of ``split`` (``train``, ``valid`` or ``test``), all of them for None.
+
+        Raises a ConfigError naming ``setting`` (e.g. ``train_subset``) when ``n`` is below 1 or more
+        than the split holds: a larger subset is never clamped to the data without a word.
+        """
+        from .errors import ConfigError
+
+        x = getattr(self, split)
+        if n is None:
+            return x
+        if n < 1:
+            raise ConfigError(f"{setting} must be >= 1, got {n}", [setting])
+        if n > x.shape[0]:
+            what = {"train": "training", "valid": "validation", "test": "test"}[split]
+            raise ConfigError(f"{setting} {n} is more than the {x.shape[0]} {what} images of {self.name}", [setting])
+        return x[:n]
 
     def __repr__(self) -> str:
         return (
@@ -754,6 +773,40 @@ def _load_user_arrays(spec: str) -> Splits:
         t = {k: _to_tensor(v) for k, v in checked.items()}
         return Splits(spec, t["train"], t["valid"], t["test"], False, image_shape=image_shape)
     return _dynamic_splits(spec, checked["train"], checked["valid"], checked["test"], image_shape)
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The files :func:`load_dataset` would still need to download for dataset ``name``: ``[]`` when
+    they are all present locally (``data_dir`` or ``$IWAE_DATA_DIR``, then the cache).
+
+    Looks at file names only: nothing is read, hashed or downloaded (a present file may still fail
+    its checksum when loaded). For ``npz:PATH``, the path itself; for binarized MNIST, the ``.npz``
+    or the three ``.amat`` files. Raises DataError for an unknown name or a data folder that does
+    not exist, as :func:`load_dataset` does.
+    """
+    if not isinstance(name, str):
+        raise DataError(f"dataset name must be a string, got {type(name).__name__}")
+    if name.startswith("npz:"):
+        path = Path(name[len("npz:"):]).expanduser()
+        return [] if path.is_file() else [str(path)]
+    key = name.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays")
+    dirs = _search_dirs(data_dir, _SUBDIRS[key])
+
+    def present(names: tuple[str, ...]) -> bool:
+        return any((d / n).is_file() for d in dirs for n in names)
+
+    if key in ("mnist", "fashion-mnist"):
+        return [f for f in MNIST_FILES if not present((f,))]
+    if key == "binarized-mnist":
+        if present((BINARIZED_MNIST_NPZ,)):
+            return []
+        return [f for f in _AMAT_FILES.values() if not present((f,))]
+    return [] if present(OMNIGLOT_FILES) else [OMNIGLOT_FILES[0]]
 
 
 # --------------------------------------------------------------------------- entry point

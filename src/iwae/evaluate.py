@@ -11,26 +11,36 @@ the standard deviation of -L_k(x_n) over test images divided by sqrt(N).
 The first encoder layer runs once per image; samples are drawn in chunks so that no decoder call
 exceeds ``memory_budget`` bytes, whatever k and the number of images. The same path serves every k.
 
+``evaluate(run_dir)`` measures the weights of the run's last completed epoch and writes
+``RUN_DIR/eval_k{K}[_n{N}]_seed{S}.json`` (the numbers, and which model, images, seed and device
+they are of) with the per-image bounds L_k(x_n) in the ``.npy`` beside it, so that two evaluations
+on the same images can be compared with a paired standard error (:func:`paired_difference`).
+
 Active units (Burda et al., Sec. 5.2): A_u = Var_x(E_q[u | x]) over the first 500 training images;
 unit u is active if A_u > 0.01.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import data as data_module
+from .checkpoint import CheckpointError, atomic_write, load_tensors
+from .errors import ConfigError
 from .models import VAE
 from .objectives import iwae as iwae_bound
-from .runtime import tune_allocator
+from .runtime import check_device, describe, synchronize, tune_allocator
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "ACTIVE_THRESHOLD"]
+__all__ = ["log_likelihood", "active_units", "evaluate", "load_trained", "eval_name", "paired_difference",
+           "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
 ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
@@ -157,6 +167,56 @@ def active_units(model: VAE, x: torch.Tensor, num_samples: int = 100,
     return ActiveUnits([m.var(0, unbiased=False).cpu() for m in means], threshold)
 
 
+def eval_name(k: int, seed: int, test_subset: int | None = None) -> str:
+    """File stem of an evaluation in a run directory: ``eval_k{k}_seed{seed}`` on all test images,
+    ``eval_k{k}_n{N}_seed{seed}`` on the first N (the JSON and the per-image ``.npy`` share it)."""
+    return f"eval_k{k}" + (f"_n{test_subset}" if test_subset is not None else "") + f"_seed{seed}"
+
+
+def load_trained(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
+    """The trained model of a run directory and which weights they are: ``{"epoch", "sha256"}``.
+
+    Raises:
+        CheckpointError: the run has not completed an epoch (its model.safetensors holds the initial
+            weights, written when training starts), its model file has no epoch, or the file changed
+            while it was read (a run still training writes it after every epoch).
+    """
+    from .train import load, model_sha256
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    sha256 = model_sha256(run_dir)
+    model = load(run_dir, device)
+    _, meta = load_tensors(run_dir / "model.safetensors")
+    if model_sha256(run_dir) != sha256:  # both reads above must have seen the file whose digest we report
+        raise CheckpointError(f"{run_dir / 'model.safetensors'} changed while it was read; is the run still "
+                              f"training? measure it when it has stopped, or a copy of it")
+    epoch = meta.get("epoch")
+    if not isinstance(epoch, int):
+        raise CheckpointError(f"{run_dir / 'model.safetensors'} records no epoch; was it written by another "
+                              f"version of iwae?")
+    if epoch < 1:
+        raise CheckpointError(f"{run_dir} has not completed an epoch: its model.safetensors holds the initial "
+                              f"weights; train it first (iwae train --resume {run_dir})")
+    return model, {"epoch": epoch, "sha256": sha256}
+
+
+def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | os.PathLike) -> tuple[float, float]:
+    """Mean of ``a - b`` over the same images and its paired standard error ``std(a - b) / sqrt(N)``.
+
+    ``a`` and ``b`` are per-image values (e.g. the L_k of two evaluations, their ``.npy`` files) of the
+    same N images in the same order. The images' own spread cancels in ``a - b``, so the paired error
+    is far smaller than the two evaluations' standard errors combined.
+    """
+    a = np.load(a) if isinstance(a, (str, os.PathLike)) else np.asarray(a)
+    b = np.load(b) if isinstance(b, (str, os.PathLike)) else np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired values need the same N >= 2 images, got shapes {a.shape} and {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
 def evaluate(
     run_dir: str | os.PathLike | None = None,
     *,
@@ -170,40 +230,63 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    save: bool = True,
 ) -> dict:
     """Test NLL by L_k with its standard error, and active units, of a run (or of ``model`` on ``splits``).
 
+    A run is measured with the weights of its last completed epoch (:func:`load_trained`; a run that
+    has completed none is refused). With ``save`` (and the run's own model, not ``model``), the
+    result is written to ``RUN_DIR/{eval_name(k, seed, test_subset)}.json`` and L_k of each test image
+    to the ``.npy`` beside it (float64, in test-set order), both atomically.
+
     Returns:
         A dict with ``nll``, ``nll_stderr``, ``k``, ``n_test``, ``active_units`` (total),
-        ``active_units_per_layer``, ``unit_variances`` and ``seconds``.
+        ``active_units_per_layer``, ``unit_variances``, ``seconds`` and ``images_per_s`` (the L_k
+        pass alone), ``seed``, ``test_images`` (dataset, split, the first N of how many),
+        ``model`` (run directory, the epoch measured of those planned, SHA-256 of model.safetensors;
+        None for a ``model`` passed in), ``runtime`` (device, GPU, torch and CUDA versions) and
+        ``files`` (the JSON and ``.npy`` written, or None).
     """
-    from .train import TrainConfig, load
+    from .train import TrainConfig
 
+    # the arguments first: a bad value must not wait for the model and the data
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}", ["k"])
+    if test_subset is not None and test_subset < 1:
+        raise ConfigError(f"test_subset must be >= 1, got {test_subset}", ["test_subset"])
+    measured = {"run_dir": None, "epoch": None, "epochs_planned": None, "sha256": None}
+    own_model = model is None
     if model is None:
         if run_dir is None:
             raise ValueError("evaluate needs a run directory or a model")
-        model = load(run_dir, device)
+        check_device(device)
+        model, weights = load_trained(run_dir, device)
+        config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+        measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
-            config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
             splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir)
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
-    if test_subset is not None and test_subset < 1:
-        raise ValueError(f"test_subset must be >= 1, got {test_subset}")
+    n_total = splits.test.shape[0]
     dev = next(model.parameters()).device
-    x_test = splits.test if test_subset is None else splits.test[:test_subset]
+    x_test = splits.first("test", test_subset, "test_subset").to(dev)  # refuses more than there are
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
 
+    synchronize(dev)  # CUDA runs kernels asynchronously: time them, not their queueing
     t0 = time.perf_counter()
-    ll = log_likelihood(model, x_test.to(dev), k, memory_budget=memory_budget, generator=generator, progress=progress)
+    ll = log_likelihood(model, x_test, k, memory_budget=memory_budget, generator=generator, progress=progress)
+    synchronize(dev)
     seconds = time.perf_counter() - t0
     x_units = splits.train[:ACTIVE_UNITS_IMAGES]
     if splits.dynamic:
         x_units = torch.from_numpy(data_module.fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
     units = active_units(model, x_units.to(dev), generator=generator)
+    bounds = ll.double().cpu().numpy()
     nll = -ll.double()
-    return {
+    save = save and own_model
+    name = eval_name(k, seed, test_subset)
+    result = {
         "nll": nll.mean().item(),
         "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
         "k": k,
@@ -213,4 +296,16 @@ def evaluate(
         "unit_variances": [v.tolist() for v in units.variances],
         "seconds": seconds,
         "images_per_s": len(nll) / seconds,
+        "seed": seed,
+        "test_images": {"dataset": splits.name, "split": "test", "first": len(nll), "of": n_total},
+        "model": measured,
+        "runtime": describe(dev),
+        "files": {"json": f"{name}.json", "bounds": f"{name}.npy"} if save else None,
     }
+    if save:
+        # the bounds first: the JSON, written last, describes files that are all there
+        with atomic_write(Path(run_dir) / f"{name}.npy", "wb") as f:
+            np.save(f, bounds)
+        with atomic_write(Path(run_dir) / f"{name}.json") as f:
+            json.dump(result, f, indent=1)
+    return result

@@ -57,7 +57,7 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None
 
 from .checkpoint import CheckpointError, atomic_write
-from .data import load_dataset
+from .data import load_dataset, missing_files
 from .experiment import Experiment, RunSpec, load_experiment
 from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
 
@@ -80,7 +80,8 @@ TEST_IMAGES = {"mnist": 10000, "fashion-mnist": 10000, "binarized-mnist": 10000,
 
 # ----------------------------------------------------------------------------- one run
 def hardware(device: str = "cpu") -> dict:
-    """Where a run ran: host, CPU model, the cores it may use, torch threads, device (and GPU name), torch version."""
+    """Where a run ran: host, CPU model, the cores it may use, torch threads, device (and GPU name), torch and
+    CUDA versions (the same seed gives other samples on CPU and CUDA)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -94,7 +95,7 @@ def hardware(device: str = "cpu") -> dict:
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"host": platform.node(), "cpu": cpu, "cores": cores, "threads": torch.get_num_threads(), "device": device,
-            "gpu": gpu, "torch": torch.__version__}
+            "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
 def run_key(spec: dict) -> dict:
@@ -195,6 +196,7 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             "active_units": main["active_units_per_layer"], "n_test": main["n_test"], "eval_k": ev["k"],
             "epochs": config.total_epochs, "training": done, "init_sha256": config.init_sha256,
             "train_seconds": training_seconds(run_dir) or train_seconds, "eval_seconds": time.perf_counter() - t0,
+            "model": main["model"],  # the weights measured: epoch and SHA-256 of model.safetensors
             "hardware": hardware(device), "spec": run.to_dict(),
         }
         with atomic_write(run_dir / RESULT_FILE) as f:
@@ -227,6 +229,7 @@ class PlannedRun:
     spec: RunSpec
     state: str  # done; partial (a checkpoint to resume); new (including a continued run that must start again)
     seconds: float  # estimated cost if it has to run
+    missing_data: list[str] = field(default_factory=list)  # data files not present locally (a download would fetch them)
 
 
 def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
@@ -260,18 +263,24 @@ def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
     return "partial"
 
 
-def plan(runs: list[RunSpec], out_dir: str | os.PathLike) -> list[PlannedRun]:
-    """Each run's state in ``out_dir`` and its estimated cost; a run comes after the run it continues.
+def plan(runs: list[RunSpec], out_dir: str | os.PathLike, data_dir: str | None = None) -> list[PlannedRun]:
+    """Each run's state in ``out_dir``, its estimated cost and the files of its dataset that are not
+    present locally (in ``data_dir``, ``$IWAE_DATA_DIR`` or the cache; nothing is read or downloaded);
+    a run comes after the run it continues.
 
     Raises:
         ValueError: a run directory holds another run (other settings than its length: another
             protocol or experiment), or more epochs than asked for.
     """
     states: dict[str, str] = {}
+    missing: dict[str, list[str]] = {}
     out = []
     for spec in runs:
         states[spec.name] = _state(spec, Path(out_dir) / "runs" / spec.name, states.get(spec.after) if spec.after else None)
-        out.append(PlannedRun(spec, states[spec.name], estimate_seconds(spec)))
+        dataset = spec.config["dataset"]
+        if dataset not in missing:
+            missing[dataset] = missing_files(dataset, data_dir or spec.config.get("data_dir"))
+        out.append(PlannedRun(spec, states[spec.name], estimate_seconds(spec), missing[dataset]))
     return out
 
 

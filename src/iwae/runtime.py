@@ -1,4 +1,7 @@
-"""Process-level settings that make CPU training and evaluation faster.
+"""Process-level settings that make CPU training and evaluation faster, and honest timing on CUDA.
+
+:func:`synchronize` waits for queued CUDA kernels before a clock is read; :func:`describe` records the
+device and the torch and CUDA versions beside a result.
 
 glibc's malloc serves large blocks with mmap and returns freed memory at the top of the heap to
 the operating system. A training step or an L_5000 chunk allocates and frees tens of megabytes of
@@ -18,7 +21,9 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator"]
+import torch
+
+__all__ = ["tune_allocator", "synchronize", "describe", "check_device"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -45,3 +50,38 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
     ok = bool(mallopt(_M_TRIM_THRESHOLD, threshold)) and ok
     _done = ok
     return ok
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Waits for the kernels queued on ``device`` to finish (CUDA runs them asynchronously), so that a
+    clock read next measures them; nothing to do on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe(device: str | torch.device) -> dict:
+    """Where a number was computed: the device, its name (GPU) and the torch and CUDA versions; the
+    same seed gives other random numbers on CPU and CUDA, so results record it."""
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"device": str(device), "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ConfigError (field ``device``) that says what is wrong with it:
+    an unknown name (``gpu``), or CUDA asked for where there is none."""
+    from .errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N", ["device"]) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N", ["device"])
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} requested but CUDA is not available; use device cpu", ["device"])
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices",
+                          ["device"])
+    return dev

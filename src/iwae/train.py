@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import numbers
 import os
 import re
@@ -35,6 +36,7 @@ import yaml
 from . import data as data_module
 from .checkpoint import (CheckpointError, WriteError, atomic_write, check_writable, load_tensors, remove_temporaries,
                          save_tensors)
+from .errors import ConfigError
 from .estimators import ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import VAE, ModelConfig
@@ -71,7 +73,7 @@ class TrainConfig:
     latent_dims: list[int] | None = None  # units per stochastic layer, bottom-up; None = Burda's
     hidden_dims: list[list[int]] | None = None  # tanh widths per stochastic layer; None = Burda's
     prior: str = "normal"  # p(z) of the top layer: normal, mog (mixture of Gaussians), vamp (VampPrior)
-    components: int = 1  # mixture components (mog) or pseudo-inputs (vamp)
+    components: int | None = None  # mixture components (mog) or pseudo-inputs (vamp), required for them; normal: 1
     learn_mixture_weights: bool = False  # mog: learn the mixture weights (else uniform)
     # objective
     objective: str = "iwae"  # vae, iwae, miwae, ciwae, piwae
@@ -100,8 +102,30 @@ class TrainConfig:
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        try:
+            _check_types(self)
+            self._validate()
+        except ValueError as e:  # a ConfigError names the settings its message is about: the CLI prints their flags
+            raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
+
+    def _validate(self) -> None:
+        for name in ("beta", "lr", "beta1", "beta2", "adam_eps"):  # inf and nan pass the range checks below
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.spec  # validates objective, k, m, beta, estimator
+        if self.components is None:  # a default of one would make mog a plain Gaussian and vamp one pseudo-input
+            if self.prior in ("mog", "vamp"):
+                raise ValueError(f"prior {self.prior} needs components: how many Gaussians (mog) or pseudo-inputs "
+                                 f"(vamp) it has; Tomczak & Welling use 500")
+            self.components = 1
+        if self.components < 1:  # checked here too, so that the message names this setting, not the model's
+            raise ValueError(f"components must be >= 1, got {self.components}")
+        if self.learn_mixture_weights and self.prior != "mog":
+            raise ValueError(f"learn_mixture_weights applies to the mog prior only, not {self.prior}; "
+                             f"use prior mog")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.batch_size < 1:
@@ -585,7 +609,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     # data first: a data error must not leave an empty run directory or delete an old run
     splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
-    x_train = splits.train if config.train_subset is None else splits.train[: config.train_subset]
+    x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
 

@@ -1,0 +1,49 @@
+"""ConfigError: a bad setting, with the names of the settings it is about.
+
+The library speaks of settings by their Python names (``train_subset``, ``kl_warmup``), the command
+line by their flags (``--train-subset``). A ConfigError carries the names it mentions, so the CLI can
+print the flag each of them was given as (see ``iwae.cli``) without rewriting every message, and the
+Python API keeps the names its callers wrote.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A setting (or a combination of settings) is invalid; ``fields`` names them, as written in the message."""
+
+    def __init__(self, message: str, fields: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+    @classmethod
+    def naming(cls, error: ValueError, names: Iterable[str]) -> ConfigError:
+        """``error`` as a ConfigError whose fields are those of ``names`` that its message mentions as words."""
+        if isinstance(error, ConfigError):
+            return error
+        message = str(error)
+        return cls(message, [n for n in names if re.search(_word(n), message)])
+
+    def renamed(self, names: dict[str, str]) -> str:
+        """The message with each of its fields that ``names`` maps replaced by its new name (e.g. its flag)."""
+        message = str(self)
+        for field in self.fields:
+            if field in names:
+                message = re.sub(_word(field), lambda m: m[0] if _as_a_word(m) else names[field], message)
+        return message
+
+
+def _as_a_word(match: re.Match) -> bool:
+    """Whether a field's name is used as a plain word there: after an article and a value ("the vae
+    objective", "the constant schedule") or a number ("for 1 layers"), it names no setting."""
+    return bool(re.search(r"(\b(the|a|an) \S+|\d) $", match.string[:match.start()]))
+
+
+def _word(name: str) -> str:
+    # a whole identifier: not part of a longer name (k in valid_k), a flag (--k) or a quoted value ('k')
+    return rf"(?<![\w'\-]){re.escape(name)}(?![\w'\-])"
