@@ -381,3 +381,20 @@ def test_dry_run_says_which_runs_have_no_data(tmp_path, shared_data_dir, monkeyp
     assert "its data is missing" in lines["on-omniglot"]
     assert "data missing for 1 run(s) (chardata.mat)" in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing read or downloaded
+
+
+def test_result_json_records_the_weights_and_the_runtime(tmp_path, shared_data_dir):
+    """reproduce's result.json says which weights were measured and where (device, torch, CUDA)."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({
+        "name": "tiny", "title": "tiny", "labels": ["k"], "figures": [], "runs": [{"name": "a", "objective": "vae", "k": 1}],
+        "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 5}}}))
+    result = invoke("reproduce", exp, "--out", tmp_path / "out", "--data-dir", shared_data_dir, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    run = tmp_path / "out" / "runs" / "a"
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == train_module.model_sha256(run)
+    assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["torch"] == torch.__version__
+    assert "cuda" in saved["hardware"]
+    evaluation = json.loads((run / "eval_k5_n10_seed0.json").read_text())  # the library wrote it, as for the CLI
+    assert evaluation["nll"] == saved["metrics"]["nll"]
