@@ -80,8 +80,8 @@ MUTATIONS: list[Mutation] = [
       "pseudo-inputs initialised with uniform noise, ignoring the images"),
     # --- the validation bound
     M("validation-reports-elbo", "src/iwae/train.py",
-      "iwae_bound(model.log_weights(x[i:i + batch_size], k, generator))",
-      "model.log_weights(x[i:i + batch_size], k, generator).mean(0)",
+      "iwae_bound(model.log_weights(xb, k, generator))",
+      "model.log_weights(xb, k, generator).mean(0)",
       (P + "test_validation_column_is_the_iwae_bound_L_k",),
       "metrics.csv's validation column is the ELBO, not L_k"),
     # --- KL warm-up

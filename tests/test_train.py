@@ -16,6 +16,7 @@ import yaml
 import by_hand
 import iwae
 import iwae.checkpoint as checkpoint_module
+import iwae.train as train_module
 from iwae import objectives
 from iwae.checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
 from iwae.data import Splits
@@ -857,3 +858,12 @@ def test_validation_bound_keeps_its_numbers_where_the_budget_allows():
             total += objectives.iwae(model.log_weights(x[i:i + 100], k, gen_old)).sum().item()
         assert value == total / 250, k
         assert torch.equal(gen.get_state(), gen_old.get_state())
+
+
+def test_epoch_time_is_read_after_synchronizing_the_device(tmp_path, small_splits, monkeypatch):
+    """metrics.csv's epoch time stops the clock only after the device's queued kernels have run
+    (a no-op on the CPU; on CUDA, without it the time would miss the epoch's last kernels)."""
+    synced = []
+    monkeypatch.setattr(train_module, "synchronize", lambda device: synced.append(torch.device(device)))
+    train(resume_config(tmp_path / "run", "iwae", 2), progress=False, splits=small_splits)
+    assert synced == [torch.device("cpu")] * 2  # once per epoch, on the run's device

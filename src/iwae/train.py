@@ -41,7 +41,7 @@ from .estimators import ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import VAE, ModelConfig
 from .objectives import iwae as iwae_bound
-from .runtime import tune_allocator
+from .runtime import synchronize, tune_allocator
 
 __all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_epochs", "training_seconds",
            "model_sha256", "paper_schedule", "learning_rate", "kl_weight",
@@ -718,6 +718,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             bar.close()
             stop_if_nonfinite(epoch)
             train_bound = bound_sum.item() / n_train
+            synchronize(device)  # the epoch's time includes its queued CUDA kernels (.item() syncs today, by accident)
             epoch_time = time.perf_counter() - t0
             valid_bound = validation_bound(model, x_valid, valid_k, generator)
             row = {
