@@ -59,3 +59,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _threads_back_to_one():
+    """Commands run in-process (``--threads 2``, reproduce's in-process runs) set torch's threads for
+    the whole process; put them back after each test. Beyond speed, a later test that forks (the
+    fault-injection suite) would otherwise hang: GNU OpenMP's thread pool does not survive fork()."""
+    yield
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+

@@ -110,6 +110,7 @@ def _run_killed(args: list[str], point: tuple) -> None:
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
+            torch.set_num_threads(1)  # an OpenMP pool the parent started does not survive fork(): stay serial
             counts: collections.Counter = collections.Counter()
 
             def on_event(k, n, path):
