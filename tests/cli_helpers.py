@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 from click.testing import CliRunner
 
 from iwae.cli import main
+from iwae.data import Splits
 
 
 def invoke(*args):
@@ -18,3 +22,12 @@ def assert_one_line_error(result, phrase: str) -> None:
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and phrase in errors[0], result.output
+
+
+def small_npz(folder: Path, splits: Splits, n_train: int, n_other: int = 20) -> str:
+    """The first ``n_train`` training and ``n_other`` validation and test MNIST images (grey levels)
+    as a user ``.npz`` in ``folder``, so the CLI loads them fast; returns its ``npz:PATH`` name."""
+    path = folder / f"mnist-{n_train}.npz"
+    np.savez(path, train=splits.train[:n_train].numpy(), valid=splits.valid[:n_other].numpy(),
+             test=splits.test[:n_other].numpy())
+    return f"npz:{path}"

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,6 +31,7 @@ from iwae.cli import main
 from iwae.train import TrainConfig
 
 from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
 
 # 60 images in batches of 10: 6 steps an epoch, 18 in all; a checkpoint every 4 steps as well as
 # at the end of each epoch (steps 4, 6, 8, 12, 16, 18; step 12 ends epoch 2)
@@ -136,10 +136,7 @@ def _run_killed(args: list[str], point: tuple) -> None:
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory, mnist_splits) -> str:
     """60 training, 20 validation, 20 test MNIST images (grey levels: binarized dynamically)."""
-    path = tmp_path_factory.mktemp("data") / "mnist-small.npz"
-    s = mnist_splits
-    np.savez(path, train=s.train[:60].numpy(), valid=s.valid[:20].numpy(), test=s.test[:20].numpy())
-    return f"npz:{path}"
+    return write_small_npz(tmp_path_factory.mktemp("data"), mnist_splits, 60)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from iwae.checkpoint import CheckpointError, load_tensors
 from iwae.data import Splits
 from iwae.train import TrainConfig, train, train_or_resume
 
-from cli_helpers import invoke
+from cli_helpers import invoke, small_npz
 
 SMALL = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=20, valid_k=2, seed=2)
 
@@ -30,12 +30,7 @@ SMALL = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=20, valid_k=2,
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory, mnist_splits) -> str:
     """40 training, 20 validation and test MNIST images as a user .npz, so the CLI loads them fast."""
-    import numpy as np
-
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    s = mnist_splits
-    np.savez(path, train=s.train[:40].numpy(), valid=s.valid[:20].numpy(), test=s.test[:20].numpy())
-    return f"npz:{path}"
+    return small_npz(tmp_path_factory.mktemp("data"), mnist_splits, 40)
 
 
 @pytest.fixture(scope="module")
