@@ -75,8 +75,9 @@ elif [ -n "$MISSING" ]; then
     done
     if [ -n "$WHEELS" ]; then
         echo "installing $MISSING from $WHEELS (offline, torch pinned)"
-        "$PY" -c "import torch; print('torch==' + torch.__version__)" > /tmp/iwae-gpu-check-constraints.txt
-        "$PY" -m pip install -q --no-index --find-links "$WHEELS" -c /tmp/iwae-gpu-check-constraints.txt $MISSING \
+        CONSTRAINTS=$(mktemp)
+        "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINTS"
+        "$PY" -m pip install -q --no-index --find-links "$WHEELS" -c "$CONSTRAINTS" $MISSING \
             || echo "!! installing from $WHEELS failed; going on with what is there"
     else
         echo "!! missing: $MISSING, and no wheels (\$IWAE_WHEELS, shared/wheels, wheels/); trying pip's index"
