@@ -387,3 +387,28 @@ def test_evaluate_reads_the_clock_only_after_synchronizing(trained_model, mnist_
     evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=3)
     cpu = torch.device("cpu")
     assert events == [("sync", cpu), ("clock",), ("L_k",), ("sync", cpu), ("clock",)]
+
+
+def test_evaluation_records_the_chunking_its_samples_were_drawn_in(trained_model, mnist_splits):
+    """With one seed, L_k's samples depend on how they are chunked (the budget, the device), so the
+    result says how: a small budget splits the 50 samples of each image, the default does not."""
+    small = 10 * evaluate_module._bytes_per_row(trained_model)  # 10 rows a call
+    wide = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4)
+    narrow = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4,
+                                      memory_budget=small)
+    assert wide["chunking"] == {"images": 4, "samples": 50, "memory_budget": evaluate_module.DEFAULT_MEMORY_BUDGET}
+    assert narrow["chunking"] == {"images": 1, "samples": 10, "memory_budget": small}
+    assert wide["nll"] != narrow["nll"]  # the same seed, other draws: why the chunking is recorded
+
+
+def test_a_prior_without_a_memory_count_is_counted_as_a_gaussian(trained_model):
+    """A prior module of the user's (forward and log_prob only) still gets a memory estimate."""
+
+    class Plain(torch.nn.Module):
+        def log_prob(self, z):
+            return -0.5 * z.square().sum(-1)
+
+    model = VAE(trained_model.config)
+    expected = evaluate_module._bytes_per_row(model)  # the built-in N(0, I) counts dim + 1 floats
+    model.prior_module = Plain()
+    assert evaluate_module._bytes_per_row(model) == expected

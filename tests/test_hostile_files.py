@@ -270,3 +270,32 @@ def test_nonfinite_training_is_one_line_from_the_command_line(tmp_path, tiny_npz
                           "became nan or inf in epoch 1 at step 1")
     assert not (out / "checkpoint.safetensors").exists()
     assert load_tensors(out / "model.safetensors")[1]["epoch"] == 0
+
+
+def test_a_mid_epoch_order_that_is_not_a_permutation_is_refused(tmp_path, tiny_npz, monkeypatch):
+    """A checkpoint written mid-epoch stores the epoch's shuffled order; one that repeats images
+    (tampered, or from other data) would train on the wrong images: refused in one line."""
+    from iwae import train as train_module
+
+    real, calls = train_module.accumulate_gradients, []
+
+    def stop_at_the_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # after the mid-epoch checkpoint of step 1 (40 images, batches of 20)
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "accumulate_gradients", stop_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**SMALL, dataset=tiny_npz, epochs=1, checkpoint_every=1, out=str(out)), progress=False)
+    monkeypatch.undo()
+    assert "epoch_position" in load_tensors(out / "checkpoint.safetensors")[1]
+
+    def repeat_an_image(tensors, meta):
+        tensors["epoch.order"] = torch.zeros_like(tensors["epoch.order"])
+
+    _rewrite_checkpoint(out, repeat_an_image)
+    before = snapshot(out)
+    assert_one_line_error(invoke("train", "--resume", out, "--quiet"), "not a permutation")
+    assert snapshot(out) == before

@@ -867,3 +867,35 @@ def test_epoch_time_is_read_after_synchronizing_the_device(tmp_path, small_split
     monkeypatch.setattr(train_module, "synchronize", lambda device: synced.append(torch.device(device)))
     train(resume_config(tmp_path / "run", "iwae", 2), progress=False, splits=small_splits)
     assert synced == [torch.device("cpu")] * 2  # once per epoch, on the run's device
+
+
+def test_a_trained_run_without_its_checkpoint_is_never_deleted(tmp_path, small_splits):
+    """A run whose checkpoint.safetensors was deleted (to save space) still holds a trained model:
+    neither a new run into the same --out nor --resume may silently start it again."""
+    run = train(resume_config(tmp_path / "run", "iwae", 1), progress=False, splits=small_splits)
+    (run / "checkpoint.safetensors").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        train(resume_config(run, "iwae", 1), progress=False, splits=small_splits)
+    with pytest.raises(CheckpointError, match="holds a trained model but no checkpoint"):
+        train(resume_config(run, "iwae", 2), resume=True, progress=False, splits=small_splits)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_resume_refuses_settings_of_another_run(reference_run, tmp_path, small_splits):
+    """train(config, resume=True) from Python resumes only the run config.yaml describes: other
+    settings (an estimator, a learning rate) would make its record describe a run that never was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run("iwae"), run)
+    before = (run / "config.yaml").read_bytes()
+    other = TrainConfig(**{**resume_config(run, "iwae", 4).to_dict(), "estimator": "stl", "lr": 0.1})
+    with pytest.raises(ValueError, match=r"other settings \(estimator 'reparam' -> 'stl', lr 0.001 -> 0.1\)"):
+        train(other, resume=True, progress=False, splits=small_splits)
+    assert (run / "config.yaml").read_bytes() == before
+
+
+def test_a_device_index_torch_cannot_parse_is_one_line():
+    with pytest.raises(ValueError, match="unknown device"):
+        TrainConfig(device="cuda:99999999999999999999")

@@ -69,10 +69,17 @@ def _bytes_per_row(model: VAE) -> int:
         3 * widest,  # a tanh layer: its input, 2h and the sigmoid
         2 * cfg.input_dim + max(cfg.hidden_dims[0]),  # p(x | z_1): logits and softplus, the last hidden layer
         widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
-        model.prior_module.floats_per_row(),  # log p(z_L)
+        _prior_floats_per_row(model),  # log p(z_L)
     )
     element_size = next(model.parameters()).element_size()
     return element_size * (held + max(stages))
+
+
+def _prior_floats_per_row(model: VAE) -> int:
+    """The prior's own count of temporary floats per row; for a prior module without
+    ``floats_per_row`` (a user's), that of a diagonal Gaussian of its dimension."""
+    count = getattr(model.prior_module, "floats_per_row", None)
+    return count() if count is not None else model.config.latent_dims[-1] + 1
 
 
 def _chunking(model: VAE, k: int, n: int, memory_budget: int, device: torch.device) -> tuple[int, int]:
@@ -300,6 +307,9 @@ def evaluate(
         "test_images": {"dataset": splits.name, "split": "test", "first": len(nll), "of": n_total},
         "model": measured,
         "runtime": describe(dev),
+        # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too
+        "chunking": dict(zip(("images", "samples"), _chunking(model, k, len(nll), memory_budget, dev)),
+                         memory_budget=memory_budget),
         "files": {"json": f"{name}.json", "bounds": f"{name}.npy"} if save else None,
     }
     if save:

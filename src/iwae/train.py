@@ -54,7 +54,7 @@ PAPER_STAGES = 8  # i = 0..7
 # run is bit-reproducible on one device type only. ``device`` says where to run next, not where the
 # run ran: the checkpoint records its generator's device type and resuming refuses another one.
 NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every")
-DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+DEVICE = re.compile(r"cpu|cuda(:\d{1,4})?")
 # the files train() writes into a run directory when it starts, before its first checkpoint
 START_FILES = ("config.yaml", "model.safetensors", "metrics.csv", "tb")
 RUN_FILES = ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv")
@@ -419,6 +419,8 @@ def _restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VA
             order = tensors["epoch.order"]
             if order.shape != (n_train,) or not 0 < int(meta["epoch_position"]) < n_train:
                 raise ValueError(f"its epoch order of shape {tuple(order.shape)} does not fit {n_train} images")
+            if order.is_floating_point() or not torch.equal(order.sort().values, torch.arange(n_train)):
+                raise ValueError(f"its epoch order is not a permutation of the {n_train} training images")
             partial = _EpochState(order.to(generator.device), int(meta["epoch_position"]),
                                   tensors["epoch.bound_sum"].to(generator.device), float(meta["epoch_seconds"]))
         metrics = list(meta["metrics"])
@@ -441,6 +443,21 @@ def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
     text = _metrics_text(metrics)
     with atomic_write(run_dir / "metrics.csv") as f:
         f.write(text)
+
+
+def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
+    """Refuses to resume ``run_dir`` with settings that would make it another run (``run_identity``
+    differs from its config.yaml's): its record would then describe a run that never happened."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return  # killed before config.yaml was written: nothing to compare, nothing trained
+    recorded = run_identity(TrainConfig.from_yaml(path))
+    wanted = run_identity(config)
+    changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+    if changed:
+        details = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {run_dir} with other settings ({details}); resume it as it is, "
+                         f"or train a new run")
 
 
 def _sync_outputs(run_dir: Path, config: TrainConfig, metrics: list[dict]) -> None:
@@ -526,7 +543,10 @@ def _duration(seconds: float) -> str:
 
 def _check_device(config: TrainConfig) -> torch.device:
     """The torch device of ``config.device`` (whose form __post_init__ checked), if this machine has it."""
-    device = torch.device(config.device)
+    try:
+        device = torch.device(config.device)
+    except RuntimeError as e:  # e.g. an index beyond what torch parses
+        raise ValueError(f"device {config.device!r} is not a device torch knows ({e}); use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {config.device} requested but CUDA is not available on this machine; "
@@ -539,10 +559,22 @@ def _check_device(config: TrainConfig) -> torch.device:
 
 
 def _only_start_files(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds only what a run writes before its first checkpoint: nothing trained."""
+    """Whether ``run_dir`` holds only what a run writes before its first checkpoint: nothing trained.
+
+    The names alone do not tell: a run whose checkpoint was deleted (to save space) still holds a
+    trained model, so model.safetensors must record epoch 0 and metrics.csv hold no epoch."""
     names = {p.name for p in run_dir.iterdir()}
     leftovers = {n for n in names if n.startswith(".") and n.endswith(".tmp")}
-    return "checkpoint.safetensors" not in names and names - leftovers <= set(START_FILES)
+    if "checkpoint.safetensors" in names or not names - leftovers <= set(START_FILES):
+        return False
+    if "model.safetensors" in names:
+        try:
+            if load_tensors(run_dir / "model.safetensors")[1].get("epoch") != 0:
+                return False
+        except CheckpointError:  # half-written by a kill: nothing trained in it
+            pass
+    metrics = run_dir / "metrics.csv"
+    return not metrics.is_file() or len(metrics.read_text().strip().splitlines()) <= 1
 
 
 def _clear_start_files(run_dir: Path) -> None:
@@ -582,6 +614,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
+        _check_same_run(run_dir, config)
         if ckpt_path.is_file():
             saved = load_tensors(ckpt_path)
             done = saved[1].get("epoch")
@@ -596,9 +629,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
                 return run_dir  # on any device: nothing is drawn
             _check_same_device_type(ckpt_path, *saved, config.device)
-        else:
+        elif _only_start_files(run_dir):
             print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
                   f"starting it from the beginning", file=sys.stderr)
+        else:
+            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
+                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
+                                  f"--overwrite to start this one again")
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite and not _only_start_files(run_dir):
         raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
                               f"--resume it, or pass --overwrite")
@@ -706,7 +743,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 optimizer.step()
                 bound_sum += bound.sum()
                 step += 1
-                if progress and step % 50 == 0:
+                if not bar.disable and step % 50 == 0:  # .item() syncs CUDA: only for a bar that is shown
                     bar.set_postfix(bound=f"{bound_sum.item() / min(i + config.batch_size, n_train):.2f}")
                 position = i + config.batch_size
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:

@@ -293,7 +293,7 @@ class VAE(nn.Module):
                 loc_s, log_scale_s = layer.loc_log_scale(z_below.detach())
                 log_q_ss = log_q_ss + _normal_log_prob(zs[-1].detach(), loc_s, log_scale_s)
         log_prior_direct = None
-        if prior_direct and self.prior_module.depends_on_encoder:
+        if prior_direct and getattr(self.prior_module, "depends_on_encoder", False):
             log_p, log_prior_direct = self.prior_module.log_prob_with_direct(zs[-1])
         else:
             log_p = self.prior_module.log_prob(zs[-1])
