@@ -16,12 +16,13 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 
 
-def assert_one_line_error(result, phrase: str) -> None:
-    """Exit status 2, no traceback, and exactly one ``Error`` line, which contains ``phrase``."""
+def assert_one_line_error(result, phrase: str) -> str:
+    """Exit status 2, no traceback, and exactly one ``Error`` line, which contains ``phrase``; returns it."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and phrase in errors[0], result.output
+    return errors[0]
 
 
 def small_npz(folder: Path, splits: Splits, n_train: int, n_other: int = 20) -> str:

@@ -22,7 +22,7 @@ from iwae.checkpoint import CheckpointError, load_tensors
 from iwae.data import Splits
 from iwae.train import TrainConfig, train, train_or_resume
 
-from cli_helpers import invoke, small_npz
+from cli_helpers import assert_one_line_error, invoke, small_npz
 
 SMALL = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=20, valid_k=2, seed=2)
 
@@ -47,15 +47,6 @@ def half_run(tmp_path, tiny_npz) -> Path:
     out = tmp_path / "run"
     train(TrainConfig(**SMALL, dataset=tiny_npz, epochs=1, out=str(out)), progress=False)
     return out
-
-
-def assert_one_line_error(result, phrase: str) -> str:
-    """Exit status 2, no traceback, exactly one ``Error`` line, which contains ``phrase``; returns it."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1 and phrase in errors[0], result.output
-    return errors[0]
 
 
 def snapshot(folder: Path) -> dict:
