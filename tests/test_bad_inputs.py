@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from cli_helpers import invoke
 from iwae.errors import ConfigError
-from iwae.train import TrainConfig, _save_model, load
+from iwae.rundir import save_model
+from iwae.train import TrainConfig, load
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
     untrained = root / "untrained"
     untrained.mkdir()
     shutil.copy(run / "config.yaml", untrained / "config.yaml")
-    _save_model(untrained, load(run), 0)
+    save_model(untrained, load(run), 0)
     for name, damage in [("corrupt-model", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 100)),
                          ("no-config", lambda d: (d / "config.yaml").unlink()),
                          ("bad-config", lambda d: (d / "config.yaml").write_text("objective: [unclosed\n")),

@@ -154,14 +154,15 @@ def test_evaluate_corrupt_model(tmp_path, run_dir, damage):
 
 
 def test_evaluate_model_with_inconsistent_metadata(tmp_path, run_dir):
-    """A valid safetensors file whose model config does not fit this version (an unknown key, or
-    weights of other shapes) is a user error too: exit 2, one line, no traceback."""
+    """A valid safetensors file whose metadata does not fit config.yaml (weights of another input size,
+    the digest of another architecture, no input size) is a user error too: exit 2, one line, no
+    traceback. (Old-layout files, with a model config in the metadata: tests/test_rundir.py.)"""
     from safetensors.torch import save_file
 
     tensors, meta = load_tensors(run_dir / "model.safetensors")
-    for name, change in [("shapes", lambda m: m["model_config"].update(latent_dims=[7])),
-                         ("no-config", lambda m: m.pop("model_config")),
-                         ("unknown-key", lambda m: m["model_config"].update(dropout=0.1))]:
+    for name, change in [("shapes", lambda m: m.update(input_dim=700)),
+                         ("digest", lambda m: m.update(model_digest="0" * 64)),
+                         ("no-input-size", lambda m: m.pop("input_dim"))]:
         copy = tmp_path / name
         shutil.copytree(run_dir, copy)
         bad = json.loads(json.dumps(meta))
@@ -341,12 +342,13 @@ def test_subsets_beyond_the_data_are_refused(tmp_path, run_dir, shared_data_dir)
 @pytest.fixture(scope="module")
 def untrained_run(run_dir, tmp_path_factory) -> Path:
     """A run killed before its first epoch ended: config.yaml and the initial model.safetensors only."""
-    from iwae.train import _save_model, load
+    from iwae.rundir import save_model
+    from iwae.train import load
 
     run = tmp_path_factory.mktemp("untrained") / "run"
     run.mkdir()
     shutil.copy(run_dir / "config.yaml", run / "config.yaml")
-    _save_model(run, load(run_dir), 0)
+    save_model(run, load(run_dir), 0)
     return run
 
 

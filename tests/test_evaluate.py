@@ -277,12 +277,12 @@ def test_evaluate_errors(trained_run, trained_model, mnist_splits, tmp_path):
 def untrained_copy(trained_run: Path, tmp_path: Path) -> Path:
     """The run as it is when killed before its first epoch ended: config.yaml and the model.safetensors
     training writes at epoch 0 (the initial weights), no checkpoint, no metrics."""
-    from iwae.train import _save_model
+    from iwae.rundir import save_model
 
     run = tmp_path / "untrained"
     run.mkdir()
     (run / "config.yaml").write_bytes((trained_run / "config.yaml").read_bytes())
-    _save_model(run, iwae.load(trained_run), 0)
+    save_model(run, iwae.load(trained_run), 0)
     return run
 
 

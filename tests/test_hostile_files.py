@@ -105,14 +105,14 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(half_run, damage,
         if damage == "weight-shape":
             key = next(k for k in tensors if k.startswith("model.encoder") and k.endswith("weight"))
             tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
-            meta.pop("model_config")
+            meta.pop("model_digest")
         elif damage == "missing-weight":
             del tensors[next(k for k in tensors if k.startswith("model."))]
-            meta.pop("model_config")
+            meta.pop("model_digest")
         elif damage == "adam-shape":
             tensors["optim.0.exp_avg"] = torch.zeros(3)
-        else:
-            meta["model_config"]["latent_dims"] = [8]
+        else:  # the digest of another architecture than config.yaml's
+            meta["model_digest"] = "0" * 64
 
     _rewrite_checkpoint(half_run, change)
     before = snapshot(half_run)

@@ -163,15 +163,21 @@ def test_save_load_round_trip_gives_identical_log_weights(tiny_splits, tmp_path,
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_saved_model_loads_with_identical_log_weights(tmp_path, prior):
-    from iwae import train as train_module
+    from iwae import rundir
+    from iwae.train import TrainConfig
 
     torch.manual_seed(4)
-    model = VAE(ModelConfig(12, (4, 2), ((8,), (6,)), prior=prior, prior_components=3,
-                            prior_learn_weights=prior == "mog"))
+    # the run's config.yaml records the architecture; model.safetensors the weights
+    config = TrainConfig(layers=2, latent_dims=[4, 2], hidden_dims=[[8], [6]], prior=prior, components=3,
+                         learn_mixture_weights=prior == "mog")
+    model = VAE(config.model_config(12))
+    assert model.config == ModelConfig(12, (4, 2), ((8,), (6,)), prior=prior, prior_components=3,
+                                       prior_learn_weights=prior == "mog")
     with torch.no_grad():  # move the prior away from its initialisation
         for p in model.prior_module.parameters():
             p.add_(torch.randn_like(p))
-    train_module._save_model(tmp_path, model, 0)
+    rundir.write_config(tmp_path, config)
+    rundir.save_model(tmp_path, model, 0)
     loaded = iwae.load(tmp_path)
     x = torch.bernoulli(torch.full((5, 12), 0.4))
     with torch.no_grad():

@@ -17,6 +17,7 @@ import by_hand
 import iwae
 import iwae.checkpoint as checkpoint_module
 import iwae.train as train_module
+import iwae.rundir as rundir_module
 from iwae import objectives
 from iwae.checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
 from iwae.data import Splits
@@ -228,7 +229,9 @@ def test_run_directory_contents(tmp_path, tiny_splits, monkeypatch):
     assert (run_dir / "checkpoint.safetensors").is_file()
     _, meta = load_tensors(run_dir / "model.safetensors")
     assert meta["epoch"] == 2
-    assert meta["model_config"] == trained.config.to_dict()
+    # the architecture is stored once, in config.yaml; the weights record its digest and the input size
+    assert "model_config" not in meta and meta["input_dim"] == 784
+    assert meta["model_digest"] == rundir_module.model_digest(trained.config)
     # metrics: one row per epoch
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -264,25 +267,6 @@ def test_valid_k_names_the_metrics_column(tmp_path, tiny_splits):
     train(cfg, progress=False, splits=tiny_splits)
     row = read_metrics(tmp_path / "run")[0]
     assert "valid_L7" in row and "valid_L2" not in row
-
-
-def test_load_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        iwae.load(tmp_path / "nope")
-    (tmp_path / "run").mkdir()
-    with pytest.raises(CheckpointError, match="not found"):
-        iwae.load(tmp_path / "run")
-    (tmp_path / "run" / "model.safetensors").write_bytes(b"\x00" * 3)
-    with pytest.raises(CheckpointError, match="corrupt"):
-        iwae.load(tmp_path / "run")
-    model = VAE(ModelConfig(784, (4,), ((8,),)))
-    save_tensors(tmp_path / "run" / "model.safetensors", model.state_dict())  # no iwae metadata
-    with pytest.raises(CheckpointError, match="no model config"):
-        iwae.load(tmp_path / "run")
-    other = ModelConfig(784, (5,), ((8,),)).to_dict()
-    save_tensors(tmp_path / "run" / "model.safetensors", model.state_dict(), {"model_config": other})
-    with pytest.raises(CheckpointError, match="does not fit"):
-        iwae.load(tmp_path / "run")
 
 
 def test_refuses_to_overwrite_without_overwrite(tmp_path, tiny_splits):
@@ -421,9 +405,9 @@ def test_kill_while_writing_checkpoint_then_resume(tmp_path, small_splits, refer
 
 
 def test_kill_in_save_checkpoint_then_resume(tmp_path, small_splits, reference_run, monkeypatch):
-    """_save_checkpoint raises on its 2nd call (end of epoch 2)."""
+    """rundir.save_checkpoint raises on its 2nd call (end of epoch 2)."""
     ref = reference_run("iwae")
-    real = train_module._save_checkpoint
+    real = rundir_module.save_checkpoint
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -433,10 +417,10 @@ def test_kill_in_save_checkpoint_then_resume(tmp_path, small_splits, reference_r
         return real(*args, **kwargs)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(train_module, "_save_checkpoint", dying)
+    monkeypatch.setattr(rundir_module, "save_checkpoint", dying)
     with pytest.raises(SimulatedKill):
         train(resume_config(out, "iwae", 3), progress=False, splits=small_splits)
-    monkeypatch.setattr(train_module, "_save_checkpoint", real)
+    monkeypatch.setattr(rundir_module, "save_checkpoint", real)
     assert load_tensors(out / "checkpoint.safetensors")[1]["epoch"] == 1
     assert not hidden_files(out)
     train(resume_config(out, "iwae", 3), resume=True, progress=False, splits=small_splits)
@@ -523,7 +507,7 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
         assert "__metadata__" in header
         assert not data.startswith(b"\x80") and not data.startswith(b"PK")  # neither pickle nor torch.save zip
     tensors, meta = load_tensors(out / "checkpoint.safetensors")
-    assert {"epoch", "step", "metrics", "param_groups", "model_config"} <= set(meta)
+    assert {"epoch", "step", "metrics", "param_groups", "model_digest"} <= set(meta) and "model_config" not in meta
     assert "rng.generator" in tensors and "rng.torch" in tensors
     assert any(k.startswith("optim.") for k in tensors)
 

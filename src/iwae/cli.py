@@ -352,12 +352,10 @@ def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objecti
         model.init_output_bias(splits.train.mean(0))  # as training does
         source = f"fresh Burda 1-layer model (seed {seed})"
     else:
-        from .evaluate import load_trained
-        from .train import TrainConfig
+        from .rundir import open_run
 
-        model, _ = load_trained(run_dir)  # never the initial weights of a run that has not trained
-        config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
-        splits = load_dataset(config.dataset, data_dir or config.data_dir)
+        run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+        model, splits = run.model, run.splits
         source = f"run {run_dir}"
     x = snr_module.fixed_batch(splits, batch_size)
 
@@ -612,27 +610,22 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     import torch
 
     from .analysis import elbo_surgery
-    from .data import fixed_binarization, load_dataset
-    from .evaluate import load_trained
-    from .train import TrainConfig
+    from .data import fixed_binarization
+    from .rundir import open_run, write_surgery
 
     if subset < 1:
         raise ValueError(f"--subset must be >= 1, got {subset}")
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    model, weights = load_trained(run_dir)  # never the initial weights of a run that has not trained
-    config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
-    splits = load_dataset(config.dataset, data_dir or config.data_dir)
+    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    model, weights, splits = run.model, run.weights, run.splits
     x = splits.train[:subset]
     if splits.dynamic:  # grey levels: binarize once, reproducibly
         x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
     result = elbo_surgery(model, x, num_samples=samples, generator=torch.Generator().manual_seed(seed))
     result["seed"] = seed
     result["model"] = weights  # which weights: the epoch and SHA-256 of model.safetensors
-    with atomic_write(Path(run_dir) / f"surgery_n{result['n']}.json") as f:
-        json.dump(result, f, indent=1)
+    write_surgery(run_dir, result)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
@@ -679,10 +672,8 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
     each k, with the total variation distance of each to p. Writes the figure and a JSON beside it."""
     import torch
 
-    from .data import load_dataset
     from .posterior_figure import check_model, qew_figure
-    from .evaluate import load_trained
-    from .train import TrainConfig
+    from .rundir import open_run
 
     k_values = _int_list(ks, "--k")
     if images < 1:
@@ -698,14 +689,12 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
             raise click.BadParameter(f"expected auto or a positive number, got {extent!r}", param_hint="--extent")
         if not extent > 0:
             raise click.BadParameter(f"expected auto or a positive number, got {extent}", param_hint="--extent")
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
     if threads:
         torch.set_num_threads(threads)
-    model, _ = load_trained(run_dir)  # never the initial weights of a run that has not trained
-    check_model(model)  # before the data: a 50-D or 2-layer run fails at once
-    config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
-    splits = load_dataset(config.dataset, data_dir or config.data_dir)
+    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    model = run.model
+    check_model(model)  # before the data (run.splits loads it): a 50-D or 2-layer run fails at once
+    splits = run.splits
     x = splits.test[:images]  # in {0, 1}
     figure = Path(out) if out else Path(run_dir) / "qew.png"
     rows = qew_figure(model, x, k_values, figure, samples=samples, generator=torch.Generator().manual_seed(seed),
@@ -737,20 +726,6 @@ Examples:
 """
 
 
-def _run_title(run_dir: Path) -> str:
-    """The run's objective and K from its config, e.g. ``IWAE(k=5)``."""
-    from .train import TrainConfig
-
-    return TrainConfig.from_yaml(run_dir / "config.yaml").spec.label
-
-
-def _existing_run(run_dir: str) -> Path:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise CheckpointError(f"run directory {path} not found")
-    return path
-
-
 @main.command(epilog=SAMPLE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Number of samples.")
@@ -764,13 +739,14 @@ def _existing_run(run_dir: str) -> Path:
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
     """Samples of a trained run: z ~ p(z) (top-down through the layers), then p(x | z), as an image grid."""
     from .plots import plot_pseudo_inputs, plot_samples
-    from .evaluate import load_trained
+    from .rundir import open_run
 
-    path = _existing_run(run_dir)
+    if not Path(run_dir).is_dir():  # before the arguments, as before open_run
+        raise CheckpointError(f"run directory {run_dir} not found")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    model, _ = load_trained(path)  # never the initial weights of a run that has not trained
-    title = _run_title(path)
+    run = open_run(run_dir)  # never the initial weights of a run that has not trained
+    path, model, title = run.path, run.model, run.title
     if pseudo_inputs:
         figure = plot_pseudo_inputs(model, out or path / "pseudo_inputs.png", title=title)
     else:
@@ -815,10 +791,9 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
     import torch
 
     from . import plots
-    from .data import fixed_binarization, load_dataset
+    from .data import fixed_binarization
     from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .evaluate import load_trained
-    from .train import TrainConfig
+    from .rundir import open_run
 
     if runs[0] == "toy":
         if len(runs) > 1:
@@ -829,8 +804,9 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
         raise click.UsageError(f"give one or two run directories, got {len(runs)}")
     if points < 1:
         raise ValueError(f"--points must be >= 1, got {points}")
-    paths = [_existing_run(r) for r in runs]
-    titles = [_run_title(p) for p in paths]
+    opened = [open_run(r, data_dir=data_dir) for r in runs]  # never the initial weights of an untrained run
+    paths = [r.path for r in opened]
+    titles = [r.title for r in opened]
     if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
         titles = [f"{t} ({p.name})" for t, p in zip(titles, paths)]
     kinds = PLOT_KINDS if what == "all" else (what,)
@@ -840,14 +816,13 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
         metrics = {t: plots.read_metrics(p) for t, p in zip(titles, paths)}
         written.append(plots.plot_curves(metrics, out_dir / f"curves.{fmt}"))
     if set(kinds) - {"curves"}:
-        models = {t: load_trained(p)[0] for t, p in zip(titles, paths)}  # refuses initial weights
+        models = {t: r.model for t, r in zip(titles, opened)}
         if len({m.config.input_dim for m in models.values()}) > 1:
             raise ValueError("the two runs model inputs of different sizes; plot them separately")
         if "samples" in kinds:
             written.append(plots.plot_samples(models, out_dir / f"samples.{fmt}", seed=seed))
     if set(kinds) & {"reconstructions", "latent", "activity"}:
-        config = TrainConfig.from_yaml(paths[0] / "config.yaml")
-        splits = load_dataset(config.dataset, data_dir or config.data_dir)
+        splits = opened[0].splits
         x_units = splits.train[:ACTIVE_UNITS_IMAGES]
         if splits.dynamic:  # grey levels: binarize once, as evaluation does
             x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))

@@ -22,21 +22,20 @@ unit u is active if A_u > 0.01.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import data as data_module
-from .checkpoint import CheckpointError, atomic_write, load_tensors
+from . import rundir
 from .errors import ConfigError
 from .models import VAE
 from .objectives import iwae as iwae_bound
+from .rundir import eval_name, load_trained  # noqa: F401 (API: they were defined here)
 from .runtime import check_device, describe, synchronize, tune_allocator
 
 __all__ = ["log_likelihood", "active_units", "evaluate", "load_trained", "eval_name", "paired_difference",
@@ -174,41 +173,6 @@ def active_units(model: VAE, x: torch.Tensor, num_samples: int = 100,
     return ActiveUnits([m.var(0, unbiased=False).cpu() for m in means], threshold)
 
 
-def eval_name(k: int, seed: int, test_subset: int | None = None) -> str:
-    """File stem of an evaluation in a run directory: ``eval_k{k}_seed{seed}`` on all test images,
-    ``eval_k{k}_n{N}_seed{seed}`` on the first N (the JSON and the per-image ``.npy`` share it)."""
-    return f"eval_k{k}" + (f"_n{test_subset}" if test_subset is not None else "") + f"_seed{seed}"
-
-
-def load_trained(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
-    """The trained model of a run directory and which weights they are: ``{"epoch", "sha256"}``.
-
-    Raises:
-        CheckpointError: the run has not completed an epoch (its model.safetensors holds the initial
-            weights, written when training starts), its model file has no epoch, or the file changed
-            while it was read (a run still training writes it after every epoch).
-    """
-    from .train import load, model_sha256
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    sha256 = model_sha256(run_dir)
-    model = load(run_dir, device)
-    _, meta = load_tensors(run_dir / "model.safetensors")
-    if model_sha256(run_dir) != sha256:  # both reads above must have seen the file whose digest we report
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} changed while it was read; is the run still "
-                              f"training? measure it when it has stopped, or a copy of it")
-    epoch = meta.get("epoch")
-    if not isinstance(epoch, int):
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} records no epoch; was it written by another "
-                              f"version of iwae?")
-    if epoch < 1:
-        raise CheckpointError(f"{run_dir} has not completed an epoch: its model.safetensors holds the initial "
-                              f"weights; train it first (iwae train --resume {run_dir})")
-    return model, {"epoch": epoch, "sha256": sha256}
-
-
 def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | os.PathLike) -> tuple[float, float]:
     """Mean of ``a - b`` over the same images and its paired standard error ``std(a - b) / sqrt(N)``.
 
@@ -216,8 +180,8 @@ def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | o
     same N images in the same order. The images' own spread cancels in ``a - b``, so the paired error
     is far smaller than the two evaluations' standard errors combined.
     """
-    a = np.load(a) if isinstance(a, (str, os.PathLike)) else np.asarray(a)
-    b = np.load(b) if isinstance(b, (str, os.PathLike)) else np.asarray(b)
+    a = rundir.read_bounds(a) if isinstance(a, (str, os.PathLike)) else np.asarray(a)
+    b = rundir.read_bounds(b) if isinstance(b, (str, os.PathLike)) else np.asarray(b)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"paired values need the same N >= 2 images, got shapes {a.shape} and {b.shape}")
     d = a.astype(np.float64) - b.astype(np.float64)
@@ -254,8 +218,6 @@ def evaluate(
         None for a ``model`` passed in), ``runtime`` (device, GPU, torch and CUDA versions) and
         ``files`` (the JSON and ``.npy`` written, or None).
     """
-    from .train import TrainConfig
-
     # the arguments first: a bad value must not wait for the model and the data
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}", ["k"])
@@ -268,7 +230,7 @@ def evaluate(
             raise ValueError("evaluate needs a run directory or a model")
         check_device(device)
         model, weights = load_trained(run_dir, device)
-        config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+        config = rundir.read_config(run_dir)
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
             splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir)
@@ -310,12 +272,8 @@ def evaluate(
         # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too
         "chunking": dict(zip(("images", "samples"), _chunking(model, k, len(nll), memory_budget, dev)),
                          memory_budget=memory_budget),
-        "files": {"json": f"{name}.json", "bounds": f"{name}.npy"} if save else None,
+        "files": rundir.evaluation_files(name) if save else None,
     }
     if save:
-        # the bounds first: the JSON, written last, describes files that are all there
-        with atomic_write(Path(run_dir) / f"{name}.npy", "wb") as f:
-            np.save(f, bounds)
-        with atomic_write(Path(run_dir) / f"{name}.json") as f:
-            json.dump(result, f, indent=1)
+        rundir.write_evaluation(run_dir, name, result, bounds)
     return result

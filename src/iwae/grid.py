@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -57,9 +56,11 @@ from pathlib import Path
 import torch
 from . import data as data_module
 from . import published
+from . import rundir
 from .checkpoint import atomic_write
 from .evaluate import evaluate
-from .train import TrainConfig, run_identity, train_or_resume, training_seconds
+from .rundir import run_identity, training_seconds
+from .train import TrainConfig, train_or_resume
 
 __all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "plan", "run_grid", "plot_grid", "grid_table",
            "read_grid_csv", "DEFAULT_BETAS"]
@@ -73,7 +74,7 @@ DEFAULT_TRAIN_SUBSET = 5000  # training images (the first N of the 59,600)
 DEFAULT_TEST_SUBSET = 500  # test images for IWAE-64 and log p-hat (the first N of 10,000)
 DEFAULT_LOG_P_K = 5000  # samples of log p-hat = L_5000, as both papers
 OBJECTIVES = ("miwae", "piwae", "ciwae")
-EVAL_FILE = "grid_eval.json"  # written last in a run directory: its presence marks a finished run
+EVAL_FILE = rundir.GRID_EVAL_FILE  # written last in a run directory: its presence marks a finished run
 FIGURE_SIZE = (15.0, 8.0)  # inches, at FIGURE_DPI: grid.png is 1500 x 800 pixels
 FIGURE_DPI = 100
 PUBLISHED_LABEL = "Rainforth et al. 2018 (full protocol)"
@@ -216,14 +217,8 @@ def _evaluate_run(run_dir: Path, splits, protocol: dict) -> dict:
 
 def _read_eval(run_dir: Path, protocol: dict) -> dict | None:
     """The finished run's evaluation if it matches ``protocol``, else None."""
-    path = run_dir / EVAL_FILE
-    if not path.is_file():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if result.get("protocol") == protocol else None
+    result = rundir.read_grid_eval(run_dir)
+    return result if result is not None and result.get("protocol") == protocol else None
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -298,8 +293,7 @@ def run_grid(
             t0 = time.perf_counter()
             done = train_or_resume(config, splits=splits, progress=progress)
             result = _evaluate_run(run_dir, splits, protocol)
-            with atomic_write(run_dir / EVAL_FILE) as f:
-                json.dump(result, f, indent=1)
+            rundir.write_grid_eval(run_dir, result)
             done += f" in {time.perf_counter() - t0:.0f} s"
         results[run] = result
         if progress:

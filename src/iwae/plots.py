@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import torch
 
 from .evaluate import ACTIVE_THRESHOLD, active_units
 from .models import VAE
+from . import rundir
 
 __all__ = [
     "sample_images", "toy_bias", "plot_samples", "plot_pseudo_inputs", "plot_reconstructions",
@@ -325,17 +325,7 @@ def plot_activity(models: VAE | Mapping[str, VAE], x_units: torch.Tensor, path: 
 
 
 # ----------------------------------------------------------------------------- training curves
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of ``RUN_DIR/metrics.csv`` as floats.
-
-    Raises:
-        FileNotFoundError: when the run has no metrics.csv (it has not finished an epoch).
-    """
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch")
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+read_metrics = rundir.read_metrics  # the rows of RUN_DIR/metrics.csv as floats (defined with the run folder's files)
 
 
 def plot_curves(metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *,

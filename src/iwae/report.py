@@ -7,7 +7,7 @@
 
 Reads what ``iwae reproduce`` writes: ``OUT/reproduction.json`` (the experiment, the protocol
 used, the published table, one entry per run) and per run ``OUT/runs/<name>/`` with
-``result.json`` when it finished (a result of other settings, see :func:`iwae.reproduce.run_key`,
+``result.json`` when it finished (a result of other settings, see :func:`iwae.rundir.run_status`,
 is shown as stale, without its numbers) or ``error.json`` when it failed. Per experiment the report
 gives the protocol, then one table row per run: our metrics, the published value and
 delta = ours - published (same keys, same signs), flagged when |delta| > 0.3 nats; active units,
@@ -34,9 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from . import rundir
 from .checkpoint import atomic_write
 from .experiment import FIGURES
-from .reproduce import run_key
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
            "FLAG_NATS"]
@@ -124,24 +124,25 @@ def _read_json(path: Path, name: str | None = None, **shape) -> dict:
 
 def _result(run: dict) -> tuple[str, dict, str | None]:
     """``(status, result, message)`` of a run from the files in its folder (reproduction.json may have
-    been written before the run ended): error.json means failed, result.json done, the newer if both;
-    a result of other settings (:func:`iwae.reproduce.run_key`) is stale; with neither file the status
-    written in reproduction.json stands. Raises ValueError for a file that cannot be read or used."""
-    outcome = max((p for p in (run["dir"] / "result.json", run["dir"] / "error.json") if p.is_file()),
-                  key=lambda p: p.stat().st_mtime, default=None)
-    name = None if outcome is None else f"runs/{run['name']}/{outcome.name}"  # short: it goes in a table cell
-    if outcome is not None and outcome.name == "error.json":
-        return "failed", {}, str(_read_json(outcome, name).get("error") or "no message")
-    if outcome is None:
+    been written before the run ended), by :func:`iwae.rundir.run_status`: failed, done or stale; with
+    neither result.json nor error.json the status written in reproduction.json stands. Raises
+    ValueError for a file that cannot be read or used."""
+    found = rundir.run_status(run["dir"], run)
+    name = None if found.file is None else f"runs/{run['name']}/{found.file}"  # short: it goes in a table cell
+    if found.status is None:
         status = str(run.get("status") or "pending")
         return ("unreadable", {}, "result.json missing") if status == "done" else (status, {}, None)
-    result = _read_json(outcome, name, metrics=dict, spec=dict, hardware=dict, train_seconds=_NUMBER,
-                        eval_seconds=_NUMBER)
+    if found.status == "unreadable" and not found.raw:
+        raise ValueError(f"{name} {found.message}")
+    if found.status == "failed":
+        return "failed", {}, found.message
+    result = _check(found.raw, name, metrics=dict, spec=dict, hardware=dict, train_seconds=_NUMBER,
+                    eval_seconds=_NUMBER)
     _check(result.get("metrics") or {}, f"{name}: metrics", every=_NUMBER)
-    ours, wanted = run_key({"config": None, "eval": None, **(result.get("spec") or {})}), run_key(run)
-    changed = [key for key in wanted if ours.get(key) != wanted[key]]
-    if changed:  # e.g. evaluated with another --eval-k: not this run's result (any more)
-        return "stale", {}, f"result of other settings ({', '.join(changed)}), rerun `iwae reproduce`"
+    if found.status == "unreadable":
+        raise ValueError(f"{name} {found.message}")
+    if found.status == "stale":
+        return "stale", {}, f"{found.message}, rerun `iwae reproduce`"
     return "done", result, None
 
 
@@ -377,7 +378,7 @@ def _setting(key: str, value) -> str:
 
 # ----------------------------------------------------------------------------- figures
 def _done(runs: list[dict]) -> list[dict]:
-    return [r for r in runs if r["status"] == "done" and (r["dir"] / "model.safetensors").is_file()]
+    return [r for r in runs if r["status"] == "done" and (r["dir"] / rundir.MODEL).is_file()]
 
 
 def _representatives(runs: list[dict], cap: int) -> list[dict]:
@@ -400,14 +401,10 @@ def _splits(run: dict, data_dir, cache: dict):
     """The run's dataset, loaded once per report and never downloaded (a report must not hit the network),
     from ``data_dir``, else the run's data_dir: its spec's, or its config.yaml's (where the data was at
     training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
-    import yaml
-
     from .data import load_dataset
 
     dataset = run["config"].get("dataset", "mnist")
-    folder = data_dir or run["config"].get("data_dir")
-    if folder is None and (run["dir"] / "config.yaml").is_file():
-        folder = (yaml.safe_load((run["dir"] / "config.yaml").read_text()) or {}).get("data_dir")
+    folder = data_dir or run["config"].get("data_dir") or rundir.read_config_values(run["dir"]).get("data_dir")
     if (dataset, folder) not in cache:
         cache[(dataset, folder)] = load_dataset(dataset, folder, download=False)
     return cache[(dataset, folder)]
@@ -420,7 +417,7 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
     from .plots import plot_curves, read_metrics
 
-    runs = [r for r in exp["runs"] if (r["dir"] / "metrics.csv").is_file()]
+    runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
     if not runs:
         raise ValueError("no run has a metrics.csv yet")
     out = []

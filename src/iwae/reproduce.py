@@ -41,7 +41,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
 import socket
 import sys
 import tempfile
@@ -56,16 +55,16 @@ try:
 except ImportError:  # not on Windows: no lock there
     fcntl = None
 
+from . import rundir
 from .checkpoint import CheckpointError, atomic_write
 from .data import load_dataset, missing_files
 from .experiment import Experiment, RunSpec, load_experiment
-from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
+from .rundir import ERROR_FILE, RESULT_FILE, model_sha256, run_key, trained_epochs, training_seconds
+from .train import train_or_resume
 
 __all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
            "STATE_FILE", "is_device_failure"]
 
-RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
-ERROR_FILE = "error.json"
 STATE_FILE = "reproduction.json"
 
 # Rough costs measured on a 2-core CPU (torch 2.13, 2 threads, one run at a time), for --dry-run:
@@ -98,34 +97,9 @@ def hardware(device: str = "cpu") -> dict:
             "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
-def run_key(spec: dict) -> dict:
-    """What a result must match to be the result of run ``spec`` (a RunSpec dict): its settings,
-    evaluation and the run it continues. A result.json whose ``spec`` has another key is stale."""
-    spec = spec if isinstance(spec, dict) else {}
-    return {"config": spec.get("config"), "eval": spec.get("eval"), "after": spec.get("after")}
-
-
-def _dependency_digest(run_dir: Path, spec: RunSpec) -> str | None:
-    """SHA-256 of the model a continued run starts from (None: not a continued run, or no model yet)."""
-    if not spec.after:
-        return None
-    try:
-        return model_sha256(run_dir.parent / spec.after)
-    except CheckpointError:
-        return None
-
-
 def finished_result(run_dir: Path, spec: RunSpec) -> dict | None:
-    """The run's result.json if it is finished under ``spec`` (and, for a continued run, from the
-    model its dependency holds now), else None."""
-    try:
-        result = json.loads((run_dir / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    ok = (isinstance(result, dict) and result.get("status") == "done"
-          and run_key(result.get("spec", {})) == run_key(spec.to_dict())
-          and result.get("init_sha256") == _dependency_digest(run_dir, spec))
-    return result if ok else None
+    """The run's result.json if it is finished under ``spec`` (:func:`iwae.rundir.run_status`), else None."""
+    return rundir.finished_result(run_dir, spec.to_dict())
 
 
 def is_device_failure(error: BaseException) -> bool:
@@ -166,16 +140,16 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
 
         if threads:
             torch.set_num_threads(threads)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        rundir.clear_error(run_dir)
         config = run.train_config(run_dir, data_dir=data_dir, device=device, threads=threads)
         if run.after:
             config.init_sha256 = model_sha256(config.init_from)
             try:
-                started_from = TrainConfig.from_yaml(run_dir / "config.yaml").init_sha256
+                started_from = rundir.read_config(run_dir).init_sha256
             except (CheckpointError, ValueError, TypeError):
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
-                shutil.rmtree(run_dir)
+                rundir.delete(run_dir)  # started from the old model: train it again from the new
         splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
@@ -199,17 +173,14 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             "model": main["model"],  # the weights measured: epoch and SHA-256 of model.safetensors
             "hardware": hardware(device), "spec": run.to_dict(),
         }
-        with atomic_write(run_dir / RESULT_FILE) as f:
-            json.dump(result, f, indent=1)
+        rundir.write_result(run_dir, result)
         return result
     except Exception as e:  # noqa: BLE001 - any failure of one run is reported, and the others go on
         error = {"name": run.name, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
                  "traceback": traceback.format_exc()}
         if is_device_failure(e):
             error["device_failure"] = True
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run_dir / ERROR_FILE) as f:
-            json.dump(error, f, indent=1)
+        rundir.write_error(run_dir, error)
         return error
 
 
@@ -238,20 +209,19 @@ def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
         return "new"  # its dependency trains (again) first, so it starts again from the new model
     if finished_result(run_dir, spec):
         return "done"
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / rundir.CONFIG).is_file():
         return "new"
     try:
-        old = TrainConfig.from_yaml(run_dir / "config.yaml")
+        old = rundir.read_config(run_dir)
     except (CheckpointError, ValueError, TypeError):
         return "new"  # unreadable: train_or_resume starts it again
     new = spec.train_config(run_dir)
-    old_id, new_id = run_identity(old), run_identity(new)
-    old_id.pop("init_sha256"), new_id.pop("init_sha256")  # a changed starting model restarts the run instead
-    if old_id != new_id:
-        diff = sorted(k for k, v in new_id.items() if old_id.get(k) != v)
+    # a changed starting model (init_sha256) restarts the run instead
+    diff = [k for k in rundir.changed_settings(old, new) if k != "init_sha256"]
+    if diff:
         raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                          f"use another --out for another protocol")
-    if spec.after and old.init_sha256 != _dependency_digest(run_dir, spec):
+    if spec.after and old.init_sha256 != rundir.dependency_digest(run_dir, spec.after):
         return "new"
     try:
         trained = trained_epochs(run_dir)
@@ -363,27 +333,11 @@ class _Pool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _write_files(folder: Path, files: dict[str, bytes]) -> None:
-    # result.json last: it marks the run finished, so everything it describes must be there before it
-    for rel, data in sorted(files.items(), key=lambda item: item[0] == RESULT_FILE):
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as f:
-            f.write(data)
-
-
 def _device_failure_written(run_dir: Path) -> dict | None:
     """The error.json a worker wrote before it exited for a device failure (see _pool_run); None if
     there is none: the worker died of something else. (_run_all removes it before each attempt.)"""
-    try:
-        error = json.loads((run_dir / ERROR_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return error if isinstance(error, dict) and error.get("device_failure") else None
+    error = rundir.read_error(run_dir)
+    return error if error is not None and error.get("device_failure") else None
 
 
 def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes], data_dir: str | None,
@@ -394,11 +348,11 @@ def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes],
         runs = Path(tmp) / "runs"
         run_dir = runs / spec["name"]
         run_dir.mkdir(parents=True)
-        _write_files(run_dir, files)
+        rundir.write_files(run_dir, files)
         if spec.get("after"):
-            _write_files(runs / spec["after"], dependency)
+            rundir.write_files(runs / spec["after"], dependency)
         result = execute_run(spec, str(run_dir), data_dir, device, threads)
-        return result, _read_files(run_dir)
+        return result, rundir.read_files(run_dir)
 
 
 def _probe(address: str | None, seconds: float = 10.0) -> None:
@@ -449,11 +403,11 @@ class _Ray:
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         run_dir = Path(run_dir)
         files = {}
-        if (run_dir / "checkpoint.safetensors").is_file():  # resume on the worker
-            files = {k: v for k, v in _read_files(run_dir).items() if k not in (RESULT_FILE, ERROR_FILE)}
+        if rundir.has_checkpoint(run_dir):  # resume on the worker
+            files = rundir.read_files(run_dir, without_results=True)
         dependency = {}
         if spec.get("after"):
-            dependency = {"model.safetensors": (run_dir.parent / spec["after"] / "model.safetensors").read_bytes()}
+            dependency = rundir.model_bytes(run_dir.parent / spec["after"])
         ref = self.remote.remote(spec, files, dependency, data_dir, self.device, self.threads)
         self.refs.append(ref)
         future: cf.Future = cf.Future()
@@ -461,7 +415,7 @@ class _Ray:
         def gather(ray_future: cf.Future) -> None:
             try:
                 result, out_files = ray_future.result()
-                _write_files(run_dir, out_files)
+                rundir.write_files(run_dir, out_files)
                 future.set_result(result)
             except BaseException as e:  # noqa: BLE001 - a lost task fails its run only
                 future.set_exception(e)
@@ -635,10 +589,7 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
 
     def fail(spec: RunSpec, message: str, details: dict | None = None) -> None:
         result = {**(details or {}), "name": spec.name, "status": "failed", "error": message}
-        run_dir = out_dir / "runs" / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run_dir / ERROR_FILE) as f:
-            json.dump(result, f, indent=1)
+        rundir.write_error(out_dir / "runs" / spec.name, result)
         record(spec, result)
 
     pending = []
@@ -676,7 +627,7 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
             for spec in ready:
                 # an error.json left now is this attempt's (a worker that exits for a device failure
                 # leaves its error there), not an earlier one's
-                (out_dir / "runs" / spec.name / ERROR_FILE).unlink(missing_ok=True)
+                rundir.clear_error(out_dir / "runs" / spec.name)
                 try:
                     future = executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)
                 except cf.process.BrokenProcessPool:

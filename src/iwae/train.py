@@ -1,4 +1,4 @@
-"""Training: the config, the learning-rate schedule, the loop, checkpoints and metrics.
+"""Training: the config, the learning-rate schedule and the loop (the run directory's files: :mod:`iwae.rundir`).
 
     from iwae.train import TrainConfig, train
     run_dir = train(TrainConfig(objective="iwae", k=5, epochs=10, out="runs/iwae-k5"))
@@ -15,14 +15,10 @@ run. A loss or gradient that turns nan or inf stops the run before the parameter
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import math
 import numbers
 import os
 import re
-import shutil
 import sys
 import time
 import types
@@ -31,15 +27,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import data as data_module
-from .checkpoint import (CheckpointError, WriteError, atomic_write, check_writable, load_tensors, remove_temporaries,
-                         save_tensors)
+from . import rundir
+from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import VAE, ModelConfig
+from .rundir import NOT_IDENTITY, model_sha256, run_identity, trained_epochs, training_seconds  # noqa: F401 (API)
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
 
@@ -49,15 +45,7 @@ __all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_e
 
 SCHEDULES = ("paper", "constant")
 PAPER_STAGES = 8  # i = 0..7
-# settings that may differ between two invocations on the same run directory. None of them changes
-# the result except the device: CPU and CUDA draw other random numbers and round differently, so a
-# run is bit-reproducible on one device type only. ``device`` says where to run next, not where the
-# run ran: the checkpoint records its generator's device type and resuming refuses another one.
-NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every")
 DEVICE = re.compile(r"cpu|cuda(:\d{1,4})?")
-# the files train() writes into a run directory when it starts, before its first checkpoint
-START_FILES = ("config.yaml", "model.safetensors", "metrics.csv", "tb")
-RUN_FILES = ("config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.csv")
 
 
 @dataclass
@@ -190,19 +178,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise CheckpointError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise CheckpointError(f"config file {path} must hold a mapping of settings")
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"config file {path}: {e}") from e
+        """The config in a YAML file (:func:`iwae.rundir.read_config`; CheckpointError if it is not one)."""
+        return rundir.read_config(path)
 
 
 def _matches(value: object, hint: object) -> bool:
@@ -269,208 +246,8 @@ def build_model(config: TrainConfig, input_dim: int) -> VAE:
 
 
 def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
-    """The trained model of a run directory, in eval mode."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    tensors, meta = load_tensors(run_dir / "model.safetensors")
-    if "model_config" not in meta:
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} has no model config in its metadata")
-    try:
-        model = VAE(ModelConfig(**meta["model_config"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} has an invalid model config ({e}); "
-                              f"was it written by another version of iwae?") from e
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} does not fit its model config: {e}") from e
-    return model.to(device).eval()
-
-
-def model_sha256(run_dir: str | os.PathLike) -> str:
-    """SHA-256 of a run directory's model.safetensors: which trained model a continued run starts from."""
-    path = Path(run_dir) / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _init_from(model: VAE, source: Path, sha256: str | None) -> None:
-    """Copies the trained weights of run directory ``source`` into ``model``; the architectures must
-    match, and the file must be the one whose digest is ``sha256`` (when given)."""
-    if sha256 is not None and model_sha256(source) != sha256:
-        raise ValueError(f"init_from {source}: its model.safetensors is not the model this run was planned "
-                         f"from (SHA-256 differs); was it trained again?")
-    tensors, meta = load_tensors(source / "model.safetensors")
-    if meta.get("model_config") != model.config.to_dict():
-        raise ValueError(f"init_from {source}: its model ({meta.get('model_config')}) is not this run's "
-                         f"({model.config.to_dict()})")
-    model.load_state_dict(tensors)
-
-
-def _save_model(run_dir: Path, model: VAE, epoch: int) -> None:
-    save_tensors(
-        run_dir / "model.safetensors",
-        model.state_dict(),
-        {"model_config": model.config.to_dict(), "epoch": epoch},
-    )
-
-
-@dataclass
-class _EpochState:
-    """Where a checkpoint written in the middle of an epoch stands: the epoch's shuffled order, the
-    next batch's first index in it, the bound summed so far and the epoch's seconds so far."""
-
-    order: torch.Tensor
-    position: int
-    bound_sum: torch.Tensor
-    seconds: float
-
-
-def _save_checkpoint(run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                     epoch: int, step: int, metrics: list[dict], partial: _EpochState | None = None,
-                     wall_time: float = 0.0) -> None:
-    """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
-    ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``."""
-    opt_state = optimizer.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    scalars: dict[str, dict] = {}
-    for idx, state in opt_state["state"].items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{name}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"epoch": epoch, "step": step, "metrics": metrics, "param_groups": opt_state["param_groups"],
-            "optim_scalars": scalars, "model_config": model.config.to_dict(),
-            "rng_device": generator.device.type, "wall_time_s": wall_time}
-    if partial is not None:
-        tensors["epoch.order"] = partial.order
-        tensors["epoch.bound_sum"] = partial.bound_sum
-        meta.update(epoch_position=partial.position, epoch_seconds=partial.seconds)
-    save_tensors(run_dir / "checkpoint.safetensors", tensors, meta)
-
-
-def _generator_device(tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    """The device type of the generator whose state a checkpoint holds (older checkpoints do not say:
-    a CUDA generator's state is 16 bytes, a CPU one's 5,056)."""
-    if "rng_device" in meta:
-        return str(meta["rng_device"])
-    state = tensors.get("rng.generator")
-    return "cuda" if state is not None and state.numel() == 16 else "cpu"
-
-
-def _check_same_device_type(path: Path, tensors: dict[str, torch.Tensor], meta: dict, device: str) -> None:
-    saved, wanted = _generator_device(tensors, meta), torch.device(device).type
-    if saved != wanted:
-        raise ValueError(f"{path.parent} was trained on {saved}; resuming it on {wanted} would draw other random "
-                         f"numbers (CPU and CUDA generators differ), so it would not be the same run: resume it "
-                         f"with --device {saved}, or train a new run on {wanted}")
-
-
-def _restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE,
-             optimizer: torch.optim.Optimizer, generator: torch.Generator, n_train: int,
-             ) -> tuple[int, int, list[dict], _EpochState | None, float]:
-    """Loads a checkpoint into ``model``, ``optimizer`` and ``generator`` after checking that every
-    tensor fits them; returns ``(epoch, step, metrics, partial epoch or None, wall time)``."""
-    def refuse(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} {why}; it was not written for this run's config.yaml (delete the run or "
-                               f"restore the files that belong together)")
-
-    if meta.get("model_config") not in (None, model.config.to_dict()):
-        raise refuse(f"holds another architecture ({meta['model_config']}) than config.yaml's "
-                     f"({model.config.to_dict()})")
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = model.state_dict()
-    if set(weights) != set(expected):
-        missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-        raise refuse(f"lacks {', '.join(missing) or 'nothing'} and has unexpected {', '.join(extra) or 'nothing'}")
-    for name, value in expected.items():
-        if weights[name].shape != value.shape or weights[name].dtype != value.dtype:
-            raise refuse(f"holds {name} of shape {tuple(weights[name].shape)} ({weights[name].dtype}), the model "
-                         f"needs {tuple(value.shape)} ({value.dtype})")
-    params = list(model.parameters())
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            if not idx.isdigit() or int(idx) >= len(params):
-                raise refuse(f"holds optimizer state {key} for a parameter the model does not have")
-            if name in ("exp_avg", "exp_avg_sq") and value.shape != params[int(idx)].shape:
-                raise refuse(f"holds {key} of shape {tuple(value.shape)}, its parameter has "
-                             f"{tuple(params[int(idx)].shape)}")
-            state.setdefault(int(idx), {})[name] = value
-    try:
-        for idx, extra in meta.get("optim_scalars", {}).items():
-            state.setdefault(int(idx), {}).update(extra)
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        model.load_state_dict(weights)
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
-        partial = None
-        if "epoch_position" in meta:
-            order = tensors["epoch.order"]
-            if order.shape != (n_train,) or not 0 < int(meta["epoch_position"]) < n_train:
-                raise ValueError(f"its epoch order of shape {tuple(order.shape)} does not fit {n_train} images")
-            if order.is_floating_point() or not torch.equal(order.sort().values, torch.arange(n_train)):
-                raise ValueError(f"its epoch order is not a permutation of the {n_train} training images")
-            partial = _EpochState(order.to(generator.device), int(meta["epoch_position"]),
-                                  tensors["epoch.bound_sum"].to(generator.device), float(meta["epoch_seconds"]))
-        metrics = list(meta["metrics"])
-        return int(meta["epoch"]), int(meta["step"]), metrics, partial, float(meta.get("wall_time_s", 0.0))
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} is incomplete or does not match the config: {e}".splitlines()[0]) from e
-
-
-def _metrics_text(metrics: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(metrics[0]))
-    writer.writeheader()
-    writer.writerows(metrics)
-    return buf.getvalue()
-
-
-def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    if not metrics:
-        return
-    text = _metrics_text(metrics)
-    with atomic_write(run_dir / "metrics.csv") as f:
-        f.write(text)
-
-
-def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
-    """Refuses to resume ``run_dir`` with settings that would make it another run (``run_identity``
-    differs from its config.yaml's): its record would then describe a run that never happened."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return  # killed before config.yaml was written: nothing to compare, nothing trained
-    recorded = run_identity(TrainConfig.from_yaml(path))
-    wanted = run_identity(config)
-    changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
-    if changed:
-        details = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {run_dir} with other settings ({details}); resume it as it is, "
-                         f"or train a new run")
-
-
-def _sync_outputs(run_dir: Path, config: TrainConfig, metrics: list[dict]) -> None:
-    """On resume: a run killed between its checkpoint and metrics.csv gets the checkpoint's metrics,
-    and config.yaml records the settings of this invocation (epochs, device, ...); both only if changed."""
-    path = run_dir / "metrics.csv"
-    if metrics and (not path.is_file() or path.read_text() != _metrics_text(metrics)):
-        _write_metrics(run_dir, metrics)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    path = run_dir / "config.yaml"
-    if not path.is_file() or path.read_text() != text:
-        with atomic_write(path) as f:
-            f.write(text)
+    """The model of a run directory, in eval mode (:func:`iwae.rundir.load_model`)."""
+    return rundir.load_model(run_dir, device)
 
 
 # ----------------------------------------------------------------------------- evaluation helper
@@ -558,34 +335,6 @@ def _check_device(config: TrainConfig) -> torch.device:
     return device
 
 
-def _only_start_files(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds only what a run writes before its first checkpoint: nothing trained.
-
-    The names alone do not tell: a run whose checkpoint was deleted (to save space) still holds a
-    trained model, so model.safetensors must record epoch 0 and metrics.csv hold no epoch."""
-    names = {p.name for p in run_dir.iterdir()}
-    leftovers = {n for n in names if n.startswith(".") and n.endswith(".tmp")}
-    if "checkpoint.safetensors" in names or not names - leftovers <= set(START_FILES):
-        return False
-    if "model.safetensors" in names:
-        try:
-            if load_tensors(run_dir / "model.safetensors")[1].get("epoch") != 0:
-                return False
-        except CheckpointError:  # half-written by a kill: nothing trained in it
-            pass
-    metrics = run_dir / "metrics.csv"
-    return not metrics.is_file() or len(metrics.read_text().strip().splitlines()) <= 1
-
-
-def _clear_start_files(run_dir: Path) -> None:
-    for name in START_FILES:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           splits: data_module.Splits | None = None) -> Path:
@@ -608,15 +357,15 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             that step; the last checkpoint is intact).
     """
     run_dir = Path(config.out)
-    ckpt_path = run_dir / "checkpoint.safetensors"
+    ckpt_path = run_dir / rundir.CHECKPOINT
     total_epochs = config.total_epochs
     saved = None  # the checkpoint to resume: (tensors, metadata)
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
-        _check_same_run(run_dir, config)
-        if ckpt_path.is_file():
-            saved = load_tensors(ckpt_path)
+        rundir.check_same_run(run_dir, config)
+        if rundir.has_checkpoint(run_dir):
+            saved = rundir.read_checkpoint(run_dir)
             done = saved[1].get("epoch")
             if not isinstance(done, int):
                 raise CheckpointError(f"{ckpt_path} has no epoch count; was it written by iwae?")
@@ -624,19 +373,19 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
                                  f"ask for --epochs {done} or more, or train a new run")
             if done == total_epochs:
-                remove_temporaries(run_dir, RUN_FILES)
-                _sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
+                rundir.remove_run_temporaries(run_dir)
+                rundir.sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
                 print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
                 return run_dir  # on any device: nothing is drawn
-            _check_same_device_type(ckpt_path, *saved, config.device)
-        elif _only_start_files(run_dir):
+            rundir.check_same_device_type(ckpt_path, *saved, config.device)
+        elif rundir.only_start_files(run_dir):
             print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
                   f"starting it from the beginning", file=sys.stderr)
         else:
             raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
                                   f"(Adam's state and the random streams are gone); train a new run, or pass "
                                   f"--overwrite to start this one again")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite and not _only_start_files(run_dir):
+    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
         raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
                               f"--resume it, or pass --overwrite")
     device = _check_device(config)
@@ -650,17 +399,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
 
-    if saved is None and run_dir.exists():
-        if overwrite and not resume:
-            shutil.rmtree(run_dir)
-        else:  # a run stopped before its first checkpoint: nothing trained to keep
-            _clear_start_files(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(f"could not create run directory {run_dir}: {e.strerror or e}") from e
-    check_writable(run_dir)  # a read-only folder fails now, not after the first epoch
-    remove_temporaries(run_dir, RUN_FILES)  # left by a kill -9 in the middle of a write
+    # replaced, or (a run stopped before its first checkpoint: nothing trained to keep) cleared
+    rundir.prepare(run_dir, replace=saved is None and overwrite and not resume, clear_start=saved is None)
 
     # model, optimiser, randomness (one generator drives shuffling, binarization and sampling)
     torch.manual_seed(config.seed)
@@ -668,7 +408,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
     model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
     if config.init_from and saved is None:
-        _init_from(model, Path(config.init_from), config.init_sha256)
+        rundir.init_from(model, config.init_from, config.init_sha256)
     optimizer = _make_optimizer(config, model, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -677,21 +417,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     start_epoch, step, metrics, partial, wall_time = 0, 0, [], None, 0.0
     if saved is not None:
-        start_epoch, step, metrics, partial, wall_time = _restore(ckpt_path, *saved, model, optimizer, generator,
-                                                                  n_train)
-        _sync_outputs(run_dir, config, metrics)
+        start_epoch, step, metrics, partial, wall_time = rundir.restore(ckpt_path, *saved, model, optimizer,
+                                                                        generator, n_train)
+        rundir.sync_outputs(run_dir, config, metrics)
         where = f"step {step}" + (f", {partial.position} of {n_train} images into epoch {start_epoch + 1}"
                                   if partial else "")
         print(f"resuming {run_dir} from epoch {start_epoch} of {total_epochs} ({where})", file=sys.stderr)
     else:
-        with atomic_write(run_dir / "config.yaml") as f:
-            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-        _save_model(run_dir, model, 0)
+        rundir.write_config(run_dir, config)
+        rundir.save_model(run_dir, model, 0)
     checkpointed = (start_epoch, step) if saved is not None else None  # what checkpoint.safetensors holds
 
-    from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
-
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if saved is not None else None)
+    writer = rundir.tensorboard_writer(run_dir, purge_step=start_epoch + 1 if saved is not None else None)
     run_start = time.perf_counter() - wall_time
     defer = _defer_finite_check(device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # deferred check: first nan/inf step
@@ -748,9 +485,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 position = i + config.batch_size
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:
                     stop_if_nonfinite(epoch)
-                    _save_checkpoint(run_dir, model, optimizer, generator, epoch, step, metrics,
-                                     _EpochState(order, position, bound_sum, time.perf_counter() - t0),
-                                     time.perf_counter() - run_start)
+                    rundir.save_checkpoint(run_dir, model, optimizer, generator, epoch, step, metrics,
+                                           rundir.EpochState(order, position, bound_sum, time.perf_counter() - t0),
+                                           time.perf_counter() - run_start)
                     checkpointed = (epoch, step)
             bar.close()
             stop_if_nonfinite(epoch)
@@ -769,13 +506,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 writer.add_scalar(key, row[key], epoch + 1)
             writer.flush()
             # the model first, then the checkpoint that commits the epoch, then what can be rebuilt
-            # from the checkpoint (metrics.csv, see _sync_outputs): a kill between two of them loses
+            # from the checkpoint (metrics.csv, see rundir.sync_outputs): a kill between two of them loses
             # nothing, and model.safetensors is never behind checkpoint.safetensors
-            _save_model(run_dir, model, epoch + 1)
-            _save_checkpoint(run_dir, model, optimizer, generator, epoch + 1, step, metrics,
-                             wall_time=row["wall_time_s"])
+            rundir.save_model(run_dir, model, epoch + 1)
+            rundir.save_checkpoint(run_dir, model, optimizer, generator, epoch + 1, step, metrics,
+                                   wall_time=row["wall_time_s"])
             checkpointed = (epoch + 1, step)
-            _write_metrics(run_dir, metrics)
+            rundir.write_metrics(run_dir, metrics)
             if progress:
                 eta = (time.perf_counter() - run_start) / (epoch + 1) * (total_epochs - epoch - 1)
                 print(f"epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {spec.label} {train_bound:.3f}  "
@@ -787,33 +524,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
 
 # ----------------------------------------------------------------------------- train, or resume what is there
-def run_identity(config: TrainConfig) -> dict:
-    """The settings that decide a run's result: its config without where it runs or how long (``NOT_IDENTITY``).
-
-    Two configs with the same identity describe the same run, so one may resume the other, on the
-    device type its checkpoint was written on: the device type decides the result too (CPU and
-    CUDA draw other random numbers), but a config's ``device`` says where to run next, so
-    :func:`train` checks it against the checkpoint rather than here.
-    """
-    return {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
-
-
-def trained_epochs(run_dir: str | os.PathLike) -> int:
-    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable)."""
-    _, meta = load_tensors(Path(run_dir) / "checkpoint.safetensors")
-    return int(meta.get("epoch", 0))
-
-
-def training_seconds(run_dir: str | os.PathLike) -> float:
-    """Wall time of all the run's epochs, across resumptions, from its metrics.csv (0 without one)."""
-    try:
-        with open(Path(run_dir) / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return float(rows[-1]["wall_time_s"]) if rows else 0.0
-    except (OSError, KeyError, ValueError):
-        return 0.0
-
-
 def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = None, progress: bool = True) -> str:
     """Trains ``config.out``, resuming its checkpoint when one of the same run is there.
 
@@ -823,13 +533,13 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
     :func:`run_identity`) or of more epochs than asked for raises ValueError and is left alone.
     """
     run_dir = Path(config.out)
-    if (run_dir / "checkpoint.safetensors").is_file():
+    if rundir.has_checkpoint(run_dir):
         try:
-            old = TrainConfig.from_yaml(run_dir / "config.yaml")
+            old = rundir.read_config(run_dir)
         except (CheckpointError, ValueError, TypeError):
             old = config  # unreadable config: the checkpoint check below decides
-        if run_identity(old) != run_identity(config):
-            diff = sorted(k for k, v in run_identity(config).items() if run_identity(old).get(k) != v)
+        diff = rundir.changed_settings(old, config)
+        if diff:
             raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
                              f"use another --out for a different protocol")
         try:
@@ -841,7 +551,7 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
                 raise ValueError(f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
                                  f"asked for; use another --out")
             if done == config.total_epochs:  # nothing to train, on any device
-                _sync_outputs(run_dir, config, list(load_tensors(run_dir / "checkpoint.safetensors")[1].get("metrics", [])))
+                rundir.sync_outputs(run_dir, config, rundir.checkpoint_metrics(run_dir))
                 return "trained before"
             train(config, resume=True, progress=progress, splits=splits)  # checks the device type
             return "resumed"
