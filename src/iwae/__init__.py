@@ -21,10 +21,13 @@ from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
 from .models import VAE, ModelConfig
 from .train import TrainConfig, load
+from . import rundir
+from .rundir import open_run
 
 __all__ = [
     "analysis", "data", "estimators", "evaluate", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units",
+    "rundir", "open_run",
 ]
 __version__ = "0.1.0"

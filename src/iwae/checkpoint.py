@@ -1,15 +1,5 @@
-"""Run directories: atomic writes, safetensors checkpoints that load without executing code.
-
-A run directory holds
-
-    config.yaml               the resolved training config (re-runnable with ``iwae train --config``)
-    model.safetensors         the model's weights; metadata: model config and epoch
-    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
-                              and the generator's device type, epoch, step and the metrics so
-                              far, in one file; in the middle of an epoch (``checkpoint_every``)
-                              also the epoch's shuffled order, position and partial bound
-    metrics.csv               one row per epoch
-    tb/                       TensorBoard event files
+"""Atomic writes and safetensors files that load without executing code: the primitives under
+:mod:`iwae.rundir`, which knows what a run directory holds (this module knows no file names).
 
 Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and
 renamed over the old one (``os.replace`` is atomic on POSIX), so a killed run never leaves a
@@ -100,16 +90,16 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
             raise WriteError(f"could not write {path}: {e} (the previous {Path(path).name}, if any, is unchanged)") from e
 
 
-def check_writable(folder: str | os.PathLike) -> None:
+def check_writable(folder: str | os.PathLike, name: str = "a file") -> None:
     """Raises :class:`WriteError` unless a file can be created in ``folder`` (before hours of work
-    that could not be saved); leaves nothing behind."""
+    that could not be saved); leaves nothing behind. The message names ``folder / name``."""
     folder = Path(folder)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise _write_error(folder / "checkpoint.safetensors", e) from e
+        raise _write_error(folder / name, e) from e
 
 
 _TEMPORARY = re.compile(r"^\..+\.[^.]+\.tmp$")  # .NAME.XXXXXXXX.tmp, as _atomic_path names them

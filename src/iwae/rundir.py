@@ -540,7 +540,7 @@ def prepare(run_dir: str | os.PathLike, *, replace: bool = False, clear_start: b
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError(f"could not create run directory {run_dir}: {e.strerror or e}") from e
-    check_writable(run_dir)
+    check_writable(run_dir, CHECKPOINT)
     remove_temporaries(run_dir, RUN_FILES)
 
 
