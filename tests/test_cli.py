@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 import by_hand
+from iwae import rundir
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 
@@ -73,7 +74,7 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
     assert report["active_units"] == by_hand.active_units_one_layer(model, mnist_splits.train)
     saved = json.loads((run_dir / "eval_k50_n100_seed0.json").read_text())
     assert saved == report
-    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == train_module.model_sha256(run_dir)
+    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == rundir.model_sha256(run_dir)
     assert saved["seed"] == 0 and saved["test_images"] == {"dataset": "mnist", "split": "test", "first": 100, "of": 10000}
     assert saved["runtime"]["device"] == "cpu" and saved["runtime"]["torch"] == torch.__version__
     bounds = np.load(run_dir / "eval_k50_n100_seed0.npy")
@@ -395,7 +396,7 @@ def test_result_json_records_the_weights_and_the_runtime(tmp_path, shared_data_d
     assert result.exit_code == 0, (result.output, result.exception)
     run = tmp_path / "out" / "runs" / "a"
     saved = json.loads((run / "result.json").read_text())
-    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == train_module.model_sha256(run)
+    assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == rundir.model_sha256(run)
     assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["torch"] == torch.__version__
     assert "cuda" in saved["hardware"]
     evaluation = json.loads((run / "eval_k5_n10_seed0.json").read_text())  # the library wrote it, as for the CLI

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import iwae
-from iwae import objectives, runtime
+from iwae import objectives, rundir, runtime
 from iwae.checkpoint import CheckpointError
 from iwae.errors import ConfigError
 from iwae.data import Splits, fixed_binarization, load_dataset
@@ -293,11 +293,11 @@ def test_a_run_without_a_completed_epoch_is_refused(trained_run, tmp_path):
         evaluate_module.evaluate(run, k=2, test_subset=3)
     assert sorted(p.name for p in run.iterdir()) == before  # no evaluation file written
     with pytest.raises(CheckpointError, match="has not completed an epoch"):
-        evaluate_module.load_trained(run)
+        rundir.load_trained(run)
 
 
 def test_evaluate_records_the_weights_seed_images_and_device(trained_run, mnist_splits, tmp_path):
-    from iwae.train import model_sha256
+    from iwae.rundir import model_sha256
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

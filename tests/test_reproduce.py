@@ -22,8 +22,9 @@ import by_hand
 import iwae.train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
-from iwae.reproduce import ERROR_FILE, RESULT_FILE, STATE_FILE, _lock, reproduce
-from iwae.train import TrainConfig, model_sha256, train
+from iwae.reproduce import STATE_FILE, _lock, reproduce
+from iwae.rundir import ERROR_FILE, RESULT_FILE, model_sha256
+from iwae.train import TrainConfig, train
 
 TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
 

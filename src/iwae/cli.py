@@ -160,7 +160,8 @@ Examples:
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
-    from .train import TrainConfig, train as run_training, trained_epochs
+    from .rundir import trained_epochs
+    from .train import TrainConfig, train as run_training
 
     given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     options["latent_dims"] = _int_list(options["latent_dims"], "--latent-dims")
@@ -792,6 +793,7 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
 
     from . import plots
     from .data import fixed_binarization
+    from . import rundir
     from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
     from .rundir import open_run
 
@@ -813,7 +815,7 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
     out_dir = Path(out)
     written = []
     if "curves" in kinds:
-        metrics = {t: plots.read_metrics(p) for t, p in zip(titles, paths)}
+        metrics = {t: rundir.read_metrics(p) for t, p in zip(titles, paths)}
         written.append(plots.plot_curves(metrics, out_dir / f"curves.{fmt}"))
     if set(kinds) - {"curves"}:
         models = {t: r.model for t, r in zip(titles, opened)}

@@ -32,13 +32,13 @@ import torch
 
 from . import data as data_module
 from . import rundir
+from ._deprecated import moved
 from .errors import ConfigError
 from .models import VAE
 from .objectives import iwae as iwae_bound
-from .rundir import eval_name, load_trained  # noqa: F401 (API: they were defined here)
 from .runtime import check_device, describe, synchronize, tune_allocator
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "load_trained", "eval_name", "paired_difference",
+__all__ = ["log_likelihood", "active_units", "evaluate", "paired_difference",
            "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
@@ -205,9 +205,9 @@ def evaluate(
 ) -> dict:
     """Test NLL by L_k with its standard error, and active units, of a run (or of ``model`` on ``splits``).
 
-    A run is measured with the weights of its last completed epoch (:func:`load_trained`; a run that
+    A run is measured with the weights of its last completed epoch (:func:`iwae.rundir.load_trained`; a run that
     has completed none is refused). With ``save`` (and the run's own model, not ``model``), the
-    result is written to ``RUN_DIR/{eval_name(k, seed, test_subset)}.json`` and L_k of each test image
+    result is written to ``RUN_DIR/{rundir.eval_name(k, seed, test_subset)}.json`` and L_k of each test image
     to the ``.npy`` beside it (float64, in test-set order), both atomically.
 
     Returns:
@@ -229,7 +229,7 @@ def evaluate(
         if run_dir is None:
             raise ValueError("evaluate needs a run directory or a model")
         check_device(device)
-        model, weights = load_trained(run_dir, device)
+        model, weights = rundir.load_trained(run_dir, device)
         config = rundir.read_config(run_dir)
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
@@ -254,7 +254,7 @@ def evaluate(
     bounds = ll.double().cpu().numpy()
     nll = -ll.double()
     save = save and own_model
-    name = eval_name(k, seed, test_subset)
+    name = rundir.eval_name(k, seed, test_subset)
     result = {
         "nll": nll.mean().item(),
         "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
@@ -277,3 +277,7 @@ def evaluate(
     if save:
         rundir.write_evaluation(run_dir, name, result, bounds)
     return result
+
+
+# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
+__getattr__ = moved(__name__, "iwae.rundir", ("load_trained", "eval_name"))

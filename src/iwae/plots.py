@@ -28,11 +28,11 @@ import torch
 
 from .evaluate import ACTIVE_THRESHOLD, active_units
 from .models import VAE
-from . import rundir
+from ._deprecated import moved
 
 __all__ = [
     "sample_images", "toy_bias", "plot_samples", "plot_pseudo_inputs", "plot_reconstructions",
-    "plot_latent", "plot_activity", "plot_curves", "plot_toy", "read_metrics", "FORMATS",
+    "plot_latent", "plot_activity", "plot_curves", "plot_toy", "FORMATS",
 ]
 
 FORMATS = ("png", "svg", "pdf")
@@ -325,15 +325,12 @@ def plot_activity(models: VAE | Mapping[str, VAE], x_units: torch.Tensor, path: 
 
 
 # ----------------------------------------------------------------------------- training curves
-read_metrics = rundir.read_metrics  # the rows of RUN_DIR/metrics.csv as floats (defined with the run folder's files)
-
-
 def plot_curves(metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *,
                 dpi: int = DPI) -> Path:
     """Training bound (solid) and validation L_k (dashed) against epoch, one colour per run.
 
     Args:
-        metrics: ``{title: rows}``, rows as :func:`read_metrics` returns them.
+        metrics: ``{title: rows}``, rows as :func:`iwae.rundir.read_metrics` returns them.
 
     Size: 7 x 4.5 inches, 700 x 450 pixels as PNG at ``dpi`` 100.
     """
@@ -409,3 +406,7 @@ def plot_toy(path: str | os.PathLike, *, settings: Sequence[tuple[float, float, 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# read_metrics moved to iwae.rundir (it reads a run folder's file): the old name still works, with a warning
+__getattr__ = moved(__name__, "iwae.rundir", ("read_metrics",))

@@ -415,7 +415,8 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    from .plots import plot_curves, read_metrics
+    from .plots import plot_curves
+    from .rundir import read_metrics
 
     runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
     if not runs:

@@ -59,11 +59,11 @@ from . import rundir
 from .checkpoint import CheckpointError, atomic_write
 from .data import load_dataset, missing_files
 from .experiment import Experiment, RunSpec, load_experiment
-from .rundir import ERROR_FILE, RESULT_FILE, model_sha256, run_key, trained_epochs, training_seconds
+from ._deprecated import moved
+from .rundir import model_sha256, trained_epochs, training_seconds
 from .train import train_or_resume
 
-__all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
-           "STATE_FILE", "is_device_failure"]
+__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure"]
 
 STATE_FILE = "reproduction.json"
 
@@ -689,3 +689,7 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         state["wall_seconds"] = round(earlier_seconds + time.perf_counter() - t_start, 1)
         save()
     return summary
+
+
+# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
+__getattr__ = moved(__name__, "iwae.rundir", ("run_key", "RESULT_FILE", "ERROR_FILE"))

@@ -30,17 +30,16 @@ import torch
 
 from . import data as data_module
 from . import rundir
+from ._deprecated import moved
 from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import VAE, ModelConfig
-from .rundir import NOT_IDENTITY, model_sha256, run_identity, trained_epochs, training_seconds  # noqa: F401 (API)
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
 
-__all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_epochs", "training_seconds",
-           "model_sha256", "paper_schedule", "learning_rate", "kl_weight",
+__all__ = ["TrainConfig", "train", "train_or_resume", "paper_schedule", "learning_rate", "kl_weight",
            "load", "build_model"]
 
 SCHEDULES = ("paper", "constant")
@@ -530,7 +529,7 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
     Returns what was done: ``trained`` (new directory), ``resumed``, ``trained before`` (nothing left
     to train), or ``restarted`` (a directory
     without a readable checkpoint is replaced). A checkpoint of another run (other
-    :func:`run_identity`) or of more epochs than asked for raises ValueError and is left alone.
+    :func:`iwae.rundir.run_identity`) or of more epochs than asked for raises ValueError and is left alone.
     """
     run_dir = Path(config.out)
     if rundir.has_checkpoint(run_dir):
@@ -543,7 +542,7 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
             raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
                              f"use another --out for a different protocol")
         try:
-            done = trained_epochs(run_dir)
+            done = rundir.trained_epochs(run_dir)
         except CheckpointError:
             done = None  # unreadable: start again below
         if done is not None:
@@ -558,3 +557,8 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
     existed = run_dir.exists()
     train(config, overwrite=True, progress=progress, splits=splits)
     return "restarted" if existed else "trained"
+
+
+# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
+__getattr__ = moved(__name__, "iwae.rundir", ("run_identity", "trained_epochs", "training_seconds", "model_sha256",
+                                              "NOT_IDENTITY"))
