@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from iwae import report
+from iwae.grid import points_of
 from iwae.train import TrainConfig, train
 
 from cli_helpers import assert_one_line_error, invoke
@@ -49,6 +50,9 @@ def make_experiment(out: Path, runs: list[dict], *, name: str = "table1", title:
                  "eval": r.get("eval", {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}),
                  "after": r.get("after"),
                  "labels": r.get("labels", {}), "published": r.get("published"), "status": r.get("status", "done")}
+        for key in ("group", "points"):  # written by the engine for seeds and grids
+            if key in r:
+                entry[key] = r[key]
         entries.append(entry)
         if "metrics" in r:
             spec = {k: v for k, v in entry.items() if k != "status"}
@@ -328,13 +332,19 @@ GRID_RUNS = [  # (name, objective, k, m, beta, iwae64, log_p_hat): Rainforth et 
     ("ciwae-beta0.5-k64", "ciwae", 64, 1, 0.5, -90.2, -89.4)]
 
 
+GRID = {"total": 64, "betas": [0.0, 0.25, 0.5, 1.0]}  # the experiment's grid section
+
+
 def grid_experiment(out: Path) -> Path:
+    """Each run's points as the engine records them (iwae.grid.points_of, what Experiment.resolve calls)."""
     runs = [{"name": n, "labels": {"objective": o, "m": m, "k": k // m}, "config": {"objective": o, "k": k, "m": m,
              "beta": 0.5 if b is None else b, "epochs": 4, "train_subset": 5000},
              "metrics": {"nll": -lp, "nll_stderr": 0.6, "log_p_hat": lp, "iwae64": b64, "neg_kl": b64 - lp}}
             for n, o, k, m, b, b64, lp in GRID_RUNS]
     runs.append({"name": "ciwae-beta0.25-k64", "labels": {"objective": "ciwae"}, "status": "failed",
                  "config": {"objective": "ciwae", "k": 64, "beta": 0.25}, "error": "killed"})
+    for r in runs:
+        r["points"] = points_of(r["config"], GRID)
     return make_experiment(out, runs, name="rainforth", published=None, figures=["grid", "samples", "unknown"])
 
 
@@ -419,6 +429,25 @@ def test_grid_rows_follow_canonical_runs(tmp_path):
     assert labels["PIWAE(8,8)"]["iwae_bound"] == -89.8 and labels["MIWAE(64,1)"]["run"] == "vae-k64"
     assert labels["MIWAE(8,8)"]["neg_kl"] == pytest.approx(-0.9)
     assert all(r["iwae_k"] == 64 and r["log_p_k"] == 5000 and r["n_test"] == 2000 for r in rows)
+    assert [r["label"] for r in rows][:3] == ["MIWAE(1,64)", "MIWAE(8,8)", "MIWAE(64,1)"]  # grid order
+
+
+def test_grid_rows_come_from_the_points_the_engine_recorded(tmp_path):
+    """A run without recorded points (an experiment without a grid) is no grid point, whatever its settings."""
+    out = grid_experiment(tmp_path / "grid")
+    state = json.loads((out / "reproduction.json").read_text())
+    for entry in state["runs"]:
+        if entry["name"] != "iwae-k64":
+            entry.pop("points")
+    write_json(out / "reproduction.json", state)
+    rows = report._grid_rows(report.read_reproduction(out))
+    assert [(r["label"], r["run"]) for r in rows] == [("MIWAE(1,64)", "iwae-k64"), ("PIWAE(1,64)", "iwae-k64"),
+                                                      ("CIWAE(beta=0)", "iwae-k64")]
+    for entry in state["runs"]:
+        entry.pop("points", None)
+    write_json(out / "reproduction.json", state)
+    with pytest.raises(ValueError, match="serves a grid point"):
+        report._grid_rows(report.read_reproduction(out))
 
 
 @pytest.fixture(scope="module")

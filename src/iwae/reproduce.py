@@ -147,7 +147,7 @@ def is_device_failure(error: BaseException) -> bool:
 
 
 def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: str = "cpu",
-                threads: int | None = None, progress: bool = False) -> dict:
+                threads: int | None = None, progress: bool = False, splits=None) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
 
     A continued run records the SHA-256 of the model it starts from; if its folder was started from
@@ -155,7 +155,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
     Never raises for a failing run: the error is written to ``error.json`` and returned as
     ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on. A failure of
     the device (:func:`is_device_failure`) is marked ``"device_failure": True``: the worker pool and
-    Ray then retry the run once, in a fresh process.
+    Ray then retry the run once, in a fresh process. ``splits``: the run's dataset already loaded
+    (in this process; else it is loaded from ``data_dir``).
     """
     from .evaluate import evaluate
 
@@ -176,7 +177,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
                 shutil.rmtree(run_dir)
-        splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
+        if splits is None or splits.name != config.dataset:
+            splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
         train_seconds = time.perf_counter() - t0
@@ -321,12 +323,13 @@ def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
 class _Inline:
     """Runs each run when submitted, in this process (one worker): progress bars, plain tracebacks."""
 
-    def __init__(self, device: str, threads: int, progress: bool):
-        self.device, self.threads, self.progress = device, threads, progress
+    def __init__(self, device: str, threads: int, progress: bool, splits=None):
+        self.device, self.threads, self.progress, self.splits = device, threads, progress, splits
 
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         future: cf.Future = cf.Future()
-        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress))
+        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress,
+                                      self.splits))
         return future
 
     def shutdown(self) -> None:
@@ -516,6 +519,7 @@ def reproduce(
     device: str = "cpu",
     data_dir: str | None = None,
     progress: bool = True,
+    splits=None,
 ) -> Summary:
     """Runs every unfinished run of ``experiment`` under ``protocol`` and records them in ``out_dir``.
 
@@ -531,6 +535,8 @@ def reproduce(
         device: ``cpu`` or ``cuda``.
         data_dir: where the datasets are (else ``$IWAE_DATA_DIR``, the cache, download).
         progress: report each run on stderr (and, with one worker, its epochs).
+        splits: a dataset already loaded, used by the runs on it when they run in this process
+            (one worker on CPU, no Ray); the others load theirs.
 
     Returns:
         A :class:`Summary`; runs that failed are listed in ``summary.failed``.
@@ -558,7 +564,7 @@ def reproduce(
     try:
         planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
         if executor is None and workers == 1 and device == "cpu":
-            executor = _Inline(device, threads, progress)
+            executor = _Inline(device, threads, progress, splits)
         elif executor is None:  # on CUDA even one worker is a process of its own: see _pool_run
             executor = _Pool(workers, threads, device, progress=progress and workers == 1)
         return _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
