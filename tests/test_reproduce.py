@@ -567,3 +567,49 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     assert summary.status == {"once": "done", "always": "failed"} and attempts == {"once": 2, "always": 2}
     assert read_json(out / "runs" / "always" / ERROR_FILE)["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert (out / "runs" / "once" / RESULT_FILE).is_file() and not (out / "runs" / "once" / ERROR_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- seeds
+def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_path, shared_data_dir):
+    """seeds: [0, 1] trains `a` (seed 0, today's name) and `a-s1` (seed 1) as runs of their own;
+    `iwae report` shows one row for the pair, mean ± sd computed here from the two result.json files,
+    and with --per-seed each run's row too; report.json holds the per-seed values."""
+    import math
+    import statistics
+
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "seeds", "labels": ["objective", "k"], "seeds": [0, 1],
+        "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
+        "protocols": {"short": TINY}}))
+    out = tmp_path / "out"
+    summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
+    assert summary.status == {"a": "done", "a-s1": "done"}
+    assert [TrainConfig.from_yaml(out / "runs" / n / "config.yaml").seed for n in ("a", "a-s1")] == [0, 1]
+    weights = [load_tensors(out / "runs" / n / "model.safetensors")[0] for n in ("a", "a-s1")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # other seeds, other models
+    nlls = [read_json(out / "runs" / n / RESULT_FILE)["metrics"]["nll"] for n in ("a", "a-s1")]
+    assert nlls[0] != nlls[1]
+    mean = (nlls[0] + nlls[1]) / 2
+    sd = math.sqrt(((nlls[0] - mean) ** 2 + (nlls[1] - mean) ** 2) / (2 - 1))
+    assert sd == pytest.approx(statistics.stdev(nlls))
+
+    result = cli("report", out, "--no-figures")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `a")]
+    assert len(rows) == 1 and rows[0].startswith("| `a` | 2 |")  # one row for the group, 2 seeds
+    assert f"{mean:.2f} ± {sd:.2f}" in rows[0]
+    assert "Per seed" not in text
+    summary_json = read_json(out / "report.json")["experiments"][0]["groups"]
+    assert [(g["name"], g["runs"], g["seeds"], g["n_seeds"]) for g in summary_json] == [("a", ["a", "a-s1"], [0, 1], 2)]
+    nll = summary_json[0]["metrics"]["nll"]
+    assert nll["per_seed"] == nlls and nll["mean"] == pytest.approx(mean) and nll["sd"] == pytest.approx(sd)
+
+    result = cli("report", out, "--no-figures", "--per-seed")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    per_seed = text.split("#### Per seed", 1)[1]
+    for name, value in zip(("a", "a-s1"), nlls):
+        line = next(ln for ln in per_seed.splitlines() if ln.startswith(f"| `{name}` |"))
+        assert f"{value:.2f} ± " in line  # a run's own value, ± its standard error over images

@@ -182,8 +182,9 @@ class Experiment:
         seeds = self.seeds(protocol)
         if seeds is not None and "seed" in overrides:
             raise ExperimentError(f"{self.name} trains seeds {seeds}: cannot override seed (override seeds instead)")
+        # seed by seed: every run of the first seed (a complete table) before any of the next
         resolved = [self._resolve_run(raw, combo, protocol, overrides, seed)
-                    for raw, combo in self._expanded() for seed in (seeds or [None])]
+                    for seed in (seeds or [None]) for raw, combo in self._expanded()]
         runs = {r.name: r for r in resolved}
         if len(runs) != len(resolved):
             names = [r.name for r in resolved]
