@@ -11,7 +11,9 @@ killed mid-training resumes from its last epoch's checkpoint). A run that fails 
 ``runs/<name>/error.json`` and the others go on; a run continuing a failed one is ``blocked``.
 ``reproduction.json`` in the output folder records the experiment, the protocol used, each run's
 spec and status, and the wall time; it is rewritten (atomically) as runs finish. ``iwae report``
-turns the folder into a report.
+turns the folder into a report. An experiment with ``seeds`` has one run per seed (``NAME``,
+``NAME-s1``, ...), each an independent job like any other; ``iwae grid`` is an experiment too
+(:func:`iwae.grid.grid_experiment`).
 
 Execution:
 
