@@ -21,7 +21,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from iwae import report
+from iwae.experiments import report
 from iwae.grid import points_of
 from iwae.train import TrainConfig, train
 
@@ -311,7 +311,7 @@ def test_bounds_follow_eval_bound_ks(tmp_path):
 
 
 def test_figure_kinds_are_the_experiment_module_s():
-    from iwae import experiment
+    from iwae.experiments import spec as experiment
 
     assert report.FIGURES is experiment.FIGURES and list(report.DRAW) == list(experiment.FIGURES)
 
@@ -500,7 +500,7 @@ def test_figures_without_data_become_notes(trained, tmp_path):
 
 def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     """The folder `iwae reproduce` writes (one tiny run of the estimators experiment) reads as expected."""
-    from iwae.reproduce import reproduce
+    from iwae.experiments.engine import reproduce
 
     out = tmp_path / "estimators"
     summary = reproduce("estimators", out, protocol="short", only=["iwae-k5-reparam"],

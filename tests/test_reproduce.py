@@ -22,7 +22,7 @@ import by_hand
 import iwae.train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
-from iwae.reproduce import ERROR_FILE, RESULT_FILE, STATE_FILE, _lock, reproduce
+from iwae.experiments.engine import ERROR_FILE, RESULT_FILE, STATE_FILE, _lock, reproduce
 from iwae.train import TrainConfig, model_sha256, train
 
 TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
@@ -332,7 +332,7 @@ def test_a_worker_is_pinned_to_the_cores_of_its_slot(slot):
     import concurrent.futures as cf
     import multiprocessing
 
-    from iwae.reproduce import _init_worker
+    from iwae.experiments.engine import _init_worker
 
     cores = sorted(os.sched_getaffinity(0))
     ctx = multiprocessing.get_context("spawn")
@@ -389,7 +389,7 @@ FAULTS_ENV = "IWAE_TEST_FAULTS"  # {run name: [error kind per attempt, None: no 
 def _faulty_worker(slots, threads, device, progress=False):
     """A worker initializer (run in each spawned worker) that makes the runs named in $IWAE_TEST_FAULTS
     raise, per attempt, the error it lists, and logs every attempt (pid, run, error) to a file."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     reproduce_module._init_worker(slots, threads, device, *([progress] if progress else []))
     faults, log = json.loads(os.environ[FAULTS_ENV]), Path(os.environ[FAULTS_ENV + "_LOG"])
@@ -417,7 +417,7 @@ def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp
     """Through the worker pool: a run that runs out of memory once is retried in a fresh worker and
     finishes; one whose CUDA fails every time fails, after exactly two attempts in two processes,
     with its own error; a plain error is not retried (and the run sharing the broken pool is unharmed)."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     faults = {"oom-once": ["oom"], "cuda-always": ["cuda", "cuda"], "plain": ["value"]}
     log = tmp_path / "attempts.log"
@@ -442,7 +442,7 @@ def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp
 
 
 def test_device_failures_are_told_from_other_errors():
-    from iwae.reproduce import is_device_failure
+    from iwae.experiments.engine import is_device_failure
 
     assert is_device_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert is_device_failure(torch.cuda.OutOfMemoryError("CUDA out of memory"))
@@ -458,7 +458,7 @@ def test_device_failures_are_told_from_other_errors():
 def test_one_cuda_worker_is_still_a_process_of_its_own(tmp_path, monkeypatch):
     """With one GPU the default is one worker; it runs in a worker process (so that a device failure
     can take the process, not the reproduction, down), never in this process."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     made = []
 
@@ -539,7 +539,7 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     """On a cluster with a GPU, each task asks for one (in a fresh worker process, max_calls=1); a run
     whose device fails once is submitted again and finishes; one that fails twice is failed with its error.
     (The runs themselves train on the CPU here.)"""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     fake = FakeRay({"CPU": 4.0, "GPU": 1.0})
     monkeypatch.setitem(sys.modules, "ray", fake)

@@ -520,9 +520,9 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     Writes OUT/reproduction.json and OUT/runs/NAME/ (the run, result.json or error.json). A run
     that fails is reported and the others go on; the exit status is then 1.
     """
-    from .experiment import load_experiment, shipped_experiments
-    from .reproduce import plan
-    from .reproduce import reproduce as run_reproduction
+    from .experiments.engine import plan
+    from .experiments.engine import reproduce as run_reproduction
+    from .experiments.spec import load_experiment, shipped_experiments
 
     if list_experiments:
         for name in shipped_experiments():
@@ -880,7 +880,7 @@ def report(out_dir, data_dir, no_figures, per_seed, threads) -> None:
     row per run with our numbers beside the published ones and their difference (flagged above
     0.3 nats), and the experiment's figures. Writes OUT_DIR/report.md and a self-contained
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
-    from .report import FIGURE_DIR, write_report
+    from .experiments.report import FIGURE_DIR, write_report
 
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")

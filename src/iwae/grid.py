@@ -58,7 +58,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import published
+from .experiments import published
 from .checkpoint import atomic_write
 from .train import TrainConfig
 
@@ -264,7 +264,7 @@ def grid_experiment(
         ValueError: a grid :func:`grid_points` refuses, iwae_k, log_p_k or test_subset < 1, a setting
             TrainConfig refuses (:class:`iwae.experiment.ExperimentError`).
     """
-    from .experiment import experiment_from_dict
+    from .experiments.spec import experiment_from_dict
 
     points = grid_points(total, betas, ms)  # its messages name the bad M or beta
     iwae_k = total if iwae_k is None else iwae_k
@@ -358,8 +358,8 @@ def run_grid(
             failed (after the grid files of the others are written; their errors are in
             ``runs/<name>/error.json``).
     """
-    from .report import grid_rows, read_reproduction
-    from .reproduce import reproduce
+    from .experiments.engine import reproduce
+    from .experiments.report import grid_rows, read_reproduction
 
     exp = grid_experiment(total=total, betas=betas, ms=ms, epochs=epochs, schedule=schedule,
                           train_subset=train_subset, test_subset=test_subset, iwae_k=iwae_k, log_p_k=log_p_k,

@@ -40,9 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from .checkpoint import atomic_write
-from .experiment import FIGURES
-from .reproduce import run_key
+from ..checkpoint import atomic_write
+from .spec import FIGURES
+from .engine import run_key
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
            "seed_groups", "grid_rows", "summary", "FLAG_NATS"]
@@ -495,7 +495,7 @@ def _splits(run: dict, data_dir, cache: dict):
     training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
     import yaml
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     dataset = run["config"].get("dataset", "mnist")
     folder = data_dir or run["config"].get("data_dir")
@@ -511,7 +511,7 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    from .plots import plot_curves, read_metrics
+    from ..plots import plot_curves, read_metrics
 
     runs = [r for r in exp["runs"] if (r["dir"] / "metrics.csv").is_file()]
     if not runs:
@@ -528,8 +528,8 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_samples of a few finished runs (:func:`_representatives`)."""
-    from .plots import plot_samples
-    from .train import load
+    from ..plots import plot_samples
+    from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
     path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
@@ -541,10 +541,10 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_latent of a few finished runs of one dataset on its first test images, by label."""
     import torch
 
-    from .data import fixed_binarization
-    from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .plots import plot_latent
-    from .train import load
+    from ..data import fixed_binarization
+    from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+    from ..plots import plot_latent
+    from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
     dataset = runs[0]["config"].get("dataset", "mnist")
@@ -598,7 +598,7 @@ _grid_rows = grid_rows  # the name the figures use
 
 def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """grid.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
-    from .grid import plot_grid
+    from ..grid import plot_grid
 
     rows = _grid_rows(exp)
     path = plot_grid(rows, fig_dir / "grid.png")
@@ -613,9 +613,9 @@ def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """A small snr.snr_sweep (IWAE against K, MIWAE against M; reparam, STL, DReG) of one trained run."""
     import time
 
-    from .estimators import ObjectiveSpec
-    from .snr import fixed_batch, plot_snr, snr_sweep
-    from .train import load
+    from ..estimators import ObjectiveSpec
+    from ..snr import fixed_batch, plot_snr, snr_sweep
+    from ..train import load
 
     def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients
         c = r["config"]

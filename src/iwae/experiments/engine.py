@@ -58,10 +58,10 @@ try:
 except ImportError:  # not on Windows: no lock there
     fcntl = None
 
-from .checkpoint import CheckpointError, atomic_write
-from .data import load_dataset, missing_files
-from .experiment import Experiment, RunSpec, load_experiment
-from .train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
+from ..checkpoint import CheckpointError, atomic_write
+from ..data import load_dataset, missing_files
+from .spec import Experiment, RunSpec, load_experiment
+from ..train import TrainConfig, model_sha256, run_identity, train_or_resume, trained_epochs, training_seconds
 
 __all__ = ["reproduce", "plan", "execute_run", "run_key", "estimate_seconds", "Summary", "RESULT_FILE", "ERROR_FILE",
            "STATE_FILE", "is_device_failure"]
@@ -160,7 +160,7 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
     Ray then retry the run once, in a fresh process. ``splits``: the run's dataset already loaded
     (in this process; else it is loaded from ``data_dir``).
     """
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     run = RunSpec.from_dict(spec)
     run_dir = Path(run_dir)

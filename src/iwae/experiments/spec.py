@@ -63,7 +63,7 @@ from pathlib import Path
 import yaml
 
 from . import published as published_module
-from .train import TrainConfig
+from ..train import TrainConfig
 
 __all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
 
@@ -338,7 +338,7 @@ def _check_seeds(seeds: object, source: str) -> list[int]:
 
 
 def _grid_points(grid: dict):
-    from . import grid as grid_module  # the grid imports the engine: import it when a file has a grid
+    from .. import grid as grid_module  # the grid imports the engine: import it when a file has a grid
 
     return grid_module, grid_module.grid_points(grid.get("total", grid_module.DEFAULT_TOTAL),
                                                 grid.get("betas", grid_module.DEFAULT_BETAS), grid.get("ms"))
@@ -352,7 +352,7 @@ def _grid_runs(grid: dict) -> list[dict]:
 
 def _grid_points_of(grid: dict, config: dict) -> list[dict]:
     """The grid points whose training run is the run of ``config``, in grid order."""
-    from .grid import points_of
+    from ..grid import points_of
 
     return points_of(config, grid)
 
