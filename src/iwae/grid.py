@@ -11,10 +11,10 @@ M IWAE bounds of K samples each; PIWAE trains the decoder on IWAE(M * K) and the
 MIWAE(M, K); CIWAE(beta) = beta * ELBO + (1 - beta) * IWAE on the same 64 samples.
 
 This module is the sweep only: :func:`grid_experiment` turns the (M, K) and beta sweeps into an
-experiment (:mod:`iwae.experiment`, a ``grid`` section and one protocol named ``grid``) whose runs
-are the distinct training runs; :func:`run_grid` hands it to the engine (:func:`iwae.reproduce.reproduce`:
+experiment (:mod:`iwae.experiments.spec`, a ``grid`` section and one protocol named ``grid``) whose runs
+are the distinct training runs; :func:`run_grid` hands it to the engine (:func:`iwae.experiments.engine.reproduce`:
 its run folders, ``result.json``, resume rule, executors) and writes the grid's table from the
-engine's results (:func:`iwae.report.grid_rows`). ``iwae report OUT`` reports the same folder.
+engine's results (:func:`iwae.experiments.report.grid_rows`). ``iwae report OUT`` reports the same folder.
 
 Several grid points are the same training run and are trained once (:func:`canonical_run`):
 MIWAE(1,64) = PIWAE(1,64) = CIWAE(0) = IWAE(k=64) and MIWAE(64,1) = CIWAE(1) = the VAE with 64
@@ -36,7 +36,7 @@ first ``DEFAULT_TEST_SUBSET`` = 500 test images, one seed. Measured with one tor
 so 50-120 s a run (about 80 s on average) and 20-30 minutes for the 16 distinct runs of the default
 grid. The models are far from converged (log p-hat near -120 to -127 rather than -85), and after
 1,000 steps IWAE(64) still trails the VAE, unlike at the end of the paper's schedule: compare the
-trends along (M, K) with the published numbers (:mod:`iwae.published`) with care, not the levels.
+trends along (M, K) with the published numbers (:mod:`iwae.experiments.published`) with care, not the levels.
 
 Resuming is the engine's: the grid's folder holds ``runs/<run name>/`` per distinct run; a run whose
 ``result.json`` matches its settings is reused, one with a checkpoint is resumed, one without is
@@ -210,7 +210,7 @@ def distinct_runs(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
 
 
 def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
-    """Deprecated name of :func:`distinct_runs` (the engine's plan is :func:`iwae.reproduce.plan`)."""
+    """Deprecated name of :func:`distinct_runs` (the engine's plan is :func:`iwae.experiments.engine.plan`)."""
     warnings.warn("iwae.grid.plan is deprecated: use iwae.grid.distinct_runs", DeprecationWarning, stacklevel=2)
     return distinct_runs(points)
 
@@ -262,7 +262,7 @@ def grid_experiment(
 
     Raises:
         ValueError: a grid :func:`grid_points` refuses, iwae_k, log_p_k or test_subset < 1, a setting
-            TrainConfig refuses (:class:`iwae.experiment.ExperimentError`).
+            TrainConfig refuses (:class:`iwae.experiments.spec.ExperimentError`).
     """
     from .experiments.spec import experiment_from_dict
 
@@ -328,7 +328,7 @@ def run_grid(
     ray: str | None = None,
 ) -> list[dict]:
     """Trains and evaluates every distinct run of the grid with the experiment engine
-    (:func:`iwae.reproduce.reproduce` of :func:`grid_experiment`), then writes ``grid.csv``,
+    (:func:`iwae.experiments.engine.reproduce` of :func:`grid_experiment`), then writes ``grid.csv``,
     ``grid.md`` and ``grid.png`` from its results.
 
     Args:
@@ -348,7 +348,7 @@ def run_grid(
         progress: report each run on stderr, with training progress bars.
         splits: MNIST already loaded (runs in this process only).
         plot: write ``grid.png``.
-        workers, ray: the engine's executors (see :func:`iwae.reproduce.reproduce`).
+        workers, ray: the engine's executors (see :func:`iwae.experiments.engine.reproduce`).
 
     Returns:
         One dict per grid point whose run finished, in grid order, with the keys of ``CSV_FIELDS``.
