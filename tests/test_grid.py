@@ -161,6 +161,28 @@ def test_tiny_grid_is_a_reproduction_that_iwae_report_reads(tiny_grid):
     assert report.exit_code == 0, report.output
     text = (out / "report.md").read_text(encoding="utf-8")
     assert all(f"`{r['name']}`" in text for r in state["runs"])
+    grid_part = text.split("### Grid points", 1)[1]  # the grid's own table: a line per point
+    assert grid_part.count("| iwae-k4 |") == 3 and grid_part.count("| vae-k4 |") == 1  # MIWAE(4,1); no beta 1
+
+
+def test_run_grid_hands_its_experiment_and_executors_to_the_engine(tmp_path, monkeypatch):
+    """run_grid is a front-end: one reproduce() of the grid's experiment under protocol grid, with
+    its executors (worker processes and Ray are the engine's, tested in test_reproduce.py)."""
+    from iwae.experiments import engine
+
+    calls = []
+
+    def fake_reproduce(exp, out_dir, **kwargs):
+        calls.append((exp, out_dir, kwargs))
+        return engine.Summary(Path(out_dir))
+
+    monkeypatch.setattr(engine, "reproduce", fake_reproduce)
+    assert run_grid(tmp_path, total=2, betas=[], progress=False, workers=3, ray="auto", threads=2) == []
+    ((exp, out_dir, kwargs),) = calls
+    assert out_dir == tmp_path and kwargs["protocol"] == PROTOCOL
+    assert (kwargs["workers"], kwargs["ray"], kwargs["threads"]) == (3, "auto", 2)
+    assert [r.name for r in exp.resolve(PROTOCOL)] == ["iwae-k2", "vae-k2", "piwae-m2-k1"]
+    assert not (tmp_path / "grid.csv").exists()  # nothing ran: no grid files
 
 
 def test_tiny_grid_figure_and_table(tiny_grid):

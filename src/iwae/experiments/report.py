@@ -690,12 +690,26 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     cache: dict = {}
     counter = [0]
     for exp in experiments:
-        lines += _header(exp) + ["### Results", ""] + _table(exp, per_seed) + [""]
+        lines += _header(exp) + ["### Results", ""] + _table(exp, per_seed) + [""] + _grid_section(exp)
         if figures:
             lines += _figures(exp, out_dir, data_dir, cache, counter)
         elif exp.get("figures"):
             lines += [f"*Figures ({', '.join(map(str, exp['figures']))}) not drawn: --no-figures.*", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _grid_section(exp: dict) -> list[str]:
+    """The grid's table (:func:`iwae.grid.grid_table`: one line per grid point, beside Rainforth et
+    al.'s numbers) for an experiment whose runs serve grid points, else nothing."""
+    from ..grid import grid_table
+
+    if not any(r["points"] for r in exp["runs"]):
+        return []
+    try:
+        table = grid_table(grid_rows(exp))
+    except ValueError as e:
+        return ["### Grid points", "", f"*Not shown: {_cell(str(e).splitlines()[0])}.*", ""]
+    return ["### Grid points", "", table, ""]
 
 
 def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "Reproduction report") -> str:
