@@ -401,9 +401,10 @@ def test_grid_figure_and_self_contained_html(tmp_path):
     assert parsed.images and all(src.startswith("data:image/png;base64,") for src in parsed.images)
     png = base64.b64decode(parsed.images[0].split(",", 1)[1])
     assert png == figure.read_bytes() and png.startswith(PNG_MAGIC)
-    (table,) = parsed.tables
+    table, grid = parsed.tables  # the runs, then the grid's points
     cells = {c for row in table for c in row}
     assert {"iwae-k64", "88.00 ± 0.60", "failed: killed"} <= cells  # nothing published: NLL
+    assert len(grid) == 1 + 8 and [row[:2] for row in grid[1:]][0] == ["MIWAE(1,64)", "iwae-k64"]
 
 
 def test_figures_of_two_folders_of_one_experiment_are_apart(tmp_path):
@@ -552,7 +553,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     dumped = headless(binary, tmp_path / "profile", "--dump-dom", page)
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     parsed = parse(dumped.stdout)
-    assert len(parsed.tables) == 2, dumped.stdout[:2000]
+    assert len(parsed.tables) == 3, dumped.stdout[:2000]  # table1, the grid's runs, its points
     cells = {c for table in parsed.tables for row in table for c in row}
     assert {r["name"] for r in table1_runs()} <= cells and {name for name, *_ in GRID_RUNS} <= cells
     assert {"85.54", "84.78", "83.89", "+0.31 ⚠", "-0.29"} <= cells  # published numbers and deltas

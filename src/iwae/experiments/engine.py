@@ -1,6 +1,6 @@
 """Reproduce an experiment: train and evaluate each of its runs, locally in worker processes or on Ray.
 
-    from iwae.reproduce import reproduce
+    from iwae.experiments.engine import reproduce
     summary = reproduce("table1", "runs/table1", protocol="short", datasets=["mnist"], workers=2)
 
 Each run of the experiment (:mod:`iwae.experiment`) is an independent job: train (resuming its

@@ -2,7 +2,7 @@
 
     iwae report runs/table1                 # one experiment: the folder holds reproduction.json
     iwae report runs --no-figures           # every runs/*/reproduction.json, in turn, tables only
-    from iwae.report import write_report
+    from iwae.experiments.report import write_report
     markdown_path, html_path = write_report("runs/table1")
 
 Reads what ``iwae reproduce`` writes: ``OUT/reproduction.json`` (the experiment, the protocol

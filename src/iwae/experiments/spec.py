@@ -1,6 +1,6 @@
 """Experiments as data: a YAML file lists the training runs of a published experiment and its protocols.
 
-    from iwae.experiment import load_experiment
+    from iwae.experiments.spec import load_experiment
     exp = load_experiment("table1")                      # shipped: iwae/experiments/table1.yaml
     runs = exp.resolve("short", datasets=["mnist"])      # [RunSpec(name="mnist-l1-vae-k1", ...), ...]
 
