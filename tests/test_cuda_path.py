@@ -161,7 +161,7 @@ def test_the_qew_figure_runs_with_a_model_on_the_gpu(tmp_path):
 
 @cuda
 def test_a_real_cuda_out_of_memory_is_a_device_failure():
-    from iwae.reproduce import is_device_failure
+    from iwae.experiments.engine import is_device_failure
 
     with pytest.raises(torch.OutOfMemoryError) as caught:
         torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # a petabyte

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iwae import published
-from iwae.experiment import EXECUTION_KEYS, ExperimentError, load_experiment, shipped_experiments
+from iwae.experiments import published
+from iwae.experiments.spec import EXECUTION_KEYS, ExperimentError, load_experiment, shipped_experiments
 from iwae.train import TrainConfig
 
 PAPER_EPOCHS = sum(3**i for i in range(8))
@@ -157,3 +157,80 @@ def test_the_readme_s_example_experiment_file_is_valid(tmp_path):
     runs = load_experiment(path).resolve("short")
     assert [r.name for r in runs] == ["vae-k5", "iwae-k5", "vae-k50", "iwae-k50"]
     assert runs[1].config["estimator"] == "dreg" and runs[0].eval["bound_ks"] == [64]
+
+
+# ----------------------------------------------------------------------------- seeds
+def _seeded(tmp_path: Path, **top) -> Path:
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "seeded", "runs": [{"name": "a", "objective": "iwae", "k": 2},
+                                   {"name": "b", "objective": "vae", "k": 1, "continue_from": "a"}],
+        "protocols": {"short": {"epochs": 1}, "paper": {"epochs": 2, "seeds": [0, 5]}}, **top}))
+    return path
+
+
+def test_seeds_make_one_run_per_seed_and_seed_0_keeps_the_name(tmp_path):
+    exp = load_experiment(_seeded(tmp_path, seeds=[0, 1, 2]))
+    runs = exp.resolve("short")
+    assert [(r.name, r.group, r.config["seed"], r.after) for r in runs] == [
+        ("a", "a", 0, None), ("b", "b", 0, "a"), ("a-s1", "a", 1, None), ("b-s1", "b", 1, "a-s1"),
+        ("a-s2", "a", 2, None), ("b-s2", "b", 2, "a-s2")]
+    assert {r.eval["seed"] for r in runs} == {0}  # the test evaluation's seed stays
+    # a protocol's seeds win over the file's
+    assert [(r.name, r.config["seed"]) for r in exp.resolve("paper")] == [("a", 0), ("b", 0), ("a-s5", 5), ("b-s5", 5)]
+    # without seeds, the names, groups and seeds of today
+    plain = load_experiment(_seeded(tmp_path)).resolve("short")
+    assert [(r.name, r.group, r.config["seed"]) for r in plain] == [("a", None, 0), ("b", None, 0)]
+    with pytest.raises(ExperimentError, match="cannot override seed"):
+        exp.resolve("short", overrides={"seed": 3})
+
+
+def test_rainforth_paper_protocol_averages_four_seeds_and_short_keeps_one():
+    exp = load_experiment("rainforth")
+    paper, short = exp.resolve("paper"), exp.resolve("short")
+    assert len(paper) == 4 * len(short) and {r.config["seed"] for r in paper} == {0, 1, 2, 3}
+    assert [r.name for r in short] == [r.name for r in paper if r.config["seed"] == 0]
+    assert "4 seeds" in exp.protocols["paper"]["description"]
+
+
+@pytest.mark.parametrize("seeds", [[0, 0], [0, "1"], "0,1", [], [0.5], [True], [-1], 3])
+def test_a_seed_list_that_is_not_distinct_integers_is_refused(tmp_path, seeds):
+    with pytest.raises(ExperimentError, match=r"seeds must be a list of distinct integers") as e:
+        load_experiment(_seeded(tmp_path, seeds=seeds))
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_bad_seed_list_is_a_one_line_cli_error(tmp_path):
+    from cli_helpers import assert_one_line_error, invoke
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "runs": [{"name": "a", "objective": "vae", "k": 1}],
+                                    "protocols": {"short": {"epochs": 1, "seeds": [1, 1]}}}))
+    assert_one_line_error(invoke("reproduce", path, "--dry-run", "--out", tmp_path / "out"),
+                          "seeds must be a list of distinct integers")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_old_module_names_are_the_moved_modules_with_a_deprecation_warning():
+    """iwae.experiment, iwae.reproduce, iwae.report and iwae.published moved into iwae.experiments:
+    importing the old names warns and gives the very same module (in a fresh interpreter, so that
+    no earlier import hides the warning)."""
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+import iwae.experiments as ex
+for old, new in (("experiment", "spec"), ("reproduce", "engine"), ("report", "report"), ("published", "published")):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = __import__(f"iwae.{old}", fromlist=["_"])
+    assert module is getattr(ex, new), (old, module)
+    assert [w.category for w in caught] == [DeprecationWarning], (old, caught)
+    assert f"iwae.experiments.{new}" in str(caught[0].message)
+from iwae.reproduce import _lock, reproduce  # private names too
+from iwae.experiment import RunSpec
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

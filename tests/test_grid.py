@@ -1,8 +1,10 @@
-"""Tests for iwae.grid and ``iwae grid``: canonical runs, an end-to-end tiny grid (csv, figure,
-table), reuse of finished runs, redoing interrupted ones, and the command line."""
+"""Tests for iwae.grid and ``iwae grid``: canonical runs, the sweep as an experiment of the engine,
+an end-to-end tiny grid run by the engine (csv, figure, table, reproduction.json, ``iwae report``),
+reuse of finished runs, redoing interrupted ones, and the command line."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import struct
@@ -15,8 +17,11 @@ import by_hand
 from iwae import train as train_module
 from iwae.cli import main
 from iwae.data import Splits
-from iwae.grid import (EVAL_FILE, FIGURE_DPI, FIGURE_SIZE, GridPoint, Run, canonical_run, grid_points,
-                       grid_table, plan, plot_grid, read_grid_csv, run_grid)
+from iwae.grid import (FIGURE_DPI, FIGURE_SIZE, PROTOCOL, GridPoint, Run, canonical_run, distinct_runs,
+                       grid_experiment, grid_points, grid_table, plot_grid, read_grid_csv, run_grid)
+from iwae.experiments.engine import RESULT_FILE, STATE_FILE
+
+plan = distinct_runs  # the grid's points -> runs map (the engine's plan is iwae.reproduce.plan)
 
 TINY = dict(total=4, betas=[0.0, 0.5], epochs=1, train_subset=None, test_subset=10, log_p_k=20, progress=False)
 
@@ -48,6 +53,32 @@ def test_default_grid_has_seven_mk_points_and_sixteen_runs():
     assert [p.label for p in runs[Run("iwae", 64)]] == ["MIWAE(1,64)", "PIWAE(1,64)", "CIWAE(beta=0)"]
     assert [p.label for p in runs[Run("vae", 64)]] == ["MIWAE(64,1)", "CIWAE(beta=1)"]
     assert len({r.name for r in runs}) == 16  # distinct directories
+
+
+def test_the_grid_is_an_experiment_of_the_engine():
+    """The generated experiment has one run per distinct run, named as before (existing run folders
+    are reused), each with the points it serves, the protocol's settings, and the published rows of
+    Rainforth et al. on the runs that have one."""
+    exp = grid_experiment(epochs=2, train_subset=300, test_subset=50, log_p_k=100, seed=3)
+    runs = exp.resolve(PROTOCOL)
+    by_point = plan(grid_points())
+    assert [r.name for r in runs] == [run.name for run in by_point]
+    for r, (run, served) in zip(runs, by_point.items()):
+        assert [p["label"] for p in r.points] == [p.label for p in served]
+        c = r.config
+        assert (c["objective"], c["k"], c["epochs"], c["train_subset"], c["seed"]) == (run.objective, 64, 2, 300, 3)
+        assert r.eval == {"k": 100, "bound_ks": [64], "test_subset": 50, "seed": 3}
+        assert r.train_config("x").spec == run.config(out="x").spec  # the same objective as the old grid's run
+    published = {r.name: r.published for r in runs}
+    assert published["iwae-k64"] == pytest.approx({"iwae64": -86.11, "log_p_hat": -84.52, "neg_kl": -1.59})
+    assert published["miwae-m2-k32"] is None and published["vae-k64"]["iwae64"] == pytest.approx(-86.69)
+
+
+def test_plan_is_a_deprecated_name_of_distinct_runs():
+    from iwae import grid
+
+    with pytest.warns(DeprecationWarning, match="distinct_runs"):
+        assert grid.plan(grid_points(4, [0.5])) == distinct_runs(grid_points(4, [0.5]))
 
 
 def test_total_12_uses_its_divisors():
@@ -111,6 +142,49 @@ def test_tiny_grid_writes_one_row_per_point(tiny_grid, tiny_splits):
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r.name for r in plan(points))
 
 
+def test_tiny_grid_is_a_reproduction_that_iwae_report_reads(tiny_grid):
+    """The grid's folder is the engine's: reproduction.json lists each distinct run once, with the
+    points it serves, each run has its result.json, and `iwae report` tables the runs and draws the grid."""
+    out, rows = tiny_grid
+    state = json.loads((out / STATE_FILE).read_text())
+    assert state["protocol"]["name"] == PROTOCOL and state["figures"] == ["grid", "curves"]
+    assert [r["name"] for r in state["runs"]] == [r.name for r in plan(grid_points(4, [0.0, 0.5]))]
+    assert {r["name"]: [p["label"] for p in r["points"]] for r in state["runs"]}["iwae-k4"] == [
+        "MIWAE(1,4)", "PIWAE(1,4)", "CIWAE(beta=0)"]
+    for r in state["runs"]:
+        result = json.loads((out / "runs" / r["name"] / RESULT_FILE).read_text())
+        assert result["status"] == "done" and result["metrics"]["neg_kl"] == pytest.approx(
+            result["metrics"]["iwae4"] - result["metrics"]["log_p_hat"])
+        row = next(row for row in rows if row["run"] == r["name"])
+        assert row["iwae_bound"] == result["metrics"]["iwae4"] and row["log_p_hat"] == -result["metrics"]["nll"]
+    report = CliRunner().invoke(main, ["report", str(out), "--no-figures"])
+    assert report.exit_code == 0, report.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert all(f"`{r['name']}`" in text for r in state["runs"])
+    grid_part = text.split("### Grid points", 1)[1]  # the grid's own table: a line per point
+    assert grid_part.count("| iwae-k4 |") == 3 and grid_part.count("| vae-k4 |") == 1  # MIWAE(4,1); no beta 1
+
+
+def test_run_grid_hands_its_experiment_and_executors_to_the_engine(tmp_path, monkeypatch):
+    """run_grid is a front-end: one reproduce() of the grid's experiment under protocol grid, with
+    its executors (worker processes and Ray are the engine's, tested in test_reproduce.py)."""
+    from iwae.experiments import engine
+
+    calls = []
+
+    def fake_reproduce(exp, out_dir, **kwargs):
+        calls.append((exp, out_dir, kwargs))
+        return engine.Summary(Path(out_dir))
+
+    monkeypatch.setattr(engine, "reproduce", fake_reproduce)
+    assert run_grid(tmp_path, total=2, betas=[], progress=False, workers=3, ray="auto", threads=2) == []
+    ((exp, out_dir, kwargs),) = calls
+    assert out_dir == tmp_path and kwargs["protocol"] == PROTOCOL
+    assert (kwargs["workers"], kwargs["ray"], kwargs["threads"]) == (3, "auto", 2)
+    assert [r.name for r in exp.resolve(PROTOCOL)] == ["iwae-k2", "vae-k2", "piwae-m2-k1"]
+    assert not (tmp_path / "grid.csv").exists()  # nothing ran: no grid files
+
+
 def test_tiny_grid_figure_and_table(tiny_grid):
     out, rows = tiny_grid
     assert _png_size(out / "grid.png") == (FIGURE_SIZE[0] * FIGURE_DPI, FIGURE_SIZE[1] * FIGURE_DPI)
@@ -135,9 +209,9 @@ def test_rerun_reuses_finished_runs(tiny_grid, tiny_splits, monkeypatch):
 def test_interrupted_runs_are_redone(tiny_grid, tiny_splits, tmp_path, monkeypatch):
     out = tmp_path / "grid"
     shutil.copytree(tiny_grid[0], out)
-    (out / "runs" / "miwae-m2-k2" / EVAL_FILE).unlink()  # killed after training, before evaluation
+    (out / "runs" / "miwae-m2-k2" / RESULT_FILE).unlink()  # killed after training, before evaluation
     killed_early = out / "runs" / "piwae-m2-k2"  # killed before its first checkpoint
-    for name in ("checkpoint.safetensors", "metrics.csv", EVAL_FILE):
+    for name in ("checkpoint.safetensors", "metrics.csv", RESULT_FILE):
         (killed_early / name).unlink()
     calls = []
     real_train = train_module.train
@@ -150,7 +224,7 @@ def test_interrupted_runs_are_redone(tiny_grid, tiny_splits, tmp_path, monkeypat
     rows = run_grid(out, splits=tiny_splits, **TINY)
     # miwae-m2-k2 had trained all its epochs: only evaluated again, not trained
     assert sorted(calls) == [("piwae-m2-k2", False, True)]
-    assert (out / "runs" / "miwae-m2-k2" / EVAL_FILE).is_file()
+    assert (out / "runs" / "miwae-m2-k2" / RESULT_FILE).is_file()
     assert (killed_early / "checkpoint.safetensors").is_file()
     assert all(math.isfinite(r["neg_kl"]) for r in rows)
 
@@ -176,7 +250,7 @@ def test_more_epochs_resume_the_runs_from_their_checkpoints(tiny_grid, tiny_spli
 def test_a_different_protocol_in_the_same_folder_is_refused(tiny_grid, tiny_splits, tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(tiny_grid[0], out)
-    with pytest.raises(ValueError, match="trained with other settings"):
+    with pytest.raises(ValueError, match="other settings"):
         run_grid(out, splits=tiny_splits, **{**TINY, "train_subset": 20})
 
 

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from iwae import published
+from iwae.experiments import published
 
 
 def test_yaml_loads_from_the_installed_package():

@@ -21,7 +21,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from iwae import report
+from iwae.experiments import report
+from iwae.grid import points_of
 from iwae.train import TrainConfig, train
 
 from cli_helpers import assert_one_line_error, invoke
@@ -49,6 +50,9 @@ def make_experiment(out: Path, runs: list[dict], *, name: str = "table1", title:
                  "eval": r.get("eval", {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}),
                  "after": r.get("after"),
                  "labels": r.get("labels", {}), "published": r.get("published"), "status": r.get("status", "done")}
+        for key in ("group", "points"):  # written by the engine for seeds and grids
+            if key in r:
+                entry[key] = r[key]
         entries.append(entry)
         if "metrics" in r:
             spec = {k: v for k, v in entry.items() if k != "status"}
@@ -307,7 +311,7 @@ def test_bounds_follow_eval_bound_ks(tmp_path):
 
 
 def test_figure_kinds_are_the_experiment_module_s():
-    from iwae import experiment
+    from iwae.experiments import spec as experiment
 
     assert report.FIGURES is experiment.FIGURES and list(report.DRAW) == list(experiment.FIGURES)
 
@@ -328,13 +332,19 @@ GRID_RUNS = [  # (name, objective, k, m, beta, iwae64, log_p_hat): Rainforth et 
     ("ciwae-beta0.5-k64", "ciwae", 64, 1, 0.5, -90.2, -89.4)]
 
 
+GRID = {"total": 64, "betas": [0.0, 0.25, 0.5, 1.0]}  # the experiment's grid section
+
+
 def grid_experiment(out: Path) -> Path:
+    """Each run's points as the engine records them (iwae.grid.points_of, what Experiment.resolve calls)."""
     runs = [{"name": n, "labels": {"objective": o, "m": m, "k": k // m}, "config": {"objective": o, "k": k, "m": m,
              "beta": 0.5 if b is None else b, "epochs": 4, "train_subset": 5000},
              "metrics": {"nll": -lp, "nll_stderr": 0.6, "log_p_hat": lp, "iwae64": b64, "neg_kl": b64 - lp}}
             for n, o, k, m, b, b64, lp in GRID_RUNS]
     runs.append({"name": "ciwae-beta0.25-k64", "labels": {"objective": "ciwae"}, "status": "failed",
                  "config": {"objective": "ciwae", "k": 64, "beta": 0.25}, "error": "killed"})
+    for r in runs:
+        r["points"] = points_of(r["config"], GRID)
     return make_experiment(out, runs, name="rainforth", published=None, figures=["grid", "samples", "unknown"])
 
 
@@ -391,9 +401,10 @@ def test_grid_figure_and_self_contained_html(tmp_path):
     assert parsed.images and all(src.startswith("data:image/png;base64,") for src in parsed.images)
     png = base64.b64decode(parsed.images[0].split(",", 1)[1])
     assert png == figure.read_bytes() and png.startswith(PNG_MAGIC)
-    (table,) = parsed.tables
+    table, grid = parsed.tables  # the runs, then the grid's points
     cells = {c for row in table for c in row}
     assert {"iwae-k64", "88.00 ± 0.60", "failed: killed"} <= cells  # nothing published: NLL
+    assert len(grid) == 1 + 8 and [row[:2] for row in grid[1:]][0] == ["MIWAE(1,64)", "iwae-k64"]
 
 
 def test_figures_of_two_folders_of_one_experiment_are_apart(tmp_path):
@@ -419,6 +430,25 @@ def test_grid_rows_follow_canonical_runs(tmp_path):
     assert labels["PIWAE(8,8)"]["iwae_bound"] == -89.8 and labels["MIWAE(64,1)"]["run"] == "vae-k64"
     assert labels["MIWAE(8,8)"]["neg_kl"] == pytest.approx(-0.9)
     assert all(r["iwae_k"] == 64 and r["log_p_k"] == 5000 and r["n_test"] == 2000 for r in rows)
+    assert [r["label"] for r in rows][:3] == ["MIWAE(1,64)", "MIWAE(8,8)", "MIWAE(64,1)"]  # grid order
+
+
+def test_grid_rows_come_from_the_points_the_engine_recorded(tmp_path):
+    """A run without recorded points (an experiment without a grid) is no grid point, whatever its settings."""
+    out = grid_experiment(tmp_path / "grid")
+    state = json.loads((out / "reproduction.json").read_text())
+    for entry in state["runs"]:
+        if entry["name"] != "iwae-k64":
+            entry.pop("points")
+    write_json(out / "reproduction.json", state)
+    rows = report._grid_rows(report.read_reproduction(out))
+    assert [(r["label"], r["run"]) for r in rows] == [("MIWAE(1,64)", "iwae-k64"), ("PIWAE(1,64)", "iwae-k64"),
+                                                      ("CIWAE(beta=0)", "iwae-k64")]
+    for entry in state["runs"]:
+        entry.pop("points", None)
+    write_json(out / "reproduction.json", state)
+    with pytest.raises(ValueError, match="serves a grid point"):
+        report._grid_rows(report.read_reproduction(out))
 
 
 @pytest.fixture(scope="module")
@@ -471,7 +501,7 @@ def test_figures_without_data_become_notes(trained, tmp_path):
 
 def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     """The folder `iwae reproduce` writes (one tiny run of the estimators experiment) reads as expected."""
-    from iwae.reproduce import reproduce
+    from iwae.experiments.engine import reproduce
 
     out = tmp_path / "estimators"
     summary = reproduce("estimators", out, protocol="short", only=["iwae-k5-reparam"],
@@ -523,7 +553,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     dumped = headless(binary, tmp_path / "profile", "--dump-dom", page)
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     parsed = parse(dumped.stdout)
-    assert len(parsed.tables) == 2, dumped.stdout[:2000]
+    assert len(parsed.tables) == 3, dumped.stdout[:2000]  # table1, the grid's runs, its points
     cells = {c for table in parsed.tables for row in table for c in row}
     assert {r["name"] for r in table1_runs()} <= cells and {name for name, *_ in GRID_RUNS} <= cells
     assert {"85.54", "84.78", "83.89", "+0.31 ⚠", "-0.29"} <= cells  # published numbers and deltas

@@ -22,7 +22,7 @@ import by_hand
 import iwae.train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
-from iwae.reproduce import STATE_FILE, _lock, reproduce
+from iwae.experiments.engine import STATE_FILE, _lock, reproduce
 from iwae.rundir import ERROR_FILE, RESULT_FILE, model_sha256
 from iwae.train import TrainConfig, train
 
@@ -333,7 +333,7 @@ def test_a_worker_is_pinned_to_the_cores_of_its_slot(slot):
     import concurrent.futures as cf
     import multiprocessing
 
-    from iwae.reproduce import _init_worker
+    from iwae.experiments.engine import _init_worker
 
     cores = sorted(os.sched_getaffinity(0))
     ctx = multiprocessing.get_context("spawn")
@@ -390,7 +390,7 @@ FAULTS_ENV = "IWAE_TEST_FAULTS"  # {run name: [error kind per attempt, None: no 
 def _faulty_worker(slots, threads, device, progress=False):
     """A worker initializer (run in each spawned worker) that makes the runs named in $IWAE_TEST_FAULTS
     raise, per attempt, the error it lists, and logs every attempt (pid, run, error) to a file."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     reproduce_module._init_worker(slots, threads, device, *([progress] if progress else []))
     faults, log = json.loads(os.environ[FAULTS_ENV]), Path(os.environ[FAULTS_ENV + "_LOG"])
@@ -418,7 +418,7 @@ def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp
     """Through the worker pool: a run that runs out of memory once is retried in a fresh worker and
     finishes; one whose CUDA fails every time fails, after exactly two attempts in two processes,
     with its own error; a plain error is not retried (and the run sharing the broken pool is unharmed)."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     faults = {"oom-once": ["oom"], "cuda-always": ["cuda", "cuda"], "plain": ["value"]}
     log = tmp_path / "attempts.log"
@@ -443,7 +443,7 @@ def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp
 
 
 def test_device_failures_are_told_from_other_errors():
-    from iwae.reproduce import is_device_failure
+    from iwae.experiments.engine import is_device_failure
 
     assert is_device_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert is_device_failure(torch.cuda.OutOfMemoryError("CUDA out of memory"))
@@ -459,7 +459,7 @@ def test_device_failures_are_told_from_other_errors():
 def test_one_cuda_worker_is_still_a_process_of_its_own(tmp_path, monkeypatch):
     """With one GPU the default is one worker; it runs in a worker process (so that a device failure
     can take the process, not the reproduction, down), never in this process."""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     made = []
 
@@ -540,7 +540,7 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     """On a cluster with a GPU, each task asks for one (in a fresh worker process, max_calls=1); a run
     whose device fails once is submitted again and finishes; one that fails twice is failed with its error.
     (The runs themselves train on the CPU here.)"""
-    import iwae.reproduce as reproduce_module
+    import iwae.experiments.engine as reproduce_module
 
     fake = FakeRay({"CPU": 4.0, "GPU": 1.0})
     monkeypatch.setitem(sys.modules, "ray", fake)
@@ -568,3 +568,49 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     assert summary.status == {"once": "done", "always": "failed"} and attempts == {"once": 2, "always": 2}
     assert read_json(out / "runs" / "always" / ERROR_FILE)["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert (out / "runs" / "once" / RESULT_FILE).is_file() and not (out / "runs" / "once" / ERROR_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- seeds
+def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_path, shared_data_dir):
+    """seeds: [0, 1] trains `a` (seed 0, today's name) and `a-s1` (seed 1) as runs of their own;
+    `iwae report` shows one row for the pair, mean ± sd computed here from the two result.json files,
+    and with --per-seed each run's row too; report.json holds the per-seed values."""
+    import math
+    import statistics
+
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "seeds", "labels": ["objective", "k"], "seeds": [0, 1],
+        "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
+        "protocols": {"short": TINY}}))
+    out = tmp_path / "out"
+    summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
+    assert summary.status == {"a": "done", "a-s1": "done"}
+    assert [TrainConfig.from_yaml(out / "runs" / n / "config.yaml").seed for n in ("a", "a-s1")] == [0, 1]
+    weights = [load_tensors(out / "runs" / n / "model.safetensors")[0] for n in ("a", "a-s1")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # other seeds, other models
+    nlls = [read_json(out / "runs" / n / RESULT_FILE)["metrics"]["nll"] for n in ("a", "a-s1")]
+    assert nlls[0] != nlls[1]
+    mean = (nlls[0] + nlls[1]) / 2
+    sd = math.sqrt(((nlls[0] - mean) ** 2 + (nlls[1] - mean) ** 2) / (2 - 1))
+    assert sd == pytest.approx(statistics.stdev(nlls))
+
+    result = cli("report", out, "--no-figures")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `a")]
+    assert len(rows) == 1 and rows[0].startswith("| `a` | 2 |")  # one row for the group, 2 seeds
+    assert f"{mean:.2f} ± {sd:.2f}" in rows[0]
+    assert "Per seed" not in text
+    summary_json = read_json(out / "report.json")["experiments"][0]["groups"]
+    assert [(g["name"], g["runs"], g["seeds"], g["n_seeds"]) for g in summary_json] == [("a", ["a", "a-s1"], [0, 1], 2)]
+    nll = summary_json[0]["metrics"]["nll"]
+    assert nll["per_seed"] == nlls and nll["mean"] == pytest.approx(mean) and nll["sd"] == pytest.approx(sd)
+
+    result = cli("report", out, "--no-figures", "--per-seed")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    per_seed = text.split("#### Per seed", 1)[1]
+    for name, value in zip(("a", "a-s1"), nlls):
+        line = next(ln for ln in per_seed.splitlines() if ln.startswith(f"| `{name}` |"))
+        assert f"{value:.2f} ± " in line  # a run's own value, ± its standard error over images

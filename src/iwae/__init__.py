@@ -15,7 +15,8 @@ The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions
 names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 """
 
-from . import analysis, data, estimators, evaluate, grid, models, objectives, plots, posterior_figure, published, snr, train
+from . import analysis, data, estimators, evaluate, experiments, grid, models, objectives, plots, posterior_figure, snr, train
+from .experiments import published
 from .data import load_dataset
 from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
@@ -25,7 +26,7 @@ from . import rundir
 from .rundir import open_run
 
 __all__ = [
-    "analysis", "data", "estimators", "evaluate", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
+    "analysis", "data", "estimators", "evaluate", "experiments", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units",
     "rundir", "open_run",

@@ -451,24 +451,19 @@ def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset,
 
     Writes OUT/grid.csv (one row per grid point: IWAE-k, log p-hat = L_5000, -KL = their
     difference, active units, seconds), OUT/grid.md (beside the published numbers) and OUT/grid.png.
+    The runs are an experiment of `iwae reproduce` (OUT/reproduction.json): `iwae report OUT` reports them.
     """
-    from .grid import canonical_run, grid_points, grid_table, plan, run_grid
+    from .grid import describe, grid_experiment, grid_table, run_grid
 
-    beta_list = _float_list(betas, "--betas")
-    m_list = _int_list(ms, "--ms")
     if total < 1:
         raise ValueError(f"--total must be >= 1, got {total}")
-    points = grid_points(total, beta_list, m_list)
+    options = dict(total=total, betas=_float_list(betas, "--betas"), ms=_int_list(ms, "--ms"), epochs=epochs,
+                   schedule=schedule, train_subset=train_subset or None, test_subset=test_subset or None,
+                   log_p_k=log_p_k, seed=seed)
     if dry_run:
-        runs = plan(points)
-        click.echo(f"{len(points)} grid points, {len(runs)} distinct runs under {Path(out_dir) / 'runs'}:")
-        width = max(len(r.name) for r in runs)
-        for run, served in runs.items():
-            click.echo(f"  {run.name:<{width}}  {', '.join(p.label for p in served)}")
+        click.echo(describe(grid_experiment(**options), out_dir))
         return
-    rows = run_grid(out_dir, total=total, betas=beta_list, ms=m_list, epochs=epochs, schedule=schedule,
-                    train_subset=train_subset or None, test_subset=test_subset or None, log_p_k=log_p_k,
-                    data_dir=data_dir, seed=seed, threads=threads, progress=not quiet)
+    rows = run_grid(out_dir, **options, data_dir=data_dir, threads=threads, progress=not quiet)
     click.echo(grid_table(rows))
     click.echo(f"wrote {Path(out_dir) / 'grid.csv'}, {Path(out_dir) / 'grid.md'} and {Path(out_dir) / 'grid.png'}")
 
@@ -524,9 +519,9 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     Writes OUT/reproduction.json and OUT/runs/NAME/ (the run, result.json or error.json). A run
     that fails is reported and the others go on; the exit status is then 1.
     """
-    from .experiment import load_experiment, shipped_experiments
-    from .reproduce import plan
-    from .reproduce import reproduce as run_reproduction
+    from .experiments.engine import plan
+    from .experiments.engine import reproduce as run_reproduction
+    from .experiments.spec import load_experiment, shipped_experiments
 
     if list_experiments:
         for name in shipped_experiments():
@@ -854,14 +849,15 @@ Examples:
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]")
 @click.option("--no-figures", is_flag=True, help="Tables only: draw no figures.")
+@click.option("--per-seed", is_flag=True, help="Below each table of seed groups (mean ± sd), a row per seed's run.")
 @click.option("--threads", type=int, help="CPU threads for torch (the samples, latent and SNR figures).")
 @_user_errors
-def report(out_dir, data_dir, no_figures, threads) -> None:
+def report(out_dir, data_dir, no_figures, per_seed, threads) -> None:
     """Report of an `iwae reproduce` folder (or of every one in a parent folder): the protocol, one
     row per run with our numbers beside the published ones and their difference (flagged above
     0.3 nats), and the experiment's figures. Writes OUT_DIR/report.md and a self-contained
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
-    from .report import FIGURE_DIR, write_report
+    from .experiments.report import FIGURE_DIR, write_report
 
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
@@ -869,8 +865,8 @@ def report(out_dir, data_dir, no_figures, threads) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures)
-    written = [markdown_path, html_path]
+    markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures, per_seed=per_seed)
+    written = [markdown_path, html_path, Path(out_dir) / "report.json"]
     if not no_figures and (Path(out_dir) / FIGURE_DIR).is_dir():
         written.append(Path(out_dir) / FIGURE_DIR)
     for path in written:

@@ -1,7 +1,7 @@
 """The (M, K) grid of Rainforth et al. (2018): MIWAE, PIWAE and CIWAE at a fixed budget of M * K samples.
 
     iwae grid --out runs/grid --data-dir data          # the short CPU protocol below, ~16 runs
-    from iwae.grid import run_grid, plot_grid, grid_table
+    from iwae.grid import grid_experiment, run_grid, plot_grid, grid_table
     rows = run_grid("runs/grid")                       # one dict per grid point; also grid.csv, grid.png
 
 follows Rainforth et al. [1], Sec. 5 and Fig. 6: MIWAE(M, K) and PIWAE(M, K) for every (M, K) with
@@ -9,6 +9,12 @@ M * K = 64, i.e. (1,64), (2,32), ..., (64,1), and CIWAE(beta) with 64 samples ov
 every run has the same data, seed and protocol. (M, K) means M groups of K samples: MIWAE averages
 M IWAE bounds of K samples each; PIWAE trains the decoder on IWAE(M * K) and the encoder on
 MIWAE(M, K); CIWAE(beta) = beta * ELBO + (1 - beta) * IWAE on the same 64 samples.
+
+This module is the sweep only: :func:`grid_experiment` turns the (M, K) and beta sweeps into an
+experiment (:mod:`iwae.experiments.spec`, a ``grid`` section and one protocol named ``grid``) whose runs
+are the distinct training runs; :func:`run_grid` hands it to the engine (:func:`iwae.experiments.engine.reproduce`:
+its run folders, ``result.json``, resume rule, executors) and writes the grid's table from the
+engine's results (:func:`iwae.experiments.report.grid_rows`). ``iwae report OUT`` reports the same folder.
 
 Several grid points are the same training run and are trained once (:func:`canonical_run`):
 MIWAE(1,64) = PIWAE(1,64) = CIWAE(0) = IWAE(k=64) and MIWAE(64,1) = CIWAE(1) = the VAE with 64
@@ -30,11 +36,11 @@ first ``DEFAULT_TEST_SUBSET`` = 500 test images, one seed. Measured with one tor
 so 50-120 s a run (about 80 s on average) and 20-30 minutes for the 16 distinct runs of the default
 grid. The models are far from converged (log p-hat near -120 to -127 rather than -85), and after
 1,000 steps IWAE(64) still trails the VAE, unlike at the end of the paper's schedule: compare the
-trends along (M, K) with the published numbers (:mod:`iwae.published`) with care, not the levels.
+trends along (M, K) with the published numbers (:mod:`iwae.experiments.published`) with care, not the levels.
 
-Resuming: the grid's folder holds ``runs/<run name>/`` per distinct run. A run whose
-``grid_eval.json`` matches the protocol is reused as it is; a run directory with a checkpoint is
-resumed (``train(..., resume=True)``) and evaluated; one without a checkpoint is restarted.
+Resuming is the engine's: the grid's folder holds ``runs/<run name>/`` per distinct run; a run whose
+``result.json`` matches its settings is reused, one with a checkpoint is resumed, one without is
+restarted; a folder of other settings is refused.
 
 References:
     [1] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh.
@@ -48,22 +54,16 @@ import csv
 import io
 import math
 import os
-import sys
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from . import data as data_module
-from . import published
-from . import rundir
+from .experiments import published
 from .checkpoint import atomic_write
-from .evaluate import evaluate
-from .rundir import run_identity, training_seconds
-from .train import TrainConfig, train_or_resume
+from .train import TrainConfig
 
-__all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "plan", "run_grid", "plot_grid", "grid_table",
-           "read_grid_csv", "DEFAULT_BETAS"]
+__all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "distinct_runs", "points_of", "grid_experiment",
+           "describe", "run_grid", "plot_grid", "grid_table", "read_grid_csv", "DEFAULT_BETAS", "PROTOCOL"]
 
 # ----------------------------------------------------------------------------- defaults (the short protocol)
 DEFAULT_TOTAL = 64  # M * K, samples per example for every objective
@@ -74,7 +74,7 @@ DEFAULT_TRAIN_SUBSET = 5000  # training images (the first N of the 59,600)
 DEFAULT_TEST_SUBSET = 500  # test images for IWAE-64 and log p-hat (the first N of 10,000)
 DEFAULT_LOG_P_K = 5000  # samples of log p-hat = L_5000, as both papers
 OBJECTIVES = ("miwae", "piwae", "ciwae")
-EVAL_FILE = rundir.GRID_EVAL_FILE  # written last in a run directory: its presence marks a finished run
+PROTOCOL = "grid"  # the protocol of the experiment grid_experiment builds
 FIGURE_SIZE = (15.0, 8.0)  # inches, at FIGURE_DPI: grid.png is 1500 x 800 pixels
 FIGURE_DPI = 100
 PUBLISHED_LABEL = "Rainforth et al. 2018 (full protocol)"
@@ -129,6 +129,19 @@ class Run:
     def config(self, **protocol) -> TrainConfig:
         beta = {} if self.beta is None else {"beta": self.beta}
         return TrainConfig(objective=self.objective, k=self.k, m=self.m, **beta, **protocol)
+
+    @classmethod
+    def of_config(cls, config: dict) -> Run:
+        """The canonical run of a run's settings (a TrainConfig dict): ``miwae`` with m = 1 is
+        ``iwae``, with m = k the ``vae``, and so on (:func:`canonical_run`); m and beta count only
+        where they mean something."""
+        objective, k = config["objective"], int(config["k"])
+        if objective in ("miwae", "piwae"):
+            m = int(config.get("m", 1))
+            return canonical_run(GridPoint(objective, m, k // m))
+        if objective == "ciwae":
+            return canonical_run(GridPoint("ciwae", 1, k, float(config.get("beta", 0.5))))
+        return cls("vae", 1) if k == 1 and objective == "iwae" else cls(objective, k)
 
 
 def canonical_run(point: GridPoint) -> Run:
@@ -188,7 +201,7 @@ def grid_points(total: int = DEFAULT_TOTAL, betas=DEFAULT_BETAS, ms: list[int] |
     return points
 
 
-def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
+def distinct_runs(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
     """Distinct runs, in the order first needed, each with the grid points it serves."""
     runs: dict[Run, list[GridPoint]] = {}
     for p in points:
@@ -196,29 +209,100 @@ def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
     return runs
 
 
-# ----------------------------------------------------------------------------- one run
-def _evaluate_run(run_dir: Path, splits, protocol: dict) -> dict:
-    t0 = time.perf_counter()
-    bound = evaluate(run_dir, splits=splits, k=protocol["iwae_k"], test_subset=protocol["test_subset"],
-                     seed=protocol["seed"])
-    log_p = evaluate(run_dir, splits=splits, k=protocol["log_p_k"], test_subset=protocol["test_subset"],
-                     seed=protocol["seed"])
-    eval_seconds = time.perf_counter() - t0
-    train_seconds = training_seconds(run_dir)
-    return {
-        "protocol": protocol,
-        "iwae_bound": -bound["nll"], "iwae_stderr": bound["nll_stderr"],
-        "log_p_hat": -log_p["nll"], "log_p_hat_stderr": log_p["nll_stderr"],
-        "neg_kl": log_p["nll"] - bound["nll"],  # IWAE-64 - log p-hat
-        "active_units": log_p["active_units"], "n_test": log_p["n_test"],
-        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "seconds": train_seconds + eval_seconds,
+def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
+    """Deprecated name of :func:`distinct_runs` (the engine's plan is :func:`iwae.experiments.engine.plan`)."""
+    warnings.warn("iwae.grid.plan is deprecated: use iwae.grid.distinct_runs", DeprecationWarning, stacklevel=2)
+    return distinct_runs(points)
+
+
+def points_of(config: dict, grid: dict) -> list[dict]:
+    """The points of ``grid`` (an experiment's ``grid`` section: total, ms, betas) that the run of
+    ``config`` (a TrainConfig dict) serves, in grid order: ``{label, objective, m, k, beta, index}``,
+    index being the point's place in :func:`grid_points`."""
+    run = Run.of_config(config)
+    return [{"label": p.label, "objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "index": i}
+            for i, p in enumerate(_points(grid)) if canonical_run(p) == run]
+
+
+def _points(grid: dict) -> list[GridPoint]:
+    return grid_points(grid.get("total", DEFAULT_TOTAL), grid.get("betas", DEFAULT_BETAS), grid.get("ms"))
+
+
+def run_entry(run: Run) -> dict:
+    """The experiment-file entry of a distinct run: its name and settings, and the row of Rainforth
+    et al.'s table it corresponds to (M * K = 64 only; else ``published: null``)."""
+    entry: dict = {"name": run.name, "objective": run.objective, "k": run.k}
+    if run.objective in ("miwae", "piwae"):
+        entry["m"] = run.m
+    if run.objective == "ciwae":
+        entry["beta"] = run.beta
+    row = _published_by_run(run.k).get(run)
+    entry["published"] = {"match": {"name": row["name"]}} if row else None
+    return entry
+
+
+# ----------------------------------------------------------------------------- the sweep as an experiment
+def grid_experiment(
+    *,
+    total: int = DEFAULT_TOTAL,
+    betas=DEFAULT_BETAS,
+    ms: list[int] | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    schedule: str = DEFAULT_SCHEDULE,
+    train_subset: int | None = DEFAULT_TRAIN_SUBSET,
+    test_subset: int | None = DEFAULT_TEST_SUBSET,
+    iwae_k: int | None = None,
+    log_p_k: int = DEFAULT_LOG_P_K,
+    seed: int = 0,
+):
+    """The grid as an experiment of the engine: one run per distinct training run of the grid's points
+    (named :attr:`Run.name`, each recording the points it serves), one protocol ``grid`` holding the
+    training settings, ``evaluate: {k: log_p_k, bound_ks: [iwae_k], seed}``, Rainforth et al.'s table
+    as the published numbers. The arguments are :func:`run_grid`'s.
+
+    Raises:
+        ValueError: a grid :func:`grid_points` refuses, iwae_k, log_p_k or test_subset < 1, a setting
+            TrainConfig refuses (:class:`iwae.experiments.spec.ExperimentError`).
+    """
+    from .experiments.spec import experiment_from_dict
+
+    points = grid_points(total, betas, ms)  # its messages name the bad M or beta
+    iwae_k = total if iwae_k is None else iwae_k
+    if iwae_k < 1 or log_p_k < 1:
+        raise ValueError(f"iwae_k and log_p_k must be >= 1, got {iwae_k} and {log_p_k}")
+    if test_subset is not None and test_subset < 1:
+        raise ValueError(f"test_subset must be >= 1, got {test_subset}")
+    grid = {"total": total, "betas": [float(b) for b in betas], **({} if ms is None else {"ms": [int(m) for m in ms]})}
+    n_runs = len(distinct_runs(points))
+    spec = {
+        "name": "grid", "title": f"Rainforth et al. (2018)'s (M, K) grid at M * K = {total}",
+        "description": f"MIWAE and PIWAE at every (M, K) with M * K = {total}, CIWAE over beta = "
+                       f"{', '.join(f'{b:g}' for b in grid['betas'])}: {len(points)} grid points, {n_runs} distinct "
+                       f"runs (identical objectives are trained once). Generated by `iwae grid`.",
+        "labels": ["objective", "m", "k", "beta"], "grid": grid,
+        "evaluate": {"k": log_p_k, "bound_ks": [iwae_k], "seed": seed},
+        "protocols": {PROTOCOL: {"description": f"the first {epochs} epochs of the {schedule} schedule on "
+                                                f"{train_subset or 'all'} training images, bounds on "
+                                                f"{test_subset or 'all'} test images, seed {seed}.",
+                                 "epochs": epochs, "schedule": schedule, "train_subset": train_subset,
+                                 "test_subset": test_subset, "seed": seed}},
+        "published": {"paper": "rainforth2018", "table": "table",
+                      "values": {f"iwae{iwae_k}": "iwae64", "log_p_hat": "log_p_hat", "neg_kl": "neg_kl"}}
+        if total == 64 and iwae_k == 64 else None,
+        "figures": ["grid", "curves"],
     }
+    return experiment_from_dict(spec, source="iwae grid")
 
 
-def _read_eval(run_dir: Path, protocol: dict) -> dict | None:
-    """The finished run's evaluation if it matches ``protocol``, else None."""
-    result = rundir.read_grid_eval(run_dir)
-    return result if result is not None and result.get("protocol") == protocol else None
+def describe(exp, out_dir: str | os.PathLike) -> str:
+    """What ``iwae grid --dry-run`` prints: the number of grid points and distinct runs, then each run
+    with the grid points it serves."""
+    runs = exp.resolve(PROTOCOL)
+    n_points = len(_points(exp.spec["grid"]))
+    width = max(len(r.name) for r in runs)
+    lines = [f"{n_points} grid points, {len(runs)} distinct runs under {Path(out_dir) / 'runs'}:"]
+    lines += [f"  {r.name:<{width}}  {', '.join(p['label'] for p in r.points)}" for r in runs]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -238,13 +322,17 @@ def run_grid(
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
-    splits: data_module.Splits | None = None,
+    splits=None,
     plot: bool = True,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> list[dict]:
-    """Trains and evaluates every distinct run of the grid and writes ``grid.csv``, ``grid.md`` and ``grid.png``.
+    """Trains and evaluates every distinct run of the grid with the experiment engine
+    (:func:`iwae.experiments.engine.reproduce` of :func:`grid_experiment`), then writes ``grid.csv``,
+    ``grid.md`` and ``grid.png`` from its results.
 
     Args:
-        out_dir: the grid's folder; runs go to ``out_dir/runs/<name>``.
+        out_dir: the grid's folder: ``reproduction.json``, ``runs/<name>``, the grid files.
         total: M * K, samples per example. Default 64.
         betas: CIWAE's ELBO weights, each in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
         ms: the M values of MIWAE and PIWAE, each dividing ``total``. Default: all divisors.
@@ -256,66 +344,41 @@ def run_grid(
         log_p_k: samples of log p-hat = L_k. Default 5,000.
         data_dir: folder of the MNIST files (ignored when ``splits`` is given).
         seed: the seed of every run and of the evaluations. Default 0.
-        threads: torch CPU threads (None: torch's default).
+        threads: torch CPU threads per run (None: the engine's default, the cores over the workers).
         progress: report each run on stderr, with training progress bars.
-        splits: MNIST already loaded.
+        splits: MNIST already loaded (runs in this process only).
         plot: write ``grid.png``.
+        workers, ray: the engine's executors (see :func:`iwae.experiments.engine.reproduce`).
 
     Returns:
-        One dict per grid point, in grid order, with the keys of ``CSV_FIELDS``.
+        One dict per grid point whose run finished, in grid order, with the keys of ``CSV_FIELDS``.
+
+    Raises:
+        ValueError: a bad grid or protocol, a folder holding runs of other settings, or runs that
+            failed (after the grid files of the others are written; their errors are in
+            ``runs/<name>/error.json``).
     """
-    points = grid_points(total, betas, ms)
-    iwae_k = total if iwae_k is None else iwae_k
-    if iwae_k < 1 or log_p_k < 1:
-        raise ValueError(f"iwae_k and log_p_k must be >= 1, got {iwae_k} and {log_p_k}")
-    if test_subset is not None and test_subset < 1:
-        raise ValueError(f"test_subset must be >= 1, got {test_subset}")
-    runs = plan(points)
-    protocol_train = dict(epochs=epochs, schedule=schedule, train_subset=train_subset, seed=seed,
-                          threads=threads, data_dir=data_dir)
-    for run in runs:  # every config is valid before the first run starts
-        run.config(out="unused", **protocol_train)
-    protocol_eval = {"iwae_k": iwae_k, "log_p_k": log_p_k, "test_subset": test_subset, "seed": seed,
-                     "epochs": epochs}
+    from .experiments.engine import reproduce
+    from .experiments.report import grid_rows, read_reproduction
 
+    exp = grid_experiment(total=total, betas=betas, ms=ms, epochs=epochs, schedule=schedule,
+                          train_subset=train_subset, test_subset=test_subset, iwae_k=iwae_k, log_p_k=log_p_k,
+                          seed=seed)
+    summary = reproduce(exp, out_dir, protocol=PROTOCOL, data_dir=data_dir, threads=threads, progress=progress,
+                        splits=splits, workers=workers, ray=ray)
     out_dir = Path(out_dir)
-    if threads:
-        torch.set_num_threads(threads)
-    splits = splits or data_module.load_dataset("mnist", data_dir)
-    results: dict[Run, dict] = {}
-    for i, (run, served) in enumerate(runs.items(), 1):
-        run_dir = out_dir / "runs" / run.name
-        config = run.config(out=str(run_dir), **protocol_train)
-        protocol = {"train": run_identity(config), **protocol_eval}  # what a reusable result must match
-        result = _read_eval(run_dir, protocol)
-        done = "reused"
-        if result is None:
-            t0 = time.perf_counter()
-            done = train_or_resume(config, splits=splits, progress=progress)
-            result = _evaluate_run(run_dir, splits, protocol)
-            rundir.write_grid_eval(run_dir, result)
-            done += f" in {time.perf_counter() - t0:.0f} s"
-        results[run] = result
-        if progress:
-            print(f"[{i}/{len(runs)}] {run.name} ({', '.join(p.label for p in served)}): {done}; "
-                  f"IWAE-{iwae_k} {result['iwae_bound']:.2f}  log p-hat {result['log_p_hat']:.2f}  "
-                  f"-KL {result['neg_kl']:.2f}", file=sys.stderr)
-
-    rows = []
-    for p in points:
-        run = canonical_run(p)
-        r = results[run]
-        rows.append({
-            "objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "total": p.total, "label": p.label,
-            "run": run.name, **{f: r[f] for f in CSV_FIELDS if f in r},
-            "iwae_k": iwae_k, "log_p_k": log_p_k, "epochs": epochs, "train_subset": train_subset,
-        })
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(out_dir / "grid.csv", rows)
-    with atomic_write(out_dir / "grid.md") as f:
-        f.write(grid_table(rows) + "\n")
-    if plot:
-        plot_grid(rows, out_dir / "grid.png")
+    rows = grid_rows(read_reproduction(out_dir)) if len(summary.failed) < len(summary.status) else []
+    if rows:
+        _write_csv(out_dir / "grid.csv", rows)
+        with atomic_write(out_dir / "grid.md") as f:
+            f.write(grid_table(rows) + "\n")
+        if plot:
+            plot_grid(rows, out_dir / "grid.png")
+    if summary.failed:
+        errors = "; ".join(f"{name}: {(summary.results.get(name) or {}).get('error', summary.status[name])}"
+                           for name in summary.failed)
+        raise ValueError(f"{len(summary.failed)} of {len(summary.status)} grid runs failed ({errors}); "
+                         f"see {out_dir / 'runs'}/NAME/error.json")
     return rows
 
 

@@ -71,7 +71,6 @@ CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = "config.yaml", "model.safetens
     "metrics.csv", "tb"
 RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
 ERROR_FILE = "error.json"
-GRID_EVAL_FILE = "grid_eval.json"
 # the files train() writes into a run directory when it starts, before its first checkpoint
 START_FILES = (CONFIG, MODEL, METRICS, TENSORBOARD)
 RUN_FILES = (CONFIG, MODEL, CHECKPOINT, METRICS)
@@ -608,15 +607,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def write_grid_eval(run_dir: str | os.PathLike, result: dict) -> None:
-    _write_json(Path(run_dir) / GRID_EVAL_FILE, result)
-
-
-def read_grid_eval(run_dir: str | os.PathLike) -> dict | None:
-    result = _read_json(Path(run_dir) / GRID_EVAL_FILE)
-    return result if isinstance(result, dict) else None
 
 
 # ----------------------------------------------------------------------------- results of reproduce

@@ -1,6 +1,6 @@
 """Experiments as data: a YAML file lists the training runs of a published experiment and its protocols.
 
-    from iwae.experiment import load_experiment
+    from iwae.experiments.spec import load_experiment
     exp = load_experiment("table1")                      # shipped: iwae/experiments/table1.yaml
     runs = exp.resolve("short", datasets=["mnist"])      # [RunSpec(name="mnist-l1-vae-k1", ...), ...]
 
@@ -27,6 +27,20 @@ An experiment file holds (see the shipped files in ``iwae/experiments/`` for com
       values: {nll: "{objective}_nll"}            # our metric: the row's column (formatted with the run's settings)
       active_units: "{objective}_active"
     figures: [curves, samples, latent]
+    seeds: [0, 1, 2, 3]              # every run once per training seed (also per protocol)
+    grid: {total: 64, ms: [1, 8, 64], betas: [0, 0.5, 1]}  # Rainforth et al.'s (M, K) and beta sweep
+
+``seeds`` (top level, or in a protocol, which wins) trains every run once per seed, each its own
+run: seed 0 keeps the run's name (so an earlier one-seed folder is reused), seed s > 0 adds
+``-s<s>`` (``iwae-k64-s1``); a continued run continues the run of its own seed. The runs of one
+seed list share a ``group`` (the name without the suffix), over which ``iwae report`` gives the
+mean and standard deviation. The test evaluation's seed (``evaluate.seed``) stays the same.
+
+``grid`` names the points of Rainforth et al.'s study (:mod:`iwae.grid`): MIWAE and PIWAE at
+(M, total / M) for every M in ``ms`` (default: all divisors), CIWAE at every beta. Each run
+records the points it serves (identical objectives are one run: MIWAE(1, K) = PIWAE(1, K) =
+CIWAE(0) = IWAE); a file without ``runs`` gets one run per distinct point, named as
+:meth:`iwae.grid.Run.name`.
 
 A run's settings are, in order of precedence: the command line's overrides, the run's own
 ``protocols[name]``, the experiment's ``protocols[name]``, the run, its matrix combination,
@@ -49,16 +63,16 @@ from pathlib import Path
 import yaml
 
 from . import published as published_module
-from .train import TrainConfig
+from ..train import TrainConfig
 
-__all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "shipped_experiments", "PROTOCOLS"]
+__all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
 
 PROTOCOLS = ("paper", "short")
 FIGURES = ("curves", "samples", "latent", "grid", "snr")
-PROTOCOL_KEYS = {"test_subset", "eval_k", "description"}  # protocol settings that are not TrainConfig fields
+PROTOCOL_KEYS = {"test_subset", "eval_k", "description", "seeds"}  # protocol settings that are not TrainConfig fields
 RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
 TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
-            "protocols", "published", "figures"}
+            "protocols", "published", "figures", "seeds", "grid"}
 # set per invocation, never by an experiment file: where and how a run executes
 EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from", "init_sha256"}
 _CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -76,7 +90,10 @@ class RunSpec:
     threads); ``eval`` the test evaluation: ``k`` (L_k for the NLL), ``bound_ks`` (further bounds
     reported as ``iwae{k}``), ``test_subset`` and ``seed``; ``after`` the run it continues, if any;
     ``labels`` the settings the report shows; ``published`` our metric names mapped to the
-    published numbers, in our sign convention, plus ``active_units``, or None.
+    published numbers, in our sign convention, plus ``active_units``, or None; ``group`` the name
+    shared by the runs of one seed list (None: the run has no seeds list); ``points`` the grid
+    points it serves, ``{label, objective, m, k, beta, index}`` each (index: the point's place in
+    the grid).
     """
 
     name: str
@@ -85,6 +102,8 @@ class RunSpec:
     after: str | None = None
     labels: dict = field(default_factory=dict)
     published: dict | None = None
+    group: str | None = None
+    points: list = field(default_factory=list)
 
     def train_config(self, out: str | os.PathLike, *, data_dir: str | None = None, device: str = "cpu",
                      threads: int | None = None) -> TrainConfig:
@@ -100,11 +119,12 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "config": self.config, "eval": self.eval, "after": self.after,
-                "labels": self.labels, "published": self.published}
+                "labels": self.labels, "published": self.published, "group": self.group, "points": self.points}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
-        return cls(d["name"], d["config"], d["eval"], d.get("after"), d.get("labels", {}), d.get("published"))
+        return cls(d["name"], d["config"], d["eval"], d.get("after"), d.get("labels", {}), d.get("published"),
+                   d.get("group"), d.get("points") or [])
 
 
 @dataclass
@@ -159,7 +179,12 @@ class Experiment:
         if bad or set(overrides) & EXECUTION_KEYS:
             raise ExperimentError(f"cannot override {', '.join(sorted(bad or set(overrides) & EXECUTION_KEYS))}")
         self.protocol_settings(protocol)
-        resolved = [self._resolve_run(raw, combo, protocol, overrides) for raw, combo in self._expanded()]
+        seeds = self.seeds(protocol)
+        if seeds is not None and "seed" in overrides:
+            raise ExperimentError(f"{self.name} trains seeds {seeds}: cannot override seed (override seeds instead)")
+        # seed by seed: every run of the first seed (a complete table) before any of the next
+        resolved = [self._resolve_run(raw, combo, protocol, overrides, seed)
+                    for seed in (seeds or [None]) for raw, combo in self._expanded()]
         runs = {r.name: r for r in resolved}
         if len(runs) != len(resolved):
             names = [r.name for r in resolved]
@@ -201,29 +226,42 @@ class Experiment:
                     ordered.append(c)
         return ordered
 
+    def seeds(self, protocol: str, overrides: dict | None = None) -> list[int] | None:
+        """The training seeds of every run under ``protocol`` (its ``seeds``, else the file's), or None
+        when neither sets any (each run then has the seed of its settings)."""
+        seeds = (overrides or {}).get("seeds", self.protocols[protocol].get("seeds", self.spec.get("seeds")))
+        return None if seeds is None else _check_seeds(seeds, self.source)
+
     # -------------------------------------------------------------------- internals
     def _expanded(self) -> list[tuple[dict, dict]]:
         matrix = self.spec.get("matrix") or {}
         combos = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())] or [{}]
-        return [(raw, combo) for combo in combos for raw in self.spec["runs"]]
+        raws = self.spec.get("runs") or _grid_runs(self.spec["grid"])
+        return [(raw, combo) for combo in combos for raw in raws]
 
-    def _resolve_run(self, raw: dict, combo: dict, protocol: str, overrides: dict) -> RunSpec:
+    def _resolve_run(self, raw: dict, combo: dict, protocol: str, overrides: dict, seed: int | None = None) -> RunSpec:
         proto = self.protocols[protocol]
         run_proto = (raw.get("protocols") or {}).get(protocol, {})
         settings = {**(self.spec.get("defaults") or {}), **combo,
                     **{k: v for k, v in raw.items() if k not in RUN_KEYS},
-                    **{k: v for k, v in proto.items() if k != "description"}, **run_proto, **overrides}
+                    **{k: v for k, v in proto.items() if k not in ("description", "seeds")}, **run_proto,
+                    **{k: v for k, v in overrides.items() if k != "seeds"}}
+        settings.pop("seeds", None)
+        if seed is not None:
+            settings["seed"] = seed
         evaluation = dict(self.spec.get("evaluate") or {})
         eval_spec = {"k": settings.pop("eval_k", evaluation.get("k", 5000)),
                      "bound_ks": list(evaluation.get("bound_ks", [])),
                      "test_subset": settings.pop("test_subset", None), "seed": evaluation.get("seed", 0)}
         fmt_values = {**TrainConfig(out="x").to_dict(), **settings}
         try:
-            name = raw.get("name") or self.spec["name_format"].format(**fmt_values)
+            group = raw.get("name") or self.spec["name_format"].format(**fmt_values)
         except (KeyError, IndexError) as e:
             raise ExperimentError(f"{self.source}: name_format needs {e}, which a run does not set") from None
+        suffix = f"-s{seed}" if seed else ""  # seed 0 keeps the name: a one-seed folder is reused
+        name = group + suffix
         if raw.get("continue_from"):
-            after = str(raw["continue_from"]).format(**fmt_values)
+            after = str(raw["continue_from"]).format(**fmt_values) + suffix
         else:
             after = None
         for key, value in settings.items():
@@ -240,7 +278,9 @@ class Experiment:
         pub_spec = self.spec.get("published")
         if "published" in raw:
             pub_spec = None if raw["published"] is None else {**(pub_spec or {}), **raw["published"]}
-        return RunSpec(name, config_dict, eval_spec, after, labels, self._published_values(name, pub_spec, fmt_values))
+        points = _grid_points_of(self.spec["grid"], config_dict) if self.spec.get("grid") else []
+        return RunSpec(name, config_dict, eval_spec, after, labels, self._published_values(name, pub_spec, fmt_values),
+                       None if seed is None else group, points)
 
     def _published_values(self, name: str, pub: dict | None, values: dict) -> dict | None:
         if not pub or not pub.get("values"):
@@ -288,6 +328,35 @@ def _applies(setting: str, config: dict) -> bool:
     return True
 
 
+def _check_seeds(seeds: object, source: str) -> list[int]:
+    """``seeds`` if it is a non-empty list of distinct integers >= 0; else ExperimentError."""
+    ok = isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{source}: seeds must be a list of distinct integers >= 0, e.g. [0, 1, 2, 3], "
+                              f"got {seeds!r}")
+    return list(seeds)
+
+
+def _grid_points(grid: dict):
+    from .. import grid as grid_module  # the grid imports the engine: import it when a file has a grid
+
+    return grid_module, grid_module.grid_points(grid.get("total", grid_module.DEFAULT_TOTAL),
+                                                grid.get("betas", grid_module.DEFAULT_BETAS), grid.get("ms"))
+
+
+def _grid_runs(grid: dict) -> list[dict]:
+    """One run entry per distinct training run of the grid's points (a file without ``runs``)."""
+    grid_module, points = _grid_points(grid)
+    return [grid_module.run_entry(run) for run in grid_module.distinct_runs(points)]
+
+
+def _grid_points_of(grid: dict, config: dict) -> list[dict]:
+    """The grid points whose training run is the run of ``config``, in grid order."""
+    from ..grid import points_of
+
+    return points_of(config, grid)
+
+
 def _check_acyclic(runs: dict[str, RunSpec], source: str) -> None:
     for r in runs.values():
         seen = [r.name]
@@ -311,15 +380,31 @@ def _check(spec: object, source: str) -> dict:
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise ExperimentError(f"{source}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("name", "runs", "protocols"):
+    for key in ("name", "protocols"):
         if key not in spec:
             raise ExperimentError(f"{source} has no {key!r}")
+    if spec.get("grid") is not None:
+        if not isinstance(spec["grid"], dict) or set(spec["grid"]) - {"total", "ms", "betas"}:
+            raise ExperimentError(f"{source}: grid must be a mapping of total, ms and betas, got {spec['grid']!r}")
+        try:
+            _grid_points(spec["grid"])
+        except (ValueError, TypeError) as e:
+            raise ExperimentError(f"{source}: grid: {e}") from None
+        if "runs" not in spec:
+            spec = {**spec, "runs": _grid_runs(spec["grid"])}
+    if "runs" not in spec:
+        raise ExperimentError(f"{source} has no 'runs' (nor a grid to generate them)")
+    if "seeds" in spec:
+        _check_seeds(spec["seeds"], source)
     if not isinstance(spec["runs"], list) or not spec["runs"] or not all(isinstance(r, dict) for r in spec["runs"]):
         raise ExperimentError(f"{source}: runs must be a non-empty list of mappings")
     if "name_format" not in spec and not all("name" in r for r in spec["runs"]):
         raise ExperimentError(f"{source}: give every run a name, or a name_format")
     if not isinstance(spec["protocols"], dict) or not all(isinstance(p, dict) for p in spec["protocols"].values()):
         raise ExperimentError(f"{source}: protocols must map names to settings")
+    for name, proto in spec["protocols"].items():
+        if "seeds" in proto:
+            _check_seeds(proto["seeds"], f"{source}: protocol {name}")
     matrix = spec.get("matrix") or {}
     if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
         raise ExperimentError(f"{source}: matrix must map settings to non-empty lists")
@@ -381,9 +466,20 @@ def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
         source = f"iwae/experiments/{name_or_path}.yaml"
         text = resources.files("iwae").joinpath(f"experiments/{name_or_path}.yaml").read_text(encoding="utf-8")
     try:
-        spec = _check(yaml.safe_load(text), source)
+        spec = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ExperimentError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return experiment_from_dict(spec, source)
+
+
+def experiment_from_dict(spec: dict, source: str = "<experiment>") -> Experiment:
+    """An experiment from its content (what an experiment file holds), checked and resolved once;
+    ``source`` names it in messages. :func:`iwae.grid.grid_experiment` builds its grid this way.
+
+    Raises:
+        ExperimentError: invalid content, a run that does not resolve.
+    """
+    spec = _check(copy.deepcopy(spec), source)
     exp = Experiment(str(spec["name"]), str(spec.get("title", spec["name"])), str(spec.get("description", "")).strip(),
                      source, copy.deepcopy(spec))
     for protocol in exp.protocols:  # every run of every protocol resolves, or the file is refused now

@@ -2,7 +2,7 @@
 
     iwae report runs/table1                 # one experiment: the folder holds reproduction.json
     iwae report runs --no-figures           # every runs/*/reproduction.json, in turn, tables only
-    from iwae.report import write_report
+    from iwae.experiments.report import write_report
     markdown_path, html_path = write_report("runs/table1")
 
 Reads what ``iwae reproduce`` writes: ``OUT/reproduction.json`` (the experiment, the protocol
@@ -15,6 +15,12 @@ epochs, train and evaluation time, hardware; then the figures the experiment ask
 curves, samples, latent spread, the (M, K) grid of Rainforth et al., a small gradient-SNR sweep),
 as PNGs under ``OUT/report_figures/<experiment folder>/``. A figure that cannot be drawn becomes a
 one-line note.
+
+Seeds: the runs of an experiment with ``seeds`` share a ``group`` (:mod:`iwae.experiment`); the
+table then has one row per group, each metric the mean over its finished seeds ± their standard
+deviation (n - 1 in the denominator; blank for one seed), n seeds beside it, and delta = mean -
+published. ``per_seed=True`` (``iwae report --per-seed``) adds the table of every run; ``report.json``
+holds, per group, the mean, the standard deviation and the per-seed values of every metric.
 
 The HTML is the same Markdown rendered by python-markdown (``tables`` extension), with inline CSS
 and every figure embedded as a base64 data URI: one file that renders offline, as it is.
@@ -34,14 +40,15 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from . import rundir
-from .checkpoint import atomic_write
-from .experiment import FIGURES
+from .. import rundir
+from ..checkpoint import atomic_write
+from .spec import FIGURES
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
-           "FLAG_NATS"]
+           "seed_groups", "grid_rows", "summary", "FLAG_NATS"]
 
 SPEC_FILE = "reproduction.json"
+SUMMARY_FILE = "report.json"
 FIGURE_DIR = "report_figures"
 FLAG_NATS = 0.3  # |ours - published| above this many nats is flagged in the table
 _TOLERANCE = 1e-9  # 85.84 - 85.54 is 0.30000000000001 in floating point: not above 0.3
@@ -180,7 +187,71 @@ def read_reproduction(exp_dir: str | os.PathLike) -> dict:
         run["metrics"] = run["result"].get("metrics") or {}
         for key in ("labels", "published", "config", "eval"):
             run[key] = run.get(key) or {}
+        run["points"] = run.get("points") or []
     return exp
+
+
+# ----------------------------------------------------------------------------- seeds
+def seed_groups(runs: list[dict]) -> list[dict]:
+    """``runs`` (of :func:`read_reproduction`) with the runs of one seed group merged into one entry,
+    in the order of each group's first run; the runs of no group pass unchanged.
+
+    A group's ``metrics`` are the means over its finished seeds, ``metrics_sd`` their sample standard
+    deviations sqrt(sum (v - mean)^2 / (n - 1)) (None for n < 2), ``per_seed`` the values in seed
+    order, ``seeds`` the seeds of the finished runs and ``n_seeds`` their number; ``status`` is
+    ``done`` when every seed finished, ``N of M seeds done`` when some did, else the first run's.
+    """
+    order: dict[str, list[dict]] = {}
+    for r in runs:
+        order.setdefault(r.get("group") or f"\0{r['name']}", []).append(r)
+    out = []
+    for key, members in order.items():
+        out.append(members[0] if key.startswith("\0") else _merge(key, members))
+    return out
+
+
+def _merge(name: str, members: list[dict]) -> dict:
+    done = [r for r in members if r["status"] == "done"]
+    keys = list(dict.fromkeys(k for r in done for k in r["metrics"] if not k.endswith("_stderr")))
+    per_seed = {k: [r["metrics"][k] for r in done if r["metrics"].get(k) is not None] for k in keys}
+    mean = {k: sum(v) / len(v) for k, v in per_seed.items() if v}
+    sd = {k: math.sqrt(sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+          for k, v in per_seed.items() if v}
+    first = done[0] if done else members[0]
+    result = dict(first["result"])
+    for key in ("train_seconds", "eval_seconds"):
+        times = [r["result"][key] for r in done if r["result"].get(key) is not None]
+        result[key] = sum(times) / len(times) if times else None
+    units = list(dict.fromkeys(_units(r["result"].get("active_units")) for r in done))
+    if done and len(done) == len(members):
+        status, error = "done", None
+    elif done:
+        status, error = f"{len(done)} of {len(members)} seeds done", None
+    else:
+        status, error = first["status"], first["error"]
+    return {**first, "name": name, "status": status, "error": error, "result": result, "metrics": mean,
+            "metrics_sd": sd, "per_seed": per_seed, "seeds": [r["config"].get("seed") for r in done],
+            "n_seeds": len(done), "units_per_seed": units if len(units) > 1 else None,
+            "runs": [r["name"] for r in members]}
+
+
+def summary(exp: dict) -> dict:
+    """What ``report.json`` holds of one experiment: per group (a run without seeds is a group of
+    one) its seeds, and per metric the mean, the standard deviation over seeds and the per-seed values."""
+    groups = []
+    for g in seed_groups(exp["runs"]):
+        if "per_seed" in g:
+            metrics = {k: {"mean": g["metrics"][k], "sd": g["metrics_sd"][k], "per_seed": v}
+                       for k, v in g["per_seed"].items() if k in g["metrics"]}
+        else:
+            metrics = {k: {"mean": v, "sd": None, "per_seed": [v]} for k, v in g["metrics"].items()
+                       if not k.endswith("_stderr") and v is not None}
+        groups.append({"name": g["name"], "runs": g.get("runs", [g["name"]]), "status": g["status"],
+                       "seeds": g.get("seeds", [g["config"].get("seed")] if g["status"] == "done" else []),
+                       "n_seeds": g.get("n_seeds", int(g["status"] == "done")), "labels": g["labels"],
+                       "published": g["published"], "metrics": metrics})
+    return {"experiment": exp["experiment"], "dir": str(exp["dir"]), "protocol": (exp.get("protocol") or {}).get("name"),
+            "groups": groups}
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -231,9 +302,13 @@ def _hardware(h: dict | None) -> str:
 
 # ----------------------------------------------------------------------------- the table: cells of one run
 def _value(run: dict, key: str) -> str:
-    """Our metric ``key`` with its standard error (log p-hat = -NLL has NLL's)."""
+    """Our metric ``key`` with its standard error (log p-hat = -NLL has NLL's), or for a seed group
+    its mean with the standard deviation over seeds."""
     value = run["metrics"].get(key)
-    stderr = run["metrics"].get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")
+    if "metrics_sd" in run:
+        stderr = run["metrics_sd"].get(key)
+    else:
+        stderr = run["metrics"].get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")
     return _num(value) + (f" ± {stderr:.2f}" if value is not None and stderr is not None else "")
 
 
@@ -244,6 +319,8 @@ def _delta(run: dict, key: str) -> str:
 
 def _active_units(run: dict) -> str:
     ours, published = _units(run["result"].get("active_units")), _units(run["published"].get("active_units"))
+    if run.get("units_per_seed"):  # seeds that disagree: each seed's
+        ours = ", ".join(run["units_per_seed"])
     return f"{ours or '-'} / {published}" if published else ours
 
 
@@ -288,6 +365,8 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
     value and delta beside it when some run has a published value for it."""
     published = {k for r in runs for k in r["published"]}
     columns = [("run", False, lambda r: f"`{r.get('name')}`")]
+    if any("n_seeds" in r for r in runs):
+        columns.append(("seeds", True, lambda r: r.get("n_seeds", "")))
     columns += [(key, False, lambda r, key=key: "" if r["labels"].get(key) is None else r["labels"][key])
                 for key in dict.fromkeys(k for r in runs for k in r["labels"])]
     for key, (name, _, _) in _metrics(runs).items():
@@ -320,6 +399,10 @@ def _caption(runs: list[dict]) -> str:
                        f"those cells blank.")
     if metrics:
         parts.append("; ".join(definition for *_, definition in metrics.values()) + ".")
+    if any("n_seeds" in r for r in runs):
+        parts.append("A row of several seeds gives the mean over its finished seeds ± their standard deviation "
+                     "(n - 1), not the standard error over images; seeds: how many finished; delta = mean - "
+                     "published; times are means per seed.")
     parts.append("Active units: A_u > 0.01, per stochastic layer, ours / published. "
                  "Times: training and evaluation, wall clock.")
     machines = {_hardware(r["result"].get("hardware")) for r in runs if r["result"]}
@@ -329,9 +412,19 @@ def _caption(runs: list[dict]) -> str:
     return f"*{len(runs)} runs: {counts}.* " + " ".join(parts)
 
 
-def _table(exp: dict) -> list[str]:
-    """The results table of one experiment, its caption and the failures, as Markdown lines."""
-    runs = exp["runs"]
+def _table(exp: dict, per_seed: bool = False) -> list[str]:
+    """The results table of one experiment (a row per seed group, see :func:`seed_groups`), its
+    caption and the failures, as Markdown lines; with ``per_seed`` and seeds, then a row per run."""
+    grouped = seed_groups(exp["runs"])
+    lines = _rows_table(grouped, exp["runs"])
+    if per_seed and len(grouped) != len(exp["runs"]):
+        lines += ["", "#### Per seed", ""] + _rows_table(exp["runs"], [])
+    return lines
+
+
+def _rows_table(runs: list[dict], members: list[dict]) -> list[str]:
+    """A table of ``runs`` (runs or seed groups), its caption, and the failures among ``members``
+    (the runs, when ``runs`` are groups) or ``runs``."""
     columns = _columns(runs)
 
     def row(cells) -> str:
@@ -341,7 +434,7 @@ def _table(exp: dict) -> list[str]:
              row("---:" if numeric else "---" for _, numeric, _ in columns)]
     lines += [row(_cell(cell(r)) for *_, cell in columns) for r in runs]
     lines += ["", _caption(runs)]
-    failed = [r for r in runs if r["status"] in ("failed", "unreadable")]
+    failed = [r for r in (members or runs) if r["status"] in ("failed", "unreadable")]
     if failed:
         lines += ["", "Failed runs (message and traceback in `runs/NAME/error.json`):", ""]
         lines += [f"- `{r.get('name')}`: {_cell(r['error'])}" for r in failed]
@@ -401,7 +494,7 @@ def _splits(run: dict, data_dir, cache: dict):
     """The run's dataset, loaded once per report and never downloaded (a report must not hit the network),
     from ``data_dir``, else the run's data_dir: its spec's, or its config.yaml's (where the data was at
     training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     dataset = run["config"].get("dataset", "mnist")
     folder = data_dir or run["config"].get("data_dir") or rundir.read_config_values(run["dir"]).get("data_dir")
@@ -415,8 +508,8 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    from .plots import plot_curves
-    from .rundir import read_metrics
+    from ..plots import plot_curves
+    from ..rundir import read_metrics
 
     runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
     if not runs:
@@ -433,8 +526,8 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_samples of a few finished runs (:func:`_representatives`)."""
-    from .plots import plot_samples
-    from .train import load
+    from ..plots import plot_samples
+    from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
     path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
@@ -446,10 +539,10 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """plots.plot_latent of a few finished runs of one dataset on its first test images, by label."""
     import torch
 
-    from .data import fixed_binarization
-    from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .plots import plot_latent
-    from .train import load
+    from ..data import fixed_binarization
+    from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+    from ..plots import plot_latent
+    from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
     dataset = runs[0]["config"].get("dataset", "mnist")
@@ -466,43 +559,44 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
                    f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs.")]
 
 
-def _grid_rows(exp: dict) -> list[dict]:
-    """Rows in :func:`iwae.grid.plot_grid`'s format: every grid point whose (canonical) run finished."""
-    from . import grid
-
-    by_run = {}  # grid.Run -> (run, the k of its IWAE bound: the first of its eval.bound_ks)
-    for r in exp["runs"]:
-        c, bound_k = r["config"], (r["eval"].get("bound_ks") or [None])[0]
-        if r["status"] != "done" or f"iwae{bound_k}" not in r["metrics"] or "objective" not in c:
-            continue
-        grouped = c["objective"] in ("miwae", "piwae")
-        beta = float(c.get("beta", 0.5)) if c["objective"] == "ciwae" else None
-        by_run[grid.Run(c["objective"], int(c["k"]), int(c.get("m", 1)) if grouped else 1, beta)] = r, bound_k
-    if not by_run:
-        raise ValueError("no finished run has an IWAE-k bound (metric iwae{k}, k the first of eval.bound_ks)")
-    total = Counter(run.k for run in by_run).most_common(1)[0][0]
-    betas = sorted({run.beta for run in by_run if run.objective == "ciwae"} | {0.0, 1.0})
+def grid_rows(exp: dict) -> list[dict]:
+    """Rows in :func:`iwae.grid.plot_grid`'s (and grid.csv's) format, in grid order: per grid point
+    that a finished run (or seed group: means over seeds) serves, as the engine recorded it in the
+    run's ``points`` (experiments with a ``grid``), the run's metrics: IWAE-k (the first of its
+    eval.bound_ks), log p-hat, -KL = IWAE-k - log p-hat, active units (summed over layers), times."""
     rows = []
-    for point in grid.grid_points(total, betas):
-        run = grid.canonical_run(point)
-        if run not in by_run:
+    for r in seed_groups(exp["runs"]):
+        bound_k = (r["eval"].get("bound_ks") or [None])[0]
+        metrics, result = r["metrics"], r["result"]
+        if r["status"] != "done" or f"iwae{bound_k}" not in metrics:
             continue
-        r, bound_k = by_run[run]
-        result, metrics, bound = r["result"], r["metrics"], r["metrics"][f"iwae{bound_k}"]
-        log_p = metrics.get("log_p_hat", -metrics["nll"])
-        rows.append({"objective": point.objective, "m": point.m, "k": point.k, "beta": point.beta,
-                     "total": point.total, "label": point.label, "run": run.name, "iwae_bound": bound,
-                     "log_p_hat": log_p, "neg_kl": bound - log_p, "iwae_k": bound_k,
-                     "log_p_k": result.get("eval_k", 5000), "epochs": result.get("epochs", r["config"].get("epochs")),
-                     "train_subset": r["config"].get("train_subset"), "n_test": result.get("n_test")})
+        bound, log_p = metrics[f"iwae{bound_k}"], metrics.get("log_p_hat", -metrics["nll"])
+        train, evaluation = result.get("train_seconds"), result.get("eval_seconds")
+        units = result.get("active_units")
+        for p in r["points"]:
+            rows.append({"objective": p["objective"], "m": p["m"], "k": p["k"], "beta": p["beta"],
+                         "total": p["m"] * p["k"], "label": p["label"], "run": r["name"], "iwae_bound": bound,
+                         "iwae_stderr": metrics.get(f"iwae{bound_k}_stderr"), "log_p_hat": log_p,
+                         "log_p_hat_stderr": metrics.get("nll_stderr"), "neg_kl": metrics.get("neg_kl", bound - log_p),
+                         "active_units": sum(units) if isinstance(units, list) else units, "iwae_k": bound_k,
+                         "log_p_k": result.get("eval_k"), "n_test": result.get("n_test"),
+                         "epochs": result.get("epochs"), "train_subset": r["config"].get("train_subset"),
+                         "train_seconds": train, "eval_seconds": evaluation,
+                         "seconds": None if train is None or evaluation is None else train + evaluation,
+                         "index": p["index"]})
     if not rows:
-        raise ValueError(f"no finished run is a point of the M * K = {total} grid")
-    return rows
+        raise ValueError("no finished run has an IWAE-k bound (metric iwae{k}, k the first of eval.bound_ks) and "
+                         "serves a grid point (runs record their points when the experiment has a grid; an older folder: "
+                         "run `iwae reproduce` on it again)")
+    return sorted(rows, key=lambda row: row["index"])
+
+
+_grid_rows = grid_rows  # the name the figures use
 
 
 def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """grid.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
-    from .grid import plot_grid
+    from ..grid import plot_grid
 
     rows = _grid_rows(exp)
     path = plot_grid(rows, fig_dir / "grid.png")
@@ -517,9 +611,9 @@ def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """A small snr.snr_sweep (IWAE against K, MIWAE against M; reparam, STL, DReG) of one trained run."""
     import time
 
-    from .estimators import ObjectiveSpec
-    from .snr import fixed_batch, plot_snr, snr_sweep
-    from .train import load
+    from ..estimators import ObjectiveSpec
+    from ..snr import fixed_batch, plot_snr, snr_sweep
+    from ..train import load
 
     def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients
         c = r["config"]
@@ -573,10 +667,11 @@ def _figures(exp: dict, out_dir: Path, data_dir, cache: dict, counter: list[int]
 
 # ----------------------------------------------------------------------------- the report
 def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                    figures: bool = True) -> str:
+                    figures: bool = True, per_seed: bool = False) -> str:
     """The report of every experiment under ``out_dir`` (see :func:`find_experiments`) as Markdown;
     with ``figures``, also draws the figures under ``out_dir/report_figures/``, which it links to
-    relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data."""
+    relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data;
+    ``per_seed`` adds a table of every run below each table of seed groups."""
     out_dir = Path(out_dir)
     experiments = [read_reproduction(p) for p in find_experiments(out_dir)]
     try:
@@ -593,12 +688,26 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     cache: dict = {}
     counter = [0]
     for exp in experiments:
-        lines += _header(exp) + ["### Results", ""] + _table(exp) + [""]
+        lines += _header(exp) + ["### Results", ""] + _table(exp, per_seed) + [""] + _grid_section(exp)
         if figures:
             lines += _figures(exp, out_dir, data_dir, cache, counter)
         elif exp.get("figures"):
             lines += [f"*Figures ({', '.join(map(str, exp['figures']))}) not drawn: --no-figures.*", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _grid_section(exp: dict) -> list[str]:
+    """The grid's table (:func:`iwae.grid.grid_table`: one line per grid point, beside Rainforth et
+    al.'s numbers) for an experiment whose runs serve grid points, else nothing."""
+    from ..grid import grid_table
+
+    if not any(r["points"] for r in exp["runs"]):
+        return []
+    try:
+        table = grid_table(grid_rows(exp))
+    except ValueError as e:
+        return ["### Grid points", "", f"*Not shown: {_cell(str(e).splitlines()[0])}.*", ""]
+    return ["### Grid points", "", table, ""]
 
 
 def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "Reproduction report") -> str:
@@ -624,16 +733,18 @@ def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "R
 
 
 def write_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 figures: bool = True) -> tuple[Path, Path]:
-    """Writes ``out_dir/report.md`` and ``out_dir/report.html`` (each atomically) and, with
-    ``figures``, the PNGs under ``out_dir/report_figures/``. Returns the two report paths.
+                 figures: bool = True, per_seed: bool = False) -> tuple[Path, Path]:
+    """Writes ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/report.json`` (the
+    :func:`summary` of each experiment: means, standard deviations and per-seed values), each
+    atomically, and, with ``figures``, the PNGs under ``out_dir/report_figures/``. Returns the
+    Markdown and HTML paths.
 
     Raises:
         FileNotFoundError: ``out_dir`` is not a folder.
         ValueError: no reproduction.json in ``out_dir`` or its subfolders, or one is not valid JSON.
     """
     out_dir = Path(out_dir)
-    text = markdown_report(out_dir, data_dir, figures)
+    text = markdown_report(out_dir, data_dir, figures, per_seed)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     with atomic_write(md_path, "wb") as f:  # bytes: UTF-8 whatever the locale (the table has ± and ⚠)
         f.write(text.encode("utf-8"))
@@ -641,4 +752,7 @@ def write_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     page = render_html(text, out_dir, title="Reproduction report" + (f": {titles[0]}" if len(titles) == 1 else ""))
     with atomic_write(html_path, "wb") as f:
         f.write(page.encode("utf-8"))
+    summaries = [summary(read_reproduction(p)) for p in find_experiments(out_dir)]
+    with atomic_write(out_dir / SUMMARY_FILE) as f:
+        json.dump({"experiments": summaries}, f, indent=1)
     return md_path, html_path

@@ -1,6 +1,6 @@
 """Reproduce an experiment: train and evaluate each of its runs, locally in worker processes or on Ray.
 
-    from iwae.reproduce import reproduce
+    from iwae.experiments.engine import reproduce
     summary = reproduce("table1", "runs/table1", protocol="short", datasets=["mnist"], workers=2)
 
 Each run of the experiment (:mod:`iwae.experiment`) is an independent job: train (resuming its
@@ -11,7 +11,9 @@ killed mid-training resumes from its last epoch's checkpoint). A run that fails 
 ``runs/<name>/error.json`` and the others go on; a run continuing a failed one is ``blocked``.
 ``reproduction.json`` in the output folder records the experiment, the protocol used, each run's
 spec and status, and the wall time; it is rewritten (atomically) as runs finish. ``iwae report``
-turns the folder into a report.
+turns the folder into a report. An experiment with ``seeds`` has one run per seed (``NAME``,
+``NAME-s1``, ...), each an independent job like any other; ``iwae grid`` is an experiment too
+(:func:`iwae.grid.grid_experiment`).
 
 Execution:
 
@@ -55,13 +57,13 @@ try:
 except ImportError:  # not on Windows: no lock there
     fcntl = None
 
-from . import rundir
-from .checkpoint import CheckpointError, atomic_write
-from .data import load_dataset, missing_files
-from .experiment import Experiment, RunSpec, load_experiment
-from ._deprecated import moved
-from .rundir import model_sha256, trained_epochs, training_seconds
-from .train import train_or_resume
+from .. import rundir
+from ..checkpoint import CheckpointError, atomic_write
+from ..data import load_dataset, missing_files
+from .spec import Experiment, RunSpec, load_experiment
+from .._deprecated import moved
+from ..rundir import model_sha256, trained_epochs, training_seconds
+from ..train import train_or_resume
 
 __all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure"]
 
@@ -121,7 +123,7 @@ def is_device_failure(error: BaseException) -> bool:
 
 
 def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: str = "cpu",
-                threads: int | None = None, progress: bool = False) -> dict:
+                threads: int | None = None, progress: bool = False, splits=None) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
 
     A continued run records the SHA-256 of the model it starts from; if its folder was started from
@@ -129,9 +131,10 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
     Never raises for a failing run: the error is written to ``error.json`` and returned as
     ``{"name", "status": "failed", "error", "traceback"}``, so the other runs go on. A failure of
     the device (:func:`is_device_failure`) is marked ``"device_failure": True``: the worker pool and
-    Ray then retry the run once, in a fresh process.
+    Ray then retry the run once, in a fresh process. ``splits``: the run's dataset already loaded
+    (in this process; else it is loaded from ``data_dir``).
     """
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     run = RunSpec.from_dict(spec)
     run_dir = Path(run_dir)
@@ -150,7 +153,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
                 rundir.delete(run_dir)  # started from the old model: train it again from the new
-        splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
+        if splits is None or splits.name != config.dataset:
+            splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
         train_seconds = time.perf_counter() - t0
@@ -291,12 +295,13 @@ def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
 class _Inline:
     """Runs each run when submitted, in this process (one worker): progress bars, plain tracebacks."""
 
-    def __init__(self, device: str, threads: int, progress: bool):
-        self.device, self.threads, self.progress = device, threads, progress
+    def __init__(self, device: str, threads: int, progress: bool, splits=None):
+        self.device, self.threads, self.progress, self.splits = device, threads, progress, splits
 
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         future: cf.Future = cf.Future()
-        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress))
+        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress,
+                                      self.splits))
         return future
 
     def shutdown(self) -> None:
@@ -470,6 +475,7 @@ def reproduce(
     device: str = "cpu",
     data_dir: str | None = None,
     progress: bool = True,
+    splits=None,
 ) -> Summary:
     """Runs every unfinished run of ``experiment`` under ``protocol`` and records them in ``out_dir``.
 
@@ -485,6 +491,8 @@ def reproduce(
         device: ``cpu`` or ``cuda``.
         data_dir: where the datasets are (else ``$IWAE_DATA_DIR``, the cache, download).
         progress: report each run on stderr (and, with one worker, its epochs).
+        splits: a dataset already loaded, used by the runs on it when they run in this process
+            (one worker on CPU, no Ray); the others load theirs.
 
     Returns:
         A :class:`Summary`; runs that failed are listed in ``summary.failed``.
@@ -512,7 +520,7 @@ def reproduce(
     try:
         planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
         if executor is None and workers == 1 and device == "cpu":
-            executor = _Inline(device, threads, progress)
+            executor = _Inline(device, threads, progress, splits)
         elif executor is None:  # on CUDA even one worker is a process of its own: see _pool_run
             executor = _Pool(workers, threads, device, progress=progress and workers == 1)
         return _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,

@@ -1,6 +1,6 @@
 """Published numbers as data: Burda et al. (2016) Tables 1-3 and Rainforth et al. (2018)'s table.
 
-    from iwae import published
+    from iwae.experiments import published
     published.rainforth2018()        # [{'name': 'IWAE', 'objective': 'iwae', 'm': 1, 'k': 64, ...}, ...]
     published.burda2016_table1()     # [{'dataset': 'mnist', 'layers': 1, 'k': 1, 'vae_nll': 86.76, ...}, ...]
     published.citation("rainforth2018")
