@@ -21,7 +21,6 @@ A run directory holds
     surgery_n{N}.json         ELBO surgery (``iwae analyze``)
     result.json               written last by ``iwae reproduce``: the run is finished (:func:`run_status`)
     error.json                the run failed (``iwae reproduce``)
-    grid_eval.json            ``iwae grid``'s evaluation of the run
     samples.png, qew.png ...  figures the CLI draws into the run by default (written by the figure code)
 
 Runs written before the model config was stored once (their safetensors metadata holds a
@@ -65,7 +64,7 @@ __all__ = ["Run", "open_run", "read_config", "write_config", "run_identity", "ru
            "save_model", "load_model", "model_config_of", "model_sha256", "trained_epochs", "training_seconds",
            "read_metrics", "write_metrics", "eval_name", "write_evaluation", "read_evaluation", "write_surgery",
            "write_result", "write_error", "read_error", "run_status", "finished_result", "RunStatus",
-           "CONFIG", "MODEL", "CHECKPOINT", "METRICS", "RESULT_FILE", "ERROR_FILE", "GRID_EVAL_FILE"]
+           "CONFIG", "MODEL", "CHECKPOINT", "METRICS", "RESULT_FILE", "ERROR_FILE"]
 
 CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = "config.yaml", "model.safetensors", "checkpoint.safetensors", \
     "metrics.csv", "tb"
