@@ -28,6 +28,7 @@ from .priors import make_prior
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample"]
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of the network. The defaults are Burda et al.'s 1-layer MNIST model."""
