@@ -8,10 +8,10 @@ to :func:`diag_normal_log_prob_from_eps` (no subtraction, and the value of the d
 
 Used by the VAE's layers (vae.py), the priors (the sliced mixture keeps its own memory-saving
 backward but takes each slice's density from here) and the posterior analysis. The formula rather
-than ``torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)``: the same value, but Normal
-takes sigma, so it recomputes log sigma from exp(log sigma), and it checks its arguments on every
-construction; on the training step's (K, B, D) tensors it is the slower of the two
-(``benchmarks/`` and the tests compare both).
+than ``torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)`` (the same value, tested): Normal
+takes sigma, so it recomputes log sigma from exp(log sigma), and it checks its arguments at every
+construction. Forward and backward on a training step's (K, B, D) = (50, 20, 50), one CPU thread:
+this formula 0.26-0.46 ms, Normal 0.49-0.54 ms, Normal(validate_args=False) 0.36-0.42 ms.
 """
 
 from __future__ import annotations
