@@ -150,6 +150,35 @@ def test_qew_with_one_sample_is_q():
     assert torch.allclose(z.std(0), q.stddev, rtol=0.03)
 
 
+def test_qew_resamples_the_models_own_log_weights():
+    """sample_qew keeps, for each of n draws, one of k proposals with probabilities softmax(log w): the
+    proposals and log w are those of model.log_weights_with_samples (one call, n k proposals, for a
+    small n), and the choice the next draws of the same generator; a model whose log w favours one
+    proposal gets that proposal every time."""
+    model = small_vae(latent=2)
+    x = torch.bernoulli(torch.full((3, 20), 0.4), generator=gen(5))
+    n, k = 7, 4
+    got = sample_qew(model, x, k=k, n=n, generator=gen(8))
+    g = gen(8)
+    log_w, (z,) = model.log_weights_with_samples(x, n * k, g)
+    probs = torch.softmax(log_w.reshape(n, k, 3), dim=1).permute(0, 2, 1).reshape(n * 3, k)
+    pick = torch.multinomial(probs, 1, generator=g).reshape(n, 3)
+    want = z.reshape(n, k, 3, 2)[torch.arange(n)[:, None], pick, torch.arange(3)[None, :]]  # (n, 3, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    class Favours:  # the model's samples, with log w = 0 for proposal 2 of each draw and -inf elsewhere
+        num_layers = 1
+
+        def log_weights_with_samples(self, x, num_samples, generator=None):
+            log_w, zs = model.log_weights_with_samples(x, num_samples, generator)
+            mask = torch.full((num_samples // k, k, 1), float("-inf"))
+            mask[:, 2] = 0.0
+            return mask.expand(-1, -1, x.shape[0]).reshape(num_samples, -1), zs
+
+    got = sample_qew(Favours(), x, k=k, n=n, generator=gen(8))
+    torch.testing.assert_close(got, z.reshape(n, k, 3, 2)[:, 2], rtol=0, atol=0)
+
+
 def posterior_test_model() -> VAE:
     """A 2-D latent model whose q(z|x) is shifted and too narrow, and whose posterior is peaked."""
     model = small_vae(latent=2, input_dim=8, seed=1)

@@ -1,19 +1,27 @@
-"""Tests for iwae.estimators: which objective's gradient reaches which parameters.
+"""Tests for iwae.estimators: which objective's gradient reaches which parameters, ObjectiveSpec's
+validation, the estimator table as the single source, and the views of log q (add_views).
 
 PIWAE must give the decoder the IWAE(M*K) gradient and the encoder the MIWAE(M, K) gradient of
 the same samples; the other objectives must give every parameter the gradient of their own bound.
 Gradients are compared in float64 against plain autograd of the bounds from iwae.objectives,
-recomputing the log-weights from an identically seeded generator.
+recomputing the log-weights from an identically seeded generator. The estimators' behaviour
+(hand formulas, unbiasedness) is tested in tests/test_gradient_estimators.py.
 """
 
 from __future__ import annotations
 
+import copy
+import re
+import warnings
+
 import pytest
 import torch
+from torch import nn
 
-from iwae import objectives
-from iwae.estimators import ObjectiveSpec, backward, gradient_terms
-from iwae.models import VAE, ModelConfig
+from iwae import estimators, objectives
+from iwae.estimators import (ESTIMATOR_TABLE, ESTIMATORS, Estimator, ObjectiveSpec, accumulate_gradients, add_views,
+                             backward, gradient_terms)
+from iwae.models import VAE, GaussianMLP, ModelConfig
 
 F64 = torch.float64
 SEED = 1234
@@ -156,12 +164,11 @@ def test_gradient_terms_rejects_wrong_sample_count():
         (dict(name="ciwae", k=5, beta=-0.1), r"beta.*-0\.1"),
         (dict(name="ciwae", k=5, beta=1.01), r"beta.*1\.01"),
         (dict(name="dreg", k=5), r"unknown objective.*dreg"),
-        (dict(name="iwae", k=5, estimator="score"), r"unknown estimator.*score"),
     ],
 )
 def test_objective_spec_validation(kwargs, pattern):
     """Invalid specs (k < 1, m < 1, m not dividing k, m != 1 outside miwae/piwae, beta outside
-    [0, 1], unknown objective or estimator) raise ValueError naming the problem."""
+    [0, 1], unknown objective) raise ValueError naming the problem (estimators: the next test)."""
     with pytest.raises(ValueError, match=pattern):
         ObjectiveSpec(**kwargs)
 
@@ -185,22 +192,223 @@ def test_objective_spec_valid_and_labels():
                                                  ("dreg", "piwae"), ("rws-dreg", "iwae")])
 def test_gradient_terms_refuses_vamp_parts_without_the_prior_view(estimator, objective):
     """With the VampPrior, DReG (other than for the ELBO) and RWS-DReG need log p(stop_grad(z_L)):
-    parts from log_weight_parts(..., stop_params=True) without prior_direct=True are refused with a
+    parts from log_weight_parts(...) without prior_direct=True are refused with a
     ValueError that names the missing option (they would give the prior's direct term the path's
     weights: a biased gradient). The same parts with a normal prior, or with the view, are accepted."""
     m = 2 if objective in ("miwae", "piwae") else 1
     spec = ObjectiveSpec(objective, k=4, m=m, estimator=estimator)
     model, x = _setup(ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),), prior="vamp",
                                   prior_components=3))
-    parts = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True)
+    parts = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0))
     assert parts.log_prior_direct is None
     with pytest.raises(ValueError, match=r"prior_direct=True") as info:
         gradient_terms(model, parts, spec)
     assert estimator in str(info.value) and "VampPrior" in str(info.value)
-    with_view = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True, prior_direct=True)
+    with_view = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0), prior_direct=True)
     assert with_view.log_prior_direct is not None
     gradient_terms(model, with_view, spec)
     normal, x = _setup()
-    parts = normal.log_weight_parts(x, 4, torch.Generator().manual_seed(0), stop_params=True, prior_direct=True)
+    parts = normal.log_weight_parts(x, 4, torch.Generator().manual_seed(0), prior_direct=True)
     assert parts.log_prior_direct is None  # N(0, I) has no direct dependence on the encoder
     gradient_terms(normal, parts, spec)
+
+
+# ----------------------------------------------------------------------------- refusals (merged here)
+@pytest.mark.parametrize(
+    "kwargs,names",
+    [
+        (dict(name="ciwae", k=5, estimator="rws"), ("rws", "ciwae", "iwae", "reparam", "stl", "dreg")),
+        (dict(name="miwae", k=4, m=2, estimator="rws-dreg"), ("rws-dreg", "miwae", "iwae", "reparam", "stl", "dreg")),
+        (dict(name="vae", k=5, estimator="rws"), ("rws", "vae", "reparam", "stl", "dreg")),
+        (dict(name="piwae", k=4, m=2, estimator="rws-dreg"), ("rws-dreg", "piwae", "reparam", "stl", "dreg")),
+        (dict(name="iwae", k=5, estimator="vimco"), ("vimco", "reparam", "stl", "dreg", "rws", "rws-dreg")),
+        (dict(name="iwae", k=5, estimator="DReG"), ("DReG", "reparam", "stl", "dreg")),
+        (dict(name="iwae", k=5, estimator="score"), ("score", "reparam", "stl", "dreg", "rws", "rws-dreg")),
+    ],
+)
+def test_objective_spec_refuses_unsupported_estimators(kwargs, names):
+    """rws and rws-dreg with an objective other than iwae, and unknown estimators, raise ValueError
+    whose message names the estimator, the objective where relevant, and what to use instead."""
+    with pytest.raises(ValueError) as info:
+        ObjectiveSpec(**kwargs)
+    message = str(info.value)
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message), (name, message)
+
+
+# ----------------------------------------------------------------------------- the estimator table
+# what the papers define, written here independently of the table: RWS and RWS-DReG (Bornschein &
+# Bengio 2015; Tucker et al. 2019) are the IWAE's wake-phi updates, the other three apply to every bound
+PAPERS = {"reparam": set(objectives.OBJECTIVES), "stl": set(objectives.OBJECTIVES),
+          "dreg": set(objectives.OBJECTIVES), "rws": {"iwae"}, "rws-dreg": {"iwae"}}
+
+
+def _spec_accepted(objective: str, estimator: str) -> bool:
+    layout = dict(k=4, m=2) if objective in ("miwae", "piwae") else dict(k=4)
+    try:
+        ObjectiveSpec(objective, estimator=estimator, **layout)
+    except ValueError:
+        return False
+    return True
+
+
+def test_objective_spec_accepts_exactly_the_tables_pairs():
+    """ObjectiveSpec accepts an (objective, estimator) pair iff the estimator's table entry lists the
+    objective; the table's pairs are those the papers define; an unknown name is refused."""
+    for estimator in list(ESTIMATOR_TABLE) + ["vimco"]:
+        for objective in objectives.OBJECTIVES:
+            want = estimator in ESTIMATOR_TABLE and objective in ESTIMATOR_TABLE[estimator].objectives
+            assert _spec_accepted(objective, estimator) == want, (objective, estimator)
+    assert {name: set(e.objectives) for name, e in ESTIMATOR_TABLE.items()} == PAPERS
+
+
+def test_names_costs_and_views_are_read_from_the_table():
+    """ESTIMATORS (the CLI's --estimator choices), reproduce's ESTIMATOR_COST and the need for the
+    prior's direct view are the table's; every entry has a surrogate, a cost and a description."""
+    from iwae.reproduce import ESTIMATOR_COST
+
+    assert ESTIMATORS == tuple(ESTIMATOR_TABLE) == ("reparam", "stl", "dreg", "rws", "rws-dreg")
+    assert ESTIMATOR_COST == {name: e.cost for name, e in ESTIMATOR_TABLE.items()}
+    assert ESTIMATOR_COST["reparam"] == 1.0 and all(c >= 1.0 for c in ESTIMATOR_COST.values())
+    for name, entry in ESTIMATOR_TABLE.items():
+        assert callable(entry.surrogate) and entry.description and entry.log_q_view in (None, "stop_params",
+                                                                                      "stop_samples")
+        assert set(entry.prior_direct) <= set(entry.objectives), name
+    # DReG weights the prior's direct term apart except for the ELBO (where it is STL), RWS-DReG always
+    needs = {(o, e) for e in ESTIMATOR_TABLE for o in ESTIMATOR_TABLE[e].objectives
+             if estimators._needs_prior_direct(ObjectiveSpec(o, k=4, m=2 if o in ("miwae", "piwae") else 1,
+                                                             estimator=e))}
+    assert needs == {(o, "dreg") for o in objectives.OBJECTIVES if o != "vae"} | {("iwae", "rws-dreg")}
+
+
+def test_a_new_table_entry_is_a_working_estimator(monkeypatch):
+    """Adding an estimator is one table entry and its surrogate: a toy entry whose surrogate is
+    0.5 * IWAE of the path view (log p - log q with q's parameters detached) is accepted by
+    ObjectiveSpec for the objectives it lists only, receives the view it asks for, and its encoder
+    gradient is half that of STL on the same draws while the decoder's is reparam's. Without the
+    entry the same spec is refused."""
+    with pytest.raises(ValueError, match="half-stl"):
+        ObjectiveSpec("iwae", k=4, estimator="half-stl")
+    seen = []
+
+    def half_stl(spec, parts):
+        seen.append(parts.log_q_stop_params is not None)
+        return 0.5 * objectives.iwae(parts.log_p - parts.log_q_stop_params)
+
+    monkeypatch.setitem(ESTIMATOR_TABLE, "half-stl", Estimator(half_stl, ("iwae",), "stop_params", (), 1.3, "test"))
+    spec = ObjectiveSpec("iwae", k=4, estimator="half-stl")
+    with pytest.raises(ValueError, match="half-stl"):
+        ObjectiveSpec("vae", k=4, estimator="half-stl")
+    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(4, 2), hidden_dims=((12,), (8,))))
+
+    def grads(spec):
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(model, x, spec, torch.Generator().manual_seed(SEED))
+        return ([p.grad.clone() for p in model.decoder_parameters()],
+                [p.grad.clone() for p in model.encoder_parameters()])
+
+    dec, enc = grads(spec)
+    assert seen == [True]
+    dec_ref, enc_stl = grads(ObjectiveSpec("iwae", k=4, estimator="stl"))
+    _assert_grads_equal(dec, dec_ref, "decoder, half-stl vs stl")
+    _assert_grads_equal(enc, [0.5 * g for g in enc_stl], "encoder, half-stl vs stl / 2")
+    _, enc_reparam = grads(ObjectiveSpec("iwae", k=4))
+    assert max((a - 0.5 * b).abs().max() for a, b in zip(enc, enc_reparam)) > 1e-6  # not reparam / 2
+
+
+# ----------------------------------------------------------------------------- the views of log q
+class PlainLayer(nn.Module):
+    """A user's Gaussian layer: loc and log-scale from one linear map and a softplus, with nothing
+    but ``loc_log_scale(h)`` (no detach_params twin)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.lin = nn.Linear(d_in, 2 * d_out)
+
+    def loc_log_scale(self, h):
+        loc, raw = self.lin(h).chunk(2, -1)
+        return loc, torch.nn.functional.softplus(raw) - 1.0
+
+    def forward(self, h):
+        loc, log_scale = self.loc_log_scale(h)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 1)
+
+
+def _hand_views(model: VAE, posterior) -> tuple[torch.Tensor, torch.Tensor]:
+    """log q with the encoder frozen (a deep copy without gradients) at the attached samples, and log q
+    at the detached samples (layer l on detached z_{l-1}), from torch.distributions."""
+    frozen = copy.deepcopy(model.encoder).requires_grad_(False)
+    sp = ss = 0.0
+    for l, (layer, f_layer, h, z) in enumerate(zip(model.encoder, frozen, posterior.inputs, posterior.zs)):
+        loc, log_scale = f_layer.loc_log_scale(h)
+        sp = sp + torch.distributions.Normal(loc, log_scale.exp()).log_prob(z).sum(-1)
+        loc, log_scale = layer.loc_log_scale(h.detach())
+        ss = ss + torch.distributions.Normal(loc, log_scale.exp()).log_prob(z.detach()).sum(-1)
+    return sp, ss
+
+
+@pytest.mark.parametrize("user_layer", [False, True], ids=["gaussian-mlp", "user-layer"])
+def test_add_views_match_frozen_copies(user_layer):
+    """add_views builds log q with q's parameters detached (samples attached) and at detached samples:
+    both have log q's value, and their encoder gradients equal those of a hand computation with a
+    frozen deep copy of the encoder / detached samples (float64, 1e-10), for a 2-layer model and for
+    a user's layer that has only loc_log_scale. Negative control: log q's own gradient differs from
+    both (it has the score and the path)."""
+    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(4, 3), hidden_dims=((12,), (8,))))
+    if user_layer:
+        torch.manual_seed(5)
+        model.encoder[1] = PlainLayer(4, 3).double()
+    parts = model.log_weight_parts(x, 5, torch.Generator().manual_seed(SEED))
+    views = add_views(model, parts, stop_params=True, stop_samples=True)
+    assert views.posterior is parts.posterior and views.log_p is parts.log_p
+    sp, ss = _hand_views(model, parts.posterior)
+    enc = model.encoder_parameters()
+    for got, want in ((views.log_q_stop_params, sp), (views.log_q_stop_samples, ss)):
+        torch.testing.assert_close(got, parts.log_q, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        g_got = torch.autograd.grad(got.sum(), enc, retain_graph=True, allow_unused=True)
+        g_want = torch.autograd.grad(want.sum(), enc, retain_graph=True, allow_unused=True)
+        g_own = torch.autograd.grad(parts.log_q.sum(), enc, retain_graph=True)
+        zero = torch.zeros(())
+        flat = lambda gs: torch.cat([(zero if g is None else g).flatten() for g in gs])  # noqa: E731
+        torch.testing.assert_close(flat(g_got), flat(g_want), rtol=1e-10, atol=1e-10)
+        assert (flat(g_got) - flat(g_own)).abs().max() > 1e-6
+    # a view present is kept, not rebuilt
+    assert add_views(model, views, stop_params=True).log_q_stop_params is views.log_q_stop_params
+
+
+def test_add_views_needs_the_samples():
+    """Parts without their draws (built by hand from log-weights) cannot give a view of log q: a
+    ValueError says to pass the model's parts; gradient_terms refuses bare log-weights for stl."""
+    model, x = _setup()
+    log_w = model.log_weights(x, 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="log_weight_parts"):
+        add_views(model, estimators.LogWeightParts(log_w, torch.zeros_like(log_w)), stop_params=True)
+    with pytest.raises(ValueError, match="stl.*log_weight_parts"):
+        gradient_terms(model, log_w, ObjectiveSpec("iwae", k=4, estimator="stl"))
+
+
+def test_deprecated_view_arguments_warn_and_agree():
+    """log_weight_parts(stop_params=True, stop_samples=True) and GaussianMLP.loc_log_scale(h,
+    detach_params=True) still work, with a DeprecationWarning: the same views as add_views, and a
+    detached layer whose gradient reaches h but none of its parameters."""
+    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(4, 3), hidden_dims=((12,), (8,))))
+    with pytest.warns(DeprecationWarning, match="add_views"):
+        old = model.log_weight_parts(x, 3, torch.Generator().manual_seed(1), stop_params=True, stop_samples=True)
+    new = add_views(model, model.log_weight_parts(x, 3, torch.Generator().manual_seed(1)), stop_params=True,
+                    stop_samples=True)
+    for name in ("log_q_stop_params", "log_q_stop_samples", "log_p", "log_q"):
+        torch.testing.assert_close(getattr(old, name), getattr(new, name), rtol=0, atol=0)
+    layer: GaussianMLP = model.encoder[1]
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(DeprecationWarning, match="detach_params"):
+        loc, log_scale = layer.loc_log_scale(h, detach_params=True)
+    want = layer.loc_log_scale(h)
+    torch.testing.assert_close((loc, log_scale), want, rtol=0, atol=0)
+    assert not any(t.grad_fn is None for t in (loc, log_scale))
+    grads = torch.autograd.grad((loc.sum() + log_scale.sum()), [h, *layer.parameters()], allow_unused=True)
+    assert grads[0] is not None and all(g is None for g in grads[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new paths do not warn
+        add_views(model, model.log_weight_parts(x, 3), stop_params=True)
+        layer.loc_log_scale(h)

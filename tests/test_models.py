@@ -112,8 +112,9 @@ def test_burda_two_layer_sizes():
 
 
 # ----------------------------------------------------------------------------- log-weights by hand
-def _log_weights_by_hand(model: VAE, x: torch.Tensor, K: int, g: torch.Generator) -> torch.Tensor:
-    """log p(x, z) - log q(z | x) with torch.distributions, eps drawn layer by layer as (K, B, D_l)."""
+def _log_weights_by_hand(model: VAE, x: torch.Tensor, K: int, g: torch.Generator, samples: bool = False):
+    """log p(x, z) - log q(z | x) with torch.distributions, eps drawn layer by layer as (K, B, D_l)
+    (with ``samples``, also the list of samples z_l)."""
     B = x.shape[0]
     h = x
     zs, log_q = [], 0.0
@@ -132,7 +133,7 @@ def _log_weights_by_hand(model: VAE, x: torch.Tensor, K: int, g: torch.Generator
         base = model.decoder[l](zs[l]).base_dist
         log_p = log_p + Normal(base.loc, base.scale).log_prob(zs[l - 1]).sum(-1)
     log_p = log_p + Independent(Bernoulli(logits=model.decoder[0].logits(zs[0])), 1).log_prob(x)
-    return log_p - log_q
+    return (log_p - log_q, zs) if samples else log_p - log_q
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -153,6 +154,45 @@ def test_log_weights_match_independent_computation(layers):
     # a different seed gives different samples (the comparison is not vacuous)
     other = model.log_weights(x, K, generator=torch.Generator().manual_seed(124))
     assert not torch.allclose(other, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_log_weights_with_samples_returns_the_draws(layers):
+    """model.log_weights_with_samples(x, K, g) gives the log-weights of log_weights(x, K, g) (the same
+    draws for the same seed) and the samples z_1..z_L they were computed at, both equal to the
+    torch.distributions computation by hand (float64); another seed gives other samples."""
+    model = _model(ModelConfig(input_dim=30, latent_dims=(5, 3)[:layers], hidden_dims=((16,), (8,))[:layers]),
+                   seed=layers).double()
+    x = _binary(3, 30, seed=2, dtype=F64)
+    log_w, zs = model.log_weights_with_samples(x, 4, torch.Generator().manual_seed(9))
+    ref, ref_zs = _log_weights_by_hand(model, x, 4, torch.Generator().manual_seed(9), samples=True)
+    assert len(zs) == layers and [z.shape for z in zs] == [(4, 3, d) for d in (5, 3)[:layers]]
+    torch.testing.assert_close(log_w, ref, rtol=1e-10, atol=1e-8)
+    for z, want in zip(zs, ref_zs):
+        torch.testing.assert_close(z, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_w, model.log_weights(x, 4, torch.Generator().manual_seed(9)), rtol=0, atol=0)
+    _, other = model.log_weights_with_samples(x, 4, torch.Generator().manual_seed(10))
+    assert not torch.allclose(other[0], zs[0])
+
+
+def test_diag_normal_log_prob_is_the_normal_density():
+    """diag_normal_log_prob(z, loc, log_scale) equals torch.distributions' Normal(loc, exp(log_scale))
+    log-density summed over the last dim, with broadcasting (float64); the eps form at
+    eps = (z - loc) / sigma gives the same; a density not summed over the event or with sigma in place
+    of log sigma does not."""
+    from iwae.models.gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, 3, generator=g, dtype=F64)
+    loc, log_scale = torch.randn(4, 3, generator=g, dtype=F64), 0.5 * torch.randn(4, 3, generator=g, dtype=F64)
+    want = Normal(loc, log_scale.exp()).log_prob(z).sum(-1)
+    got = diag_normal_log_prob(z, loc, log_scale)
+    assert got.shape == (6, 4)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(diag_normal_log_prob_from_eps((z - loc) / log_scale.exp(), log_scale), want,
+                               rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(diag_normal_log_prob(z, loc, log_scale.exp()), want)
+    assert not torch.allclose(diag_normal_log_prob(z, loc, log_scale), Normal(loc, 1.0).log_prob(z).sum(-1))
 
 
 # ----------------------------------------------------------------------------- Bernoulli likelihood

@@ -33,32 +33,38 @@ import math
 import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from .models.gaussian import HALF_LOG_2PI, diag_normal_log_prob
+
 __all__ = [
     "elbo_surgery", "sample_qew", "posterior_grid", "histogram_on_grid", "qew_density_on_grid",
     "total_variation",
 ]
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _PAIR_BUDGET = 1 << 22  # (sample, component) pairs per logsumexp block: 32 MiB of float64 per temporary
 _ROWS_PER_DECODE = 1 << 14  # decoder rows per call
+
+
+def _refuse_layers(layers: int) -> None:
+    if layers != 1:
+        raise ValueError(f"posterior analysis needs one stochastic layer, the model has {layers}: the "
+                         f"aggregate posterior and q_EW of a hierarchy need the density of q(z_L|x), "
+                         f"which has no closed form")
+
+
+def _one_layer(model) -> None:
+    """Refuses a model with more than one stochastic layer (``num_layers``, 1 where the model has none)."""
+    _refuse_layers(getattr(model, "num_layers", 1))
 
 
 def _gaussian_posterior(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q(z|x)'s ``loc`` and ``scale``, shape ``(B, D)``, from ``model.encode``; refuses L > 1 layers."""
     q = model.encode(x)
     if isinstance(q, tuple):
-        raise ValueError(f"posterior analysis needs one stochastic layer, the model has {len(q)}: the "
-                         f"aggregate posterior and q_EW of a hierarchy need the density of q(z_L|x), "
-                         f"which has no closed form")
+        _refuse_layers(len(q))
     base = q.base_dist if isinstance(q, Independent) else q
     if not isinstance(base, Normal):
         raise ValueError(f"posterior analysis needs a Gaussian q(z|x), got {type(base).__name__}")
     return base.loc, base.scale
-
-
-def _normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, scale^2), summed over the last dim."""
-    return (-0.5 * ((z - loc) / scale).square() - scale.log() - _HALF_LOG_2PI).sum(-1)
 
 
 def _log_aggregate(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -69,7 +75,7 @@ def _log_aggregate(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, chun
     """
     loc, scale, z = loc.double(), scale.double(), z.double()
     prec = scale.pow(-2)  # (N, D)
-    const = -0.5 * (loc.square() * prec).sum(-1) - scale.log().sum(-1) - loc.shape[-1] * _HALF_LOG_2PI  # (N,)
+    const = -0.5 * (loc.square() * prec).sum(-1) - scale.log().sum(-1) - loc.shape[-1] * HALF_LOG_2PI  # (N,)
     out = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
     for i in range(0, z.shape[0], chunk):
         zb = z[i: i + chunk]  # (m, D)
@@ -150,7 +156,7 @@ def elbo_surgery(
         recon.append(model.decode(z[:, i: i + rows]).log_prob(x[i: i + rows]).double())  # (S, b)
     recon = torch.cat(recon, dim=1)  # (S, N)
 
-    log_q_own = _normal_log_prob(z.double(), loc.double(), scale.double())  # (S, N) log q(z|x_n)
+    log_q_own = diag_normal_log_prob(z.double(), loc.double(), scale.double().log())  # (S, N) log q(z|x_n)
     log_q_agg = _log_aggregate(z.reshape(-1, z.shape[-1]), loc, scale, chunk).reshape(num_samples, n)
     log_p = model.prior.log_prob(z).double()  # (S, N)
 
@@ -185,10 +191,11 @@ def sample_qew(model, x: torch.Tensor, k: int, n: int, generator: torch.Generato
 
     For each draw: z_1..z_k ~ q(z|x), log w_i = log p(x, z_i) - log q(z_i|x), and one z_i is kept with
     probability softmax(log w)_i (normalised in log space; unnormalised weights are never formed).
-    k = 1 gives q(z|x) itself.
+    k = 1 gives q(z|x) itself. The samples and log w are the model's own, from
+    ``model.log_weights_with_samples`` (the same function that training and L_k use).
 
     Args:
-        model: a 1-stochastic-layer model with ``encode``, ``decode`` and ``prior``.
+        model: a 1-stochastic-layer model with ``log_weights_with_samples`` (:class:`~iwae.models.VAE`).
         x: inputs, shape ``(B, input_dim)``.
         k: proposals per draw.
         n: draws per input.
@@ -199,18 +206,18 @@ def sample_qew(model, x: torch.Tensor, k: int, n: int, generator: torch.Generato
     """
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be >= 1, got k={k}, n={n}")
-    loc, scale = _gaussian_posterior(model, x)  # (B, D)
-    b, d = loc.shape
+    _one_layer(model)
+    b = x.shape[0]
     draws = max(1, _ROWS_PER_DECODE // (k * b))  # draws per decoder call
     out = []
     for j in range(0, n, draws):
         m = min(draws, n - j)
-        eps = torch.randn((m, k, b, d), generator=generator, device=loc.device, dtype=loc.dtype)
-        z = loc + scale * eps  # (m, k, B, D)
-        log_w = model.decode(z).log_prob(x) + model.prior.log_prob(z) - _normal_log_prob(z, loc, scale)  # (m, k, B)
-        probs = torch.softmax(log_w, dim=1).permute(0, 2, 1).reshape(m * b, k)  # (m B, k)
+        # the model's own log w and the samples it was computed at, m draws of k proposals
+        log_w, (z,) = model.log_weights_with_samples(x, m * k, generator)  # (m k, B), (m k, B, D)
+        z = z.reshape(m, k, b, -1)
+        probs = torch.softmax(log_w.reshape(m, k, b), dim=1).permute(0, 2, 1).reshape(m * b, k)  # (m B, k)
         pick = torch.multinomial(probs, 1, generator=generator).reshape(m, 1, b, 1)
-        out.append(z.gather(1, pick.expand(m, 1, b, d)).squeeze(1))  # (m, B, D)
+        out.append(z.gather(1, pick.expand(m, 1, b, z.shape[-1])).squeeze(1))  # (m, B, D)
     return torch.cat(out)
 
 

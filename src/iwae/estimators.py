@@ -35,9 +35,10 @@ f = w~_i gives E[w~_i S_i] = E[(w~_i - w~_i^2) P_i]. It rewrites the score term 
     RWS:     E[sum_i w~_i S_i]               = E[sum_i (w~_i - w~_i^2) P_i]         (rws-dreg)
     ELBO:    E[P_i + D_i - S_i]              = E[P_i + D_i], since E[S_i] = 0         (stl, K = 1)
 
-and MIWAE, CIWAE and PIWAE's encoder term combine these per group / per part. The model's views
-give these terms: ``log p - log q_stop_params`` has phi-gradient P + D (q's parameters detached,
-the samples attached, layer inputs included) and ``log_prior_direct`` = log p(stop_grad(z_L)) has
+and MIWAE, CIWAE and PIWAE's encoder term combine these per group / per part. Views of the
+log-weights give these terms: ``log p - log q_stop_params`` has phi-gradient P + D (q's parameters
+detached, the samples attached, layer inputs included; built here by :func:`add_views` from the
+model's draws, with torch.func) and the prior's ``log_prior_direct`` = log p(stop_grad(z_L)) has
 D. So dreg ascends sum_i w~_i^2 (log p - log q_stop_params)_i + (w~_i - w~_i^2) log_prior_direct_i
 and rws-dreg sum_i (w~_i - w~_i^2) (log p - log q_stop_params - log_prior_direct)_i. STL keeps D
 with the objective's own weights: it drops the score S and nothing else.
@@ -49,6 +50,10 @@ PIWAE routes IWAE(M*K) to the decoder and MIWAE(M, K) to the encoder [4]. One tr
 which samples once and runs the decoder forward once; an estimator other than ``reparam``
 back-propagates through the decoder a second time for the encoder's term (no weight gradients).
 
+Each estimator is one entry of :data:`ESTIMATOR_TABLE` (an :class:`Estimator`: its surrogate, the
+objectives it supports, the view of log q it needs, whether it weights the prior's direct term
+apart, its relative cost per step); everything else reads the table.
+
 References:
     [1] G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing. NeurIPS 2017.
     [2] G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators
@@ -59,24 +64,19 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from . import objectives
+from .models.gaussian import diag_normal_log_prob
 from .models.vae import LogWeightParts
 
-__all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "ESTIMATORS"]
-
-ESTIMATORS = ("reparam", "stl", "dreg", "rws", "rws-dreg")
-# objectives each estimator is defined for
-_SUPPORTED = {
-    "reparam": objectives.OBJECTIVES,
-    "stl": objectives.OBJECTIVES,
-    "dreg": objectives.OBJECTIVES,
-    "rws": ("iwae",),
-    "rws-dreg": ("iwae",),
-}
+__all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "add_views",
+           "Estimator", "ESTIMATOR_TABLE", "ESTIMATORS"]
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,13 @@ class ObjectiveSpec:
             raise ValueError(f"m = {self.m} must divide the total number of samples k = {self.k}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1], got {self.beta}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.name not in _SUPPORTED[self.estimator]:
-            raise ValueError(f"the {self.estimator} estimator is defined for the "
-                             f"{' and '.join(_SUPPORTED[self.estimator])} objective only, not {self.name}; "
-                             f"use the reparam, stl or dreg estimator")
+        entry = ESTIMATOR_TABLE.get(self.estimator)
+        if entry is None:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATOR_TABLE)}")
+        if self.name not in entry.objectives:
+            usable = [name for name, e in ESTIMATOR_TABLE.items() if self.name in e.objectives]
+            raise ValueError(f"the {self.estimator} estimator is defined for the {' and '.join(entry.objectives)} "
+                             f"objective only, not {self.name}; use the {_or(usable)} estimator")
 
     @property
     def label(self) -> str:
@@ -121,6 +122,11 @@ class ObjectiveSpec:
         if self.name == "ciwae":
             return f"CIWAE(beta={self.beta:g},k={self.k})"
         return f"{'VAE' if self.name == 'vae' else 'IWAE'}(k={self.k})"
+
+
+def _or(names: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass
@@ -160,30 +166,151 @@ def _dreg(log_w: torch.Tensor, log_w_path: torch.Tensor, direct: torch.Tensor | 
     return surrogate.sum(1).mean(0)
 
 
-def _encoder_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
-    log_w = parts.log_weights
-    direct = parts.log_prior_direct  # phi-gradient D_i, or None where the prior has no phi
-    if spec.estimator in ("stl", "dreg", "rws-dreg"):
-        log_w_path = parts.log_p - parts.log_q_stop_params  # phi-gradient P_i + D_i: no score term
-    if spec.estimator == "stl":
-        return _objective(spec, log_w_path, encoder=True)
-    if spec.estimator == "dreg":
-        if spec.name == "vae":  # K independent one-sample ELBOs: DReG is STL
-            return objectives.elbo(log_w_path)
-        if spec.name == "ciwae":
-            return spec.beta * objectives.elbo(log_w_path) + (1 - spec.beta) * _dreg(log_w, log_w_path, direct, 1)
-        return _dreg(log_w, log_w_path, direct, spec.m if spec.name in ("miwae", "piwae") else 1)
-    w = torch.softmax(log_w.detach(), dim=0)  # (k, B), rws and rws-dreg (iwae only)
-    if spec.estimator == "rws":
-        return (w * parts.log_q_stop_samples).sum(0)
-    if direct is not None:  # the path P_i alone: RWS's target has no term in the prior's phi
-        log_w_path = log_w_path - direct
-    return ((w - w.square()) * log_w_path).sum(0)  # rws-dreg
+# ----------------------------------------------------------------------------- the encoder surrogates
+# Each takes the spec and the parts (with the view its table entry names) and returns the (B,)
+# surrogate whose phi-gradient is the estimator's; the formulas are derived in the module docstring.
+def _reparam_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    """The objective itself (for PIWAE the encoder's part, MIWAE(M, K)), through the samples."""
+    return _objective(spec, parts.log_weights, encoder=True)
+
+
+def _path(parts: LogWeightParts) -> torch.Tensor:
+    """log p - log q_stop_params, whose phi-gradient is P_i + D_i: no score term."""
+    return parts.log_p - parts.log_q_stop_params
+
+
+def _stl_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    """The objective of log p - log q_stop_params: the score S dropped, nothing else [1]."""
+    return _objective(spec, _path(parts), encoder=True)
+
+
+def _dreg_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    """sum_i w~_i^2 P-view + (w~_i - w~_i^2) D-view per group [2]; the ELBO's is STL's."""
+    log_w, log_w_path, direct = parts.log_weights, _path(parts), parts.log_prior_direct
+    if spec.name == "vae":  # K independent one-sample ELBOs: DReG is STL
+        return objectives.elbo(log_w_path)
+    if spec.name == "ciwae":
+        return spec.beta * objectives.elbo(log_w_path) + (1 - spec.beta) * _dreg(log_w, log_w_path, direct, 1)
+    return _dreg(log_w, log_w_path, direct, spec.m if spec.name in ("miwae", "piwae") else 1)
+
+
+def _rws_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    """Wake-phi: sum_i w~_i log q(stop_grad(z_i) | x) [3]."""
+    w = torch.softmax(parts.log_weights.detach(), dim=0)  # (k, B)
+    return (w * parts.log_q_stop_samples).sum(0)
+
+
+def _rws_dreg_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Tensor:
+    """sum_i (w~_i - w~_i^2) P-view [2]: RWS's target has no term in the prior's phi, so D is removed."""
+    w = torch.softmax(parts.log_weights.detach(), dim=0)  # (k, B)
+    log_w_path = _path(parts)
+    if parts.log_prior_direct is not None:  # the path P_i alone
+        log_w_path = log_w_path - parts.log_prior_direct
+    return ((w - w.square()) * log_w_path).sum(0)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One encoder gradient estimator, as :data:`ESTIMATOR_TABLE` lists it.
+
+    Adding an estimator is one entry in the table and its surrogate function; ObjectiveSpec's
+    validation, the views :func:`accumulate_gradients` builds, the dispatch in
+    :func:`gradient_terms`, the CLI's choices and reproduce's time estimate all read the table.
+    """
+
+    surrogate: Callable[[ObjectiveSpec, LogWeightParts], torch.Tensor]  # (spec, parts) -> (B,), ascended by phi
+    objectives: tuple[str, ...]  # the objectives it is defined for
+    # the view of log q it needs: "stop_params" (q's parameters detached, samples attached) or
+    # "stop_samples" (samples detached); None: the log-weights alone
+    log_q_view: str | None
+    # objectives for which it weights the prior's direct dependence on phi apart (VampPrior):
+    # its parts must then hold log p(stop_grad(z_L)), ``log_prior_direct``
+    prior_direct: tuple[str, ...]
+    cost: float  # time per training step relative to reparam (1-layer MNIST model, k = 50), for planning
+    description: str  # one line, with the reference
+
+    def needs_prior_direct(self, spec: ObjectiveSpec) -> bool:
+        return spec.name in self.prior_direct
+
+
+_ALL = objectives.OBJECTIVES
+ESTIMATOR_TABLE: dict[str, Estimator] = {
+    "reparam": Estimator(_reparam_surrogate, _ALL, None, (), 1.0,
+                         "the objective's own reparameterised gradient (Kingma & Welling 2014)"),
+    "stl": Estimator(_stl_surrogate, _ALL, "stop_params", (), 1.33,
+                     "sticking the landing: the score term dropped (Roeder et al. 2017)"),
+    "dreg": Estimator(_dreg_surrogate, _ALL, "stop_params", tuple(o for o in _ALL if o != "vae"), 1.33,
+                      "doubly reparameterised, w~^2 on the path (Tucker et al. 2019)"),
+    "rws": Estimator(_rws_surrogate, ("iwae",), "stop_samples", (), 1.07,
+                     "reweighted wake-sleep's wake-phi update (Bornschein & Bengio 2015)"),
+    "rws-dreg": Estimator(_rws_dreg_surrogate, ("iwae",), "stop_params", ("iwae",), 1.33,
+                          "RWS's wake-phi gradient doubly reparameterised (Tucker et al. 2019)"),
+}
+ESTIMATORS = tuple(ESTIMATOR_TABLE)  # the names, in the table's order (the CLI's choices)
 
 
 def _needs_prior_direct(spec: ObjectiveSpec) -> bool:
     """Whether spec's encoder surrogate weights the prior's direct term apart (its views need log_prior_direct)."""
-    return spec.estimator == "rws-dreg" or (spec.estimator == "dreg" and spec.name != "vae")
+    return ESTIMATOR_TABLE[spec.estimator].needs_prior_direct(spec)
+
+
+# ----------------------------------------------------------------------------- the views of log q
+class _Method(nn.Module):
+    """``module.<name>(*args)`` as a forward, so torch.func.functional_call can run it with other parameters."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        self.module, self.name = module, name
+
+    def forward(self, *args):
+        return getattr(self.module, self.name)(*args)
+
+
+def _loc_log_scale_params_detached(layer: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer.loc_log_scale(h)`` with the layer's parameters detached: gradients reach ``h`` only.
+    Any module works unchanged (no twin forward): torch.func swaps in the detached tensors."""
+    params = {f"module.{name}": p.detach() for name, p in layer.named_parameters()}
+    return torch.func.functional_call(_Method(layer, "loc_log_scale"), params, (h,))
+
+
+def add_views(model: nn.Module, parts: LogWeightParts, *, stop_params: bool = False,
+              stop_samples: bool = False) -> LogWeightParts:
+    """``parts`` with the views of log q that the estimators differentiate, from ``parts.posterior``:
+
+        log_q_stop_params  = sum_l log N(z_l; loc_l, sigma_l^2 | phi detached), samples attached:
+                             phi-gradient through the samples only (the path, STL, DReG);
+        log_q_stop_samples = sum_l log N(stop_grad(z_l); loc_l(stop_grad(z_{l-1})), ...):
+                             phi-gradient through q's parameters only (RWS).
+
+    Layer 1's loc and log sigma depend on x only (not on a sample), so they are reused, detached for
+    the first view (which then detaches the parameters without a second pass); a layer above is run
+    again on its input (with its parameters detached, or on the detached input). No decoder
+    pass: the decoder ran once, in ``model.log_weight_parts``.
+
+    Args:
+        model: the model whose ``encoder`` layers (``loc_log_scale(h)``) drew ``parts.posterior``.
+        parts: from ``model.log_weight_parts``.
+        stop_params, stop_samples: which views to add (those already present are kept).
+    """
+    post = parts.posterior
+    want_sp = stop_params and parts.log_q_stop_params is None
+    want_ss = stop_samples and parts.log_q_stop_samples is None
+    if not (want_sp or want_ss):
+        return parts
+    if post is None:
+        raise ValueError("the views of log q need the samples: pass the LogWeightParts of model.log_weight_parts")
+    log_q_sp = log_q_ss = None
+    for i, (layer, h, z) in enumerate(zip(model.encoder, post.inputs, post.zs)):
+        if want_sp:
+            term = diag_normal_log_prob(z, *((post.loc.detach(), post.log_scale.detach()) if i == 0
+                                             else _loc_log_scale_params_detached(layer, h)))
+            log_q_sp = term if log_q_sp is None else log_q_sp + term
+        if want_ss:  # layer 1 as drawn, a layer above again on its detached input
+            loc, log_scale = (post.loc, post.log_scale) if i == 0 else layer.loc_log_scale(h.detach())
+            term = diag_normal_log_prob(z.detach(), loc, log_scale)
+            log_q_ss = term if log_q_ss is None else log_q_ss + term
+    return dataclasses.replace(parts, log_q_stop_params=parts.log_q_stop_params if log_q_sp is None else log_q_sp,
+                               log_q_stop_samples=parts.log_q_stop_samples if log_q_ss is None else log_q_ss)
 
 
 def _prior_depends_on_encoder(model: torch.nn.Module) -> bool:
@@ -207,8 +334,9 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
     Args:
         model: a model with ``encoder_parameters()`` and ``decoder_parameters()``.
         log_w: log-weights of shape ``(k, B)`` from ``model.log_weights(x, spec.k)`` (enough for
-            ``reparam``), or the :class:`~iwae.models.LogWeightParts` from
-            ``model.log_weight_parts`` with the views the estimator needs.
+            ``reparam``), or the :class:`~iwae.models.LogWeightParts` from ``model.log_weight_parts``
+            (with ``prior_direct=True`` where the estimator's table entry asks for it); the view of
+            log q that the estimator needs is added here (:func:`add_views`) unless present.
         spec: the objective and estimator.
         kl_weight: KL warm-up, ELBO only: the surrogates use log p(x|z) + kl_weight * (log p(z) -
             log q(z|x)) in place of log w (the reported bound does not). Default 1.0: none.
@@ -220,12 +348,14 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
         ValueError: for a kl_weight other than 1 with an objective other than ``vae``.
     """
     parts = log_w if isinstance(log_w, LogWeightParts) else None
+    entry = ESTIMATOR_TABLE[spec.estimator]
     if kl_weight != 1.0:
         if spec.name != "vae":
             raise ValueError(f"KL warm-up (kl_weight {kl_weight}) is defined for the vae objective (the ELBO) "
                              f"only, not {spec.name}; train {spec.name} without warm-up")
         if parts is None:
             raise ValueError("KL warm-up needs the LogWeightParts from model.log_weight_parts, not bare log-weights")
+        parts = _with_views(model, parts, entry)  # before scaling: the views are scaled with log q
         bound = objectives.elbo(parts.log_weights).detach()
         result = gradient_terms(model, _kl_weighted(parts, kl_weight), spec)
         return GradientTerms(bound, result.terms)
@@ -234,22 +364,28 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
     if k != spec.k:
         raise ValueError(f"log_w has {k} samples per example but the objective expects k = {spec.k}")
     bound = _objective(spec, log_w)
-    if spec.estimator == "reparam" and spec.name != "piwae":
+    if entry.surrogate is _reparam_surrogate and spec.name != "piwae":
+        # the encoder's surrogate is the decoder's objective: one term trains every parameter
         return GradientTerms(bound.detach(), [(bound, None)])
-    if spec.estimator == "reparam":
-        encoder_term = _objective(spec, log_w, encoder=True)
-    else:
-        needed = "log_q_stop_samples" if spec.estimator == "rws" else "log_q_stop_params"
-        if parts is None or getattr(parts, needed) is None:
-            raise ValueError(f"the {spec.estimator} estimator needs model.log_weight_parts(..., "
-                             f"{'stop_samples' if spec.estimator == 'rws' else 'stop_params'}=True)")
-        if _needs_prior_direct(spec) and _prior_depends_on_encoder(model) and parts.log_prior_direct is None:
-            # without the view the prior's direct term would get DReG's weights: a biased gradient
-            raise ValueError(f"the {spec.estimator} estimator with a prior that depends on the encoder "
-                             f"({type(model.prior_module).__name__}) needs model.log_weight_parts(..., prior_direct=True)")
-        encoder_term = _encoder_surrogate(spec, parts)
+    if parts is None:
+        if entry.log_q_view is not None:
+            raise ValueError(f"the {spec.estimator} estimator needs the LogWeightParts of model.log_weight_parts "
+                             f"(its samples, for the view of log q), not bare log-weights")
+        parts = LogWeightParts(log_w, log_w.new_zeros(()))  # log_weights is log_w itself
+    parts = _with_views(model, parts, entry)
+    if entry.needs_prior_direct(spec) and _prior_depends_on_encoder(model) and parts.log_prior_direct is None:
+        # without the view the prior's direct term would get DReG's weights: a biased gradient
+        raise ValueError(f"the {spec.estimator} estimator with a prior that depends on the encoder "
+                         f"({type(model.prior_module).__name__}) needs model.log_weight_parts(..., prior_direct=True)")
+    encoder_term = entry.surrogate(spec, parts)
     return GradientTerms(bound.detach(), [(bound, model.decoder_parameters()),
                                           (encoder_term, model.encoder_parameters())])
+
+
+def _with_views(model: torch.nn.Module, parts: LogWeightParts, entry: Estimator) -> LogWeightParts:
+    """``parts`` with the view of log q that ``entry`` names (built once: present views are kept)."""
+    return add_views(model, parts, stop_params=entry.log_q_view == "stop_params",
+                     stop_samples=entry.log_q_view == "stop_samples")
 
 
 def backward(result: GradientTerms) -> None:
@@ -265,10 +401,8 @@ def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: Objectiv
     """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
     minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``.
     ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`)."""
-    parts = model.log_weight_parts(x, spec.k, generator,
-                                   stop_params=spec.estimator in ("stl", "dreg", "rws-dreg"),
-                                   stop_samples=spec.estimator == "rws",
-                                   prior_direct=_needs_prior_direct(spec))
+    # one sampling and one decoder pass; gradient_terms adds the estimator's view of log q
+    parts = model.log_weight_parts(x, spec.k, generator, prior_direct=_needs_prior_direct(spec))
     result = gradient_terms(model, parts, spec, kl_weight)
     backward(result)
     return result.bound

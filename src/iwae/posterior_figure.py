@@ -71,6 +71,11 @@ class _Shifted:
     def decode(self, u):
         return self.model.decode(u + self.centre)
 
+    def log_weights_with_samples(self, x, num_samples, generator=None):
+        """The model's log w (unchanged by the shift: its Jacobian is 1) and its samples, shifted."""
+        log_w, zs = self.model.log_weights_with_samples(x, num_samples, generator)
+        return log_w, tuple(z - self.centre for z in zs)
+
     @property
     def prior(self):
         return _ShiftedPrior(self.model.prior, self.centre)

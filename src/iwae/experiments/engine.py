@@ -64,6 +64,7 @@ from .spec import Experiment, RunSpec, load_experiment
 from .._deprecated import moved
 from ..rundir import model_sha256, trained_epochs, training_seconds
 from ..train import train_or_resume
+from ..estimators import ESTIMATOR_TABLE
 
 __all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure"]
 
@@ -74,7 +75,7 @@ STATE_FILE = "reproduction.json"
 # evaluation seconds per test image and sample of L_k, and a fixed cost per run (loading the data for
 # training and for each evaluation, checkpoints, active units).
 TRAIN_BASE, TRAIN_PER_SAMPLE, EVAL_PER_SAMPLE, RUN_OVERHEAD = 1.9e-4, 1.05e-5, 5e-6, 20.0
-ESTIMATOR_COST = {"reparam": 1.0, "stl": 1.33, "dreg": 1.33, "rws": 1.07, "rws-dreg": 1.33}
+ESTIMATOR_COST = {name: e.cost for name, e in ESTIMATOR_TABLE.items()}  # from the estimator table
 TRAIN_IMAGES = {"mnist": 59600, "fashion-mnist": 59600, "binarized-mnist": 50000, "omniglot": 23000}
 TEST_IMAGES = {"mnist": 10000, "fashion-mnist": 10000, "binarized-mnist": 10000, "omniglot": 8070}
 

@@ -8,6 +8,7 @@ Weights are Glorot-uniform, biases zero, as in the released code of Burda et al.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -112,13 +113,18 @@ class GaussianMLP(nn.Module):
     def loc_log_scale(self, h: torch.Tensor, detach_params: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``.
 
-        With ``detach_params`` the weights are treated as constants: gradients reach ``h`` only.
+        ``detach_params`` is deprecated: :func:`iwae.estimators.add_views` builds the views with
+        the parameters detached, for any layer, with ``torch.func.functional_call``.
         """
         if detach_params:
-            for module in self.body:
-                h = F.linear(h, module.weight.detach(), module.bias.detach()) if isinstance(module, nn.Linear) \
-                    else module(h)
-            out = F.linear(h, self.head.weight.detach(), self.head.bias.detach())
+            warnings.warn("GaussianMLP.loc_log_scale(detach_params=True) is deprecated: use "
+                          "torch.func.functional_call with detached parameters (iwae.estimators.add_views)",
+                          DeprecationWarning, stacklevel=2)
+            def detached(module: nn.Module) -> dict[str, torch.Tensor]:
+                return {name: p.detach() for name, p in module.named_parameters()}
+
+            h = torch.func.functional_call(self.body, detached(self.body), (h,))
+            out = torch.func.functional_call(self.head, detached(self.head), (h,))
         else:
             out = self.head(self.body(h))
         loc, log_scale = out.chunk(2, dim=-1)

@@ -14,20 +14,19 @@ Reference: Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencode
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .likelihood import bernoulli_log_prob
 from .networks import BernoulliMLP, GaussianMLP
 from .priors import make_prior
 
-__all__ = ["ModelConfig", "VAE", "LogWeightParts"]
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+__all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample"]
 
 
 @dataclass(frozen=True)
@@ -82,19 +81,32 @@ class ModelConfig:
                 for k, v in asdict(self).items()}
 
 
-def _normal_log_prob_from_eps(eps: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log N(loc + scale * eps; loc, scale) = -eps^2 / 2 - log scale - log(2 pi) / 2, summed over the last dim."""
-    return -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - eps.shape[-1] * _HALF_LOG_2PI
+@dataclass
+class PosteriorSample:
+    """Draws z_l = loc_l + sigma_l * eps_l ~ q(z_l | z_{l-1}) of every stochastic layer (z_0 = x) and
+    log q(z_1, ..., z_L | x) at them: enough to evaluate q at the draws in any view (q's parameters
+    detached, samples detached), which :mod:`iwae.estimators` builds from it.
 
+    Only layer 1's loc and log sigma are kept, shape ``(B, D_1)``: those of a layer above are
+    ``(K, B, D_l)``, and a view recomputes them from the layer's input anyway.
+    """
 
-def _normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, exp(log_scale)^2), summed over the last dim."""
-    return _normal_log_prob_from_eps((z - loc) * torch.exp(-log_scale), log_scale)
+    x: torch.Tensor  # the inputs, (B, D_0)
+    loc: torch.Tensor  # q(z_1 | x)'s loc, (B, D_1)
+    log_scale: torch.Tensor  # and its log sigma
+    zs: list[torch.Tensor]  # the samples z_1, ..., z_L, each (K, B, D_l)
+    log_q: torch.Tensor  # log q(z_1, ..., z_L | x) = sum_l log N(z_l; loc_l, sigma_l^2), (K, B)
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        """Each layer's input: x, z_1, ..., z_{L-1}."""
+        return [self.x] + self.zs[:-1]
 
 
 @dataclass
 class LogWeightParts:
-    """log p(x, z_i) and log q(z_i | x) for K samples per input, each of shape ``(K, B)``."""
+    """log p(x, z_i) and log q(z_i | x) for K samples per input, each of shape ``(K, B)``, with the
+    samples they were computed at and the views that gradient estimators add (:mod:`iwae.estimators`)."""
 
     log_p: torch.Tensor  # log p(x, z_i)
     log_q: torch.Tensor  # log q(z_i | x), differentiable through samples and parameters
@@ -104,6 +116,7 @@ class LogWeightParts:
     # log p(z_L) at detached samples: its gradient is the prior's direct dependence on the encoder
     # (VampPrior); None where the prior has none or the view was not asked for
     log_prior_direct: torch.Tensor | None = None
+    posterior: PosteriorSample | None = None  # the draws, from VAE.log_weight_parts
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -235,7 +248,47 @@ class VAE(nn.Module):
 
         Lets evaluation run the first encoder layer once per input and draw samples in chunks.
         """
-        return self._log_weight_parts(x, loc, log_scale, num_samples, generator).log_weights
+        return self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator, (loc, log_scale))).log_weights
+
+    def log_weights_with_samples(
+        self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`log_weights` and the samples they were computed at, the same draws for one generator.
+
+        Returns:
+            log w ``(K, B)`` and the samples ``(z_1, ..., z_L)``, each ``(K, B, D_l)``.
+        """
+        parts = self.log_weight_parts(x, num_samples, generator)
+        return parts.log_weights, tuple(parts.posterior.zs)
+
+    def sample_posterior(
+        self,
+        x: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        first_layer: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> PosteriorSample:
+        """``num_samples`` draws of the whole chain z_1 ~ q(z_1 | x), z_2 ~ q(z_2 | z_1), ... by
+        reparameterisation, z_l = loc_l + sigma_l * eps_l (eps of layer 1 first, then layer 2, ...).
+
+        Args:
+            x: inputs, shape ``(B, input_dim)``.
+            num_samples: K.
+            generator: random numbers for eps.
+            first_layer: q(z_1 | x)'s ``(loc, log_scale)`` when already computed (else from ``encoder[0]``).
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        loc, log_scale = first_layer if first_layer is not None else self.encoder[0].loc_log_scale(x)
+        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        zs = [torch.addcmul(loc, log_scale.exp(), eps)]  # (K, B, D_1)
+        log_q = diag_normal_log_prob_from_eps(eps, log_scale)  # (K, B)
+        for layer in self.encoder[1:]:
+            loc_l, log_scale_l = layer.loc_log_scale(zs[-1])  # (K, B, D_l)
+            eps = torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            zs.append(torch.addcmul(loc_l, log_scale_l.exp(), eps))
+            log_q = log_q + diag_normal_log_prob_from_eps(eps, log_scale_l)
+        return PosteriorSample(x, loc, log_scale, zs, log_q)
 
     def log_weight_parts(
         self,
@@ -243,55 +296,38 @@ class VAE(nn.Module):
         num_samples: int,
         generator: torch.Generator | None = None,
         *,
+        prior_direct: bool = False,
         stop_params: bool = False,
         stop_samples: bool = False,
-        prior_direct: bool = False,
     ) -> LogWeightParts:
-        """The terms of the log-weights, with the views that gradient estimators need.
+        """log p(x, z_i) and log q(z_i | x) of ``num_samples`` draws, with the draws themselves.
 
-        One sampling and one decoder pass give ``log p(x, z_i)`` and ``log q(z_i | x)``, and
-        optionally log q evaluated with the encoder's parameters detached (gradient reaches the
-        encoder only through the samples z_i: STL, DReG) or at detached samples (gradient only
-        through the parameters: RWS). With ``prior_direct``, and a prior that depends on the
-        encoder (VampPrior), also log p(z_L) at the detached top-layer samples, whose gradient is
-        that direct dependence alone (DReG, RWS-DReG).
+        One sampling (:meth:`sample_posterior`) and one decoder pass. With ``prior_direct``, and a
+        prior that depends on the encoder (VampPrior), also log p(z_L) at the detached top-layer
+        samples, whose gradient is that direct dependence alone (DReG, RWS-DReG); the prior computes
+        both from one encoder pass over its pseudo-inputs.
+
+        ``stop_params`` and ``stop_samples`` are deprecated: the views of log q with the encoder's
+        parameters or the samples detached are built by :func:`iwae.estimators.add_views`.
         """
-        loc, log_scale = self.encoder[0].loc_log_scale(x)
-        return self._log_weight_parts(x, loc, log_scale, num_samples, generator, stop_params, stop_samples,
-                                      prior_direct)
+        parts = self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator), prior_direct)
+        if stop_params or stop_samples:
+            warnings.warn("log_weight_parts(stop_params=..., stop_samples=...) is deprecated: use "
+                          "iwae.estimators.add_views(model, parts, stop_params=..., stop_samples=...)",
+                          DeprecationWarning, stacklevel=2)
+            from ..estimators import add_views  # the views live with the estimators (a shim's import)
 
-    def _log_weight_parts(
-        self,
-        x: torch.Tensor,
-        loc: torch.Tensor,
-        log_scale: torch.Tensor,
-        num_samples: int,
-        generator: torch.Generator | None,
-        stop_params: bool = False,
-        stop_samples: bool = False,
-        prior_direct: bool = False,
-    ) -> LogWeightParts:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-        z = torch.addcmul(loc, log_scale.exp(), eps)  # (K, B, D_1)
-        log_q = _normal_log_prob_from_eps(eps, log_scale)  # (K, B)
-        # layer 1's parameters depend on x only, so detaching its outputs detaches the encoder
-        log_q_sp = _normal_log_prob(z, loc.detach(), log_scale.detach()) if stop_params else None
-        log_q_ss = _normal_log_prob(z.detach(), loc, log_scale) if stop_samples else None
-        zs = [z]
-        for layer in self.encoder[1:]:
-            z_below = zs[-1]
-            loc_l, log_scale_l = layer.loc_log_scale(z_below)  # (K, B, D_l)
-            eps = torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-            zs.append(torch.addcmul(loc_l, log_scale_l.exp(), eps))
-            log_q = log_q + _normal_log_prob_from_eps(eps, log_scale_l)
-            if stop_params:  # the layer's weights detached, its input z_below still attached
-                loc_d, log_scale_d = layer.loc_log_scale(z_below, detach_params=True)
-                log_q_sp = log_q_sp + _normal_log_prob(zs[-1], loc_d, log_scale_d)
-            if stop_samples:
-                loc_s, log_scale_s = layer.loc_log_scale(z_below.detach())
-                log_q_ss = log_q_ss + _normal_log_prob(zs[-1].detach(), loc_s, log_scale_s)
+            parts = add_views(self, parts, stop_params=stop_params, stop_samples=stop_samples)
+        return parts
+
+    def log_joint(self, x: torch.Tensor, zs: list[torch.Tensor], prior_direct: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """log p(x, z_1, ..., z_L) at samples ``zs`` (bottom-up, each ``(K, B, D_l)``), one decoder pass.
+
+        Returns:
+            ``(log p(x, z), log p(x | z_1), log p(stop_grad(z_L)) or None)``, each ``(K, B)``; the
+            last only with ``prior_direct`` and a prior that depends on the encoder.
+        """
         log_prior_direct = None
         if prior_direct and getattr(self.prior_module, "depends_on_encoder", False):
             log_p, log_prior_direct = self.prior_module.log_prob_with_direct(zs[-1])
@@ -299,6 +335,12 @@ class VAE(nn.Module):
             log_p = self.prior_module.log_prob(zs[-1])
         for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
             loc_l, log_scale_l = layer.loc_log_scale(z_above)
-            log_p = log_p + _normal_log_prob(z_below, loc_l, log_scale_l)
+            log_p = log_p + diag_normal_log_prob(z_below, loc_l, log_scale_l)
         log_lik = bernoulli_log_prob(self.decoder[0], zs[0], x)
-        return LogWeightParts(log_p + log_lik, log_q, log_q_sp, log_q_ss, log_lik, log_prior_direct)
+        return log_p + log_lik, log_lik, log_prior_direct
+
+    def _log_weight_parts(self, x: torch.Tensor, posterior: PosteriorSample, prior_direct: bool = False
+                          ) -> LogWeightParts:
+        log_p, log_lik, log_prior_direct = self.log_joint(x, posterior.zs, prior_direct)
+        return LogWeightParts(log_p, posterior.log_q, log_likelihood=log_lik, log_prior_direct=log_prior_direct,
+                              posterior=posterior)
