@@ -15,7 +15,7 @@ The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions
 names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 """
 
-from . import analysis, data, estimators, evaluate, grid, models, objectives, plots, posterior_figure, published, snr, train
+from . import analysis, data, estimators, evaluate, figures, grid, models, objectives, published, qew, snr, train
 from .data import load_dataset
 from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
@@ -23,8 +23,18 @@ from .models import VAE, ModelConfig
 from .train import TrainConfig, load
 
 __all__ = [
-    "analysis", "data", "estimators", "evaluate", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
+    "analysis", "data", "estimators", "evaluate", "figures", "grid", "models", "objectives", "published", "qew", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``iwae.plots`` and ``iwae.posterior_figure``, deprecated (now ``iwae.figures`` and ``iwae.qew``),
+    imported on first use so that ``import iwae`` itself warns of nothing."""
+    if name in ("plots", "posterior_figure"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

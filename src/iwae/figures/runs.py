@@ -1,0 +1,190 @@
+"""Figures of run directories: what `iwae plot`, `iwae sample` and `iwae qew` draw, one call each.
+
+    from iwae.figures import plot_runs, sample_run, qew_run
+    plot_runs(["runs/vae-2d", "runs/iwae-2d"], "figures/", what="latent")   # -> [figures/latent.png]
+    sample_run("runs/iwae-k5")                                              # -> runs/iwae-k5/samples.png
+    qew_run("runs/iwae-2d", ks=(1, 5, 50))                                  # -> {"figure": ..., "rows": [...]}
+
+Each loads trained runs (:func:`iwae.evaluate.load_trained`, which refuses the initial weights of a
+run that has not finished an epoch) and their data, and hands arrays to the figure functions of this
+package. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, atomic_write
+
+__all__ = ["read_metrics", "run_title", "plot_runs", "sample_run", "qew_run", "PLOT_KINDS"]
+
+PLOT_KINDS = ("samples", "reconstructions", "latent", "activity", "curves")  # what plot_runs draws
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of ``RUN_DIR/metrics.csv`` as floats.
+
+    Raises:
+        FileNotFoundError: when the run has no metrics.csv (it has not finished an epoch).
+    """
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch")
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _existing_run(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {path} not found")
+    return path
+
+
+def run_title(run_dir: str | os.PathLike) -> str:
+    """The run's objective and K from its config, e.g. ``IWAE(k=5)``."""
+    from ..train import TrainConfig
+
+    return TrainConfig.from_yaml(Path(run_dir) / "config.yaml").spec.label
+
+
+def _splits(run_dir: Path, data_dir):
+    """The run's dataset, from ``data_dir`` or the folder its config names."""
+    from ..data import load_dataset
+    from ..train import TrainConfig
+
+    config = TrainConfig.from_yaml(run_dir / "config.yaml")
+    return load_dataset(config.dataset, data_dir or config.data_dir)
+
+
+def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, n: int = 64, seed: int = 0,
+               probabilities: bool = True, pseudo_inputs: bool = False) -> Path:
+    """Samples of a trained run as an image grid (:func:`iwae.figures.plot_samples`), or with
+    ``pseudo_inputs`` its VampPrior's pseudo-inputs; written to ``out`` (default
+    ``RUN_DIR/samples.png`` or ``RUN_DIR/pseudo_inputs.png``). Returns the figure's path.
+
+    Raises:
+        CheckpointError: no such run, or it has not finished an epoch.
+        ValueError: ``n < 1``, or ``pseudo_inputs`` for a prior without them.
+    """
+    from ..evaluate import load_trained
+    from .images import plot_pseudo_inputs, plot_samples
+
+    path = _existing_run(run_dir)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    model, _ = load_trained(path)  # never the initial weights of a run that has not trained
+    title = run_title(path)
+    if pseudo_inputs:
+        return plot_pseudo_inputs(model, out or path / "pseudo_inputs.png", title=title)
+    return plot_samples({title: model}, out or path / "samples.png", n=n, seed=seed, probabilities=probabilities)
+
+
+def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, what: str = "all",
+              fmt: str = "png", points: int = 2000, seed: int = 0, data_dir=None) -> list[Path]:
+    """The figures of one run, or of two side by side (e.g. VAE vs IWAE), as ``OUT_DIR/<kind>.<fmt>``.
+
+    ``what`` is one of :data:`PLOT_KINDS` or ``"all"``: samples (``seed``), reconstructions of the
+    first 10 test images, posterior means of the first ``points`` test images coloured by label,
+    per-unit activity A_u on the first 500 training images (binarized once, as evaluation does), and
+    training curves. The latent figure draws the top stochastic layer: a 2-D latent directly, else
+    its two units of largest A_u on those training images. Returns the paths written.
+
+    Raises:
+        CheckpointError: a run is missing or has not finished an epoch.
+        ValueError: more than two runs, ``points < 1``, an unknown ``what``, or runs of different input sizes.
+    """
+    import torch
+
+    from ..data import fixed_binarization
+    from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED, load_trained
+    from .curves import plot_curves
+    from .images import plot_reconstructions, plot_samples
+    from .latent import plot_activity, plot_latent
+
+    if not 1 <= len(run_dirs) <= 2:
+        raise ValueError(f"give one or two run directories, got {len(run_dirs)}")
+    if what != "all" and what not in PLOT_KINDS:
+        raise ValueError(f"unknown figure {what!r}; use one of {', '.join(PLOT_KINDS)} or all")
+    if points < 1:
+        raise ValueError(f"--points must be >= 1, got {points}")
+    paths = [_existing_run(r) for r in run_dirs]
+    titles = [run_title(p) for p in paths]
+    if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
+        titles = [f"{t} ({p.name})" for t, p in zip(titles, paths)]
+    kinds = PLOT_KINDS if what == "all" else (what,)
+    out_dir = Path(out_dir)
+    written = []
+    if "curves" in kinds:
+        metrics = {t: read_metrics(p) for t, p in zip(titles, paths)}
+        written.append(plot_curves(metrics, out_dir / f"curves.{fmt}"))
+    if set(kinds) - {"curves"}:
+        models = {t: load_trained(p)[0] for t, p in zip(titles, paths)}  # refuses initial weights
+        if len({m.config.input_dim for m in models.values()}) > 1:
+            raise ValueError("the two runs model inputs of different sizes; plot them separately")
+        if "samples" in kinds:
+            written.append(plot_samples(models, out_dir / f"samples.{fmt}", seed=seed))
+    if set(kinds) & {"reconstructions", "latent", "activity"}:
+        splits = _splits(paths[0], data_dir)
+        x_units = splits.train[:ACTIVE_UNITS_IMAGES]
+        if splits.dynamic:  # grey levels: binarize once, as evaluation does
+            x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
+        shape = splits.image_shape
+        if "reconstructions" in kinds:
+            written.append(plot_reconstructions(models, splits.test, out_dir / f"reconstructions.{fmt}",
+                                                image_shape=shape))
+        if "latent" in kinds:
+            labels = None if splits.test_labels is None else splits.test_labels[:points]
+            written.append(plot_latent(models, splits.test[:points], out_dir / f"latent.{fmt}",
+                                       labels=labels, x_units=x_units))
+        if "activity" in kinds:
+            written.append(plot_activity(models, x_units, out_dir / f"activity.{fmt}"))
+    return written
+
+
+def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, images: int = 3,
+            ks: Sequence[int] = (1, 5, 50), samples: int = 20_000, grid_size: int = 121, extent="auto",
+            seed: int = 0, data_dir=None) -> dict:
+    """The q_EW figure (:func:`iwae.figures.qew_figure`) of a 2-D-latent, 1-layer run on its first
+    ``images`` test images, written to ``out`` (default ``RUN_DIR/qew.png``) with the result as JSON
+    beside it (same name, ``.json``; written atomically).
+
+    Returns:
+        The JSON's content: ``run_dir``, ``figure``, ``images``, ``ks``, ``samples``, ``grid_size``,
+        ``extent``, ``seed`` and ``rows`` (:func:`iwae.qew.qew_report`'s).
+
+    Raises:
+        CheckpointError: no such run, or it has not finished an epoch.
+        ValueError: a model without a 2-D one-layer latent (checked before the data is loaded), or
+            ``images``, ``samples``, ``grid_size``, ``extent`` or ``ks`` out of range.
+    """
+    import torch
+
+    from ..evaluate import load_trained
+    from ..qew import check_model
+    from .posterior import qew_figure
+
+    ks = [int(k) for k in ks]
+    if images < 1:
+        raise ValueError(f"--images must be >= 1, got {images}")
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if grid_size < 2:
+        raise ValueError(f"--grid-size must be >= 2, got {grid_size}")
+    path = _existing_run(run_dir)
+    model, _ = load_trained(path)  # never the initial weights of a run that has not trained
+    check_model(model)  # before the data: a 50-D or 2-layer run fails at once
+    splits = _splits(path, data_dir)
+    x = splits.test[:images]  # in {0, 1}
+    figure = Path(out) if out else path / "qew.png"
+    rows = qew_figure(model, x, ks, figure, samples=samples, generator=torch.Generator().manual_seed(seed),
+                      grid_size=grid_size, extent=extent, image_shape=splits.image_shape)
+    result = {"run_dir": str(run_dir), "figure": str(figure), "images": int(x.shape[0]), "ks": ks,
+              "samples": samples, "grid_size": grid_size, "extent": extent, "seed": seed, "rows": rows}
+    with atomic_write(figure.with_suffix(".json")) as f:
+        json.dump(result, f, indent=1)
+    return result
