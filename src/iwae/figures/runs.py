@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, atomic_write
+from ..errors import ConfigError
 
 __all__ = ["read_metrics", "run_title", "plot_runs", "sample_run", "qew_run", "PLOT_KINDS"]
 
@@ -69,14 +70,15 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
     Raises:
         CheckpointError: no such run, or it has not finished an epoch.
-        ValueError: ``n < 1``, or ``pseudo_inputs`` for a prior without them.
+        ConfigError: ``n < 1``.
+        ValueError: ``pseudo_inputs`` for a prior without them.
     """
     from ..evaluate import load_trained
     from .images import plot_pseudo_inputs, plot_samples
 
     path = _existing_run(run_dir)
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}", ["n"])
     model, _ = load_trained(path)  # never the initial weights of a run that has not trained
     title = run_title(path)
     if pseudo_inputs:
@@ -96,7 +98,8 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
 
     Raises:
         CheckpointError: a run is missing or has not finished an epoch.
-        ValueError: more than two runs, ``points < 1``, an unknown ``what``, or runs of different input sizes.
+        ConfigError: ``points < 1`` or an unknown ``what``.
+        ValueError: not one or two runs, or runs of different input sizes.
     """
     import torch
 
@@ -109,9 +112,9 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     if not 1 <= len(run_dirs) <= 2:
         raise ValueError(f"give one or two run directories, got {len(run_dirs)}")
     if what != "all" and what not in PLOT_KINDS:
-        raise ValueError(f"unknown figure {what!r}; use one of {', '.join(PLOT_KINDS)} or all")
+        raise ConfigError(f"unknown figure what={what!r}; use one of {', '.join(PLOT_KINDS)} or all", ["what"])
     if points < 1:
-        raise ValueError(f"--points must be >= 1, got {points}")
+        raise ConfigError(f"points must be >= 1, got {points}", ["points"])
     paths = [_existing_run(r) for r in run_dirs]
     titles = [run_title(p) for p in paths]
     if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
@@ -146,6 +149,19 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return written
 
 
+def _extent(extent) -> str | float:
+    """``"auto"``, or a positive half-width given as a number or its text."""
+    if extent == "auto":
+        return extent
+    try:
+        value = float(extent)
+    except (TypeError, ValueError):
+        raise ConfigError(f"extent must be auto or a positive number, got {extent!r}", ["extent"]) from None
+    if not value > 0:
+        raise ConfigError(f"extent must be auto or a positive number, got {value}", ["extent"])
+    return value
+
+
 def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, images: int = 3,
             ks: Sequence[int] = (1, 5, 50), samples: int = 20_000, grid_size: int = 121, extent="auto",
             seed: int = 0, data_dir=None) -> dict:
@@ -159,8 +175,9 @@ def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
 
     Raises:
         CheckpointError: no such run, or it has not finished an epoch.
-        ValueError: a model without a 2-D one-layer latent (checked before the data is loaded), or
-            ``images``, ``samples``, ``grid_size``, ``extent`` or ``ks`` out of range.
+        ConfigError: ``images``, ``samples``, ``grid_size``, ``extent`` (``"auto"`` or a positive
+            number, also as text) or ``ks`` out of range, checked before anything is loaded.
+        ValueError: a model without a 2-D one-layer latent (checked before the data is loaded).
     """
     import torch
 
@@ -169,12 +186,15 @@ def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
     from .posterior import qew_figure
 
     ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"ks must be positive integers, got {ks}", ["ks"])
     if images < 1:
-        raise ValueError(f"--images must be >= 1, got {images}")
+        raise ConfigError(f"images must be >= 1, got {images}", ["images"])
     if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
+        raise ConfigError(f"samples must be >= 1, got {samples}", ["samples"])
     if grid_size < 2:
-        raise ValueError(f"--grid-size must be >= 2, got {grid_size}")
+        raise ConfigError(f"grid_size must be >= 2, got {grid_size}", ["grid_size"])
+    extent = _extent(extent)
     path = _existing_run(run_dir)
     model, _ = load_trained(path)  # never the initial weights of a run that has not trained
     check_model(model)  # before the data: a 50-D or 2-layer run fails at once
