@@ -1,9 +1,14 @@
-"""Tests for the figures (iwae.plots) and the ``iwae sample`` / ``iwae plot`` commands: pixel sizes,
-file formats, one-line errors, and the exact bias of the toy figure against Monte Carlo."""
+"""Tests for the figures (iwae.figures) and the ``iwae sample`` / ``iwae plot`` commands: pixel sizes,
+file formats, what the latent and q_EW figures draw, one-line errors, the deprecated import paths,
+and that no module outside iwae.figures imports matplotlib. (The numbers the figures draw are tested
+in test_figure_inputs.py, q_EW's in test_qew.py.)"""
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
+import warnings
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -11,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from iwae import plots
+import iwae
+from iwae import analysis, figures, qew
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
 
@@ -41,103 +47,146 @@ def runs(tmp_path_factory, shared_data_dir) -> dict[str, Path]:
             for name, s in settings.items()}
 
 
-# ----------------------------------------------------------------------------- toy bias
-@pytest.mark.parametrize("a, b, p", [(0.1, 2.0, 0.9), (0.1, 2.0, 0.5), (1.0, 3.0, 0.2)])
-def test_toy_bias_matches_monte_carlo(a, b, p):
-    rng = np.random.default_rng(0)
-    for k in (1, 2, 5):
-        x = np.where(rng.random((400_000, k)) < p, a, b)
-        log_mean = np.log(x.mean(1))
-        mc = log_mean.mean() - math.log(p * a + (1 - p) * b)
-        stderr = log_mean.std() / math.sqrt(len(log_mean))
-        assert abs(plots.toy_bias(k, a, b, p) - mc) < 5 * stderr + 1e-9, (k, plots.toy_bias(k, a, b, p), mc)
-
-
-def test_toy_bias_is_negative_and_rises_to_zero():
-    for a, b, p in plots.TOY_SETTINGS:
-        biases = [plots.toy_bias(k, a, b, p) for k in plots.TOY_KS]
-        assert all(v <= 1e-12 for v in biases)
-        assert all(x < y for x, y in zip(biases, biases[1:])), biases
-        assert abs(biases[-1]) < 0.01
-    assert plots.toy_bias(1, 0.1, 2.0, 0.9) == pytest.approx(
-        0.9 * math.log(0.1) + 0.1 * math.log(2.0) - math.log(0.9 * 0.1 + 0.1 * 2.0))
-    assert plots.toy_bias(7, 0.1, 2.0, 1.0) == pytest.approx(0.0, abs=1e-12)  # a constant has no bias
-
-
-def test_toy_bias_rejects_bad_input():
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        plots.toy_bias(0)
-    with pytest.raises(ValueError, match="must be > 0"):
-        plots.toy_bias(3, a=0.0)
-
-
 # ----------------------------------------------------------------------------- figure functions
-def test_sample_images_shapes_and_binary():
-    model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,))))
-    means = plots.sample_images(model, 8, seed=1)
-    assert means.shape == (8, 784) and ((means > 0) & (means < 1)).all()
-    assert torch.equal(means, plots.sample_images(model, 8, seed=1))
-    binary = plots.sample_images(model, 8, seed=1, probabilities=False)
-    assert set(binary.unique().tolist()) <= {0.0, 1.0}
-
-
-def test_sample_images_leaves_the_global_random_state_alone(monkeypatch):
-    """Sampling draws from a generator of its own: the CPU stream is unchanged and no CUDA device is
-    reseeded (torch.manual_seed would call torch.cuda.manual_seed_all; recorded here by a mock)."""
-    cuda_calls = []
-    for name in ("manual_seed", "manual_seed_all", "set_rng_state", "set_rng_state_all", "seed", "seed_all"):
-        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: cuda_calls.append(_name))
-    model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,)), prior="mog", prior_components=3))
-    torch.manual_seed(123)
-    cuda_calls.clear()
-    before = torch.get_rng_state()
-    a = plots.sample_images(model, 8, seed=1, probabilities=False)
-    b = plots.sample_images(model, 8, seed=1, probabilities=False)
-    assert torch.equal(torch.get_rng_state(), before)
-    assert cuda_calls == []
-    assert torch.equal(a, b)  # same seed, same samples
-    assert not torch.equal(plots.sample_images(model, 8, seed=1), plots.sample_images(model, 8, seed=2))
-
-
-@pytest.mark.parametrize("prior, components", [("normal", 1), ("mog", 3), ("vamp", 4)])
-def test_prior_draws_from_a_generator_follow_the_prior(prior, components):
-    """The generator-driven prior sampler against the prior's own mean and variance (mixture: sum_c pi_c
-    mu_c and sum_c pi_c (sigma_c^2 + mu_c^2) - mean^2), 200,000 draws; a mixture sampled from one
-    component only must fail the same check."""
-    torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_dims=(3,), hidden_dims=((10,),), prior=prior, prior_components=components))
-    with torch.no_grad():
-        if prior == "mog":
-            model.prior_module.loc.mul_(3.0)
-        dist = model.prior
-        z = plots._sample_prior(dist, 200_000, torch.Generator().manual_seed(0))
-    assert z.shape == (200_000, 3)
-    if isinstance(dist, torch.distributions.MixtureSameFamily):
-        pi = dist.mixture_distribution.probs[:, None]
-        mu, sigma = dist.component_distribution.base_dist.loc, dist.component_distribution.base_dist.scale
-        mean = (pi * mu).sum(0)
-        var = (pi * (sigma.square() + mu.square())).sum(0) - mean.square()
-        if prior == "mog":  # negative control: one component's draws are not the mixture's
-            one = mu[0] + sigma[0] * torch.randn(200_000, 3, generator=torch.Generator().manual_seed(1))
-            assert ((one.mean(0) - mean).abs() > 5 * (var / 200_000).sqrt()).any()
-    else:
-        mean, var = torch.zeros(3), torch.ones(3)
-    assert ((z.mean(0) - mean).abs() < 5 * (var / 200_000).sqrt()).all(), (z.mean(0), mean)
-    torch.testing.assert_close(z.var(0), var, rtol=0.03, atol=1e-3)
-
-
 @pytest.mark.parametrize("ext, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_vector_formats_by_extension(tmp_path, ext, magic):
-    path = plots.plot_toy(tmp_path / f"toy.{ext}")
+    path = figures.plot_toy(tmp_path / f"toy.{ext}")
     assert path.read_bytes().startswith(magic)
-    assert plots.plot_toy(tmp_path / "toy").suffix == ".png"
+    assert figures.plot_toy(tmp_path / "toy").suffix == ".png"
     with pytest.raises(ValueError, match="unknown figure format"):
-        plots.plot_toy(tmp_path / "toy.bmp")
+        figures.plot_toy(tmp_path / "toy.bmp")
 
 
 def test_pseudo_inputs_need_a_vamp_prior(tmp_path):
     with pytest.raises(ValueError, match="no pseudo-inputs"):
-        plots.plot_pseudo_inputs(VAE(ModelConfig(latent_dims=(2,), hidden_dims=((10,),))), tmp_path / "u.png")
+        figures.plot_pseudo_inputs(VAE(ModelConfig(latent_dims=(2,), hidden_dims=((10,),))), tmp_path / "u.png")
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_latent_figure_plots_the_means_it_labels(tmp_path, monkeypatch, layers):
+    """plot_latent's scatter holds exactly analysis.posterior_means' points (the 2-D latent's two units);
+    with 2 layers its title says the expectation is a Monte Carlo average over draws of z_1 and
+    its axes name units of z_2; with 1 layer the title claims no such average."""
+    from iwae.figures import latent
+
+    drawn = []
+    real_save = latent.save
+    monkeypatch.setattr(latent, "save", lambda fig, path: (drawn.append(fig), real_save(fig, path))[1])
+    torch.manual_seed(0)
+    sizes = ((3,), ((16,),)) if layers == 1 else ((3, 2), ((16,), (16,)))
+    model = VAE(ModelConfig(20, *sizes))
+    x = torch.bernoulli(torch.full((30, 20), 0.4), generator=torch.Generator().manual_seed(1))
+    figures.plot_latent(model, x, tmp_path / "latent.png")
+    assert (tmp_path / "latent.png").is_file()
+    ax = drawn[0].axes[0]
+    points = ax.collections[0].get_offsets()
+    means = analysis.posterior_means(model, x)
+    dims = [0, 1] if means.shape[1] == 2 else None
+    if dims is None:  # three units: the two most active ones, sorted
+        dims = sorted(torch.argsort(means.var(0, unbiased=False), descending=True)[:2].tolist())
+    np.testing.assert_allclose(np.asarray(points), means[:, dims].numpy(), rtol=0, atol=1e-6)
+    title = ax.get_title()
+    if layers == 2:
+        assert f"averaged over {analysis.LATENT_SAMPLES} draws of z_1" in title, title
+        assert ax.get_xlabel().startswith("E[z_2[") and ax.get_ylabel().startswith("E[z_2["), ax.get_xlabel()
+    else:
+        assert "averaged" not in title, title
+        assert ax.get_xlabel().startswith("E[z_"), ax.get_xlabel()
+
+
+def _qew_model() -> VAE:
+    torch.manual_seed(1)
+    return VAE(ModelConfig(input_dim=8, latent_dims=(2,), hidden_dims=((16,),))).eval()
+
+
+def test_qew_figure_is_a_png_of_the_promised_size(tmp_path):
+    model = _qew_model()
+    x = torch.bernoulli(torch.full((2, 8), 0.5), generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "sub" / "qew.png"
+    rows = figures.qew_figure(model, x, (1, 5), path, samples=2000, generator=torch.Generator().manual_seed(2),
+                              grid_size=31, panel_inches=2.0, dpi=50)
+    assert len(rows) == 4
+    image = mpimg.imread(path)
+    assert image.shape[:2] == (2 * 2 * 50, 5 * 2 * 50)  # rows x (image, p, q, 2 k) panels of 2 in at 50 dpi
+    assert image[..., :3].std() > 0.05  # not blank
+    svg = tmp_path / "qew.svg"
+    figures.qew_figure(model, x[:1], (1,), svg, samples=200, generator=torch.Generator().manual_seed(2),
+                       grid_size=11, image_shape=(2, 4))
+    assert svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_qew_draws_the_panels_it_is_given(tmp_path, monkeypatch):
+    """The figure of precomputed panels is qew_figure's figure: same rows, same pixels; each heatmap
+    is its panel's mass (p, q, then q_EW per k, in the order of ks), and a panel whose q_EW is
+    altered draws differently."""
+    from iwae.figures import posterior
+
+    model = _qew_model()
+    x = torch.bernoulli(torch.full((1, 8), 0.5), generator=torch.Generator().manual_seed(1))
+    args = dict(ks=(5, 1), samples=500, grid_size=15)
+    rows = figures.qew_figure(model, x, path=tmp_path / "a.png", generator=torch.Generator().manual_seed(0), **args)
+    panels = qew.qew_panels(model, x, generator=torch.Generator().manual_seed(0), **args)
+    assert [r for p in panels for r in p.rows] == rows
+    drawn = []
+    real_pyplot = posterior.pyplot
+    plt = real_pyplot()
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))
+    figures.plot_qew(panels, x, tmp_path / "b.png")
+    monkeypatch.setattr(plt, "close", real_close)
+    np.testing.assert_array_equal(mpimg.imread(tmp_path / "a.png"), mpimg.imread(tmp_path / "b.png"))
+    heatmaps = [ax.images[0].get_array() for ax in drawn[0].axes[1:5]]
+    want = [panels[0].p, panels[0].q, panels[0].qew[5], panels[0].qew[1]]
+    for got, mass in zip(heatmaps, want):
+        np.testing.assert_array_equal(np.asarray(got), mass.cpu().numpy().T)
+    real_close(drawn[0])
+    panels[0].qew[5] = panels[0].qew[5].flip(0)
+    figures.plot_qew(panels, x, tmp_path / "c.png")
+    assert not np.array_equal(mpimg.imread(tmp_path / "a.png"), mpimg.imread(tmp_path / "c.png"))
+
+
+def test_matplotlib_is_imported_only_by_the_figures_package():
+    """All matplotlib code lives in src/iwae/figures: no other module of the package imports it."""
+    package = Path(iwae.__file__).parent
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if "figures" not in p.relative_to(package).parts
+                 and re.search(r"^\s*(import|from)\s+matplotlib", p.read_text(), re.M)]
+    assert offenders == []
+    assert re.search(r"^\s*import matplotlib", (package / "figures" / "_base.py").read_text(), re.M)
+
+
+def test_old_import_paths_still_work_and_warn(monkeypatch):
+    """iwae.plots and iwae.posterior_figure re-export the moved names (the same objects) with a
+    DeprecationWarning; snr.plot_snr and grid.plot_grid draw through iwae.figures; `import iwae`
+    itself warns of nothing."""
+    import subprocess
+    import sys
+
+    quiet = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import iwae, iwae.figures"],
+                           capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    for name, moved in (("iwae.plots", {"plot_samples": figures.plot_samples, "plot_toy": figures.plot_toy,
+                                        "sample_images": analysis.sample_images, "toy_bias": analysis.toy_bias,
+                                        "read_metrics": figures.read_metrics}),
+                        ("iwae.posterior_figure", {"qew_figure": figures.qew_figure, "qew_report": qew.qew_report,
+                                                   "check_model": qew.check_model})):
+        import sys as _sys
+
+        _sys.modules.pop(name, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(name)
+        assert any(issubclass(w.category, DeprecationWarning) and "iwae.figures" in str(w.message) for w in caught)
+        for attr, obj in moved.items():
+            assert getattr(module, attr) is obj, (name, attr)
+    from iwae import grid, snr
+
+    calls = []
+    monkeypatch.setattr(figures, "plot_snr", lambda rows, path, **kw: calls.append(("snr", rows, path, kw)) or path)
+    monkeypatch.setattr(figures, "plot_grid", lambda rows, path: calls.append(("grid", rows, path)) or path)
+    assert snr.plot_snr([{"r": 1}], "s.png", title="T") == "s.png"
+    assert grid.plot_grid([{"r": 2}], "g.png") == "g.png"
+    assert calls == [("snr", [{"r": 1}], "s.png", {"title": "T", "dpi": 100}), ("grid", [{"r": 2}], "g.png")]
 
 
 # ----------------------------------------------------------------------------- commands
