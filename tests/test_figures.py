@@ -6,7 +6,6 @@ in test_figure_inputs.py, q_EW's in test_qew.py.)"""
 from __future__ import annotations
 
 import importlib
-import math
 import re
 import warnings
 from pathlib import Path
