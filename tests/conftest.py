@@ -4,6 +4,11 @@ The shared benchmark files live in ``<repo parent>/shared/data`` (override with
 ``$IWAE_TEST_DATA_DIR``); tests that need them fail, with a message saying so, when they are absent.
 (``tests/test_data.py`` skips its tests of a missing dataset folder, and fails them with
 ``IWAE_REQUIRE_DATA=1``, which ``.ci/run`` sets.)
+
+Tests by kind: every test that needs the shared datasets carries the ``data`` marker, so that
+``pytest -m "not data"`` runs the rest on a machine without them. The marker is added here to every
+test that uses a fixture of :data:`DATA_FIXTURES` (directly or through another fixture), or one of
+its module's ``DATA_FIXTURES``; a test that reads the data some other way is marked by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ import pytest
 from iwae.data import Splits, load_dataset
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+DATA_FIXTURES = ("shared_data_dir", "mnist_splits")  # a test using one of these needs the shared data
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks ``data`` every test whose fixtures (their whole closure) include a data fixture."""
+    for item in items:
+        needs = set(DATA_FIXTURES) | set(getattr(getattr(item, "module", None), "DATA_FIXTURES", ()))
+        if needs & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
 
 
 def _data_dir() -> Path:

@@ -128,12 +128,12 @@ def test_a_training_step_and_its_gradients_stay_on_the_gpu():
 
 @cuda
 def test_cuda_sampling_leaves_every_global_stream_alone():
-    from iwae import plots
+    from iwae.analysis import sample_images
 
     model = VAE(ModelConfig(latent_dims=(6, 4), hidden_dims=((20,), (10,)))).cuda()
     cpu, gpus = torch.get_rng_state(), torch.cuda.get_rng_state_all()
-    a = plots.sample_images(model, 8, seed=3, probabilities=False)
-    assert torch.equal(a, plots.sample_images(model, 8, seed=3, probabilities=False))
+    a = sample_images(model, 8, seed=3, probabilities=False)
+    assert torch.equal(a, sample_images(model, 8, seed=3, probabilities=False))
     assert a.device.type == "cpu" and set(a.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(torch.get_rng_state(), cpu)
     assert all(torch.equal(x, y) for x, y in zip(torch.cuda.get_rng_state_all(), gpus))
@@ -143,7 +143,8 @@ def test_cuda_sampling_leaves_every_global_stream_alone():
 def test_the_qew_figure_runs_with_a_model_on_the_gpu(tmp_path):
     """The q_EW report and figure of a CUDA model: the exact (sampling-free) columns agree with the
     CPU model's, and the figure is written."""
-    from iwae.posterior_figure import qew_figure, qew_report
+    from iwae.figures import qew_figure
+    from iwae.qew import qew_report
 
     torch.manual_seed(1)
     model = VAE(ModelConfig(input_dim=8, latent_dims=(2,), hidden_dims=((16,),))).eval()

@@ -26,6 +26,7 @@ from iwae import data
 from iwae.data import DataError, Splits, load_dataset
 
 SHARED = Path(os.environ.get("IWAE_TEST_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_FIXTURES = ("mnist", "bin_arrays")  # read the shared data: tests using them are marked `data` (conftest.py)
 MNIST_FILES = data.MNIST_FILES
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -207,6 +208,7 @@ def test_fixed_binarization_formula_and_determinism():
 # --------------------------------------------------------------------------- binarized MNIST
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_binarized_mnist_npz_from_shared():
     s = load_dataset("binarized-mnist", shared("binarized_mnist").parent, download=False)
     assert (s.name, s.dynamic, s.image_shape) == ("binarized-mnist", False, (28, 28))
@@ -337,6 +339,7 @@ def test_binarized_mnist_missing_message(tmp_path):
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_fashion_mnist_shapes():
     s = load_dataset("fashion-mnist", shared("fashion_mnist").parent, download=False)
     assert (s.name, s.dynamic) == ("fashion-mnist", True)
@@ -351,6 +354,7 @@ def test_fashion_mnist_shapes():
 # --------------------------------------------------------------------------- lookup order
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_env_data_dir_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("IWAE_DATA_DIR", str(shared("mnist").parent))
     assert load_dataset("mnist", download=False).test.shape == (10000, 784)
@@ -360,6 +364,7 @@ def test_env_data_dir_is_used(tmp_path, monkeypatch):
         load_dataset("mnist", download=False)
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_explicit_data_dir_wins_over_env_and_cache(tmp_path, monkeypatch, isolated):
     bad = garbage_files(tmp_path / "bad" / "mnist")
     garbage_files(isolated / "mnist")
@@ -368,11 +373,13 @@ def test_explicit_data_dir_wins_over_env_and_cache(tmp_path, monkeypatch, isolat
     assert s.train.shape == (59600, 784)
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_files_directly_inside_data_dir(tmp_path):
     flat = link_files(shared("mnist"), tmp_path / "flat")
     assert load_dataset("mnist", flat, download=False).valid.shape == (400, 784)
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_cache_dir_is_used(tmp_path, isolated):
     link_files(shared("mnist"), isolated / "mnist")
     assert load_dataset("mnist", download=False).test.shape == (10000, 784)
@@ -392,6 +399,7 @@ def test_default_cache_dir_precedence(monkeypatch, tmp_path):
     assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "iwae"
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_download_from_file_url_into_cache(tmp_path, monkeypatch, isolated):
     dead = (tmp_path / "no-such-mirror").as_uri() + "/"
     monkeypatch.setattr(data, "MNIST_URLS", (dead, shared("mnist").as_uri() + "/"))
@@ -405,6 +413,7 @@ def test_download_from_file_url_into_cache(tmp_path, monkeypatch, isolated):
     assert torch.equal(load_dataset("mnist", download=False).test, s.test)
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch, isolated):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -440,6 +449,7 @@ def test_missing_file_download_failed(tmp_path, monkeypatch, isolated):
         load_dataset("mnist")
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_local_checksum_mismatch_names_file_and_hashes(tmp_path):
     d = link_files(shared("mnist"), tmp_path / "mnist")
     (d / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -714,6 +724,7 @@ def test_missing_files_looks_without_loading(tmp_path, monkeypatch):
         data.missing_files("mnist", tmp_path / "nowhere")
 
 
+@pytest.mark.data  # reads the shared data through shared()
 def test_missing_files_of_the_shared_data():
     root = shared("mnist").parent
     assert data.missing_files("mnist", root) == []

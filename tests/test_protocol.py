@@ -29,7 +29,7 @@ from iwae.estimators import ObjectiveSpec, gradient_terms
 from iwae.grid import GridPoint, Run, canonical_run, grid_points, read_grid_csv, run_grid
 from iwae.models import VAE, ModelConfig
 from iwae.models.networks import GaussianMLP, Tanh
-from iwae.plots import sample_images
+from iwae.analysis import sample_images
 from iwae.train import TrainConfig, kl_weight, load, train
 
 # Burda et al. (2016), Sec. 5 / Appendix: Adam with beta1 = 0.9, beta2 = 0.999, eps = 1e-4

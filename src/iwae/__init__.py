@@ -15,7 +15,7 @@ The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions
 names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 """
 
-from . import analysis, data, estimators, evaluate, experiments, grid, models, objectives, plots, posterior_figure, snr, train
+from . import analysis, data, estimators, evaluate, experiments, figures, grid, models, objectives, qew, snr, train
 from .experiments import published
 from .data import load_dataset
 from .estimators import ObjectiveSpec
@@ -26,9 +26,20 @@ from . import rundir
 from .rundir import open_run
 
 __all__ = [
-    "analysis", "data", "estimators", "evaluate", "experiments", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
+    "analysis", "data", "estimators", "evaluate", "experiments", "figures", "grid", "models", "objectives", "published",
+    "qew", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units",
     "rundir", "open_run",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``iwae.plots`` and ``iwae.posterior_figure``, deprecated (now ``iwae.figures`` and ``iwae.qew``),
+    imported on first use so that ``import iwae`` itself warns of nothing."""
+    if name in ("plots", "posterior_figure"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

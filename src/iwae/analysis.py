@@ -37,7 +37,7 @@ from .models.gaussian import HALF_LOG_2PI, diag_normal_log_prob
 
 __all__ = [
     "elbo_surgery", "sample_qew", "posterior_grid", "histogram_on_grid", "qew_density_on_grid",
-    "total_variation",
+    "total_variation", "sample_images", "reconstruct", "posterior_means", "toy_bias", "LATENT_SAMPLES",
 ]
 
 _PAIR_BUDGET = 1 << 22  # (sample, component) pairs per logsumexp block: 32 MiB of float64 per temporary
@@ -285,3 +285,131 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} vs {tuple(q.shape)}")
     return 0.5 * (p - q).abs().sum((-2, -1))
+
+
+# ----------------------------------------------------------------------------- what the figures draw
+# The computations behind iwae.figures (which only draws): ancestral samples, reconstructions,
+# posterior means of the top layer, and the exact bias of a log-mean. These use the layer modules
+# (loc_log_scale) rather than encode/decode alone, so hierarchies (L > 1) are handled.
+LATENT_SAMPLES = 100  # draws of the chain below the top layer for E_q[z_L | x], as active_units
+
+
+def _sample_prior(prior: Distribution, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws ``(n, D)`` of a prior (an Independent Normal, or a MixtureSameFamily of them) from
+    ``generator``: torch's ``Distribution.sample`` takes none, it draws from the global stream."""
+    if isinstance(prior, torch.distributions.MixtureSameFamily):
+        weights = prior.mixture_distribution.probs  # (C,)
+        component = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
+        normal = prior.component_distribution.base_dist
+        loc, scale = normal.loc[component], normal.scale[component]  # (n, D)
+    else:
+        normal = prior.base_dist if isinstance(prior, Independent) else prior
+        if not isinstance(normal, Normal):
+            raise TypeError(f"cannot sample a {type(prior).__name__} prior with a generator")
+        loc, scale = normal.loc.expand(n, *normal.loc.shape), normal.scale.expand(n, *normal.scale.shape)
+    return loc + scale * torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+
+
+@torch.no_grad()
+def sample_images(model, n: int = 64, seed: int = 0, probabilities: bool = True) -> torch.Tensor:
+    """Draws x ~ p(x) ancestrally: z_L ~ p(z_L), then z_{l-1} ~ p(z_{l-1} | z_l) top-down, then p(x | z_1).
+
+    The draws come from a generator of their own on the model's device, seeded with ``seed``: the
+    same seed gives the same samples, and torch's global random state (CPU and every CUDA device)
+    is left as it was.
+
+    Returns:
+        ``(n, input_dim)`` on the CPU: the Bernoulli means of p(x | z_1) (``probabilities``), else
+        binary samples.
+    """
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    z = _sample_prior(model.prior, n, generator)  # (n, D_L)
+    for layer in reversed(model.decoder[1:]):  # decoder[l] is p(z_l | z_{l+1})
+        loc, log_scale = layer.loc_log_scale(z)
+        z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)
+    px = model.decode(z)
+    x = px.mean if probabilities else torch.bernoulli(px.mean, generator=generator)
+    model.train(was_training)
+    return x.cpu()
+
+
+@torch.no_grad()
+def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli means of p(x | z_1 = E_q[z_1 | x]), shape ``(N, input_dim)``, on the CPU.
+
+    Only the first layer's mean is used (no sampling): the reconstruction a figure shows under x.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    loc, _ = model.encoder[0].loc_log_scale(x.to(dev))  # z_1 = E_q[z_1 | x]
+    recon = model.decode(loc).mean.cpu()
+    model.train(was_training)
+    return recon
+
+
+@torch.no_grad()
+def posterior_means(model, x: torch.Tensor, num_samples: int = LATENT_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """E_q[z_L | x] of the top layer, shape ``(N, D_L)``, on the CPU.
+
+    One layer: q(z_1 | x)'s mean. L > 1 layers: E_q[z_L | x] = E_{z_{L-1} ~ q(z_{L-1} | x)}[mean of
+    q(z_L | z_{L-1})], estimated by the average over ``num_samples`` draws of the chain
+    z_1, ..., z_{L-1} ~ q (seeded: the same figure every time). The mean of q(z_L | E[z_{L-1}]),
+    the chain of ``VAE.encode``, is not that expectation when q(z_L | z_{L-1}) is nonlinear in
+    z_{L-1}. The estimator and the order of its random draws are those of
+    :func:`iwae.evaluate.active_units`, so with the same seed the variances of these points are
+    its A_u of the top layer.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    x = x.to(dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    loc, log_scale = model.encoder[0].loc_log_scale(x)
+    mean = loc
+    if model.num_layers > 1:
+        z = loc + log_scale.exp() * torch.randn((num_samples,) + loc.shape, generator=generator, device=dev)
+        for layer in model.encoder[1:]:
+            loc_l, log_scale_l = layer.loc_log_scale(z)  # (S, N, D_l)
+            mean = loc_l.mean(0)
+            z = loc_l + log_scale_l.exp() * torch.randn(loc_l.shape, generator=generator, device=dev)
+    model.train(was_training)
+    return mean.cpu()
+
+
+def toy_bias(k: int, a: float = 0.1, b: float = 2.0, p: float = 0.9) -> float:
+    """E[log (1/k) sum_i X_i] - log E[X] for k iid X_i with X = a with probability p, else b; exact.
+
+    With j the number of draws equal to a, j ~ Binomial(k, p) and the mean is (j a + (k - j) b) / k:
+
+        E[log mean] = sum_j C(k, j) p^j (1 - p)^(k - j) log((j a + (k - j) b) / k)
+
+    the binomial weights taken in log space (lgamma), so k in the thousands is fine. By Jensen the
+    bias is <= 0, and it rises monotonically to 0 as k grows, as the IWAE bound L_k does (Burda et
+    al. 2016).
+
+    Raises:
+        ValueError: for k < 1, a or b not > 0, or p outside [0, 1].
+    """
+    import numpy as np
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not (a > 0 and b > 0):
+        raise ValueError(f"the two values must be > 0 for the log, got a = {a}, b = {b}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    j = np.arange(k + 1, dtype=np.float64)
+    log_binomial = np.array([math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1) for i in range(k + 1)])
+    with np.errstate(divide="ignore", invalid="ignore"):  # p = 0 or 1: 0 * log 0 counts as 0
+        log_weights = (log_binomial + np.where(j > 0, j * np.log(p), 0.0)
+                       + np.where(k - j > 0, (k - j) * np.log1p(-p), 0.0))
+    weights = np.exp(log_weights - log_weights.max())
+    weights /= weights.sum()
+    expected_log_mean = float(np.sum(weights * np.log((j * a + (k - j) * b) / k)))
+    return expected_log_mean - math.log(p * a + (1 - p) * b)

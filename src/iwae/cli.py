@@ -666,42 +666,19 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
     """The IWAE's implicit posterior q_EW (Cremer et al. 2017) of a 2-D-latent, 1-layer run: for each
     of the first test images, the true posterior p(z|x) normalised on a grid, q(z|x) and q_EW for
     each k, with the total variation distance of each to p. Writes the figure and a JSON beside it."""
-    import torch
-
-    from .posterior_figure import check_model, qew_figure
-    from .rundir import open_run
+    from .figures import qew_run
 
     k_values = _int_list(ks, "--k")
-    if images < 1:
-        raise ValueError(f"--images must be >= 1, got {images}")
-    if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
-    if grid_size < 2:
-        raise ValueError(f"--grid-size must be >= 2, got {grid_size}")
-    if extent != "auto":
-        try:
-            extent = float(extent)
-        except ValueError:
-            raise click.BadParameter(f"expected auto or a positive number, got {extent!r}", param_hint="--extent")
-        if not extent > 0:
-            raise click.BadParameter(f"expected auto or a positive number, got {extent}", param_hint="--extent")
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
-    model = run.model
-    check_model(model)  # before the data (run.splits loads it): a 50-D or 2-layer run fails at once
-    splits = run.splits
-    x = splits.test[:images]  # in {0, 1}
-    figure = Path(out) if out else Path(run_dir) / "qew.png"
-    rows = qew_figure(model, x, k_values, figure, samples=samples, generator=torch.Generator().manual_seed(seed),
-                      grid_size=grid_size, extent=extent, image_shape=splits.image_shape)
-    result = {"run_dir": str(run_dir), "figure": str(figure), "images": int(x.shape[0]), "ks": k_values,
-              "samples": samples, "grid_size": grid_size, "extent": extent, "seed": seed, "rows": rows}
-    with atomic_write(figure.with_suffix(".json")) as f:
-        json.dump(result, f, indent=1)
+    result = qew_run(run_dir, out, images=images, ks=k_values, samples=samples, grid_size=grid_size,
+                     extent=extent, seed=seed, data_dir=data_dir)
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
+    rows, figure = result["rows"], Path(result["figure"])
     header = ("image", "k", "TV(q_EW,p)", "KL(p||q_EW)", "TV(q,p)", "KL(p||q)", "TV floor", "p edge mass")
     table = [(r["image"], r["k"], f"{r['tv_qew']:.3f}", f"{r['kl_qew']:.3f}", f"{r['tv_q']:.3f}", f"{r['kl_q']:.3f}",
               f"{r['tv_floor']:.3f}", f"{r['edge_mass']:.1e}") for r in rows]
@@ -734,20 +711,9 @@ Examples:
 @_user_errors
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
     """Samples of a trained run: z ~ p(z) (top-down through the layers), then p(x | z), as an image grid."""
-    from .plots import plot_pseudo_inputs, plot_samples
-    from .rundir import open_run
+    from .figures import sample_run
 
-    if not Path(run_dir).is_dir():  # before the arguments, as before open_run
-        raise CheckpointError(f"run directory {run_dir} not found")
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
-    run = open_run(run_dir)  # never the initial weights of a run that has not trained
-    path, model, title = run.path, run.model, run.title
-    if pseudo_inputs:
-        figure = plot_pseudo_inputs(model, out or path / "pseudo_inputs.png", title=title)
-    else:
-        figure = plot_samples({title: model}, out or path / "samples.png", n=n, seed=seed,
-                              probabilities=probabilities)
+    figure = sample_run(run_dir, out, n=n, seed=seed, probabilities=probabilities, pseudo_inputs=pseudo_inputs)
     click.echo(f"wrote {figure}")
 
 
@@ -784,55 +750,16 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
     The latent figure draws the top stochastic layer: a 2-D latent directly, else its two units of
     largest A_u on the first 500 training images (as `iwae evaluate`). Activity uses the same images.
     """
-    import torch
-
-    from . import plots
-    from .data import fixed_binarization
-    from . import rundir
-    from .evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .rundir import open_run
+    from .figures import plot_runs, plot_toy
 
     if runs[0] == "toy":
         if len(runs) > 1:
             raise click.UsageError("`iwae plot toy` takes no run directories")
-        click.echo(f"wrote {plots.plot_toy(out)}")
+        click.echo(f"wrote {plot_toy(out)}")
         return
     if len(runs) > 2:
         raise click.UsageError(f"give one or two run directories, got {len(runs)}")
-    if points < 1:
-        raise ValueError(f"--points must be >= 1, got {points}")
-    opened = [open_run(r, data_dir=data_dir) for r in runs]  # never the initial weights of an untrained run
-    paths = [r.path for r in opened]
-    titles = [r.title for r in opened]
-    if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
-        titles = [f"{t} ({p.name})" for t, p in zip(titles, paths)]
-    kinds = PLOT_KINDS if what == "all" else (what,)
-    out_dir = Path(out)
-    written = []
-    if "curves" in kinds:
-        metrics = {t: rundir.read_metrics(p) for t, p in zip(titles, paths)}
-        written.append(plots.plot_curves(metrics, out_dir / f"curves.{fmt}"))
-    if set(kinds) - {"curves"}:
-        models = {t: r.model for t, r in zip(titles, opened)}
-        if len({m.config.input_dim for m in models.values()}) > 1:
-            raise ValueError("the two runs model inputs of different sizes; plot them separately")
-        if "samples" in kinds:
-            written.append(plots.plot_samples(models, out_dir / f"samples.{fmt}", seed=seed))
-    if set(kinds) & {"reconstructions", "latent", "activity"}:
-        splits = opened[0].splits
-        x_units = splits.train[:ACTIVE_UNITS_IMAGES]
-        if splits.dynamic:  # grey levels: binarize once, as evaluation does
-            x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
-        shape = splits.image_shape
-        if "reconstructions" in kinds:
-            written.append(plots.plot_reconstructions(models, splits.test, out_dir / f"reconstructions.{fmt}",
-                                                      image_shape=shape))
-        if "latent" in kinds:
-            labels = None if splits.test_labels is None else splits.test_labels[:points]
-            written.append(plots.plot_latent(models, splits.test[:points], out_dir / f"latent.{fmt}",
-                                             labels=labels, x_units=x_units))
-        if "activity" in kinds:
-            written.append(plots.plot_activity(models, x_units, out_dir / f"activity.{fmt}"))
+    written = plot_runs(runs, out, what=what, fmt=fmt, points=points, seed=seed, data_dir=data_dir)
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 

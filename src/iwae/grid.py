@@ -457,92 +457,9 @@ def grid_table(rows: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- the figure
-METRICS = (("iwae_bound", "iwae64", "IWAE-{k}"), ("log_p_hat", "log_p_hat", "log p-hat (L_{kp})"),
-           ("neg_kl", "neg_kl", "-KL(Q||P)"))
-_COLORS = {"miwae": "tab:blue", "piwae": "tab:orange", "ciwae": "tab:green"}
-
-
 def plot_grid(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Figure in the style of Rainforth et al.'s Fig. 6: IWAE-64, log p-hat and -KL against (M, K).
+    """Rainforth et al.'s Fig. 6 of grid rows: drawn by :func:`iwae.figures.plot_grid` (all matplotlib
+    lives in :mod:`iwae.figures`); kept here for callers of ``iwae.grid``."""
+    from .figures import plot_grid as draw  # lazy: iwae.figures.curves imports this module's Run
 
-    Top row: MIWAE and PIWAE against (M, K), (1, total) on the left; bottom row: CIWAE against beta.
-    Grey lines mark IWAE (k = total, dashed) and the VAE (dotted); stars are the published numbers
-    of Rainforth et al. (full protocol; face coloured by objective, white for IWAE and the VAE), on
-    a right-hand axis when their level is far from ours (which would flatten our curves).
-    Written atomically; ``FIGURE_SIZE`` at ``FIGURE_DPI`` (1500 x 800 pixels).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    total = rows[0]["total"]
-    k_eval, kp = rows[0]["iwae_k"], rows[0]["log_p_k"]
-    mk = [r for r in rows if r["objective"] in ("miwae", "piwae")]
-    ms = sorted({r["m"] for r in mk})
-    ciwae = sorted((r for r in rows if r["objective"] == "ciwae"), key=lambda r: r["beta"])
-    by_run = {r["run"]: r for r in rows}
-    refs = {"IWAE": by_run.get(Run("iwae", total).name), "VAE": by_run.get(Run("vae", total).name)}
-    pub = {name: row for name, row in ((p["name"], p) for p in published.rainforth2018())} if total == 64 else {}
-
-    fig, axes = plt.subplots(2, 3, figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
-    legend: dict[str, object] = {}  # one legend for the figure: label -> artist
-    for col, (key, pub_key, title) in enumerate(METRICS):
-        title = title.format(k=k_eval, kp=kp)
-        for row_i, ax in enumerate(axes[:, col]):
-            ours: list[float] = []
-            if row_i == 0:
-                for objective in ("miwae", "piwae"):
-                    pts = sorted((r for r in mk if r["objective"] == objective), key=lambda r: r["m"])
-                    if pts:
-                        ys = [r[key] for r in pts]
-                        ax.plot([ms.index(r["m"]) for r in pts], ys, "o-", color=_COLORS[objective],
-                                label=objective.upper())
-                        ours += ys
-                ax.set_xticks(range(len(ms)), [f"({m},{total // m})" for m in ms])
-                ax.set_xlabel("(M, K)")
-                published_points = [(0, "IWAE"), (ms.index(8) if 8 in ms else None, "PIWAE (8,8)"),
-                                    (ms.index(8) if 8 in ms else None, "MIWAE (8,8)"), (len(ms) - 1, "VAE")]
-            else:
-                if ciwae:
-                    ys = [r[key] for r in ciwae]
-                    ax.plot([r["beta"] for r in ciwae], ys, "s-", color=_COLORS["ciwae"], label="CIWAE")
-                    ours += ys
-                ax.set_xlabel("CIWAE beta (0 = IWAE, 1 = VAE)")
-                published_points = [(0.0, "IWAE"), (0.5, "CIWAE beta=0.5"), (1.0, "VAE")]
-            for (name, ref), style in zip(refs.items(), ("--", ":")):
-                if ref is not None:
-                    ax.axhline(ref[key], color="grey", linestyle=style, linewidth=1, label=f"{name} (k={total})")
-                    ours.append(ref[key])
-            pts = [(x, n, pub[n][pub_key]) for x, n in published_points if x is not None and n in pub]
-            if pts:
-                target = ax
-                lo, hi = min(ours, default=0.0), max(ours, default=0.0)
-                span = max(hi - lo, 1e-6)
-                pub_lo, pub_hi = min(y for *_, y in pts), max(y for *_, y in pts)
-                if max(hi, pub_hi) - min(lo, pub_lo) > 4 * span:  # would flatten our curves: own axis
-                    target = ax.twinx()
-                    target.set_ylabel("published (stars)", color="black")
-                for x, name, y in pts:  # star face: the objective's colour (white for IWAE and VAE)
-                    face = _COLORS.get(pub[name]["objective"], "white")
-                    target.plot([x], [y], "*", markerfacecolor=face, markeredgecolor="black", markersize=13,
-                                linestyle="none", label=PUBLISHED_LABEL)
-                    legend[PUBLISHED_LABEL] = target.lines[-1]
-            for line in ax.lines:
-                legend.setdefault(line.get_label(), line)
-            ax.set_title(title + (" vs (M, K)" if row_i == 0 else " vs beta"), fontsize=10)
-            ax.set_ylabel(f"{title} (nats)")
-            ax.grid(alpha=0.3)
-    first = rows[0]
-    fig.suptitle(f"MIWAE / PIWAE / CIWAE at M*K = {total}: {first['epochs']} epochs on "
-                 f"{first['train_subset'] or 'all'} training images, {first['n_test']} test images "
-                 f"(short protocol)", fontsize=11)
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
-    return path
+    return draw(rows, path)

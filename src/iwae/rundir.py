@@ -595,6 +595,14 @@ def write_surgery(run_dir: str | os.PathLike, result: dict) -> Path:
     return path
 
 
+def write_figure_record(figure: str | os.PathLike, result: dict) -> Path:
+    """Writes what a figure shows (its numbers and settings) as JSON beside it: ``FIGURE.json``
+    (``iwae qew`` draws into the run folder by default); returns the path."""
+    path = Path(figure).with_suffix(".json")
+    _write_json(path, result)
+    return path
+
+
 def _write_json(path: Path, value) -> None:
     with atomic_write(path) as f:
         json.dump(value, f, indent=1)

@@ -314,51 +314,8 @@ def curve_slopes(rows: Sequence[dict]) -> list[dict]:
 
 
 def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None, dpi: int = 100) -> Path:
-    """Draws the SNR figure from :func:`snr_sweep` rows and writes it to ``path``.
+    """The SNR figure of :func:`snr_sweep` rows: drawn by :func:`iwae.figures.plot_snr` (all matplotlib
+    lives in :mod:`iwae.figures`); kept here for callers of ``iwae.snr``."""
+    from .figures import plot_snr as draw  # lazy: iwae.figures.curves imports this module's curve fits
 
-    Left: IWAE, SNR against K; right: MIWAE(M, K), SNR against M at the fixed K per group of its
-    rows (Rainforth et al. fix K and vary M). Both log-log; the SNR is the median over the
-    encoder's or the decoder's scalar parameters; one line per (estimator, network), its fitted
-    slope in the legend. The format follows the extension (.png, .svg, .pdf, ...); the figure is
-    11 x 4.5 inches, 1100 x 450 pixels as PNG at the default ``dpi``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=dpi)
-    colors = {"encoder": "tab:blue", "decoder": "tab:red"}
-    styles = ["-", "--", ":", "-."]
-    panels = (("iwae", "k", "K (samples)", "IWAE: SNR against K"),
-              ("miwae", "m", "M (groups)", "MIWAE(M, K): SNR against M"))
-    for ax, (objective, axis, xlabel, panel_title) in zip(axes, panels):
-        curves = _curves(rows, objective, axis)
-        group_k = sorted({r["k_per_group"] for r in rows if r["objective"] == objective})
-        if objective == "miwae" and group_k:
-            panel_title += f" at K = {', '.join(map(str, group_k))}"
-        estimators = list(dict.fromkeys(c[0] for c in curves))
-        for estimator, part, xs, ys in curves:
-            label = f"{part}, {estimator}"
-            if len(set(xs)) >= 2:
-                label += f" (slope {fit_slope(xs, ys):+.2f})"
-            ax.plot(xs, ys, styles[estimators.index(estimator) % len(styles)], marker="o",
-                    color=colors[part], label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{SUMMARY} SNR over parameters, |mean| / std")
-        ax.set_title(panel_title)
-        ax.grid(True, which="both", alpha=0.3)
-        if curves:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, f"no {objective.upper()} rows", ha="center", va="center", transform=ax.transAxes)
-    repeats = sorted({r["repeats"] for r in rows})
-    fig.suptitle(title or f"Gradient SNR (R = {', '.join(map(str, repeats))} estimates per point)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return draw(rows, path, title=title, dpi=dpi)

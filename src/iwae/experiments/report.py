@@ -507,8 +507,8 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
-    """plots.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    from ..plots import plot_curves
+    """figures.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
+    from ..figures import plot_curves
     from ..rundir import read_metrics
 
     runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
@@ -525,8 +525,8 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 
 def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
-    """plots.plot_samples of a few finished runs (:func:`_representatives`)."""
-    from ..plots import plot_samples
+    """figures.plot_samples of a few finished runs (:func:`_representatives`)."""
+    from ..figures import plot_samples
     from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
@@ -536,12 +536,12 @@ def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 
 def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
-    """plots.plot_latent of a few finished runs of one dataset on its first test images, by label."""
+    """figures.plot_latent of a few finished runs of one dataset on its first test images, by label."""
     import torch
 
     from ..data import fixed_binarization
     from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from ..plots import plot_latent
+    from ..figures import plot_latent
     from ..train import load
 
     runs = _representatives(exp["runs"], MAX_PANELS)
@@ -560,7 +560,7 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 
 def grid_rows(exp: dict) -> list[dict]:
-    """Rows in :func:`iwae.grid.plot_grid`'s (and grid.csv's) format, in grid order: per grid point
+    """Rows in :func:`iwae.figures.plot_grid`'s (and grid.csv's) format, in grid order: per grid point
     that a finished run (or seed group: means over seeds) serves, as the engine recorded it in the
     run's ``points`` (experiments with a ``grid``), the run's metrics: IWAE-k (the first of its
     eval.bound_ks), log p-hat, -KL = IWAE-k - log p-hat, active units (summed over layers), times."""
@@ -595,8 +595,8 @@ _grid_rows = grid_rows  # the name the figures use
 
 
 def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
-    """grid.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
-    from ..grid import plot_grid
+    """figures.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
+    from ..figures import plot_grid
 
     rows = _grid_rows(exp)
     path = plot_grid(rows, fig_dir / "grid.png")
@@ -612,7 +612,8 @@ def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     import time
 
     from ..estimators import ObjectiveSpec
-    from ..snr import fixed_batch, plot_snr, snr_sweep
+    from ..figures import plot_snr
+    from ..snr import fixed_batch, snr_sweep
     from ..train import load
 
     def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients

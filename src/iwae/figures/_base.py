@@ -1,0 +1,80 @@
+"""What every figure module shares: the Agg backend, saving by extension, image tiling.
+
+Figure sizes are fixed in inches at ``dpi`` (100 by default) and saved without tight cropping, so a
+PNG's pixel size is known in advance; each figure function's docstring gives it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("png", "svg", "pdf")
+DPI = 100
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | os.PathLike) -> Path:
+    """Writes ``fig`` in the format of ``path``'s extension (``.png`` appended when there is none)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        path, fmt = path.with_suffix(".png"), "png"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown figure format .{fmt} of {path}; use one of {', '.join('.' + f for f in FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # no bbox_inches="tight": the pixel size must be figsize * dpi exactly
+    fig.savefig(path, format=fmt, dpi=fig.dpi, metadata={"Software": "iwae"} if fmt == "png" else None)
+    pyplot().close(fig)
+    return path
+
+
+def image_shape_of(input_dim: int) -> tuple[int, int]:
+    """(side, side) for a square number of pixels (MNIST, Omniglot: 28 x 28)."""
+    side = math.isqrt(input_dim)
+    if side * side != input_dim:
+        raise ValueError(f"cannot draw inputs of {input_dim} pixels as square images")
+    return side, side
+
+
+def tile(images: torch.Tensor | np.ndarray, image_shape: tuple[int, int], cols: int | None = None,
+         pad: int = 1) -> np.ndarray:
+    """Images ``(N, H*W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad)`` array, padded with 1 (white)."""
+    x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
+    n = x.shape[0]
+    h, w = image_shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = \
+            x[i].reshape(h, w)
+    return grid
+
+
+def show(ax, grid: np.ndarray) -> None:
+    """An image grid in grey (1 = black), no ticks."""
+    ax.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def as_runs(models) -> dict:
+    """``{title: model}`` from one model (title "") or a mapping."""
+    from collections.abc import Mapping
+
+    return dict(models) if isinstance(models, Mapping) else {"": models}
