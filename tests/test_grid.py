@@ -19,7 +19,8 @@ from iwae.cli import main
 from iwae.data import Splits
 from iwae.grid import (FIGURE_DPI, FIGURE_SIZE, PROTOCOL, GridPoint, Run, canonical_run, distinct_runs,
                        grid_experiment, grid_points, grid_table, plot_grid, read_grid_csv, run_grid)
-from iwae.experiments.engine import RESULT_FILE, STATE_FILE
+from iwae.experiments.engine import STATE_FILE
+from iwae.rundir import RESULT_FILE
 
 plan = distinct_runs  # the grid's points -> runs map (the engine's plan is iwae.reproduce.plan)
 

@@ -220,7 +220,7 @@ def test_run_key_adds_the_length_the_evaluation_and_the_dependency():
         assert rundir.run_key({**spec, **other}) != rundir.run_key(spec), other
     from iwae import reproduce
 
-    with pytest.deprecated_call(match="iwae.reproduce.run_key moved"):
+    with pytest.deprecated_call(match="run_key moved to iwae.rundir"):
         assert reproduce.run_key is rundir.run_key
 
 
@@ -279,9 +279,10 @@ def test_a_continued_run_is_finished_only_from_the_model_its_dependency_holds(tr
     write_done(runs / "b", spec, init_sha256="0" * 64)  # started from a model a no longer holds
     found = rundir.run_status(runs / "b", spec)
     assert found.status == "stale" and "another model than a" in found.message
-    from iwae import experiment, reproduce
+    from iwae.experiments.engine import finished_result
+    from iwae.experiments.spec import RunSpec
 
-    assert reproduce.finished_result(runs / "b", experiment.RunSpec.from_dict(spec)) is None
+    assert finished_result(runs / "b", RunSpec.from_dict(spec)) is None
 
 
 def test_old_names_warn_and_forward_and_unknown_names_still_fail():
@@ -316,8 +317,9 @@ def test_read_metrics_and_training_seconds(trained, tmp_path):
     rows = rundir.read_metrics(trained)
     assert [r["epoch"] for r in rows] == [1.0] and all(isinstance(v, float) for v in rows[0].values())
     assert rundir.training_seconds(trained) == rows[-1]["wall_time_s"] > 0
-    with pytest.deprecated_call(match="iwae.plots.read_metrics moved"):
-        assert iwae.plots.read_metrics is rundir.read_metrics
+    import iwae.figures
+
+    assert iwae.figures.read_metrics is rundir.read_metrics  # the figures read a run's metrics through rundir
     with pytest.raises(FileNotFoundError, match="has not finished an epoch"):
         rundir.read_metrics(tmp_path)
     assert rundir.training_seconds(tmp_path) == 0.0
