@@ -9,10 +9,12 @@ Each command builds the same configs as the Python API (:class:`iwae.train.Train
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import click
@@ -23,6 +25,7 @@ from .data import DataError
 from .errors import ConfigError
 from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
+from .train import RESUMABLE, TrainConfig
 
 # user errors: reported in one line with exit status 2, never as a traceback
 USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
@@ -67,13 +70,6 @@ def _user_errors(fn):
     return wrapper
 
 
-def _echo_table(rows: list[tuple[str, str]]) -> None:
-    """Prints (label, value) rows with the values aligned."""
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        click.echo(f"{label:<{width}}  {value}")
-
-
 def _int_list(value: str | None, name: str) -> list[int] | None:
     if value is None:
         return None
@@ -86,10 +82,71 @@ def _int_list(value: str | None, name: str) -> list[int] | None:
     return out
 
 
-def _hidden_dims(value: str | None) -> list[list[int]] | None:
-    if value is None:
-        return None
-    return [_int_list(part, "--hidden-dims") for part in value.split("/")]
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class _Dims(click.ParamType):
+    """``100,50`` as [100, 50] (``list[int]`` settings); nested, ``200,200/100,100`` as [[200, 200], [100, 100]]."""
+
+    name = "dims"
+
+    def __init__(self, nested: bool) -> None:
+        self.nested = nested
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        flag = param.opts[0] if param else "value"
+        if self.nested:
+            return [_int_list(part, flag) for part in value.split("/")]
+        return _int_list(value, flag)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setting_option(f: dataclasses.Field, hint: object):
+    """The click option of a TrainConfig field: its flag, type, choices, default and help all come
+    from the field (see ``iwae.train._setting``)."""
+    meta = f.metadata
+    default = meta.get("flag_default", f.default)
+    text = meta["help"] + (f"  [default: {meta['shown']}]" if meta["shown"] else "")
+    base = [h for h in typing.get_args(hint) if h is not type(None)] or [hint]  # X | None -> X
+    if base[0] is bool:
+        return click.option(_flag(f.name), f.name, is_flag=True, default=default, help=text)
+    if meta["choices"]:
+        kind = click.Choice(meta["choices"])
+    elif meta["folder"]:
+        kind = click.Path(file_okay=False)
+    elif typing.get_origin(base[0]) is list:
+        kind = _Dims(nested=typing.get_origin(typing.get_args(base[0])[0]) is list)
+    else:
+        kind = base[0]
+    return click.option(_flag(f.name), f.name, type=kind, default=default, show_default=default is not None,
+                        help=text)
+
+
+def setting_options(config_class: type):
+    """Decorates a command with one option per field of the dataclass ``config_class``, in field order."""
+    hints = typing.get_type_hints(config_class)
+
+    def decorate(command):
+        for f in reversed(dataclasses.fields(config_class)):
+            command = _setting_option(f, hints[f.name])(command)
+        return command
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,44 +170,7 @@ Examples:
 
 
 @main.command(epilog=TRAIN_EXAMPLES)
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="iwae", show_default=True,
-              help="Training objective.")
-@click.option("--k", "k", type=int, default=5, show_default=True,
-              help="Total samples per example (for miwae/piwae: M groups of k/M).")
-@click.option("--m", "m", type=int, default=1, show_default=True, help="Groups M, for miwae and piwae.")
-@click.option("--beta", type=float, default=0.5, show_default=True, help="ELBO weight in [0, 1], for ciwae.")
-@click.option("--estimator", type=click.Choice(ESTIMATORS), default="reparam", show_default=True,
-              help="The encoder's gradient estimator (the decoder always gets its objective's gradient).")
-@click.option("--layers", type=int, default=None, help="Stochastic layers, 1 or 2 for Burda et al.'s nets.  [default: 1]")
-@click.option("--latent-dims", help="Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
-@click.option("--hidden-dims", help="Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
-@click.option("--prior", type=click.Choice(["normal", "mog", "vamp"]), default="normal", show_default=True,
-              help="p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the VampPrior.")
-@click.option("--components", type=int,
-              help="Mixture components (mog) or pseudo-inputs (vamp); required for them.")
-@click.option("--learn-mixture-weights", is_flag=True, help="mog: learn the mixture weights (else uniform).")
-@click.option("--kl-warmup", type=int, default=0, show_default=True,
-              help="vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
-@click.option("--dataset", default="mnist", show_default=True,
-              help="mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files (else $IWAE_DATA_DIR, the cache, download).")
-@click.option("--batch-size", type=int, default=20, show_default=True)
-@click.option("--epochs", type=int, help="Run the first N epochs of the schedule.  [default: all 3,280 of the paper schedule]")
-@click.option("--schedule", type=click.Choice(["paper", "constant"]), default="paper", show_default=True,
-              help="paper: 3^i epochs at lr*10^(-i/7), i=0..7; constant: --lr throughout.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Initial or constant learning rate.")
-@click.option("--beta1", type=float, default=0.9, show_default=True, help="Adam beta1 (Burda et al.'s code: 0.99).")
-@click.option("--valid-k", type=int, help="Samples for the per-epoch validation L_k.  [default: --k]")
-@click.option("--train-subset", type=int, help="Train on the first N training examples only.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU and CUDA "
-                   "draw other random numbers).")
-@click.option("--threads", type=int, help="CPU threads for torch.")
-@click.option("--checkpoint-every", type=int,
-              help="Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.  "
-                   "[default: at the end of each epoch]")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")
+@setting_options(TrainConfig)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
@@ -160,11 +180,9 @@ Examples:
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
-    from .train import TrainConfig, train as run_training, trained_epochs
+    from .train import train as run_training, trained_epochs
 
     given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    options["latent_dims"] = _int_list(options["latent_dims"], "--latent-dims")
-    options["hidden_dims"] = _hidden_dims(options["hidden_dims"])
     if resume:
         run_dir = Path(resume)
         if not run_dir.is_dir():
@@ -174,12 +192,12 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
                                   f"it started); train it again with --out {run_dir}")
         values = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
         # --device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
-        changeable = {"epochs", "device", "threads", "checkpoint_every"}
-        fixed = given - changeable - {"out"}
+        fixed = given - set(RESUMABLE) - {"out"}
         if fixed:
-            raise ValueError(f"cannot change {', '.join('--' + f.replace('_', '-') for f in sorted(fixed))} "
-                             f"when resuming; only --epochs, --device, --threads and --checkpoint-every")
-        values.update({name: options[name] for name in given & changeable})
+            allowed = [_flag(name) for name in RESUMABLE]
+            raise ValueError(f"cannot change {', '.join(_flag(f) for f in sorted(fixed))} when resuming; "
+                             f"only {', '.join(allowed[:-1])} and {allowed[-1]}")
+        values.update({name: options[name] for name in given & set(RESUMABLE)})
         values["out"] = str(run_dir)
         config = TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
     else:
@@ -230,40 +248,12 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
     first N test images), and L_k of each test image to the .npy beside it.
     """
-    import torch
+    from .evaluate import GIB, evaluate as run_evaluation, summary_text
 
-    from .evaluate import evaluate as run_evaluation
-
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}", ["k"])
-    if not memory_budget > 0:
-        raise ConfigError(f"memory_budget must be > 0 GiB, got {memory_budget}", ["memory_budget"])
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    if threads:
-        torch.set_num_threads(threads)
-    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir,
-                            memory_budget=int(memory_budget * (1 << 30)), seed=seed, device=device,
-                            progress=not quiet and not as_json)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    measured, images, runtime = result["model"], result["test_images"], result["runtime"]
-    rows = [
-        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean L_{k} ± s.e., seed {seed})"),
-        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
-        ("active units", " + ".join(map(str, result["active_units_per_layer"]))
-         + (f" = {result['active_units']}" if len(result["active_units_per_layer"]) > 1 else "")),
-        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
-                  f"model.safetensors sha256 {measured['sha256']}"),
-        ("device", f"{runtime['device']}" + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
-         + f", torch {runtime['torch']}" + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else "")),
-        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
-        ("written", ", ".join(str(Path(run_dir) / f) for f in result["files"].values())),
-    ]
-    _echo_table(rows)
+    _threads(threads)
+    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir, memory_budget=memory_budget * GIB,
+                            seed=seed, device=device, progress=not quiet and not as_json)
+    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 SNR_EXAMPLES = """
@@ -280,7 +270,7 @@ Examples:
 @click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
 @click.option("--k", "ks", default="1,4,16,64", show_default=True,
               help="Total samples K for the one-group objectives (iwae, vae, ciwae).")
-@click.option("--m", "ms", default="1,4,16", show_default=True, help="Groups M for miwae and piwae.")
+@click.option("--m", "ms", help="Groups M for miwae and piwae.  [default: 1,4,16]")
 @click.option("--group-k", type=int, default=4, show_default=True,
               help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).")
 @click.option("--estimators", default="reparam,dreg", show_default=True,
@@ -297,59 +287,25 @@ Examples:
               help="Folder for snr.csv, snr_layers.csv and snr.png.")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
-@click.pass_context
 @_user_errors
-def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
+def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
         data_dir, out, threads, as_json) -> None:
     """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
     over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
     et al. 2018). Writes OUT/snr.csv, OUT/snr_layers.csv and OUT/snr.png (SNR against K for
     IWAE, against M at fixed K per group for MIWAE, with fitted log-log slopes)."""
-    import csv
-    import io
-
-    import torch
-
     from . import snr as snr_module
     from .data import load_dataset
-    from .estimators import ObjectiveSpec
 
     # everything about the arguments first: a bad value must not wait for the data
     if bool(run_dir) == fresh:
         raise click.UsageError("give either RUN_DIR or --fresh (a freshly initialised model), not both or neither")
-    if repeats < 2:
-        raise ValueError(f"--repeats must be >= 2 to estimate a standard deviation, got {repeats}")
-    if group_k < 1:
-        raise ValueError(f"--group-k must be >= 1, got {group_k}")
-    k_values, m_values = _int_list(ks, "--k"), _int_list(ms, "--m")
-    chosen = {}
-    for flag, value, known in (("--estimators", estimators, ESTIMATORS), ("--objectives", objectives, OBJECTIVES)):
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        unknown = [v for v in names if v not in known]
-        if unknown or not names:
-            raise ValueError(f"{flag}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                             f"choose from {', '.join(known)}")
-        chosen[flag] = list(dict.fromkeys(names))
-    grouped = [o for o in chosen["--objectives"] if o in ("miwae", "piwae")]
-    if not grouped and ctx.get_parameter_source("ms") == ParameterSource.COMMANDLINE:
-        raise ValueError("--m applies to miwae and piwae only; add one of them to --objectives or drop --m")
-    specs = []  # ObjectiveSpec checks each pair, e.g. rws is defined for iwae only
-    for objective in chosen["--objectives"]:
-        for estimator in chosen["--estimators"]:
-            if objective in grouped:
-                specs += [ObjectiveSpec(objective, m * group_k, m, estimator=estimator) for m in m_values]
-            else:
-                specs += [ObjectiveSpec(objective, k, estimator=estimator) for k in k_values]
-    if threads:
-        torch.set_num_threads(threads)
-
+    study = snr_module.plan_study(_names(objectives), _names(estimators), _int_list(ks, "--k"), _int_list(ms, "--m"),
+                                  group_k, repeats, batch_size, seed)
+    _threads(threads)
     if fresh:
         splits = load_dataset("mnist", data_dir)
-        torch.manual_seed(seed)
-        from .models import VAE, ModelConfig
-
-        model = VAE(ModelConfig.burda(1, splits.dim))
-        model.init_output_bias(splits.train.mean(0))  # as training does
+        model = snr_module.fresh_model(splits, seed)
         source = f"fresh Burda 1-layer model (seed {seed})"
     else:
         from .evaluate import load_trained
@@ -359,51 +315,14 @@ def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objecti
         config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
         splits = load_dataset(config.dataset, data_dir or config.data_dir)
         source = f"run {run_dir}"
-    x = snr_module.fixed_batch(splits, batch_size)
-
-    def report(row: dict) -> None:
-        if not as_json:
-            click.echo(f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: "
-                       f"encoder {row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} "
-                       f"(median SNR), {row['seconds']:.1f} s", err=True)
-
     if not as_json:
-        click.echo(f"{len(specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
+        click.echo(f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
                    f"training images, {source}", err=True)
-    rows = snr_module.snr_sweep(model, x, specs, repeats, seed=seed, per_layer=True, progress=report)
-    slopes = snr_module.curve_slopes(rows)
+    def report(row: dict) -> None:
+        click.echo(snr_module.row_text(row), err=True)
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, records in (("snr.csv", [{k: v for k, v in r.items() if k != "layers"} for r in rows]),
-                          ("snr_layers.csv", [{"objective": r["objective"], "m": r["m"], "k": r["k"],
-                                               "estimator": r["estimator"], **layer}
-                                              for r in rows for layer in r["layers"]])):
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-        with atomic_write(out_dir / name) as f:
-            f.write(buf.getvalue())
-    figure = snr_module.plot_snr(rows, out_dir / "snr.png", title=f"Gradient SNR, {source}, R = {repeats}")
-
-    if as_json:
-        click.echo(json.dumps({"rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-                               "slopes": slopes, "figure": str(figure)}, indent=1))
-        return
-    header = ("objective", "estimator", "enc mean", "enc median", "dec mean", "dec median", "ESS", "excl enc")
-    table = [(ObjectiveSpec(r["objective"], r["k"], r["m"]).label, r["estimator"],
-              *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
-              f"{r['ess']:.2f}/{r['k_per_group']}", str(r["encoder_excluded"])) for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
-    for line in (header, *table):
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-    click.echo("SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0")
-    for s in slopes:
-        at = f" at K = {s['k_per_group']}" if s["against"] == "M" else ""
-        click.echo(f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
-                   f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}")
-    click.echo(f"wrote {out_dir / 'snr.csv'}, {out_dir / 'snr_layers.csv'} and {figure}")
+    result = snr_module.run_study(study, model, splits, out, source=source, progress=None if as_json else report)
+    click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
 
 
 GRID_EXAMPLES = """
@@ -597,8 +516,9 @@ Examples:
 
 @main.command(epilog=ANALYZE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
-@click.option("--subset", type=int, default=5000, show_default=True, help="The first N training images.")
-@click.option("--samples", type=int, default=1, show_default=True, help="Samples z per image.")
+@click.option("--subset", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="The first N training images.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples z per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
@@ -609,45 +529,18 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
 
     The result is also written to RUN_DIR/surgery_n{N}.json.
     """
-    import torch
-
-    from .analysis import elbo_surgery
-    from .data import fixed_binarization, load_dataset
+    from .analysis import run_surgery, surgery_text
+    from .data import load_dataset
     from .evaluate import load_trained
     from .train import TrainConfig
 
-    if subset < 1:
-        raise ValueError(f"--subset must be >= 1, got {subset}")
-    if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
     model, weights = load_trained(run_dir)  # never the initial weights of a run that has not trained
     config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
     splits = load_dataset(config.dataset, data_dir or config.data_dir)
-    x = splits.train[:subset]
-    if splits.dynamic:  # grey levels: binarize once, reproducibly
-        x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
-    result = elbo_surgery(model, x, num_samples=samples, generator=torch.Generator().manual_seed(seed))
-    result["seed"] = seed
-    result["model"] = weights  # which weights: the epoch and SHA-256 of model.safetensors
-    with atomic_write(Path(run_dir) / f"surgery_n{result['n']}.json") as f:
-        json.dump(result, f, indent=1)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    r = result
-    analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
-    rows = [
-        ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
-        ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
-        ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
-        ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
-        ("ELBO", f"{r['elbo']:.3f}"),
-        ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
-        ("images", f"{r['n']} training images x {r['num_samples']} samples"),
-    ]
-    _echo_table(rows)
+    result = run_surgery(model, splits, run_dir, weights=weights, subset=subset, num_samples=samples, seed=seed)
+    click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
 
 
 QEW_EXAMPLES = """
