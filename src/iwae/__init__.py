@@ -17,6 +17,7 @@ names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 
 from . import analysis, data, estimators, evaluate, grid, models, objectives, plots, posterior_figure, published, snr, train
 from .data import load_dataset
+from .errors import ConfigError
 from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
 from .models import VAE, ModelConfig
@@ -25,6 +26,6 @@ from .train import TrainConfig, load
 __all__ = [
     "analysis", "data", "estimators", "evaluate", "grid", "models", "objectives", "plots", "posterior_figure", "published", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
-    "log_likelihood", "active_units",
+    "log_likelihood", "active_units", "ConfigError",
 ]
 __version__ = "0.1.0"

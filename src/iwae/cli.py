@@ -119,15 +119,15 @@ def _flag(name: str) -> str:
 def _setting_option(f: dataclasses.Field, hint: object):
     """The click option of a TrainConfig field: its flag, type, choices, default and help all come
     from the field (see ``iwae.train._setting``)."""
-    meta = f.metadata
+    meta = f.metadata  # a field declared without _setting gets a plain flag (and fails tests/test_cli.py)
     default = meta.get("flag_default", f.default)
-    text = meta["help"] + (f"  [default: {meta['shown']}]" if meta["shown"] else "")
+    text = meta.get("help", "") + (f"  [default: {meta['shown']}]" if meta.get("shown") else "")
     base = [h for h in typing.get_args(hint) if h is not type(None)] or [hint]  # X | None -> X
     if base[0] is bool:
         return click.option(_flag(f.name), f.name, is_flag=True, default=default, help=text)
-    if meta["choices"]:
+    if meta.get("choices"):
         kind = click.Choice(meta["choices"])
-    elif meta["folder"]:
+    elif meta.get("folder"):
         kind = click.Path(file_okay=False)
     elif typing.get_origin(base[0]) is list:
         kind = _Dims(nested=typing.get_origin(typing.get_args(base[0])[0]) is list)

@@ -237,7 +237,7 @@ class TrainConfig:
 
 
 # the settings ``iwae train --resume`` may change: where and how long the run goes on, not what it is
-RESUMABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata["resumable"])
+RESUMABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resumable"))
 
 def _matches(value: object, hint: object) -> bool:
     """Whether ``value`` has the type a TrainConfig field declares (``int | None``, ``list[int]``, ...)."""
