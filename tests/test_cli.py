@@ -484,8 +484,16 @@ def test_resume_names_the_flags_that_may_change(run_dir):
     from iwae.train import RESUMABLE
 
     assert RESUMABLE == ("epochs", "device", "threads", "checkpoint_every")
-    assert_usage_error(invoke("train", "--resume", run_dir, "--seed", 1),
-                       "cannot change --seed when resuming; only --epochs, --device, --threads and --checkpoint-every")
+    assert_usage_error(invoke("train", "--resume", run_dir, "--seed", 1, "--lr", 0.1),
+                       "cannot change --lr, --seed when resuming; only epochs, device, threads and checkpoint_every")
+    from iwae.errors import ConfigError
+    from iwae.train import resume_config
+
+    with pytest.raises(ConfigError, match="^cannot change seed when resuming") as e:
+        resume_config(run_dir, {"seed": 1, "epochs": 3})
+    assert e.value.fields == ("seed",)
+    config = resume_config(run_dir, {"epochs": 3, "threads": 2, "out": "elsewhere"})
+    assert (config.epochs, config.threads, config.out, config.k) == (3, 2, str(run_dir), 5)
 
 
 def test_memory_budget_below_one_sample_is_named_in_gib(run_dir):

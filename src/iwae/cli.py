@@ -9,12 +9,10 @@ Each command builds the same configs as the Python API (:class:`iwae.train.Train
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import sys
-import typing
 from pathlib import Path
 
 import click
@@ -25,7 +23,10 @@ from .data import DataError
 from .errors import ConfigError
 from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
-from .train import RESUMABLE, TrainConfig
+from .options import int_list as _int_list
+from .options import names as _names
+from .options import setting_options
+from .train import TrainConfig
 
 # user errors: reported in one line with exit status 2, never as a traceback
 USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
@@ -70,22 +71,6 @@ def _user_errors(fn):
     return wrapper
 
 
-def _int_list(value: str | None, name: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 100,50, got {value!r}", param_hint=name)
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
-    return out
-
-
-def _names(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def _threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
@@ -93,60 +78,6 @@ def _threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-class _Dims(click.ParamType):
-    """``100,50`` as [100, 50] (``list[int]`` settings); nested, ``200,200/100,100`` as [[200, 200], [100, 100]]."""
-
-    name = "dims"
-
-    def __init__(self, nested: bool) -> None:
-        self.nested = nested
-
-    def convert(self, value, param, ctx):
-        if not isinstance(value, str):
-            return value
-        flag = param.opts[0] if param else "value"
-        if self.nested:
-            return [_int_list(part, flag) for part in value.split("/")]
-        return _int_list(value, flag)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _setting_option(f: dataclasses.Field, hint: object):
-    """The click option of a TrainConfig field: its flag, type, choices, default and help all come
-    from the field (see ``iwae.train._setting``)."""
-    meta = f.metadata  # a field declared without _setting gets a plain flag (and fails tests/test_cli.py)
-    default = meta.get("flag_default", f.default)
-    text = meta.get("help", "") + (f"  [default: {meta['shown']}]" if meta.get("shown") else "")
-    base = [h for h in typing.get_args(hint) if h is not type(None)] or [hint]  # X | None -> X
-    if base[0] is bool:
-        return click.option(_flag(f.name), f.name, is_flag=True, default=default, help=text)
-    if meta.get("choices"):
-        kind = click.Choice(meta["choices"])
-    elif meta.get("folder"):
-        kind = click.Path(file_okay=False)
-    elif typing.get_origin(base[0]) is list:
-        kind = _Dims(nested=typing.get_origin(typing.get_args(base[0])[0]) is list)
-    else:
-        kind = base[0]
-    return click.option(_flag(f.name), f.name, type=kind, default=default, show_default=default is not None,
-                        help=text)
-
-
-def setting_options(config_class: type):
-    """Decorates a command with one option per field of the dataclass ``config_class``, in field order."""
-    hints = typing.get_type_hints(config_class)
-
-    def decorate(command):
-        for f in reversed(dataclasses.fields(config_class)):
-            command = _setting_option(f, hints[f.name])(command)
-        return command
-
-    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -180,37 +111,12 @@ Examples:
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
-    from .train import train as run_training, trained_epochs
+    from .train import configure, resume_config, train as run_training, trained_epochs
 
-    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    if resume:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory {run_dir} not found")
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
-                                  f"it started); train it again with --out {run_dir}")
-        values = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
-        # --device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
-        fixed = given - set(RESUMABLE) - {"out"}
-        if fixed:
-            allowed = [_flag(name) for name in RESUMABLE]
-            raise ValueError(f"cannot change {', '.join(_flag(f) for f in sorted(fixed))} when resuming; "
-                             f"only {', '.join(allowed[:-1])} and {allowed[-1]}")
-        values.update({name: options[name] for name in given & set(RESUMABLE)})
-        values["out"] = str(run_dir)
-        config = TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
-    else:
-        values = TrainConfig.from_yaml(config_file).to_dict() if config_file else {}
-        for name, value in options.items():
-            if name in given or not config_file:
-                values[name] = value
-        if "layers" not in given and ("latent_dims" in given or values.get("layers") is None):
-            # --latent-dims 100,50 implies 2 layers, also over a config file's setting
-            values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
-        if not values.get("out"):
-            raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        config = TrainConfig.from_dict(values)
+    given = {name: v for name, v in options.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    if not (resume or given.get("out") or config_file):
+        raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
         finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do

@@ -46,7 +46,7 @@ from .runtime import synchronize, tune_allocator
 
 __all__ = ["TrainConfig", "train", "train_or_resume", "run_identity", "trained_epochs", "training_seconds",
            "model_sha256", "paper_schedule", "learning_rate", "kl_weight",
-           "load", "build_model", "SCHEDULES", "RESUMABLE"]
+           "load", "build_model", "SCHEDULES", "RESUMABLE", "configure", "resume_config"]
 
 SCHEDULES = ("paper", "constant")
 PAPER_STAGES = 8  # i = 0..7
@@ -238,6 +238,45 @@ class TrainConfig:
 
 # the settings ``iwae train --resume`` may change: where and how long the run goes on, not what it is
 RESUMABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resumable"))
+
+
+def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> TrainConfig:
+    """The config of a new run: TrainConfig's defaults, or the settings of the config file ``base``,
+    with ``overrides`` on top. ``latent_dims`` given without ``layers`` sets ``layers`` to its length
+    (also over a file's ``layers``: ``latent_dims=[100, 50]`` means 2 layers). ``out``, the run
+    directory, must be given (in ``overrides`` or ``base``): a default folder would mix runs."""
+    values = TrainConfig.from_yaml(base).to_dict() if base else {}
+    values.update(overrides)
+    if not values.get("out"):
+        raise ConfigError("out is required: the run directory to create", ["out"])
+    if "layers" not in overrides and ("latent_dims" in overrides or values.get("layers") is None):
+        values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
+    return TrainConfig.from_dict(values)
+
+
+def resume_config(run_dir: str | os.PathLike, changes: dict) -> TrainConfig:
+    """The config to resume ``run_dir`` with: its config.yaml with ``changes`` applied, which may only
+    be of the RESUMABLE settings (``out`` is the run directory itself and is ignored).
+
+    Raises:
+        CheckpointError: no such directory, or no config.yaml in it.
+        ConfigError: ``changes`` would change what the run is (its objective, k, seed, ...).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
+                              f"it started); train it again with --out {run_dir}")
+    values = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
+    # device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
+    fixed = sorted(set(changes) - set(RESUMABLE) - {"out"})
+    if fixed:
+        raise ConfigError(f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE[:-1])} "
+                          f"and {RESUMABLE[-1]} may change", fixed)
+    values.update({name: value for name, value in changes.items() if name in RESUMABLE})
+    values["out"] = str(run_dir)
+    return TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
 
 def _matches(value: object, hint: object) -> bool:
     """Whether ``value`` has the type a TrainConfig field declares (``int | None``, ``list[int]``, ...)."""
