@@ -567,3 +567,15 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     assert summary.status == {"once": "done", "always": "failed"} and attempts == {"once": 2, "always": 2}
     assert read_json(out / "runs" / "always" / ERROR_FILE)["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert (out / "runs" / "once" / RESULT_FILE).is_file() and not (out / "runs" / "once" / ERROR_FILE).exists()
+
+
+def test_summary_text_counts_statuses_and_lists_failures(tmp_path):
+    from iwae.reproduce import Summary, summary_text
+
+    summary = Summary(tmp_path, status={"a": "done", "b": "skipped", "c": "failed", "d": "blocked", "e": "done"},
+                      results={"c": {"error": "ValueError: boom"}})
+    text, failures = summary_text("tiny", summary)
+    assert text.startswith("tiny: 2 run(s) done, 1 finished before, 1 failed, 1 blocked; see ")
+    assert str(tmp_path / "reproduction.json") in text and text.endswith(f"report with: iwae report {tmp_path}")
+    assert failures == ["  c: ValueError: boom", "  d: its dependency failed"]
+    assert summary_text("tiny", Summary(tmp_path, status={"a": "done"}))[1] == []

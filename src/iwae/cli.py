@@ -311,11 +311,6 @@ Examples:
 """
 
 
-def _format_seconds(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
-
-
 @main.command(epilog=REPRODUCE_EXAMPLES)
 @click.argument("experiment", required=False)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -351,7 +346,7 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     that fails is reported and the others go on; the exit status is then 1.
     """
     from .experiment import load_experiment, shipped_experiments
-    from .reproduce import plan
+    from .reproduce import plan, plan_text, summary_text
     from .reproduce import reproduce as run_reproduction
 
     if list_experiments:
@@ -368,30 +363,11 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
         if value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     dataset_list = datasets.split(",") if datasets is not None else None
-    only = [p.strip() for pattern in only for p in pattern.split(",") if p.strip()]
+    only = _names(",".join(only))
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
     runs = exp.resolve(protocol, datasets=dataset_list, only=only or None, overrides=overrides)
     if dry_run:
-        planned = plan(runs, out_dir, data_dir)
-        todo = sum(p.seconds for p in planned if p.state != "done")
-        click.echo(f"{exp.name}, protocol {protocol}: {len(runs)} runs in {out_dir / 'runs'}")
-        width = max(len(p.spec.name) for p in planned)
-        for p in planned:
-            c = p.spec.config
-            after = f", continues {p.spec.after}" if p.spec.after else ""
-            # a run whose data is missing cannot start until it is downloaded (or found): say so
-            no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
-            click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
-                       f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on "
-                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}"
-                       f"{no_data}")
-        missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
-        click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
-                   f"(rough; divide by --workers on a machine with the cores for them)")
-        if missing:
-            click.echo(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
-                       f"({', '.join(missing)}): they download it when they start, or fail offline; "
-                       f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
+        click.echo(plan_text(f"{exp.name}, protocol {protocol}", plan(runs, out_dir, data_dir), out_dir))
         return
     try:
         summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
@@ -401,14 +377,11 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
         click.echo("interrupted; run the same command again to go on: finished runs are kept, the others resume "
                    "from their last epoch", err=True)
         sys.exit(130)
-    counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
-    click.echo(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} finished before, "
-               f"{counts['failed']} failed, {counts['blocked']} blocked; see {out_dir / 'reproduction.json'}; "
-               f"report with: iwae report {out_dir}")
-    if summary.failed:
-        for name in summary.failed:
-            error = summary.results.get(name, {}).get("error", "its dependency failed")
-            click.echo(f"  {name}: {error}", err=True)
+    text, failures = summary_text(exp.name, summary)
+    click.echo(text)
+    for line in failures:
+        click.echo(line, err=True)
+    if failures:
         sys.exit(1)
 
 
@@ -685,12 +658,7 @@ def report(out_dir, data_dir, no_figures, threads) -> None:
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
     from .report import FIGURE_DIR, write_report
 
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _threads(threads)
     markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures)
     written = [markdown_path, html_path]
     if not no_figures and (Path(out_dir) / FIGURE_DIR).is_dir():
