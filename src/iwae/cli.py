@@ -3,13 +3,13 @@
     iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5
     iwae evaluate runs/iwae-k5 --k 5000
 
-Each command builds the same configs as the Python API (:class:`iwae.train.TrainConfig`,
-:func:`iwae.evaluate.evaluate`) and exits with status 2 and one line on bad input.
+Each command parses its arguments, makes one library call (the call a Python user makes, which
+writes the same result files) and prints what it returns; bad input exits with status 2 and one
+line (:mod:`iwae.cli_support`). ``iwae train``'s options are generated from TrainConfig's fields.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -19,65 +19,14 @@ import click
 from click.core import ParameterSource
 
 from .checkpoint import CheckpointError, atomic_write
-from .data import DataError
-from .errors import ConfigError
+from .cli_support import setting_options
+from .cli_support import int_list as _int_list
+from .cli_support import names as _names
+from .cli_support import set_threads as _threads
+from .cli_support import user_errors as _user_errors
 from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
-from .options import int_list as _int_list
-from .options import names as _names
-from .options import setting_options
 from .train import TrainConfig
-
-# user errors: reported in one line with exit status 2, never as a traceback
-USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
-
-
-class UserError(click.ClickException):
-    """Bad input that is not about the command's syntax: one line, exit status 2."""
-
-    exit_code = 2
-
-
-def _flags(ctx: click.Context) -> dict[str, str]:
-    """Setting name -> the flag it was given as, for the command's options: a ConfigError about
-    ``train_subset`` then reads ``--train-subset``. Settings read from a config file (``--config``,
-    ``--resume``) keep their names, which are that file's keys."""
-    from_file = bool(ctx.params.get("config_file") or ctx.params.get("resume"))
-    flags = {}
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name is None:
-            continue
-        if from_file and ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
-            continue
-        long = [o for o in param.opts if o.startswith("--")]
-        flags[param.name] = long[0] if long else param.opts[0]
-    return flags
-
-
-def _user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except USER_ERRORS as e:
-            message = e.renamed(_flags(click.get_current_context())) if isinstance(e, ConfigError) else str(e)
-            raise UserError(message.splitlines()[0] if message else type(e).__name__) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; resume with --resume RUN_DIR", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
