@@ -173,10 +173,8 @@ def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_
     if not as_json:
         click.echo(f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
                    f"training images, {source}", err=True)
-    def report(row: dict) -> None:
-        click.echo(snr_module.row_text(row), err=True)
-
-    result = snr_module.run_study(study, model, splits, out, source=source, progress=None if as_json else report)
+    progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
+    result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
     click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
 
 
@@ -280,10 +278,10 @@ Examples:
 @click.option("--cpus-per-run", type=int, default=1, show_default=True, help="CPUs each Ray task asks for.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
-@click.option("--epochs", type=int, help="Override every run's epochs.")
-@click.option("--train-subset", type=int, help="Override: train on the first N training images.")
-@click.option("--test-subset", type=int, help="Override: evaluate on the first N test images.")
-@click.option("--eval-k", type=int, help="Override: samples of the test bound L_k (default 5000).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override every run's epochs.")
+@click.option("--train-subset", type=click.IntRange(min=1), help="Override: train on the first N training images.")
+@click.option("--test-subset", type=click.IntRange(min=1), help="Override: evaluate on the first N test images.")
+@click.option("--eval-k", type=click.IntRange(min=1), help="Override: samples of the test bound L_k (default 5000).")
 @click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
 @_user_errors
 def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_experiments, workers, threads, ray_address,
@@ -308,9 +306,6 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     exp = load_experiment(experiment)
     overrides = {k: v for k, v in (("epochs", epochs), ("train_subset", train_subset),
                                    ("test_subset", test_subset), ("eval_k", eval_k)) if v is not None}
-    for key, value in overrides.items():
-        if value < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     dataset_list = datasets.split(",") if datasets is not None else None
     only = _names(",".join(only))
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
