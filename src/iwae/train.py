@@ -94,7 +94,7 @@ class TrainConfig:
         None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
     prior: str = _setting("normal", "p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the "
                           "VampPrior.", choices=PRIORS)
-    # the normal prior records 1
+    # components: None means 1 for the normal prior, as config.yaml files have recorded
     components: int | None = _setting(None, "Mixture components (mog) or pseudo-inputs (vamp); required for them.")
     learn_mixture_weights: bool = _setting(False, "mog: learn the mixture weights (else uniform).")
     # objective
