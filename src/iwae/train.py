@@ -722,6 +722,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
+    if config.init_from and saved is None and not (Path(config.init_from) / "model.safetensors").is_file():
+        # before the run directory is made: a missing source must not leave an empty run behind
+        raise ConfigError(f"init_from {config.init_from} holds no model.safetensors (a trained run)", ["init_from"])
 
     if saved is None and run_dir.exists():
         if overwrite and not resume:
