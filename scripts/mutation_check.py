@@ -53,13 +53,13 @@ class Mutation:
 M = Mutation
 MUTATIONS: list[Mutation] = [
     # --- Adam (Burda et al.: beta1 0.9, beta2 0.999, eps 1e-4)
-    M("adam-eps-pytorch-default", "src/iwae/train.py", "adam_eps: float = 1e-4", "adam_eps: float = 1e-8",
+    M("adam-eps-pytorch-default", "src/iwae/train.py", "adam_eps: float = _setting(1e-4,", "adam_eps: float = _setting(1e-8,",
       (P + "test_training_uses_burdas_adam_settings", P + "test_adam_step_matches_the_hand_computed_update"),
       "Adam's eps is PyTorch's 1e-8 instead of Burda et al.'s 1e-4"),
     M("adam-eps-not-passed", "src/iwae/train.py", "eps=config.adam_eps, fused=fused)", "fused=fused)",
       (P + "test_adam_step_matches_the_hand_computed_update", P + "test_training_uses_burdas_adam_settings"),
       "the optimiser ignores adam_eps (PyTorch's default 1e-8)"),
-    M("adam-beta1-0.99", "src/iwae/train.py", "beta1: float = 0.9  #", "beta1: float = 0.99  #",
+    M("adam-beta1-0.99", "src/iwae/train.py", "beta1: float = _setting(0.9,", "beta1: float = _setting(0.99,",
       (P + "test_training_uses_burdas_adam_settings",), "beta1 0.99 instead of 0.9"),
     # --- initialisation
     M("no-output-bias-init", "src/iwae/train.py",

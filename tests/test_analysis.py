@@ -269,3 +269,32 @@ def test_analyze_cli_bad_input(tmp_path, tiny_run):
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["analyze", str(tiny_run), "--subset", "0"])
     assert result.exit_code == 2 and "--subset" in result.output
+
+
+def test_run_surgery_is_what_analyze_writes(tiny_run, shared_data_dir):
+    """The library call writes surgery_n{N}.json; the CLI's file is the same, and both are elbo_surgery
+    on the first N training images binarized once with the seed."""
+    from iwae.analysis import run_surgery, surgery_text
+    from iwae.data import fixed_binarization, load_dataset
+    from iwae.errors import ConfigError
+    from iwae.evaluate import load_trained
+
+    model, weights = load_trained(tiny_run)
+    splits = load_dataset("mnist", shared_data_dir, download=False)
+    result = run_surgery(model, splits, tiny_run, weights=weights, subset=100, num_samples=2, seed=3)
+    written = (tiny_run / "surgery_n100.json").read_text()
+    assert json.loads(written) == result
+    x = torch.from_numpy(fixed_binarization(splits.train[:100].numpy(), 3))
+    direct = elbo_surgery(model, x, num_samples=2, generator=torch.Generator().manual_seed(3))
+    assert result == {**direct, "seed": 3, "model": weights}
+    other = run_surgery(model, splits, tiny_run, weights=weights, subset=100, num_samples=2, seed=4)
+    assert other["mutual_info"] != result["mutual_info"]  # the seed matters: the check above can fail
+
+    cli = CliRunner().invoke(main, ["analyze", str(tiny_run), "--subset", "100", "--samples", "2", "--seed", "3",
+                                    "--data-dir", str(shared_data_dir)])
+    assert cli.exit_code == 0, cli.output
+    assert (tiny_run / "surgery_n100.json").read_text() == written
+    assert cli.output.strip() == surgery_text(result)
+    with pytest.raises(ConfigError, match="subset must be >= 1") as e:
+        run_surgery(model, splits, tiny_run, weights=weights, subset=0)
+    assert e.value.fields == ("subset",)

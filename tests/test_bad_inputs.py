@@ -119,6 +119,7 @@ CASES = [
     ("train-npy-two", "train --dataset npz:FILES/two.npy --epochs 1 --out NEW"),
     ("train-npz-no-test", "train --dataset npz:FILES/no-test.npz --epochs 1 --out NEW"),
     ("train-data-dir", "train --data-dir NEW --epochs 1 --out NEW"),
+    ("train-init-from-missing", f"train --init-from FILES/no-run --train-subset 20 {D} DATA --epochs 1 --out NEW"),
     # train: config files and run folders
     ("train-config-missing", "train --config FILES/missing.yaml --out NEW"),
     ("train-config-bad-yaml", "train --config FILES/bad.yaml --out NEW"),

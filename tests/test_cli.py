@@ -401,3 +401,119 @@ def test_result_json_records_the_weights_and_the_runtime(tmp_path, shared_data_d
     assert "cuda" in saved["hardware"]
     evaluation = json.loads((run / "eval_k5_n10_seed0.json").read_text())  # the library wrote it, as for the CLI
     assert evaluation["nll"] == saved["metrics"]["nll"]
+
+
+# ----------------------------------------------------------------------------- train's flags come from TrainConfig
+def _train_options() -> dict:
+    from iwae.cli import train as train_command
+
+    return {p.name: p for p in train_command.params if isinstance(p, __import__("click").Option)}
+
+
+def test_every_train_config_field_has_its_flag_with_the_fields_default():
+    import dataclasses
+
+    from iwae.train import TrainConfig
+
+    options = _train_options()
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in options, f"TrainConfig.{f.name} has no flag"
+        option = options[f.name]
+        assert option.opts == ["--" + f.name.replace("_", "-")], option.opts
+        # --out alone has no default on the command line (it is required there); every other flag's is the field's
+        expected = None if f.name == "out" else f.default
+        assert option.default == expected, (f.name, option.default, f.default)
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text: declare it with train._setting"
+        assert option.help.startswith(f.metadata["help"]), f.name
+    extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+    assert extra == {"config_file", "resume", "overwrite", "quiet"}
+
+
+def test_train_choices_are_the_librarys_lists():
+    from iwae.estimators import ESTIMATORS
+    from iwae.models import PRIORS
+    from iwae.objectives import OBJECTIVES
+    from iwae.train import SCHEDULES
+
+    options = _train_options()
+    for name, listed in [("objective", OBJECTIVES), ("estimator", ESTIMATORS), ("prior", PRIORS),
+                         ("schedule", SCHEDULES)]:
+        assert tuple(options[name].type.choices) == tuple(listed), name
+    assert options["learn_mixture_weights"].is_flag
+
+
+def test_train_help_keeps_its_defaults_and_flags():
+    text = invoke("train", "--help").stdout
+    for phrase in ["--objective [vae|iwae|miwae|ciwae|piwae]", "[default: iwae]", "[default: 0.001]",
+                   "[default: all 3,280 of the paper", "[default: --k]", "[default: at the end of each epoch]",
+                   "--learn-mixture-weights", "--hidden-dims", "--checkpoint-every", "--resume", "--quiet"]:
+        assert phrase in " ".join(text.split()), phrase
+
+
+def test_a_new_setting_gets_its_flag(monkeypatch):
+    """setting_options builds one option per field of a dataclass from the field's metadata: a field
+    added to a config adds its flag, with its type, choices, default and help."""
+    import dataclasses
+
+    import click
+
+    from iwae.cli_support import setting_options
+    from iwae.train import _setting
+
+    @dataclasses.dataclass
+    class Config:
+        warm_restarts: int = _setting(3, "Restarts of the schedule.")
+        optimizer: str = _setting("adam", "The optimizer.", choices=("adam", "sgd"))
+        widths: list[int] | None = _setting(None, "Widths.", shown="Burda's")
+        nesterov: bool = _setting(False, "Nesterov momentum.")
+
+    seen = []
+
+    @click.command()
+    @setting_options(Config)
+    def command(**values):
+        seen.append(values)
+
+    result = CliRunner().invoke(command, ["--warm-restarts", "7", "--widths", "3,4", "--nesterov"])
+    assert result.exit_code == 0, result.output
+    assert seen == [{"warm_restarts": 7, "optimizer": "adam", "widths": [3, 4], "nesterov": True}]
+    assert CliRunner().invoke(command, ["--optimizer", "lbfgs"]).exit_code == 2
+    assert CliRunner().invoke(command, ["--warm-restarts", "x"]).exit_code == 2
+    text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
+    assert "Restarts of the schedule. [default: 3]" in text and "Widths. [default: Burda's]" in text
+
+
+def test_resume_names_the_flags_that_may_change(run_dir):
+    from iwae.train import RESUMABLE
+
+    assert RESUMABLE == ("epochs", "device", "threads", "checkpoint_every")
+    assert_usage_error(invoke("train", "--resume", run_dir, "--seed", 1, "--lr", 0.1),
+                       "cannot change --lr, --seed when resuming; only epochs, device, threads and checkpoint_every")
+    from iwae.errors import ConfigError
+    from iwae.train import resume_config
+
+    with pytest.raises(ConfigError, match="^cannot change seed when resuming") as e:
+        resume_config(run_dir, {"seed": 1, "epochs": 3})
+    assert e.value.fields == ("seed",)
+    config = resume_config(run_dir, {"epochs": 3, "threads": 2, "out": "elsewhere"})
+    assert (config.epochs, config.threads, config.out, config.k) == (3, 2, str(run_dir), 5)
+
+
+def test_memory_budget_below_one_sample_is_named_in_gib(run_dir):
+    line = assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--test-subset", 2, "--memory-budget", "1e-9"),
+                              "--memory-budget of 1e-09 GiB is below one sample's")
+    assert "bytes is below" not in line and "memory_budget" not in line
+    assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--memory-budget", "inf"), "--memory-budget must be")
+    from iwae.errors import ConfigError
+    from iwae.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match="^memory_budget of 9.31e-10 GiB is below") as e:  # the API: bytes, one
+        evaluate(run_dir, k=2, test_subset=2, memory_budget=1, save=False)
+    assert e.value.fields == ("memory_budget",)
+
+
+def test_config_error_is_public():
+    import iwae
+    from iwae.errors import ConfigError
+
+    assert iwae.ConfigError is ConfigError and "ConfigError" in iwae.__all__

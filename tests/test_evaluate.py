@@ -412,3 +412,22 @@ def test_a_prior_without_a_memory_count_is_counted_as_a_gaussian(trained_model):
     expected = evaluate_module._bytes_per_row(model)  # the built-in N(0, I) counts dim + 1 floats
     model.prior_module = Plain()
     assert evaluate_module._bytes_per_row(model) == expected
+
+
+def test_summary_text_formats_a_result():
+    """What `iwae evaluate` prints, from the result dict alone: aligned rows, 2-layer units summed."""
+    from iwae.evaluate import summary_text
+
+    result = {"nll": 87.1234, "nll_stderr": 0.4321, "k": 5000, "seed": 2, "active_units": 25,
+              "active_units_per_layer": [20, 5], "seconds": 12.34, "images_per_s": 81.0,
+              "test_images": {"dataset": "mnist", "split": "test", "first": 1000, "of": 10000},
+              "model": {"run_dir": "runs/a", "epoch": 3, "epochs_planned": 9, "sha256": "ab" * 32},
+              "runtime": {"device": "cuda", "gpu": "H200", "torch": "2.13", "cuda": "12.8"},
+              "files": {"json": "eval.json", "bounds": "eval.npy"}}
+    lines = summary_text(result).splitlines()
+    assert lines[0] == "test NLL (nats)  87.12 ± 0.43  (-mean L_5000 ± s.e., seed 2)"
+    assert lines[2] == "active units     20 + 5 = 25"
+    assert lines[4] == "device           cuda (H200), torch 2.13, CUDA 12.8"
+    assert lines[-1] == f"written          {Path('runs/a') / 'eval.json'}, {Path('runs/a') / 'eval.npy'}"
+    one_layer = dict(result, active_units_per_layer=[7], active_units=7, files=None)
+    assert "active units     7" in summary_text(one_layer).splitlines() and "nothing" in summary_text(one_layer)

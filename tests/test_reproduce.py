@@ -614,3 +614,15 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     for name, value in zip(("a", "a-s1"), nlls):
         line = next(ln for ln in per_seed.splitlines() if ln.startswith(f"| `{name}` |"))
         assert f"{value:.2f} ± " in line  # a run's own value, ± its standard error over images
+
+
+def test_summary_text_counts_statuses_and_lists_failures(tmp_path):
+    from iwae.experiments.engine import Summary, summary_text
+
+    summary = Summary(tmp_path, status={"a": "done", "b": "skipped", "c": "failed", "d": "blocked", "e": "done"},
+                      results={"c": {"error": "ValueError: boom"}})
+    text, failures = summary_text("tiny", summary)
+    assert text.startswith("tiny: 2 run(s) done, 1 finished before, 1 failed, 1 blocked; see ")
+    assert str(tmp_path / "reproduction.json") in text and text.endswith(f"report with: iwae report {tmp_path}")
+    assert failures == ["  c: ValueError: boom", "  d: its dependency failed"]
+    assert summary_text("tiny", Summary(tmp_path, status={"a": "done"}))[1] == []

@@ -253,3 +253,52 @@ def test_cli_bad_values_exit_2_with_one_line(tmp_path, args, phrase):
 def test_cli_missing_run_directory(tmp_path):
     result = invoke(tmp_path / "nope", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "not found" in result.output
+
+
+# ----------------------------------------------------------------------------- the study as a library call
+def test_plan_study_builds_the_spec_grid():
+    study = snr.plan_study(["iwae", "miwae"], ["reparam", "dreg"], ks=[1, 8], group_k=2, repeats=5)
+    expected = [("iwae", k, 1, e) for e in ("reparam", "dreg") for k in (1, 8)]
+    expected += [("miwae", 2 * m, m, e) for e in ("reparam", "dreg") for m in (1, 4, 16)]  # default M, K = 2 per group
+    assert [(s.name, s.k, s.m, s.estimator) for s in study.specs] == expected
+    assert (study.repeats, study.batch_size, study.seed) == (5, 20, 0)
+    again = snr.plan_study(["miwae", "miwae"], ["stl"], ms=[3], group_k=5)  # repeated names count once
+    assert [(s.k, s.m) for s in again.specs] == [(15, 3)]
+
+
+@pytest.mark.parametrize("kwargs, fields", [
+    ({"ms": [2], "objectives": ["iwae"]}, ("ms", "objectives")),
+    ({"estimators": ["magic"]}, ("estimators",)),
+    ({"objectives": []}, ("objectives",)),
+    ({"repeats": 1}, ("repeats",)),
+    ({"group_k": 0}, ("group_k",)),
+])
+def test_plan_study_refuses_with_the_setting_named(kwargs, fields):
+    from iwae.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        snr.plan_study(**kwargs)
+    assert e.value.fields == fields and "\n" not in str(e.value)
+
+
+def test_the_python_api_writes_the_files_the_cli_writes(tmp_path, mnist_splits, shared_data_dir):
+    study = snr.plan_study(["iwae"], ["reparam"], ks=[1, 2], repeats=3, batch_size=2, seed=1)
+    result = snr.run_study(study, snr.fresh_model(mnist_splits, seed=1), mnist_splits, tmp_path / "api", source="x")
+    cli = invoke("--fresh", "--objectives", "iwae", "--estimators", "reparam", "--k", "1,2", "--repeats", 3,
+                 "--batch-size", 2, "--seed", 1, "--data-dir", shared_data_dir, "--out", tmp_path / "cli")
+    assert cli.exit_code == 0, (cli.output, cli.exception)
+    assert result["files"] == [str(tmp_path / "api" / name) for name in ("snr.csv", "snr_layers.csv", "snr.png")]
+
+    def table(path):  # every column but the wall time
+        with open(path) as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    for name in ("snr.csv", "snr_layers.csv"):
+        assert table(tmp_path / "api" / name) == table(tmp_path / "cli" / name), name
+    rows = table(tmp_path / "api" / "snr.csv")
+    assert [(r["k"], float(r["encoder_median"])) for r in rows] == [
+        (str(r["k"]), pytest.approx(r["encoder_median"], rel=1e-12)) for r in result["rows"]]
+    assert "layers" not in result["rows"][0] and len(table(tmp_path / "api" / "snr_layers.csv")) > len(rows)
+    text = snr.study_text(result)
+    assert "IWAE(k=2)" in text and "slope of log median SNR against log K: iwae, reparam, encoder" in text
+    assert text.endswith(f"wrote {result['files'][0]}, {result['files'][1]} and {result['files'][2]}")

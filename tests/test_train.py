@@ -883,3 +883,22 @@ def test_resume_refuses_settings_of_another_run(reference_run, tmp_path, small_s
 def test_a_device_index_torch_cannot_parse_is_one_line():
     with pytest.raises(ValueError, match="unknown device"):
         TrainConfig(device="cuda:99999999999999999999")
+
+
+def test_configure_layers_overrides_on_defaults_or_a_file(tmp_path):
+    """configure: TrainConfig's defaults or a config file's settings, the overrides on top, latent_dims
+    implying layers (over the file's too); a new run needs out."""
+    from iwae.errors import ConfigError
+    from iwae.train import configure
+
+    config = configure({"k": 7, "out": "a"})
+    assert config == TrainConfig(k=7, out="a")
+    assert configure({"latent_dims": [100, 50], "out": "a"}).layers == 2
+    base = tmp_path / "config.yaml"
+    base.write_text(yaml.safe_dump(TrainConfig(k=3, seed=4, train_subset=9, out="old").to_dict()))
+    config = configure({"seed": 5, "latent_dims": [20, 10]}, base=base)
+    assert (config.k, config.seed, config.train_subset, config.layers, config.out) == (3, 5, 9, 2, "old")
+    assert configure({"layers": 2}, base=base).layers == 2 and configure({}, base=base).layers == 1
+    with pytest.raises(ConfigError, match="out is required") as e:
+        configure({"k": 2})
+    assert e.value.fields == ("out",)

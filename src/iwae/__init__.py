@@ -18,6 +18,7 @@ names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 from . import analysis, data, estimators, evaluate, experiments, figures, grid, models, objectives, qew, snr, train
 from .experiments import published
 from .data import load_dataset
+from .errors import ConfigError
 from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
 from .models import VAE, ModelConfig
@@ -29,7 +30,7 @@ __all__ = [
     "analysis", "data", "estimators", "evaluate", "experiments", "figures", "grid", "models", "objectives", "published",
     "qew", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
-    "log_likelihood", "active_units",
+    "log_likelihood", "active_units", "ConfigError",
     "rundir", "open_run",
 ]
 __version__ = "0.1.0"

@@ -29,14 +29,17 @@ References:
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from .models.gaussian import HALF_LOG_2PI, diag_normal_log_prob
+from .tables import label_table
 
 __all__ = [
-    "elbo_surgery", "sample_qew", "posterior_grid", "histogram_on_grid", "qew_density_on_grid",
+    "elbo_surgery", "run_surgery", "surgery_text",
+    "sample_qew", "posterior_grid", "histogram_on_grid", "qew_density_on_grid",
     "total_variation", "sample_images", "reconstruct", "posterior_means", "toy_bias", "LATENT_SAMPLES",
 ]
 
@@ -182,6 +185,48 @@ def elbo_surgery(
     if hasattr(model, "train"):
         model.train(was_training)
     return result
+
+
+def run_surgery(model, splits, run_dir: str | os.PathLike, *, weights: dict, subset: int = 5000,
+                num_samples: int = 1, seed: int = 0) -> dict:
+    """:func:`elbo_surgery` of a trained run on its first ``subset`` training images, written to
+    ``RUN_DIR/surgery_n{N}.json`` (atomically) and returned.
+
+    Grey-level (dynamically binarized) images are binarized once with ``seed``
+    (:func:`iwae.data.fixed_binarization`), which also seeds the samples z. The result adds
+    ``seed`` and ``model``: ``weights``, which weights were measured (the epoch and SHA-256 of
+    model.safetensors, as :func:`iwae.evaluate.load_trained` returns them).
+    """
+    from .data import fixed_binarization
+    from .errors import ConfigError
+    from .rundir import write_surgery
+
+    for name, value in (("subset", subset), ("num_samples", num_samples)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}", [name])
+    x = splits.train[:subset]
+    if splits.dynamic:  # grey levels: binarize once, reproducibly
+        x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
+    result = elbo_surgery(model, x, num_samples=num_samples, generator=torch.Generator().manual_seed(seed))
+    result["seed"] = seed
+    result["model"] = weights
+    write_surgery(run_dir, result)
+    return result
+
+
+def surgery_text(result: dict) -> str:
+    """The lines ``iwae analyze`` prints for a result of :func:`elbo_surgery`, each term with its standard error."""
+    r = result
+    analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
+    return label_table([
+        ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
+        ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
+        ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
+        ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
+        ("ELBO", f"{r['elbo']:.3f}"),
+        ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
+        ("images", f"{r['n']} training images x {r['num_samples']} samples"),
+    ])
 
 
 # ----------------------------------------------------------------------------- q_EW

@@ -3,13 +3,13 @@
     iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5
     iwae evaluate runs/iwae-k5 --k 5000
 
-Each command builds the same configs as the Python API (:class:`iwae.train.TrainConfig`,
-:func:`iwae.evaluate.evaluate`) and exits with status 2 and one line on bad input.
+Each command parses its arguments, makes one library call (the call a Python user makes, which
+writes the same result files) and prints what it returns; bad input exits with status 2 and one
+line (:mod:`iwae.cli_support`). ``iwae train``'s options are generated from TrainConfig's fields.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -19,77 +19,14 @@ import click
 from click.core import ParameterSource
 
 from .checkpoint import CheckpointError, atomic_write
-from .data import DataError
-from .errors import ConfigError
+from .cli_support import setting_options
+from .cli_support import int_list as _int_list
+from .cli_support import names as _names
+from .cli_support import set_threads as _threads
+from .cli_support import user_errors as _user_errors
 from .estimators import ESTIMATORS
 from .objectives import OBJECTIVES
-
-# user errors: reported in one line with exit status 2, never as a traceback
-USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
-
-
-class UserError(click.ClickException):
-    """Bad input that is not about the command's syntax: one line, exit status 2."""
-
-    exit_code = 2
-
-
-def _flags(ctx: click.Context) -> dict[str, str]:
-    """Setting name -> the flag it was given as, for the command's options: a ConfigError about
-    ``train_subset`` then reads ``--train-subset``. Settings read from a config file (``--config``,
-    ``--resume``) keep their names, which are that file's keys."""
-    from_file = bool(ctx.params.get("config_file") or ctx.params.get("resume"))
-    flags = {}
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name is None:
-            continue
-        if from_file and ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
-            continue
-        long = [o for o in param.opts if o.startswith("--")]
-        flags[param.name] = long[0] if long else param.opts[0]
-    return flags
-
-
-def _user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except USER_ERRORS as e:
-            message = e.renamed(_flags(click.get_current_context())) if isinstance(e, ConfigError) else str(e)
-            raise UserError(message.splitlines()[0] if message else type(e).__name__) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; resume with --resume RUN_DIR", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _echo_table(rows: list[tuple[str, str]]) -> None:
-    """Prints (label, value) rows with the values aligned."""
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        click.echo(f"{label:<{width}}  {value}")
-
-
-def _int_list(value: str | None, name: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 100,50, got {value!r}", param_hint=name)
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
-    return out
-
-
-def _hidden_dims(value: str | None) -> list[list[int]] | None:
-    if value is None:
-        return None
-    return [_int_list(part, "--hidden-dims") for part in value.split("/")]
+from .train import TrainConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,44 +50,7 @@ Examples:
 
 
 @main.command(epilog=TRAIN_EXAMPLES)
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="iwae", show_default=True,
-              help="Training objective.")
-@click.option("--k", "k", type=int, default=5, show_default=True,
-              help="Total samples per example (for miwae/piwae: M groups of k/M).")
-@click.option("--m", "m", type=int, default=1, show_default=True, help="Groups M, for miwae and piwae.")
-@click.option("--beta", type=float, default=0.5, show_default=True, help="ELBO weight in [0, 1], for ciwae.")
-@click.option("--estimator", type=click.Choice(ESTIMATORS), default="reparam", show_default=True,
-              help="The encoder's gradient estimator (the decoder always gets its objective's gradient).")
-@click.option("--layers", type=int, default=None, help="Stochastic layers, 1 or 2 for Burda et al.'s nets.  [default: 1]")
-@click.option("--latent-dims", help="Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
-@click.option("--hidden-dims", help="Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
-@click.option("--prior", type=click.Choice(["normal", "mog", "vamp"]), default="normal", show_default=True,
-              help="p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the VampPrior.")
-@click.option("--components", type=int,
-              help="Mixture components (mog) or pseudo-inputs (vamp); required for them.")
-@click.option("--learn-mixture-weights", is_flag=True, help="mog: learn the mixture weights (else uniform).")
-@click.option("--kl-warmup", type=int, default=0, show_default=True,
-              help="vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
-@click.option("--dataset", default="mnist", show_default=True,
-              help="mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files (else $IWAE_DATA_DIR, the cache, download).")
-@click.option("--batch-size", type=int, default=20, show_default=True)
-@click.option("--epochs", type=int, help="Run the first N epochs of the schedule.  [default: all 3,280 of the paper schedule]")
-@click.option("--schedule", type=click.Choice(["paper", "constant"]), default="paper", show_default=True,
-              help="paper: 3^i epochs at lr*10^(-i/7), i=0..7; constant: --lr throughout.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Initial or constant learning rate.")
-@click.option("--beta1", type=float, default=0.9, show_default=True, help="Adam beta1 (Burda et al.'s code: 0.99).")
-@click.option("--valid-k", type=int, help="Samples for the per-epoch validation L_k.  [default: --k]")
-@click.option("--train-subset", type=int, help="Train on the first N training examples only.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU and CUDA "
-                   "draw other random numbers).")
-@click.option("--threads", type=int, help="CPU threads for torch.")
-@click.option("--checkpoint-every", type=int,
-              help="Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.  "
-                   "[default: at the end of each epoch]")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")
+@setting_options(TrainConfig)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
@@ -161,39 +61,12 @@ Examples:
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from .rundir import trained_epochs
-    from .train import TrainConfig, train as run_training
+    from .train import configure, resume_config, train as run_training
 
-    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    options["latent_dims"] = _int_list(options["latent_dims"], "--latent-dims")
-    options["hidden_dims"] = _hidden_dims(options["hidden_dims"])
-    if resume:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory {run_dir} not found")
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
-                                  f"it started); train it again with --out {run_dir}")
-        values = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
-        # --device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
-        changeable = {"epochs", "device", "threads", "checkpoint_every"}
-        fixed = given - changeable - {"out"}
-        if fixed:
-            raise ValueError(f"cannot change {', '.join('--' + f.replace('_', '-') for f in sorted(fixed))} "
-                             f"when resuming; only --epochs, --device, --threads and --checkpoint-every")
-        values.update({name: options[name] for name in given & changeable})
-        values["out"] = str(run_dir)
-        config = TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
-    else:
-        values = TrainConfig.from_yaml(config_file).to_dict() if config_file else {}
-        for name, value in options.items():
-            if name in given or not config_file:
-                values[name] = value
-        if "layers" not in given and ("latent_dims" in given or values.get("layers") is None):
-            # --latent-dims 100,50 implies 2 layers, also over a config file's setting
-            values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
-        if not values.get("out"):
-            raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        config = TrainConfig.from_dict(values)
+    given = {name: v for name, v in options.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    if not (resume or given.get("out") or config_file):
+        raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
         finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do
@@ -231,40 +104,12 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
     first N test images), and L_k of each test image to the .npy beside it.
     """
-    import torch
+    from .evaluate import GIB, evaluate as run_evaluation, summary_text
 
-    from .evaluate import evaluate as run_evaluation
-
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}", ["k"])
-    if not memory_budget > 0:
-        raise ConfigError(f"memory_budget must be > 0 GiB, got {memory_budget}", ["memory_budget"])
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    if threads:
-        torch.set_num_threads(threads)
-    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir,
-                            memory_budget=int(memory_budget * (1 << 30)), seed=seed, device=device,
-                            progress=not quiet and not as_json)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    measured, images, runtime = result["model"], result["test_images"], result["runtime"]
-    rows = [
-        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean L_{k} ± s.e., seed {seed})"),
-        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
-        ("active units", " + ".join(map(str, result["active_units_per_layer"]))
-         + (f" = {result['active_units']}" if len(result["active_units_per_layer"]) > 1 else "")),
-        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
-                  f"model.safetensors sha256 {measured['sha256']}"),
-        ("device", f"{runtime['device']}" + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
-         + f", torch {runtime['torch']}" + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else "")),
-        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
-        ("written", ", ".join(str(Path(run_dir) / f) for f in result["files"].values())),
-    ]
-    _echo_table(rows)
+    _threads(threads)
+    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir, memory_budget=memory_budget * GIB,
+                            seed=seed, device=device, progress=not quiet and not as_json)
+    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 SNR_EXAMPLES = """
@@ -281,7 +126,7 @@ Examples:
 @click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
 @click.option("--k", "ks", default="1,4,16,64", show_default=True,
               help="Total samples K for the one-group objectives (iwae, vae, ciwae).")
-@click.option("--m", "ms", default="1,4,16", show_default=True, help="Groups M for miwae and piwae.")
+@click.option("--m", "ms", help="Groups M for miwae and piwae.  [default: 1,4,16]")
 @click.option("--group-k", type=int, default=4, show_default=True,
               help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).")
 @click.option("--estimators", default="reparam,dreg", show_default=True,
@@ -298,59 +143,25 @@ Examples:
               help="Folder for snr.csv, snr_layers.csv and snr.png.")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
-@click.pass_context
 @_user_errors
-def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
+def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
         data_dir, out, threads, as_json) -> None:
     """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
     over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
     et al. 2018). Writes OUT/snr.csv, OUT/snr_layers.csv and OUT/snr.png (SNR against K for
     IWAE, against M at fixed K per group for MIWAE, with fitted log-log slopes)."""
-    import csv
-    import io
-
-    import torch
-
     from . import snr as snr_module
     from .data import load_dataset
-    from .estimators import ObjectiveSpec
 
     # everything about the arguments first: a bad value must not wait for the data
     if bool(run_dir) == fresh:
         raise click.UsageError("give either RUN_DIR or --fresh (a freshly initialised model), not both or neither")
-    if repeats < 2:
-        raise ValueError(f"--repeats must be >= 2 to estimate a standard deviation, got {repeats}")
-    if group_k < 1:
-        raise ValueError(f"--group-k must be >= 1, got {group_k}")
-    k_values, m_values = _int_list(ks, "--k"), _int_list(ms, "--m")
-    chosen = {}
-    for flag, value, known in (("--estimators", estimators, ESTIMATORS), ("--objectives", objectives, OBJECTIVES)):
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        unknown = [v for v in names if v not in known]
-        if unknown or not names:
-            raise ValueError(f"{flag}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                             f"choose from {', '.join(known)}")
-        chosen[flag] = list(dict.fromkeys(names))
-    grouped = [o for o in chosen["--objectives"] if o in ("miwae", "piwae")]
-    if not grouped and ctx.get_parameter_source("ms") == ParameterSource.COMMANDLINE:
-        raise ValueError("--m applies to miwae and piwae only; add one of them to --objectives or drop --m")
-    specs = []  # ObjectiveSpec checks each pair, e.g. rws is defined for iwae only
-    for objective in chosen["--objectives"]:
-        for estimator in chosen["--estimators"]:
-            if objective in grouped:
-                specs += [ObjectiveSpec(objective, m * group_k, m, estimator=estimator) for m in m_values]
-            else:
-                specs += [ObjectiveSpec(objective, k, estimator=estimator) for k in k_values]
-    if threads:
-        torch.set_num_threads(threads)
-
+    study = snr_module.plan_study(_names(objectives), _names(estimators), _int_list(ks, "--k"), _int_list(ms, "--m"),
+                                  group_k, repeats, batch_size, seed)
+    _threads(threads)
     if fresh:
         splits = load_dataset("mnist", data_dir)
-        torch.manual_seed(seed)
-        from .models import VAE, ModelConfig
-
-        model = VAE(ModelConfig.burda(1, splits.dim))
-        model.init_output_bias(splits.train.mean(0))  # as training does
+        model = snr_module.fresh_model(splits, seed)
         source = f"fresh Burda 1-layer model (seed {seed})"
     else:
         from .rundir import open_run
@@ -358,51 +169,12 @@ def snr(ctx: click.Context, run_dir, fresh, ks, ms, group_k, estimators, objecti
         run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
         model, splits = run.model, run.splits
         source = f"run {run_dir}"
-    x = snr_module.fixed_batch(splits, batch_size)
-
-    def report(row: dict) -> None:
-        if not as_json:
-            click.echo(f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: "
-                       f"encoder {row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} "
-                       f"(median SNR), {row['seconds']:.1f} s", err=True)
-
     if not as_json:
-        click.echo(f"{len(specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
+        click.echo(f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
                    f"training images, {source}", err=True)
-    rows = snr_module.snr_sweep(model, x, specs, repeats, seed=seed, per_layer=True, progress=report)
-    slopes = snr_module.curve_slopes(rows)
-
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, records in (("snr.csv", [{k: v for k, v in r.items() if k != "layers"} for r in rows]),
-                          ("snr_layers.csv", [{"objective": r["objective"], "m": r["m"], "k": r["k"],
-                                               "estimator": r["estimator"], **layer}
-                                              for r in rows for layer in r["layers"]])):
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-        with atomic_write(out_dir / name) as f:
-            f.write(buf.getvalue())
-    figure = snr_module.plot_snr(rows, out_dir / "snr.png", title=f"Gradient SNR, {source}, R = {repeats}")
-
-    if as_json:
-        click.echo(json.dumps({"rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-                               "slopes": slopes, "figure": str(figure)}, indent=1))
-        return
-    header = ("objective", "estimator", "enc mean", "enc median", "dec mean", "dec median", "ESS", "excl enc")
-    table = [(ObjectiveSpec(r["objective"], r["k"], r["m"]).label, r["estimator"],
-              *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
-              f"{r['ess']:.2f}/{r['k_per_group']}", str(r["encoder_excluded"])) for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
-    for line in (header, *table):
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-    click.echo("SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0")
-    for s in slopes:
-        at = f" at K = {s['k_per_group']}" if s["against"] == "M" else ""
-        click.echo(f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
-                   f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}")
-    click.echo(f"wrote {out_dir / 'snr.csv'}, {out_dir / 'snr_layers.csv'} and {figure}")
+    progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
+    result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
+    click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
 
 
 GRID_EXAMPLES = """
@@ -480,11 +252,6 @@ Examples:
 """
 
 
-def _format_seconds(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
-
-
 @main.command(epilog=REPRODUCE_EXAMPLES)
 @click.argument("experiment", required=False)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -505,10 +272,10 @@ def _format_seconds(seconds: float) -> str:
 @click.option("--cpus-per-run", type=int, default=1, show_default=True, help="CPUs each Ray task asks for.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
-@click.option("--epochs", type=int, help="Override every run's epochs.")
-@click.option("--train-subset", type=int, help="Override: train on the first N training images.")
-@click.option("--test-subset", type=int, help="Override: evaluate on the first N test images.")
-@click.option("--eval-k", type=int, help="Override: samples of the test bound L_k (default 5000).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override every run's epochs.")
+@click.option("--train-subset", type=click.IntRange(min=1), help="Override: train on the first N training images.")
+@click.option("--test-subset", type=click.IntRange(min=1), help="Override: evaluate on the first N test images.")
+@click.option("--eval-k", type=click.IntRange(min=1), help="Override: samples of the test bound L_k (default 5000).")
 @click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
 @_user_errors
 def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_experiments, workers, threads, ray_address,
@@ -519,7 +286,7 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     Writes OUT/reproduction.json and OUT/runs/NAME/ (the run, result.json or error.json). A run
     that fails is reported and the others go on; the exit status is then 1.
     """
-    from .experiments.engine import plan
+    from .experiments.engine import plan, plan_text, summary_text
     from .experiments.engine import reproduce as run_reproduction
     from .experiments.spec import load_experiment, shipped_experiments
 
@@ -533,34 +300,12 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     exp = load_experiment(experiment)
     overrides = {k: v for k, v in (("epochs", epochs), ("train_subset", train_subset),
                                    ("test_subset", test_subset), ("eval_k", eval_k)) if v is not None}
-    for key, value in overrides.items():
-        if value < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     dataset_list = datasets.split(",") if datasets is not None else None
-    only = [p.strip() for pattern in only for p in pattern.split(",") if p.strip()]
+    only = _names(",".join(only))
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
     runs = exp.resolve(protocol, datasets=dataset_list, only=only or None, overrides=overrides)
     if dry_run:
-        planned = plan(runs, out_dir, data_dir)
-        todo = sum(p.seconds for p in planned if p.state != "done")
-        click.echo(f"{exp.name}, protocol {protocol}: {len(runs)} runs in {out_dir / 'runs'}")
-        width = max(len(p.spec.name) for p in planned)
-        for p in planned:
-            c = p.spec.config
-            after = f", continues {p.spec.after}" if p.spec.after else ""
-            # a run whose data is missing cannot start until it is downloaded (or found): say so
-            no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
-            click.echo(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
-                       f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on "
-                       f"{p.spec.eval['test_subset'] or 'all'} test images{after}  ~{_format_seconds(p.seconds)}"
-                       f"{no_data}")
-        missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
-        click.echo(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
-                   f"(rough; divide by --workers on a machine with the cores for them)")
-        if missing:
-            click.echo(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
-                       f"({', '.join(missing)}): they download it when they start, or fail offline; "
-                       f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
+        click.echo(plan_text(f"{exp.name}, protocol {protocol}", plan(runs, out_dir, data_dir), out_dir))
         return
     try:
         summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
@@ -570,14 +315,11 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
         click.echo("interrupted; run the same command again to go on: finished runs are kept, the others resume "
                    "from their last epoch", err=True)
         sys.exit(130)
-    counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
-    click.echo(f"{exp.name}: {counts['done']} run(s) done, {counts['skipped']} finished before, "
-               f"{counts['failed']} failed, {counts['blocked']} blocked; see {out_dir / 'reproduction.json'}; "
-               f"report with: iwae report {out_dir}")
-    if summary.failed:
-        for name in summary.failed:
-            error = summary.results.get(name, {}).get("error", "its dependency failed")
-            click.echo(f"  {name}: {error}", err=True)
+    text, failures = summary_text(exp.name, summary)
+    click.echo(text)
+    for line in failures:
+        click.echo(line, err=True)
+    if failures:
         sys.exit(1)
 
 
@@ -591,8 +333,9 @@ Examples:
 
 @main.command(epilog=ANALYZE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
-@click.option("--subset", type=int, default=5000, show_default=True, help="The first N training images.")
-@click.option("--samples", type=int, default=1, show_default=True, help="Samples z per image.")
+@click.option("--subset", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="The first N training images.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples z per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
@@ -603,40 +346,13 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
 
     The result is also written to RUN_DIR/surgery_n{N}.json.
     """
-    import torch
+    from .analysis import run_surgery, surgery_text
+    from .rundir import open_run
 
-    from .analysis import elbo_surgery
-    from .data import fixed_binarization
-    from .rundir import open_run, write_surgery
-
-    if subset < 1:
-        raise ValueError(f"--subset must be >= 1, got {subset}")
-    if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
     run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
-    model, weights, splits = run.model, run.weights, run.splits
-    x = splits.train[:subset]
-    if splits.dynamic:  # grey levels: binarize once, reproducibly
-        x = torch.from_numpy(fixed_binarization(x.numpy(), seed))
-    result = elbo_surgery(model, x, num_samples=samples, generator=torch.Generator().manual_seed(seed))
-    result["seed"] = seed
-    result["model"] = weights  # which weights: the epoch and SHA-256 of model.safetensors
-    write_surgery(run_dir, result)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    r = result
-    analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
-    rows = [
-        ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
-        ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
-        ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
-        ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
-        ("ELBO", f"{r['elbo']:.3f}"),
-        ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
-        ("images", f"{r['n']} training images x {r['num_samples']} samples"),
-    ]
-    _echo_table(rows)
+    result = run_surgery(run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples,
+                         seed=seed)
+    click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
 
 
 QEW_EXAMPLES = """
@@ -786,12 +502,7 @@ def report(out_dir, data_dir, no_figures, per_seed, threads) -> None:
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
     from .experiments.report import FIGURE_DIR, write_report
 
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _threads(threads)
     markdown_path, html_path = write_report(out_dir, data_dir=data_dir, figures=not no_figures, per_seed=per_seed)
     written = [markdown_path, html_path, Path(out_dir) / "report.json"]
     if not no_figures and (Path(out_dir) / FIGURE_DIR).is_dir():

@@ -37,14 +37,16 @@ from .errors import ConfigError
 from .models import VAE
 from .objectives import iwae as iwae_bound
 from .runtime import check_device, describe, synchronize, tune_allocator
+from .tables import label_table
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "paired_difference",
+__all__ = ["log_likelihood", "active_units", "evaluate", "paired_difference", "summary_text",
            "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
 ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
 ACTIVE_UNITS_SEED = 2016  # fixed binarization of those images
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
+GIB = 1 << 30  # bytes; budgets are reported in GiB, the unit of ``iwae evaluate --memory-budget``
 # Decoder calls of a few thousand rows keep their temporaries in cache: faster than larger calls
 # on CPU (see benchmarks/). Larger calls only happen on CUDA, where they are faster.
 CPU_ROWS_PER_CALL = 2500
@@ -98,7 +100,7 @@ def log_likelihood(
     x: torch.Tensor,
     k: int = 5000,
     *,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -108,7 +110,7 @@ def log_likelihood(
         model: the model (switched to eval mode for the call).
         x: binarized inputs, shape ``(N, D)``, on the model's device.
         k: importance samples per input.
-        memory_budget: bytes a decoder call may use; sets the chunk sizes.
+        memory_budget: bytes a decoder call may use (a fraction of a byte is dropped); sets the chunk sizes.
         generator: random numbers for the samples (pass a seeded one for reproducible numbers).
         progress: show a progress bar.
 
@@ -117,8 +119,11 @@ def log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if memory_budget < _bytes_per_row(model):
-        raise ValueError(f"memory_budget of {memory_budget} bytes is below one sample's {_bytes_per_row(model)}")
+    need = _bytes_per_row(model)
+    if not memory_budget >= need:  # in GiB, as the command line takes it (1e-9 GiB is 1 byte)
+        raise ConfigError(f"memory_budget of {memory_budget / GIB:.3g} GiB is below one sample's "
+                          f"{need / GIB:.3g} GiB ({need} bytes)", ["memory_budget"])
+    memory_budget = int(memory_budget)
     tune_allocator()
     was_training = model.training
     model.eval()
@@ -188,6 +193,27 @@ def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | o
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
+def summary_text(result: dict) -> str:
+    """The lines ``iwae evaluate`` prints for a result of :func:`evaluate`: test NLL with its standard
+    error, the images, active units, which weights, the device, the time and the files written."""
+    measured, images, runtime = result["model"], result["test_images"], result["runtime"]
+    per_layer = result["active_units_per_layer"]
+    units = " + ".join(map(str, per_layer)) + (f" = {result['active_units']}" if len(per_layer) > 1 else "")
+    written = [str(Path(measured["run_dir"]) / f) for f in result["files"].values()] if result["files"] else []
+    return label_table([
+        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  "
+                            f"(-mean L_{result['k']} ± s.e., seed {result['seed']})"),
+        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
+        ("active units", units),
+        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
+                  f"model.safetensors sha256 {measured['sha256']}"),
+        ("device", f"{runtime['device']}" + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
+         + f", torch {runtime['torch']}" + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else "")),
+        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
+        ("written", ", ".join(written) or "nothing"),
+    ])
+
+
 def evaluate(
     run_dir: str | os.PathLike | None = None,
     *,
@@ -197,7 +223,7 @@ def evaluate(
     data_dir: str | None = None,
     k: int = 5000,
     test_subset: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -223,6 +249,8 @@ def evaluate(
         raise ConfigError(f"k must be >= 1, got {k}", ["k"])
     if test_subset is not None and test_subset < 1:
         raise ConfigError(f"test_subset must be >= 1, got {test_subset}", ["test_subset"])
+    if not 0 < memory_budget < math.inf:
+        raise ConfigError(f"memory_budget must be a positive, finite number of GiB, got {memory_budget / GIB:g}", ["memory_budget"])
     measured = {"run_dir": None, "epoch": None, "epochs_planned": None, "sha256": None}
     own_model = model is None
     if model is None:
@@ -271,7 +299,7 @@ def evaluate(
         "runtime": describe(dev),
         # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too
         "chunking": dict(zip(("images", "samples"), _chunking(model, k, len(nll), memory_budget, dev)),
-                         memory_budget=memory_budget),
+                         memory_budget=int(memory_budget)),
         "files": rundir.evaluation_files(name) if save else None,
     }
     if save:

@@ -31,6 +31,8 @@ References:
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -39,11 +41,14 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import atomic_write
 from .data import Splits, fixed_binarization
 from .estimators import ObjectiveSpec, accumulate_gradients
+from .tables import column_table
 
 __all__ = ["SNRResult", "RunningMoments", "fixed_batch", "gradient_samples", "gradient_snr", "snr_sweep",
-           "fit_slope", "curve_slopes", "plot_snr"]
+           "fit_slope", "curve_slopes", "plot_snr", "Study", "plan_study", "fresh_model", "run_study", "row_text",
+           "study_text"]
 
 PARTS = ("encoder", "decoder")
 BATCH_BINARIZATION_SEED = 0  # the fixed batch is binarized once with this seed, whatever the sweep's seed
@@ -276,6 +281,130 @@ def fit_slope(xs: Sequence[float], values: Sequence[float]) -> float:
     if denominator == 0:
         raise ValueError(f"fit_slope needs at least two distinct xs, got {xs_t.tolist()}")
     return float((lx_c * (ly - ly.mean())).sum() / denominator)
+
+
+# ----------------------------------------------------------------------------- a study: plan, run, files
+GROUPED = ("miwae", "piwae")  # the objectives whose points vary M at a fixed K per group
+SNR_FILES = ("snr.csv", "snr_layers.csv", "snr.png")
+
+
+@dataclass(frozen=True)
+class Study:
+    """The points of an SNR study and how each is measured: ``repeats`` gradient estimates R on the
+    first ``batch_size`` training images, samples seeded with ``seed``."""
+
+    specs: tuple[ObjectiveSpec, ...]
+    repeats: int = 200
+    batch_size: int = 20
+    seed: int = 0
+
+
+def plan_study(objectives: Sequence[str] = ("iwae", "miwae"), estimators: Sequence[str] = ("reparam", "dreg"),
+               ks: Sequence[int] = (1, 4, 16, 64), ms: Sequence[int] | None = None, group_k: int = 4,
+               repeats: int = 200, batch_size: int = 20, seed: int = 0) -> Study:
+    """The study of every objective with every estimator: one point per K in ``ks`` for the one-group
+    objectives (iwae, vae, ciwae), one per M in ``ms`` (default 1, 4, 16) at ``group_k`` samples per
+    group, K = M * group_k in total, for miwae and piwae. Checks everything before any data is read.
+
+    Raises:
+        ConfigError: an unknown name, ``ms`` given without a grouped objective, ``group_k`` < 1,
+            ``repeats`` < 2, or a pair :class:`~iwae.estimators.ObjectiveSpec` refuses (rws is
+            defined for iwae only).
+    """
+    from .errors import ConfigError
+    from .estimators import ESTIMATORS
+    from .objectives import OBJECTIVES
+
+    if repeats < 2:
+        raise ConfigError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}", ["repeats"])
+    if group_k < 1:
+        raise ConfigError(f"group_k must be >= 1, got {group_k}", ["group_k"])
+    chosen = {}
+    for setting, names, known in (("estimators", estimators, ESTIMATORS), ("objectives", objectives, OBJECTIVES)):
+        unknown = [v for v in names if v not in known]
+        if unknown or not names:
+            raise ConfigError(f"{setting}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                              f"choose from {', '.join(known)}", [setting])
+        chosen[setting] = list(dict.fromkeys(names))
+    grouped = [o for o in chosen["objectives"] if o in GROUPED]
+    if not grouped and ms is not None:
+        raise ConfigError("ms applies to miwae and piwae only; add one of them to objectives or drop ms",
+                          ["ms", "objectives"])
+    specs = []  # ObjectiveSpec checks each pair, e.g. rws is defined for iwae only
+    for objective in chosen["objectives"]:
+        for estimator in chosen["estimators"]:
+            if objective in grouped:
+                specs += [ObjectiveSpec(objective, m * group_k, m, estimator=estimator) for m in ms or (1, 4, 16)]
+            else:
+                specs += [ObjectiveSpec(objective, k, estimator=estimator) for k in ks]
+    return Study(tuple(specs), repeats, batch_size, seed)
+
+
+def fresh_model(splits: Splits, seed: int = 0) -> torch.nn.Module:
+    """A freshly initialised Burda 1-layer model for ``splits`` (torch seeded with ``seed``), its output
+    bias set from the training images' mean as training does."""
+    from .models import VAE, ModelConfig
+
+    torch.manual_seed(seed)
+    model = VAE(ModelConfig.burda(1, splits.dim))
+    model.init_output_bias(splits.train.mean(0))
+    return model
+
+
+def _write_csv(path: Path, records: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
+def run_study(study: Study, model: torch.nn.Module, splits: Splits, out: str | Path, *, source: str = "",
+              progress=None) -> dict:
+    """Runs ``study`` (:func:`snr_sweep` on :func:`fixed_batch`) and writes, in the folder ``out``:
+    ``snr.csv`` (one row per point), ``snr_layers.csv`` (one row per point and parameter tensor) and
+    ``snr.png`` (:func:`plot_snr`, titled with ``source``, what was measured).
+
+    Returns:
+        ``{"rows": the rows without their layers, "slopes": curve_slopes(rows), "figure": path,
+        "files": the three paths}``; ``progress``, if given, is called with each finished row.
+    """
+    x = fixed_batch(splits, study.batch_size)
+    rows = snr_sweep(model, x, study.specs, study.repeats, seed=study.seed, per_layer=True, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
+    _write_csv(out / SNR_FILES[0], flat)
+    _write_csv(out / SNR_FILES[1], [{"objective": r["objective"], "m": r["m"], "k": r["k"],
+                                     "estimator": r["estimator"], **layer} for r in rows for layer in r["layers"]])
+    figure = plot_snr(rows, out / SNR_FILES[2], title=f"Gradient SNR, {source}, R = {study.repeats}")
+    return {"rows": flat, "slopes": curve_slopes(rows), "figure": str(figure),
+            "files": [str(out / name) for name in SNR_FILES]}
+
+
+def row_text(row: dict) -> str:
+    """One line on a finished point of a study: its median SNRs and time."""
+    return (f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: encoder "
+            f"{row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} (median SNR), {row['seconds']:.1f} s")
+
+
+def study_text(result: dict) -> str:
+    """The lines ``iwae snr`` prints for a result of :func:`run_study`: a table of the points, the
+    fitted slopes and the files written."""
+    header = ("objective", "estimator", "enc mean", "enc median", "dec mean", "dec median", "ESS", "excl enc")
+    table = [(ObjectiveSpec(r["objective"], r["k"], r["m"]).label, r["estimator"],
+              *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
+              f"{r['ess']:.2f}/{r['k_per_group']}", str(r["encoder_excluded"])) for r in result["rows"]]
+    lines = [column_table(header, table),
+             "SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0"]
+    for s in result["slopes"]:
+        at = f" at K = {s['k_per_group']}" if s["against"] == "M" else ""
+        lines.append(f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
+                     f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}")
+    csv_file, layers_file, figure = result["files"]
+    lines.append(f"wrote {csv_file}, {layers_file} and {figure}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- figure

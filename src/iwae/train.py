@@ -23,7 +23,7 @@ import sys
 import time
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -33,60 +33,91 @@ from . import rundir
 from ._deprecated import moved
 from .checkpoint import CheckpointError
 from .errors import ConfigError
-from .estimators import ObjectiveSpec, accumulate_gradients
+from .estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
-from .models import VAE, ModelConfig
+from .models import PRIORS, VAE, ModelConfig
+from .objectives import OBJECTIVES
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
 
 __all__ = ["TrainConfig", "train", "train_or_resume", "paper_schedule", "learning_rate", "kl_weight",
-           "load", "build_model"]
+           "load", "build_model", "SCHEDULES", "RESUMABLE", "configure", "resume_config"]
 
 SCHEDULES = ("paper", "constant")
 PAPER_STAGES = 8  # i = 0..7
 DEVICE = re.compile(r"cpu|cuda(:\d{1,4})?")
 
 
+def _setting(default: object, help: str, *, choices: tuple[str, ...] | None = None, shown: str | None = None,
+             resumable: bool = False, folder: bool = False, flag_default: object = MISSING) -> object:
+    """A TrainConfig field with what ``iwae train`` shows for it, so that adding a field adds its flag:
+    ``help`` (the flag's help text), ``choices`` (the library's list of the valid values), ``shown``
+    (the text of ``[default: ...]`` where the default is None), ``resumable`` (may change when a run
+    is resumed), ``folder`` (a directory path) and ``flag_default`` (where the flag's default is not
+    the field's: none, for a setting the command line requires)."""
+    metadata = {"help": help, "choices": choices, "shown": shown, "resumable": resumable, "folder": folder}
+    if flag_default is not MISSING:
+        metadata["flag_default"] = flag_default
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as ``config.yaml`` in the run directory."""
+    """Everything a training run depends on; saved as ``config.yaml`` in the run directory.
+
+    Each field carries its help text and choices (see ``_setting``): ``iwae train`` builds one flag
+    per field from them (``train_subset`` -> ``--train-subset``).
+    """
 
     # data
-    dataset: str = "mnist"  # mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH
-    data_dir: str | None = None  # folder of the data files (else $IWAE_DATA_DIR, the cache, download)
-    train_subset: int | None = None  # train on the first N training examples only
-    # model
-    layers: int = 1  # stochastic layers (Burda et al.'s 1- and 2-layer architectures)
-    latent_dims: list[int] | None = None  # units per stochastic layer, bottom-up; None = Burda's
-    hidden_dims: list[list[int]] | None = None  # tanh widths per stochastic layer; None = Burda's
-    prior: str = "normal"  # p(z) of the top layer: normal, mog (mixture of Gaussians), vamp (VampPrior)
-    components: int | None = None  # mixture components (mog) or pseudo-inputs (vamp), required for them; normal: 1
-    learn_mixture_weights: bool = False  # mog: learn the mixture weights (else uniform)
+    dataset: str = _setting("mnist", "mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
+    data_dir: str | None = _setting(None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).",
+                                    folder=True)
+    train_subset: int | None = _setting(None, "Train on the first N training examples only.")
+    # model (latent_dims / hidden_dims None: Burda et al.'s for ``layers``)
+    layers: int = _setting(1, "Stochastic layers, 1 or 2 for Burda et al.'s nets.")
+    latent_dims: list[int] | None = _setting(None, "Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
+    hidden_dims: list[list[int]] | None = _setting(
+        None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
+    prior: str = _setting("normal", "p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the "
+                          "VampPrior.", choices=PRIORS)
+    # components: None means 1 for the normal prior, as config.yaml files have recorded
+    components: int | None = _setting(None, "Mixture components (mog) or pseudo-inputs (vamp); required for them.")
+    learn_mixture_weights: bool = _setting(False, "mog: learn the mixture weights (else uniform).")
     # objective
-    objective: str = "iwae"  # vae, iwae, miwae, ciwae, piwae
-    k: int = 5  # total samples per example
-    m: int = 1  # groups of k // m samples, for miwae and piwae
-    beta: float = 0.5  # weight of the ELBO, for ciwae
-    estimator: str = "reparam"  # the encoder's gradient: reparam, stl, dreg, rws, rws-dreg
-    kl_warmup: int = 0  # vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1
+    objective: str = _setting("iwae", "Training objective.", choices=OBJECTIVES)
+    k: int = _setting(5, "Total samples per example (for miwae/piwae: M groups of k/M).")
+    m: int = _setting(1, "Groups M, for miwae and piwae.")
+    beta: float = _setting(0.5, "ELBO weight in [0, 1], for ciwae.")
+    estimator: str = _setting("reparam", "The encoder's gradient estimator (the decoder always gets its "
+                              "objective's gradient).", choices=ESTIMATORS)
+    kl_warmup: int = _setting(0, "vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
     # optimisation
-    batch_size: int = 20
-    schedule: str = "paper"  # paper: 3^i epochs at lr * 10^(-i/7); constant: lr throughout
-    epochs: int | None = None  # None: the whole paper schedule (3,280 epochs)
-    lr: float = 1e-3  # initial (paper) or constant learning rate
-    beta1: float = 0.9  # Adam; Burda et al.'s released code uses 0.99
-    beta2: float = 0.999
-    adam_eps: float = 1e-4
+    batch_size: int = _setting(20, "Examples per minibatch (gradients are summed over it).")
+    schedule: str = _setting("paper", "paper: 3^i epochs at lr*10^(-i/7), i=0..7; constant: --lr throughout.",
+                             choices=SCHEDULES)
+    epochs: int | None = _setting(None, "Run the first N epochs of the schedule.",
+                                  shown="all 3,280 of the paper schedule", resumable=True)
+    lr: float = _setting(1e-3, "Initial or constant learning rate.")
+    beta1: float = _setting(0.9, "Adam beta1 (Burda et al.'s code: 0.99).")
+    beta2: float = _setting(0.999, "Adam beta2.")
+    adam_eps: float = _setting(1e-4, "Adam epsilon (Burda et al.: 1e-4).")
     # validation
-    valid_k: int | None = None  # samples for the per-epoch validation L_k; None = k
+    valid_k: int | None = _setting(None, "Samples for the per-epoch validation L_k.", shown="--k")
     # run
-    init_from: str | None = None  # start from this run directory's trained model (fresh optimiser), e.g. to continue
-    init_sha256: str | None = None  # SHA-256 of init_from's model.safetensors, if it must be that model
-    seed: int = 0
-    device: str = "cpu"  # cpu, cuda or cuda:N
-    threads: int | None = None  # torch CPU threads; None = torch's default
-    checkpoint_every: int | None = None  # also checkpoint every N optimizer steps; None = at the end of each epoch
-    out: str = "runs/run"
+    init_from: str | None = _setting(None, "Start from this run directory's trained model (a fresh optimiser).",
+                                     folder=True)
+    init_sha256: str | None = _setting(None, "With --init-from: refuse it unless its model.safetensors has this "
+                                       "SHA-256.")
+    seed: int = _setting(0, "Seed of the initialisation, the data order and the samples.")
+    device: str = _setting("cpu", "cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU "
+                           "and CUDA draw other random numbers).", resumable=True)
+    threads: int | None = _setting(None, "CPU threads for torch.", resumable=True)  # None: torch's default
+    checkpoint_every: int | None = _setting(
+        None, "Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.",
+        shown="at the end of each epoch", resumable=True)
+    # the Python API's default; the command line requires --out (or --resume)
+    out: str = _setting("runs/run", "Run directory to create.", folder=True, flag_default=None)
 
     def __post_init__(self) -> None:
         try:
@@ -180,6 +211,48 @@ class TrainConfig:
         """The config in a YAML file (:func:`iwae.rundir.read_config`; CheckpointError if it is not one)."""
         return rundir.read_config(path)
 
+
+# the settings ``iwae train --resume`` may change: where and how long the run goes on, not what it is
+RESUMABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resumable"))
+
+
+def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> TrainConfig:
+    """The config of a new run: TrainConfig's defaults, or the settings of the config file ``base``,
+    with ``overrides`` on top. ``latent_dims`` given without ``layers`` sets ``layers`` to its length
+    (also over a file's ``layers``: ``latent_dims=[100, 50]`` means 2 layers). ``out``, the run
+    directory, must be given (in ``overrides`` or ``base``): a default folder would mix runs."""
+    values = TrainConfig.from_yaml(base).to_dict() if base else {}
+    values.update(overrides)
+    if not values.get("out"):
+        raise ConfigError("out is required: the run directory to create", ["out"])
+    if "layers" not in overrides and ("latent_dims" in overrides or values.get("layers") is None):
+        values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
+    return TrainConfig.from_dict(values)
+
+
+def resume_config(run_dir: str | os.PathLike, changes: dict) -> TrainConfig:
+    """The config to resume ``run_dir`` with: its config.yaml with ``changes`` applied, which may only
+    be of the RESUMABLE settings (``out`` is the run directory itself and is ignored).
+
+    Raises:
+        CheckpointError: no such directory, or no config.yaml in it.
+        ConfigError: ``changes`` would change what the run is (its objective, k, seed, ...).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
+                              f"it started); train it again with --out {run_dir}")
+    values = rundir.read_config(run_dir).to_dict()
+    # device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
+    fixed = sorted(set(changes) - set(RESUMABLE) - {"out"})
+    if fixed:
+        raise ConfigError(f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE[:-1])} "
+                          f"and {RESUMABLE[-1]} may change", fixed)
+    values.update({name: value for name, value in changes.items() if name in RESUMABLE})
+    values["out"] = str(run_dir)
+    return TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
 
 def _matches(value: object, hint: object) -> bool:
     """Whether ``value`` has the type a TrainConfig field declares (``int | None``, ``list[int]``, ...)."""
@@ -397,6 +470,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
+    if config.init_from and saved is None and not (Path(config.init_from) / "model.safetensors").is_file():
+        # before the run directory is made: a missing source must not leave an empty run behind
+        raise ConfigError(f"init_from {config.init_from} holds no model.safetensors (a trained run)", ["init_from"])
 
     # replaced, or (a run stopped before its first checkpoint: nothing trained to keep) cleared
     rundir.prepare(run_dir, replace=saved is None and overwrite and not resume, clear_start=saved is None)

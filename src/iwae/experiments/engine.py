@@ -66,7 +66,8 @@ from ..rundir import model_sha256, trained_epochs, training_seconds
 from ..train import train_or_resume
 from ..estimators import ESTIMATOR_TABLE
 
-__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure"]
+__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure",
+           "plan_text", "summary_text"]
 
 STATE_FILE = "reproduction.json"
 
@@ -259,6 +260,36 @@ def plan(runs: list[RunSpec], out_dir: str | os.PathLike, data_dir: str | None =
     return out
 
 
+def _format_seconds(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
+
+
+def plan_text(title: str, planned: list[PlannedRun], out_dir: str | os.PathLike) -> str:
+    """What ``iwae reproduce --dry-run`` prints for :func:`plan`'s runs: one line per run (state,
+    settings, estimated cost, missing data), the cost of what is left, and which data is missing."""
+    out_dir = Path(out_dir)
+    lines = [f"{title}: {len(planned)} runs in {out_dir / 'runs'}"]
+    width = max(len(p.spec.name) for p in planned)
+    for p in planned:
+        c = p.spec.config
+        after = f", continues {p.spec.after}" if p.spec.after else ""
+        # a run whose data is missing cannot start until it is downloaded (or found): say so
+        no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
+        lines.append(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
+                     f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on {p.spec.eval['test_subset'] or 'all'} "
+                     f"test images{after}  ~{_format_seconds(p.seconds)}{no_data}")
+    todo = sum(p.seconds for p in planned if p.state != "done")
+    lines.append(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
+                 f"(rough; divide by --workers on a machine with the cores for them)")
+    missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
+    if missing:
+        lines.append(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
+                     f"({', '.join(missing)}): they download it when they start, or fail offline; "
+                     f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- executors
 _WORKER: dict = {}  # this worker process's device, threads and progress (set by _init_worker)
 DEVICE_FAILURE_EXIT = 75  # a worker's exit status after a device failure (EX_TEMPFAIL: try again)
@@ -446,6 +477,16 @@ class Summary:
     @property
     def failed(self) -> list[str]:
         return [n for n, s in self.status.items() if s in ("failed", "blocked")]
+
+
+def summary_text(name: str, summary: Summary) -> tuple[str, list[str]]:
+    """What ``iwae reproduce`` prints when it ends: the counts of each status, and one line per
+    failed or blocked run with its error."""
+    counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
+    text = (f"{name}: {counts['done']} run(s) done, {counts['skipped']} finished before, {counts['failed']} failed, "
+            f"{counts['blocked']} blocked; see {summary.out_dir / 'reproduction.json'}; "
+            f"report with: iwae report {summary.out_dir}")
+    return text, [f"  {n}: {summary.results.get(n, {}).get('error', 'its dependency failed')}" for n in summary.failed]
 
 
 def _cpu_count() -> int:
