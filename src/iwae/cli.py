@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .checkpoint import CheckpointError, atomic_write
 from .cli_support import setting_options
 from .cli_support import int_list as _int_list
 from .cli_support import names as _names

@@ -23,6 +23,7 @@ unit u is active if A_u > 0.01.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import os
 import time
 from dataclasses import dataclass
