@@ -277,7 +277,7 @@ def test_run_surgery_is_what_analyze_writes(tiny_run, shared_data_dir):
     from iwae.analysis import run_surgery, surgery_text
     from iwae.data import fixed_binarization, load_dataset
     from iwae.errors import ConfigError
-    from iwae.evaluate import load_trained
+    from iwae.rundir import load_trained
 
     model, weights = load_trained(tiny_run)
     splits = load_dataset("mnist", shared_data_dir, download=False)
