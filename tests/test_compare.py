@@ -123,3 +123,16 @@ def test_compare_reads_what_evaluate_writes(tmp_path, shared_data_dir, mnist_spl
     # run1 has the evaluation on 31 images, run0 has not: the message names run0's command
     with pytest.raises(FileNotFoundError, match=r"run0 --k 20 --test-subset 31$"):
         compare_runs(runs[0], runs[1], k=20, test_subset=31)
+    # AIS evaluations (iwae.ais.ais_evaluate) pair the same way, by their file stem
+    from iwae.ais import ais_eval_name, ais_evaluate
+
+    for run in runs:
+        result = ais_evaluate(run, steps=5, chains=2, leapfrog=2, test_subset=30, seed=0)
+        assert result["n_test"] == 30 and result["files"]["bounds"] == f"{ais_eval_name(5, 2, 2, 0, 30)}.npy"
+    stem = ais_eval_name(5, 2, 2, 0, 30)
+    out = compare_runs(runs[0], runs[1], evaluation=stem)
+    _, a_ais = load_bounds(runs[0], evaluation=stem)
+    _, b_ais = load_bounds(runs[1], evaluation=stem)
+    assert out["difference"] == pytest.approx(np.mean(b_ais - a_ais))
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        ais_evaluate(runs[0], steps=0)

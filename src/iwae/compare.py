@@ -34,15 +34,20 @@ __all__ = ["load_bounds", "compare_runs"]
 RunDir = str | os.PathLike
 
 
-def _evaluate_command(run_dir: Path, k: int, seed: int, test_subset: int | None) -> str:
+def _evaluate_command(run_dir: Path, k: int, seed: int, test_subset: int | None, evaluation: str | None = None) -> str:
+    if evaluation is not None:  # another method's files (AIS: iwae.ais.ais_evaluate)
+        return f"the evaluation that writes {evaluation}.json (for ais_...: iwae evaluate {run_dir} --method ais)"
     flags = f" --k {k}" + (f" --test-subset {test_subset}" if test_subset is not None else "") + \
         (f" --seed {seed}" if seed != 0 else "")
     return f"iwae evaluate {run_dir}{flags}"
 
 
-def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0,
-                test_subset: int | None = None) -> tuple[dict, np.ndarray]:
+def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0, test_subset: int | None = None,
+                evaluation: str | None = None) -> tuple[dict, np.ndarray]:
     """The evaluation JSON of a run and its per-image bounds L_k(x_n) (float64, in test-set order).
+
+    ``evaluation`` names another file stem instead of ``eval_name(k, seed, test_subset)``, e.g. an
+    AIS evaluation's ``iwae.ais.ais_eval_name(...)``.
 
     Raises:
         FileNotFoundError: the run or the evaluation is missing (the message names the
@@ -52,30 +57,32 @@ def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} not found")
-    name = eval_name(k, seed, test_subset)
+    name = evaluation if evaluation is not None else eval_name(k, seed, test_subset)
     json_path, npy_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
     if not json_path.is_file() or not npy_path.is_file():
         missing = json_path if not json_path.is_file() else npy_path
-        raise FileNotFoundError(f"{missing} not found; make it with: {_evaluate_command(run_dir, k, seed, test_subset)}")
+        raise FileNotFoundError(f"{missing} not found; make it with: "
+                                f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}")
     try:
         meta = json.loads(json_path.read_text())
         bounds = np.load(npy_path, allow_pickle=False)
     except (OSError, ValueError) as e:  # a truncated or foreign file
         raise ValueError(f"cannot read the evaluation {run_dir / name}.*: {str(e).splitlines()[0] if str(e) else e!r}; "
-                         f"write it again with: {_evaluate_command(run_dir, k, seed, test_subset)}") from None
+                         f"write it again with: {_evaluate_command(run_dir, k, seed, test_subset, evaluation)}") from None
     if not isinstance(meta, dict) or "n_test" not in meta or "test_images" not in meta:
         raise ValueError(f"{json_path} is not an evaluation of iwae (no n_test or test_images)")
     if bounds.ndim != 1 or len(bounds) != meta["n_test"]:
         raise ValueError(f"{npy_path} holds {bounds.shape} values but {json_path.name} says n_test = "
-                         f"{meta['n_test']}; write it again with: {_evaluate_command(run_dir, k, seed, test_subset)}")
+                         f"{meta['n_test']}; write it again with: "
+                         f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}")
     if not np.isfinite(bounds).all():
         raise ValueError(f"{npy_path} holds non-finite bounds")
     return meta, bounds.astype(np.float64)
 
 
-def _pair(run_a: RunDir, run_b: RunDir, k: int, seed: int, test_subset: int | None) -> dict:
-    meta_a, l_a = load_bounds(run_a, k=k, seed=seed, test_subset=test_subset)
-    meta_b, l_b = load_bounds(run_b, k=k, seed=seed, test_subset=test_subset)
+def _pair(run_a: RunDir, run_b: RunDir, k: int, seed: int, test_subset: int | None, evaluation: str | None) -> dict:
+    meta_a, l_a = load_bounds(run_a, k=k, seed=seed, test_subset=test_subset, evaluation=evaluation)
+    meta_b, l_b = load_bounds(run_b, k=k, seed=seed, test_subset=test_subset, evaluation=evaluation)
     if meta_a["test_images"] != meta_b["test_images"] or meta_a["n_test"] != meta_b["n_test"]:
         describe = lambda m: f"{m['n_test']} images {m['test_images']}"  # noqa: E731
         raise ValueError(f"{run_a} and {run_b} were evaluated on different test images "
@@ -98,6 +105,7 @@ def compare_runs(
     k: int = 5000,
     seed: int = 0,
     test_subset: int | None = None,
+    evaluation: str | None = None,
 ) -> dict:
     """NLL(A) - NLL(B) on the same test images with its paired standard error (negative: A is better).
 
@@ -106,6 +114,7 @@ def compare_runs(
             paired by position).
         k, seed, test_subset: which evaluation to read (``iwae evaluate RUN --k K --seed S
             [--test-subset N]``), the same for every run.
+        evaluation: read this file stem instead (e.g. an AIS evaluation, ``iwae.ais.ais_eval_name``).
 
     Returns:
         For one run a side: ``run_a``, ``run_b``, ``nll_a``, ``nll_b``, ``difference``,
@@ -119,13 +128,13 @@ def compare_runs(
     """
     single = isinstance(run_a, (str, os.PathLike)) and isinstance(run_b, (str, os.PathLike))
     if single:
-        return {**_pair(run_a, run_b, k, seed, test_subset), "k": k, "seed": seed}
+        return {**_pair(run_a, run_b, k, seed, test_subset, evaluation), "k": k, "seed": seed}
     runs_a = [run_a] if isinstance(run_a, (str, os.PathLike)) else list(run_a)
     runs_b = [run_b] if isinstance(run_b, (str, os.PathLike)) else list(run_b)
     if not runs_a or len(runs_a) != len(runs_b):
         raise ValueError(f"comparing over seeds pairs run i of A with run i of B: got {len(runs_a)} and "
                          f"{len(runs_b)} runs")
-    pairs = [_pair(a, b, k, seed, test_subset) for a, b in zip(runs_a, runs_b)]
+    pairs = [_pair(a, b, k, seed, test_subset, evaluation) for a, b in zip(runs_a, runs_b)]
     if any(p["test_images"] != pairs[0]["test_images"] for p in pairs):
         raise ValueError("the seeds' evaluations are on different test images; evaluate all runs on the same ones")
     d = np.array([p["difference"] for p in pairs])
