@@ -43,6 +43,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -411,6 +412,23 @@ def vae_target(model: VAE, x: torch.Tensor, initial: str = "encoder") -> tuple[L
 
 
 # ------------------------------------------------------------------------------ on a model
+@contextlib.contextmanager
+def _frozen(model: VAE):
+    """The model's parameters without requires_grad for the block (restored after): AIS differentiates
+    with respect to z only, and autograd then keeps no tensors for weight gradients."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
 @dataclass
 class AISResult:
     """AIS estimates for N images (tensors on the CPU, float64)."""
@@ -495,11 +513,9 @@ def ais_log_likelihood(
         raise ValueError(f"unknown initial distribution {initial!r}; choose encoder or prior")
     n = x.shape[0]
     images = _images_per_chunk(model, chains, n, memory_budget, x.device)
-    was_training = model.training
-    model.eval()
     out = {name: [] for name in ("log_likelihood", "stderr", "ess", "acceptance", "step_sizes")}
     t0 = time.perf_counter()
-    try:
+    with _frozen(model):
         for i in range(0, n, images):
             log_joint, p0 = vae_target(model, x[i: i + images], initial)
             run = ais(log_joint, p0, chains=chains, steps=steps, leapfrog_steps=leapfrog, schedule=schedule,
@@ -507,8 +523,6 @@ def ais_log_likelihood(
             estimate, stderr, ess = log_mean_exp_stats(run.log_weights)
             for name, value in zip(out, (estimate, stderr, ess, run.acceptance.mean(0), run.step_sizes.t())):
                 out[name].append(value.detach().double().cpu())
-    finally:
-        model.train(was_training)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -616,9 +630,7 @@ def bdmc(
         raise ValueError("bdmc needs at least one number of steps")
     for steps in steps_list:
         schedule_betas(steps, schedule)
-    was_training = model.training
-    model.eval()
-    try:
+    with _frozen(model):
         z_true, x = _simulate(model, n, generator)
         rows = []
         se = (lambda v: v.std().item() / math.sqrt(n) if n > 1 else math.nan)
@@ -635,8 +647,6 @@ def bdmc(
                          "acceptance": [fwd.acceptance.mean().item(), rev.acceptance.mean().item()],
                          "seconds": time.perf_counter() - t0, "n": n, "chains": chains, "leapfrog": leapfrog,
                          "initial": initial})
-    finally:
-        model.train(was_training)
     return rows
 
 
