@@ -181,11 +181,12 @@ def _hmc_wrong_momentum(z, log_f, grad, grad_fn, step, g):
     return torch.where(accept.unsqueeze(-1), z_new, z)
 
 
-def test_hmc_rejects_non_finite_proposals():
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_hmc_rejects_non_finite_proposals(value):
     z = torch.zeros(3, 1, 2, dtype=F64)
 
     def grad_fn(z_new):
-        return torch.zeros_like(z_new), (torch.full(z_new.shape[:-1], math.nan, dtype=F64), torch.zeros_like(z_new))
+        return torch.zeros_like(z_new), (torch.full(z_new.shape[:-1], value, dtype=F64), torch.zeros_like(z_new))
     z_out, _, accepted = hmc_step(z, torch.zeros(3, 1, dtype=F64), torch.zeros_like(z), grad_fn,
                                   torch.full((3, 1, 1), 0.1, dtype=F64), 3, gen(0))
     assert not accepted.any() and torch.equal(z_out, z)

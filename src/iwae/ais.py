@@ -173,7 +173,7 @@ def hmc_step(z: torch.Tensor, log_f: torch.Tensor, grad: torch.Tensor, grad_fn: 
     log_accept = (log_f_new - 0.5 * p_new.square().sum(-1)) - (log_f - 0.5 * p.square().sum(-1))
     log_accept = torch.nan_to_num(log_accept, nan=-math.inf)
     log_u = torch.rand(log_accept.shape, generator=generator, device=z.device, dtype=z.dtype).log()
-    accepted = log_u < log_accept
+    accepted = (log_u < log_accept) & torch.isfinite(log_f_new)  # +inf is a numerical failure, too
     keep = accepted.unsqueeze(-1)
     z_out = torch.where(keep, z_new, z)
     old = cached if cached is not None else (log_f, grad)
