@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 
-from iwae import ais as ais_module
+from iwae.ais import likelihood as ais_likelihood, vae as ais_vae
 from iwae.ais import (GaussianInitial, ais, ais_cost, ais_log_likelihood, bdmc, hmc_step, leapfrog,
                       log_mean_exp_stats, plot_bdmc, sandwich, schedule_betas, vae_target)
 from iwae.evaluate import log_likelihood
@@ -324,7 +324,7 @@ def test_vae_target_log_joint_equals_the_models_log_weights():
 def test_ais_log_likelihood_chunks_and_reports():
     model = _tiny_vae(seed=4)
     x = _binary_images(model, 7, seed=20)
-    per_image = 4 * ais_module._ais_bytes_per_row(model)
+    per_image = 4 * ais_likelihood._ais_bytes_per_row(model)
     small = ais_log_likelihood(model, x, steps=20, chains=4, leapfrog=2, memory_budget=3 * per_image,
                                generator=gen(21))
     assert small.settings["chunking"]["images"] == 3
@@ -369,7 +369,7 @@ def test_bdmc_on_a_tiny_vae_and_its_figure(tmp_path):
 def test_mixture_priors_sample_their_own_density_and_run(prior):
     torch.manual_seed(7)
     model = VAE(ModelConfig(12, (2,), ((16,),), prior=prior, prior_components=3)).double().eval()
-    draws = ais_module._sample_prior_top(model, (20000,), gen(24), next(model.parameters()))
+    draws = ais_vae._sample_prior_top(model, (20000,), gen(24), next(model.parameters()))
     dist = model.prior_module()  # torch's own mixture: mean and variance in closed form
     with torch.no_grad():
         se = (dist.variance / 20000).sqrt()
