@@ -95,7 +95,7 @@ def plot_bdmc(rows: Sequence[dict], path: str | None = None, *, ax=None):
     ax.fill_between(steps, [r["lower"] for r in rows], [r["upper"] for r in rows], alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("annealing steps T")
-    ax.set_ylabel("log p(x), nats (mean over simulated images)")
+    ax.set_ylabel("mean log p(x), nats")  # over the simulated images
     ax.legend()
     fig.tight_layout()
     if path is not None:
