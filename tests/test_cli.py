@@ -457,7 +457,7 @@ def test_a_new_setting_gets_its_flag(monkeypatch):
 
     import click
 
-    from iwae.cli_support import setting_options
+    from iwae.cli.support import setting_options
     from iwae.train import _setting
 
     @dataclasses.dataclass

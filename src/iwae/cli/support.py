@@ -20,9 +20,9 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
-from .checkpoint import CheckpointError
-from .data import DataError
-from .errors import ConfigError
+from ..checkpoint import CheckpointError
+from ..data import DataError
+from ..errors import ConfigError
 
 __all__ = ["UserError", "USER_ERRORS", "user_errors", "setting_options", "int_list", "names", "flag", "set_threads"]
 

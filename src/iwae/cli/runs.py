@@ -1,0 +1,191 @@
+"""``iwae train``, ``evaluate``, ``compare``, ``bdmc``, ``analyze`` and ``snr``: the commands that make or measure one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from . import main
+from .support import int_list as _int_list
+from .support import names as _names
+from .support import set_threads as _threads
+from .support import setting_options
+from .support import user_errors as _user_errors
+from ..estimators import ESTIMATORS
+from ..objectives import OBJECTIVES
+from ..train import TrainConfig
+
+
+TRAIN_EXAMPLES = """
+\b
+Examples:
+  iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5
+  iwae train --objective miwae --k 64 --m 8 --epochs 40 --out runs/miwae-8-8     # MIWAE(8,8)
+  iwae train --objective ciwae --k 64 --beta 0.5 --layers 2 --out runs/ciwae
+  iwae train --objective iwae --k 50 --estimator dreg --epochs 10 --out runs/iwae-dreg
+  iwae train --objective vae --latent-dims 2 --epochs 5 --train-subset 5000 --out runs/vae-2d
+  iwae train --resume runs/iwae-k5 --epochs 40                                 # continue, extend
+"""
+
+
+@main.command(epilog=TRAIN_EXAMPLES)
+@setting_options(TrainConfig)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.pass_context
+@_user_errors
+def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
+    """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
+    from ..rundir import trained_epochs
+    from ..train import configure, resume_config, train as run_training
+
+    given = {name: v for name, v in options.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    if not (resume or given.get("out") or config_file):
+        raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    config = resume_config(resume, given) if resume else configure(given, base=config_file)
+    finished = False
+    if resume and (Path(resume) / "checkpoint.safetensors").is_file():
+        finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do
+    run_dir = run_training(config, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    if not finished:
+        click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
+    click.echo(f"evaluate it with: iwae evaluate {run_dir}")
+
+
+EVALUATE_EXAMPLES = """
+\b
+Examples:
+  iwae evaluate runs/iwae-k5                       # test NLL by L_5000 and active units
+  iwae evaluate runs/iwae-k5 --k 100 --test-subset 1000 --json
+"""
+
+
+@main.command(epilog=EVALUATE_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per test image.")
+@click.option("--test-subset", type=int, help="Evaluate on the first N test images only.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--memory-budget", type=float, default=1.0, show_default=True, help="GiB a decoder call may use.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the importance samples.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, device, threads, quiet) -> None:
+    """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
+    weights of its last completed epoch (a run that has completed none is refused).
+
+    The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
+    the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
+    first N test images), and L_k of each test image to the .npy beside it.
+    """
+    from ..evaluate import GIB, evaluate as run_evaluation, summary_text
+
+    _threads(threads)
+    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir, memory_budget=memory_budget * GIB,
+                            seed=seed, device=device, progress=not quiet and not as_json)
+    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
+
+
+ANALYZE_EXAMPLES = """
+\b
+Examples:
+  iwae analyze runs/iwae-k5                        # ELBO surgery on the first 5,000 training images
+  iwae analyze runs/iwae-k5 --subset 59600 --samples 2 --json
+"""
+
+
+@main.command(epilog=ANALYZE_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--subset", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="The first N training images.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples z per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
+@_user_errors
+def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
+    """ELBO surgery (Hoffman & Johnson 2016) of a trained 1-layer run on training images: reconstruction,
+    average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error.
+
+    The result is also written to RUN_DIR/surgery_n{N}.json.
+    """
+    from ..analysis import run_surgery, surgery_text
+    from ..rundir import open_run
+
+    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    result = run_surgery(run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples,
+                         seed=seed)
+    click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
+
+
+SNR_EXAMPLES = """
+\b
+Examples:
+  iwae snr --fresh --out results/snr                       # Burda 1-layer net at initialisation
+  iwae snr runs/iwae-k50 --repeats 500 --out results/snr-trained
+  iwae snr --fresh --objectives iwae --estimators reparam,dreg,stl --k 1,8,64 --out results/snr-k
+"""
+
+
+@main.command(epilog=SNR_EXAMPLES)
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
+@click.option("--k", "ks", default="1,4,16,64", show_default=True,
+              help="Total samples K for the one-group objectives (iwae, vae, ciwae).")
+@click.option("--m", "ms", help="Groups M for miwae and piwae.  [default: 1,4,16]")
+@click.option("--group-k", type=int, default=4, show_default=True,
+              help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).")
+@click.option("--estimators", default="reparam,dreg", show_default=True,
+              help=f"Comma-separated encoder estimators: {', '.join(ESTIMATORS)}.")
+@click.option("--objectives", default="iwae,miwae", show_default=True,
+              help=f"Comma-separated objectives: {', '.join(OBJECTIVES)}.")
+@click.option("--repeats", type=int, default=200, show_default=True,
+              help="Independent gradient estimates R per point (>= 2).")
+@click.option("--batch-size", type=int, default=20, show_default=True,
+              help="The fixed batch: the first N training images, binarized once.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a --fresh init).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for snr.csv, snr_layers.csv and snr.png.")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
+@_user_errors
+def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
+        data_dir, out, threads, as_json) -> None:
+    """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
+    over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
+    et al. 2018). Writes OUT/snr.csv, OUT/snr_layers.csv and OUT/snr.png (SNR against K for
+    IWAE, against M at fixed K per group for MIWAE, with fitted log-log slopes)."""
+    from .. import snr as snr_module
+    from ..data import load_dataset
+
+    # everything about the arguments first: a bad value must not wait for the data
+    if bool(run_dir) == fresh:
+        raise click.UsageError("give either RUN_DIR or --fresh (a freshly initialised model), not both or neither")
+    study = snr_module.plan_study(_names(objectives), _names(estimators), _int_list(ks, "--k"), _int_list(ms, "--m"),
+                                  group_k, repeats, batch_size, seed)
+    _threads(threads)
+    if fresh:
+        splits = load_dataset("mnist", data_dir)
+        model = snr_module.fresh_model(splits, seed)
+        source = f"fresh Burda 1-layer model (seed {seed})"
+    else:
+        from ..rundir import open_run
+
+        run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+        model, splits = run.model, run.splits
+        source = f"run {run_dir}"
+    if not as_json:
+        click.echo(f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
+                   f"training images, {source}", err=True)
+    progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
+    result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
+    click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
