@@ -13,7 +13,8 @@ import json
 
 import torch
 
-from iwae.ais import bdmc, plot_bdmc
+from iwae.ais import bdmc
+from iwae.figures import plot_bdmc
 from iwae.evaluate import load_trained
 
 

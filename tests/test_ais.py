@@ -16,7 +16,7 @@ from torch.distributions import Bernoulli, Independent, MultivariateNormal, Norm
 
 from iwae.ais import likelihood as ais_likelihood, vae as ais_vae
 from iwae.ais import (GaussianInitial, ais, ais_cost, ais_log_likelihood, bdmc, hmc_step, leapfrog,
-                      log_mean_exp_stats, plot_bdmc, sandwich, schedule_betas, vae_target)
+                      log_mean_exp_stats, sandwich, schedule_betas, vae_target)
 from iwae.evaluate import log_likelihood
 from iwae.models import VAE, ModelConfig
 
@@ -359,6 +359,8 @@ def test_bdmc_on_a_tiny_vae_and_its_figure(tmp_path):
     for r in rows:
         assert r["gap"] == pytest.approx(r["upper"] - r["lower"])
         assert r["gap"] > -3 * r["gap_stderr"]
+    from iwae.figures import plot_bdmc
+
     plot_bdmc(rows, tmp_path / "bdmc.png")
     assert (tmp_path / "bdmc.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="n >= 1"):

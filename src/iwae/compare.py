@@ -19,7 +19,6 @@ noise when it is several ``stderr_across_seeds`` from 0.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -27,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import eval_name, paired_difference
+from .checkpoint import CheckpointError
+from .evaluate import paired_difference
+from .rundir import eval_name, evaluation_files, read_evaluation
 
-__all__ = ["load_bounds", "compare_runs"]
+__all__ = ["load_bounds", "compare_runs", "compare_text"]
 
 RunDir = str | os.PathLike
 
@@ -58,16 +59,18 @@ def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0, test_subset: i
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} not found")
     name = evaluation if evaluation is not None else eval_name(k, seed, test_subset)
-    json_path, npy_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
+    files = {kind: run_dir / f for kind, f in evaluation_files(name).items()}
+    json_path, npy_path = files["json"], files["bounds"]
     if not json_path.is_file() or not npy_path.is_file():
         missing = json_path if not json_path.is_file() else npy_path
         raise FileNotFoundError(f"{missing} not found; make it with: "
                                 f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}")
     try:
-        meta = json.loads(json_path.read_text())
-        bounds = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError) as e:  # a truncated or foreign file
-        raise ValueError(f"cannot read the evaluation {run_dir / name}.*: {str(e).splitlines()[0] if str(e) else e!r}; "
+        meta, bounds = read_evaluation(run_dir, name)
+    except CheckpointError as e:  # a truncated or foreign file
+        cause = e.__cause__ or e
+        raise ValueError(f"cannot read the evaluation {run_dir / name}.*: "
+                         f"{str(cause).splitlines()[0] if str(cause) else repr(cause)}; "
                          f"write it again with: {_evaluate_command(run_dir, k, seed, test_subset, evaluation)}") from None
     if not isinstance(meta, dict) or "n_test" not in meta or "test_images" not in meta:
         raise ValueError(f"{json_path} is not an evaluation of iwae (no n_test or test_images)")
@@ -146,3 +149,24 @@ def compare_runs(
         "seeds": s, "pairs": pairs, "n_test": pairs[0]["n_test"], "test_images": pairs[0]["test_images"],
         "k": k, "seed": seed,
     }
+
+
+def compare_text(result: dict) -> str:
+    """The lines ``iwae compare`` prints for a result of :func:`compare_runs`."""
+    from .tables import label_table
+
+    n = f"{result['n_test']} test images"
+    if "pairs" not in result:
+        return label_table([
+            ("NLL A", f"{result['nll_a']:.3f}  ({result['run_a']})"),
+            ("NLL B", f"{result['nll_b']:.3f}  ({result['run_b']})"),
+            ("A - B", f"{result['difference']:+.3f} ± {result['paired_stderr']:.3f}  (paired s.e. over {n}; "
+                      f"unpaired it would be ± {result['unpaired_stderr']:.3f})"),
+        ])
+    return label_table([
+        ("A - B", f"{result['difference']:+.3f} ± {result['stderr_across_seeds']:.3f}  (mean over {result['seeds']} "
+                  f"seed pairs ± s.e. across seeds)"),
+        ("within pairs", f"± {result['pooled_paired_stderr']:.3f}  (pooled paired s.e. over {n})"),
+        *((f"seed pair {i}", f"{p['difference']:+.3f} ± {p['paired_stderr']:.3f}")
+          for i, p in enumerate(result["pairs"])),
+    ])

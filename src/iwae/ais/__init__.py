@@ -42,15 +42,15 @@ References:
 """
 from .annealing import (DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TARGET_ACCEPT, AISChains,
                         GaussianInitial, InitialDistribution, ais, log_mean_exp_stats, sandwich, schedule_betas)
-from .bdmc import bdmc, plot_bdmc
+from .bdmc import bdmc
 from .hmc import hmc_step, leapfrog
 from .likelihood import AISResult, ais_cost, ais_log_likelihood
-from .run import ais_eval_name, ais_evaluate
+from .run import ais_eval_name, ais_evaluate, bdmc_run
 from .vae import vae_target
 
 __all__ = [
     "InitialDistribution", "GaussianInitial", "AISChains", "AISResult", "schedule_betas", "leapfrog",
     "hmc_step", "ais", "log_mean_exp_stats", "sandwich", "vae_target", "ais_log_likelihood", "ais_cost", "bdmc",
-    "plot_bdmc", "ais_eval_name", "ais_evaluate", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG",
+    "ais_eval_name", "ais_evaluate", "bdmc_run", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG",
     "DEFAULT_STEP_SIZE", "TARGET_ACCEPT",
 ]

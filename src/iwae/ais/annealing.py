@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 
+from ..models.gaussian import diag_normal_log_prob
 from .hmc import hmc_step
 
 __all__ = ["InitialDistribution", "GaussianInitial", "AISChains", "schedule_betas", "ais", "log_mean_exp_stats",
@@ -26,7 +27,6 @@ TARGET_ACCEPT = 0.65  # the acceptance rate the step sizes are adapted toward (W
 STEP_SIZE_BOUNDS = (1e-4, 0.5)  # the adapted step size is clamped to these, as Wu et al.'s code
 ADAPT_UP, ADAPT_DOWN = 1.02, 0.98
 SIGMOID_DELTA = 4.0  # the sigmoid schedule's steepness, as Grosse et al. and Wu et al.
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -39,12 +39,6 @@ class InitialDistribution(Protocol):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p_0(z), shape ``(C, B)``; differentiable in z."""
-
-
-def _diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, exp(log_scale)^2) summed over the last dim."""
-    eps = (z - loc) * torch.exp(-log_scale)
-    return -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - z.shape[-1] * _HALF_LOG_2PI
 
 
 @dataclass
@@ -60,7 +54,7 @@ class GaussianInitial:
         return self.loc + self.scale * eps
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return _diag_normal_log_prob(z, self.loc, self.scale.log())
+        return diag_normal_log_prob(z, self.loc, self.scale.log())
 
 
 def schedule_betas(steps: int, schedule: str = "sigmoid", *, dtype=torch.float64) -> torch.Tensor:

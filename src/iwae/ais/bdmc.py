@@ -1,5 +1,6 @@
 """Bidirectional Monte Carlo on data simulated from an iwae VAE: forward and reverse AIS sandwich log p(x)
-(Grosse et al. 2015; Wu et al. 2017), and the figure of the sandwich against T."""
+(Grosse et al. 2015; Wu et al. 2017); the figure of the sandwich against T is
+:func:`iwae.figures.plot_bdmc`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .annealing import DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, sand
 from .likelihood import _frozen
 from .vae import _sample_prior_chain, vae_target
 
-__all__ = ["bdmc", "plot_bdmc"]
+__all__ = ["bdmc"]
 
 
 @torch.no_grad()
@@ -76,28 +77,3 @@ def bdmc(
                          "seconds": time.perf_counter() - t0, "n": n, "chains": chains, "leapfrog": leapfrog,
                          "initial": initial})
     return rows
-
-
-def plot_bdmc(rows: Sequence[dict], path: str | None = None, *, ax=None):
-    """The BDMC sandwich against T: the lower (forward AIS) and upper (reverse AIS) bounds, log-scale T.
-
-    Returns the matplotlib figure; saves it to ``path`` when given.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display (as iwae.plots)
-    import matplotlib.pyplot as plt
-
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.5, 3.2))
-    steps = [r["steps"] for r in rows]
-    ax.plot(steps, [r["upper"] for r in rows], "v-", label="upper (reverse AIS)")
-    ax.plot(steps, [r["lower"] for r in rows], "^-", label="lower (forward AIS)")
-    ax.fill_between(steps, [r["lower"] for r in rows], [r["upper"] for r in rows], alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel("annealing steps T")
-    ax.set_ylabel("mean log p(x), nats")  # over the simulated images
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    return fig

@@ -1,13 +1,19 @@
-"""AIS on a run directory: the test NLL of its trained model, saved beside evaluate's files."""
+"""AIS and BDMC on a run directory: the test NLL of its trained model by AIS, saved beside evaluate's
+files, and the BDMC sandwich on data simulated from it."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
+from .. import rundir
 from .annealing import DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEPS, schedule_betas
 from .likelihood import ais_log_likelihood
 
-__all__ = ["ais_eval_name", "ais_evaluate"]
+__all__ = ["ais_eval_name", "ais_evaluate", "bdmc_run", "ais_summary_text", "bdmc_text"]
 
 
 def ais_eval_name(steps: int, chains: int, leapfrog: int, seed: int, test_subset: int | None = None) -> str:
@@ -32,25 +38,19 @@ def ais_evaluate(
     data_dir: str | None = None,
     progress: bool = False,
     save: bool = True,
+    announce=None,
 ) -> dict:
     """Test NLL of a run by AIS, as :func:`iwae.evaluate.evaluate` by L_k (the same keys where they apply).
 
     Measures the weights of the run's last completed epoch on the first ``test_subset`` test images
     and, with ``save``, writes ``RUN_DIR/{ais_eval_name(...)}.json`` and the per-image log p-hat to
     the ``.npy`` beside it (float64, test-set order; the ``.npy`` first, both atomically), so that
-    :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem).
+    :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem). ``announce``, if
+    given, is called with :func:`iwae.ais.ais_cost`'s estimate before the run starts (the CLI prints it).
     """
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from .. import data as data_module
-    from ..checkpoint import atomic_write
     from ..errors import ConfigError
-    from ..evaluate import load_trained
+    from ..rundir import open_run, write_evaluation
     from ..runtime import check_device, describe
-    from ..train import TrainConfig
 
     for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
         if value < 1:
@@ -61,22 +61,103 @@ def ais_evaluate(
     if initial not in ("encoder", "prior"):
         raise ConfigError(f"unknown initial distribution {initial!r}; choose encoder or prior", ["initial"])
     check_device(device)
-    model, weights = load_trained(run_dir, device)
-    config = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
-    splits = data_module.load_dataset(config.dataset, data_dir or config.data_dir)
+    run = open_run(run_dir, device, data_dir=data_dir)  # never the initial weights of an untrained run
+    model, splits = run.model, run.splits
     dev = next(model.parameters()).device
     x = splits.first("test", test_subset, "test_subset").to(dev)
+    if announce is not None:
+        from .likelihood import ais_cost
+
+        announce(ais_cost(model, x, steps=steps, chains=chains, leapfrog=leapfrog, memory_budget=memory_budget))
     generator = torch.Generator(device=dev).manual_seed(seed)
     result = ais_log_likelihood(model, x, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
                                 initial=initial, memory_budget=memory_budget, generator=generator, progress=progress)
     name = ais_eval_name(steps, chains, leapfrog, seed, test_subset)
     out = {**result.summary(), "seed": seed,
            "test_images": {"dataset": splits.name, "split": "test", "first": len(x), "of": splits.test.shape[0]},
-           "model": {**weights, "run_dir": str(run_dir), "epochs_planned": config.total_epochs},
-           "runtime": describe(dev), "files": {"json": f"{name}.json", "bounds": f"{name}.npy"} if save else None}
+           "model": {**run.weights, "run_dir": str(run_dir), "epochs_planned": run.config.total_epochs},
+           "runtime": describe(dev), "files": rundir.evaluation_files(name) if save else None}
     if save:
-        with atomic_write(Path(run_dir) / f"{name}.npy", "wb") as f:
-            np.save(f, result.log_likelihood.numpy())
-        with atomic_write(Path(run_dir) / f"{name}.json") as f:
-            json.dump(out, f, indent=1)
+        write_evaluation(run_dir, name, out, result.log_likelihood.numpy())
     return out
+
+
+def bdmc_run(
+    run_dir,
+    *,
+    n: int = 32,
+    steps: Sequence[int] = (100, DEFAULT_STEPS),
+    chains: int = DEFAULT_CHAINS,
+    leapfrog: int = DEFAULT_LEAPFROG,
+    initial: str = "encoder",
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict:
+    """BDMC (:func:`iwae.ais.bdmc`) on ``n`` images simulated from a run's trained model, for each T
+    of ``steps``; draws the sandwich (:func:`iwae.figures.plot_bdmc`) to ``out`` (default
+    ``RUN_DIR/bdmc_n{N}_C{C}_L{L}_seed{S}.png``) and writes the rows as JSON beside it.
+
+    Returns:
+        ``{"rows": [...], "figure", "json", "model", "seed", "n", "chains", "leapfrog", "initial"}``.
+    """
+    from ..errors import ConfigError
+    from ..figures import plot_bdmc
+    from ..rundir import open_run, write_figure_record
+    from ..runtime import check_device, describe
+    from .bdmc import bdmc
+
+    steps = [int(t) for t in steps]
+    for name, value in (("n", n), ("chains", chains), ("leapfrog", leapfrog)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}", [name])
+    if not steps or min(steps) < 1:
+        raise ConfigError(f"steps must be positive integers, got {steps}", ["steps"])
+    if initial not in ("encoder", "prior"):
+        raise ConfigError(f"unknown initial distribution {initial!r}; choose encoder or prior", ["initial"])
+    check_device(device)
+    run = open_run(run_dir, device)
+    dev = next(run.model.parameters()).device
+    rows = bdmc(run.model, n, steps_list=steps, chains=chains, leapfrog=leapfrog, initial=initial,
+                generator=torch.Generator(device=dev).manual_seed(seed), progress=progress)
+    figure = Path(out) if out else Path(run_dir) / f"bdmc_n{n}_C{chains}_L{leapfrog}_seed{seed}.png"
+    figure = plot_bdmc(rows, figure, title=f"BDMC on {n} images simulated from {run.title}")
+    result = {"rows": rows, "figure": str(figure), "json": str(figure.with_suffix(".json")),
+              "model": {**run.weights, "run_dir": str(run_dir)}, "seed": seed, "n": n, "chains": chains,
+              "leapfrog": leapfrog, "initial": initial, "runtime": describe(dev)}
+    write_figure_record(figure, result)
+    return result
+
+
+def ais_summary_text(result: dict) -> str:
+    """The lines ``iwae evaluate --method ais`` prints for a result of :func:`ais_evaluate`."""
+    from ..tables import label_table
+
+    measured, images = result["model"], result["test_images"]
+    written = [str(Path(measured["run_dir"]) / f) for f in result["files"].values()] if result["files"] else []
+    return label_table([
+        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean AIS log p-hat ± s.e. over "
+                            f"images, seed {result['seed']})"),
+        ("AIS", f"T = {result['steps']} {result['schedule']} steps, C = {result['chains']} chains, "
+                f"L = {result['leapfrog']} leapfrog steps, from the {result['initial']}"),
+        ("diagnostics", f"acceptance {result['acceptance']:.2f}, mean ESS {result['mean_ess']:.1f} of "
+                        f"{result['chains']}, mean per-image s.e. {result['mean_chain_stderr']:.3f}"),
+        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
+        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
+                  f"model.safetensors sha256 {measured['sha256']}"),
+        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.2f} images/s)"),
+        ("written", ", ".join(written) or "nothing"),
+    ])
+
+
+def bdmc_text(result: dict) -> str:
+    """The table ``iwae bdmc`` prints: per T the lower and upper bounds, their gap, acceptance, time."""
+    from ..tables import column_table
+
+    header = ("T", "lower (forward)", "upper (reverse)", "gap", "acceptance", "seconds")
+    rows = [(r["steps"], f"{r['lower']:.3f} ± {r['lower_stderr']:.3f}", f"{r['upper']:.3f} ± {r['upper_stderr']:.3f}",
+             f"{r['gap']:.3f} ± {r['gap_stderr']:.3f}", "/".join(f"{a:.2f}" for a in r["acceptance"]),
+             f"{r['seconds']:.0f}") for r in result["rows"]]
+    return (column_table(header, rows) + f"\nmean log p(x) over {result['n']} images simulated from the model, "
+            f"C = {result['chains']}, L = {result['leapfrog']}; wrote {result['figure']} and {result['json']}")

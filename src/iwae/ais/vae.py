@@ -11,7 +11,8 @@ from torch.distributions import Independent, MixtureSameFamily, Normal
 
 from ..models.likelihood import bernoulli_log_prob
 from ..models.vae import VAE
-from .annealing import InitialDistribution, LogDensity, _diag_normal_log_prob
+from ..models.gaussian import diag_normal_log_prob
+from .annealing import InitialDistribution, LogDensity
 
 __all__ = ["vae_target"]
 
@@ -26,7 +27,7 @@ def _log_prior_chain(model: VAE, zs: Sequence[torch.Tensor]) -> torch.Tensor:
     log_p = model.prior_module.log_prob(zs[-1])
     for layer, z_above, z_below in zip(model.decoder[1:], zs[1:], zs[:-1]):
         loc, log_scale = layer.loc_log_scale(z_above)
-        log_p = log_p + _diag_normal_log_prob(z_below, loc, log_scale)
+        log_p = log_p + diag_normal_log_prob(z_below, loc, log_scale)
     return log_p
 
 
@@ -83,10 +84,10 @@ class _EncoderInitial:
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         zs = _split(self.model, z)
-        log_q = _diag_normal_log_prob(zs[0], self.loc, self.log_scale)
+        log_q = diag_normal_log_prob(zs[0], self.loc, self.log_scale)
         for layer, z_below, z_above in zip(self.model.encoder[1:], zs[:-1], zs[1:]):
             loc, log_scale = layer.loc_log_scale(z_below)
-            log_q = log_q + _diag_normal_log_prob(z_above, loc, log_scale)
+            log_q = log_q + diag_normal_log_prob(z_above, loc, log_scale)
         return log_q
 
 

@@ -29,9 +29,9 @@ def main() -> None:
 # the commands register themselves on ``main`` (they import it from here)
 from .experiments import grid, report, reproduce  # noqa: E402
 from .figures import plot, qew, sample  # noqa: E402
-from .runs import analyze, evaluate, snr, train  # noqa: E402
+from .runs import analyze, bdmc, compare, evaluate, snr, train  # noqa: E402
 
-__all__ = ["main", "train", "evaluate", "analyze", "snr", "reproduce", "report", "grid", "plot", "sample", "qew"]
+__all__ = ["main", "train", "evaluate", "analyze", "snr", "compare", "bdmc", "reproduce", "report", "grid", "plot", "sample", "qew"]
 
 if __name__ == "__main__":
     main()

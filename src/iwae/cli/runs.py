@@ -1,4 +1,5 @@
-"""``iwae train``, ``evaluate``, ``compare``, ``bdmc``, ``analyze`` and ``snr``: the commands that make or measure one run."""
+"""``iwae train``, ``evaluate``, ``analyze``, ``snr``, ``compare`` and ``bdmc``: the commands that make or
+measure runs."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ EVALUATE_EXAMPLES = """
 Examples:
   iwae evaluate runs/iwae-k5                       # test NLL by L_5000 and active units
   iwae evaluate runs/iwae-k5 --k 100 --test-subset 1000 --json
+  iwae evaluate runs/iwae-k5 --method ais --test-subset 100   # AIS: T = 1000, C = 16, L = 5
 """
 
 
@@ -77,18 +79,45 @@ Examples:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--method", type=click.Choice(["lk", "ais"]), default="lk", show_default=True,
+              help="lk: the bound L_k; ais: annealed importance sampling (Wu et al. 2017).")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="ais: annealing steps T.")
+@click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="ais: chains C per image.")
+@click.option("--leapfrog", type=click.IntRange(min=1), default=5, show_default=True,
+              help="ais: leapfrog steps L per HMC transition.")
+@click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid", show_default=True,
+              help="ais: the schedule of the inverse temperatures.")
+@click.option("--initial", type=click.Choice(["encoder", "prior"]), default="encoder", show_default=True,
+              help="ais: the initial distribution, q(z|x) or p(z).")
 @_user_errors
-def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, device, threads, quiet) -> None:
+def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, device, threads, quiet, method, steps,
+             chains, leapfrog, schedule, initial) -> None:
     """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
     weights of its last completed epoch (a run that has completed none is refused).
 
     The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
-    first N test images), and L_k of each test image to the .npy beside it.
+    first N test images), and L_k of each test image to the .npy beside it. With --method ais, the
+    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy.
     """
     from ..evaluate import GIB, evaluate as run_evaluation, summary_text
 
     _threads(threads)
+    if method == "ais":
+        from ..ais import ais_evaluate, ais_summary_text
+
+        def announce(cost: dict) -> None:
+            if not as_json:
+                click.echo(f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
+                           f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
+                           err=True)
+
+        result = ais_evaluate(run_dir, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
+                              initial=initial, test_subset=test_subset, seed=seed, device=device,
+                              memory_budget=int(memory_budget * GIB), data_dir=data_dir,
+                              progress=not quiet and not as_json, announce=announce)
+        click.echo(json.dumps(result, indent=1) if as_json else ais_summary_text(result))
+        return
     result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir, memory_budget=memory_budget * GIB,
                             seed=seed, device=device, progress=not quiet and not as_json)
     click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
@@ -189,3 +218,68 @@ def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_
     progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
     result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
     click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
+
+
+COMPARE_EXAMPLES = """
+\b
+Examples:
+  iwae compare runs/iwae-k5 runs/vae-k5                     # both evaluated by iwae evaluate (L_5000)
+  iwae compare runs/iwae-k5 runs/vae-k5 --test-subset 1000 --k 5000
+  iwae compare runs/iwae-s0,runs/iwae-s1 runs/vae-s0,runs/vae-s1   # over seeds, paired by position
+"""
+
+
+@main.command(epilog=COMPARE_EXAMPLES)
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--k", "k", type=int, default=5000, show_default=True, help="The evaluation's k (iwae evaluate --k).")
+@click.option("--test-subset", type=int, help="The evaluation's --test-subset.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The evaluation's --seed.")
+@click.option("--evaluation", help="Another evaluation's file stem, e.g. ais_T1000_C16_L5_n100_seed0.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def compare(run_a, run_b, k, test_subset, seed, evaluation, as_json) -> None:
+    """NLL(A) - NLL(B) on the same test images with its paired standard error, from the per-image
+    bounds that `iwae evaluate` saved; RUN_A and RUN_B may be comma-separated lists of runs (one per
+    seed, paired by position), giving the mean difference and its standard error across seeds."""
+    from ..compare import compare_runs, compare_text
+
+    a, b = _names(run_a), _names(run_b)
+    result = compare_runs(a[0] if len(a) == 1 else a, b[0] if len(b) == 1 else b, k=k, seed=seed,
+                          test_subset=test_subset, evaluation=evaluation)
+    click.echo(json.dumps(result, indent=1) if as_json else compare_text(result))
+
+
+BDMC_EXAMPLES = """
+\b
+Examples:
+  iwae bdmc runs/iwae-k5                                   # 32 simulated images, T = 100 and 1000
+  iwae bdmc runs/iwae-k5 --n 16 --steps 10,100,1000 --out bdmc.pdf
+"""
+
+
+@main.command(epilog=BDMC_EXAMPLES)
+@click.argument("run_dir", type=click.Path())
+@click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True, help="Images simulated from the model.")
+@click.option("--steps", default="100,1000", show_default=True, help="Comma-separated annealing steps T.")
+@click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="Chains C per image.")
+@click.option("--leapfrog", type=click.IntRange(min=1), default=5, show_default=True, help="Leapfrog steps L.")
+@click.option("--initial", type=click.Choice(["encoder", "prior"]), default="encoder", show_default=True,
+              help="Forward AIS's initial distribution.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Figure file; the JSON goes beside it.  "
+                                                             "[default: RUN_DIR/bdmc_n{N}_C{C}_L{L}_seed{S}.png]")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def bdmc(run_dir, n, steps, chains, leapfrog, initial, seed, device, threads, out, as_json) -> None:
+    """Bidirectional Monte Carlo (Grosse et al. 2015) on images simulated from a trained run: forward
+    AIS gives a stochastic lower bound of log p(x), reverse AIS from the simulated z an upper bound;
+    their gap, for each T, bounds how wrong AIS is on data like this (Wu et al. 2017)."""
+    from ..ais import bdmc_run, bdmc_text
+
+    _threads(threads)
+    result = bdmc_run(run_dir, n=n, steps=_int_list(steps, "--steps"), chains=chains, leapfrog=leapfrog,
+                      initial=initial, seed=seed, device=device, out=out)
+    click.echo(json.dumps(result, indent=1) if as_json else bdmc_text(result))

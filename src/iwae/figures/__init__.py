@@ -4,7 +4,7 @@ arrays, models or rows (lists of dicts), writes one figure and returns its path;
     from iwae import figures
     figures.plot_samples({"IWAE(k=5)": model}, "samples.png")   # images.py: samples, pseudo-inputs, reconstructions
     figures.plot_latent(model, x, "latent.png", labels=y)       # latent.py: posterior means, unit activity
-    figures.plot_curves({"run": rows}, "curves.png")            # curves.py: training curves, SNR, the (M, K) grid
+    figures.plot_curves({"run": rows}, "curves.png")            # curves.py: training curves, SNR, the (M, K) grid, BDMC
     figures.qew_figure(model, x[:3], (1, 5, 50), "qew.png")     # posterior.py: q_EW against p(z|x)
     figures.plot_toy("toy.png")                                 # toy.py: bias of log (k-sample mean)
     figures.plot_runs(["runs/vae", "runs/iwae"], "figures/")    # runs.py: the figures of run directories
@@ -17,7 +17,7 @@ cropping, so a PNG's pixel size is known in advance; each function's docstring g
 """
 
 from ._base import DPI, FORMATS, image_shape_of
-from .curves import plot_curves, plot_grid, plot_snr
+from .curves import plot_bdmc, plot_curves, plot_grid, plot_snr
 from .images import plot_pseudo_inputs, plot_reconstructions, plot_samples
 from .latent import plot_activity, plot_latent
 from .posterior import plot_qew, qew_figure
@@ -26,7 +26,7 @@ from .toy import TOY_KS, TOY_SETTINGS, plot_toy
 
 __all__ = [
     "plot_samples", "plot_pseudo_inputs", "plot_reconstructions", "plot_latent", "plot_activity",
-    "plot_curves", "plot_snr", "plot_grid", "plot_qew", "qew_figure", "plot_toy",
+    "plot_curves", "plot_snr", "plot_grid", "plot_bdmc", "plot_qew", "qew_figure", "plot_toy",
     "plot_runs", "sample_run", "qew_run", "read_metrics", "run_title", "PLOT_KINDS",
     "image_shape_of", "FORMATS", "DPI", "TOY_SETTINGS", "TOY_KS",
 ]
