@@ -136,3 +136,44 @@ def test_compare_reads_what_evaluate_writes(tmp_path, shared_data_dir, mnist_spl
     assert out["difference"] == pytest.approx(np.mean(b_ais - a_ais))
     with pytest.raises(ValueError, match="steps must be >= 1"):
         ais_evaluate(runs[0], steps=0)
+
+
+def test_the_ais_compare_and_bdmc_commands(tmp_path, shared_data_dir, mnist_splits):
+    """`iwae evaluate --method ais`, `iwae compare` and `iwae bdmc` make the library's calls and write
+    its files: the AIS JSON/.npy pair as ais_evaluate names them, compare's difference equal to the
+    per-image bounds' mean difference, BDMC's rows with upper - lower = gap, and one-line errors."""
+    from cli_helpers import assert_one_line_error, invoke, small_npz
+
+    from iwae.ais import ais_eval_name
+
+    dataset = small_npz(tmp_path, mnist_splits, 200, 30)
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"run{seed}"
+        assert invoke("train", "--objective", "iwae", "--k", 2, "--epochs", 1, "--latent-dims", 2, "--hidden-dims", 16,
+                      "--dataset", dataset, "--seed", seed, "--out", run, "--quiet").exit_code == 0
+        runs.append(run)
+        result = invoke("evaluate", run, "--method", "ais", "--steps", 4, "--chains", 2, "--leapfrog", 2,
+                        "--test-subset", 30, "--json")
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        stem = ais_eval_name(4, 2, 2, 0, 30)
+        assert out["files"] == {"json": f"{stem}.json", "bounds": f"{stem}.npy"} and out["n_test"] == 30
+        assert json.loads((run / f"{stem}.json").read_text())["nll"] == out["nll"]
+    result = invoke("compare", runs[0], runs[1], "--evaluation", stem, "--json")
+    assert result.exit_code == 0, result.output
+    _, a = load_bounds(runs[0], evaluation=stem)
+    _, b = load_bounds(runs[1], evaluation=stem)
+    assert json.loads(result.output)["difference"] == pytest.approx(np.mean(b - a))
+    text = invoke("compare", runs[0], runs[1], "--evaluation", stem).output
+    assert "A - B" in text and "paired s.e. over 30 test images" in text
+    assert_one_line_error(invoke("compare", runs[0], runs[1]), "iwae evaluate")  # no L_5000 evaluation yet
+
+    result = invoke("bdmc", runs[0], "--n", 3, "--steps", "2,20", "--chains", 2, "--leapfrog", 2, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [r["steps"] for r in out["rows"]] == [2, 20]
+    assert all(r["gap"] == pytest.approx(r["upper"] - r["lower"]) for r in out["rows"])
+    assert Path(out["figure"]).is_file() and json.loads(Path(out["json"]).read_text())["rows"] == out["rows"]
+    assert_one_line_error(invoke("bdmc", runs[0], "--steps", "0,10"), "--steps")
+    assert_one_line_error(invoke("evaluate", tmp_path / "missing", "--method", "ais"), "not found")

@@ -15,7 +15,7 @@ The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions
 names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
 """
 
-from . import analysis, data, estimators, evaluate, experiments, figures, grid, models, objectives, qew, snr, train
+from . import ais, analysis, compare, data, estimators, evaluate, experiments, figures, grid, models, objectives, qew, snr, train
 from .experiments import published
 from .data import load_dataset
 from .errors import ConfigError
@@ -27,7 +27,8 @@ from . import rundir
 from .rundir import open_run
 
 __all__ = [
-    "analysis", "data", "estimators", "evaluate", "experiments", "figures", "grid", "models", "objectives", "published",
+    "ais", "analysis", "compare", "data", "estimators", "evaluate", "experiments", "figures", "grid", "models",
+    "objectives", "published",
     "qew", "snr", "train",
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units", "ConfigError",

@@ -40,7 +40,7 @@ from .objectives import iwae as iwae_bound
 from .runtime import check_device, describe, synchronize, tune_allocator
 from .tables import label_table
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "paired_difference", "summary_text",
+__all__ = ["log_likelihood", "active_units", "evaluate", "ais_log_likelihood", "paired_difference", "summary_text",
            "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
@@ -192,6 +192,14 @@ def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | o
         raise ValueError(f"paired values need the same N >= 2 images, got shapes {a.shape} and {b.shape}")
     d = a.astype(np.float64) - b.astype(np.float64)
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def ais_log_likelihood(model: VAE, x: torch.Tensor, **settings):
+    """AIS estimates of log p(x_n) for each row of ``x``: :func:`iwae.ais.ais_log_likelihood` (T = 1000
+    steps, C = 16 chains, L = 5 leapfrog steps by default), a tighter measurement than L_k."""
+    from .ais import ais_log_likelihood as ais
+
+    return ais(model, x, **settings)
 
 
 def summary_text(result: dict) -> str:

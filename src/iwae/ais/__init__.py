@@ -45,12 +45,12 @@ from .annealing import (DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, DEF
 from .bdmc import bdmc
 from .hmc import hmc_step, leapfrog
 from .likelihood import AISResult, ais_cost, ais_log_likelihood
-from .run import ais_eval_name, ais_evaluate, bdmc_run
+from .run import ais_eval_name, ais_evaluate, ais_summary_text, bdmc_run, bdmc_text
 from .vae import vae_target
 
 __all__ = [
     "InitialDistribution", "GaussianInitial", "AISChains", "AISResult", "schedule_betas", "leapfrog",
     "hmc_step", "ais", "log_mean_exp_stats", "sandwich", "vae_target", "ais_log_likelihood", "ais_cost", "bdmc",
-    "ais_eval_name", "ais_evaluate", "bdmc_run", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG",
+    "ais_eval_name", "ais_evaluate", "ais_summary_text", "bdmc_run", "bdmc_text", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG",
     "DEFAULT_STEP_SIZE", "TARGET_ACCEPT",
 ]
