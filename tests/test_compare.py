@@ -11,7 +11,8 @@ import pytest
 
 from iwae.compare import compare_runs, load_bounds
 from iwae.data import Splits
-from iwae.evaluate import eval_name, evaluate
+from iwae.evaluate import evaluate
+from iwae.rundir import eval_name
 from iwae.train import TrainConfig, train
 
 

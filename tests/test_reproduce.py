@@ -626,3 +626,47 @@ def test_summary_text_counts_statuses_and_lists_failures(tmp_path):
     assert str(tmp_path / "reproduction.json") in text and text.endswith(f"report with: iwae report {tmp_path}")
     assert failures == ["  c: ValueError: boom", "  d: its dependency failed"]
     assert summary_text("tiny", Summary(tmp_path, status={"a": "done"}))[1] == []
+
+
+def test_an_experiment_that_asks_for_ais_reports_it_beside_l_k(tmp_path, shared_data_dir):
+    """evaluate: {ais: {...}} runs AIS on the first test images after L_k; result.json's nll_ais and
+    ais_gap equal what the two saved per-image files give (computed here with numpy), and the report
+    has the NLL (AIS) and AIS - L_k columns. A bad ais setting is one line."""
+    import numpy as np
+
+    from iwae.ais import ais_eval_name
+    from iwae.rundir import eval_name
+
+    path = tmp_path / "ais.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ais", "labels": ["objective", "k"],
+        "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
+        "evaluate": {"k": 20, "ais": {"steps": 3, "chains": 2, "leapfrog": 2, "test_subset": 6}},
+        "protocols": {"short": TINY}}))
+    out = tmp_path / "out"
+    summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
+    assert summary.status == {"a": "done"}
+    run = out / "runs" / "a"
+    metrics = read_json(run / RESULT_FILE)["metrics"]
+    ais = np.load(run / f"{ais_eval_name(3, 2, 2, 0, 6)}.npy")
+    l_k = np.load(run / f"{eval_name(20, 0, 10)}.npy")
+    recorded = read_json(run / RESULT_FILE)["ais"]
+    assert len(ais) == 6 and recorded["n_test"] == 6
+    assert metrics["nll_ais"] == pytest.approx(-ais.mean())
+    d = ais - l_k[:6]
+    assert metrics["ais_gap"] == pytest.approx(d.mean()) and metrics["ais_gap_stderr"] == pytest.approx(
+        d.std(ddof=1) / np.sqrt(6))
+    assert recorded == {"n_test": 6, "steps": 3, "chains": 2, "leapfrog": 2, "schedule": "sigmoid",
+                        "initial": "encoder"}
+    result = cli("report", out, "--no-figures")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    header = next(line for line in text.splitlines() if line.startswith("| run"))
+    assert "NLL (AIS)" in header and "AIS - L_20" in header
+    row = next(line for line in text.splitlines() if line.startswith("| `a`"))
+    assert f"{metrics['ais_gap']:.2f} ± {metrics['ais_gap_stderr']:.2f}" in row
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("steps: 3", "steps: 0"))
+    result = cli("reproduce", bad, "--out", tmp_path / "bad-out")
+    assert result.exit_code == 2 and "evaluate.ais must map" in result.output and "Traceback" not in result.output

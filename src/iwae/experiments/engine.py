@@ -171,6 +171,9 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             metrics[f"iwae{k}"] = -bound["nll"]
             metrics[f"iwae{k}_stderr"] = bound["nll_stderr"]
             metrics["neg_kl" if len(ev["bound_ks"]) == 1 else f"neg_kl{k}"] = main["nll"] - bound["nll"]
+        ais = _ais_metrics(run_dir, ev, device, data_dir) if ev.get("ais") else None
+        if ais:
+            metrics.update(ais.pop("metrics"))
         result = {
             "name": run.name, "status": "done", "metrics": metrics,
             "active_units": main["active_units_per_layer"], "n_test": main["n_test"], "eval_k": ev["k"],
@@ -178,6 +181,7 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             "train_seconds": training_seconds(run_dir) or train_seconds, "eval_seconds": time.perf_counter() - t0,
             "model": main["model"],  # the weights measured: epoch and SHA-256 of model.safetensors
             "hardware": hardware(device), "spec": run.to_dict(),
+            **({"ais": ais} if ais else {}),  # the AIS settings and images, beside its metrics
         }
         rundir.write_result(run_dir, result)
         return result
@@ -188,6 +192,23 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             error["device_failure"] = True
         rundir.write_error(run_dir, error)
         return error
+
+
+def _ais_metrics(run_dir: Path, ev: dict, device: str, data_dir: str | None) -> dict:
+    """AIS on the first ``ev["ais"]["test_subset"]`` test images (all of L_k's by default), and how far
+    above L_k it lies on the same images: ``ais_gap`` = mean(log p-hat_AIS - L_k) with its paired s.e."""
+    from ..ais import ais_evaluate
+    from ..evaluate import paired_difference
+
+    settings = dict(ev["ais"])
+    n = settings.pop("test_subset", ev["test_subset"])
+    result = ais_evaluate(run_dir, **settings, test_subset=n, seed=ev["seed"], device=device, data_dir=data_dir)
+    _, ais = rundir.read_evaluation(run_dir, Path(result["files"]["json"]).stem)
+    _, l_k = rundir.read_evaluation(run_dir, rundir.eval_name(ev["k"], ev["seed"], ev["test_subset"]))
+    gap, gap_stderr = paired_difference(ais, l_k[: len(ais)])
+    return {"metrics": {"nll_ais": result["nll"], "nll_ais_stderr": result["nll_stderr"], "ais_gap": gap,
+                        "ais_gap_stderr": gap_stderr},
+            "n_test": result["n_test"], **{k: result[k] for k in ("steps", "chains", "leapfrog", "schedule", "initial")}}
 
 
 # ----------------------------------------------------------------------------- planning

@@ -354,6 +354,16 @@ def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     metrics = {"nll": ("NLL", False, f"NLL = -mean L_{k} over the test images, ± its standard error over images"),
                "log_p_hat": ("log p-hat", True, f"log p-hat = mean L_{k}, ± its standard error over images"),
                "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat")}
+    ais = [r["result"]["ais"] for r in runs if isinstance(r["result"].get("ais"), dict) and "nll_ais" in r["metrics"]]
+    if ais:
+        keys += ["nll_ais", "ais_gap"]
+        how = "; ".join(sorted({f"T = {a.get('steps')}, C = {a.get('chains')}, L = {a.get('leapfrog')}" for a in ais}))
+        n_ais = sorted({a["n_test"] for a in ais if isinstance(a.get("n_test"), int)})
+        on = f"the first {', '.join(map(str, n_ais))} test images" if n_ais else "the test images"
+        metrics["nll_ais"] = ("NLL (AIS)", False, f"NLL (AIS) = -mean AIS log p-hat ({how}) on {on}, ± its "
+                                                  f"standard error over images")
+        metrics["ais_gap"] = (f"AIS - L_{k}", True, f"AIS - L_{k} = mean (AIS log p-hat - L_{k}) on the same images, "
+                                                   f"± its paired standard error: how far L_{k} lies below log p(x)")
     for n in ks:
         metrics[f"iwae{n}"] = (f"IWAE-{n}", True, f"IWAE-{n} = mean L_{n}")
         metrics[f"neg_kl{n}"] = (f"-KL(Q||P) at {n}", True, f"-KL(Q||P) at {n} = IWAE-{n} - log p-hat")

@@ -17,6 +17,8 @@ An experiment file holds (see the shipped files in ``iwae/experiments/`` for com
       - {objective: vae, k: 1}
       - {objective: iwae, k: 5}
     evaluate: {k: 5000, bound_ks: [], seed: 0}           # test L_k, further bounds, seed
+    #   and optionally ais: {steps: 1000, chains: 16, leapfrog: 5, test_subset: 200}: AIS on the first
+    #   test images beside L_k (iwae.ais.ais_evaluate), reported as NLL (AIS) and AIS - L_k
     protocols:                       # named protocols: TrainConfig settings and test_subset
       paper: {epochs: null, test_subset: null}
       short: {epochs: 13, test_subset: 2000, description: ...}
@@ -71,6 +73,7 @@ PROTOCOLS = ("paper", "short")
 FIGURES = ("curves", "samples", "latent", "grid", "snr")
 PROTOCOL_KEYS = {"test_subset", "eval_k", "description", "seeds"}  # protocol settings that are not TrainConfig fields
 RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
+AIS_KEYS = {"steps", "chains", "leapfrog", "test_subset"}  # evaluate.ais: settings of iwae.ais.ais_evaluate
 TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
             "protocols", "published", "figures", "seeds", "grid"}
 # set per invocation, never by an experiment file: where and how a run executes
@@ -252,6 +255,7 @@ class Experiment:
         evaluation = dict(self.spec.get("evaluate") or {})
         eval_spec = {"k": settings.pop("eval_k", evaluation.get("k", 5000)),
                      "bound_ks": list(evaluation.get("bound_ks", [])),
+                     **({"ais": dict(evaluation["ais"])} if evaluation.get("ais") else {}),
                      "test_subset": settings.pop("test_subset", None), "seed": evaluation.get("seed", 0)}
         fmt_values = {**TrainConfig(out="x").to_dict(), **settings}
         try:
@@ -417,9 +421,15 @@ def _check(spec: object, source: str) -> dict:
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise ExperimentError(f"{source}: {key} must be a mapping, got {spec[key]!r}")
     evaluation = spec.get("evaluate") or {}
-    unknown = set(evaluation) - {"k", "bound_ks", "seed"}
+    unknown = set(evaluation) - {"k", "bound_ks", "seed", "ais"}
     if unknown:
-        raise ExperimentError(f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, seed")
+        raise ExperimentError(f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, "
+                              f"seed, ais")
+    ais = evaluation.get("ais")
+    if ais is not None:
+        if not isinstance(ais, dict) or set(ais) - AIS_KEYS or not all(type(v) is int and v >= 1 for v in ais.values()):
+            raise ExperimentError(f"{source}: evaluate.ais must map some of {', '.join(sorted(AIS_KEYS))} to integers "
+                                  f">= 1, got {ais!r}")
     ks = [evaluation.get("k", 5000), *evaluation.get("bound_ks", [])] if isinstance(evaluation.get("bound_ks", []), list) \
         else [None]
     if not all(type(k) is int and k >= 1 for k in ks) or type(evaluation.get("seed", 0)) is not int:
