@@ -309,23 +309,14 @@ def describe(exp, out_dir: str | os.PathLike) -> str:
 def run_grid(
     out_dir: str | os.PathLike,
     *,
-    total: int = DEFAULT_TOTAL,
-    betas=DEFAULT_BETAS,
-    ms: list[int] | None = None,
-    epochs: int = DEFAULT_EPOCHS,
-    schedule: str = DEFAULT_SCHEDULE,
-    train_subset: int | None = DEFAULT_TRAIN_SUBSET,
-    test_subset: int | None = DEFAULT_TEST_SUBSET,
-    iwae_k: int | None = None,
-    log_p_k: int = DEFAULT_LOG_P_K,
     data_dir: str | None = None,
-    seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
     splits=None,
     plot: bool = True,
     workers: int | None = None,
     ray: str | None = None,
+    **sweep,
 ) -> list[dict]:
     """Trains and evaluates every distinct run of the grid with the experiment engine
     (:func:`iwae.experiments.engine.reproduce` of :func:`grid_experiment`), then writes ``grid.csv``,
@@ -333,6 +324,7 @@ def run_grid(
 
     Args:
         out_dir: the grid's folder: ``reproduction.json``, ``runs/<name>``, the grid files.
+        sweep: :func:`grid_experiment`'s settings:
         total: M * K, samples per example. Default 64.
         betas: CIWAE's ELBO weights, each in [0, 1]. Default 0, 0.25, 0.5, 0.75, 1.
         ms: the M values of MIWAE and PIWAE, each dividing ``total``. Default: all divisors.
@@ -361,9 +353,7 @@ def run_grid(
     from .experiments.engine import reproduce
     from .experiments.report import grid_rows, read_reproduction
 
-    exp = grid_experiment(total=total, betas=betas, ms=ms, epochs=epochs, schedule=schedule,
-                          train_subset=train_subset, test_subset=test_subset, iwae_k=iwae_k, log_p_k=log_p_k,
-                          seed=seed)
+    exp = grid_experiment(**sweep)
     summary = reproduce(exp, out_dir, protocol=PROTOCOL, data_dir=data_dir, threads=threads, progress=progress,
                         splits=splits, workers=workers, ray=ray)
     out_dir = Path(out_dir)
