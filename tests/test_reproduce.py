@@ -670,3 +670,41 @@ def test_an_experiment_that_asks_for_ais_reports_it_beside_l_k(tmp_path, shared_
     bad.write_text(path.read_text().replace("steps: 3", "steps: 0"))
     result = cli("reproduce", bad, "--out", tmp_path / "bad-out")
     assert result.exit_code == 2 and "evaluate.ais must map" in result.output and "Traceback" not in result.output
+
+
+def test_the_report_compares_the_pairs_an_experiment_names(tmp_path, shared_data_dir):
+    """compare: [[a, b]] with seeds [0, 1]: the report's paired comparison is the mean over seeds of
+    mean(L_b - L_a) per image, its s.e. across seeds that of the two per-seed differences (both
+    computed here with numpy from the saved bounds); a name that is no run is refused."""
+    import numpy as np
+
+    from iwae.experiments.report import comparisons, read_reproduction
+    from iwae.rundir import eval_name
+
+    path = tmp_path / "pairs.yaml"
+    spec = {"name": "pairs", "labels": ["objective", "k"], "seeds": [0, 1], "compare": [["a", "b"]],
+            "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None},
+                     {"name": "b", "objective": "vae", "k": 1, "published": None}],
+            "protocols": {"short": TINY}}
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
+    assert set(summary.status.values()) == {"done"}
+    name = eval_name(20, 0, 10)
+    per_seed = [np.mean(np.load(out / "runs" / f"b{s}" / f"{name}.npy") - np.load(out / "runs" / f"a{s}" / f"{name}.npy"))
+                for s in ("", "-s1")]
+    (entry,) = comparisons(read_reproduction(out))
+    assert entry["seeds"] == [0, 1]
+    assert entry["result"]["difference"] == pytest.approx(np.mean(per_seed))
+    assert entry["result"]["stderr_across_seeds"] == pytest.approx(np.std(per_seed, ddof=1) / np.sqrt(2))
+    result = cli("report", out, "--no-figures")
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text(encoding="utf-8")
+    row = next(line for line in text.split("### Paired comparisons", 1)[1].splitlines() if line.startswith("| `a`"))
+    assert f"{np.mean(per_seed):+.2f}" in row and row.startswith("| `a` | `b` | 2 |")
+    assert read_json(out / "report.json")["experiments"][0]["comparisons"][0]["seeds"] == [0, 1]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**spec, "compare": [["a", "c"]]}))
+    result = cli("reproduce", bad, "--out", tmp_path / "bad-out", "--dry-run")
+    assert result.exit_code == 2 and "compare names c, which is not a run" in result.output

@@ -38,7 +38,7 @@ Execution:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import concurrent.futures.process
+import concurrent.futures.process  # noqa: F401 - cf.process.BrokenProcessPool below
 import json
 import multiprocessing
 import os
@@ -614,7 +614,7 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         "experiment": exp.name, "title": exp.title, "description": exp.description, "source": exp.source,
         "protocol": {"name": protocol, "description": str(exp.protocols[protocol].get("description", "")).strip(),
                      "settings": exp.protocol_settings(protocol, overrides), "overrides": dict(overrides or {})},
-        "published": exp.published_table(), "figures": exp.figures,
+        "published": exp.published_table(), "figures": exp.figures, "compare": exp.comparisons,
         "runs": [{**p.spec.to_dict(), "status": "done" if p.state == "done" else "pending"} for p in planned],
         "started": datetime.now().isoformat(timespec="seconds"), "finished": None, "wall_seconds": None,
         "executor": executor_name, "hardware": hardware("cpu"),

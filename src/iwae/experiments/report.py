@@ -45,7 +45,7 @@ from ..checkpoint import atomic_write
 from .spec import FIGURES
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
-           "seed_groups", "grid_rows", "summary", "FLAG_NATS"]
+           "seed_groups", "grid_rows", "comparisons", "summary", "FLAG_NATS"]
 
 SPEC_FILE = "reproduction.json"
 SUMMARY_FILE = "report.json"
@@ -237,7 +237,8 @@ def _merge(name: str, members: list[dict]) -> dict:
 
 def summary(exp: dict) -> dict:
     """What ``report.json`` holds of one experiment: per group (a run without seeds is a group of
-    one) its seeds, and per metric the mean, the standard deviation over seeds and the per-seed values."""
+    one) its seeds, and per metric the mean, the standard deviation over seeds and the per-seed values;
+    and the paired comparisons the experiment names (:func:`comparisons`)."""
     groups = []
     for g in seed_groups(exp["runs"]):
         if "per_seed" in g:
@@ -251,7 +252,7 @@ def summary(exp: dict) -> dict:
                        "n_seeds": g.get("n_seeds", int(g["status"] == "done")), "labels": g["labels"],
                        "published": g["published"], "metrics": metrics})
     return {"experiment": exp["experiment"], "dir": str(exp["dir"]), "protocol": (exp.get("protocol") or {}).get("name"),
-            "groups": groups}
+            "groups": groups, "comparisons": comparisons(exp)}
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -700,11 +701,69 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
     counter = [0]
     for exp in experiments:
         lines += _header(exp) + ["### Results", ""] + _table(exp, per_seed) + [""] + _grid_section(exp)
+        lines += _compare_section(exp)
         if figures:
             lines += _figures(exp, out_dir, data_dir, cache, counter)
         elif exp.get("figures"):
             lines += [f"*Figures ({', '.join(map(str, exp['figures']))}) not drawn: --no-figures.*", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def comparisons(exp: dict) -> list[dict]:
+    """The paired comparisons the experiment names (``compare: [[A, B], ...]``), one dict each:
+    ``a``, ``b``, ``seeds`` (those both have finished) and :func:`iwae.compare.compare_runs`'s result
+    on their evaluations (L_k of the experiment's k, seed and test images), or ``error``."""
+    from ..compare import compare_runs
+
+    def finished(name: str) -> dict:
+        return {r["config"].get("seed", 0): r for r in exp["runs"]
+                if (r.get("group") or r["name"]) == name and r["status"] == "done"}
+
+    out = []
+    for a, b in exp.get("compare") or []:
+        runs_a, runs_b = finished(a), finished(b)
+        seeds = sorted(set(runs_a) & set(runs_b))
+        entry = {"a": a, "b": b, "seeds": seeds}
+        if not seeds:
+            entry["error"] = "no seed of both has finished"
+        else:
+            ev = runs_a[seeds[0]]["eval"]
+            side = (lambda runs: str(runs[seeds[0]]["dir"]) if len(seeds) == 1 else [str(runs[s]["dir"]) for s in seeds])
+            try:
+                entry["result"] = compare_runs(side(runs_a), side(runs_b), k=ev.get("k", 5000), seed=ev.get("seed", 0),
+                                               test_subset=ev.get("test_subset"))
+            except (OSError, ValueError) as e:
+                entry["error"] = str(e).splitlines()[0]
+        out.append(entry)
+    return out
+
+
+def _compare_section(exp: dict) -> list[str]:
+    """The table of :func:`comparisons`: NLL(A) - NLL(B) with its paired standard error, and over
+    seeds with the standard error across seeds, for the pairs the experiment names."""
+    entries = comparisons(exp)
+    if not entries:
+        return []
+    lines = ["### Paired comparisons", "",
+             "| A | B | seeds | NLL(A) - NLL(B) | s.e. across seeds | paired s.e. | unpaired s.e. | test images |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for e in entries:
+        r = e.get("result")
+        if r is None:
+            lines.append(f"| `{e['a']}` | `{e['b']}` | {len(e['seeds'])} | {_cell(e['error'])} |  |  |  |  |")
+            continue
+        several = "pairs" in r
+        across = _num(r["stderr_across_seeds"]) if several else ""
+        paired = _num(r["pooled_paired_stderr"] if several else r["paired_stderr"])
+        unpaired = "" if several else _num(r["unpaired_stderr"])
+        lines.append(f"| `{e['a']}` | `{e['b']}` | {len(e['seeds'])} | {r['difference']:+.2f} | {across} | {paired} | "
+                     f"{unpaired} | {r['n_test']} |")
+    lines += ["", "*NLL(A) - NLL(B) on the same test images from the per-image bounds evaluation saved "
+              "(negative: A is better). Paired s.e. = std of the per-image differences / sqrt(N) (pooled over "
+              "seed pairs); with several seeds the difference is the mean over seed pairs, and its s.e. across "
+              "seeds includes the run-to-run noise: a difference is larger than that noise when it is several "
+              "of those from 0.*", ""]
+    return lines
 
 
 def _grid_section(exp: dict) -> list[str]:

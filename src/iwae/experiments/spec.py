@@ -19,6 +19,7 @@ An experiment file holds (see the shipped files in ``iwae/experiments/`` for com
     evaluate: {k: 5000, bound_ks: [], seed: 0}           # test L_k, further bounds, seed
     #   and optionally ais: {steps: 1000, chains: 16, leapfrog: 5, test_subset: 200}: AIS on the first
     #   test images beside L_k (iwae.ais.ais_evaluate), reported as NLL (AIS) and AIS - L_k
+    compare: [[iwae-k5, vae-k5]]                         # pairs the report compares on the same images
     protocols:                       # named protocols: TrainConfig settings and test_subset
       paper: {epochs: null, test_subset: null}
       short: {epochs: 13, test_subset: 2000, description: ...}
@@ -75,7 +76,7 @@ PROTOCOL_KEYS = {"test_subset", "eval_k", "description", "seeds"}  # protocol se
 RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
 AIS_KEYS = {"steps", "chains", "leapfrog", "test_subset"}  # evaluate.ais: settings of iwae.ais.ais_evaluate
 TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
-            "protocols", "published", "figures", "seeds", "grid"}
+            "protocols", "published", "figures", "seeds", "grid", "compare"}
 # set per invocation, never by an experiment file: where and how a run executes
 EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from", "init_sha256"}
 _CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -145,6 +146,12 @@ class Experiment:
         return list(self.spec.get("figures", []))
 
     @property
+    def comparisons(self) -> list[list[str]]:
+        """The pairs ``[A, B]`` of run names (a seed group's name for a run with seeds) whose paired
+        difference of test NLLs the report shows (the file's ``compare``)."""
+        return [list(pair) for pair in self.spec.get("compare") or []]
+
+    @property
     def protocols(self) -> dict[str, dict]:
         return self.spec["protocols"]
 
@@ -197,6 +204,12 @@ class Experiment:
             if r.after and r.after not in runs:
                 raise ExperimentError(f"{self.source}: run {r.name} continues {r.after}, which is not a run")
         _check_acyclic(runs, self.source)
+        named = {r.group or r.name for r in resolved}
+        for pair in self.comparisons:
+            unknown = [n for n in pair if n not in named]
+            if unknown:
+                raise ExperimentError(f"{self.source}: compare names {unknown[0]}, which is not a run; its runs are "
+                                      f"{', '.join(sorted(named))}")
         selected = list(runs.values())
         if datasets is not None:
             wanted = {d.strip().lower().replace("_", "-") for d in datasets if d.strip()}
@@ -417,6 +430,11 @@ def _check(spec: object, source: str) -> dict:
         if bad or set(raw) & EXECUTION_KEYS:
             raise ExperimentError(f"{source}: a run sets {', '.join(sorted(bad or set(raw) & EXECUTION_KEYS))}, "
                                   f"which is not a run setting")
+    pairs = spec.get("compare")
+    if pairs is not None and (not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) and p[0] != p[1] for p in pairs)):
+        raise ExperimentError(f"{source}: compare must be a list of pairs of two different run names, e.g. "
+                              f"[[iwae-k5, vae-k5]], got {pairs!r}")
     for key in ("defaults", "evaluate", "published"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise ExperimentError(f"{source}: {key} must be a mapping, got {spec[key]!r}")
