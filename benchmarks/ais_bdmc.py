@@ -15,7 +15,7 @@ import torch
 
 from iwae.ais import bdmc
 from iwae.figures import plot_bdmc
-from iwae.evaluate import load_trained
+from iwae.rundir import open_run
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="write the sandwich figure here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_trained(args.run_dir)
+    model = open_run(args.run_dir).model
     rows = bdmc(model, args.images, steps_list=[int(s) for s in args.steps.split(",")], chains=args.chains,
                 leapfrog=args.leapfrog, initial=args.initial, generator=torch.Generator().manual_seed(args.seed))
     for row in rows:

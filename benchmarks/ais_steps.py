@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
 
 from iwae.ais import ais_cost, ais_log_likelihood
-from iwae.data import load_dataset
-from iwae.evaluate import load_trained, log_likelihood, paired_difference
-from iwae.train import TrainConfig
+from iwae.evaluate import log_likelihood, paired_difference
+from iwae.rundir import open_run
 
 
 def main() -> None:
@@ -36,9 +34,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_trained(args.run_dir)
-    config = TrainConfig.from_yaml(f"{args.run_dir}/config.yaml")
-    splits = load_dataset(config.dataset, args.data_dir or config.data_dir)
+    run = open_run(args.run_dir, data_dir=args.data_dir)
+    model, splits = run.model, run.splits
     x = splits.test[: args.images]
     t0 = time.perf_counter()
     l_k = log_likelihood(model, x, 5000, generator=torch.Generator().manual_seed(0))
