@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import iwae.models.networks as networks
-import iwae.models.vae as vae_module
+import iwae.models.likelihoods as likelihoods
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.evaluate import CPU_ROWS_PER_CALL, log_likelihood
 from iwae.models import VAE, ModelConfig
@@ -123,17 +123,16 @@ def _time(fn, n: int = 1) -> float:
 @contextlib.contextmanager
 def plain_kernels():
     """Swap iwae's Tanh and Bernoulli log-likelihood for PyTorch's stock ones."""
-    old_tanh, old_lik = networks.Tanh, vae_module.bernoulli_log_prob
+    old_tanh, old_lik = networks.Tanh, likelihoods.Bernoulli.log_prob
 
-    def stock_lik(decoder, z, x):
-        logits = decoder.logits(z)
+    def stock_lik(self, logits, x):
         return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
-    networks.Tanh, vae_module.bernoulli_log_prob = nn.Tanh, stock_lik
+    networks.Tanh, likelihoods.Bernoulli.log_prob = nn.Tanh, stock_lik
     try:
         yield
     finally:
-        networks.Tanh, vae_module.bernoulli_log_prob = old_tanh, old_lik
+        networks.Tanh, likelihoods.Bernoulli.log_prob = old_tanh, old_lik
 
 
 def train_step_rate(batch: int, k: int, seconds: float = 2.0) -> float:

@@ -42,8 +42,8 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 )
 def test_shapes(config):
     """log_weights(x, K) is (K, B); encode gives an Independent Normal with event shape (D_1,)
-    for one layer and a tuple with one such distribution per layer otherwise; decode(z) is an
-    Independent Bernoulli with event shape (784,); the prior samples have the top latent's shape."""
+    for one layer and a tuple with one such distribution per layer otherwise; decode(z) has the
+    mean and log_prob of an Independent Bernoulli over 784 pixels; the prior samples have the top latent's shape."""
     model = _model(config)
     B, K = 3, 4
     x = _binary(B, 784)
@@ -61,10 +61,10 @@ def test_shapes(config):
         assert dist.batch_shape == (B,)
 
     z = torch.randn(K, B, config.latent_dims[0])
-    p = model.decode(z)
-    assert isinstance(p, Independent) and isinstance(p.base_dist, Bernoulli)
-    assert p.event_shape == (784,)
-    assert p.batch_shape == (K, B)
+    p = model.decode(z)  # the Bernoulli likelihood reading the decoder's logits
+    torch.testing.assert_close(p.mean, torch.sigmoid(model.decoder[0].logits(z)))
+    torch.testing.assert_close(p.log_prob(x), Independent(Bernoulli(logits=p.raw), 1).log_prob(x))
+    assert p.raw.shape == (K, B, 784) and p.log_prob(x).shape == (K, B)
 
     prior = model.prior
     assert isinstance(prior, Distribution)

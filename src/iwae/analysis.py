@@ -16,7 +16,7 @@ probability proportional to its importance weight (sampling-importance-resamplin
 approaches the true posterior p(z|x), which :func:`posterior_grid` computes on a grid for 2-D latents.
 
 Only the public surface of a model is used: ``encode(x)`` (an ``Independent(Normal)``), ``decode(z)``
-(a Distribution over x), ``prior`` (a Distribution with ``log_prob``), so any prior works. Models with
+(p(x | z) with ``log_prob`` and ``mean``, whatever the likelihood), ``prior`` (a Distribution with ``log_prob``), so any prior works. Models with
 more than one stochastic layer are refused: q(z_L) of the top layer has no closed-form density.
 
 References:
@@ -35,6 +35,7 @@ import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from .models.gaussian import HALF_LOG_2PI, diag_normal_log_prob
+from .models.vae import Decoded
 from .tables import label_table
 
 __all__ = [
@@ -364,8 +365,8 @@ def sample_images(model, n: int = 64, seed: int = 0, probabilities: bool = True)
     is left as it was.
 
     Returns:
-        ``(n, input_dim)`` on the CPU: the Bernoulli means of p(x | z_1) (``probabilities``), else
-        binary samples.
+        ``(n, input_dim)`` on the CPU: the means E[x | z_1] of p(x | z_1) (``probabilities``), else
+        samples of it (binary for the Bernoulli likelihood, k/255 for logistic256).
     """
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
@@ -378,14 +379,19 @@ def sample_images(model, n: int = 64, seed: int = 0, probabilities: bool = True)
         loc, log_scale = layer.loc_log_scale(z)
         z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)
     px = model.decode(z)
-    x = px.mean if probabilities else torch.bernoulli(px.mean, generator=generator)
+    if probabilities:
+        x = px.mean
+    elif isinstance(px, Decoded):  # the model's likelihood draws x (Bernoulli: binary pixels)
+        x = px.sample(generator)
+    else:  # a model whose decode is a torch Bernoulli distribution
+        x = torch.bernoulli(px.mean, generator=generator)
     model.train(was_training)
     return x.cpu()
 
 
 @torch.no_grad()
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
-    """The Bernoulli means of p(x | z_1 = E_q[z_1 | x]), shape ``(N, input_dim)``, on the CPU.
+    """The means E[x | z_1] of p(x | z_1 = E_q[z_1 | x]), shape ``(N, input_dim)``, on the CPU.
 
     Only the first layer's mean is used (no sampling): the reconstruction a figure shows under x.
     """

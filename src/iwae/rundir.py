@@ -81,8 +81,14 @@ NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "
 
 
 # ----------------------------------------------------------------------------- identity: is it the same run?
+# settings added after runs were recorded, with the value every older run had: a config at that value
+# has the identity it had before the setting existed, so older runs and results stay valid
+ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None}
+
+
 def _identity(config: Mapping, *, length: bool) -> dict:
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY or (length and k == "epochs")}
+    return {k: v for k, v in config.items() if (k not in NOT_IDENTITY or (length and k == "epochs"))
+            and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
 
 
 def run_identity(config: TrainConfig | Mapping) -> dict:
@@ -109,7 +115,8 @@ def run_key(spec: Mapping) -> dict:
 def changed_settings(recorded: TrainConfig | Mapping, wanted: TrainConfig | Mapping) -> list[str]:
     """The settings of ``wanted``'s identity that ``recorded`` has another value for, sorted."""
     old, new = run_identity(recorded), run_identity(wanted)
-    return sorted(k for k in new if old.get(k) != new[k])
+    # both sides' keys: a setting at its ADDED_DEFAULTS value is absent from one identity only
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 # ----------------------------------------------------------------------------- config.yaml
@@ -167,8 +174,10 @@ def model_digest(model_config: ModelConfig) -> str:
 
 def save_model(run_dir: str | os.PathLike, model: VAE, epoch: int) -> None:
     """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``."""
-    save_tensors(Path(run_dir) / MODEL, model.state_dict(),
-                 {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)})
+    meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
+    if getattr(model, "user_modules", False):  # no config rebuilds it: load_model says so instead of misreading it
+        meta["user_modules"] = True
+    save_tensors(Path(run_dir) / MODEL, model.state_dict(), meta)
 
 
 def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
@@ -176,6 +185,10 @@ def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
     architecture for ``input_dim`` pixels, checked against the file's digest; an older run's file
     holds it in ``model_config``."""
     path = run_dir / what
+    if meta.get("user_modules"):
+        raise CheckpointError(f"{path} holds the weights of a model built from user modules, which no config "
+                              f"rebuilds: build the model again and load them with "
+                              f"model.load_state_dict(iwae.checkpoint.load_tensors(path)[0])")
     if "model_config" in meta:  # written before the model config was stored once
         try:
             return ModelConfig(**meta["model_config"])

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
-from .models import PRIORS, VAE, ModelConfig
+from .models import LIKELIHOODS, PRIORS, VAE, ModelConfig, make_likelihood
 from .objectives import OBJECTIVES
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
@@ -84,6 +84,10 @@ class TrainConfig:
     # components: None means 1 for the normal prior, as config.yaml files have recorded
     components: int | None = _setting(None, "Mixture components (mog) or pseudo-inputs (vamp); required for them.")
     learn_mixture_weights: bool = _setting(False, "mog: learn the mixture weights (else uniform).")
+    likelihood: str = _setting("bernoulli", "p(x|z): Bernoulli pixels (binary data), a Gaussian density, or the "
+                               "discretized logistic over 256 grey levels (8-bit data).", choices=LIKELIHOODS)
+    sigma: float | None = _setting(None, "gaussian only: fixed standard deviation of p(x|z).",
+                                   shown="learned, a bounded log-variance head")
     # objective
     objective: str = _setting("iwae", "Training objective.", choices=OBJECTIVES)
     k: int = _setting(5, "Total samples per example (for miwae/piwae: M groups of k/M).")
@@ -144,6 +148,13 @@ class TrainConfig:
         if self.learn_mixture_weights and self.prior != "mog":
             raise ValueError(f"learn_mixture_weights applies to the mog prior only, not {self.prior}; "
                              f"use prior mog")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if self.sigma is not None and self.likelihood != "gaussian":
+            raise ValueError(f"sigma is the fixed standard deviation of the gaussian likelihood, not of "
+                             f"{self.likelihood}; use likelihood gaussian or leave sigma out")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be a positive number, got {self.sigma}")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.batch_size < 1:
@@ -193,7 +204,8 @@ class TrainConfig:
         if len(latent) != self.layers:
             raise ValueError(f"latent_dims {list(latent)} has {len(latent)} entries for {self.layers} layers")
         return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior, self.components,
-                           self.learn_mixture_weights)
+                           self.learn_mixture_weights, likelihood=self.likelihood,
+                           sigma=None if self.sigma is None else float(self.sigma))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -409,8 +421,16 @@ def _check_device(config: TrainConfig) -> torch.device:
 
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          splits: data_module.Splits | None = None) -> Path:
+          splits: data_module.Splits | None = None, model: VAE | None = None) -> Path:
     """Trains a model as ``config`` says and returns its run directory ``config.out``.
+
+    ``model`` trains a model built in Python (e.g. ``VAE(cfg, encoder=..., decoder=...)``) in place
+    of the one ``config``'s architecture settings describe, with the same loop, objective,
+    estimator, schedule, checkpoints and validation; it is trained in place (and moved to
+    ``config.device``). Its output bias and VampPrior start from the data as a built model's do.
+    The weights are written as safetensors; a model of user modules is rebuilt by its user and
+    loaded with ``model.load_state_dict(iwae.checkpoint.load_tensors(RUN/"model.safetensors")[0])``
+    (``iwae.load`` refuses it: there is no pickled code to rebuild it from).
 
     Args:
         config: the run's settings.
@@ -421,6 +441,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             that holds only a run stopped before its first checkpoint is replaced too.
         progress: show a progress bar and a line per epoch.
         splits: data already loaded (else ``load_dataset(config.dataset, config.data_dir)``).
+        model: the model to train (else ``build_model(config, ...)``); its ``input_dim`` must be the data's.
 
     Raises:
         ValueError: bad settings; a resume on another device type or for fewer epochs than trained.
@@ -470,6 +491,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
+    if model is not None and model.config.input_dim != x_train.shape[1]:
+        raise ConfigError(f"the model takes {model.config.input_dim} pixels, {config.dataset} has {x_train.shape[1]}",
+                          ["dataset"])
+    likelihood_of = model.likelihood if model is not None else make_likelihood(config.likelihood, x_train.shape[1],
+                                                                             config.sigma)
+    try:  # e.g. logistic256 needs 8-bit grey levels
+        likelihood_of.check_data(x_train, f"the training data of {config.dataset}")
+        likelihood_of.check_data(x_valid, f"the validation data of {config.dataset}")
+    except ValueError as e:
+        raise ConfigError(str(e), ["likelihood", "dataset"]) from None
     if config.init_from and saved is None and not (Path(config.init_from) / "model.safetensors").is_file():
         # before the run directory is made: a missing source must not leave an empty run behind
         raise ConfigError(f"init_from {config.init_from} holds no model.safetensors (a trained run)", ["init_from"])
@@ -479,7 +510,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     # model, optimiser, randomness (one generator drives shuffling, binarization and sampling)
     torch.manual_seed(config.seed)
-    model = build_model(config, x_train.shape[1]).to(device)
+    model = (model if model is not None else build_model(config, x_train.shape[1])).to(device)
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
     model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
     if config.init_from and saved is None:

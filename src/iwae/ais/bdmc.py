@@ -20,11 +20,10 @@ __all__ = ["bdmc"]
 
 @torch.no_grad()
 def _simulate(model: VAE, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, x) ~ p(z) p(x | z): z the whole chain ``(n, sum D_l)``, x a Bernoulli sample ``(n, D)``."""
+    """(z, x) ~ p(z) p(x | z): z the whole chain ``(n, sum D_l)``, x a sample of the model's likelihood ``(n, D)``."""
     like = next(model.parameters())
     zs = _sample_prior_chain(model, (n,), generator, like)
-    probs = torch.sigmoid(model.decoder[0].logits(zs[0]))
-    x = torch.bernoulli(probs, generator=generator)
+    x = model.decode(zs[0]).sample(generator)
     return torch.cat(zs, -1), x
 
 

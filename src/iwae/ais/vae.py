@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import torch
 from torch.distributions import Independent, MixtureSameFamily, Normal
 
-from ..models.likelihood import bernoulli_log_prob
 from ..models.vae import VAE
 from ..models.gaussian import diag_normal_log_prob
 from .annealing import InitialDistribution, LogDensity
@@ -109,7 +108,7 @@ def vae_target(model: VAE, x: torch.Tensor, initial: str = "encoder") -> tuple[L
 
     The latent state is the whole chain concatenated bottom-up, z = (z_1, ..., z_L), shape
     ``(C, B, sum D_l)``; log_joint(z) = log p(z_L) + sum_l log p(z_l | z_{l+1}) + log p(x | z_1)
-    with the model's own prior, Gaussian layers and Bernoulli likelihood. ``initial`` is
+    with the model's own prior, Gaussian layers and likelihood (``model.likelihood``). ``initial`` is
     ``encoder`` (q(z | x)) or ``prior`` (p(z)).
     """
     if initial not in ("encoder", "prior"):
@@ -117,6 +116,6 @@ def vae_target(model: VAE, x: torch.Tensor, initial: str = "encoder") -> tuple[L
 
     def log_joint(z: torch.Tensor) -> torch.Tensor:
         zs = _split(model, z)
-        return _log_prior_chain(model, zs) + bernoulli_log_prob(model.decoder[0], zs[0], x)
+        return _log_prior_chain(model, zs) + model.likelihood.log_prob(model.decoder_output(zs[0]), x)
 
     return log_joint, (_EncoderInitial(model, x) if initial == "encoder" else _PriorInitial(model, x))

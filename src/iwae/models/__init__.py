@@ -1,9 +1,13 @@
-"""Models: the VAE of Burda et al. with its encoder, decoder and prior networks."""
+"""Models: the VAE of Burda et al. with its encoder, decoder, prior and likelihood."""
 
 from .gaussian import diag_normal_log_prob
+from .likelihoods import (LIKELIHOODS, Bernoulli, DiscretizedLogistic256, Gaussian, Likelihood, bits_per_dim,
+                          discrete_nll, make_likelihood)
 from .networks import BernoulliMLP, GaussianMLP
 from .priors import PRIORS, MixturePrior, StandardNormalPrior, VampPrior, make_prior
-from .vae import VAE, LogWeightParts, ModelConfig, PosteriorSample
+from .vae import VAE, Decoded, LogWeightParts, ModelConfig, PosteriorSample, UserEncoder
 
 __all__ = ["VAE", "ModelConfig", "GaussianMLP", "BernoulliMLP", "StandardNormalPrior", "MixturePrior", "VampPrior", "PRIORS", "make_prior",
-           "LogWeightParts", "PosteriorSample", "diag_normal_log_prob"]
+           "LogWeightParts", "PosteriorSample", "diag_normal_log_prob", "Decoded", "UserEncoder",
+           "LIKELIHOODS", "Likelihood", "Bernoulli", "Gaussian", "DiscretizedLogistic256", "make_likelihood",
+           "bits_per_dim", "discrete_nll"]

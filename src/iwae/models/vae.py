@@ -14,19 +14,25 @@ Reference: Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencode
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, Normal
 
 from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
-from .likelihood import bernoulli_log_prob
+from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .networks import BernoulliMLP, GaussianMLP
 from .priors import make_prior
 
-__all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample"]
+__all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample", "Decoded", "UserEncoder"]
+
+# fields added after runs were recorded: at these defaults they are left out of to_dict(), so that
+# the architecture digest (iwae.rundir.model_digest) of every older model stays what it was
+_ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "image_shape": None}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class ModelConfig:
     prior: str = "normal"  # p(z_L): normal, mog or vamp; see iwae.models.priors
     prior_components: int = 1  # mixture components (mog) or pseudo-inputs (vamp); 1 for normal
     prior_learn_weights: bool = False  # learnable mixture weights, mog only
+    likelihood: str = "bernoulli"  # p(x | z_1): bernoulli, gaussian or logistic256; see iwae.models.likelihoods
+    sigma: float | None = None  # gaussian only: the fixed standard deviation; None: a learned, bounded head
+    network: str = "mlp"  # the encoder / decoder networks (mlp today; gated and conv from iwae.models.networks)
+    image_shape: tuple[int, ...] | None = None  # (H, W) or (C, H, W) of an input, where known
 
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
@@ -48,6 +58,19 @@ class ModelConfig:
         object.__setattr__(
             self, "hidden_dims", tuple(tuple(int(h) for h in hs) for hs in self.hidden_dims)
         )
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
+            if math.prod(self.image_shape) != self.input_dim:
+                raise ValueError(f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, "
+                                 f"input_dim is {self.input_dim}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if self.sigma is not None:
+            if self.likelihood != "gaussian":
+                raise ValueError(f"sigma is the fixed standard deviation of the gaussian likelihood, "
+                                 f"not of {self.likelihood}")
+            if not (math.isfinite(self.sigma) and self.sigma > 0):
+                raise ValueError(f"sigma must be a positive number, got {self.sigma}")
         if len(self.latent_dims) < 1:
             raise ValueError("latent_dims needs at least one stochastic layer")
         if len(self.hidden_dims) != len(self.latent_dims):
@@ -77,8 +100,10 @@ class ModelConfig:
         raise ValueError(f"Burda et al. define 1 or 2 stochastic layers, got {layers}")
 
     def to_dict(self) -> dict:
+        """The fields as JSON values; those added later (likelihood, sigma, network, image_shape) only
+        where they differ from their defaults, so that older models keep their digest."""
         return {k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+                for k, v in asdict(self).items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
 
 
 @dataclass
@@ -124,15 +149,79 @@ class LogWeightParts:
         return self.log_p - self.log_q
 
 
+class UserEncoder(nn.Module):
+    """Adapts a user's encoder, any module whose ``forward(h)`` returns q(z | x)'s ``(loc, log_scale)``,
+    to the layer interface the rest of iwae uses, ``loc_log_scale(h)``. ``module`` is its one
+    submodule: its weights are saved as ``encoder.0.module.<name>``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def loc_log_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.module(h)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ValueError(f"a user encoder must return (loc, log_scale), got {type(out).__name__}")
+        return out[0], out[1]
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        loc, log_scale = self.loc_log_scale(h)
+        return Independent(Normal(loc, log_scale.exp()), 1)
+
+
+@dataclass
+class Decoded:
+    """p(x | z_1) at given z_1: the decoder's raw output and the likelihood that reads it, with the
+    interface of a distribution that analysis and figures use (``log_prob``, ``mean``, ``sample``)."""
+
+    likelihood: Likelihood
+    raw: torch.Tensor  # (..., P * D)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z_1) summed over pixels, shape ``raw.shape[:-1]`` (x broadcast)."""
+        return self.likelihood.log_prob(self.raw, x)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.likelihood.mean(self.raw)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.likelihood.sample(self.raw, generator)
+
+
+def _decoder_output(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The raw parameters ``(..., P * D)`` of p(x | z_1): a built-in MLP's output layer by its fast
+    kernel (``logits``), any other module's ``forward``."""
+    return decoder.logits(z) if isinstance(decoder, BernoulliMLP) else decoder(z)
+
+
 class VAE(nn.Module):
-    """A VAE with Gaussian stochastic layers and a Bernoulli observation model.
+    """A VAE with Gaussian stochastic layers and the observation model its config names.
+
+    Built from ``config`` alone (Burda et al.'s tanh MLPs), or with any of the four parts given as
+    modules, keyword-only; ``config`` then still gives the sizes (``input_dim``, one entry of
+    ``latent_dims``) and the names of the parts not given:
+
+        VAE(ModelConfig(input_dim=784, latent_dims=(16,), likelihood="logistic256"),
+            encoder=MyEncoder(), decoder=MyDecoder())
 
     Args:
-        config: the sizes; :meth:`ModelConfig.burda` gives the paper's models.
+        config: the sizes and names; :meth:`ModelConfig.burda` gives the paper's models.
+        encoder: a module whose ``forward(x)`` returns q(z_1 | x)'s ``(loc, log_scale)``, each
+            ``(..., D_z)`` for x ``(..., D)`` (one stochastic layer); wrapped in :class:`UserEncoder`.
+        decoder: a module mapping z ``(..., D_z)`` to the likelihood's raw parameters ``(..., P * D)``
+            (parameter-major). With an ``output_bias`` Parameter ``(P * D,)``, :meth:`init_output_bias`
+            starts it from the data.
+        prior: a prior name (``normal``, ``mog``, ``vamp``) or a prior module (``log_prob(z)``,
+            ``forward()`` a Distribution; see :mod:`.priors`). A VampPrior built by name maps its
+            pseudo-inputs through the model's encoder, a user encoder too.
+        likelihood: a name of ``LIKELIHOODS`` or a :class:`~.likelihoods.Likelihood`.
 
     Attributes:
-        encoder: ``encoder[l]`` is q(z_{l+1} | z_l) with z_0 = x.
-        decoder: ``decoder[0]`` is p(x | z_1); ``decoder[l]`` is p(z_l | z_{l+1}) for l >= 1.
+        encoder: ``encoder[l]`` is q(z_{l+1} | z_l) with z_0 = x (``loc_log_scale(h)``).
+        decoder: ``decoder[0]`` maps z_1 to p(x | z_1)'s raw parameters; ``decoder[l]`` is
+            p(z_l | z_{l+1}) for l >= 1.
+        likelihood: the observation model reading ``decoder[0]``'s output.
         prior_module: the module behind :attr:`prior`.
 
     Example:
@@ -142,21 +231,42 @@ class VAE(nn.Module):
         torch.Size([5, 3])
     """
 
-    def __init__(self, config: ModelConfig | None = None):
+    def __init__(self, config: ModelConfig | None = None, *, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, prior: str | nn.Module | None = None,
+                 likelihood: str | Likelihood | None = None):
         super().__init__()
-        self.config = config = config or ModelConfig()
+        config = config or ModelConfig()
+        if isinstance(prior, str):
+            config = dataclasses.replace(config, prior=prior)
+        if isinstance(likelihood, str):
+            config = dataclasses.replace(config, likelihood=likelihood)
+        self.config = config
+        self.user_modules = any(m is not None and not isinstance(m, str) for m in (encoder, decoder, prior, likelihood))
+        if (encoder is not None or decoder is not None) and len(config.latent_dims) != 1:
+            raise ValueError(f"user encoder and decoder modules make one stochastic layer; config.latent_dims "
+                             f"{config.latent_dims} has {len(config.latent_dims)}")
+        if config.network != "mlp" and (encoder is None or decoder is None):
+            raise ValueError(f"network {config.network!r} is not built here (only mlp); pass your own encoder and "
+                             f"decoder modules")
+        self.likelihood = (likelihood if isinstance(likelihood, Likelihood)
+                           else make_likelihood(config.likelihood, config.input_dim, config.sigma))
+        if self.likelihood.input_dim != config.input_dim:
+            raise ValueError(f"the likelihood models {self.likelihood.input_dim} pixels, config.input_dim is "
+                             f"{config.input_dim}")
         dims = (config.input_dim,) + config.latent_dims
         self.encoder = nn.ModuleList(
-            GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(len(config.latent_dims))
+            [UserEncoder(encoder)] if encoder is not None else
+            [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(len(config.latent_dims))]
         )
+        out = self.likelihood.params_per_pixel * dims[0]
         self.decoder = nn.ModuleList(
-            [BernoulliMLP(dims[1], config.hidden_dims[0][::-1], dims[0])]
+            [decoder if decoder is not None else BernoulliMLP(dims[1], config.hidden_dims[0][::-1], out)]
             + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
         )
         # the VampPrior maps its pseudo-inputs through the encoder, which stays outside the prior's parameters
-        self.prior_module = make_prior(config.prior, config.latent_dims[-1], config.prior_components,
-                                       learn_weights=config.prior_learn_weights, encoder=self.encoder,
-                                       input_dim=config.input_dim)
+        self.prior_module = prior if isinstance(prior, nn.Module) else make_prior(
+            config.prior, config.latent_dims[-1], config.prior_components, learn_weights=config.prior_learn_weights,
+            encoder=self.encoder, input_dim=config.input_dim)
 
     # ----------------------------------------------------------------- distributions
     @property
@@ -179,21 +289,25 @@ class VAE(nn.Module):
         dists = []
         h = x
         for layer in self.encoder:
-            dist = layer(h)
-            dists.append(dist)
-            h = dist.mean
+            loc, log_scale = layer.loc_log_scale(h)
+            dists.append(Independent(Normal(loc, log_scale.exp()), 1))
+            h = loc
         return dists[0] if len(dists) == 1 else tuple(dists)
 
-    def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x | z_1): independent Bernoulli pixels, event shape ``(input_dim,)``."""
-        return self.decoder[0](z)
+    def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
+        """The raw parameters of p(x | z_1), shape ``(..., P * input_dim)`` for z ``(..., D_1)``."""
+        return _decoder_output(self.decoder[0], z)
+
+    def decode(self, z: torch.Tensor) -> Decoded:
+        """p(x | z_1) as a :class:`Decoded`: ``log_prob(x)``, ``mean`` and ``sample(generator)``."""
+        return Decoded(self.likelihood, self.decoder_output(z))
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The inference network's parameters (phi)."""
         return list(self.encoder.parameters())
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        """The generative model's parameters (theta): decoder and prior.
+        """The generative model's parameters (theta): decoder, prior and likelihood.
 
         The prior's parameters include a VampPrior's pseudo-inputs but not the encoder weights that
         map them to q(z | u_c): those stay encoder parameters (phi). So where the two sets follow
@@ -201,7 +315,9 @@ class VAE(nn.Module):
         pseudo-inputs ascend IWAE(M*K) while the encoder, also inside the prior, ascends MIWAE(M, K);
         with ``rws`` the encoder gets no gradient through the prior at all.
         """
-        return list(self.decoder.parameters()) + list(self.prior_module.parameters())
+        encoder = {id(p) for p in self.encoder.parameters()}
+        rest = list(self.decoder.parameters()) + list(self.prior_module.parameters()) + list(self.likelihood.parameters())
+        return [p for p in rest if id(p) not in encoder]  # a user prior holding the encoder counts it once
 
     @torch.no_grad()
     def init_prior(self, x_train: torch.Tensor) -> None:
@@ -210,11 +326,22 @@ class VAE(nn.Module):
         if hasattr(self.prior_module, "init_from_data"):
             self.prior_module.init_from_data(x_train)
 
+    def output_bias(self) -> torch.Tensor | None:
+        """The decoder's output-layer bias ``(P * D,)`` (a built-in MLP's, or a user decoder's
+        ``output_bias``), or None where the decoder has none."""
+        decoder = self.decoder[0]
+        if isinstance(decoder, BernoulliMLP):
+            return decoder.head.bias
+        bias = getattr(decoder, "output_bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
     @torch.no_grad()
     def init_output_bias(self, train_mean: torch.Tensor) -> None:
-        """Sets p(x | z)'s output bias to logit(clip(mean training pixel, 1e-3, 1 - 1e-3)), as Burda et al.'s code."""
-        p = train_mean.to(self.decoder[0].head.bias).clamp(1e-3, 1 - 1e-3)
-        self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))
+        """Starts p(x | z)'s output bias from the mean training pixel, as the likelihood says (Bernoulli:
+        logit(clip(mean, 1e-3, 1 - 1e-3)), as Burda et al.'s code); a no-op for a decoder without one."""
+        bias = self.output_bias()
+        if bias is not None:
+            self.likelihood.init_output_bias(bias, train_mean)
 
     # ----------------------------------------------------------------- log-weights
     def log_weights(
@@ -336,7 +463,7 @@ class VAE(nn.Module):
         for layer, z_above, z_below in zip(self.decoder[1:], zs[1:], zs[:-1]):
             loc_l, log_scale_l = layer.loc_log_scale(z_above)
             log_p = log_p + diag_normal_log_prob(z_below, loc_l, log_scale_l)
-        log_lik = bernoulli_log_prob(self.decoder[0], zs[0], x)
+        log_lik = self.likelihood.log_prob(self.decoder_output(zs[0]), x)
         return log_p + log_lik, log_lik, log_prior_direct
 
     def _log_weight_parts(self, x: torch.Tensor, posterior: PosteriorSample, prior_direct: bool = False
