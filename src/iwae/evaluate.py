@@ -35,12 +35,12 @@ from . import data as data_module
 from . import rundir
 from ._deprecated import moved
 from .errors import ConfigError
-from .models import VAE
+from .models import VAE, bits_per_dim, discrete_nll
 from .objectives import iwae as iwae_bound
 from .runtime import check_device, describe, synchronize, tune_allocator
 from .tables import label_table
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "ais_log_likelihood", "paired_difference", "summary_text",
+__all__ = ["log_likelihood", "active_units", "evaluate", "nll_in_bits", "ais_log_likelihood", "paired_difference", "summary_text",
            "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01
@@ -69,12 +69,34 @@ def _bytes_per_row(model: VAE) -> int:
     held = 2 * sum(cfg.latent_dims) + 8
     stages = (
         3 * widest,  # a tanh layer: its input, 2h and the sigmoid
-        2 * cfg.input_dim + max(cfg.hidden_dims[0]),  # p(x | z_1): logits and softplus, the last hidden layer
+        # p(x | z_1): the raw output and the likelihood's temporaries (Bernoulli: logits and softplus),
+        # the last hidden layer
+        _likelihood_floats_per_pixel(model) * cfg.input_dim + max(cfg.hidden_dims[0]),
         widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
         _prior_floats_per_row(model),  # log p(z_L)
     )
     element_size = next(model.parameters()).element_size()
     return element_size * (held + max(stages))
+
+
+def _likelihood_floats_per_pixel(model: VAE) -> int:
+    """Floats per pixel that p(x | z_1) holds at once in a no-grad pass: its own count (2 for Bernoulli)."""
+    return getattr(getattr(model, "likelihood", None), "floats_per_pixel", 2)
+
+
+def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict:
+    """The NLL in the units a discrete likelihood is compared in: ``nll_discrete`` (nats) and
+    ``bits_per_dim`` = nll_discrete / (D ln 2). A discrete likelihood's NLL is a code length as it is;
+    a density's (gaussian) only on dequantised 8-bit data, x = (k + u)/256, where nll_discrete adds
+    D ln 256 (:func:`iwae.models.likelihoods.discrete_nll`); otherwise both are None."""
+    likelihood = getattr(model, "likelihood", None)
+    dims = model.config.input_dim
+    discrete = likelihood is None or likelihood.discrete  # a model without one is a Bernoulli model
+    dequantised = bool(getattr(splits, "dequantised", False))  # netdata's Splits say whether they are
+    if not (discrete or dequantised):
+        return {"nll_discrete": None, "bits_per_dim": None}
+    nats = discrete_nll(nll_nats, dims, dequantised=not discrete)
+    return {"nll_discrete": nats, "bits_per_dim": bits_per_dim(nats, dims)}
 
 
 def _prior_floats_per_row(model: VAE) -> int:
@@ -212,6 +234,8 @@ def summary_text(result: dict) -> str:
     return label_table([
         ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  "
                             f"(-mean L_{result['k']} ± s.e., seed {result['seed']})"),
+        *([("bits/dim", f"{result['bits_per_dim']:.4f}  ({result['nll_discrete']:.2f} nats as a code length, "
+                        f"{result.get('likelihood', 'bernoulli')} likelihood)")] if result.get("bits_per_dim") else []),
         ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
         ("active units", units),
         ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
@@ -246,7 +270,8 @@ def evaluate(
     to the ``.npy`` beside it (float64, in test-set order), both atomically.
 
     Returns:
-        A dict with ``nll``, ``nll_stderr``, ``k``, ``n_test``, ``active_units`` (total),
+        A dict with ``nll``, ``nll_stderr``, ``nll_discrete`` and ``bits_per_dim`` (:func:`nll_in_bits`; None
+        for a density on data that are not dequantised), ``likelihood`` (its name), ``k``, ``n_test``, ``active_units`` (total),
         ``active_units_per_layer``, ``unit_variances``, ``seconds`` and ``images_per_s`` (the L_k
         pass alone), ``seed``, ``test_images`` (dataset, split, the first N of how many),
         ``model`` (run directory, the epoch measured of those planned, SHA-256 of model.safetensors;
@@ -295,6 +320,8 @@ def evaluate(
     result = {
         "nll": nll.mean().item(),
         "nll_stderr": (nll.std().item() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
+        **nll_in_bits(nll.mean().item(), model, splits),
+        "likelihood": getattr(getattr(model, "likelihood", None), "name", "bernoulli"),
         "k": k,
         "n_test": len(nll),
         "active_units": sum(units.counts),

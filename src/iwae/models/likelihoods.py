@@ -119,6 +119,8 @@ class Bernoulli(Likelihood):
     discrete = True
 
     def log_prob(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if raw.dim() < x.dim() or raw.shape[-x.dim():] != x.shape:  # the kernel broadcasts x, not the logits
+            raw = raw.expand(torch.broadcast_shapes(raw.shape, x.shape))
         return bernoulli_log_prob_from_logits(raw, x)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
@@ -210,7 +212,10 @@ class DiscretizedLogistic256(Likelihood):
     params_per_pixel = 2
     discrete = True
     floats_per_pixel = 8
-    LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 0.0  # PixelCNN++'s lower clamp; s <= 1, the range of the data
+    # PixelCNN++'s lower clamp, log s >= -7 for data in [-1, 1], is -7 - ln 2 on [0, 1]: one bin can then
+    # hold up to 97% of the mass (a discrete likelihood cannot collapse; the bound keeps 1/s finite);
+    # s <= 1, the range of the data
+    LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0 - math.log(2), 0.0
     HALF_BIN = 1 / 510
 
     def loc_log_scale(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
