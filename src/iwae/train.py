@@ -152,7 +152,7 @@ class TrainConfig:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if self.sigma is not None and self.likelihood != "gaussian":
             raise ValueError(f"sigma is the fixed standard deviation of the gaussian likelihood, not of "
-                             f"{self.likelihood}; use likelihood gaussian or leave sigma out")
+                             f"{self.likelihood}; use likelihood gaussian, or no sigma")
         if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive number, got {self.sigma}")
         if self.layers < 1:
