@@ -239,9 +239,14 @@ class VAE(nn.Module):
         if isinstance(prior, str):
             config = dataclasses.replace(config, prior=prior)
         if isinstance(likelihood, str):
-            config = dataclasses.replace(config, likelihood=likelihood)
+            config = dataclasses.replace(config, likelihood=likelihood, sigma=None if likelihood != "gaussian"
+                                         else config.sigma)
+        elif isinstance(likelihood, Likelihood) and likelihood.name in LIKELIHOODS:  # the config says what it is
+            config = dataclasses.replace(config, likelihood=likelihood.name, sigma=getattr(likelihood, "sigma", None))
         self.config = config
-        self.user_modules = any(m is not None and not isinstance(m, str) for m in (encoder, decoder, prior, likelihood))
+        # whether a config can rebuild this model (rundir refuses to load one it cannot)
+        self.user_modules = (any(m is not None and not isinstance(m, str) for m in (encoder, decoder, prior))
+                             or (isinstance(likelihood, Likelihood) and likelihood.name not in LIKELIHOODS))
         if (encoder is not None or decoder is not None) and len(config.latent_dims) != 1:
             raise ValueError(f"user encoder and decoder modules make one stochastic layer; config.latent_dims "
                              f"{config.latent_dims} has {len(config.latent_dims)}")
