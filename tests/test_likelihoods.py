@@ -20,6 +20,8 @@ from iwae.errors import ConfigError
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.models import VAE, ModelConfig, bits_per_dim, discrete_nll, make_likelihood
 from iwae.models.likelihoods import DiscretizedLogistic256, Gaussian, on_8bit_grid
+from iwae.data import load_dataset
+from iwae.evaluate import evaluate
 from iwae.train import TrainConfig, train
 
 GRID = torch.arange(256, dtype=torch.float64) / 255  # the 8-bit values k/255
@@ -139,7 +141,8 @@ def test_model_log_weights_use_the_discretized_logistic():
 
 def test_logistic256_refuses_data_off_the_grid(tmp_path):
     """Training logistic256 on data that are not k/255 (continuous values) is a one-line ConfigError
-    naming the likelihood, before a run directory is made; the same data on the grid trains."""
+    naming the likelihood, before a run directory is made; the same data on the grid trains; evaluating
+    the trained run on data off the grid is refused too."""
     rng = np.random.default_rng(0)
     path = tmp_path / "grey.npz"
     np.savez(path, train=rng.random((20, 6), dtype=np.float32), valid=rng.random((10, 6), dtype=np.float32),
@@ -155,6 +158,11 @@ def test_logistic256_refuses_data_off_the_grid(tmp_path):
     np.savez(path, **grid)
     run = train(TrainConfig(**cfg, out=str(tmp_path / "good")), progress=False)
     assert np.isfinite(rundir.read_metrics(run)[-1]["valid_L2"])
+    # evaluating it on data off the grid is refused the same way (the masses would be of other values)
+    off = tmp_path / "off.npz"
+    np.savez(off, **{s: rng.random((10, 6), dtype=np.float32) for s in ("train", "valid", "test")})
+    with pytest.raises(ConfigError, match="test data .* not on the 8-bit grid"):
+        evaluate(run, splits=load_dataset(f"npz:{off}"), k=2, save=False)
 
 
 # ----------------------------------------------------------------------------- gaussian

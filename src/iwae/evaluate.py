@@ -301,6 +301,12 @@ def evaluate(
     n_total = splits.test.shape[0]
     dev = next(model.parameters()).device
     x_test = splits.first("test", test_subset, "test_subset").to(dev)  # refuses more than there are
+    likelihood = getattr(model, "likelihood", None)
+    if likelihood is not None:  # e.g. logistic256's masses are of the values k/255 only
+        try:
+            likelihood.check_data(x_test, f"the test data of {splits.name}")
+        except ValueError as e:
+            raise ConfigError(str(e), ["dataset"]) from None
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
 

@@ -191,6 +191,11 @@ class Gaussian(Likelihood):
         if self.sigma is None:
             bias[d:].copy_(_pixel_variance(m).clamp_min(1e-12).log().clamp(self.LOG_VAR_MIN, self.LOG_VAR_MAX))
 
+    def check_data(self, x: torch.Tensor, what: str = "the data") -> None:
+        """A density on the real line: any finite values (dequantised data, or data outside [0, 1])."""
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{what} has values that are not finite numbers")
+
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, sigma={'learned' if self.sigma is None else self.sigma}"
 
@@ -268,7 +273,7 @@ class DiscretizedLogistic256(Likelihood):
     def check_data(self, x: torch.Tensor, what: str = "the data") -> None:
         if not on_8bit_grid(x):
             raise ValueError(f"{what} is not on the 8-bit grid k/255 that the logistic256 likelihood models; "
-                             f"use grey-level data without dequantisation or binarization, or --likelihood gaussian")
+                             f"use 8-bit grey levels (not dequantised), or likelihood gaussian")
 
 
 def make_likelihood(name: str, input_dim: int, sigma: float | None = None) -> Likelihood:
