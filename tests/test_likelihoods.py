@@ -20,7 +20,7 @@ from iwae.errors import ConfigError
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.models import VAE, ModelConfig, bits_per_dim, discrete_nll, make_likelihood
 from iwae.models.likelihoods import DiscretizedLogistic256, Gaussian, on_8bit_grid
-from iwae.data import load_dataset
+from iwae.data import Splits
 from iwae.evaluate import evaluate
 from iwae.train import TrainConfig, train
 
@@ -159,10 +159,9 @@ def test_logistic256_refuses_data_off_the_grid(tmp_path):
     run = train(TrainConfig(**cfg, out=str(tmp_path / "good")), progress=False)
     assert np.isfinite(rundir.read_metrics(run)[-1]["valid_L2"])
     # evaluating it on data off the grid is refused the same way (the masses would be of other values)
-    off = tmp_path / "off.npz"
-    np.savez(off, **{s: rng.random((10, 6), dtype=np.float32) for s in ("train", "valid", "test")})
+    off = torch.from_numpy(rng.random((10, 6), dtype=np.float32))
     with pytest.raises(ConfigError, match="test data .* not on the 8-bit grid"):
-        evaluate(run, splits=load_dataset(f"npz:{off}"), k=2, save=False)
+        evaluate(run, splits=Splits("off-grid", off, off, off, False), k=2, save=False)
 
 
 # ----------------------------------------------------------------------------- gaussian
