@@ -21,7 +21,8 @@ from .data import load_dataset
 from .errors import ConfigError
 from .estimators import ObjectiveSpec
 from .evaluate import active_units, log_likelihood
-from .models import VAE, ModelConfig
+from .models import LIKELIHOODS, VAE, Likelihood, ModelConfig, bits_per_dim, make_likelihood
+from . import checkpoint
 from .train import TrainConfig, load
 from . import rundir
 from .rundir import open_run
@@ -33,6 +34,7 @@ __all__ = [
     "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
     "log_likelihood", "active_units", "ConfigError",
     "rundir", "open_run",
+    "LIKELIHOODS", "Likelihood", "make_likelihood", "bits_per_dim", "checkpoint",
 ]
 __version__ = "0.1.0"
 
