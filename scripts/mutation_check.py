@@ -68,7 +68,7 @@ MUTATIONS: list[Mutation] = [
       (P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",),
       "the decoder's output bias stays at logit(0.5) = 0 instead of logit(mean training pixel)"),
     M("output-bias-init-zero", "src/iwae/models/vae.py",
-      "self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))", "self.decoder[0].head.bias.zero_()",
+      "self.decoder[0].output_bias.copy_(torch.log(p) - torch.log1p(-p))", "self.decoder[0].output_bias.zero_()",
       (P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",
        "tests/test_models.py::test_init_output_bias"), "init_output_bias leaves the bias at zero"),
     M("vamp-pseudo-inputs-not-initialised", "src/iwae/train.py", "model.init_prior(x_train)", "model.init_prior",

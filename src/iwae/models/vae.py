@@ -14,16 +14,17 @@ Reference: Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencode
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .likelihood import bernoulli_log_prob
-from .networks import BernoulliMLP, GaussianMLP
+from .networks import NETWORKS, GaussianMLP, make_decoder, make_encoder_layer
 from .priors import make_prior
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample"]
@@ -41,6 +42,9 @@ class ModelConfig:
     prior: str = "normal"  # p(z_L): normal, mog or vamp; see iwae.models.priors
     prior_components: int = 1  # mixture components (mog) or pseudo-inputs (vamp); 1 for normal
     prior_learn_weights: bool = False  # learnable mixture weights, mog only
+    network: str = "mlp"  # the encoder q(z_1 | x) and decoder p(x | z_1): mlp, gated or conv (iwae.models.networks)
+    # (H, W) or (C, H, W) of the flat inputs; None: square, one channel (a square (H, H) is stored as None)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
@@ -55,6 +59,16 @@ class ModelConfig:
                 f"hidden_dims needs one tuple of widths per stochastic layer: "
                 f"{len(self.latent_dims)} layers but {len(self.hidden_dims)} tuples"
             )
+        if self.image_shape is not None:
+            shape = tuple(int(s) for s in self.image_shape)
+            if len(shape) not in (2, 3) or math.prod(shape) != self.input_dim:
+                raise ValueError(f"image_shape {shape} is not (H, W) or (C, H, W) of {self.input_dim} pixels")
+            object.__setattr__(self, "image_shape", None if len(shape) == 2 and shape[0] == shape[1] else shape)
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
+        if self.network != "mlp" and len(self.latent_dims) != 1:
+            raise ValueError(f"the {self.network} network has one stochastic layer, got {len(self.latent_dims)}; "
+                             f"use network mlp for 2 layers")
         if self.prior_components < 1:
             raise ValueError(f"prior_components must be >= 1, got {self.prior_components}")
         if self.prior == "normal" and self.prior_components != 1:
@@ -77,8 +91,11 @@ class ModelConfig:
         raise ValueError(f"Burda et al. define 1 or 2 stochastic layers, got {layers}")
 
     def to_dict(self) -> dict:
+        """The fields as plain lists; ``network`` and ``image_shape`` only where they are not the defaults,
+        so that a default model's dict, and the architecture digest of its files, are what they were."""
+        defaults = {"network": "mlp", "image_shape": None}
         return {k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+                for k, v in asdict(self).items() if k not in defaults or v != defaults[k]}
 
 
 @dataclass
@@ -146,11 +163,16 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config = config or ModelConfig()
         dims = (config.input_dim,) + config.latent_dims
+        net, shape = config.network, config.image_shape
+        if net == "conv" and shape is None:
+            side = math.isqrt(config.input_dim)
+            shape = (side, side)  # refused by the conv layers where the input is not square
         self.encoder = nn.ModuleList(
-            GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(len(config.latent_dims))
+            [make_encoder_layer(net, dims[0], config.hidden_dims[0], dims[1], shape)]
+            + [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(1, len(config.latent_dims))]
         )
         self.decoder = nn.ModuleList(
-            [BernoulliMLP(dims[1], config.hidden_dims[0][::-1], dims[0])]
+            [make_decoder(net, dims[1], config.hidden_dims[0][::-1], dims[0], shape)]
             + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
         )
         # the VampPrior maps its pseudo-inputs through the encoder, which stays outside the prior's parameters
@@ -179,14 +201,15 @@ class VAE(nn.Module):
         dists = []
         h = x
         for layer in self.encoder:
-            dist = layer(h)
+            loc, log_scale = layer.loc_log_scale(h)
+            dist = Independent(Normal(loc, log_scale.exp()), 1)
             dists.append(dist)
             h = dist.mean
         return dists[0] if len(dists) == 1 else tuple(dists)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x | z_1): independent Bernoulli pixels, event shape ``(input_dim,)``."""
-        return self.decoder[0](z)
+        return Independent(Bernoulli(logits=self.decoder[0].logits(z)), 1)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The inference network's parameters (phi)."""
@@ -213,8 +236,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def init_output_bias(self, train_mean: torch.Tensor) -> None:
         """Sets p(x | z)'s output bias to logit(clip(mean training pixel, 1e-3, 1 - 1e-3)), as Burda et al.'s code."""
-        p = train_mean.to(self.decoder[0].head.bias).clamp(1e-3, 1 - 1e-3)
-        self.decoder[0].head.bias.copy_(torch.log(p) - torch.log1p(-p))
+        p = train_mean.to(self.decoder[0].output_bias).clamp(1e-3, 1 - 1e-3)
+        self.decoder[0].output_bias.copy_(torch.log(p) - torch.log1p(-p))
 
     # ----------------------------------------------------------------- log-weights
     def log_weights(
