@@ -270,7 +270,9 @@ def evaluate(
         config = rundir.read_config(run_dir)
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
-            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir)
+            # the data as training saw them: its binarization (or none) and dequantisation
+            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir,
+                                              binarize=config.binarization, dequantize=config.dequantize)
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
     n_total = splits.test.shape[0]

@@ -78,11 +78,15 @@ RUN_FILES = (CONFIG, MODEL, CHECKPOINT, METRICS)
 # run is bit-reproducible on one device type only. ``device`` says where to run next, not where the
 # run ran: the checkpoint records its generator's device type and resuming refuses another one.
 NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every")
+# settings added after runs were recorded: at these values they are left out of the identity, so that a
+# result.json or config.yaml written before they existed still describes the same run
+LATER_DEFAULTS = {"network": "mlp", "binarize": "auto", "dequantize": False}
 
 
 # ----------------------------------------------------------------------------- identity: is it the same run?
 def _identity(config: Mapping, *, length: bool) -> dict:
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY or (length and k == "epochs")}
+    return {k: v for k, v in config.items() if (k not in NOT_IDENTITY or (length and k == "epochs"))
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def run_identity(config: TrainConfig | Mapping) -> dict:
@@ -167,8 +171,10 @@ def model_digest(model_config: ModelConfig) -> str:
 
 def save_model(run_dir: str | os.PathLike, model: VAE, epoch: int) -> None:
     """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``."""
-    save_tensors(Path(run_dir) / MODEL, model.state_dict(),
-                 {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)})
+    meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
+    if getattr(model.config, "image_shape", None) is not None:  # not square: with config.yaml, the architecture
+        meta["image_shape"] = list(model.config.image_shape)
+    save_tensors(Path(run_dir) / MODEL, model.state_dict(), meta)
 
 
 def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
@@ -189,7 +195,8 @@ def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
         raise CheckpointError(f"{run_dir} has no config.yaml, which records the architecture of {what}; "
                               f"restore it from a copy of the run")
     try:
-        architecture = read_config(run_dir).model_config(meta["input_dim"])
+        shape = meta.get("image_shape")
+        architecture = read_config(run_dir).model_config(meta["input_dim"], tuple(shape) if shape else None)
     except ValueError as e:
         raise CheckpointError(f"{path}: config.yaml gives no architecture for {meta['input_dim']} pixels ({e})") \
             from e
@@ -744,9 +751,7 @@ class Run:
     @property
     def splits(self) -> Splits:
         if self._splits is None:
-            from .data import load_dataset
-
-            self._splits = load_dataset(self.config.dataset, self.data_dir or self.config.data_dir)
+            self._splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
         return self._splits
 
     @property
