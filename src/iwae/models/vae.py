@@ -164,9 +164,9 @@ class VAE(nn.Module):
         self.config = config = config or ModelConfig()
         dims = (config.input_dim,) + config.latent_dims
         net, shape = config.network, config.image_shape
-        if net == "conv" and shape is None:
-            side = math.isqrt(config.input_dim)
-            shape = (side, side)  # refused by the conv layers where the input is not square
+        side = math.isqrt(config.input_dim)
+        if net == "conv" and shape is None and side * side == config.input_dim:
+            shape = (side, side)  # None means square; the conv layers refuse other sizes without a shape
         self.encoder = nn.ModuleList(
             [make_encoder_layer(net, dims[0], config.hidden_dims[0], dims[1], shape)]
             + [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(1, len(config.latent_dims))]
