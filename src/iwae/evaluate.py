@@ -72,6 +72,8 @@ def _bytes_per_row(model: VAE) -> int:
         2 * cfg.input_dim + max(cfg.hidden_dims[0]),  # p(x | z_1): logits and softplus, the last hidden layer
         widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
         _prior_floats_per_row(model),  # log p(z_L)
+        # p(x | z_1) of a network that counts its own (gated, conv: wider temporaries than the MLP's)
+        getattr(model.decoder[0], "floats_per_row", 0),
     )
     element_size = next(model.parameters()).element_size()
     return element_size * (held + max(stages))

@@ -122,6 +122,18 @@ class ConvDecoder(nn.Module):
         """One bias per output, ``(P C H W,)``."""
         return self.bias
 
+    @property
+    def floats_per_row(self) -> int:
+        """Temporary floats of one sample's forward pass (each layer's output and its ReLU, and the
+        likelihood's two passes over the output), for :mod:`iwae.evaluate`'s memory budget."""
+        c, h, w = self.start
+        sizes = [c * h * w]
+        for layer in self.body:
+            if isinstance(layer, nn.ConvTranspose2d):
+                h, w = 2 * h, 2 * w
+                sizes.append(layer.out_channels * h * w)
+        return 2 * sum(sizes) + 2 * self.out_features
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``z.shape[:-1] + (P C H W,)``: parameter p of pixel (c, y, x) at p C H W + c H W + y W + x."""
         lead = z.shape[:-1]

@@ -93,6 +93,13 @@ class GatedDecoder(nn.Module):
         """The output layer's bias, ``(out_features,)``."""
         return self.head.bias
 
+    @property
+    def floats_per_row(self) -> int:
+        """Temporary floats of one sample's forward pass (a block's two linears, the sigmoid and the
+        product; the output and the likelihood's passes over it), for :mod:`iwae.evaluate`'s budget."""
+        widest = max(block.h.out_features for block in self.body)
+        return max(4 * widest, 2 * self.head.out_features + widest)  # a block's stage, or the output's
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``z.shape[:-1] + (out_features,)``, parameter-major."""
         return self.head(self.body(z))
