@@ -243,7 +243,7 @@ def _quadrature_log_px(model: VAE, x: torch.Tensor, half_width: float = 7.0, cel
     z = torch.cartesian_prod(mids, mids)  # (G, 2)
     with torch.no_grad():
         log_prior = Independent(Normal(torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64)), 1).log_prob(z)
-        logits = model.decoder[0](z).base_dist.logits  # (G, D)
+        logits = model.decoder[0](z)  # raw outputs, the Bernoulli logits: (G, D)
         log_lik = torch.stack([Independent(Bernoulli(logits=logits), 1).log_prob(xi) for xi in x], 1)  # (G, B)
     return torch.logsumexp(log_prior[:, None] + log_lik, 0) + area.log()
 
@@ -279,7 +279,7 @@ def _prior_importance_sampling(model: VAE, x: torch.Tensor, k: int, seed: int) -
             z2 = torch.randn(100_000, 1, model.config.latent_dims[1], generator=g, dtype=F64)
             loc, log_scale = model.decoder[1].loc_log_scale(z2)
             z1 = loc + log_scale.exp() * torch.randn(loc.shape, generator=g, dtype=F64)
-            logits = model.decoder[0](z1).base_dist.logits  # (k, 1, D)
+            logits = model.decoder[0](z1)  # raw outputs, the Bernoulli logits: (k, 1, D)
             log_w.append(Independent(Bernoulli(logits=logits), 1).log_prob(x))  # (k, B)
     log_w = torch.cat(log_w)
     estimate = torch.logsumexp(log_w, 0) - math.log(len(log_w))
@@ -390,6 +390,6 @@ def _quadrature_log_px_with_prior(model: VAE, x: torch.Tensor, half_width: float
     z = torch.cartesian_prod(mids, mids)
     with torch.no_grad():
         log_prior = model.prior_module().log_prob(z)  # torch's MixtureSameFamily density
-        logits = model.decoder[0](z).base_dist.logits
+        logits = model.decoder[0](z)  # raw outputs: the Bernoulli logits
         log_lik = torch.stack([Independent(Bernoulli(logits=logits), 1).log_prob(xi) for xi in x], 1)
     return torch.logsumexp(log_prior[:, None] + log_lik, 0) + ((edges[1] - edges[0]) ** 2).log()

@@ -55,7 +55,7 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
     (files / "unknown-key.yaml").write_text("objective: iwae\nk: 5\ndropout: 0.1\n")
     (files / "zero-subset.yaml").write_text("objective: iwae\nk: 5\ntrain_subset: 0\nepochs: 1\n")
     (files / "text.npz").write_text("not an archive\n")
-    np.savez(files / "grey255.npz", train=np.full((20, 784), 255, np.uint8), test=np.zeros((5, 784), np.uint8))
+    np.savez(files / "grey255.npz", train=np.full((20, 784), 255, np.int64), test=np.zeros((5, 784), np.int64))
     np.save(files / "two.npy", np.zeros((2, 784), np.float32))
     np.savez(files / "no-test.npz", train=np.zeros((20, 784), np.float32))
     (files / "exp-bad.yaml").write_text("name: [x\n")

@@ -649,14 +649,15 @@ GOOD = np.zeros((5, 4))
 
 
 @pytest.mark.parametrize("make, message", [
-    (_npz(train=np.zeros(5), test=GOOD), r"array 'train' has shape \(5,\); expected \(N, D\) or \(N, H, W\)"),
-    (_npz(train=np.zeros((2, 2, 2, 2)), test=GOOD), r"has shape \(2, 2, 2, 2\); expected \(N, D\)"),
+    (_npz(train=np.zeros(5), test=GOOD), r"array 'train' has shape \(5,\); expected \(N, D\), \(N, H, W\) or \(N, C, H, W\)"),
+    (_npz(train=np.zeros((2, 2, 2, 2, 2)), test=GOOD), r"has shape \(2, 2, 2, 2, 2\); expected \(N, D\)"),
     (_npz(train=GOOD, test=np.zeros((5, 3))), r"array 'test' has images of shape \(3,\) but train has \(4,\)"),
     (_npz(train=np.zeros((0, 4)), test=GOOD), r"array 'train' is empty \(shape \(0, 4\)\)"),
-    (_npz(train=GOOD, test=np.zeros((5, 4)).astype(str)), r"array 'test' has dtype <U32; expected bool, integer or"),
-    (_npz(train=GOOD.astype(complex), test=GOOD), r"has dtype complex128; expected bool, integer or floating"),
+    (_npz(train=GOOD, test=np.zeros((5, 4)).astype(str)), r"array 'test' has dtype <U32; expected uint8 grey levels \(0-255\), or bool, integer or"),
+    (_npz(train=GOOD.astype(complex), test=GOOD), r"has dtype complex128; expected uint8 grey levels"),
     (_npz(train=np.array([[None, 1]], dtype=object), test=GOOD), r"holds object arrays \(pickled\)"),
-    (_npz(train=np.full((5, 4), 255, np.uint8), test=GOOD), r"values in \[255, 255\], outside \[0, 1\]; .*divide by 255"),
+    (_npz(train=np.full((5, 4), 255, np.int64), test=GOOD), r"values in \[255, 255\], outside \[0, 1\]; .*uint8"),
+    (_npz(train=np.full((5, 4), 256, np.uint16), test=GOOD), r"values in \[256, 256\], outside \[0, 1\]; rescale"),
     (_npz(train=np.linspace(0, 200, 20).reshape(5, 4), test=GOOD), r"values in \[0, 200\].*divide by 255"),
     (_npz(train=GOOD - 1, test=GOOD), r"values in \[-1, -1\], outside \[0, 1\]; rescale"),
     (_npz(train=np.array([[0.5, np.nan]]), test=GOOD), r"contains NaN or infinite values"),

@@ -53,6 +53,9 @@ CASES = {
     "vamp200-2layer": ModelConfig(**BURDA2, prior="vamp", prior_components=200),
     # 2 latent units, 3000 components: the C log-densities per row are the largest temporaries
     "mog3000-2d": ModelConfig(784, (2,), ((20,),), prior="mog", prior_components=3000),
+    # the networks whose decoders count their own temporaries (floats_per_row)
+    "gated-1layer": ModelConfig(784, (50,), ((300, 300),), network="gated"),
+    "conv-1layer": ModelConfig(784, (50,), ((32, 64),), network="conv"),
 }
 
 

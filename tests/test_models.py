@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from torch.overrides import TorchFunctionMode
 
-from iwae.models import VAE, BernoulliMLP, GaussianMLP, ModelConfig
+from iwae.models import VAE, GaussianMLP, MLPDecoder, ModelConfig
 from iwae.models.likelihood import bernoulli_log_prob_from_logits
 from iwae.objectives import iwae
 
@@ -99,7 +99,7 @@ def test_burda_two_layer_sizes():
     model = VAE(ModelConfig.burda(2))
     enc0, enc1 = model.encoder
     dec0, dec1 = model.decoder
-    assert isinstance(dec0, BernoulliMLP) and isinstance(dec1, GaussianMLP)
+    assert isinstance(dec0, MLPDecoder) and isinstance(dec1, GaussianMLP)
     assert [tuple(l.weight.shape) for l in _linears(enc0)] == [(200, 784), (200, 200), (200, 200)]
     assert [tuple(l.weight.shape) for l in _linears(enc1)] == [(100, 100), (100, 100), (100, 100)]
     assert [tuple(l.weight.shape) for l in _linears(dec1)] == [(100, 50), (100, 100), (200, 100)]

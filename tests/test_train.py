@@ -209,8 +209,8 @@ def test_run_directory_contents(tmp_path, tiny_splits, monkeypatch):
     built = []
     real_build = train_module.build_model
 
-    def recording_build(config, input_dim):
-        model = real_build(config, input_dim)
+    def recording_build(config, input_dim, *rest):
+        model = real_build(config, input_dim, *rest)
         built.append(model)
         return model
 

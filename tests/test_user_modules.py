@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from iwae import data as data_module
 from iwae import rundir
 from iwae.checkpoint import CheckpointError, load_tensors
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
@@ -229,7 +228,7 @@ def test_training_a_user_model_gives_the_builtin_numbers(tmp_path, grey_npz, lik
     rebuilt = VAE(cfg.model_config(PIXELS), encoder=MLPEncoder(),
                   decoder=MLPDecoder(reference.likelihood.params_per_pixel * PIXELS))
     rebuilt.load_state_dict(weights_u)
-    splits = data_module.load_dataset(grey_npz)
+    splits = cfg.load_data()  # the data as training saw them (logistic256: grey levels, not binarized)
     ours = evaluate(model=rebuilt, splits=splits, k=50, seed=1)
     theirs = evaluate(builtin_run, k=50, seed=1, save=False)
     assert ours["nll"] == pytest.approx(theirs["nll"], rel=1e-4)

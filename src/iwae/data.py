@@ -23,12 +23,33 @@ plus user arrays:
 ``npz:PATH``
     user arrays, see :func:`load_dataset`.
 
-Validation and test images of dynamically binarized datasets are binarized
-*once*, with the fixed seeds :data:`VALID_BINARIZATION_SEED` and
-:data:`TEST_BINARIZATION_SEED` and numpy's PCG64 generator
-(:func:`fixed_binarization`), so that every caller of :func:`load_dataset`
-(``iwae evaluate`` included) gets exactly the same binary test images, whatever
-the torch version.
+Grey-level datasets (MNIST, Fashion-MNIST, OMNIGLOT, grey user arrays) are
+binarized as ``binarize`` says (:data:`BINARIZATIONS`):
+
+``dynamic`` (the default, Burda et al.'s protocol)
+    the training images stay grey and are binarized afresh at every use
+    (:func:`binarize`); validation and test images are binarized *once*, with
+    the fixed seeds :data:`VALID_BINARIZATION_SEED` and
+    :data:`TEST_BINARIZATION_SEED` and numpy's PCG64 generator
+    (:func:`fixed_binarization`), so that every caller of :func:`load_dataset`
+    (``iwae evaluate`` included) gets exactly the same binary test images,
+    whatever the torch version;
+``static``
+    the training images too are binarized once, with
+    :data:`TRAIN_BINARIZATION_SEED`, and then stay fixed;
+``none``
+    no binarization at all: train, valid and test are grey levels in [0, 1]
+    (``k / 255`` for 8-bit data), for the continuous likelihoods.
+
+Binary data (binarized MNIST, {0, 1} user arrays) are the same in every mode.
+With ``binarize="none"`` and ``dequantize=True``, 8-bit data are uniformly
+dequantised, y = (255 x + u) / 256 with u ~ U[0, 1) per pixel: afresh at every
+use for training (:func:`dequantize`, ``Splits.dequantize``), once with
+:data:`VALID_DEQUANTIZATION_SEED` / :data:`TEST_DEQUANTIZATION_SEED` for
+validation and test (:func:`fixed_dequantization`). A density on y then
+bounds the probability of the 8-bit image: log P(x) >= E_u[log p(y)] - D log 256,
+so a dequantised NLL in nats is comparable with a discrete likelihood's after
+adding D log 256 (8 bits per dimension).
 
 Files are looked up in this order (for every dataset):
 
@@ -65,12 +86,19 @@ import numpy as np
 import torch
 
 __all__ = [
+    "BINARIZATIONS",
     "DATASETS",
     "DataError",
     "Splits",
     "TEST_BINARIZATION_SEED",
+    "TEST_DEQUANTIZATION_SEED",
+    "TRAIN_BINARIZATION_SEED",
     "VALID_BINARIZATION_SEED",
+    "VALID_DEQUANTIZATION_SEED",
     "binarize",
+    "dequantize",
+    "fixed_dequantization",
+    "resolve_binarize",
     "default_cache_dir",
     "fixed_binarization",
     "load_dataset",
@@ -86,6 +114,14 @@ DATASETS: tuple[str, ...] = ("mnist", "binarized-mnist", "fashion-mnist", "omnig
 TEST_BINARIZATION_SEED: int = 20160201
 #: Seed of the one-time binarization of the validation split (distinct from the test seed).
 VALID_BINARIZATION_SEED: int = 20151101
+#: Seed of the one-time binarization of the training split with ``binarize="static"``.
+TRAIN_BINARIZATION_SEED: int = 20150601
+#: Seeds of the one-time uniform dequantisation of the validation and test splits.
+VALID_DEQUANTIZATION_SEED: int = 20180401
+TEST_DEQUANTIZATION_SEED: int = 20180402
+
+BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "none")
+"""The ``binarize`` modes of :func:`load_dataset` (see the module docstring)."""
 
 #: MNIST / Fashion-MNIST: number of training images (the last ones) held out for validation.
 MNIST_N_VALID: int = 400
@@ -177,11 +213,13 @@ class Splits:
     """Train / validation / test images of one dataset, flattened to (N, D) float32.
 
     ``train`` holds grey levels in [0, 1] when ``dynamic`` (re-binarize every
-    training batch with :func:`binarize`) and values in {0, 1} otherwise.
-    ``valid`` and ``test`` are always in {0, 1}: for dynamic datasets they were
-    binarized once with :data:`VALID_BINARIZATION_SEED` / :data:`TEST_BINARIZATION_SEED`.
+    training batch with :func:`binarize`) or when ``dequantize`` (dequantise every
+    training batch with :func:`dequantize`). With ``binarization`` "dynamic" or
+    "static" (and for binary data) ``valid`` and ``test`` are in {0, 1}: binarized
+    once with :data:`VALID_BINARIZATION_SEED` / :data:`TEST_BINARIZATION_SEED`;
+    with "none" they are grey levels, dequantised once where ``dequantize``.
     Labels are int64 tensors for MNIST and Fashion-MNIST, else None.
-    ``image_shape`` is (H, W) with H * W == D, or None when unknown.
+    ``image_shape`` is (H, W) or (C, H, W) with product D, or None when unknown.
     """
 
     name: str
@@ -192,7 +230,9 @@ class Splits:
     train_labels: torch.Tensor | None = None
     valid_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
-    image_shape: tuple[int, int] | None = (_IMAGE_SIDE, _IMAGE_SIDE)
+    image_shape: tuple[int, ...] | None = (_IMAGE_SIDE, _IMAGE_SIDE)
+    binarization: str = "dynamic"  # the mode asked for (binary data are the same in every mode)
+    dequantize: bool = False  # train: grey levels to dequantise afresh at every use
 
     @property
     def dim(self) -> int:
@@ -222,7 +262,7 @@ class Splits:
             f"Splits(name={self.name!r}, train={tuple(self.train.shape)}, "
             f"valid={tuple(self.valid.shape)}, test={tuple(self.test.shape)}, "
             f"dynamic={self.dynamic}, labels={self.train_labels is not None}, "
-            f"image_shape={self.image_shape})"
+            f"image_shape={self.image_shape}, binarization={self.binarization!r}, dequantize={self.dequantize})"
         )
 
 
@@ -241,16 +281,62 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.bernoulli(x, generator=generator).to(torch.float32)
 
 
+def _fixed_uniform_rows(x: np.ndarray, seed: int):
+    """Yields ``(rows, u)`` with ``u = np.random.default_rng(seed).random(x.shape)`` for those rows of a
+    2-D ``x``, in blocks: the same numbers as one call (PCG64 fills in C order), without a float64
+    copy of a whole training set."""
+    rng = np.random.default_rng(seed)
+    block = max(1, (1 << 22) // max(1, x.shape[1]))
+    for i in range(0, x.shape[0], block):
+        rows = slice(i, min(i + block, x.shape[0]))
+        yield rows, rng.random((rows.stop - rows.start, x.shape[1]), dtype=np.float64)
+
+
 def fixed_binarization(x: np.ndarray, seed: int) -> np.ndarray:
     """Binarize ``x`` (values in [0, 1]) once, deterministically: pixel = (u < x), u ~ U[0, 1).
 
     Computes ``(np.random.default_rng(seed).random(x.shape, dtype=np.float64) < x)
     .astype(np.float32)``: numpy's PCG64 stream, hence identical across torch
-    versions and platforms.  :func:`load_dataset` passes float32 grey levels.
+    versions and platforms (drawn in blocks of rows for 2-D ``x``: the same numbers).
+    :func:`load_dataset` passes float32 grey levels.
     """
     x = np.asarray(x)
-    u = np.random.default_rng(seed).random(x.shape, dtype=np.float64)
-    return (u < x).astype(np.float32)
+    if x.ndim != 2:
+        u = np.random.default_rng(seed).random(x.shape, dtype=np.float64)
+        return (u < x).astype(np.float32)
+    out = np.empty(x.shape, dtype=np.float32)
+    for rows, u in _fixed_uniform_rows(x, seed):
+        out[rows] = u < x[rows]
+    return out
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation of 8-bit grey levels ``x = k / 255``: ``(k + u) / 256``, u ~ U[0, 1) per pixel.
+
+    Fresh randomness from ``generator`` at every call (training); values in [0, 1).
+    """
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    return (torch.round(x.to(torch.float32) * 255) + u) / 256
+
+
+def fixed_dequantization(x: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`dequantize` drawn once, deterministically, from numpy's PCG64 with ``seed``:
+    ``(round(255 x) + u) / 256`` with ``u = np.random.default_rng(seed).random(x.shape)`` (float64), as float32."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    for rows, u in _fixed_uniform_rows(x.reshape(x.shape[0], -1), seed):
+        out.reshape(x.shape[0], -1)[rows] = (np.round(x.reshape(x.shape[0], -1)[rows].astype(np.float64) * 255) + u) / 256
+    return out
+
+
+def resolve_binarize(binarize: str, likelihood: str = "bernoulli") -> str:
+    """The binarization mode of ``binarize`` (``auto`` or one of :data:`BINARIZATIONS`): ``auto`` is
+    ``dynamic`` for the Bernoulli likelihood (the papers' protocol) and ``none`` for the others."""
+    if binarize == "auto":
+        return "dynamic" if likelihood == "bernoulli" else "none"
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"unknown binarize mode {binarize!r}; choose auto or one of {', '.join(BINARIZATIONS)}")
+    return binarize
 
 
 # --------------------------------------------------------------------------- locations
@@ -436,26 +522,34 @@ def _locate(names: tuple[str, ...], dirs: list[Path], download: bool, urls: tupl
 # --------------------------------------------------------------------------- array checks
 
 
-def _check_array(arr: np.ndarray, what: str) -> np.ndarray:
-    """Check dtype, shape and value range of user images; return float32 (N, D)."""
+def _check_array(arr: np.ndarray, what: str, grey8: bool | None = None) -> np.ndarray:
+    """Check dtype, shape and value range of user images; return float32 (N, D).
+
+    uint8 arrays are 8-bit grey levels, k -> k / 255, except where every value is 0 or 1 (binary
+    images, as before uint8 grey levels were read; ``grey8`` decides it for all splits of a file at
+    once); bool, other integer types and floats must hold values in [0, 1].
+    """
     kind = arr.dtype.kind
     if kind not in "biuf":
         raise DataError(
-            f"{what} has dtype {arr.dtype}; expected bool, integer or floating-point pixel values in [0, 1]"
+            f"{what} has dtype {arr.dtype}; expected uint8 grey levels (0-255), or bool, integer or floating-point "
+            f"pixel values in [0, 1]"
         )
-    if arr.ndim not in (2, 3):
+    if arr.ndim not in (2, 3, 4):
         raise DataError(
-            f"{what} has shape {arr.shape}; expected (N, D) or (N, H, W) images"
+            f"{what} has shape {arr.shape}; expected (N, D), (N, H, W) or (N, C, H, W) images"
         )
     if arr.size == 0:
         raise DataError(f"{what} is empty (shape {arr.shape}); it needs at least one image with at least one pixel")
+    if arr.dtype == np.uint8 and (not _is_binary(arr) if grey8 is None else grey8):
+        return (arr.reshape(arr.shape[0], -1).astype(np.float32) / np.float32(255))
     if kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{what} contains NaN or infinite values; replace them with values in [0, 1]")
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > 1:
         hint = "rescale the values to [0, 1]"
         if lo >= 0 and hi <= 255:
-            hint = "these look like 8-bit grey levels: divide by 255"
+            hint = "these look like 8-bit grey levels: save them as uint8 (read as k/255) or divide by 255"
         raise DataError(f"{what} has values in [{lo:g}, {hi:g}], outside [0, 1]; {hint}")
     return arr.reshape(arr.shape[0], -1).astype(np.float32)
 
@@ -472,14 +566,31 @@ def _to_tensor(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tenso
     return torch.from_numpy(arr)
 
 
+def _on_8bit_grid(x: np.ndarray) -> bool:
+    return bool(np.all(np.abs(x.astype(np.float64) * 255 - np.round(x.astype(np.float64) * 255)) < 1e-3))
+
+
 def _dynamic_splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.ndarray,
-                    image_shape: tuple[int, int] | None, labels: tuple | None = None) -> Splits:
-    """Grey-level train set; valid/test binarized once with the fixed seeds."""
-    valid_b = fixed_binarization(valid, VALID_BINARIZATION_SEED)
-    test_b = fixed_binarization(test, TEST_BINARIZATION_SEED)
+                    image_shape: tuple[int, ...] | None, labels: tuple | None = None,
+                    mode: str = "dynamic", deq: bool = False) -> Splits:
+    """Grey-level splits, binarized as ``mode`` says (module docstring); dequantised where ``deq``."""
     lab = [None, None, None] if labels is None else [_to_tensor(y, torch.int64) for y in labels]
-    return Splits(name, _to_tensor(train), _to_tensor(valid_b), _to_tensor(test_b), True,
-                  lab[0], lab[1], lab[2], image_shape)
+    if deq:
+        if mode != "none":
+            raise DataError(f"dequantize applies to grey levels (binarize none), not to binarize {mode}")
+        for split in (train, valid, test):
+            if not _on_8bit_grid(split):
+                raise DataError(f"{name} is not 8-bit data (values k/255): uniform dequantisation needs 8-bit grey "
+                                f"levels; train it without dequantize")
+        valid = fixed_dequantization(valid, VALID_DEQUANTIZATION_SEED)
+        test = fixed_dequantization(test, TEST_DEQUANTIZATION_SEED)
+    elif mode != "none":
+        if mode == "static":
+            train = fixed_binarization(train, TRAIN_BINARIZATION_SEED)
+        valid = fixed_binarization(valid, VALID_BINARIZATION_SEED)
+        test = fixed_binarization(test, TEST_BINARIZATION_SEED)
+    return Splits(name, _to_tensor(train), _to_tensor(valid), _to_tensor(test), mode == "dynamic",
+                  lab[0], lab[1], lab[2], image_shape, mode, deq)
 
 
 # --------------------------------------------------------------------------- MNIST / Fashion-MNIST
@@ -513,7 +624,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 
 def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str, ...],
-                      dirs: list[Path], download: bool) -> Splits:
+                      dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
     paths = {f: _locate((f,), dirs, download, urls, "sha256", sha[f], what) for f in MNIST_FILES}
     x_train = _read_idx(paths["train-images-idx3-ubyte.gz"], 0x803, 3)
     y_train = _read_idx(paths["train-labels-idx1-ubyte.gz"], 0x801, 1)
@@ -534,7 +645,7 @@ def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str
     cut = n - MNIST_N_VALID
     return _dynamic_splits(
         name, grey_train[:cut], grey_train[cut:], grey_test, (_IMAGE_SIDE, _IMAGE_SIDE),
-        labels=(y_train[:cut], y_train[cut:], y_test),
+        labels=(y_train[:cut], y_train[cut:], y_test), mode=mode, deq=deq,
     )
 
 
@@ -606,7 +717,7 @@ def _parse_amat(path: Path) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _load_binarized_mnist(dirs: list[Path], download: bool) -> Splits:
+def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static") -> Splits:
     what = "binarized-MNIST"
     arrays = None
     for d in dirs:
@@ -628,7 +739,7 @@ def _load_binarized_mnist(dirs: list[Path], download: bool) -> Splits:
                 raise
             arrays[split] = _parse_amat(p)
     t = {k: _to_tensor(v) for k, v in arrays.items()}
-    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False)
+    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False, binarization=mode)
 
 
 # --------------------------------------------------------------------------- OMNIGLOT
@@ -661,7 +772,7 @@ def _omniglot_images(mat: dict, key: str, path: Path) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def _load_omniglot(dirs: list[Path], download: bool) -> Splits:
+def _load_omniglot(dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
     path = _locate(OMNIGLOT_FILES, dirs, download, OMNIGLOT_URLS, "git-blob", OMNIGLOT_GIT_BLOB_SHA1, "OMNIGLOT")
     mat = _read_mat(path)
     train = _omniglot_images(mat, "data", path)
@@ -671,7 +782,7 @@ def _load_omniglot(dirs: list[Path], download: bool) -> Splits:
         raise DataError(f"{path} has only {n} training images, need more than {OMNIGLOT_N_VALID}; replace it with the original")
     train = train[np.random.RandomState(OMNIGLOT_PERMUTATION_SEED).permutation(n)]
     cut = n - OMNIGLOT_N_VALID
-    return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE))
+    return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq)
 
 
 # --------------------------------------------------------------------------- user arrays
@@ -715,7 +826,7 @@ def _holdout(n: int) -> int:
     return max(1, int(n * NPZ_HOLDOUT_FRACTION))
 
 
-def _load_user_arrays(spec: str) -> Splits:
+def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Splits:
     path = Path(spec[len("npz:"):]).expanduser()
     if not spec[len("npz:"):]:
         raise DataError("dataset 'npz:' needs a path, e.g. npz:/path/to/images.npz")
@@ -738,9 +849,11 @@ def _load_user_arrays(spec: str) -> Splits:
 
     checked: dict[str, np.ndarray] = {}
     feature_shape = None
+    # one file, one reading of uint8: grey levels k/255 if any of its uint8 arrays has a value above 1
+    grey8 = any(a.dtype == np.uint8 and not _is_binary(a) for a in splits.values())
     for key, arr in splits.items():
         what = f"{path}" if key == "all" else f"{path} array '{key}'"
-        x = _check_array(arr, what)
+        x = _check_array(arr, what, grey8)
         if feature_shape is None:
             feature_shape = arr.shape[1:]
         elif arr.shape[1:] != feature_shape:
@@ -764,15 +877,17 @@ def _load_user_arrays(spec: str) -> Splits:
         checked["train"], checked["valid"] = x[: n - k], x[n - k:]
 
     assert feature_shape is not None
-    if len(feature_shape) == 2:
-        image_shape: tuple[int, int] | None = (int(feature_shape[0]), int(feature_shape[1]))
+    if len(feature_shape) in (2, 3):
+        image_shape: tuple[int, ...] | None = tuple(int(n) for n in feature_shape)
     else:
         side = math.isqrt(int(feature_shape[0]))
         image_shape = (side, side) if side * side == feature_shape[0] else None
     if all(_is_binary(v) for v in checked.values()):
+        if deq:
+            raise DataError(f"{path} holds binary images (values 0 and 1): dequantize applies to 8-bit grey levels")
         t = {k: _to_tensor(v) for k, v in checked.items()}
-        return Splits(spec, t["train"], t["valid"], t["test"], False, image_shape=image_shape)
-    return _dynamic_splits(spec, checked["train"], checked["valid"], checked["test"], image_shape)
+        return Splits(spec, t["train"], t["valid"], t["test"], False, image_shape=image_shape, binarization=mode)
+    return _dynamic_splits(spec, checked["train"], checked["valid"], checked["test"], image_shape, mode=mode, deq=deq)
 
 
 # --------------------------------------------------------------------------- presence
@@ -812,7 +927,8 @@ def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[
 # --------------------------------------------------------------------------- entry point
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Splits:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
+                 binarize: str = "dynamic", dequantize: bool = False) -> Splits:
     """Load a benchmark dataset (one of :data:`DATASETS`) or user arrays (``"npz:PATH"``) as :class:`Splits`.
 
     Files are searched in ``data_dir`` (else ``$IWAE_DATA_DIR``), in its
@@ -827,8 +943,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     ``npz:PATH`` loads a ``.npz`` with arrays ``train``, ``test`` and optional
     ``valid`` (if missing, the last 10% of ``train``, at least one row, in file
     order), or a ``.npy`` array split in order 80/10/10 (the last 10% each,
-    at least one row, for valid and test).  Arrays are (N, D) or (N, H, W) with
-    bool, integer or float values in [0, 1]; ``data_dir`` is not used for them.
+    at least one row, for valid and test).  Arrays are (N, D), (N, H, W) or
+    (N, C, H, W), uint8 grey levels 0-255 (read as k / 255) or bool, integer or
+    float values in [0, 1]; the image shape is kept in ``Splits.image_shape``
+    ((H, W) or (C, H, W); for (N, D), square where D is). ``data_dir`` is not
+    used for them.
+
+    ``binarize`` (one of :data:`BINARIZATIONS`, or ``auto`` read as ``dynamic``)
+    and ``dequantize`` act as the module docstring says; dequantisation needs
+    ``binarize="none"`` and 8-bit grey levels.
 
     Names are matched case-insensitively with ``_`` read as ``-`` (``"fashion_mnist"``
     works); ``Splits.name`` is the canonical name, or the ``npz:PATH`` string.
@@ -838,17 +961,21 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     """
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
+    mode = resolve_binarize(binarize)
     if name.startswith("npz:"):
-        return _load_user_arrays(name)
+        return _load_user_arrays(name, mode, dequantize)
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays")
     dirs = _search_dirs(data_dir, _SUBDIRS[key])
     if key == "mnist":
-        return _load_idx_dataset("mnist", "MNIST", MNIST_SHA256, MNIST_URLS, dirs, download)
+        return _load_idx_dataset("mnist", "MNIST", MNIST_SHA256, MNIST_URLS, dirs, download, mode, dequantize)
     if key == "fashion-mnist":
-        return _load_idx_dataset("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_SHA256, FASHION_MNIST_URLS, dirs, download)
+        return _load_idx_dataset("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_SHA256, FASHION_MNIST_URLS, dirs,
+                                 download, mode, dequantize)
     if key == "binarized-mnist":
-        return _load_binarized_mnist(dirs, download)
-    return _load_omniglot(dirs, download)
+        if dequantize:
+            raise DataError("binarized-mnist is binary: dequantize applies to 8-bit grey levels (mnist, fashion-mnist)")
+        return _load_binarized_mnist(dirs, download, mode)
+    return _load_omniglot(dirs, download, mode, dequantize)
 

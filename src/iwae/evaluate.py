@@ -74,6 +74,8 @@ def _bytes_per_row(model: VAE) -> int:
         _likelihood_floats_per_pixel(model) * cfg.input_dim + max(cfg.hidden_dims[0]),
         widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
         _prior_floats_per_row(model),  # log p(z_L)
+        # p(x | z_1) of a network that counts its own (gated, conv: wider temporaries than the MLP's)
+        getattr(model.decoder[0], "floats_per_row", 0),
     )
     element_size = next(model.parameters()).element_size()
     return element_size * (held + max(stages))
@@ -295,7 +297,9 @@ def evaluate(
         config = rundir.read_config(run_dir)
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
-            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir)
+            # the data as training saw them: its binarization (or none) and dequantisation
+            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir,
+                                              binarize=config.binarization, dequantize=config.dequantize)
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
     n_total = splits.test.shape[0]

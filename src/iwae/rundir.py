@@ -83,7 +83,7 @@ NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "
 # ----------------------------------------------------------------------------- identity: is it the same run?
 # settings added after runs were recorded, with the value every older run had: a config at that value
 # has the identity it had before the setting existed, so older runs and results stay valid
-ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None}
+ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "binarize": "auto", "dequantize": False}
 
 
 def _identity(config: Mapping, *, length: bool) -> dict:
@@ -177,6 +177,8 @@ def save_model(run_dir: str | os.PathLike, model: VAE, epoch: int) -> None:
     meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
     if getattr(model, "user_modules", False):  # no config rebuilds it: load_model says so instead of misreading it
         meta["user_modules"] = True
+    if getattr(model.config, "image_shape", None) is not None:  # not square: with config.yaml, the architecture
+        meta["image_shape"] = list(model.config.image_shape)
     save_tensors(Path(run_dir) / MODEL, model.state_dict(), meta)
 
 
@@ -202,7 +204,8 @@ def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
         raise CheckpointError(f"{run_dir} has no config.yaml, which records the architecture of {what}; "
                               f"restore it from a copy of the run")
     try:
-        architecture = read_config(run_dir).model_config(meta["input_dim"])
+        shape = meta.get("image_shape")
+        architecture = read_config(run_dir).model_config(meta["input_dim"], tuple(shape) if shape else None)
     except ValueError as e:
         raise CheckpointError(f"{path}: config.yaml gives no architecture for {meta['input_dim']} pixels ({e})") \
             from e
@@ -757,9 +760,7 @@ class Run:
     @property
     def splits(self) -> Splits:
         if self._splits is None:
-            from .data import load_dataset
-
-            self._splits = load_dataset(self.config.dataset, self.data_dir or self.config.data_dir)
+            self._splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
         return self._splits
 
     @property

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
 from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
-from .models import LIKELIHOODS, PRIORS, VAE, ModelConfig, make_likelihood
+from .models import LIKELIHOODS, NETWORKS, PRIORS, VAE, ModelConfig, make_likelihood
 from .objectives import OBJECTIVES
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
@@ -74,11 +74,19 @@ class TrainConfig:
     data_dir: str | None = _setting(None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).",
                                     folder=True)
     train_subset: int | None = _setting(None, "Train on the first N training examples only.")
+    binarize: str = _setting("auto", "Grey-level data: dynamic (a fresh binarization at every use), static (once, "
+                             "seeded), none (grey levels k/255); auto: dynamic for the bernoulli likelihood, none "
+                             "for the others.", choices=("auto",) + data_module.BINARIZATIONS)
+    dequantize: bool = _setting(False, "8-bit data with binarize none: y = (255 x + u) / 256, u ~ U[0, 1), afresh for "
+                                "training, seeded for valid/test (continuous likelihoods only).")
     # model (latent_dims / hidden_dims None: Burda et al.'s for ``layers``)
     layers: int = _setting(1, "Stochastic layers, 1 or 2 for Burda et al.'s nets.")
     latent_dims: list[int] | None = _setting(None, "Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
     hidden_dims: list[list[int]] | None = _setting(
         None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
+    network: str = _setting("mlp", "The encoder and decoder: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense "
+                            "(hidden dims: block widths, default 300,300) or a small conv net (hidden dims: channels, "
+                            "default 32,64); gated and conv have one stochastic layer.", choices=NETWORKS)
     prior: str = _setting("normal", "p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the "
                           "VampPrior.", choices=PRIORS)
     # components: None means 1 for the normal prior, as config.yaml files have recorded
@@ -182,7 +190,19 @@ class TrainConfig:
         if self.kl_warmup and self.objective != "vae":
             raise ValueError(f"kl_warmup applies to the vae objective (the ELBO) only, not {self.objective}; "
                              f"use objective vae or kl_warmup 0")
-        self.model_config(input_dim=784)  # validates the sizes
+        if self.network != "mlp" and self.layers != 1:
+            raise ValueError(f"network {self.network} has one stochastic layer, got layers {self.layers}; "
+                             f"use network mlp for 2 layers")
+        self.binarization  # validates binarize
+        if self.dequantize:
+            likelihood = getattr(self, "likelihood", "bernoulli")
+            if likelihood in ("bernoulli", "logistic256"):
+                raise ValueError(f"dequantize applies to continuous likelihoods (gaussian), not to {likelihood}, "
+                                 f"which models the 8-bit values themselves")
+            if self.binarization != "none":
+                raise ValueError(f"dequantize applies to grey levels: use binarize none (or auto), not {self.binarize}")
+        if self.network != "conv":  # conv validates against the data's image shape when the model is built
+            self.model_config(input_dim=784)  # validates the sizes
 
     @property
     def spec(self) -> ObjectiveSpec:
@@ -192,20 +212,35 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return self.epochs if self.epochs is not None else sum(3**i for i in range(PAPER_STAGES))
 
-    def model_config(self, input_dim: int) -> ModelConfig:
-        """The network sizes: ``latent_dims`` / ``hidden_dims`` where given, else Burda et al.'s for ``layers``."""
+    @property
+    def binarization(self) -> str:
+        """The data's binarization mode: ``binarize``, with ``auto`` resolved by the likelihood
+        (:func:`iwae.data.resolve_binarize`)."""
+        return data_module.resolve_binarize(self.binarize, getattr(self, "likelihood", "bernoulli"))
+
+    def load_data(self, data_dir: str | None = None, **kwargs) -> data_module.Splits:
+        """This run's dataset as training saw it: ``load_dataset`` with its binarization and dequantisation
+        (from ``data_dir``, else the config's)."""
+        return data_module.load_dataset(self.dataset, data_dir or self.data_dir, binarize=self.binarization,
+                                        dequantize=self.dequantize, **kwargs)
+
+    def model_config(self, input_dim: int, image_shape: tuple[int, ...] | None = None) -> ModelConfig:
+        """The network sizes: ``latent_dims`` / ``hidden_dims`` where given, else Burda et al.'s for ``layers``
+        (the gated network's default widths are the VampPrior paper's 300, 300; conv's channels 32, 64)."""
         if self.latent_dims is None or self.hidden_dims is None:
             if self.layers not in (1, 2):
                 raise ValueError(f"{self.layers} stochastic layers need explicit latent_dims and hidden_dims "
                                  f"(Burda et al. define 1 and 2)")
             burda = ModelConfig.burda(self.layers, input_dim)
         latent = self.latent_dims or burda.latent_dims
-        hidden = self.hidden_dims or burda.hidden_dims
+        default_hidden = {"gated": ((300, 300),), "conv": ((32, 64),)}.get(self.network)
+        hidden = self.hidden_dims or default_hidden or burda.hidden_dims
         if len(latent) != self.layers:
             raise ValueError(f"latent_dims {list(latent)} has {len(latent)} entries for {self.layers} layers")
+        extra = {} if self.network == "mlp" else {"network": self.network}
         return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior, self.components,
                            self.learn_mixture_weights, likelihood=self.likelihood,
-                           sigma=None if self.sigma is None else float(self.sigma))
+                           sigma=None if self.sigma is None else float(self.sigma), image_shape=image_shape, **extra)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,8 +360,8 @@ def learning_rate(config: TrainConfig, epoch: int) -> tuple[int, float]:
 
 
 # ----------------------------------------------------------------------------- model i/o
-def build_model(config: TrainConfig, input_dim: int) -> VAE:
-    return VAE(config.model_config(input_dim))
+def build_model(config: TrainConfig, input_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+    return VAE(config.model_config(input_dim, image_shape))
 
 
 def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
@@ -440,7 +475,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         overwrite: replace an existing run directory instead of refusing. Without it a directory
             that holds only a run stopped before its first checkpoint is replaced too.
         progress: show a progress bar and a line per epoch.
-        splits: data already loaded (else ``load_dataset(config.dataset, config.data_dir)``).
+        splits: data already loaded (else ``config.load_data()``: its binarization and dequantisation).
         model: the model to train (else ``build_model(config, ...)``); its ``input_dim`` must be the data's.
 
     Raises:
@@ -487,7 +522,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     tune_allocator()
 
     # data first: a data error must not leave an empty run directory or delete an old run
-    splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
+    splits = splits or config.load_data()
     x_train = splits.first("train", config.train_subset, "train_subset")  # refuses more than there are
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
@@ -510,7 +545,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     # model, optimiser, randomness (one generator drives shuffling, binarization and sampling)
     torch.manual_seed(config.seed)
-    model = (model if model is not None else build_model(config, x_train.shape[1])).to(device)
+    model = (model if model is not None else build_model(config, x_train.shape[1], splits.image_shape)).to(device)
     model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))
     model.init_prior(x_train)  # VampPrior: pseudo-inputs from training images; others: nothing
     if config.init_from and saved is None:
@@ -575,6 +610,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 x = x_train[order[i: i + config.batch_size]]
                 if splits.dynamic:
                     x = data_module.binarize(x, generator)
+                elif splits.dequantize:
+                    x = data_module.dequantize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
                 bound = accumulate_gradients(model, x, spec, generator, warmup_weight)
                 if defer:

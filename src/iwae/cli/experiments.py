@@ -65,9 +65,14 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     from ..experiments.spec import load_experiment, shipped_experiments
 
     if list_experiments:
+        from ..experiments.spec import ExperimentError
+
         for name in shipped_experiments():
-            exp = load_experiment(name)
-            click.echo(f"{name:<12} {len(exp.resolve('short'))} runs  {exp.title}")
+            try:  # one file this installation cannot run (e.g. a setting it lacks) must not hide the others
+                exp = load_experiment(name)
+                click.echo(f"{name:<12} {len(exp.resolve('short'))} runs  {exp.title}")
+            except (ExperimentError, ValueError) as e:
+                click.echo(f"{name:<12} cannot be resolved here: {e}")
         return
     if not experiment:
         raise click.UsageError("give an EXPERIMENT (see --list)")

@@ -155,8 +155,9 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
                 rundir.delete(run_dir)  # started from the old model: train it again from the new
-        if splits is None or splits.name != config.dataset:
-            splits = load_dataset(config.dataset, data_dir)  # once: training and every evaluation share it
+        if splits is None or (splits.name, splits.binarization, splits.dequantize) != \
+                (config.dataset, config.binarization, config.dequantize):
+            splits = config.load_data(data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
         train_seconds = time.perf_counter() - t0

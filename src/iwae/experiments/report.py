@@ -507,11 +507,15 @@ def _splits(run: dict, data_dir, cache: dict):
     training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
     from ..data import load_dataset
 
+    from ..data import resolve_binarize
+
     dataset = run["config"].get("dataset", "mnist")
     folder = data_dir or run["config"].get("data_dir") or rundir.read_config_values(run["dir"]).get("data_dir")
-    if (dataset, folder) not in cache:
-        cache[(dataset, folder)] = load_dataset(dataset, folder, download=False)
-    return cache[(dataset, folder)]
+    mode = resolve_binarize(run["config"].get("binarize", "auto"), run["config"].get("likelihood", "bernoulli"))
+    deq = bool(run["config"].get("dequantize", False))
+    if (dataset, folder, mode, deq) not in cache:
+        cache[(dataset, folder, mode, deq)] = load_dataset(dataset, folder, download=False, binarize=mode, dequantize=deq)
+    return cache[(dataset, folder, mode, deq)]
 
 
 Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws

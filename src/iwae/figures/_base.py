@@ -50,12 +50,30 @@ def image_shape_of(input_dim: int) -> tuple[int, int]:
     return side, side
 
 
-def tile(images: torch.Tensor | np.ndarray, image_shape: tuple[int, int], cols: int | None = None,
+def model_image_shape(model, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The shape to draw ``model``'s inputs in: ``image_shape`` if given, else the one its config
+    records (non-square data, e.g. 28 x 20), else square (:func:`image_shape_of`)."""
+    return image_shape or getattr(model.config, "image_shape", None) or image_shape_of(model.config.input_dim)
+
+
+def _plane(image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of an (H, W) or one-channel (1, H, W) image shape."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise ValueError(f"cannot draw images of shape {shape} in grey levels; the figures draw (H, W) or (1, H, W)")
+    return shape
+
+
+def tile(images: torch.Tensor | np.ndarray, image_shape: tuple[int, ...], cols: int | None = None,
          pad: int = 1) -> np.ndarray:
-    """Images ``(N, H*W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad)`` array, padded with 1 (white)."""
+    """Images ``(N, H*W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad)`` array, padded with 1 (white).
+
+    Each row is read in C order as ``image_shape`` = (H, W) (or (1, H, W)): H rows of W pixels."""
     x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
     n = x.shape[0]
-    h, w = image_shape
+    h, w = _plane(image_shape)
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..analysis import reconstruct, sample_images
-from ._base import DPI, as_runs, image_shape_of, pyplot, save, show, tile
+from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
 
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]
 
@@ -29,7 +29,7 @@ def plot_samples(models, path: str | os.PathLike, *, n: int = 64, seed: int = 0,
     runs = as_runs(models)
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5.5), dpi=dpi, squeeze=False)
     for ax, (title, model) in zip(axes[0], runs.items()):
-        shape = image_shape or image_shape_of(model.config.input_dim)
+        shape = model_image_shape(model, image_shape)
         show(ax, tile(sample_images(model, n, seed, probabilities), shape))
         what = "Bernoulli means of p(x | z)" if probabilities else "binary samples x ~ p(x | z)"
         ax.set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
@@ -49,7 +49,7 @@ def plot_pseudo_inputs(model, path: str | os.PathLike, *, image_shape: tuple[int
     plt = pyplot()
     u = model.prior_module.pseudo_inputs.cpu()
     fig, ax = plt.subplots(figsize=(5, 5.5), dpi=dpi)
-    show(ax, tile(u, image_shape or image_shape_of(model.config.input_dim)))
+    show(ax, tile(u, model_image_shape(model, image_shape)))
     ax.set_title(f"{title + ': ' if title else ''}VampPrior, {len(u)} pseudo-inputs u_c", fontsize=10)
     return save(fig, path)
 
@@ -67,7 +67,7 @@ def plot_reconstructions(models, x: torch.Tensor, path: str | os.PathLike, *, n:
     fig, axes = plt.subplots(2, len(runs), figsize=(8 * len(runs), 3), dpi=dpi, squeeze=False)
     for j, (title, model) in enumerate(runs.items()):
         recon = reconstruct(model, x)
-        shape = image_shape or image_shape_of(model.config.input_dim)
+        shape = model_image_shape(model, image_shape)
         show(axes[0, j], tile(x, shape, cols=len(x)))
         show(axes[1, j], tile(recon, shape, cols=len(x)))
         axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)",

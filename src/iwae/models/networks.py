@@ -2,8 +2,13 @@
 
 ``GaussianMLP`` maps ``h`` to a diagonal Normal (mean = linear, sigma = exp(linear)); it serves as
 each encoder layer q(z_l | z_{l-1}) and as the inner decoder layers p(z_l | z_{l+1}).
-``BernoulliMLP`` maps ``z`` to independent Bernoulli logits over the pixels, p(x | z).
-Weights are Glorot-uniform, biases zero, as in the released code of Burda et al.
+``MLPDecoder`` maps ``z`` to the raw parameters of p(x | z) (``P * D`` outputs, parameter-major;
+Bernoulli logits for P = 1), and ``BernoulliMLP`` is the same network returning the Bernoulli
+distribution. Weights are Glorot-uniform, biases zero, as in the released code of Burda et al.
+
+The factories :func:`make_encoder_layer` and :func:`make_decoder` build one of :data:`NETWORKS`:
+``mlp`` (these), ``gated`` (:mod:`.gated`, the VampPrior paper's GatedDense networks) and ``conv``
+(:mod:`.conv`, a small convolutional encoder and decoder).
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-__all__ = ["GaussianMLP", "BernoulliMLP", "Tanh", "glorot_linear", "tanh_kernel", "output_layer_kernel"]
+__all__ = ["NETWORKS", "make_encoder_layer", "make_decoder", "GaussianMLP", "MLPDecoder", "BernoulliMLP", "Tanh",
+           "glorot_linear", "tanh_kernel", "output_layer_kernel"]
+
+NETWORKS: tuple[str, ...] = ("mlp", "gated", "conv")
+"""The built-in networks: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense, a small conv net."""
 
 
 class _TanhFunction(torch.autograd.Function):
@@ -135,17 +144,87 @@ class GaussianMLP(nn.Module):
         return Independent(Normal(loc, log_scale.exp()), 1)
 
 
-class BernoulliMLP(nn.Module):
-    """z -> Bernoulli(logits(z)) over ``out_features`` pixels: a tanh MLP and a linear output layer."""
+class MLPDecoder(nn.Module):
+    """z -> raw parameters of p(x | z): a tanh MLP and a linear output layer of ``out_features`` units.
+
+    ``out_features = P * D`` for a likelihood with P parameters per pixel, parameter-major
+    (``raw[..., p*D:(p+1)*D]`` is parameter p); for the Bernoulli (P = 1) the raw outputs are the
+    logits. The parameter names (``body.*``, ``head.*``) and the initialisation order are those of
+    the original ``BernoulliMLP``, so a seed gives the same weights.
+    """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
         super().__init__()
         self.body, width = _tanh_mlp(in_features, hidden)
         self.head = glorot_linear(width, out_features)
 
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def output_bias(self) -> nn.Parameter:
+        """The output layer's bias, shape ``(out_features,)`` (the likelihood initialises it)."""
+        return self.head.bias
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw outputs, shape ``z.shape[:-1] + (out_features,)``."""
         h = self.body(z)
         return output_layer_kernel(h.device)(h, self.head.weight, self.head.bias)
 
-    def forward(self, z: torch.Tensor) -> Independent:
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The raw outputs (the Bernoulli logits where P = 1)."""
+        return self.forward(z)
+
+
+class BernoulliMLP(MLPDecoder):
+    """z -> Bernoulli(logits(z)) over ``out_features`` pixels: :class:`MLPDecoder` returning the distribution."""
+
+    def forward(self, z: torch.Tensor) -> Independent:  # type: ignore[override]
         return Independent(Bernoulli(logits=self.logits(z)), 1)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return MLPDecoder.forward(self, z)
+
+
+def _check_network(network: str) -> None:
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
+
+
+def make_encoder_layer(network: str, in_features: int, hidden: Sequence[int], out_features: int,
+                       image_shape: Sequence[int] | None = None) -> nn.Module:
+    """One encoder layer q(z | h) of ``network``: a module with ``loc_log_scale(h) -> (loc, log_scale)``,
+    ``h`` of shape ``(..., in_features)``, each output ``(..., out_features)``.
+
+    ``hidden``: the tanh widths (mlp), the GatedDense widths (gated, the paper's 300, 300) or the
+    channels of the stride-2 convolutions (conv, e.g. 32, 64). ``image_shape`` (conv only): ``(H, W)``
+    or ``(C, H, W)`` with product ``in_features``; None means square, one channel.
+    """
+    _check_network(network)
+    if network == "mlp":
+        return GaussianMLP(in_features, hidden, out_features)
+    if network == "gated":
+        from .gated import GatedEncoder
+
+        return GatedEncoder(in_features, hidden, out_features)
+    from .conv import ConvEncoder
+
+    return ConvEncoder(in_features, hidden, out_features, image_shape)
+
+
+def make_decoder(network: str, in_features: int, hidden: Sequence[int], out_features: int,
+                 image_shape: Sequence[int] | None = None) -> nn.Module:
+    """The decoder of p(x | z) of ``network``: ``z (..., in_features) -> raw (..., out_features)``,
+    ``out_features = P * D`` parameter-major, with ``output_bias`` (a ``(out_features,)`` Parameter).
+
+    ``hidden`` is read as in :func:`make_encoder_layer`, in the decoder's order (callers pass the
+    encoder's widths reversed, as Burda et al.'s nets mirror them). For conv, ``out_features`` must
+    be a multiple P of the image's pixel count ``C * H * W``.
+    """
+    _check_network(network)
+    if network == "mlp":
+        return MLPDecoder(in_features, hidden, out_features)
+    if network == "gated":
+        from .gated import GatedDecoder
+
+        return GatedDecoder(in_features, hidden, out_features)
+    from .conv import ConvDecoder
+
+    return ConvDecoder(in_features, hidden, out_features, image_shape)

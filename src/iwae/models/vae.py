@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
-from .networks import BernoulliMLP, GaussianMLP
+from .networks import NETWORKS, BernoulliMLP, GaussianMLP, make_decoder, make_encoder_layer
 from .priors import make_prior
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample", "Decoded", "UserEncoder"]
@@ -49,8 +49,9 @@ class ModelConfig:
     prior_learn_weights: bool = False  # learnable mixture weights, mog only
     likelihood: str = "bernoulli"  # p(x | z_1): bernoulli, gaussian or logistic256; see iwae.models.likelihoods
     sigma: float | None = None  # gaussian only: the fixed standard deviation; None: a learned, bounded head
-    network: str = "mlp"  # the encoder / decoder networks (mlp today; gated and conv from iwae.models.networks)
-    image_shape: tuple[int, ...] | None = None  # (H, W) or (C, H, W) of an input, where known
+    network: str = "mlp"  # the encoder q(z_1 | x) and decoder p(x | z_1): mlp, gated or conv (iwae.models.networks)
+    # (H, W) or (C, H, W) of the flat inputs; None: square, one channel (a square (H, H) is stored as None)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
@@ -58,11 +59,6 @@ class ModelConfig:
         object.__setattr__(
             self, "hidden_dims", tuple(tuple(int(h) for h in hs) for hs in self.hidden_dims)
         )
-        if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
-            if math.prod(self.image_shape) != self.input_dim:
-                raise ValueError(f"image_shape {self.image_shape} has {math.prod(self.image_shape)} pixels, "
-                                 f"input_dim is {self.input_dim}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if self.sigma is not None:
@@ -78,6 +74,16 @@ class ModelConfig:
                 f"hidden_dims needs one tuple of widths per stochastic layer: "
                 f"{len(self.latent_dims)} layers but {len(self.hidden_dims)} tuples"
             )
+        if self.image_shape is not None:
+            shape = tuple(int(s) for s in self.image_shape)
+            if len(shape) not in (2, 3) or math.prod(shape) != self.input_dim:
+                raise ValueError(f"image_shape {shape} is not (H, W) or (C, H, W) of {self.input_dim} pixels")
+            object.__setattr__(self, "image_shape", None if len(shape) == 2 and shape[0] == shape[1] else shape)
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
+        if self.network != "mlp" and len(self.latent_dims) != 1:
+            raise ValueError(f"the {self.network} network has one stochastic layer, got {len(self.latent_dims)}; "
+                             f"use network mlp for 2 layers")
         if self.prior_components < 1:
             raise ValueError(f"prior_components must be >= 1, got {self.prior_components}")
         if self.prior == "normal" and self.prior_components != 1:
@@ -250,22 +256,24 @@ class VAE(nn.Module):
         if (encoder is not None or decoder is not None) and len(config.latent_dims) != 1:
             raise ValueError(f"user encoder and decoder modules make one stochastic layer; config.latent_dims "
                              f"{config.latent_dims} has {len(config.latent_dims)}")
-        if config.network != "mlp" and (encoder is None or decoder is None):
-            raise ValueError(f"network {config.network!r} is not built here (only mlp); pass your own encoder and "
-                             f"decoder modules")
         self.likelihood = (likelihood if isinstance(likelihood, Likelihood)
                            else make_likelihood(config.likelihood, config.input_dim, config.sigma))
         if self.likelihood.input_dim != config.input_dim:
             raise ValueError(f"the likelihood models {self.likelihood.input_dim} pixels, config.input_dim is "
                              f"{config.input_dim}")
         dims = (config.input_dim,) + config.latent_dims
+        net, shape = config.network, config.image_shape
+        side = math.isqrt(config.input_dim)
+        if net == "conv" and shape is None and side * side == config.input_dim:
+            shape = (side, side)  # None means square; the conv layers refuse other sizes without a shape
         self.encoder = nn.ModuleList(
             [UserEncoder(encoder)] if encoder is not None else
-            [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(len(config.latent_dims))]
+            [make_encoder_layer(net, dims[0], config.hidden_dims[0], dims[1], shape)]
+            + [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(1, len(config.latent_dims))]
         )
         out = self.likelihood.params_per_pixel * dims[0]
         self.decoder = nn.ModuleList(
-            [decoder if decoder is not None else BernoulliMLP(dims[1], config.hidden_dims[0][::-1], out)]
+            [decoder if decoder is not None else make_decoder(net, dims[1], config.hidden_dims[0][::-1], out, shape)]
             + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
         )
         # the VampPrior maps its pseudo-inputs through the encoder, which stays outside the prior's parameters
