@@ -61,7 +61,7 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
 SAMPLE_EXAMPLES = """
 \b
 Examples:
-  iwae sample runs/iwae-k5                         # RUN_DIR/samples.png, 64 Bernoulli means
+  iwae sample runs/iwae-k5                         # RUN_DIR/samples.png, the means of 64 draws of p(x | z)
   iwae sample runs/iwae-k5 --binary --n 100 --out samples.pdf
   iwae sample runs/vamp --pseudo-inputs            # RUN_DIR/pseudo_inputs.png
 """
@@ -74,7 +74,7 @@ Examples:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Figure file; .png, .svg or .pdf.  [default: RUN_DIR/samples.png or RUN_DIR/pseudo_inputs.png]")
 @click.option("--probabilities/--binary", default=True, show_default=True,
-              help="Show the Bernoulli means of p(x | z), or binary samples x ~ p(x | z).")
+              help="Show the means of p(x | z), or samples x ~ p(x | z).")
 @click.option("--pseudo-inputs", is_flag=True, help="Draw the VampPrior's pseudo-inputs instead of samples.")
 @_user_errors
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:

@@ -166,6 +166,9 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         main = evaluate(run_dir, splits=splits, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"],
                         device=device)
         metrics = {"nll": main["nll"], "nll_stderr": main["nll_stderr"], "log_p_hat": -main["nll"]}
+        if main.get("bits_per_dim") is not None:  # a code length (discrete or dequantised): also in bits/dim
+            metrics["bits_per_dim"] = main["bits_per_dim"]
+            metrics["bits_per_dim_stderr"] = main["nll_stderr"] * main["bits_per_dim"] / main["nll_discrete"]
         for k in ev["bound_ks"]:
             bound = evaluate(run_dir, splits=splits, k=k, test_subset=ev["test_subset"], seed=ev["seed"],
                              device=device)

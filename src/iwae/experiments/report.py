@@ -342,7 +342,7 @@ def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     published table."""
     ours, published = {k for r in runs for k in r["metrics"]}, {k for r in runs for k in r["published"]}
     ks = sorted({int(m[1]) for m in map(BOUND_KEY.match, ours | published) if m})
-    keys = [key for key in ("nll", "log_p_hat", *(f"iwae{n}" for n in ks), "neg_kl", *(f"neg_kl{n}" for n in ks))
+    keys = [key for key in ("nll", "bits_per_dim", "log_p_hat", *(f"iwae{n}" for n in ks), "neg_kl", *(f"neg_kl{n}" for n in ks))
             if key in ours | published]
     if "log_p_hat" in published and "nll" not in published:
         keys = [k for k in keys if k != "nll"]
@@ -354,7 +354,9 @@ def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     bound = single.pop() if len(single) == 1 else "k"  # the k of neg_kl, which has none in its name
     metrics = {"nll": ("NLL", False, f"NLL = -mean L_{k} over the test images, ± its standard error over images"),
                "log_p_hat": ("log p-hat", True, f"log p-hat = mean L_{k}, ± its standard error over images"),
-               "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat")}
+               "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat"),
+               "bits_per_dim": ("bits/dim", False, "bits/dim = the NLL as a code length (a dequantised density's "
+                                                   "plus D ln 256) / (D ln 2), ± its standard error")}
     ais = [r["result"]["ais"] for r in runs if isinstance(r["result"].get("ais"), dict) and "nll_ais" in r["metrics"]]
     if ais:
         keys += ["nll_ais", "ais_gap"]
@@ -547,7 +549,25 @@ def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     runs = _representatives(exp["runs"], MAX_PANELS)
     path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
     return [(path, f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
-                   f"of each, at most {MAX_PANELS}): z ~ p(z), Bernoulli means of p(x | z).")]
+                   f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z).")]
+
+
+RECONSTRUCTIONS = 10  # test images per reconstruction panel
+
+
+def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
+    """figures.plot_reconstructions of a few finished runs of one dataset on its first test images."""
+    from ..figures import plot_reconstructions
+    from ..train import load
+
+    runs = _representatives(exp["runs"], MAX_PANELS)
+    dataset = runs[0]["config"].get("dataset", "mnist")
+    runs = [r for r in runs if r["config"].get("dataset", "mnist") == dataset]  # one test set
+    splits = _splits(runs[0], data_dir, cache)
+    path = plot_reconstructions({r["name"]: load(r["dir"]) for r in runs}, splits.test[:RECONSTRUCTIONS],
+                                fig_dir / "reconstructions.png", n=RECONSTRUCTIONS)
+    return [(path, f"The first {RECONSTRUCTIONS} {splits.name} test images (top) and the means of "
+                   f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs.")]
 
 
 def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:

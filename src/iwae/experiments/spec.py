@@ -71,7 +71,7 @@ from ..train import TrainConfig
 __all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
 
 PROTOCOLS = ("paper", "short")
-FIGURES = ("curves", "samples", "latent", "grid", "snr")
+FIGURES = ("curves", "samples", "reconstructions", "latent", "grid", "snr")
 PROTOCOL_KEYS = {"test_subset", "eval_k", "description", "seeds"}  # protocol settings that are not TrainConfig fields
 RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
 AIS_KEYS = {"steps", "chains", "leapfrog", "test_subset"}  # evaluate.ais: settings of iwae.ais.ais_evaluate

@@ -31,7 +31,7 @@ def plot_samples(models, path: str | os.PathLike, *, n: int = 64, seed: int = 0,
     for ax, (title, model) in zip(axes[0], runs.items()):
         shape = model_image_shape(model, image_shape)
         show(ax, tile(sample_images(model, n, seed, probabilities), shape))
-        what = "Bernoulli means of p(x | z)" if probabilities else "binary samples x ~ p(x | z)"
+        what = "means of p(x | z)" if probabilities else "samples x ~ p(x | z)"
         ax.set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
     return save(fig, path)
 
@@ -56,7 +56,7 @@ def plot_pseudo_inputs(model, path: str | os.PathLike, *, image_shape: tuple[int
 
 def plot_reconstructions(models, x: torch.Tensor, path: str | os.PathLike, *, n: int = 10,
                          image_shape: tuple[int, int] | None = None, dpi: int = DPI) -> Path:
-    """The first ``n`` rows of ``x`` (top) above the Bernoulli means of p(x | z_1 = E_q[z_1 | x]) (bottom,
+    """The first ``n`` rows of ``x`` (top) above the means of p(x | z_1 = E_q[z_1 | x]) (bottom,
     :func:`iwae.analysis.reconstruct`).
 
     Size: 8 x 3 inches per panel, 800 x 300 pixels per panel as PNG at ``dpi`` 100.
