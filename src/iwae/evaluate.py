@@ -94,7 +94,7 @@ def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict
     likelihood = getattr(model, "likelihood", None)
     dims = model.config.input_dim
     discrete = likelihood is None or likelihood.discrete  # a model without one is a Bernoulli model
-    dequantised = bool(getattr(splits, "dequantised", False))  # netdata's Splits say whether they are
+    dequantised = bool(getattr(splits, "dequantize", False))  # its valid/test hold one seeded dequantisation
     if not (discrete or dequantised):
         return {"nll_discrete": None, "bits_per_dim": None}
     nats = discrete_nll(nll_nats, dims, dequantised=not discrete)
