@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..qew import QEWPanel, qew_panels
-from ._base import pyplot
+from ._base import _plane, pyplot
 
 __all__ = ["plot_qew", "qew_figure"]
 
@@ -29,7 +29,7 @@ def _image(x1: torch.Tensor, image_shape):
     if image_shape is None:
         side = math.isqrt(d)
         image_shape = (side, side) if side * side == d else (1, d)
-    return x1.detach().cpu().float().reshape(image_shape).numpy()
+    return x1.detach().cpu().float().reshape(_plane(image_shape)).numpy()  # (1, H, W) drawn as (H, W)
 
 
 def qew_figure(model, x: torch.Tensor, ks, path: str | os.PathLike, *, grid: torch.Tensor | None = None,
