@@ -186,6 +186,37 @@ def test_a_member_resumes_alone_and_the_group_resumes_together(tmp_path, splits)
                       resume=True, progress=False, splits=splits)
 
 
+class SimulatedKill(BaseException):
+    """What a kill -9 looks like to the code: nothing after it runs (not an Exception: nothing catches it)."""
+
+
+def test_a_group_killed_mid_epoch_resumes_together_from_its_mid_epoch_checkpoints(tmp_path, splits, monkeypatch):
+    """checkpoint_every 7: the group dies at its 30th step (epoch 2); each member's checkpoint is the
+    single run's at step 28 (the order, position and partial bound of epoch 2), and the resumed group
+    ends as the runs alone."""
+    seeds = [dict(objective="iwae", k=3, seed=s, epochs=3, checkpoint_every=7) for s in (0, 1)]
+    real_step = members_module._Group.step
+    calls = []
+
+    def dying(self, *args):
+        calls.append(1)
+        if len(calls) == 30:
+            raise SimulatedKill()
+        return real_step(self, *args)
+
+    monkeypatch.setattr(members_module._Group, "step", dying)
+    with pytest.raises(SimulatedKill):
+        train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits)
+    monkeypatch.setattr(members_module._Group, "step", real_step)
+    meta = load_tensors(tmp_path / "m1" / "checkpoint.safetensors")[1]
+    assert (meta["epoch"], meta["step"], meta["epoch_position"]) == (1, 28, 160)
+    results = train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], resume=True,
+                            progress=False, splits=splits)
+    assert [r.status for r in results] == ["trained"] * 2
+    for i, settings in enumerate(seeds):
+        assert_same_run(train_alone(config(tmp_path / f"alone{i}", **settings), splits), tmp_path / f"m{i}")
+
+
 def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(tmp_path, splits, monkeypatch):
     """A nan in member 1's log-weights at step 30 (epoch 2): member 1 fails with its single run's
     FloatingPointError and keeps its epoch-1 checkpoint; members 0 and 2 finish as they would alone."""

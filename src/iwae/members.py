@@ -450,6 +450,9 @@ class _Group:
         stacked = {n: torch.stack([model.get_parameter(n).detach() for model in models]).clone() for n in names}
         states = {n: _gather_state([m.optimizer for m in members], models, n) for n in names}
         self._build(template, stacked, states)
+        # D_l of each stochastic layer: half the width of its encoder layer's (loc, log sigma) head
+        self.latent_dims = [self.model.param(f"{names[-1]}.bias").shape[1] // 2
+                            for names in self.model.layout["encoder"]]
 
     def _build(self, template: nn.Module, stacked: dict, states: dict) -> None:
         self.model = StackedVAE(template, stacked)
@@ -473,6 +476,24 @@ class _Group:
         for n, g in grads.items():
             self.model.param(n).grad = g
 
+    def step(self, x_train: torch.Tensor, i: int, batch_size: int, k: int, dims: list[int], dynamic: bool,
+             kinds: dict[tuple, list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """One training step's draws and gradients for the batch at position ``i`` of each member's
+        epoch order: returns the members' bounds ``(M, B)`` and the members whose bound or gradient is
+        not finite (the caller drops them before ``optimizer.step()``)."""
+        xs, eps = [], [[] for _ in dims]
+        for m in self.members:  # each member's draws in its single run's order
+            x = x_train[m.order[i: i + batch_size]]
+            if dynamic:
+                x = data_module.binarize(x, m.generator)
+            xs.append(x)
+            for layer, d in enumerate(dims):
+                eps[layer].append(torch.randn((k, x.shape[0], d), generator=m.generator, device=x.device,
+                                              dtype=x.dtype))
+        self.optimizer.zero_grad(set_to_none=True)
+        bound = _accumulate(self.model, torch.stack(xs), [torch.stack(e) for e in eps], kinds)  # (M, B)
+        return bound, _nonfinite_members(bound, self.model)
+
     def sync(self, lr: float) -> None:
         """Copies each member's slice of the weights and of Adam's state into its own model and optimizer
         (what its folder's files are written from)."""
@@ -495,8 +516,7 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
     n_train = x_train.shape[0]
     group = _Group(train_module, members, device)
     (start_epoch, step), partial = members[0].start, members[0].partial
-    latent = group.model.layout["encoder"]
-    dims = [group.model.param(f"{names[-1]}.bias").shape[1] // 2 for names in latent]  # D_l of each layer
+    dims = group.latent_dims
     for m in members:
         m.writer = rundir.tensorboard_writer(m.run_dir, purge_step=start_epoch + 1 if m.saved is not None else None)
         m.run_start = time.perf_counter() - m.wall_time
@@ -518,39 +538,24 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
         stage, lr = train_module.learning_rate(config, epoch)
         for g in group.optimizer.param_groups:
             g["lr"] = lr
-        # the members' specs by (objective, estimator, KL weight): one gradient_terms call per kind
-        kinds: dict[tuple, list[int]] = {}
-        for i, m in enumerate(group.members):
-            kinds.setdefault((m.config.spec, train_module.kl_weight(m.config, epoch)), []).append(i)
+        kinds = _kinds(train_module, group.members, epoch)
         if partial is not None:
             first = partial.position
             for m in group.members:
-                m.order, m.bound_sum = m.partial.order, m.partial.bound_sum
+                m.order = m.partial.order
+            bound_sums = torch.stack([m.partial.bound_sum.reshape(()) for m in group.members])  # (M,)
             t0 = time.perf_counter() - partial.seconds
             partial = None
         else:
             first = 0
             for m in group.members:
                 m.order = torch.randperm(n_train, generator=m.generator, device=device)
-                m.bound_sum = torch.zeros((), device=device)
+            bound_sums = torch.zeros(len(group.members), device=device)  # each member's bound summed so far
             t0 = time.perf_counter()
         bar = tqdm(range(first, n_train, batch_size), desc=f"epoch {epoch + 1}/{total_epochs} ({len(group.members)} "
                    f"members)", disable=None if progress else True, leave=False, file=sys.stderr, unit="batch")
         for i in bar:
-            xs, eps = [], [[] for _ in dims]
-            for m in group.members:  # each member's draws in its single run's order
-                x = x_train[m.order[i: i + batch_size]]
-                if dynamic:
-                    x = data_module.binarize(x, m.generator)
-                xs.append(x)
-                for layer, d in enumerate(dims):
-                    eps[layer].append(torch.randn((k, x.shape[0], d), generator=m.generator, device=device,
-                                                  dtype=x.dtype))
-            x = torch.stack(xs)  # (M, B, D)
-            eps = [torch.stack(e) for e in eps]  # (M, K, B, D_l)
-            group.optimizer.zero_grad(set_to_none=True)
-            bound = _accumulate(group.model, x, eps, kinds)  # (M, B)
-            bad = _nonfinite_members(bound, group.model)
+            bound, bad = group.step(x_train, i, batch_size, k, dims, dynamic, kinds)
             if bad:
                 for j in bad:
                     fail(group.members[j], epoch, step + 1)
@@ -558,19 +563,17 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                 if not keep:
                     group.members = []
                     break
-                bound = bound[keep]
+                bound, bound_sums = bound[keep], bound_sums[keep]
                 group.keep(keep)
-                kinds = {}
-                for j, m in enumerate(group.members):
-                    kinds.setdefault((m.config.spec, train_module.kl_weight(m.config, epoch)), []).append(j)
+                kinds = _kinds(train_module, group.members, epoch)
             group.optimizer.step()
-            for j, m in enumerate(group.members):
-                m.bound_sum += bound[j].sum()
+            bound_sums += bound.sum(1)
             step += 1
             position = i + batch_size
             if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:
                 group.sync(lr)
-                for m in group.members:
+                for j, m in enumerate(group.members):
+                    m.bound_sum = bound_sums[j].clone()
                     save_checkpoint(m, epoch, rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0),
                                     time.perf_counter() - m.run_start)
                     m.checkpointed = (epoch, step)
@@ -580,7 +583,8 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
         synchronize(device)
         epoch_time = time.perf_counter() - t0
         group.sync(lr)
-        for m in group.members:
+        for j, m in enumerate(group.members):
+            m.bound_sum = bound_sums[j]
             valid_k = m.config.valid_k or m.config.k
             valid_bound = train_module.validation_bound(m.model, x_valid, valid_k, m.generator)
             row = {
@@ -606,6 +610,14 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                   f"{n_train * len(group.members) / epoch_time:.0f} member-examples/s", file=sys.stderr)
     for m in group.members:
         m.result = MemberResult(m.config, m.run_dir, "trained")
+
+
+def _kinds(train_module, members: list[_Member], epoch: int) -> dict[tuple, list[int]]:
+    """The members by (objective spec, KL weight of ``epoch``): one gradient_terms call per kind."""
+    kinds: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        kinds.setdefault((m.config.spec, train_module.kl_weight(m.config, epoch)), []).append(i)
+    return kinds
 
 
 def _accumulate(model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kinds: dict[tuple, list[int]]

@@ -561,8 +561,10 @@ def reproduce(
         splits: a dataset already loaded, used by the runs on it when they run in this process
             (one worker on CPU, no Ray); the others load theirs.
         batch: first train the compatible runs of the experiment together, as one batched model
-            each group (:func:`iwae.members.train_members`; not with Ray), then evaluate every run
-            as before; False: each run trains alone (``--no-batch``).
+            each group (:func:`iwae.members.train_members`), then evaluate every run as before;
+            with the in-process executor only (one worker on CPU: not worker processes, CUDA or
+            Ray, which keep each run in a process of its own). False: each run trains alone
+            (``--no-batch``).
 
     Returns:
         A :class:`Summary`; runs that failed are listed in ``summary.failed``.
@@ -589,12 +591,14 @@ def reproduce(
     lock = _lock(out_dir)  # one reproduction at a time writes to a folder
     try:
         planned = plan(runs, out_dir)  # refuses a folder of another protocol before anything runs
-        batches = _train_batches(planned, out_dir, data_dir, device, threads * workers, progress, splits) \
-            if batch and not ray else []
         if executor is None and workers == 1 and device == "cpu":
             executor = _Inline(device, threads, progress, splits)
         elif executor is None:  # on CUDA even one worker is a process of its own: see _pool_run
             executor = _Pool(workers, threads, device, progress=progress and workers == 1)
+        # in this process, as the runs would be: worker processes keep each run apart (a worker that
+        # dies takes one run down, a device failure is retried alone), so runs given to them train alone
+        batches = _train_batches(planned, out_dir, data_dir, device, threads, progress, splits) \
+            if batch and isinstance(executor, _Inline) else []
         summary = _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
                            _describe(workers, threads, device, ray, cpus_per_run), progress)
         summary.batches = batches
