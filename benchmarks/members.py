@@ -2,6 +2,7 @@
 
     python benchmarks/members.py --threads 2                  # 1, 4, 10 members x k = 1, 5, 50, batch 20
     python benchmarks/members.py --threads 2 --members 10 --ks 1 --seconds 5
+    python benchmarks/members.py --threads 1 --rounds 3       # a busy machine: medians of alternating rounds
     python benchmarks/members.py --threads 2 --kernels        # also: the stacked MLP by bmm and by torch.func.vmap
 
 Each measurement runs in a fresh process (so one cannot warm or fragment another's allocator), in
@@ -189,6 +190,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate single and batched this many times; "
+                        "report the medians (for a busy machine)")
     parser.add_argument("--kernels", action="store_true", help="also time the stacked MLP by bmm and by vmap")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--m", type=int, default=1, help=argparse.SUPPRESS)
@@ -203,10 +206,15 @@ def main() -> None:
           f"process per measurement")
     print(f"{'k':>4} {'members':>8} {'single steps/s':>15} {'batched member-steps/s':>23} {'speed-up':>9}")
     for k in ks:
-        single = _run("single", 1, k, args)
+        singles, batched = [], {m: [] for m in ms}
+        for _ in range(args.rounds):  # alternating, so that a change in the machine's load hits both
+            singles.append(_run("single", 1, k, args))
+            for m in ms:
+                batched[m].append(_run("batched", m, k, args))
+        single = statistics.median(singles)
         for m in ms:
-            batched = _run("batched", m, k, args)
-            print(f"{k:>4} {m:>8} {single:>15.1f} {batched:>23.1f} {batched / single:>8.2f}x", flush=True)
+            rate = statistics.median(batched[m])
+            print(f"{k:>4} {m:>8} {single:>15.1f} {rate:>23.1f} {rate / single:>8.2f}x", flush=True)
     if args.kernels:
         print(f"\nstacked MLPs, forward + backward (steps/s): {'k':>4} {'members':>8} {'bmm':>8} {'vmap':>8}")
         for k in ks:

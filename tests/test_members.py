@@ -93,7 +93,7 @@ def test_one_step_gradients_are_each_member_s_own(splits):
     models = [train_module.build_model(c, 784) for c in configs]
     x = torch.bernoulli(splits.train[:20].expand(len(models), 20, 784), generator=torch.Generator().manual_seed(1))
     names = [n for n, _ in models[0].named_parameters()]
-    stacked = StackedVAE(models[0], {n: torch.stack([m.get_parameter(n).detach() for m in models]) for n in names})
+    stacked = StackedVAE(models[0], members_module.stack_parameters(models))
     eps, alone_bounds = [[], []], []
     for i, (c, model) in enumerate(zip(configs, models)):
         g = torch.Generator().manual_seed(100 + i)
@@ -105,10 +105,11 @@ def test_one_step_gradients_are_each_member_s_own(splits):
     bound = members_module._accumulate(stacked, x, [torch.stack(e) for e in eps], kinds)
     torch.testing.assert_close(bound, torch.stack(alone_bounds), rtol=1e-6, atol=1e-4)
     for name in names:
-        got = stacked.param(name).grad
+        got = [members_module.member_tensor(stacked.param(name).grad, name, i) for i in range(len(models))]
         for i, model in enumerate(models):
             want = model.get_parameter(name).grad
-            assert (got[i] - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6, (name, i)
+            assert got[i].shape == want.shape and (got[i] - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6, \
+                (name, i)
         # negative control: member 0's gradient is not member 1's
         assert not torch.allclose(got[0], models[1].get_parameter(name).grad)
 
