@@ -250,7 +250,7 @@ def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(tmp_path,
         ta, tb = load_tensors(one_epoch / name)[0], load_tensors(tmp_path / "m1" / name)[0]
         for key in ta:
             if ta[key].is_floating_point():
-                assert (tb[key] - ta[key]).abs().max() <= 1e-4 * ta[key].abs().max() + 1e-7, key
+                assert (tb[key] - ta[key]).abs().max() <= 1e-3 * ta[key].abs().max() + 1e-7, key  # as assert_same_run
     train(config(tmp_path / "m1", **seeds[1]), resume=True, progress=False, splits=splits)
     assert_same_run(train_alone(config(tmp_path / "alone1-full", **seeds[1]), splits), tmp_path / "m1")
 
