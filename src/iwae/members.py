@@ -404,6 +404,18 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
 
     members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched
     active = [m for m in members if m.result is None]
+    points = {(m.saved[1].get("epoch"), m.saved[1].get("step"), m.saved[1].get("epoch_position")) if m.saved
+              else (0, 0, None) for m in active}
+    if len(points) > 1:
+        where = ", ".join(f"{m.run_dir} at step {m.saved[1].get('step') if m.saved else 0}" for m in active)
+        raise ValueError(f"members to resume together must stand at the same step ({where}); resume them one at a "
+                         f"time with iwae train --resume RUN_DIR")
+    for m in members:
+        if m.result is not None:  # trained all its epochs: as train() does for it, nothing is drawn
+            rundir.remove_run_temporaries(m.run_dir)
+            rundir.sync_outputs(m.run_dir, m.config, list(m.saved[1].get("metrics", [])))
+            if progress:
+                print(f"nothing to do: {m.run_dir} has trained all {m.config.total_epochs} epochs", file=sys.stderr)
     config = configs[0]
     device = train_module._check_device(config)
     if config.threads:
@@ -444,11 +456,7 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
         m.torch_rng = torch.get_rng_state()
     if not active:
         return [m.result for m in members]
-    points = {(m.start, m.partial.position if m.partial else None) for m in active}
-    if len(points) > 1:
-        where = ", ".join(f"{m.run_dir} at step {m.start[1]}" for m in active)
-        raise ValueError(f"members to resume together must stand at the same step ({where}); resume them one at a "
-                         f"time with iwae train --resume RUN_DIR")
+    assert len({(m.start, m.partial.position if m.partial else None) for m in active}) == 1, "members apart"
     if _layout(active[0].model) is None:
         if progress:
             print("members: this model cannot be stacked; training the members one after another", file=sys.stderr)
