@@ -426,7 +426,7 @@ def test_every_train_config_field_has_its_flag_with_the_fields_default():
         assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text: declare it with train._setting"
         assert option.help.startswith(f.metadata["help"]), f.name
     extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
-    assert extra == {"config_file", "resume", "overwrite", "quiet"}
+    assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds"}  # seeds: members, see iwae.members
 
 
 def test_train_choices_are_the_librarys_lists():

@@ -241,6 +241,14 @@ def test_more_epochs_resume_the_runs_from_their_checkpoints(tiny_grid, tiny_spli
         return real_train(config, **kwargs)
 
     monkeypatch.setattr(train_module, "train", counting)
+    import iwae.members as members_module  # runs that share shapes resume as one batched model (iwae.members)
+    real_members = members_module.train_members
+
+    def counting_members(configs, **kwargs):
+        calls.extend([kwargs.get("resume", False)] * len(configs))
+        return real_members(configs, **kwargs)
+
+    monkeypatch.setattr(members_module, "train_members", counting_members)
     rows = run_grid(out, splits=tiny_splits, **{**TINY, "epochs": 2})
     assert calls == [True] * len(plan(grid_points(4, [0.0, 0.5])))
     for run_dir in (out / "runs").iterdir():

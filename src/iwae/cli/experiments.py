@@ -51,9 +51,11 @@ Examples:
 @click.option("--test-subset", type=click.IntRange(min=1), help="Override: evaluate on the first N test images.")
 @click.option("--eval-k", type=click.IntRange(min=1), help="Override: samples of the test bound L_k (default 5000).")
 @click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
+@click.option("--no-batch", is_flag=True, help="Train each run alone, not the compatible runs (seeds, objectives at "
+              "one k) together as one batched model.")
 @_user_errors
 def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_experiments, workers, threads, ray_address,
-              cpus_per_run, device, data_dir, epochs, train_subset, test_subset, eval_k, quiet) -> None:
+              cpus_per_run, device, data_dir, epochs, train_subset, test_subset, eval_k, quiet, no_batch) -> None:
     """Trains and evaluates every run of EXPERIMENT (a shipped name, or a path to an experiment file),
     skipping finished runs and resuming interrupted ones.
 
@@ -89,7 +91,8 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     try:
         summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
                                    overrides=overrides, workers=workers, threads=threads, ray=ray_address,
-                                   cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet)
+                                   cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet,
+                                   batch=not no_batch)
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to go on: finished runs are kept, the others resume "
                    "from their last epoch", err=True)

@@ -14,6 +14,7 @@ from .support import int_list as _int_list
 from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
+from .support import UserError as _UserError
 from .support import user_errors as _user_errors
 from ..estimators import ESTIMATORS
 from ..objectives import OBJECTIVES
@@ -29,6 +30,8 @@ Examples:
   iwae train --objective iwae --k 50 --estimator dreg --epochs 10 --out runs/iwae-dreg
   iwae train --objective vae --latent-dims 2 --epochs 5 --train-subset 5000 --out runs/vae-2d
   iwae train --resume runs/iwae-k5 --epochs 40                                 # continue, extend
+  iwae train --objective iwae --k 5 --seeds 0,1,2,3 --epochs 10 --out runs/iwae-k5   # runs/iwae-k5/seed0 ...
+  iwae train --resume runs/iwae-k5 --epochs 20                # all its seed*/ members, as one batched model
 """
 
 
@@ -39,9 +42,11 @@ Examples:
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--seeds", help="Train these seeds (e.g. 0,1,2,3) together as one batched model, each a run of its "
+              "own in OUT/seed0, OUT/seed1, ...; one seed is --seed (OUT itself).")
 @click.pass_context
 @_user_errors
-def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) -> None:
+def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from ..rundir import trained_epochs
     from ..train import configure, resume_config, train as run_training
@@ -49,6 +54,18 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
     given = {name: v for name, v in options.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     if not (resume or given.get("out") or config_file):
         raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    seed_list = None
+    if seeds is not None:
+        seed_list = _seed_list(seeds)
+        if "seed" in given:
+            raise click.UsageError("give --seed or --seeds, not both")
+        if len(seed_list) == 1:  # one seed: the run of --seed, in OUT itself
+            given["seed"] = seed_list[0]
+            seed_list = None
+    members = _member_dirs(resume) if resume and seed_list is None else None
+    if seed_list is not None or members:
+        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members)
+        return
     config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
@@ -57,6 +74,53 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, **options) 
     if not finished:
         click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
     click.echo(f"evaluate it with: iwae evaluate {run_dir}")
+
+
+def _seed_list(value: str) -> list[int]:
+    """``--seeds 0,1,2,3`` as [0, 1, 2, 3]: distinct integers >= 0."""
+    try:
+        seeds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated seeds like 0,1,2,3, got {value!r}", param_hint="--seeds")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"expected distinct seeds >= 0, got {value!r}", param_hint="--seeds")
+    return seeds
+
+
+def _member_dirs(folder: str) -> list[Path] | None:
+    """The member folders (seed*/ with a config.yaml) of a folder of ``--seeds`` runs, which holds none itself."""
+    path = Path(folder)
+    if not path.is_dir() or (path / "config.yaml").exists():
+        return None
+    found = sorted((p for p in path.glob("seed*") if (p / "config.yaml").is_file() and p.name[4:].isdigit()),
+                   key=lambda p: int(p.name[4:]))
+    return found or None
+
+
+def _train_seeds(given: dict, config_file, resume, overwrite: bool, quiet: bool, seeds: list[int] | None,
+                 members: list[Path] | None) -> None:
+    """``--seeds``: the seeds' runs (or, resumed, the member folders) trained as one batched model."""
+    from ..members import train_members
+    from ..train import configure, resume_config
+
+    if resume:
+        folders = members or [Path(resume) / f"seed{s}" for s in seeds]
+        configs = [resume_config(folder, given) for folder in folders]
+    else:
+        out = given.get("out") or configure(given, base=config_file).out
+        configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file)
+                   for s in seeds]
+    results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    failed = [r for r in results if r.status == "failed"]
+    for r in results:
+        if r.status == "trained":
+            click.echo(f"trained {r.config.spec.label} (seed {r.config.seed}) for {r.config.total_epochs} epochs: "
+                       f"{r.run_dir}")
+    if len(failed) < len(results):
+        click.echo(f"evaluate them with: iwae evaluate RUN_DIR, for each of "
+                   f"{', '.join(str(r.run_dir) for r in results if r.status != 'failed')}")
+    if failed:
+        raise _UserError("; ".join(f"{r.run_dir}: {r.error}" for r in failed))
 
 
 EVALUATE_EXAMPLES = """

@@ -160,6 +160,8 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
             splits = config.load_data(data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
+        if done == "trained before":  # trained just now with other runs as one batched model (_train_batches)
+            done = _BATCH_TRAINED.pop(str(run_dir), done)
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         ev = run.eval
@@ -498,6 +500,7 @@ class Summary:
     out_dir: Path
     status: dict[str, str] = field(default_factory=dict)
     results: dict[str, dict] = field(default_factory=dict)
+    batches: list[list[str]] = field(default_factory=list)  # the runs trained together as one batched model
 
     @property
     def failed(self) -> list[str]:
@@ -543,6 +546,7 @@ def reproduce(
     data_dir: str | None = None,
     progress: bool = True,
     splits=None,
+    batch: bool = True,
 ) -> Summary:
     """Runs every unfinished run of ``experiment`` under ``protocol`` and records them in ``out_dir``.
 
@@ -560,6 +564,11 @@ def reproduce(
         progress: report each run on stderr (and, with one worker, its epochs).
         splits: a dataset already loaded, used by the runs on it when they run in this process
             (one worker on CPU, no Ray); the others load theirs.
+        batch: first train the compatible runs of the experiment together, as one batched model
+            each group (:func:`iwae.members.train_members`), then evaluate every run as before;
+            with the in-process executor only (one worker on CPU: not worker processes, CUDA or
+            Ray, which keep each run in a process of its own). False: each run trains alone
+            (``--no-batch``).
 
     Returns:
         A :class:`Summary`; runs that failed are listed in ``summary.failed``.
@@ -590,10 +599,84 @@ def reproduce(
             executor = _Inline(device, threads, progress, splits)
         elif executor is None:  # on CUDA even one worker is a process of its own: see _pool_run
             executor = _Pool(workers, threads, device, progress=progress and workers == 1)
-        return _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
-                        _describe(workers, threads, device, ray, cpus_per_run), progress)
+        # in this process, as the runs would be: worker processes keep each run apart (a worker that
+        # dies takes one run down, a device failure is retried alone), so runs given to them train alone
+        batches = _train_batches(planned, out_dir, data_dir, device, threads, progress, splits) \
+            if batch and isinstance(executor, _Inline) else []
+        summary = _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
+                           _describe(workers, threads, device, ray, cpus_per_run), progress)
+        summary.batches = batches
+        return summary
     finally:
         lock.close()
+        _BATCH_TRAINED.clear()
+
+
+# ----------------------------------------------------------------------------- runs trained as one batched model
+_BATCH_TRAINED: dict[str, str] = {}  # run folder -> trained or resumed, by _train_batches in this process
+
+
+def batch_groups(planned: list[PlannedRun], out_dir: Path, data_dir: str | None = None, device: str = "cpu",
+                 threads: int | None = None) -> list[list[PlannedRun]]:
+    """The groups of two or more planned runs that may train as one batched model: not done, not
+    continuing another run, of one :func:`iwae.members.group_key` (all settings but seed, objective,
+    estimator, beta, m, ...), stackable, and standing at the same point (new, or checkpointed at the
+    same epoch and step), in the experiment's order."""
+    from ..members import group_key, stackable
+
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for p in planned:
+        if p.state == "done" or p.spec.after:
+            continue
+        run_dir = out_dir / "runs" / p.spec.name
+        config = p.spec.train_config(run_dir, data_dir=data_dir, device=device, threads=threads)
+        if stackable(config) is not None:
+            continue
+        point = (0, 0, None)
+        if p.state == "partial":
+            try:
+                meta = rundir.read_checkpoint(run_dir)[1]
+                point = (meta.get("epoch"), meta.get("step"), meta.get("epoch_position"))
+            except CheckpointError:
+                continue  # execute_run decides what to do with it
+            if point[0] == config.total_epochs:
+                continue  # trained: only its evaluation is left
+        groups.setdefault((group_key(config), point), []).append(p)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _train_batches(planned: list[PlannedRun], out_dir: Path, data_dir: str | None, device: str, threads: int,
+                   progress: bool, splits) -> list[list[str]]:
+    """Trains each group of :func:`batch_groups` with :func:`iwae.members.train_members`, so that
+    ``execute_run`` finds them trained and only evaluates them; a member that fails (nan or inf) is
+    left at its last checkpoint, where ``execute_run`` resumes it alone and reports the failure as
+    for any run. Returns the groups' run names."""
+    from ..members import train_members
+
+    names = []
+    for group in batch_groups(planned, out_dir, data_dir, device, threads):
+        configs = [p.spec.train_config(out_dir / "runs" / p.spec.name, data_dir=data_dir, device=device,
+                                       threads=threads) for p in group]
+        dataset = configs[0].dataset
+        data = splits if splits is not None and splits.name == dataset else load_dataset(dataset, data_dir)
+        names.append([p.spec.name for p in group])
+        if progress:
+            print(f"training {', '.join(names[-1])} together as one batched model", file=sys.stderr, flush=True)
+        for p in group:
+            rundir.clear_error(out_dir / "runs" / p.spec.name)
+        try:
+            results = train_members(configs, resume=group[0].state == "partial", overwrite=True, progress=progress,
+                                    splits=data)
+        except Exception as e:  # noqa: BLE001 - the runs then train alone, and execute_run reports their errors
+            if progress:
+                print(f"  batched training failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      f"the runs train one at a time", file=sys.stderr, flush=True)
+            names.pop()
+            continue
+        for p, r in zip(group, results):
+            if r.status == "trained":
+                _BATCH_TRAINED[str(out_dir / "runs" / p.spec.name)] = "resumed" if p.state == "partial" else "trained"
+    return names
 
 
 def _lock(out_dir: Path):

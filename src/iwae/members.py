@@ -1,0 +1,716 @@
+"""Many runs as one batched model: runs that share shapes train together, each the run it would be alone.
+
+    from iwae.members import train_members
+    from iwae.train import TrainConfig
+    configs = [TrainConfig(objective="iwae", k=5, epochs=3, seed=s, out=f"runs/x/seed{s}") for s in range(4)]
+    results = train_members(configs)   # one MemberResult per config: its run folder, or the error that stopped it
+
+``iwae train --seeds 0,1,2,3 --out runs/x`` is this call with the members in ``runs/x/seed0`` ... and
+``iwae reproduce`` groups the compatible runs of an experiment this way (``--no-batch``: one at a time).
+
+The members' weights are stacked on a leading dimension M and every layer computes all members'
+matrix products in one batched call (``torch.bmm`` / ``baddbmm`` on (M, rows, in) x (M, in, out)).
+Members are independent, so the gradient of the *sum* of the members' losses with respect to the
+stacked weights is, slice by slice, each member's own gradient; Adam is elementwise, so one Adam over
+the stacked weights is M Adams when they share lr, betas and eps (and the step count). The
+estimators are not rewritten: members with the same objective, estimator and KL weight are laid side
+by side along the batch dimension, log w of shape (K, M_g * B), and handed to
+:func:`iwae.estimators.gradient_terms` once; every objective reduces over the samples only, so the
+per-example surrogates of one member depend on that member's samples alone.
+
+Each member keeps what makes it its run: its own ``torch.Generator`` seeded as the single run's,
+drawing in the single run's order (the epoch's ``randperm``, each batch's dynamic binarization, then
+eps of layer 1, 2, ...; the validation samples after each epoch), its initialisation (the global
+seed, then ``build_model``, as :func:`iwae.train.train`), its objective, estimator, beta, m and KL
+warm-up, its slice of Adam's state, and its run folder, written through :mod:`iwae.rundir` as a
+single run writes it, so ``iwae train --resume`` of one member alone continues it. A member whose
+loss or gradient turns nan or inf is stopped before its parameters take that step (its last
+checkpoint is intact, as for a single run) and leaves the group; the others go on.
+
+Members must share everything that shapes the parameters or the step (see :data:`MAY_DIFFER`):
+architecture, prior, data, train subset, batch size, schedule, epochs, learning rate and Adam's
+settings, device, and the total number of samples k (so MIWAE and PIWAE at the same M*K group
+with IWAE at that k). Models this module cannot stack (another prior than the standard Normal,
+another network or likelihood than the Bernoulli tanh MLP) are trained one after another by
+:func:`iwae.train.train`: the same runs, without the speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import data as data_module
+from . import rundir
+from .checkpoint import CheckpointError
+from .errors import ConfigError
+from .estimators import ObjectiveSpec, gradient_terms, ESTIMATOR_TABLE
+from .models.gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
+from .models.likelihood import bernoulli_log_prob_from_logits
+from .models.networks import BernoulliMLP, GaussianMLP, Tanh, tanh_kernel
+from .models.priors import StandardNormalPrior
+from .models.vae import LogWeightParts
+from .runtime import synchronize, tune_allocator
+
+__all__ = ["train_members", "MemberResult", "check_group", "group_key", "stackable", "MAY_DIFFER", "StackedVAE"]
+
+# the settings in which the members of one group may differ: what a member's own loss, random stream
+# and folder depend on; every other TrainConfig setting (also those added later) must be equal
+MAY_DIFFER = ("seed", "objective", "estimator", "beta", "m", "kl_warmup", "valid_k", "out", "init_from",
+              "init_sha256")
+
+
+@dataclass
+class MemberResult:
+    """What became of one member: ``status`` is ``trained``, ``trained before`` (nothing left to train)
+    or ``failed`` (``error`` is the exception a single run would have raised, e.g. FloatingPointError)."""
+
+    config: object  # the member's TrainConfig
+    run_dir: Path
+    status: str
+    error: BaseException | None = None
+
+
+# ----------------------------------------------------------------------------- which runs may share a model
+def check_group(configs: list) -> None:
+    """Refuses a group whose members differ in a setting outside :data:`MAY_DIFFER`, or share a folder.
+
+    Raises:
+        ConfigError: naming the first differing setting, e.g. ``members differ in batch_size (20 vs 100)``.
+    """
+    if not configs:
+        raise ConfigError("no runs to train", [])
+    first = configs[0].to_dict()
+    for other in configs[1:]:
+        values = other.to_dict()
+        for f in fields(configs[0]):
+            if f.name not in MAY_DIFFER and values[f.name] != first[f.name]:
+                raise ConfigError(f"runs trained as one batched model must share {f.name}, but the members differ in "
+                                  f"it ({first[f.name]!r} vs {values[f.name]!r}); train them in separate groups",
+                                  [f.name])
+    outs = [str(Path(c.out).resolve()) for c in configs]
+    if len(set(outs)) != len(outs):
+        dup = next(o for o in outs if outs.count(o) > 1)
+        raise ConfigError(f"two members would write the same run directory {dup}; give each its own out", ["out"])
+
+
+def group_key(config) -> tuple:
+    """Configs with equal keys may train as one batched model: their settings outside :data:`MAY_DIFFER`."""
+    values = config.to_dict()
+    return tuple((f.name, repr(values[f.name])) for f in fields(config) if f.name not in MAY_DIFFER)
+
+
+def stackable(config) -> str | None:
+    """None if :class:`StackedVAE` can stack models of ``config``; else why not (they then train in turn)."""
+    if config.prior != "normal":
+        return f"the {config.prior} prior"
+    for name, plain in (("likelihood", "bernoulli"), ("network", "mlp"), ("precision", "32")):
+        value = getattr(config, name, plain)  # settings other branches of the code may add
+        if value not in (plain, None):
+            return f"{name} {value}"
+    if getattr(config, "compile", False):
+        return "compile"
+    return None
+
+
+# ----------------------------------------------------------------------------- the stacked model
+def _mlp_names(module: nn.Module, prefix: str) -> list[str] | None:
+    """The Linear layers of a tanh MLP (``body`` of Linear, Tanh pairs, then ``head``) by parameter
+    prefix, or None if ``module`` is not laid out so."""
+    body, head = getattr(module, "body", None), getattr(module, "head", None)
+    if not isinstance(body, nn.Sequential) or not isinstance(head, nn.Linear) or len(body) % 2:
+        return None
+    names = []
+    for j in range(0, len(body), 2):
+        if type(body[j]) is not nn.Linear or type(body[j + 1]) is not Tanh:
+            return None
+        names.append(f"{prefix}.body.{j}")
+    return names + [f"{prefix}.head"]
+
+
+def _layout(model: nn.Module) -> dict | None:
+    """Where each Linear of a VAE's networks is (encoder layers, decoder[0], inner decoder layers), if
+    the model is one this module knows how to stack: Gaussian tanh MLPs, a Bernoulli tanh MLP for
+    p(x|z_1) and the standard Normal prior, and no parameter outside them."""
+    try:
+        encoder, decoder, prior = model.encoder, model.decoder, model.prior_module
+    except AttributeError:
+        return None
+    if type(prior) is not StandardNormalPrior or type(decoder[0]) is not BernoulliMLP:
+        return None
+    if any(type(layer) is not GaussianMLP for layer in list(encoder) + list(decoder[1:])):
+        return None
+    layout = {"encoder": [_mlp_names(layer, f"encoder.{i}") for i, layer in enumerate(encoder)],
+              "decoder": [_mlp_names(layer, f"decoder.{i}") for i, layer in enumerate(decoder)]}
+    if any(names is None for names in layout["encoder"] + layout["decoder"]):
+        return None
+    covered = {f"{p}.{w}" for names in layout["encoder"] + layout["decoder"] for p in names for w in ("weight", "bias")}
+    return layout if covered == {name for name, _ in model.named_parameters()} else None
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # a parameter's name may not hold dots
+
+
+class StackedVAE(nn.Module):
+    """M VAEs of one architecture as one module: each parameter of the members' ``VAE`` stacked on a
+    leading member dimension (:func:`stack_parameters`: ``(M, *shape)``, a Linear weight as
+    ``(M, in, out)``), and each layer one batched matrix product.
+
+    It offers what :func:`iwae.estimators.gradient_terms` asks of a model (``encoder_parameters``,
+    ``decoder_parameters``, ``prior_module``); the log-weights come from :meth:`log_weight_parts`,
+    which takes each member's eps (drawn from its own generator) instead of drawing them.
+    """
+
+    def __init__(self, template: nn.Module, stacked: dict[str, torch.Tensor]):
+        super().__init__()
+        layout = _layout(template)
+        assert layout is not None, "StackedVAE needs a model that stackable() and _layout() accept"
+        self.layout = layout
+        self.names = [name for name, _ in template.named_parameters()]  # the members' parameter order
+        for name in self.names:
+            self.register_parameter(_key(name), nn.Parameter(stacked[name]))
+        self.prior_module = template.prior_module  # N(0, I): no parameters, its log_prob on any shape
+        encoder_ids = {id(p) for p in template.encoder_parameters()}
+        self._encoder = [self.param(n) for n, p in template.named_parameters() if id(p) in encoder_ids]
+        self._decoder = [self.param(n) for n, p in template.named_parameters() if id(p) not in encoder_ids]
+        self.members = next(iter(stacked.values())).shape[0]
+
+    def param(self, name: str) -> nn.Parameter:
+        """The stacked ``(M, ...)`` parameter of the members' parameter ``name`` (a weight ``(M, in, out)``)."""
+        return getattr(self, _key(name))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return self._encoder
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return self._decoder
+
+    # ----------------------------------------------------------------- the batched layers
+    def _mlp(self, names: list[str], h: torch.Tensor, *, detach: bool = False, output: bool = False) -> torch.Tensor:
+        """The tanh MLP of Linear layers ``names`` on ``h`` of shape ``(M, ..., in)``, each member's rows with its
+        own weights; ``detach``: the weights detached (the views of log q)."""
+        lead = h.shape[1:-1]
+        h = h.reshape(h.shape[0], -1, h.shape[-1])  # (M, N, in)
+        tanh = tanh_kernel(h.device)
+        for j, name in enumerate(names):
+            w, b = self.param(f"{name}.weight"), self.param(f"{name}.bias")
+            if detach:
+                w, b = w.detach(), b.detach()
+            if j == len(names) - 1 and output and h.device.type == "cpu":
+                # as the single model's output layer on CPU: the product, then the bias in place
+                h = torch.bmm(h, w).add_(b.unsqueeze(1))
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w)  # (M, N, in) x (M, in, out)
+            if j < len(names) - 1:
+                h = tanh(h)
+        return h.reshape(h.shape[:1] + lead + h.shape[-1:])
+
+    def _loc_log_scale(self, names: list[str], h: torch.Tensor, detach: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_scale = self._mlp(names, h, detach=detach).chunk(2, dim=-1)
+        return loc, log_scale
+
+    # ----------------------------------------------------------------- log-weights
+    def log_weight_parts(self, x: torch.Tensor, eps: list[torch.Tensor], *, stop_params: bool = False,
+                         stop_samples: bool = False) -> dict[str, torch.Tensor | None]:
+        """Each member's log p(x, z), log q(z|x), log p(x|z_1) and the views of log q, ``(M, K, B)`` each,
+        at z_l = loc_l + sigma_l * eps_l, the computation of ``VAE.log_weight_parts`` with
+        :func:`iwae.estimators.add_views`, batched over the members.
+
+        Args:
+            x: each member's minibatch, ``(M, B, D)``.
+            eps: per stochastic layer, bottom-up, the members' standard Normal draws ``(M, K, B, D_l)``.
+            stop_params, stop_samples: also the views of log q with the encoder's parameters, or the
+                samples, detached (see :func:`iwae.estimators.add_views`).
+        """
+        enc, dec = self.layout["encoder"], self.layout["decoder"]
+        loc, log_scale = self._loc_log_scale(enc[0], x)  # (M, B, D_1)
+        loc, log_scale = loc.unsqueeze(1), log_scale.unsqueeze(1)  # (M, 1, B, D_1): broadcast over K
+        zs = [torch.addcmul(loc, log_scale.exp(), eps[0])]  # (M, K, B, D_1)
+        log_q = diag_normal_log_prob_from_eps(eps[0], log_scale)  # (M, K, B)
+        for names, e in zip(enc[1:], eps[1:]):
+            loc_l, log_scale_l = self._loc_log_scale(names, zs[-1])  # (M, K, B, D_l)
+            zs.append(torch.addcmul(loc_l, log_scale_l.exp(), e))
+            log_q = log_q + diag_normal_log_prob_from_eps(e, log_scale_l)
+        log_p = self.prior_module.log_prob(zs[-1])
+        for names, z_above, z_below in zip(dec[1:], zs[1:], zs[:-1]):
+            log_p = log_p + diag_normal_log_prob(z_below, *self._loc_log_scale(names, z_above))
+        log_lik = bernoulli_log_prob_from_logits(self._mlp(dec[0], zs[0], output=True), x.unsqueeze(1))
+        parts = {"log_p": log_p + log_lik, "log_q": log_q, "log_likelihood": log_lik,
+                 "log_q_stop_params": None, "log_q_stop_samples": None}
+        inputs = [None] + zs[:-1]
+        if stop_params:  # layer 1's loc and sigma detached as drawn; a layer above run with its weights detached
+            view = diag_normal_log_prob(zs[0], loc.detach(), log_scale.detach())
+            for names, h, z in zip(enc[1:], inputs[1:], zs[1:]):
+                view = view + diag_normal_log_prob(z, *self._loc_log_scale(names, h, detach=True))
+            parts["log_q_stop_params"] = view
+        if stop_samples:  # the samples detached, layer 1 as drawn, a layer above on its detached input
+            view = diag_normal_log_prob(zs[0].detach(), loc, log_scale)
+            for names, h, z in zip(enc[1:], inputs[1:], zs[1:]):
+                view = view + diag_normal_log_prob(z.detach(), *self._loc_log_scale(names, h.detach()))
+            parts["log_q_stop_samples"] = view
+        return parts
+
+
+def _transposed(name: str) -> bool:
+    """Whether the stacked form of parameter ``name`` is transposed: a Linear weight, (out, in) in a
+    member, is stacked as (M, in, out), so that the batched product takes it as it is and its
+    gradient comes out in the layout it is stored in (a transposed gradient cost a transposing copy
+    of every weight gradient, 40% of a step at k = 1 with 10 members)."""
+    return name.endswith(".weight")
+
+
+def _stacked(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
+    """The members' tensors of parameter ``name`` (or of its Adam state) in their stacked form."""
+    return torch.stack([t.detach().t() if _transposed(name) else t.detach() for t in tensors])
+
+
+def stack_parameters(models: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """The members' parameters by name, stacked on a leading member dimension as :class:`StackedVAE`
+    keeps them (a Linear weight transposed: ``(M, in, out)``)."""
+    return {name: _stacked([m.get_parameter(name) for m in models], name) for name, _ in models[0].named_parameters()}
+
+
+def member_tensor(stacked: torch.Tensor, name: str, i: int) -> torch.Tensor:
+    """Member ``i``'s tensor of parameter ``name`` (or of its Adam state) from its stacked form, in the
+    member's own layout (contiguous)."""
+    return (stacked[i].t() if _transposed(name) else stacked[i]).contiguous()
+
+
+def _gather_state(optimizers: list[torch.optim.Optimizer], models: list[nn.Module], name: str) -> dict | None:
+    """The members' Adam state of parameter ``name``, stacked (None when it has none yet: a fresh run)."""
+    states = [opt.state.get(model.get_parameter(name)) for opt, model in zip(optimizers, models)]
+    if not states[0]:
+        return None
+    out = {}
+    for key, value in states[0].items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            out[key] = _stacked([s[key] for s in states], name)
+        else:  # Adam's step count: shared by the members, which are at the same step
+            out[key] = value.clone() if isinstance(value, torch.Tensor) else value
+    return out
+
+
+def _slice_state(state: dict, index) -> dict:
+    """The stacked Adam state of some members (``index``, a list), still stacked."""
+    return {k: (v[index].clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else
+                v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+
+
+def _member_state(state: dict, name: str, i: int) -> dict:
+    """Member ``i``'s Adam state of parameter ``name``, as its own optimizer holds it."""
+    return {k: (member_tensor(v, name, i) if isinstance(v, torch.Tensor) and v.dim() > 0 else
+                v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- one member
+@dataclass
+class _Member:
+    config: object
+    run_dir: Path
+    saved: tuple | None = None  # (tensors, meta) of the checkpoint to resume
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    generator: torch.Generator | None = None
+    torch_rng: torch.Tensor | None = None  # the global RNG state a single run would checkpoint
+    metrics: list | None = None
+    partial: object = None
+    wall_time: float = 0.0
+    start: tuple = (0, 0)  # (epoch, step) it starts from
+    checkpointed: tuple | None = None
+    writer: object = None
+    order: torch.Tensor | None = None
+    bound_sum: torch.Tensor | None = None
+    run_start: float = 0.0
+    result: MemberResult | None = None
+
+
+def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
+    """What :func:`iwae.train.train` checks of a run folder before it touches it, with the same errors."""
+    run_dir = Path(config.out)
+    member = _Member(config, run_dir)
+    total_epochs = config.total_epochs
+    if resume:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
+        rundir.check_same_run(run_dir, config)
+        if rundir.has_checkpoint(run_dir):
+            member.saved = rundir.read_checkpoint(run_dir)
+            done = member.saved[1].get("epoch")
+            if not isinstance(done, int):
+                raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} has no epoch count; was it written by iwae?")
+            if done > total_epochs:
+                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
+                                 f"ask for --epochs {done} or more, or train a new run")
+            if done == total_epochs:
+                member.result = MemberResult(config, run_dir, "trained before")
+                return member
+            rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *member.saved, config.device)
+        elif not rundir.only_start_files(run_dir):
+            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
+                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
+                                  f"--overwrite to start this one again")
+    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
+                              f"--resume it, or pass --overwrite")
+    return member
+
+
+def _nonfinite_message(epoch: int, bad_step: int, checkpointed: tuple | None) -> str:
+    # the words of iwae.train.train's FloatingPointError, so that a member fails as its single run would
+    last = (f"checkpoint.safetensors (epoch {checkpointed[0]}, step {checkpointed[1]}) is intact"
+            if checkpointed else "no checkpoint was written yet")
+    return (f"training stopped: the loss or a gradient became nan or inf in epoch {epoch + 1} at step {bad_step}, "
+            f"and the parameters did not take that step; {last}; try a smaller --lr in a new run")
+
+
+# ----------------------------------------------------------------------------- the loop
+def train_members(configs: list, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                  splits: data_module.Splits | None = None) -> list[MemberResult]:
+    """Trains the runs ``configs`` together as one batched model; each member's folder ends as
+    :func:`iwae.train.train` would leave it for that config alone (weights equal within float rounding).
+
+    Args:
+        configs: the members' settings; they may differ only in :data:`MAY_DIFFER` (:func:`check_group`).
+        resume: continue each member from its last checkpoint, as ``train(..., resume=True)``; the
+            members must stand at the same epoch and step (a member already done is left as it is).
+        overwrite: replace existing run directories.
+        progress: a progress bar and a line per member and epoch.
+        splits: the data already loaded (else ``load_dataset(dataset, data_dir)``).
+
+    Returns:
+        One :class:`MemberResult` per config, in order. A member whose loss or gradient turns nan or
+        inf is ``failed`` with the FloatingPointError its single run would raise; the others go on.
+
+    Raises:
+        ConfigError: members that may not share a model; ValueError, CheckpointError,
+            FileExistsError: as :func:`iwae.train.train` for a member's folder, before any is touched.
+    """
+    from . import train as train_module  # train imports the data and models this module needs too
+
+    configs = list(configs)
+    check_group(configs)
+    why = stackable(configs[0])
+    if why is not None or len(configs) == 1:
+        if progress and why is not None:
+            print(f"members: cannot batch runs with {why}; training them one after another", file=sys.stderr)
+        return [_train_alone(train_module, c, resume, overwrite, progress, splits) for c in configs]
+
+    members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched
+    active = [m for m in members if m.result is None]
+    points = {(m.saved[1].get("epoch"), m.saved[1].get("step"), m.saved[1].get("epoch_position")) if m.saved
+              else (0, 0, None) for m in active}
+    if len(points) > 1:
+        where = ", ".join(f"{m.run_dir} at step {m.saved[1].get('step') if m.saved else 0}" for m in active)
+        raise ValueError(f"members to resume together must stand at the same step ({where}); resume them one at a "
+                         f"time with iwae train --resume RUN_DIR")
+    for m in members:
+        if m.result is not None:  # trained all its epochs: as train() does for it, nothing is drawn
+            rundir.remove_run_temporaries(m.run_dir)
+            rundir.sync_outputs(m.run_dir, m.config, list(m.saved[1].get("metrics", [])))
+            if progress:
+                print(f"nothing to do: {m.run_dir} has trained all {m.config.total_epochs} epochs", file=sys.stderr)
+    config = configs[0]
+    device = train_module._check_device(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    tune_allocator()
+    splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
+    x_train = splits.first("train", config.train_subset, "train_subset")
+    x_train, x_valid = x_train.to(device), splits.valid.to(device)
+    n_train = x_train.shape[0]
+    for m in active:
+        if m.config.init_from and m.saved is None and not (Path(m.config.init_from) / "model.safetensors").is_file():
+            raise ConfigError(f"init_from {m.config.init_from} holds no model.safetensors (a trained run)",
+                              ["init_from"])
+
+    # each member set up exactly as train() sets up its run: the global seed, the model, its
+    # output bias and prior, the optimiser, the generator; restored from its checkpoint if resumed
+    for m in active:
+        rundir.prepare(m.run_dir, replace=m.saved is None and overwrite and not resume, clear_start=m.saved is None)
+        torch.manual_seed(m.config.seed)
+        m.model = train_module.build_model(m.config, x_train.shape[1]).to(device)
+        m.model.init_output_bias(splits.train.mean(0) if m.config.train_subset is None else x_train.mean(0))
+        m.model.init_prior(x_train)
+        if m.config.init_from and m.saved is None:
+            rundir.init_from(m.model, m.config.init_from, m.config.init_sha256)
+        m.optimizer = train_module._make_optimizer(m.config, m.model, device)
+        m.generator = torch.Generator(device=device)
+        m.generator.manual_seed(m.config.seed)
+        m.metrics = []
+        if m.saved is not None:
+            epoch, step, m.metrics, m.partial, m.wall_time = rundir.restore(
+                m.run_dir / rundir.CHECKPOINT, *m.saved, m.model, m.optimizer, m.generator, n_train)
+            m.start = (epoch, step)
+            rundir.sync_outputs(m.run_dir, m.config, m.metrics)
+            m.checkpointed = m.start
+        else:
+            rundir.write_config(m.run_dir, m.config)
+            rundir.save_model(m.run_dir, m.model, 0)
+        m.torch_rng = torch.get_rng_state()
+    if not active:
+        return [m.result for m in members]
+    assert len({(m.start, m.partial.position if m.partial else None) for m in active}) == 1, "members apart"
+    if _layout(active[0].model) is None:
+        if progress:
+            print("members: this model cannot be stacked; training the members one after another", file=sys.stderr)
+        for m in active:
+            m.result = _train_alone(train_module, m.config, resume or m.saved is not None, True, progress, splits)
+        return [m.result for m in members]
+    try:
+        _loop(train_module, active, x_train, x_valid, splits.dynamic, device, progress)
+    finally:
+        for m in active:
+            if m.writer is not None:
+                m.writer.close()
+    return [m.result for m in members]
+
+
+def _train_alone(train_module, config, resume: bool, overwrite: bool, progress: bool, splits) -> MemberResult:
+    try:
+        run_dir = train_module.train(config, resume=resume, overwrite=overwrite, progress=progress, splits=splits)
+    except FloatingPointError as e:
+        return MemberResult(config, Path(config.out), "failed", e)
+    return MemberResult(config, run_dir, "trained")
+
+
+class _Group:
+    """The stacked model and its Adam, rebuilt without the members that stop."""
+
+    def __init__(self, train_module, members: list[_Member], device: torch.device):
+        self.train_module, self.device, self.members = train_module, device, members
+        template = members[0].model
+        models = [m.model for m in members]
+        names = [name for name, _ in template.named_parameters()]
+        stacked = stack_parameters(models)
+        states = {n: _gather_state([m.optimizer for m in members], models, n) for n in names}
+        self._build(template, stacked, states)
+        # D_l of each stochastic layer: half the width of its encoder layer's (loc, log sigma) head
+        self.latent_dims = [self.model.param(f"{names[-1]}.bias").shape[1] // 2
+                            for names in self.model.layout["encoder"]]
+
+    def _build(self, template: nn.Module, stacked: dict, states: dict) -> None:
+        self.model = StackedVAE(template, stacked)
+        self.optimizer = self.train_module._make_optimizer(self.members[0].config, self.model, self.device)
+        for name in self.model.names:
+            if states.get(name) is not None:
+                self.optimizer.state[self.model.param(name)] = states[name]
+
+    def keep(self, index: list[int]) -> None:
+        """Drops every member but ``index`` (their weights, gradients and Adam state come along)."""
+        old = self.model
+        stacked = {n: old.param(n).detach()[index].clone() for n in old.names}
+        grads = {n: old.param(n).grad[index].clone() for n in old.names if old.param(n).grad is not None}
+        states = {n: (_slice_state(self.optimizer.state[old.param(n)], index) if self.optimizer.state.get(old.param(n))
+                      else None) for n in old.names}
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.members = [self.members[i] for i in index]
+        self._build(self.members[0].model, stacked, states)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for n, g in grads.items():
+            self.model.param(n).grad = g
+
+    def step(self, x_train: torch.Tensor, i: int, batch_size: int, k: int, dims: list[int], dynamic: bool,
+             kinds: dict[tuple, list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """One training step's draws and gradients for the batch at position ``i`` of each member's
+        epoch order: returns the members' bounds ``(M, B)`` and the members whose bound or gradient is
+        not finite (the caller drops them before ``optimizer.step()``)."""
+        xs, eps = [], [[] for _ in dims]
+        for m in self.members:  # each member's draws in its single run's order
+            x = x_train[m.order[i: i + batch_size]]
+            if dynamic:
+                x = data_module.binarize(x, m.generator)
+            xs.append(x)
+            for layer, d in enumerate(dims):
+                eps[layer].append(torch.randn((k, x.shape[0], d), generator=m.generator, device=x.device,
+                                              dtype=x.dtype))
+        self.optimizer.zero_grad(set_to_none=True)
+        bound = _accumulate(self.model, torch.stack(xs), [torch.stack(e) for e in eps], kinds)  # (M, B)
+        return bound, _nonfinite_members(bound, self.model)
+
+    def sync(self, lr: float) -> None:
+        """Copies each member's slice of the weights and of Adam's state into its own model and optimizer
+        (what its folder's files are written from)."""
+        for i, m in enumerate(self.members):
+            with torch.no_grad():
+                for name, p in m.model.named_parameters():
+                    p.copy_(member_tensor(self.model.param(name), name, i))
+                    state = self.optimizer.state.get(self.model.param(name))
+                    if state:
+                        m.optimizer.state[p] = _member_state(state, name, i)
+            for group in m.optimizer.param_groups:
+                group["lr"] = lr
+
+
+def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool, device, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    config = members[0].config
+    batch_size, k, total_epochs = config.batch_size, config.k, config.total_epochs
+    n_train = x_train.shape[0]
+    group = _Group(train_module, members, device)
+    (start_epoch, step), partial = members[0].start, members[0].partial
+    dims = group.latent_dims
+    for m in members:
+        m.writer = rundir.tensorboard_writer(m.run_dir, purge_step=start_epoch + 1 if m.saved is not None else None)
+        m.run_start = time.perf_counter() - m.wall_time
+
+    def fail(m: _Member, epoch: int, bad_step: int) -> None:
+        m.result = MemberResult(m.config, m.run_dir, "failed",
+                                FloatingPointError(_nonfinite_message(epoch, bad_step, m.checkpointed)))
+        if progress:
+            print(f"{m.run_dir}: {m.result.error}", file=sys.stderr)
+
+    def save_checkpoint(m: _Member, epoch: int, partial_state=None, wall_time: float = 0.0) -> None:
+        torch.set_rng_state(m.torch_rng)  # the global RNG state its single run would record
+        rundir.save_checkpoint(m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state,
+                               wall_time)
+
+    for epoch in range(start_epoch, total_epochs):
+        if not group.members:
+            break
+        stage, lr = train_module.learning_rate(config, epoch)
+        for g in group.optimizer.param_groups:
+            g["lr"] = lr
+        kinds = _kinds(train_module, group.members, epoch)
+        if partial is not None:
+            first = partial.position
+            for m in group.members:
+                m.order = m.partial.order
+            bound_sums = torch.stack([m.partial.bound_sum.reshape(()) for m in group.members])  # (M,)
+            t0 = time.perf_counter() - partial.seconds
+            partial = None
+        else:
+            first = 0
+            for m in group.members:
+                m.order = torch.randperm(n_train, generator=m.generator, device=device)
+            bound_sums = torch.zeros(len(group.members), device=device)  # each member's bound summed so far
+            t0 = time.perf_counter()
+        bar = tqdm(range(first, n_train, batch_size), desc=f"epoch {epoch + 1}/{total_epochs} ({len(group.members)} "
+                   f"members)", disable=None if progress else True, leave=False, file=sys.stderr, unit="batch")
+        for i in bar:
+            bound, bad = group.step(x_train, i, batch_size, k, dims, dynamic, kinds)
+            if bad:
+                for j in bad:
+                    fail(group.members[j], epoch, step + 1)
+                keep = [j for j in range(len(group.members)) if j not in bad]
+                if not keep:
+                    group.members = []
+                    break
+                bound, bound_sums = bound[keep], bound_sums[keep]
+                group.keep(keep)
+                kinds = _kinds(train_module, group.members, epoch)
+            group.optimizer.step()
+            bound_sums += bound.sum(1)
+            step += 1
+            position = i + batch_size
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:
+                group.sync(lr)
+                for j, m in enumerate(group.members):
+                    m.bound_sum = bound_sums[j].clone()
+                    save_checkpoint(m, epoch, rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0),
+                                    time.perf_counter() - m.run_start)
+                    m.checkpointed = (epoch, step)
+        bar.close()
+        if not group.members:
+            break
+        synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        group.sync(lr)
+        for j, m in enumerate(group.members):
+            m.bound_sum = bound_sums[j]
+            valid_k = m.config.valid_k or m.config.k
+            valid_bound = train_module.validation_bound(m.model, x_valid, valid_k, m.generator)
+            row = {
+                "epoch": epoch + 1, "stage": stage, "lr": lr, "step": step,
+                "train_bound": m.bound_sum.item() / n_train, f"valid_L{valid_k}": valid_bound,
+                "epoch_time_s": epoch_time, "examples_per_s": n_train / epoch_time,
+                "wall_time_s": time.perf_counter() - m.run_start,
+            }
+            m.metrics.append(row)
+            for key in ("train_bound", f"valid_L{valid_k}", "examples_per_s", "lr"):
+                m.writer.add_scalar(key, row[key], epoch + 1)
+            m.writer.flush()
+            # the order of train(): the model, the checkpoint that commits the epoch, then metrics.csv
+            rundir.save_model(m.run_dir, m.model, epoch + 1)
+            save_checkpoint(m, epoch + 1, wall_time=row["wall_time_s"])
+            m.checkpointed = (epoch + 1, step)
+            rundir.write_metrics(m.run_dir, m.metrics)
+            if progress:
+                print(f"{m.run_dir}: epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {m.config.spec.label} "
+                      f"{row['train_bound']:.3f}  valid L_{valid_k} {valid_bound:.3f}", file=sys.stderr)
+        if progress:
+            print(f"epoch {epoch + 1}/{total_epochs}: {len(group.members)} members, "
+                  f"{n_train * len(group.members) / epoch_time:.0f} member-examples/s", file=sys.stderr)
+    for m in group.members:
+        m.result = MemberResult(m.config, m.run_dir, "trained")
+
+
+def _kinds(train_module, members: list[_Member], epoch: int) -> dict[tuple, list[int]]:
+    """The members by (objective spec, KL weight of ``epoch``): one gradient_terms call per kind."""
+    kinds: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        kinds.setdefault((m.config.spec, train_module.kl_weight(m.config, epoch)), []).append(i)
+    return kinds
+
+
+def _accumulate(model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kinds: dict[tuple, list[int]]
+                ) -> torch.Tensor:
+    """Fills the stacked parameters' ``.grad`` with each member's estimator gradient of its negated,
+    minibatch-summed objective and returns the members' true bounds ``(M, B)``.
+
+    ``kinds`` maps (spec, KL weight) to the members that share them; each kind's members go to
+    :func:`iwae.estimators.gradient_terms` side by side, log w of shape (K, M_kind * B). The
+    surrogates that train all parameters, the decoder's or the encoder's are summed over the kinds
+    and back-propagated once per parameter set (a member's surrogate has no gradient in another
+    member's slice, so the sum's gradient is each member's own)."""
+    views = {ESTIMATOR_TABLE[spec.estimator].log_q_view for spec, _ in kinds}
+    parts = model.log_weight_parts(x, eps, stop_params="stop_params" in views, stop_samples="stop_samples" in views)
+    members, k, b = parts["log_q"].shape
+    bound = x.new_empty(members, b)
+    losses = {"all": [], "decoder": [], "encoder": []}
+    for (spec, kl), index in kinds.items():
+        def side_by_side(t):  # (M, K, B) -> (K, M_kind * B): this kind's members as one batch
+            if t is None:
+                return None
+            t = t if len(index) == members else t[index]
+            return t.transpose(0, 1).reshape(k, len(index) * b)
+        kind_parts = LogWeightParts(side_by_side(parts["log_p"]), side_by_side(parts["log_q"]),
+                                    side_by_side(parts["log_q_stop_params"]),
+                                    side_by_side(parts["log_q_stop_samples"]),
+                                    log_likelihood=side_by_side(parts["log_likelihood"]))
+        result = gradient_terms(model, kind_parts, spec, kl)
+        bound[index] = result.bound.reshape(len(index), b)
+        for surrogate, params in result.terms:
+            which = "all" if params is None else "encoder" if params is model.encoder_parameters() else "decoder"
+            losses[which].append(-surrogate.sum())
+    if not losses["decoder"] and not losses["encoder"]:
+        torch.stack(losses["all"]).sum().backward()
+    else:  # as estimators.backward: each parameter set its surrogates, the decoder's first
+        decoder_loss = torch.stack(losses["all"] + losses["decoder"]).sum()
+        encoder_loss = torch.stack(losses["all"] + losses["encoder"]).sum()
+        decoder_loss.backward(inputs=model.decoder_parameters(), retain_graph=True)
+        encoder_loss.backward(inputs=model.encoder_parameters())
+    return bound
+
+
+def _nonfinite_members(bound: torch.Tensor, model: StackedVAE) -> list[int]:
+    """The members whose bound or gradient holds a nan or inf: iwae.train's rule (any element), by the
+    float32 sums per member first and confirmed in float64, where no sum of finite floats overflows."""
+    def totals(dtype: torch.dtype) -> torch.Tensor:
+        sums = [bound.sum(1, dtype=dtype)] + [p.grad.reshape(p.shape[0], -1).sum(1, dtype=dtype)
+                                              for p in model.parameters() if p.grad is not None]
+        return torch.stack(sums).sum(0)  # (M,)
+
+    suspect = ~torch.isfinite(totals(torch.float32))
+    if not bool(suspect.any()):
+        return []
+    bad = ~torch.isfinite(totals(torch.float64))
+    return [int(j) for j in torch.nonzero(bad).flatten()]
