@@ -52,7 +52,8 @@ from .errors import ConfigError
 from .estimators import ObjectiveSpec, gradient_terms, ESTIMATOR_TABLE
 from .models.gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .models.likelihood import bernoulli_log_prob_from_logits
-from .models.networks import BernoulliMLP, GaussianMLP, Tanh, tanh_kernel
+from .models.likelihoods import Bernoulli
+from .models.networks import BernoulliMLP, GaussianMLP, MLPDecoder, Tanh, tanh_kernel
 from .models.priors import StandardNormalPrior
 from .models.vae import LogWeightParts
 from .runtime import synchronize, tune_allocator
@@ -141,7 +142,9 @@ def _layout(model: nn.Module) -> dict | None:
         encoder, decoder, prior = model.encoder, model.decoder, model.prior_module
     except AttributeError:
         return None
-    if type(prior) is not StandardNormalPrior or type(decoder[0]) is not BernoulliMLP:
+    if type(prior) is not StandardNormalPrior or type(decoder[0]) not in (MLPDecoder, BernoulliMLP):
+        return None
+    if type(getattr(model, "likelihood", None)) is not Bernoulli:
         return None
     if any(type(layer) is not GaussianMLP for layer in list(encoder) + list(decoder[1:])):
         return None
@@ -382,7 +385,7 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
             members must stand at the same epoch and step (a member already done is left as it is).
         overwrite: replace existing run directories.
         progress: a progress bar and a line per member and epoch.
-        splits: the data already loaded (else ``load_dataset(dataset, data_dir)``).
+        splits: the data already loaded (else ``config.load_data()``: its binarization).
 
     Returns:
         One :class:`MemberResult` per config, in order. A member whose loss or gradient turns nan or
@@ -421,7 +424,7 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
     if config.threads:
         torch.set_num_threads(config.threads)
     tune_allocator()
-    splits = splits or data_module.load_dataset(config.dataset, config.data_dir)
+    splits = splits or config.load_data()
     x_train = splits.first("train", config.train_subset, "train_subset")
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
