@@ -49,7 +49,7 @@ from . import data as data_module
 from . import rundir
 from .checkpoint import CheckpointError
 from .errors import ConfigError
-from .estimators import ObjectiveSpec, gradient_terms, ESTIMATOR_TABLE
+from .estimators import ESTIMATOR_TABLE, gradient_terms
 from .models.gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .models.likelihood import bernoulli_log_prob_from_logits
 from .models.likelihoods import Bernoulli
