@@ -15,10 +15,10 @@ PAPER_EPOCHS = sum(3**i for i in range(8))
 
 
 def test_the_issue_s_experiments_are_shipped():
-    assert set(shipped_experiments()) >= {"table1", "table2", "table3", "rainforth", "estimators", "priors"}
+    assert set(shipped_experiments()) >= {"table1", "table2", "table3", "rainforth", "estimators", "priors", "grey"}
 
 
-@pytest.mark.parametrize("name", ["table1", "table2", "table3", "rainforth", "estimators", "priors"])
+@pytest.mark.parametrize("name", ["table1", "table2", "table3", "rainforth", "estimators", "priors", "grey"])
 def test_every_shipped_experiment_resolves_under_both_protocols(name):
     exp = load_experiment(name)
     for protocol in ("paper", "short"):

@@ -234,6 +234,7 @@ def test_init_from_starts_a_run_from_another_run_s_trained_weights(tmp_path, mni
 @pytest.mark.parametrize("experiment, only", [
     ("table1", "mnist-l2-iwae-k5"), ("table2", "vae-k1-then-iwae-k50"), ("table3", "l1-vae-k5"),
     ("rainforth", "piwae-m8-k8"), ("estimators", "iwae-k5-dreg"), ("priors", "vamp-iwae-k5"),
+    ("grey", "gated-vamp-iwae-k50"),
 ])
 def test_every_shipped_experiment_runs_end_to_end(experiment, only, tmp_path, shared_data_dir):
     """One run of each shipped experiment (and what it continues), shortened further by overrides."""

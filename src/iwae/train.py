@@ -195,7 +195,7 @@ class TrainConfig:
                              f"use network mlp for 2 layers")
         self.binarization  # validates binarize
         if self.dequantize:
-            likelihood = getattr(self, "likelihood", "bernoulli")
+            likelihood = self.likelihood
             if likelihood in ("bernoulli", "logistic256"):
                 raise ValueError(f"dequantize applies to continuous likelihoods (gaussian), not to {likelihood}, "
                                  f"which models the 8-bit values themselves")
@@ -216,7 +216,7 @@ class TrainConfig:
     def binarization(self) -> str:
         """The data's binarization mode: ``binarize``, with ``auto`` resolved by the likelihood
         (:func:`iwae.data.resolve_binarize`)."""
-        return data_module.resolve_binarize(self.binarize, getattr(self, "likelihood", "bernoulli"))
+        return data_module.resolve_binarize(self.binarize, self.likelihood)
 
     def load_data(self, data_dir: str | None = None, **kwargs) -> data_module.Splits:
         """This run's dataset as training saw it: ``load_dataset`` with its binarization and dequantisation
