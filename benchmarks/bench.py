@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 import platform
 import statistics
 import time
@@ -244,8 +245,8 @@ def _members_available() -> bool:
     return True
 
 
-def variant_step(variant: str, batch: int, k: int):
-    """One training step of Burda et al.'s 1-layer model on IWAE(k), batch ``batch``, as ``variant``
+def variant_step(variant: str, batch: int, k: int, layers: int = 1):
+    """One training step of Burda et al.'s ``layers``-layer model on IWAE(k), batch ``batch``, as ``variant``
     runs it: ``fp32``, ``bf16-mixed``, ``compiled`` (iwae.train's step: accumulate_gradients, then
     fused Adam), ``members-N`` (N members as one batched model; rate in member-steps/s, so the
     step returned counts N) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
@@ -253,17 +254,20 @@ def variant_step(variant: str, batch: int, k: int):
     torch.manual_seed(0)
     x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
     if variant == "pythae":
+        if layers != 1:
+            raise NotImplementedError("pythae's IWAE has one stochastic layer")
         return _pythae_step(x, k)
     if variant.startswith("members-"):
         return _members_step(x, k, int(variant.split("-")[1]))
     from iwae.compiled import compiled_forward
 
-    model = VAE(ModelConfig.burda(1)).to(DEVICE)
+    model = VAE(ModelConfig.burda(layers)).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
     spec = ObjectiveSpec("iwae", k=k)
     generator = torch.Generator(device=DEVICE).manual_seed(0)
     precision = "bf16-mixed" if variant == "bf16-mixed" else "32"
-    forward = compiled_forward("default", DEVICE) if variant == "compiled" else None
+    # on CUDA with CUDA graphs, as --compile reduce-overhead (on CPU it is the default mode)
+    forward = compiled_forward("reduce-overhead", DEVICE) if variant == "compiled" else None
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -338,12 +342,12 @@ def variant_eval_rate(variant: str, images: int, k: int = 5000) -> float:
 
 
 def _measure(what: str, seconds: float, eval_images: int) -> float:
-    """The child process's one measurement: ``train:VARIANT:B:K`` (steps/s) or ``eval:VARIANT`` (images/s)."""
+    """The child process's one measurement: ``train:VARIANT:B:K[:LAYERS]`` (steps/s) or ``eval:VARIANT`` (images/s)."""
     kind, variant, *rest = what.split(":")
     if kind == "eval":
         return variant_eval_rate(variant, eval_images)
-    batch, k = map(int, rest)
-    return _step_rate(variant_step(variant, batch, k), seconds)
+    batch, k, *layers = map(int, rest)
+    return _step_rate(variant_step(variant, batch, k, *layers), seconds)
 
 
 def _child(what: str, args: argparse.Namespace) -> float | str:
@@ -377,8 +381,14 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
     have_pythae = args.peers and importlib.util.find_spec("pythae") is not None
     variants = ["fp32", "bf16-mixed", "compiled"] + (["members-4", "members-10"] if _members_available() else []) \
         + (["pythae"] if have_pythae else [])
-    cells = [f"train:{v}:{b}:{k}" for b in batches for k in ks for v in variants]
-    cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else [])
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
+    layer_counts = [int(v) for v in args.layers.split(",")]
+    cell_name = lambda v, b, k, l: f"train:{v}:{b}:{k}" + (f":{l}" if l != 1 else "")  # noqa: E731
+    cells = [cell_name(v, b, k, l) for l in layer_counts for b in batches for k in ks for v in variants
+             if not (v == "pythae" and l != 1)]
+    if not args.no_eval:
+        cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else [])
     results = {cell: [] for cell in cells}
     for r in range(args.rounds):
         for cell in cells:  # alternating: every implementation once per round, in turn
@@ -393,21 +403,30 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
     if args.peers and not have_pythae:
         notes.append("pythae: not importable (pip install --no-deps pythae, or --peers-path DIR)")
     print(f"\nSide by side: one process per measurement, {args.rounds} alternating rounds, median\n")
-    print("| what | batch | k | implementation | rate | vs fp32 eager | vs pythae |")
-    print("|---|---|---|---|---|---|---|")
-    for b in batches:
-        for k in ks:
-            base, peer = rate(f"train:fp32:{b}:{k}"), rate(f"train:pythae:{b}:{k}") if have_pythae else None
-            for v in variants:
-                value = rate(f"train:{v}:{b}:{k}")
-                if isinstance(value, float) and v.startswith("members-"):
-                    value *= int(v.split("-")[1])  # member-steps/s
-                unit = "member-steps/s" if v.startswith("members-") else "steps/s"
-                shown = f"{value:.1f} {unit}" if isinstance(value, float) else value
-                ratio = f"{value / base:.2f}x" if isinstance(value, float) and isinstance(base, float) else ""
-                vs_peer = (f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float)
-                           and v != "pythae" else "")
-                print(f"| train step | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} |", flush=True)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({cell: rate(cell) for cell in cells}, indent=1) + "\n")
+    print("| what | layers | batch | k | implementation | rate | vs fp32 eager | vs pythae |")
+    print("|---|---|---|---|---|---|---|---|")
+    for l, b, k in ((l, b, k) for l in layer_counts for b in batches for k in ks):
+        cell = lambda v: cell_name(v, b, k, l)  # noqa: E731
+        base = rate(cell("fp32")) if "fp32" in variants else None
+        peer = rate(cell("pythae")) if have_pythae and l == 1 and "pythae" in variants else None
+        for v in variants:
+            if cell(v) not in results:
+                continue
+            value = rate(cell(v))
+            if isinstance(value, float) and v.startswith("members-"):
+                value *= int(v.split("-")[1])  # member-steps/s
+            unit = "member-steps/s" if v.startswith("members-") else "steps/s"
+            shown = f"{value:.1f} {unit}" if isinstance(value, float) else value
+            ratio = f"{value / base:.2f}x" if isinstance(value, float) and isinstance(base, float) else ""
+            vs_peer = (f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float)
+                       and v != "pythae" else "")
+            print(f"| train step | {l} | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} |", flush=True)
+    if args.no_eval:
+        return
     iw = rate("eval:iwae")
     py = rate("eval:pythae") if have_pythae else None
     for name, value in (("iwae", iw), ("pythae", py)):
@@ -415,7 +434,7 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
             continue
         shown = f"{value:.2f} images/s" if isinstance(value, float) else value
         vs_peer = f"{value / py:.2f}x" if name == "iwae" and isinstance(value, float) and isinstance(py, float) else ""
-        print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {shown} | | {vs_peer} |")
+        print(f"| L_5000 | 1 | {args.eval_images} images | 5000 | {name} | {shown} | | {vs_peer} |")
     for note in notes:
         print(f"\n{note}")
 
@@ -440,6 +459,10 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="with --variants: also time pythae, if importable")
     parser.add_argument("--peers-path", default=None, help="a folder to import pythae from (appended to sys.path)")
     parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")
+    parser.add_argument("--only", default=None, help="with --variants: these implementations only, e.g. fp32,compiled")
+    parser.add_argument("--layers", default="1", help="with --variants: stochastic layers, e.g. 1,2 (default 1)")
+    parser.add_argument("--no-eval", action="store_true", help="with --variants: leave L_5000 out")
+    parser.add_argument("--json", default=None, help="with --variants: also write the rates to this JSON file")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process of --variants
     args = parser.parse_args()
     global DEVICE
