@@ -79,3 +79,9 @@ def test_a_compiled_run_trains_as_the_eager_run(tmp_path):
         # Adam divides by sqrt(v) + 1e-4: a gradient element near 0 turns its rounding into up to a
         # fraction of one step (lr 1e-3); 6 steps move a weight by up to 6e-3, a wrong gradient by as much
         torch.testing.assert_close(comp[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_compiling_does_not_make_another_run():
+    """A run trained eager may be resumed compiled (and the reverse): the same computation."""
+    assert rundir.changed_settings(TrainConfig(compile="none"), TrainConfig(compile="default")) == []
+    assert rundir.changed_settings(TrainConfig(precision="32"), TrainConfig(precision="bf16-mixed")) == ["precision"]

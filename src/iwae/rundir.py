@@ -77,7 +77,8 @@ RUN_FILES = (CONFIG, MODEL, CHECKPOINT, METRICS)
 # the result except the device: CPU and CUDA draw other random numbers and round differently, so a
 # run is bit-reproducible on one device type only. ``device`` says where to run next, not where the
 # run ran: the checkpoint records its generator's device type and resuming refuses another one.
-NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every")
+# ``compile`` is how the step runs, not what it computes (compiled and eager agree to float rounding, as with threads).
+NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every", "compile")
 
 
 # ----------------------------------------------------------------------------- identity: is it the same run?
