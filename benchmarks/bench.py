@@ -455,7 +455,7 @@ def main() -> None:
     parser.add_argument("--gemm-sizes", default=None,
                         help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)")
     parser.add_argument("--variants", action="store_true",
-                        help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side, a process each")
+                        help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side")
     parser.add_argument("--peers", action="store_true", help="with --variants: also time pythae, if importable")
     parser.add_argument("--peers-path", default=None, help="a folder to import pythae from (appended to sys.path)")
     parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")

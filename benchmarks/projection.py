@@ -69,7 +69,8 @@ def table(rates: dict) -> str:
         hours = [run_hours(r, images_per_s) if (r := _rate(rates, v, layers, k)) else None
                  for layers, k in TABLE1_MNIST]
         totals.append(f"{sum(hours):.0f} h ({sum(hours) / 24:.1f} days)" if None not in hours else "not measured")
-    lines.append(f"| Table 1, MNIST half ({len(TABLE1_MNIST)} runs, one after another) | | " + " | ".join(totals) + " |")
+    lines.append(f"| Table 1, MNIST half ({len(TABLE1_MNIST)} runs, one after another) | | "
+                 + " | ".join(totals) + " |")
     return "\n".join(lines)
 
 
