@@ -506,6 +506,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     spec = config.spec
     valid_k = config.valid_k or config.k
     forward = compiled_forward(config.compile, device)  # None: eager
+    # the step's precision and compiled forward, passed only when not the defaults (float32, eager)
+    speed = {k: v for k, v in (("precision", config.precision), ("forward", forward)) if v not in ("32", None)}
 
     start_epoch, step, metrics, partial, wall_time = 0, 0, [], None, 0.0
     if saved is not None:
@@ -562,8 +564,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 if splits.dynamic:
                     x = data_module.binarize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
-                bound = accumulate_gradients(model, x, spec, generator, warmup_weight, precision=config.precision,
-                                             forward=forward)
+                bound = accumulate_gradients(model, x, spec, generator, warmup_weight, **speed)
                 if defer:
                     bad = _nonfinite(bound, model)
                     first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
