@@ -223,3 +223,12 @@ def test_precision_is_part_of_the_run_and_cannot_change_on_resume(tmp_path):
     old = rundir.read_config(config.out).to_dict()
     old.pop("precision")  # a config.yaml written before the setting existed reads as float32
     assert TrainConfig.from_dict(old).precision == "32"
+
+
+def test_a_result_recorded_before_the_speed_settings_existed_is_not_stale():
+    """result.json files of an older iwae record configs without precision and compile: their key
+    must equal that of the same run recorded now (the defaults), and differ from a bf16-mixed run's."""
+    now = TrainConfig(k=5, out="runs/a").to_dict()
+    old = {k: v for k, v in now.items() if k not in ("precision", "compile")}
+    assert rundir.run_key({"config": old}) == rundir.run_key({"config": now})
+    assert rundir.run_key({"config": old}) != rundir.run_key({"config": {**now, "precision": "bf16-mixed"}})

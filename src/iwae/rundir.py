@@ -44,7 +44,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,6 +83,11 @@ NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "
 
 # ----------------------------------------------------------------------------- identity: is it the same run?
 def _identity(config: Mapping, *, length: bool) -> dict:
+    # a setting added after a config was written reads as its default there (TrainConfig.from_dict), so a
+    # recorded config without it (a result.json of an older iwae) has the identity of one with the default
+    from .train import TrainConfig
+
+    config = {**{f.name: f.default for f in fields(TrainConfig) if f.name not in config}, **config}
     return {k: v for k, v in config.items() if k not in NOT_IDENTITY or (length and k == "epochs")}
 
 
