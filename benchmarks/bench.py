@@ -22,6 +22,19 @@ A step's time is the median over repetitions of a block of steps. Last,
 ``binary_cross_entropy_with_logits`` instead of iwae's kernels; with ``IWAE_KEEP_MALLOC=1`` it also
 keeps glibc's default allocator settings (see ``iwae.runtime``): the clean eager baseline.
 
+5. ``--variants``: the same training step as ``iwae.train`` runs it (``accumulate_gradients``, fused
+   Adam) in float32 eager, ``bf16-mixed`` (``iwae.precision``) and compiled (``iwae.compiled``), and
+   batched members (``iwae.members``, where importable), side by side; with ``--peers`` also
+   pythae's IWAE training step and its L_5000 (``get_nll``) when pythae is importable (it is not an
+   iwae dependency: ``pip install --no-deps pythae`` with pydantic, cloudpickle, imageio; or put it
+   on ``--peers-path``). Each measurement is its own process (a fresh allocator, no state carried
+   from one implementation to the next), and the implementations alternate within each of
+   ``--rounds`` rounds, so that a change in the machine's load hits them all alike; a rate is the
+   median over the rounds. A table row gives each rate and its ratio to float32 eager (and to
+   pythae). ``--variants`` prints only this section.
+
+       python benchmarks/bench.py --variants --peers --rounds 3 --batches 20,100 --ks 1,5,50
+
 ``--device cuda`` runs everything on the GPU (the GEMM peak is then the GPU's, at torch's current
 TF32 setting, which the header prints); every timed block ends with a CUDA synchronisation.
 ``benchmarks/kernels.py`` times the kernels iwae chooses by device, both variants of each.
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 import platform
 import statistics
 import time
@@ -218,6 +232,213 @@ def estimator_table(seconds: float, batch: int = 20, k: int = 50,
         print(f"| {name} | {rate:.1f} | {relative} |", flush=True)
 
 
+# ----------------------------------------------------------------------------- 5. variants, process per measurement
+TRAIN_VARIANTS = ("fp32", "bf16-mixed", "compiled", "members-4", "members-10", "pythae")
+
+
+def _members_available() -> bool:
+    try:
+        import iwae.members  # noqa: F401  (the members slice's batched trainer)
+    except ImportError:
+        return False
+    return True
+
+
+def variant_step(variant: str, batch: int, k: int, layers: int = 1):
+    """One training step of Burda et al.'s ``layers``-layer model on IWAE(k), batch ``batch``, as ``variant``
+    runs it: ``fp32``, ``bf16-mixed``, ``compiled`` (iwae.train's step: accumulate_gradients, then
+    fused Adam), ``members-N`` (N members as one batched model; rate in member-steps/s, so the
+    step returned counts N) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
+    backward and torch's Adam as its trainer runs them)."""
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
+    if variant == "pythae":
+        if layers != 1:
+            raise NotImplementedError("pythae's IWAE has one stochastic layer")
+        return _pythae_step(x, k)
+    if variant.startswith("members-"):
+        return _members_step(x, k, int(variant.split("-")[1]))
+    from iwae.compiled import compiled_forward
+
+    model = VAE(ModelConfig.burda(layers)).to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
+    spec = ObjectiveSpec("iwae", k=k)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    precision = "bf16-mixed" if variant == "bf16-mixed" else "32"
+    # on CUDA with CUDA graphs, as --compile reduce-overhead (on CPU it is the default mode)
+    forward = compiled_forward("reduce-overhead", DEVICE) if variant == "compiled" else None
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        accumulate_gradients(model, x, spec, generator, precision=precision, forward=forward)
+        opt.step()
+
+    return step
+
+
+def _members_step(x: torch.Tensor, k: int, members: int):
+    # LEAD: wire the members slice's batched step here at merge (iwae.members: `members` seeds of this
+    # IWAE(k) model stacked as one model, one optimizer step for all). Until then the row reports
+    # "not wired". The rate printed is steps/s of this function; the table multiplies by `members`.
+    raise NotImplementedError("iwae.members is importable but bench.py's members hook is not wired yet")
+
+
+def _pythae_models():
+    from pythae.models import IWAE, IWAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class Encoder(BaseEncoder):  # Burda et al.'s 784-200-200-50 tanh encoder
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh())
+            self.mu, self.log_var = nn.Linear(200, 50), nn.Linear(200, 50)
+
+        def forward(self, x):
+            h = self.body(x.reshape(x.shape[0], -1))
+            return ModelOutput(embedding=self.mu(h), log_covariance=self.log_var(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(),
+                                     nn.Linear(200, 784), nn.Sigmoid())
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z))
+
+    def make(k: int):
+        config = IWAEConfig(input_dim=(784,), latent_dim=50, number_samples=k, reconstruction_loss="bce")
+        return IWAE(config, encoder=Encoder(), decoder=Decoder()).to(DEVICE)
+
+    return make
+
+
+def _pythae_step(x: torch.Tensor, k: int):
+    model = _pythae_models()(k)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # pythae's trainer: torch's Adam, defaults
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model({"data": x}).loss.backward()
+        opt.step()
+
+    return step
+
+
+def variant_eval_rate(variant: str, images: int, k: int = 5000) -> float:
+    """L_5000 images/s of iwae (``iwae.evaluate.log_likelihood``) or pythae (``get_nll`` with its default
+    of 100 samples per decoder call: 2,500, iwae's CPU chunk, was no faster, 4.3-4.6 against 4.6-4.75
+    images/s on 1 core)."""
+    if variant == "iwae":
+        return eval_rate(images, k)
+    torch.manual_seed(0)
+    model = _pythae_models()(1).eval()
+    x = torch.bernoulli(torch.rand(images, 784)).to(DEVICE)
+    with torch.no_grad():
+        model.get_nll(x[:1], n_samples=k)  # warm-up
+        return images / _time(lambda: model.get_nll(x, n_samples=k))
+
+
+def _measure(what: str, seconds: float, eval_images: int) -> float:
+    """The child process's one measurement: ``train:VARIANT:B:K[:LAYERS]`` (steps/s) or ``eval:VARIANT`` (images/s)."""
+    kind, variant, *rest = what.split(":")
+    if kind == "eval":
+        return variant_eval_rate(variant, eval_images)
+    batch, k, *layers = map(int, rest)
+    return _step_rate(variant_step(variant, batch, k, *layers), seconds)
+
+
+def _child(what: str, args: argparse.Namespace) -> float | str:
+    """Runs one measurement in a fresh process; its rate, or the reason it has none."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--measure", what, "--seconds", str(args.seconds), "--device", args.device,
+           "--eval-images", str(args.eval_images)] + (["--threads", str(args.threads)] if args.threads else [])
+    env = dict(os.environ)
+    if args.peers_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), args.peers_path]))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("RATE "):
+            return float(line.split()[1])
+        if line.startswith("SKIP "):
+            return line[5:]
+    return f"failed: {(done.stderr.strip().splitlines() or ['no output'])[-1][:120]}"
+
+
+def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) -> None:
+    """Section 5: each implementation's rate, median over ``args.rounds`` alternating rounds of
+    one process per measurement, and its ratio to float32 eager (and to pythae)."""
+    import importlib.util
+    import sys
+
+    if args.peers_path:
+        sys.path.append(args.peers_path)
+    have_pythae = args.peers and importlib.util.find_spec("pythae") is not None
+    variants = ["fp32", "bf16-mixed", "compiled"] + (["members-4", "members-10"] if _members_available() else []) \
+        + (["pythae"] if have_pythae else [])
+    if args.only:
+        variants = [v for v in variants if v in args.only.split(",")]
+    layer_counts = [int(v) for v in args.layers.split(",")]
+    cell_name = lambda v, b, k, l: f"train:{v}:{b}:{k}" + (f":{l}" if l != 1 else "")  # noqa: E731
+    cells = [cell_name(v, b, k, l) for l in layer_counts for b in batches for k in ks for v in variants
+             if not (v == "pythae" and l != 1)]
+    if not args.no_eval:
+        cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else [])
+    results = {cell: [] for cell in cells}
+    for r in range(args.rounds):
+        for cell in cells:  # alternating: every implementation once per round, in turn
+            results[cell].append(_child(cell, args))
+            print(f"# round {r + 1}/{args.rounds} {cell}: {results[cell][-1]}", file=sys.stderr, flush=True)
+
+    def rate(cell: str) -> float | str:
+        numbers = [v for v in results[cell] if isinstance(v, float)]
+        return statistics.median(numbers) if numbers else results[cell][-1]
+
+    notes = [] if _members_available() else ["batched members: skipped, iwae.members is not importable"]
+    if args.peers and not have_pythae:
+        notes.append("pythae: not importable (pip install --no-deps pythae, or --peers-path DIR)")
+    print(f"\nSide by side: one process per measurement, {args.rounds} alternating rounds, median\n")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({cell: rate(cell) for cell in cells}, indent=1) + "\n")
+    print("| what | layers | batch | k | implementation | rate | vs fp32 eager | vs pythae |")
+    print("|---|---|---|---|---|---|---|---|")
+    for l, b, k in ((l, b, k) for l in layer_counts for b in batches for k in ks):
+        cell = lambda v: cell_name(v, b, k, l)  # noqa: E731
+        base = rate(cell("fp32")) if "fp32" in variants else None
+        peer = rate(cell("pythae")) if have_pythae and l == 1 and "pythae" in variants else None
+        for v in variants:
+            if cell(v) not in results:
+                continue
+            value = rate(cell(v))
+            if isinstance(value, float) and v.startswith("members-"):
+                value *= int(v.split("-")[1])  # member-steps/s
+            unit = "member-steps/s" if v.startswith("members-") else "steps/s"
+            shown = f"{value:.1f} {unit}" if isinstance(value, float) else value
+            ratio = f"{value / base:.2f}x" if isinstance(value, float) and isinstance(base, float) else ""
+            vs_peer = (f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float)
+                       and v != "pythae" else "")
+            print(f"| train step | {l} | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} |", flush=True)
+    if args.no_eval:
+        return
+    iw = rate("eval:iwae")
+    py = rate("eval:pythae") if have_pythae else None
+    for name, value in (("iwae", iw), ("pythae", py)):
+        if value is None:
+            continue
+        shown = f"{value:.2f} images/s" if isinstance(value, float) else value
+        vs_peer = f"{value / py:.2f}x" if name == "iwae" and isinstance(value, float) and isinstance(py, float) else ""
+        print(f"| L_5000 | 1 | {args.eval_images} images | 5000 | {name} | {shown} | | {vs_peer} |")
+    for note in notes:
+        print(f"\n{note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -233,6 +454,16 @@ def main() -> None:
     parser.add_argument("--ks", default="1,5,50", help="training k, comma-separated (default 1,5,50)")
     parser.add_argument("--gemm-sizes", default=None,
                         help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)")
+    parser.add_argument("--variants", action="store_true",
+                        help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side")
+    parser.add_argument("--peers", action="store_true", help="with --variants: also time pythae, if importable")
+    parser.add_argument("--peers-path", default=None, help="a folder to import pythae from (appended to sys.path)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")
+    parser.add_argument("--only", default=None, help="with --variants: these implementations only, e.g. fp32,compiled")
+    parser.add_argument("--layers", default="1", help="with --variants: stochastic layers, e.g. 1,2 (default 1)")
+    parser.add_argument("--no-eval", action="store_true", help="with --variants: leave L_5000 out")
+    parser.add_argument("--json", default=None, help="with --variants: also write the rates to this JSON file")
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process of --variants
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -255,6 +486,20 @@ def main() -> None:
     else:
         where = (f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
                  f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    if args.measure:
+        if args.peers_path:
+            import sys
+
+            sys.path.append(args.peers_path)
+        try:
+            print(f"RATE {_measure(args.measure, args.seconds, args.eval_images)}")
+        except (ImportError, NotImplementedError) as e:
+            print(f"SKIP {e}")
+        return
+    if args.variants:
+        print(f"# iwae benchmark: torch {torch.__version__}, {where}")
+        variants_table(args, batches, ks)
+        return
     if args.estimators:
         print(f"# iwae benchmark: torch {torch.__version__}, {where}")
         estimator_table(args.seconds)

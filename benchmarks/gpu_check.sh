@@ -12,7 +12,11 @@
 #   2. the tests marked cuda (pytest -m cuda), which check device placement on the GPU;
 #   3. benchmarks/kernels.py: both variants of each kernel iwae picks by device (tanh as
 #      2 sigmoid(2h) - 1 vs torch.tanh; matmul + bias vs F.linear; fused log-likelihood vs BCE);
-#   4. benchmarks/bench.py: training steps/s at batch 20, k = 1 and 50 (eager), and L_5000 images/s.
+#   4. benchmarks/bench.py: training steps/s at batch 20, k = 1 and 50 (eager), and L_5000 images/s;
+#   5. side by side, one process each: eager / compiled (CUDA graphs) / bf16-mixed (/ batched members
+#      4 and 10 where iwae.members exists) at batch 20, k = 1 and 50, and L_5000 images/s;
+#   6. the projected wall time of the paper protocol (3,280 epochs) for one run and for Table 1's
+#      MNIST half (10 runs), from steps/s of 1 and 2 layers at k = 1, 5, 50 (benchmarks/projection.py).
 # Each step has its own time limit; the script goes on after a failed step and exits 1 if any failed.
 # Python: $PYTHON, else python, else python3.
 
@@ -138,6 +142,38 @@ else
     step 240 "bench.py" "$PY" benchmarks/bench.py --device cpu --batches 20 --ks 1,50 --no-estimators \
         --eval-images 1 --seconds 0.1 --gemm-sizes 256
 fi
+
+# ----------------------------------------------------------------------------- 5. side by side
+RATES=$(mktemp -d)
+section "5. side by side on $DEVICE: eager / compiled / bf16-mixed (/ members), one process each (bench.py --variants)"
+if [ "$DEVICE" = cuda ]; then
+    step 200 "bench.py --variants" "$PY" benchmarks/bench.py --variants --device cuda --rounds 1 --batches 20 \
+        --ks 1,50 --seconds 2 --eval-images 1000 --json "$RATES/side.json"
+else
+    step 200 "bench.py --variants" "$PY" benchmarks/bench.py --variants --device cpu --rounds 1 --batches 20 \
+        --ks 1 --only fp32,bf16-mixed --seconds 0.1 --eval-images 1 --json "$RATES/side.json"
+fi
+
+# ----------------------------------------------------------------------------- 6. projection
+section "6. projected wall time of the paper protocol on $DEVICE (benchmarks/projection.py)"
+if [ "$DEVICE" = cuda ]; then  # the (layers, k) cells section 5 did not measure, eager and bf16-mixed
+    step 100 "bench.py --variants (projection)" "$PY" benchmarks/bench.py --variants --device cuda --rounds 1 \
+        --batches 20 --ks 1,5,50 --layers 2 --only fp32,bf16-mixed,compiled --seconds 1 --no-eval \
+        --json "$RATES/two.json"
+    step 60 "bench.py --variants (k = 5)" "$PY" benchmarks/bench.py --variants --device cuda --rounds 1 \
+        --batches 20 --ks 5 --only fp32,bf16-mixed,compiled --seconds 1 --no-eval --json "$RATES/five.json"
+else
+    step 100 "bench.py --variants (projection)" "$PY" benchmarks/bench.py --variants --device cpu --rounds 1 \
+        --batches 20 --ks 1 --layers 2 --only fp32 --seconds 0.1 --no-eval --json "$RATES/two.json"
+fi
+mapfile -t RATE_FILES < <(ls "$RATES"/*.json 2>/dev/null)
+if [ ${#RATE_FILES[@]} -gt 0 ]; then
+    step 30 "projection.py" "$PY" benchmarks/projection.py "${RATE_FILES[@]}"
+else
+    echo "!! no rates measured: no projection"
+    FAILED+=("projection")
+fi
+rm -rf "$RATES"
 
 section "done"
 if [ ${#FAILED[@]} -gt 0 ]; then

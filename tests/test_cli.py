@@ -486,9 +486,10 @@ def test_a_new_setting_gets_its_flag(monkeypatch):
 def test_resume_names_the_flags_that_may_change(run_dir):
     from iwae.train import RESUMABLE
 
-    assert RESUMABLE == ("epochs", "device", "threads", "checkpoint_every")
+    assert RESUMABLE == ("epochs", "device", "threads", "compile", "checkpoint_every")
     assert_usage_error(invoke("train", "--resume", run_dir, "--seed", 1, "--lr", 0.1),
-                       "cannot change --lr, --seed when resuming; only epochs, device, threads and checkpoint_every")
+                       "cannot change --lr, --seed when resuming; only epochs, device, threads, compile and "
+                       "checkpoint_every")
     from iwae.errors import ConfigError
     from iwae.train import resume_config
 

@@ -74,9 +74,10 @@ from torch import nn
 from . import objectives
 from .models.gaussian import diag_normal_log_prob
 from .models.vae import LogWeightParts
+from .precision import training_autocast
 
 __all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "add_views",
-           "Estimator", "ESTIMATOR_TABLE", "ESTIMATORS"]
+           "forward_terms", "Estimator", "ESTIMATOR_TABLE", "ESTIMATORS"]
 
 
 @dataclass(frozen=True)
@@ -396,13 +397,25 @@ def backward(result: GradientTerms) -> None:
         (-surrogate.sum()).backward(inputs=params, retain_graph=not last)
 
 
-def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
-                         generator: torch.Generator | None = None, kl_weight: float = 1.0) -> torch.Tensor:
-    """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
-    minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``.
-    ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`)."""
+def forward_terms(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
+                  generator: torch.Generator | None = None, kl_weight: float = 1.0) -> GradientTerms:
+    """The forward half of :func:`accumulate_gradients`: one sampling, one decoder pass, the estimator's terms."""
     # one sampling and one decoder pass; gradient_terms adds the estimator's view of log q
     parts = model.log_weight_parts(x, spec.k, generator, prior_direct=_needs_prior_direct(spec))
-    result = gradient_terms(model, parts, spec, kl_weight)
+    return gradient_terms(model, parts, spec, kl_weight)
+
+
+def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
+                         generator: torch.Generator | None = None, kl_weight: float = 1.0, *,
+                         precision: str = "32", forward: Callable[..., GradientTerms] | None = None) -> torch.Tensor:
+    """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
+    minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``.
+    ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`).
+
+    ``precision`` ``bf16-mixed`` runs the forward pass under bfloat16 autocast and the backward pass
+    outside it, as PyTorch recommends (:mod:`iwae.precision`); ``forward`` replaces
+    :func:`forward_terms` (a compiled one, :mod:`iwae.compiled`)."""
+    with training_autocast(precision, x.device):
+        result = (forward or forward_terms)(model, x, spec, generator, kl_weight)
     backward(result)
     return result.bound

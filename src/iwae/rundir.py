@@ -77,13 +77,15 @@ RUN_FILES = (CONFIG, MODEL, CHECKPOINT, METRICS)
 # the result except the device: CPU and CUDA draw other random numbers and round differently, so a
 # run is bit-reproducible on one device type only. ``device`` says where to run next, not where the
 # run ran: the checkpoint records its generator's device type and resuming refuses another one.
-NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every")
+# ``compile`` is how the step runs, not what it computes (compiled and eager agree to float rounding, as with threads).
+NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every", "compile")
 
 
 # ----------------------------------------------------------------------------- identity: is it the same run?
 # settings added after runs were recorded, with the value every older run had: a config at that value
 # has the identity it had before the setting existed, so older runs and results stay valid
-ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "binarize": "auto", "dequantize": False}
+ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "binarize": "auto", "dequantize": False,
+                  "precision": "32"}
 
 
 def _identity(config: Mapping, *, length: bool) -> dict:

@@ -38,6 +38,8 @@ from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
 from .models import LIKELIHOODS, NETWORKS, PRIORS, VAE, ModelConfig, make_likelihood
 from .objectives import OBJECTIVES
 from .objectives import iwae as iwae_bound
+from .precision import PRECISIONS
+from .compiled import COMPILE_MODES, compiled_forward
 from .runtime import synchronize, tune_allocator
 
 __all__ = ["TrainConfig", "train", "train_or_resume", "paper_schedule", "learning_rate", "kl_weight",
@@ -125,6 +127,13 @@ class TrainConfig:
     device: str = _setting("cpu", "cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU "
                            "and CUDA draw other random numbers).", resumable=True)
     threads: int | None = _setting(None, "CPU threads for torch.", resumable=True)  # None: torch's default
+    # speed (iwae.precision, iwae.compiled): precision changes the numbers, so it is part of the run's identity
+    precision: str = _setting("32", "Training precision: 32 (float32), or bf16-mixed (matrix products in bfloat16 "
+                              "under autocast, the rest float32). Evaluation is float32 either way.",
+                              choices=PRECISIONS)
+    compile: str = _setting("none", "torch.compile the training step's forward pass (and so its backward): none, "
+                            "default, or reduce-overhead (CUDA graphs on CUDA).", choices=COMPILE_MODES,
+                            resumable=True)
     checkpoint_every: int | None = _setting(
         None, "Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.",
         shown="at the end of each epoch", resumable=True)
@@ -183,6 +192,10 @@ class TrainConfig:
             raise ValueError(f"valid_k must be >= 1, got {self.valid_k}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 optimizer steps, got {self.checkpoint_every}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         if not DEVICE.fullmatch(self.device):
             raise ValueError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
         if self.kl_warmup < 0:
@@ -517,6 +530,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
                               f"--resume it, or pass --overwrite")
     device = _check_device(config)
+    if config.precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision bf16-mixed needs a GPU with bfloat16 (Ampere or newer); {config.device} has "
+                          f"none: use precision 32", ["precision"])
     if config.threads:
         torch.set_num_threads(config.threads)
     tune_allocator()
@@ -555,6 +571,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     generator.manual_seed(config.seed)
     spec = config.spec
     valid_k = config.valid_k or config.k
+    forward = compiled_forward(config.compile, device)  # None: eager
+    # the step's precision and compiled forward, passed only when not the defaults (float32, eager)
+    speed = {k: v for k, v in (("precision", config.precision), ("forward", forward)) if v not in ("32", None)}
 
     start_epoch, step, metrics, partial, wall_time = 0, 0, [], None, 0.0
     if saved is not None:
@@ -613,7 +632,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 elif splits.dequantize:
                     x = data_module.dequantize(x, generator)
                 optimizer.zero_grad(set_to_none=True)
-                bound = accumulate_gradients(model, x, spec, generator, warmup_weight)
+                bound = accumulate_gradients(model, x, spec, generator, warmup_weight, **speed)
                 if defer:
                     bad = _nonfinite(bound, model)
                     first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)

@@ -46,8 +46,12 @@ class _BernoulliLogProb(torch.autograd.Function):
 def bernoulli_log_prob_from_logits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_d x_d l_d - softplus(l_d) over the last dim, ``x`` broadcast to ``logits``' shape.
 
-    Equals ``Independent(Bernoulli(logits=logits), 1).log_prob(x)`` (tested), in two passes.
+    Equals ``Independent(Bernoulli(logits=logits), 1).log_prob(x)`` (tested), in two passes. Reduced-
+    precision logits (bfloat16 from a product under autocast) are cast to float32 first: the sum
+    over pixels is a reduction of the log-weights and stays float32 (:mod:`iwae.precision`).
     """
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
     return _BernoulliLogProb.apply(logits, x)
 
 

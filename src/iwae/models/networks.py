@@ -31,7 +31,11 @@ NETWORKS: tuple[str, ...] = ("mlp", "gated", "conv")
 class _TanhFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)
+        if h.dtype in (torch.bfloat16, torch.float16):  # under autocast (iwae.precision): float32 inside,
+            # one rounding at the end; sigmoid near 1/2 has a bfloat16 ulp of 2^-8, which would swamp small h
+            y = torch.sigmoid(h.float() * 2.0).mul_(2.0).sub_(1.0).to(h.dtype)
+        else:
+            y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)
         ctx.save_for_backward(y)
         return y
 
@@ -50,7 +54,8 @@ def _linear_then_bias(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     """h W^T + b as a matmul and an in-place bias add."""
     # addmm would first broadcast the bias into the whole (K * B, D) output and then accumulate
     # into it, an extra pass over the largest tensor on CPU
-    return torch.matmul(h, weight.t()).add_(bias)
+    # .to(bias.dtype): under bf16 autocast the product is bfloat16; the bias is added in float32 (a no-op otherwise)
+    return torch.matmul(h, weight.t()).to(bias.dtype).add_(bias)
 
 
 def tanh_kernel(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -136,6 +141,8 @@ class GaussianMLP(nn.Module):
             out = torch.func.functional_call(self.head, detached(self.head), (h,))
         else:
             out = self.head(self.body(h))
+        # float32 as it leaves the network, also under bf16 autocast: eps, z and log q are computed in it
+        out = out.to(self.head.weight.dtype)
         loc, log_scale = out.chunk(2, dim=-1)
         return loc, log_scale
 
@@ -166,7 +173,8 @@ class MLPDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Raw outputs, shape ``z.shape[:-1] + (out_features,)``."""
         h = self.body(z)
-        return output_layer_kernel(h.device)(h, self.head.weight, self.head.bias)
+        # float32 logits also under bf16 autocast (CUDA's F.linear returns bfloat16 there)
+        return output_layer_kernel(h.device)(h, self.head.weight, self.head.bias).to(self.head.weight.dtype)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """The raw outputs (the Bernoulli logits where P = 1)."""
