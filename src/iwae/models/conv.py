@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from .networks import float32_out
 
 __all__ = ["ConvEncoder", "ConvDecoder", "chw"]
 
@@ -73,7 +74,7 @@ class ConvEncoder(nn.Module):
         """``(loc, log_scale)``, each ``x.shape[:-1] + (out_features,)``."""
         lead = x.shape[:-1]
         h = self.body(x.reshape(-1, *self.shape))  # (N, C_L, H / 2^L, W / 2^L)
-        out = self.head(h.flatten(1)).reshape(*lead, 2 * self.out_features)
+        out = float32_out(self.head(h.flatten(1))).reshape(*lead, 2 * self.out_features)  # float32 under autocast too
         loc, log_scale = out.chunk(2, dim=-1)
         return loc, log_scale
 

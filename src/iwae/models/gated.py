@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from .networks import float32_out
 
 __all__ = ["GatedDense", "GatedEncoder", "GatedDecoder", "LOGVAR_MIN", "LOGVAR_MAX"]
 
@@ -74,7 +75,7 @@ class GatedEncoder(nn.Module):
         """``(loc, log_scale)``, each ``h.shape[:-1] + (out_features,)``; log_scale in [-3, 1]."""
         h = self.body(h)
         logvar = nn.functional.hardtanh(self.logvar(h), LOGVAR_MIN, LOGVAR_MAX)
-        return self.mean(h), 0.5 * logvar
+        return float32_out(self.mean(h)), 0.5 * float32_out(logvar)  # float32 also under bf16 autocast
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc_log_scale(h)

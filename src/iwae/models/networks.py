@@ -78,6 +78,13 @@ def output_layer_kernel(device: torch.device) -> Callable[[torch.Tensor, torch.T
     return _linear_then_bias if torch.device(device).type == "cpu" else F.linear
 
 
+def float32_out(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 where autocast left it in half precision (bf16-mixed training, iwae.precision):
+    distribution parameters leave every network in float32, so samples, log q and log p(x | z) are
+    float32 whatever the network (float64 models are left as they are)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class Tanh(nn.Module):
     """tanh(h), by the kernel that is fastest on ``h``'s device (:func:`tanh_kernel`).
 

@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
-from .networks import NETWORKS, BernoulliMLP, GaussianMLP, make_decoder, make_encoder_layer
+from .networks import NETWORKS, BernoulliMLP, GaussianMLP, float32_out, make_decoder, make_encoder_layer
 from .priors import make_prior
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample", "Decoded", "UserEncoder"]
@@ -168,7 +168,7 @@ class UserEncoder(nn.Module):
         out = self.module(h)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise ValueError(f"a user encoder must return (loc, log_scale), got {type(out).__name__}")
-        return out[0], out[1]
+        return float32_out(out[0]), float32_out(out[1])
 
     def forward(self, h: torch.Tensor) -> Distribution:
         loc, log_scale = self.loc_log_scale(h)
@@ -197,8 +197,8 @@ class Decoded:
 
 def _decoder_output(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """The raw parameters ``(..., P * D)`` of p(x | z_1): a built-in MLP's output layer by its fast
-    kernel (``logits``), any other module's ``forward``."""
-    return decoder.logits(z) if isinstance(decoder, BernoulliMLP) else decoder(z)
+    kernel (``logits``), any other module's ``forward``, in float32 (:func:`~iwae.models.networks.float32_out`)."""
+    return float32_out(decoder.logits(z) if isinstance(decoder, BernoulliMLP) else decoder(z))
 
 
 class VAE(nn.Module):
