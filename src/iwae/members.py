@@ -114,8 +114,8 @@ def stackable(config) -> str | None:
         value = getattr(config, name, plain)  # settings other branches of the code may add
         if value not in (plain, None):
             return f"{name} {value}"
-    if getattr(config, "compile", False):
-        return "compile"
+    if getattr(config, "compile", "none") not in ("none", None, False):
+        return f"compile {config.compile}"
     return None
 
 
