@@ -277,10 +277,34 @@ def variant_step(variant: str, batch: int, k: int, layers: int = 1):
 
 
 def _members_step(x: torch.Tensor, k: int, members: int):
-    # LEAD: wire the members slice's batched step here at merge (iwae.members: `members` seeds of this
-    # IWAE(k) model stacked as one model, one optimizer step for all). Until then the row reports
-    # "not wired". The rate printed is steps/s of this function; the table multiplies by `members`.
-    raise NotImplementedError("iwae.members is importable but bench.py's members hook is not wired yet")
+    """One step of ``members`` seeds of this IWAE(k) model trained as one batched model (iwae.members:
+    weights stacked on a member dimension, each member with its own generator and minibatch); the
+    rate printed is steps/s of this function, so member-steps/s is ``members`` times it."""
+    import iwae.members as members_module
+    import iwae.train as train_module
+
+    batch = x.shape[0]
+    x_train = x.repeat(4, 1)  # a few minibatches to draw each member's own rows from
+    group_members = []
+    for seed in range(members):
+        config = train_module.TrainConfig(objective="iwae", k=k, batch_size=batch, epochs=1, seed=seed, out="unused")
+        torch.manual_seed(seed)
+        model = train_module.build_model(config, x.shape[1]).to(DEVICE)
+        group_members.append(members_module._Member(
+            config, None, model=model, optimizer=train_module._make_optimizer(config, model, DEVICE),
+            generator=torch.Generator(device=DEVICE).manual_seed(seed)))
+    group = members_module._Group(train_module, group_members, DEVICE)
+    for m in group.members:
+        m.order = torch.randperm(x_train.shape[0], generator=m.generator, device=DEVICE)
+    kinds = members_module._kinds(train_module, group.members, 0)
+    position = [0]
+
+    def step():
+        i = position[0] = (position[0] + batch) % (x_train.shape[0] - batch + 1)
+        group.step(x_train, i, batch, k, group.latent_dims, True, kinds)
+        group.optimizer.step()
+
+    return step
 
 
 def _pythae_models():
