@@ -47,7 +47,6 @@ from torch import nn
 
 from . import data as data_module
 from . import rundir
-from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ESTIMATOR_TABLE, gradient_terms
 from .models.gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
@@ -335,33 +334,14 @@ class _Member:
 
 
 def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
-    """What :func:`iwae.train.train` checks of a run folder before it touches it, with the same errors."""
-    run_dir = Path(config.out)
-    member = _Member(config, run_dir)
-    total_epochs = config.total_epochs
-    if resume:
-        if not run_dir.is_dir():
-            raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
-        rundir.check_same_run(run_dir, config)
-        if rundir.has_checkpoint(run_dir):
-            member.saved = rundir.read_checkpoint(run_dir)
-            done = member.saved[1].get("epoch")
-            if not isinstance(done, int):
-                raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} has no epoch count; was it written by iwae?")
-            if done > total_epochs:
-                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
-                                 f"ask for --epochs {done} or more, or train a new run")
-            if done == total_epochs:
-                member.result = MemberResult(config, run_dir, "trained before")
-                return member
-            rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *member.saved, config.device)
-        elif not rundir.only_start_files(run_dir):
-            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
-                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
-                                  f"--overwrite to start this one again")
-    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
-                              f"--resume it, or pass --overwrite")
+    """What :func:`iwae.train.train` checks of a run folder before it touches it (its
+    :func:`~iwae.train.resume_point`, with the same errors)."""
+    from .train import resume_point
+
+    member = _Member(config, Path(config.out))
+    member.saved, finished = resume_point(config, resume=resume, overwrite=overwrite)
+    if finished:
+        member.result = MemberResult(config, member.run_dir, "trained before")
     return member
 
 

@@ -468,6 +468,45 @@ def _check_device(config: TrainConfig) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- the loop
+def resume_point(config: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[tuple | None, bool]:
+    """Whether ``config.out`` may be trained, and from where: ``(checkpoint, finished)``.
+
+    ``checkpoint`` is the ``(tensors, metadata)`` a resume continues from (None: start from the
+    beginning), ``finished`` whether it has trained all of ``config``'s epochs already. A run to
+    resume must be the same run (:func:`iwae.rundir.check_same_run`), on the device type its
+    checkpoint was written on, trained for no more epochs than asked; without ``resume`` the folder
+    must be empty, hold only a run stopped before its first checkpoint, or ``overwrite`` be given.
+    Shared by :func:`train` and :func:`iwae.members.train_members`, so a member resumes as its run would.
+    """
+    run_dir, total_epochs = Path(config.out), config.total_epochs
+    if resume:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
+        rundir.check_same_run(run_dir, config)
+        if rundir.has_checkpoint(run_dir):
+            saved = rundir.read_checkpoint(run_dir)
+            done = saved[1].get("epoch")
+            if not isinstance(done, int):
+                raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} has no epoch count; was it written by iwae?")
+            if done > total_epochs:
+                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
+                                 f"ask for --epochs {done} or more, or train a new run")
+            if done == total_epochs:
+                return saved, True
+            rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *saved, config.device)
+            return saved, False
+        if not rundir.only_start_files(run_dir):
+            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
+                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
+                                  f"--overwrite to start this one again")
+        print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
+              f"starting it from the beginning", file=sys.stderr)
+    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
+        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
+                              f"--resume it, or pass --overwrite")
+    return None, False
+
+
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           splits: data_module.Splits | None = None, model: VAE | None = None) -> Path:
     """Trains a model as ``config`` says and returns its run directory ``config.out``.
@@ -500,35 +539,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     run_dir = Path(config.out)
     ckpt_path = run_dir / rundir.CHECKPOINT
     total_epochs = config.total_epochs
-    saved = None  # the checkpoint to resume: (tensors, metadata)
-    if resume:
-        if not run_dir.is_dir():
-            raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
-        rundir.check_same_run(run_dir, config)
-        if rundir.has_checkpoint(run_dir):
-            saved = rundir.read_checkpoint(run_dir)
-            done = saved[1].get("epoch")
-            if not isinstance(done, int):
-                raise CheckpointError(f"{ckpt_path} has no epoch count; was it written by iwae?")
-            if done > total_epochs:
-                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
-                                 f"ask for --epochs {done} or more, or train a new run")
-            if done == total_epochs:
-                rundir.remove_run_temporaries(run_dir)
-                rundir.sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
-                print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
-                return run_dir  # on any device: nothing is drawn
-            rundir.check_same_device_type(ckpt_path, *saved, config.device)
-        elif rundir.only_start_files(run_dir):
-            print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
-                  f"starting it from the beginning", file=sys.stderr)
-        else:
-            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
-                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
-                                  f"--overwrite to start this one again")
-    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
-                              f"--resume it, or pass --overwrite")
+    saved, finished = resume_point(config, resume=resume, overwrite=overwrite)
+    if finished:
+        rundir.remove_run_temporaries(run_dir)
+        rundir.sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
+        print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
+        return run_dir  # on any device: nothing is drawn
     device = _check_device(config)
     if config.precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16-mixed needs a GPU with bfloat16 (Ampere or newer); {config.device} has "
