@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import re
-import warnings
 
 import pytest
 import torch
@@ -386,29 +385,3 @@ def test_add_views_needs_the_samples():
         add_views(model, estimators.LogWeightParts(log_w, torch.zeros_like(log_w)), stop_params=True)
     with pytest.raises(ValueError, match="stl.*log_weight_parts"):
         gradient_terms(model, log_w, ObjectiveSpec("iwae", k=4, estimator="stl"))
-
-
-def test_deprecated_view_arguments_warn_and_agree():
-    """log_weight_parts(stop_params=True, stop_samples=True) and GaussianMLP.loc_log_scale(h,
-    detach_params=True) still work, with a DeprecationWarning: the same views as add_views, and a
-    detached layer whose gradient reaches h but none of its parameters."""
-    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(4, 3), hidden_dims=((12,), (8,))))
-    with pytest.warns(DeprecationWarning, match="add_views"):
-        old = model.log_weight_parts(x, 3, torch.Generator().manual_seed(1), stop_params=True, stop_samples=True)
-    new = add_views(model, model.log_weight_parts(x, 3, torch.Generator().manual_seed(1)), stop_params=True,
-                    stop_samples=True)
-    for name in ("log_q_stop_params", "log_q_stop_samples", "log_p", "log_q"):
-        torch.testing.assert_close(getattr(old, name), getattr(new, name), rtol=0, atol=0)
-    layer: GaussianMLP = model.encoder[1]
-    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    with pytest.warns(DeprecationWarning, match="detach_params"):
-        loc, log_scale = layer.loc_log_scale(h, detach_params=True)
-    want = layer.loc_log_scale(h)
-    torch.testing.assert_close((loc, log_scale), want, rtol=0, atol=0)
-    assert not any(t.grad_fn is None for t in (loc, log_scale))
-    grads = torch.autograd.grad((loc.sum() + log_scale.sum()), [h, *layer.parameters()], allow_unused=True)
-    assert grads[0] is not None and all(g is None for g in grads[1:])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new paths do not warn
-        add_views(model, model.log_weight_parts(x, 3), stop_params=True)
-        layer.loc_log_scale(h)

@@ -1,4 +1,4 @@
-"""Tests for iwae.experiment: the shipped experiment files, how runs resolve, and bad files."""
+"""Tests for iwae.experiments.spec: the shipped experiment files, how runs resolve, and bad files."""
 
 from __future__ import annotations
 
@@ -209,28 +209,3 @@ def test_a_bad_seed_list_is_a_one_line_cli_error(tmp_path):
     assert_one_line_error(invoke("reproduce", path, "--dry-run", "--out", tmp_path / "out"),
                           "seeds must be a list of distinct integers")
     assert not (tmp_path / "out").exists()
-
-
-def test_the_old_module_names_are_the_moved_modules_with_a_deprecation_warning():
-    """iwae.experiment, iwae.reproduce, iwae.report and iwae.published moved into iwae.experiments:
-    importing the old names warns and gives the very same module (in a fresh interpreter, so that
-    no earlier import hides the warning)."""
-    import subprocess
-    import sys
-
-    code = """
-import warnings
-import iwae.experiments as ex
-for old, new in (("experiment", "spec"), ("reproduce", "engine"), ("report", "report"), ("published", "published")):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = __import__(f"iwae.{old}", fromlist=["_"])
-    assert module is getattr(ex, new), (old, module)
-    assert [w.category for w in caught] == [DeprecationWarning], (old, caught)
-    assert f"iwae.experiments.{new}" in str(caught[0].message)
-from iwae.reproduce import _lock, reproduce  # private names too
-from iwae.experiment import RunSpec
-print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -1,13 +1,11 @@
 """Tests for the figures (iwae.figures) and the ``iwae sample`` / ``iwae plot`` commands: pixel sizes,
-file formats, what the latent and q_EW figures draw, one-line errors, the deprecated import paths,
+file formats, what the latent and q_EW figures draw, one-line errors,
 and that no module outside iwae.figures imports matplotlib. (The numbers the figures draw are tested
 in test_figure_inputs.py, q_EW's in test_qew.py.)"""
 
 from __future__ import annotations
 
-import importlib
 import re
-import warnings
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -154,30 +152,14 @@ def test_matplotlib_is_imported_only_by_the_figures_package():
     assert re.search(r"^\s*import matplotlib", (package / "figures" / "_base.py").read_text(), re.M)
 
 
-def test_old_import_paths_still_work_and_warn(monkeypatch):
-    """iwae.plots and iwae.posterior_figure re-export the moved names (the same objects) with a
-    DeprecationWarning; snr.plot_snr and grid.plot_grid draw through iwae.figures; `import iwae`
-    itself warns of nothing."""
+def test_import_warns_of_nothing_and_snr_and_grid_draw_through_figures(monkeypatch):
+    """`import iwae` itself warns of nothing; snr.plot_snr and grid.plot_grid draw through iwae.figures."""
     import subprocess
     import sys
 
     quiet = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import iwae, iwae.figures"],
                            capture_output=True, text=True)
     assert quiet.returncode == 0, quiet.stderr
-    for name, moved in (("iwae.plots", {"plot_samples": figures.plot_samples, "plot_toy": figures.plot_toy,
-                                        "sample_images": analysis.sample_images, "toy_bias": analysis.toy_bias,
-                                        "read_metrics": figures.read_metrics}),
-                        ("iwae.posterior_figure", {"qew_figure": figures.qew_figure, "qew_report": qew.qew_report,
-                                                   "check_model": qew.check_model})):
-        import sys as _sys
-
-        _sys.modules.pop(name, None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module = importlib.import_module(name)
-        assert any(issubclass(w.category, DeprecationWarning) and "iwae.figures" in str(w.message) for w in caught)
-        for attr, obj in moved.items():
-            assert getattr(module, attr) is obj, (name, attr)
     from iwae import grid, snr
 
     calls = []

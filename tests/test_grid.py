@@ -22,7 +22,7 @@ from iwae.grid import (FIGURE_DPI, FIGURE_SIZE, PROTOCOL, GridPoint, Run, canoni
 from iwae.experiments.engine import STATE_FILE
 from iwae.rundir import RESULT_FILE
 
-plan = distinct_runs  # the grid's points -> runs map (the engine's plan is iwae.reproduce.plan)
+plan = distinct_runs  # the grid's points -> runs map (the engine's plan is iwae.experiments.engine.plan)
 
 TINY = dict(total=4, betas=[0.0, 0.5], epochs=1, train_subset=None, test_subset=10, log_p_k=20, progress=False)
 
@@ -73,13 +73,6 @@ def test_the_grid_is_an_experiment_of_the_engine():
     published = {r.name: r.published for r in runs}
     assert published["iwae-k64"] == pytest.approx({"iwae64": -86.11, "log_p_hat": -84.52, "neg_kl": -1.59})
     assert published["miwae-m2-k32"] is None and published["vae-k64"]["iwae64"] == pytest.approx(-86.69)
-
-
-def test_plan_is_a_deprecated_name_of_distinct_runs():
-    from iwae import grid
-
-    with pytest.warns(DeprecationWarning, match="distinct_runs"):
-        assert grid.plan(grid_points(4, [0.5])) == distinct_runs(grid_points(4, [0.5]))
 
 
 def test_total_12_uses_its_divisors():

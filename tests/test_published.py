@@ -1,4 +1,4 @@
-"""Tests for iwae.published and references/published.yaml: the numbers equal papers.md's, the
+"""Tests for iwae.experiments.published and references/published.yaml: the numbers equal papers.md's, the
 tables are internally consistent, and the file ships with the installed package."""
 
 from __future__ import annotations

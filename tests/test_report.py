@@ -1,4 +1,4 @@
-"""Tests for ``iwae report`` (iwae.report): deltas and their flags, blank published cells, failed,
+"""Tests for ``iwae report`` (iwae.experiments.report): deltas and their flags, blank published cells, failed,
 pending and blocked runs, a parent folder of several experiments, one-line errors, a
 self-contained HTML page, figures from real tiny runs (and notes where they cannot be drawn),
 and the page as headless Chromium renders it.

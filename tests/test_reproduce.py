@@ -1,4 +1,4 @@
-"""Tests for iwae.reproduce and ``iwae reproduce``: real (tiny) runs on MNIST, finished runs skipped,
+"""Tests for iwae.experiments.engine and ``iwae reproduce``: real (tiny) runs on MNIST, finished runs skipped,
 failures isolated, a killed reproduction resumed, worker processes, and a real local Ray instance."""
 
 from __future__ import annotations
@@ -481,7 +481,7 @@ def test_one_cuda_worker_is_still_a_process_of_its_own(tmp_path, monkeypatch):
 
 
 class FakeRay:
-    """The part of the ray module iwae.reproduce uses; a task runs when it is submitted, in this process."""
+    """The part of the ray module iwae.experiments.engine uses; a task runs when it is submitted, in this process."""
 
     def __init__(self, resources: dict):
         self.resources, self.inits, self.options, self.calls = resources, [], [], 0

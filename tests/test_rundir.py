@@ -204,11 +204,6 @@ def test_run_identity_keeps_what_decides_the_result():
         changed = TrainConfig(**{**TINY, "epochs": 3, "out": "runs/a", **other})
         assert rundir.run_identity(changed) != rundir.run_identity(base), other
         assert set(rundir.changed_settings(base, changed)) == set(other) - {"valid_k"}
-    # the old name in iwae.train is the same rule, with a warning that it moved
-    from iwae import train as train_module
-
-    with pytest.deprecated_call(match="moved to iwae.rundir.run_identity"):
-        assert train_module.run_identity is rundir.run_identity
 
 
 def test_run_key_adds_the_length_the_evaluation_and_the_dependency():
@@ -218,10 +213,6 @@ def test_run_key_adds_the_length_the_evaluation_and_the_dependency():
     for other in ({"config": {**spec["config"], "epochs": 4}}, {"config": {**spec["config"], "k": 6}},
                   {"eval": {"k": 200, "seed": 0}}, {"after": "a"}):
         assert rundir.run_key({**spec, **other}) != rundir.run_key(spec), other
-    from iwae import reproduce
-
-    with pytest.deprecated_call(match="run_key moved to iwae.rundir"):
-        assert reproduce.run_key is rundir.run_key
 
 
 # ----------------------------------------------------------------------------- the finished rule
@@ -285,25 +276,10 @@ def test_a_continued_run_is_finished_only_from_the_model_its_dependency_holds(tr
     assert finished_result(runs / "b", RunSpec.from_dict(spec)) is None
 
 
-def test_old_names_warn_and_forward_and_unknown_names_still_fail():
-    import iwae.evaluate
-    import iwae.reproduce
-
-    for module, name in ((iwae.evaluate, "load_trained"), (iwae.reproduce, "RESULT_FILE"),
-                         (iwae.reproduce, "ERROR_FILE")):
-        with pytest.deprecated_call():
-            assert getattr(module, name) is getattr(rundir, name)
-    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
-        iwae.evaluate.nonexistent  # noqa: B018
-
-
 # ----------------------------------------------------------------------------- other files of a run
 def test_eval_name_and_evaluation_files_round_trip(tmp_path):
     assert rundir.eval_name(5000, 0) == "eval_k5000_seed0"
     assert rundir.eval_name(64, 3, 500) == "eval_k64_n500_seed3"
-    with pytest.deprecated_call():
-        from iwae.evaluate import eval_name
-    assert eval_name is rundir.eval_name
     bounds = np.array([-90.5, -88.25, -101.0])
     rundir.write_evaluation(tmp_path, "eval_k3_seed0", {"nll": 93.25}, bounds)
     result, read = rundir.read_evaluation(tmp_path, "eval_k3_seed0")

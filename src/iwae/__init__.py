@@ -38,12 +38,3 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    """``iwae.plots`` and ``iwae.posterior_figure``, deprecated (now ``iwae.figures`` and ``iwae.qew``),
-    imported on first use so that ``import iwae`` itself warns of nothing."""
-    if name in ("plots", "posterior_figure"):
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

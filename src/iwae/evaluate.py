@@ -33,7 +33,6 @@ import torch
 
 from . import data as data_module
 from . import rundir
-from ._deprecated import moved
 from .errors import ConfigError
 from .models import VAE, bits_per_dim, discrete_nll
 from .objectives import iwae as iwae_bound
@@ -351,7 +350,3 @@ def evaluate(
     if save:
         rundir.write_evaluation(run_dir, name, result, bounds)
     return result
-
-
-# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
-__getattr__ = moved(__name__, "iwae.rundir", ("load_trained", "eval_name"))

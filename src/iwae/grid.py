@@ -54,7 +54,6 @@ import csv
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,12 +206,6 @@ def distinct_runs(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
     for p in points:
         runs.setdefault(canonical_run(p), []).append(p)
     return runs
-
-
-def plan(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
-    """Deprecated name of :func:`distinct_runs` (the engine's plan is :func:`iwae.experiments.engine.plan`)."""
-    warnings.warn("iwae.grid.plan is deprecated: use iwae.grid.distinct_runs", DeprecationWarning, stacklevel=2)
-    return distinct_runs(points)
 
 
 def points_of(config: dict, grid: dict) -> list[dict]:

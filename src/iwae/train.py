@@ -30,7 +30,6 @@ import torch
 
 from . import data as data_module
 from . import rundir
-from ._deprecated import moved
 from .checkpoint import CheckpointError
 from .errors import ConfigError
 from .estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
@@ -736,8 +735,3 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
     existed = run_dir.exists()
     train(config, overwrite=True, progress=progress, splits=splits)
     return "restarted" if existed else "trained"
-
-
-# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
-__getattr__ = moved(__name__, "iwae.rundir", ("run_identity", "trained_epochs", "training_seconds", "model_sha256",
-                                              "NOT_IDENTITY"))

@@ -3,7 +3,7 @@
     from iwae.experiments.engine import reproduce
     summary = reproduce("table1", "runs/table1", protocol="short", datasets=["mnist"], workers=2)
 
-Each run of the experiment (:mod:`iwae.experiment`) is an independent job: train (resuming its
+Each run of the experiment (:mod:`iwae.experiments.spec`) is an independent job: train (resuming its
 checkpoint if there is one), then evaluate the test NLL by L_k with its standard error, any further
 bounds, and active units, then write ``runs/<name>/result.json``. A run whose result.json matches
 its spec is finished and skipped, so an interrupted reproduction picks up where it stopped (a run
@@ -61,7 +61,6 @@ from .. import rundir
 from ..checkpoint import CheckpointError, atomic_write
 from ..data import load_dataset, missing_files
 from .spec import Experiment, RunSpec, load_experiment
-from .._deprecated import moved
 from ..rundir import model_sha256, trained_epochs, training_seconds
 from ..train import train_or_resume
 from ..estimators import ESTIMATOR_TABLE
@@ -554,7 +553,7 @@ def reproduce(
         experiment: a shipped experiment's name, a path to an experiment file, or an Experiment.
         out_dir: the output folder: ``reproduction.json`` and ``runs/<name>/``.
         protocol: ``short`` or ``paper`` (or any protocol the file defines).
-        datasets, only, overrides: see :meth:`iwae.experiment.Experiment.resolve`.
+        datasets, only, overrides: see :meth:`iwae.experiments.spec.Experiment.resolve`.
         workers: local worker processes (1: in this process). Default: 1 on CPU, one per GPU on CUDA.
         threads: torch threads per run (default: the cores divided among the workers).
         ray: a Ray address (``auto``, ``host:port``, ``local`` for a new local instance); None: local.
@@ -847,7 +846,3 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         state["wall_seconds"] = round(earlier_seconds + time.perf_counter() - t_start, 1)
         save()
     return summary
-
-
-# the run folder's files moved to iwae.rundir: the old names still work, with a DeprecationWarning
-__getattr__ = moved(__name__, "iwae.rundir", ("run_key", "RESULT_FILE", "ERROR_FILE"))

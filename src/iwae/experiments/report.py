@@ -16,7 +16,7 @@ curves, samples, latent spread, the (M, K) grid of Rainforth et al., a small gra
 as PNGs under ``OUT/report_figures/<experiment folder>/``. A figure that cannot be drawn becomes a
 one-line note.
 
-Seeds: the runs of an experiment with ``seeds`` share a ``group`` (:mod:`iwae.experiment`); the
+Seeds: the runs of an experiment with ``seeds`` share a ``group`` (:mod:`iwae.experiments.spec`); the
 table then has one row per group, each metric the mean over its finished seeds ± their standard
 deviation (n - 1 in the denominator; blank for one seed), n seeds beside it, and delta = mean -
 published. ``per_seed=True`` (``iwae report --per-seed``) adds the table of every run; ``report.json``

@@ -13,7 +13,6 @@ The factories :func:`make_encoder_layer` and :func:`make_decoder` build one of :
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -131,23 +130,9 @@ class GaussianMLP(nn.Module):
             self.head.bias.zero_()
         self.out_features = out_features
 
-    def loc_log_scale(self, h: torch.Tensor, detach_params: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``.
-
-        ``detach_params`` is deprecated: :func:`iwae.estimators.add_views` builds the views with
-        the parameters detached, for any layer, with ``torch.func.functional_call``.
-        """
-        if detach_params:
-            warnings.warn("GaussianMLP.loc_log_scale(detach_params=True) is deprecated: use "
-                          "torch.func.functional_call with detached parameters (iwae.estimators.add_views)",
-                          DeprecationWarning, stacklevel=2)
-            def detached(module: nn.Module) -> dict[str, torch.Tensor]:
-                return {name: p.detach() for name, p in module.named_parameters()}
-
-            h = torch.func.functional_call(self.body, detached(self.body), (h,))
-            out = torch.func.functional_call(self.head, detached(self.head), (h,))
-        else:
-            out = self.head(self.body(h))
+    def loc_log_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(loc, log_scale)``, each of shape ``h.shape[:-1] + (out_features,)``."""
+        out = self.head(self.body(h))
         # float32 as it leaves the network, also under bf16 autocast: eps, z and log q are computed in it
         out = out.to(self.head.weight.dtype)
         loc, log_scale = out.chunk(2, dim=-1)

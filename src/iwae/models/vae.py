@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -437,28 +436,16 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
         *,
         prior_direct: bool = False,
-        stop_params: bool = False,
-        stop_samples: bool = False,
     ) -> LogWeightParts:
         """log p(x, z_i) and log q(z_i | x) of ``num_samples`` draws, with the draws themselves.
 
         One sampling (:meth:`sample_posterior`) and one decoder pass. With ``prior_direct``, and a
         prior that depends on the encoder (VampPrior), also log p(z_L) at the detached top-layer
         samples, whose gradient is that direct dependence alone (DReG, RWS-DReG); the prior computes
-        both from one encoder pass over its pseudo-inputs.
-
-        ``stop_params`` and ``stop_samples`` are deprecated: the views of log q with the encoder's
+        both from one encoder pass over its pseudo-inputs. The views of log q with the encoder's
         parameters or the samples detached are built by :func:`iwae.estimators.add_views`.
         """
-        parts = self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator), prior_direct)
-        if stop_params or stop_samples:
-            warnings.warn("log_weight_parts(stop_params=..., stop_samples=...) is deprecated: use "
-                          "iwae.estimators.add_views(model, parts, stop_params=..., stop_samples=...)",
-                          DeprecationWarning, stacklevel=2)
-            from ..estimators import add_views  # the views live with the estimators (a shim's import)
-
-            parts = add_views(self, parts, stop_params=stop_params, stop_samples=stop_samples)
-        return parts
+        return self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator), prior_direct)
 
     def log_joint(self, x: torch.Tensor, zs: list[torch.Tensor], prior_direct: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
