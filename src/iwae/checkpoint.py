@@ -24,21 +24,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError, WriteError
+
 __all__ = ["atomic_write", "save_tensors", "load_tensors", "remove_temporaries", "check_writable", "CheckpointError", "WriteError"]
 
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-class CheckpointError(ValueError):
-    """A run directory or checkpoint file is missing, corrupt or inconsistent."""
-
-
-class WriteError(CheckpointError, OSError):
-    """A file could not be written (full disk, read-only or missing folder); the old file is unchanged.
-
-    Both a CheckpointError (the CLI reports it in one line) and an OSError (for callers that catch those)."""
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:

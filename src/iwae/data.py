@@ -85,6 +85,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+
 __all__ = [
     "BINARIZATIONS",
     "DATASETS",
@@ -199,13 +201,6 @@ _SUBDIRS = {
 }
 _IMAGE_SIDE = 28
 _IMAGE_DIM = _IMAGE_SIDE * _IMAGE_SIDE
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message is one line that says what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True, repr=False, eq=False)

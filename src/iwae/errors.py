@@ -1,4 +1,13 @@
-"""ConfigError: a bad setting, with the names of the settings it is about.
+"""The errors a user can cause, each a ValueError whose message is one line that says what to do; the
+command line prints it and exits with status 2 (:mod:`iwae.cli.support`).
+
+- :class:`ConfigError`: a bad setting, with the names of the settings it is about;
+- :class:`DataError`: bad or missing data (:mod:`iwae.data`);
+- :class:`CheckpointError` (and :class:`WriteError`, a file that could not be written): a run directory
+  or checkpoint file that is missing, corrupt or inconsistent (:mod:`iwae.rundir`, :mod:`iwae.checkpoint`);
+- :class:`ExperimentError`: an experiment file that cannot be run (:mod:`iwae.experiments.spec`).
+
+This module imports nothing of the package, so every layer can raise them.
 
 The library speaks of settings by their Python names (``train_subset``, ``kl_warmup``), the command
 line by their flags (``--train-subset``). A ConfigError carries the names it mentions, so the CLI can
@@ -11,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "DataError", "CheckpointError", "WriteError", "ExperimentError"]
 
 
 class ConfigError(ValueError):
@@ -47,3 +56,24 @@ def _as_a_word(match: re.Match) -> bool:
 def _word(name: str) -> str:
     # a whole identifier: not part of a longer name (k in valid_k), a flag (--k) or a quoted value ('k')
     return rf"(?<![\w'\-]){re.escape(name)}(?![\w'\-])"
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message is one line that says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class CheckpointError(ValueError):
+    """A run directory or checkpoint file is missing, corrupt or inconsistent."""
+
+
+class WriteError(CheckpointError, OSError):
+    """A file could not be written (full disk, read-only or missing folder); the old file is unchanged.
+
+    Both a CheckpointError (the CLI reports it in one line) and an OSError (for callers that catch those)."""
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be used, or a selection that matches nothing; the message says why."""

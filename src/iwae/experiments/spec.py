@@ -66,6 +66,7 @@ from pathlib import Path
 import yaml
 
 from . import published as published_module
+from ..errors import ExperimentError
 from ..train import TrainConfig
 
 __all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
@@ -80,10 +81,6 @@ TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults",
 # set per invocation, never by an experiment file: where and how a run executes
 EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from", "init_sha256"}
 _CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
-
-
-class ExperimentError(ValueError):
-    """An experiment file that cannot be used, or a selection that matches nothing; the message says why."""
 
 
 @dataclass(frozen=True)
