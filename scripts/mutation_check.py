@@ -53,13 +53,13 @@ class Mutation:
 M = Mutation
 MUTATIONS: list[Mutation] = [
     # --- Adam (Burda et al.: beta1 0.9, beta2 0.999, eps 1e-4)
-    M("adam-eps-pytorch-default", "src/iwae/train.py", "adam_eps: float = _setting(1e-4,", "adam_eps: float = _setting(1e-8,",
+    M("adam-eps-pytorch-default", "src/iwae/config/train.py", "adam_eps: float = _setting(1e-4,", "adam_eps: float = _setting(1e-8,",
       (P + "test_training_uses_burdas_adam_settings", P + "test_adam_step_matches_the_hand_computed_update"),
       "Adam's eps is PyTorch's 1e-8 instead of Burda et al.'s 1e-4"),
     M("adam-eps-not-passed", "src/iwae/train.py", "eps=config.adam_eps, fused=fused)", "fused=fused)",
       (P + "test_adam_step_matches_the_hand_computed_update", P + "test_training_uses_burdas_adam_settings"),
       "the optimiser ignores adam_eps (PyTorch's default 1e-8)"),
-    M("adam-beta1-0.99", "src/iwae/train.py", "beta1: float = _setting(0.9,", "beta1: float = _setting(0.99,",
+    M("adam-beta1-0.99", "src/iwae/config/train.py", "beta1: float = _setting(0.9,", "beta1: float = _setting(0.99,",
       (P + "test_training_uses_burdas_adam_settings",), "beta1 0.99 instead of 0.9"),
     # --- initialisation
     M("no-output-bias-init", "src/iwae/train.py",
@@ -126,19 +126,19 @@ MUTATIONS: list[Mutation] = [
       (P + "test_log_likelihood_stays_within_its_memory_budget",),
       "the per-row memory estimate is halved: chunks twice as large as the budget allows"),
     # --- the (M, K) grid of Rainforth et al.
-    M("grid-points-swap-m-k", "src/iwae/grid.py", "GridPoint(o, m, total // m) for o",
+    M("grid-points-swap-m-k", "src/iwae/config/grid.py", "GridPoint(o, m, total // m) for o",
       "GridPoint(o, total // m, m) for o", (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
       "grid_points makes (total / M, M) of the M asked for"),
-    M("grid-run-name-swap-m-k", "src/iwae/grid.py", 'return f"{self.objective}-m{self.m}-k{self.k // self.m}"',
+    M("grid-run-name-swap-m-k", "src/iwae/config/grid.py", 'return f"{self.objective}-m{self.m}-k{self.k // self.m}"',
       'return f"{self.objective}-m{self.k // self.m}-k{self.m}"',
       (P + "test_grid_point_m_k_means_m_groups_of_k_samples",), "run directories named (K, M)"),
-    M("grid-run-config-swap-m-k", "src/iwae/grid.py", "TrainConfig(objective=self.objective, k=self.k, m=self.m,",
+    M("grid-run-config-swap-m-k", "src/iwae/config/grid.py", "TrainConfig(objective=self.objective, k=self.k, m=self.m,",
       "TrainConfig(objective=self.objective, k=self.k, m=self.k // self.m,",
       (P + "test_grid_point_m_k_means_m_groups_of_k_samples",), "the run of MIWAE(M, K) trains MIWAE(K, M)"),
-    M("grid-canonical-run-swap-m-k", "src/iwae/grid.py", "return Run(point.objective, total, m=point.m)",
+    M("grid-canonical-run-swap-m-k", "src/iwae/config/grid.py", "return Run(point.objective, total, m=point.m)",
       "return Run(point.objective, total, m=point.k)", (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
       "a grid point maps to the run of its transposed point"),
-    M("grid-rows-swap-m-k", "src/iwae/grid.py", '"m": p.m, "k": p.k,', '"m": p.k, "k": p.m,',
+    M("grid-rows-swap-m-k", "src/iwae/config/grid.py", '"m": p.m, "k": p.k,', '"m": p.k, "k": p.m,',
       (P + "test_grid_rows_and_runs_keep_m_and_k",), "grid.csv's m and k columns swapped"),
     # --- networks and samples
     M("softsign-for-tanh", "src/iwae/models/networks.py", "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",

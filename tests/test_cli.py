@@ -423,7 +423,7 @@ def test_every_train_config_field_has_its_flag_with_the_fields_default():
         # --out alone has no default on the command line (it is required there); every other flag's is the field's
         expected = None if f.name == "out" else f.default
         assert option.default == expected, (f.name, option.default, f.default)
-        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text: declare it with train._setting"
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text: declare it with iwae.config.train._setting"
         assert option.help.startswith(f.metadata["help"]), f.name
     extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
     assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds"}  # seeds: members, see iwae.members
@@ -458,7 +458,7 @@ def test_a_new_setting_gets_its_flag(monkeypatch):
     import click
 
     from iwae.cli.support import setting_options
-    from iwae.train import _setting
+    from iwae.config.train import _setting
 
     @dataclasses.dataclass
     class Config:

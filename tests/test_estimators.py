@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from iwae import estimators, objectives
+from iwae.choices import ESTIMATOR_OBJECTIVES
 from iwae.estimators import (ESTIMATOR_TABLE, ESTIMATORS, Estimator, ObjectiveSpec, accumulate_gradients, add_views,
                              backward, gradient_terms)
 from iwae.models import VAE, GaussianMLP, ModelConfig
@@ -281,7 +282,8 @@ def test_names_costs_and_views_are_read_from_the_table():
 
 
 def test_a_new_table_entry_is_a_working_estimator(monkeypatch):
-    """Adding an estimator is one table entry and its surrogate: a toy entry whose surrogate is
+    """Adding an estimator is one table entry, its surrogate and the objectives it is defined for
+    (iwae.choices.ESTIMATOR_OBJECTIVES, which the configs read without PyTorch): a toy entry whose surrogate is
     0.5 * IWAE of the path view (log p - log q with q's parameters detached) is accepted by
     ObjectiveSpec for the objectives it lists only, receives the view it asks for, and its encoder
     gradient is half that of STL on the same draws while the decoder's is reparam's. Without the
@@ -295,6 +297,7 @@ def test_a_new_table_entry_is_a_working_estimator(monkeypatch):
         return 0.5 * objectives.iwae(parts.log_p - parts.log_q_stop_params)
 
     monkeypatch.setitem(ESTIMATOR_TABLE, "half-stl", Estimator(half_stl, ("iwae",), "stop_params", (), 1.3, "test"))
+    monkeypatch.setitem(ESTIMATOR_OBJECTIVES, "half-stl", ("iwae",))
     spec = ObjectiveSpec("iwae", k=4, estimator="half-stl")
     with pytest.raises(ValueError, match="half-stl"):
         ObjectiveSpec("vae", k=4, estimator="half-stl")

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["COMPILE_MODES", "compiled_forward"]
+from .choices import COMPILE_MODES
 
-COMPILE_MODES = ("none", "default", "reduce-overhead")
+__all__ = ["COMPILE_MODES", "compiled_forward"]
 
 
 def compiled_forward(mode: str, device: str | torch.device) -> Callable | None:

@@ -85,6 +85,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import BINARIZATIONS, DATASETS, resolve_binarize
 from .errors import DataError
 
 __all__ = [
@@ -109,9 +110,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("mnist", "binarized-mnist", "fashion-mnist", "omniglot")
-"""Names accepted by :func:`load_dataset`, besides ``"npz:PATH"``."""
-
 #: Seed of the one-time binarization of the test split of dynamically binarized datasets.
 TEST_BINARIZATION_SEED: int = 20160201
 #: Seed of the one-time binarization of the validation split (distinct from the test seed).
@@ -121,9 +119,6 @@ TRAIN_BINARIZATION_SEED: int = 20150601
 #: Seeds of the one-time uniform dequantisation of the validation and test splits.
 VALID_DEQUANTIZATION_SEED: int = 20180401
 TEST_DEQUANTIZATION_SEED: int = 20180402
-
-BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "none")
-"""The ``binarize`` modes of :func:`load_dataset` (see the module docstring)."""
 
 #: MNIST / Fashion-MNIST: number of training images (the last ones) held out for validation.
 MNIST_N_VALID: int = 400
@@ -322,16 +317,6 @@ def fixed_dequantization(x: np.ndarray, seed: int) -> np.ndarray:
     for rows, u in _fixed_uniform_rows(x.reshape(x.shape[0], -1), seed):
         out.reshape(x.shape[0], -1)[rows] = (np.round(x.reshape(x.shape[0], -1)[rows].astype(np.float64) * 255) + u) / 256
     return out
-
-
-def resolve_binarize(binarize: str, likelihood: str = "bernoulli") -> str:
-    """The binarization mode of ``binarize`` (``auto`` or one of :data:`BINARIZATIONS`): ``auto`` is
-    ``dynamic`` for the Bernoulli likelihood (the papers' protocol) and ``none`` for the others."""
-    if binarize == "auto":
-        return "dynamic" if likelihood == "bernoulli" else "none"
-    if binarize not in BINARIZATIONS:
-        raise DataError(f"unknown binarize mode {binarize!r}; choose auto or one of {', '.join(BINARIZATIONS)}")
-    return binarize
 
 
 # --------------------------------------------------------------------------- locations

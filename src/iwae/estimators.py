@@ -51,7 +51,7 @@ which samples once and runs the decoder forward once; an estimator other than ``
 back-propagates through the decoder a second time for the encoder's term (no weight gradients).
 
 Each estimator is one entry of :data:`ESTIMATOR_TABLE` (an :class:`Estimator`: its surrogate, the
-objectives it supports, the view of log q it needs, whether it weights the prior's direct term
+objectives it supports (also listed, for the configs, in :data:`iwae.choices.ESTIMATOR_OBJECTIVES`), the view of log q it needs, whether it weights the prior's direct term
 apart, its relative cost per step); everything else reads the table.
 
 References:
@@ -72,62 +72,14 @@ import torch
 from torch import nn
 
 from . import objectives
+from .choices import ESTIMATOR_OBJECTIVES, ESTIMATORS
+from .config import ObjectiveSpec
 from .models.gaussian import diag_normal_log_prob
 from .models.vae import LogWeightParts
 from .precision import training_autocast
 
 __all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "add_views",
            "forward_terms", "Estimator", "ESTIMATOR_TABLE", "ESTIMATORS"]
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """An objective with its sample layout.
-
-    ``k`` is always the total number of samples per example; for ``miwae`` and ``piwae`` they
-    form ``m`` groups of ``k // m`` (so ``k=64, m=8`` is MIWAE(8, 8)).
-    """
-
-    name: str = "iwae"  # one of objectives.OBJECTIVES
-    k: int = 5  # total samples per example
-    m: int = 1  # groups, for miwae and piwae
-    beta: float = 0.5  # ELBO weight, for ciwae
-    estimator: str = "reparam"  # one of ESTIMATORS
-
-    def __post_init__(self) -> None:
-        if self.name not in objectives.OBJECTIVES:
-            raise ValueError(f"unknown objective {self.name!r}; choose one of {', '.join(objectives.OBJECTIVES)}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.m < 1:
-            raise ValueError(f"m must be >= 1, got {self.m}")
-        if self.m != 1 and self.name not in ("miwae", "piwae"):
-            raise ValueError(f"m (groups of samples) applies to miwae and piwae only, not {self.name}")
-        if self.k % self.m:
-            raise ValueError(f"m = {self.m} must divide the total number of samples k = {self.k}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must lie in [0, 1], got {self.beta}")
-        entry = ESTIMATOR_TABLE.get(self.estimator)
-        if entry is None:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATOR_TABLE)}")
-        if self.name not in entry.objectives:
-            usable = [name for name, e in ESTIMATOR_TABLE.items() if self.name in e.objectives]
-            raise ValueError(f"the {self.estimator} estimator is defined for the {' and '.join(entry.objectives)} "
-                             f"objective only, not {self.name}; use the {_or(usable)} estimator")
-
-    @property
-    def label(self) -> str:
-        """A short human-readable name, e.g. ``MIWAE(8,8)``, ``IWAE(k=50)``, ``CIWAE(beta=0.5,k=5)``."""
-        if self.name in ("miwae", "piwae"):
-            return f"{self.name.upper()}({self.m},{self.k // self.m})"
-        if self.name == "ciwae":
-            return f"CIWAE(beta={self.beta:g},k={self.k})"
-        return f"{'VAE' if self.name == 'vae' else 'IWAE'}(k={self.k})"
-
-
-def _or(names: list[str]) -> str:
-    """'a', 'a or b', 'a, b or c'."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass
@@ -214,9 +166,10 @@ def _rws_dreg_surrogate(spec: ObjectiveSpec, parts: LogWeightParts) -> torch.Ten
 class Estimator:
     """One encoder gradient estimator, as :data:`ESTIMATOR_TABLE` lists it.
 
-    Adding an estimator is one entry in the table and its surrogate function; ObjectiveSpec's
-    validation, the views :func:`accumulate_gradients` builds, the dispatch in
-    :func:`gradient_terms`, the CLI's choices and reproduce's time estimate all read the table.
+    Adding an estimator is one entry in the table, its surrogate function, and its name with the
+    objectives it is defined for in :data:`iwae.choices.ESTIMATOR_OBJECTIVES` (which ObjectiveSpec's
+    validation and the CLI's choices read without PyTorch); the views :func:`accumulate_gradients`
+    builds, the dispatch in :func:`gradient_terms` and reproduce's time estimate read the table.
     """
 
     surrogate: Callable[[ObjectiveSpec, LogWeightParts], torch.Tensor]  # (spec, parts) -> (B,), ascended by phi
@@ -235,19 +188,21 @@ class Estimator:
 
 
 _ALL = objectives.OBJECTIVES
+_FOR = ESTIMATOR_OBJECTIVES  # the objectives each estimator is defined for: iwae.choices, read without PyTorch
 ESTIMATOR_TABLE: dict[str, Estimator] = {
-    "reparam": Estimator(_reparam_surrogate, _ALL, None, (), 1.0,
+    "reparam": Estimator(_reparam_surrogate, _FOR["reparam"], None, (), 1.0,
                          "the objective's own reparameterised gradient (Kingma & Welling 2014)"),
-    "stl": Estimator(_stl_surrogate, _ALL, "stop_params", (), 1.33,
+    "stl": Estimator(_stl_surrogate, _FOR["stl"], "stop_params", (), 1.33,
                      "sticking the landing: the score term dropped (Roeder et al. 2017)"),
-    "dreg": Estimator(_dreg_surrogate, _ALL, "stop_params", tuple(o for o in _ALL if o != "vae"), 1.33,
+    "dreg": Estimator(_dreg_surrogate, _FOR["dreg"], "stop_params", tuple(o for o in _ALL if o != "vae"), 1.33,
                       "doubly reparameterised, w~^2 on the path (Tucker et al. 2019)"),
-    "rws": Estimator(_rws_surrogate, ("iwae",), "stop_samples", (), 1.07,
+    "rws": Estimator(_rws_surrogate, _FOR["rws"], "stop_samples", (), 1.07,
                      "reweighted wake-sleep's wake-phi update (Bornschein & Bengio 2015)"),
-    "rws-dreg": Estimator(_rws_dreg_surrogate, ("iwae",), "stop_params", ("iwae",), 1.33,
+    "rws-dreg": Estimator(_rws_dreg_surrogate, _FOR["rws-dreg"], "stop_params", ("iwae",), 1.33,
                           "RWS's wake-phi gradient doubly reparameterised (Tucker et al. 2019)"),
 }
-ESTIMATORS = tuple(ESTIMATOR_TABLE)  # the names, in the table's order (the CLI's choices)
+# ESTIMATORS, the names in the table's order (the CLI's choices), come from iwae.choices
+assert tuple(ESTIMATOR_TABLE) == ESTIMATORS, f"iwae.choices.ESTIMATORS {ESTIMATORS} != the table's {tuple(ESTIMATOR_TABLE)}"
 
 
 def _needs_prior_direct(spec: ObjectiveSpec) -> bool:

@@ -57,22 +57,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import published
 from .checkpoint import atomic_write
-from .train import TrainConfig
+from .config.grid import (DEFAULT_BETAS, DEFAULT_TOTAL, OBJECTIVES, GridPoint, Run, canonical_run, distinct_runs,
+                          divisors, grid_points, points_of, section_points)
+from .experiments import engine
+from .experiments.report import grid_rows, grid_table, read_reproduction
+from .experiments.spec import experiment_from_dict
 
 __all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "distinct_runs", "points_of", "grid_experiment",
            "describe", "run_grid", "plot_grid", "grid_table", "read_grid_csv", "DEFAULT_BETAS", "PROTOCOL"]
 
 # ----------------------------------------------------------------------------- defaults (the short protocol)
-DEFAULT_TOTAL = 64  # M * K, samples per example for every objective
-DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # CIWAE's ELBO weights
 DEFAULT_EPOCHS = 4  # the first epochs of the paper schedule (1 at lr 1e-3, 3 at 7.2e-4)
 DEFAULT_SCHEDULE = "paper"
 DEFAULT_TRAIN_SUBSET = 5000  # training images (the first N of the 59,600)
 DEFAULT_TEST_SUBSET = 500  # test images for IWAE-64 and log p-hat (the first N of 10,000)
 DEFAULT_LOG_P_K = 5000  # samples of log p-hat = L_5000, as both papers
-OBJECTIVES = ("miwae", "piwae", "ciwae")
 PROTOCOL = "grid"  # the protocol of the experiment grid_experiment builds
 FIGURE_SIZE = (15.0, 8.0)  # inches, at FIGURE_DPI: grid.png is 1500 x 800 pixels
 FIGURE_DPI = 100
@@ -81,157 +81,6 @@ PUBLISHED_LABEL = "Rainforth et al. 2018 (full protocol)"
 CSV_FIELDS = ["objective", "m", "k", "beta", "total", "label", "run", "iwae_bound", "iwae_stderr", "log_p_hat",
               "log_p_hat_stderr", "neg_kl", "active_units", "iwae_k", "log_p_k", "n_test", "epochs",
               "train_subset", "train_seconds", "eval_seconds", "seconds"]
-
-
-# ----------------------------------------------------------------------------- grid points and runs
-@dataclass(frozen=True)
-class GridPoint:
-    """One point of the study: ``objective`` with ``m`` groups of ``k`` samples (the paper's (M, K)),
-    and ``beta`` for CIWAE (else None). CIWAE points have m = 1, k = total."""
-
-    objective: str  # miwae, piwae or ciwae
-    m: int
-    k: int
-    beta: float | None = None
-
-    @property
-    def total(self) -> int:
-        return self.m * self.k
-
-    @property
-    def label(self) -> str:
-        """``MIWAE(8,8)``, ``CIWAE(beta=0.5)``."""
-        if self.objective == "ciwae":
-            return f"CIWAE(beta={self.beta:g})"
-        return f"{self.objective.upper()}({self.m},{self.k})"
-
-
-@dataclass(frozen=True)
-class Run:
-    """A distinct training run, in :class:`~iwae.train.TrainConfig`'s terms: ``k`` is the total
-    number of samples and ``m`` the groups (miwae and piwae only); ``beta`` for ciwae only."""
-
-    objective: str  # vae, iwae, miwae, piwae or ciwae
-    k: int
-    m: int = 1
-    beta: float | None = None
-
-    @property
-    def name(self) -> str:
-        """The run directory's name: ``iwae-k64``, ``vae-k64``, ``miwae-m8-k8``, ``ciwae-beta0.5-k64``."""
-        if self.objective in ("miwae", "piwae"):
-            return f"{self.objective}-m{self.m}-k{self.k // self.m}"
-        if self.objective == "ciwae":
-            return f"ciwae-beta{self.beta:g}-k{self.k}"
-        return f"{self.objective}-k{self.k}"
-
-    def config(self, **protocol) -> TrainConfig:
-        beta = {} if self.beta is None else {"beta": self.beta}
-        return TrainConfig(objective=self.objective, k=self.k, m=self.m, **beta, **protocol)
-
-    @classmethod
-    def of_config(cls, config: dict) -> Run:
-        """The canonical run of a run's settings (a TrainConfig dict): ``miwae`` with m = 1 is
-        ``iwae``, with m = k the ``vae``, and so on (:func:`canonical_run`); m and beta count only
-        where they mean something."""
-        objective, k = config["objective"], int(config["k"])
-        if objective in ("miwae", "piwae"):
-            m = int(config.get("m", 1))
-            return canonical_run(GridPoint(objective, m, k // m))
-        if objective == "ciwae":
-            return canonical_run(GridPoint("ciwae", 1, k, float(config.get("beta", 0.5))))
-        return cls("vae", 1) if k == 1 and objective == "iwae" else cls(objective, k)
-
-
-def canonical_run(point: GridPoint) -> Run:
-    """The training run a grid point is: identical objectives map to one run.
-
-    MIWAE(1, K) = PIWAE(1, K) = CIWAE(0) = IWAE(k=K); MIWAE(M, 1) = CIWAE(1) = VAE with M samples
-    (the mean of M one-sample ELBOs); with one sample every objective is the VAE. PIWAE(M, 1) for
-    M > 1 stays distinct: its decoder is trained on IWAE(M).
-    """
-    total = point.total
-    if total == 1:
-        return Run("vae", 1)
-    if point.objective == "ciwae":
-        if point.beta == 0:
-            return Run("iwae", total)
-        if point.beta == 1:
-            return Run("vae", total)
-        return Run("ciwae", total, beta=float(point.beta))
-    if point.m == 1:
-        return Run("iwae", total)
-    if point.objective == "miwae" and point.k == 1:
-        return Run("vae", total)
-    return Run(point.objective, total, m=point.m)
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def grid_points(total: int = DEFAULT_TOTAL, betas=DEFAULT_BETAS, ms: list[int] | None = None,
-                objectives=OBJECTIVES) -> list[GridPoint]:
-    """MIWAE and PIWAE at (M, total / M) for every M in ``ms`` (default: all divisors of ``total``,
-    ascending), then CIWAE at every beta in ``betas``.
-
-    Raises:
-        ValueError: total < 1, an M that does not divide total, a beta outside [0, 1], an unknown objective.
-    """
-    if int(total) != total or total < 1:
-        raise ValueError(f"total (M * K) must be an integer >= 1, got {total}")
-    unknown = set(objectives) - set(OBJECTIVES)
-    if unknown:
-        raise ValueError(f"unknown grid objective {', '.join(sorted(unknown))}; choose among {', '.join(OBJECTIVES)}")
-    ms = divisors(total) if ms is None else list(ms)
-    bad = [m for m in ms if int(m) != m or m < 1 or total % m]
-    if bad:
-        raise ValueError(f"M = {bad[0]} does not divide total = {total}; choose among its divisors "
-                         f"{','.join(map(str, divisors(total)))}")
-    betas = list(betas)
-    bad = [b for b in betas if not 0.0 <= b <= 1.0]
-    if bad:
-        raise ValueError(f"beta must lie in [0, 1], got {bad[0]}")
-    points = [GridPoint(o, m, total // m) for o in ("miwae", "piwae") if o in objectives for m in ms]
-    if "ciwae" in objectives:
-        points += [GridPoint("ciwae", 1, total, float(b)) for b in betas]
-    if len(set(points)) != len(points):
-        raise ValueError("the grid lists a point twice (a repeated M or beta)")
-    return points
-
-
-def distinct_runs(points: list[GridPoint]) -> dict[Run, list[GridPoint]]:
-    """Distinct runs, in the order first needed, each with the grid points it serves."""
-    runs: dict[Run, list[GridPoint]] = {}
-    for p in points:
-        runs.setdefault(canonical_run(p), []).append(p)
-    return runs
-
-
-def points_of(config: dict, grid: dict) -> list[dict]:
-    """The points of ``grid`` (an experiment's ``grid`` section: total, ms, betas) that the run of
-    ``config`` (a TrainConfig dict) serves, in grid order: ``{label, objective, m, k, beta, index}``,
-    index being the point's place in :func:`grid_points`."""
-    run = Run.of_config(config)
-    return [{"label": p.label, "objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "index": i}
-            for i, p in enumerate(_points(grid)) if canonical_run(p) == run]
-
-
-def _points(grid: dict) -> list[GridPoint]:
-    return grid_points(grid.get("total", DEFAULT_TOTAL), grid.get("betas", DEFAULT_BETAS), grid.get("ms"))
-
-
-def run_entry(run: Run) -> dict:
-    """The experiment-file entry of a distinct run: its name and settings, and the row of Rainforth
-    et al.'s table it corresponds to (M * K = 64 only; else ``published: null``)."""
-    entry: dict = {"name": run.name, "objective": run.objective, "k": run.k}
-    if run.objective in ("miwae", "piwae"):
-        entry["m"] = run.m
-    if run.objective == "ciwae":
-        entry["beta"] = run.beta
-    row = _published_by_run(run.k).get(run)
-    entry["published"] = {"match": {"name": row["name"]}} if row else None
-    return entry
 
 
 # ----------------------------------------------------------------------------- the sweep as an experiment
@@ -257,8 +106,6 @@ def grid_experiment(
         ValueError: a grid :func:`grid_points` refuses, iwae_k, log_p_k or test_subset < 1, a setting
             TrainConfig refuses (:class:`iwae.experiments.spec.ExperimentError`).
     """
-    from .experiments.spec import experiment_from_dict
-
     points = grid_points(total, betas, ms)  # its messages name the bad M or beta
     iwae_k = total if iwae_k is None else iwae_k
     if iwae_k < 1 or log_p_k < 1:
@@ -291,7 +138,7 @@ def describe(exp, out_dir: str | os.PathLike) -> str:
     """What ``iwae grid --dry-run`` prints: the number of grid points and distinct runs, then each run
     with the grid points it serves."""
     runs = exp.resolve(PROTOCOL)
-    n_points = len(_points(exp.spec["grid"]))
+    n_points = len(section_points(exp.spec["grid"]))
     width = max(len(r.name) for r in runs)
     lines = [f"{n_points} grid points, {len(runs)} distinct runs under {Path(out_dir) / 'runs'}:"]
     lines += [f"  {r.name:<{width}}  {', '.join(p['label'] for p in r.points)}" for r in runs]
@@ -343,11 +190,8 @@ def run_grid(
             failed (after the grid files of the others are written; their errors are in
             ``runs/<name>/error.json``).
     """
-    from .experiments.engine import reproduce
-    from .experiments.report import grid_rows, read_reproduction
-
     exp = grid_experiment(**sweep)
-    summary = reproduce(exp, out_dir, protocol=PROTOCOL, data_dir=data_dir, threads=threads, progress=progress,
+    summary = engine.reproduce(exp, out_dir, protocol=PROTOCOL, data_dir=data_dir, threads=threads, progress=progress,
                         splits=splits, workers=workers, ray=ray)
     out_dir = Path(out_dir)
     rows = grid_rows(read_reproduction(out_dir)) if len(summary.failed) < len(summary.status) else []
@@ -392,51 +236,6 @@ def read_grid_csv(path: str | os.PathLike) -> list[dict]:
                     row[key] = int(value) if key in ints else float(value)
             rows.append(row)
     return rows
-
-
-# ----------------------------------------------------------------------------- published numbers beside the grid
-def _published_by_run(total: int) -> dict[Run, dict]:
-    """Rainforth et al.'s rows keyed by the run they correspond to (only for their M * K = 64)."""
-    out = {}
-    for row in published.rainforth2018():
-        if row["m"] * row["k"] != total:
-            continue
-        if row["objective"] in ("iwae", "vae"):
-            out[Run(row["objective"], total)] = row
-        else:
-            out[canonical_run(GridPoint(row["objective"], row["m"], row["k"], row["beta"]))] = row
-    return out
-
-
-def _published_for(row: dict) -> dict | None:
-    point = GridPoint(row["objective"], row["m"], row["k"], row["beta"])
-    return _published_by_run(point.total).get(canonical_run(point))
-
-
-def grid_table(rows: list[dict]) -> str:
-    """The grid as a Markdown table, one line per grid point, beside Rainforth et al.'s numbers where
-    they exist (full protocol, M * K = 64, mean of 4 runs; as quoted by a public reproduction)."""
-
-    def num(v, digits=2):
-        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-    iwae_k = rows[0]["iwae_k"] if rows else 64
-    log_p_k = rows[0]["log_p_k"] if rows else 5000
-    lines = [
-        f"| point | run | IWAE-{iwae_k} | log p-hat (L_{log_p_k}) | -KL(Q‖P) | active units | time (s) "
-        f"| published IWAE-64 | published log p-hat | published -KL |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        pub = _published_for(r) or {}
-        lines.append(
-            f"| {r['label']} | {r['run']} | {num(r['iwae_bound'])} | {num(r['log_p_hat'])} | {num(r['neg_kl'])} "
-            f"| {r['active_units']} | {num(r['seconds'], 0)} | {num(pub.get('iwae64'))} "
-            f"| {num(pub.get('log_p_hat'))} | {num(pub.get('neg_kl'))} |")
-    lines.append("")
-    lines.append(f"Published: {published.citation('rainforth2018')} Full protocol (3,280 epochs, all of MNIST, "
-                 f"mean of 4 runs); numbers as quoted by a public reproduction of the paper's table.")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the figure

@@ -18,9 +18,9 @@ import math
 
 import torch
 
-__all__ = ["elbo", "iwae", "miwae", "ciwae", "piwae", "OBJECTIVES"]
+from .choices import OBJECTIVES
 
-OBJECTIVES = ("vae", "iwae", "miwae", "ciwae", "piwae")
+__all__ = ["elbo", "iwae", "miwae", "ciwae", "piwae", "OBJECTIVES"]
 
 
 def _check_samples_dim(log_w: torch.Tensor, ndim: int, name: str) -> None:

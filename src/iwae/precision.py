@@ -39,9 +39,9 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "training_autocast", "autocast_dtype"]
+from .choices import PRECISIONS
 
-PRECISIONS = ("32", "bf16-mixed")
+__all__ = ["PRECISIONS", "training_autocast", "autocast_dtype"]
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

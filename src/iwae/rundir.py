@@ -54,11 +54,12 @@ import yaml
 
 from .checkpoint import CheckpointError, WriteError, atomic_write, check_writable, load_tensors, remove_temporaries, \
     save_tensors
-from .models import VAE, ModelConfig
+from .config import ModelConfig, TrainConfig
+from .config.train import CONFIG_FILE
+from .models import VAE
 
 if TYPE_CHECKING:
     from .data import Splits
-    from .train import TrainConfig
 
 __all__ = ["Run", "open_run", "read_config", "write_config", "run_identity", "run_key", "NOT_IDENTITY",
            "save_model", "load_model", "model_config_of", "model_sha256", "trained_epochs", "training_seconds",
@@ -66,7 +67,7 @@ __all__ = ["Run", "open_run", "read_config", "write_config", "run_identity", "ru
            "write_result", "write_error", "read_error", "run_status", "finished_result", "RunStatus",
            "CONFIG", "MODEL", "CHECKPOINT", "METRICS", "RESULT_FILE", "ERROR_FILE"]
 
-CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = "config.yaml", "model.safetensors", "checkpoint.safetensors", \
+CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = CONFIG_FILE, "model.safetensors", "checkpoint.safetensors", \
     "metrics.csv", "tb"
 RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
 ERROR_FILE = "error.json"
@@ -123,28 +124,13 @@ def changed_settings(recorded: TrainConfig | Mapping, wanted: TrainConfig | Mapp
 
 # ----------------------------------------------------------------------------- config.yaml
 def read_config(path: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig of a run directory's config.yaml, or of a config file ``path``.
+    """The TrainConfig of a run directory's config.yaml, or of a config file ``path``
+    (:meth:`iwae.config.TrainConfig.from_yaml`).
 
     Raises:
         CheckpointError: the file is missing, not YAML, not a mapping, or not a valid config.
     """
-    from .train import TrainConfig
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"config file {path} not found")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(values, dict):
-        raise CheckpointError(f"config file {path} must hold a mapping of settings")
-    try:
-        return TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"config file {path}: {e}") from e
+    return TrainConfig.from_yaml(path)
 
 
 def read_config_values(run_dir: str | os.PathLike) -> dict:

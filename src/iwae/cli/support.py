@@ -4,7 +4,7 @@
   naming each setting by the flag it was given as (``train_subset`` -> ``--train-subset``);
 - options generated from a config dataclass (:func:`setting_options`): one flag per field, its
   type, choices, default and help taken from the field (``train_subset: int | None = _setting(None,
-  "Train on ...")`` gives ``--train-subset INTEGER``; see ``iwae.train._setting``), so that a new
+  "Train on ...")`` gives ``--train-subset INTEGER``; see ``iwae.config.train._setting``), so that a new
   setting needs no edit in the CLI;
 - the parsers of comma-separated values, and ``--threads``.
 """
@@ -124,7 +124,7 @@ def flag(name: str) -> str:
 
 def _setting_option(f: dataclasses.Field, hint: object):
     """The click option of a config dataclass field: its flag, type, choices, default and help all come
-    from the field (see ``iwae.train._setting``)."""
+    from the field (see ``iwae.config.train._setting``)."""
     meta = f.metadata  # a field declared without _setting gets a plain flag (and fails tests/test_cli.py)
     default = meta.get("flag_default", f.default)
     text = meta.get("help", "") + (f"  [default: {meta['shown']}]" if meta.get("shown") else "")

@@ -27,7 +27,10 @@ from importlib import resources
 
 import yaml
 
-__all__ = ["load", "citation", "burda2016_table1", "burda2016_table2", "burda2016_table3", "rainforth2018"]
+from ..config.grid import GridPoint, Run, canonical_run
+
+__all__ = ["load", "citation", "burda2016_table1", "burda2016_table2", "burda2016_table3", "rainforth2018",
+           "rainforth_by_run"]
 
 RESOURCE = "references/published.yaml"
 
@@ -84,3 +87,16 @@ def rainforth2018() -> list[dict]:
     As quoted by a public reproduction of the paper's table.
     """
     return _rows("rainforth2018", "table")
+
+
+def rainforth_by_run(total: int) -> dict[Run, dict]:
+    """Rainforth et al.'s rows keyed by the run they correspond to (only for their M * K = 64)."""
+    out = {}
+    for row in rainforth2018():
+        if row["m"] * row["k"] != total:
+            continue
+        if row["objective"] in ("iwae", "vae"):
+            out[Run(row["objective"], total)] = row
+        else:
+            out[canonical_run(GridPoint(row["objective"], row["m"], row["k"], row["beta"]))] = row
+    return out

@@ -67,7 +67,8 @@ import yaml
 
 from . import published as published_module
 from ..errors import ExperimentError
-from ..train import TrainConfig
+from ..config import TrainConfig
+from ..config.grid import Run, distinct_runs, points_of, section_points
 
 __all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
 
@@ -292,7 +293,7 @@ class Experiment:
         pub_spec = self.spec.get("published")
         if "published" in raw:
             pub_spec = None if raw["published"] is None else {**(pub_spec or {}), **raw["published"]}
-        points = _grid_points_of(self.spec["grid"], config_dict) if self.spec.get("grid") else []
+        points = points_of(config_dict, self.spec["grid"]) if self.spec.get("grid") else []
         return RunSpec(name, config_dict, eval_spec, after, labels, self._published_values(name, pub_spec, fmt_values),
                        None if seed is None else group, points)
 
@@ -351,24 +352,22 @@ def _check_seeds(seeds: object, source: str) -> list[int]:
     return list(seeds)
 
 
-def _grid_points(grid: dict):
-    from .. import grid as grid_module  # the grid imports the engine: import it when a file has a grid
-
-    return grid_module, grid_module.grid_points(grid.get("total", grid_module.DEFAULT_TOTAL),
-                                                grid.get("betas", grid_module.DEFAULT_BETAS), grid.get("ms"))
-
-
 def _grid_runs(grid: dict) -> list[dict]:
     """One run entry per distinct training run of the grid's points (a file without ``runs``)."""
-    grid_module, points = _grid_points(grid)
-    return [grid_module.run_entry(run) for run in grid_module.distinct_runs(points)]
+    return [run_entry(run) for run in distinct_runs(section_points(grid))]
 
 
-def _grid_points_of(grid: dict, config: dict) -> list[dict]:
-    """The grid points whose training run is the run of ``config``, in grid order."""
-    from ..grid import points_of
-
-    return points_of(config, grid)
+def run_entry(run: Run) -> dict:
+    """The experiment-file entry of a distinct run: its name and settings, and the row of Rainforth
+    et al.'s table it corresponds to (M * K = 64 only; else ``published: null``)."""
+    entry: dict = {"name": run.name, "objective": run.objective, "k": run.k}
+    if run.objective in ("miwae", "piwae"):
+        entry["m"] = run.m
+    if run.objective == "ciwae":
+        entry["beta"] = run.beta
+    row = published_module.rainforth_by_run(run.k).get(run)
+    entry["published"] = {"match": {"name": row["name"]}} if row else None
+    return entry
 
 
 def _check_acyclic(runs: dict[str, RunSpec], source: str) -> None:
@@ -401,7 +400,7 @@ def _check(spec: object, source: str) -> dict:
         if not isinstance(spec["grid"], dict) or set(spec["grid"]) - {"total", "ms", "betas"}:
             raise ExperimentError(f"{source}: grid must be a mapping of total, ms and betas, got {spec['grid']!r}")
         try:
-            _grid_points(spec["grid"])
+            section_points(spec["grid"])
         except (ValueError, TypeError) as e:
             raise ExperimentError(f"{source}: grid: {e}") from None
         if "runs" not in spec:

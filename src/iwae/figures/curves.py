@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..experiments import published
 from ..checkpoint import atomic_write
+from ..config.grid import Run  # the run names of the IWAE and VAE reference lines
 from ._base import DPI, pyplot, save
 
 __all__ = ["plot_curves", "plot_snr", "plot_grid", "plot_bdmc"]
@@ -125,8 +126,6 @@ def plot_grid(rows: list[dict], path: str | os.PathLike) -> Path:
             ``log_p_hat``, ``neg_kl``, ``iwae_k``, ``log_p_k``, ``epochs``, ``train_subset``, ``n_test``),
             as :func:`iwae.grid.run_grid` and the report build them.
     """
-    from ..grid import Run  # the run names of the IWAE and VAE reference lines
-
     plt = pyplot()
     path = Path(path)
     total = rows[0]["total"]

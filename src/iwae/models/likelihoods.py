@@ -35,14 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import LIKELIHOODS
 from .gaussian import diag_normal_log_prob
 from .likelihood import bernoulli_log_prob_from_logits
 
 __all__ = ["LIKELIHOODS", "Likelihood", "Bernoulli", "Gaussian", "DiscretizedLogistic256", "make_likelihood",
            "bits_per_dim", "discrete_nll", "on_8bit_grid"]
-
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic256")
-
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:
     """Bits per dimension of a negative log-likelihood in nats: nll / (D ln 2)."""

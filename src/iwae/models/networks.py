@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
+from ..choices import NETWORKS
+
 __all__ = ["NETWORKS", "make_encoder_layer", "make_decoder", "GaussianMLP", "MLPDecoder", "BernoulliMLP", "Tanh",
            "glorot_linear", "tanh_kernel", "output_layer_kernel"]
-
-NETWORKS: tuple[str, ...] = ("mlp", "gated", "conv")
-"""The built-in networks: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense, a small conv net."""
 
 
 class _TanhFunction(torch.autograd.Function):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from ..choices import PRIORS
 from .gaussian import HALF_LOG_2PI as _HALF_LOG_2PI
 from .gaussian import diag_normal_log_prob
 
@@ -289,9 +290,6 @@ class VampPrior(nn.Module):
     def floats_per_row(self) -> int:
         """Temporary floats per row of z in a no-grad :meth:`log_prob` (see :func:`mixture_floats_per_row`)."""
         return mixture_floats_per_row(self.components, self.dim)
-
-
-PRIORS = ("normal", "mog", "vamp")
 
 
 def make_prior(name: str, dim: int, components: int = 1, *, learn_weights: bool = False,
