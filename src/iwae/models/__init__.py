@@ -3,7 +3,8 @@
 from .gaussian import diag_normal_log_prob
 from .likelihoods import (LIKELIHOODS, Bernoulli, DiscretizedLogistic256, Gaussian, Likelihood, bits_per_dim,
                           discrete_nll, make_likelihood)
-from .networks import NETWORKS, BernoulliMLP, GaussianMLP, MLPDecoder, make_decoder, make_encoder_layer
+from .networks import BernoulliMLP, GaussianMLP, MLPDecoder
+from .registry import NETWORKS, make_decoder, make_encoder_layer
 from .priors import PRIORS, MixturePrior, StandardNormalPrior, VampPrior, make_prior
 from .vae import VAE, Decoded, LogWeightParts, ModelConfig, PosteriorSample, UserEncoder
 
