@@ -56,7 +56,8 @@ from torch import nn
 import iwae.models.networks as networks
 import iwae.models.likelihoods as likelihoods
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
-from iwae.evaluate import CPU_ROWS_PER_CALL, log_likelihood
+from iwae.evaluate import log_likelihood
+from iwae.memory import CPU_ROWS_PER_CALL
 from iwae.models import VAE, ModelConfig
 from iwae.objectives import iwae
 from iwae.runtime import tune_allocator

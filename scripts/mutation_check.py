@@ -121,7 +121,7 @@ MUTATIONS: list[Mutation] = [
       (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
       "a unit is active above 0.05 instead of 0.01"),
     # --- the evaluation's memory budget
-    M("bytes-per-row-halved", "src/iwae/evaluate.py", "return element_size * (held + max(stages))",
+    M("bytes-per-row-halved", "src/iwae/memory.py", "return element_size * (held + max(stages))",
       "return element_size * (held + max(stages)) // 2",
       (P + "test_log_likelihood_stays_within_its_memory_budget",),
       "the per-row memory estimate is halved: chunks twice as large as the budget allows"),
@@ -170,7 +170,7 @@ MUTATIONS: list[Mutation] = [
     M("tanh-as-torch-tanh", "src/iwae/models/networks.py", "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
       "y = torch.tanh(h)", (), "",
       equivalent="2 sigmoid(2h) - 1 is tanh(h) (to 2e-7 in float32); the sigmoid form is only faster on CPU"),
-    M("cpu-rows-per-call", "src/iwae/evaluate.py", "CPU_ROWS_PER_CALL = 2500", "CPU_ROWS_PER_CALL = 2000", (), "",
+    M("cpu-rows-per-call", "src/iwae/memory.py", "CPU_ROWS_PER_CALL = 2500", "CPU_ROWS_PER_CALL = 2000", (), "",
       equivalent="only regroups the samples of L_k into other chunks: the same estimator, other random numbers, "
                  "a speed setting (see benchmarks/)"),
 ]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import iwae
-from iwae import objectives, rundir, runtime
+from iwae import memory, objectives, rundir, runtime
 from iwae.checkpoint import CheckpointError
 from iwae.errors import ConfigError
 from iwae.data import Splits, fixed_binarization, load_dataset
@@ -48,10 +48,10 @@ def gen(seed: int) -> torch.Generator:
 # ----------------------------------------------------------------------------- chunking
 def test_same_chunking_gives_identical_values(trained_model, mnist_splits):
     model, x = trained_model, mnist_splits.test[:6]
-    bpr = evaluate_module._bytes_per_row(model)
+    bpr = memory.bytes_per_row(model)
     k = 40
     budgets = [bpr * k * 6, bpr * k * 10, bpr * k * 6 + bpr - 1]
-    chunkings = {evaluate_module._chunking(model, k, 6, b, torch.device("cpu")) for b in budgets}
+    chunkings = {memory.chunking(model, k, 6, b, torch.device("cpu")) for b in budgets}
     assert chunkings == {(6, k)}  # all the images in one chunk, all the samples at once
     values = [log_likelihood(model, x, k, memory_budget=b, generator=gen(7)) for b in budgets]
     assert values[0].shape == (6,)
@@ -64,12 +64,12 @@ def test_same_chunking_gives_identical_values(trained_model, mnist_splits):
 
 def test_different_chunking_agrees_within_monte_carlo_error(trained_model, mnist_splits):
     model, x = trained_model, mnist_splits.test[:60]
-    bpr = evaluate_module._bytes_per_row(model)
+    bpr = memory.bytes_per_row(model)
     k = 40
     one_chunk = bpr * k * 60
     tiny = bpr * 7  # 1 image x 6 chunks of 7 (or fewer) samples
-    assert evaluate_module._chunking(model, k, 60, one_chunk, torch.device("cpu")) == (60, 40)
-    assert evaluate_module._chunking(model, k, 60, tiny, torch.device("cpu")) == (1, 7)
+    assert memory.chunking(model, k, 60, one_chunk, torch.device("cpu")) == (60, 40)
+    assert memory.chunking(model, k, 60, tiny, torch.device("cpu")) == (1, 7)
     a = log_likelihood(model, x, k, memory_budget=one_chunk, generator=gen(1)).double()
     b = log_likelihood(model, x, k, memory_budget=tiny, generator=gen(2)).double()
     d = a - b
@@ -81,7 +81,7 @@ def test_different_chunking_agrees_within_monte_carlo_error(trained_model, mnist
 def test_log_likelihood_draws_exactly_k_samples_per_image(trained_model, mnist_splits, monkeypatch):
     model, n, k = trained_model, 5, 23
     x = mnist_splits.test[:n]
-    bpr = evaluate_module._bytes_per_row(model)
+    bpr = memory.bytes_per_row(model)
     calls = []
     real = model.log_weights_from_posterior
 
@@ -117,22 +117,22 @@ def test_chunking_respects_the_budget(device):
     dev = torch.device(device)  # only the device type matters; no CUDA needed
     for config in (ModelConfig.burda(1), ModelConfig.burda(2), ModelConfig(784, (2,), ((20,),))):
         model = VAE(config)
-        bpr = evaluate_module._bytes_per_row(model)
+        bpr = memory.bytes_per_row(model)
         for k in (1, 2, 5, 50, 999, 2500, 2501, 5000, 12345):
             for n in (1, 7, 100, 10000):
                 for rows in (1, 2, 3, 10, 100, 2499, 2500, 2501, 10**6):
                     for budget in (rows * bpr, rows * bpr + bpr - 1):
-                        images, samples = evaluate_module._chunking(model, k, n, budget, dev)
+                        images, samples = memory.chunking(model, k, n, budget, dev)
                         case = (config.latent_dims, device, k, n, budget)
                         assert 1 <= images <= n, case
                         assert 1 <= samples <= k, case
                         assert images * samples * bpr <= budget, case
                         if device == "cpu":
-                            assert images * samples <= evaluate_module.CPU_ROWS_PER_CALL, case
+                            assert images * samples <= memory.CPU_ROWS_PER_CALL, case
                         # all k samples, in chunks no more numerous than needed
                         sizes = [min(samples, k - j) for j in range(0, k, samples)]
                         assert sum(sizes) == k, case
-                        max_rows = min(rows, evaluate_module.CPU_ROWS_PER_CALL) if device == "cpu" else rows
+                        max_rows = min(rows, memory.CPU_ROWS_PER_CALL) if device == "cpu" else rows
                         assert len(sizes) == math.ceil(k / max_rows), case
                         if k <= max_rows:
                             assert images == min(n, max_rows // k), case
@@ -140,7 +140,7 @@ def test_chunking_respects_the_budget(device):
 
 def test_bad_arguments_raise(trained_model, mnist_splits):
     x = mnist_splits.test[:2]
-    bpr = evaluate_module._bytes_per_row(trained_model)
+    bpr = memory.bytes_per_row(trained_model)
     with pytest.raises(ValueError, match=r"k must be >= 1, got 0"):
         log_likelihood(trained_model, x, 0)
     with pytest.raises(ValueError, match=r"k must be >= 1"):
@@ -392,11 +392,11 @@ def test_evaluate_reads_the_clock_only_after_synchronizing(trained_model, mnist_
 def test_evaluation_records_the_chunking_its_samples_were_drawn_in(trained_model, mnist_splits):
     """With one seed, L_k's samples depend on how they are chunked (the budget, the device), so the
     result says how: a small budget splits the 50 samples of each image, the default does not."""
-    small = 10 * evaluate_module._bytes_per_row(trained_model)  # 10 rows a call
+    small = 10 * memory.bytes_per_row(trained_model)  # 10 rows a call
     wide = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4)
     narrow = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4,
                                       memory_budget=small)
-    assert wide["chunking"] == {"images": 4, "samples": 50, "memory_budget": evaluate_module.DEFAULT_MEMORY_BUDGET}
+    assert wide["chunking"] == {"images": 4, "samples": 50, "memory_budget": memory.DEFAULT_MEMORY_BUDGET}
     assert narrow["chunking"] == {"images": 1, "samples": 10, "memory_budget": small}
     assert wide["nll"] != narrow["nll"]  # the same seed, other draws: why the chunking is recorded
 
@@ -409,9 +409,9 @@ def test_a_prior_without_a_memory_count_is_counted_as_a_gaussian(trained_model):
             return -0.5 * z.square().sum(-1)
 
     model = VAE(trained_model.config)
-    expected = evaluate_module._bytes_per_row(model)  # the built-in N(0, I) counts dim + 1 floats
+    expected = memory.bytes_per_row(model)  # the built-in N(0, I) counts dim + 1 floats
     model.prior_module = Plain()
-    assert evaluate_module._bytes_per_row(model) == expected
+    assert memory.bytes_per_row(model) == expected
 
 
 def test_summary_text_formats_a_result():

@@ -1,6 +1,6 @@
 """Tests that evaluation's memory budget holds for every prior, measured, not assumed.
 
-log_likelihood chooses its chunk sizes from evaluate._bytes_per_row; the peak memory of a call
+log_likelihood chooses its chunk sizes from iwae.memory.bytes_per_row; the peak memory of a call
 must then stay within ``memory_budget``. With a mixture or VampPrior of C components, log p(z)
 has (rows x C x D) temporaries unless it is sliced over components, so these tests measure with
 C = 500 (as the issue did) and with a prior whose C log-densities per row dominate.
@@ -19,7 +19,7 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from iwae import evaluate as evaluate_module
+from iwae import memory
 from iwae.evaluate import log_likelihood
 from iwae.models import VAE, ModelConfig
 
@@ -64,19 +64,19 @@ def test_evaluation_peak_memory_stays_within_the_budget(name):
     """log_likelihood(k=50) of 3 chunks of images at memory_budget 8 MiB: the measured peak of
     tensor memory stays within the budget, for the normal, mixture and VampPrior (C up to 3,000),
     1 and 2 layers, and the chunk sizes are set by the budget (not by the CPU row cap). The
-    estimate is also tight: _bytes_per_row is below twice the measured peak per row, so an
+    estimate is also tight: memory.bytes_per_row is below twice the measured peak per row, so an
     estimate half as large would give chunks whose peak exceeds the budget (on the old code,
     without the prior's temporaries, the mixture and VampPrior cases used about 10 times the
     budget)."""
     torch.manual_seed(0)
     model = VAE(CASES[name])
-    bytes_per_row = evaluate_module._bytes_per_row(model)
+    bytes_per_row = memory.bytes_per_row(model)
     rows = BUDGET // bytes_per_row
-    assert K < rows < evaluate_module.CPU_ROWS_PER_CALL, (name, rows)  # the budget decides the chunks
+    assert K < rows < memory.CPU_ROWS_PER_CALL, (name, rows)  # the budget decides the chunks
     images = rows // K
     x = torch.bernoulli(torch.full((3 * images, model.config.input_dim), 0.3))
     log_likelihood(model, x[:2], K, memory_budget=BUDGET)  # once first: lazy initialisations, the VampPrior's cache
-    images_per_chunk, samples = evaluate_module._chunking(model, K, x.shape[0], BUDGET, x.device)
+    images_per_chunk, samples = memory.chunking(model, K, x.shape[0], BUDGET, x.device)
     assert (images_per_chunk, samples) == (images, K)
 
     peak = _peak_bytes(lambda: log_likelihood(model, x, K, memory_budget=BUDGET,

@@ -801,7 +801,7 @@ def test_nonfinite_check_sees_only_nonfinite_values():
 def test_validation_bound_stays_within_the_memory_budget(monkeypatch):
     """validation_bound sent 100 images x valid_k samples per decoder call, whatever the memory
     (500,000 rows at --valid-k 5000); now no call exceeds the budget."""
-    from iwae.evaluate import _bytes_per_row
+    from iwae.memory import bytes_per_row
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(784, (4,), ((16,),)))
@@ -816,7 +816,7 @@ def test_validation_bound_stays_within_the_memory_budget(monkeypatch):
     monkeypatch.setattr(VAE, "log_weights_from_posterior", recording)
     budget = 4 << 20  # 4 MiB: about 430 samples of this net
     value = train_module.validation_bound(model, x, 3000, torch.Generator().manual_seed(0), memory_budget=budget)
-    assert rows and max(rows) * _bytes_per_row(model) <= budget and sum(rows) == 30 * 3000
+    assert rows and max(rows) * bytes_per_row(model) <= budget and sum(rows) == 30 * 3000
     # an independent L_3000 of the same images: logsumexp over all samples at once, other samples
     log_w = real(model, x, *model.encoder[0].loc_log_scale(x), 3000, torch.Generator().manual_seed(1))
     direct = (torch.logsumexp(log_w.double(), 0) - math.log(3000)).mean().item()

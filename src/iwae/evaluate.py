@@ -23,66 +23,30 @@ unit u is active if A_u > 0.01.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import data as data_module
 from . import rundir
 from .errors import ConfigError
+from .memory import DEFAULT_MEMORY_BUDGET, GIB, bytes_per_row, chunking
 from .models import VAE, bits_per_dim, discrete_nll
 from .objectives import iwae as iwae_bound
 from .runtime import check_device, describe, synchronize, tune_allocator
 from .tables import label_table
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "nll_in_bits", "ais_log_likelihood", "paired_difference", "summary_text",
-           "ACTIVE_THRESHOLD"]
+__all__ = ["log_likelihood", "active_units", "evaluate", "nll_in_bits", "paired_difference", "summary_text",
+           "ACTIVE_THRESHOLD", "DEFAULT_MEMORY_BUDGET", "GIB"]
 
 ACTIVE_THRESHOLD = 0.01
 ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
 ACTIVE_UNITS_SEED = 2016  # fixed binarization of those images
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes
-GIB = 1 << 30  # bytes; budgets are reported in GiB, the unit of ``iwae evaluate --memory-budget``
-# Decoder calls of a few thousand rows keep their temporaries in cache: faster than larger calls
-# on CPU (see benchmarks/). Larger calls only happen on CUDA, where they are faster.
-CPU_ROWS_PER_CALL = 2500
-
-
-def _bytes_per_row(model: VAE) -> int:
-    """Upper estimate of the memory one sample of one image needs in a no-grad forward pass.
-
-    The pass runs in stages (the encoder layers above the first, log p(z_L), the Gaussian decoder
-    layers, p(x | z_1)) whose temporaries are freed before the next, so a row needs what it holds
-    throughout plus the largest stage. The prior's stage is the prior's own count
-    (``floats_per_row``): a mixture's per-component densities, C of them per row, can exceed the
-    networks' (measured in tests/test_memory_budget.py, which also pins this estimate within a
-    factor 2 of the measured peak).
-    """
-    cfg = model.config
-    widest = max(h for hs in cfg.hidden_dims for h in hs)
-    # held throughout: every layer's sample and noise, log q, log p, the log-weight pieces
-    held = 2 * sum(cfg.latent_dims) + 8
-    stages = (
-        3 * widest,  # a tanh layer: its input, 2h and the sigmoid
-        # p(x | z_1): the raw output and the likelihood's temporaries (Bernoulli: logits and softplus),
-        # the last hidden layer
-        _likelihood_floats_per_pixel(model) * cfg.input_dim + max(cfg.hidden_dims[0]),
-        widest + 6 * max(cfg.latent_dims),  # a Gaussian layer: its head, loc and log-scale, log N's temporaries
-        _prior_floats_per_row(model),  # log p(z_L)
-        # p(x | z_1) of a network that counts its own (gated, conv: wider temporaries than the MLP's)
-        getattr(model.decoder[0], "floats_per_row", 0),
-    )
-    element_size = next(model.parameters()).element_size()
-    return element_size * (held + max(stages))
-
-
-def _likelihood_floats_per_pixel(model: VAE) -> int:
-    """Floats per pixel that p(x | z_1) holds at once in a no-grad pass: its own count (2 for Bernoulli)."""
-    return getattr(getattr(model, "likelihood", None), "floats_per_pixel", 2)
 
 
 def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict:
@@ -98,24 +62,6 @@ def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict
         return {"nll_discrete": None, "bits_per_dim": None}
     nats = discrete_nll(nll_nats, dims, dequantised=not discrete)
     return {"nll_discrete": nats, "bits_per_dim": bits_per_dim(nats, dims)}
-
-
-def _prior_floats_per_row(model: VAE) -> int:
-    """The prior's own count of temporary floats per row; for a prior module without
-    ``floats_per_row`` (a user's), that of a diagonal Gaussian of its dimension."""
-    count = getattr(model.prior_module, "floats_per_row", None)
-    return count() if count is not None else model.config.latent_dims[-1] + 1
-
-
-def _chunking(model: VAE, k: int, n: int, memory_budget: int, device: torch.device) -> tuple[int, int]:
-    """(images per chunk, samples per chunk) so that images * samples rows fit the budget."""
-    max_rows = max(1, memory_budget // _bytes_per_row(model))
-    if device.type == "cpu":
-        max_rows = min(max_rows, CPU_ROWS_PER_CALL)
-    if k <= max_rows:
-        return max(1, min(n, max_rows // k)), k
-    chunks = math.ceil(k / max_rows)
-    return 1, math.ceil(k / chunks)
 
 
 @torch.no_grad()
@@ -143,7 +89,7 @@ def log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    need = _bytes_per_row(model)
+    need = bytes_per_row(model)
     if not memory_budget >= need:  # in GiB, as the command line takes it (1e-9 GiB is 1 byte)
         raise ConfigError(f"memory_budget of {memory_budget / GIB:.3g} GiB is below one sample's "
                           f"{need / GIB:.3g} GiB ({need} bytes)", ["memory_budget"])
@@ -152,10 +98,8 @@ def log_likelihood(
     was_training = model.training
     model.eval()
     n = x.shape[0]
-    images, samples = _chunking(model, k, n, memory_budget, x.device)
+    images, samples = chunking(model, k, n, memory_budget, x.device)
     out = torch.empty(n, device=x.device)
-    from tqdm.auto import tqdm
-
     for i in tqdm(range(0, n, images), disable=None if progress else True, leave=False, unit="chunk", desc=f"L_{k}"):
         xb = x[i: i + images]
         loc, log_scale = model.encoder[0].loc_log_scale(xb)  # once per image
@@ -215,14 +159,6 @@ def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | o
         raise ValueError(f"paired values need the same N >= 2 images, got shapes {a.shape} and {b.shape}")
     d = a.astype(np.float64) - b.astype(np.float64)
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-
-
-def ais_log_likelihood(model: VAE, x: torch.Tensor, **settings):
-    """AIS estimates of log p(x_n) for each row of ``x``: :func:`iwae.ais.ais_log_likelihood` (T = 1000
-    steps, C = 16 chains, L = 5 leapfrog steps by default), a tighter measurement than L_k."""
-    from .ais import ais_log_likelihood as ais
-
-    return ais(model, x, **settings)
 
 
 def summary_text(result: dict) -> str:
@@ -343,7 +279,7 @@ def evaluate(
         "model": measured,
         "runtime": describe(dev),
         # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too
-        "chunking": dict(zip(("images", "samples"), _chunking(model, k, len(nll), memory_budget, dev)),
+        "chunking": dict(zip(("images", "samples"), chunking(model, k, len(nll), memory_budget, dev)),
                          memory_budget=int(memory_budget)),
         "files": rundir.evaluation_files(name) if save else None,
     }

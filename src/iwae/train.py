@@ -30,7 +30,8 @@ from .compiled import compiled_forward
 from .config.train import PAPER_STAGES, RESUMABLE, TrainConfig, configure
 from .errors import ConfigError
 from .estimators import accumulate_gradients
-from .evaluate import DEFAULT_MEMORY_BUDGET, _bytes_per_row, log_likelihood
+from .evaluate import log_likelihood
+from .memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
 from .models import VAE, make_likelihood
 from .objectives import iwae as iwae_bound
 from .runtime import synchronize, tune_allocator
@@ -101,7 +102,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
 def validation_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, batch_size: int = 100,
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
     """Mean L_k over ``x`` (already binarized), in nats, ``batch_size`` images at a time; no decoder
-    call exceeds ``memory_budget`` bytes (by :mod:`iwae.evaluate`'s estimate of a sample's memory).
+    call exceeds ``memory_budget`` bytes (by :mod:`iwae.memory`'s estimate of a sample's memory).
 
     Where ``batch_size * k`` samples fit the budget (with the default 1 GiB and Burda's 1-layer net,
     k up to about 690) each batch is one ``model.log_weights`` call, as before the budget existed,
@@ -109,7 +110,7 @@ def validation_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Gener
     batch goes through :func:`iwae.evaluate.log_likelihood`, which draws the samples in chunks."""
     was_training = model.training
     model.eval()
-    one_call = min(batch_size, x.shape[0]) * k * _bytes_per_row(model) <= memory_budget
+    one_call = min(batch_size, x.shape[0]) * k * bytes_per_row(model) <= memory_budget
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]

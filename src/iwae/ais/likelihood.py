@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..memory import CPU_ROWS_PER_CALL, DEFAULT_MEMORY_BUDGET, bytes_per_row
 from ..models.vae import VAE
 from .annealing import (DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TARGET_ACCEPT, ais,
                         log_mean_exp_stats, schedule_betas)
@@ -67,17 +68,13 @@ class AISResult:
 
 def _ais_bytes_per_row(model: VAE) -> int:
     """Upper estimate of one chain's memory for one gradient of log p(x, z): the no-grad pass's
-    (evaluate's estimate) three times over (the activations autograd keeps, the backward pass's
+    (:func:`iwae.memory.bytes_per_row`) three times over (the activations autograd keeps, the backward pass's
     gradients), plus the HMC state (z, p, the proposal and the cached gradients, about 8 D floats)."""
-    from ..evaluate import _bytes_per_row
-
     element_size = next(model.parameters()).element_size()
-    return 3 * _bytes_per_row(model) + 8 * sum(model.config.latent_dims) * element_size
+    return 3 * bytes_per_row(model) + 8 * sum(model.config.latent_dims) * element_size
 
 
 def _images_per_chunk(model: VAE, chains: int, n: int, memory_budget: int, device: torch.device) -> int:
-    from ..evaluate import CPU_ROWS_PER_CALL
-
     per_image = chains * _ais_bytes_per_row(model)
     if memory_budget < per_image:
         raise ValueError(f"memory_budget of {memory_budget} bytes is below one image's {chains} chains "
@@ -106,11 +103,9 @@ def ais_log_likelihood(
     """AIS estimates of log p(x_n) for each row of ``x`` (``(N, D)``, on the model's device).
 
     Images are processed in chunks of ``images x chains`` rows that fit ``memory_budget`` bytes
-    (default: evaluate's, 1 GiB); the chunking does not change the estimator, only which random
+    (default: :data:`iwae.memory.DEFAULT_MEMORY_BUDGET`, 1 GiB); the chunking does not change the estimator, only which random
     numbers each image gets. See the module docstring for the algorithm.
     """
-    from ..evaluate import DEFAULT_MEMORY_BUDGET
-
     memory_budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if x.dim() != 2 or x.shape[1] != model.config.input_dim:
         raise ValueError(f"x must have shape (N, {model.config.input_dim}), got {tuple(x.shape)}")
@@ -156,8 +151,6 @@ def ais_cost(
     ``l_k_passes_per_image``). Measured: a timing pass of ``timing_steps`` annealing steps on one
     chunk of at most that many images, scaled to T (``seconds_per_image``, ``seconds``).
     """
-    from ..evaluate import DEFAULT_MEMORY_BUDGET
-
     memory_budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     n = x.shape[0]
     images = _images_per_chunk(model, chains, n, memory_budget, x.device)

@@ -164,7 +164,8 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
     first N test images), and L_k of each test image to the .npy beside it. With --method ais, the
     AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy.
     """
-    from ..evaluate import GIB, evaluate as run_evaluation, summary_text
+    from ..evaluate import GIB, summary_text
+    from ..evaluate import evaluate as run_evaluation
 
     _threads(threads)
     if method == "ais":
