@@ -117,7 +117,7 @@ MUTATIONS: list[Mutation] = [
       "units = active_units(model, splits.train[:ACTIVE_UNITS_IMAGES].to(dev), generator=generator)",
       (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
       "active units computed on grey-level instead of binarized images"),
-    M("active-threshold-0.05", "src/iwae/evaluate.py", "ACTIVE_THRESHOLD = 0.01", "ACTIVE_THRESHOLD = 0.05",
+    M("active-threshold-0.05", "src/iwae/analysis/latent.py", "ACTIVE_THRESHOLD = 0.01", "ACTIVE_THRESHOLD = 0.05",
       (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
       "a unit is active above 0.05 instead of 0.01"),
     # --- the evaluation's memory budget
@@ -144,12 +144,12 @@ MUTATIONS: list[Mutation] = [
     M("softsign-for-tanh", "src/iwae/models/networks.py", "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
       "y = torch.nn.functional.softsign(h)", (P + "test_tanh_is_tanh", P + "test_gaussian_mlp_is_the_papers_tanh_network"),
       "the hidden units are softsign, not tanh"),
-    M("samples-skip-p-z1-given-z2", "src/iwae/analysis.py", "z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
+    M("samples-skip-p-z1-given-z2", "src/iwae/analysis/latent.py", "z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
       "z = torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
       (P + "test_two_layer_samples_go_through_p_z1_given_z2",
        "tests/test_figure_inputs.py::test_sample_images_follow_the_ancestral_distribution"),
       "samples of a 2-layer model draw z_1 from N(0, I), ignoring p(z_1 | z_2)"),
-    M("samples-bottom-up", "src/iwae/analysis.py", "for layer in reversed(model.decoder[1:]):",
+    M("samples-bottom-up", "src/iwae/analysis/latent.py", "for layer in reversed(model.decoder[1:]):",
       "for layer in model.decoder[1:]:", (P + "test_three_layer_samples_go_top_down",),
       "the layers' conditionals applied bottom-up (the same as top-down for 2 layers, which have one)"),
     # --- dynamic binarization (Burda et al.)

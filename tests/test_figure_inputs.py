@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from iwae.analysis import LATENT_SAMPLES, _sample_prior, posterior_means, reconstruct, sample_images, toy_bias
+from iwae.analysis import LATENT_SAMPLES, posterior_means, reconstruct, sample_images, toy_bias
+from iwae.analysis.latent import _sample_prior
 from iwae.evaluate import active_units
 from iwae.figures import TOY_KS, TOY_SETTINGS
 from iwae.models import VAE, ModelConfig

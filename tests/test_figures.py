@@ -164,7 +164,7 @@ def test_import_warns_of_nothing_and_snr_and_grid_draw_through_figures(monkeypat
 
     calls = []
     monkeypatch.setattr(figures, "plot_snr", lambda rows, path, **kw: calls.append(("snr", rows, path, kw)) or path)
-    monkeypatch.setattr(figures, "plot_grid", lambda rows, path: calls.append(("grid", rows, path)) or path)
+    monkeypatch.setattr(figures, "plot_grid", lambda rows, path, **kw: calls.append(("grid", rows, path)) or path)
     assert snr.plot_snr([{"r": 1}], "s.png", title="T") == "s.png"
     assert grid.plot_grid([{"r": 2}], "g.png") == "g.png"
     assert calls == [("snr", [{"r": 1}], "s.png", {"title": "T", "dpi": 100}), ("grid", [{"r": 2}], "g.png")]

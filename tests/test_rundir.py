@@ -293,9 +293,9 @@ def test_read_metrics_and_training_seconds(trained, tmp_path):
     rows = rundir.read_metrics(trained)
     assert [r["epoch"] for r in rows] == [1.0] and all(isinstance(v, float) for v in rows[0].values())
     assert rundir.training_seconds(trained) == rows[-1]["wall_time_s"] > 0
-    import iwae.figures
+    import iwae.run_figures
 
-    assert iwae.figures.read_metrics is rundir.read_metrics  # the figures read a run's metrics through rundir
+    assert iwae.run_figures.read_metrics is rundir.read_metrics  # the figures read a run's metrics through rundir
     with pytest.raises(FileNotFoundError, match="has not finished an epoch"):
         rundir.read_metrics(tmp_path)
     assert rundir.training_seconds(tmp_path) == 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .errors import DataError
 
 __all__ = ["OBJECTIVES", "ESTIMATORS", "ESTIMATOR_OBJECTIVES", "NETWORKS", "PRIORS", "LIKELIHOODS", "PRECISIONS",
-           "COMPILE_MODES", "SCHEDULES", "DATASETS", "BINARIZATIONS", "resolve_binarize"]
+           "COMPILE_MODES", "SCHEDULES", "DATASETS", "BINARIZATIONS", "PLOT_KINDS", "resolve_binarize"]
 
 OBJECTIVES = ("vae", "iwae", "miwae", "ciwae", "piwae")  # the bounds of iwae.objectives
 
@@ -38,6 +38,7 @@ DATASETS: tuple[str, ...] = ("mnist", "binarized-mnist", "fashion-mnist", "omnig
 """Names accepted by :func:`iwae.data.load_dataset`, besides ``"npz:PATH"``."""
 BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "none")
 """The ``binarize`` modes of :func:`iwae.data.load_dataset` (see :mod:`iwae.data`)."""
+PLOT_KINDS = ("samples", "reconstructions", "latent", "activity", "curves")  # what iwae plot draws (iwae.run_figures)
 
 
 def resolve_binarize(binarize: str, likelihood: str = "bernoulli") -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from .checkpoint import CheckpointError
 from .evaluate import paired_difference
 from .rundir import eval_name, evaluation_files, read_evaluation
+from .tables import label_table
 
 __all__ = ["load_bounds", "compare_runs", "compare_text"]
 
@@ -153,8 +154,6 @@ def compare_runs(
 
 def compare_text(result: dict) -> str:
     """The lines ``iwae compare`` prints for a result of :func:`compare_runs`."""
-    from .tables import label_table
-
     n = f"{result['n_test']} test images"
     if "pairs" not in result:
         return label_table([

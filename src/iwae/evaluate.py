@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
+from .analysis.latent import (ACTIVE_THRESHOLD, ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED, ActiveUnits,
+                             active_units)
 from . import rundir
 from .errors import ConfigError
 from .memory import DEFAULT_MEMORY_BUDGET, GIB, bytes_per_row, chunking
@@ -42,11 +43,7 @@ from .runtime import check_device, describe, synchronize, tune_allocator
 from .tables import label_table
 
 __all__ = ["log_likelihood", "active_units", "evaluate", "nll_in_bits", "paired_difference", "summary_text",
-           "ACTIVE_THRESHOLD", "DEFAULT_MEMORY_BUDGET", "GIB"]
-
-ACTIVE_THRESHOLD = 0.01
-ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
-ACTIVE_UNITS_SEED = 2016  # fixed binarization of those images
+           "ACTIVE_THRESHOLD", "ACTIVE_UNITS_IMAGES", "ACTIVE_UNITS_SEED", "ActiveUnits", "DEFAULT_MEMORY_BUDGET", "GIB"]
 
 
 def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict:
@@ -110,40 +107,6 @@ def log_likelihood(
         out[i: i + images] = iwae_bound(log_w)
     model.train(was_training)
     return out
-
-
-@dataclass
-class ActiveUnits:
-    variances: list[torch.Tensor]  # A_u per stochastic layer
-    threshold: float = ACTIVE_THRESHOLD
-
-    @property
-    def counts(self) -> list[int]:
-        return [int((v > self.threshold).sum()) for v in self.variances]
-
-
-@torch.no_grad()
-def active_units(model: VAE, x: torch.Tensor, num_samples: int = 100,
-                 generator: torch.Generator | None = None, threshold: float = ACTIVE_THRESHOLD) -> ActiveUnits:
-    """A_u = Var_x(E_q[u | x]) for every unit of every stochastic layer, over the rows of ``x``.
-
-    Layer 1: E_q[z_1 | x] is q's mean. Layer l > 1: E_q[z_l | x] = E_{z_{l-1} ~ q}[mean of
-    q(z_l | z_{l-1})], averaged over ``num_samples`` samples of the chain below (Burda et al.'s
-    code used one sample). Variances are over x, without Bessel's correction (as ``np.var``).
-    """
-    was_training = model.training
-    model.eval()
-    loc, log_scale = model.encoder[0].loc_log_scale(x)
-    means = [loc]
-    if model.num_layers > 1:
-        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device)
-        z = loc + log_scale.exp() * eps  # (S, N, D_1)
-        for layer in model.encoder[1:]:
-            loc_l, log_scale_l = layer.loc_log_scale(z)
-            means.append(loc_l.mean(0))
-            z = loc_l + log_scale_l.exp() * torch.randn(loc_l.shape, generator=generator, device=loc.device)
-    model.train(was_training)
-    return ActiveUnits([m.var(0, unbiased=False).cpu() for m in means], threshold)
 
 
 def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | os.PathLike) -> tuple[float, float]:

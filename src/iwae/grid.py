@@ -57,10 +57,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import figures
 from .checkpoint import atomic_write
 from .config.grid import (DEFAULT_BETAS, DEFAULT_TOTAL, OBJECTIVES, GridPoint, Run, canonical_run, distinct_runs,
                           divisors, grid_points, points_of, section_points)
-from .experiments import engine
+from .experiments import engine, published
 from .experiments.report import grid_rows, grid_table, read_reproduction
 from .experiments.spec import experiment_from_dict
 
@@ -242,6 +243,4 @@ def read_grid_csv(path: str | os.PathLike) -> list[dict]:
 def plot_grid(rows: list[dict], path: str | os.PathLike) -> Path:
     """Rainforth et al.'s Fig. 6 of grid rows: drawn by :func:`iwae.figures.plot_grid` (all matplotlib
     lives in :mod:`iwae.figures`); kept here for callers of ``iwae.grid``."""
-    from .figures import plot_grid as draw  # lazy: iwae.figures.curves imports this module's Run
-
-    return draw(rows, path)
+    return figures.plot_grid(rows, path, published=published.rainforth2018())

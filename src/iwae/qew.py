@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analysis import _gaussian_posterior, histogram_on_grid, posterior_grid, sample_qew, total_variation
+from .analysis.posterior import _gaussian_posterior, histogram_on_grid, posterior_grid, sample_qew, total_variation
 
 __all__ = ["qew_report", "qew_panels", "QEWPanel", "check_model", "KL_SMOOTHING"]
 

@@ -41,16 +41,21 @@ from pathlib import Path
 
 import torch
 
+from . import figures
+from .analysis.curves import PARTS, SUMMARY, curve_slopes, fit_slope
 from .checkpoint import atomic_write
 from .data import Splits, fixed_binarization
 from .estimators import ObjectiveSpec, accumulate_gradients
 from .tables import column_table
+from .errors import ConfigError
+from .estimators import ESTIMATORS
+from .objectives import OBJECTIVES
+from .models import VAE, ModelConfig
 
 __all__ = ["SNRResult", "RunningMoments", "fixed_batch", "gradient_samples", "gradient_snr", "snr_sweep",
            "fit_slope", "curve_slopes", "plot_snr", "Study", "plan_study", "fresh_model", "run_study", "row_text",
            "study_text"]
 
-PARTS = ("encoder", "decoder")
 BATCH_BINARIZATION_SEED = 0  # the fixed batch is binarized once with this seed, whatever the sweep's seed
 
 
@@ -263,26 +268,6 @@ def _effective_sample_size(model: torch.nn.Module, x: torch.Tensor, spec: Object
     return total / draws
 
 
-def fit_slope(xs: Sequence[float], values: Sequence[float]) -> float:
-    """Least-squares slope of log(values) on log(xs): the exponent a of values ~ c * xs^a.
-
-    Raises:
-        ValueError: fewer than two points, distinct xs fewer than two, or a value or x <= 0 / not finite.
-    """
-    xs_t = torch.as_tensor(list(xs), dtype=torch.float64)
-    ys_t = torch.as_tensor(list(values), dtype=torch.float64)
-    if xs_t.shape != ys_t.shape or xs_t.numel() < 2:
-        raise ValueError(f"fit_slope needs two or more (x, value) pairs, got {xs_t.numel()} x and {ys_t.numel()} values")
-    if not (torch.isfinite(xs_t).all() and torch.isfinite(ys_t).all() and (xs_t > 0).all() and (ys_t > 0).all()):
-        raise ValueError(f"fit_slope needs positive finite xs and values, got {xs_t.tolist()} and {ys_t.tolist()}")
-    lx, ly = xs_t.log(), ys_t.log()
-    lx_c = lx - lx.mean()
-    denominator = lx_c.square().sum()
-    if denominator == 0:
-        raise ValueError(f"fit_slope needs at least two distinct xs, got {xs_t.tolist()}")
-    return float((lx_c * (ly - ly.mean())).sum() / denominator)
-
-
 # ----------------------------------------------------------------------------- a study: plan, run, files
 GROUPED = ("miwae", "piwae")  # the objectives whose points vary M at a fixed K per group
 SNR_FILES = ("snr.csv", "snr_layers.csv", "snr.png")
@@ -311,10 +296,6 @@ def plan_study(objectives: Sequence[str] = ("iwae", "miwae"), estimators: Sequen
             ``repeats`` < 2, or a pair :class:`~iwae.estimators.ObjectiveSpec` refuses (rws is
             defined for iwae only).
     """
-    from .errors import ConfigError
-    from .estimators import ESTIMATORS
-    from .objectives import OBJECTIVES
-
     if repeats < 2:
         raise ConfigError(f"repeats must be >= 2 to estimate a standard deviation, got {repeats}", ["repeats"])
     if group_k < 1:
@@ -343,8 +324,6 @@ def plan_study(objectives: Sequence[str] = ("iwae", "miwae"), estimators: Sequen
 def fresh_model(splits: Splits, seed: int = 0) -> torch.nn.Module:
     """A freshly initialised Burda 1-layer model for ``splits`` (torch seeded with ``seed``), its output
     bias set from the training images' mean as training does."""
-    from .models import VAE, ModelConfig
-
     torch.manual_seed(seed)
     model = VAE(ModelConfig.burda(1, splits.dim))
     model.init_output_bias(splits.train.mean(0))
@@ -407,44 +386,7 @@ def study_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- figure
-SUMMARY = "median"  # the SNR summary plotted: the median over scalar parameters (robust to a few huge SNRs)
-
-
-def _curves(rows: Sequence[dict], objective: str, axis: str) -> list[tuple[str, str, list[float], list[float]]]:
-    """``(estimator, part, xs, SNRs)`` per curve of ``objective``'s rows, along ``axis`` ('k' or 'm')."""
-    curves = []
-    mine = [r for r in rows if r["objective"] == objective]
-    for estimator in dict.fromkeys(r["estimator"] for r in mine):
-        chosen = sorted((r for r in mine if r["estimator"] == estimator), key=lambda r: r[axis])
-        for part in PARTS:
-            pts = [(r[axis], r[f"{part}_{SUMMARY}"]) for r in chosen
-                   if math.isfinite(r[f"{part}_{SUMMARY}"]) and r[f"{part}_{SUMMARY}"] > 0]
-            if pts:
-                curves.append((estimator, part, [p[0] for p in pts], [p[1] for p in pts]))
-    return curves
-
-
-def curve_slopes(rows: Sequence[dict]) -> list[dict]:
-    """Fitted log-log slopes: IWAE's SNR against K, MIWAE's against M (at its fixed K per group).
-
-    Returns rows ``{objective, against, k_per_group, estimator, part, slope}``; curves with fewer
-    than two distinct x values are left out.
-    """
-    out = []
-    for objective, axis in (("iwae", "k"), ("miwae", "m")):
-        for estimator, part, xs, ys in _curves(rows, objective, axis):
-            if len(set(xs)) >= 2:
-                group_k = {r["k_per_group"] for r in rows if r["objective"] == objective}
-                out.append({"objective": objective, "against": axis.upper(),
-                            "k_per_group": min(group_k) if len(group_k) == 1 else None,
-                            "estimator": estimator, "part": part, "slope": fit_slope(xs, ys)})
-    return out
-
-
 def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None, dpi: int = 100) -> Path:
     """The SNR figure of :func:`snr_sweep` rows: drawn by :func:`iwae.figures.plot_snr` (all matplotlib
     lives in :mod:`iwae.figures`); kept here for callers of ``iwae.snr``."""
-    from .figures import plot_snr as draw  # lazy: iwae.figures.curves imports this module's curve fits
-
-    return draw(rows, path, title=title, dpi=dpi)
+    return figures.plot_snr(rows, path, title=title, dpi=dpi)

@@ -12,6 +12,7 @@ import torch
 
 from ..models.gaussian import diag_normal_log_prob
 from .hmc import hmc_step
+from tqdm.auto import tqdm
 
 __all__ = ["InitialDistribution", "GaussianInitial", "AISChains", "schedule_betas", "ais", "log_mean_exp_stats",
            "sandwich", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG", "DEFAULT_STEP_SIZE", "TARGET_ACCEPT"]
@@ -153,7 +154,6 @@ def ais(
     eps = torch.full(lpt.shape + (1,), float(step_size), dtype=z.dtype, device=z.device)
     accepted_count = torch.zeros(lpt.shape, dtype=torch.float64, device=z.device)
     transitions = 0
-    from tqdm.auto import tqdm
 
     for t in tqdm(range(1, steps + 1), disable=None if progress else True, leave=False, unit="step", desc="AIS"):
         b_prev, b = betas[t - 1], betas[t]

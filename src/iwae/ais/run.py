@@ -12,6 +12,15 @@ import torch
 from .. import rundir
 from .annealing import DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEPS, schedule_betas
 from .likelihood import ais_log_likelihood
+from ..errors import ConfigError
+from ..rundir import open_run, write_evaluation
+from ..runtime import check_device, describe
+from .likelihood import ais_cost
+from ..figures import plot_bdmc
+from ..rundir import open_run, write_figure_record
+from .bdmc import bdmc
+from ..tables import label_table
+from ..tables import column_table
 
 __all__ = ["ais_eval_name", "ais_evaluate", "bdmc_run", "ais_summary_text", "bdmc_text"]
 
@@ -48,10 +57,6 @@ def ais_evaluate(
     :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem). ``announce``, if
     given, is called with :func:`iwae.ais.ais_cost`'s estimate before the run starts (the CLI prints it).
     """
-    from ..errors import ConfigError
-    from ..rundir import open_run, write_evaluation
-    from ..runtime import check_device, describe
-
     for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}", [name])
@@ -66,8 +71,6 @@ def ais_evaluate(
     dev = next(model.parameters()).device
     x = splits.first("test", test_subset, "test_subset").to(dev)
     if announce is not None:
-        from .likelihood import ais_cost
-
         announce(ais_cost(model, x, steps=steps, chains=chains, leapfrog=leapfrog, memory_budget=memory_budget))
     generator = torch.Generator(device=dev).manual_seed(seed)
     result = ais_log_likelihood(model, x, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
@@ -102,12 +105,6 @@ def bdmc_run(
     Returns:
         ``{"rows": [...], "figure", "json", "model", "seed", "n", "chains", "leapfrog", "initial"}``.
     """
-    from ..errors import ConfigError
-    from ..figures import plot_bdmc
-    from ..rundir import open_run, write_figure_record
-    from ..runtime import check_device, describe
-    from .bdmc import bdmc
-
     steps = [int(t) for t in steps]
     for name, value in (("n", n), ("chains", chains), ("leapfrog", leapfrog)):
         if value < 1:
@@ -132,8 +129,6 @@ def bdmc_run(
 
 def ais_summary_text(result: dict) -> str:
     """The lines ``iwae evaluate --method ais`` prints for a result of :func:`ais_evaluate`."""
-    from ..tables import label_table
-
     measured, images = result["model"], result["test_images"]
     written = [str(Path(measured["run_dir"]) / f) for f in result["files"].values()] if result["files"] else []
     return label_table([
@@ -153,8 +148,6 @@ def ais_summary_text(result: dict) -> str:
 
 def bdmc_text(result: dict) -> str:
     """The table ``iwae bdmc`` prints: per T the lower and upper bounds, their gap, acceptance, time."""
-    from ..tables import column_table
-
     header = ("T", "lower (forward)", "upper (reverse)", "gap", "acceptance", "seconds")
     rows = [(r["steps"], f"{r['lower']:.3f} ± {r['lower_stderr']:.3f}", f"{r['upper']:.3f} ± {r['upper_stderr']:.3f}",
              f"{r['gap']:.3f} ± {r['gap_stderr']:.3f}", "/".join(f"{a:.2f}" for a in r["acceptance"]),

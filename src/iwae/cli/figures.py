@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..choices import PLOT_KINDS
 from . import main
 from .support import int_list as _int_list
 from .support import user_errors as _user_errors
@@ -20,7 +21,6 @@ Examples:
   iwae plot runs/vae runs/iwae --what curves --format pdf --out figures/
   iwae plot toy --out toy.png                               # bias of log-mean against k
 """
-PLOT_KINDS = ("samples", "reconstructions", "latent", "activity", "curves")
 
 
 @main.command(epilog=PLOT_EXAMPLES)
@@ -45,7 +45,8 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
     The latent figure draws the top stochastic layer: a 2-D latent directly, else its two units of
     largest A_u on the first 500 training images (as `iwae evaluate`). Activity uses the same images.
     """
-    from ..figures import plot_runs, plot_toy
+    from ..figures import plot_toy
+    from ..run_figures import plot_runs
 
     if runs[0] == "toy":
         if len(runs) > 1:
@@ -79,7 +80,7 @@ Examples:
 @_user_errors
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
     """Samples of a trained run: z ~ p(z) (top-down through the layers), then p(x | z), as an image grid."""
-    from ..figures import sample_run
+    from ..run_figures import sample_run
 
     figure = sample_run(run_dir, out, n=n, seed=seed, probabilities=probabilities, pseudo_inputs=pseudo_inputs)
     click.echo(f"wrote {figure}")
@@ -112,7 +113,7 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
     """The IWAE's implicit posterior q_EW (Cremer et al. 2017) of a 2-D-latent, 1-layer run: for each
     of the first test images, the true posterior p(z|x) normalised on a grid, q(z|x) and q_EW for
     each k, with the total variation distance of each to p. Writes the figure and a JSON beside it."""
-    from ..figures import qew_run
+    from ..run_figures import qew_run
 
     k_values = _int_list(ks, "--k")
     if threads:

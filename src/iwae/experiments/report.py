@@ -45,6 +45,24 @@ from ..checkpoint import atomic_write
 from ..config.grid import GridPoint, canonical_run
 from . import published
 from .spec import FIGURES
+from ..data import load_dataset
+from ..data import resolve_binarize
+from ..figures import plot_curves
+from ..rundir import read_metrics
+from ..figures import plot_samples
+from ..train import load
+from ..figures import plot_reconstructions
+import torch
+from ..data import fixed_binarization
+from ..analysis.latent import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+from ..figures import plot_latent
+from ..figures import plot_grid
+import time
+from ..estimators import ObjectiveSpec
+from ..figures import plot_snr
+from ..snr import fixed_batch, snr_sweep
+from ..compare import compare_runs
+import markdown
 
 __all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
            "seed_groups", "grid_rows", "grid_table", "comparisons", "summary", "FLAG_NATS"]
@@ -509,10 +527,6 @@ def _splits(run: dict, data_dir, cache: dict):
     """The run's dataset, loaded once per report and never downloaded (a report must not hit the network),
     from ``data_dir``, else the run's data_dir: its spec's, or its config.yaml's (where the data was at
     training time; `iwae reproduce` passes it per invocation, so the spec may not hold it)."""
-    from ..data import load_dataset
-
-    from ..data import resolve_binarize
-
     dataset = run["config"].get("dataset", "mnist")
     folder = data_dir or run["config"].get("data_dir") or rundir.read_config_values(run["dir"]).get("data_dir")
     mode = resolve_binarize(run["config"].get("binarize", "auto"), run["config"].get("likelihood", "bernoulli"))
@@ -527,9 +541,6 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    from ..figures import plot_curves
-    from ..rundir import read_metrics
-
     runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
     if not runs:
         raise ValueError("no run has a metrics.csv yet")
@@ -545,9 +556,6 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_samples of a few finished runs (:func:`_representatives`)."""
-    from ..figures import plot_samples
-    from ..train import load
-
     runs = _representatives(exp["runs"], MAX_PANELS)
     path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
     return [(path, f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
@@ -559,9 +567,6 @@ RECONSTRUCTIONS = 10  # test images per reconstruction panel
 
 def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_reconstructions of a few finished runs of one dataset on its first test images."""
-    from ..figures import plot_reconstructions
-    from ..train import load
-
     runs = _representatives(exp["runs"], MAX_PANELS)
     dataset = runs[0]["config"].get("dataset", "mnist")
     runs = [r for r in runs if r["config"].get("dataset", "mnist") == dataset]  # one test set
@@ -574,13 +579,6 @@ def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Dra
 
 def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_latent of a few finished runs of one dataset on its first test images, by label."""
-    import torch
-
-    from ..data import fixed_binarization
-    from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from ..figures import plot_latent
-    from ..train import load
-
     runs = _representatives(exp["runs"], MAX_PANELS)
     dataset = runs[0]["config"].get("dataset", "mnist")
     runs = [r for r in runs if r["config"].get("dataset", "mnist") == dataset][:LATENT_RUNS]  # one test set
@@ -664,10 +662,8 @@ def grid_table(rows: list[dict]) -> str:
 
 def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_grid of the finished runs' grid points (Rainforth et al.'s Fig. 6)."""
-    from ..figures import plot_grid
-
     rows = _grid_rows(exp)
-    path = plot_grid(rows, fig_dir / "grid.png")
+    path = plot_grid(rows, fig_dir / "grid.png", published=published.rainforth2018())
     bound = f"IWAE-{rows[0]['iwae_k']}"
     return [(path, f"{bound}, log p-hat and -KL(Q||P) = {bound} - log p-hat against (M, K) for MIWAE and PIWAE "
                    f"(top) and against beta for CIWAE (bottom), M * K = {rows[0]['total']}: {len(rows)} grid points "
@@ -677,13 +673,6 @@ def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
 
 def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """A small snr.snr_sweep (IWAE against K, MIWAE against M; reparam, STL, DReG) of one trained run."""
-    import time
-
-    from ..estimators import ObjectiveSpec
-    from ..figures import plot_snr
-    from ..snr import fixed_batch, snr_sweep
-    from ..train import load
-
     def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients
         c = r["config"]
         return (c.get("objective") == "iwae", c.get("estimator", "reparam") == "reparam", c.get("k") == 50,
@@ -770,8 +759,6 @@ def comparisons(exp: dict) -> list[dict]:
     """The paired comparisons the experiment names (``compare: [[A, B], ...]``), one dict each:
     ``a``, ``b``, ``seeds`` (those both have finished) and :func:`iwae.compare.compare_runs`'s result
     on their evaluations (L_k of the experiment's k, seed and test images), or ``error``."""
-    from ..compare import compare_runs
-
     def finished(name: str) -> dict:
         return {r["config"].get("seed", 0): r for r in exp["runs"]
                 if (r.get("group") or r["name"]) == name and r["status"] == "done"}
@@ -838,8 +825,6 @@ def _grid_section(exp: dict) -> list[str]:
 def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "Reproduction report") -> str:
     """A self-contained HTML page of ``markdown_text``: inline CSS, and every relative image (resolved
     against ``base_dir``) embedded as a base64 data URI."""
-    import markdown
-
     body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
     base_dir = Path(base_dir)
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..experiments import published
+from ..analysis.curves import SUMMARY, fit_slope, snr_curves
 from ..checkpoint import atomic_write
 from ..config.grid import Run  # the run names of the IWAE and VAE reference lines
 from ._base import DPI, pyplot, save
@@ -28,7 +28,7 @@ def plot_curves(metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str 
     """Training bound (solid) and validation L_k (dashed) against epoch, one colour per run.
 
     Args:
-        metrics: ``{title: rows}``, rows as :func:`iwae.figures.read_metrics` returns them (``epoch``,
+        metrics: ``{title: rows}``, rows as :func:`iwae.rundir.read_metrics` returns them (``epoch``,
             ``train_bound``, ``valid_L{k}``).
 
     Size: 7 x 4.5 inches, 700 x 450 pixels as PNG at ``dpi`` 100.
@@ -63,8 +63,6 @@ def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None
     slope in the legend. The format follows the extension (.png, .svg, .pdf, ...); the figure is
     11 x 4.5 inches, 1100 x 450 pixels as PNG at the default ``dpi``.
     """
-    from ..snr import SUMMARY, _curves, fit_slope  # the SNR's own summary and curve fits
-
     plt = pyplot()
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=dpi)
@@ -73,7 +71,7 @@ def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None
     panels = (("iwae", "k", "K (samples)", "IWAE: SNR against K"),
               ("miwae", "m", "M (groups)", "MIWAE(M, K): SNR against M"))
     for ax, (objective, axis, xlabel, panel_title) in zip(axes, panels):
-        curves = _curves(rows, objective, axis)
+        curves = snr_curves(rows, objective, axis)
         group_k = sorted({r["k_per_group"] for r in rows if r["objective"] == objective})
         if objective == "miwae" and group_k:
             panel_title += f" at K = {', '.join(map(str, group_k))}"
@@ -112,13 +110,14 @@ METRICS = (("iwae_bound", "iwae64", "IWAE-{k}"), ("log_p_hat", "log_p_hat", "log
 _COLORS = {"miwae": "tab:blue", "piwae": "tab:orange", "ciwae": "tab:green"}
 
 
-def plot_grid(rows: list[dict], path: str | os.PathLike) -> Path:
+def plot_grid(rows: list[dict], path: str | os.PathLike, *, published: Sequence[Mapping] = ()) -> Path:
     """Figure in the style of Rainforth et al.'s Fig. 6: IWAE-64, log p-hat and -KL against (M, K).
 
     Top row: MIWAE and PIWAE against (M, K), (1, total) on the left; bottom row: CIWAE against beta.
     Grey lines mark IWAE (k = total, dashed) and the VAE (dotted); stars are the published numbers
-    of Rainforth et al. (full protocol; face coloured by objective, white for IWAE and the VAE), on
-    a right-hand axis when their level is far from ours (which would flatten our curves).
+    ``published`` (rows of :func:`iwae.experiments.published.rainforth2018`: Rainforth et al., full
+    protocol, M * K = 64; face coloured by objective, white for IWAE and the VAE), on a right-hand
+    axis when their level is far from ours (which would flatten our curves); none for another total.
     Written atomically; ``GRID_FIGURE_SIZE`` at ``GRID_FIGURE_DPI`` (1500 x 800 pixels).
 
     Args:
@@ -135,7 +134,7 @@ def plot_grid(rows: list[dict], path: str | os.PathLike) -> Path:
     ciwae = sorted((r for r in rows if r["objective"] == "ciwae"), key=lambda r: r["beta"])
     by_run = {r["run"]: r for r in rows}
     refs = {"IWAE": by_run.get(Run("iwae", total).name), "VAE": by_run.get(Run("vae", total).name)}
-    pub = {name: row for name, row in ((p["name"], p) for p in published.rainforth2018())} if total == 64 else {}
+    pub = {p["name"]: p for p in published} if total == 64 else {}
 
     fig, axes = plt.subplots(2, 3, figsize=GRID_FIGURE_SIZE, dpi=GRID_FIGURE_DPI)
     legend: dict[str, object] = {}  # one legend for the figure: label -> artist

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis import reconstruct, sample_images
+from ..analysis.latent import reconstruct, sample_images
 from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
 
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]

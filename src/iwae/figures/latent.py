@@ -1,6 +1,6 @@
 """The latent space of trained models: posterior means E_q[z_L | x] as a scatter, unit activity A_u.
 
-The numbers come from :func:`iwae.analysis.posterior_means` and :func:`iwae.evaluate.active_units`;
+The numbers come from :func:`iwae.analysis.posterior_means` and :func:`iwae.analysis.active_units`;
 this module only draws them.
 
 References:
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis import LATENT_SAMPLES, posterior_means
-from ..evaluate import ACTIVE_THRESHOLD, active_units
+from ..analysis.latent import ACTIVE_THRESHOLD, LATENT_SAMPLES, active_units, posterior_means
 from ._base import DPI, as_runs, pyplot, save
 
 __all__ = ["plot_latent", "plot_activity"]
@@ -29,7 +28,7 @@ def plot_latent(models, x: torch.Tensor, path: str | os.PathLike, *, labels: tor
     With L > 1 layers E_q[z_L | x] is a Monte Carlo average over 100 draws of the layers below
     (see :func:`iwae.analysis.posterior_means`), and the title says so. A 2-D latent is drawn
     directly. Otherwise the two dimensions with the largest activity A_u = Var_x(E_q[u | x]) are
-    drawn: A_u from :func:`iwae.evaluate.active_units` on ``x_units`` (pass the first 500 training
+    drawn: A_u from :func:`iwae.analysis.active_units` on ``x_units`` (pass the first 500 training
     images, as evaluation does), or, without ``x_units``, the variance of the plotted points' own
     posterior means. Axis labels give each unit's A_u; a unit with A_u <= 0.01 is marked inactive.
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..analysis import toy_bias
+from ..analysis.toy import toy_bias
 from ._base import DPI, pyplot, save
 
 __all__ = ["plot_toy", "TOY_SETTINGS", "TOY_KS"]

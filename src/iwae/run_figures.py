@@ -1,13 +1,13 @@
 """Figures of run directories: what `iwae plot`, `iwae sample` and `iwae qew` draw, one call each.
 
-    from iwae.figures import plot_runs, sample_run, qew_run
+    from iwae.run_figures import plot_runs, sample_run, qew_run
     plot_runs(["runs/vae-2d", "runs/iwae-2d"], "figures/", what="latent")   # -> [figures/latent.png]
     sample_run("runs/iwae-k5")                                              # -> runs/iwae-k5/samples.png
     qew_run("runs/iwae-2d", ks=(1, 5, 50))                                  # -> {"figure": ..., "rows": [...]}
 
 Each opens trained runs (:func:`iwae.rundir.open_run`, which refuses the initial weights of a
-run that has not finished an epoch) and their data, and hands arrays to the figure functions of this
-package. Nothing here trains.
+run that has not finished an epoch) and their data, and hands models and arrays to the figure functions of
+:mod:`iwae.figures`, which read no run folder. Nothing here trains.
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..rundir import open_run, read_config, read_metrics, write_figure_record
+import torch
+
+from .analysis.latent import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
+from .choices import PLOT_KINDS
+from .data import fixed_binarization
+from .errors import CheckpointError, ConfigError
+from .figures import (plot_activity, plot_curves, plot_latent, plot_pseudo_inputs, plot_reconstructions, plot_samples,
+                      qew_figure)
+from .qew import check_model
+from .rundir import open_run, read_config, read_metrics, write_figure_record
 
 __all__ = ["read_metrics", "run_title", "plot_runs", "sample_run", "qew_run", "PLOT_KINDS"]
 
-PLOT_KINDS = ("samples", "reconstructions", "latent", "activity", "curves")  # what plot_runs draws
 
 
 def run_title(run_dir: str | os.PathLike) -> str:
@@ -40,9 +47,6 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         ConfigError: ``n < 1``.
         ValueError: ``pseudo_inputs`` for a prior without them.
     """
-    from ..checkpoint import CheckpointError
-    from .images import plot_pseudo_inputs, plot_samples
-
     if not Path(run_dir).is_dir():  # a missing run before a bad argument, as the CLI always said
         raise CheckpointError(f"run directory {run_dir} not found")
     if n < 1:
@@ -69,14 +73,6 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         ConfigError: ``points < 1`` or an unknown ``what``.
         ValueError: not one or two runs, or runs of different input sizes.
     """
-    import torch
-
-    from ..data import fixed_binarization
-    from ..evaluate import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
-    from .curves import plot_curves
-    from .images import plot_reconstructions, plot_samples
-    from .latent import plot_activity, plot_latent
-
     if not 1 <= len(run_dirs) <= 2:
         raise ValueError(f"give one or two run directories, got {len(run_dirs)}")
     if what != "all" and what not in PLOT_KINDS:
@@ -148,11 +144,6 @@ def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
             number, also as text) or ``ks`` out of range, checked before anything is loaded.
         ValueError: a model without a 2-D one-layer latent (checked before the data is loaded).
     """
-    import torch
-
-    from ..qew import check_model
-    from .posterior import qew_figure
-
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ConfigError(f"ks must be positive integers, got {ks}", ["ks"])
