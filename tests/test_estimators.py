@@ -265,7 +265,7 @@ def test_objective_spec_accepts_exactly_the_tables_pairs():
 def test_names_costs_and_views_are_read_from_the_table():
     """ESTIMATORS (the CLI's --estimator choices), reproduce's ESTIMATOR_COST and the need for the
     prior's direct view are the table's; every entry has a surrogate, a cost and a description."""
-    from iwae.experiments.engine import ESTIMATOR_COST
+    from iwae.experiments.plan import ESTIMATOR_COST
 
     assert ESTIMATORS == tuple(ESTIMATOR_TABLE) == ("reparam", "stl", "dreg", "rws", "rws-dreg")
     assert ESTIMATOR_COST == {name: e.cost for name, e in ESTIMATOR_TABLE.items()}

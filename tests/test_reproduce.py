@@ -334,7 +334,7 @@ def test_a_worker_is_pinned_to_the_cores_of_its_slot(slot):
     import concurrent.futures as cf
     import multiprocessing
 
-    from iwae.experiments.engine import _init_worker
+    from iwae.experiments.executors import _init_worker
 
     cores = sorted(os.sched_getaffinity(0))
     ctx = multiprocessing.get_context("spawn")
@@ -391,11 +391,12 @@ FAULTS_ENV = "IWAE_TEST_FAULTS"  # {run name: [error kind per attempt, None: no 
 def _faulty_worker(slots, threads, device, progress=False):
     """A worker initializer (run in each spawned worker) that makes the runs named in $IWAE_TEST_FAULTS
     raise, per attempt, the error it lists, and logs every attempt (pid, run, error) to a file."""
-    import iwae.experiments.engine as reproduce_module
+    import iwae.experiments.execute as execute_module
+    import iwae.experiments.executors as executors_module
 
-    reproduce_module._init_worker(slots, threads, device, *([progress] if progress else []))
+    executors_module._init_worker(slots, threads, device, *([progress] if progress else []))
     faults, log = json.loads(os.environ[FAULTS_ENV]), Path(os.environ[FAULTS_ENV + "_LOG"])
-    real = reproduce_module.train_or_resume
+    real = execute_module.train_or_resume
 
     def train_or_resume(config, **kwargs):
         name = Path(config.out).name
@@ -412,20 +413,20 @@ def _faulty_worker(slots, threads, device, progress=False):
             raise ValueError("a plain failure of the run (injected by the test)")
         return real(config, **kwargs)
 
-    reproduce_module.train_or_resume = train_or_resume
+    execute_module.train_or_resume = train_or_resume
 
 
 def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp_path, shared_data_dir, monkeypatch):
     """Through the worker pool: a run that runs out of memory once is retried in a fresh worker and
     finishes; one whose CUDA fails every time fails, after exactly two attempts in two processes,
     with its own error; a plain error is not retried (and the run sharing the broken pool is unharmed)."""
-    import iwae.experiments.engine as reproduce_module
+    import iwae.experiments.executors as executors_module
 
     faults = {"oom-once": ["oom"], "cuda-always": ["cuda", "cuda"], "plain": ["value"]}
     log = tmp_path / "attempts.log"
     monkeypatch.setenv(FAULTS_ENV, json.dumps(faults))
     monkeypatch.setenv(FAULTS_ENV + "_LOG", str(log))
-    monkeypatch.setattr(reproduce_module, "_init_worker", _faulty_worker)
+    monkeypatch.setattr(executors_module, "_init_worker", _faulty_worker)
     exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2}
                                                     for n in ("oom-once", "cuda-always", "plain")])
     out = tmp_path / "out"
@@ -541,27 +542,28 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
     """On a cluster with a GPU, each task asks for one (in a fresh worker process, max_calls=1); a run
     whose device fails once is submitted again and finishes; one that fails twice is failed with its error.
     (The runs themselves train on the CPU here.)"""
-    import iwae.experiments.engine as reproduce_module
+    import iwae.experiments.execute as execute_module
+    import iwae.experiments.executors as executors_module
 
     fake = FakeRay({"CPU": 4.0, "GPU": 1.0})
     monkeypatch.setitem(sys.modules, "ray", fake)
     attempts: dict[str, int] = {}
-    real = reproduce_module.execute_run
+    real = execute_module.execute_run
 
     def execute_run(spec, run_dir, data_dir, device, threads, progress=False):
         assert device == "cuda"
         attempts[spec["name"]] = attempts.get(spec["name"], 0) + 1
         if spec["name"] == "always" or attempts[spec["name"]] == 1 and spec["name"] == "once":
-            monkeypatch.setattr(reproduce_module, "train_or_resume", oom)
+            monkeypatch.setattr(execute_module, "train_or_resume", oom)
         else:
-            monkeypatch.setattr(reproduce_module, "train_or_resume", real_train)
+            monkeypatch.setattr(execute_module, "train_or_resume", real_train)
         return real(spec, run_dir, data_dir, "cpu", threads, progress)
 
     def oom(config, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
 
-    real_train = reproduce_module.train_or_resume
-    monkeypatch.setattr(reproduce_module, "execute_run", execute_run)
+    real_train = execute_module.train_or_resume
+    monkeypatch.setattr(executors_module, "execute_run", execute_run)
     exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2} for n in ("once", "always")])
     out = tmp_path / "out"
     summary = reproduce(exp, out, data_dir=str(shared_data_dir), ray="auto", device="cuda", progress=False)
