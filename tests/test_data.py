@@ -23,11 +23,13 @@ import scipy.io
 import torch
 
 from iwae import data
+from iwae.data import files as data_files
+from iwae.data import registry
 from iwae.data import DataError, Splits, load_dataset
 
 SHARED = Path(os.environ.get("IWAE_TEST_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 DATA_FIXTURES = ("mnist", "bin_arrays")  # read the shared data: tests using them are marked `data` (conftest.py)
-MNIST_FILES = data.MNIST_FILES
+MNIST_FILES = registry.MNIST_FILES
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -49,7 +51,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("IWAE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("IWAE_DATA_DIR", raising=False)
     for name in ("MNIST_URLS", "FASHION_MNIST_URLS", "BINARIZED_MNIST_URLS", "OMNIGLOT_URLS"):
-        monkeypatch.setattr(data, name, ())
+        monkeypatch.setattr(registry, name, ())
 
     def no_network(*args, **kwargs):
         raise AssertionError("tests must not use the network")
@@ -256,7 +258,7 @@ def write_small_amats(d: Path, bin_arrays, monkeypatch, rows=50, fmt="fast") -> 
             (d / name).write_bytes(("\r\n".join(lines) + "\r\n").encode())
         else:  # MATLAB v5, as in mingzhang-yin/ARM-gradient
             scipy.io.savemat(d / name, {"X": arr[:rows]}, appendmat=False)
-        monkeypatch.setitem(data.BINARIZED_MNIST_AMAT_SHA256, name, (sha256(d / name),))
+        monkeypatch.setitem(registry.BINARIZED_MNIST_AMAT_SHA256, name, (sha256(d / name),))
 
 
 @pytest.mark.parametrize("fmt", ["fast", "loose", "mat"])
@@ -316,7 +318,7 @@ def test_binarized_mnist_bad_amat(tmp_path, bin_arrays, monkeypatch, content, me
     write_small_amats(tmp_path / "binarized_mnist", bin_arrays, monkeypatch, rows=5)
     bad = tmp_path / "binarized_mnist" / "binarized_mnist_train.amat"
     bad.write_bytes(content)
-    monkeypatch.setitem(data.BINARIZED_MNIST_AMAT_SHA256, bad.name, (sha256(bad),))
+    monkeypatch.setitem(registry.BINARIZED_MNIST_AMAT_SHA256, bad.name, (sha256(bad),))
     with pytest.raises(DataError, match=message):
         load_dataset("binarized-mnist", tmp_path, download=False)
 
@@ -324,7 +326,7 @@ def test_binarized_mnist_bad_amat(tmp_path, bin_arrays, monkeypatch, content, me
 def test_binarized_mnist_download_text_amat(tmp_path, bin_arrays, monkeypatch, isolated):
     mirror = tmp_path / "mirror"
     write_small_amats(mirror, bin_arrays, monkeypatch, rows=20)
-    monkeypatch.setattr(data, "BINARIZED_MNIST_URLS", (mirror.as_uri() + "/",))
+    monkeypatch.setattr(registry, "BINARIZED_MNIST_URLS", (mirror.as_uri() + "/",))
     s = load_dataset("binarized-mnist")
     assert s.train.shape == (20, 784)
     assert sorted(p.name for p in (isolated / "binarized_mnist").iterdir()) == sorted(
@@ -402,14 +404,14 @@ def test_default_cache_dir_precedence(monkeypatch, tmp_path):
 @pytest.mark.data  # reads the shared data through shared()
 def test_download_from_file_url_into_cache(tmp_path, monkeypatch, isolated):
     dead = (tmp_path / "no-such-mirror").as_uri() + "/"
-    monkeypatch.setattr(data, "MNIST_URLS", (dead, shared("mnist").as_uri() + "/"))
+    monkeypatch.setattr(registry, "MNIST_URLS", (dead, shared("mnist").as_uri() + "/"))
     s = load_dataset("mnist")
     assert s.train.shape == (59600, 784)
     cached = sorted(p.name for p in (isolated / "mnist").iterdir())
     assert cached == sorted(MNIST_FILES)  # no temporary files left
     for n in MNIST_FILES:
-        assert sha256(isolated / "mnist" / n) == data.MNIST_SHA256[n]
-    monkeypatch.setattr(data, "MNIST_URLS", ())
+        assert sha256(isolated / "mnist" / n) == registry.MNIST_SHA256[n]
+    monkeypatch.setattr(registry, "MNIST_URLS", ())
     assert torch.equal(load_dataset("mnist", download=False).test, s.test)
 
 
@@ -419,7 +421,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch, isolat
     mirror.mkdir()
     for n in MNIST_FILES:  # truncated copies
         (mirror / n).write_bytes((shared("mnist") / n).read_bytes()[:1000])
-    monkeypatch.setattr(data, "MNIST_URLS", (mirror.as_uri() + "/",))
+    monkeypatch.setattr(registry, "MNIST_URLS", (mirror.as_uri() + "/",))
     with pytest.raises(DataError, match=r"downloaded MNIST file train-images-idx3-ubyte\.gz fails its checksum "
                                         r".*expected 440fcabf.*nothing was saved"):
         load_dataset("mnist")
@@ -439,12 +441,12 @@ def test_missing_file_without_download(tmp_path):
 
 
 def test_missing_file_download_failed(tmp_path, monkeypatch, isolated):
-    monkeypatch.setattr(data, "MNIST_URLS", ((tmp_path / "nowhere").as_uri() + "/",))
+    monkeypatch.setattr(registry, "MNIST_URLS", ((tmp_path / "nowhere").as_uri() + "/",))
     with pytest.raises(DataError, match=r"not found in .* and download failed \(file://.*nowhere/train-images"
                                         r".*\); pass --data-dir DIR or set IWAE_DATA_DIR"):
         load_dataset("mnist")
     assert list((isolated / "mnist").iterdir()) == []
-    monkeypatch.setattr(data, "MNIST_URLS", ())
+    monkeypatch.setattr(registry, "MNIST_URLS", ())
     with pytest.raises(DataError, match=r"download failed \(no download URL configured\)"):
         load_dataset("mnist")
 
@@ -491,8 +493,8 @@ def fake_mnist(d: Path, monkeypatch, n_train=30, n_test=10, n_valid=5, **overrid
             override[n](d / n, arr)
         else:
             write_idx_gz(d / n, arr)
-        monkeypatch.setitem(data.MNIST_SHA256, n, sha256(d / n))
-    monkeypatch.setattr(data, "MNIST_N_VALID", n_valid)
+        monkeypatch.setitem(registry.MNIST_SHA256, n, sha256(d / n))
+    monkeypatch.setattr(registry, "MNIST_N_VALID", n_valid)
     return arrays
 
 
@@ -540,8 +542,8 @@ def write_omniglot(path: Path, n_train=12, n_test=4, monkeypatch=None, **extra) 
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(path, {"data": to_mat(train), "testdata": to_mat(test), **extra})
     if monkeypatch is not None:
-        monkeypatch.setattr(data, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(path))
-        monkeypatch.setattr(data, "OMNIGLOT_N_VALID", 3)
+        monkeypatch.setattr(registry, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(path))
+        monkeypatch.setattr(registry, "OMNIGLOT_N_VALID", 3)
     return train.reshape(n_train, 784), test.reshape(n_test, 784)
 
 
@@ -568,7 +570,7 @@ def test_omniglot_blob_hash_matches_git(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     out = subprocess.run(["git", "hash-object", str(p)], capture_output=True, text=True, check=True).stdout.strip()
-    assert data._file_digest(p, "git-blob") == out == git_blob_sha1(p)
+    assert data_files._file_digest(p, "git-blob") == out == git_blob_sha1(p)
 
 
 def test_omniglot_errors(tmp_path, monkeypatch):
@@ -580,13 +582,13 @@ def test_omniglot_errors(tmp_path, monkeypatch):
     # missing variable
     p.unlink()
     scipy.io.savemat(p, {"data": np.zeros((784, 5))})
-    monkeypatch.setattr(data, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(p))
+    monkeypatch.setattr(registry, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(p))
     with pytest.raises(DataError, match=r"has no variable 'testdata'"):
         load_dataset("omniglot", tmp_path, download=False)
     # truncated file
     write_omniglot(p)
     p.write_bytes(p.read_bytes()[:300])
-    monkeypatch.setattr(data, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(p))
+    monkeypatch.setattr(registry, "OMNIGLOT_GIT_BLOB_SHA1", git_blob_sha1(p))
     with pytest.raises(DataError, match=r"chardata\.mat is corrupt or truncated"):
         load_dataset("omniglot", tmp_path, download=False)
 
@@ -594,11 +596,11 @@ def test_omniglot_errors(tmp_path, monkeypatch):
 def test_omniglot_download_checks_blob(tmp_path, monkeypatch, isolated):
     mirror = tmp_path / "mirror"
     write_omniglot(mirror / "chardata.mat", monkeypatch=monkeypatch)
-    monkeypatch.setattr(data, "OMNIGLOT_URLS", (mirror.as_uri() + "/",))
+    monkeypatch.setattr(registry, "OMNIGLOT_URLS", (mirror.as_uri() + "/",))
     assert load_dataset("omniglot").train.shape == (9, 784)
     assert [p.name for p in (isolated / "omniglot").iterdir()] == ["chardata.mat"]
     (isolated / "omniglot" / "chardata.mat").unlink()
-    monkeypatch.setattr(data, "OMNIGLOT_GIT_BLOB_SHA1", "0" * 40)
+    monkeypatch.setattr(registry, "OMNIGLOT_GIT_BLOB_SHA1", "0" * 40)
     with pytest.raises(DataError, match=r"fails its checksum .*expected 0{40}"):
         load_dataset("omniglot")
     assert list((isolated / "omniglot").iterdir()) == []
