@@ -308,13 +308,15 @@ def test_files_travel_with_result_json_written_last(trained, tmp_path, monkeypat
     files = {"result.json": b"{}", **files, "error.json": b"{}"}
     assert "result.json" not in rundir.read_files(trained, without_results=True)
     written = []
-    real = rundir.atomic_write
+    from iwae.rundir import layout
+
+    real = layout.atomic_write
 
     def recording(path, mode="w"):
         written.append(str(Path(path).relative_to(tmp_path / "copy")))
         return real(path, mode)
 
-    monkeypatch.setattr(rundir, "atomic_write", recording)
+    monkeypatch.setattr(layout, "atomic_write", recording)
     rundir.write_files(tmp_path / "copy", files)
     assert written[-1] == "result.json" and sorted(written) == sorted(files)
     assert rundir.read_files(tmp_path / "copy") == files

@@ -1,0 +1,85 @@
+"""Run directories: the one module that reads and writes the files of a run.
+
+    from iwae.rundir import open_run
+    run = open_run("runs/iwae-k5")        # config, model (last completed epoch), weights, splits (lazy)
+
+A run directory holds
+
+    config.yaml               the resolved training config (re-runnable with ``iwae train --config``);
+                              the model's architecture is derived from it (TrainConfig.model_config)
+                              and stored nowhere else
+    model.safetensors         the model's weights; metadata: epoch, input_dim (the data's pixels) and
+                              model_digest (SHA-256 of the architecture, to check that the weights and
+                              config.yaml belong together)
+    checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
+                              and the generator's device type, epoch, step and the metrics so
+                              far, in one file; in the middle of an epoch (``checkpoint_every``)
+                              also the epoch's shuffled order, position and partial bound
+    metrics.csv               one row per epoch
+    tb/                       TensorBoard event files
+    eval_k{K}[_n{N}]_seed{S}.json / .npy   an evaluation (:func:`eval_name`) and its per-image L_k
+    surgery_n{N}.json         ELBO surgery (``iwae analyze``)
+    result.json               written last by ``iwae reproduce``: the run is finished (:func:`run_status`)
+    error.json                the run failed (``iwae reproduce``)
+    samples.png, qew.png ...  figures the CLI draws into the run by default (written by the figure code)
+
+Runs written before the model config was stored once (their safetensors metadata holds a
+``model_config``) are read as before: that metadata is their architecture.
+
+Every file is written to a temporary file in the same folder (``.NAME.XXXX.tmp``), flushed and
+renamed over the old one (:mod:`iwae.checkpoint`), so a killed run never leaves a half-written file
+under its real name; a write that fails raises :class:`~iwae.checkpoint.WriteError` and leaves the
+old file as it was.
+
+The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.identity` (config.yaml and
+which settings make the same run), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
+(checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.results`
+(what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
+run folders through the names this package exports.
+
+Two rules live here and nowhere else: which settings make two configs the same run
+(:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
+"""
+
+from .checkpoints import (EpochState, check_same_device_type, checkpoint_metrics, generator_device, has_checkpoint,
+                          only_start_files, read_checkpoint, restore, save_checkpoint, trained_epochs)
+from .evaluations import (eval_name, evaluation_files, read_bounds, read_evaluation, write_evaluation,
+                          write_figure_record, write_surgery)
+from .identity import (ADDED_DEFAULTS, NOT_IDENTITY, changed_settings, check_same_run, read_config, read_config_values,
+                       run_identity, run_key, write_config)
+from .layout import (CHECKPOINT, CONFIG, ERROR_FILE, METRICS, MODEL, RESULT_FILE, RUN_FILES, START_FILES, TENSORBOARD,
+                     clear_start_files, delete, is_empty, model_bytes, prepare, read_files, remove_run_temporaries,
+                     write_files)
+from .metrics import (has_metrics, metrics_text, read_metrics, sync_outputs, tensorboard_writer, training_seconds,
+                      write_metrics)
+from .results import (RunStatus, clear_error, dependency_digest, finished_result, read_error, run_status, write_error,
+                      write_result)
+from .run import Run, open_run
+from .weights import (init_from, load_model, load_trained, model_config_of, model_digest, model_epoch, model_sha256,
+                      save_model)
+
+__all__ = [
+    "Run", "open_run",
+    # layout
+    "CONFIG", "MODEL", "CHECKPOINT", "METRICS", "TENSORBOARD", "RESULT_FILE", "ERROR_FILE", "START_FILES", "RUN_FILES",
+    "is_empty", "clear_start_files", "prepare", "delete", "remove_run_temporaries", "read_files", "write_files",
+    "model_bytes",
+    # identity and config.yaml
+    "NOT_IDENTITY", "ADDED_DEFAULTS", "run_identity", "run_key", "changed_settings", "read_config",
+    "read_config_values", "write_config", "check_same_run",
+    # model.safetensors
+    "model_digest", "save_model", "model_config_of", "load_model", "model_epoch", "model_sha256", "load_trained",
+    "init_from",
+    # checkpoint.safetensors
+    "EpochState", "save_checkpoint", "read_checkpoint", "has_checkpoint", "checkpoint_metrics", "generator_device",
+    "check_same_device_type", "restore", "trained_epochs", "only_start_files",
+    # metrics.csv, tb/
+    "metrics_text", "write_metrics", "read_metrics", "has_metrics", "training_seconds", "tensorboard_writer",
+    "sync_outputs",
+    # evaluations
+    "eval_name", "evaluation_files", "write_evaluation", "read_evaluation", "read_bounds", "write_surgery",
+    "write_figure_record",
+    # results of iwae reproduce
+    "write_result", "write_error", "read_error", "clear_error", "RunStatus", "dependency_digest", "run_status",
+    "finished_result",
+]

@@ -1,0 +1,170 @@
+"""checkpoint.safetensors: everything a run needs to resume (weights, Adam's state, the random streams,
+the epoch and step, the metrics so far, the place in an interrupted epoch), and whether a folder holds
+anything trained at all."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_tensors, save_tensors
+from ..errors import CheckpointError
+from ..models import VAE
+from .layout import CHECKPOINT, METRICS, MODEL, START_FILES
+from .weights import model_digest, model_epoch
+
+__all__ = ["EpochState", "save_checkpoint", "read_checkpoint", "has_checkpoint", "checkpoint_metrics",
+           "generator_device", "check_same_device_type", "restore", "trained_epochs", "only_start_files"]
+
+
+@dataclass
+class EpochState:
+    """Where a checkpoint written in the middle of an epoch stands: the epoch's shuffled order, the
+    next batch's first index in it, the bound summed so far and the epoch's seconds so far."""
+
+    order: torch.Tensor
+    position: int
+    bound_sum: torch.Tensor
+    seconds: float
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, epoch: int, step: int, metrics: list[dict],
+                    partial: EpochState | None = None, wall_time: float = 0.0) -> None:
+    """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
+    ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``."""
+    opt_state = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalars: dict[str, dict] = {}
+    for idx, state in opt_state["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"epoch": epoch, "step": step, "metrics": metrics, "param_groups": opt_state["param_groups"],
+            "optim_scalars": scalars, "model_digest": model_digest(model.config),
+            "rng_device": generator.device.type, "wall_time_s": wall_time}
+    if partial is not None:
+        tensors["epoch.order"] = partial.order
+        tensors["epoch.bound_sum"] = partial.bound_sum
+        meta.update(epoch_position=partial.position, epoch_seconds=partial.seconds)
+    save_tensors(Path(run_dir) / CHECKPOINT, tensors, meta)
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, metadata)`` of checkpoint.safetensors (CheckpointError if missing or unreadable)."""
+    return load_tensors(Path(run_dir) / CHECKPOINT)
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / CHECKPOINT).is_file()
+
+
+def checkpoint_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The per-epoch metrics the checkpoint records."""
+    return list(read_checkpoint(run_dir)[1].get("metrics", []))
+
+
+def generator_device(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """The device type of the generator whose state a checkpoint holds (older checkpoints do not say:
+    a CUDA generator's state is 16 bytes, a CPU one's 5,056)."""
+    if "rng_device" in meta:
+        return str(meta["rng_device"])
+    state = tensors.get("rng.generator")
+    return "cuda" if state is not None and state.numel() == 16 else "cpu"
+
+
+def check_same_device_type(path: Path, tensors: dict[str, torch.Tensor], meta: dict, device: str) -> None:
+    saved, wanted = generator_device(tensors, meta), torch.device(device).type
+    if saved != wanted:
+        raise ValueError(f"{path.parent} was trained on {saved}; resuming it on {wanted} would draw other random "
+                         f"numbers (CPU and CUDA generators differ), so it would not be the same run: resume it "
+                         f"with --device {saved}, or train a new run on {wanted}")
+
+
+def restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, n_train: int,
+            ) -> tuple[int, int, list[dict], EpochState | None, float]:
+    """Loads a checkpoint into ``model``, ``optimizer`` and ``generator`` after checking that every
+    tensor fits them; returns ``(epoch, step, metrics, partial epoch or None, wall time)``."""
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} {why}; it was not written for this run's config.yaml (delete the run or "
+                               f"restore the files that belong together)")
+
+    if meta.get("model_config") not in (None, model.config.to_dict()):  # a checkpoint of an older run
+        raise refuse(f"holds another architecture ({meta['model_config']}) than config.yaml's "
+                     f"({model.config.to_dict()})")
+    if meta.get("model_digest") not in (None, model_digest(model.config)):
+        raise refuse(f"holds another architecture than config.yaml's ({model.config.to_dict()})")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    if set(weights) != set(expected):
+        missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        raise refuse(f"lacks {', '.join(missing) or 'nothing'} and has unexpected {', '.join(extra) or 'nothing'}")
+    for name, value in expected.items():
+        if weights[name].shape != value.shape or weights[name].dtype != value.dtype:
+            raise refuse(f"holds {name} of shape {tuple(weights[name].shape)} ({weights[name].dtype}), the model "
+                         f"needs {tuple(value.shape)} ({value.dtype})")
+    params = list(model.parameters())
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            if not idx.isdigit() or int(idx) >= len(params):
+                raise refuse(f"holds optimizer state {key} for a parameter the model does not have")
+            if name in ("exp_avg", "exp_avg_sq") and value.shape != params[int(idx)].shape:
+                raise refuse(f"holds {key} of shape {tuple(value.shape)}, its parameter has "
+                             f"{tuple(params[int(idx)].shape)}")
+            state.setdefault(int(idx), {})[name] = value
+    try:
+        for idx, extra in meta.get("optim_scalars", {}).items():
+            state.setdefault(int(idx), {}).update(extra)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        model.load_state_dict(weights)
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        partial = None
+        if "epoch_position" in meta:
+            order = tensors["epoch.order"]
+            if order.shape != (n_train,) or not 0 < int(meta["epoch_position"]) < n_train:
+                raise ValueError(f"its epoch order of shape {tuple(order.shape)} does not fit {n_train} images")
+            if order.is_floating_point() or not torch.equal(order.sort().values, torch.arange(n_train)):
+                raise ValueError(f"its epoch order is not a permutation of the {n_train} training images")
+            partial = EpochState(order.to(generator.device), int(meta["epoch_position"]),
+                                 tensors["epoch.bound_sum"].to(generator.device), float(meta["epoch_seconds"]))
+        metrics = list(meta["metrics"])
+        return int(meta["epoch"]), int(meta["step"]), metrics, partial, float(meta.get("wall_time_s", 0.0))
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is incomplete or does not match the config: {e}".splitlines()[0]) from e
+
+
+def trained_epochs(run_dir: str | os.PathLike) -> int:
+    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable)."""
+    _, meta = read_checkpoint(run_dir)
+    return int(meta.get("epoch", 0))
+
+
+def only_start_files(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before its first checkpoint: nothing trained.
+
+    The names alone do not tell: a run whose checkpoint was deleted (to save space) still holds a
+    trained model, so model.safetensors must record epoch 0 and metrics.csv hold no epoch."""
+    run_dir = Path(run_dir)
+    names = {p.name for p in run_dir.iterdir()}
+    leftovers = {n for n in names if n.startswith(".") and n.endswith(".tmp")}
+    if CHECKPOINT in names or not names - leftovers <= set(START_FILES):
+        return False
+    if MODEL in names:
+        try:
+            if model_epoch(run_dir) != 0:
+                return False
+        except CheckpointError:  # half-written by a kill: nothing trained in it
+            pass
+    metrics = run_dir / METRICS
+    return not metrics.is_file() or len(metrics.read_text().strip().splitlines()) <= 1

@@ -1,0 +1,60 @@
+"""A trained run opened as one object: its config, the model of its last completed epoch, and its data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import CheckpointError
+from ..models import VAE
+from .identity import read_config
+from .weights import load_trained
+
+if TYPE_CHECKING:
+    from ..data import Splits
+
+__all__ = ["Run", "open_run"]
+
+
+@dataclass
+class Run:
+    """A trained run: ``config`` (config.yaml), ``model`` (the weights of its last completed epoch, in
+    eval mode), ``weights`` (``{"epoch", "sha256"}`` of them) and ``splits``, its dataset, loaded on
+    first access from ``data_dir`` (else the config's)."""
+
+    path: Path
+    config: TrainConfig
+    model: VAE
+    weights: dict
+    data_dir: str | None = None
+    _splits: Splits | None = field(default=None, repr=False)
+
+    @property
+    def splits(self) -> Splits:
+        if self._splits is None:
+            self._splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
+        return self._splits
+
+    @property
+    def title(self) -> str:
+        """The run's objective and K, e.g. ``IWAE(k=5)``."""
+        return self.config.spec.label
+
+
+def open_run(path: str | os.PathLike, device: str | torch.device = "cpu", *, data_dir: str | None = None) -> Run:
+    """The run in ``path``: its config, the model of its last completed epoch (a run that completed
+    none is refused, see :func:`load_trained`) and its data, loaded when first asked for.
+
+    Raises:
+        CheckpointError: no such directory, an untrained run, or files that are missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {path} not found")
+    model, weights = load_trained(path, device)
+    return Run(path, read_config(path), model, weights, data_dir)

@@ -1,0 +1,155 @@
+"""model.safetensors: a run's weights, which architecture they are for (config.yaml's, checked by digest),
+and which trained model a run holds (its epoch and SHA-256)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_tensors, save_tensors
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from ..models import VAE
+from .identity import read_config
+from .layout import CONFIG, MODEL
+
+__all__ = ["model_digest", "save_model", "model_config_of", "load_model", "model_epoch", "model_sha256",
+           "load_trained", "init_from"]
+
+
+def model_digest(model_config: ModelConfig) -> str:
+    """SHA-256 of an architecture (its ModelConfig as canonical JSON): what a weights file records to
+    say which architecture it was written for, without storing the architecture a second time."""
+    text = json.dumps(model_config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_model(run_dir: str | os.PathLike, model: VAE, epoch: int) -> None:
+    """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``."""
+    meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
+    if getattr(model, "user_modules", False):  # no config rebuilds it: load_model says so instead of misreading it
+        meta["user_modules"] = True
+    if getattr(model.config, "image_shape", None) is not None:  # not square: with config.yaml, the architecture
+        meta["image_shape"] = list(model.config.image_shape)
+    save_tensors(Path(run_dir) / MODEL, model.state_dict(), meta)
+
+
+def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
+    """The ModelConfig a safetensors file of ``run_dir`` (metadata ``meta``) was written for: config.yaml's
+    architecture for ``input_dim`` pixels, checked against the file's digest; an older run's file
+    holds it in ``model_config``."""
+    path = run_dir / what
+    if meta.get("user_modules"):
+        raise CheckpointError(f"{path} holds the weights of a model built from user modules, which no config "
+                              f"rebuilds: build the model again and load them with "
+                              f"model.load_state_dict(iwae.checkpoint.load_tensors(path)[0])")
+    if "model_config" in meta:  # written before the model config was stored once
+        try:
+            return ModelConfig(**meta["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} has an invalid model config ({e}); was it written by another "
+                                  f"version of iwae?") from e
+    if not isinstance(meta.get("input_dim"), int):
+        raise CheckpointError(f"{path} has no model config in its metadata, nor the input size that, with "
+                              f"config.yaml, gives the architecture; was it written by iwae?")
+    if not (run_dir / CONFIG).is_file():
+        raise CheckpointError(f"{run_dir} has no config.yaml, which records the architecture of {what}; "
+                              f"restore it from a copy of the run")
+    try:
+        shape = meta.get("image_shape")
+        architecture = read_config(run_dir).model_config(meta["input_dim"], tuple(shape) if shape else None)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: config.yaml gives no architecture for {meta['input_dim']} pixels ({e})") \
+            from e
+    if meta.get("model_digest") not in (None, model_digest(architecture)):
+        raise CheckpointError(f"{path} was written for another architecture than config.yaml's "
+                              f"({architecture.to_dict()}); restore the files that belong together")
+    return architecture
+
+
+def model_config_of(run_dir: str | os.PathLike) -> ModelConfig:
+    """The architecture of the model in ``run_dir``."""
+    run_dir = Path(run_dir)
+    _, meta = load_tensors(run_dir / MODEL)
+    return _architecture(run_dir, meta, MODEL)
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+    """The model of a run directory (whatever epoch model.safetensors holds), in eval mode."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    tensors, meta = load_tensors(run_dir / MODEL)
+    try:
+        model = VAE(_architecture(run_dir, meta, MODEL))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{run_dir / MODEL} has an invalid model config ({e}); "
+                              f"was it written by another version of iwae?") from e
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{run_dir / MODEL} does not fit its model config: {e}") from e
+    return model.to(device).eval()
+
+
+def model_epoch(run_dir: str | os.PathLike):
+    """The epoch model.safetensors records (any JSON value; None if it records none)."""
+    return load_tensors(Path(run_dir) / MODEL)[1].get("epoch")
+
+
+def model_sha256(run_dir: str | os.PathLike) -> str:
+    """SHA-256 of a run directory's model.safetensors: which trained model a continued run starts from."""
+    path = Path(run_dir) / MODEL
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_trained(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
+    """The trained model of a run directory and which weights they are: ``{"epoch", "sha256"}``.
+
+    Raises:
+        CheckpointError: the run has not completed an epoch (its model.safetensors holds the initial
+            weights, written when training starts), its model file has no epoch, or the file changed
+            while it was read (a run still training writes it after every epoch).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found")
+    sha256 = model_sha256(run_dir)
+    model = load_model(run_dir, device)
+    epoch = model_epoch(run_dir)
+    if model_sha256(run_dir) != sha256:  # both reads above must have seen the file whose digest we report
+        raise CheckpointError(f"{run_dir / MODEL} changed while it was read; is the run still "
+                              f"training? measure it when it has stopped, or a copy of it")
+    if not isinstance(epoch, int):
+        raise CheckpointError(f"{run_dir / MODEL} records no epoch; was it written by another version of iwae?")
+    if epoch < 1:
+        raise CheckpointError(f"{run_dir} has not completed an epoch: its model.safetensors holds the initial "
+                              f"weights; train it first (iwae train --resume {run_dir})")
+    return model, {"epoch": epoch, "sha256": sha256}
+
+
+def init_from(model: VAE, source: str | os.PathLike, sha256: str | None) -> None:
+    """Copies the trained weights of run directory ``source`` into ``model``; the architectures must
+    match, and the file must be the one whose digest is ``sha256`` (when given)."""
+    source = Path(source)
+    if sha256 is not None and model_sha256(source) != sha256:
+        raise ValueError(f"init_from {source}: its model.safetensors is not the model this run was planned "
+                         f"from (SHA-256 differs); was it trained again?")
+    tensors, meta = load_tensors(source / MODEL)
+    theirs = _architecture(source, meta, MODEL)
+    if theirs != model.config:
+        raise ValueError(f"init_from {source}: its model ({theirs.to_dict()}) is not this run's "
+                         f"({model.config.to_dict()})")
+    model.load_state_dict(tensors)
