@@ -44,7 +44,7 @@ def test_every_tensor_of_a_cuda_run_lives_on_the_gpu(tmp_path, monkeypatch):
         seen["params"] = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
         return real_step(model, x, spec, generator, *args, **kwargs)
 
-    import iwae.train as train_module
+    import iwae.train.loop as train_module
 
     monkeypatch.setattr(train_module, "accumulate_gradients", spy)
     opt = {}

@@ -90,7 +90,7 @@ def test_binary_data_are_the_same_in_every_mode(tmp_path):
 
 
 def test_default_run_first_batch_is_mains(shared_data_dir, monkeypatch):
-    import iwae.train as train_module
+    import iwae.train.loop as train_module
 
     seen = []
 

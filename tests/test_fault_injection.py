@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import iwae.checkpoint as checkpoint_module
-from iwae import train as train_module
+from iwae.train import loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.train import TrainConfig

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import by_hand
-from iwae import train as train_module
+from iwae.train import loop as train_module
 from iwae.cli import main
 from iwae.data import Splits
 from iwae.grid import (FIGURE_DPI, FIGURE_SIZE, PROTOCOL, GridPoint, Run, canonical_run, distinct_runs,

@@ -233,7 +233,7 @@ def test_a_read_only_folder_is_one_line_before_any_training(half_run, trained, m
 
     steps = []
     monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", read_only)
-    monkeypatch.setattr("iwae.train.accumulate_gradients", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr("iwae.train.loop.accumulate_gradients", lambda *a, **k: steps.append(1))
     before = snapshot(half_run)
     error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
                                   "Permission denied")
@@ -248,13 +248,13 @@ def test_a_read_only_folder_is_one_line_before_any_training(half_run, trained, m
 
 
 def test_nonfinite_training_is_one_line_from_the_command_line(tmp_path, tiny_npz, monkeypatch):
-    real = __import__("iwae.train", fromlist=["x"]).accumulate_gradients
+    real = __import__("iwae.train.loop", fromlist=["x"]).accumulate_gradients
 
     def poisoned(model, x, spec, generator, kl_weight=1.0):
         bound = real(model, x, spec, generator, kl_weight)
         return bound * float("inf")
 
-    monkeypatch.setattr("iwae.train.accumulate_gradients", poisoned)
+    monkeypatch.setattr("iwae.train.loop.accumulate_gradients", poisoned)
     out = tmp_path / "run"
     assert_one_line_error(invoke("train", "--dataset", tiny_npz, "--k", 2, "--latent-dims", 4, "--hidden-dims", 16,
                                  "--epochs", 1, "--quiet", "--out", out),
@@ -266,7 +266,7 @@ def test_nonfinite_training_is_one_line_from_the_command_line(tmp_path, tiny_npz
 def test_a_mid_epoch_order_that_is_not_a_permutation_is_refused(tmp_path, tiny_npz, monkeypatch):
     """A checkpoint written mid-epoch stores the epoch's shuffled order; one that repeats images
     (tampered, or from other data) would train on the wrong images: refused in one line."""
-    from iwae import train as train_module
+    from iwae.train import loop as train_module
 
     real, calls = train_module.accumulate_gradients, []
 

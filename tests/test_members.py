@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 import iwae.members as members_module
-import iwae.train as train_module
+import iwae.train.loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.data import Splits

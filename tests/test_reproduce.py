@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 import by_hand
-import iwae.train as train_module
+import iwae.train.loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.experiments.engine import STATE_FILE, _lock, reproduce

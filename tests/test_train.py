@@ -16,7 +16,7 @@ import yaml
 import by_hand
 import iwae
 import iwae.checkpoint as checkpoint_module
-import iwae.train as train_module
+import iwae.train.loop as train_module
 import iwae.rundir as rundir_module
 from iwae import objectives
 from iwae.checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
@@ -28,7 +28,7 @@ from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, learning_rate, paper_schedule, train
 
 # ``iwae.train`` is the function (re-exported by iwae/__init__), so fetch the module itself
-from iwae import train as train_module
+from iwae.train import loop as train_module
 
 PAPER_RATES = [1e-3 * 10 ** (-i / 7) for i in range(8)]
 

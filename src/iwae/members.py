@@ -56,6 +56,8 @@ from .models.networks import BernoulliMLP, GaussianMLP, MLPDecoder, Tanh, tanh_k
 from .models.priors import StandardNormalPrior
 from .models.vae import LogWeightParts
 from .runtime import synchronize, tune_allocator
+from .train import loop as train_module
+from .train.resume import resume_point
 
 __all__ = ["train_members", "MemberResult", "check_group", "group_key", "stackable", "MAY_DIFFER", "StackedVAE"]
 
@@ -334,8 +336,6 @@ class _Member:
 def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
     """What :func:`iwae.train.train` checks of a run folder before it touches it (its
     :func:`~iwae.train.resume_point`, with the same errors)."""
-    from .train import resume_point
-
     member = _Member(config, Path(config.out))
     member.saved, finished = resume_point(config, resume=resume, overwrite=overwrite)
     if finished:
@@ -373,8 +373,6 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
         ConfigError: members that may not share a model; ValueError, CheckpointError,
             FileExistsError: as :func:`iwae.train.train` for a member's folder, before any is touched.
     """
-    from . import train as train_module  # train imports the data and models this module needs too
-
     configs = list(configs)
     check_group(configs)
     why = stackable(configs[0])

@@ -1,17 +1,5 @@
-"""Training: the config, the learning-rate schedule and the loop (the run directory's files: :mod:`iwae.rundir`).
-
-    from iwae.train import TrainConfig, train
-    run_dir = train(TrainConfig(objective="iwae", k=5, epochs=10, out="runs/iwae-k5"))
-
-follows Burda et al. (2016): Adam (beta1 0.9, beta2 0.999, eps 1e-4), minibatches of 20 with
-gradients summed over the minibatch, dynamic binarization, and the ``paper`` schedule of 3^i epochs
-at learning rate 1e-3 * 10^(-i/7) for i = 0..7 (3,280 epochs). ``epochs = N`` runs the first N
-epochs of the schedule. Every epoch logs the training objective's bound, the validation L_k, wall
-time and examples/s to ``metrics.csv`` and TensorBoard, and writes a checkpoint atomically (also
-every ``checkpoint_every`` optimizer steps, if set), so ``train(..., resume=True)`` continues a run
-killed at any moment; on CPU it ends with the same parameters, bit for bit, as the uninterrupted
-run. A loss or gradient that turns nan or inf stops the run before the parameters change.
-"""
+"""The training loop: build the model, the optimiser and the random stream, then for every epoch the
+minibatch steps, the validation bound, the checkpoint and the metrics (see :mod:`iwae.train`)."""
 
 from __future__ import annotations
 
@@ -21,70 +9,23 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from . import data as data_module
-from . import rundir
-from .checkpoint import CheckpointError
-from .choices import SCHEDULES
-from .compiled import compiled_forward
-from .config.train import PAPER_STAGES, RESUMABLE, TrainConfig, configure
-from .errors import ConfigError
-from .estimators import accumulate_gradients
-from .evaluate import log_likelihood
-from .memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
-from .models import VAE, make_likelihood
-from .objectives import iwae as iwae_bound
-from .runtime import synchronize, tune_allocator
+from .. import data as data_module
+from .. import rundir
+from ..compiled import compiled_forward
+from ..config.train import TrainConfig
+from ..errors import CheckpointError, ConfigError
+from ..estimators import accumulate_gradients
+from ..evaluate import log_likelihood
+from ..memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
+from ..models import VAE, make_likelihood
+from ..objectives import iwae as iwae_bound
+from ..runtime import synchronize, tune_allocator
+from .resume import resume_point
+from .schedule import kl_weight, learning_rate
 
-__all__ = ["TrainConfig", "train", "train_or_resume", "paper_schedule", "learning_rate", "kl_weight",
-           "load", "build_model", "SCHEDULES", "RESUMABLE", "configure", "resume_config"]
-
-
-def resume_config(run_dir: str | os.PathLike, changes: dict) -> TrainConfig:
-    """The config to resume ``run_dir`` with: its config.yaml with ``changes`` applied, which may only
-    be of the RESUMABLE settings (``out`` is the run directory itself and is ignored).
-
-    Raises:
-        CheckpointError: no such directory, or no config.yaml in it.
-        ConfigError: ``changes`` would change what the run is (its objective, k, seed, ...).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} not found")
-    if not (run_dir / rundir.CONFIG).is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
-                              f"it started); train it again with --out {run_dir}")
-    values = rundir.read_config(run_dir).to_dict()
-    # device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
-    fixed = sorted(set(changes) - set(RESUMABLE) - {"out"})
-    if fixed:
-        raise ConfigError(f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE[:-1])} "
-                          f"and {RESUMABLE[-1]} may change", fixed)
-    values.update({name: value for name, value in changes.items() if name in RESUMABLE})
-    values["out"] = str(run_dir)
-    return TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
-
-# ----------------------------------------------------------------------------- schedule
-def paper_schedule(stages: int = PAPER_STAGES, lr: float = 1e-3) -> list[tuple[int, float]]:
-    """Burda et al.'s schedule: ``[(3^i epochs, lr * 10^(-i/7)) for i in range(stages)]``."""
-    return [(3**i, lr * 10 ** (-i / 7)) for i in range(stages)]
-
-
-def kl_weight(config: TrainConfig, epoch: int) -> float:
-    """KL warm-up: the weight of log p(z) - log q(z|x) in the 0-based ``epoch``, epoch / kl_warmup up to 1."""
-    return min(1.0, epoch / config.kl_warmup) if config.kl_warmup else 1.0
-
-
-def learning_rate(config: TrainConfig, epoch: int) -> tuple[int, float]:
-    """``(stage, learning rate)`` of the 0-based ``epoch``; the paper schedule's last rate continues past 3,280."""
-    if config.schedule == "constant":
-        return 0, config.lr
-    end = 0
-    for stage, (n, lr) in enumerate(paper_schedule(lr=config.lr)):
-        end += n
-        if epoch < end:
-            return stage, lr
-    return PAPER_STAGES - 1, paper_schedule(lr=config.lr)[-1][1]
+__all__ = ["train", "train_or_resume", "build_model", "load", "validation_bound"]
 
 
 # ----------------------------------------------------------------------------- model i/o
@@ -183,45 +124,6 @@ def _check_device(config: TrainConfig) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- the loop
-def resume_point(config: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[tuple | None, bool]:
-    """Whether ``config.out`` may be trained, and from where: ``(checkpoint, finished)``.
-
-    ``checkpoint`` is the ``(tensors, metadata)`` a resume continues from (None: start from the
-    beginning), ``finished`` whether it has trained all of ``config``'s epochs already. A run to
-    resume must be the same run (:func:`iwae.rundir.check_same_run`), on the device type its
-    checkpoint was written on, trained for no more epochs than asked; without ``resume`` the folder
-    must be empty, hold only a run stopped before its first checkpoint, or ``overwrite`` be given.
-    Shared by :func:`train` and :func:`iwae.members.train_members`, so a member resumes as its run would.
-    """
-    run_dir, total_epochs = Path(config.out), config.total_epochs
-    if resume:
-        if not run_dir.is_dir():
-            raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
-        rundir.check_same_run(run_dir, config)
-        if rundir.has_checkpoint(run_dir):
-            saved = rundir.read_checkpoint(run_dir)
-            done = saved[1].get("epoch")
-            if not isinstance(done, int):
-                raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} has no epoch count; was it written by iwae?")
-            if done > total_epochs:
-                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
-                                 f"ask for --epochs {done} or more, or train a new run")
-            if done == total_epochs:
-                return saved, True
-            rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *saved, config.device)
-            return saved, False
-        if not rundir.only_start_files(run_dir):
-            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
-                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
-                                  f"--overwrite to start this one again")
-        print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
-              f"starting it from the beginning", file=sys.stderr)
-    elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
-                              f"--resume it, or pass --overwrite")
-    return None, False
-
-
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           splits: data_module.Splits | None = None, model: VAE | None = None) -> Path:
     """Trains a model as ``config`` says and returns its run directory ``config.out``.
@@ -337,8 +239,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                                  f"try a smaller --lr in a new run")
 
     try:
-        from tqdm.auto import tqdm
-
         for epoch in range(start_epoch, total_epochs):
             stage, lr = learning_rate(config, epoch)
             for group in optimizer.param_groups:
