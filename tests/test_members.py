@@ -14,6 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 import iwae.members as members_module
+from iwae.members import loop as members_loop
+from iwae.members import stacked as members_stacked
 import iwae.train.loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
@@ -93,7 +95,7 @@ def test_one_step_gradients_are_each_member_s_own(splits):
     models = [train_module.build_model(c, 784) for c in configs]
     x = torch.bernoulli(splits.train[:20].expand(len(models), 20, 784), generator=torch.Generator().manual_seed(1))
     names = [n for n, _ in models[0].named_parameters()]
-    stacked = StackedVAE(models[0], members_module.stack_parameters(models))
+    stacked = StackedVAE(models[0], members_stacked.stack_parameters(models))
     eps, alone_bounds = [[], []], []
     for i, (c, model) in enumerate(zip(configs, models)):
         g = torch.Generator().manual_seed(100 + i)
@@ -102,10 +104,10 @@ def test_one_step_gradients_are_each_member_s_own(splits):
         for layer, d in enumerate(c.latent_dims):
             eps[layer].append(torch.randn((4, 20, d), generator=g))
     kinds = {(c.spec, train_module.kl_weight(c, 1)): [i] for i, c in enumerate(configs)}
-    bound = members_module._accumulate(stacked, x, [torch.stack(e) for e in eps], kinds)
+    bound = members_loop._accumulate(stacked, x, [torch.stack(e) for e in eps], kinds)
     torch.testing.assert_close(bound, torch.stack(alone_bounds), rtol=1e-6, atol=1e-4)
     for name in names:
-        got = [members_module.member_tensor(stacked.param(name).grad, name, i) for i in range(len(models))]
+        got = [members_stacked.member_tensor(stacked.param(name).grad, name, i) for i in range(len(models))]
         for i, model in enumerate(models):
             want = model.get_parameter(name).grad
             assert got[i].shape == want.shape and (got[i] - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6, \
@@ -196,7 +198,7 @@ def test_a_group_killed_mid_epoch_resumes_together_from_its_mid_epoch_checkpoint
     single run's at step 28 (the order, position and partial bound of epoch 2), and the resumed group
     ends as the runs alone."""
     seeds = [dict(objective="iwae", k=3, seed=s, epochs=3, checkpoint_every=7) for s in (0, 1)]
-    real_step = members_module._Group.step
+    real_step = members_loop._Group.step
     calls = []
 
     def dying(self, *args):
@@ -205,10 +207,10 @@ def test_a_group_killed_mid_epoch_resumes_together_from_its_mid_epoch_checkpoint
             raise SimulatedKill()
         return real_step(self, *args)
 
-    monkeypatch.setattr(members_module._Group, "step", dying)
+    monkeypatch.setattr(members_loop._Group, "step", dying)
     with pytest.raises(SimulatedKill):
         train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits)
-    monkeypatch.setattr(members_module._Group, "step", real_step)
+    monkeypatch.setattr(members_loop._Group, "step", real_step)
     meta = load_tensors(tmp_path / "m1" / "checkpoint.safetensors")[1]
     assert (meta["epoch"], meta["step"], meta["epoch_position"]) == (1, 28, 160)
     results = train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], resume=True,
