@@ -313,7 +313,7 @@ def test_bounds_follow_eval_bound_ks(tmp_path):
 def test_figure_kinds_are_the_experiment_module_s():
     from iwae.experiments import spec as experiment
 
-    assert report.FIGURES is experiment.FIGURES and list(report.DRAW) == list(experiment.FIGURES)
+    assert report.figures.FIGURES is experiment.FIGURES and list(report.DRAW) == list(experiment.FIGURES)
 
 
 def test_unreadable_result_is_reported_not_fatal(tmp_path):
@@ -421,7 +421,7 @@ def test_figures_of_two_folders_of_one_experiment_are_apart(tmp_path):
 
 def test_grid_rows_follow_canonical_runs(tmp_path):
     exp = report.read_reproduction(grid_experiment(tmp_path / "grid"))
-    rows = report._grid_rows(exp)
+    rows = report.grid_rows(exp)
     labels = {r["label"]: r for r in rows}
     # IWAE(k=64) serves MIWAE(1,64), PIWAE(1,64) and CIWAE(0); the VAE serves MIWAE(64,1) and CIWAE(1)
     assert {"MIWAE(1,64)", "PIWAE(1,64)", "CIWAE(beta=0)", "MIWAE(64,1)", "CIWAE(beta=1)", "MIWAE(8,8)",
@@ -441,14 +441,14 @@ def test_grid_rows_come_from_the_points_the_engine_recorded(tmp_path):
         if entry["name"] != "iwae-k64":
             entry.pop("points")
     write_json(out / "reproduction.json", state)
-    rows = report._grid_rows(report.read_reproduction(out))
+    rows = report.grid_rows(report.read_reproduction(out))
     assert [(r["label"], r["run"]) for r in rows] == [("MIWAE(1,64)", "iwae-k64"), ("PIWAE(1,64)", "iwae-k64"),
                                                       ("CIWAE(beta=0)", "iwae-k64")]
     for entry in state["runs"]:
         entry.pop("points", None)
     write_json(out / "reproduction.json", state)
     with pytest.raises(ValueError, match="serves a grid point"):
-        report._grid_rows(report.read_reproduction(out))
+        report.grid_rows(report.read_reproduction(out))
 
 
 @pytest.fixture(scope="module")
@@ -519,7 +519,7 @@ def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     assert "*Figures (curves, snr) not drawn: --no-figures.*" in text
     # reproduce passes the data folder per invocation: the figures find it in the run's config.yaml
     (run,) = report.read_reproduction(out)["runs"]
-    assert report._splits(run, None, {}).name == "mnist"
+    assert report.figures._splits(run, None, {}).name == "mnist"
 
 
 # ----------------------------------------------------------------------------- a real browser

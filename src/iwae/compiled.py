@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .choices import COMPILE_MODES
+from .estimators import forward_terms
 
 __all__ = ["COMPILE_MODES", "compiled_forward"]
 
@@ -31,7 +32,6 @@ def compiled_forward(mode: str, device: str | torch.device) -> Callable | None:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return None
-    from .estimators import forward_terms  # estimators imports the model; this module stays below train
 
     if mode == "reduce-overhead" and torch.device(device).type != "cuda":
         mode = "default"  # CUDA graphs only exist on CUDA

@@ -22,6 +22,7 @@ import os
 import sys
 
 import torch
+from .errors import ConfigError
 
 __all__ = ["tune_allocator", "synchronize", "describe", "check_device"]
 
@@ -71,8 +72,6 @@ def describe(device: str | torch.device) -> dict:
 def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch.device, or a ConfigError (field ``device``) that says what is wrong with it:
     an unknown name (``gpu``), or CUDA asked for where there is none."""
-    from .errors import ConfigError
-
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
