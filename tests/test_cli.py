@@ -405,7 +405,7 @@ def test_result_json_records_the_weights_and_the_runtime(tmp_path, shared_data_d
 
 # ----------------------------------------------------------------------------- train's flags come from TrainConfig
 def _train_options() -> dict:
-    from iwae.cli import train as train_command
+    from iwae.cli.runs import train as train_command
 
     return {p.name: p for p in train_command.params if isinstance(p, __import__("click").Option)}
 

@@ -13,28 +13,67 @@ Train VAE, IWAE, MIWAE, CIWAE and PIWAE models as in Burda et al. (2016) and Rai
 
 The modules ``iwae.train`` and ``iwae.evaluate`` keep their names (the functions of the same
 names live inside them), so ``iwae.train.TrainConfig`` works as one expects.
+
+The names below are the public API. Each is imported when first used (PEP 562), so that
+``import iwae`` and the command line's ``--help`` do not load PyTorch until something needs it;
+``iwae.VAE`` and ``from iwae import VAE`` work as if imported here.
 """
 
-from . import ais, analysis, compare, data, estimators, evaluate, experiments, figures, grid, models, objectives, qew, snr, train
-from .experiments import published
-from .data import load_dataset
-from .errors import ConfigError
-from .estimators import ObjectiveSpec
-from .evaluate import active_units, log_likelihood
-from .models import LIKELIHOODS, VAE, Likelihood, ModelConfig, bits_per_dim, make_likelihood
-from . import checkpoint
-from .train import TrainConfig, load
-from . import rundir
-from .rundir import open_run
+from __future__ import annotations
 
-__all__ = [
-    "ais", "analysis", "compare", "data", "estimators", "evaluate", "experiments", "figures", "grid", "models",
-    "objectives", "published",
-    "qew", "snr", "train",
-    "load_dataset", "ObjectiveSpec", "VAE", "ModelConfig", "TrainConfig", "load",
-    "log_likelihood", "active_units", "ConfigError",
-    "rundir", "open_run",
-    "LIKELIHOODS", "Likelihood", "make_likelihood", "bits_per_dim", "checkpoint",
-]
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
+# the subpackages and modules users reach as iwae.NAME
+_MODULES = ("ais", "analysis", "checkpoint", "choices", "compare", "config", "data", "errors", "estimators", "evaluate",
+            "experiments", "figures", "grid", "members", "memory", "models", "objectives", "qew", "run_figures",
+            "rundir", "snr", "train")
+# name -> the module that defines it
+_NAMES = {
+    "load_dataset": "iwae.data",
+    "ObjectiveSpec": "iwae.config",
+    "ModelConfig": "iwae.config",
+    "TrainConfig": "iwae.config",
+    "ConfigError": "iwae.errors",
+    "VAE": "iwae.models",
+    "LIKELIHOODS": "iwae.models",
+    "Likelihood": "iwae.models",
+    "make_likelihood": "iwae.models",
+    "bits_per_dim": "iwae.models",
+    "log_likelihood": "iwae.evaluate",
+    "active_units": "iwae.evaluate",
+    "load": "iwae.train",
+    "open_run": "iwae.rundir",
+}
+
+__all__ = [*_MODULES, *_NAMES]
+
+if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getattr__ imports on first use
+    from . import (ais, analysis, checkpoint, choices, compare, config, data, errors, estimators, evaluate,
+                   experiments, figures, grid, members, memory, models, objectives, qew, run_figures, rundir, snr,
+                   train)
+    from .config import ModelConfig, ObjectiveSpec, TrainConfig
+    from .data import load_dataset
+    from .errors import ConfigError
+    from .evaluate import active_units, log_likelihood
+    from .models import LIKELIHOODS, VAE, Likelihood, bits_per_dim, make_likelihood
+    from .rundir import open_run
+    from .train import load
+
+
+def __getattr__(name: str) -> object:
+    """``iwae.NAME`` for a name of ``__all__``, imported on first use and then kept in this module."""
+    if name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

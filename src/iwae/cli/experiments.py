@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from . import main
 from .support import int_list as _int_list
 from .support import names as _names
 from .support import set_threads as _threads
 from .support import user_errors as _user_errors
+
+# Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
+# ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
+# tests/test_cli_startup.py checks it).
 
 
 REPRODUCE_EXAMPLES = """
@@ -26,7 +29,7 @@ Examples:
 """
 
 
-@main.command(epilog=REPRODUCE_EXAMPLES)
+@click.command(epilog=REPRODUCE_EXAMPLES)
 @click.argument("experiment", required=False)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Output folder: reproduction.json and runs/.  [default: runs/EXPERIMENT-PROTOCOL]")
@@ -113,7 +116,7 @@ Examples:
 """
 
 
-@main.command(epilog=REPORT_EXAMPLES)
+@click.command(epilog=REPORT_EXAMPLES)
 @click.argument("out_dir", type=click.Path())
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]")
@@ -157,7 +160,7 @@ def _float_list(value: str, name: str) -> list[float]:
     return out
 
 
-@main.command(epilog=GRID_EXAMPLES)
+@click.command(epilog=GRID_EXAMPLES)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder of the grid: runs/, grid.csv, grid.md, grid.png.")
 @click.option("--total", type=int, default=64, show_default=True, help="M * K, samples per example.")

@@ -8,9 +8,12 @@ from pathlib import Path
 import click
 
 from ..choices import PLOT_KINDS
-from . import main
 from .support import int_list as _int_list
 from .support import user_errors as _user_errors
+
+# Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
+# ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
+# tests/test_cli_startup.py checks it).
 
 
 PLOT_EXAMPLES = """
@@ -23,7 +26,7 @@ Examples:
 """
 
 
-@main.command(epilog=PLOT_EXAMPLES)
+@click.command(epilog=PLOT_EXAMPLES)
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--what", type=click.Choice(PLOT_KINDS + ("all",)), default="all", show_default=True,
               help="Which figure to draw.")
@@ -68,7 +71,7 @@ Examples:
 """
 
 
-@main.command(epilog=SAMPLE_EXAMPLES)
+@click.command(epilog=SAMPLE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
@@ -94,7 +97,7 @@ Examples:
 """
 
 
-@main.command(epilog=QEW_EXAMPLES)
+@click.command(epilog=QEW_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--images", type=int, default=3, show_default=True, help="The first N test images, one row each.")
 @click.option("--k", "ks", default="1,5,50", show_default=True, help="Comma-separated k of q_EW.")
@@ -117,7 +120,7 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
 
     k_values = _int_list(ks, "--k")
     if threads:
-        import torch
+        import torch  # deferred: the command line imports PyTorch only to run a command, never for --help
 
         torch.set_num_threads(threads)
     result = qew_run(run_dir, out, images=images, ks=k_values, samples=samples, grid_size=grid_size,

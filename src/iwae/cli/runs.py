@@ -9,16 +9,18 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import main
 from .support import int_list as _int_list
 from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
 from .support import UserError as _UserError
 from .support import user_errors as _user_errors
-from ..estimators import ESTIMATORS
-from ..objectives import OBJECTIVES
-from ..train import TrainConfig
+from ..choices import ESTIMATORS, OBJECTIVES
+from ..config import TrainConfig
+
+# Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
+# ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
+# tests/test_cli_startup.py checks it).
 
 
 TRAIN_EXAMPLES = """
@@ -35,7 +37,7 @@ Examples:
 """
 
 
-@main.command(epilog=TRAIN_EXAMPLES)
+@click.command(epilog=TRAIN_EXAMPLES)
 @setting_options(TrainConfig)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
@@ -132,7 +134,7 @@ Examples:
 """
 
 
-@main.command(epilog=EVALUATE_EXAMPLES)
+@click.command(epilog=EVALUATE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per test image.")
 @click.option("--test-subset", type=int, help="Evaluate on the first N test images only.")
@@ -196,7 +198,7 @@ Examples:
 """
 
 
-@main.command(epilog=ANALYZE_EXAMPLES)
+@click.command(epilog=ANALYZE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--subset", type=click.IntRange(min=1), default=5000, show_default=True,
               help="The first N training images.")
@@ -229,7 +231,7 @@ Examples:
 """
 
 
-@main.command(epilog=SNR_EXAMPLES)
+@click.command(epilog=SNR_EXAMPLES)
 @click.argument("run_dir", required=False, type=click.Path())
 @click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
 @click.option("--k", "ks", default="1,4,16,64", show_default=True,
@@ -294,7 +296,7 @@ Examples:
 """
 
 
-@main.command(epilog=COMPARE_EXAMPLES)
+@click.command(epilog=COMPARE_EXAMPLES)
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="The evaluation's k (iwae evaluate --k).")
@@ -323,7 +325,7 @@ Examples:
 """
 
 
-@main.command(epilog=BDMC_EXAMPLES)
+@click.command(epilog=BDMC_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
 @click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True, help="Images simulated from the model.")
 @click.option("--steps", default="100,1000", show_default=True, help="Comma-separated annealing steps T.")

@@ -20,9 +20,7 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
-from ..checkpoint import CheckpointError
-from ..data import DataError
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["UserError", "USER_ERRORS", "user_errors", "setting_options", "int_list", "names", "flag", "set_threads"]
 
@@ -77,7 +75,7 @@ def set_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
     if threads:
-        import torch
+        import torch  # deferred: the command line imports PyTorch only to run a command, never for --help
 
         torch.set_num_threads(threads)
 
