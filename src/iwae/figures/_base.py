@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ DPI = 100
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
+    # deferred: matplotlib is slow to import, and only the code that draws needs it
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred too, and after the backend is chosen
 
     return plt
 
@@ -93,6 +95,4 @@ def show(ax, grid: np.ndarray) -> None:
 
 def as_runs(models) -> dict:
     """``{title: model}`` from one model (title "") or a mapping."""
-    from collections.abc import Mapping
-
     return dict(models) if isinstance(models, Mapping) else {"": models}
