@@ -275,7 +275,11 @@ def test_ray_runs_each_run_as_a_task_and_gathers_the_files(tmp_path, shared_data
     """A real local Ray instance (``ray start --head``), no mocks: two tiny runs, one continuing the other,
     trained in the tasks' temporary folders and written back to the output folder."""
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    assert ray_cli, 'Ray is not installed: pip install "iwae[ray]" (the dev extra includes it)'
+    if not ray_cli:  # an optional dependency: CI installs it and sets IWAE_REQUIRE_RAY=1, so it cannot skip there
+        message = 'Ray is not installed: pip install "iwae[ray]"'
+        if os.environ.get("IWAE_REQUIRE_RAY") == "1":
+            pytest.fail(message + " (IWAE_REQUIRE_RAY=1)")
+        pytest.skip(message)
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp = Path("/tmp") / f"ray-iwae-{os.getpid()}"  # Ray's socket paths must stay short
