@@ -44,6 +44,17 @@ def test_reduce_overhead_means_cuda_graphs_on_cuda_and_default_on_cpu(monkeypatc
     assert all(fn is forward_terms and kw["dynamic"] is False for fn, kw in seen)
 
 
+def test_a_torch_that_cannot_compile_gives_a_config_error_naming_the_setting(monkeypatch):
+    """torch.compile refuses where dynamo is missing (torch 2.3 on Python 3.12): one ConfigError about compile."""
+    def no_dynamo(fn, **kw):
+        raise RuntimeError("Python 3.12+ is not yet supported for torch.compile")
+
+    monkeypatch.setattr(compiled_module.torch, "compile", no_dynamo)
+    with pytest.raises(ConfigError, match="compile default is not available with torch .* use compile none") as e:
+        compiled_forward("default", "cpu")
+    assert e.value.fields == ("compile",) and "Python 3.12+" in str(e.value)
+
+
 def test_accumulate_gradients_uses_the_forward_it_is_given():
     calls = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -902,3 +903,40 @@ def test_configure_layers_overrides_on_defaults_or_a_file(tmp_path):
     with pytest.raises(ConfigError, match="out is required") as e:
         configure({"k": 2})
     assert e.value.fields == ("out",)
+
+
+# ----------------------------------------------------------------------------- a torch without fused CPU Adam
+def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided_once(tmp_path, tiny_splits,
+                                                                                    monkeypatch):
+    """Torch before 2.4 refuses Adam(fused=True) for CPU tensors with a RuntimeError: the trainer then uses
+    the unfused Adam (the same settings), tries fused once per device type only, and the run trains to the
+    same numbers within float rounding as with the fused kernel."""
+    real_adam = torch.optim.Adam
+    tried = []
+
+    def old_adam(params, **kwargs):  # as torch 2.3: no fused kernel on CPU
+        tried.append(kwargs.get("fused"))
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                               "devices: ['cuda', 'xpu', 'privateuseone']")
+        return real_adam(params, **kwargs)
+
+    config = TrainConfig(objective="iwae", k=2, latent_dims=[3], hidden_dims=[[8]], epochs=2, schedule="constant",
+                         out=str(tmp_path / "fused"))
+    model = train_module.build_model(config, tiny_splits.dim)
+    assert train_module._make_optimizer(config, model, torch.device("cpu")).defaults["fused"]  # this torch: fused
+    fused_run = train(config, progress=False, splits=tiny_splits)
+
+    monkeypatch.setattr(train_module, "_FUSED_ADAM", {})
+    monkeypatch.setattr(torch.optim, "Adam", old_adam)
+    unfused = train_module._make_optimizer(config, model, torch.device("cpu"))
+    again = train_module._make_optimizer(config, model, torch.device("cpu"))
+    assert tried == [True, None, None]  # fused was tried once, then never again
+    for opt in (unfused, again):
+        (group,) = opt.param_groups
+        assert not group["fused"] and group["eps"] == config.adam_eps and group["betas"] == (0.9, 0.999)
+    plain_run = train(dataclasses.replace(config, out=str(tmp_path / "plain")), progress=False, splits=tiny_splits)
+    assert tried == [True, None, None, None]
+    a, b = load_tensors(fused_run / "model.safetensors")[0], load_tensors(plain_run / "model.safetensors")[0]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)

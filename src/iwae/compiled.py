@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .choices import COMPILE_MODES
+from .errors import ConfigError
 from .estimators import forward_terms
 
 __all__ = ["COMPILE_MODES", "compiled_forward"]
@@ -32,7 +33,11 @@ def compiled_forward(mode: str, device: str | torch.device) -> Callable | None:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return None
-
     if mode == "reduce-overhead" and torch.device(device).type != "cuda":
         mode = "default"  # CUDA graphs only exist on CUDA
-    return torch.compile(forward_terms, mode=mode, dynamic=False)
+    try:
+        return torch.compile(forward_terms, mode=mode, dynamic=False)
+    except RuntimeError as e:  # a torch that cannot compile here (torch 2.3 on Python 3.12: no dynamo)
+        raise ConfigError(f"compile {mode} is not available with torch {torch.__version__} here "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); use compile none",
+                          ["compile"]) from None
