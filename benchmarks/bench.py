@@ -44,24 +44,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from pathlib import Path
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import iwae.models.networks as networks
 import iwae.models.likelihoods as likelihoods
+import iwae.models.networks as networks
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.evaluate import log_likelihood
 from iwae.memory import CPU_ROWS_PER_CALL
 from iwae.models import VAE, ModelConfig
 from iwae.objectives import iwae
 from iwae.runtime import tune_allocator
-
 
 DEVICE = torch.device("cpu")  # set by --device
 
@@ -557,7 +556,8 @@ def main() -> None:
         full = 10000 / rate
         ideal = 10000 * flops_img / 1e9 / peak
         print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
-              f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s the peak allows) |",
+              f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s "
+              "the peak allows) |",
               flush=True)
     if args.impl == "iwae" and not args.no_estimators:  # the estimators' section times iwae's own kernels
         estimator_table(args.seconds)

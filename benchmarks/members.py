@@ -141,7 +141,6 @@ def measure_kernels(members: int, k: int, batch: int, seconds: float) -> dict:
         (out_e.sum() + out_d.sum()).backward()
 
     def stacked(seq):
-        linears = [m for m in seq if isinstance(m, nn.Linear)]
         return [(nn.Parameter(torch.stack([l.weight.detach() for l in ls])), nn.Parameter(torch.stack(
             [l.bias.detach() for l in ls]))) for ls in zip(*[[m for m in s if isinstance(m, nn.Linear)] for s in seq])]
 

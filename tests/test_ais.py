@@ -14,9 +14,21 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 
-from iwae.ais import likelihood as ais_likelihood, vae as ais_vae
-from iwae.ais import (GaussianInitial, ais, ais_cost, ais_log_likelihood, bdmc, hmc_step, leapfrog,
-                      log_mean_exp_stats, sandwich, schedule_betas, vae_target)
+from iwae.ais import (
+    GaussianInitial,
+    ais,
+    ais_cost,
+    ais_log_likelihood,
+    bdmc,
+    hmc_step,
+    leapfrog,
+    log_mean_exp_stats,
+    sandwich,
+    schedule_betas,
+    vae_target,
+)
+from iwae.ais import likelihood as ais_likelihood
+from iwae.ais import vae as ais_vae
 from iwae.evaluate import log_likelihood
 from iwae.models import VAE, ModelConfig
 

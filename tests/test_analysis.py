@@ -12,8 +12,14 @@ import torch
 from click.testing import CliRunner
 from torch.distributions import Independent, Normal
 
-from iwae.analysis import (elbo_surgery, histogram_on_grid, posterior_grid, qew_density_on_grid, sample_qew,
-                           total_variation)
+from iwae.analysis import (
+    elbo_surgery,
+    histogram_on_grid,
+    posterior_grid,
+    qew_density_on_grid,
+    sample_qew,
+    total_variation,
+)
 from iwae.cli import main
 from iwae.models import VAE, ModelConfig
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_helpers import invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli_helpers import invoke
 from iwae.errors import ConfigError
 from iwae.rundir import save_model
 from iwae.train import TrainConfig, load

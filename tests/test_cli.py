@@ -10,18 +10,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import by_hand
 import numpy as np
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-import by_hand
 from iwae import rundir
+from iwae import train as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
-
-from iwae import train as train_module
 
 
 def invoke(*args: str):

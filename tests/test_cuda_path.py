@@ -18,10 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iwae.models import VAE, ModelConfig
-from iwae.models import networks
+from iwae.models import VAE, ModelConfig, networks
 from iwae.models.networks import BernoulliMLP, Tanh, output_layer_kernel, tanh_kernel
-
 
 
 def cuda(test):

@@ -2,8 +2,8 @@
 
 The shared benchmark files are looked up in ``<repo parent>/shared/data`` (folders mnist/,
 fashion_mnist/, binarized_mnist/), or in ``$IWAE_TEST_DATA_DIR``; tests that need them skip
-when they are absent, and fail instead with ``IWAE_REQUIRE_DATA=1`` (as CI sets it).  No test touches the network: socket connections fail and every
-download URL is replaced by a ``file://`` URL or nothing.
+when they are absent, and fail instead with ``IWAE_REQUIRE_DATA=1`` (as CI sets it).  No test touches
+the network: socket connections fail and every download URL is replaced by a ``file://`` URL or nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import scipy.io
 import torch
 
 from iwae import data
+from iwae.data import DataError, Splits, load_dataset, registry
 from iwae.data import files as data_files
-from iwae.data import registry
-from iwae.data import DataError, Splits, load_dataset
 
 SHARED = Path(os.environ.get("IWAE_TEST_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 DATA_FIXTURES = ("mnist", "bin_arrays")  # read the shared data: tests using them are marked `data` (conftest.py)

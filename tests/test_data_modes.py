@@ -22,8 +22,15 @@ import pytest
 import torch
 
 from iwae import rundir
-from iwae.data import (TEST_DEQUANTIZATION_SEED, TRAIN_BINARIZATION_SEED, DataError,
-                       dequantize, fixed_binarization, fixed_dequantization, load_dataset)
+from iwae.data import (
+    TEST_DEQUANTIZATION_SEED,
+    TRAIN_BINARIZATION_SEED,
+    DataError,
+    dequantize,
+    fixed_binarization,
+    fixed_dequantization,
+    load_dataset,
+)
 from iwae.errors import ConfigError
 from iwae.train import TrainConfig, train
 

@@ -19,9 +19,17 @@ from torch import nn
 
 from iwae import estimators, objectives
 from iwae.choices import ESTIMATOR_OBJECTIVES
-from iwae.estimators import (ESTIMATOR_TABLE, ESTIMATORS, Estimator, ObjectiveSpec, accumulate_gradients, add_views,
-                             backward, gradient_terms)
-from iwae.models import VAE, GaussianMLP, ModelConfig
+from iwae.estimators import (
+    ESTIMATOR_TABLE,
+    ESTIMATORS,
+    Estimator,
+    ObjectiveSpec,
+    accumulate_gradients,
+    add_views,
+    backward,
+    gradient_terms,
+)
+from iwae.models import VAE, ModelConfig
 
 F64 = torch.float64
 SEED = 1234
@@ -268,7 +276,7 @@ def test_names_costs_and_views_are_read_from_the_table():
     from iwae.experiments.plan import ESTIMATOR_COST
 
     assert ESTIMATORS == tuple(ESTIMATOR_TABLE) == ("reparam", "stl", "dreg", "rws", "rws-dreg")
-    assert ESTIMATOR_COST == {name: e.cost for name, e in ESTIMATOR_TABLE.items()}
+    assert {name: e.cost for name, e in ESTIMATOR_TABLE.items()} == ESTIMATOR_COST
     assert ESTIMATOR_COST["reparam"] == 1.0 and all(c >= 1.0 for c in ESTIMATOR_COST.values())
     for name, entry in ESTIMATOR_TABLE.items():
         assert callable(entry.surrogate) and entry.description and entry.log_q_view in (None, "stop_params",
@@ -341,7 +349,7 @@ def _hand_views(model: VAE, posterior) -> tuple[torch.Tensor, torch.Tensor]:
     at the detached samples (layer l on detached z_{l-1}), from torch.distributions."""
     frozen = copy.deepcopy(model.encoder).requires_grad_(False)
     sp = ss = 0.0
-    for l, (layer, f_layer, h, z) in enumerate(zip(model.encoder, frozen, posterior.inputs, posterior.zs)):
+    for layer, f_layer, h, z in zip(model.encoder, frozen, posterior.inputs, posterior.zs):
         loc, log_scale = f_layer.loc_log_scale(h)
         sp = sp + torch.distributions.Normal(loc, log_scale.exp()).log_prob(z).sum(-1)
         loc, log_scale = layer.loc_log_scale(h.detach())

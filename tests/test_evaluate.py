@@ -8,22 +8,20 @@ import math
 import shutil
 from pathlib import Path
 
+import by_hand
 import numpy as np
 import pytest
 import torch
 
 import iwae
+from iwae import evaluate as evaluate_module
 from iwae import memory, objectives, rundir, runtime
 from iwae.checkpoint import CheckpointError
+from iwae.data import Splits, load_dataset
 from iwae.errors import ConfigError
-from iwae.data import Splits, fixed_binarization, load_dataset
 from iwae.evaluate import active_units, log_likelihood
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
-
-from iwae import evaluate as evaluate_module
-
-import by_hand
 
 
 @pytest.fixture(scope="module")

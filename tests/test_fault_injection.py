@@ -1,6 +1,6 @@
 """Fault injection: a real small training run (``iwae train``, MNIST images, a tiny net) killed
-with SIGKILL at 34 points (30 single kills and two runs killed twice), among them in the middle of every kind of file write, then resumed with
-``iwae train --resume``.
+with SIGKILL at 34 points (30 single kills and two runs killed twice), among them in the middle of
+every kind of file write, then resumed with ``iwae train --resume``.
 
 Each kill happens in a forked child at a chosen event: the n-th optimizer step, the n-th
 validation pass, or the n-th write of a run file, either half-way (the temporary file truncated to
@@ -23,15 +23,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
 
 import iwae.checkpoint as checkpoint_module
-from iwae.train import loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.train import TrainConfig
-
-from cli_helpers import assert_one_line_error, invoke
-from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
+from iwae.train import loop as train_module
 
 # 60 images in batches of 10: 6 steps an epoch, 18 in all; a checkpoint every 4 steps as well as
 # at the end of each epoch (steps 4, 6, 8, 12, 16, 18; step 12 ends epoch 2)
@@ -126,7 +125,7 @@ def _run_killed(args: list[str], point: tuple) -> None:
                 os.dup2(devnull, 1), os.dup2(devnull, 2)
                 main([str(a) for a in args], standalone_mode=False)
             os._exit(0)  # finished without reaching the kill point
-        except BaseException:  # noqa: BLE001 - any failure is reported through the exit status
+        except BaseException:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
@@ -164,7 +163,7 @@ def assert_complete(run_dir: Path) -> None:
         if (run_dir / name).exists():
             load_tensors(run_dir / name)  # raises CheckpointError on a partial file
     if (run_dir / "metrics.csv").exists():
-        rows = list(csv.DictReader(open(run_dir / "metrics.csv", newline="")))
+        rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
         assert rows and all(None not in r and all(v != "" for v in r.values()) for r in rows)
         assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     if (run_dir / "checkpoint.safetensors").exists():
@@ -180,8 +179,8 @@ def assert_same_run(ref: Path, out: Path) -> None:
         for key in a:  # weights, Adam moments and steps, both RNG states
             assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), f"{name}: {key} differs"
         assert meta_a["epoch"] == meta_b["epoch"] and meta_a.get("step") == meta_b.get("step")
-    rows_a = list(csv.DictReader(open(ref / "metrics.csv", newline="")))
-    rows_b = list(csv.DictReader(open(out / "metrics.csv", newline="")))
+    rows_a = list(csv.DictReader((ref / "metrics.csv").read_text().splitlines()))
+    rows_b = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     timing = {"epoch_time_s", "examples_per_s", "wall_time_s"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == \
            [{k: v for k, v in r.items() if k not in timing} for r in rows_b]

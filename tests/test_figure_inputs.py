@@ -21,6 +21,7 @@ from iwae.evaluate import active_units
 from iwae.figures import TOY_KS, TOY_SETTINGS
 from iwae.models import VAE, ModelConfig
 
+
 # ----------------------------------------------------------------------------- toy bias
 @pytest.mark.parametrize("a, b, p", [(0.1, 2.0, 0.9), (0.1, 2.0, 0.5), (1.0, 3.0, 0.2)])
 def test_toy_bias_matches_monte_carlo(a, b, p):

@@ -12,13 +12,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, invoke
 
 import iwae
 from iwae import analysis, figures, qew
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
-
-from cli_helpers import assert_one_line_error, invoke
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -464,7 +464,7 @@ def _encoder_term(model: VAE, terms) -> torch.Tensor:
     raise AssertionError("no term trains the encoder")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_draws(prior: str, layers: int) -> dict:
     """Paired encoder-gradient draws of every (objective, estimator) in UNBIASED, their targets
     and the negative controls, on one tiny float64 model with ``prior``: per draw one call of

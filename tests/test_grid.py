@@ -10,17 +10,30 @@ import shutil
 import struct
 from pathlib import Path
 
+import by_hand
 import pytest
 from click.testing import CliRunner
 
-import by_hand
-from iwae.train import loop as train_module
 from iwae.cli import main
 from iwae.data import Splits
-from iwae.grid import (FIGURE_DPI, FIGURE_SIZE, PROTOCOL, GridPoint, Run, canonical_run, distinct_runs,
-                       grid_experiment, grid_points, grid_table, plot_grid, read_grid_csv, run_grid)
 from iwae.experiments.engine import STATE_FILE
+from iwae.grid import (
+    FIGURE_DPI,
+    FIGURE_SIZE,
+    PROTOCOL,
+    GridPoint,
+    Run,
+    canonical_run,
+    distinct_runs,
+    grid_experiment,
+    grid_points,
+    grid_table,
+    plot_grid,
+    read_grid_csv,
+    run_grid,
+)
 from iwae.rundir import RESULT_FILE
+from iwae.train import loop as train_module
 
 plan = distinct_runs  # the grid's points -> runs map (the engine's plan is iwae.experiments.engine.plan)
 

@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import assert_one_line_error, invoke, small_npz
 from safetensors.torch import save_file
 
 import iwae
 import iwae.checkpoint as checkpoint_module
 from iwae.checkpoint import CheckpointError, load_tensors
-from iwae.data import Splits
 from iwae.train import TrainConfig, train, train_or_resume
-
-from cli_helpers import assert_one_line_error, invoke, small_npz
 
 SMALL = dict(k=2, latent_dims=[4], hidden_dims=[[16]], batch_size=20, valid_k=2, seed=2)
 

@@ -16,12 +16,12 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Independent, Normal
 
 from iwae import rundir
+from iwae.data import Splits
 from iwae.errors import ConfigError
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
+from iwae.evaluate import evaluate
 from iwae.models import VAE, ModelConfig, bits_per_dim, discrete_nll, make_likelihood
 from iwae.models.likelihoods import DiscretizedLogistic256, Gaussian, on_8bit_grid
-from iwae.data import Splits
-from iwae.evaluate import evaluate
 from iwae.train import TrainConfig, train
 
 GRID = torch.arange(256, dtype=torch.float64) / 255  # the 8-bit values k/255

@@ -14,8 +14,6 @@ import yaml
 from click.testing import CliRunner
 
 import iwae.members as members_module
-from iwae.members import loop as members_loop
-from iwae.members import stacked as members_stacked
 import iwae.train.loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
@@ -23,6 +21,8 @@ from iwae.data import Splits
 from iwae.errors import ConfigError
 from iwae.experiments.engine import reproduce
 from iwae.members import MAY_DIFFER, StackedVAE, check_group, train_members
+from iwae.members import loop as members_loop
+from iwae.members import stacked as members_stacked
 from iwae.train import TrainConfig, train
 
 TIME_COLUMNS = ("epoch_time_s", "examples_per_s", "wall_time_s")  # the group's clock, not the run's numbers
@@ -271,7 +271,7 @@ def test_groups_that_cannot_share_a_model_are_refused_naming_the_setting(tmp_pat
         check_group([config(tmp_path / "a", seed=0), config(tmp_path / "a", seed=1)])
     check_group([config(tmp_path / "a", objective="vae", k=5), config(tmp_path / "b", objective="miwae", k=5, m=5,
                                                                       seed=3, estimator="dreg")])  # may differ
-    assert set(MAY_DIFFER) <= {f for f in TrainConfig.__dataclass_fields__}
+    assert set(MAY_DIFFER) <= set(TrainConfig.__dataclass_fields__)
 
 
 def test_a_group_that_cannot_be_stacked_trains_its_members_in_turn(tmp_path, splits, monkeypatch):

@@ -10,7 +10,6 @@ close to the float32 run's.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest
@@ -174,7 +173,7 @@ def test_a_bf16_run_trains_close_to_the_float32_run(tmp_path, layers):
         train(config, progress=False, splits=splits)
         models[precision] = rundir.load_model(config.out)
         assert rundir.read_config(config.out).precision == precision
-    start = {k: v for k, v in VAE(ModelConfig.burda(layers)).state_dict().items()}
+    start = dict(VAE(ModelConfig.burda(layers)).state_dict().items())
     for name, p32 in models["32"].state_dict().items():
         pbf = models["bf16-mixed"].state_dict()[name]
         assert pbf.dtype == torch.float32

@@ -6,17 +6,17 @@ from __future__ import annotations
 import csv
 import math
 
+import by_hand
 import pytest
 import torch
 from click.testing import CliRunner
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-import by_hand
 import iwae
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.data import Splits
-from iwae.models import VAE, ModelConfig, MixturePrior, VampPrior
+from iwae.models import VAE, MixturePrior, ModelConfig
 from iwae.objectives import iwae as iwae_bound
 from iwae.train import TrainConfig, kl_weight, train
 
@@ -187,7 +187,7 @@ def test_saved_model_loads_with_identical_log_weights(tmp_path, prior):
 
 
 def test_old_model_configs_still_load():
-    config = ModelConfig(**{"input_dim": 12, "latent_dims": [3], "hidden_dims": [[8]], "prior": "normal"})
+    config = ModelConfig(input_dim=12, latent_dims=[3], hidden_dims=[[8]], prior="normal")
     assert config.prior_components == 1 and not config.prior_learn_weights
 
 

@@ -23,13 +23,13 @@ from torch.utils._pytree import tree_flatten
 
 from iwae import data as data_module
 from iwae import evaluate as evaluate_module
+from iwae.analysis import sample_images
 from iwae.checkpoint import load_tensors, save_tensors
 from iwae.data import Splits
 from iwae.estimators import ObjectiveSpec, gradient_terms
-from iwae.grid import GridPoint, Run, canonical_run, grid_points, read_grid_csv, run_grid
+from iwae.grid import Run, canonical_run, grid_points, read_grid_csv, run_grid
 from iwae.models import VAE, ModelConfig
 from iwae.models.networks import GaussianMLP, Tanh
-from iwae.analysis import sample_images
 from iwae.train import TrainConfig, kl_weight, load, train
 
 # Burda et al. (2016), Sec. 5 / Appendix: Adam with beta1 = 0.9, beta2 = 0.999, eps = 1e-4

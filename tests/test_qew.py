@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from iwae.cli import main
-from iwae.models import VAE, ModelConfig
 from iwae.figures import qew_figure
+from iwae.models import VAE, ModelConfig
 from iwae.qew import check_model, qew_report
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, invoke
 
 from iwae.experiments import report
 from iwae.grid import points_of
 from iwae.train import TrainConfig, train
-
-from cli_helpers import assert_one_line_error, invoke
 
 HARDWARE = {"host": "box", "cpu": "Intel Xeon Test", "threads": 1, "device": "cpu", "gpu": None, "torch": "2.13.0"}
 BURDA = {"key": "burda2016", "table": "table1", "citation": "Yuri Burda, Roger Grosse, Ruslan Salakhutdinov. "

@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import by_hand
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-import by_hand
 import iwae.train.loop as train_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
@@ -266,7 +266,7 @@ def test_rainforth_short_protocol_one_run(tmp_path, shared_data_dir, mnist_split
 
 
 def _free_port() -> int:
-    with socket.socket() as s:  # noqa: the no-network fixture patches connect, not bind
+    with socket.socket() as s:  # the no-network fixture patches connect, not bind
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -513,7 +513,7 @@ class FakeRay:
                 future = cf.Future()
                 try:
                     future.set_result(fn(*args))
-                except BaseException as e:  # noqa: BLE001 - handed to the driver, as Ray does
+                except BaseException as e:
                     future.set_exception(e)
                 return SimpleNamespace(future=lambda: future)
 

@@ -10,26 +10,25 @@ import json
 import math
 from pathlib import Path
 
+import by_hand
 import pytest
 import torch
 import yaml
 
-import by_hand
 import iwae
 import iwae.checkpoint as checkpoint_module
-import iwae.train.loop as train_module
 import iwae.rundir as rundir_module
+import iwae.train.loop as train_module
+from iwae import estimators as estimators_module
 from iwae import objectives
 from iwae.checkpoint import CheckpointError, atomic_write, load_tensors, save_tensors
 from iwae.data import Splits
-from iwae import estimators as estimators_module
 from iwae.estimators import ObjectiveSpec, gradient_terms
-from iwae.models.vae import LogWeightParts
 from iwae.models import VAE, ModelConfig
+from iwae.models.vae import LogWeightParts
 from iwae.train import TrainConfig, learning_rate, paper_schedule, train
 
 # ``iwae.train`` is the function (re-exported by iwae/__init__), so fetch the module itself
-from iwae.train import loop as train_module
 
 PAPER_RATES = [1e-3 * 10 ** (-i / 7) for i in range(8)]
 
@@ -433,17 +432,15 @@ def test_kill_in_save_checkpoint_then_resume(tmp_path, small_splits, reference_r
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("old contents\n")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(path) as f:
-            f.write("new contents, half writ")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(path) as f:
+        f.write("new contents, half writ")
+        raise RuntimeError("boom")
     assert path.read_text() == "old contents\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(tmp_path / "new.txt") as f:
-            f.write("x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "new.txt") as f:
+        f.write("x")
+        raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
     with atomic_write(path) as f:
@@ -502,7 +499,7 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
     for name in ("checkpoint.safetensors", "model.safetensors"):
         data = (out / name).read_bytes()
         n = int.from_bytes(data[:8], "little")
-        assert 0 < n and 8 + n <= len(data)
+        assert n > 0 and 8 + n <= len(data)
         assert data[8:9] == b"{"
         header = json.loads(data[8:8 + n])
         assert "__metadata__" in header

@@ -26,11 +26,16 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# the subpackages and modules users reach as iwae.NAME
-_MODULES = ("ais", "analysis", "checkpoint", "choices", "compare", "config", "data", "errors", "estimators", "evaluate",
-            "experiments", "figures", "grid", "members", "memory", "models", "objectives", "qew", "run_figures",
-            "rundir", "snr", "train")
-# name -> the module that defines it
+__all__ = [
+    # the subpackages and modules users reach as iwae.NAME
+    "ais", "analysis", "checkpoint", "choices", "compare", "config", "data", "errors", "estimators", "evaluate",
+    "experiments", "figures", "grid", "members", "memory", "models", "objectives", "qew", "run_figures", "rundir",
+    "snr", "train",
+    # and the names most scripts need
+    "load_dataset", "ObjectiveSpec", "ModelConfig", "TrainConfig", "ConfigError", "VAE", "LIKELIHOODS", "Likelihood",
+    "make_likelihood", "bits_per_dim", "log_likelihood", "active_units", "load", "open_run",
+]
+# name -> the module that defines it (the other names of __all__ are modules of the package)
 _NAMES = {
     "load_dataset": "iwae.data",
     "ObjectiveSpec": "iwae.config",
@@ -48,12 +53,31 @@ _NAMES = {
     "open_run": "iwae.rundir",
 }
 
-__all__ = [*_MODULES, *_NAMES]
-
 if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getattr__ imports on first use
-    from . import (ais, analysis, checkpoint, choices, compare, config, data, errors, estimators, evaluate,
-                   experiments, figures, grid, members, memory, models, objectives, qew, run_figures, rundir, snr,
-                   train)
+    from . import (
+        ais,
+        analysis,
+        checkpoint,
+        choices,
+        compare,
+        config,
+        data,
+        errors,
+        estimators,
+        evaluate,
+        experiments,
+        figures,
+        grid,
+        members,
+        memory,
+        models,
+        objectives,
+        qew,
+        run_figures,
+        rundir,
+        snr,
+        train,
+    )
     from .config import ModelConfig, ObjectiveSpec, TrainConfig
     from .data import load_dataset
     from .errors import ConfigError
@@ -65,10 +89,10 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
 
 def __getattr__(name: str) -> object:
     """``iwae.NAME`` for a name of ``__all__``, imported on first use and then kept in this module."""
-    if name in _MODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    elif name in _NAMES:
+    if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in __all__:
+        value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

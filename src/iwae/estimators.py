@@ -51,8 +51,9 @@ which samples once and runs the decoder forward once; an estimator other than ``
 back-propagates through the decoder a second time for the encoder's term (no weight gradients).
 
 Each estimator is one entry of :data:`ESTIMATOR_TABLE` (an :class:`Estimator`: its surrogate, the
-objectives it supports (also listed, for the configs, in :data:`iwae.choices.ESTIMATOR_OBJECTIVES`), the view of log q it needs, whether it weights the prior's direct term
-apart, its relative cost per step); everything else reads the table.
+objectives it supports (also listed, for the configs, in :data:`iwae.choices.ESTIMATOR_OBJECTIVES`),
+the view of log q it needs, whether it weights the prior's direct term apart, its relative cost per
+step); everything else reads the table.
 
 References:
     [1] G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing. NeurIPS 2017.

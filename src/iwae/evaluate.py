@@ -32,9 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from .analysis.latent import (ACTIVE_THRESHOLD, ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED, ActiveUnits,
-                             active_units)
 from . import rundir
+from .analysis.latent import ACTIVE_THRESHOLD, ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED, ActiveUnits, active_units
 from .errors import ConfigError
 from .memory import DEFAULT_MEMORY_BUDGET, GIB, bytes_per_row, chunking
 from .models import VAE, bits_per_dim, discrete_nll
@@ -171,9 +170,9 @@ def evaluate(
 
     Returns:
         A dict with ``nll``, ``nll_stderr``, ``nll_discrete`` and ``bits_per_dim`` (:func:`nll_in_bits`; None
-        for a density on data that are not dequantised), ``likelihood`` (its name), ``k``, ``n_test``, ``active_units`` (total),
-        ``active_units_per_layer``, ``unit_variances``, ``seconds`` and ``images_per_s`` (the L_k
-        pass alone), ``seed``, ``test_images`` (dataset, split, the first N of how many),
+        for a density on data that are not dequantised), ``likelihood`` (its name), ``k``, ``n_test``,
+        ``active_units`` (total), ``active_units_per_layer``, ``unit_variances``, ``seconds`` and
+        ``images_per_s`` (the L_k pass alone), ``seed``, ``test_images`` (dataset, split, the first N of how many),
         ``model`` (run directory, the epoch measured of those planned, SHA-256 of model.safetensors;
         None for a ``model`` passed in), ``runtime`` (device, GPU, torch and CUDA versions) and
         ``files`` (the JSON and ``.npy`` written, or None).

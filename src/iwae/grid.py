@@ -52,21 +52,30 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import figures
 from .checkpoint import atomic_write
-from .config.grid import (DEFAULT_BETAS, DEFAULT_TOTAL, OBJECTIVES, GridPoint, Run, canonical_run, distinct_runs,
-                          divisors, grid_points, points_of, section_points)
+from .config.grid import (
+    DEFAULT_BETAS,
+    DEFAULT_TOTAL,
+    OBJECTIVES,
+    GridPoint,
+    Run,
+    canonical_run,
+    distinct_runs,
+    divisors,
+    grid_points,
+    points_of,
+    section_points,
+)
 from .experiments import engine, published
 from .experiments.report import grid_rows, grid_table, read_reproduction
 from .experiments.spec import experiment_from_dict
 
 __all__ = ["GridPoint", "Run", "grid_points", "canonical_run", "distinct_runs", "points_of", "grid_experiment",
-           "describe", "run_grid", "plot_grid", "grid_table", "read_grid_csv", "DEFAULT_BETAS", "PROTOCOL"]
+           "describe", "run_grid", "plot_grid", "grid_table", "read_grid_csv", "DEFAULT_BETAS", "DEFAULT_TOTAL", "OBJECTIVES", "divisors", "section_points", "PROTOCOL"]
 
 # ----------------------------------------------------------------------------- defaults (the short protocol)
 DEFAULT_EPOCHS = 4  # the first epochs of the paper schedule (1 at lr 1e-3, 3 at 7.2e-4)

@@ -22,8 +22,15 @@ from .analysis.latent import ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED
 from .choices import PLOT_KINDS
 from .data import fixed_binarization
 from .errors import CheckpointError, ConfigError
-from .figures import (plot_activity, plot_curves, plot_latent, plot_pseudo_inputs, plot_reconstructions, plot_samples,
-                      qew_figure)
+from .figures import (
+    plot_activity,
+    plot_curves,
+    plot_latent,
+    plot_pseudo_inputs,
+    plot_reconstructions,
+    plot_samples,
+    qew_figure,
+)
 from .qew import check_model
 from .rundir import open_run, read_config, read_metrics, write_figure_record
 

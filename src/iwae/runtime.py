@@ -22,6 +22,7 @@ import os
 import sys
 
 import torch
+
 from .errors import ConfigError
 
 __all__ = ["tune_allocator", "synchronize", "describe", "check_device"]

@@ -42,15 +42,14 @@ from pathlib import Path
 import torch
 
 from . import figures
-from .analysis.curves import PARTS, SUMMARY, curve_slopes, fit_slope
+from .analysis.curves import PARTS, curve_slopes, fit_slope
 from .checkpoint import atomic_write
 from .data import Splits, fixed_binarization
-from .estimators import ObjectiveSpec, accumulate_gradients
-from .tables import column_table
 from .errors import ConfigError
-from .estimators import ESTIMATORS
-from .objectives import OBJECTIVES
+from .estimators import ESTIMATORS, ObjectiveSpec, accumulate_gradients
 from .models import VAE, ModelConfig
+from .objectives import OBJECTIVES
+from .tables import column_table
 
 __all__ = ["SNRResult", "RunningMoments", "fixed_batch", "gradient_samples", "gradient_snr", "snr_sweep",
            "fit_slope", "curve_slopes", "plot_snr", "Study", "plan_study", "fresh_model", "run_study", "row_text",
@@ -228,7 +227,8 @@ def snr_sweep(model: torch.nn.Module, x: torch.Tensor, specs: Sequence[Objective
     example, as in :class:`ObjectiveSpec`), ``k_per_group`` (K of MIWAE(M, K); ``k`` for
     one-group objectives), ``estimator``, ``repeats``, ``{encoder,decoder}_{mean,median}`` (SNR
     over scalar parameters), ``{encoder,decoder}_excluded`` (components with std 0), ``ess``
-    (the weights' mean effective sample size per group, out of K) and ``seconds``; with ``per_layer``, also ``layers``, the list of :meth:`SNRResult.layers`.
+    (the weights' mean effective sample size per group, out of K) and ``seconds``; with ``per_layer``,
+    also ``layers``, the list of :meth:`SNRResult.layers`.
     ``progress``, if given, is called with each finished row.
     """
     rows = []

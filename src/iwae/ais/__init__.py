@@ -40,8 +40,20 @@ References:
     [3] Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse. On the Quantitative Analysis of Decoder-Based
         Generative Models. ICLR 2017.
 """
-from .annealing import (DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TARGET_ACCEPT, AISChains,
-                        GaussianInitial, InitialDistribution, ais, log_mean_exp_stats, sandwich, schedule_betas)
+from .annealing import (
+                        DEFAULT_CHAINS,
+                        DEFAULT_LEAPFROG,
+                        DEFAULT_STEP_SIZE,
+                        DEFAULT_STEPS,
+                        TARGET_ACCEPT,
+                        AISChains,
+                        GaussianInitial,
+                        InitialDistribution,
+                        ais,
+                        log_mean_exp_stats,
+                        sandwich,
+                        schedule_betas,
+)
 from .bdmc import bdmc
 from .hmc import hmc_step, leapfrog
 from .likelihood import AISResult, ais_cost, ais_log_likelihood

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from ..models.gaussian import diag_normal_log_prob
 from .hmc import hmc_step
-from tqdm.auto import tqdm
 
 __all__ = ["InitialDistribution", "GaussianInitial", "AISChains", "schedule_betas", "ais", "log_mean_exp_stats",
            "sandwich", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG", "DEFAULT_STEP_SIZE", "TARGET_ACCEPT"]

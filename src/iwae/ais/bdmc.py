@@ -61,7 +61,9 @@ def bdmc(
     with _frozen(model):
         z_true, x = _simulate(model, n, generator)
         rows = []
-        se = (lambda v: v.std().item() / math.sqrt(n) if n > 1 else math.nan)
+        def se(v: torch.Tensor) -> float:
+            return v.std().item() / math.sqrt(n) if n > 1 else math.nan
+
         for steps in steps_list:
             t0 = time.perf_counter()
             log_joint, p0 = vae_target(model, x, initial)

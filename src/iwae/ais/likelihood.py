@@ -12,8 +12,16 @@ import torch
 
 from ..memory import CPU_ROWS_PER_CALL, DEFAULT_MEMORY_BUDGET, bytes_per_row
 from ..models.vae import VAE
-from .annealing import (DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TARGET_ACCEPT, ais,
-                        log_mean_exp_stats, schedule_betas)
+from .annealing import (
+    DEFAULT_CHAINS,
+    DEFAULT_LEAPFROG,
+    DEFAULT_STEP_SIZE,
+    DEFAULT_STEPS,
+    TARGET_ACCEPT,
+    ais,
+    log_mean_exp_stats,
+    schedule_betas,
+)
 from .vae import vae_target
 
 __all__ = ["AISResult", "ais_log_likelihood", "ais_cost"]
@@ -103,8 +111,8 @@ def ais_log_likelihood(
     """AIS estimates of log p(x_n) for each row of ``x`` (``(N, D)``, on the model's device).
 
     Images are processed in chunks of ``images x chains`` rows that fit ``memory_budget`` bytes
-    (default: :data:`iwae.memory.DEFAULT_MEMORY_BUDGET`, 1 GiB); the chunking does not change the estimator, only which random
-    numbers each image gets. See the module docstring for the algorithm.
+    (default: :data:`iwae.memory.DEFAULT_MEMORY_BUDGET`, 1 GiB); the chunking does not change the
+    estimator, only which random numbers each image gets. See the module docstring for the algorithm.
     """
     memory_budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     if x.dim() != 2 or x.shape[1] != model.config.input_dim:

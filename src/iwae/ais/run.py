@@ -10,17 +10,14 @@ from pathlib import Path
 import torch
 
 from .. import rundir
-from .annealing import DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEPS, schedule_betas
-from .likelihood import ais_log_likelihood
 from ..errors import ConfigError
-from ..rundir import open_run, write_evaluation
-from ..runtime import check_device, describe
-from .likelihood import ais_cost
 from ..figures import plot_bdmc
-from ..rundir import open_run, write_figure_record
+from ..rundir import open_run, write_evaluation, write_figure_record
+from ..runtime import check_device, describe
+from ..tables import column_table, label_table
+from .annealing import DEFAULT_CHAINS, DEFAULT_LEAPFROG, DEFAULT_STEPS, schedule_betas
 from .bdmc import bdmc
-from ..tables import label_table
-from ..tables import column_table
+from .likelihood import ais_cost, ais_log_likelihood
 
 __all__ = ["ais_eval_name", "ais_evaluate", "bdmc_run", "ais_summary_text", "bdmc_text"]
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch.distributions import Independent, MixtureSameFamily, Normal
 
-from ..models.vae import VAE
 from ..models.gaussian import diag_normal_log_prob
+from ..models.vae import VAE
 from .annealing import InitialDistribution, LogDensity
 
 __all__ = ["vae_target"]

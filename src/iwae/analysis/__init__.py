@@ -20,8 +20,9 @@ probability proportional to its importance weight (sampling-importance-resamplin
 approaches the true posterior p(z|x), which :func:`posterior_grid` computes on a grid for 2-D latents.
 
 Only the public surface of a model is used: ``encode(x)`` (an ``Independent(Normal)``), ``decode(z)``
-(p(x | z) with ``log_prob`` and ``mean``, whatever the likelihood), ``prior`` (a Distribution with ``log_prob``), so any prior works. Models with
-more than one stochastic layer are refused: q(z_L) of the top layer has no closed-form density.
+(p(x | z) with ``log_prob`` and ``mean``, whatever the likelihood), ``prior`` (a Distribution with
+``log_prob``), so any prior works. Models with more than one stochastic layer are refused: q(z_L) of
+the top layer has no closed-form density.
 
 References:
     [1] M. D. Hoffman, M. J. Johnson. ELBO surgery: yet another way to carve up the variational
@@ -31,8 +32,17 @@ References:
 """
 
 from .curves import curve_slopes, fit_slope, snr_curves
-from .latent import (ACTIVE_THRESHOLD, ACTIVE_UNITS_IMAGES, ACTIVE_UNITS_SEED, LATENT_SAMPLES, ActiveUnits,
-                     active_units, posterior_means, reconstruct, sample_images)
+from .latent import (
+                     ACTIVE_THRESHOLD,
+                     ACTIVE_UNITS_IMAGES,
+                     ACTIVE_UNITS_SEED,
+                     LATENT_SAMPLES,
+                     ActiveUnits,
+                     active_units,
+                     posterior_means,
+                     reconstruct,
+                     sample_images,
+)
 from .posterior import histogram_on_grid, posterior_grid, qew_density_on_grid, sample_qew, total_variation
 from .surgery import elbo_surgery, run_surgery, surgery_text
 from .toy import toy_bias

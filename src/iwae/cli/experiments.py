@@ -154,7 +154,8 @@ def _float_list(value: str, name: str) -> list[float]:
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0,0.5,1, got {value!r}", param_hint=name)
+        raise click.BadParameter(f"expected comma-separated numbers like 0,0.5,1, got {value!r}", param_hint=name) \
+            from None
     if not out:
         raise click.BadParameter(f"expected at least one number, got {value!r}", param_hint=name)
     return out

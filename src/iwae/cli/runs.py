@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from ..choices import ESTIMATORS, OBJECTIVES
+from ..config import TrainConfig
+from .support import UserError as _UserError
 from .support import int_list as _int_list
 from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
-from .support import UserError as _UserError
 from .support import user_errors as _user_errors
-from ..choices import ESTIMATORS, OBJECTIVES
-from ..config import TrainConfig
 
 # Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
 # ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
@@ -51,7 +51,8 @@ Examples:
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from ..rundir import trained_epochs
-    from ..train import configure, resume_config, train as run_training
+    from ..train import configure, resume_config
+    from ..train import train as run_training
 
     given = {name: v for name, v in options.items() if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     if not (resume or given.get("out") or config_file):
@@ -83,7 +84,8 @@ def _seed_list(value: str) -> list[int]:
     try:
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated seeds like 0,1,2,3, got {value!r}", param_hint="--seeds")
+        raise click.BadParameter(f"expected comma-separated seeds like 0,1,2,3, got {value!r}",
+                                 param_hint="--seeds") from None
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"expected distinct seeds >= 0, got {value!r}", param_hint="--seeds")
     return seeds

@@ -87,7 +87,8 @@ def int_list(value: str | None, name: str) -> list[int] | None:
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 100,50, got {value!r}", param_hint=name)
+        raise click.BadParameter(f"expected comma-separated integers like 100,50, got {value!r}",
+                                 param_hint=name) from None
     if not out or min(out) < 1:
         raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
     return out

@@ -23,8 +23,18 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..choices import (BINARIZATIONS, COMPILE_MODES, ESTIMATORS, LIKELIHOODS, NETWORKS, OBJECTIVES, PRECISIONS,
-                       PRIORS, SCHEDULES, resolve_binarize)
+from ..choices import (
+    BINARIZATIONS,
+    COMPILE_MODES,
+    ESTIMATORS,
+    LIKELIHOODS,
+    NETWORKS,
+    OBJECTIVES,
+    PRECISIONS,
+    PRIORS,
+    SCHEDULES,
+    resolve_binarize,
+)
 from ..errors import CheckpointError, ConfigError
 from .model import ModelConfig
 from .objective import ObjectiveSpec
@@ -143,7 +153,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, got {value}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        self.spec  # validates objective, k, m, beta, estimator
+        self.spec  # noqa: B018 - the property validates objective, k, m, beta, estimator
         if self.components is None:  # a default of one would make mog a plain Gaussian and vamp one pseudo-input
             if self.prior in ("mog", "vamp"):
                 raise ValueError(f"prior {self.prior} needs components: how many Gaussians (mog) or pseudo-inputs "
@@ -195,7 +205,7 @@ class TrainConfig:
         if self.network != "mlp" and self.layers != 1:
             raise ValueError(f"network {self.network} has one stochastic layer, got layers {self.layers}; "
                              f"use network mlp for 2 layers")
-        self.binarization  # validates binarize
+        self.binarization  # noqa: B018 - the property validates binarize
         if self.dequantize:
             likelihood = self.likelihood
             if likelihood in ("bernoulli", "logistic256"):

@@ -32,7 +32,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is corrupt or truncated, or not a .npz file ({e}); write it again with numpy.savez") from None
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(
-            f"{path} is corrupt or truncated, or not a .npz file ({type(e).__name__}: {e}); write it again with numpy.savez"
+            f"{path} is corrupt or truncated, or not a .npz file ({type(e).__name__}: {e}); "
+            "write it again with numpy.savez"
         ) from None
 
 
@@ -68,7 +69,8 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
         for key in ("train", "test"):
             if key not in arrays:
                 raise DataError(
-                    f"{path} has no array '{key}' (it has {sorted(arrays)}); save arrays train, test and optionally valid"
+                    f"{path} has no array '{key}' (it has {sorted(arrays)}); "
+                    "save arrays train, test and optionally valid"
                 )
         splits = {k: arrays[k] for k in ("train", "valid", "test") if k in arrays}
     elif head == b"\x93NUMPY":
@@ -87,7 +89,8 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
             feature_shape = arr.shape[1:]
         elif arr.shape[1:] != feature_shape:
             raise DataError(
-                f"{what} has images of shape {arr.shape[1:]} but train has {feature_shape}; all splits need the same image shape"
+                f"{what} has images of shape {arr.shape[1:]} but train has {feature_shape}; "
+                "all splits need the same image shape"
             )
         checked[key] = x
     if "all" in checked:

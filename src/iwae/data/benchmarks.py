@@ -58,14 +58,17 @@ def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str
     y_test = _read_idx(paths["t10k-labels-idx1-ubyte.gz"], 0x801, 1)
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
         if x.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
-            raise DataError(f"{what} {split} images have shape {x.shape[1:]}, expected (28, 28); delete the files and re-download them")
+            raise DataError(f"{what} {split} images have shape {x.shape[1:]}, expected (28, 28); "
+                            "delete the files and re-download them")
         if x.shape[0] != y.shape[0]:
             raise DataError(
-                f"{what} {split} files disagree: {x.shape[0]} images but {y.shape[0]} labels; delete them and re-download them"
+                f"{what} {split} files disagree: {x.shape[0]} images but {y.shape[0]} labels; "
+                "delete them and re-download them"
             )
     n = x_train.shape[0]
     if n <= registry.MNIST_N_VALID:
-        raise DataError(f"{what} has only {n} training images, need more than {registry.MNIST_N_VALID}; delete the files and re-download them")
+        raise DataError(f"{what} has only {n} training images, need more than {registry.MNIST_N_VALID}; "
+                        "delete the files and re-download them")
     grey_train = x_train.reshape(n, _IMAGE_DIM).astype(np.float32) / np.float32(255)
     grey_test = x_test.reshape(x_test.shape[0], _IMAGE_DIM).astype(np.float32) / np.float32(255)
     cut = n - registry.MNIST_N_VALID
@@ -199,7 +202,8 @@ def _load_omniglot(dirs: list[Path], download: bool, mode: str = "dynamic", deq:
     test = _omniglot_images(mat, "testdata", path)
     n = train.shape[0]
     if n <= registry.OMNIGLOT_N_VALID:
-        raise DataError(f"{path} has only {n} training images, need more than {registry.OMNIGLOT_N_VALID}; replace it with the original")
+        raise DataError(f"{path} has only {n} training images, need more than {registry.OMNIGLOT_N_VALID}; "
+                        "replace it with the original")
     train = train[np.random.RandomState(registry.OMNIGLOT_PERMUTATION_SEED).permutation(n)]
     cut = n - registry.OMNIGLOT_N_VALID
     return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq)

@@ -9,8 +9,14 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .registry import (_IMAGE_SIDE, TEST_BINARIZATION_SEED, TEST_DEQUANTIZATION_SEED, TRAIN_BINARIZATION_SEED,
-                       VALID_BINARIZATION_SEED, VALID_DEQUANTIZATION_SEED)
+from .registry import (
+    _IMAGE_SIDE,
+    TEST_BINARIZATION_SEED,
+    TEST_DEQUANTIZATION_SEED,
+    TRAIN_BINARIZATION_SEED,
+    VALID_BINARIZATION_SEED,
+    VALID_DEQUANTIZATION_SEED,
+)
 from .transforms import fixed_binarization, fixed_dequantization
 
 __all__ = ["Splits"]

@@ -173,7 +173,7 @@ def reproduce(
 
 def _lock(out_dir: Path):
     """An exclusive lock on ``out_dir/.reproduce.lock``, held until the returned file is closed."""
-    handle = open(out_dir / ".reproduce.lock", "w")
+    handle = open(out_dir / ".reproduce.lock", "w")  # noqa: SIM115 - held open by the caller, as the lock
     if fcntl is not None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -323,7 +323,7 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
                         broken = True
                         suspects.add(spec.name)
                         pending.insert(0, spec)
-                except Exception as e:  # noqa: BLE001 - a lost task fails its run only
+                except Exception as e:
                     fail(spec, f"{type(e).__name__}: {e}".splitlines()[0])
             if broken:
                 for spec in running.values():  # the whole pool went down with the dead worker

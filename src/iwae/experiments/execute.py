@@ -1,5 +1,6 @@
 """One run of a reproduction: train it (resuming its checkpoint), evaluate it (L_k, further bounds, AIS),
-write its result.json; and the groups of runs trained first as one batched model (:func:`iwae.members.train_members`)."""
+write its result.json; and the groups of runs trained first as one batched model
+(:func:`iwae.members.train_members`)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         }
         rundir.write_result(run_dir, result)
         return result
-    except Exception as e:  # noqa: BLE001 - any failure of one run is reported, and the others go on
+    except Exception as e:
         error = {"name": run.name, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
                  "traceback": traceback.format_exc()}
         if is_device_failure(e):
@@ -168,7 +169,7 @@ def _train_batches(planned: list[PlannedRun], out_dir: Path, data_dir: str | Non
         try:
             results = members.train_members(configs, resume=group[0].state == "partial", overwrite=True, progress=progress,
                                     splits=data)
-        except Exception as e:  # noqa: BLE001 - the runs then train alone, and execute_run reports their errors
+        except Exception as e:
             if progress:
                 print(f"  batched training failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                       f"the runs train one at a time", file=sys.stderr, flush=True)

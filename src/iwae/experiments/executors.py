@@ -196,7 +196,7 @@ class _Ray:
                 result, out_files = ray_future.result()
                 rundir.write_files(run_dir, out_files)
                 future.set_result(result)
-            except BaseException as e:  # noqa: BLE001 - a lost task fails its run only
+            except BaseException as e:
                 future.set_exception(e)
 
         ref.future().add_done_callback(gather)

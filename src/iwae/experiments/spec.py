@@ -65,10 +65,10 @@ from pathlib import Path
 
 import yaml
 
-from . import published as published_module
-from ..errors import ExperimentError
 from ..config import TrainConfig
 from ..config.grid import Run, distinct_runs, points_of, section_points
+from ..errors import ExperimentError
+from . import published as published_module
 
 __all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS"]
 
@@ -440,10 +440,10 @@ def _check(spec: object, source: str) -> dict:
         raise ExperimentError(f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, "
                               f"seed, ais")
     ais = evaluation.get("ais")
-    if ais is not None:
-        if not isinstance(ais, dict) or set(ais) - AIS_KEYS or not all(type(v) is int and v >= 1 for v in ais.values()):
-            raise ExperimentError(f"{source}: evaluate.ais must map some of {', '.join(sorted(AIS_KEYS))} to integers "
-                                  f">= 1, got {ais!r}")
+    if ais is not None and (not isinstance(ais, dict) or set(ais) - AIS_KEYS
+                            or not all(type(v) is int and v >= 1 for v in ais.values())):
+        raise ExperimentError(f"{source}: evaluate.ais must map some of {', '.join(sorted(AIS_KEYS))} to integers "
+                              f">= 1, got {ais!r}")
     ks = [evaluation.get("k", 5000), *evaluation.get("bound_ks", [])] if isinstance(evaluation.get("bound_ks", []), list) \
         else [None]
     if not all(type(k) is int and k >= 1 for k in ks) or type(evaluation.get("seed", 0)) is not int:

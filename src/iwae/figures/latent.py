@@ -86,7 +86,7 @@ def plot_activity(models, x_units: torch.Tensor, path: str | os.PathLike, *, dpi
     for title, model in runs.items():
         dev = next(model.parameters()).device
         units = active_units(model, x_units.to(dev), generator=torch.Generator(device=dev).manual_seed(0))
-        for layer, (ax, v) in enumerate(zip(axes[0], units.variances)):
+        for ax, v in zip(axes[0], units.variances):
             v = torch.sort(v, descending=True).values.clamp_min(floor).numpy()
             active = int((v > ACTIVE_THRESHOLD).sum())
             ax.plot(np.arange(1, len(v) + 1), v, marker="o", markersize=3,

@@ -1,11 +1,19 @@
 """Models: the VAE of Burda et al. with its encoder, decoder, prior and likelihood."""
 
 from .gaussian import diag_normal_log_prob
-from .likelihoods import (LIKELIHOODS, Bernoulli, DiscretizedLogistic256, Gaussian, Likelihood, bits_per_dim,
-                          discrete_nll, make_likelihood)
+from .likelihoods import (
+                          LIKELIHOODS,
+                          Bernoulli,
+                          DiscretizedLogistic256,
+                          Gaussian,
+                          Likelihood,
+                          bits_per_dim,
+                          discrete_nll,
+                          make_likelihood,
+)
 from .networks import BernoulliMLP, GaussianMLP, MLPDecoder
-from .registry import NETWORKS, make_decoder, make_encoder_layer
 from .priors import PRIORS, MixturePrior, StandardNormalPrior, VampPrior, make_prior
+from .registry import NETWORKS, make_decoder, make_encoder_layer
 from .vae import VAE, Decoded, LogWeightParts, ModelConfig, PosteriorSample, UserEncoder
 
 __all__ = ["VAE", "ModelConfig", "GaussianMLP", "BernoulliMLP", "MLPDecoder", "NETWORKS", "make_encoder_layer",

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from .networks import float32_out
 
 __all__ = ["ConvEncoder", "ConvDecoder", "chw"]

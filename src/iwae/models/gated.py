@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from .networks import float32_out
 
 __all__ = ["GatedDense", "GatedEncoder", "GatedDecoder", "LOGVAR_MIN", "LOGVAR_MAX"]

@@ -242,8 +242,8 @@ class DiscretizedLogistic256(Likelihood):
         return self.log_mass(raw, x).sum(-1)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
-        """E[x] = sum_k (k/255) P(k) = (1/255) sum_{k=1}^{255} P(x >= k/255) = (1/255) sum_k sigmoid((mu - (k/255 - 1/510))/s),
-        accumulated over k (memory of one ``(..., D)`` tensor)."""
+        """E[x] = sum_k (k/255) P(k) = (1/255) sum_{k=1}^{255} P(x >= k/255)
+        = (1/255) sum_k sigmoid((mu - (k/255 - 1/510))/s), accumulated over k (memory of one ``(..., D)`` tensor)."""
         loc, log_scale = self.loc_log_scale(raw)
         inv_s = torch.exp(-log_scale)
         total = torch.zeros_like(loc)

@@ -23,7 +23,6 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from ..choices import PRIORS
-from .gaussian import HALF_LOG_2PI as _HALF_LOG_2PI
 from .gaussian import diag_normal_log_prob
 
 __all__ = ["StandardNormalPrior", "MixturePrior", "VampPrior", "make_prior", "mixture_floats_per_row", "PRIORS"]

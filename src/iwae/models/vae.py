@@ -26,8 +26,8 @@ from ..config import ModelConfig
 from .gaussian import diag_normal_log_prob, diag_normal_log_prob_from_eps
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .networks import BernoulliMLP, GaussianMLP, float32_out
-from .registry import make_decoder, make_encoder_layer
 from .priors import make_prior
+from .registry import make_decoder, make_encoder_layer
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample", "Decoded", "UserEncoder"]
 

@@ -41,22 +41,87 @@ Two rules live here and nowhere else: which settings make two configs the same r
 (:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
 """
 
-from .checkpoints import (EpochState, check_same_device_type, checkpoint_metrics, generator_device, has_checkpoint,
-                          only_start_files, read_checkpoint, restore, save_checkpoint, trained_epochs)
-from .evaluations import (eval_name, evaluation_files, read_bounds, read_evaluation, write_evaluation,
-                          write_figure_record, write_surgery)
-from .identity import (ADDED_DEFAULTS, NOT_IDENTITY, changed_settings, check_same_run, read_config, read_config_values,
-                       run_identity, run_key, write_config)
-from .layout import (CHECKPOINT, CONFIG, ERROR_FILE, METRICS, MODEL, RESULT_FILE, RUN_FILES, START_FILES, TENSORBOARD,
-                     clear_start_files, delete, is_empty, model_bytes, prepare, read_files, remove_run_temporaries,
-                     write_files)
-from .metrics import (has_metrics, metrics_text, read_metrics, sync_outputs, tensorboard_writer, training_seconds,
-                      write_metrics)
-from .results import (RunStatus, clear_error, dependency_digest, finished_result, read_error, run_status, write_error,
-                      write_result)
+from .checkpoints import (
+                          EpochState,
+                          check_same_device_type,
+                          checkpoint_metrics,
+                          generator_device,
+                          has_checkpoint,
+                          only_start_files,
+                          read_checkpoint,
+                          restore,
+                          save_checkpoint,
+                          trained_epochs,
+)
+from .evaluations import (
+                          eval_name,
+                          evaluation_files,
+                          read_bounds,
+                          read_evaluation,
+                          write_evaluation,
+                          write_figure_record,
+                          write_surgery,
+)
+from .identity import (
+                          ADDED_DEFAULTS,
+                          NOT_IDENTITY,
+                          changed_settings,
+                          check_same_run,
+                          read_config,
+                          read_config_values,
+                          run_identity,
+                          run_key,
+                          write_config,
+)
+from .layout import (
+                          CHECKPOINT,
+                          CONFIG,
+                          ERROR_FILE,
+                          METRICS,
+                          MODEL,
+                          RESULT_FILE,
+                          RUN_FILES,
+                          START_FILES,
+                          TENSORBOARD,
+                          clear_start_files,
+                          delete,
+                          is_empty,
+                          model_bytes,
+                          prepare,
+                          read_files,
+                          remove_run_temporaries,
+                          write_files,
+)
+from .metrics import (
+                          has_metrics,
+                          metrics_text,
+                          read_metrics,
+                          sync_outputs,
+                          tensorboard_writer,
+                          training_seconds,
+                          write_metrics,
+)
+from .results import (
+                          RunStatus,
+                          clear_error,
+                          dependency_digest,
+                          finished_result,
+                          read_error,
+                          run_status,
+                          write_error,
+                          write_result,
+)
 from .run import Run, open_run
-from .weights import (init_from, load_model, load_trained, model_config_of, model_digest, model_epoch, model_sha256,
-                      save_model)
+from .weights import (
+                          init_from,
+                          load_model,
+                          load_trained,
+                          model_config_of,
+                          model_digest,
+                          model_epoch,
+                          model_sha256,
+                          save_model,
+)
 
 __all__ = [
     "Run", "open_run",

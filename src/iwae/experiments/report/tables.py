@@ -257,7 +257,10 @@ def comparisons(exp: dict) -> list[dict]:
             entry["error"] = "no seed of both has finished"
         else:
             ev = runs_a[seeds[0]]["eval"]
-            side = (lambda runs: str(runs[seeds[0]]["dir"]) if len(seeds) == 1 else [str(runs[s]["dir"]) for s in seeds])
+
+            def side(runs: dict, seeds: list = seeds) -> str | list[str]:
+                return str(runs[seeds[0]]["dir"]) if len(seeds) == 1 else [str(runs[s]["dir"]) for s in seeds]
+
             try:
                 entry["result"] = compare_runs(side(runs_a), side(runs_b), k=ev.get("k", 5000), seed=ev.get("seed", 0),
                                                test_subset=ev.get("test_subset"))
