@@ -280,8 +280,8 @@ def _members_step(x: torch.Tensor, k: int, members: int):
     """One step of ``members`` seeds of this IWAE(k) model trained as one batched model (iwae.members:
     weights stacked on a member dimension, each member with its own generator and minibatch); the
     rate printed is steps/s of this function, so member-steps/s is ``members`` times it."""
-    import iwae.members as members_module
-    import iwae.train as train_module
+    import iwae.members.loop as members_module
+    import iwae.train.loop as train_module
 
     batch = x.shape[0]
     x_train = x.repeat(4, 1)  # a few minibatches to draw each member's own rows from

@@ -58,7 +58,7 @@ def _data(n: int = 2000) -> torch.Tensor:
 
 
 def measure_single(k: int, batch: int, seconds: float) -> float:
-    import iwae.train as train_module
+    import iwae.train.loop as train_module
     from iwae.data import binarize
     from iwae.estimators import accumulate_gradients
 
@@ -84,8 +84,8 @@ def measure_single(k: int, batch: int, seconds: float) -> float:
 
 
 def measure_batched(members: int, k: int, batch: int, seconds: float) -> float:
-    import iwae.members as members_module
-    import iwae.train as train_module
+    import iwae.members.loop as members_module
+    import iwae.train.loop as train_module
 
     device = torch.device("cpu")
     group_members = []

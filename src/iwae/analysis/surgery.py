@@ -155,7 +155,7 @@ def run_surgery(model, splits, run_dir: str | os.PathLike, *, weights: dict, sub
     Grey-level (dynamically binarized) images are binarized once with ``seed``
     (:func:`iwae.data.fixed_binarization`), which also seeds the samples z. The result adds
     ``seed`` and ``model``: ``weights``, which weights were measured (the epoch and SHA-256 of
-    model.safetensors, as :func:`iwae.evaluate.load_trained` returns them).
+    model.safetensors, as :func:`iwae.rundir.load_trained` returns them).
     """
     for name, value in (("subset", subset), ("num_samples", num_samples)):
         if value < 1:
