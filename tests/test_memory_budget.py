@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from iwae import memory
 from iwae.evaluate import log_likelihood
 from iwae.models import VAE, ModelConfig
+from iwae.models.gaussian import HALF_LOG_2PI
 
 BUDGET = 8 << 20  # bytes
 K = 50  # samples per image: chunks then hold many images, so their rows follow the budget closely
@@ -119,7 +120,7 @@ def test_sliced_mixture_log_prob_is_the_unsliced_formula(prior, components):
         log_pi = torch.full((components,), -torch.log(torch.tensor(float(components))).item())
     with torch.no_grad():
         eps = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)
-        per_component = -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - 50 * priors_module._HALF_LOG_2PI
+        per_component = -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - 50 * HALF_LOG_2PI
         assert torch.equal(priors_module._diag_normal_log_prob(z, loc, log_scale), per_component)
         torch.testing.assert_close(module.log_prob(z), torch.logsumexp(log_pi + per_component, -1),
                                    rtol=1e-6, atol=1e-5)
