@@ -32,8 +32,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = open_run(args.run_dir).model
-    rows = bdmc(model, args.images, steps_list=[int(s) for s in args.steps.split(",")], chains=args.chains,
-                leapfrog=args.leapfrog, initial=args.initial, generator=torch.Generator().manual_seed(args.seed))
+    rows = bdmc(
+        model,
+        args.images,
+        steps_list=[int(s) for s in args.steps.split(",")],
+        chains=args.chains,
+        leapfrog=args.leapfrog,
+        initial=args.initial,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     for row in rows:
         print(json.dumps(row))
     if args.plot:

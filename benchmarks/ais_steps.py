@@ -45,17 +45,32 @@ def main() -> None:
     previous = None
     for steps in [int(s) for s in args.steps.split(",")]:
         cost = ais_cost(model, x, steps=steps, chains=args.chains, leapfrog=args.leapfrog)
-        result = ais_log_likelihood(model, x, steps=steps, chains=args.chains, leapfrog=args.leapfrog,
-                                    initial=args.initial, generator=torch.Generator().manual_seed(1))
+        result = ais_log_likelihood(
+            model,
+            x,
+            steps=steps,
+            chains=args.chains,
+            leapfrog=args.leapfrog,
+            initial=args.initial,
+            generator=torch.Generator().manual_seed(1),
+        )
         s = result.summary()
         diff, diff_se = paired_difference(result.log_likelihood.numpy(), l_k.double().numpy())
         mean = -s["nll"]
-        row = {"steps": steps, "mean_log_p": mean, "change": None if previous is None else mean - previous,
-               "mean_chain_stderr": s["mean_chain_stderr"], "mean_ess": s["mean_ess"],
-               "acceptance": s["acceptance"], "images_per_s": s["images_per_s"],
-               "predicted_seconds": cost["seconds"], "seconds": s["seconds"],
-               "ais_minus_l5000": diff, "ais_minus_l5000_stderr": diff_se,
-               "l5000_images_per_s": len(x) / lk_seconds}
+        row = {
+            "steps": steps,
+            "mean_log_p": mean,
+            "change": None if previous is None else mean - previous,
+            "mean_chain_stderr": s["mean_chain_stderr"],
+            "mean_ess": s["mean_ess"],
+            "acceptance": s["acceptance"],
+            "images_per_s": s["images_per_s"],
+            "predicted_seconds": cost["seconds"],
+            "seconds": s["seconds"],
+            "ais_minus_l5000": diff,
+            "ais_minus_l5000_stderr": diff_se,
+            "l5000_images_per_s": len(x) / lk_seconds,
+        }
         rows.append(row)
         previous = mean
         print(json.dumps(row), flush=True)

@@ -98,8 +98,9 @@ def matmul_flops(config: ModelConfig, rows_encoder: int, rows_decoder: int) -> i
 
 def _linear_shapes(config: ModelConfig, rows_encoder: int, rows_decoder: int) -> list[tuple[int, int, int]]:
     d, (h1, h2), z = config.input_dim, config.hidden_dims[0], config.latent_dims[0]
-    return ([(rows_encoder, i, o) for i, o in ((d, h1), (h1, h2), (h2, 2 * z))]
-            + [(rows_decoder, i, o) for i, o in ((z, h2), (h2, h1), (h1, d))])
+    return [(rows_encoder, i, o) for i, o in ((d, h1), (h1, h2), (h2, 2 * z))] + [
+        (rows_decoder, i, o) for i, o in ((z, h2), (h2, h1), (h1, d))
+    ]
 
 
 def gemm_only_rate(shapes: list[tuple[int, int, int]], backward: bool, seconds: float = 1.0) -> float:
@@ -107,8 +108,11 @@ def gemm_only_rate(shapes: list[tuple[int, int, int]], backward: bool, seconds: 
     preallocated outputs: the ceiling a step could reach if nothing else took time."""
     ops = []
     for rows, i, o in shapes:
-        x, w, y = (torch.randn(rows, i, device=DEVICE), torch.randn(o, i, device=DEVICE),
-                   torch.randn(rows, o, device=DEVICE))
+        x, w, y = (
+            torch.randn(rows, i, device=DEVICE),
+            torch.randn(o, i, device=DEVICE),
+            torch.randn(rows, o, device=DEVICE),
+        )
         ops.append((x, w.t(), torch.empty(rows, o, device=DEVICE)))  # forward: y = x W^T
         if backward:
             ops.append((y.t(), x, torch.empty(o, i, device=DEVICE)))  # dW = dy^T x
@@ -206,8 +210,9 @@ def _with(ctx, fn, *args):
         return fn(*args)
 
 
-def estimator_table(seconds: float, batch: int = 20, k: int = 50,
-                    estimators: tuple[str, ...] = ("reparam", "stl", "dreg", "rws")) -> None:
+def estimator_table(
+    seconds: float, batch: int = 20, k: int = 50, estimators: tuple[str, ...] = ("reparam", "stl", "dreg", "rws")
+) -> None:
     """Prints the markdown table of section 4: steps/s per estimator and its time per step relative
     to reparam. The estimators' blocks of steps are timed in turn, 7 rounds, and each rate is the
     median of its 7 blocks, so that a change in the machine's load hits them all alike."""
@@ -290,9 +295,15 @@ def _members_step(x: torch.Tensor, k: int, members: int):
         config = train_module.TrainConfig(objective="iwae", k=k, batch_size=batch, epochs=1, seed=seed, out="unused")
         torch.manual_seed(seed)
         model = train_module.build_model(config, x.shape[1]).to(DEVICE)
-        group_members.append(members_module._Member(
-            config, None, model=model, optimizer=train_module._make_optimizer(config, model, DEVICE),
-            generator=torch.Generator(device=DEVICE).manual_seed(seed)))
+        group_members.append(
+            members_module._Member(
+                config,
+                None,
+                model=model,
+                optimizer=train_module._make_optimizer(config, model, DEVICE),
+                generator=torch.Generator(device=DEVICE).manual_seed(seed),
+            )
+        )
     group = members_module._Group(train_module, group_members, DEVICE)
     for m in group.members:
         m.order = torch.randperm(x_train.shape[0], generator=m.generator, device=DEVICE)
@@ -325,8 +336,9 @@ def _pythae_models():
     class Decoder(BaseDecoder):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(),
-                                     nn.Linear(200, 784), nn.Sigmoid())
+            self.net = nn.Sequential(
+                nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 784), nn.Sigmoid()
+            )
 
         def forward(self, z):
             return ModelOutput(reconstruction=self.net(z))
@@ -380,8 +392,18 @@ def _child(what: str, args: argparse.Namespace) -> float | str:
     import subprocess
     import sys
 
-    cmd = [sys.executable, __file__, "--measure", what, "--seconds", str(args.seconds), "--device", args.device,
-           "--eval-images", str(args.eval_images)] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        what,
+        "--seconds",
+        str(args.seconds),
+        "--device",
+        args.device,
+        "--eval-images",
+        str(args.eval_images),
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     env = dict(os.environ)
     if args.peers_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), args.peers_path]))
@@ -403,14 +425,23 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
     if args.peers_path:
         sys.path.append(args.peers_path)
     have_pythae = args.peers and importlib.util.find_spec("pythae") is not None
-    variants = ["fp32", "bf16-mixed", "compiled"] + (["members-4", "members-10"] if _members_available() else []) \
+    variants = (
+        ["fp32", "bf16-mixed", "compiled"]
+        + (["members-4", "members-10"] if _members_available() else [])
         + (["pythae"] if have_pythae else [])
+    )
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
     layer_counts = [int(v) for v in args.layers.split(",")]
     cell_name = lambda v, b, k, l: f"train:{v}:{b}:{k}" + (f":{l}" if l != 1 else "")  # noqa: E731
-    cells = [cell_name(v, b, k, l) for l in layer_counts for b in batches for k in ks for v in variants
-             if not (v == "pythae" and l != 1)]
+    cells = [
+        cell_name(v, b, k, l)
+        for l in layer_counts
+        for b in batches
+        for k in ks
+        for v in variants
+        if not (v == "pythae" and l != 1)
+    ]
     if not args.no_eval:
         cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else [])
     results = {cell: [] for cell in cells}
@@ -446,8 +477,9 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
             unit = "member-steps/s" if v.startswith("members-") else "steps/s"
             shown = f"{value:.1f} {unit}" if isinstance(value, float) else value
             ratio = f"{value / base:.2f}x" if isinstance(value, float) and isinstance(base, float) else ""
-            vs_peer = (f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float)
-                       and v != "pythae" else "")
+            vs_peer = (
+                f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float) and v != "pythae" else ""
+            )
             print(f"| train step | {l} | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} |", flush=True)
     if args.no_eval:
         return
@@ -467,19 +499,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--eval-images", type=int, default=40, help="images for the L_5000 rate")
-    parser.add_argument("--impl", choices=["iwae", "plain"], default="iwae",
-                        help="iwae's kernels, or PyTorch's stock ones (the plain eager baseline)")
+    parser.add_argument(
+        "--impl",
+        choices=["iwae", "plain"],
+        default="iwae",
+        help="iwae's kernels, or PyTorch's stock ones (the plain eager baseline)",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
-    parser.add_argument("--estimators", action="store_true",
-                        help="run only the gradient estimators' section (steps/s of reparam, stl, dreg, rws)")
+    parser.add_argument(
+        "--estimators",
+        action="store_true",
+        help="run only the gradient estimators' section (steps/s of reparam, stl, dreg, rws)",
+    )
     parser.add_argument("--no-estimators", action="store_true", help="leave the gradient estimators' section out")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batches", default="20,100", help="training batch sizes, comma-separated (default 20,100)")
     parser.add_argument("--ks", default="1,5,50", help="training k, comma-separated (default 1,5,50)")
-    parser.add_argument("--gemm-sizes", default=None,
-                        help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)")
-    parser.add_argument("--variants", action="store_true",
-                        help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side")
+    parser.add_argument(
+        "--gemm-sizes",
+        default=None,
+        help="square sizes for the GEMM peak (default 1024,2048,3072; on CUDA 2048,4096,8192)",
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side",
+    )
     parser.add_argument("--peers", action="store_true", help="with --variants: also time pythae, if importable")
     parser.add_argument("--peers-path", default=None, help="a folder to import pythae from (appended to sys.path)")
     parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")
@@ -495,8 +540,9 @@ def main() -> None:
         parser.exit(2, "bench.py: error: --device cuda, but CUDA is not available on this machine\n")
     try:
         default_sizes = "2048,4096,8192" if DEVICE.type == "cuda" else "1024,2048,3072"
-        batches, ks, sizes = ([int(v) for v in value.split(",")]
-                              for value in (args.batches, args.ks, args.gemm_sizes or default_sizes))
+        batches, ks, sizes = (
+            [int(v) for v in value.split(",")] for value in (args.batches, args.ks, args.gemm_sizes or default_sizes)
+        )
     except ValueError:
         parser.exit(2, "bench.py: error: --batches, --ks and --gemm-sizes want comma-separated integers\n")
     if not batches or not ks or not sizes or min(batches + ks + sizes) < 1:
@@ -505,11 +551,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tune_allocator()  # as iwae.train and iwae.evaluate do
     if DEVICE.type == "cuda":
-        where = (f"{torch.cuda.get_device_name(DEVICE)}, CUDA {torch.version.cuda}, "
-                 f"TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+        where = (
+            f"{torch.cuda.get_device_name(DEVICE)}, CUDA {torch.version.cuda}, "
+            f"TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}"
+        )
     else:
-        where = (f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-                 f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+        where = (
+            f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        )
     if args.measure:
         if args.peers_path:
             import sys
@@ -541,24 +591,37 @@ def main() -> None:
         for k in ks:
             flops = 3 * matmul_flops(cfg, batch, batch * k)
             rates = [(name, _with(ctx, train_step_rate, batch, k, args.seconds)) for name, ctx in variants]
-            rates.append(("its matrix products alone",
-                          gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True, min(1.0, args.seconds))))
+            rates.append(
+                (
+                    "its matrix products alone",
+                    gemm_only_rate(_linear_shapes(cfg, batch, batch * k), True, min(1.0, args.seconds)),
+                )
+            )
             for name, rate in rates:
-                print(f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
-                      f"{rate * flops / 1e9 / peak:.0%} |", flush=True)
+                print(
+                    f"| train step | {batch} | {k} | {name} | {rate:.1f} steps/s | {rate * flops / 1e9:.0f} | "
+                    f"{rate * flops / 1e9 / peak:.0%} |",
+                    flush=True,
+                )
     flops_img = matmul_flops(cfg, 1, 5000)
     rates = [(name, _with(ctx, eval_rate, args.eval_images)) for name, ctx in variants]
     rows = CPU_ROWS_PER_CALL if DEVICE.type == "cpu" else 5000  # one decoder call of L_5000, forward only
-    rates.append(("its matrix products alone",
-                  gemm_only_rate(_linear_shapes(cfg, 1, rows), False, min(1.0, args.seconds)) * rows / 5000))
+    rates.append(
+        (
+            "its matrix products alone",
+            gemm_only_rate(_linear_shapes(cfg, 1, rows), False, min(1.0, args.seconds)) * rows / 5000,
+        )
+    )
     for name, rate in rates:
         gflops = rate * flops_img / 1e9
         full = 10000 / rate
         ideal = 10000 * flops_img / 1e9 / peak
-        print(f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
-              f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s "
-              "the peak allows) |",
-              flush=True)
+        print(
+            f"| L_5000 | {args.eval_images} images | 5000 | {name} | {rate:.2f} images/s | {gflops:.0f} | "
+            f"{gflops / peak:.0%} (10,000 images: {full:.0f} s, {full / ideal:.2f}x the {ideal:.0f} s "
+            "the peak allows) |",
+            flush=True,
+        )
     if args.impl == "iwae" and not args.no_estimators:  # the estimators' section times iwae's own kernels
         estimator_table(args.seconds)
 

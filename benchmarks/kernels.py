@@ -80,24 +80,37 @@ def kernel_rows(device: torch.device, rows: int, seconds: float = 0.5) -> list[t
 
     tanh_used, linear_used = networks.tanh_kernel(device), networks.output_layer_kernel(device)
     variants = [
-        ("tanh (K*B, 200)", "2 sigmoid(2h) - 1", networks._tanh_via_sigmoid, (hidden,),
-         tanh_used is networks._tanh_via_sigmoid),
+        (
+            "tanh (K*B, 200)",
+            "2 sigmoid(2h) - 1",
+            networks._tanh_via_sigmoid,
+            (hidden,),
+            tanh_used is networks._tanh_via_sigmoid,
+        ),
         ("tanh (K*B, 200)", "torch.tanh", torch.tanh, (hidden,), tanh_used is torch.tanh),
-        ("output layer 200 -> 784", "matmul + add_(bias)", networks._linear_then_bias, (hidden, weight, bias),
-         linear_used is networks._linear_then_bias),
+        (
+            "output layer 200 -> 784",
+            "matmul + add_(bias)",
+            networks._linear_then_bias,
+            (hidden, weight, bias),
+            linear_used is networks._linear_then_bias,
+        ),
         ("output layer 200 -> 784", "F.linear", F.linear, (hidden, weight, bias), linear_used is F.linear),
         ("log p(x|z) (K*B, 784)", "iwae fused", lambda l: bernoulli_log_prob_from_logits(l, x), (logits,), True),
         ("log p(x|z) (K*B, 784)", "binary_cross_entropy_with_logits", bce, (logits,), False),
     ]
-    return [(kernel, name, time_per_call(_forward_backward(fn, *inputs), device, seconds), used)
-            for kernel, name, fn, inputs, used in variants]
+    return [
+        (kernel, name, time_per_call(_forward_backward(fn, *inputs), device, seconds), used)
+        for kernel, name, fn, inputs, used in variants
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--rows", default="1000,5000", help="K*B rows, comma-separated (default 1000,5000: "
-                                                            "batch 20 and 100 at k = 50)")
+    parser.add_argument(
+        "--rows", default="1000,5000", help="K*B rows, comma-separated (default 1000,5000: batch 20 and 100 at k = 50)"
+    )
     parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per variant")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -117,8 +130,11 @@ def main() -> None:
         timed = kernel_rows(device, r, args.seconds)
         for kernel, variant, seconds, used in timed:
             other = next(s for k, v, s, _ in timed if k == kernel and v != variant)
-            print(f"| {kernel} | {r} | {variant} | {seconds * 1e6:.1f} | {seconds / other:.2f}x | "
-                  f"{'yes' if used else ''} |", flush=True)
+            print(
+                f"| {kernel} | {r} | {variant} | {seconds * 1e6:.1f} | {seconds / other:.2f}x | "
+                f"{'yes' if used else ''} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

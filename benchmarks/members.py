@@ -73,7 +73,7 @@ def measure_single(k: int, batch: int, seconds: float) -> float:
 
     def step():
         i = position[0] = (position[0] + batch) % (x_train.shape[0] - batch)
-        x = binarize(x_train[order[i: i + batch]], generator)
+        x = binarize(x_train[order[i : i + batch]], generator)
         optimizer.zero_grad(set_to_none=True)
         bound = accumulate_gradients(model, x, config.spec, generator)
         if train_module._nonfinite_now(bound, model):
@@ -93,9 +93,13 @@ def measure_batched(members: int, k: int, batch: int, seconds: float) -> float:
         config = train_module.TrainConfig(objective="iwae", k=k, batch_size=batch, epochs=1, seed=seed, out="unused")
         torch.manual_seed(seed)
         model = train_module.build_model(config, 784)
-        m = members_module._Member(config, None, model=model,
-                                   optimizer=train_module._make_optimizer(config, model, device),
-                                   generator=torch.Generator().manual_seed(seed))
+        m = members_module._Member(
+            config,
+            None,
+            model=model,
+            optimizer=train_module._make_optimizer(config, model, device),
+            generator=torch.Generator().manual_seed(seed),
+        )
         group_members.append(m)
     group = members_module._Group(train_module, group_members, device)
     x_train = _data()
@@ -136,13 +140,22 @@ def measure_kernels(members: int, k: int, batch: int, seconds: float) -> dict:
     base_e, base_d = enc[0], dec[0]
 
     def run_vmap():
-        out_e = torch.func.vmap(lambda p, b, h: torch.func.functional_call(base_e, (p, b), (h,)))(params_e, buffers_e, x)
-        out_d = torch.func.vmap(lambda p, b, h: torch.func.functional_call(base_d, (p, b), (h,)))(params_d, buffers_d, z)
+        out_e = torch.func.vmap(lambda p, b, h: torch.func.functional_call(base_e, (p, b), (h,)))(
+            params_e, buffers_e, x
+        )
+        out_d = torch.func.vmap(lambda p, b, h: torch.func.functional_call(base_d, (p, b), (h,)))(
+            params_d, buffers_d, z
+        )
         (out_e.sum() + out_d.sum()).backward()
 
     def stacked(seq):
-        return [(nn.Parameter(torch.stack([l.weight.detach() for l in ls])), nn.Parameter(torch.stack(
-            [l.bias.detach() for l in ls]))) for ls in zip(*[[m for m in s if isinstance(m, nn.Linear)] for s in seq])]
+        return [
+            (
+                nn.Parameter(torch.stack([l.weight.detach() for l in ls])),
+                nn.Parameter(torch.stack([l.bias.detach() for l in ls])),
+            )
+            for ls in zip(*[[m for m in s if isinstance(m, nn.Linear)] for s in seq])
+        ]
 
     we, wd = stacked(enc), stacked(dec)
 
@@ -176,8 +189,22 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run(kind: str, m: int, k: int, args: argparse.Namespace):
-    cmd = [sys.executable, __file__, "--child", kind, "--m", str(m), "--k", str(k), "--batch", str(args.batch),
-           "--threads", str(args.threads), "--seconds", str(args.seconds)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--m",
+        str(m),
+        "--k",
+        str(k),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--seconds",
+        str(args.seconds),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -189,8 +216,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate single and batched this many times; "
-                        "report the medians (for a busy machine)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate single and batched this many times; report the medians (for a busy machine)",
+    )
     parser.add_argument("--kernels", action="store_true", help="also time the stacked MLP by bmm and by vmap")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--m", type=int, default=1, help=argparse.SUPPRESS)
@@ -201,8 +232,10 @@ def main() -> None:
         return
     ms = [int(v) for v in args.members.split(",")]
     ks = [int(v) for v in args.ks.split(",")]
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, Burda's 1-layer MNIST model, IWAE; "
-          f"process per measurement")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, Burda's 1-layer MNIST model, IWAE; "
+        f"process per measurement"
+    )
     print(f"{'k':>4} {'members':>8} {'single steps/s':>15} {'batched member-steps/s':>23} {'speed-up':>9}")
     for k in ks:
         singles, batched = [], {m: [] for m in ms}

@@ -48,15 +48,19 @@ def _rate(rates: dict, variant: str, layers: int, k: int) -> float | None:
 
 def table(rates: dict) -> str:
     """The markdown table: hours per run for each (layers, k, implementation) measured, and Table 1's MNIST half."""
-    variants = sorted({key.split(":")[1] for key in rates if key.startswith("train:")} - {"pythae"},
-                      key=lambda v: ("fp32", "bf16-mixed", "compiled").index(v) if v in ("fp32", "bf16-mixed",
-                                                                                        "compiled") else 9)
+    variants = sorted(
+        {key.split(":")[1] for key in rates if key.startswith("train:")} - {"pythae"},
+        key=lambda v: ("fp32", "bf16-mixed", "compiled").index(v) if v in ("fp32", "bf16-mixed", "compiled") else 9,
+    )
     images_per_s = rates.get("eval:iwae") if isinstance(rates.get("eval:iwae"), (int, float)) else None
-    lines = [f"paper protocol: {EPOCHS} epochs x ceil({TRAIN_IMAGES} / {BATCH}) = {steps_per_run():,} steps per run, "
-             f"then L_5000 on {TEST_IMAGES:,} test images "
-             + (f"at {images_per_s:.1f} images/s" if images_per_s else "(not measured: left out)"), "",
-             "| layers | k | " + " | ".join(f"{v}: steps/s, hours per run" for v in variants) + " |",
-             "|---|---|" + "---|" * len(variants)]
+    lines = [
+        f"paper protocol: {EPOCHS} epochs x ceil({TRAIN_IMAGES} / {BATCH}) = {steps_per_run():,} steps per run, "
+        f"then L_5000 on {TEST_IMAGES:,} test images "
+        + (f"at {images_per_s:.1f} images/s" if images_per_s else "(not measured: left out)"),
+        "",
+        "| layers | k | " + " | ".join(f"{v}: steps/s, hours per run" for v in variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
     for layers in (1, 2):
         for k in (1, 5, 50):
             cells = []
@@ -66,11 +70,13 @@ def table(rates: dict) -> str:
             lines.append(f"| {layers} | {k} | " + " | ".join(cells) + " |")
     totals = []
     for v in variants:
-        hours = [run_hours(r, images_per_s) if (r := _rate(rates, v, layers, k)) else None
-                 for layers, k in TABLE1_MNIST]
+        hours = [
+            run_hours(r, images_per_s) if (r := _rate(rates, v, layers, k)) else None for layers, k in TABLE1_MNIST
+        ]
         totals.append(f"{sum(hours):.0f} h ({sum(hours) / 24:.1f} days)" if None not in hours else "not measured")
-    lines.append(f"| Table 1, MNIST half ({len(TABLE1_MNIST)} runs, one after another) | | "
-                 + " | ".join(totals) + " |")
+    lines.append(
+        f"| Table 1, MNIST half ({len(TABLE1_MNIST)} runs, one after another) | | " + " | ".join(totals) + " |"
+    )
     return "\n".join(lines)
 
 

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info",
-                                     ".mypy_cache", ".ruff_cache", "node_modules")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "__pycache__", ".pytest_cache", "*.egg-info", ".mypy_cache", ".ruff_cache", "node_modules"
+)
 P = "tests/test_protocol.py::"
 
 
@@ -53,127 +54,287 @@ class Mutation:
 M = Mutation
 MUTATIONS: list[Mutation] = [
     # --- Adam (Burda et al.: beta1 0.9, beta2 0.999, eps 1e-4)
-    M("adam-eps-pytorch-default", "src/iwae/config/train.py", "adam_eps: float = _setting(1e-4,", "adam_eps: float = _setting(1e-8,",
-      (P + "test_training_uses_burdas_adam_settings", P + "test_adam_step_matches_the_hand_computed_update"),
-      "Adam's eps is PyTorch's 1e-8 instead of Burda et al.'s 1e-4"),
-    M("adam-eps-not-passed", "src/iwae/train/loop.py", "betas=(config.beta1, config.beta2), eps=config.adam_eps)",
-      "betas=(config.beta1, config.beta2))",
-      (P + "test_adam_step_matches_the_hand_computed_update", P + "test_training_uses_burdas_adam_settings"),
-      "the optimiser ignores adam_eps (PyTorch's default 1e-8)"),
-    M("adam-beta1-0.99", "src/iwae/config/train.py", "beta1: float = _setting(0.9,", "beta1: float = _setting(0.99,",
-      (P + "test_training_uses_burdas_adam_settings",), "beta1 0.99 instead of 0.9"),
+    M(
+        "adam-eps-pytorch-default",
+        "src/iwae/config/train.py",
+        "adam_eps: float = _setting(1e-4,",
+        "adam_eps: float = _setting(1e-8,",
+        (P + "test_training_uses_burdas_adam_settings", P + "test_adam_step_matches_the_hand_computed_update"),
+        "Adam's eps is PyTorch's 1e-8 instead of Burda et al.'s 1e-4",
+    ),
+    M(
+        "adam-eps-not-passed",
+        "src/iwae/train/loop.py",
+        "betas=(config.beta1, config.beta2), eps=config.adam_eps)",
+        "betas=(config.beta1, config.beta2))",
+        (P + "test_adam_step_matches_the_hand_computed_update", P + "test_training_uses_burdas_adam_settings"),
+        "the optimiser ignores adam_eps (PyTorch's default 1e-8)",
+    ),
+    M(
+        "adam-beta1-0.99",
+        "src/iwae/config/train.py",
+        "beta1: float = _setting(0.9,",
+        "beta1: float = _setting(0.99,",
+        (P + "test_training_uses_burdas_adam_settings",),
+        "beta1 0.99 instead of 0.9",
+    ),
     # --- initialisation
-    M("no-output-bias-init", "src/iwae/train/loop.py",
-      "model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))",
-      "model.init_output_bias(torch.full_like(x_train[0], 0.5))",
-      (P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",),
-      "the decoder's output bias stays at logit(0.5) = 0 instead of logit(mean training pixel)"),
-    M("output-bias-init-zero", "src/iwae/models/likelihoods.py",
-      "bias.copy_(torch.log(p) - torch.log1p(-p))", "bias.zero_()",
-      (P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",
-       "tests/test_models.py::test_init_output_bias"), "init_output_bias leaves the bias at zero"),
-    M("vamp-pseudo-inputs-not-initialised", "src/iwae/train/loop.py", "model.init_prior(x_train)", "model.init_prior",
-      (P + "test_vamp_pseudo_inputs_start_at_training_images",),
-      "the VampPrior's pseudo-inputs start at ~0.5 instead of at training images"),
-    M("vamp-pseudo-inputs-ignore-data", "src/iwae/models/priors.py", "u = x[idx] + noise * torch.randn(",
-      "u = torch.rand_like(x[idx]) + noise * torch.randn(",
-      (P + "test_vamp_pseudo_inputs_start_at_training_images",),
-      "pseudo-inputs initialised with uniform noise, ignoring the images"),
+    M(
+        "no-output-bias-init",
+        "src/iwae/train/loop.py",
+        "model.init_output_bias(splits.train.mean(0) if config.train_subset is None else x_train.mean(0))",
+        "model.init_output_bias(torch.full_like(x_train[0], 0.5))",
+        (P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",),
+        "the decoder's output bias stays at logit(0.5) = 0 instead of logit(mean training pixel)",
+    ),
+    M(
+        "output-bias-init-zero",
+        "src/iwae/models/likelihoods.py",
+        "bias.copy_(torch.log(p) - torch.log1p(-p))",
+        "bias.zero_()",
+        (
+            P + "test_output_bias_starts_at_logit_of_the_mean_training_pixel",
+            "tests/test_models.py::test_init_output_bias",
+        ),
+        "init_output_bias leaves the bias at zero",
+    ),
+    M(
+        "vamp-pseudo-inputs-not-initialised",
+        "src/iwae/train/loop.py",
+        "model.init_prior(x_train)",
+        "model.init_prior",
+        (P + "test_vamp_pseudo_inputs_start_at_training_images",),
+        "the VampPrior's pseudo-inputs start at ~0.5 instead of at training images",
+    ),
+    M(
+        "vamp-pseudo-inputs-ignore-data",
+        "src/iwae/models/priors.py",
+        "u = x[idx] + noise * torch.randn(",
+        "u = torch.rand_like(x[idx]) + noise * torch.randn(",
+        (P + "test_vamp_pseudo_inputs_start_at_training_images",),
+        "pseudo-inputs initialised with uniform noise, ignoring the images",
+    ),
     # --- the validation bound
-    M("validation-reports-elbo", "src/iwae/train/loop.py",
-      "iwae_bound(model.log_weights(xb, k, generator))",
-      "model.log_weights(xb, k, generator).mean(0)",
-      (P + "test_validation_column_is_the_iwae_bound_L_k",),
-      "metrics.csv's validation column is the ELBO, not L_k"),
+    M(
+        "validation-reports-elbo",
+        "src/iwae/train/loop.py",
+        "iwae_bound(model.log_weights(xb, k, generator))",
+        "model.log_weights(xb, k, generator).mean(0)",
+        (P + "test_validation_column_is_the_iwae_bound_L_k",),
+        "metrics.csv's validation column is the ELBO, not L_k",
+    ),
     # --- KL warm-up
-    M("kl-warmup-ignored-in-loop", "src/iwae/train/loop.py", "warmup_weight = kl_weight(config, epoch)",
-      "warmup_weight = 1.0", (P + "test_training_with_warmup_changes_the_first_epochs_encoder_update",),
-      "the training loop trains at weight 1 whatever kl_warmup says"),
-    M("kl-weight-always-one", "src/iwae/train/schedule.py",
-      "return min(1.0, epoch / config.kl_warmup) if config.kl_warmup else 1.0", "return 1.0",
-      (P + "test_kl_weight_rises_linearly_from_zero_to_one",), "the warm-up schedule is beta = 1 throughout"),
-    M("kl-weight-dropped-by-estimator", "src/iwae/estimators.py",
-      "result = gradient_terms(model, _kl_weighted(parts, kl_weight), spec)",
-      "result = gradient_terms(model, parts, spec)",
-      (P + "test_kl_weight_scales_the_encoder_gradient_of_log_p_z_minus_log_q",
-       P + "test_training_with_warmup_changes_the_first_epochs_encoder_update"),
-      "the surrogate ignores the warm-up weight"),
+    M(
+        "kl-warmup-ignored-in-loop",
+        "src/iwae/train/loop.py",
+        "warmup_weight = kl_weight(config, epoch)",
+        "warmup_weight = 1.0",
+        (P + "test_training_with_warmup_changes_the_first_epochs_encoder_update",),
+        "the training loop trains at weight 1 whatever kl_warmup says",
+    ),
+    M(
+        "kl-weight-always-one",
+        "src/iwae/train/schedule.py",
+        "return min(1.0, epoch / config.kl_warmup) if config.kl_warmup else 1.0",
+        "return 1.0",
+        (P + "test_kl_weight_rises_linearly_from_zero_to_one",),
+        "the warm-up schedule is beta = 1 throughout",
+    ),
+    M(
+        "kl-weight-dropped-by-estimator",
+        "src/iwae/estimators.py",
+        "result = gradient_terms(model, _kl_weighted(parts, kl_weight), spec)",
+        "result = gradient_terms(model, parts, spec)",
+        (
+            P + "test_kl_weight_scales_the_encoder_gradient_of_log_p_z_minus_log_q",
+            P + "test_training_with_warmup_changes_the_first_epochs_encoder_update",
+        ),
+        "the surrogate ignores the warm-up weight",
+    ),
     # --- the encoder's gradient estimators (the table and the views of log q)
-    M("stl-view-keeps-layer-1-parameters", "src/iwae/estimators.py",
-      "*((post.loc.detach(), post.log_scale.detach()) if i == 0", "*((post.loc, post.log_scale) if i == 0",
-      ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
-      "the path view keeps q(z_1 | x)'s parameters: STL and DReG keep the score term they exist to drop"),
-    M("rws-view-keeps-the-sample-below", "src/iwae/estimators.py",
-      "else layer.loc_log_scale(h.detach())", "else layer.loc_log_scale(h)",
-      ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
-      "RWS's view of q(z_2 | z_1) lets the gradient through the sample z_1"),
-    M("dreg-without-the-priors-direct-term", "src/iwae/estimators.py",
-      'tuple(o for o in _ALL if o != "vae")', "()",  # dreg's prior_direct objectives
-      ("tests/test_estimators.py::test_gradient_terms_refuses_vamp_parts_without_the_prior_view",
-       "tests/test_estimators.py::test_names_costs_and_views_are_read_from_the_table"),
-      "DReG gives the VampPrior's direct dependence on phi the path's weight w~^2 (a biased gradient)"),
+    M(
+        "stl-view-keeps-layer-1-parameters",
+        "src/iwae/estimators.py",
+        "*((post.loc.detach(), post.log_scale.detach()) if i == 0",
+        "*((post.loc, post.log_scale) if i == 0",
+        ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
+        "the path view keeps q(z_1 | x)'s parameters: STL and DReG keep the score term they exist to drop",
+    ),
+    M(
+        "rws-view-keeps-the-sample-below",
+        "src/iwae/estimators.py",
+        "else layer.loc_log_scale(h.detach())",
+        "else layer.loc_log_scale(h)",
+        ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
+        "RWS's view of q(z_2 | z_1) lets the gradient through the sample z_1",
+    ),
+    M(
+        "dreg-without-the-priors-direct-term",
+        "src/iwae/estimators.py",
+        'tuple(o for o in _ALL if o != "vae")',
+        "()",  # dreg's prior_direct objectives
+        (
+            "tests/test_estimators.py::test_gradient_terms_refuses_vamp_parts_without_the_prior_view",
+            "tests/test_estimators.py::test_names_costs_and_views_are_read_from_the_table",
+        ),
+        "DReG gives the VampPrior's direct dependence on phi the path's weight w~^2 (a biased gradient)",
+    ),
     # --- active units (Burda et al. Sec. 5.2)
-    M("active-units-on-grey-levels", "src/iwae/evaluate.py",
-      "units = active_units(model, x_units.to(dev), generator=generator)",
-      "units = active_units(model, splits.train[:ACTIVE_UNITS_IMAGES].to(dev), generator=generator)",
-      (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
-      "active units computed on grey-level instead of binarized images"),
-    M("active-threshold-0.05", "src/iwae/analysis/latent.py", "ACTIVE_THRESHOLD = 0.01", "ACTIVE_THRESHOLD = 0.05",
-      (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
-      "a unit is active above 0.05 instead of 0.01"),
+    M(
+        "active-units-on-grey-levels",
+        "src/iwae/evaluate.py",
+        "units = active_units(model, x_units.to(dev), generator=generator)",
+        "units = active_units(model, splits.train[:ACTIVE_UNITS_IMAGES].to(dev), generator=generator)",
+        (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
+        "active units computed on grey-level instead of binarized images",
+    ),
+    M(
+        "active-threshold-0.05",
+        "src/iwae/analysis/latent.py",
+        "ACTIVE_THRESHOLD = 0.01",
+        "ACTIVE_THRESHOLD = 0.05",
+        (P + "test_active_units_use_burdas_threshold_on_binarized_training_images",),
+        "a unit is active above 0.05 instead of 0.01",
+    ),
     # --- the evaluation's memory budget
-    M("bytes-per-row-halved", "src/iwae/memory.py", "return element_size * (held + max(stages))",
-      "return element_size * (held + max(stages)) // 2",
-      (P + "test_log_likelihood_stays_within_its_memory_budget",),
-      "the per-row memory estimate is halved: chunks twice as large as the budget allows"),
+    M(
+        "bytes-per-row-halved",
+        "src/iwae/memory.py",
+        "return element_size * (held + max(stages))",
+        "return element_size * (held + max(stages)) // 2",
+        (P + "test_log_likelihood_stays_within_its_memory_budget",),
+        "the per-row memory estimate is halved: chunks twice as large as the budget allows",
+    ),
     # --- the (M, K) grid of Rainforth et al.
-    M("grid-points-swap-m-k", "src/iwae/config/grid.py", "GridPoint(o, m, total // m) for o",
-      "GridPoint(o, total // m, m) for o", (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
-      "grid_points makes (total / M, M) of the M asked for"),
-    M("grid-run-name-swap-m-k", "src/iwae/config/grid.py", 'return f"{self.objective}-m{self.m}-k{self.k // self.m}"',
-      'return f"{self.objective}-m{self.k // self.m}-k{self.m}"',
-      (P + "test_grid_point_m_k_means_m_groups_of_k_samples",), "run directories named (K, M)"),
-    M("grid-run-config-swap-m-k", "src/iwae/config/grid.py", "TrainConfig(objective=self.objective, k=self.k, m=self.m,",
-      "TrainConfig(objective=self.objective, k=self.k, m=self.k // self.m,",
-      (P + "test_grid_point_m_k_means_m_groups_of_k_samples",), "the run of MIWAE(M, K) trains MIWAE(K, M)"),
-    M("grid-canonical-run-swap-m-k", "src/iwae/config/grid.py", "return Run(point.objective, total, m=point.m)",
-      "return Run(point.objective, total, m=point.k)", (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
-      "a grid point maps to the run of its transposed point"),
-    M("grid-rows-swap-m-k", "src/iwae/config/grid.py", '"m": p.m, "k": p.k,', '"m": p.k, "k": p.m,',
-      (P + "test_grid_rows_and_runs_keep_m_and_k",), "grid.csv's m and k columns swapped"),
+    M(
+        "grid-points-swap-m-k",
+        "src/iwae/config/grid.py",
+        "GridPoint(o, m, total // m) for o",
+        "GridPoint(o, total // m, m) for o",
+        (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
+        "grid_points makes (total / M, M) of the M asked for",
+    ),
+    M(
+        "grid-run-name-swap-m-k",
+        "src/iwae/config/grid.py",
+        'return f"{self.objective}-m{self.m}-k{self.k // self.m}"',
+        'return f"{self.objective}-m{self.k // self.m}-k{self.m}"',
+        (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
+        "run directories named (K, M)",
+    ),
+    M(
+        "grid-run-config-swap-m-k",
+        "src/iwae/config/grid.py",
+        "TrainConfig(objective=self.objective, k=self.k, m=self.m,",
+        "TrainConfig(objective=self.objective, k=self.k, m=self.k // self.m,",
+        (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
+        "the run of MIWAE(M, K) trains MIWAE(K, M)",
+    ),
+    M(
+        "grid-canonical-run-swap-m-k",
+        "src/iwae/config/grid.py",
+        "return Run(point.objective, total, m=point.m)",
+        "return Run(point.objective, total, m=point.k)",
+        (P + "test_grid_point_m_k_means_m_groups_of_k_samples",),
+        "a grid point maps to the run of its transposed point",
+    ),
+    M(
+        "grid-rows-swap-m-k",
+        "src/iwae/config/grid.py",
+        '"m": p.m, "k": p.k,',
+        '"m": p.k, "k": p.m,',
+        (P + "test_grid_rows_and_runs_keep_m_and_k",),
+        "grid.csv's m and k columns swapped",
+    ),
     # --- networks and samples
-    M("softsign-for-tanh", "src/iwae/models/networks.py", "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
-      "y = torch.nn.functional.softsign(h)", (P + "test_tanh_is_tanh", P + "test_gaussian_mlp_is_the_papers_tanh_network"),
-      "the hidden units are softsign, not tanh"),
-    M("samples-skip-p-z1-given-z2", "src/iwae/analysis/latent.py", "z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
-      "z = torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
-      (P + "test_two_layer_samples_go_through_p_z1_given_z2",
-       "tests/test_figure_inputs.py::test_sample_images_follow_the_ancestral_distribution"),
-      "samples of a 2-layer model draw z_1 from N(0, I), ignoring p(z_1 | z_2)"),
-    M("samples-bottom-up", "src/iwae/analysis/latent.py", "for layer in reversed(model.decoder[1:]):",
-      "for layer in model.decoder[1:]:", (P + "test_three_layer_samples_go_top_down",),
-      "the layers' conditionals applied bottom-up (the same as top-down for 2 layers, which have one)"),
+    M(
+        "softsign-for-tanh",
+        "src/iwae/models/networks.py",
+        "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
+        "y = torch.nn.functional.softsign(h)",
+        (P + "test_tanh_is_tanh", P + "test_gaussian_mlp_is_the_papers_tanh_network"),
+        "the hidden units are softsign, not tanh",
+    ),
+    M(
+        "samples-skip-p-z1-given-z2",
+        "src/iwae/analysis/latent.py",
+        "z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
+        "z = torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
+        (
+            P + "test_two_layer_samples_go_through_p_z1_given_z2",
+            "tests/test_figure_inputs.py::test_sample_images_follow_the_ancestral_distribution",
+        ),
+        "samples of a 2-layer model draw z_1 from N(0, I), ignoring p(z_1 | z_2)",
+    ),
+    M(
+        "samples-bottom-up",
+        "src/iwae/analysis/latent.py",
+        "for layer in reversed(model.decoder[1:]):",
+        "for layer in model.decoder[1:]:",
+        (P + "test_three_layer_samples_go_top_down",),
+        "the layers' conditionals applied bottom-up (the same as top-down for 2 layers, which have one)",
+    ),
     # --- dynamic binarization (Burda et al.)
-    M("no-dynamic-binarization", "src/iwae/train/loop.py", "x = data_module.binarize(x, generator)", "x = x",
-      (P + "test_every_training_batch_is_a_fresh_binarization",), "training on grey levels"),
-    M("binarization-every-other-epoch", "src/iwae/train/loop.py", "if splits.dynamic:", "if splits.dynamic and epoch % 2:",
-      (P + "test_every_training_batch_is_a_fresh_binarization",), "grey levels in one epoch of two"),
-    M("binarization-static-threshold", "src/iwae/train/loop.py", "x = data_module.binarize(x, generator)",
-      "x = (x > 0.5).float()", (P + "test_every_training_batch_is_a_fresh_binarization",),
-      "a fixed threshold at 0.5 instead of a Bernoulli sample"),
-    M("binarization-same-every-epoch", "src/iwae/train/loop.py", "x = data_module.binarize(x, generator)",
-      "x = data_module.binarize(x, torch.Generator(device=x.device).manual_seed(0))",
-      (P + "test_every_training_batch_is_a_fresh_binarization",), "the same binarization at every use"),
-    M("binarization-off-after-resume", "src/iwae/train/loop.py", "if splits.dynamic:", "if splits.dynamic and not resume:",
-      ("tests/test_train.py::test_resume_is_bit_exact",),
-      "in the second of two invocations (a resumed run) the images are not binarized"),
+    M(
+        "no-dynamic-binarization",
+        "src/iwae/train/loop.py",
+        "x = data_module.binarize(x, generator)",
+        "x = x",
+        (P + "test_every_training_batch_is_a_fresh_binarization",),
+        "training on grey levels",
+    ),
+    M(
+        "binarization-every-other-epoch",
+        "src/iwae/train/loop.py",
+        "if splits.dynamic:",
+        "if splits.dynamic and epoch % 2:",
+        (P + "test_every_training_batch_is_a_fresh_binarization",),
+        "grey levels in one epoch of two",
+    ),
+    M(
+        "binarization-static-threshold",
+        "src/iwae/train/loop.py",
+        "x = data_module.binarize(x, generator)",
+        "x = (x > 0.5).float()",
+        (P + "test_every_training_batch_is_a_fresh_binarization",),
+        "a fixed threshold at 0.5 instead of a Bernoulli sample",
+    ),
+    M(
+        "binarization-same-every-epoch",
+        "src/iwae/train/loop.py",
+        "x = data_module.binarize(x, generator)",
+        "x = data_module.binarize(x, torch.Generator(device=x.device).manual_seed(0))",
+        (P + "test_every_training_batch_is_a_fresh_binarization",),
+        "the same binarization at every use",
+    ),
+    M(
+        "binarization-off-after-resume",
+        "src/iwae/train/loop.py",
+        "if splits.dynamic:",
+        "if splits.dynamic and not resume:",
+        ("tests/test_train.py::test_resume_is_bit_exact",),
+        "in the second of two invocations (a resumed run) the images are not binarized",
+    ),
     # --- equivalent: listed so that nobody spends time on them
-    M("tanh-as-torch-tanh", "src/iwae/models/networks.py", "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
-      "y = torch.tanh(h)", (), "",
-      equivalent="2 sigmoid(2h) - 1 is tanh(h) (to 2e-7 in float32); the sigmoid form is only faster on CPU"),
-    M("cpu-rows-per-call", "src/iwae/memory.py", "CPU_ROWS_PER_CALL = 2500", "CPU_ROWS_PER_CALL = 2000", (), "",
-      equivalent="only regroups the samples of L_k into other chunks: the same estimator, other random numbers, "
-                 "a speed setting (see benchmarks/)"),
+    M(
+        "tanh-as-torch-tanh",
+        "src/iwae/models/networks.py",
+        "y = torch.sigmoid(h * 2.0).mul_(2.0).sub_(1.0)",
+        "y = torch.tanh(h)",
+        (),
+        "",
+        equivalent="2 sigmoid(2h) - 1 is tanh(h) (to 2e-7 in float32); the sigmoid form is only faster on CPU",
+    ),
+    M(
+        "cpu-rows-per-call",
+        "src/iwae/memory.py",
+        "CPU_ROWS_PER_CALL = 2500",
+        "CPU_ROWS_PER_CALL = 2000",
+        (),
+        "",
+        equivalent="only regroups the samples of L_k into other chunks: the same estimator, other random numbers, "
+        "a speed setting (see benchmarks/)",
+    ),
 ]
 
 
@@ -212,7 +373,9 @@ def _check_entry(copy: Path, m: Mutation) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this mutation (repeatable)")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="run only this mutation (repeatable)"
+    )
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per pytest run (default 300)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
@@ -241,8 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         runnable = [m for m in selected if not m.equivalent and m not in [d for d, _ in drifted]]
         tests = sorted({t for m in runnable for t in m.tests})
         env = dict(os.environ, PYTHONPATH=str(copy / "src"))
-        where = subprocess.run([sys.executable, "-c", "import iwae; print(iwae.__file__)"], cwd=copy, env=env,
-                               capture_output=True, text=True).stdout.strip()
+        where = subprocess.run(
+            [sys.executable, "-c", "import iwae; print(iwae.__file__)"],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if not where.startswith(str(copy)):
             print(f"error: the tests would import iwae from {where or '(nowhere)'}, not from the copy", file=sys.stderr)
             return 2
@@ -267,12 +435,16 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(original)
             if status == "passed":
                 survived.append(m)
-                print(f"SURVIVED  {m.name} ({seconds:.0f} s): {m.why}; tests {' '.join(m.tests)} still pass", flush=True)
+                print(
+                    f"SURVIVED  {m.name} ({seconds:.0f} s): {m.why}; tests {' '.join(m.tests)} still pass", flush=True
+                )
             else:
                 print(f"killed    {m.name} ({seconds:.0f} s) by {detail}", flush=True)
         ran = len(runnable)
-        print(f"\n{ran - len(survived)} of {ran} mutations killed, {len(survived)} survived, {len(drifted)} drifted, "
-              f"{sum(1 for m in selected if m.equivalent)} equivalent; {time.perf_counter() - t_start:.0f} s")
+        print(
+            f"\n{ran - len(survived)} of {ran} mutations killed, {len(survived)} survived, {len(drifted)} drifted, "
+            f"{sum(1 for m in selected if m.equivalent)} equivalent; {time.perf_counter() - t_start:.0f} s"
+        )
         if drifted:
             return 2
         return 1 if survived else 0

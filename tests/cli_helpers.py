@@ -29,6 +29,10 @@ def small_npz(folder: Path, splits: Splits, n_train: int, n_other: int = 20) -> 
     """The first ``n_train`` training and ``n_other`` validation and test MNIST images (grey levels)
     as a user ``.npz`` in ``folder``, so the CLI loads them fast; returns its ``npz:PATH`` name."""
     path = folder / f"mnist-{n_train}.npz"
-    np.savez(path, train=splits.train[:n_train].numpy(), valid=splits.valid[:n_other].numpy(),
-             test=splits.test[:n_other].numpy())
+    np.savez(
+        path,
+        train=splits.train[:n_train].numpy(),
+        valid=splits.valid[:n_other].numpy(),
+        test=splits.test[:n_other].numpy(),
+    )
     return f"npz:{path}"

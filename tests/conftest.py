@@ -87,4 +87,3 @@ def _threads_back_to_one():
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-

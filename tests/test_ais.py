@@ -55,20 +55,21 @@ class LinearGaussian:
         return z, z @ self.W.T + self.b + self.s * torch.randn(n, self.m, generator=g, dtype=F64)
 
     def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
-        cov = self.W @ self.W.T + self.s ** 2 * torch.eye(self.m, dtype=F64)
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.m, dtype=F64)
         return MultivariateNormal(self.b, cov).log_prob(x)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (B, d) and covariance (d, d) of p(z | x)."""
-        prec = torch.eye(self.d, dtype=F64) + self.W.T @ self.W / self.s ** 2
+        prec = torch.eye(self.d, dtype=F64) + self.W.T @ self.W / self.s**2
         cov = torch.linalg.inv(prec)
-        return (x - self.b) @ self.W @ cov / self.s ** 2, cov
+        return (x - self.b) @ self.W @ cov / self.s**2, cov
 
     def log_joint(self, x: torch.Tensor):
         def f(z: torch.Tensor) -> torch.Tensor:
             log_prior = -0.5 * z.square().sum(-1) - 0.5 * self.d * LOG_2PI
             r = (x - (z @ self.W.T + self.b)) / self.s
             return log_prior - 0.5 * r.square().sum(-1) - self.m * (math.log(self.s) + 0.5 * LOG_2PI)
+
         return f
 
     def encoder_like(self, x: torch.Tensor) -> GaussianInitial:
@@ -90,7 +91,7 @@ def test_ais_matches_linear_gaussian_log_px(lg):
     run = ais(lg.log_joint(x), lg.encoder_like(x), chains=256, steps=300, leapfrog_steps=5, generator=gen(2))
     estimate, stderr, ess = log_mean_exp_stats(run.log_weights)
     exact = lg.exact_log_px(x)
-    assert (estimate - exact).abs().max() < 0.05, (estimate - exact)
+    assert (estimate - exact).abs().max() < 0.05, estimate - exact
     assert stderr.max() < 0.025 and (ess > 128).all() and (ess <= 256 + 1e-9).all()
     assert 0.55 < run.acceptance.mean() < 0.75  # adapted toward 0.65
     # negative control: the same check catches plain importance sampling from the prior with as many
@@ -122,7 +123,7 @@ def test_log_mean_exp_stats_against_numpy():
     w = np.exp(log_w.numpy() + 300)  # shifted into range for the direct formulas
     c = w.shape[0]
     np.testing.assert_allclose(estimate.numpy(), np.log(w.mean(0)) - 300, rtol=1e-12)
-    np.testing.assert_allclose(ess.numpy(), w.sum(0) ** 2 / (w ** 2).sum(0), rtol=1e-10)
+    np.testing.assert_allclose(ess.numpy(), w.sum(0) ** 2 / (w**2).sum(0), rtol=1e-10)
     np.testing.assert_allclose(stderr.numpy(), w.std(0, ddof=1) / math.sqrt(c) / w.mean(0), rtol=1e-10)
 
 
@@ -151,6 +152,7 @@ def _gaussian_grad_fn():
         log_f = target.log_prob(z)
         grad = -(z - MEAN) @ prec  # written out, not autograd: an independent gradient
         return grad, (log_f, grad)
+
     return target, grad_fn
 
 
@@ -160,7 +162,7 @@ def _moments_match(z: torch.Tensor, n: int) -> bool:
     mean_ok = ((z.mean(0) - MEAN).abs() < 4 * COV.diagonal().sqrt() / math.sqrt(n)).all()
     cov = torch.cov(z.T)
     # Var of a sample covariance entry (Gaussian): (S_ii S_jj + S_ij^2) / n
-    se = ((COV.diagonal()[:, None] * COV.diagonal()[None, :] + COV ** 2) / n).sqrt()
+    se = ((COV.diagonal()[:, None] * COV.diagonal()[None, :] + COV**2) / n).sqrt()
     return bool(mean_ok and ((cov - COV).abs() < 4 * se).all())
 
 
@@ -199,8 +201,10 @@ def test_hmc_rejects_non_finite_proposals(value):
 
     def grad_fn(z_new):
         return torch.zeros_like(z_new), (torch.full(z_new.shape[:-1], value, dtype=F64), torch.zeros_like(z_new))
-    z_out, _, accepted = hmc_step(z, torch.zeros(3, 1, dtype=F64), torch.zeros_like(z), grad_fn,
-                                  torch.full((3, 1, 1), 0.1, dtype=F64), 3, gen(0))
+
+    z_out, _, accepted = hmc_step(
+        z, torch.zeros(3, 1, dtype=F64), torch.zeros_like(z), grad_fn, torch.full((3, 1, 1), 0.1, dtype=F64), 3, gen(0)
+    )
     assert not accepted.any() and torch.equal(z_out, z)
 
 
@@ -211,8 +215,9 @@ def test_bdmc_sandwiches_the_exact_value_and_tightens(lg):
     exact = lg.exact_log_px(x)
     gaps = []
     for steps in (2, 20, 200):
-        lower, _, upper, _ = sandwich(lg.log_joint(x), lg.prior(n), z, chains=4, steps=steps, leapfrog_steps=5,
-                                      generator=gen(8))
+        lower, _, upper, _ = sandwich(
+            lg.log_joint(x), lg.prior(n), z, chains=4, steps=steps, leapfrog_steps=5, generator=gen(8)
+        )
         # stochastic bounds: on average over images, with a margin of 3 standard errors
         d_up, d_low = upper - exact, exact - lower
         assert d_up.mean() > -3 * d_up.std() / math.sqrt(n), steps
@@ -227,8 +232,9 @@ def test_reverse_from_wrong_samples_breaks_the_upper_bound(lg):
     n = 24
     _, x = lg.simulate(n, gen(7))
     wrong = torch.randn(n, lg.d, generator=gen(9), dtype=F64) * 3
-    _, _, upper, _ = sandwich(lg.log_joint(x), lg.prior(n), wrong, chains=4, steps=2, leapfrog_steps=5,
-                              generator=gen(8))
+    _, _, upper, _ = sandwich(
+        lg.log_joint(x), lg.prior(n), wrong, chains=4, steps=2, leapfrog_steps=5, generator=gen(8)
+    )
     assert (upper - lg.exact_log_px(x)).mean() < -1.0
 
 
@@ -277,7 +283,7 @@ def test_ais_on_a_2d_bernoulli_vae_matches_quadrature_and_bounds_l_k():
     l_k = torch.stack([log_likelihood(model, x, 5000, generator=gen(s)).double() for s in range(8)])
     se_mean = (l_k.var(0) / 8).sum().sqrt() / len(x)  # of the mean over images of the 8-repeat mean
     assert l_k.mean() <= quad.mean() + 3 * se_mean
-    assert l_k.mean() <= result.log_likelihood.mean() + 3 * (se_mean ** 2 + (result.stderr ** 2).sum() / len(x) ** 2).sqrt()
+    assert l_k.mean() <= result.log_likelihood.mean() + 3 * (se_mean**2 + (result.stderr**2).sum() / len(x) ** 2).sqrt()
     assert (quad - l_k.mean(0)).mean() > 0.05  # this untrained encoder leaves a real gap
 
 
@@ -306,7 +312,7 @@ def test_ais_on_two_stochastic_layers_agrees_with_importance_sampling_at_large_k
     reference, se = _prior_importance_sampling(model, x, 400_000, seed=17)
     assert se.max() < 0.01
     # within 3 standard errors of the two estimates combined (AIS's from its chains' weights)
-    tolerance = 3 * (se ** 2 + result.stderr ** 2).sqrt()
+    tolerance = 3 * (se**2 + result.stderr**2).sqrt()
     assert ((result.log_likelihood - reference).abs() < tolerance).all(), (result.log_likelihood - reference, tolerance)
     assert tolerance.max() < 0.25
     # L_5000 with the (untrained) encoder sits below
@@ -316,7 +322,9 @@ def test_ais_on_two_stochastic_layers_agrees_with_importance_sampling_at_large_k
 
     def without_middle(z):
         from iwae.models.likelihood import bernoulli_log_prob
+
         return model.prior_module.log_prob(z[..., 2:]) + bernoulli_log_prob(model.decoder[0], z[..., :2], x)
+
     bad = ais(without_middle, p0, chains=128, steps=100, leapfrog_steps=5, generator=gen(17))
     assert (log_mean_exp_stats(bad.log_weights)[0] - reference).abs().max() > 0.5
 
@@ -337,8 +345,7 @@ def test_ais_log_likelihood_chunks_and_reports():
     model = _tiny_vae(seed=4)
     x = _binary_images(model, 7, seed=20)
     per_image = 4 * ais_likelihood._ais_bytes_per_row(model)
-    small = ais_log_likelihood(model, x, steps=20, chains=4, leapfrog=2, memory_budget=3 * per_image,
-                               generator=gen(21))
+    small = ais_log_likelihood(model, x, steps=20, chains=4, leapfrog=2, memory_budget=3 * per_image, generator=gen(21))
     assert small.settings["chunking"]["images"] == 3
     assert small.log_likelihood.shape == small.stderr.shape == small.ess.shape == (7,)
     assert small.step_sizes.shape == (7, 4)

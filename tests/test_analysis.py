@@ -71,7 +71,9 @@ def test_identical_posteriors_carry_no_information():
     assert r["mutual_info"] == pytest.approx(0.0, abs=1e-9)
     assert r["marginal_kl"] == pytest.approx(r["avg_kl"], abs=1e-9)
     # the stub's p(x|z) = N(x; 0, 1) at x = 0..n-1, whatever z
-    assert r["reconstruction"] == pytest.approx(float(np.mean([-0.5 * i**2 for i in range(n)])) - 0.5 * math.log(2 * math.pi))
+    assert r["reconstruction"] == pytest.approx(
+        float(np.mean([-0.5 * i**2 for i in range(n)])) - 0.5 * math.log(2 * math.pi)
+    )
 
 
 def _quadrature_terms(locs, scales):
@@ -224,8 +226,7 @@ def test_qew_approaches_the_posterior_as_k_grows():
     x = torch.bernoulli(torch.full((2, 8), 0.5), generator=gen(8))
     grid = torch.linspace(-5, 5, 41)
     p = posterior_grid(model, x, grid)
-    tv = {k: total_variation(p, qew_density_on_grid(model, x, grid, k, 20_000, generator=gen(9)))
-          for k in (1, 5, 50)}
+    tv = {k: total_variation(p, qew_density_on_grid(model, x, grid, k, 20_000, generator=gen(9))) for k in (1, 5, 50)}
     assert (tv[1] > 0.3).all(), tv  # the test model's q is poor
     assert (tv[5] < tv[1]).all() and (tv[50] < tv[5]).all(), tv
     assert (tv[50] < 0.15).all(), tv  # histogram noise of 20,000 draws on 41 x 41 cells is about 0.05
@@ -247,15 +248,17 @@ def tiny_run(tmp_path_factory, shared_data_dir):
     from iwae.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("analysis") / "run"
-    config = TrainConfig(epochs=1, train_subset=60, data_dir=str(shared_data_dir), out=str(out),
-                         latent_dims=[4], hidden_dims=[[16]], k=2)
+    config = TrainConfig(
+        epochs=1, train_subset=60, data_dir=str(shared_data_dir), out=str(out), latent_dims=[4], hidden_dims=[[16]], k=2
+    )
     return train(config, progress=False)
 
 
 def test_analyze_cli(tiny_run, shared_data_dir):
     runner = CliRunner()
-    result = runner.invoke(main, ["analyze", str(tiny_run), "--subset", "200", "--samples", "2",
-                                  "--data-dir", str(shared_data_dir)])
+    result = runner.invoke(
+        main, ["analyze", str(tiny_run), "--subset", "200", "--samples", "2", "--data-dir", str(shared_data_dir)]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     for phrase in ("reconstruction", "average KL", "I[n;z]", "log N = 5.30", "marginal KL", "residual"):
         assert phrase in result.output, result.output
@@ -264,8 +267,10 @@ def test_analyze_cli(tiny_run, shared_data_dir):
     assert 0 <= saved["mutual_info"] <= math.log(200) + 1e-9
     assert saved["n"] == 200 and saved["num_samples"] == 2
 
-    as_json = runner.invoke(main, ["analyze", str(tiny_run), "--subset", "200", "--samples", "2", "--json",
-                                   "--data-dir", str(shared_data_dir)])
+    as_json = runner.invoke(
+        main,
+        ["analyze", str(tiny_run), "--subset", "200", "--samples", "2", "--json", "--data-dir", str(shared_data_dir)],
+    )
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output)["mutual_info"] == pytest.approx(saved["mutual_info"])  # same seed
 
@@ -296,8 +301,21 @@ def test_run_surgery_is_what_analyze_writes(tiny_run, shared_data_dir):
     other = run_surgery(model, splits, tiny_run, weights=weights, subset=100, num_samples=2, seed=4)
     assert other["mutual_info"] != result["mutual_info"]  # the seed matters: the check above can fail
 
-    cli = CliRunner().invoke(main, ["analyze", str(tiny_run), "--subset", "100", "--samples", "2", "--seed", "3",
-                                    "--data-dir", str(shared_data_dir)])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            str(tiny_run),
+            "--subset",
+            "100",
+            "--samples",
+            "2",
+            "--seed",
+            "3",
+            "--data-dir",
+            str(shared_data_dir),
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert (tiny_run / "surgery_n100.json").read_text() == written
     assert cli.output.strip() == surgery_text(result)

@@ -35,17 +35,35 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
     and bad config, data and experiment files; commands are pointed at these."""
     root = tmp_path_factory.mktemp("bad-inputs")
     run = root / "run"
-    result = invoke("train", "--objective", "vae", "--k", 1, "--epochs", 1, "--train-subset", 200, "--valid-k", 1,
-                    "--data-dir", shared_data_dir, "--out", run, "--quiet")
+    result = invoke(
+        "train",
+        "--objective",
+        "vae",
+        "--k",
+        1,
+        "--epochs",
+        1,
+        "--train-subset",
+        200,
+        "--valid-k",
+        1,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        run,
+        "--quiet",
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     untrained = root / "untrained"
     untrained.mkdir()
     shutil.copy(run / "config.yaml", untrained / "config.yaml")
     save_model(untrained, load(run), 0)
-    for name, damage in [("corrupt-model", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 100)),
-                         ("no-config", lambda d: (d / "config.yaml").unlink()),
-                         ("bad-config", lambda d: (d / "config.yaml").write_text("objective: [unclosed\n")),
-                         ("no-model", lambda d: (d / "model.safetensors").unlink())]:
+    for name, damage in [
+        ("corrupt-model", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 100)),
+        ("no-config", lambda d: (d / "config.yaml").unlink()),
+        ("bad-config", lambda d: (d / "config.yaml").write_text("objective: [unclosed\n")),
+        ("no-model", lambda d: (d / "model.safetensors").unlink()),
+    ]:
         shutil.copytree(run, root / name)
         damage(root / name)
     files = root / "files"
@@ -59,19 +77,39 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
     np.save(files / "two.npy", np.zeros((2, 784), np.float32))
     np.savez(files / "no-test.npz", train=np.zeros((20, 784), np.float32))
     (files / "exp-bad.yaml").write_text("name: [x\n")
-    (files / "exp-unknown.yaml").write_text(yaml.safe_dump({"name": "x", "title": "x", "runs": [{"name": "a"}],
-                                                            "protocols": {"short": {}}, "colour": "red"}))
-    (files / "exp-bad-run.yaml").write_text(yaml.safe_dump({
-        "name": "x", "title": "x", "labels": ["k"], "figures": [], "runs": [{"name": "a", "k": 0}],
-        "protocols": {"short": {"epochs": 1}}}))
-    return {"root": root, "RUN": run, "UNTRAINED": untrained, "DATA": shared_data_dir, "FILES": files,
-            "NEW": root / "new"}
+    (files / "exp-unknown.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "x", "title": "x", "runs": [{"name": "a"}], "protocols": {"short": {}}, "colour": "red"}
+        )
+    )
+    (files / "exp-bad-run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "title": "x",
+                "labels": ["k"],
+                "figures": [],
+                "runs": [{"name": "a", "k": 0}],
+                "protocols": {"short": {"epochs": 1}},
+            }
+        )
+    )
+    return {
+        "root": root,
+        "RUN": run,
+        "UNTRAINED": untrained,
+        "DATA": shared_data_dir,
+        "FILES": files,
+        "NEW": root / "new",
+    }
 
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` (folders too) with the SHA-256 of each file's bytes."""
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+        for p in sorted(root.rglob("*"))
+    }
 
 
 D = "--data-dir"
@@ -196,7 +234,7 @@ CASES = [
 def resolve(word: str, world: dict) -> str:
     """A placeholder word of CASES as a path: RUN, NEW/s.png, npz:FILES/two.npy, CORRUPT-MODEL (a damaged copy)."""
     prefix = "npz:" if word.startswith("npz:") else ""
-    head, sep, tail = word[len(prefix):].partition("/")
+    head, sep, tail = word[len(prefix) :].partition("/")
     if head in world:
         base = world[head]
     elif head.isupper() and (world["root"] / head.lower()).is_dir():
@@ -232,22 +270,44 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(world, command, mon
 
 
 # ----------------------------------------------------------------------------- TrainConfig over numbers
-INT_FIELDS = ["k", "m", "layers", "components", "kl_warmup", "batch_size", "epochs", "valid_k", "train_subset",
-              "seed", "threads"]
+INT_FIELDS = [
+    "k",
+    "m",
+    "layers",
+    "components",
+    "kl_warmup",
+    "batch_size",
+    "epochs",
+    "valid_k",
+    "train_subset",
+    "seed",
+    "threads",
+]
 FLOAT_FIELDS = ["beta", "lr", "beta1", "beta2", "adam_eps"]
 numbers = st.one_of(st.integers(-10, 10), st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(INT_FIELDS + FLOAT_FIELDS), value=numbers, objective=st.sampled_from(
-    ["vae", "iwae", "miwae", "ciwae", "piwae"]), prior=st.sampled_from(["normal", "mog"]))
+@given(
+    field=st.sampled_from(INT_FIELDS + FLOAT_FIELDS),
+    value=numbers,
+    objective=st.sampled_from(["vae", "iwae", "miwae", "ciwae", "piwae"]),
+    prior=st.sampled_from(["normal", "mog"]),
+)
 def test_train_config_accepts_and_round_trips_or_refuses_in_one_line(tmp_path, field, value, objective, prior):
     if field in INT_FIELDS and isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
             return  # a float for an integer setting is a type error: another check's business
         value = int(value)
-    values = {"objective": objective, "k": 4, "m": 2 if objective in ("miwae", "piwae") else 1, "prior": prior,
-              "components": 3 if prior == "mog" else None, "epochs": 1, field: value}
+    values = {
+        "objective": objective,
+        "k": 4,
+        "m": 2 if objective in ("miwae", "piwae") else 1,
+        "prior": prior,
+        "components": 3 if prior == "mog" else None,
+        "epochs": 1,
+        field: value,
+    }
     try:
         config = TrainConfig(**values)
     except ConfigError as e:

@@ -36,8 +36,9 @@ def test_every_objective_name_trains_a_model():
 
 def test_every_model_part_name_builds_and_an_unknown_one_is_refused():
     for name in choices.PRIORS:
-        prior = make_prior(name, 2, 1 if name == "normal" else 3, encoder=VAE(ModelConfig(12, (2,), ((5,),))).encoder,
-                           input_dim=12)
+        prior = make_prior(
+            name, 2, 1 if name == "normal" else 3, encoder=VAE(ModelConfig(12, (2,), ((5,),))).encoder, input_dim=12
+        )
         assert prior.log_prob(torch.zeros(4, 2)).shape == (4,), name
     for name in choices.LIKELIHOODS:
         assert make_likelihood(name, 12).name == name

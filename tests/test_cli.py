@@ -47,8 +47,21 @@ def snapshot(folder: Path) -> dict:
 def run_dir(tmp_path_factory, shared_data_dir) -> Path:
     """`iwae train` end to end on real MNIST: IWAE(k=5), one epoch on 500 images."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = invoke("train", "--objective", "iwae", "--k", 5, "--epochs", 1, "--train-subset", 500,
-                    "--data-dir", shared_data_dir, "--out", out)
+    result = invoke(
+        "train",
+        "--objective",
+        "iwae",
+        "--k",
+        5,
+        "--epochs",
+        1,
+        "--train-subset",
+        500,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     assert str(out) in result.stdout and "evaluate" in result.stdout
     return out
@@ -74,7 +87,12 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
     saved = json.loads((run_dir / "eval_k50_n100_seed0.json").read_text())
     assert saved == report
     assert saved["model"]["epoch"] == 1 and saved["model"]["sha256"] == rundir.model_sha256(run_dir)
-    assert saved["seed"] == 0 and saved["test_images"] == {"dataset": "mnist", "split": "test", "first": 100, "of": 10000}
+    assert saved["seed"] == 0 and saved["test_images"] == {
+        "dataset": "mnist",
+        "split": "test",
+        "first": 100,
+        "of": 10000,
+    }
     assert saved["runtime"]["device"] == "cpu" and saved["runtime"]["torch"] == torch.__version__
     bounds = np.load(run_dir / "eval_k50_n100_seed0.npy")
     assert bounds.shape == (100,) and -bounds.mean() == pytest.approx(report["nll"], rel=1e-12)
@@ -89,14 +107,18 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
 
 
 # ----------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("args, phrases", [
-    (["--k", "0"], ["k must be >= 1"]),
-    (["--beta", "1.5"], ["beta", "[0, 1]"]),
-    (["--objective", "miwae", "--k", "10", "--m", "3"], ["m = 3 must divide", "k = 10"]),
-    (["--dataset", "no-such-data"], ["unknown dataset", "no-such-data"]),
-    (["--latent-dims", "a,b"], ["--latent-dims"]),
-    (["--latent-dims", "100,50", "--layers", "1"], ["--latent-dims [100, 50] has 2 entries for 1 layers"]),
-], ids=["k0", "beta", "miwae-m", "dataset", "latent-dims", "layers"])
+@pytest.mark.parametrize(
+    "args, phrases",
+    [
+        (["--k", "0"], ["k must be >= 1"]),
+        (["--beta", "1.5"], ["beta", "[0, 1]"]),
+        (["--objective", "miwae", "--k", "10", "--m", "3"], ["m = 3 must divide", "k = 10"]),
+        (["--dataset", "no-such-data"], ["unknown dataset", "no-such-data"]),
+        (["--latent-dims", "a,b"], ["--latent-dims"]),
+        (["--latent-dims", "100,50", "--layers", "1"], ["--latent-dims [100, 50] has 2 entries for 1 layers"]),
+    ],
+    ids=["k0", "beta", "miwae-m", "dataset", "latent-dims", "layers"],
+)
 def test_train_bad_input_exits_2(tmp_path, args, phrases):
     result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "run")
     assert_usage_error(result, *phrases)
@@ -129,16 +151,30 @@ def test_resume_without_checkpoint(tmp_path, run_dir):
 
 def test_resume_cannot_change_the_objective(run_dir):
     before = snapshot(run_dir)
-    assert_usage_error(invoke("train", "--resume", run_dir, "--objective", "vae", "--epochs", 2),
-                       "cannot change --objective")
+    assert_usage_error(
+        invoke("train", "--resume", run_dir, "--objective", "vae", "--epochs", 2), "cannot change --objective"
+    )
     assert_usage_error(invoke("train", "--resume", run_dir, "--k", 50), "cannot change --k")
     assert snapshot(run_dir) == before
 
 
 def test_existing_out_needs_overwrite(run_dir, shared_data_dir):
     before = snapshot(run_dir)
-    result = invoke("train", "--objective", "vae", "--k", 1, "--epochs", 1, "--train-subset", 20,
-                    "--data-dir", shared_data_dir, "--out", run_dir)
+    result = invoke(
+        "train",
+        "--objective",
+        "vae",
+        "--k",
+        1,
+        "--epochs",
+        1,
+        "--train-subset",
+        20,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        run_dir,
+    )
     assert_usage_error(result, "not empty", "--overwrite")
     assert snapshot(run_dir) == before
 
@@ -160,9 +196,11 @@ def test_evaluate_model_with_inconsistent_metadata(tmp_path, run_dir):
     from safetensors.torch import save_file
 
     tensors, meta = load_tensors(run_dir / "model.safetensors")
-    for name, change in [("shapes", lambda m: m.update(input_dim=700)),
-                         ("digest", lambda m: m.update(model_digest="0" * 64)),
-                         ("no-input-size", lambda m: m.pop("input_dim"))]:
+    for name, change in [
+        ("shapes", lambda m: m.update(input_dim=700)),
+        ("digest", lambda m: m.update(model_digest="0" * 64)),
+        ("no-input-size", lambda m: m.pop("input_dim")),
+    ]:
         copy = tmp_path / name
         shutil.copytree(run_dir, copy)
         bad = json.loads(json.dumps(meta))
@@ -201,8 +239,13 @@ def test_console_script_exit_status(tmp_path):
     assert exe, "the iwae console script is not installed (pip install -e .)"
     env = dict(os.environ, IWAE_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("IWAE_DATA_DIR", None)
-    proc = subprocess.run([exe, "train", "--k", "0", "--epochs", "1", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [exe, "train", "--k", "0", "--epochs", "1", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
@@ -245,7 +288,7 @@ def test_config_flags_override(tmp_path, run_dir, monkeypatch):
     monkeypatch.setattr(train_module, "train", lambda config, **kw: captured.append((config, kw)) or Path(config.out))
     result = invoke("train", "--config", run_dir / "config.yaml", "--out", tmp_path / "x", "--k", 7, "--seed", 3)
     assert result.exit_code == 0, (result.output, result.exception)
-    (config, kw), = captured
+    ((config, kw),) = captured
     assert config.k == 7 and config.seed == 3 and config.train_subset == 500 and config.out == str(tmp_path / "x")
 
 
@@ -287,10 +330,15 @@ def test_hidden_dims_parse(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- messages name flags
 def test_config_errors_name_the_flag_given_and_the_key_read(tmp_path):
     """Settings given as flags are named by their flags; settings read from a config file by its keys."""
-    assert_usage_error(invoke("train", "--train-subset", 0, "--epochs", 1, "--out", tmp_path / "a"),
-                       "--train-subset must be >= 1, got 0")
-    assert_usage_error(invoke("train", "--kl-warmup", 3, "--epochs", 1, "--out", tmp_path / "a"),
-                       "--kl-warmup applies to the vae objective", "use --objective vae or --kl-warmup 0")
+    assert_usage_error(
+        invoke("train", "--train-subset", 0, "--epochs", 1, "--out", tmp_path / "a"),
+        "--train-subset must be >= 1, got 0",
+    )
+    assert_usage_error(
+        invoke("train", "--kl-warmup", 3, "--epochs", 1, "--out", tmp_path / "a"),
+        "--kl-warmup applies to the vae objective",
+        "use --objective vae or --kl-warmup 0",
+    )
     assert_usage_error(invoke("train", "--valid-k", 0, "--epochs", 1, "--out", tmp_path / "a"), "--valid-k must be")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"objective": "iwae", "k": 5, "train_subset": 0, "epochs": 1}))
@@ -317,8 +365,10 @@ def test_mixture_priors_need_components(tmp_path, prior, monkeypatch):
     from iwae.errors import ConfigError
     from iwae.train import TrainConfig
 
-    assert_usage_error(invoke("train", "--prior", prior, "--epochs", 1, "--out", tmp_path / "run"),
-                       f"--prior {prior} needs --components")
+    assert_usage_error(
+        invoke("train", "--prior", prior, "--epochs", 1, "--out", tmp_path / "run"),
+        f"--prior {prior} needs --components",
+    )
     with pytest.raises(ConfigError, match=f"prior {prior} needs components"):
         TrainConfig(prior=prior)
     assert TrainConfig(prior=prior, components=3).components == 3
@@ -329,12 +379,16 @@ def test_mixture_priors_need_components(tmp_path, prior, monkeypatch):
 
 def test_subsets_beyond_the_data_are_refused(tmp_path, run_dir, shared_data_dir):
     out = tmp_path / "big"
-    assert_usage_error(invoke("train", "--train-subset", 100000, "--epochs", 1, "--data-dir", shared_data_dir,
-                              "--out", out), "--train-subset 100000 is more than the 59600 training images of mnist")
+    assert_usage_error(
+        invoke("train", "--train-subset", 100000, "--epochs", 1, "--data-dir", shared_data_dir, "--out", out),
+        "--train-subset 100000 is more than the 59600 training images of mnist",
+    )
     assert not out.exists()
     before = snapshot(run_dir)
-    assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--test-subset", 20000),
-                       "--test-subset 20000 is more than the 10000 test images of mnist")
+    assert_usage_error(
+        invoke("evaluate", run_dir, "--k", 2, "--test-subset", 20000),
+        "--test-subset 20000 is more than the 10000 test images of mnist",
+    )
     assert snapshot(run_dir) == before
 
 
@@ -352,13 +406,17 @@ def untrained_run(run_dir, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("command", [
-    ["evaluate", "--k", 2, "--test-subset", 2],
-    ["analyze", "--subset", 5],
-    ["sample", "--n", 4],
-    ["plot", "--what", "samples", "--out", "OUT"],
-    ["snr", "--k", 1, "--repeats", 2, "--batch-size", 2, "--out", "OUT"],
-], ids=["evaluate", "analyze", "sample", "plot", "snr"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--k", 2, "--test-subset", 2],
+        ["analyze", "--subset", 5],
+        ["sample", "--n", 4],
+        ["plot", "--what", "samples", "--out", "OUT"],
+        ["snr", "--k", 1, "--repeats", 2, "--batch-size", 2, "--out", "OUT"],
+    ],
+    ids=["evaluate", "analyze", "sample", "plot", "snr"],
+)
 def test_commands_refuse_a_run_that_has_not_completed_an_epoch(untrained_run, tmp_path, command):
     before = snapshot(untrained_run)
     args = [tmp_path / "out" if a == "OUT" else a for a in command]
@@ -372,10 +430,18 @@ def test_dry_run_says_which_runs_have_no_data(tmp_path, shared_data_dir, monkeyp
     monkeypatch.setenv("IWAE_CACHE_DIR", str(tmp_path / "cache"))  # an empty cache: only --data-dir has data
     monkeypatch.delenv("IWAE_DATA_DIR", raising=False)
     exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({
-        "name": "tiny", "title": "tiny", "labels": ["dataset"], "figures": [],
-        "runs": [{"name": "on-mnist", "dataset": "mnist"}, {"name": "on-omniglot", "dataset": "omniglot"}],
-        "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}}}))
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "title": "tiny",
+                "labels": ["dataset"],
+                "figures": [],
+                "runs": [{"name": "on-mnist", "dataset": "mnist"}, {"name": "on-omniglot", "dataset": "omniglot"}],
+                "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}},
+            }
+        )
+    )
     result = invoke("reproduce", exp, "--out", tmp_path / "out", "--data-dir", shared_data_dir, "--dry-run")
     assert result.exit_code == 0, result.output
     lines = {ln.split()[0]: ln for ln in result.output.splitlines() if ln.startswith("  ")}
@@ -388,9 +454,18 @@ def test_dry_run_says_which_runs_have_no_data(tmp_path, shared_data_dir, monkeyp
 def test_result_json_records_the_weights_and_the_runtime(tmp_path, shared_data_dir):
     """reproduce's result.json says which weights were measured and where (device, torch, CUDA)."""
     exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({
-        "name": "tiny", "title": "tiny", "labels": ["k"], "figures": [], "runs": [{"name": "a", "objective": "vae", "k": 1}],
-        "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 5}}}))
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "title": "tiny",
+                "labels": ["k"],
+                "figures": [],
+                "runs": [{"name": "a", "objective": "vae", "k": 1}],
+                "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 5}},
+            }
+        )
+    )
     result = invoke("reproduce", exp, "--out", tmp_path / "out", "--data-dir", shared_data_dir, "--quiet")
     assert result.exit_code == 0, (result.output, result.exception)
     run = tmp_path / "out" / "runs" / "a"
@@ -422,7 +497,9 @@ def test_every_train_config_field_has_its_flag_with_the_fields_default():
         # --out alone has no default on the command line (it is required there); every other flag's is the field's
         expected = None if f.name == "out" else f.default
         assert option.default == expected, (f.name, option.default, f.default)
-        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text: declare it with iwae.config.train._setting"
+        assert f.metadata.get("help"), (
+            f"TrainConfig.{f.name} has no help text: declare it with iwae.config.train._setting"
+        )
         assert option.help.startswith(f.metadata["help"]), f.name
     extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
     assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds"}  # seeds: members, see iwae.members
@@ -435,17 +512,31 @@ def test_train_choices_are_the_librarys_lists():
     from iwae.train import SCHEDULES
 
     options = _train_options()
-    for name, listed in [("objective", OBJECTIVES), ("estimator", ESTIMATORS), ("prior", PRIORS),
-                         ("schedule", SCHEDULES)]:
+    for name, listed in [
+        ("objective", OBJECTIVES),
+        ("estimator", ESTIMATORS),
+        ("prior", PRIORS),
+        ("schedule", SCHEDULES),
+    ]:
         assert tuple(options[name].type.choices) == tuple(listed), name
     assert options["learn_mixture_weights"].is_flag
 
 
 def test_train_help_keeps_its_defaults_and_flags():
     text = invoke("train", "--help").stdout
-    for phrase in ["--objective [vae|iwae|miwae|ciwae|piwae]", "[default: iwae]", "[default: 0.001]",
-                   "[default: all 3,280 of the paper", "[default: --k]", "[default: at the end of each epoch]",
-                   "--learn-mixture-weights", "--hidden-dims", "--checkpoint-every", "--resume", "--quiet"]:
+    for phrase in [
+        "--objective [vae|iwae|miwae|ciwae|piwae]",
+        "[default: iwae]",
+        "[default: 0.001]",
+        "[default: all 3,280 of the paper",
+        "[default: --k]",
+        "[default: at the end of each epoch]",
+        "--learn-mixture-weights",
+        "--hidden-dims",
+        "--checkpoint-every",
+        "--resume",
+        "--quiet",
+    ]:
         assert phrase in " ".join(text.split()), phrase
 
 
@@ -486,9 +577,10 @@ def test_resume_names_the_flags_that_may_change(run_dir):
     from iwae.train import RESUMABLE
 
     assert RESUMABLE == ("epochs", "device", "threads", "compile", "checkpoint_every")
-    assert_usage_error(invoke("train", "--resume", run_dir, "--seed", 1, "--lr", 0.1),
-                       "cannot change --lr, --seed when resuming; only epochs, device, threads, compile and "
-                       "checkpoint_every")
+    assert_usage_error(
+        invoke("train", "--resume", run_dir, "--seed", 1, "--lr", 0.1),
+        "cannot change --lr, --seed when resuming; only epochs, device, threads, compile and checkpoint_every",
+    )
     from iwae.errors import ConfigError
     from iwae.train import resume_config
 
@@ -500,8 +592,10 @@ def test_resume_names_the_flags_that_may_change(run_dir):
 
 
 def test_memory_budget_below_one_sample_is_named_in_gib(run_dir):
-    line = assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--test-subset", 2, "--memory-budget", "1e-9"),
-                              "--memory-budget of 1e-09 GiB is below one sample's")
+    line = assert_usage_error(
+        invoke("evaluate", run_dir, "--k", 2, "--test-subset", 2, "--memory-budget", "1e-9"),
+        "--memory-budget of 1e-09 GiB is below one sample's",
+    )
     assert "bytes is below" not in line and "memory_budget" not in line
     assert_usage_error(invoke("evaluate", run_dir, "--k", 2, "--memory-budget", "inf"), "--memory-budget must be")
     from iwae.errors import ConfigError

@@ -55,9 +55,11 @@ def test_the_group_lists_every_command_and_runs_one_by_its_module():
 
 
 def test_the_configs_and_the_package_import_without_torch():
-    code = ("import sys, iwae, iwae.config, iwae.choices, iwae.errors; "
-            "from iwae.config import TrainConfig; TrainConfig(out='x'); "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys, iwae, iwae.config, iwae.choices, iwae.errors; "
+        "from iwae.config import TrainConfig; TrainConfig(out='x'); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     assert _run(code).strip() == "[]"
     # the lazy public API still gives the real objects on first use
     import iwae

@@ -16,14 +16,27 @@ from iwae.rundir import eval_name
 from iwae.train import TrainConfig, train
 
 
-def _write_eval(run: Path, bounds: np.ndarray, *, k: int = 5000, seed: int = 0, test_subset: int | None = None,
-                dataset: str = "mnist", of: int = 10000) -> Path:
+def _write_eval(
+    run: Path,
+    bounds: np.ndarray,
+    *,
+    k: int = 5000,
+    seed: int = 0,
+    test_subset: int | None = None,
+    dataset: str = "mnist",
+    of: int = 10000,
+) -> Path:
     """An evaluation's two files as iwae.evaluate.evaluate writes them (the fields compare reads)."""
     run.mkdir(parents=True, exist_ok=True)
     name = eval_name(k, seed, test_subset)
     np.save(run / f"{name}.npy", np.asarray(bounds, dtype=np.float64))
-    meta = {"nll": float(-np.mean(bounds)), "k": k, "seed": seed, "n_test": len(bounds),
-            "test_images": {"dataset": dataset, "split": "test", "first": len(bounds), "of": of}}
+    meta = {
+        "nll": float(-np.mean(bounds)),
+        "k": k,
+        "seed": seed,
+        "n_test": len(bounds),
+        "test_images": {"dataset": dataset, "split": "test", "first": len(bounds), "of": of},
+    }
     (run / f"{name}.json").write_text(json.dumps(meta))
     return run
 
@@ -37,8 +50,9 @@ def test_paired_stderr_equals_an_independent_computation(tmp_path):
     out = compare_runs(a, b)
     d = (-l_a) - (-l_b)  # NLL_A - NLL_B per image
     assert out["difference"] == pytest.approx(d.mean(), rel=1e-12)
-    assert out["paired_stderr"] == pytest.approx(np.sqrt(np.sum((d - d.mean()) ** 2) / (len(d) - 1) / len(d)),
-                                                 rel=1e-12)
+    assert out["paired_stderr"] == pytest.approx(
+        np.sqrt(np.sum((d - d.mean()) ** 2) / (len(d) - 1) / len(d)), rel=1e-12
+    )
     assert out["nll_a"] == pytest.approx(-l_a.mean()) and out["nll_b"] == pytest.approx(-l_b.mean())
     # pairing is what makes the difference measurable: unpaired, the images' spread swamps it
     assert out["unpaired_stderr"] > 20 * out["paired_stderr"]
@@ -100,7 +114,7 @@ def test_over_seeds(tmp_path):
     assert out["seeds"] == 4 and len(out["pairs"]) == 4
     assert out["difference"] == pytest.approx(means.mean())
     assert out["stderr_across_seeds"] == pytest.approx(means.std(ddof=1) / 2)
-    assert out["pooled_paired_stderr"] == pytest.approx(math.sqrt(sum(se ** 2 for _, se in per_seed)) / 4)
+    assert out["pooled_paired_stderr"] == pytest.approx(math.sqrt(sum(se**2 for _, se in per_seed)) / 4)
     with pytest.raises(ValueError, match="got 4 and 3 runs"):
         compare_runs(runs_a, runs_b[:3])
 
@@ -110,9 +124,17 @@ def test_compare_reads_what_evaluate_writes(tmp_path, shared_data_dir, mnist_spl
     splits = Splits("mnist", mnist_splits.train[:200], mnist_splits.valid[:20], mnist_splits.test, True)
     runs = []
     for seed in (0, 1):
-        cfg = TrainConfig(objective="iwae", k=2, epochs=1, train_subset=200, latent_dims=(2,),
-                          hidden_dims=((16,),), data_dir=str(shared_data_dir), seed=seed,
-                          out=str(tmp_path / f"run{seed}"))
+        cfg = TrainConfig(
+            objective="iwae",
+            k=2,
+            epochs=1,
+            train_subset=200,
+            latent_dims=(2,),
+            hidden_dims=((16,),),
+            data_dir=str(shared_data_dir),
+            seed=seed,
+            out=str(tmp_path / f"run{seed}"),
+        )
         run = train(cfg, progress=False, splits=splits)
         evaluate(run, splits=splits, k=20, test_subset=30, seed=0)
         runs.append(run)
@@ -151,11 +173,45 @@ def test_the_ais_compare_and_bdmc_commands(tmp_path, shared_data_dir, mnist_spli
     runs = []
     for seed in (0, 1):
         run = tmp_path / f"run{seed}"
-        assert invoke("train", "--objective", "iwae", "--k", 2, "--epochs", 1, "--latent-dims", 2, "--hidden-dims", 16,
-                      "--dataset", dataset, "--seed", seed, "--out", run, "--quiet").exit_code == 0
+        assert (
+            invoke(
+                "train",
+                "--objective",
+                "iwae",
+                "--k",
+                2,
+                "--epochs",
+                1,
+                "--latent-dims",
+                2,
+                "--hidden-dims",
+                16,
+                "--dataset",
+                dataset,
+                "--seed",
+                seed,
+                "--out",
+                run,
+                "--quiet",
+            ).exit_code
+            == 0
+        )
         runs.append(run)
-        result = invoke("evaluate", run, "--method", "ais", "--steps", 4, "--chains", 2, "--leapfrog", 2,
-                        "--test-subset", 30, "--json")
+        result = invoke(
+            "evaluate",
+            run,
+            "--method",
+            "ais",
+            "--steps",
+            4,
+            "--chains",
+            2,
+            "--leapfrog",
+            2,
+            "--test-subset",
+            30,
+            "--json",
+        )
         assert result.exit_code == 0, result.output
         out = json.loads(result.output)
         stem = ais_eval_name(4, 2, 2, 0, 30)

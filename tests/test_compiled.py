@@ -46,6 +46,7 @@ def test_reduce_overhead_means_cuda_graphs_on_cuda_and_default_on_cpu(monkeypatc
 
 def test_a_torch_that_cannot_compile_gives_a_config_error_naming_the_setting(monkeypatch):
     """torch.compile refuses where dynamo is missing (torch 2.3 on Python 3.12): one ConfigError about compile."""
+
     def no_dynamo(fn, **kw):
         raise RuntimeError("Python 3.12+ is not yet supported for torch.compile")
 
@@ -73,12 +74,25 @@ def test_a_compiled_run_trains_as_the_eager_run(tmp_path):
     """Same seed, same data: the compiled step draws the same random numbers (the generator's draws
     stay eager between graphs), so bounds and parameters agree to float rounding after 6 steps."""
     g = torch.Generator().manual_seed(0)
-    splits = Splits("mnist", torch.rand(120, 784, generator=g), torch.bernoulli(torch.full((20, 784), 0.3)),
-                    torch.bernoulli(torch.full((20, 784), 0.3)), True)
+    splits = Splits(
+        "mnist",
+        torch.rand(120, 784, generator=g),
+        torch.bernoulli(torch.full((20, 784), 0.3)),
+        torch.bernoulli(torch.full((20, 784), 0.3)),
+        True,
+    )
     runs = {}
     for mode in ("none", "default"):
-        config = TrainConfig(latent_dims=[3], hidden_dims=[[16]], k=4, batch_size=20, epochs=1, schedule="constant",
-                             compile=mode, out=str(tmp_path / mode))
+        config = TrainConfig(
+            latent_dims=[3],
+            hidden_dims=[[16]],
+            k=4,
+            batch_size=20,
+            epochs=1,
+            schedule="constant",
+            compile=mode,
+            out=str(tmp_path / mode),
+        )
         train(config, progress=False, splits=splits)
         runs[mode] = (rundir.load_model(config.out).state_dict(), rundir.read_metrics(config.out)[-1])
     (eager, eager_row), (comp, comp_row) = runs["none"], runs["default"]

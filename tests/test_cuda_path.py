@@ -149,8 +149,15 @@ def test_the_qew_figure_runs_with_a_model_on_the_gpu(tmp_path):
     x = torch.bernoulli(torch.full((2, 8), 0.5))
     ref = qew_report(model, x, ks=(1, 5), samples=2000, generator=torch.Generator().manual_seed(0), grid_size=31)
     gpu, xg = model.cuda(), x.cuda()
-    rows = qew_figure(gpu, xg, (1, 5), tmp_path / "qew.png", samples=2000,
-                      generator=torch.Generator(device="cuda").manual_seed(0), grid_size=31)
+    rows = qew_figure(
+        gpu,
+        xg,
+        (1, 5),
+        tmp_path / "qew.png",
+        samples=2000,
+        generator=torch.Generator(device="cuda").manual_seed(0),
+        grid_size=31,
+    )
     assert (tmp_path / "qew.png").stat().st_size > 0
     for r, c in zip(rows, ref):
         assert (r["image"], r["k"]) == (c["image"], c["k"])
@@ -176,12 +183,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_check_refuses_clearly_without_cuda():
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "gpu_check.sh: error: CUDA is not available" in done.stderr
-    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--fast"], capture_output=True,
-                         text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--fast"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "unknown argument --fast" in bad.stderr
 
 

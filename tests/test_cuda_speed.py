@@ -55,8 +55,16 @@ def test_every_tensor_of_a_cuda_run_lives_on_the_gpu(tmp_path, monkeypatch):
         return opt["adam"]
 
     monkeypatch.setattr(train_module.torch.optim, "Adam", adam)
-    config = TrainConfig(layers=2, prior="vamp", components=5, k=3, epochs=1, schedule="constant", device="cuda",
-                         out=str(tmp_path / "run"))
+    config = TrainConfig(
+        layers=2,
+        prior="vamp",
+        components=5,
+        k=3,
+        epochs=1,
+        schedule="constant",
+        device="cuda",
+        out=str(tmp_path / "run"),
+    )
     train(config, progress=False, splits=_splits())
     assert seen["x"].type == seen["generator"].type == "cuda" and seen["params"] == {"cuda"}
     states = [t for s in opt["adam"].state.values() for t in s.values() if torch.is_tensor(t)]
@@ -108,8 +116,9 @@ def test_bf16_mixed_on_cuda_keeps_float32_parameters_and_trains_close_to_float32
     splits = _splits(n_train=200)
     models = {}
     for precision in ("32", "bf16-mixed"):
-        config = TrainConfig(k=5, epochs=3, schedule="constant", device="cuda", precision=precision,
-                             out=str(tmp_path / precision))
+        config = TrainConfig(
+            k=5, epochs=3, schedule="constant", device="cuda", precision=precision, out=str(tmp_path / precision)
+        )
         train(config, progress=False, splits=splits)
         models[precision] = rundir.load_model(config.out, "cuda")
     start = VAE(ModelConfig.burda(1)).state_dict()

@@ -142,9 +142,9 @@ def test_mnist_paper_split_and_fixed_binarization(mnist):
     # train = first 59,600 grey-level images; valid = last 400, binarized once
     np.testing.assert_array_equal(mnist.train.numpy(), grey_train[:59600])
     np.testing.assert_array_equal(
-        mnist.valid.numpy(), data.fixed_binarization(grey_train[59600:], data.VALID_BINARIZATION_SEED))
-    np.testing.assert_array_equal(
-        mnist.test.numpy(), data.fixed_binarization(grey_test, data.TEST_BINARIZATION_SEED))
+        mnist.valid.numpy(), data.fixed_binarization(grey_train[59600:], data.VALID_BINARIZATION_SEED)
+    )
+    np.testing.assert_array_equal(mnist.test.numpy(), data.fixed_binarization(grey_test, data.TEST_BINARIZATION_SEED))
     assert data.VALID_BINARIZATION_SEED != data.TEST_BINARIZATION_SEED
     # statistics: binarized mean ~ grey mean within 5 binomial standard errors
     p = grey_test.astype(np.float64)
@@ -273,8 +273,11 @@ def test_binarized_mnist_prefers_npz_and_checks_amat_hashes(tmp_path, bin_arrays
     d.mkdir()
     for split, arr in bin_arrays.items():  # small text files with the real (full-size) hashes
         (d / f"binarized_mnist_{split}.amat").write_bytes(amat_text(arr[:50]))
-    with pytest.raises(DataError, match=r"binarized_mnist_train\.amat fails its checksum: expected sha256 "
-                                        r"ad693b29.* got [0-9a-f]{64}.*delete it"):
+    with pytest.raises(
+        DataError,
+        match=r"binarized_mnist_train\.amat fails its checksum: expected sha256 "
+        r"ad693b29.* got [0-9a-f]{64}.*delete it",
+    ):
         load_dataset("binarized-mnist", tmp_path, download=False)
     (d / "binarized_mnist.npz").symlink_to(shared("binarized_mnist") / "binarized_mnist.npz")
     s = load_dataset("binarized-mnist", tmp_path, download=False)
@@ -287,16 +290,22 @@ def test_binarized_mnist_npz_errors(tmp_path, bin_arrays):
     np.savez(d / "binarized_mnist.npz", train=bin_arrays["train"], test=bin_arrays["test"])
     with pytest.raises(DataError, match=r"has no array 'valid'"):
         load_dataset("binarized-mnist", tmp_path, download=False)
-    np.savez(d / "binarized_mnist.npz", train=bin_arrays["train"][:10], valid=bin_arrays["valid"],
-             test=bin_arrays["test"])
+    np.savez(
+        d / "binarized_mnist.npz", train=bin_arrays["train"][:10], valid=bin_arrays["valid"], test=bin_arrays["test"]
+    )
     with pytest.raises(DataError, match=r"array 'train' fails its checksum: expected sha256 43490d4d"):
         load_dataset("binarized-mnist", tmp_path, download=False)
-    np.savez(d / "binarized_mnist.npz", train=bin_arrays["train"] * 0.5, valid=bin_arrays["valid"],
-             test=bin_arrays["test"])
+    np.savez(
+        d / "binarized_mnist.npz", train=bin_arrays["train"] * 0.5, valid=bin_arrays["valid"], test=bin_arrays["test"]
+    )
     with pytest.raises(DataError, match=r"array 'train' has values other than 0 and 1"):
         load_dataset("binarized-mnist", tmp_path, download=False)
-    np.savez(d / "binarized_mnist.npz", train=bin_arrays["train"][:, :700], valid=bin_arrays["valid"],
-             test=bin_arrays["test"])
+    np.savez(
+        d / "binarized_mnist.npz",
+        train=bin_arrays["train"][:, :700],
+        valid=bin_arrays["valid"],
+        test=bin_arrays["test"],
+    )
     with pytest.raises(DataError, match=r"array 'train' has dtype uint8 and shape \(50000, 700\); expected \(N, 784\)"):
         load_dataset("binarized-mnist", tmp_path, download=False)
     (d / "binarized_mnist.npz").write_bytes(b"PK\x03\x04 truncated")
@@ -308,11 +317,14 @@ def test_binarized_mnist_npz_errors(tmp_path, bin_arrays):
     assert int(s.test.sum()) == 1038896
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"0 1 x\n", r"train\.amat is corrupt: expected lines of 784 numbers"),
-    (b"0 1 0\n1 0 1\n", r"train\.amat holds an array of shape \(2, 3\), expected \(N, 784\) values in \{0, 1\}"),
-    (b"", r"train\.amat holds an array of shape"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"0 1 x\n", r"train\.amat is corrupt: expected lines of 784 numbers"),
+        (b"0 1 0\n1 0 1\n", r"train\.amat holds an array of shape \(2, 3\), expected \(N, 784\) values in \{0, 1\}"),
+        (b"", r"train\.amat holds an array of shape"),
+    ],
+)
 def test_binarized_mnist_bad_amat(tmp_path, bin_arrays, monkeypatch, content, message):
     write_small_amats(tmp_path / "binarized_mnist", bin_arrays, monkeypatch, rows=5)
     bad = tmp_path / "binarized_mnist" / "binarized_mnist_train.amat"
@@ -329,7 +341,8 @@ def test_binarized_mnist_download_text_amat(tmp_path, bin_arrays, monkeypatch, i
     s = load_dataset("binarized-mnist")
     assert s.train.shape == (20, 784)
     assert sorted(p.name for p in (isolated / "binarized_mnist").iterdir()) == sorted(
-        f"binarized_mnist_{k}.amat" for k in ("test", "train", "valid"))
+        f"binarized_mnist_{k}.amat" for k in ("test", "train", "valid")
+    )
 
 
 def test_binarized_mnist_missing_message(tmp_path):
@@ -421,8 +434,11 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch, isolat
     for n in MNIST_FILES:  # truncated copies
         (mirror / n).write_bytes((shared("mnist") / n).read_bytes()[:1000])
     monkeypatch.setattr(registry, "MNIST_URLS", (mirror.as_uri() + "/",))
-    with pytest.raises(DataError, match=r"downloaded MNIST file train-images-idx3-ubyte\.gz fails its checksum "
-                                        r".*expected 440fcabf.*nothing was saved"):
+    with pytest.raises(
+        DataError,
+        match=r"downloaded MNIST file train-images-idx3-ubyte\.gz fails its checksum "
+        r".*expected 440fcabf.*nothing was saved",
+    ):
         load_dataset("mnist")
     assert list((isolated / "mnist").iterdir()) == []
 
@@ -441,8 +457,11 @@ def test_missing_file_without_download(tmp_path):
 
 def test_missing_file_download_failed(tmp_path, monkeypatch, isolated):
     monkeypatch.setattr(registry, "MNIST_URLS", ((tmp_path / "nowhere").as_uri() + "/",))
-    with pytest.raises(DataError, match=r"not found in .* and download failed \(file://.*nowhere/train-images"
-                                        r".*\); pass --data-dir DIR or set IWAE_DATA_DIR"):
+    with pytest.raises(
+        DataError,
+        match=r"not found in .* and download failed \(file://.*nowhere/train-images"
+        r".*\); pass --data-dir DIR or set IWAE_DATA_DIR",
+    ):
         load_dataset("mnist")
     assert list((isolated / "mnist").iterdir()) == []
     monkeypatch.setattr(registry, "MNIST_URLS", ())
@@ -455,8 +474,11 @@ def test_local_checksum_mismatch_names_file_and_hashes(tmp_path):
     d = link_files(shared("mnist"), tmp_path / "mnist")
     (d / "t10k-labels-idx1-ubyte.gz").unlink()
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"MNIST file .*t10k-labels-idx1-ubyte\.gz fails its checksum: expected "
-                                        r"sha256 f7ae60f9\w+, got [0-9a-f]{64} \(4 bytes\).*delete it"):
+    with pytest.raises(
+        DataError,
+        match=r"MNIST file .*t10k-labels-idx1-ubyte\.gz fails its checksum: expected "
+        r"sha256 f7ae60f9\w+, got [0-9a-f]{64} \(4 bytes\).*delete it",
+    ):
         load_dataset("mnist", tmp_path, download=False)
 
 
@@ -469,8 +491,11 @@ def test_data_dir_must_exist(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(DataError, match=r"unknown dataset 'cifar'; choose one of mnist, binarized-mnist, "
-                                        r"fashion-mnist, omniglot, or npz:PATH"):
+    with pytest.raises(
+        DataError,
+        match=r"unknown dataset 'cifar'; choose one of mnist, binarized-mnist, "
+        r"fashion-mnist, omniglot, or npz:PATH",
+    ):
         load_dataset("cifar")
     assert data.DATASETS == ("mnist", "binarized-mnist", "fashion-mnist", "omniglot")
 
@@ -506,16 +531,27 @@ def test_synthetic_idx_split_rule(tmp_path, monkeypatch):
     np.testing.assert_array_equal(s.valid_labels.numpy(), arrays["train-labels-idx1-ubyte.gz"][25:])
 
 
-@pytest.mark.parametrize("writer, message", [
-    (lambda p, a: write_idx_gz(p, a, magic=0x801), r"magic number 0x801, expected 0x803"),
-    (lambda p, a: p.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, 31, 28, 28) + a.astype(np.uint8).tobytes())),
-     r"corrupt or truncated: header says shape \(31, 28, 28\)"),
-    (lambda p, a: p.write_bytes(gzip.compress(struct.pack(">IIII", 0x803, 30, 28, 28) + a.astype(np.uint8).tobytes())[:-50]),
-     r"train-images-idx3-ubyte\.gz is corrupt or truncated \(EOFError"),
-    (lambda p, a: p.write_bytes(b"\x1f\x8b" + b"\x00" * 100), r"is corrupt or truncated \(BadGzipFile"),
-    (lambda p, a: write_idx_gz(p, a.reshape(30, 16, 49)), r"images have shape \(16, 49\), expected \(28, 28\)"),
-    (lambda p, a: write_idx_gz(p, a[:29]), r"train files disagree: 29 images but 30 labels"),
-])
+@pytest.mark.parametrize(
+    "writer, message",
+    [
+        (lambda p, a: write_idx_gz(p, a, magic=0x801), r"magic number 0x801, expected 0x803"),
+        (
+            lambda p, a: p.write_bytes(
+                gzip.compress(struct.pack(">IIII", 0x803, 31, 28, 28) + a.astype(np.uint8).tobytes())
+            ),
+            r"corrupt or truncated: header says shape \(31, 28, 28\)",
+        ),
+        (
+            lambda p, a: p.write_bytes(
+                gzip.compress(struct.pack(">IIII", 0x803, 30, 28, 28) + a.astype(np.uint8).tobytes())[:-50]
+            ),
+            r"train-images-idx3-ubyte\.gz is corrupt or truncated \(EOFError",
+        ),
+        (lambda p, a: p.write_bytes(b"\x1f\x8b" + b"\x00" * 100), r"is corrupt or truncated \(BadGzipFile"),
+        (lambda p, a: write_idx_gz(p, a.reshape(30, 16, 49)), r"images have shape \(16, 49\), expected \(28, 28\)"),
+        (lambda p, a: write_idx_gz(p, a[:29]), r"train files disagree: 29 images but 30 labels"),
+    ],
+)
 def test_idx_errors(tmp_path, monkeypatch, writer, message):
     fake_mnist(tmp_path / "mnist", monkeypatch, **{"train-images-idx3-ubyte.gz": writer})
     with pytest.raises(DataError, match=message):
@@ -555,8 +591,9 @@ def test_omniglot_conversion_and_split(tmp_path, monkeypatch, filename):
     shuffled = train[perm].astype(np.float32)
     np.testing.assert_array_equal(s.train.numpy(), shuffled[:9])
     np.testing.assert_array_equal(s.valid.numpy(), data.fixed_binarization(shuffled[9:], data.VALID_BINARIZATION_SEED))
-    np.testing.assert_array_equal(s.test.numpy(), data.fixed_binarization(test.astype(np.float32),
-                                                                            data.TEST_BINARIZATION_SEED))
+    np.testing.assert_array_equal(
+        s.test.numpy(), data.fixed_binarization(test.astype(np.float32), data.TEST_BINARIZATION_SEED)
+    )
     # the known image (top row white, rest black; binarization keeps 0/1) comes back in row-major order
     where = int(np.flatnonzero(perm == 0)[0])
     img = (s.train[where] if where < 9 else s.valid[where - 9]).reshape(28, 28)
@@ -575,8 +612,11 @@ def test_omniglot_blob_hash_matches_git(tmp_path):
 def test_omniglot_errors(tmp_path, monkeypatch):
     p = tmp_path / "omniglot" / "chardata.mat"
     write_omniglot(p)
-    with pytest.raises(DataError, match=r"OMNIGLOT file .*chardata\.mat fails its checksum: expected git blob sha1 "
-                                        r"016a3536ffe5e1d38e42563a18d7a78bfaf643ec, got"):
+    with pytest.raises(
+        DataError,
+        match=r"OMNIGLOT file .*chardata\.mat fails its checksum: expected git blob sha1 "
+        r"016a3536ffe5e1d38e42563a18d7a78bfaf643ec, got",
+    ):
         load_dataset("omniglot", tmp_path, download=False)
     # missing variable
     p.unlink()
@@ -628,9 +668,11 @@ def test_npz_grey_levels_are_dynamic(tmp_path):
     assert s.dynamic is True and s.image_shape is None
     np.testing.assert_array_equal(s.train.numpy(), arrays["train"].astype(np.float32))
     np.testing.assert_array_equal(
-        s.test.numpy(), data.fixed_binarization(arrays["test"].astype(np.float32), data.TEST_BINARIZATION_SEED))
+        s.test.numpy(), data.fixed_binarization(arrays["test"].astype(np.float32), data.TEST_BINARIZATION_SEED)
+    )
     np.testing.assert_array_equal(
-        s.valid.numpy(), data.fixed_binarization(arrays["valid"].astype(np.float32), data.VALID_BINARIZATION_SEED))
+        s.valid.numpy(), data.fixed_binarization(arrays["valid"].astype(np.float32), data.VALID_BINARIZATION_SEED)
+    )
 
 
 def test_npy_split_80_10_10(tmp_path):
@@ -649,29 +691,46 @@ def _npz(**arrays):
 GOOD = np.zeros((5, 4))
 
 
-@pytest.mark.parametrize("make, message", [
-    (_npz(train=np.zeros(5), test=GOOD), r"array 'train' has shape \(5,\); expected \(N, D\), \(N, H, W\) or \(N, C, H, W\)"),
-    (_npz(train=np.zeros((2, 2, 2, 2, 2)), test=GOOD), r"has shape \(2, 2, 2, 2, 2\); expected \(N, D\)"),
-    (_npz(train=GOOD, test=np.zeros((5, 3))), r"array 'test' has images of shape \(3,\) but train has \(4,\)"),
-    (_npz(train=np.zeros((0, 4)), test=GOOD), r"array 'train' is empty \(shape \(0, 4\)\)"),
-    (_npz(train=GOOD, test=np.zeros((5, 4)).astype(str)), r"array 'test' has dtype <U32; expected uint8 grey levels \(0-255\), or bool, integer or"),
-    (_npz(train=GOOD.astype(complex), test=GOOD), r"has dtype complex128; expected uint8 grey levels"),
-    (_npz(train=np.array([[None, 1]], dtype=object), test=GOOD), r"holds object arrays \(pickled\)"),
-    (_npz(train=np.full((5, 4), 255, np.int64), test=GOOD), r"values in \[255, 255\], outside \[0, 1\]; .*uint8"),
-    (_npz(train=np.full((5, 4), 256, np.uint16), test=GOOD), r"values in \[256, 256\], outside \[0, 1\]; rescale"),
-    (_npz(train=np.linspace(0, 200, 20).reshape(5, 4), test=GOOD), r"values in \[0, 200\].*divide by 255"),
-    (_npz(train=GOOD - 1, test=GOOD), r"values in \[-1, -1\], outside \[0, 1\]; rescale"),
-    (_npz(train=np.array([[0.5, np.nan]]), test=GOOD), r"contains NaN or infinite values"),
-    (_npz(train=GOOD, test=np.array([[np.inf, 0, 0, 0]])), r"array 'test' contains NaN or infinite"),
-    (_npz(train=GOOD, valid=GOOD), r"has no array 'test' \(it has \['train', 'valid'\]\)"),
-    (lambda p: (np.savez(p, train=GOOD, test=GOOD), p.write_bytes(p.read_bytes()[:-40])),
-     r"is corrupt or truncated, or not a \.npz file"),
-    (lambda p: p.write_bytes(b"hello world"), r"is neither a \.npz nor a \.npy file"),
-    (lambda p: (np.save(p.with_suffix(".npy"), GOOD), p.write_bytes(p.with_suffix(".npy").read_bytes()[:-10])),
-     r"corrupt or truncated"),
-    (lambda p: np.save(p.with_suffix(".npy"), np.zeros((2, 4))) or p.write_bytes(
-        p.with_suffix(".npy").read_bytes()), r"has only 2 images; a \.npy file needs at least 3"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            _npz(train=np.zeros(5), test=GOOD),
+            r"array 'train' has shape \(5,\); expected \(N, D\), \(N, H, W\) or \(N, C, H, W\)",
+        ),
+        (_npz(train=np.zeros((2, 2, 2, 2, 2)), test=GOOD), r"has shape \(2, 2, 2, 2, 2\); expected \(N, D\)"),
+        (_npz(train=GOOD, test=np.zeros((5, 3))), r"array 'test' has images of shape \(3,\) but train has \(4,\)"),
+        (_npz(train=np.zeros((0, 4)), test=GOOD), r"array 'train' is empty \(shape \(0, 4\)\)"),
+        (
+            _npz(train=GOOD, test=np.zeros((5, 4)).astype(str)),
+            r"array 'test' has dtype <U32; expected uint8 grey levels \(0-255\), or bool, integer or",
+        ),
+        (_npz(train=GOOD.astype(complex), test=GOOD), r"has dtype complex128; expected uint8 grey levels"),
+        (_npz(train=np.array([[None, 1]], dtype=object), test=GOOD), r"holds object arrays \(pickled\)"),
+        (_npz(train=np.full((5, 4), 255, np.int64), test=GOOD), r"values in \[255, 255\], outside \[0, 1\]; .*uint8"),
+        (_npz(train=np.full((5, 4), 256, np.uint16), test=GOOD), r"values in \[256, 256\], outside \[0, 1\]; rescale"),
+        (_npz(train=np.linspace(0, 200, 20).reshape(5, 4), test=GOOD), r"values in \[0, 200\].*divide by 255"),
+        (_npz(train=GOOD - 1, test=GOOD), r"values in \[-1, -1\], outside \[0, 1\]; rescale"),
+        (_npz(train=np.array([[0.5, np.nan]]), test=GOOD), r"contains NaN or infinite values"),
+        (_npz(train=GOOD, test=np.array([[np.inf, 0, 0, 0]])), r"array 'test' contains NaN or infinite"),
+        (_npz(train=GOOD, valid=GOOD), r"has no array 'test' \(it has \['train', 'valid'\]\)"),
+        (
+            lambda p: (np.savez(p, train=GOOD, test=GOOD), p.write_bytes(p.read_bytes()[:-40])),
+            r"is corrupt or truncated, or not a \.npz file",
+        ),
+        (lambda p: p.write_bytes(b"hello world"), r"is neither a \.npz nor a \.npy file"),
+        (
+            lambda p: (np.save(p.with_suffix(".npy"), GOOD), p.write_bytes(p.with_suffix(".npy").read_bytes()[:-10])),
+            r"corrupt or truncated",
+        ),
+        (
+            lambda p: (
+                np.save(p.with_suffix(".npy"), np.zeros((2, 4))) or p.write_bytes(p.with_suffix(".npy").read_bytes())
+            ),
+            r"has only 2 images; a \.npy file needs at least 3",
+        ),
+    ],
+)
 def test_user_array_validation_errors(tmp_path, make, message):
     p = tmp_path / "user.npz"
     make(p)
@@ -710,7 +769,10 @@ def test_missing_files_looks_without_loading(tmp_path, monkeypatch):
     assert data.missing_files("mnist", tmp_path) == list(MNIST_FILES)
     assert data.missing_files("omniglot", tmp_path) == ["chardata.mat"]
     assert data.missing_files("binarized-mnist", tmp_path) == [
-        "binarized_mnist_train.amat", "binarized_mnist_valid.amat", "binarized_mnist_test.amat"]
+        "binarized_mnist_train.amat",
+        "binarized_mnist_valid.amat",
+        "binarized_mnist_test.amat",
+    ]
     (tmp_path / "mnist").mkdir()
     for name in MNIST_FILES[:3]:
         (tmp_path / "mnist" / name).write_bytes(b"")  # present by name; its checksum is load_dataset's business

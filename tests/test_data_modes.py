@@ -50,8 +50,10 @@ def _binary(x: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def grey(shared_data_dir):
-    return {name: load_dataset(name, shared_data_dir, download=False, binarize="none")
-            for name in ("mnist", "fashion-mnist")}
+    return {
+        name: load_dataset(name, shared_data_dir, download=False, binarize="none")
+        for name in ("mnist", "fashion-mnist")
+    }
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -86,7 +88,7 @@ def test_fixed_binarization_in_blocks_is_the_one_call_stream():
 
 
 def test_binary_data_are_the_same_in_every_mode(tmp_path):
-    x = (np.random.default_rng(0).random((30, 16)) < 0.3)
+    x = np.random.default_rng(0).random((30, 16)) < 0.3
     np.savez(tmp_path / "b.npz", train=x, test=x[:5])
     loaded = [load_dataset(f"npz:{tmp_path / 'b.npz'}", binarize=m) for m in ("dynamic", "static", "none")]
     for s in loaded:
@@ -146,13 +148,17 @@ def test_dequantisation_in_its_bin_fresh_for_training_fixed_for_test(tmp_path):
     assert (a != b).float().mean() > 0.99
     u = (a.double() * 256 - ktrain).flatten()  # the uniforms: mean 1/2, variance 1/12
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
-    np.testing.assert_array_equal(fixed_dequantization(k[:10].reshape(10, -1) / np.float32(255), 5),
-                                  fixed_dequantization(k[:10].reshape(10, -1) / np.float32(255), 5))
+    np.testing.assert_array_equal(
+        fixed_dequantization(k[:10].reshape(10, -1) / np.float32(255), 5),
+        fixed_dequantization(k[:10].reshape(10, -1) / np.float32(255), 5),
+    )
 
 
 def test_dequantisation_refusals(tmp_path, shared_data_dir):
     name, _ = _grey_npz(tmp_path)
-    with pytest.raises(DataError, match="dequantize applies to grey levels \\(binarize none\\), not to binarize dynamic"):
+    with pytest.raises(
+        DataError, match="dequantize applies to grey levels \\(binarize none\\), not to binarize dynamic"
+    ):
         load_dataset(name, dequantize=True)
     np.savez(tmp_path / "f.npz", train=np.full((20, 4), 0.3), test=np.full((5, 4), 0.3))
     with pytest.raises(DataError, match="is not 8-bit data \\(values k/255\\)"):
@@ -185,13 +191,19 @@ def test_npz_uint8_and_any_image_shape(tmp_path):
     assert load_dataset(f"npz:{tmp_path / 'flat.npz'}", binarize="none").image_shape is None
 
 
-@pytest.mark.parametrize("arr, message", [
-    (np.full((5, 4), 300, np.int64), r"values in \[300, 300\], outside \[0, 1\]; rescale"),
-    (np.full((5, 4), 2, np.int64), r"values in \[2, 2\], outside \[0, 1\]; these look like 8-bit grey levels: save them as uint8"),
-    (np.full((5, 4), 1.5, np.float32), r"values in \[1.5, 1.5\], outside \[0, 1\]"),
-    (np.array([[0.5, np.nan, 0, 0]] * 5), r"contains NaN or infinite values"),
-    (np.zeros((5, 4), np.complex64), r"has dtype complex64; expected uint8 grey levels"),
-])
+@pytest.mark.parametrize(
+    "arr, message",
+    [
+        (np.full((5, 4), 300, np.int64), r"values in \[300, 300\], outside \[0, 1\]; rescale"),
+        (
+            np.full((5, 4), 2, np.int64),
+            r"values in \[2, 2\], outside \[0, 1\]; these look like 8-bit grey levels: save them as uint8",
+        ),
+        (np.full((5, 4), 1.5, np.float32), r"values in \[1.5, 1.5\], outside \[0, 1\]"),
+        (np.array([[0.5, np.nan, 0, 0]] * 5), r"contains NaN or infinite values"),
+        (np.zeros((5, 4), np.complex64), r"has dtype complex64; expected uint8 grey levels"),
+    ],
+)
 def test_npz_bad_values_are_one_line_errors(tmp_path, arr, message):
     np.savez(tmp_path / "bad.npz", train=arr, test=np.zeros((2, 4)))
     with pytest.raises(DataError, match=message) as e:
@@ -212,8 +224,18 @@ def test_binarization_is_part_of_the_run_identity():
 
 def test_evaluation_and_the_run_use_the_training_mode(tmp_path):
     name, _ = _grey_npz(tmp_path, shape=(60, 8, 12))
-    config = TrainConfig(dataset=name, binarize="none", network="conv", hidden_dims=[[4, 8]], latent_dims=[3],
-                         epochs=1, batch_size=10, k=2, objective="iwae", out=str(tmp_path / "run"))
+    config = TrainConfig(
+        dataset=name,
+        binarize="none",
+        network="conv",
+        hidden_dims=[[4, 8]],
+        latent_dims=[3],
+        epochs=1,
+        batch_size=10,
+        k=2,
+        objective="iwae",
+        out=str(tmp_path / "run"),
+    )
     train(config, progress=False)
     run = rundir.open_run(tmp_path / "run")
     assert run.model.config.image_shape == (8, 12) and run.model.config.network == "conv"
@@ -261,8 +283,12 @@ def test_the_grey_experiment_resolves():
     runs = exp.resolve("short")
     assert len(runs) == 12 == len({r.name for r in runs})
     combos = {(r.config["network"], r.config["prior"], r.config["objective"], r.config["k"]) for r in runs}
-    assert combos == {(n, p, o, k) for n in ("mlp", "gated") for p in ("normal", "vamp")
-                      for o, k in (("vae", 1), ("iwae", 5), ("iwae", 50))}
+    assert combos == {
+        (n, p, o, k)
+        for n in ("mlp", "gated")
+        for p in ("normal", "vamp")
+        for o, k in (("vae", 1), ("iwae", 5), ("iwae", 50))
+    }
     for r in runs:
         config = r.train_config("somewhere/" + r.name)
         assert config.binarization == "none" and config.dataset == "fashion-mnist"

@@ -79,8 +79,10 @@ def _names(model: VAE, params: list[torch.nn.Parameter]) -> list[str]:
 
 @pytest.mark.parametrize(
     "config",
-    [ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),)),
-     ModelConfig(input_dim=20, latent_dims=(4, 2), hidden_dims=((12,), (8,)))],
+    [
+        ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),)),
+        ModelConfig(input_dim=20, latent_dims=(4, 2), hidden_dims=((12,), (8,))),
+    ],
     ids=["1layer", "2layer"],
 )
 def test_piwae_gradient_routing(config):
@@ -196,8 +198,10 @@ def test_objective_spec_valid_and_labels():
     ObjectiveSpec("miwae", k=7, m=7)
 
 
-@pytest.mark.parametrize("estimator,objective", [("dreg", "iwae"), ("dreg", "miwae"), ("dreg", "ciwae"),
-                                                 ("dreg", "piwae"), ("rws-dreg", "iwae")])
+@pytest.mark.parametrize(
+    "estimator,objective",
+    [("dreg", "iwae"), ("dreg", "miwae"), ("dreg", "ciwae"), ("dreg", "piwae"), ("rws-dreg", "iwae")],
+)
 def test_gradient_terms_refuses_vamp_parts_without_the_prior_view(estimator, objective):
     """With the VampPrior, DReG (other than for the ELBO) and RWS-DReG need log p(stop_grad(z_L)):
     parts from log_weight_parts(...) without prior_direct=True are refused with a
@@ -205,8 +209,9 @@ def test_gradient_terms_refuses_vamp_parts_without_the_prior_view(estimator, obj
     weights: a biased gradient). The same parts with a normal prior, or with the view, are accepted."""
     m = 2 if objective in ("miwae", "piwae") else 1
     spec = ObjectiveSpec(objective, k=4, m=m, estimator=estimator)
-    model, x = _setup(ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),), prior="vamp",
-                                  prior_components=3))
+    model, x = _setup(
+        ModelConfig(input_dim=20, latent_dims=(3,), hidden_dims=((16,),), prior="vamp", prior_components=3)
+    )
     parts = model.log_weight_parts(x, 4, torch.Generator().manual_seed(0))
     assert parts.log_prior_direct is None
     with pytest.raises(ValueError, match=r"prior_direct=True") as info:
@@ -247,8 +252,13 @@ def test_objective_spec_refuses_unsupported_estimators(kwargs, names):
 # ----------------------------------------------------------------------------- the estimator table
 # what the papers define, written here independently of the table: RWS and RWS-DReG (Bornschein &
 # Bengio 2015; Tucker et al. 2019) are the IWAE's wake-phi updates, the other three apply to every bound
-PAPERS = {"reparam": set(objectives.OBJECTIVES), "stl": set(objectives.OBJECTIVES),
-          "dreg": set(objectives.OBJECTIVES), "rws": {"iwae"}, "rws-dreg": {"iwae"}}
+PAPERS = {
+    "reparam": set(objectives.OBJECTIVES),
+    "stl": set(objectives.OBJECTIVES),
+    "dreg": set(objectives.OBJECTIVES),
+    "rws": {"iwae"},
+    "rws-dreg": {"iwae"},
+}
 
 
 def _spec_accepted(objective: str, estimator: str) -> bool:
@@ -279,13 +289,19 @@ def test_names_costs_and_views_are_read_from_the_table():
     assert {name: e.cost for name, e in ESTIMATOR_TABLE.items()} == ESTIMATOR_COST
     assert ESTIMATOR_COST["reparam"] == 1.0 and all(c >= 1.0 for c in ESTIMATOR_COST.values())
     for name, entry in ESTIMATOR_TABLE.items():
-        assert callable(entry.surrogate) and entry.description and entry.log_q_view in (None, "stop_params",
-                                                                                      "stop_samples")
+        assert (
+            callable(entry.surrogate)
+            and entry.description
+            and entry.log_q_view in (None, "stop_params", "stop_samples")
+        )
         assert set(entry.prior_direct) <= set(entry.objectives), name
     # DReG weights the prior's direct term apart except for the ELBO (where it is STL), RWS-DReG always
-    needs = {(o, e) for e in ESTIMATOR_TABLE for o in ESTIMATOR_TABLE[e].objectives
-             if estimators._needs_prior_direct(ObjectiveSpec(o, k=4, m=2 if o in ("miwae", "piwae") else 1,
-                                                             estimator=e))}
+    needs = {
+        (o, e)
+        for e in ESTIMATOR_TABLE
+        for o in ESTIMATOR_TABLE[e].objectives
+        if estimators._needs_prior_direct(ObjectiveSpec(o, k=4, m=2 if o in ("miwae", "piwae") else 1, estimator=e))
+    }
     assert needs == {(o, "dreg") for o in objectives.OBJECTIVES if o != "vae"} | {("iwae", "rws-dreg")}
 
 
@@ -314,8 +330,10 @@ def test_a_new_table_entry_is_a_working_estimator(monkeypatch):
     def grads(spec):
         model.zero_grad(set_to_none=True)
         accumulate_gradients(model, x, spec, torch.Generator().manual_seed(SEED))
-        return ([p.grad.clone() for p in model.decoder_parameters()],
-                [p.grad.clone() for p in model.encoder_parameters()])
+        return (
+            [p.grad.clone() for p in model.decoder_parameters()],
+            [p.grad.clone() for p in model.encoder_parameters()],
+        )
 
     dec, enc = grads(spec)
     assert seen == [True]

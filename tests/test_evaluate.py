@@ -29,8 +29,7 @@ def trained_run(tmp_path_factory, shared_data_dir, mnist_splits) -> Path:
     """A trained-ish model: one epoch of IWAE(k=5) on 1,000 MNIST images (config points at the real data)."""
     out = tmp_path_factory.mktemp("eval") / "run"
     splits = Splits("mnist", mnist_splits.train, mnist_splits.valid[:50], mnist_splits.test, True)
-    cfg = TrainConfig(objective="iwae", k=5, epochs=1, train_subset=1000, data_dir=str(shared_data_dir),
-                      out=str(out))
+    cfg = TrainConfig(objective="iwae", k=5, epochs=1, train_subset=1000, data_dir=str(shared_data_dir), out=str(out))
     return train(cfg, progress=False, splits=splits)
 
 
@@ -252,7 +251,9 @@ def test_evaluate_run_dir(trained_run, trained_model, mnist_splits):
     assert report["nll_stderr"] == pytest.approx(ll.std().item() / math.sqrt(30), rel=1e-9)
 
     # another seed, other samples
-    other = evaluate_module.evaluate(trained_run, model=trained_model, splits=mnist_splits, k=20, test_subset=30, seed=1)
+    other = evaluate_module.evaluate(
+        trained_run, model=trained_model, splits=mnist_splits, k=20, test_subset=30, seed=1
+    )
     assert other["nll"] != report["nll"]
     assert abs(other["nll"] - report["nll"]) < 5
 
@@ -381,7 +382,9 @@ def test_evaluate_reads_the_clock_only_after_synchronizing(trained_model, mnist_
 
     monkeypatch.setattr(evaluate_module, "time", Clock)
     original = evaluate_module.log_likelihood
-    monkeypatch.setattr(evaluate_module, "log_likelihood", lambda *a, **kw: events.append(("L_k",)) or original(*a, **kw))
+    monkeypatch.setattr(
+        evaluate_module, "log_likelihood", lambda *a, **kw: events.append(("L_k",)) or original(*a, **kw)
+    )
     evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=3)
     cpu = torch.device("cpu")
     assert events == [("sync", cpu), ("clock",), ("L_k",), ("sync", cpu), ("clock",)]
@@ -392,8 +395,9 @@ def test_evaluation_records_the_chunking_its_samples_were_drawn_in(trained_model
     result says how: a small budget splits the 50 samples of each image, the default does not."""
     small = 10 * memory.bytes_per_row(trained_model)  # 10 rows a call
     wide = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4)
-    narrow = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4,
-                                      memory_budget=small)
+    narrow = evaluate_module.evaluate(
+        model=trained_model, splits=mnist_splits, k=50, test_subset=4, memory_budget=small
+    )
     assert wide["chunking"] == {"images": 4, "samples": 50, "memory_budget": memory.DEFAULT_MEMORY_BUDGET}
     assert narrow["chunking"] == {"images": 1, "samples": 10, "memory_budget": small}
     assert wide["nll"] != narrow["nll"]  # the same seed, other draws: why the chunking is recorded
@@ -416,12 +420,20 @@ def test_summary_text_formats_a_result():
     """What `iwae evaluate` prints, from the result dict alone: aligned rows, 2-layer units summed."""
     from iwae.evaluate import summary_text
 
-    result = {"nll": 87.1234, "nll_stderr": 0.4321, "k": 5000, "seed": 2, "active_units": 25,
-              "active_units_per_layer": [20, 5], "seconds": 12.34, "images_per_s": 81.0,
-              "test_images": {"dataset": "mnist", "split": "test", "first": 1000, "of": 10000},
-              "model": {"run_dir": "runs/a", "epoch": 3, "epochs_planned": 9, "sha256": "ab" * 32},
-              "runtime": {"device": "cuda", "gpu": "H200", "torch": "2.13", "cuda": "12.8"},
-              "files": {"json": "eval.json", "bounds": "eval.npy"}}
+    result = {
+        "nll": 87.1234,
+        "nll_stderr": 0.4321,
+        "k": 5000,
+        "seed": 2,
+        "active_units": 25,
+        "active_units_per_layer": [20, 5],
+        "seconds": 12.34,
+        "images_per_s": 81.0,
+        "test_images": {"dataset": "mnist", "split": "test", "first": 1000, "of": 10000},
+        "model": {"run_dir": "runs/a", "epoch": 3, "epochs_planned": 9, "sha256": "ab" * 32},
+        "runtime": {"device": "cuda", "gpu": "H200", "torch": "2.13", "cuda": "12.8"},
+        "files": {"json": "eval.json", "bounds": "eval.npy"},
+    }
     lines = summary_text(result).splitlines()
     assert lines[0] == "test NLL (nats)  87.12 ± 0.43  (-mean L_5000 ± s.e., seed 2)"
     assert lines[2] == "active units     20 + 5 = 25"

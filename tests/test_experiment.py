@@ -76,11 +76,13 @@ def test_table3_uses_the_static_binarization_and_rainforth_uses_64_samples():
 def test_priors_and_estimators_cover_their_grids():
     priors = load_experiment("priors").resolve("short")
     assert {(r.config["prior"], r.config["objective"]) for r in priors} == {
-        (p, o) for p in ("normal", "mog", "vamp") for o in ("vae", "iwae")}
+        (p, o) for p in ("normal", "mog", "vamp") for o in ("vae", "iwae")
+    }
     assert {r.config["components"] for r in priors if r.config["prior"] != "normal"} == {100}
     est = load_experiment("estimators").resolve("short")
     assert {(r.config["k"], r.config["estimator"]) for r in est} == {
-        (k, e) for k in (5, 50) for e in ("reparam", "stl", "dreg")}
+        (k, e) for k in (5, 50) for e in ("reparam", "stl", "dreg")
+    }
 
 
 def test_selection_by_dataset_pattern_and_overrides():
@@ -93,13 +95,16 @@ def test_selection_by_dataset_pattern_and_overrides():
     assert names == ["vae-k1", "vae-k1-then-iwae-k50"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"protocol": "long"}, "no protocol 'long'"),
-    ({"datasets": ["fashion-mnist"]}, "no runs on fashion-mnist"),
-    ({"only": ["nothing-*"]}, "matches no run"),
-    ({"overrides": {"out": "x"}}, "cannot override out"),
-    ({"overrides": {"colour": 1}}, "cannot override colour"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"protocol": "long"}, "no protocol 'long'"),
+        ({"datasets": ["fashion-mnist"]}, "no runs on fashion-mnist"),
+        ({"only": ["nothing-*"]}, "matches no run"),
+        ({"overrides": {"out": "x"}}, "cannot override out"),
+        ({"overrides": {"colour": 1}}, "cannot override colour"),
+    ],
+)
 def test_bad_selections_are_refused(kwargs, message):
     protocol = kwargs.pop("protocol", "short")
     with pytest.raises(ExperimentError, match=message):
@@ -111,22 +116,26 @@ def test_an_invalid_override_value_names_the_run():
         load_experiment("table1").resolve("short", overrides={"epochs": 0})
 
 
-GOOD = {"name": "mine", "runs": [{"name": "a", "objective": "iwae", "k": 2}],
-        "protocols": {"short": {"epochs": 1}}}
+GOOD = {"name": "mine", "runs": [{"name": "a", "objective": "iwae", "k": 2}], "protocols": {"short": {"epochs": 1}}}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"runs": []}, "non-empty list"),
-    ({"colour": "red"}, "unknown keys colour"),
-    ({"runs": [{"objective": "iwae", "k": 2}]}, "give every run a name"),
-    ({"runs": [{"name": "a", "k": 2}, {"name": "a", "k": 3}]}, "two runs are named a"),
-    ({"runs": [{"name": "a", "k": 2, "out": "x"}]}, "not a run setting"),
-    ({"runs": [{"name": "a", "objective": "elbo"}]}, "run a: unknown objective"),
-    ({"runs": [{"name": "b", "continue_from": "z"}]}, "continues z, which is not a run"),
-    ({"figures": ["movie"]}, "unknown figures movie"),
-    ({"published": {"paper": "burda2016", "table": "table1", "match": [], "values": {"nll": "vae_nll"}}},
-     "12 rows of burda2016 table1 match"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"runs": []}, "non-empty list"),
+        ({"colour": "red"}, "unknown keys colour"),
+        ({"runs": [{"objective": "iwae", "k": 2}]}, "give every run a name"),
+        ({"runs": [{"name": "a", "k": 2}, {"name": "a", "k": 3}]}, "two runs are named a"),
+        ({"runs": [{"name": "a", "k": 2, "out": "x"}]}, "not a run setting"),
+        ({"runs": [{"name": "a", "objective": "elbo"}]}, "run a: unknown objective"),
+        ({"runs": [{"name": "b", "continue_from": "z"}]}, "continues z, which is not a run"),
+        ({"figures": ["movie"]}, "unknown figures movie"),
+        (
+            {"published": {"paper": "burda2016", "table": "table1", "match": [], "values": {"nll": "vae_nll"}}},
+            "12 rows of burda2016 table1 match",
+        ),
+    ],
+)
 def test_bad_experiment_files_are_refused_with_the_reason(tmp_path, change, message):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({**GOOD, **change}))
@@ -138,8 +147,9 @@ def test_a_user_file_and_unknown_names(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(GOOD))
     (run,) = load_experiment(path).resolve("short")
-    assert run.config == {k: v for k, v in TrainConfig(objective="iwae", k=2, epochs=1).to_dict().items()
-                          if k not in EXECUTION_KEYS}
+    assert run.config == {
+        k: v for k, v in TrainConfig(objective="iwae", k=2, epochs=1).to_dict().items() if k not in EXECUTION_KEYS
+    }
     with pytest.raises(ExperimentError, match="unknown experiment 'table9'"):
         load_experiment("table9")
     with pytest.raises(ExperimentError, match="not found"):
@@ -162,10 +172,19 @@ def test_the_readme_s_example_experiment_file_is_valid(tmp_path):
 # ----------------------------------------------------------------------------- seeds
 def _seeded(tmp_path: Path, **top) -> Path:
     path = tmp_path / "seeded.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "seeded", "runs": [{"name": "a", "objective": "iwae", "k": 2},
-                                   {"name": "b", "objective": "vae", "k": 1, "continue_from": "a"}],
-        "protocols": {"short": {"epochs": 1}, "paper": {"epochs": 2, "seeds": [0, 5]}}, **top}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "seeded",
+                "runs": [
+                    {"name": "a", "objective": "iwae", "k": 2},
+                    {"name": "b", "objective": "vae", "k": 1, "continue_from": "a"},
+                ],
+                "protocols": {"short": {"epochs": 1}, "paper": {"epochs": 2, "seeds": [0, 5]}},
+                **top,
+            }
+        )
+    )
     return path
 
 
@@ -173,8 +192,13 @@ def test_seeds_make_one_run_per_seed_and_seed_0_keeps_the_name(tmp_path):
     exp = load_experiment(_seeded(tmp_path, seeds=[0, 1, 2]))
     runs = exp.resolve("short")
     assert [(r.name, r.group, r.config["seed"], r.after) for r in runs] == [
-        ("a", "a", 0, None), ("b", "b", 0, "a"), ("a-s1", "a", 1, None), ("b-s1", "b", 1, "a-s1"),
-        ("a-s2", "a", 2, None), ("b-s2", "b", 2, "a-s2")]
+        ("a", "a", 0, None),
+        ("b", "b", 0, "a"),
+        ("a-s1", "a", 1, None),
+        ("b-s1", "b", 1, "a-s1"),
+        ("a-s2", "a", 2, None),
+        ("b-s2", "b", 2, "a-s2"),
+    ]
     assert {r.eval["seed"] for r in runs} == {0}  # the test evaluation's seed stays
     # a protocol's seeds win over the file's
     assert [(r.name, r.config["seed"]) for r in exp.resolve("paper")] == [("a", 0), ("b", 0), ("a-s5", 5), ("b-s5", 5)]
@@ -204,8 +228,16 @@ def test_a_bad_seed_list_is_a_one_line_cli_error(tmp_path):
     from cli_helpers import assert_one_line_error, invoke
 
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"name": "bad", "runs": [{"name": "a", "objective": "vae", "k": 1}],
-                                    "protocols": {"short": {"epochs": 1, "seeds": [1, 1]}}}))
-    assert_one_line_error(invoke("reproduce", path, "--dry-run", "--out", tmp_path / "out"),
-                          "seeds must be a list of distinct integers")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad",
+                "runs": [{"name": "a", "objective": "vae", "k": 1}],
+                "protocols": {"short": {"epochs": 1, "seeds": [1, 1]}},
+            }
+        )
+    )
+    assert_one_line_error(
+        invoke("reproduce", path, "--dry-run", "--out", tmp_path / "out"), "seeds must be a list of distinct integers"
+    )
     assert not (tmp_path / "out").exists()

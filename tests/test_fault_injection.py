@@ -34,30 +34,59 @@ from iwae.train import loop as train_module
 
 # 60 images in batches of 10: 6 steps an epoch, 18 in all; a checkpoint every 4 steps as well as
 # at the end of each epoch (steps 4, 6, 8, 12, 16, 18; step 12 ends epoch 2)
-TRAIN_ARGS = ("--k", 3, "--latent-dims", 4, "--hidden-dims", 16, "--batch-size", 10, "--epochs", 3,
-              "--checkpoint-every", 4, "--seed", 1, "--quiet")
+TRAIN_ARGS = (
+    "--k",
+    3,
+    "--latent-dims",
+    4,
+    "--hidden-dims",
+    16,
+    "--batch-size",
+    10,
+    "--epochs",
+    3,
+    "--checkpoint-every",
+    4,
+    "--seed",
+    1,
+    "--quiet",
+)
 WRITES = {"config.yaml": 1, "model.safetensors": 4, "checkpoint.safetensors": 6, "metrics.csv": 3}
 TEMPORARY = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
 
 # (event, file or None, occurrence): fsync = killed half-way through the write; replace = the
 # temporary file is complete, not yet renamed; replaced = killed just after the rename
 KILL_POINTS = [
-    ("fsync", "config.yaml", 1), ("replaced", "config.yaml", 1),
-    ("fsync", "model.safetensors", 1), ("replaced", "model.safetensors", 1),
+    ("fsync", "config.yaml", 1),
+    ("replaced", "config.yaml", 1),
+    ("fsync", "model.safetensors", 1),
+    ("replaced", "model.safetensors", 1),
     ("step", None, 1),
-    ("fsync", "checkpoint.safetensors", 1), ("replace", "checkpoint.safetensors", 1),
+    ("fsync", "checkpoint.safetensors", 1),
+    ("replace", "checkpoint.safetensors", 1),
     ("replaced", "checkpoint.safetensors", 1),
-    ("step", None, 5), ("validation", None, 1),
-    ("fsync", "model.safetensors", 2), ("replaced", "model.safetensors", 2),
-    ("fsync", "checkpoint.safetensors", 2), ("replace", "checkpoint.safetensors", 2),
-    ("fsync", "metrics.csv", 1), ("replaced", "metrics.csv", 1),
-    ("step", None, 7), ("fsync", "checkpoint.safetensors", 3),
-    ("validation", None, 2), ("replace", "checkpoint.safetensors", 4),
-    ("step", None, 13), ("replaced", "checkpoint.safetensors", 5),
-    ("step", None, 18), ("validation", None, 3),
+    ("step", None, 5),
+    ("validation", None, 1),
+    ("fsync", "model.safetensors", 2),
+    ("replaced", "model.safetensors", 2),
+    ("fsync", "checkpoint.safetensors", 2),
+    ("replace", "checkpoint.safetensors", 2),
+    ("fsync", "metrics.csv", 1),
+    ("replaced", "metrics.csv", 1),
+    ("step", None, 7),
+    ("fsync", "checkpoint.safetensors", 3),
+    ("validation", None, 2),
+    ("replace", "checkpoint.safetensors", 4),
+    ("step", None, 13),
+    ("replaced", "checkpoint.safetensors", 5),
+    ("step", None, 18),
+    ("validation", None, 3),
     ("fsync", "model.safetensors", 4),
-    ("fsync", "checkpoint.safetensors", 6), ("replace", "checkpoint.safetensors", 6),
-    ("replaced", "checkpoint.safetensors", 6), ("fsync", "metrics.csv", 3), ("replaced", "metrics.csv", 3),
+    ("fsync", "checkpoint.safetensors", 6),
+    ("replace", "checkpoint.safetensors", 6),
+    ("replaced", "checkpoint.safetensors", 6),
+    ("fsync", "metrics.csv", 3),
+    ("replaced", "metrics.csv", 3),
 ]
 # a kill, then a kill of the resumed run, then the resume that finishes
 KILL_CHAINS = [
@@ -129,7 +158,8 @@ def _run_killed(args: list[str], point: tuple) -> None:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
-        f"the run was not killed at {point}: exit status {os.waitstatus_to_exitcode(status)}")
+        f"the run was not killed at {point}: exit status {os.waitstatus_to_exitcode(status)}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +212,9 @@ def assert_same_run(ref: Path, out: Path) -> None:
     rows_a = list(csv.DictReader((ref / "metrics.csv").read_text().splitlines()))
     rows_b = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     timing = {"epoch_time_s", "examples_per_s", "wall_time_s"}
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == \
-           [{k: v for k, v in r.items() if k not in timing} for r in rows_b]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows_b
+    ]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
 
 

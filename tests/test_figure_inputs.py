@@ -41,7 +41,8 @@ def test_toy_bias_is_negative_and_rises_to_zero():
         assert all(x < y for x, y in zip(biases, biases[1:])), biases
         assert abs(biases[-1]) < 0.01
     assert toy_bias(1, 0.1, 2.0, 0.9) == pytest.approx(
-        0.9 * math.log(0.1) + 0.1 * math.log(2.0) - math.log(0.9 * 0.1 + 0.1 * 2.0))
+        0.9 * math.log(0.1) + 0.1 * math.log(2.0) - math.log(0.9 * 0.1 + 0.1 * 2.0)
+    )
     assert toy_bias(7, 0.1, 2.0, 1.0) == pytest.approx(0.0, abs=1e-12)  # a constant has no bias
 
 
@@ -58,8 +59,9 @@ def _two_layer_mog_model() -> VAE:
     decoder: sampling z_2 from N(0, I) instead of the prior, or taking z_1 at the mean of p(z_1 | z_2),
     changes the average image by many standard errors."""
     torch.manual_seed(0)
-    model = VAE(ModelConfig(input_dim=20, latent_dims=(3, 2), hidden_dims=((16,), (16,)), prior="mog",
-                            prior_components=3)).eval()
+    model = VAE(
+        ModelConfig(input_dim=20, latent_dims=(3, 2), hidden_dims=((16,), (16,)), prior="mog", prior_components=3)
+    ).eval()
     with torch.no_grad():
         model.prior_module.loc.mul_(3.0)
         model.decoder[1].head.bias[3:] = 0.5  # log-scale of p(z_1 | z_2)
@@ -153,7 +155,7 @@ def _model(layers: int) -> VAE:
     model = VAE(ModelConfig(20, *sizes))
     with torch.no_grad():
         head = model.encoder[0].head
-        head.bias[head.bias.shape[0] // 2:] = 1.0  # log-scale of q(z_1 | x)
+        head.bias[head.bias.shape[0] // 2 :] = 1.0  # log-scale of q(z_1 | x)
         for layer in model.encoder[1:]:
             for p in layer.parameters():
                 p.mul_(3.0)  # saturating tanh: a strongly nonlinear q(z_2 | z_1)

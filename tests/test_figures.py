@@ -36,11 +36,13 @@ def runs(tmp_path_factory, shared_data_dir) -> dict[str, Path]:
     settings = {
         "vae2d": dict(objective="vae", k=1, latent_dims=[2], hidden_dims=[[20]]),
         "iwae2d": dict(objective="iwae", k=5, latent_dims=[2], hidden_dims=[[20]]),
-        "vamp2l": dict(objective="iwae", k=2, layers=2, latent_dims=[6, 4], hidden_dims=[[20], [10]],
-                       prior="vamp", components=9),
+        "vamp2l": dict(
+            objective="iwae", k=2, layers=2, latent_dims=[6, 4], hidden_dims=[[20], [10]], prior="vamp", components=9
+        ),
     }
-    return {name: train(TrainConfig(**common, **s, out=str(root / name)), progress=False)
-            for name, s in settings.items()}
+    return {
+        name: train(TrainConfig(**common, **s, out=str(root / name)), progress=False) for name, s in settings.items()
+    }
 
 
 # ----------------------------------------------------------------------------- figure functions
@@ -99,15 +101,32 @@ def test_qew_figure_is_a_png_of_the_promised_size(tmp_path):
     model = _qew_model()
     x = torch.bernoulli(torch.full((2, 8), 0.5), generator=torch.Generator().manual_seed(1))
     path = tmp_path / "sub" / "qew.png"
-    rows = figures.qew_figure(model, x, (1, 5), path, samples=2000, generator=torch.Generator().manual_seed(2),
-                              grid_size=31, panel_inches=2.0, dpi=50)
+    rows = figures.qew_figure(
+        model,
+        x,
+        (1, 5),
+        path,
+        samples=2000,
+        generator=torch.Generator().manual_seed(2),
+        grid_size=31,
+        panel_inches=2.0,
+        dpi=50,
+    )
     assert len(rows) == 4
     image = mpimg.imread(path)
     assert image.shape[:2] == (2 * 2 * 50, 5 * 2 * 50)  # rows x (image, p, q, 2 k) panels of 2 in at 50 dpi
     assert image[..., :3].std() > 0.05  # not blank
     svg = tmp_path / "qew.svg"
-    figures.qew_figure(model, x[:1], (1,), svg, samples=200, generator=torch.Generator().manual_seed(2),
-                       grid_size=11, image_shape=(2, 4))
+    figures.qew_figure(
+        model,
+        x[:1],
+        (1,),
+        svg,
+        samples=200,
+        generator=torch.Generator().manual_seed(2),
+        grid_size=11,
+        image_shape=(2, 4),
+    )
     assert svg.read_text().lstrip().startswith("<?xml")
 
 
@@ -144,9 +163,12 @@ def test_plot_qew_draws_the_panels_it_is_given(tmp_path, monkeypatch):
 def test_matplotlib_is_imported_only_by_the_figures_package():
     """All matplotlib code lives in src/iwae/figures: no other module of the package imports it."""
     package = Path(iwae.__file__).parent
-    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
-                 if "figures" not in p.relative_to(package).parts
-                 and re.search(r"^\s*(import|from)\s+matplotlib", p.read_text(), re.M)]
+    offenders = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if "figures" not in p.relative_to(package).parts
+        and re.search(r"^\s*(import|from)\s+matplotlib", p.read_text(), re.M)
+    ]
     assert offenders == []
     assert re.search(r"^\s*import matplotlib", (package / "figures" / "_base.py").read_text(), re.M)
 
@@ -156,8 +178,11 @@ def test_import_warns_of_nothing_and_snr_and_grid_draw_through_figures(monkeypat
     import subprocess
     import sys
 
-    quiet = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import iwae, iwae.figures"],
-                           capture_output=True, text=True)
+    quiet = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", "import iwae, iwae.figures"],
+        capture_output=True,
+        text=True,
+    )
     assert quiet.returncode == 0, quiet.stderr
     from iwae import grid, snr
 
@@ -185,10 +210,17 @@ def test_sample_command(runs, tmp_path):
 def test_plot_all_two_runs_side_by_side(runs, tmp_path):
     result = invoke("plot", runs["vae2d"], runs["iwae2d"], "--what", "all", "--points", 300, "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    sizes = {name: image_size(tmp_path / f"{name}.png")
-             for name in ("samples", "reconstructions", "latent", "activity", "curves")}
-    assert sizes == {"samples": (550, 1000), "reconstructions": (300, 1600), "latent": (500, 1100),
-                     "activity": (400, 500), "curves": (450, 700)}
+    sizes = {
+        name: image_size(tmp_path / f"{name}.png")
+        for name in ("samples", "reconstructions", "latent", "activity", "curves")
+    }
+    assert sizes == {
+        "samples": (550, 1000),
+        "reconstructions": (300, 1600),
+        "latent": (500, 1100),
+        "activity": (400, 500),
+        "curves": (450, 700),
+    }
 
 
 def test_plot_one_run_latent_and_activity_of_two_layers(runs, tmp_path):
@@ -209,7 +241,8 @@ def test_plot_toy_command(tmp_path):
 def test_command_errors_are_one_line(runs, tmp_path):
     assert_one_line_error(invoke("sample", tmp_path / "missing"), "not found")
     assert_one_line_error(invoke("plot", tmp_path / "missing", "--out", tmp_path), "not found")
-    assert_one_line_error(invoke("sample", runs["vae2d"], "--pseudo-inputs", "--out", tmp_path / "u.png"),
-                          "no pseudo-inputs")
+    assert_one_line_error(
+        invoke("sample", runs["vae2d"], "--pseudo-inputs", "--out", tmp_path / "u.png"), "no pseudo-inputs"
+    )
     assert_one_line_error(invoke("plot", runs["vae2d"], "--what", "everything", "--out", tmp_path), "--what")
     assert_one_line_error(invoke("plot", "toy", runs["vae2d"], "--out", tmp_path / "t.png"), "toy")

@@ -46,14 +46,21 @@ CONFIGS = pytest.mark.parametrize("config", [CFG1, CFG2], ids=["1layer", "2layer
 
 
 def _with_prior(config: ModelConfig, prior: str, components: int = 3) -> ModelConfig:
-    return ModelConfig(config.input_dim, config.latent_dims, config.hidden_dims, prior=prior,
-                       prior_components=1 if prior == "normal" else components)
+    return ModelConfig(
+        config.input_dim,
+        config.latent_dims,
+        config.hidden_dims,
+        prior=prior,
+        prior_components=1 if prior == "normal" else components,
+    )
 
 
 # the exact checks also run with the priors that learn (mog) and that depend on the encoder (vamp)
 PRIOR_CONFIGS = pytest.mark.parametrize(
-    "config", [CFG1, CFG2, _with_prior(CFG1, "mog"), _with_prior(CFG1, "vamp"), _with_prior(CFG2, "vamp")],
-    ids=["1layer", "2layer", "mog-1layer", "vamp-1layer", "vamp-2layer"])
+    "config",
+    [CFG1, CFG2, _with_prior(CFG1, "mog"), _with_prior(CFG1, "vamp"), _with_prior(CFG2, "vamp")],
+    ids=["1layer", "2layer", "mog-1layer", "vamp-1layer", "vamp-2layer"],
+)
 
 # every (objective, estimator) pair ObjectiveSpec accepts, with small sample layouts
 OBJECTIVE_SPECS = {
@@ -63,8 +70,9 @@ OBJECTIVE_SPECS = {
     "ciwae": dict(name="ciwae", k=4, beta=0.3),
     "piwae": dict(name="piwae", k=6, m=2),
 }
-SUPPORTED = [(obj, est) for est in ESTIMATORS for obj in objectives.OBJECTIVES
-             if est not in ("rws", "rws-dreg") or obj == "iwae"]
+SUPPORTED = [
+    (obj, est) for est in ESTIMATORS for obj in objectives.OBJECTIVES if est not in ("rws", "rws-dreg") or obj == "iwae"
+]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -152,9 +160,18 @@ def _hand_parts(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator)
         log_dec = log_dec + Normal(loc, log_scale.exp()).log_prob(below).sum(-1)
     log_dec = log_dec + Bernoulli(logits=model.decoder[0].logits(zs[0])).log_prob(x).sum(-1)
     log_p = log_prior + log_dec
-    return dict(log_p=log_p, log_q=log_q, log_q_sp=log_q_sp, log_q_ss=log_q_ss, log_w=log_p - log_q,
-                path=log_p - log_q_sp, path_cut=log_p - log_q_sp_cut, zs=zs,
-                path_only=log_prior_path + log_dec - log_q_sp, direct=direct)
+    return dict(
+        log_p=log_p,
+        log_q=log_q,
+        log_q_sp=log_q_sp,
+        log_q_ss=log_q_ss,
+        log_w=log_p - log_q,
+        path=log_p - log_q_sp,
+        path_cut=log_p - log_q_sp_cut,
+        zs=zs,
+        path_only=log_prior_path + log_dec - log_q_sp,
+        direct=direct,
+    )
 
 
 def _hand_vamp(model: VAE, z: torch.Tensor, encoder) -> torch.Tensor:
@@ -335,8 +352,15 @@ def test_hand_log_weights_match_model(config):
 Z_MAX = 5.0  # |mean difference| / its standard error, on every component
 
 
-def _draws(model: VAE, x: torch.Tensor, n: int, reps: int, seed: int, spec: ObjectiveSpec | None = None,
-           hand: tuple[str, int, int] | None = None) -> torch.Tensor:
+def _draws(
+    model: VAE,
+    x: torch.Tensor,
+    n: int,
+    reps: int,
+    seed: int,
+    spec: ObjectiveSpec | None = None,
+    hand: tuple[str, int, int] | None = None,
+) -> torch.Tensor:
     """n i.i.d. encoder-gradient estimates, each averaging ``reps`` independent draws (x repeated
     ``reps`` times in one batch; gradients are summed over the batch, so divided by reps), shape
     (n, P). Either by accumulate_gradients(spec) or by the hand surrogate ``hand = (which, k, groups)``
@@ -437,9 +461,13 @@ def test_stl_unbiased_for_k1(config):
 # One sample size for every objective, so that one forward pass per draw serves all of them:
 # VAE(k=6), IWAE(k=6), MIWAE(2,3), CIWAE(beta=0.3, k=6), PIWAE(2,3).
 K_ALL = 6
-ALL_SPECS = {"vae": dict(name="vae", k=K_ALL), "iwae": dict(name="iwae", k=K_ALL),
-             "miwae": dict(name="miwae", k=K_ALL, m=2), "ciwae": dict(name="ciwae", k=K_ALL, beta=0.3),
-             "piwae": dict(name="piwae", k=K_ALL, m=2)}
+ALL_SPECS = {
+    "vae": dict(name="vae", k=K_ALL),
+    "iwae": dict(name="iwae", k=K_ALL),
+    "miwae": dict(name="miwae", k=K_ALL, m=2),
+    "ciwae": dict(name="ciwae", k=K_ALL, beta=0.3),
+    "piwae": dict(name="piwae", k=K_ALL, m=2),
+}
 # (objective, estimator, the estimator whose expectation it must have): DReG that of the
 # reparameterised gradient of every objective, STL that of the ELBO's (any K), RWS-DReG that of RWS
 UNBIASED = [(o, "dreg", "reparam") for o in ALL_SPECS] + [("vae", "stl", "reparam"), ("iwae", "rws-dreg", "rws")]
@@ -479,10 +507,13 @@ def _all_draws(prior: str, layers: int) -> dict:
     wrong = [("iwae", WRONG_DREG), ("iwae", WRONG_RWS_DREG)] if prior == "vamp" else []
     out: dict = {key: [] for key in keys + wrong}
     for _ in range(N_ALL):
-        parts = add_views(model, model.log_weight_parts(xr, K_ALL, g, prior_direct=True), stop_params=True,
-                          stop_samples=True)
-        surrogates = {(o, e): _encoder_term(model, gradient_terms(model, parts, ObjectiveSpec(**ALL_SPECS[o], estimator=e)).terms)
-                      for o, e in keys}
+        parts = add_views(
+            model, model.log_weight_parts(xr, K_ALL, g, prior_direct=True), stop_params=True, stop_samples=True
+        )
+        surrogates = {
+            (o, e): _encoder_term(model, gradient_terms(model, parts, ObjectiveSpec(**ALL_SPECS[o], estimator=e)).terms)
+            for o, e in keys
+        }
         # the surrogates as they were before the prior's direct term was weighted apart
         w = torch.softmax(parts.log_weights.detach(), 0)
         path = parts.log_p - parts.log_q_stop_params
@@ -491,8 +522,9 @@ def _all_draws(prior: str, layers: int) -> dict:
             surrogates[wrong[1]] = ((w - w.square()) * path).sum(0)
         else:  # no direct term: the old and the new surrogates are the same, so only check that once
             torch.testing.assert_close(surrogates[("iwae", "dreg")], (w.square() * path).sum(0), rtol=0, atol=0)
-            torch.testing.assert_close(surrogates[("iwae", "rws-dreg")], ((w - w.square()) * path).sum(0),
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(
+                surrogates[("iwae", "rws-dreg")], ((w - w.square()) * path).sum(0), rtol=0, atol=0
+            )
         for key, surrogate in surrogates.items():
             grads = torch.autograd.grad(surrogate.sum(), enc, retain_graph=True)
             out[key].append(_flat(grads) / REPS_ALL)
@@ -515,8 +547,10 @@ def test_estimator_unbiased_for_every_prior(prior, layers, objective, estimator,
     test_unbiasedness_statistic_flags_biased_estimators use the same draws and threshold."""
     draws = _all_draws(prior, layers)
     z = _z_max(draws[(objective, estimator)], draws[(objective, target)])
-    assert z < Z_ALL, (f"{estimator} for {objective} with the {prior} prior, {layers} layer(s): its mean differs "
-                       f"from {target}'s by {z:.1f} standard errors")
+    assert z < Z_ALL, (
+        f"{estimator} for {objective} with the {prior} prior, {layers} layer(s): its mean differs "
+        f"from {target}'s by {z:.1f} standard errors"
+    )
 
 
 @pytest.mark.parametrize("prior,layers", ALL_MODELS, ids=[f"{p}-{n}layer" for p, n in ALL_MODELS])
@@ -555,8 +589,7 @@ def test_piwae_dreg_routes_miwae_dreg_to_encoder_and_iwae_to_decoder(config):
     want_dec = torch.autograd.grad(-objectives.iwae(log_w).sum(), model.decoder_parameters())
     _assert_close(dec, list(want_dec), "PIWAE dreg decoder vs IWAE(6)")
     log_w = model.log_weights(x, k, _gen())
-    miwae_dec = torch.autograd.grad(-objectives.miwae(log_w.reshape(m, k // m, -1)).sum(),
-                                    model.decoder_parameters())
+    miwae_dec = torch.autograd.grad(-objectives.miwae(log_w.reshape(m, k // m, -1)).sum(), model.decoder_parameters())
     assert (_flat(dec) - _flat(miwae_dec)).abs().max() > 1e-6
 
 
@@ -619,8 +652,16 @@ def _check_run(run_dir, estimator: str) -> None:
 def test_every_estimator_trains_from_the_api(tmp_path, small_splits, estimator):
     """iwae.train.train runs one epoch of IWAE(k=3) on 60 MNIST images with each estimator: finite
     (negative) training and validation bounds in metrics.csv, and config.yaml records the estimator."""
-    config = TrainConfig(estimator=estimator, objective="iwae", k=3, epochs=1, latent_dims=[4],
-                         hidden_dims=[[16]], out=str(tmp_path / estimator), seed=0)
+    config = TrainConfig(
+        estimator=estimator,
+        objective="iwae",
+        k=3,
+        epochs=1,
+        latent_dims=[4],
+        hidden_dims=[[16]],
+        out=str(tmp_path / estimator),
+        seed=0,
+    )
     run_dir = train(config, progress=False, splits=small_splits)
     _check_run(run_dir, estimator)
 
@@ -629,9 +670,28 @@ def test_dreg_trains_from_the_cli(tmp_path, shared_data_dir):
     """`iwae train --estimator dreg --train-subset 100 --epochs 1` on the shared MNIST exits 0 and
     writes a run whose config.yaml says dreg and whose metrics.csv holds finite bounds."""
     out = tmp_path / "run"
-    args = ["train", "--objective", "iwae", "--k", "3", "--estimator", "dreg", "--train-subset", "100",
-            "--epochs", "1", "--latent-dims", "4", "--hidden-dims", "16", "--data-dir", str(shared_data_dir),
-            "--quiet", "--out", str(out)]
+    args = [
+        "train",
+        "--objective",
+        "iwae",
+        "--k",
+        "3",
+        "--estimator",
+        "dreg",
+        "--train-subset",
+        "100",
+        "--epochs",
+        "1",
+        "--latent-dims",
+        "4",
+        "--hidden-dims",
+        "16",
+        "--data-dir",
+        str(shared_data_dir),
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, (result.output, result.exception)
     _check_run(out, "dreg")

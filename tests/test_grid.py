@@ -93,11 +93,14 @@ def test_total_12_uses_its_divisors():
     assert [(p.m, p.k) for p in points if p.objective == "piwae"] == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(total=0), "total"),
-    (dict(total=64, betas=[0.5, 1.5]), r"beta must lie in \[0, 1\], got 1.5"),
-    (dict(total=64, ms=[1, 3]), "M = 3 does not divide total = 64"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(total=0), "total"),
+        (dict(total=64, betas=[0.5, 1.5]), r"beta must lie in \[0, 1\], got 1.5"),
+        (dict(total=64, ms=[1, 3]), "M = 3 does not divide total = 64"),
+    ],
+)
 def test_bad_grids_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         grid_points(**kwargs)
@@ -157,11 +160,15 @@ def test_tiny_grid_is_a_reproduction_that_iwae_report_reads(tiny_grid):
     assert state["protocol"]["name"] == PROTOCOL and state["figures"] == ["grid", "curves"]
     assert [r["name"] for r in state["runs"]] == [r.name for r in plan(grid_points(4, [0.0, 0.5]))]
     assert {r["name"]: [p["label"] for p in r["points"]] for r in state["runs"]}["iwae-k4"] == [
-        "MIWAE(1,4)", "PIWAE(1,4)", "CIWAE(beta=0)"]
+        "MIWAE(1,4)",
+        "PIWAE(1,4)",
+        "CIWAE(beta=0)",
+    ]
     for r in state["runs"]:
         result = json.loads((out / "runs" / r["name"] / RESULT_FILE).read_text())
         assert result["status"] == "done" and result["metrics"]["neg_kl"] == pytest.approx(
-            result["metrics"]["iwae4"] - result["metrics"]["log_p_hat"])
+            result["metrics"]["iwae4"] - result["metrics"]["log_p_hat"]
+        )
         row = next(row for row in rows if row["run"] == r["name"])
         assert row["iwae_bound"] == result["metrics"]["iwae4"] and row["log_p_hat"] == -result["metrics"]["nll"]
     report = CliRunner().invoke(main, ["report", str(out), "--no-figures"])
@@ -248,6 +255,7 @@ def test_more_epochs_resume_the_runs_from_their_checkpoints(tiny_grid, tiny_spli
 
     monkeypatch.setattr(train_module, "train", counting)
     import iwae.members as members_module  # runs that share shapes resume as one batched model (iwae.members)
+
     real_members = members_module.train_members
 
     def counting_members(configs, **kwargs):
@@ -273,10 +281,27 @@ def test_table_and_figure_show_published_numbers_at_total_64(tmp_path):
     rows = []
     for i, p in enumerate(grid_points()):
         run = canonical_run(p)
-        rows.append({"objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "total": 64, "label": p.label,
-                     "run": run.name, "iwae_bound": -110.0 - i * 0.1, "log_p_hat": -108.0, "neg_kl": -2.0 - i * 0.1,
-                     "active_units": 20, "seconds": 1.0, "iwae_k": 64, "log_p_k": 5000, "n_test": 500,
-                     "epochs": 4, "train_subset": 5000})
+        rows.append(
+            {
+                "objective": p.objective,
+                "m": p.m,
+                "k": p.k,
+                "beta": p.beta,
+                "total": 64,
+                "label": p.label,
+                "run": run.name,
+                "iwae_bound": -110.0 - i * 0.1,
+                "log_p_hat": -108.0,
+                "neg_kl": -2.0 - i * 0.1,
+                "active_units": 20,
+                "seconds": 1.0,
+                "iwae_k": 64,
+                "log_p_k": 5000,
+                "n_test": 500,
+                "epochs": 4,
+                "train_subset": 5000,
+            }
+        )
     table = grid_table(rows)
     line = {ln.split(" | ")[0].lstrip("| "): ln for ln in table.splitlines() if ln.startswith("| ")}
     assert "-86.11" in line["MIWAE(1,64)"] and "-86.11" in line["CIWAE(beta=0)"]
@@ -297,11 +322,14 @@ def test_cli_dry_run_lists_shared_runs(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--total", "0"], "--total must be >= 1"),
-    (["--betas", "0,1.5"], "beta must lie in [0, 1]"),
-    (["--ms", "1,5"], "M = 5 does not divide total = 64"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--total", "0"], "--total must be >= 1"),
+        (["--betas", "0,1.5"], "beta must lie in [0, 1]"),
+        (["--ms", "1,5"], "M = 5 does not divide total = 64"),
+    ],
+)
 def test_cli_bad_values_exit_2_with_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["grid", "--out", str(tmp_path / "g"), "--dry-run", *args])
     assert result.exit_code == 2

@@ -75,8 +75,9 @@ def test_a_pickle_named_checkpoint_safetensors_is_refused_unexecuted(half_run, t
     else:
         torch.save({"model": _Payload(marker)}, path)
     before = snapshot(half_run)
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                          "is corrupt or not a safetensors file")
+    assert_one_line_error(
+        invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "is corrupt or not a safetensors file"
+    )
     assert not marker.exists()
     (half_run / "model.safetensors").write_bytes(path.read_bytes())
     with pytest.raises(CheckpointError, match="not a safetensors file"):
@@ -92,12 +93,15 @@ def _rewrite_checkpoint(run: Path, change) -> None:
     save_file(tensors, str(run / "checkpoint.safetensors"), metadata={"json": json.dumps(meta)})
 
 
-@pytest.mark.parametrize("damage, phrase", [
-    ("weight-shape", "holds encoder.0.body.0.weight of shape (17, 784)"),
-    ("missing-weight", "lacks "),
-    ("adam-shape", "holds optim.0.exp_avg of shape"),
-    ("architecture", "holds another architecture"),
-])
+@pytest.mark.parametrize(
+    "damage, phrase",
+    [
+        ("weight-shape", "holds encoder.0.body.0.weight of shape (17, 784)"),
+        ("missing-weight", "lacks "),
+        ("adam-shape", "holds optim.0.exp_avg of shape"),
+        ("architecture", "holds another architecture"),
+    ],
+)
 def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(half_run, damage, phrase):
     def change(tensors, meta):
         if damage == "weight-shape":
@@ -123,16 +127,18 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, half_run, tin
     other = tmp_path / "other"
     train(TrainConfig(**{**SMALL, "latent_dims": [6]}, dataset=tiny_npz, epochs=1, out=str(other)), progress=False)
     shutil.copy(other / "checkpoint.safetensors", half_run / "checkpoint.safetensors")
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                          "holds another architecture")
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "holds another architecture")
 
 
-@pytest.mark.parametrize("text, phrase", [
-    ("k: five\n", "config key 'k' must be int, got 'five'"),
-    ("lr: 1e-3\n", "config key 'lr' must be float"),
-    ("samples: 5\n", "unknown config keys: samples"),
-    ("latent_dims: 4\n", "config key 'latent_dims' must be list[int] | None"),
-])
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("k: five\n", "config key 'k' must be int, got 'five'"),
+        ("lr: 1e-3\n", "config key 'lr' must be float"),
+        ("samples: 5\n", "unknown config keys: samples"),
+        ("latent_dims: 4\n", "config key 'latent_dims' must be list[int] | None"),
+    ],
+)
 def test_a_config_yaml_with_unknown_keys_or_wrong_types_is_refused(half_run, text, phrase):
     path = half_run / "config.yaml"
     values = yaml.safe_load(path.read_text())
@@ -148,17 +154,21 @@ def test_a_config_yaml_with_unknown_keys_or_wrong_types_is_refused(half_run, tex
 def test_a_cuda_generator_state_is_refused_on_cpu(half_run, trained):
     """A checkpoint started on CUDA holds a 16-byte generator state (a CPU one is 5,056 bytes); it
     used to fail with "incomplete or does not match the config"."""
+
     def to_cuda_style(tensors, meta):
         tensors["rng.generator"] = torch.arange(16, dtype=torch.uint8)
         meta.pop("rng_device")  # as older checkpoints, which did not record it: the size tells
 
     _rewrite_checkpoint(half_run, to_cuda_style)
     before = snapshot(half_run)
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                          "was trained on cuda; resuming it on cpu would draw other random numbers")
+    assert_one_line_error(
+        invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
+        "was trained on cuda; resuming it on cpu would draw other random numbers",
+    )
     with pytest.raises(ValueError, match="trained on cuda"):  # as iwae reproduce resumes
-        train_or_resume(TrainConfig(**{**TrainConfig.from_yaml(half_run / "config.yaml").to_dict(), "epochs": 2}),
-                        progress=False)
+        train_or_resume(
+            TrainConfig(**{**TrainConfig.from_yaml(half_run / "config.yaml").to_dict(), "epochs": 2}), progress=False
+        )
     assert snapshot(half_run) == before
     _rewrite_checkpoint(half_run, lambda tensors, meta: meta.update(rng_device="cuda"))
     assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "was trained on cuda")
@@ -172,8 +182,10 @@ def test_resuming_a_cpu_run_on_cuda_is_refused(half_run, monkeypatch):
     and the two draw other numbers."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     before = snapshot(half_run)
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--device", "cuda", "--quiet"),
-                          "was trained on cpu; resuming it on cuda")
+    assert_one_line_error(
+        invoke("train", "--resume", half_run, "--epochs", 2, "--device", "cuda", "--quiet"),
+        "was trained on cpu; resuming it on cuda",
+    )
     assert snapshot(half_run) == before
     _, meta = load_tensors(half_run / "checkpoint.safetensors")
     assert meta["rng_device"] == "cpu"
@@ -192,8 +204,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(half_run, trained
 
     good = (half_run / "checkpoint.safetensors").read_bytes()
     monkeypatch.setattr(checkpoint_module, "save_file", full_disk)
-    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                                  "No space left on device")
+    error = assert_one_line_error(
+        invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "No space left on device"
+    )
     assert "checkpoint.safetensors" in error and "unchanged" in error
     assert (half_run / "checkpoint.safetensors").read_bytes() == good
     assert not [p for p in half_run.iterdir() if p.name.startswith(".")]
@@ -209,8 +222,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(half_run, trained
 
     good_metrics = (half_run / "metrics.csv").read_bytes()
     monkeypatch.setattr(checkpoint_module.os, "fsync", full_disk_fsync)
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                          "could not write")
+    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "could not write")
     monkeypatch.undo()
     # the checkpoint of epoch 2 was written before metrics.csv failed; the resume syncs metrics.csv
     assert (half_run / "metrics.csv").read_bytes() == good_metrics
@@ -226,6 +238,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(half_run, trained
 def test_a_read_only_folder_is_one_line_before_any_training(half_run, trained, monkeypatch):
     """Tests run as root, whom chmod does not stop: the folder refuses new files through mkstemp,
     as a read-only folder does (EACCES)."""
+
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs.get("dir"))
 
@@ -233,8 +246,7 @@ def test_a_read_only_folder_is_one_line_before_any_training(half_run, trained, m
     monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", read_only)
     monkeypatch.setattr("iwae.train.loop.accumulate_gradients", lambda *a, **k: steps.append(1))
     before = snapshot(half_run)
-    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"),
-                                  "Permission denied")
+    error = assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "Permission denied")
     assert "is the folder writable?" in error and not steps  # refused before the first step
     assert snapshot(half_run) == before
     monkeypatch.undo()
@@ -254,9 +266,25 @@ def test_nonfinite_training_is_one_line_from_the_command_line(tmp_path, tiny_npz
 
     monkeypatch.setattr("iwae.train.loop.accumulate_gradients", poisoned)
     out = tmp_path / "run"
-    assert_one_line_error(invoke("train", "--dataset", tiny_npz, "--k", 2, "--latent-dims", 4, "--hidden-dims", 16,
-                                 "--epochs", 1, "--quiet", "--out", out),
-                          "became nan or inf in epoch 1 at step 1")
+    assert_one_line_error(
+        invoke(
+            "train",
+            "--dataset",
+            tiny_npz,
+            "--k",
+            2,
+            "--latent-dims",
+            4,
+            "--hidden-dims",
+            16,
+            "--epochs",
+            1,
+            "--quiet",
+            "--out",
+            out,
+        ),
+        "became nan or inf in epoch 1 at step 1",
+    )
     assert not (out / "checkpoint.safetensors").exists()
     assert load_tensors(out / "model.safetensors")[1]["epoch"] == 0
 

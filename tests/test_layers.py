@@ -16,7 +16,10 @@ PACKAGE = ROOT / "src" / "iwae"
 # and needed by one path only (the command line imports the library, which loads PyTorch, only when a
 # command runs; TrainConfig.load_data imports the data loaders, which load PyTorch, only when called)
 ALLOWED = {
-    "cli/runs.py": "iwae", "cli/experiments.py": "iwae", "cli/figures.py": "iwae|torch", "cli/support.py": "torch",
+    "cli/runs.py": "iwae",
+    "cli/experiments.py": "iwae",
+    "cli/figures.py": "iwae|torch",
+    "cli/support.py": "torch",
     "config/train.py": "iwae",
     "figures/_base.py": "matplotlib",
     "experiments/executors.py": "ray",
@@ -45,8 +48,17 @@ def _function_level_imports(path: Path) -> list[tuple[int, str, str]]:
 
 
 def test_import_contracts_hold():
-    done = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-                           "sys.exit(lint_imports_command())"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
 
@@ -63,14 +75,17 @@ def test_function_level_imports_are_deferred_heavy_libraries_only():
             said = rel.startswith("cli/") or "deferred" in text or "deferred" in source[line - 2]
             if not (ok and said):
                 offenders.append(f"{rel}:{line}: {text.strip()}")
-    assert offenders == [], ("import these at the top of the module (a function-level import is only for a "
-                             "heavy library one path needs, with a comment saying 'deferred: why'):\n"
-                             + "\n".join(offenders))
+    assert offenders == [], (
+        "import these at the top of the module (a function-level import is only for a "
+        "heavy library one path needs, with a comment saying 'deferred: why'):\n" + "\n".join(offenders)
+    )
 
 
 def test_the_check_sees_a_function_level_import(tmp_path):
     """The scan finds imports in functions and methods, not at module level."""
     path = tmp_path / "m.py"
-    path.write_text("import os\n\nclass A:\n    def f(self):\n        from .x import y\n\n"
-                    "def g():\n    import torch  # deferred: heavy\n")
+    path.write_text(
+        "import os\n\nclass A:\n    def f(self):\n        from .x import y\n\n"
+        "def g():\n    import torch  # deferred: heavy\n"
+    )
     assert [(line, module) for line, module, _ in _function_level_imports(path)] == [(5, "iwae"), (8, "torch")]

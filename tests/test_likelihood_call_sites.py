@@ -75,7 +75,9 @@ def test_samples_and_reconstructions_are_the_likelihoods(name):
         assert on_8bit_grid(draws) and ((means >= 0) & (means <= 1)).all()
     assert not set(draws.unique().tolist()) <= {0.0, 1.0}
     loc = model.encode(x).mean
-    torch.testing.assert_close(analysis.reconstruct(model, x).double(), model.likelihood.mean(model.decoder_output(loc)))
+    torch.testing.assert_close(
+        analysis.reconstruct(model, x).double(), model.likelihood.mean(model.decoder_output(loc))
+    )
 
 
 def test_bits_per_dim_only_where_the_nll_is_a_code_length():
@@ -102,13 +104,24 @@ def test_a_dequantised_gaussian_run_reports_bits_per_dim(tmp_path):
 
     rng = np.random.default_rng(0)
     path = tmp_path / "grey.npz"
-    np.savez(path, **{s: rng.integers(0, 256, (n, D), dtype=np.uint8) for s, n in
-                      (("train", 40), ("valid", 10), ("test", 10))})
+    np.savez(
+        path,
+        **{s: rng.integers(0, 256, (n, D), dtype=np.uint8) for s, n in (("train", 40), ("valid", 10), ("test", 10))},
+    )
     results = {}
     for deq in (True, False):
-        config = TrainConfig(dataset=f"npz:{path}", likelihood="gaussian", binarize="none", dequantize=deq,
-                             latent_dims=[2], hidden_dims=[[8]], k=2, batch_size=10, epochs=1,
-                             out=str(tmp_path / f"run-{deq}"))
+        config = TrainConfig(
+            dataset=f"npz:{path}",
+            likelihood="gaussian",
+            binarize="none",
+            dequantize=deq,
+            latent_dims=[2],
+            hidden_dims=[[8]],
+            k=2,
+            batch_size=10,
+            epochs=1,
+            out=str(tmp_path / f"run-{deq}"),
+        )
         splits = config.load_data()
         if deq:
             grid = torch.from_numpy(np.load(path)["test"]).float()

@@ -81,12 +81,19 @@ def test_logistic256_agrees_with_a_direct_cdf_difference_in_float64():
     # formula is finite: it agrees there with the CDF difference at 400 digits (mpmath)
     mpmath = pytest.importorskip("mpmath")  # torch's own dependency (through sympy)
     mpmath.mp.dps = 400  # a CDF of 1 - 1e-125 must keep its last digits
-    for xv, m, ls in ((128 / 255, 0.99, -7.0), (3 / 255, 0.95, -6.0), (250 / 255, -0.2, -5.5), (0.0, 1.4, -7.5),
-                      (1.0, -0.3, -7.5)):
+    for xv, m, ls in (
+        (128 / 255, 0.99, -7.0),
+        (3 / 255, 0.95, -6.0),
+        (250 / 255, -0.2, -5.5),
+        (0.0, 1.4, -7.5),
+        (1.0, -0.3, -7.5),
+    ):
         with np.errstate(divide="ignore", over="ignore"):
             assert _direct_log_mass(np.array([xv]), np.array([m]), np.array([ls]))[0] < -30
+
         def cdf(t, sign=1):  # F(t), or 1 - F(t) with sign -1, each without cancellation
             return 1 / (1 + mpmath.exp(-sign * (t - mpmath.mpf(m)) / mpmath.exp(ls)))
+
         upper, lower = mpmath.mpf(xv) + mpmath.mpf(1) / 510, mpmath.mpf(xv) - mpmath.mpf(1) / 510
         if m > xv:  # the lower tail: F(upper) - F(lower), F(lower) = 0 at the open edge
             mass = cdf(upper) - (0 if xv < 1 / 510 else cdf(lower))
@@ -94,8 +101,9 @@ def test_logistic256_agrees_with_a_direct_cdf_difference_in_float64():
             mass = cdf(lower, -1) - (0 if xv > 1 - 1 / 510 else cdf(upper, -1))
         exact = float(mpmath.log(mass))
         k = round(xv * 255)
-        lib_value = _all_masses(torch.tensor([m], dtype=torch.float64), torch.tensor([ls], dtype=torch.float64),
-                                torch.float64)[k, 0].item()
+        lib_value = _all_masses(
+            torch.tensor([m], dtype=torch.float64), torch.tensor([ls], dtype=torch.float64), torch.float64
+        )[k, 0].item()
         assert math.isfinite(lib_value) and lib_value == pytest.approx(exact, rel=1e-10), (xv, m, ls)
 
 
@@ -145,16 +153,29 @@ def test_logistic256_refuses_data_off_the_grid(tmp_path):
     the trained run on data off the grid is refused too."""
     rng = np.random.default_rng(0)
     path = tmp_path / "grey.npz"
-    np.savez(path, train=rng.random((20, 6), dtype=np.float32), valid=rng.random((10, 6), dtype=np.float32),
-             test=rng.random((10, 6), dtype=np.float32))
-    cfg = dict(dataset=f"npz:{path}", latent_dims=[2], hidden_dims=[[4]], k=2, epochs=1, batch_size=10,
-               likelihood="logistic256")
+    np.savez(
+        path,
+        train=rng.random((20, 6), dtype=np.float32),
+        valid=rng.random((10, 6), dtype=np.float32),
+        test=rng.random((10, 6), dtype=np.float32),
+    )
+    cfg = dict(
+        dataset=f"npz:{path}",
+        latent_dims=[2],
+        hidden_dims=[[4]],
+        k=2,
+        epochs=1,
+        batch_size=10,
+        likelihood="logistic256",
+    )
     with pytest.raises(ConfigError, match="not on the 8-bit grid") as e:
         train(TrainConfig(**cfg, out=str(tmp_path / "bad")), progress=False)
     assert "likelihood" in e.value.fields and "\n" not in str(e.value)
     assert not (tmp_path / "bad").exists()
-    grid = {s: (np.round(rng.random((n, 6)) * 255) / 255).astype(np.float32) for s, n in
-            (("train", 20), ("valid", 10), ("test", 10))}
+    grid = {
+        s: (np.round(rng.random((n, 6)) * 255) / 255).astype(np.float32)
+        for s, n in (("train", 20), ("valid", 10), ("test", 10))
+    }
     np.savez(path, **grid)
     run = train(TrainConfig(**cfg, out=str(tmp_path / "good")), progress=False)
     assert np.isfinite(rundir.read_metrics(run)[-1]["valid_L2"])
@@ -238,18 +259,28 @@ def test_settings_errors_and_old_digests():
     """sigma only with gaussian and > 0, an unknown likelihood: one-line errors naming the setting; the
     architecture digest of a default model is the digest of the field set it had before the likelihood,
     sigma, network and image_shape fields existed."""
-    for bad, field in ((dict(sigma=0.1), "sigma"), (dict(likelihood="gaussian", sigma=-1.0), "sigma"),
-                       (dict(likelihood="poisson"), "likelihood")):
+    for bad, field in (
+        (dict(sigma=0.1), "sigma"),
+        (dict(likelihood="gaussian", sigma=-1.0), "sigma"),
+        (dict(likelihood="poisson"), "likelihood"),
+    ):
         with pytest.raises(ConfigError) as e:
             TrainConfig(**bad)
         assert field in e.value.fields and "\n" not in str(e.value)
     with pytest.raises(ValueError, match="sigma"):
         ModelConfig(likelihood="bernoulli", sigma=0.1)
-    old_fields = dict(input_dim=784, latent_dims=[50], hidden_dims=[[200, 200]], prior="normal", prior_components=1,
-                      prior_learn_weights=False)
+    old_fields = dict(
+        input_dim=784,
+        latent_dims=[50],
+        hidden_dims=[[200, 200]],
+        prior="normal",
+        prior_components=1,
+        prior_learn_weights=False,
+    )
     assert ModelConfig().to_dict() == old_fields
     import hashlib
     import json
+
     expected = hashlib.sha256(json.dumps(old_fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert rundir.model_digest(ModelConfig()) == expected
     assert rundir.model_digest(ModelConfig(likelihood="gaussian", sigma=0.1)) != expected
@@ -308,8 +339,11 @@ def _likelihood_model(name: str, sigma: float | None = None) -> tuple[VAE, torch
     return model, x
 
 
-@pytest.mark.parametrize("name,sigma", [("gaussian", 0.3), ("gaussian", None), ("logistic256", None)],
-                         ids=["gaussian-fixed", "gaussian-learned", "logistic256"])
+@pytest.mark.parametrize(
+    "name,sigma",
+    [("gaussian", 0.3), ("gaussian", None), ("logistic256", None)],
+    ids=["gaussian-fixed", "gaussian-learned", "logistic256"],
+)
 def test_dreg_and_stl_unbiased_with_the_continuous_likelihoods(name, sigma):
     """DReG for IWAE(5) and STL for the ELBO (k = 1) have the mean encoder gradient of the reparameterised
     objective (paired z-statistic below 5 on every component over 200 means of 10 draws); negative

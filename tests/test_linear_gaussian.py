@@ -60,8 +60,9 @@ def _exact_log_px(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, sigma: floa
     return MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
 
 
-def _set_encoder(model: VAE, W: torch.Tensor, b: torch.Tensor, sigma: float, shrink: float = 1.0,
-                 scale_shift: float = 0.0) -> None:
+def _set_encoder(
+    model: VAE, W: torch.Tensor, b: torch.Tensor, sigma: float, shrink: float = 1.0, scale_shift: float = 0.0
+) -> None:
     """The exact posterior (shrink 1, shift 0), or a worse Gaussian: loc scaled by ``shrink``, log sigma shifted."""
     S = torch.linalg.inv(torch.eye(DZ, dtype=torch.float64) + W.T @ W / sigma**2)
     assert torch.allclose(S, torch.diag(torch.diag(S)), atol=1e-12), "W's columns must be orthogonal"
@@ -114,12 +115,16 @@ def test_lk_approaches_log_px_from_below(setup):
     w = torch.exp(log_w - log_w.max(0).values)
     rel_var = w.var(0) / w.mean(0).square()  # Var(w) / E[w]^2 per input
     # s.e. of the mean gap: the larger of the delta-method one and the spread of the 400 gaps
-    se_mean = max((rel_var / 5000).mean().sqrt().item() / math.sqrt(N), ((exact - lk[5000]).std() / math.sqrt(N)).item())
+    se_mean = max(
+        (rel_var / 5000).mean().sqrt().item() / math.sqrt(N), ((exact - lk[5000]).std() / math.sqrt(N)).item()
+    )
     bias = (rel_var / (2 * 5000)).mean().item()
     gap = gaps[5000]
-    print(f"\nlinear-Gaussian D={D}, d={DZ}, sigma={SIGMA}, {N} inputs: gap log p(x) - L_k = "
-          + ", ".join(f"k={k}: {v:.4f}" for k, v in gaps.items())
-          + f"; s.e. of the k=5000 gap {se_mean:.4f}, delta-method bias {bias:.4f}")
+    print(
+        f"\nlinear-Gaussian D={D}, d={DZ}, sigma={SIGMA}, {N} inputs: gap log p(x) - L_k = "
+        + ", ".join(f"k={k}: {v:.4f}" for k, v in gaps.items())
+        + f"; s.e. of the k=5000 gap {se_mean:.4f}, delta-method bias {bias:.4f}"
+    )
     assert gaps[1] > gaps[5] > gaps[50] > gaps[5000]
     assert -4 * se_mean < gap < 4 * se_mean + bias, (gap, se_mean, bias)
     for wrong_sigma in (0.4, 0.6):  # the same check refuses a closed form with a sigma 20% off
@@ -162,8 +167,12 @@ def test_ppca_moves_toward_the_maximum_likelihood_solution():
     W_ml = eigvec[:, :dz] * (eigval[:dz] - sigma2_ml).sqrt()
 
     def marginal(W, b, sigma2):
-        return MultivariateNormal(b, covariance_matrix=W @ W.T + sigma2 * torch.eye(d, dtype=torch.float64)
-                                  ).log_prob(x).mean().item()
+        return (
+            MultivariateNormal(b, covariance_matrix=W @ W.T + sigma2 * torch.eye(d, dtype=torch.float64))
+            .log_prob(x)
+            .mean()
+            .item()
+        )
 
     best = marginal(W_ml, mean, sigma2_ml)
 
@@ -177,8 +186,9 @@ def test_ppca_moves_toward_the_maximum_likelihood_solution():
             return self.loc(h), self.log_scale.expand(h.shape[:-1] + (dz,))
 
     lik = OneSigmaGaussian(d)
-    model = VAE(ModelConfig(input_dim=d, latent_dims=(dz,)), encoder=Encoder(), decoder=nn.Linear(dz, d),
-                likelihood=lik).double()
+    model = VAE(
+        ModelConfig(input_dim=d, latent_dims=(dz,)), encoder=Encoder(), decoder=nn.Linear(dz, d), likelihood=lik
+    ).double()
     dec = model.decoder[0]
 
     def current():
@@ -195,8 +205,10 @@ def test_ppca_moves_toward_the_maximum_likelihood_solution():
             p.grad /= n  # the mean over the batch, not the sum: one learning rate for any n
         opt.step()
     end = current()
-    print(f"\npPCA d={d}, latent {dz}, {n} points: mean log p(x) at start {start:.4f}, after 300 IWAE(5) steps "
-          f"{end:.4f}, ML (Tipping & Bishop) {best:.4f}; sigma^2 {math.exp(2 * lik.log_sigma.item()):.4f} vs "
-          f"ML {sigma2_ml.item():.4f}")
+    print(
+        f"\npPCA d={d}, latent {dz}, {n} points: mean log p(x) at start {start:.4f}, after 300 IWAE(5) steps "
+        f"{end:.4f}, ML (Tipping & Bishop) {best:.4f}; sigma^2 {math.exp(2 * lik.log_sigma.item()):.4f} vs "
+        f"ML {sigma2_ml.item():.4f}"
+    )
     assert end <= best + 1e-9
     assert best - end < 0.01 * (best - start), (start, end, best)

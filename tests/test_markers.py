@@ -10,9 +10,14 @@ def test_every_collected_test_using_a_data_fixture_is_marked_data(request):
     """Across the collected session, a test whose fixture closure holds a data fixture carries the
     marker; this test, which uses none, does not."""
     items = request.session.items
-    needs = [i for i in items
-             if (set(conftest.DATA_FIXTURES) | set(getattr(i.module, "DATA_FIXTURES", ()))) & set(i.fixturenames)]
-    assert all(i.get_closest_marker("data") for i in needs), [i.nodeid for i in needs if not i.get_closest_marker("data")]
+    needs = [
+        i
+        for i in items
+        if (set(conftest.DATA_FIXTURES) | set(getattr(i.module, "DATA_FIXTURES", ()))) & set(i.fixturenames)
+    ]
+    assert all(i.get_closest_marker("data") for i in needs), [
+        i.nodeid for i in needs if not i.get_closest_marker("data")
+    ]
     assert request.node.get_closest_marker("data") is None
     mine = [i for i in items if i.nodeid == request.node.nodeid]
     assert mine and mine[0].get_closest_marker("data") is None

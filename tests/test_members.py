@@ -88,9 +88,14 @@ def test_one_step_gradients_are_each_member_s_own(splits):
     from iwae.estimators import accumulate_gradients
 
     torch.manual_seed(0)
-    specs = [dict(objective="iwae", k=4, estimator="dreg"), dict(objective="piwae", k=4, m=2, estimator="stl"),
-             dict(objective="iwae", k=4, estimator="rws"), dict(objective="vae", k=4, kl_warmup=2),
-             dict(objective="ciwae", k=4, beta=0.3), dict(objective="iwae", k=4, estimator="rws-dreg")]
+    specs = [
+        dict(objective="iwae", k=4, estimator="dreg"),
+        dict(objective="piwae", k=4, m=2, estimator="stl"),
+        dict(objective="iwae", k=4, estimator="rws"),
+        dict(objective="vae", k=4, kl_warmup=2),
+        dict(objective="ciwae", k=4, beta=0.3),
+        dict(objective="iwae", k=4, estimator="rws-dreg"),
+    ]
     configs = [TrainConfig(**{**BASE, **TWO_LAYERS, **s, "seed": i, "out": "unused"}) for i, s in enumerate(specs)]
     models = [train_module.build_model(c, 784) for c in configs]
     x = torch.bernoulli(splits.train[:20].expand(len(models), 20, 784), generator=torch.Generator().manual_seed(1))
@@ -110,14 +115,20 @@ def test_one_step_gradients_are_each_member_s_own(splits):
         got = [members_stacked.member_tensor(stacked.param(name).grad, name, i) for i in range(len(models))]
         for i, model in enumerate(models):
             want = model.get_parameter(name).grad
-            assert got[i].shape == want.shape and (got[i] - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6, \
-                (name, i)
+            assert got[i].shape == want.shape and (got[i] - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6, (
+                name,
+                i,
+            )
         # negative control: member 0's gradient is not member 1's
         assert not torch.allclose(got[0], models[1].get_parameter(name).grad)
 
 
-MIXED = [dict(objective="vae", k=5, seed=0), dict(objective="iwae", k=5, seed=0),
-         dict(objective="iwae", k=5, seed=1), dict(objective="iwae", k=5, seed=2, estimator="dreg")]
+MIXED = [
+    dict(objective="vae", k=5, seed=0),
+    dict(objective="iwae", k=5, seed=0),
+    dict(objective="iwae", k=5, seed=1),
+    dict(objective="iwae", k=5, seed=2, estimator="dreg"),
+]
 
 
 def test_each_member_of_a_mixed_group_is_the_run_it_would_have_been_alone(tmp_path, splits, monkeypatch):
@@ -125,12 +136,14 @@ def test_each_member_of_a_mixed_group_is_the_run_it_would_have_been_alone(tmp_pa
     folder holds the run train() writes for its config alone; the batched path ran (not a fallback)."""
     calls = []
     original = StackedVAE.log_weight_parts
-    monkeypatch.setattr(StackedVAE, "log_weight_parts",
-                        lambda self, *a, **kw: calls.append(self.members) or original(self, *a, **kw))
+    monkeypatch.setattr(
+        StackedVAE, "log_weight_parts", lambda self, *a, **kw: calls.append(self.members) or original(self, *a, **kw)
+    )
     configs = [config(tmp_path / f"member{i}", **s) for i, s in enumerate(MIXED)]
     results = train_members(configs, progress=False, splits=splits)
-    assert [r.status for r in results] == ["trained"] * 4 and [r.run_dir for r in results] == \
-        [tmp_path / f"member{i}" for i in range(4)]
+    assert [r.status for r in results] == ["trained"] * 4 and [r.run_dir for r in results] == [
+        tmp_path / f"member{i}" for i in range(4)
+    ]
     assert calls == [4] * 100  # 100 batched steps of all four members
     for i, settings in enumerate(MIXED):
         alone = train_alone(config(tmp_path / f"alone{i}", **settings), splits)
@@ -141,9 +154,13 @@ def test_each_member_of_a_mixed_group_is_the_run_it_would_have_been_alone(tmp_pa
 
 
 TWO_LAYERS = dict(layers=2, latent_dims=[6, 3], hidden_dims=[[16], [8]], epochs=2)
-GROUPED = [dict(objective="miwae", k=4, m=2, seed=0), dict(objective="piwae", k=4, m=2, seed=1, estimator="stl"),
-           dict(objective="iwae", k=4, seed=2, estimator="rws"), dict(objective="ciwae", k=4, beta=0.3, seed=3),
-           dict(objective="iwae", k=4, seed=4, estimator="rws-dreg")]
+GROUPED = [
+    dict(objective="miwae", k=4, m=2, seed=0),
+    dict(objective="piwae", k=4, m=2, seed=1, estimator="stl"),
+    dict(objective="iwae", k=4, seed=2, estimator="rws"),
+    dict(objective="ciwae", k=4, beta=0.3, seed=3),
+    dict(objective="iwae", k=4, seed=4, estimator="rws-dreg"),
+]
 
 
 def test_two_layer_members_with_every_kind_of_view(tmp_path, splits):
@@ -163,8 +180,9 @@ def test_kl_warmup_members_and_mid_epoch_checkpoints(tmp_path, splits):
     configs = [config(tmp_path / f"member{i}", **extra, **s) for i, s in enumerate(variants)]
     train_members(configs, progress=False, splits=splits)
     for i, settings in enumerate(variants):
-        assert_same_run(train_alone(config(tmp_path / f"alone{i}", **extra, **settings), splits),
-                        tmp_path / f"member{i}")
+        assert_same_run(
+            train_alone(config(tmp_path / f"alone{i}", **extra, **settings), splits), tmp_path / f"member{i}"
+        )
 
 
 def test_a_member_resumes_alone_and_the_group_resumes_together(tmp_path, splits):
@@ -172,10 +190,17 @@ def test_a_member_resumes_alone_and_the_group_resumes_together(tmp_path, splits)
     whole group resumed by train_members(resume=True) to 4 epochs; both equal 4-epoch runs alone."""
     seeds = [dict(objective="iwae", k=3, seed=s) for s in (0, 1, 2)]
     for name in ("group", "one"):
-        train_members([config(tmp_path / name / f"seed{i}", **s, epochs=2) for i, s in enumerate(seeds)],
-                      progress=False, splits=splits)
-    results = train_members([config(tmp_path / "group" / f"seed{i}", **s, epochs=4) for i, s in enumerate(seeds)],
-                            resume=True, progress=False, splits=splits)
+        train_members(
+            [config(tmp_path / name / f"seed{i}", **s, epochs=2) for i, s in enumerate(seeds)],
+            progress=False,
+            splits=splits,
+        )
+    results = train_members(
+        [config(tmp_path / "group" / f"seed{i}", **s, epochs=4) for i, s in enumerate(seeds)],
+        resume=True,
+        progress=False,
+        splits=splits,
+    )
     assert [r.status for r in results] == ["trained"] * 3
     train(config(tmp_path / "one" / "seed1", **seeds[1], epochs=4), resume=True, progress=False, splits=splits)
     for i, settings in enumerate(seeds):
@@ -185,8 +210,12 @@ def test_a_member_resumes_alone_and_the_group_resumes_together(tmp_path, splits)
             assert_same_run(alone, tmp_path / "one" / "seed1")
     # members at different steps are refused together, with a one-line error naming them
     with pytest.raises(ValueError, match="same step"):
-        train_members([config(tmp_path / "one" / f"seed{i}", **s, epochs=5) for i, s in enumerate(seeds)],
-                      resume=True, progress=False, splits=splits)
+        train_members(
+            [config(tmp_path / "one" / f"seed{i}", **s, epochs=5) for i, s in enumerate(seeds)],
+            resume=True,
+            progress=False,
+            splits=splits,
+        )
 
 
 class SimulatedKill(BaseException):
@@ -213,8 +242,9 @@ def test_a_group_killed_mid_epoch_resumes_together_from_its_mid_epoch_checkpoint
     monkeypatch.setattr(members_loop._Group, "step", real_step)
     meta = load_tensors(tmp_path / "m1" / "checkpoint.safetensors")[1]
     assert (meta["epoch"], meta["step"], meta["epoch_position"]) == (1, 28, 160)
-    results = train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], resume=True,
-                            progress=False, splits=splits)
+    results = train_members(
+        [config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], resume=True, progress=False, splits=splits
+    )
     assert [r.status for r in results] == ["trained"] * 2
     for i, settings in enumerate(seeds):
         assert_same_run(train_alone(config(tmp_path / f"alone{i}", **settings), splits), tmp_path / f"m{i}")
@@ -235,14 +265,17 @@ def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(tmp_path,
 
     monkeypatch.setattr(StackedVAE, "log_weight_parts", poisoned)
     seeds = [dict(objective="iwae", k=3, seed=s, epochs=3) for s in (0, 1, 2)]
-    results = train_members([config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False,
-                            splits=splits)
+    results = train_members(
+        [config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits
+    )
     assert [r.status for r in results] == ["trained", "failed", "trained"]
     assert steps == [3] * 30 + [2] * 30  # the group goes on with two members
     assert isinstance(results[1].error, FloatingPointError)
-    assert str(results[1].error) == ("training stopped: the loss or a gradient became nan or inf in epoch 2 at step "
-                                     "30, and the parameters did not take that step; checkpoint.safetensors (epoch 1, "
-                                     "step 20) is intact; try a smaller --lr in a new run")
+    assert str(results[1].error) == (
+        "training stopped: the loss or a gradient became nan or inf in epoch 2 at step "
+        "30, and the parameters did not take that step; checkpoint.safetensors (epoch 1, "
+        "step 20) is intact; try a smaller --lr in a new run"
+    )
     monkeypatch.setattr(StackedVAE, "log_weight_parts", original)
     for i in (0, 2):
         assert_same_run(train_alone(config(tmp_path / f"alone{i}", **seeds[i]), splits), tmp_path / f"m{i}")
@@ -257,11 +290,18 @@ def test_a_diverging_member_stops_alone_and_the_others_finish_as_alone(tmp_path,
     assert_same_run(train_alone(config(tmp_path / "alone1-full", **seeds[1]), splits), tmp_path / "m1")
 
 
-@pytest.mark.parametrize("change, setting", [
-    (dict(batch_size=10), "batch_size"), (dict(k=4), "k"), (dict(hidden_dims=[[8, 8]]), "hidden_dims"),
-    (dict(lr=1e-4), "lr"), (dict(epochs=2), "epochs"), (dict(train_subset=200), "train_subset"),
-    (dict(prior="mog", components=3), "prior"),
-])
+@pytest.mark.parametrize(
+    "change, setting",
+    [
+        (dict(batch_size=10), "batch_size"),
+        (dict(k=4), "k"),
+        (dict(hidden_dims=[[8, 8]]), "hidden_dims"),
+        (dict(lr=1e-4), "lr"),
+        (dict(epochs=2), "epochs"),
+        (dict(train_subset=200), "train_subset"),
+        (dict(prior="mog", components=3), "prior"),
+    ],
+)
 def test_groups_that_cannot_share_a_model_are_refused_naming_the_setting(tmp_path, change, setting):
     configs = [config(tmp_path / "a", k=5), config(tmp_path / "b", **{"k": 5, **change})]
     with pytest.raises(ConfigError, match=f"must share {setting}, but the members differ") as info:
@@ -269,8 +309,12 @@ def test_groups_that_cannot_share_a_model_are_refused_naming_the_setting(tmp_pat
     assert info.value.fields == (setting,) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="the same run directory"):
         check_group([config(tmp_path / "a", seed=0), config(tmp_path / "a", seed=1)])
-    check_group([config(tmp_path / "a", objective="vae", k=5), config(tmp_path / "b", objective="miwae", k=5, m=5,
-                                                                      seed=3, estimator="dreg")])  # may differ
+    check_group(
+        [
+            config(tmp_path / "a", objective="vae", k=5),
+            config(tmp_path / "b", objective="miwae", k=5, m=5, seed=3, estimator="dreg"),
+        ]
+    )  # may differ
     assert set(MAY_DIFFER) <= set(TrainConfig.__dataclass_fields__)
 
 
@@ -278,8 +322,9 @@ def test_a_group_that_cannot_be_stacked_trains_its_members_in_turn(tmp_path, spl
     """The mixture prior has no stacked form: the members are trained by train(), the same runs exactly."""
     monkeypatch.setattr(StackedVAE, "log_weight_parts", lambda *a, **k: pytest.fail("stacked a mog prior"))
     settings = dict(prior="mog", components=3, epochs=1, objective="iwae", k=2)
-    results = train_members([config(tmp_path / f"m{s}", **settings, seed=s) for s in (0, 1)], progress=False,
-                            splits=splits)
+    results = train_members(
+        [config(tmp_path / f"m{s}", **settings, seed=s) for s in (0, 1)], progress=False, splits=splits
+    )
     assert [r.status for r in results] == ["trained"] * 2
     alone = train_alone(config(tmp_path / "alone", **settings, seed=1), splits)
     assert_same_run(alone, tmp_path / "m1", rtol=0, atol=0)
@@ -289,8 +334,9 @@ def test_existing_folders_are_refused_before_any_member_starts(tmp_path, splits)
     train_alone(config(tmp_path / "b", epochs=1), splits)
     before = (tmp_path / "b" / "model.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="exists and is not empty"):
-        train_members([config(tmp_path / "a", epochs=1), config(tmp_path / "b", epochs=1, seed=1)], progress=False,
-                      splits=splits)
+        train_members(
+            [config(tmp_path / "a", epochs=1), config(tmp_path / "b", epochs=1, seed=1)], progress=False, splits=splits
+        )
     assert not (tmp_path / "a").exists() and (tmp_path / "b" / "model.safetensors").read_bytes() == before
 
 
@@ -300,8 +346,19 @@ def cli(*args):
 
 
 def test_train_seeds_writes_one_run_per_seed_and_resume_continues_them(tmp_path, shared_data_dir, splits):
-    common = ["--train-subset", 100, "--latent-dims", 4, "--hidden-dims", "16,16", "--k", 3,
-              "--data-dir", shared_data_dir, "--quiet"]
+    common = [
+        "--train-subset",
+        100,
+        "--latent-dims",
+        4,
+        "--hidden-dims",
+        "16,16",
+        "--k",
+        3,
+        "--data-dir",
+        shared_data_dir,
+        "--quiet",
+    ]
     flags = common + ["--epochs", 1]
     result = cli("train", "--seeds", "0,2", "--out", tmp_path / "x", *flags)
     assert result.exit_code == 0, result.output
@@ -315,8 +372,9 @@ def test_train_seeds_writes_one_run_per_seed_and_resume_continues_them(tmp_path,
         assert_same_run(tmp_path / f"alone{s}", tmp_path / "x" / f"seed{s}")
     # one seed is --seed: the run in OUT itself, as today
     assert cli("train", "--seeds", 7, "--out", tmp_path / "one", *flags).exit_code == 0
-    assert (tmp_path / "one" / "config.yaml").is_file() and \
-        TrainConfig.from_yaml(tmp_path / "one" / "config.yaml").seed == 7
+    assert (tmp_path / "one" / "config.yaml").is_file() and TrainConfig.from_yaml(
+        tmp_path / "one" / "config.yaml"
+    ).seed == 7
     bad = cli("train", "--seeds", "0,1", "--batch-size", 0, "--out", tmp_path / "bad", *flags)
     assert bad.exit_code == 2 and "--batch-size must be >= 1" in bad.output and "Traceback" not in bad.output
     bad = cli("train", "--seeds", "1,1", "--out", tmp_path / "bad", *flags)
@@ -325,12 +383,23 @@ def test_train_seeds_writes_one_run_per_seed_and_resume_continues_them(tmp_path,
 
 # ----------------------------------------------------------------------------- reproduce's grouping
 def write_experiment(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "title": "tiny runs", "labels": ["objective", "k"], "seeds": [0, 1],
-        "runs": [{"name": "vae", "objective": "vae", "k": 2}, {"name": "iwae", "objective": "iwae", "k": 2},
-                 {"name": "iwae-b10", "objective": "iwae", "k": 2, "batch_size": 10},
-                 {"name": "iwae-k3", "objective": "iwae", "k": 3}],
-        "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "title": "tiny runs",
+                "labels": ["objective", "k"],
+                "seeds": [0, 1],
+                "runs": [
+                    {"name": "vae", "objective": "vae", "k": 2},
+                    {"name": "iwae", "objective": "iwae", "k": 2},
+                    {"name": "iwae-b10", "objective": "iwae", "k": 2, "batch_size": 10},
+                    {"name": "iwae-k3", "objective": "iwae", "k": 3},
+                ],
+                "protocols": {"short": {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}},
+            }
+        )
+    )
     return path
 
 
@@ -339,8 +408,11 @@ def test_reproduce_groups_compatible_runs_and_the_results_are_those_of_runs_alon
     batched = reproduce(exp, tmp_path / "batched", data_dir=str(shared_data_dir), progress=False)
     alone = reproduce(exp, tmp_path / "alone", data_dir=str(shared_data_dir), progress=False, batch=False)
     # the 8 runs: vae, iwae (k = 2) and their seed-1 twins share a model; batch 10 and k = 3 stay apart
-    assert batched.batches == [["vae", "iwae", "vae-s1", "iwae-s1"], ["iwae-b10", "iwae-b10-s1"],
-                               ["iwae-k3", "iwae-k3-s1"]]
+    assert batched.batches == [
+        ["vae", "iwae", "vae-s1", "iwae-s1"],
+        ["iwae-b10", "iwae-b10-s1"],
+        ["iwae-k3", "iwae-k3-s1"],
+    ]
     assert alone.batches == []
     assert batched.status == alone.status and set(batched.status.values()) == {"done"}
     for name in batched.status:

@@ -31,6 +31,7 @@ K = 50  # samples per image: chunks then hold many images, so their rows follow 
 def _peak_bytes(fn) -> int:
     """The largest total of CPU tensor memory allocated (net of frees) during ``fn()``, from
     torch's profiler (see the module docstring)."""
+
     def walk(nodes):
         for node in nodes:
             yield node
@@ -38,8 +39,11 @@ def _peak_bytes(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    totals = [node.extra_fields.total_allocated for node in walk(prof.profiler.kineto_results.experimental_event_tree())
-              if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu"]
+    totals = [
+        node.extra_fields.total_allocated
+        for node in walk(prof.profiler.kineto_results.experimental_event_tree())
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu"
+    ]
     assert totals, "the profiler recorded no allocations"
     return max(totals)
 
@@ -80,17 +84,20 @@ def test_evaluation_peak_memory_stays_within_the_budget(name):
     images_per_chunk, samples = memory.chunking(model, K, x.shape[0], BUDGET, x.device)
     assert (images_per_chunk, samples) == (images, K)
 
-    peak = _peak_bytes(lambda: log_likelihood(model, x, K, memory_budget=BUDGET,
-                                              generator=torch.Generator().manual_seed(0)))
+    peak = _peak_bytes(
+        lambda: log_likelihood(model, x, K, memory_budget=BUDGET, generator=torch.Generator().manual_seed(0))
+    )
     assert peak <= BUDGET, f"{name}: peak {peak / 2**20:.2f} MiB over the budget of {BUDGET / 2**20:.0f} MiB"
     measured_per_row = peak / (images * K)
     assert bytes_per_row < 2 * measured_per_row, (
-        f"{name}: the estimate {bytes_per_row} bytes per row is loose, over twice the measured {measured_per_row:.0f}")
+        f"{name}: the estimate {bytes_per_row} bytes per row is loose, over twice the measured {measured_per_row:.0f}"
+    )
 
 
 def test_peak_measurement_sees_a_known_allocation():
     """The measurement itself: a (1000, 1000) float32 tensor and its double, both alive, give a
     peak of at least 8 MB; freeing the first before making a third keeps the peak below 12 MB."""
+
     def fn():
         a = torch.ones(1000, 1000)
         b = a * 2
@@ -122,8 +129,9 @@ def test_sliced_mixture_log_prob_is_the_unsliced_formula(prior, components):
         eps = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)
         per_component = -0.5 * eps.square().sum(-1) - log_scale.sum(-1) - 50 * HALF_LOG_2PI
         assert torch.equal(priors_module._diag_normal_log_prob(z, loc, log_scale), per_component)
-        torch.testing.assert_close(module.log_prob(z), torch.logsumexp(log_pi + per_component, -1),
-                                   rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(
+            module.log_prob(z), torch.logsumexp(log_pi + per_component, -1), rtol=1e-6, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", ["mog500-1layer", "vamp500-1layer"])
@@ -146,4 +154,5 @@ def test_training_step_memory_with_many_components(name, estimator):
     allowance = 2 * 1000 * 4 * model.prior_module.floats_per_row()
     assert peaks[name] - peaks["normal-1layer"] <= allowance, (
         f"{name}: a training step peaks {peaks[name] / 2**20:.1f} MiB against {peaks['normal-1layer'] / 2**20:.1f} MiB "
-        f"for the normal prior (allowance {allowance / 2**20:.1f} MiB)")
+        f"for the normal prior (allowance {allowance / 2**20:.1f} MiB)"
+    )

@@ -104,7 +104,9 @@ def test_burda_two_layer_sizes():
     assert [tuple(l.weight.shape) for l in _linears(enc1)] == [(100, 100), (100, 100), (100, 100)]
     assert [tuple(l.weight.shape) for l in _linears(dec1)] == [(100, 50), (100, 100), (200, 100)]
     assert [tuple(l.weight.shape) for l in _linears(dec0)] == [(200, 100), (200, 200), (784, 200)]
-    n_enc = (_mlp_params([784, 200, 200]) + 2 * (200 * 100 + 100)) + (_mlp_params([100, 100, 100]) + 2 * (100 * 50 + 50))
+    n_enc = (_mlp_params([784, 200, 200]) + 2 * (200 * 100 + 100)) + (
+        _mlp_params([100, 100, 100]) + 2 * (100 * 50 + 50)
+    )
     n_dec = _mlp_params([100, 200, 200, 784]) + (_mlp_params([50, 100, 100]) + 2 * (100 * 100 + 100))
     assert sum(p.numel() for p in model.encoder_parameters()) == n_enc
     assert sum(p.numel() for p in model.decoder_parameters()) == n_dec
@@ -161,8 +163,9 @@ def test_log_weights_with_samples_returns_the_draws(layers):
     """model.log_weights_with_samples(x, K, g) gives the log-weights of log_weights(x, K, g) (the same
     draws for the same seed) and the samples z_1..z_L they were computed at, both equal to the
     torch.distributions computation by hand (float64); another seed gives other samples."""
-    model = _model(ModelConfig(input_dim=30, latent_dims=(5, 3)[:layers], hidden_dims=((16,), (8,))[:layers]),
-                   seed=layers).double()
+    model = _model(
+        ModelConfig(input_dim=30, latent_dims=(5, 3)[:layers], hidden_dims=((16,), (8,))[:layers]), seed=layers
+    ).double()
     x = _binary(3, 30, seed=2, dtype=F64)
     log_w, zs = model.log_weights_with_samples(x, 4, torch.Generator().manual_seed(9))
     ref, ref_zs = _log_weights_by_hand(model, x, 4, torch.Generator().manual_seed(9), samples=True)
@@ -189,8 +192,9 @@ def test_diag_normal_log_prob_is_the_normal_density():
     got = diag_normal_log_prob(z, loc, log_scale)
     assert got.shape == (6, 4)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(diag_normal_log_prob_from_eps((z - loc) / log_scale.exp(), log_scale), want,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        diag_normal_log_prob_from_eps((z - loc) / log_scale.exp(), log_scale), want, rtol=1e-12, atol=1e-12
+    )
     assert not torch.allclose(diag_normal_log_prob(z, loc, log_scale.exp()), want)
     assert not torch.allclose(diag_normal_log_prob(z, loc, log_scale), Normal(loc, 1.0).log_prob(z).sum(-1))
 

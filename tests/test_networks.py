@@ -68,13 +68,24 @@ def test_mlp_factories_build_burdas_networks():
     dec = make_decoder("mlp", 3, (7, 8), 24)
     assert isinstance(enc, GaussianMLP) and type(dec) is MLPDecoder
     assert dec.output_bias is dec.head.bias and dec.output_bias.shape == (24,)
-    assert [n for n, _ in dec.named_parameters()] == ["body.0.weight", "body.0.bias", "body.2.weight",
-                                                       "body.2.bias", "head.weight", "head.bias"]
+    assert [n for n, _ in dec.named_parameters()] == [
+        "body.0.weight",
+        "body.0.bias",
+        "body.2.weight",
+        "body.2.bias",
+        "head.weight",
+        "head.bias",
+    ]
     z = torch.randn(5, 2, 3)
     with torch.no_grad():
         dec.output_bias.normal_()
-        want = torch.tanh(torch.tanh(z @ dec.body[0].weight.T + dec.body[0].bias) @ dec.body[2].weight.T
-                          + dec.body[2].bias) @ dec.head.weight.T + dec.head.bias
+        want = (
+            torch.tanh(
+                torch.tanh(z @ dec.body[0].weight.T + dec.body[0].bias) @ dec.body[2].weight.T + dec.body[2].bias
+            )
+            @ dec.head.weight.T
+            + dec.head.bias
+        )
     torch.testing.assert_close(dec(z), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of mlp, gated, conv"):
         make_decoder("resnet", 3, (7,), 24)
@@ -117,7 +128,9 @@ def test_gated_defaults_are_the_papers_300_300():
     assert isinstance(model.encoder[0], GatedEncoder) and isinstance(model.decoder[0], GatedDecoder)
     # encoder: 2 blocks (2 linears each) + mean + logvar heads; decoder: 2 blocks + the output layer
     lin = lambda i, o: i * o + o  # noqa: E731
-    assert sum(p.numel() for p in model.encoder_parameters()) == 2 * lin(784, 300) + 2 * lin(300, 300) + 2 * lin(300, 50)
+    assert sum(p.numel() for p in model.encoder_parameters()) == 2 * lin(784, 300) + 2 * lin(300, 300) + 2 * lin(
+        300, 50
+    )
     assert sum(p.numel() for p in model.decoder.parameters()) == 2 * lin(50, 300) + 2 * lin(300, 300) + lin(300, 784)
     assert model.decoder[0].output_bias.shape == (784,)
 
@@ -145,11 +158,14 @@ def test_conv_shapes_for_any_divisible_image(shape):
     torch.testing.assert_close(dec(z)[:, d:].reshape(3, c, h, w), want[:, 1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((30, 30), r"needs H and W divisible by 4, got 30 x 30; pad or crop"),
-    ((28, 26), r"divisible by 4, got 28 x 26"),
-    (None, r"needs the image shape of inputs of 500 pixels \(not a square\)"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((30, 30), r"needs H and W divisible by 4, got 30 x 30; pad or crop"),
+        ((28, 26), r"divisible by 4, got 28 x 26"),
+        (None, r"needs the image shape of inputs of 500 pixels \(not a square\)"),
+    ],
+)
 def test_conv_refuses_sizes_it_cannot_handle(shape, message):
     d = 500 if shape is None else math.prod(shape)
     with pytest.raises(ValueError, match=message) as e:

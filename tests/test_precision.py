@@ -120,8 +120,14 @@ def test_the_backward_pass_runs_outside_autocast(monkeypatch):
         forward_states.append(torch.is_autocast_enabled("cpu"))
         return real_forward(*args)
 
-    accumulate_gradients(_model(), _batch(), ObjectiveSpec("iwae", 5, 1, 0.5, "reparam"),
-                         torch.Generator().manual_seed(0), precision="bf16-mixed", forward=forward)
+    accumulate_gradients(
+        _model(),
+        _batch(),
+        ObjectiveSpec("iwae", 5, 1, 0.5, "reparam"),
+        torch.Generator().manual_seed(0),
+        precision="bf16-mixed",
+        forward=forward,
+    )
     assert forward_states == [True]
     assert states and not any(states)
 
@@ -168,8 +174,9 @@ def test_a_bf16_run_trains_close_to_the_float32_run(tmp_path, layers):
     splits = _synthetic_splits(n_train=300)
     models = {}
     for precision in PRECISIONS:
-        config = TrainConfig(layers=layers, k=5, epochs=4, schedule="constant", precision=precision,
-                             out=str(tmp_path / precision))
+        config = TrainConfig(
+            layers=layers, k=5, epochs=4, schedule="constant", precision=precision, out=str(tmp_path / precision)
+        )
         train(config, progress=False, splits=splits)
         models[precision] = rundir.load_model(config.out)
         assert rundir.read_config(config.out).precision == precision
@@ -245,8 +252,15 @@ def test_bf16_mixed_keeps_every_network_and_likelihood_float32(network, likeliho
     from iwae.precision import training_autocast
 
     torch.manual_seed(0)
-    model = VAE(ModelConfig(input_dim=64, latent_dims=(4,), hidden_dims=((8, 16) if network == "conv" else (16,),),
-                            network=network, likelihood=likelihood))
+    model = VAE(
+        ModelConfig(
+            input_dim=64,
+            latent_dims=(4,),
+            hidden_dims=((8, 16) if network == "conv" else (16,),),
+            network=network,
+            likelihood=likelihood,
+        )
+    )
     x = torch.randint(0, 256, (5, 64)).float() / 255
     with torch.no_grad():
         exact = model.log_weights(x, 3, torch.Generator().manual_seed(1))

@@ -44,8 +44,9 @@ def test_mixture_log_prob_matches_mixture_same_family():
         prior.log_var.normal_()
         prior.logits.normal_()
     z = torch.randn(7, 2, 3, dtype=F64)
-    reference = MixtureSameFamily(Categorical(logits=prior.logits),
-                                  Independent(Normal(prior.loc, torch.exp(0.5 * prior.log_var)), 1))
+    reference = MixtureSameFamily(
+        Categorical(logits=prior.logits), Independent(Normal(prior.loc, torch.exp(0.5 * prior.log_var)), 1)
+    )
     torch.testing.assert_close(prior.log_prob(z), reference.log_prob(z))
     torch.testing.assert_close(prior().log_prob(z), reference.log_prob(z))
 
@@ -129,8 +130,19 @@ def test_vamp_cache_is_used_in_eval_and_dropped_when_training():
 @pytest.mark.parametrize("sizes", [SMALL, SMALL2], ids=["1layer", "2layers"])
 def test_each_prior_trains_with_each_objective(tiny_splits, tmp_path, objective, prior, sizes):
     m = 2 if objective in ("miwae", "piwae") else 1
-    config = TrainConfig(objective=objective, k=4, m=m, prior=prior, components=3, layers=len(sizes["latent_dims"]),
-                         epochs=1, schedule="constant", batch_size=20, out=str(tmp_path / "run"), **sizes)
+    config = TrainConfig(
+        objective=objective,
+        k=4,
+        m=m,
+        prior=prior,
+        components=3,
+        layers=len(sizes["latent_dims"]),
+        epochs=1,
+        schedule="constant",
+        batch_size=20,
+        out=str(tmp_path / "run"),
+        **sizes,
+    )
     run_dir = train(config, progress=False, splits=tiny_splits)
     model = iwae.load(run_dir)
     assert model.config.prior == prior and model.config.prior_components == 3
@@ -143,8 +155,18 @@ def test_each_prior_trains_with_each_objective(tiny_splits, tmp_path, objective,
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_save_load_round_trip_gives_identical_log_weights(tiny_splits, tmp_path, prior):
-    config = TrainConfig(objective="iwae", k=3, prior=prior, components=4, learn_mixture_weights=prior == "mog",
-                         epochs=1, schedule="constant", out=str(tmp_path / "run"), **SMALL2, layers=2)
+    config = TrainConfig(
+        objective="iwae",
+        k=3,
+        prior=prior,
+        components=4,
+        learn_mixture_weights=prior == "mog",
+        epochs=1,
+        schedule="constant",
+        out=str(tmp_path / "run"),
+        **SMALL2,
+        layers=2,
+    )
     run_dir = train(config, progress=False, splits=tiny_splits)
     loaded = iwae.load(run_dir)
     # the reference: the trained weights as the checkpoint (another file, written separately) holds
@@ -153,7 +175,7 @@ def test_save_load_round_trip_gives_identical_log_weights(tiny_splits, tmp_path,
     reference = VAE(loaded.config)
     prior_keys = [k for k in reference.state_dict() if k.startswith("prior_module.")]
     assert prior_keys and any(not torch.equal(reference.state_dict()[k], tensors["model." + k]) for k in prior_keys)
-    reference.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    reference.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     x = tiny_splits.valid
     with torch.no_grad():
         a = loaded.log_weights(x, 5, torch.Generator().manual_seed(3))
@@ -168,11 +190,18 @@ def test_saved_model_loads_with_identical_log_weights(tmp_path, prior):
 
     torch.manual_seed(4)
     # the run's config.yaml records the architecture; model.safetensors the weights
-    config = TrainConfig(layers=2, latent_dims=[4, 2], hidden_dims=[[8], [6]], prior=prior, components=3,
-                         learn_mixture_weights=prior == "mog")
+    config = TrainConfig(
+        layers=2,
+        latent_dims=[4, 2],
+        hidden_dims=[[8], [6]],
+        prior=prior,
+        components=3,
+        learn_mixture_weights=prior == "mog",
+    )
     model = VAE(config.model_config(12))
-    assert model.config == ModelConfig(12, (4, 2), ((8,), (6,)), prior=prior, prior_components=3,
-                                       prior_learn_weights=prior == "mog")
+    assert model.config == ModelConfig(
+        12, (4, 2), ((8,), (6,)), prior=prior, prior_components=3, prior_learn_weights=prior == "mog"
+    )
     with torch.no_grad():  # move the prior away from its initialisation
         for p in model.prior_module.parameters():
             p.add_(torch.randn_like(p))
@@ -191,12 +220,15 @@ def test_old_model_configs_still_load():
     assert config.prior_components == 1 and not config.prior_learn_weights
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(prior="normal", prior_components=3), "normal prior has no components"),
-    (dict(prior="vamp", prior_components=0), "prior_components must be >= 1"),
-    (dict(prior="vamp", prior_components=2, prior_learn_weights=True), "mog prior only"),
-    (dict(prior="flat"), "unknown prior 'flat'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(prior="normal", prior_components=3), "normal prior has no components"),
+        (dict(prior="vamp", prior_components=0), "prior_components must be >= 1"),
+        (dict(prior="vamp", prior_components=2, prior_learn_weights=True), "mog prior only"),
+        (dict(prior="flat"), "unknown prior 'flat'"),
+    ],
+)
 def test_bad_prior_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         VAE(ModelConfig(12, (3,), ((8,),), **bad))
@@ -205,8 +237,17 @@ def test_bad_prior_settings_are_refused(bad, message):
 def test_kl_warmup_refused_for_iwae_accepted_for_vae(tiny_splits, tmp_path):
     with pytest.raises(ValueError, match="kl_warmup applies to the vae objective .* not iwae"):
         TrainConfig(objective="iwae", kl_warmup=3)
-    config = TrainConfig(objective="vae", k=2, kl_warmup=4, prior="mog", components=2, epochs=2,
-                         schedule="constant", out=str(tmp_path / "run"), **SMALL)
+    config = TrainConfig(
+        objective="vae",
+        k=2,
+        kl_warmup=4,
+        prior="mog",
+        components=2,
+        epochs=2,
+        schedule="constant",
+        out=str(tmp_path / "run"),
+        **SMALL,
+    )
     assert [kl_weight(config, e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     train(config, progress=False, splits=tiny_splits)
 
@@ -227,9 +268,25 @@ def test_kl_warmup_weights_only_the_prior_and_posterior_terms():
 
 
 def test_cli_trains_a_vamp_prior(shared_data_dir, tmp_path):
-    result = CliRunner().invoke(main, ["train", "--prior", "vamp", "--components", "10", "--train-subset", "60",
-                                       "--epochs", "1", "--data-dir", str(shared_data_dir), "--quiet",
-                                       "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--prior",
+            "vamp",
+            "--components",
+            "10",
+            "--train-subset",
+            "60",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(shared_data_dir),
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = iwae.load(tmp_path / "run")
     assert model.config.prior == "vamp" and model.prior_module.pseudo_inputs.shape == (10, 784)
@@ -263,8 +320,9 @@ def test_vamp_log_prob_with_direct_splits_the_gradient(layers):
         torch.testing.assert_close(value, other.log_prob(z.detach()), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape,components,dim", [((4, 3), 45, 50), ((7,), 5, 3), ((2, 3), 1, 2000)],
-                         ids=["3-slices", "1-slice", "wide"])
+@pytest.mark.parametrize(
+    "shape,components,dim", [((4, 3), 45, 50), ((7,), 5, 3), ((2, 3), 1, 2000)], ids=["3-slices", "1-slice", "wide"]
+)
 def test_mixture_log_density_gradients(shape, components, dim):
     """The per-component log N(z; mu_c, sigma_c^2) of the mixture priors, whose backward pass
     recomputes slices of components instead of keeping them: the same gradients (1e-12, float64)
@@ -286,8 +344,12 @@ def test_mixture_log_density_gradients(shape, components, dim):
     want = torch.autograd.grad(formula(z, loc, log_scale), (z, loc, log_scale), g)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.grad(priors_module._diag_normal_log_prob(z.detach(), loc, log_scale).sum(), z,
-                               allow_unused=True)[0] is None
+    assert (
+        torch.autograd.grad(
+            priors_module._diag_normal_log_prob(z.detach(), loc, log_scale).sum(), z, allow_unused=True
+        )[0]
+        is None
+    )
 
 
 def test_mixture_log_density_gradcheck(monkeypatch):

@@ -51,8 +51,17 @@ def splits(mnist_splits) -> Splits:
 def tiny_train(out: Path, splits: Splits, **overrides) -> Path:
     """One epoch of one step (20 images, batch 20) of a 784-16-2 model; ``lr`` 1e-9 by default, so
     the parameters end (to 1e-9) where training started them."""
-    settings = dict(TINY_MODEL, objective="vae", k=1, schedule="constant", lr=1e-9, epochs=1, train_subset=20,
-                    batch_size=20, out=str(out))
+    settings = dict(
+        TINY_MODEL,
+        objective="vae",
+        k=1,
+        schedule="constant",
+        lr=1e-9,
+        epochs=1,
+        train_subset=20,
+        batch_size=20,
+        out=str(out),
+    )
     settings.update(overrides)
     return train(TrainConfig(**settings), splits=splits, progress=False)
 
@@ -85,8 +94,11 @@ def test_adam_step_matches_the_hand_computed_update(tmp_path, splits):
     def recording(self, x, num_samples, *args, **kwargs):  # the training step's inputs, once
         if "x" not in captured:
             generator = args[0] if args else kwargs["generator"]
-            captured.update(x=x.clone(), generator=generator.get_state(),
-                            params={n: t.detach().clone() for n, t in self.state_dict().items()})
+            captured.update(
+                x=x.clone(),
+                generator=generator.get_state(),
+                params={n: t.detach().clone() for n, t in self.state_dict().items()},
+            )
         return original(self, x, num_samples, *args, **kwargs)
 
     VAE.log_weight_parts = recording
@@ -107,8 +119,13 @@ def test_adam_step_matches_the_hand_computed_update(tmp_path, splits):
     for name, p in before.named_parameters():
         grad = p.grad
         expected = captured["params"][name] - 1e-3 * grad / (grad.abs() + BURDA_EPS)
-        torch.testing.assert_close(dict(after.named_parameters())[name].detach(), expected, rtol=0, atol=2e-6,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            dict(after.named_parameters())[name].detach(),
+            expected,
+            rtol=0,
+            atol=2e-6,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -233,8 +250,7 @@ def test_active_units_use_burdas_threshold_on_binarized_training_images(splits):
     """Active units (Burda et al., Sec. 5.2): A_u = Var_x(E_q[u | x]) over the first 500 training
     images, binarized (the images the model sees), active if A_u > 0.01. The variances are computed
     here with numpy from ``model.encode``; the targets straddle 0.01 and 0.05."""
-    xb = torch.from_numpy(data_module.fixed_binarization(splits.train[:500].numpy(),
-                                                        evaluate_module.ACTIVE_UNITS_SEED))
+    xb = torch.from_numpy(data_module.fixed_binarization(splits.train[:500].numpy(), evaluate_module.ACTIVE_UNITS_SEED))
     targets = [0.002, 0.008, 0.02, 0.03, 0.04, 0.3]
     model = _model_with_unit_variances(targets, xb)
     with torch.no_grad():
@@ -285,14 +301,18 @@ class _PeakMemory(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("config", [
-    ModelConfig.burda(1),
-    ModelConfig.burda(2),
-    # the prior's (rows, C, D) temporaries: 12.5 kB a row at C = 30, measured; 41 kB at C = 100
-    ModelConfig(784, (50,), ((200, 200),), "mog", 30),
-    ModelConfig(784, (50,), ((200, 200),), "vamp", 30),
-    ModelConfig(784, (50,), ((200, 200),), "vamp", 100),
-], ids=["1layer", "2layer", "mog30", "vamp30", "vamp100"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig.burda(1),
+        ModelConfig.burda(2),
+        # the prior's (rows, C, D) temporaries: 12.5 kB a row at C = 30, measured; 41 kB at C = 100
+        ModelConfig(784, (50,), ((200, 200),), "mog", 30),
+        ModelConfig(784, (50,), ((200, 200),), "vamp", 30),
+        ModelConfig(784, (50,), ((200, 200),), "vamp", 100),
+    ],
+    ids=["1layer", "2layer", "mog30", "vamp30", "vamp100"],
+)
 def test_log_likelihood_stays_within_its_memory_budget(config):
     """The evaluation's promise: no more than ``memory_budget`` bytes of temporaries alive at once,
     measured here op by op (the budget is 2 MiB, so 1,000 samples of 4 images go in chunks).
@@ -313,7 +333,7 @@ def test_log_likelihood_stays_within_its_memory_budget(config):
 def _miwae_by_hand(log_w: list[float], m: int) -> float:
     """Rainforth et al.'s MIWAE(M, K) = (1/M) sum_m log (1/K) sum_k w_{m,k}, groups of consecutive samples."""
     k = len(log_w) // m
-    return sum(math.log(sum(math.exp(v) for v in log_w[g * k:(g + 1) * k]) / k) for g in range(m)) / m
+    return sum(math.log(sum(math.exp(v) for v in log_w[g * k : (g + 1) * k]) / k) for g in range(m)) / m
 
 
 def test_grid_point_m_k_means_m_groups_of_k_samples():
@@ -330,7 +350,9 @@ def test_grid_point_m_k_means_m_groups_of_k_samples():
     assert bound == pytest.approx(_miwae_by_hand(log_w, 2), abs=1e-4)
     assert abs(bound - _miwae_by_hand(log_w, 32)) > 1.0
     assert [p.label for p in grid_points(64, betas=[], ms=[8, 32], objectives=("piwae",))] == [
-        "PIWAE(8,8)", "PIWAE(32,2)"]
+        "PIWAE(8,8)",
+        "PIWAE(32,2)",
+    ]
 
 
 def test_grid_rows_and_runs_keep_m_and_k(tmp_path, mnist_splits):
@@ -338,8 +360,19 @@ def test_grid_rows_and_runs_keep_m_and_k(tmp_path, mnist_splits):
     config.yaml both say 2 groups of 3 samples."""
     s = mnist_splits
     tiny = Splits("mnist", s.train[:20].clone(), s.valid[:5].clone(), s.test[:5].clone(), True)
-    run_grid(tmp_path, total=6, ms=[2], betas=[], epochs=1, train_subset=20, test_subset=2, log_p_k=6,
-             splits=tiny, progress=False, plot=False)
+    run_grid(
+        tmp_path,
+        total=6,
+        ms=[2],
+        betas=[],
+        epochs=1,
+        train_subset=20,
+        test_subset=2,
+        log_p_k=6,
+        splits=tiny,
+        progress=False,
+        plot=False,
+    )
     rows = {r["label"]: r for r in read_grid_csv(tmp_path / "grid.csv")}
     assert sorted(rows) == ["MIWAE(2,3)", "PIWAE(2,3)"]
     for label, objective in (("MIWAE(2,3)", "miwae"), ("PIWAE(2,3)", "piwae")):

@@ -24,8 +24,9 @@ def test_load_returns_a_copy():
     assert published.burda2016_table1()[0]["vae_nll"] == 86.76
 
 
-@pytest.mark.parametrize("key, arxiv, venue", [("burda2016", "1509.00519", "ICLR 2016"),
-                                               ("rainforth2018", "1802.04537", "ICML 2018")])
+@pytest.mark.parametrize(
+    "key, arxiv, venue", [("burda2016", "1509.00519", "ICLR 2016"), ("rainforth2018", "1802.04537", "ICML 2018")]
+)
 def test_citations(key, arxiv, venue):
     c = published.load()["papers"][key]["citation"]
     assert c["arxiv"] == arxiv and c["venue"] == venue and c["authors"] and c["title"]
@@ -60,8 +61,10 @@ def test_burda_numbers_match_papers_md():
     r = _row(t1, dataset="omniglot", layers=2, k=1)
     assert (r["vae_nll"], r["vae_active"], r["iwae_nll"], r["iwae_active"]) == (107.58, [28, 4], 107.56, [30, 5])
     t2 = published.burda2016_table2()
-    assert [(r["nll_before"], r["nll_after"], r["active_after"]) for r in t2] == [(86.76, 84.88, [22]),
-                                                                                 (84.78, 86.02, [23])]
+    assert [(r["nll_before"], r["nll_after"], r["active_after"]) for r in t2] == [
+        (86.76, 84.88, [22]),
+        (84.78, 86.02, [23]),
+    ]
     t3 = published.burda2016_table3()
     assert _row(t3, layers=2, k=50)["iwae_nll"] == 85.32 and _row(t3, layers=1, k=5)["vae_nll"] == 88.83
 
@@ -86,8 +89,10 @@ def test_rainforth_numbers_match_papers_md():
     rows = published.rainforth2018()
     assert [r["name"] for r in rows] == ["IWAE", "PIWAE (8,8)", "MIWAE (8,8)", "CIWAE beta=0.5", "VAE"]
     expected = {  # papers.md: IWAE-64, log p-hat, -KL
-        "IWAE": (-86.11, -84.52, -1.59), "PIWAE (8,8)": (-85.74, -84.46, -1.28),
-        "MIWAE (8,8)": (-85.69, -84.97, -0.72), "CIWAE beta=0.5": (-86.08, -85.24, -0.84),
+        "IWAE": (-86.11, -84.52, -1.59),
+        "PIWAE (8,8)": (-85.74, -84.46, -1.28),
+        "MIWAE (8,8)": (-85.69, -84.97, -0.72),
+        "CIWAE beta=0.5": (-86.08, -85.24, -0.84),
         "VAE": (-86.69, -86.21, -0.47),
     }
     for r in rows:

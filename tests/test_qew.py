@@ -90,8 +90,18 @@ def test_models_without_a_2d_one_layer_latent_are_refused():
 def _train(out, data_dir, latent):
     from iwae.train import TrainConfig, train
 
-    return train(TrainConfig(latent_dims=[latent], hidden_dims=[[16]], epochs=1, train_subset=100, k=2,
-                             data_dir=str(data_dir), out=str(out)), progress=False)
+    return train(
+        TrainConfig(
+            latent_dims=[latent],
+            hidden_dims=[[16]],
+            epochs=1,
+            train_subset=100,
+            k=2,
+            data_dir=str(data_dir),
+            out=str(out),
+        ),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +113,25 @@ def runs(tmp_path_factory, shared_data_dir):
 def test_qew_cli_writes_figure_and_json(runs, shared_data_dir, tmp_path):
     run_2d, _ = runs
     out = tmp_path / "fig" / "qew.png"
-    result = CliRunner().invoke(main, ["qew", str(run_2d), "--images", "2", "--k", "1,10", "--samples", "2000",
-                                       "--grid-size", "41", "--out", str(out), "--data-dir", str(shared_data_dir)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "qew",
+            str(run_2d),
+            "--images",
+            "2",
+            "--k",
+            "1,10",
+            "--samples",
+            "2000",
+            "--grid-size",
+            "41",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(shared_data_dir),
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     assert "TV(q_EW,p)" in result.output and "wrote" in result.output
     assert mpimg.imread(out).shape[:2] == (2 * 220, 5 * 220)
@@ -118,9 +145,26 @@ def test_qew_cli_writes_figure_and_json(runs, shared_data_dir, tmp_path):
         assert k1["tv_q"] == k10["tv_q"]
         assert abs(k1["tv_qew"] - k1["tv_q"]) < 2 * k1["tv_floor"] + 0.02, k1
 
-    as_json = CliRunner().invoke(main, ["qew", str(run_2d), "--images", "1", "--k", "3", "--samples", "500",
-                                        "--grid-size", "21", "--extent", "4", "--json",
-                                        "--data-dir", str(shared_data_dir)])
+    as_json = CliRunner().invoke(
+        main,
+        [
+            "qew",
+            str(run_2d),
+            "--images",
+            "1",
+            "--k",
+            "3",
+            "--samples",
+            "500",
+            "--grid-size",
+            "21",
+            "--extent",
+            "4",
+            "--json",
+            "--data-dir",
+            str(shared_data_dir),
+        ],
+    )
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output)["rows"][0]["half_width"] == pytest.approx(4.0)
     assert (run_2d / "qew.png").is_file() and (run_2d / "qew.json").is_file()  # the default --out
@@ -137,8 +181,12 @@ def test_qew_cli_refuses_a_50d_model_in_one_line(runs, shared_data_dir):
 
 def test_qew_cli_bad_arguments(tmp_path, runs):
     run_2d, _ = runs
-    for args, phrase in ((["--extent", "wide"], "--extent"), (["--extent", "-1"], "--extent"),
-                         (["--k", "0"], "--k"), (["--images", "0"], "--images")):
+    for args, phrase in (
+        (["--extent", "wide"], "--extent"),
+        (["--extent", "-1"], "--extent"),
+        (["--k", "0"], "--k"),
+        (["--images", "0"], "--images"),
+    ):
         result = CliRunner().invoke(main, ["qew", str(run_2d), *args])
         assert result.exit_code == 2 and phrase in result.output, (args, result.output)
     result = CliRunner().invoke(main, ["qew", str(tmp_path / "missing")])

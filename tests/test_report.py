@@ -27,9 +27,13 @@ from iwae.grid import points_of
 from iwae.train import TrainConfig, train
 
 HARDWARE = {"host": "box", "cpu": "Intel Xeon Test", "threads": 1, "device": "cpu", "gpu": None, "torch": "2.13.0"}
-BURDA = {"key": "burda2016", "table": "table1", "citation": "Yuri Burda, Roger Grosse, Ruslan Salakhutdinov. "
-         "Importance Weighted Autoencoders. ICLR 2016, arXiv:1509.00519.",
-         "sign": "nll: -log p(x) in nats, positive; lower is better"}
+BURDA = {
+    "key": "burda2016",
+    "table": "table1",
+    "citation": "Yuri Burda, Roger Grosse, Ruslan Salakhutdinov. "
+    "Importance Weighted Autoencoders. ICLR 2016, arXiv:1509.00519.",
+    "sign": "nll: -log p(x) in nats, positive; lower is better",
+}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -39,57 +43,126 @@ def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1), encoding="utf-8")
 
 
-def make_experiment(out: Path, runs: list[dict], *, name: str = "table1", title: str = "Burda et al. (2016), Table 1",
-                    published: dict | None = BURDA, figures: list[str] = ()) -> Path:
+def make_experiment(
+    out: Path,
+    runs: list[dict],
+    *,
+    name: str = "table1",
+    title: str = "Burda et al. (2016), Table 1",
+    published: dict | None = BURDA,
+    figures: list[str] = (),
+) -> Path:
     """Writes ``out`` as `iwae reproduce` would. Each run: name, labels, published, status, config, eval,
     and ``metrics`` (written to result.json, with ``hardware``) or ``error`` (error.json)."""
     entries = []
     for r in runs:
-        entry = {"name": r["name"], "config": r.get("config", {"objective": "iwae", "k": 5, "epochs": 13}),
-                 "eval": r.get("eval", {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}),
-                 "after": r.get("after"),
-                 "labels": r.get("labels", {}), "published": r.get("published"), "status": r.get("status", "done")}
+        entry = {
+            "name": r["name"],
+            "config": r.get("config", {"objective": "iwae", "k": 5, "epochs": 13}),
+            "eval": r.get("eval", {"k": 5000, "bound_ks": [64], "test_subset": 2000, "seed": 0}),
+            "after": r.get("after"),
+            "labels": r.get("labels", {}),
+            "published": r.get("published"),
+            "status": r.get("status", "done"),
+        }
         for key in ("group", "points"):  # written by the engine for seeds and grids
             if key in r:
                 entry[key] = r[key]
         entries.append(entry)
         if "metrics" in r:
             spec = {k: v for k, v in entry.items() if k != "status"}
-            write_json(out / "runs" / r["name"] / "result.json", {
-                "name": r["name"], "status": "done", "metrics": r["metrics"], "active_units": r.get("active_units"),
-                "n_test": 2000, "eval_k": 5000, "epochs": 13, "train_seconds": 512.3, "eval_seconds": 60.1,
-                "hardware": r.get("hardware", HARDWARE), "spec": spec})
+            write_json(
+                out / "runs" / r["name"] / "result.json",
+                {
+                    "name": r["name"],
+                    "status": "done",
+                    "metrics": r["metrics"],
+                    "active_units": r.get("active_units"),
+                    "n_test": 2000,
+                    "eval_k": 5000,
+                    "epochs": 13,
+                    "train_seconds": 512.3,
+                    "eval_seconds": 60.1,
+                    "hardware": r.get("hardware", HARDWARE),
+                    "spec": spec,
+                },
+            )
         if "error" in r:
-            write_json(out / "runs" / r["name"] / "error.json",
-                       {"name": r["name"], "status": "failed", "error": r["error"], "traceback": "Traceback ..."})
-    write_json(out / "reproduction.json", {
-        "experiment": name, "title": title, "description": "What the table measures.\nSecond line of it.",
-        "protocol": {"name": "short", "description": "first 13 epochs of the paper schedule.",
-                     "settings": {"epochs": 13, "train_subset": None, "test_subset": 2000, "eval_k": 5000}},
-        "published": published, "figures": list(figures), "runs": entries,
-        "started": "2026-11-22T10:00:00", "finished": "2026-11-22T10:40:00", "wall_seconds": 2400.0,
-        "executor": "local: 2 workers x 1 thread"})
+            write_json(
+                out / "runs" / r["name"] / "error.json",
+                {"name": r["name"], "status": "failed", "error": r["error"], "traceback": "Traceback ..."},
+            )
+    write_json(
+        out / "reproduction.json",
+        {
+            "experiment": name,
+            "title": title,
+            "description": "What the table measures.\nSecond line of it.",
+            "protocol": {
+                "name": "short",
+                "description": "first 13 epochs of the paper schedule.",
+                "settings": {"epochs": 13, "train_subset": None, "test_subset": 2000, "eval_k": 5000},
+            },
+            "published": published,
+            "figures": list(figures),
+            "runs": entries,
+            "started": "2026-11-22T10:00:00",
+            "finished": "2026-11-22T10:40:00",
+            "wall_seconds": 2400.0,
+            "executor": "local: 2 workers x 1 thread",
+        },
+    )
     return out
 
 
 def table1_runs() -> list[dict]:
     """Known numbers: delta +0.31 (flagged), -0.29 (not), no published value, failed, pending, blocked."""
+
     def labels(layers, objective, k):
         return {"dataset": "mnist", "layers": layers, "objective": objective, "k": k}
 
     return [
-        {"name": "mnist-l1-iwae-k5", "labels": labels(1, "iwae", 5), "published": {"nll": 85.54, "active_units": [22]},
-         "metrics": {"nll": 85.85, "nll_stderr": 0.25, "log_p_hat": -85.85}, "active_units": [38]},
-        {"name": "mnist-l1-iwae-k50", "labels": labels(1, "iwae", 50), "published": {"nll": 84.78},
-         "metrics": {"nll": 84.49, "nll_stderr": 0.24, "log_p_hat": -84.49}, "active_units": [44]},
-        {"name": "mnist-l1-vae-k7", "labels": labels(1, "vae", 7), "published": None,
-         "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0}, "active_units": [20]},
-        {"name": "mnist-l2-iwae-k5", "labels": labels(2, "iwae", 5), "published": {"nll": 83.89}, "status": "failed",
-         "error": "FloatingPointError: the training bound became nan in epoch 3 | <lr too high>"},
-        {"name": "mnist-l2-iwae-k50", "labels": labels(2, "iwae", 50), "published": {"nll": 82.90},
-         "status": "pending"},
-        {"name": "mnist-l2-vae-k50", "labels": labels(2, "vae", 50), "published": {"nll": 84.78}, "status": "blocked",
-         "after": "mnist-l2-iwae-k5"},
+        {
+            "name": "mnist-l1-iwae-k5",
+            "labels": labels(1, "iwae", 5),
+            "published": {"nll": 85.54, "active_units": [22]},
+            "metrics": {"nll": 85.85, "nll_stderr": 0.25, "log_p_hat": -85.85},
+            "active_units": [38],
+        },
+        {
+            "name": "mnist-l1-iwae-k50",
+            "labels": labels(1, "iwae", 50),
+            "published": {"nll": 84.78},
+            "metrics": {"nll": 84.49, "nll_stderr": 0.24, "log_p_hat": -84.49},
+            "active_units": [44],
+        },
+        {
+            "name": "mnist-l1-vae-k7",
+            "labels": labels(1, "vae", 7),
+            "published": None,
+            "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0},
+            "active_units": [20],
+        },
+        {
+            "name": "mnist-l2-iwae-k5",
+            "labels": labels(2, "iwae", 5),
+            "published": {"nll": 83.89},
+            "status": "failed",
+            "error": "FloatingPointError: the training bound became nan in epoch 3 | <lr too high>",
+        },
+        {
+            "name": "mnist-l2-iwae-k50",
+            "labels": labels(2, "iwae", 50),
+            "published": {"nll": 82.90},
+            "status": "pending",
+        },
+        {
+            "name": "mnist-l2-vae-k50",
+            "labels": labels(2, "vae", 50),
+            "published": {"nll": 84.78},
+            "status": "blocked",
+            "after": "mnist-l2-iwae-k5",
+        },
     ]
 
 
@@ -154,26 +227,44 @@ def test_table_deltas_flags_blanks_and_failures(tmp_path):
     assert "NLL = -mean L_5000 over the test images, ± its standard error over images." in text
     assert "6 runs: 3 done, 1 failed, 1 pending, 1 blocked." in text
     # the header: protocol, executor, times, published source
-    for phrase in ("## Burda et al. (2016), Table 1", "Second line of it.", "**Protocol** `short`",
-                   "epochs 13; train subset all; test subset 2000; eval k 5000", "local: 2 workers x 1 thread",
-                   "**total wall time** 40m00s", "arXiv:1509.00519", "lower is better",
-                   "Experiment `table1`"):
+    for phrase in (
+        "## Burda et al. (2016), Table 1",
+        "Second line of it.",
+        "**Protocol** `short`",
+        "epochs 13; train subset all; test subset 2000; eval k 5000",
+        "local: 2 workers x 1 thread",
+        "**total wall time** 40m00s",
+        "arXiv:1509.00519",
+        "lower is better",
+        "Experiment `table1`",
+    ):
         assert phrase in text, phrase
     # the failure's full message, escaped so that it breaks neither the table nor the HTML
-    assert "- `mnist-l2-iwae-k5`: FloatingPointError: the training bound became nan in epoch 3 \\| &lt;lr too high>" \
+    assert (
+        "- `mnist-l2-iwae-k5`: FloatingPointError: the training bound became nan in epoch 3 \\| &lt;lr too high>"
         in text
+    )
 
 
 def test_log_likelihood_table_and_hardware_column(tmp_path):
     """Rainforth et al.'s signs: log p-hat instead of NLL, positive delta = better; two machines: a column."""
     other = {**HARDWARE, "host": "gpu-box", "gpu": "NVIDIA H100", "threads": None}
-    runs = [{"name": "iwae-k64", "labels": {"objective": "iwae", "k": 64},
-             "published": {"iwae64": -86.11, "log_p_hat": -84.52, "neg_kl": -1.59},
-             "metrics": {"nll": 84.0, "nll_stderr": 0.5, "log_p_hat": -84.0, "iwae64": -86.5, "neg_kl": -2.5},
-             "active_units": [50]},
-            {"name": "vae-k64", "labels": {"objective": "vae", "k": 64}, "hardware": other,
-             "published": {"iwae64": -86.69, "log_p_hat": -86.21, "neg_kl": -0.47},
-             "metrics": {"nll": 86.0, "nll_stderr": 0.5, "log_p_hat": -86.0, "iwae64": -86.5, "neg_kl": -0.5}}]
+    runs = [
+        {
+            "name": "iwae-k64",
+            "labels": {"objective": "iwae", "k": 64},
+            "published": {"iwae64": -86.11, "log_p_hat": -84.52, "neg_kl": -1.59},
+            "metrics": {"nll": 84.0, "nll_stderr": 0.5, "log_p_hat": -84.0, "iwae64": -86.5, "neg_kl": -2.5},
+            "active_units": [50],
+        },
+        {
+            "name": "vae-k64",
+            "labels": {"objective": "vae", "k": 64},
+            "hardware": other,
+            "published": {"iwae64": -86.69, "log_p_hat": -86.21, "neg_kl": -0.47},
+            "metrics": {"nll": 86.0, "nll_stderr": 0.5, "log_p_hat": -86.0, "iwae64": -86.5, "neg_kl": -0.5},
+        },
+    ]
     out = make_experiment(tmp_path / "rainforth", runs, name="rainforth", published=None)
     report.write_report(out, figures=False)
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -186,8 +277,10 @@ def test_log_likelihood_table_and_hardware_column(tmp_path):
     assert rows["vae-k64"]["hardware"] == "gpu-box: NVIDIA H100, torch 2.13.0"
     assert rows["iwae-k64"]["hardware"] == "box: Intel Xeon Test, 1 thread, torch 2.13.0"
     assert "positive delta means ours is better" in text and "negative delta" not in text
-    assert "log p-hat = mean L_5000, ± its standard error over images; IWAE-64 = mean L_64; " \
-           "-KL(Q||P) = IWAE-64 - log p-hat." in text
+    assert (
+        "log p-hat = mean L_5000, ± its standard error over images; IWAE-64 = mean L_64; "
+        "-KL(Q||P) = IWAE-64 - log p-hat." in text
+    )
     assert "no published table for this experiment" in text
 
 
@@ -219,19 +312,22 @@ def test_errors_are_one_line(tmp_path):
     assert_one_line_error(invoke("report", bad, "--threads", "-1"), "--threads must be >= 1")
 
 
-@pytest.mark.parametrize("path, value, phrase", [
-    (["runs"], ["a"], "runs[0] must hold a JSON object, found a string"),
-    (["protocol"], "short", "'protocol' must be an object, found a string"),
-    (["protocol", "settings"], [1], "protocol: 'settings' must be an object, found an array"),
-    (["published"], "x", "'published' must be an object, found a string"),
-    (["figures"], "grid", "'figures' must be an array"),
-    (["wall_seconds"], "long", "'wall_seconds' must be a number"),
-    (["runs", 0, "labels"], "x", "runs[0]: 'labels' must be an object"),
-    (["runs", 0, "published"], "x", "runs[0]: 'published' must be an object"),
-    (["runs", 0, "published", "nll"], "x", "runs[0]: published: 'nll' must be a number, found a string"),
-    (["runs", 0, "eval", "bound_ks"], 64, "'bound_ks' must be an array"),
-    (["runs", 0, "name"], None, "runs[0] has no name"),
-])
+@pytest.mark.parametrize(
+    "path, value, phrase",
+    [
+        (["runs"], ["a"], "runs[0] must hold a JSON object, found a string"),
+        (["protocol"], "short", "'protocol' must be an object, found a string"),
+        (["protocol", "settings"], [1], "protocol: 'settings' must be an object, found an array"),
+        (["published"], "x", "'published' must be an object, found a string"),
+        (["figures"], "grid", "'figures' must be an array"),
+        (["wall_seconds"], "long", "'wall_seconds' must be a number"),
+        (["runs", 0, "labels"], "x", "runs[0]: 'labels' must be an object"),
+        (["runs", 0, "published"], "x", "runs[0]: 'published' must be an object"),
+        (["runs", 0, "published", "nll"], "x", "runs[0]: published: 'nll' must be a number, found a string"),
+        (["runs", 0, "eval", "bound_ks"], 64, "'bound_ks' must be an array"),
+        (["runs", 0, "name"], None, "runs[0] has no name"),
+    ],
+)
 def test_malformed_reproduction_is_a_one_line_error(tmp_path, path, value, phrase):
     out = make_experiment(tmp_path / "t", table1_runs()[:2])
     spec = json.loads((out / "reproduction.json").read_text())
@@ -244,13 +340,16 @@ def test_malformed_reproduction_is_a_one_line_error(tmp_path, path, value, phras
     assert_one_line_error(invoke("report", out, "--no-figures"), phrase)
 
 
-@pytest.mark.parametrize("change, phrase", [
-    ({"metrics": 5}, "'metrics' must be an object, found a number"),
-    ({"metrics": {"nll": "x"}}, "metrics: 'nll' must be a number, found a string"),
-    ({"hardware": "box"}, "'hardware' must be an object"),
-    ({"train_seconds": "long"}, "'train_seconds' must be a number"),
-    ({"spec": ["x"]}, "'spec' must be an object"),
-])
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ({"metrics": 5}, "'metrics' must be an object, found a number"),
+        ({"metrics": {"nll": "x"}}, "metrics: 'nll' must be a number, found a string"),
+        ({"hardware": "box"}, "'hardware' must be an object"),
+        ({"train_seconds": "long"}, "'train_seconds' must be a number"),
+        ({"spec": ["x"]}, "'spec' must be an object"),
+    ],
+)
 def test_malformed_result_makes_its_run_unreadable(tmp_path, change, phrase):
     out = make_experiment(tmp_path / "t", table1_runs()[:2])
     path = out / "runs" / "mnist-l1-iwae-k50" / "result.json"
@@ -280,10 +379,20 @@ def test_stale_result_is_not_a_finished_run(tmp_path):
 
 
 def test_labels_that_do_not_apply_are_blank(tmp_path):
-    runs = [{"name": "iwae-k5", "labels": {"objective": "iwae", "m": None, "beta": None}, "published": None,
-             "metrics": {"nll": 90.0, "nll_stderr": 0.3}},
-            {"name": "ciwae", "labels": {"objective": "ciwae", "m": None, "beta": 0.5}, "published": None,
-             "metrics": {"nll": 91.0, "nll_stderr": 0.3}}]
+    runs = [
+        {
+            "name": "iwae-k5",
+            "labels": {"objective": "iwae", "m": None, "beta": None},
+            "published": None,
+            "metrics": {"nll": 90.0, "nll_stderr": 0.3},
+        },
+        {
+            "name": "ciwae",
+            "labels": {"objective": "ciwae", "m": None, "beta": 0.5},
+            "published": None,
+            "metrics": {"nll": 91.0, "nll_stderr": 0.3},
+        },
+    ]
     rows = by_run(markdown_tables(report.markdown_report(make_experiment(tmp_path / "t", runs), figures=False))[0])
     assert (rows["iwae-k5"]["m"], rows["iwae-k5"]["beta"], rows["ciwae"]["beta"]) == ("", "", "0.5")
 
@@ -291,21 +400,53 @@ def test_labels_that_do_not_apply_are_blank(tmp_path):
 def test_bounds_follow_eval_bound_ks(tmp_path):
     """bound_ks [16]: IWAE-16 and a -KL(Q||P) of IWAE-16; [16, 64]: a -KL per bound (neg_kl16, neg_kl64)."""
     evaluation = {"k": 5000, "test_subset": 2000, "seed": 0}
-    runs = [{"name": "one", "eval": {**evaluation, "bound_ks": [16]}, "published": {"iwae16": -90.5},
-             "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0, "iwae16": -91.0, "iwae16_stderr": 0.4,
-                         "neg_kl": -1.0}},
-            {"name": "two", "eval": {**evaluation, "bound_ks": [16, 64]},
-             "metrics": {"nll": 90.0, "nll_stderr": 0.3, "log_p_hat": -90.0, "iwae16": -91.0, "iwae64": -90.5,
-                         "neg_kl16": -1.0, "neg_kl64": -0.5}}]
+    runs = [
+        {
+            "name": "one",
+            "eval": {**evaluation, "bound_ks": [16]},
+            "published": {"iwae16": -90.5},
+            "metrics": {
+                "nll": 90.0,
+                "nll_stderr": 0.3,
+                "log_p_hat": -90.0,
+                "iwae16": -91.0,
+                "iwae16_stderr": 0.4,
+                "neg_kl": -1.0,
+            },
+        },
+        {
+            "name": "two",
+            "eval": {**evaluation, "bound_ks": [16, 64]},
+            "metrics": {
+                "nll": 90.0,
+                "nll_stderr": 0.3,
+                "log_p_hat": -90.0,
+                "iwae16": -91.0,
+                "iwae64": -90.5,
+                "neg_kl16": -1.0,
+                "neg_kl64": -0.5,
+            },
+        },
+    ]
     text = report.markdown_report(make_experiment(tmp_path / "t", runs, published=None), figures=False)
     (table,) = markdown_tables(text)
-    assert list(table[0])[1:9] == ["NLL", "IWAE-16", "IWAE-16 published", "delta IWAE-16", "IWAE-64",
-                                   "-KL(Q\\|\\|P)", "-KL(Q\\|\\|P) at 16", "-KL(Q\\|\\|P) at 64"]
+    assert list(table[0])[1:9] == [
+        "NLL",
+        "IWAE-16",
+        "IWAE-16 published",
+        "delta IWAE-16",
+        "IWAE-64",
+        "-KL(Q\\|\\|P)",
+        "-KL(Q\\|\\|P) at 16",
+        "-KL(Q\\|\\|P) at 64",
+    ]
     rows = by_run(table)
     assert rows["one"]["IWAE-16"] == "-91.00 ± 0.40" and rows["one"]["delta IWAE-16"] == "-0.50 ⚠"
     assert rows["one"]["-KL(Q\\|\\|P)"] == "-1.00" and rows["two"]["-KL(Q\\|\\|P) at 64"] == "-0.50"
-    assert "IWAE-16 = mean L_16; IWAE-64 = mean L_64; -KL(Q||P) = IWAE-16 - log p-hat; " \
-           "-KL(Q||P) at 16 = IWAE-16 - log p-hat; -KL(Q||P) at 64 = IWAE-64 - log p-hat." in text
+    assert (
+        "IWAE-16 = mean L_16; IWAE-64 = mean L_64; -KL(Q||P) = IWAE-16 - log p-hat; "
+        "-KL(Q||P) at 16 = IWAE-16 - log p-hat; -KL(Q||P) at 64 = IWAE-64 - log p-hat." in text
+    )
     assert "IWAE-64 - log p-hat;" not in text
 
 
@@ -326,9 +467,12 @@ def test_unreadable_result_is_reported_not_fatal(tmp_path):
 
 # ----------------------------------------------------------------------------- figures and the HTML page
 GRID_RUNS = [  # (name, objective, k, m, beta, iwae64, log_p_hat): Rainforth et al.'s grid from its runs
-    ("iwae-k64", "iwae", 64, 1, None, -90.0, -88.0), ("vae-k64", "vae", 64, 1, None, -91.0, -90.5),
-    ("miwae-m8-k8", "miwae", 64, 8, None, -89.5, -88.6), ("piwae-m8-k8", "piwae", 64, 8, None, -89.8, -88.2),
-    ("ciwae-beta0.5-k64", "ciwae", 64, 1, 0.5, -90.2, -89.4)]
+    ("iwae-k64", "iwae", 64, 1, None, -90.0, -88.0),
+    ("vae-k64", "vae", 64, 1, None, -91.0, -90.5),
+    ("miwae-m8-k8", "miwae", 64, 8, None, -89.5, -88.6),
+    ("piwae-m8-k8", "piwae", 64, 8, None, -89.8, -88.2),
+    ("ciwae-beta0.5-k64", "ciwae", 64, 1, 0.5, -90.2, -89.4),
+]
 
 
 GRID = {"total": 64, "betas": [0.0, 0.25, 0.5, 1.0]}  # the experiment's grid section
@@ -336,12 +480,31 @@ GRID = {"total": 64, "betas": [0.0, 0.25, 0.5, 1.0]}  # the experiment's grid se
 
 def grid_experiment(out: Path) -> Path:
     """Each run's points as the engine records them (iwae.grid.points_of, what Experiment.resolve calls)."""
-    runs = [{"name": n, "labels": {"objective": o, "m": m, "k": k // m}, "config": {"objective": o, "k": k, "m": m,
-             "beta": 0.5 if b is None else b, "epochs": 4, "train_subset": 5000},
-             "metrics": {"nll": -lp, "nll_stderr": 0.6, "log_p_hat": lp, "iwae64": b64, "neg_kl": b64 - lp}}
-            for n, o, k, m, b, b64, lp in GRID_RUNS]
-    runs.append({"name": "ciwae-beta0.25-k64", "labels": {"objective": "ciwae"}, "status": "failed",
-                 "config": {"objective": "ciwae", "k": 64, "beta": 0.25}, "error": "killed"})
+    runs = [
+        {
+            "name": n,
+            "labels": {"objective": o, "m": m, "k": k // m},
+            "config": {
+                "objective": o,
+                "k": k,
+                "m": m,
+                "beta": 0.5 if b is None else b,
+                "epochs": 4,
+                "train_subset": 5000,
+            },
+            "metrics": {"nll": -lp, "nll_stderr": 0.6, "log_p_hat": lp, "iwae64": b64, "neg_kl": b64 - lp},
+        }
+        for n, o, k, m, b, b64, lp in GRID_RUNS
+    ]
+    runs.append(
+        {
+            "name": "ciwae-beta0.25-k64",
+            "labels": {"objective": "ciwae"},
+            "status": "failed",
+            "config": {"objective": "ciwae", "k": 64, "beta": 0.25},
+            "error": "killed",
+        }
+    )
     for r in runs:
         r["points"] = points_of(r["config"], GRID)
     return make_experiment(out, runs, name="rainforth", published=None, figures=["grid", "samples", "unknown"])
@@ -423,8 +586,16 @@ def test_grid_rows_follow_canonical_runs(tmp_path):
     rows = report.grid_rows(exp)
     labels = {r["label"]: r for r in rows}
     # IWAE(k=64) serves MIWAE(1,64), PIWAE(1,64) and CIWAE(0); the VAE serves MIWAE(64,1) and CIWAE(1)
-    assert {"MIWAE(1,64)", "PIWAE(1,64)", "CIWAE(beta=0)", "MIWAE(64,1)", "CIWAE(beta=1)", "MIWAE(8,8)",
-            "PIWAE(8,8)", "CIWAE(beta=0.5)"} == set(labels)
+    assert {
+        "MIWAE(1,64)",
+        "PIWAE(1,64)",
+        "CIWAE(beta=0)",
+        "MIWAE(64,1)",
+        "CIWAE(beta=1)",
+        "MIWAE(8,8)",
+        "PIWAE(8,8)",
+        "CIWAE(beta=0.5)",
+    } == set(labels)
     assert labels["CIWAE(beta=0)"]["run"] == "iwae-k64" and labels["CIWAE(beta=0)"]["log_p_hat"] == -88.0
     assert labels["PIWAE(8,8)"]["iwae_bound"] == -89.8 and labels["MIWAE(64,1)"]["run"] == "vae-k64"
     assert labels["MIWAE(8,8)"]["neg_kl"] == pytest.approx(-0.9)
@@ -441,8 +612,11 @@ def test_grid_rows_come_from_the_points_the_engine_recorded(tmp_path):
             entry.pop("points")
     write_json(out / "reproduction.json", state)
     rows = report.grid_rows(report.read_reproduction(out))
-    assert [(r["label"], r["run"]) for r in rows] == [("MIWAE(1,64)", "iwae-k64"), ("PIWAE(1,64)", "iwae-k64"),
-                                                      ("CIWAE(beta=0)", "iwae-k64")]
+    assert [(r["label"], r["run"]) for r in rows] == [
+        ("MIWAE(1,64)", "iwae-k64"),
+        ("PIWAE(1,64)", "iwae-k64"),
+        ("CIWAE(beta=0)", "iwae-k64"),
+    ]
     for entry in state["runs"]:
         entry.pop("points", None)
     write_json(out / "reproduction.json", state)
@@ -456,15 +630,32 @@ def trained(tmp_path_factory, shared_data_dir, mnist_splits) -> Path:
     out = tmp_path_factory.mktemp("report") / "estimators"
     runs = []
     for name, objective, k in (("iwae-k4", "iwae", 4), ("vae-k4", "vae", 4)):
-        config = TrainConfig(objective=objective, k=k, epochs=1, train_subset=200, latent_dims=[4],
-                             hidden_dims=[[30]], schedule="constant", valid_k=2, data_dir=str(shared_data_dir),
-                             out=str(out / "runs" / name))
+        config = TrainConfig(
+            objective=objective,
+            k=k,
+            epochs=1,
+            train_subset=200,
+            latent_dims=[4],
+            hidden_dims=[[30]],
+            schedule="constant",
+            valid_k=2,
+            data_dir=str(shared_data_dir),
+            out=str(out / "runs" / name),
+        )
         train(config, splits=mnist_splits, progress=False)
-        runs.append({"name": name, "labels": {"objective": objective, "k": k}, "config": config.to_dict(),
-                     "metrics": {"nll": 150.0, "nll_stderr": 1.0}, "active_units": [4]})
+        runs.append(
+            {
+                "name": name,
+                "labels": {"objective": objective, "k": k},
+                "config": config.to_dict(),
+                "metrics": {"nll": 150.0, "nll_stderr": 1.0},
+                "active_units": [4],
+            }
+        )
     runs.append({"name": "iwae-k8", "labels": {"objective": "iwae", "k": 8}, "status": "pending"})
-    return make_experiment(out, runs, name="estimators", published=None,
-                           figures=["curves", "samples", "latent", "snr", "grid"])
+    return make_experiment(
+        out, runs, name="estimators", published=None, figures=["curves", "samples", "latent", "snr", "grid"]
+    )
 
 
 def test_figures_of_real_runs(trained):
@@ -503,9 +694,16 @@ def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     from iwae.experiments.engine import reproduce
 
     out = tmp_path / "estimators"
-    summary = reproduce("estimators", out, protocol="short", only=["iwae-k5-reparam"],
-                        overrides={"epochs": 1, "train_subset": 100, "test_subset": 20, "eval_k": 10},
-                        data_dir=str(shared_data_dir), threads=1, progress=False)
+    summary = reproduce(
+        "estimators",
+        out,
+        protocol="short",
+        only=["iwae-k5-reparam"],
+        overrides={"epochs": 1, "train_subset": 100, "test_subset": 20, "eval_k": 10},
+        data_dir=str(shared_data_dir),
+        threads=1,
+        progress=False,
+    )
     assert summary.status == {"iwae-k5-reparam": "done"}
     report.write_report(out, figures=False)
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -537,9 +735,22 @@ def browser() -> str:
 
 
 def headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_html_renders_in_headless_chromium(tmp_path):

@@ -30,14 +30,25 @@ TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
 
 
 def write_experiment(path: Path, runs: list[dict], protocol: dict | None = None) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "title": "tiny runs", "labels": ["objective", "k"], "runs": runs,
-        "protocols": {"short": protocol or TINY}, "figures": ["curves"]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "title": "tiny runs",
+                "labels": ["objective", "k"],
+                "runs": runs,
+                "protocols": {"short": protocol or TINY},
+                "figures": ["curves"],
+            }
+        )
+    )
     return path
 
 
-TWO_RUNS = [{"name": "a", "objective": "iwae", "k": 2},
-            {"name": "b", "objective": "vae", "k": 1, "continue_from": "a", "schedule": "constant", "lr": 1e-4}]
+TWO_RUNS = [
+    {"name": "a", "objective": "iwae", "k": 2},
+    {"name": "b", "objective": "vae", "k": 1, "continue_from": "a", "schedule": "constant", "lr": 1e-4},
+]
 
 
 def cli(*args, **kwargs):
@@ -137,11 +148,14 @@ def test_another_protocol_in_the_same_folder_is_refused_before_anything_runs(fin
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, shared_data_dir):
-    exp = write_experiment(tmp_path / "tiny.yaml", [
-        {"name": "broken", "dataset": f"npz:{tmp_path / 'missing.npz'}", "objective": "iwae", "k": 2},
-        {"name": "after-broken", "continue_from": "broken", "objective": "vae", "k": 1},
-        {"name": "fine", "objective": "vae", "k": 1},
-    ])
+    exp = write_experiment(
+        tmp_path / "tiny.yaml",
+        [
+            {"name": "broken", "dataset": f"npz:{tmp_path / 'missing.npz'}", "objective": "iwae", "k": 2},
+            {"name": "after-broken", "continue_from": "broken", "objective": "vae", "k": 1},
+            {"name": "fine", "objective": "vae", "k": 1},
+        ],
+    )
     out = tmp_path / "out"
     result = cli("reproduce", exp, "--out", out, "--data-dir", shared_data_dir, "--quiet")
     assert result.exit_code == 1
@@ -172,13 +186,29 @@ def test_dry_run_lists_the_runs_their_state_and_cost(finished, shared_data_dir, 
 
 def test_a_killed_reproduction_resumes_where_it_stopped(tmp_path, shared_data_dir):
     """A real process, killed (SIGKILL) in the middle of its second run's training."""
-    exp = write_experiment(tmp_path / "tiny.yaml", [
-        {"name": "quick", "objective": "vae", "k": 1, "protocols": {"short": {"epochs": 1}}},
-        {"name": "slow", "objective": "iwae", "k": 5},
-    ], {"epochs": 6, "train_subset": 3000, "test_subset": 10, "eval_k": 20})
+    exp = write_experiment(
+        tmp_path / "tiny.yaml",
+        [
+            {"name": "quick", "objective": "vae", "k": 1, "protocols": {"short": {"epochs": 1}}},
+            {"name": "slow", "objective": "iwae", "k": 5},
+        ],
+        {"epochs": 6, "train_subset": 3000, "test_subset": 10, "eval_k": 20},
+    )
     out = tmp_path / "out"
-    command = [sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp), "--out", str(out),
-               "--data-dir", str(shared_data_dir), "--quiet", "--threads", "1"]
+    command = [
+        sys.executable,
+        "-c",
+        "from iwae.cli import main; main()",
+        "reproduce",
+        str(exp),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(shared_data_dir),
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "runs" / "slow" / "metrics.csv"
     deadline = time.time() + 240
@@ -204,8 +234,9 @@ def test_a_killed_reproduction_resumes_where_it_stopped(tmp_path, shared_data_di
 
 
 def test_worker_processes_each_take_their_share_of_the_cores(tmp_path, shared_data_dir):
-    exp = write_experiment(tmp_path / "tiny.yaml", [
-        {"name": "a", "objective": "iwae", "k": 2}, {"name": "b", "objective": "vae", "k": 3}])
+    exp = write_experiment(
+        tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}, {"name": "b", "objective": "vae", "k": 3}]
+    )
     out = tmp_path / "out"
     summary = reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)
     assert summary.status == {"a": "done", "b": "done"}
@@ -218,29 +249,71 @@ def test_worker_processes_each_take_their_share_of_the_cores(tmp_path, shared_da
 
 
 def test_init_from_starts_a_run_from_another_run_s_trained_weights(tmp_path, mnist_splits):
-    first = train(TrainConfig(objective="iwae", k=2, epochs=1, train_subset=100, out=str(tmp_path / "a")),
-                  progress=False, splits=mnist_splits)
+    first = train(
+        TrainConfig(objective="iwae", k=2, epochs=1, train_subset=100, out=str(tmp_path / "a")),
+        progress=False,
+        splits=mnist_splits,
+    )
     # with a vanishing learning rate the continued run's weights stay those of the first run
-    second = train(TrainConfig(objective="vae", k=1, epochs=1, train_subset=100, schedule="constant", lr=1e-20,
-                               init_from=str(first), out=str(tmp_path / "b")), progress=False, splits=mnist_splits)
+    second = train(
+        TrainConfig(
+            objective="vae",
+            k=1,
+            epochs=1,
+            train_subset=100,
+            schedule="constant",
+            lr=1e-20,
+            init_from=str(first),
+            out=str(tmp_path / "b"),
+        ),
+        progress=False,
+        splits=mnist_splits,
+    )
     a, _ = load_tensors(first / "model.safetensors")
     b, _ = load_tensors(second / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="init_from .* is not this run's"):
-        train(TrainConfig(layers=2, epochs=1, train_subset=100, init_from=str(first), out=str(tmp_path / "c")),
-              progress=False, splits=mnist_splits)
+        train(
+            TrainConfig(layers=2, epochs=1, train_subset=100, init_from=str(first), out=str(tmp_path / "c")),
+            progress=False,
+            splits=mnist_splits,
+        )
 
 
-@pytest.mark.parametrize("experiment, only", [
-    ("table1", "mnist-l2-iwae-k5"), ("table2", "vae-k1-then-iwae-k50"), ("table3", "l1-vae-k5"),
-    ("rainforth", "piwae-m8-k8"), ("estimators", "iwae-k5-dreg"), ("priors", "vamp-iwae-k5"),
-    ("grey", "gated-vamp-iwae-k50"),
-])
+@pytest.mark.parametrize(
+    "experiment, only",
+    [
+        ("table1", "mnist-l2-iwae-k5"),
+        ("table2", "vae-k1-then-iwae-k50"),
+        ("table3", "l1-vae-k5"),
+        ("rainforth", "piwae-m8-k8"),
+        ("estimators", "iwae-k5-dreg"),
+        ("priors", "vamp-iwae-k5"),
+        ("grey", "gated-vamp-iwae-k50"),
+    ],
+)
 def test_every_shipped_experiment_runs_end_to_end(experiment, only, tmp_path, shared_data_dir):
     """One run of each shipped experiment (and what it continues), shortened further by overrides."""
     out = tmp_path / experiment
-    result = cli("reproduce", experiment, "--only", only, "--out", out, "--data-dir", shared_data_dir, "--quiet",
-                 "--epochs", 1, "--train-subset", 100, "--test-subset", 10, "--eval-k", 20)
+    result = cli(
+        "reproduce",
+        experiment,
+        "--only",
+        only,
+        "--out",
+        out,
+        "--data-dir",
+        shared_data_dir,
+        "--quiet",
+        "--epochs",
+        1,
+        "--train-subset",
+        100,
+        "--test-subset",
+        10,
+        "--eval-k",
+        20,
+    )
     assert result.exit_code == 0, result.output
     state = read_json(out / STATE_FILE)
     assert only in [r["name"] for r in state["runs"]] and {r["status"] for r in state["runs"]} == {"done"}
@@ -283,16 +356,49 @@ def test_ray_runs_each_run_as_a_task_and_gathers_the_files(tmp_path, shared_data
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp = Path("/tmp") / f"ray-iwae-{os.getpid()}"  # Ray's socket paths must stay short
-    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port),
-                            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                           capture_output=True, text=True, env=env, timeout=180)
+    start = subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(port),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         exp = write_experiment(tmp_path / "tiny.yaml", TWO_RUNS)
         out = tmp_path / "out"
-        done = subprocess.run([sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp),
-                               "--out", str(out), "--data-dir", str(shared_data_dir), "--ray", f"127.0.0.1:{port}",
-                               "--cpus-per-run", "1"], capture_output=True, text=True, env=env, timeout=600)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from iwae.cli import main; main()",
+                "reproduce",
+                str(exp),
+                "--out",
+                str(out),
+                "--data-dir",
+                str(shared_data_dir),
+                "--ray",
+                f"127.0.0.1:{port}",
+                "--cpus-per-run",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
@@ -311,8 +417,9 @@ def test_ray_runs_each_run_as_a_task_and_gathers_the_files(tmp_path, shared_data
 
 
 def test_selections_run_one_after_another_add_up_in_the_state(tmp_path, shared_data_dir):
-    exp = write_experiment(tmp_path / "tiny.yaml", [
-        {"name": "a", "objective": "iwae", "k": 2}, {"name": "c", "objective": "vae", "k": 1}])
+    exp = write_experiment(
+        tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}, {"name": "c", "objective": "vae", "k": 1}]
+    )
     out = tmp_path / "out"
     reproduce(exp, out, only=["c"], data_dir=str(shared_data_dir), progress=False)
     first = read_json(out / STATE_FILE)
@@ -355,13 +462,18 @@ def test_a_worker_that_dies_takes_no_run_down_with_it(tmp_path, shared_data_dir)
     import multiprocessing
     import threading
 
-    exp = write_experiment(tmp_path / "tiny.yaml", [
-        {"name": "a", "objective": "iwae", "k": 5}, {"name": "b", "objective": "vae", "k": 5}],
-        {"epochs": 2, "train_subset": 3000, "test_subset": 10, "eval_k": 20})
+    exp = write_experiment(
+        tmp_path / "tiny.yaml",
+        [{"name": "a", "objective": "iwae", "k": 5}, {"name": "b", "objective": "vae", "k": 5}],
+        {"epochs": 2, "train_subset": 3000, "test_subset": 10, "eval_k": 20},
+    )
     out = tmp_path / "out"
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        summary=reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)))
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            summary=reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)
+        )
+    )
     thread.start()
     deadline = time.time() + 180
     while time.time() < deadline and not list((out / "runs").glob("*/config.yaml")):
@@ -372,8 +484,9 @@ def test_a_worker_that_dies_takes_no_run_down_with_it(tmp_path, shared_data_dir)
     thread.join(timeout=600)
     assert not thread.is_alive()
     assert outcome["summary"].status == {"a": "done", "b": "done"}
-    assert all((out / "runs" / n / RESULT_FILE).is_file() and not (out / "runs" / n / ERROR_FILE).exists()
-               for n in ("a", "b"))
+    assert all(
+        (out / "runs" / n / RESULT_FILE).is_file() and not (out / "runs" / n / ERROR_FILE).exists() for n in ("a", "b")
+    )
 
 
 def test_a_ray_address_that_does_not_answer_is_a_clear_error(tmp_path):
@@ -381,9 +494,22 @@ def test_a_ray_address_that_does_not_answer_is_a_clear_error(tmp_path):
     bad = cli("reproduce", exp, "--out", tmp_path / "out", "--ray", "nonsense")
     assert bad.exit_code == 2 and "--ray wants auto, local or HOST:PORT" in bad.output
     # a real connection attempt, in a process of its own (this one refuses sockets)
-    done = subprocess.run([sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp),
-                           "--out", str(tmp_path / "out"), "--ray", f"127.0.0.1:{_free_port()}"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from iwae.cli import main; main()",
+            "reproduce",
+            str(exp),
+            "--out",
+            str(tmp_path / "out"),
+            "--ray",
+            f"127.0.0.1:{_free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "cannot connect to the Ray cluster at 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -431,8 +557,9 @@ def test_a_device_failure_kills_its_worker_and_the_run_is_retried_alone_once(tmp
     monkeypatch.setenv(FAULTS_ENV, json.dumps(faults))
     monkeypatch.setenv(FAULTS_ENV + "_LOG", str(log))
     monkeypatch.setattr(executors_module, "_init_worker", _faulty_worker)
-    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2}
-                                                    for n in ("oom-once", "cuda-always", "plain")])
+    exp = write_experiment(
+        tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2} for n in ("oom-once", "cuda-always", "plain")]
+    )
     out = tmp_path / "out"
     summary = reproduce(exp, out, data_dir=str(shared_data_dir), workers=2, progress=False)
     assert summary.status == {"oom-once": "done", "cuda-always": "failed", "plain": "failed"}
@@ -531,8 +658,9 @@ def test_ray_with_cuda_refuses_a_cluster_without_gpus(tmp_path, monkeypatch):
     fake = FakeRay({"CPU": 16.0, "memory": 1e10})
     monkeypatch.setitem(sys.modules, "ray", fake)
     exp = write_experiment(tmp_path / "tiny.yaml", [{"name": "a", "objective": "iwae", "k": 2}])
-    result = CliRunner().invoke(main, ["reproduce", str(exp), "--out", str(tmp_path / "out"), "--ray", "auto",
-                                       "--device", "cuda"])
+    result = CliRunner().invoke(
+        main, ["reproduce", str(exp), "--out", str(tmp_path / "out"), "--ray", "auto", "--device", "cuda"]
+    )
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "has no GPU" in errors[0] and "--device cpu" in errors[0], result.output
@@ -541,8 +669,9 @@ def test_ray_with_cuda_refuses_a_cluster_without_gpus(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_once(tmp_path, shared_data_dir,
-                                                                                 monkeypatch):
+def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_once(
+    tmp_path, shared_data_dir, monkeypatch
+):
     """On a cluster with a GPU, each task asks for one (in a fresh worker process, max_calls=1); a run
     whose device fails once is submitted again and finishes; one that fails twice is failed with its error.
     (The runs themselves train on the CPU here.)"""
@@ -568,7 +697,9 @@ def test_ray_with_cuda_asks_each_task_for_a_gpu_and_retries_a_device_failure_onc
 
     real_train = execute_module.train_or_resume
     monkeypatch.setattr(executors_module, "execute_run", execute_run)
-    exp = write_experiment(tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2} for n in ("once", "always")])
+    exp = write_experiment(
+        tmp_path / "tiny.yaml", [{"name": n, "objective": "iwae", "k": 2} for n in ("once", "always")]
+    )
     out = tmp_path / "out"
     summary = reproduce(exp, out, data_dir=str(shared_data_dir), ray="auto", device="cuda", progress=False)
     assert fake.options == [{"num_cpus": 1, "num_gpus": 1, "max_retries": 0, "max_calls": 1}]
@@ -586,10 +717,17 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     import statistics
 
     path = tmp_path / "seeds.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "seeds", "labels": ["objective", "k"], "seeds": [0, 1],
-        "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
-        "protocols": {"short": TINY}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "seeds",
+                "labels": ["objective", "k"],
+                "seeds": [0, 1],
+                "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
+                "protocols": {"short": TINY},
+            }
+        )
+    )
     out = tmp_path / "out"
     summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
     assert summary.status == {"a": "done", "a-s1": "done"}
@@ -626,8 +764,11 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
 def test_summary_text_counts_statuses_and_lists_failures(tmp_path):
     from iwae.experiments.engine import Summary, summary_text
 
-    summary = Summary(tmp_path, status={"a": "done", "b": "skipped", "c": "failed", "d": "blocked", "e": "done"},
-                      results={"c": {"error": "ValueError: boom"}})
+    summary = Summary(
+        tmp_path,
+        status={"a": "done", "b": "skipped", "c": "failed", "d": "blocked", "e": "done"},
+        results={"c": {"error": "ValueError: boom"}},
+    )
     text, failures = summary_text("tiny", summary)
     assert text.startswith("tiny: 2 run(s) done, 1 finished before, 1 failed, 1 blocked; see ")
     assert str(tmp_path / "reproduction.json") in text and text.endswith(f"report with: iwae report {tmp_path}")
@@ -645,11 +786,17 @@ def test_an_experiment_that_asks_for_ais_reports_it_beside_l_k(tmp_path, shared_
     from iwae.rundir import eval_name
 
     path = tmp_path / "ais.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "ais", "labels": ["objective", "k"],
-        "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
-        "evaluate": {"k": 20, "ais": {"steps": 3, "chains": 2, "leapfrog": 2, "test_subset": 6}},
-        "protocols": {"short": TINY}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ais",
+                "labels": ["objective", "k"],
+                "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None}],
+                "evaluate": {"k": 20, "ais": {"steps": 3, "chains": 2, "leapfrog": 2, "test_subset": 6}},
+                "protocols": {"short": TINY},
+            }
+        )
+    )
     out = tmp_path / "out"
     summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
     assert summary.status == {"a": "done"}
@@ -662,9 +809,16 @@ def test_an_experiment_that_asks_for_ais_reports_it_beside_l_k(tmp_path, shared_
     assert metrics["nll_ais"] == pytest.approx(-ais.mean())
     d = ais - l_k[:6]
     assert metrics["ais_gap"] == pytest.approx(d.mean()) and metrics["ais_gap_stderr"] == pytest.approx(
-        d.std(ddof=1) / np.sqrt(6))
-    assert recorded == {"n_test": 6, "steps": 3, "chains": 2, "leapfrog": 2, "schedule": "sigmoid",
-                        "initial": "encoder"}
+        d.std(ddof=1) / np.sqrt(6)
+    )
+    assert recorded == {
+        "n_test": 6,
+        "steps": 3,
+        "chains": 2,
+        "leapfrog": 2,
+        "schedule": "sigmoid",
+        "initial": "encoder",
+    }
     result = cli("report", out, "--no-figures")
     assert result.exit_code == 0, result.output
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -689,17 +843,26 @@ def test_the_report_compares_the_pairs_an_experiment_names(tmp_path, shared_data
     from iwae.rundir import eval_name
 
     path = tmp_path / "pairs.yaml"
-    spec = {"name": "pairs", "labels": ["objective", "k"], "seeds": [0, 1], "compare": [["a", "b"]],
-            "runs": [{"name": "a", "objective": "iwae", "k": 2, "published": None},
-                     {"name": "b", "objective": "vae", "k": 1, "published": None}],
-            "protocols": {"short": TINY}}
+    spec = {
+        "name": "pairs",
+        "labels": ["objective", "k"],
+        "seeds": [0, 1],
+        "compare": [["a", "b"]],
+        "runs": [
+            {"name": "a", "objective": "iwae", "k": 2, "published": None},
+            {"name": "b", "objective": "vae", "k": 1, "published": None},
+        ],
+        "protocols": {"short": TINY},
+    }
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     summary = reproduce(path, out, data_dir=str(shared_data_dir), progress=False)
     assert set(summary.status.values()) == {"done"}
     name = eval_name(20, 0, 10)
-    per_seed = [np.mean(np.load(out / "runs" / f"b{s}" / f"{name}.npy") - np.load(out / "runs" / f"a{s}" / f"{name}.npy"))
-                for s in ("", "-s1")]
+    per_seed = [
+        np.mean(np.load(out / "runs" / f"b{s}" / f"{name}.npy") - np.load(out / "runs" / f"a{s}" / f"{name}.npy"))
+        for s in ("", "-s1")
+    ]
     (entry,) = comparisons(read_reproduction(out))
     assert entry["seeds"] == [0, 1]
     assert entry["result"]["difference"] == pytest.approx(np.mean(per_seed))

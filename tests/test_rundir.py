@@ -30,9 +30,12 @@ def tiny_npz(tmp_path_factory) -> str:
     """40 training, 10 validation and 10 test images of 16 grey-level pixels, as ``npz:PATH``."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, train=rng.random((40, PIXELS), dtype=np.float32),
-             valid=(rng.random((10, PIXELS)) > 0.5).astype(np.float32),
-             test=(rng.random((10, PIXELS)) > 0.5).astype(np.float32))
+    np.savez(
+        path,
+        train=rng.random((40, PIXELS), dtype=np.float32),
+        valid=(rng.random((10, PIXELS)) > 0.5).astype(np.float32),
+        test=(rng.random((10, PIXELS)) > 0.5).astype(np.float32),
+    )
     return f"npz:{path}"
 
 
@@ -139,8 +142,11 @@ def test_the_architecture_is_stored_in_config_yaml_only(trained, tmp_path):
 def test_model_digest_tells_architectures_apart():
     a = ModelConfig(PIXELS, (2,), ((8,),))
     assert rundir.model_digest(a) == rundir.model_digest(ModelConfig(PIXELS, (2,), ((8,),)))
-    for b in (ModelConfig(PIXELS, (3,), ((8,),)), ModelConfig(PIXELS + 1, (2,), ((8,),)),
-              ModelConfig(PIXELS, (2,), ((8,),), prior="mog", prior_components=2)):
+    for b in (
+        ModelConfig(PIXELS, (3,), ((8,),)),
+        ModelConfig(PIXELS + 1, (2,), ((8,),)),
+        ModelConfig(PIXELS, (2,), ((8,),), prior="mog", prior_components=2),
+    ):
         assert rundir.model_digest(b) != rundir.model_digest(a)
 
 
@@ -194,13 +200,26 @@ def test_run_identity_keeps_what_decides_the_result():
     base = TrainConfig(**TINY, epochs=3, out="runs/a")
     assert rundir.run_identity(base) == rundir.run_identity(TrainConfig(**TINY, epochs=3, out="runs/a"))
     # where and how it runs, and for how long, do not make another run
-    for same in (dict(threads=4), dict(device="cuda:1"), dict(out="elsewhere"), dict(data_dir="/data"),
-                 dict(checkpoint_every=7), dict(epochs=10)):
-        assert rundir.run_identity(TrainConfig(**{**TINY, "epochs": 3, "out": "runs/a", **same})) == \
-            rundir.run_identity(base), same
+    for same in (
+        dict(threads=4),
+        dict(device="cuda:1"),
+        dict(out="elsewhere"),
+        dict(data_dir="/data"),
+        dict(checkpoint_every=7),
+        dict(epochs=10),
+    ):
+        assert rundir.run_identity(
+            TrainConfig(**{**TINY, "epochs": 3, "out": "runs/a", **same})
+        ) == rundir.run_identity(base), same
     # settings that change the numbers do
-    for other in (dict(lr=3e-4), dict(k=3, valid_k=2), dict(seed=1), dict(objective="vae", k=1),
-                  dict(latent_dims=[3]), dict(train_subset=20)):
+    for other in (
+        dict(lr=3e-4),
+        dict(k=3, valid_k=2),
+        dict(seed=1),
+        dict(objective="vae", k=1),
+        dict(latent_dims=[3]),
+        dict(train_subset=20),
+    ):
         changed = TrainConfig(**{**TINY, "epochs": 3, "out": "runs/a", **other})
         assert rundir.run_identity(changed) != rundir.run_identity(base), other
         assert set(rundir.changed_settings(base, changed)) == set(other) - {"valid_k"}
@@ -210,8 +229,12 @@ def test_run_key_adds_the_length_the_evaluation_and_the_dependency():
     spec = {"config": {"objective": "iwae", "k": 5, "epochs": 3}, "eval": {"k": 100, "seed": 0}, "after": None}
     assert rundir.run_key(spec) == rundir.run_key(json.loads(json.dumps(spec)))
     assert rundir.run_key({**spec, "config": {**spec["config"], "threads": 2}}) == rundir.run_key(spec)
-    for other in ({"config": {**spec["config"], "epochs": 4}}, {"config": {**spec["config"], "k": 6}},
-                  {"eval": {"k": 200, "seed": 0}}, {"after": "a"}):
+    for other in (
+        {"config": {**spec["config"], "epochs": 4}},
+        {"config": {**spec["config"], "k": 6}},
+        {"eval": {"k": 200, "seed": 0}},
+        {"after": "a"},
+    ):
         assert rundir.run_key({**spec, **other}) != rundir.run_key(spec), other
 
 
@@ -220,8 +243,17 @@ SPEC = {"name": "r", "config": {"objective": "iwae", "k": 5, "epochs": 3}, "eval
 
 
 def write_done(run: Path, spec: dict = SPEC, **changes) -> None:
-    rundir.write_result(run, {"name": spec["name"], "status": "done", "metrics": {"nll": 90.0},
-                              "init_sha256": None, "spec": spec, **changes})
+    rundir.write_result(
+        run,
+        {
+            "name": spec["name"],
+            "status": "done",
+            "metrics": {"nll": 90.0},
+            "init_sha256": None,
+            "spec": spec,
+            **changes,
+        },
+    )
 
 
 def test_run_status_done_stale_failed_unreadable_and_none(tmp_path):

@@ -132,8 +132,8 @@ def test_pixels_off_in_the_whole_batch_give_excluded_encoder_weights():
 # ----------------------------------------------------------------------------- slopes
 def test_fit_slope_recovers_power_laws():
     ks = [1, 4, 16, 64]
-    assert snr.fit_slope(ks, [3.0 * k ** -0.5 for k in ks]) == pytest.approx(-0.5, abs=1e-12)
-    assert snr.fit_slope(ks, [0.2 * k ** 0.5 for k in ks]) == pytest.approx(0.5, abs=1e-12)
+    assert snr.fit_slope(ks, [3.0 * k**-0.5 for k in ks]) == pytest.approx(-0.5, abs=1e-12)
+    assert snr.fit_slope(ks, [0.2 * k**0.5 for k in ks]) == pytest.approx(0.5, abs=1e-12)
     assert snr.fit_slope([2, 3, 10], [7.0, 7.0, 7.0]) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="positive"):
         snr.fit_slope([1, 2], [1.0, 0.0])
@@ -159,7 +159,9 @@ def test_iwae_snr_falls_with_k_for_the_encoder_and_rises_for_the_decoder(mnist_s
     assert rows["reparam", 64]["decoder_median"] > 2 * rows["reparam", 1]["decoder_median"]
     assert rows["dreg", 64]["encoder_median"] > 0.9 * rows["dreg", 1]["encoder_median"]
     assert rows["dreg", 64]["encoder_median"] > 2 * rows["reparam", 64]["encoder_median"]
-    assert rows["dreg", 64]["decoder_median"] == rows["reparam", 64]["decoder_median"]  # same samples, same decoder term
+    assert (
+        rows["dreg", 64]["decoder_median"] == rows["reparam", 64]["decoder_median"]
+    )  # same samples, same decoder term
 
 
 # ----------------------------------------------------------------------------- figure
@@ -167,11 +169,31 @@ def _rows():
     rows = []
     for estimator, enc in (("reparam", -0.5), ("dreg", 0.1)):
         for k in (1, 4, 16, 64):
-            rows.append({"objective": "iwae", "m": 1, "k": k, "k_per_group": k, "estimator": estimator,
-                         "repeats": 100, "encoder_median": k ** enc, "decoder_median": 0.3 * k ** 0.5})
+            rows.append(
+                {
+                    "objective": "iwae",
+                    "m": 1,
+                    "k": k,
+                    "k_per_group": k,
+                    "estimator": estimator,
+                    "repeats": 100,
+                    "encoder_median": k**enc,
+                    "decoder_median": 0.3 * k**0.5,
+                }
+            )
         for m in (1, 4, 16):
-            rows.append({"objective": "miwae", "m": m, "k": 4 * m, "k_per_group": 4, "estimator": estimator,
-                         "repeats": 100, "encoder_median": 0.5 * m ** 0.5, "decoder_median": m ** 0.5})
+            rows.append(
+                {
+                    "objective": "miwae",
+                    "m": m,
+                    "k": 4 * m,
+                    "k_per_group": 4,
+                    "estimator": estimator,
+                    "repeats": 100,
+                    "encoder_median": 0.5 * m**0.5,
+                    "decoder_median": m**0.5,
+                }
+            )
     return rows
 
 
@@ -199,15 +221,36 @@ def invoke(*args):
 
 def test_cli_writes_csv_and_figure(tmp_path, shared_data_dir):
     out = tmp_path / "snr"
-    result = invoke("--fresh", "--k", "1,2", "--m", "1,2", "--group-k", 2, "--repeats", 3, "--batch-size", 2,
-                    "--data-dir", shared_data_dir, "--out", out)
+    result = invoke(
+        "--fresh",
+        "--k",
+        "1,2",
+        "--m",
+        "1,2",
+        "--group-k",
+        2,
+        "--repeats",
+        3,
+        "--batch-size",
+        2,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     with open(out / "snr.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["objective"], r["m"], r["k"], r["estimator"]) for r in rows] == [
-        ("iwae", "1", "1", "reparam"), ("iwae", "1", "2", "reparam"), ("iwae", "1", "1", "dreg"),
-        ("iwae", "1", "2", "dreg"), ("miwae", "1", "2", "reparam"), ("miwae", "2", "4", "reparam"),
-        ("miwae", "1", "2", "dreg"), ("miwae", "2", "4", "dreg")]
+        ("iwae", "1", "1", "reparam"),
+        ("iwae", "1", "2", "reparam"),
+        ("iwae", "1", "1", "dreg"),
+        ("iwae", "1", "2", "dreg"),
+        ("miwae", "1", "2", "reparam"),
+        ("miwae", "2", "4", "reparam"),
+        ("miwae", "1", "2", "dreg"),
+        ("miwae", "2", "4", "dreg"),
+    ]
     assert all(float(r["encoder_median"]) > 0 and float(r["decoder_median"]) > 0 for r in rows)
     assert (out / "snr.png").stat().st_size > 10_000 and (out / "snr_layers.csv").is_file()
     assert "slope of log median SNR against log K: iwae, reparam, encoder" in result.stdout
@@ -216,11 +259,38 @@ def test_cli_writes_csv_and_figure(tmp_path, shared_data_dir):
 def test_cli_on_a_run_directory(tmp_path, mnist_splits, shared_data_dir):
     from iwae.train import TrainConfig, train
 
-    run = train(TrainConfig(latent_dims=[2], hidden_dims=[[8]], k=1, train_subset=40, epochs=1,
-                            schedule="constant", valid_k=1, out=str(tmp_path / "run")),
-                progress=False, splits=mnist_splits)
-    result = invoke(run, "--objectives", "iwae", "--k", "1,3", "--estimators", "dreg", "--repeats", 4,
-                    "--batch-size", 3, "--data-dir", shared_data_dir, "--out", tmp_path / "out", "--json")
+    run = train(
+        TrainConfig(
+            latent_dims=[2],
+            hidden_dims=[[8]],
+            k=1,
+            train_subset=40,
+            epochs=1,
+            schedule="constant",
+            valid_k=1,
+            out=str(tmp_path / "run"),
+        ),
+        progress=False,
+        splits=mnist_splits,
+    )
+    result = invoke(
+        run,
+        "--objectives",
+        "iwae",
+        "--k",
+        "1,3",
+        "--estimators",
+        "dreg",
+        "--repeats",
+        4,
+        "--batch-size",
+        3,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        tmp_path / "out",
+        "--json",
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     import json
 
@@ -229,18 +299,21 @@ def test_cli_on_a_run_directory(tmp_path, mnist_splits, shared_data_dir):
     assert (tmp_path / "out" / "snr.png").is_file()
 
 
-@pytest.mark.parametrize("args, phrase", [
-    (["--fresh", "--repeats", "1"], "--repeats must be >= 2"),
-    (["--fresh", "--k", "0,4"], "positive integers"),
-    (["--fresh", "--m", "0"], "positive integers"),
-    (["--fresh", "--objectives", "iwae", "--m", "4"], "--m applies to miwae and piwae"),
-    (["--fresh", "--estimators", "reparam,magic"], "'magic'"),
-    (["--fresh", "--objectives", "iwae,elbo"], "'elbo'"),
-    (["--fresh", "--estimators", "rws"], "rws estimator is defined for the iwae objective only"),
-    (["--fresh", "--group-k", "0"], "--group-k must be >= 1"),
-    ([], "either RUN_DIR or --fresh"),
-    (["somewhere", "--fresh"], "either RUN_DIR or --fresh"),
-])
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--fresh", "--repeats", "1"], "--repeats must be >= 2"),
+        (["--fresh", "--k", "0,4"], "positive integers"),
+        (["--fresh", "--m", "0"], "positive integers"),
+        (["--fresh", "--objectives", "iwae", "--m", "4"], "--m applies to miwae and piwae"),
+        (["--fresh", "--estimators", "reparam,magic"], "'magic'"),
+        (["--fresh", "--objectives", "iwae,elbo"], "'elbo'"),
+        (["--fresh", "--estimators", "rws"], "rws estimator is defined for the iwae objective only"),
+        (["--fresh", "--group-k", "0"], "--group-k must be >= 1"),
+        ([], "either RUN_DIR or --fresh"),
+        (["somewhere", "--fresh"], "either RUN_DIR or --fresh"),
+    ],
+)
 def test_cli_bad_values_exit_2_with_one_line(tmp_path, args, phrase):
     result = invoke(*args, "--out", tmp_path / "out")
     assert result.exit_code == 2, (result.output, result.exception)
@@ -266,13 +339,16 @@ def test_plan_study_builds_the_spec_grid():
     assert [(s.k, s.m) for s in again.specs] == [(15, 3)]
 
 
-@pytest.mark.parametrize("kwargs, fields", [
-    ({"ms": [2], "objectives": ["iwae"]}, ("ms", "objectives")),
-    ({"estimators": ["magic"]}, ("estimators",)),
-    ({"objectives": []}, ("objectives",)),
-    ({"repeats": 1}, ("repeats",)),
-    ({"group_k": 0}, ("group_k",)),
-])
+@pytest.mark.parametrize(
+    "kwargs, fields",
+    [
+        ({"ms": [2], "objectives": ["iwae"]}, ("ms", "objectives")),
+        ({"estimators": ["magic"]}, ("estimators",)),
+        ({"objectives": []}, ("objectives",)),
+        ({"repeats": 1}, ("repeats",)),
+        ({"group_k": 0}, ("group_k",)),
+    ],
+)
 def test_plan_study_refuses_with_the_setting_named(kwargs, fields):
     from iwae.errors import ConfigError
 
@@ -284,8 +360,25 @@ def test_plan_study_refuses_with_the_setting_named(kwargs, fields):
 def test_the_python_api_writes_the_files_the_cli_writes(tmp_path, mnist_splits, shared_data_dir):
     study = snr.plan_study(["iwae"], ["reparam"], ks=[1, 2], repeats=3, batch_size=2, seed=1)
     result = snr.run_study(study, snr.fresh_model(mnist_splits, seed=1), mnist_splits, tmp_path / "api", source="x")
-    cli = invoke("--fresh", "--objectives", "iwae", "--estimators", "reparam", "--k", "1,2", "--repeats", 3,
-                 "--batch-size", 2, "--seed", 1, "--data-dir", shared_data_dir, "--out", tmp_path / "cli")
+    cli = invoke(
+        "--fresh",
+        "--objectives",
+        "iwae",
+        "--estimators",
+        "reparam",
+        "--k",
+        "1,2",
+        "--repeats",
+        3,
+        "--batch-size",
+        2,
+        "--seed",
+        1,
+        "--data-dir",
+        shared_data_dir,
+        "--out",
+        tmp_path / "cli",
+    )
     assert cli.exit_code == 0, (cli.output, cli.exception)
     assert result["files"] == [str(tmp_path / "api" / name) for name in ("snr.csv", "snr_layers.csv", "snr.png")]
 
@@ -297,7 +390,8 @@ def test_the_python_api_writes_the_files_the_cli_writes(tmp_path, mnist_splits, 
         assert table(tmp_path / "api" / name) == table(tmp_path / "cli" / name), name
     rows = table(tmp_path / "api" / "snr.csv")
     assert [(r["k"], float(r["encoder_median"])) for r in rows] == [
-        (str(r["k"]), pytest.approx(r["encoder_median"], rel=1e-12)) for r in result["rows"]]
+        (str(r["k"]), pytest.approx(r["encoder_median"], rel=1e-12)) for r in result["rows"]
+    ]
     assert "layers" not in result["rows"][0] and len(table(tmp_path / "api" / "snr_layers.csv")) > len(rows)
     text = snr.study_text(result)
     assert "IWAE(k=2)" in text and "slope of log median SNR against log K: iwae, reparam, encoder" in text

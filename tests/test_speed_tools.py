@@ -49,10 +49,32 @@ def test_bench_variants_rows_name_their_implementation(tmp_path):
     """Two implementations, one process each, and the JSON the projection reads."""
     out = tmp_path / "rates.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--variants", "--rounds", "1",
-                           "--batches", "4", "--ks", "2", "--only", "fp32,bf16-mixed", "--seconds", "0.05",
-                           "--no-eval", "--threads", "1", "--json", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--variants",
+            "--rounds",
+            "1",
+            "--batches",
+            "4",
+            "--ks",
+            "2",
+            "--only",
+            "fp32,bf16-mixed",
+            "--seconds",
+            "0.05",
+            "--no-eval",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| train step")]
     assert [row.split("|")[5].strip() for row in rows] == ["fp32", "bf16-mixed"]
@@ -63,12 +85,22 @@ def test_bench_variants_rows_name_their_implementation(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU try-out; on a GPU machine run the real check")
 def test_gpu_check_runs_all_its_steps_on_the_cpu():
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     out = done.stdout
-    for section in ("2. tests marked cuda", "3. kernel variants", "4. training steps/s", "5. side by side",
-                    "6. projected wall time"):
+    for section in (
+        "2. tests marked cuda",
+        "3. kernel variants",
+        "4. training steps/s",
+        "5. side by side",
+        "6. projected wall time",
+    ):
         assert section in out
     assert "| train step | 1 | 20 | 1 | bf16-mixed |" in out
     assert "9,774,400 steps per run" in out and "all steps passed" in out

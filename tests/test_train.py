@@ -81,8 +81,9 @@ RESUME_SETTINGS = {
 
 
 def resume_config(out: Path, objective: str, epochs: int) -> TrainConfig:
-    return TrainConfig(**RESUME_SETTINGS[objective], train_subset=200, batch_size=20, epochs=epochs, seed=3,
-                       out=str(out))
+    return TrainConfig(
+        **RESUME_SETTINGS[objective], train_subset=200, batch_size=20, epochs=epochs, seed=3, out=str(out)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,22 +157,25 @@ def test_training_follows_the_schedule(tmp_path, tiny_splits):
 
 
 # ----------------------------------------------------------------------------- config validation
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(k=0), r"k must be >= 1, got 0"),
-    (dict(k=-3), r"k must be >= 1"),
-    (dict(objective="ciwae", beta=1.5), r"beta must lie in \[0, 1\], got 1.5"),
-    (dict(objective="ciwae", beta=-0.1), r"beta must lie in \[0, 1\]"),
-    (dict(objective="miwae", k=10, m=3), r"m = 3 must divide the total number of samples k = 10"),
-    (dict(objective="piwae", k=5, m=2), r"m = 2 must divide"),
-    (dict(objective="iwaee"), r"unknown objective 'iwaee'; choose one of vae, iwae, miwae, ciwae, piwae"),
-    (dict(schedule="cosine", epochs=3), r"unknown schedule 'cosine'; choose one of paper, constant"),
-    (dict(schedule="constant"), r"constant schedule needs a number of epochs"),
-    (dict(epochs=0), r"epochs must be >= 1"),
-    (dict(batch_size=0), r"batch_size must be >= 1"),
-    (dict(lr=0.0), r"lr must be > 0"),
-    (dict(train_subset=0), r"train_subset must be >= 1"),
-    (dict(layers=1, latent_dims=[100, 50]), r"2 entries for 1 layers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k=0), r"k must be >= 1, got 0"),
+        (dict(k=-3), r"k must be >= 1"),
+        (dict(objective="ciwae", beta=1.5), r"beta must lie in \[0, 1\], got 1.5"),
+        (dict(objective="ciwae", beta=-0.1), r"beta must lie in \[0, 1\]"),
+        (dict(objective="miwae", k=10, m=3), r"m = 3 must divide the total number of samples k = 10"),
+        (dict(objective="piwae", k=5, m=2), r"m = 2 must divide"),
+        (dict(objective="iwaee"), r"unknown objective 'iwaee'; choose one of vae, iwae, miwae, ciwae, piwae"),
+        (dict(schedule="cosine", epochs=3), r"unknown schedule 'cosine'; choose one of paper, constant"),
+        (dict(schedule="constant"), r"constant schedule needs a number of epochs"),
+        (dict(epochs=0), r"epochs must be >= 1"),
+        (dict(batch_size=0), r"batch_size must be >= 1"),
+        (dict(lr=0.0), r"lr must be > 0"),
+        (dict(train_subset=0), r"train_subset must be >= 1"),
+        (dict(layers=1, latent_dims=[100, 50]), r"2 entries for 1 layers"),
+    ],
+)
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
@@ -501,7 +505,7 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
         n = int.from_bytes(data[:8], "little")
         assert n > 0 and 8 + n <= len(data)
         assert data[8:9] == b"{"
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
         assert "__metadata__" in header
         assert not data.startswith(b"\x80") and not data.startswith(b"PK")  # neither pickle nor torch.save zip
     tensors, meta = load_tensors(out / "checkpoint.safetensors")
@@ -511,14 +515,18 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
 
 
 # ----------------------------------------------------------------------------- objectives
-@pytest.mark.parametrize("settings", [
-    dict(objective="vae", k=2),
-    dict(objective="iwae", k=3),
-    dict(objective="miwae", k=4, m=2),
-    dict(objective="ciwae", k=3, beta=0.5),
-    dict(objective="piwae", k=4, m=2),
-    dict(objective="iwae", k=3, layers=2),
-], ids=["vae", "iwae", "miwae", "ciwae", "piwae", "iwae-2layers"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(objective="vae", k=2),
+        dict(objective="iwae", k=3),
+        dict(objective="miwae", k=4, m=2),
+        dict(objective="ciwae", k=3, beta=0.5),
+        dict(objective="piwae", k=4, m=2),
+        dict(objective="iwae", k=3, layers=2),
+    ],
+    ids=["vae", "iwae", "miwae", "ciwae", "piwae", "iwae-2layers"],
+)
 def test_every_objective_trains_and_reports_the_true_bound(tmp_path, tiny_splits, monkeypatch, settings):
     recorded = []
     real_terms = estimators_module.gradient_terms
@@ -599,14 +607,17 @@ def test_cuda_without_cuda_is_one_line(tmp_path, tiny_splits, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("k", "five", r"config key 'k' must be int, got 'five' \(str\)"),
-    ("lr", "1e-3", r"config key 'lr' must be float, got '1e-3' \(str\) \(YAML reads 1e-3 as text"),
-    ("epochs", 2.5, r"config key 'epochs' must be int \| None, got 2.5"),
-    ("learn_mixture_weights", "yes", r"config key 'learn_mixture_weights' must be bool"),
-    ("latent_dims", [4, "x"], r"config key 'latent_dims' must be list\[int\] \| None"),
-    ("k", True, r"config key 'k' must be int, got True \(bool\)"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("k", "five", r"config key 'k' must be int, got 'five' \(str\)"),
+        ("lr", "1e-3", r"config key 'lr' must be float, got '1e-3' \(str\) \(YAML reads 1e-3 as text"),
+        ("epochs", 2.5, r"config key 'epochs' must be int \| None, got 2.5"),
+        ("learn_mixture_weights", "yes", r"config key 'learn_mixture_weights' must be bool"),
+        ("latent_dims", [4, "x"], r"config key 'latent_dims' must be list\[int\] \| None"),
+        ("k", True, r"config key 'k' must be int, got True \(bool\)"),
+    ],
+)
 def test_config_yaml_with_a_wrong_type_names_the_key(tmp_path, key, value, message):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**TrainConfig().to_dict(), key: value}))
@@ -665,8 +676,12 @@ def test_resume_says_where_it_continues_and_when_there_is_nothing_to_do(tmp_path
 
     result = invoke("train", "--resume", out, "--epochs", 2, "--quiet", "--data-dir", "unused")
     assert result.exit_code == 2  # --data-dir is not changeable on resume
-    train(TrainConfig(k=1, epochs=2, batch_size=20, valid_k=1, out=str(out)), resume=True, progress=False,
-          splits=tiny_splits)
+    train(
+        TrainConfig(k=1, epochs=2, batch_size=20, valid_k=1, out=str(out)),
+        resume=True,
+        progress=False,
+        splits=tiny_splits,
+    )
     assert TrainConfig.from_yaml(out / "config.yaml").epochs == 2
 
 
@@ -679,8 +694,9 @@ def test_resume_message_names_the_epoch(tmp_path, tiny_splits, capsys):
     assert f"resuming {out} from epoch 1 of 2 (step 4)" in capsys.readouterr().err
 
 
-def test_checkpoint_every_writes_mid_epoch_checkpoints_that_resume_bit_exact(tmp_path, small_splits,
-                                                                               reference_run, monkeypatch):
+def test_checkpoint_every_writes_mid_epoch_checkpoints_that_resume_bit_exact(
+    tmp_path, small_splits, reference_run, monkeypatch
+):
     """A checkpoint every 3 steps (10 steps an epoch); killed in step 17, resumed from step 15's
     checkpoint, 5 batches (100 images) into epoch 2."""
     ref = reference_run("iwae")
@@ -748,15 +764,19 @@ def nan_reference(tmp_path_factory, tiny_splits) -> Path:
 
 @pytest.mark.parametrize("what", ["loss", "gradient"])
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked-each-step", "deferred-as-on-cuda"])
-def test_nonfinite_loss_or_gradient_stops_before_the_parameters_change(tmp_path, tiny_splits, nan_reference,
-                                                                       monkeypatch, what, deferred):
+def test_nonfinite_loss_or_gradient_stops_before_the_parameters_change(
+    tmp_path, tiny_splits, nan_reference, monkeypatch, what, deferred
+):
     out = tmp_path / "run"
     cfg = TrainConfig(**NAN_RUN, out=str(out))
     snapshots: list = []
     model_ref: list = []
     monkeypatch.setattr(train_module, "_defer_finite_check", lambda device: deferred)
-    monkeypatch.setattr(train_module, "accumulate_gradients",
-                        _poisoning(train_module.accumulate_gradients, 6, what, snapshots, model_ref))
+    monkeypatch.setattr(
+        train_module,
+        "accumulate_gradients",
+        _poisoning(train_module.accumulate_gradients, 6, what, snapshots, model_ref),
+    )
     with pytest.raises(FloatingPointError) as info:
         train(cfg, progress=False, splits=tiny_splits)
     message = str(info.value)
@@ -837,7 +857,7 @@ def test_validation_bound_keeps_its_numbers_where_the_budget_allows():
         gen_old = torch.Generator().manual_seed(7)
         total = 0.0
         for i in range(0, 250, 100):
-            total += objectives.iwae(model.log_weights(x[i:i + 100], k, gen_old)).sum().item()
+            total += objectives.iwae(model.log_weights(x[i : i + 100], k, gen_old)).sum().item()
         assert value == total / 250, k
         assert torch.equal(gen.get_state(), gen_old.get_state())
 
@@ -903,8 +923,9 @@ def test_configure_layers_overrides_on_defaults_or_a_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- a torch without fused CPU Adam
-def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided_once(tmp_path, tiny_splits,
-                                                                                    monkeypatch):
+def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided_once(
+    tmp_path, tiny_splits, monkeypatch
+):
     """Torch before 2.4 refuses Adam(fused=True) for CPU tensors with a RuntimeError: the trainer then uses
     the unfused Adam (the same settings), tries fused once per device type only, and the run trains to the
     same numbers within float rounding as with the fused kernel."""
@@ -914,12 +935,21 @@ def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided
     def old_adam(params, **kwargs):  # as torch 2.3: no fused kernel on CPU
         tried.append(kwargs.get("fused"))
         if kwargs.get("fused"):
-            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
-                               "devices: ['cuda', 'xpu', 'privateuseone']")
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of supported "
+                "devices: ['cuda', 'xpu', 'privateuseone']"
+            )
         return real_adam(params, **kwargs)
 
-    config = TrainConfig(objective="iwae", k=2, latent_dims=[3], hidden_dims=[[8]], epochs=2, schedule="constant",
-                         out=str(tmp_path / "fused"))
+    config = TrainConfig(
+        objective="iwae",
+        k=2,
+        latent_dims=[3],
+        hidden_dims=[[8]],
+        epochs=2,
+        schedule="constant",
+        out=str(tmp_path / "fused"),
+    )
     model = train_module.build_model(config, tiny_splits.dim)
     assert train_module._make_optimizer(config, model, torch.device("cpu")).defaults["fused"]  # this torch: fused
     fused_run = train(config, progress=False, splits=tiny_splits)

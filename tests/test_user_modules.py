@@ -100,8 +100,16 @@ def test_same_log_weights_as_the_builtin_model(likelihood):
     assert user.user_modules and not builtin.user_modules
 
 
-ESTIMATOR_SPECS = [("iwae", "reparam"), ("iwae", "stl"), ("iwae", "dreg"), ("iwae", "rws"), ("iwae", "rws-dreg"),
-                   ("vae", "stl"), ("miwae", "dreg"), ("piwae", "dreg")]
+ESTIMATOR_SPECS = [
+    ("iwae", "reparam"),
+    ("iwae", "stl"),
+    ("iwae", "dreg"),
+    ("iwae", "rws"),
+    ("iwae", "rws-dreg"),
+    ("vae", "stl"),
+    ("miwae", "dreg"),
+    ("piwae", "dreg"),
+]
 
 
 @pytest.mark.parametrize("prior", ["normal", "vamp"])
@@ -135,7 +143,9 @@ def test_user_prior_and_likelihood_modules():
             self.log_scale = nn.Parameter(torch.tensor(0.3))
 
         def forward(self):
-            return torch.distributions.Independent(torch.distributions.Normal(torch.zeros(LATENT), self.log_scale.exp()), 1)
+            return torch.distributions.Independent(
+                torch.distributions.Normal(torch.zeros(LATENT), self.log_scale.exp()), 1
+            )
 
         def log_prob(self, z):
             return diag_normal_log_prob(z, torch.zeros_like(z), self.log_scale.expand(z.shape[-1]))
@@ -162,8 +172,11 @@ def test_user_prior_and_likelihood_modules():
     x = _x().float()
     log_w, (z,) = model.log_weights_with_samples(x, 4, torch.Generator().manual_seed(0))
     q = model.encode(x)
-    by_hand = (torch.distributions.Normal(model.decoder[0](z), lik.log_sigma.exp()).log_prob(x).sum(-1)
-               + torch.distributions.Normal(0.0, prior.log_scale.exp()).log_prob(z).sum(-1) - q.log_prob(z))
+    by_hand = (
+        torch.distributions.Normal(model.decoder[0](z), lik.log_sigma.exp()).log_prob(x).sum(-1)
+        + torch.distributions.Normal(0.0, prior.log_scale.exp()).log_prob(z).sum(-1)
+        - q.log_prob(z)
+    )
     torch.testing.assert_close(log_w, by_hand, rtol=1e-5, atol=1e-4)
 
 
@@ -184,8 +197,10 @@ def test_user_modules_refuse_what_they_cannot_be():
 def grey_npz(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "grey.npz"
-    split = {s: (np.round(rng.random((n, PIXELS)) ** 2 * 255) / 255).astype(np.float32)
-             for s, n in (("train", 40), ("valid", 10), ("test", 10))}
+    split = {
+        s: (np.round(rng.random((n, PIXELS)) ** 2 * 255) / 255).astype(np.float32)
+        for s, n in (("train", 40), ("valid", 10), ("test", 10))
+    }
     np.savez(path, **split)
     return f"npz:{path}"
 
@@ -196,15 +211,28 @@ def test_training_a_user_model_gives_the_builtin_numbers(tmp_path, grey_npz, lik
     and final weights (float32: to 1e-4), its checkpoint is safetensors that iwae.load refuses with a
     one-line message (the user rebuilds the modules and loads the weights), and evaluate(model=...) gives
     the built-in run's test NLL."""
-    config = dict(dataset=grey_npz, latent_dims=[LATENT], hidden_dims=[[HIDDEN]], k=4, valid_k=4, batch_size=10,
-                  epochs=2, seed=3, likelihood=likelihood, estimator=estimator)
+    config = dict(
+        dataset=grey_npz,
+        latent_dims=[LATENT],
+        hidden_dims=[[HIDDEN]],
+        k=4,
+        valid_k=4,
+        batch_size=10,
+        epochs=2,
+        seed=3,
+        likelihood=likelihood,
+        estimator=estimator,
+    )
     builtin_run = train(TrainConfig(**config, out=str(tmp_path / "builtin")), progress=False)
 
     cfg = TrainConfig(**config, out=str(tmp_path / "user"))
     torch.manual_seed(cfg.seed)  # the initial weights train() draws for the built-in model
     reference = VAE(cfg.model_config(PIXELS))
-    user = VAE(cfg.model_config(PIXELS), encoder=MLPEncoder(),
-               decoder=MLPDecoder(reference.likelihood.params_per_pixel * PIXELS))
+    user = VAE(
+        cfg.model_config(PIXELS),
+        encoder=MLPEncoder(),
+        decoder=MLPDecoder(reference.likelihood.params_per_pixel * PIXELS),
+    )
     _copy(reference, user)
     user_run = train(cfg, model=user, progress=False)
 
@@ -215,7 +243,9 @@ def test_training_a_user_model_gives_the_builtin_numbers(tmp_path, grey_npz, lik
     weights_b = load_tensors(builtin_run / "model.safetensors")[0]
     weights_u, meta_u = load_tensors(user_run / "model.safetensors")
     assert meta_u.get("user_modules") is True and len(weights_b) == len(weights_u)
-    by_order = dict(zip(reference.state_dict(), user.state_dict()))  # e.g. encoder.0.head.weight -> encoder.0.module.net.2.weight
+    by_order = dict(
+        zip(reference.state_dict(), user.state_dict())
+    )  # e.g. encoder.0.head.weight -> encoder.0.module.net.2.weight
     moved = 0.0
     for name, value in weights_b.items():
         torch.testing.assert_close(value, weights_u[by_order[name]], rtol=1e-4, atol=1e-5)
@@ -225,8 +255,11 @@ def test_training_a_user_model_gives_the_builtin_numbers(tmp_path, grey_npz, lik
         rundir.load_model(user_run)
     assert "\n" not in str(e.value)
     # rebuilt by the user, loaded, evaluated: the built-in run's numbers
-    rebuilt = VAE(cfg.model_config(PIXELS), encoder=MLPEncoder(),
-                  decoder=MLPDecoder(reference.likelihood.params_per_pixel * PIXELS))
+    rebuilt = VAE(
+        cfg.model_config(PIXELS),
+        encoder=MLPEncoder(),
+        decoder=MLPDecoder(reference.likelihood.params_per_pixel * PIXELS),
+    )
     rebuilt.load_state_dict(weights_u)
     splits = cfg.load_data()  # the data as training saw them (logistic256: grey levels, not binarized)
     ours = evaluate(model=rebuilt, splits=splits, k=50, seed=1)

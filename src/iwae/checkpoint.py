@@ -26,7 +26,15 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError, WriteError
 
-__all__ = ["atomic_write", "save_tensors", "load_tensors", "remove_temporaries", "check_writable", "CheckpointError", "WriteError"]
+__all__ = [
+    "atomic_write",
+    "save_tensors",
+    "load_tensors",
+    "remove_temporaries",
+    "check_writable",
+    "CheckpointError",
+    "WriteError",
+]
 
 
 _UMASK = os.umask(0o022)
@@ -35,9 +43,12 @@ os.umask(_UMASK)
 
 def _write_error(path: Path, e: OSError) -> WriteError:
     reason = os.strerror(e.errno) if e.errno else str(e)
-    hint = {errno_module.ENOSPC: "; free some space and resume",
-            errno_module.EACCES: "; is the folder writable?", errno_module.EPERM: "; is the folder writable?",
-            errno_module.EROFS: "; the file system is read-only"}.get(e.errno, "")
+    hint = {
+        errno_module.ENOSPC: "; free some space and resume",
+        errno_module.EACCES: "; is the folder writable?",
+        errno_module.EPERM: "; is the folder writable?",
+        errno_module.EROFS: "; the file system is read-only",
+    }.get(e.errno, "")
     return WriteError(f"could not write {path}: {reason}{hint} (the previous {path.name}, if any, is unchanged)")
 
 
@@ -79,7 +90,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         try:
             save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
         except SafetensorError as e:  # the Rust writer reports I/O errors (a full disk) this way
-            raise WriteError(f"could not write {path}: {e} (the previous {Path(path).name}, if any, is unchanged)") from e
+            raise WriteError(
+                f"could not write {path}: {e} (the previous {Path(path).name}, if any, is unchanged)"
+            ) from e
 
 
 def check_writable(folder: str | os.PathLike, name: str = "a file") -> None:

@@ -10,8 +10,21 @@ from __future__ import annotations
 
 from .errors import DataError
 
-__all__ = ["OBJECTIVES", "ESTIMATORS", "ESTIMATOR_OBJECTIVES", "NETWORKS", "PRIORS", "LIKELIHOODS", "PRECISIONS",
-           "COMPILE_MODES", "SCHEDULES", "DATASETS", "BINARIZATIONS", "PLOT_KINDS", "resolve_binarize"]
+__all__ = [
+    "OBJECTIVES",
+    "ESTIMATORS",
+    "ESTIMATOR_OBJECTIVES",
+    "NETWORKS",
+    "PRIORS",
+    "LIKELIHOODS",
+    "PRECISIONS",
+    "COMPILE_MODES",
+    "SCHEDULES",
+    "DATASETS",
+    "BINARIZATIONS",
+    "PLOT_KINDS",
+    "resolve_binarize",
+]
 
 OBJECTIVES = ("vae", "iwae", "miwae", "ciwae", "piwae")  # the bounds of iwae.objectives
 

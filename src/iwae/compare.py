@@ -39,13 +39,17 @@ RunDir = str | os.PathLike
 def _evaluate_command(run_dir: Path, k: int, seed: int, test_subset: int | None, evaluation: str | None = None) -> str:
     if evaluation is not None:  # another method's files (AIS: iwae.ais.ais_evaluate)
         return f"the evaluation that writes {evaluation}.json (for ais_...: iwae evaluate {run_dir} --method ais)"
-    flags = f" --k {k}" + (f" --test-subset {test_subset}" if test_subset is not None else "") + \
-        (f" --seed {seed}" if seed != 0 else "")
+    flags = (
+        f" --k {k}"
+        + (f" --test-subset {test_subset}" if test_subset is not None else "")
+        + (f" --seed {seed}" if seed != 0 else "")
+    )
     return f"iwae evaluate {run_dir}{flags}"
 
 
-def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0, test_subset: int | None = None,
-                evaluation: str | None = None) -> tuple[dict, np.ndarray]:
+def load_bounds(
+    run_dir: RunDir, *, k: int = 5000, seed: int = 0, test_subset: int | None = None, evaluation: str | None = None
+) -> tuple[dict, np.ndarray]:
     """The evaluation JSON of a run and its per-image bounds L_k(x_n) (float64, in test-set order).
 
     ``evaluation`` names another file stem instead of ``eval_name(k, seed, test_subset)``, e.g. an
@@ -64,21 +68,26 @@ def load_bounds(run_dir: RunDir, *, k: int = 5000, seed: int = 0, test_subset: i
     json_path, npy_path = files["json"], files["bounds"]
     if not json_path.is_file() or not npy_path.is_file():
         missing = json_path if not json_path.is_file() else npy_path
-        raise FileNotFoundError(f"{missing} not found; make it with: "
-                                f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}")
+        raise FileNotFoundError(
+            f"{missing} not found; make it with: {_evaluate_command(run_dir, k, seed, test_subset, evaluation)}"
+        )
     try:
         meta, bounds = read_evaluation(run_dir, name)
     except CheckpointError as e:  # a truncated or foreign file
         cause = e.__cause__ or e
-        raise ValueError(f"cannot read the evaluation {run_dir / name}.*: "
-                         f"{str(cause).splitlines()[0] if str(cause) else repr(cause)}; "
-                         f"write it again with: {_evaluate_command(run_dir, k, seed, test_subset, evaluation)}") from None
+        raise ValueError(
+            f"cannot read the evaluation {run_dir / name}.*: "
+            f"{str(cause).splitlines()[0] if str(cause) else repr(cause)}; "
+            f"write it again with: {_evaluate_command(run_dir, k, seed, test_subset, evaluation)}"
+        ) from None
     if not isinstance(meta, dict) or "n_test" not in meta or "test_images" not in meta:
         raise ValueError(f"{json_path} is not an evaluation of iwae (no n_test or test_images)")
     if bounds.ndim != 1 or len(bounds) != meta["n_test"]:
-        raise ValueError(f"{npy_path} holds {bounds.shape} values but {json_path.name} says n_test = "
-                         f"{meta['n_test']}; write it again with: "
-                         f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}")
+        raise ValueError(
+            f"{npy_path} holds {bounds.shape} values but {json_path.name} says n_test = "
+            f"{meta['n_test']}; write it again with: "
+            f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}"
+        )
     if not np.isfinite(bounds).all():
         raise ValueError(f"{npy_path} holds non-finite bounds")
     return meta, bounds.astype(np.float64)
@@ -89,17 +98,26 @@ def _pair(run_a: RunDir, run_b: RunDir, k: int, seed: int, test_subset: int | No
     meta_b, l_b = load_bounds(run_b, k=k, seed=seed, test_subset=test_subset, evaluation=evaluation)
     if meta_a["test_images"] != meta_b["test_images"] or meta_a["n_test"] != meta_b["n_test"]:
         describe = lambda m: f"{m['n_test']} images {m['test_images']}"  # noqa: E731
-        raise ValueError(f"{run_a} and {run_b} were evaluated on different test images "
-                         f"({describe(meta_a)} vs {describe(meta_b)}); a paired comparison needs the same images")
+        raise ValueError(
+            f"{run_a} and {run_b} were evaluated on different test images "
+            f"({describe(meta_a)} vs {describe(meta_b)}); a paired comparison needs the same images"
+        )
     if len(l_a) < 2:
         raise ValueError(f"a paired standard error needs at least 2 test images, got {len(l_a)}")
     # NLL_A - NLL_B = (-L_A) - (-L_B) = L_B - L_A, per image
     diff, stderr = paired_difference(l_b, l_a)
-    return {"run_a": str(run_a), "run_b": str(run_b), "nll_a": float(-l_a.mean()), "nll_b": float(-l_b.mean()),
-            "difference": diff, "paired_stderr": stderr,
-            # what the two standard errors would give without pairing, for contrast
-            "unpaired_stderr": float(math.sqrt(l_a.var(ddof=1) / len(l_a) + l_b.var(ddof=1) / len(l_b))),
-            "n_test": int(meta_a["n_test"]), "test_images": meta_a["test_images"]}
+    return {
+        "run_a": str(run_a),
+        "run_b": str(run_b),
+        "nll_a": float(-l_a.mean()),
+        "nll_b": float(-l_b.mean()),
+        "difference": diff,
+        "paired_stderr": stderr,
+        # what the two standard errors would give without pairing, for contrast
+        "unpaired_stderr": float(math.sqrt(l_a.var(ddof=1) / len(l_a) + l_b.var(ddof=1) / len(l_b))),
+        "n_test": int(meta_a["n_test"]),
+        "test_images": meta_a["test_images"],
+    }
 
 
 def compare_runs(
@@ -136,8 +154,9 @@ def compare_runs(
     runs_a = [run_a] if isinstance(run_a, (str, os.PathLike)) else list(run_a)
     runs_b = [run_b] if isinstance(run_b, (str, os.PathLike)) else list(run_b)
     if not runs_a or len(runs_a) != len(runs_b):
-        raise ValueError(f"comparing over seeds pairs run i of A with run i of B: got {len(runs_a)} and "
-                         f"{len(runs_b)} runs")
+        raise ValueError(
+            f"comparing over seeds pairs run i of A with run i of B: got {len(runs_a)} and {len(runs_b)} runs"
+        )
     pairs = [_pair(a, b, k, seed, test_subset, evaluation) for a, b in zip(runs_a, runs_b)]
     if any(p["test_images"] != pairs[0]["test_images"] for p in pairs):
         raise ValueError("the seeds' evaluations are on different test images; evaluate all runs on the same ones")
@@ -147,8 +166,12 @@ def compare_runs(
         "difference": float(d.mean()),
         "stderr_across_seeds": float(d.std(ddof=1) / math.sqrt(s)) if s > 1 else math.nan,
         "pooled_paired_stderr": float(math.sqrt(sum(p["paired_stderr"] ** 2 for p in pairs)) / s),
-        "seeds": s, "pairs": pairs, "n_test": pairs[0]["n_test"], "test_images": pairs[0]["test_images"],
-        "k": k, "seed": seed,
+        "seeds": s,
+        "pairs": pairs,
+        "n_test": pairs[0]["n_test"],
+        "test_images": pairs[0]["test_images"],
+        "k": k,
+        "seed": seed,
     }
 
 
@@ -156,16 +179,28 @@ def compare_text(result: dict) -> str:
     """The lines ``iwae compare`` prints for a result of :func:`compare_runs`."""
     n = f"{result['n_test']} test images"
     if "pairs" not in result:
-        return label_table([
-            ("NLL A", f"{result['nll_a']:.3f}  ({result['run_a']})"),
-            ("NLL B", f"{result['nll_b']:.3f}  ({result['run_b']})"),
-            ("A - B", f"{result['difference']:+.3f} ± {result['paired_stderr']:.3f}  (paired s.e. over {n}; "
-                      f"unpaired it would be ± {result['unpaired_stderr']:.3f})"),
-        ])
-    return label_table([
-        ("A - B", f"{result['difference']:+.3f} ± {result['stderr_across_seeds']:.3f}  (mean over {result['seeds']} "
-                  f"seed pairs ± s.e. across seeds)"),
-        ("within pairs", f"± {result['pooled_paired_stderr']:.3f}  (pooled paired s.e. over {n})"),
-        *((f"seed pair {i}", f"{p['difference']:+.3f} ± {p['paired_stderr']:.3f}")
-          for i, p in enumerate(result["pairs"])),
-    ])
+        return label_table(
+            [
+                ("NLL A", f"{result['nll_a']:.3f}  ({result['run_a']})"),
+                ("NLL B", f"{result['nll_b']:.3f}  ({result['run_b']})"),
+                (
+                    "A - B",
+                    f"{result['difference']:+.3f} ± {result['paired_stderr']:.3f}  (paired s.e. over {n}; "
+                    f"unpaired it would be ± {result['unpaired_stderr']:.3f})",
+                ),
+            ]
+        )
+    return label_table(
+        [
+            (
+                "A - B",
+                f"{result['difference']:+.3f} ± {result['stderr_across_seeds']:.3f}  (mean over {result['seeds']} "
+                f"seed pairs ± s.e. across seeds)",
+            ),
+            ("within pairs", f"± {result['pooled_paired_stderr']:.3f}  (pooled paired s.e. over {n})"),
+            *(
+                (f"seed pair {i}", f"{p['difference']:+.3f} ± {p['paired_stderr']:.3f}")
+                for i, p in enumerate(result["pairs"])
+            ),
+        ]
+    )

@@ -38,6 +38,8 @@ def compiled_forward(mode: str, device: str | torch.device) -> Callable | None:
     try:
         return torch.compile(forward_terms, mode=mode, dynamic=False)
     except RuntimeError as e:  # a torch that cannot compile here (torch 2.3 on Python 3.12: no dynamo)
-        raise ConfigError(f"compile {mode} is not available with torch {torch.__version__} here "
-                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); use compile none",
-                          ["compile"]) from None
+        raise ConfigError(
+            f"compile {mode} is not available with torch {torch.__version__} here "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); use compile none",
+            ["compile"],
+        ) from None

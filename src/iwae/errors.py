@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 def _as_a_word(match: re.Match) -> bool:
     """Whether a field's name is used as a plain word there: after an article and a value ("the vae
     objective", "the constant schedule") or a number ("for 1 layers"), it names no setting."""
-    return bool(re.search(r"(\b(the|a|an) \S+|\d) $", match.string[:match.start()]))
+    return bool(re.search(r"(\b(the|a|an) \S+|\d) $", match.string[: match.start()]))
 
 
 def _word(name: str) -> str:

@@ -79,8 +79,18 @@ from .models.gaussian import diag_normal_log_prob
 from .models.vae import LogWeightParts
 from .precision import training_autocast
 
-__all__ = ["ObjectiveSpec", "GradientTerms", "gradient_terms", "backward", "accumulate_gradients", "add_views",
-           "forward_terms", "Estimator", "ESTIMATOR_TABLE", "ESTIMATORS"]
+__all__ = [
+    "ObjectiveSpec",
+    "GradientTerms",
+    "gradient_terms",
+    "backward",
+    "accumulate_gradients",
+    "add_views",
+    "forward_terms",
+    "Estimator",
+    "ESTIMATOR_TABLE",
+    "ESTIMATORS",
+]
 
 
 @dataclass
@@ -191,19 +201,51 @@ class Estimator:
 _ALL = objectives.OBJECTIVES
 _FOR = ESTIMATOR_OBJECTIVES  # the objectives each estimator is defined for: iwae.choices, read without PyTorch
 ESTIMATOR_TABLE: dict[str, Estimator] = {
-    "reparam": Estimator(_reparam_surrogate, _FOR["reparam"], None, (), 1.0,
-                         "the objective's own reparameterised gradient (Kingma & Welling 2014)"),
-    "stl": Estimator(_stl_surrogate, _FOR["stl"], "stop_params", (), 1.33,
-                     "sticking the landing: the score term dropped (Roeder et al. 2017)"),
-    "dreg": Estimator(_dreg_surrogate, _FOR["dreg"], "stop_params", tuple(o for o in _ALL if o != "vae"), 1.33,
-                      "doubly reparameterised, w~^2 on the path (Tucker et al. 2019)"),
-    "rws": Estimator(_rws_surrogate, _FOR["rws"], "stop_samples", (), 1.07,
-                     "reweighted wake-sleep's wake-phi update (Bornschein & Bengio 2015)"),
-    "rws-dreg": Estimator(_rws_dreg_surrogate, _FOR["rws-dreg"], "stop_params", ("iwae",), 1.33,
-                          "RWS's wake-phi gradient doubly reparameterised (Tucker et al. 2019)"),
+    "reparam": Estimator(
+        _reparam_surrogate,
+        _FOR["reparam"],
+        None,
+        (),
+        1.0,
+        "the objective's own reparameterised gradient (Kingma & Welling 2014)",
+    ),
+    "stl": Estimator(
+        _stl_surrogate,
+        _FOR["stl"],
+        "stop_params",
+        (),
+        1.33,
+        "sticking the landing: the score term dropped (Roeder et al. 2017)",
+    ),
+    "dreg": Estimator(
+        _dreg_surrogate,
+        _FOR["dreg"],
+        "stop_params",
+        tuple(o for o in _ALL if o != "vae"),
+        1.33,
+        "doubly reparameterised, w~^2 on the path (Tucker et al. 2019)",
+    ),
+    "rws": Estimator(
+        _rws_surrogate,
+        _FOR["rws"],
+        "stop_samples",
+        (),
+        1.07,
+        "reweighted wake-sleep's wake-phi update (Bornschein & Bengio 2015)",
+    ),
+    "rws-dreg": Estimator(
+        _rws_dreg_surrogate,
+        _FOR["rws-dreg"],
+        "stop_params",
+        ("iwae",),
+        1.33,
+        "RWS's wake-phi gradient doubly reparameterised (Tucker et al. 2019)",
+    ),
 }
 # ESTIMATORS, the names in the table's order (the CLI's choices), come from iwae.choices
-assert tuple(ESTIMATOR_TABLE) == ESTIMATORS, f"iwae.choices.ESTIMATORS {ESTIMATORS} != the table's {tuple(ESTIMATOR_TABLE)}"
+assert tuple(ESTIMATOR_TABLE) == ESTIMATORS, (
+    f"iwae.choices.ESTIMATORS {ESTIMATORS} != the table's {tuple(ESTIMATOR_TABLE)}"
+)
 
 
 def _needs_prior_direct(spec: ObjectiveSpec) -> bool:
@@ -230,8 +272,9 @@ def _loc_log_scale_params_detached(layer: nn.Module, h: torch.Tensor) -> tuple[t
     return torch.func.functional_call(_Method(layer, "loc_log_scale"), params, (h,))
 
 
-def add_views(model: nn.Module, parts: LogWeightParts, *, stop_params: bool = False,
-              stop_samples: bool = False) -> LogWeightParts:
+def add_views(
+    model: nn.Module, parts: LogWeightParts, *, stop_params: bool = False, stop_samples: bool = False
+) -> LogWeightParts:
     """``parts`` with the views of log q that the estimators differentiate, from ``parts.posterior``:
 
         log_q_stop_params  = sum_l log N(z_l; loc_l, sigma_l^2 | phi detached), samples attached:
@@ -259,15 +302,20 @@ def add_views(model: nn.Module, parts: LogWeightParts, *, stop_params: bool = Fa
     log_q_sp = log_q_ss = None
     for i, (layer, h, z) in enumerate(zip(model.encoder, post.inputs, post.zs)):
         if want_sp:
-            term = diag_normal_log_prob(z, *((post.loc.detach(), post.log_scale.detach()) if i == 0
-                                             else _loc_log_scale_params_detached(layer, h)))
+            term = diag_normal_log_prob(
+                z,
+                *((post.loc.detach(), post.log_scale.detach()) if i == 0 else _loc_log_scale_params_detached(layer, h)),
+            )
             log_q_sp = term if log_q_sp is None else log_q_sp + term
         if want_ss:  # layer 1 as drawn, a layer above again on its detached input
             loc, log_scale = (post.loc, post.log_scale) if i == 0 else layer.loc_log_scale(h.detach())
             term = diag_normal_log_prob(z.detach(), loc, log_scale)
             log_q_ss = term if log_q_ss is None else log_q_ss + term
-    return dataclasses.replace(parts, log_q_stop_params=parts.log_q_stop_params if log_q_sp is None else log_q_sp,
-                               log_q_stop_samples=parts.log_q_stop_samples if log_q_ss is None else log_q_ss)
+    return dataclasses.replace(
+        parts,
+        log_q_stop_params=parts.log_q_stop_params if log_q_sp is None else log_q_sp,
+        log_q_stop_samples=parts.log_q_stop_samples if log_q_ss is None else log_q_ss,
+    )
 
 
 def _prior_depends_on_encoder(model: torch.nn.Module) -> bool:
@@ -279,13 +327,15 @@ def _kl_weighted(parts: LogWeightParts, kl_weight: float) -> LogWeightParts:
     if parts.log_likelihood is None:
         raise ValueError("KL warm-up needs LogWeightParts with log_likelihood, from model.log_weight_parts")
     lik = parts.log_likelihood
-    scaled = [None if t is None else kl_weight * t
-              for t in (parts.log_q, parts.log_q_stop_params, parts.log_prior_direct)]
+    scaled = [
+        None if t is None else kl_weight * t for t in (parts.log_q, parts.log_q_stop_params, parts.log_prior_direct)
+    ]
     return LogWeightParts(lik + kl_weight * (parts.log_p - lik), scaled[0], scaled[1], None, lik, scaled[2])
 
 
-def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec,
-                   kl_weight: float = 1.0) -> GradientTerms:
+def gradient_terms(
+    model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec, kl_weight: float = 1.0
+) -> GradientTerms:
     """The surrogates whose gradients train ``model`` on ``spec``'s objective with ``spec``'s estimator.
 
     Args:
@@ -308,8 +358,10 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
     entry = ESTIMATOR_TABLE[spec.estimator]
     if kl_weight != 1.0:
         if spec.name != "vae":
-            raise ValueError(f"KL warm-up (kl_weight {kl_weight}) is defined for the vae objective (the ELBO) "
-                             f"only, not {spec.name}; train {spec.name} without warm-up")
+            raise ValueError(
+                f"KL warm-up (kl_weight {kl_weight}) is defined for the vae objective (the ELBO) "
+                f"only, not {spec.name}; train {spec.name} without warm-up"
+            )
         if parts is None:
             raise ValueError("KL warm-up needs the LogWeightParts from model.log_weight_parts, not bare log-weights")
         parts = _with_views(model, parts, entry)  # before scaling: the views are scaled with log q
@@ -326,23 +378,29 @@ def gradient_terms(model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts,
         return GradientTerms(bound.detach(), [(bound, None)])
     if parts is None:
         if entry.log_q_view is not None:
-            raise ValueError(f"the {spec.estimator} estimator needs the LogWeightParts of model.log_weight_parts "
-                             f"(its samples, for the view of log q), not bare log-weights")
+            raise ValueError(
+                f"the {spec.estimator} estimator needs the LogWeightParts of model.log_weight_parts "
+                f"(its samples, for the view of log q), not bare log-weights"
+            )
         parts = LogWeightParts(log_w, log_w.new_zeros(()))  # log_weights is log_w itself
     parts = _with_views(model, parts, entry)
     if entry.needs_prior_direct(spec) and _prior_depends_on_encoder(model) and parts.log_prior_direct is None:
         # without the view the prior's direct term would get DReG's weights: a biased gradient
-        raise ValueError(f"the {spec.estimator} estimator with a prior that depends on the encoder "
-                         f"({type(model.prior_module).__name__}) needs model.log_weight_parts(..., prior_direct=True)")
+        raise ValueError(
+            f"the {spec.estimator} estimator with a prior that depends on the encoder "
+            f"({type(model.prior_module).__name__}) needs model.log_weight_parts(..., prior_direct=True)"
+        )
     encoder_term = entry.surrogate(spec, parts)
-    return GradientTerms(bound.detach(), [(bound, model.decoder_parameters()),
-                                          (encoder_term, model.encoder_parameters())])
+    return GradientTerms(
+        bound.detach(), [(bound, model.decoder_parameters()), (encoder_term, model.encoder_parameters())]
+    )
 
 
 def _with_views(model: torch.nn.Module, parts: LogWeightParts, entry: Estimator) -> LogWeightParts:
     """``parts`` with the view of log q that ``entry`` names (built once: present views are kept)."""
-    return add_views(model, parts, stop_params=entry.log_q_view == "stop_params",
-                     stop_samples=entry.log_q_view == "stop_samples")
+    return add_views(
+        model, parts, stop_params=entry.log_q_view == "stop_params", stop_samples=entry.log_q_view == "stop_samples"
+    )
 
 
 def backward(result: GradientTerms) -> None:
@@ -353,17 +411,29 @@ def backward(result: GradientTerms) -> None:
         (-surrogate.sum()).backward(inputs=params, retain_graph=not last)
 
 
-def forward_terms(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
-                  generator: torch.Generator | None = None, kl_weight: float = 1.0) -> GradientTerms:
+def forward_terms(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    spec: ObjectiveSpec,
+    generator: torch.Generator | None = None,
+    kl_weight: float = 1.0,
+) -> GradientTerms:
     """The forward half of :func:`accumulate_gradients`: one sampling, one decoder pass, the estimator's terms."""
     # one sampling and one decoder pass; gradient_terms adds the estimator's view of log q
     parts = model.log_weight_parts(x, spec.k, generator, prior_direct=_needs_prior_direct(spec))
     return gradient_terms(model, parts, spec, kl_weight)
 
 
-def accumulate_gradients(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
-                         generator: torch.Generator | None = None, kl_weight: float = 1.0, *,
-                         precision: str = "32", forward: Callable[..., GradientTerms] | None = None) -> torch.Tensor:
+def accumulate_gradients(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    spec: ObjectiveSpec,
+    generator: torch.Generator | None = None,
+    kl_weight: float = 1.0,
+    *,
+    precision: str = "32",
+    forward: Callable[..., GradientTerms] | None = None,
+) -> torch.Tensor:
     """Samples ``spec.k`` latents per row of ``x``, adds the estimator's gradient of the negated,
     minibatch-summed objective to the parameters' ``.grad``, and returns the true bound ``(B,)``.
     ``kl_weight`` < 1 is KL warm-up (vae objective only; see :func:`gradient_terms`).

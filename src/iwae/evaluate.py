@@ -41,8 +41,20 @@ from .objectives import iwae as iwae_bound
 from .runtime import check_device, describe, synchronize, tune_allocator
 from .tables import label_table
 
-__all__ = ["log_likelihood", "active_units", "evaluate", "nll_in_bits", "paired_difference", "summary_text",
-           "ACTIVE_THRESHOLD", "ACTIVE_UNITS_IMAGES", "ACTIVE_UNITS_SEED", "ActiveUnits", "DEFAULT_MEMORY_BUDGET", "GIB"]
+__all__ = [
+    "log_likelihood",
+    "active_units",
+    "evaluate",
+    "nll_in_bits",
+    "paired_difference",
+    "summary_text",
+    "ACTIVE_THRESHOLD",
+    "ACTIVE_UNITS_IMAGES",
+    "ACTIVE_UNITS_SEED",
+    "ActiveUnits",
+    "DEFAULT_MEMORY_BUDGET",
+    "GIB",
+]
 
 
 def nll_in_bits(nll_nats: float, model: VAE, splits: data_module.Splits) -> dict:
@@ -87,8 +99,10 @@ def log_likelihood(
         raise ValueError(f"k must be >= 1, got {k}")
     need = bytes_per_row(model)
     if not memory_budget >= need:  # in GiB, as the command line takes it (1e-9 GiB is 1 byte)
-        raise ConfigError(f"memory_budget of {memory_budget / GIB:.3g} GiB is below one sample's "
-                          f"{need / GIB:.3g} GiB ({need} bytes)", ["memory_budget"])
+        raise ConfigError(
+            f"memory_budget of {memory_budget / GIB:.3g} GiB is below one sample's {need / GIB:.3g} GiB ({need} bytes)",
+            ["memory_budget"],
+        )
     memory_budget = int(memory_budget)
     tune_allocator()
     was_training = model.training
@@ -97,13 +111,15 @@ def log_likelihood(
     images, samples = chunking(model, k, n, memory_budget, x.device)
     out = torch.empty(n, device=x.device)
     for i in tqdm(range(0, n, images), disable=None if progress else True, leave=False, unit="chunk", desc=f"L_{k}"):
-        xb = x[i: i + images]
+        xb = x[i : i + images]
         loc, log_scale = model.encoder[0].loc_log_scale(xb)  # once per image
-        log_w = torch.cat([
-            model.log_weights_from_posterior(xb, loc, log_scale, min(samples, k - j), generator)
-            for j in range(0, k, samples)
-        ])  # (k, images)
-        out[i: i + images] = iwae_bound(log_w)
+        log_w = torch.cat(
+            [
+                model.log_weights_from_posterior(xb, loc, log_scale, min(samples, k - j), generator)
+                for j in range(0, k, samples)
+            ]
+        )  # (k, images)
+        out[i : i + images] = iwae_bound(log_w)
     model.train(was_training)
     return out
 
@@ -130,20 +146,42 @@ def summary_text(result: dict) -> str:
     per_layer = result["active_units_per_layer"]
     units = " + ".join(map(str, per_layer)) + (f" = {result['active_units']}" if len(per_layer) > 1 else "")
     written = [str(Path(measured["run_dir"]) / f) for f in result["files"].values()] if result["files"] else []
-    return label_table([
-        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  "
-                            f"(-mean L_{result['k']} ± s.e., seed {result['seed']})"),
-        *([("bits/dim", f"{result['bits_per_dim']:.4f}  ({result['nll_discrete']:.2f} nats as a code length, "
-                        f"{result.get('likelihood', 'bernoulli')} likelihood)")] if result.get("bits_per_dim") else []),
-        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
-        ("active units", units),
-        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
-                  f"model.safetensors sha256 {measured['sha256']}"),
-        ("device", f"{runtime['device']}" + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
-         + f", torch {runtime['torch']}" + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else "")),
-        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
-        ("written", ", ".join(written) or "nothing"),
-    ])
+    return label_table(
+        [
+            (
+                "test NLL (nats)",
+                f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  "
+                f"(-mean L_{result['k']} ± s.e., seed {result['seed']})",
+            ),
+            *(
+                [
+                    (
+                        "bits/dim",
+                        f"{result['bits_per_dim']:.4f}  ({result['nll_discrete']:.2f} nats as a code length, "
+                        f"{result.get('likelihood', 'bernoulli')} likelihood)",
+                    )
+                ]
+                if result.get("bits_per_dim")
+                else []
+            ),
+            ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
+            ("active units", units),
+            (
+                "model",
+                f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
+                f"model.safetensors sha256 {measured['sha256']}",
+            ),
+            (
+                "device",
+                f"{runtime['device']}"
+                + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
+                + f", torch {runtime['torch']}"
+                + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else ""),
+            ),
+            ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
+            ("written", ", ".join(written) or "nothing"),
+        ]
+    )
 
 
 def evaluate(
@@ -183,7 +221,9 @@ def evaluate(
     if test_subset is not None and test_subset < 1:
         raise ConfigError(f"test_subset must be >= 1, got {test_subset}", ["test_subset"])
     if not 0 < memory_budget < math.inf:
-        raise ConfigError(f"memory_budget must be a positive, finite number of GiB, got {memory_budget / GIB:g}", ["memory_budget"])
+        raise ConfigError(
+            f"memory_budget must be a positive, finite number of GiB, got {memory_budget / GIB:g}", ["memory_budget"]
+        )
     measured = {"run_dir": None, "epoch": None, "epochs_planned": None, "sha256": None}
     own_model = model is None
     if model is None:
@@ -195,8 +235,12 @@ def evaluate(
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if splits is None:
             # the data as training saw them: its binarization (or none) and dequantisation
-            splits = data_module.load_dataset(dataset or config.dataset, data_dir or config.data_dir,
-                                              binarize=config.binarization, dequantize=config.dequantize)
+            splits = data_module.load_dataset(
+                dataset or config.dataset,
+                data_dir or config.data_dir,
+                binarize=config.binarization,
+                dequantize=config.dequantize,
+            )
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
     n_total = splits.test.shape[0]
@@ -241,8 +285,10 @@ def evaluate(
         "model": measured,
         "runtime": describe(dev),
         # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too
-        "chunking": dict(zip(("images", "samples"), chunking(model, k, len(nll), memory_budget, dev)),
-                         memory_budget=int(memory_budget)),
+        "chunking": dict(
+            zip(("images", "samples"), chunking(model, k, len(nll), memory_budget, dev)),
+            memory_budget=int(memory_budget),
+        ),
         "files": rundir.evaluation_files(name) if save else None,
     }
     if save:

@@ -49,8 +49,9 @@ def check_model(model) -> None:
         raise ValueError(f"the q_EW figure needs a model with one stochastic layer, this one has {layers}")
     shape = tuple(model.prior.event_shape)
     if shape != (2,):
-        raise ValueError(f"the q_EW figure needs a 2-D latent, this model's top latent is "
-                         f"{'x'.join(map(str, shape)) or 'scalar'}-D")
+        raise ValueError(
+            f"the q_EW figure needs a 2-D latent, this model's top latent is {'x'.join(map(str, shape)) or 'scalar'}-D"
+        )
 
 
 class _Shifted:
@@ -118,8 +119,16 @@ def _auto_window(model, x1: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
 
 
 @torch.no_grad()
-def qew_panels(model, x: torch.Tensor, ks=(1, 5, 50), grid: torch.Tensor | None = None, samples: int = 20_000,
-               generator: torch.Generator | None = None, grid_size: int = 121, extent="auto") -> list[QEWPanel]:
+def qew_panels(
+    model,
+    x: torch.Tensor,
+    ks=(1, 5, 50),
+    grid: torch.Tensor | None = None,
+    samples: int = 20_000,
+    generator: torch.Generator | None = None,
+    grid_size: int = 121,
+    extent="auto",
+) -> list[QEWPanel]:
     """Everything the q_EW figure draws, one :class:`QEWPanel` per row of ``x``; arguments as :func:`qew_report`."""
     check_model(model)
     ks = [int(k) for k in ks]
@@ -139,7 +148,7 @@ def qew_panels(model, x: torch.Tensor, ks=(1, 5, 50), grid: torch.Tensor | None 
     on = {"device": x.device, "dtype": x.dtype}
     panels = []
     for b in range(x.shape[0]):
-        x1 = x[b: b + 1]
+        x1 = x[b : b + 1]
         loc, scale = _gaussian_posterior(model, x1)
         if grid is not None:
             centre, g = torch.zeros(2, **on), grid.to(**on)
@@ -169,22 +178,40 @@ def qew_panels(model, x: torch.Tensor, ks=(1, 5, 50), grid: torch.Tensor | None 
             inside = h.sum().item()
             smoothed = (1 - KL_SMOOTHING) * h[0] + KL_SMOOTHING / cells
             panel.qew[k] = h[0]
-            panel.rows.append({
-                "image": b, "k": k,
-                "tv_qew": total_variation(p, h).item(), "kl_qew": _kl(p[0], smoothed.log()),
-                "tv_q": tv_q, "kl_q": kl_q, "tv_floor": tv_floor,
-                "edge_mass": edge, "qew_inside": inside, "q_inside": q_inside,
-                "centre": [float(c) for c in centre], "half_width": float(g[-1]),
-                "grid_size": int(g.shape[0]), "samples": samples,
-            })
+            panel.rows.append(
+                {
+                    "image": b,
+                    "k": k,
+                    "tv_qew": total_variation(p, h).item(),
+                    "kl_qew": _kl(p[0], smoothed.log()),
+                    "tv_q": tv_q,
+                    "kl_q": kl_q,
+                    "tv_floor": tv_floor,
+                    "edge_mass": edge,
+                    "qew_inside": inside,
+                    "q_inside": q_inside,
+                    "centre": [float(c) for c in centre],
+                    "half_width": float(g[-1]),
+                    "grid_size": int(g.shape[0]),
+                    "samples": samples,
+                }
+            )
         panels.append(panel)
     if hasattr(model, "train"):
         model.train(was_training)
     return panels
 
 
-def qew_report(model, x: torch.Tensor, ks=(1, 5, 50), grid: torch.Tensor | None = None, samples: int = 20_000,
-               generator: torch.Generator | None = None, grid_size: int = 121, extent="auto") -> list[dict]:
+def qew_report(
+    model,
+    x: torch.Tensor,
+    ks=(1, 5, 50),
+    grid: torch.Tensor | None = None,
+    samples: int = 20_000,
+    generator: torch.Generator | None = None,
+    grid_size: int = 121,
+    extent="auto",
+) -> list[dict]:
     """Distances of q_EW and q to the true posterior on a grid, one dict per input and k.
 
     Args:

@@ -37,14 +37,20 @@ from .rundir import open_run, read_config, read_metrics, write_figure_record
 __all__ = ["read_metrics", "run_title", "plot_runs", "sample_run", "qew_run", "PLOT_KINDS"]
 
 
-
 def run_title(run_dir: str | os.PathLike) -> str:
     """The run's objective and K from its config, e.g. ``IWAE(k=5)``."""
     return read_config(run_dir).spec.label
 
 
-def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, n: int = 64, seed: int = 0,
-               probabilities: bool = True, pseudo_inputs: bool = False) -> Path:
+def sample_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    n: int = 64,
+    seed: int = 0,
+    probabilities: bool = True,
+    pseudo_inputs: bool = False,
+) -> Path:
     """Samples of a trained run as an image grid (:func:`iwae.figures.plot_samples`), or with
     ``pseudo_inputs`` its VampPrior's pseudo-inputs; written to ``out`` (default
     ``RUN_DIR/samples.png`` or ``RUN_DIR/pseudo_inputs.png``). Returns the figure's path.
@@ -65,8 +71,16 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     return plot_samples({title: model}, out or path / "samples.png", n=n, seed=seed, probabilities=probabilities)
 
 
-def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, what: str = "all",
-              fmt: str = "png", points: int = 2000, seed: int = 0, data_dir=None) -> list[Path]:
+def plot_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    what: str = "all",
+    fmt: str = "png",
+    points: int = 2000,
+    seed: int = 0,
+    data_dir=None,
+) -> list[Path]:
     """The figures of one run, or of two side by side (e.g. VAE vs IWAE), as ``OUT_DIR/<kind>.<fmt>``.
 
     ``what`` is one of :data:`PLOT_KINDS` or ``"all"``: samples (``seed``), reconstructions of the
@@ -110,12 +124,14 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
         shape = splits.image_shape
         if "reconstructions" in kinds:
-            written.append(plot_reconstructions(models, splits.test, out_dir / f"reconstructions.{fmt}",
-                                                image_shape=shape))
+            written.append(
+                plot_reconstructions(models, splits.test, out_dir / f"reconstructions.{fmt}", image_shape=shape)
+            )
         if "latent" in kinds:
             labels = None if splits.test_labels is None else splits.test_labels[:points]
-            written.append(plot_latent(models, splits.test[:points], out_dir / f"latent.{fmt}",
-                                       labels=labels, x_units=x_units))
+            written.append(
+                plot_latent(models, splits.test[:points], out_dir / f"latent.{fmt}", labels=labels, x_units=x_units)
+            )
         if "activity" in kinds:
             written.append(plot_activity(models, x_units, out_dir / f"activity.{fmt}"))
     return written
@@ -134,9 +150,18 @@ def _extent(extent) -> str | float:
     return value
 
 
-def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, images: int = 3,
-            ks: Sequence[int] = (1, 5, 50), samples: int = 20_000, grid_size: int = 121, extent="auto",
-            seed: int = 0, data_dir=None) -> dict:
+def qew_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    images: int = 3,
+    ks: Sequence[int] = (1, 5, 50),
+    samples: int = 20_000,
+    grid_size: int = 121,
+    extent="auto",
+    seed: int = 0,
+    data_dir=None,
+) -> dict:
     """The q_EW figure (:func:`iwae.figures.qew_figure`) of a 2-D-latent, 1-layer run on its first
     ``images`` test images, written to ``out`` (default ``RUN_DIR/qew.png``) with the result as JSON
     beside it (same name, ``.json``; written atomically).
@@ -167,9 +192,27 @@ def qew_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
     splits = run.splits
     x = splits.test[:images]  # in {0, 1}
     figure = Path(out) if out else path / "qew.png"
-    rows = qew_figure(model, x, ks, figure, samples=samples, generator=torch.Generator().manual_seed(seed),
-                      grid_size=grid_size, extent=extent, image_shape=splits.image_shape)
-    result = {"run_dir": str(run_dir), "figure": str(figure), "images": int(x.shape[0]), "ks": ks,
-              "samples": samples, "grid_size": grid_size, "extent": extent, "seed": seed, "rows": rows}
+    rows = qew_figure(
+        model,
+        x,
+        ks,
+        figure,
+        samples=samples,
+        generator=torch.Generator().manual_seed(seed),
+        grid_size=grid_size,
+        extent=extent,
+        image_shape=splits.image_shape,
+    )
+    result = {
+        "run_dir": str(run_dir),
+        "figure": str(figure),
+        "images": int(x.shape[0]),
+        "ks": ks,
+        "samples": samples,
+        "grid_size": grid_size,
+        "extent": extent,
+        "seed": seed,
+        "rows": rows,
+    }
     write_figure_record(figure, result)
     return result

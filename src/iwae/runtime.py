@@ -82,6 +82,7 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device} requested but CUDA is not available; use device cpu", ["device"])
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices",
-                          ["device"])
+        raise ConfigError(
+            f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices", ["device"]
+        )
     return dev

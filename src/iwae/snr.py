@@ -51,9 +51,23 @@ from .models import VAE, ModelConfig
 from .objectives import OBJECTIVES
 from .tables import column_table
 
-__all__ = ["SNRResult", "RunningMoments", "fixed_batch", "gradient_samples", "gradient_snr", "snr_sweep",
-           "fit_slope", "curve_slopes", "plot_snr", "Study", "plan_study", "fresh_model", "run_study", "row_text",
-           "study_text"]
+__all__ = [
+    "SNRResult",
+    "RunningMoments",
+    "fixed_batch",
+    "gradient_samples",
+    "gradient_snr",
+    "snr_sweep",
+    "fit_slope",
+    "curve_slopes",
+    "plot_snr",
+    "Study",
+    "plan_study",
+    "fresh_model",
+    "run_study",
+    "row_text",
+    "study_text",
+]
 
 BATCH_BINARIZATION_SEED = 0  # the fixed batch is binarized once with this seed, whatever the sweep's seed
 
@@ -82,8 +96,9 @@ def _parts(model: torch.nn.Module) -> dict[str, str]:
     return parts
 
 
-def _gradient_draws(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
-                    generator: torch.Generator | None) -> Iterator[dict[str, torch.Tensor]]:
+def _gradient_draws(
+    model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int, generator: torch.Generator | None
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yields ``repeats`` gradient estimates ``{name: (numel,)}`` of the batch-mean negated objective."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -93,13 +108,16 @@ def _gradient_draws(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec
         model.zero_grad(set_to_none=True)
         accumulate_gradients(model, x, spec, generator)  # sums over the batch
         # a parameter the surrogate does not reach has gradient 0, not None
-        yield {name: (p.grad.detach().reshape(-1) / b if p.grad is not None else torch.zeros(p.numel(), device=p.device))
-               for name, p in params.items()}
+        yield {
+            name: (p.grad.detach().reshape(-1) / b if p.grad is not None else torch.zeros(p.numel(), device=p.device))
+            for name, p in params.items()
+        }
     model.zero_grad(set_to_none=True)
 
 
-def gradient_samples(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
-                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def gradient_samples(
+    model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """``repeats`` independent gradient estimates, stored: ``{parameter name: (R, numel)}``.
 
     Each row is the gradient of the negated objective averaged over the rows of ``x``
@@ -173,9 +191,13 @@ class SNRResult:
         zero = sum(self.excluded(n)[0] for n in names)
         constant = sum(self.excluded(n)[1] for n in names)
         # nothing left to summarise: say so with n = 0 (the mean and median are undefined)
-        return {"mean": values.mean().item() if len(values) else math.nan,
-                "median": values.median().item() if len(values) else math.nan,
-                "n": len(values), "zero": zero, "constant": constant}
+        return {
+            "mean": values.mean().item() if len(values) else math.nan,
+            "median": values.median().item() if len(values) else math.nan,
+            "n": len(values),
+            "zero": zero,
+            "constant": constant,
+        }
 
     def summary(self, part: str) -> dict[str, float | int]:
         """Mean and median SNR over all non-excluded scalar parameters of ``part`` ('encoder' or
@@ -189,8 +211,9 @@ class SNRResult:
         return [{"name": n, "part": p, **self._summary([n])} for n, p in self.part.items()]
 
 
-def gradient_snr(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int,
-                 generator: torch.Generator | None = None) -> SNRResult:
+def gradient_snr(
+    model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, repeats: int, generator: torch.Generator | None = None
+) -> SNRResult:
     """Per-parameter SNR of ``spec``'s gradient estimator at ``model``'s parameters on the batch ``x``.
 
     Draws the same estimates as :func:`gradient_samples` (the batch-mean gradient, R times) but
@@ -213,13 +236,21 @@ def gradient_snr(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, r
     for draw in _gradient_draws(model, x, spec, repeats, generator):
         for name, g in draw.items():
             moments.setdefault(name, RunningMoments()).update(g)
-    return SNRResult(spec, repeats, {n: m.mean for n, m in moments.items()},
-                     {n: m.std() for n, m in moments.items()}, _parts(model))
+    return SNRResult(
+        spec, repeats, {n: m.mean for n, m in moments.items()}, {n: m.std() for n, m in moments.items()}, _parts(model)
+    )
 
 
 # ----------------------------------------------------------------------------- sweep
-def snr_sweep(model: torch.nn.Module, x: torch.Tensor, specs: Sequence[ObjectiveSpec], repeats: int,
-              seed: int = 0, per_layer: bool = False, progress=None) -> list[dict]:
+def snr_sweep(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    specs: Sequence[ObjectiveSpec],
+    repeats: int,
+    seed: int = 0,
+    per_layer: bool = False,
+    progress=None,
+) -> list[dict]:
     """:func:`gradient_snr` for each spec; one row per spec.
 
     Every spec draws from its own generator seeded with ``seed``, so a row does not depend on
@@ -237,12 +268,23 @@ def snr_sweep(model: torch.nn.Module, x: torch.Tensor, specs: Sequence[Objective
         generator.manual_seed(seed)
         t0 = time.perf_counter()
         result = gradient_snr(model, x, spec, repeats, generator)
-        row = {"objective": spec.name, "m": spec.m, "k": spec.k, "k_per_group": spec.k // spec.m,
-               "estimator": spec.estimator, "repeats": repeats}
+        row = {
+            "objective": spec.name,
+            "m": spec.m,
+            "k": spec.k,
+            "k_per_group": spec.k // spec.m,
+            "estimator": spec.estimator,
+            "repeats": repeats,
+        }
         for part in PARTS:
             s = result.summary(part)
-            row.update({f"{part}_mean": s["mean"], f"{part}_median": s["median"],
-                        f"{part}_excluded": s["zero"] + s["constant"]})
+            row.update(
+                {
+                    f"{part}_mean": s["mean"],
+                    f"{part}_median": s["median"],
+                    f"{part}_excluded": s["zero"] + s["constant"],
+                }
+            )
         row["ess"] = _effective_sample_size(model, x, spec, generator)
         row["seconds"] = time.perf_counter() - t0
         if per_layer:
@@ -254,8 +296,9 @@ def snr_sweep(model: torch.nn.Module, x: torch.Tensor, specs: Sequence[Objective
 
 
 @torch.no_grad()
-def _effective_sample_size(model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec,
-                           generator: torch.Generator | None, draws: int = 4) -> float:
+def _effective_sample_size(
+    model: torch.nn.Module, x: torch.Tensor, spec: ObjectiveSpec, generator: torch.Generator | None, draws: int = 4
+) -> float:
     """(sum w)^2 / sum w^2 within each group of K, averaged over groups, the batch and ``draws``
     draws: near 1 when one sample dominates (the regime where IWAE's gradient behaves as a
     one-sample estimate), near K when the weights are even (where the SNR theory applies)."""
@@ -284,9 +327,16 @@ class Study:
     seed: int = 0
 
 
-def plan_study(objectives: Sequence[str] = ("iwae", "miwae"), estimators: Sequence[str] = ("reparam", "dreg"),
-               ks: Sequence[int] = (1, 4, 16, 64), ms: Sequence[int] | None = None, group_k: int = 4,
-               repeats: int = 200, batch_size: int = 20, seed: int = 0) -> Study:
+def plan_study(
+    objectives: Sequence[str] = ("iwae", "miwae"),
+    estimators: Sequence[str] = ("reparam", "dreg"),
+    ks: Sequence[int] = (1, 4, 16, 64),
+    ms: Sequence[int] | None = None,
+    group_k: int = 4,
+    repeats: int = 200,
+    batch_size: int = 20,
+    seed: int = 0,
+) -> Study:
     """The study of every objective with every estimator: one point per K in ``ks`` for the one-group
     objectives (iwae, vae, ciwae), one per M in ``ms`` (default 1, 4, 16) at ``group_k`` samples per
     group, K = M * group_k in total, for miwae and piwae. Checks everything before any data is read.
@@ -304,13 +354,16 @@ def plan_study(objectives: Sequence[str] = ("iwae", "miwae"), estimators: Sequen
     for setting, names, known in (("estimators", estimators, ESTIMATORS), ("objectives", objectives, OBJECTIVES)):
         unknown = [v for v in names if v not in known]
         if unknown or not names:
-            raise ConfigError(f"{setting}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                              f"choose from {', '.join(known)}", [setting])
+            raise ConfigError(
+                f"{setting}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; choose from {', '.join(known)}",
+                [setting],
+            )
         chosen[setting] = list(dict.fromkeys(names))
     grouped = [o for o in chosen["objectives"] if o in GROUPED]
     if not grouped and ms is not None:
-        raise ConfigError("ms applies to miwae and piwae only; add one of them to objectives or drop ms",
-                          ["ms", "objectives"])
+        raise ConfigError(
+            "ms applies to miwae and piwae only; add one of them to objectives or drop ms", ["ms", "objectives"]
+        )
     specs = []  # ObjectiveSpec checks each pair, e.g. rws is defined for iwae only
     for objective in chosen["objectives"]:
         for estimator in chosen["estimators"]:
@@ -339,8 +392,9 @@ def _write_csv(path: Path, records: list[dict]) -> None:
         f.write(buf.getvalue())
 
 
-def run_study(study: Study, model: torch.nn.Module, splits: Splits, out: str | Path, *, source: str = "",
-              progress=None) -> dict:
+def run_study(
+    study: Study, model: torch.nn.Module, splits: Splits, out: str | Path, *, source: str = "", progress=None
+) -> dict:
     """Runs ``study`` (:func:`snr_sweep` on :func:`fixed_batch`) and writes, in the folder ``out``:
     ``snr.csv`` (one row per point), ``snr_layers.csv`` (one row per point and parameter tensor) and
     ``snr.png`` (:func:`plot_snr`, titled with ``source``, what was measured).
@@ -355,32 +409,55 @@ def run_study(study: Study, model: torch.nn.Module, splits: Splits, out: str | P
     out.mkdir(parents=True, exist_ok=True)
     flat = [{k: v for k, v in r.items() if k != "layers"} for r in rows]
     _write_csv(out / SNR_FILES[0], flat)
-    _write_csv(out / SNR_FILES[1], [{"objective": r["objective"], "m": r["m"], "k": r["k"],
-                                     "estimator": r["estimator"], **layer} for r in rows for layer in r["layers"]])
+    _write_csv(
+        out / SNR_FILES[1],
+        [
+            {"objective": r["objective"], "m": r["m"], "k": r["k"], "estimator": r["estimator"], **layer}
+            for r in rows
+            for layer in r["layers"]
+        ],
+    )
     figure = plot_snr(rows, out / SNR_FILES[2], title=f"Gradient SNR, {source}, R = {study.repeats}")
-    return {"rows": flat, "slopes": curve_slopes(rows), "figure": str(figure),
-            "files": [str(out / name) for name in SNR_FILES]}
+    return {
+        "rows": flat,
+        "slopes": curve_slopes(rows),
+        "figure": str(figure),
+        "files": [str(out / name) for name in SNR_FILES],
+    }
 
 
 def row_text(row: dict) -> str:
     """One line on a finished point of a study: its median SNRs and time."""
-    return (f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: encoder "
-            f"{row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} (median SNR), {row['seconds']:.1f} s")
+    return (
+        f"  {row['objective']} m={row['m']} k={row['k']} {row['estimator']}: encoder "
+        f"{row['encoder_median']:.3g}, decoder {row['decoder_median']:.3g} (median SNR), {row['seconds']:.1f} s"
+    )
 
 
 def study_text(result: dict) -> str:
     """The lines ``iwae snr`` prints for a result of :func:`run_study`: a table of the points, the
     fitted slopes and the files written."""
     header = ("objective", "estimator", "enc mean", "enc median", "dec mean", "dec median", "ESS", "excl enc")
-    table = [(ObjectiveSpec(r["objective"], r["k"], r["m"]).label, r["estimator"],
-              *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
-              f"{r['ess']:.2f}/{r['k_per_group']}", str(r["encoder_excluded"])) for r in result["rows"]]
-    lines = [column_table(header, table),
-             "SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0"]
+    table = [
+        (
+            ObjectiveSpec(r["objective"], r["k"], r["m"]).label,
+            r["estimator"],
+            *(f"{r[c]:.3g}" for c in ("encoder_mean", "encoder_median", "decoder_mean", "decoder_median")),
+            f"{r['ess']:.2f}/{r['k_per_group']}",
+            str(r["encoder_excluded"]),
+        )
+        for r in result["rows"]
+    ]
+    lines = [
+        column_table(header, table),
+        "SNR = |mean| / std per scalar parameter over R estimates; excluded: components with std 0",
+    ]
     for s in result["slopes"]:
         at = f" at K = {s['k_per_group']}" if s["against"] == "M" else ""
-        lines.append(f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
-                     f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}")
+        lines.append(
+            f"slope of log median SNR against log {s['against']}: {s['objective']}{at}, "
+            f"{s['estimator']}, {s['part']}: {s['slope']:+.2f}"
+        )
     csv_file, layers_file, figure = result["files"]
     lines.append(f"wrote {csv_file}, {layers_file} and {figure}")
     return "\n".join(lines)

@@ -40,19 +40,20 @@ References:
     [3] Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse. On the Quantitative Analysis of Decoder-Based
         Generative Models. ICLR 2017.
 """
+
 from .annealing import (
-                        DEFAULT_CHAINS,
-                        DEFAULT_LEAPFROG,
-                        DEFAULT_STEP_SIZE,
-                        DEFAULT_STEPS,
-                        TARGET_ACCEPT,
-                        AISChains,
-                        GaussianInitial,
-                        InitialDistribution,
-                        ais,
-                        log_mean_exp_stats,
-                        sandwich,
-                        schedule_betas,
+    DEFAULT_CHAINS,
+    DEFAULT_LEAPFROG,
+    DEFAULT_STEP_SIZE,
+    DEFAULT_STEPS,
+    TARGET_ACCEPT,
+    AISChains,
+    GaussianInitial,
+    InitialDistribution,
+    ais,
+    log_mean_exp_stats,
+    sandwich,
+    schedule_betas,
 )
 from .bdmc import bdmc
 from .hmc import hmc_step, leapfrog
@@ -61,8 +62,28 @@ from .run import ais_eval_name, ais_evaluate, ais_summary_text, bdmc_run, bdmc_t
 from .vae import vae_target
 
 __all__ = [
-    "InitialDistribution", "GaussianInitial", "AISChains", "AISResult", "schedule_betas", "leapfrog",
-    "hmc_step", "ais", "log_mean_exp_stats", "sandwich", "vae_target", "ais_log_likelihood", "ais_cost", "bdmc",
-    "ais_eval_name", "ais_evaluate", "ais_summary_text", "bdmc_run", "bdmc_text", "DEFAULT_STEPS", "DEFAULT_CHAINS", "DEFAULT_LEAPFROG",
-    "DEFAULT_STEP_SIZE", "TARGET_ACCEPT",
+    "InitialDistribution",
+    "GaussianInitial",
+    "AISChains",
+    "AISResult",
+    "schedule_betas",
+    "leapfrog",
+    "hmc_step",
+    "ais",
+    "log_mean_exp_stats",
+    "sandwich",
+    "vae_target",
+    "ais_log_likelihood",
+    "ais_cost",
+    "bdmc",
+    "ais_eval_name",
+    "ais_evaluate",
+    "ais_summary_text",
+    "bdmc_run",
+    "bdmc_text",
+    "DEFAULT_STEPS",
+    "DEFAULT_CHAINS",
+    "DEFAULT_LEAPFROG",
+    "DEFAULT_STEP_SIZE",
+    "TARGET_ACCEPT",
 ]

@@ -61,6 +61,7 @@ def bdmc(
     with _frozen(model):
         z_true, x = _simulate(model, n, generator)
         rows = []
+
         def se(v: torch.Tensor) -> float:
             return v.std().item() / math.sqrt(n) if n > 1 else math.nan
 
@@ -68,13 +69,33 @@ def bdmc(
             t0 = time.perf_counter()
             log_joint, p0 = vae_target(model, x, initial)
             lower, fwd, upper, rev = sandwich(
-                log_joint, p0, z_true, chains=chains, steps=steps, leapfrog_steps=leapfrog, schedule=schedule,
-                step_size=step_size, generator=generator, progress=progress)
+                log_joint,
+                p0,
+                z_true,
+                chains=chains,
+                steps=steps,
+                leapfrog_steps=leapfrog,
+                schedule=schedule,
+                step_size=step_size,
+                generator=generator,
+                progress=progress,
+            )
             lower, upper = lower.cpu(), upper.cpu()
-            rows.append({"steps": steps, "lower": lower.mean().item(), "upper": upper.mean().item(),
-                         "gap": (upper - lower).mean().item(), "lower_stderr": se(lower),
-                         "upper_stderr": se(upper), "gap_stderr": se(upper - lower),
-                         "acceptance": [fwd.acceptance.mean().item(), rev.acceptance.mean().item()],
-                         "seconds": time.perf_counter() - t0, "n": n, "chains": chains, "leapfrog": leapfrog,
-                         "initial": initial})
+            rows.append(
+                {
+                    "steps": steps,
+                    "lower": lower.mean().item(),
+                    "upper": upper.mean().item(),
+                    "gap": (upper - lower).mean().item(),
+                    "lower_stderr": se(lower),
+                    "upper_stderr": se(upper),
+                    "gap_stderr": se(upper - lower),
+                    "acceptance": [fwd.acceptance.mean().item(), rev.acceptance.mean().item()],
+                    "seconds": time.perf_counter() - t0,
+                    "n": n,
+                    "chains": chains,
+                    "leapfrog": leapfrog,
+                    "initial": initial,
+                }
+            )
     return rows

@@ -11,8 +11,9 @@ import torch
 __all__ = ["leapfrog", "hmc_step"]
 
 
-def leapfrog(z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, grad_fn: Callable, step_size: torch.Tensor,
-             steps: int) -> tuple[torch.Tensor, torch.Tensor, object]:
+def leapfrog(
+    z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, grad_fn: Callable, step_size: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor, object]:
     """``steps`` leapfrog steps of the dynamics dz/dt = p, dp/dt = grad log f(z) (identity mass).
 
     Args:
@@ -34,9 +35,16 @@ def leapfrog(z: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, grad_fn: Call
     return z, p, extra
 
 
-def hmc_step(z: torch.Tensor, log_f: torch.Tensor, grad: torch.Tensor, grad_fn: Callable,
-             step_size: torch.Tensor, leapfrog_steps: int, generator: torch.Generator | None = None,
-             cached: object = None) -> tuple[torch.Tensor, object, torch.Tensor]:
+def hmc_step(
+    z: torch.Tensor,
+    log_f: torch.Tensor,
+    grad: torch.Tensor,
+    grad_fn: Callable,
+    step_size: torch.Tensor,
+    leapfrog_steps: int,
+    generator: torch.Generator | None = None,
+    cached: object = None,
+) -> tuple[torch.Tensor, object, torch.Tensor]:
     """One HMC transition per row, leaving f invariant: momentum p ~ N(0, I), a leapfrog trajectory,
     then a Metropolis test accepting with probability min(1, exp(H(z, p) - H(z', p'))),
     H = -log f(z) + |p|^2 / 2.

@@ -85,8 +85,10 @@ def _ais_bytes_per_row(model: VAE) -> int:
 def _images_per_chunk(model: VAE, chains: int, n: int, memory_budget: int, device: torch.device) -> int:
     per_image = chains * _ais_bytes_per_row(model)
     if memory_budget < per_image:
-        raise ValueError(f"memory_budget of {memory_budget} bytes is below one image's {chains} chains "
-                         f"({per_image} bytes); raise it or use fewer chains")
+        raise ValueError(
+            f"memory_budget of {memory_budget} bytes is below one image's {chains} chains "
+            f"({per_image} bytes); raise it or use fewer chains"
+        )
     images = memory_budget // per_image
     if device.type == "cpu":  # as evaluate: calls of a few thousand rows stay in cache
         images = min(images, max(1, CPU_ROWS_PER_CALL // chains))
@@ -126,18 +128,36 @@ def ais_log_likelihood(
     t0 = time.perf_counter()
     with _frozen(model):
         for i in range(0, n, images):
-            log_joint, p0 = vae_target(model, x[i: i + images], initial)
-            run = ais(log_joint, p0, chains=chains, steps=steps, leapfrog_steps=leapfrog, schedule=schedule,
-                      step_size=step_size, target_accept=target_accept, generator=generator, progress=progress)
+            log_joint, p0 = vae_target(model, x[i : i + images], initial)
+            run = ais(
+                log_joint,
+                p0,
+                chains=chains,
+                steps=steps,
+                leapfrog_steps=leapfrog,
+                schedule=schedule,
+                step_size=step_size,
+                target_accept=target_accept,
+                generator=generator,
+                progress=progress,
+            )
             estimate, stderr, ess = log_mean_exp_stats(run.log_weights)
             for name, value in zip(out, (estimate, stderr, ess, run.acceptance.mean(0), run.step_sizes.t())):
                 out[name].append(value.detach().double().cpu())
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
-    settings = dict(method="ais", steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
-                    initial=initial, step_size=step_size, target_accept=target_accept,
-                    chunking={"images": images, "memory_budget": memory_budget})
+    settings = dict(
+        method="ais",
+        steps=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        schedule=schedule,
+        initial=initial,
+        step_size=step_size,
+        target_accept=target_accept,
+        chunking={"images": images, "memory_budget": memory_budget},
+    )
     return AISResult(**{k: torch.cat(v) for k, v in out.items()}, seconds=seconds, settings=settings)
 
 
@@ -165,10 +185,22 @@ def ais_cost(
     timing_steps = max(2, min(timing_steps, steps))
     sample = x[:images]
     generator = torch.Generator(device=x.device).manual_seed(0)
-    result = ais_log_likelihood(model, sample, steps=timing_steps, chains=chains, leapfrog=leapfrog,
-                                memory_budget=memory_budget, generator=generator)
+    result = ais_log_likelihood(
+        model,
+        sample,
+        steps=timing_steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        memory_budget=memory_budget,
+        generator=generator,
+    )
     passes = chains * ((steps - 1) * leapfrog + 1)
     timed_passes = chains * ((timing_steps - 1) * leapfrog + 1)
     per_image = result.seconds / len(sample) * passes / timed_passes
-    return {"passes_per_image": passes, "l_k_passes_per_image": k, "seconds_per_image": per_image,
-            "seconds": per_image * n, "images": n}
+    return {
+        "passes_per_image": passes,
+        "l_k_passes_per_image": k,
+        "seconds_per_image": per_image,
+        "seconds": per_image * n,
+        "images": n,
+    }

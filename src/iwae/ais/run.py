@@ -25,8 +25,9 @@ __all__ = ["ais_eval_name", "ais_evaluate", "bdmc_run", "ais_summary_text", "bdm
 def ais_eval_name(steps: int, chains: int, leapfrog: int, seed: int, test_subset: int | None = None) -> str:
     """File stem of an AIS evaluation in a run directory, beside evaluate's ``eval_k...`` files:
     ``ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}`` (the JSON and the per-image ``.npy`` share it)."""
-    return f"ais_T{steps}_C{chains}_L{leapfrog}" + (f"_n{test_subset}" if test_subset is not None else "") + \
-        f"_seed{seed}"
+    return (
+        f"ais_T{steps}_C{chains}_L{leapfrog}" + (f"_n{test_subset}" if test_subset is not None else "") + f"_seed{seed}"
+    )
 
 
 def ais_evaluate(
@@ -70,13 +71,27 @@ def ais_evaluate(
     if announce is not None:
         announce(ais_cost(model, x, steps=steps, chains=chains, leapfrog=leapfrog, memory_budget=memory_budget))
     generator = torch.Generator(device=dev).manual_seed(seed)
-    result = ais_log_likelihood(model, x, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
-                                initial=initial, memory_budget=memory_budget, generator=generator, progress=progress)
+    result = ais_log_likelihood(
+        model,
+        x,
+        steps=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        schedule=schedule,
+        initial=initial,
+        memory_budget=memory_budget,
+        generator=generator,
+        progress=progress,
+    )
     name = ais_eval_name(steps, chains, leapfrog, seed, test_subset)
-    out = {**result.summary(), "seed": seed,
-           "test_images": {"dataset": splits.name, "split": "test", "first": len(x), "of": splits.test.shape[0]},
-           "model": {**run.weights, "run_dir": str(run_dir), "epochs_planned": run.config.total_epochs},
-           "runtime": describe(dev), "files": rundir.evaluation_files(name) if save else None}
+    out = {
+        **result.summary(),
+        "seed": seed,
+        "test_images": {"dataset": splits.name, "split": "test", "first": len(x), "of": splits.test.shape[0]},
+        "model": {**run.weights, "run_dir": str(run_dir), "epochs_planned": run.config.total_epochs},
+        "runtime": describe(dev),
+        "files": rundir.evaluation_files(name) if save else None,
+    }
     if save:
         write_evaluation(run_dir, name, out, result.log_likelihood.numpy())
     return out
@@ -113,13 +128,30 @@ def bdmc_run(
     check_device(device)
     run = open_run(run_dir, device)
     dev = next(run.model.parameters()).device
-    rows = bdmc(run.model, n, steps_list=steps, chains=chains, leapfrog=leapfrog, initial=initial,
-                generator=torch.Generator(device=dev).manual_seed(seed), progress=progress)
+    rows = bdmc(
+        run.model,
+        n,
+        steps_list=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        initial=initial,
+        generator=torch.Generator(device=dev).manual_seed(seed),
+        progress=progress,
+    )
     figure = Path(out) if out else Path(run_dir) / f"bdmc_n{n}_C{chains}_L{leapfrog}_seed{seed}.png"
     figure = plot_bdmc(rows, figure, title=f"BDMC on {n} images simulated from {run.title}")
-    result = {"rows": rows, "figure": str(figure), "json": str(figure.with_suffix(".json")),
-              "model": {**run.weights, "run_dir": str(run_dir)}, "seed": seed, "n": n, "chains": chains,
-              "leapfrog": leapfrog, "initial": initial, "runtime": describe(dev)}
+    result = {
+        "rows": rows,
+        "figure": str(figure),
+        "json": str(figure.with_suffix(".json")),
+        "model": {**run.weights, "run_dir": str(run_dir)},
+        "seed": seed,
+        "n": n,
+        "chains": chains,
+        "leapfrog": leapfrog,
+        "initial": initial,
+        "runtime": describe(dev),
+    }
     write_figure_record(figure, result)
     return result
 
@@ -128,26 +160,50 @@ def ais_summary_text(result: dict) -> str:
     """The lines ``iwae evaluate --method ais`` prints for a result of :func:`ais_evaluate`."""
     measured, images = result["model"], result["test_images"]
     written = [str(Path(measured["run_dir"]) / f) for f in result["files"].values()] if result["files"] else []
-    return label_table([
-        ("test NLL (nats)", f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean AIS log p-hat ± s.e. over "
-                            f"images, seed {result['seed']})"),
-        ("AIS", f"T = {result['steps']} {result['schedule']} steps, C = {result['chains']} chains, "
-                f"L = {result['leapfrog']} leapfrog steps, from the {result['initial']}"),
-        ("diagnostics", f"acceptance {result['acceptance']:.2f}, mean ESS {result['mean_ess']:.1f} of "
-                        f"{result['chains']}, mean per-image s.e. {result['mean_chain_stderr']:.3f}"),
-        ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
-        ("model", f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
-                  f"model.safetensors sha256 {measured['sha256']}"),
-        ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.2f} images/s)"),
-        ("written", ", ".join(written) or "nothing"),
-    ])
+    return label_table(
+        [
+            (
+                "test NLL (nats)",
+                f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean AIS log p-hat ± s.e. over "
+                f"images, seed {result['seed']})",
+            ),
+            (
+                "AIS",
+                f"T = {result['steps']} {result['schedule']} steps, C = {result['chains']} chains, "
+                f"L = {result['leapfrog']} leapfrog steps, from the {result['initial']}",
+            ),
+            (
+                "diagnostics",
+                f"acceptance {result['acceptance']:.2f}, mean ESS {result['mean_ess']:.1f} of "
+                f"{result['chains']}, mean per-image s.e. {result['mean_chain_stderr']:.3f}",
+            ),
+            ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
+            (
+                "model",
+                f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
+                f"model.safetensors sha256 {measured['sha256']}",
+            ),
+            ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.2f} images/s)"),
+            ("written", ", ".join(written) or "nothing"),
+        ]
+    )
 
 
 def bdmc_text(result: dict) -> str:
     """The table ``iwae bdmc`` prints: per T the lower and upper bounds, their gap, acceptance, time."""
     header = ("T", "lower (forward)", "upper (reverse)", "gap", "acceptance", "seconds")
-    rows = [(r["steps"], f"{r['lower']:.3f} ± {r['lower_stderr']:.3f}", f"{r['upper']:.3f} ± {r['upper_stderr']:.3f}",
-             f"{r['gap']:.3f} ± {r['gap_stderr']:.3f}", "/".join(f"{a:.2f}" for a in r["acceptance"]),
-             f"{r['seconds']:.0f}") for r in result["rows"]]
-    return (column_table(header, rows) + f"\nmean log p(x) over {result['n']} images simulated from the model, "
-            f"C = {result['chains']}, L = {result['leapfrog']}; wrote {result['figure']} and {result['json']}")
+    rows = [
+        (
+            r["steps"],
+            f"{r['lower']:.3f} ± {r['lower_stderr']:.3f}",
+            f"{r['upper']:.3f} ± {r['upper_stderr']:.3f}",
+            f"{r['gap']:.3f} ± {r['gap_stderr']:.3f}",
+            "/".join(f"{a:.2f}" for a in r["acceptance"]),
+            f"{r['seconds']:.0f}",
+        )
+        for r in result["rows"]
+    ]
+    return (
+        column_table(header, rows) + f"\nmean log p(x) over {result['n']} images simulated from the model, "
+        f"C = {result['chains']}, L = {result['leapfrog']}; wrote {result['figure']} and {result['json']}"
+    )

@@ -16,7 +16,6 @@ from .annealing import InitialDistribution, LogDensity
 __all__ = ["vae_target"]
 
 
-
 def _split(model: VAE, z: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.split(z, list(model.config.latent_dims), dim=-1))
 
@@ -30,8 +29,9 @@ def _log_prior_chain(model: VAE, zs: Sequence[torch.Tensor]) -> torch.Tensor:
     return log_p
 
 
-def _sample_prior_top(model: VAE, shape: tuple[int, ...], generator: torch.Generator | None,
-                      like: torch.Tensor) -> torch.Tensor:
+def _sample_prior_top(
+    model: VAE, shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
     """z_L ~ p(z_L), shape ``shape + (D_L,)``, drawn with ``generator``.
 
     torch's distributions take no generator, so the two forms iwae's priors have are sampled by
@@ -47,19 +47,23 @@ def _sample_prior_top(model: VAE, shape: tuple[int, ...], generator: torch.Gener
     elif isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
         loc, scale = dist.base_dist.loc.expand(shape + dist.event_shape), dist.base_dist.scale
     else:
-        raise ValueError(f"cannot sample the prior {type(model.prior_module).__name__} with a generator; "
-                         f"AIS knows diagonal Normal priors and mixtures of them")
+        raise ValueError(
+            f"cannot sample the prior {type(model.prior_module).__name__} with a generator; "
+            f"AIS knows diagonal Normal priors and mixtures of them"
+        )
     return loc + scale * torch.randn(loc.shape, generator=generator, **opts)
 
 
-def _sample_prior_chain(model: VAE, shape: tuple[int, ...], generator: torch.Generator | None,
-                        like: torch.Tensor) -> list[torch.Tensor]:
+def _sample_prior_chain(
+    model: VAE, shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor
+) -> list[torch.Tensor]:
     """z_L ~ p(z_L), then z_l ~ p(z_l | z_{l+1}) down to z_1 (ancestral sampling), bottom-up list."""
     zs = [_sample_prior_top(model, shape, generator, like)]
     for layer in reversed(model.decoder[1:]):
         loc, log_scale = layer.loc_log_scale(zs[0])
-        zs.insert(0, loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=loc.device,
-                                                         dtype=loc.dtype))
+        zs.insert(
+            0, loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        )
     return zs
 
 
@@ -72,13 +76,15 @@ class _EncoderInitial:
             self.loc, self.log_scale = model.encoder[0].loc_log_scale(x)  # (B, D_1), once per image
 
     def sample(self, num_chains: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn((num_chains,) + self.loc.shape, generator=generator, device=self.loc.device,
-                          dtype=self.loc.dtype)
+        eps = torch.randn(
+            (num_chains,) + self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype
+        )
         zs = [self.loc + self.log_scale.exp() * eps]
         for layer in self.model.encoder[1:]:
             loc, log_scale = layer.loc_log_scale(zs[-1])
-            zs.append(loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=loc.device,
-                                                          dtype=loc.dtype))
+            zs.append(
+                loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            )
         return torch.cat(zs, -1)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:

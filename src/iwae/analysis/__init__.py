@@ -33,24 +33,40 @@ References:
 
 from .curves import curve_slopes, fit_slope, snr_curves
 from .latent import (
-                     ACTIVE_THRESHOLD,
-                     ACTIVE_UNITS_IMAGES,
-                     ACTIVE_UNITS_SEED,
-                     LATENT_SAMPLES,
-                     ActiveUnits,
-                     active_units,
-                     posterior_means,
-                     reconstruct,
-                     sample_images,
+    ACTIVE_THRESHOLD,
+    ACTIVE_UNITS_IMAGES,
+    ACTIVE_UNITS_SEED,
+    LATENT_SAMPLES,
+    ActiveUnits,
+    active_units,
+    posterior_means,
+    reconstruct,
+    sample_images,
 )
 from .posterior import histogram_on_grid, posterior_grid, qew_density_on_grid, sample_qew, total_variation
 from .surgery import elbo_surgery, run_surgery, surgery_text
 from .toy import toy_bias
 
 __all__ = [
-    "elbo_surgery", "run_surgery", "surgery_text",
-    "sample_qew", "posterior_grid", "histogram_on_grid", "qew_density_on_grid", "total_variation",
-    "sample_images", "reconstruct", "posterior_means", "toy_bias", "LATENT_SAMPLES",
-    "active_units", "ActiveUnits", "ACTIVE_THRESHOLD", "ACTIVE_UNITS_IMAGES", "ACTIVE_UNITS_SEED",
-    "snr_curves", "fit_slope", "curve_slopes",
+    "elbo_surgery",
+    "run_surgery",
+    "surgery_text",
+    "sample_qew",
+    "posterior_grid",
+    "histogram_on_grid",
+    "qew_density_on_grid",
+    "total_variation",
+    "sample_images",
+    "reconstruct",
+    "posterior_means",
+    "toy_bias",
+    "LATENT_SAMPLES",
+    "active_units",
+    "ActiveUnits",
+    "ACTIVE_THRESHOLD",
+    "ACTIVE_UNITS_IMAGES",
+    "ACTIVE_UNITS_SEED",
+    "snr_curves",
+    "fit_slope",
+    "curve_slopes",
 ]

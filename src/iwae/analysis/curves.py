@@ -21,8 +21,11 @@ def snr_curves(rows: Sequence[dict], objective: str, axis: str) -> list[tuple[st
     for estimator in dict.fromkeys(r["estimator"] for r in mine):
         chosen = sorted((r for r in mine if r["estimator"] == estimator), key=lambda r: r[axis])
         for part in PARTS:
-            pts = [(r[axis], r[f"{part}_{SUMMARY}"]) for r in chosen
-                   if math.isfinite(r[f"{part}_{SUMMARY}"]) and r[f"{part}_{SUMMARY}"] > 0]
+            pts = [
+                (r[axis], r[f"{part}_{SUMMARY}"])
+                for r in chosen
+                if math.isfinite(r[f"{part}_{SUMMARY}"]) and r[f"{part}_{SUMMARY}"] > 0
+            ]
             if pts:
                 curves.append((estimator, part, [p[0] for p in pts], [p[1] for p in pts]))
     return curves
@@ -37,7 +40,9 @@ def fit_slope(xs: Sequence[float], values: Sequence[float]) -> float:
     xs_t = torch.as_tensor(list(xs), dtype=torch.float64)
     ys_t = torch.as_tensor(list(values), dtype=torch.float64)
     if xs_t.shape != ys_t.shape or xs_t.numel() < 2:
-        raise ValueError(f"fit_slope needs two or more (x, value) pairs, got {xs_t.numel()} x and {ys_t.numel()} values")
+        raise ValueError(
+            f"fit_slope needs two or more (x, value) pairs, got {xs_t.numel()} x and {ys_t.numel()} values"
+        )
     if not (torch.isfinite(xs_t).all() and torch.isfinite(ys_t).all() and (xs_t > 0).all() and (ys_t > 0).all()):
         raise ValueError(f"fit_slope needs positive finite xs and values, got {xs_t.tolist()} and {ys_t.tolist()}")
     lx, ly = xs_t.log(), ys_t.log()
@@ -59,7 +64,14 @@ def curve_slopes(rows: Sequence[dict]) -> list[dict]:
         for estimator, part, xs, ys in snr_curves(rows, objective, axis):
             if len(set(xs)) >= 2:
                 group_k = {r["k_per_group"] for r in rows if r["objective"] == objective}
-                out.append({"objective": objective, "against": axis.upper(),
-                            "k_per_group": min(group_k) if len(group_k) == 1 else None,
-                            "estimator": estimator, "part": part, "slope": fit_slope(xs, ys)})
+                out.append(
+                    {
+                        "objective": objective,
+                        "against": axis.upper(),
+                        "k_per_group": min(group_k) if len(group_k) == 1 else None,
+                        "estimator": estimator,
+                        "part": part,
+                        "slope": fit_slope(xs, ys),
+                    }
+                )
     return out

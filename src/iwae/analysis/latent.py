@@ -15,8 +15,17 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ..models.vae import VAE, Decoded
 
-__all__ = ["sample_images", "reconstruct", "posterior_means", "active_units", "ActiveUnits", "LATENT_SAMPLES",
-           "ACTIVE_THRESHOLD", "ACTIVE_UNITS_IMAGES", "ACTIVE_UNITS_SEED"]
+__all__ = [
+    "sample_images",
+    "reconstruct",
+    "posterior_means",
+    "active_units",
+    "ActiveUnits",
+    "LATENT_SAMPLES",
+    "ACTIVE_THRESHOLD",
+    "ACTIVE_UNITS_IMAGES",
+    "ACTIVE_UNITS_SEED",
+]
 
 ACTIVE_THRESHOLD = 0.01
 ACTIVE_UNITS_IMAGES = 500  # the first 500 training images, as Burda et al.'s code
@@ -128,8 +137,13 @@ class ActiveUnits:
 
 
 @torch.no_grad()
-def active_units(model: VAE, x: torch.Tensor, num_samples: int = 100,
-                 generator: torch.Generator | None = None, threshold: float = ACTIVE_THRESHOLD) -> ActiveUnits:
+def active_units(
+    model: VAE,
+    x: torch.Tensor,
+    num_samples: int = 100,
+    generator: torch.Generator | None = None,
+    threshold: float = ACTIVE_THRESHOLD,
+) -> ActiveUnits:
     """A_u = Var_x(E_q[u | x]) for every unit of every stochastic layer, over the rows of ``x``.
 
     Layer 1: E_q[z_1 | x] is q's mean. Layer l > 1: E_q[z_l | x] = E_{z_{l-1} ~ q}[mean of

@@ -25,9 +25,11 @@ _ROWS_PER_DECODE = 1 << 14  # decoder rows per call
 
 def _refuse_layers(layers: int) -> None:
     if layers != 1:
-        raise ValueError(f"posterior analysis needs one stochastic layer, the model has {layers}: the "
-                         f"aggregate posterior and q_EW of a hierarchy need the density of q(z_L|x), "
-                         f"which has no closed form")
+        raise ValueError(
+            f"posterior analysis needs one stochastic layer, the model has {layers}: the "
+            f"aggregate posterior and q_EW of a hierarchy need the density of q(z_L|x), "
+            f"which has no closed form"
+        )
 
 
 def _one_layer(model) -> None:
@@ -85,8 +87,9 @@ def sample_qew(model, x: torch.Tensor, k: int, n: int, generator: torch.Generato
 def _grid_points(grid: torch.Tensor) -> torch.Tensor:
     """The G*G cell centres of a square grid, shape ``(G, G, 2)``; ``[i, j] = (grid[i], grid[j])``."""
     if grid.ndim != 1 or grid.shape[0] < 2:
-        raise ValueError(f"grid must be a 1-D tensor of at least 2 equally spaced cell centres, got shape "
-                         f"{tuple(grid.shape)}")
+        raise ValueError(
+            f"grid must be a 1-D tensor of at least 2 equally spaced cell centres, got shape {tuple(grid.shape)}"
+        )
     return torch.stack(torch.meshgrid(grid, grid, indexing="ij"), dim=-1)
 
 
@@ -107,12 +110,16 @@ def posterior_grid(model, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """
     points = _grid_points(grid.to(x.dtype)).to(x.device).reshape(-1, 1, 2)  # (G G, 1, 2)
     if model.prior.event_shape != torch.Size([2]):
-        raise ValueError(f"posterior_grid needs a 2-D latent, the prior's event shape is "
-                         f"{tuple(model.prior.event_shape)}")
-    log_joint = torch.cat([
-        model.decode(points[i: i + _ROWS_PER_DECODE]).log_prob(x) + model.prior.log_prob(points[i: i + _ROWS_PER_DECODE])
-        for i in range(0, points.shape[0], _ROWS_PER_DECODE)
-    ]).double()  # (G G, B)
+        raise ValueError(
+            f"posterior_grid needs a 2-D latent, the prior's event shape is {tuple(model.prior.event_shape)}"
+        )
+    log_joint = torch.cat(
+        [
+            model.decode(points[i : i + _ROWS_PER_DECODE]).log_prob(x)
+            + model.prior.log_prob(points[i : i + _ROWS_PER_DECODE])
+            for i in range(0, points.shape[0], _ROWS_PER_DECODE)
+        ]
+    ).double()  # (G G, B)
     log_mass = log_joint - torch.logsumexp(log_joint, dim=0)
     g = grid.shape[0]
     return log_mass.exp().T.reshape(-1, g, g)
@@ -135,8 +142,9 @@ def histogram_on_grid(samples: torch.Tensor, grid: torch.Tensor) -> torch.Tensor
     return (counts / n).reshape(b, g, g)
 
 
-def qew_density_on_grid(model, x: torch.Tensor, grid: torch.Tensor, k: int, n: int,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+def qew_density_on_grid(
+    model, x: torch.Tensor, grid: torch.Tensor, k: int, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """q_EW(z|x) as cell masses on the grid, from ``n`` draws of :func:`sample_qew`; shape ``(B, G, G)``."""
     return histogram_on_grid(sample_qew(model, x, k, n, generator), grid)
 

@@ -41,9 +41,9 @@ def _log_aggregate(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, chun
     const = -0.5 * (loc.square() * prec).sum(-1) - scale.log().sum(-1) - loc.shape[-1] * HALF_LOG_2PI  # (N,)
     out = torch.empty(z.shape[0], dtype=torch.float64, device=z.device)
     for i in range(0, z.shape[0], chunk):
-        zb = z[i: i + chunk]  # (m, D)
+        zb = z[i : i + chunk]  # (m, D)
         table = const + zb @ (loc * prec).T - 0.5 * zb.square() @ prec.T  # (m, N)
-        out[i: i + chunk] = torch.logsumexp(table, dim=1)
+        out[i : i + chunk] = torch.logsumexp(table, dim=1)
     return out - math.log(loc.shape[0])
 
 
@@ -109,14 +109,14 @@ def elbo_surgery(
     rows = max(1, _ROWS_PER_DECODE // num_samples)  # images per encoder / decoder call
     locs, scales, recon = [], [], []
     for i in range(0, n, rows):
-        loc, scale = _gaussian_posterior(model, x[i: i + rows])
+        loc, scale = _gaussian_posterior(model, x[i : i + rows])
         locs.append(loc)
         scales.append(scale)
     loc, scale = torch.cat(locs), torch.cat(scales)  # (N, D)
     eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
     z = loc + scale * eps  # (S, N, D)
     for i in range(0, n, rows):
-        recon.append(model.decode(z[:, i: i + rows]).log_prob(x[i: i + rows]).double())  # (S, b)
+        recon.append(model.decode(z[:, i : i + rows]).log_prob(x[i : i + rows]).double())  # (S, b)
     recon = torch.cat(recon, dim=1)  # (S, N)
 
     log_q_own = diag_normal_log_prob(z.double(), loc.double(), scale.double().log())  # (S, N) log q(z|x_n)
@@ -147,8 +147,9 @@ def elbo_surgery(
     return result
 
 
-def run_surgery(model, splits, run_dir: str | os.PathLike, *, weights: dict, subset: int = 5000,
-                num_samples: int = 1, seed: int = 0) -> dict:
+def run_surgery(
+    model, splits, run_dir: str | os.PathLike, *, weights: dict, subset: int = 5000, num_samples: int = 1, seed: int = 0
+) -> dict:
     """:func:`elbo_surgery` of a trained run on its first ``subset`` training images, written to
     ``RUN_DIR/surgery_n{N}.json`` (atomically) and returned.
 
@@ -174,12 +175,14 @@ def surgery_text(result: dict) -> str:
     """The lines ``iwae analyze`` prints for a result of :func:`elbo_surgery`, each term with its standard error."""
     r = result
     analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
-    return label_table([
-        ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
-        ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
-        ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
-        ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
-        ("ELBO", f"{r['elbo']:.3f}"),
-        ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
-        ("images", f"{r['n']} training images x {r['num_samples']} samples"),
-    ])
+    return label_table(
+        [
+            ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
+            ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
+            ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
+            ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
+            ("ELBO", f"{r['elbo']:.3f}"),
+            ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
+            ("images", f"{r['n']} training images x {r['num_samples']} samples"),
+        ]
+    )

@@ -32,8 +32,9 @@ def toy_bias(k: int, a: float = 0.1, b: float = 2.0, p: float = 0.9) -> float:
     j = np.arange(k + 1, dtype=np.float64)
     log_binomial = np.array([math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1) for i in range(k + 1)])
     with np.errstate(divide="ignore", invalid="ignore"):  # p = 0 or 1: 0 * log 0 counts as 0
-        log_weights = (log_binomial + np.where(j > 0, j * np.log(p), 0.0)
-                       + np.where(k - j > 0, (k - j) * np.log1p(-p), 0.0))
+        log_weights = (
+            log_binomial + np.where(j > 0, j * np.log(p), 0.0) + np.where(k - j > 0, (k - j) * np.log1p(-p), 0.0)
+        )
     weights = np.exp(log_weights - log_weights.max())
     weights /= weights.sum()
     expected_log_mean = float(np.sum(weights * np.log((j * a + (k - j) * b) / k)))

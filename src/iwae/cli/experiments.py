@@ -31,21 +31,37 @@ Examples:
 
 @click.command(epilog=REPRODUCE_EXAMPLES)
 @click.argument("experiment", required=False)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Output folder: reproduction.json and runs/.  [default: runs/EXPERIMENT-PROTOCOL]")
-@click.option("--protocol", default="short", show_default=True,
-              help="paper (Burda et al.'s 3,280 epochs) or short (the CPU-sized truncation each file documents).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output folder: reproduction.json and runs/.  [default: runs/EXPERIMENT-PROTOCOL]",
+)
+@click.option(
+    "--protocol",
+    default="short",
+    show_default=True,
+    help="paper (Burda et al.'s 3,280 epochs) or short (the CPU-sized truncation each file documents).",
+)
 @click.option("--datasets", help="Only the runs on these datasets (comma-separated).")
-@click.option("--only", multiple=True,
-              help="Only the runs whose names match these shell patterns (comma-separated; repeatable).")
+@click.option(
+    "--only", multiple=True, help="Only the runs whose names match these shell patterns (comma-separated; repeatable)."
+)
 @click.option("--dry-run", is_flag=True, help="List the runs, their state and estimated cost; train nothing.")
 @click.option("--list", "list_experiments", is_flag=True, help="List the shipped experiments and exit.")
-@click.option("--workers", type=int,
-              help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn)."
-                   "  [default: 1 on CPU, one per GPU with --device cuda]")
+@click.option(
+    "--workers",
+    type=int,
+    help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn)."
+    "  [default: 1 on CPU, one per GPU with --device cuda]",
+)
 @click.option("--threads", type=int, help="torch threads per run.  [default: the cores divided among the workers]")
-@click.option("--ray", "ray_address", metavar="ADDRESS",
-              help="Run each run as a task on the Ray cluster at ADDRESS (auto: the running one; local: a new one).")
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run each run as a task on the Ray cluster at ADDRESS (auto: the running one; local: a new one).",
+)
 @click.option("--cpus-per-run", type=int, default=1, show_default=True, help="CPUs each Ray task asks for.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
@@ -54,11 +70,33 @@ Examples:
 @click.option("--test-subset", type=click.IntRange(min=1), help="Override: evaluate on the first N test images.")
 @click.option("--eval-k", type=click.IntRange(min=1), help="Override: samples of the test bound L_k (default 5000).")
 @click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
-@click.option("--no-batch", is_flag=True, help="Train each run alone, not the compatible runs (seeds, objectives at "
-              "one k) together as one batched model.")
+@click.option(
+    "--no-batch",
+    is_flag=True,
+    help="Train each run alone, not the compatible runs (seeds, objectives at one k) together as one batched model.",
+)
 @_user_errors
-def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_experiments, workers, threads, ray_address,
-              cpus_per_run, device, data_dir, epochs, train_subset, test_subset, eval_k, quiet, no_batch) -> None:
+def reproduce(
+    experiment,
+    out_dir,
+    protocol,
+    datasets,
+    only,
+    dry_run,
+    list_experiments,
+    workers,
+    threads,
+    ray_address,
+    cpus_per_run,
+    device,
+    data_dir,
+    epochs,
+    train_subset,
+    test_subset,
+    eval_k,
+    quiet,
+    no_batch,
+) -> None:
     """Trains and evaluates every run of EXPERIMENT (a shipped name, or a path to an experiment file),
     skipping finished runs and resuming interrupted ones.
 
@@ -82,8 +120,16 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
     if not experiment:
         raise click.UsageError("give an EXPERIMENT (see --list)")
     exp = load_experiment(experiment)
-    overrides = {k: v for k, v in (("epochs", epochs), ("train_subset", train_subset),
-                                   ("test_subset", test_subset), ("eval_k", eval_k)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", epochs),
+            ("train_subset", train_subset),
+            ("test_subset", test_subset),
+            ("eval_k", eval_k),
+        )
+        if v is not None
+    }
     dataset_list = datasets.split(",") if datasets is not None else None
     only = _names(",".join(only))
     out_dir = Path(out_dir or Path("runs") / f"{exp.name}-{protocol}")
@@ -92,13 +138,28 @@ def reproduce(experiment, out_dir, protocol, datasets, only, dry_run, list_exper
         click.echo(plan_text(f"{exp.name}, protocol {protocol}", plan(runs, out_dir, data_dir), out_dir))
         return
     try:
-        summary = run_reproduction(exp, out_dir, protocol=protocol, datasets=dataset_list, only=only or None,
-                                   overrides=overrides, workers=workers, threads=threads, ray=ray_address,
-                                   cpus_per_run=cpus_per_run, device=device, data_dir=data_dir, progress=not quiet,
-                                   batch=not no_batch)
+        summary = run_reproduction(
+            exp,
+            out_dir,
+            protocol=protocol,
+            datasets=dataset_list,
+            only=only or None,
+            overrides=overrides,
+            workers=workers,
+            threads=threads,
+            ray=ray_address,
+            cpus_per_run=cpus_per_run,
+            device=device,
+            data_dir=data_dir,
+            progress=not quiet,
+            batch=not no_batch,
+        )
     except KeyboardInterrupt:
-        click.echo("interrupted; run the same command again to go on: finished runs are kept, the others resume "
-                   "from their last epoch", err=True)
+        click.echo(
+            "interrupted; run the same command again to go on: finished runs are kept, the others resume "
+            "from their last epoch",
+            err=True,
+        )
         sys.exit(130)
     text, failures = summary_text(exp.name, summary)
     click.echo(text)
@@ -118,8 +179,11 @@ Examples:
 
 @click.command(epilog=REPORT_EXAMPLES)
 @click.argument("out_dir", type=click.Path())
-@click.option("--data-dir", type=click.Path(file_okay=False),
-              help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Folder with the data files, for the latent and SNR figures.  [default: each run's data_dir]",
+)
 @click.option("--no-figures", is_flag=True, help="Tables only: draw no figures.")
 @click.option("--per-seed", is_flag=True, help="Below each table of seed groups (mean ± sd), a row per seed's run.")
 @click.option("--threads", type=int, help="CPU threads for torch (the samples, latent and SNR figures).")
@@ -154,25 +218,37 @@ def _float_list(value: str, name: str) -> list[float]:
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0,0.5,1, got {value!r}", param_hint=name) \
-            from None
+        raise click.BadParameter(
+            f"expected comma-separated numbers like 0,0.5,1, got {value!r}", param_hint=name
+        ) from None
     if not out:
         raise click.BadParameter(f"expected at least one number, got {value!r}", param_hint=name)
     return out
 
 
 @click.command(epilog=GRID_EXAMPLES)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder of the grid: runs/, grid.csv, grid.md, grid.png.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder of the grid: runs/, grid.csv, grid.md, grid.png.",
+)
 @click.option("--total", type=int, default=64, show_default=True, help="M * K, samples per example.")
 @click.option("--betas", default="0,0.25,0.5,0.75,1", show_default=True, help="CIWAE's ELBO weights, in [0, 1].")
 @click.option("--ms", help="M values of MIWAE and PIWAE, each dividing --total.  [default: all divisors]")
 @click.option("--epochs", type=int, default=4, show_default=True, help="The first N epochs of the schedule.")
 @click.option("--schedule", type=click.Choice(["paper", "constant"]), default="paper", show_default=True)
-@click.option("--train-subset", type=int, default=5000, show_default=True,
-              help="Train on the first N training images (0: all).")
-@click.option("--test-subset", type=int, default=500, show_default=True,
-              help="Evaluate on the first N test images (0: all 10,000).")
+@click.option(
+    "--train-subset", type=int, default=5000, show_default=True, help="Train on the first N training images (0: all)."
+)
+@click.option(
+    "--test-subset",
+    type=int,
+    default=500,
+    show_default=True,
+    help="Evaluate on the first N test images (0: all 10,000).",
+)
 @click.option("--log-p-k", type=int, default=5000, show_default=True, help="Samples of log p-hat = L_k.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -180,8 +256,22 @@ def _float_list(value: str, name: str) -> list[float]:
 @click.option("--dry-run", is_flag=True, help="List the distinct runs and the grid points they serve; train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-run lines.")
 @_user_errors
-def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset, log_p_k, data_dir, seed, threads,
-         dry_run, quiet) -> None:
+def grid(
+    out_dir,
+    total,
+    betas,
+    ms,
+    epochs,
+    schedule,
+    train_subset,
+    test_subset,
+    log_p_k,
+    data_dir,
+    seed,
+    threads,
+    dry_run,
+    quiet,
+) -> None:
     """Rainforth et al.'s (M, K) study: MIWAE and PIWAE at every (M, K) with M * K = --total, CIWAE
     over --betas; identical runs are trained once, finished runs are reused, killed ones resumed.
 
@@ -193,9 +283,17 @@ def grid(out_dir, total, betas, ms, epochs, schedule, train_subset, test_subset,
 
     if total < 1:
         raise ValueError(f"--total must be >= 1, got {total}")
-    options = dict(total=total, betas=_float_list(betas, "--betas"), ms=_int_list(ms, "--ms"), epochs=epochs,
-                   schedule=schedule, train_subset=train_subset or None, test_subset=test_subset or None,
-                   log_p_k=log_p_k, seed=seed)
+    options = dict(
+        total=total,
+        betas=_float_list(betas, "--betas"),
+        ms=_int_list(ms, "--ms"),
+        epochs=epochs,
+        schedule=schedule,
+        train_subset=train_subset or None,
+        test_subset=test_subset or None,
+        log_p_k=log_p_k,
+        seed=seed,
+    )
     if dry_run:
         click.echo(describe(grid_experiment(**options), out_dir))
         return

@@ -28,14 +28,27 @@ Examples:
 
 @click.command(epilog=PLOT_EXAMPLES)
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--what", type=click.Choice(PLOT_KINDS + ("all",)), default="all", show_default=True,
-              help="Which figure to draw.")
-@click.option("--out", type=click.Path(), required=True,
-              help="Folder of the figures (for `plot toy`: the figure file).")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
-              help="File format of the figures.")
-@click.option("--points", type=int, default=2000, show_default=True,
-              help="Test images in the latent figure (and first N test images reconstructed: 10).")
+@click.option(
+    "--what", type=click.Choice(PLOT_KINDS + ("all",)), default="all", show_default=True, help="Which figure to draw."
+)
+@click.option(
+    "--out", type=click.Path(), required=True, help="Folder of the figures (for `plot toy`: the figure file)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "svg", "pdf"]),
+    default="png",
+    show_default=True,
+    help="File format of the figures.",
+)
+@click.option(
+    "--points",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Test images in the latent figure (and first N test images reconstructed: 10).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @_user_errors
@@ -75,10 +88,17 @@ Examples:
 @click.argument("run_dir", type=click.Path())
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Figure file; .png, .svg or .pdf.  [default: RUN_DIR/samples.png or RUN_DIR/pseudo_inputs.png]")
-@click.option("--probabilities/--binary", default=True, show_default=True,
-              help="Show the means of p(x | z), or samples x ~ p(x | z).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Figure file; .png, .svg or .pdf.  [default: RUN_DIR/samples.png or RUN_DIR/pseudo_inputs.png]",
+)
+@click.option(
+    "--probabilities/--binary",
+    default=True,
+    show_default=True,
+    help="Show the means of p(x | z), or samples x ~ p(x | z).",
+)
 @click.option("--pseudo-inputs", is_flag=True, help="Draw the VampPrior's pseudo-inputs instead of samples.")
 @_user_errors
 def sample(run_dir, n, seed, out, probabilities, pseudo_inputs) -> None:
@@ -103,11 +123,18 @@ Examples:
 @click.option("--k", "ks", default="1,5,50", show_default=True, help="Comma-separated k of q_EW.")
 @click.option("--samples", type=int, default=20000, show_default=True, help="q_EW draws per image and k.")
 @click.option("--grid-size", type=int, default=121, show_default=True, help="Cells per latent dimension.")
-@click.option("--extent", default="auto", show_default=True,
-              help="auto (a window per image around its posterior) or a half-width E: the grid [-E, E]^2.")
+@click.option(
+    "--extent",
+    default="auto",
+    show_default=True,
+    help="auto (a window per image around its posterior) or a half-width E: the grid [-E, E]^2.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Figure file (.png, .svg, .pdf); the JSON goes beside it.  [default: RUN_DIR/qew.png]")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Figure file (.png, .svg, .pdf); the JSON goes beside it.  [default: RUN_DIR/qew.png]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--threads", type=int, help="CPU threads for torch.")
@@ -123,18 +150,40 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
         import torch  # deferred: the command line imports PyTorch only to run a command, never for --help
 
         torch.set_num_threads(threads)
-    result = qew_run(run_dir, out, images=images, ks=k_values, samples=samples, grid_size=grid_size,
-                     extent=extent, seed=seed, data_dir=data_dir)
+    result = qew_run(
+        run_dir,
+        out,
+        images=images,
+        ks=k_values,
+        samples=samples,
+        grid_size=grid_size,
+        extent=extent,
+        seed=seed,
+        data_dir=data_dir,
+    )
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
     rows, figure = result["rows"], Path(result["figure"])
     header = ("image", "k", "TV(q_EW,p)", "KL(p||q_EW)", "TV(q,p)", "KL(p||q)", "TV floor", "p edge mass")
-    table = [(r["image"], r["k"], f"{r['tv_qew']:.3f}", f"{r['kl_qew']:.3f}", f"{r['tv_q']:.3f}", f"{r['kl_q']:.3f}",
-              f"{r['tv_floor']:.3f}", f"{r['edge_mass']:.1e}") for r in rows]
+    table = [
+        (
+            r["image"],
+            r["k"],
+            f"{r['tv_qew']:.3f}",
+            f"{r['kl_qew']:.3f}",
+            f"{r['tv_q']:.3f}",
+            f"{r['kl_q']:.3f}",
+            f"{r['tv_floor']:.3f}",
+            f"{r['edge_mass']:.1e}",
+        )
+        for r in rows
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
     for line in (header, *table):
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-    click.echo(f"TV floor: TV of a histogram of {samples} draws from p itself; KL(p||q_EW) smooths the histogram "
-               f"and is biased upward by its noise")
+    click.echo(
+        f"TV floor: TV of a histogram of {samples} draws from p itself; KL(p||q_EW) smooths the histogram "
+        f"and is biased upward by its noise"
+    )
     click.echo(f"wrote {figure} and {figure.with_suffix('.json')}")

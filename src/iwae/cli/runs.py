@@ -39,13 +39,20 @@ Examples:
 
 @click.command(epilog=TRAIN_EXAMPLES)
 @setting_options(TrainConfig)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Start from a config.yaml (e.g. a run's); flags given on the command line override it.",
+)
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-@click.option("--seeds", help="Train these seeds (e.g. 0,1,2,3) together as one batched model, each a run of its "
-              "own in OUT/seed0, OUT/seed1, ...; one seed is --seed (OUT itself).")
+@click.option(
+    "--seeds",
+    help="Train these seeds (e.g. 0,1,2,3) together as one batched model, each a run of its "
+    "own in OUT/seed0, OUT/seed1, ...; one seed is --seed (OUT itself).",
+)
 @click.pass_context
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
@@ -84,8 +91,9 @@ def _seed_list(value: str) -> list[int]:
     try:
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated seeds like 0,1,2,3, got {value!r}",
-                                 param_hint="--seeds") from None
+        raise click.BadParameter(
+            f"expected comma-separated seeds like 0,1,2,3, got {value!r}", param_hint="--seeds"
+        ) from None
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"expected distinct seeds >= 0, got {value!r}", param_hint="--seeds")
     return seeds
@@ -96,13 +104,16 @@ def _member_dirs(folder: str) -> list[Path] | None:
     path = Path(folder)
     if not path.is_dir() or (path / "config.yaml").exists():
         return None
-    found = sorted((p for p in path.glob("seed*") if (p / "config.yaml").is_file() and p.name[4:].isdigit()),
-                   key=lambda p: int(p.name[4:]))
+    found = sorted(
+        (p for p in path.glob("seed*") if (p / "config.yaml").is_file() and p.name[4:].isdigit()),
+        key=lambda p: int(p.name[4:]),
+    )
     return found or None
 
 
-def _train_seeds(given: dict, config_file, resume, overwrite: bool, quiet: bool, seeds: list[int] | None,
-                 members: list[Path] | None) -> None:
+def _train_seeds(
+    given: dict, config_file, resume, overwrite: bool, quiet: bool, seeds: list[int] | None, members: list[Path] | None
+) -> None:
     """``--seeds``: the seeds' runs (or, resumed, the member folders) trained as one batched model."""
     from ..members import train_members
     from ..train import configure, resume_config
@@ -112,17 +123,19 @@ def _train_seeds(given: dict, config_file, resume, overwrite: bool, quiet: bool,
         configs = [resume_config(folder, given) for folder in folders]
     else:
         out = given.get("out") or configure(given, base=config_file).out
-        configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file)
-                   for s in seeds]
+        configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file) for s in seeds]
     results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.status == "trained":
-            click.echo(f"trained {r.config.spec.label} (seed {r.config.seed}) for {r.config.total_epochs} epochs: "
-                       f"{r.run_dir}")
+            click.echo(
+                f"trained {r.config.spec.label} (seed {r.config.seed}) for {r.config.total_epochs} epochs: {r.run_dir}"
+            )
     if len(failed) < len(results):
-        click.echo(f"evaluate them with: iwae evaluate RUN_DIR, for each of "
-                   f"{', '.join(str(r.run_dir) for r in results if r.status != 'failed')}")
+        click.echo(
+            f"evaluate them with: iwae evaluate RUN_DIR, for each of "
+            f"{', '.join(str(r.run_dir) for r in results if r.status != 'failed')}"
+        )
     if failed:
         raise _UserError("; ".join(f"{r.run_dir}: {r.error}" for r in failed))
 
@@ -147,19 +160,55 @@ Examples:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--method", type=click.Choice(["lk", "ais"]), default="lk", show_default=True,
-              help="lk: the bound L_k; ais: annealed importance sampling (Wu et al. 2017).")
+@click.option(
+    "--method",
+    type=click.Choice(["lk", "ais"]),
+    default="lk",
+    show_default=True,
+    help="lk: the bound L_k; ais: annealed importance sampling (Wu et al. 2017).",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="ais: annealing steps T.")
 @click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="ais: chains C per image.")
-@click.option("--leapfrog", type=click.IntRange(min=1), default=5, show_default=True,
-              help="ais: leapfrog steps L per HMC transition.")
-@click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid", show_default=True,
-              help="ais: the schedule of the inverse temperatures.")
-@click.option("--initial", type=click.Choice(["encoder", "prior"]), default="encoder", show_default=True,
-              help="ais: the initial distribution, q(z|x) or p(z).")
+@click.option(
+    "--leapfrog",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="ais: leapfrog steps L per HMC transition.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["sigmoid", "linear"]),
+    default="sigmoid",
+    show_default=True,
+    help="ais: the schedule of the inverse temperatures.",
+)
+@click.option(
+    "--initial",
+    type=click.Choice(["encoder", "prior"]),
+    default="encoder",
+    show_default=True,
+    help="ais: the initial distribution, q(z|x) or p(z).",
+)
 @_user_errors
-def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, device, threads, quiet, method, steps,
-             chains, leapfrog, schedule, initial) -> None:
+def evaluate(
+    run_dir,
+    k,
+    test_subset,
+    as_json,
+    data_dir,
+    memory_budget,
+    seed,
+    device,
+    threads,
+    quiet,
+    method,
+    steps,
+    chains,
+    leapfrog,
+    schedule,
+    initial,
+) -> None:
     """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
     weights of its last completed epoch (a run that has completed none is refused).
 
@@ -177,18 +226,39 @@ def evaluate(run_dir, k, test_subset, as_json, data_dir, memory_budget, seed, de
 
         def announce(cost: dict) -> None:
             if not as_json:
-                click.echo(f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
-                           f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
-                           err=True)
+                click.echo(
+                    f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
+                    f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
+                    err=True,
+                )
 
-        result = ais_evaluate(run_dir, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule,
-                              initial=initial, test_subset=test_subset, seed=seed, device=device,
-                              memory_budget=int(memory_budget * GIB), data_dir=data_dir,
-                              progress=not quiet and not as_json, announce=announce)
+        result = ais_evaluate(
+            run_dir,
+            steps=steps,
+            chains=chains,
+            leapfrog=leapfrog,
+            schedule=schedule,
+            initial=initial,
+            test_subset=test_subset,
+            seed=seed,
+            device=device,
+            memory_budget=int(memory_budget * GIB),
+            data_dir=data_dir,
+            progress=not quiet and not as_json,
+            announce=announce,
+        )
         click.echo(json.dumps(result, indent=1) if as_json else ais_summary_text(result))
         return
-    result = run_evaluation(run_dir, k=k, test_subset=test_subset, data_dir=data_dir, memory_budget=memory_budget * GIB,
-                            seed=seed, device=device, progress=not quiet and not as_json)
+    result = run_evaluation(
+        run_dir,
+        k=k,
+        test_subset=test_subset,
+        data_dir=data_dir,
+        memory_budget=memory_budget * GIB,
+        seed=seed,
+        device=device,
+        progress=not quiet and not as_json,
+    )
     click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
@@ -202,8 +272,9 @@ Examples:
 
 @click.command(epilog=ANALYZE_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
-@click.option("--subset", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="The first N training images.")
+@click.option(
+    "--subset", type=click.IntRange(min=1), default=5000, show_default=True, help="The first N training images."
+)
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples z per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
@@ -219,8 +290,9 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     from ..rundir import open_run
 
     run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
-    result = run_surgery(run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples,
-                         seed=seed)
+    result = run_surgery(
+        run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples, seed=seed
+    )
     click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
 
 
@@ -236,28 +308,54 @@ Examples:
 @click.command(epilog=SNR_EXAMPLES)
 @click.argument("run_dir", required=False, type=click.Path())
 @click.option("--fresh", is_flag=True, help="Measure a freshly initialised Burda 1-layer MNIST model instead of a run.")
-@click.option("--k", "ks", default="1,4,16,64", show_default=True,
-              help="Total samples K for the one-group objectives (iwae, vae, ciwae).")
+@click.option(
+    "--k",
+    "ks",
+    default="1,4,16,64",
+    show_default=True,
+    help="Total samples K for the one-group objectives (iwae, vae, ciwae).",
+)
 @click.option("--m", "ms", help="Groups M for miwae and piwae.  [default: 1,4,16]")
-@click.option("--group-k", type=int, default=4, show_default=True,
-              help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).")
-@click.option("--estimators", default="reparam,dreg", show_default=True,
-              help=f"Comma-separated encoder estimators: {', '.join(ESTIMATORS)}.")
-@click.option("--objectives", default="iwae,miwae", show_default=True,
-              help=f"Comma-separated objectives: {', '.join(OBJECTIVES)}.")
-@click.option("--repeats", type=int, default=200, show_default=True,
-              help="Independent gradient estimates R per point (>= 2).")
-@click.option("--batch-size", type=int, default=20, show_default=True,
-              help="The fixed batch: the first N training images, binarized once.")
+@click.option(
+    "--group-k",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Samples per group K of MIWAE(M, K), held fixed while M varies (total M*K).",
+)
+@click.option(
+    "--estimators",
+    default="reparam,dreg",
+    show_default=True,
+    help=f"Comma-separated encoder estimators: {', '.join(ESTIMATORS)}.",
+)
+@click.option(
+    "--objectives",
+    default="iwae,miwae",
+    show_default=True,
+    help=f"Comma-separated objectives: {', '.join(OBJECTIVES)}.",
+)
+@click.option(
+    "--repeats", type=int, default=200, show_default=True, help="Independent gradient estimates R per point (>= 2)."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=20,
+    show_default=True,
+    help="The fixed batch: the first N training images, binarized once.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a --fresh init).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Folder for snr.csv, snr_layers.csv and snr.png.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Folder for snr.csv, snr_layers.csv and snr.png."
+)
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
 @_user_errors
-def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed,
-        data_dir, out, threads, as_json) -> None:
+def snr(
+    run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed, data_dir, out, threads, as_json
+) -> None:
     """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
     over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
     et al. 2018). Writes OUT/snr.csv, OUT/snr_layers.csv and OUT/snr.png (SNR against K for
@@ -268,8 +366,16 @@ def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_
     # everything about the arguments first: a bad value must not wait for the data
     if bool(run_dir) == fresh:
         raise click.UsageError("give either RUN_DIR or --fresh (a freshly initialised model), not both or neither")
-    study = snr_module.plan_study(_names(objectives), _names(estimators), _int_list(ks, "--k"), _int_list(ms, "--m"),
-                                  group_k, repeats, batch_size, seed)
+    study = snr_module.plan_study(
+        _names(objectives),
+        _names(estimators),
+        _int_list(ks, "--k"),
+        _int_list(ms, "--m"),
+        group_k,
+        repeats,
+        batch_size,
+        seed,
+    )
     _threads(threads)
     if fresh:
         splits = load_dataset("mnist", data_dir)
@@ -282,8 +388,11 @@ def snr(run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_
         model, splits = run.model, run.splits
         source = f"run {run_dir}"
     if not as_json:
-        click.echo(f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
-                   f"training images, {source}", err=True)
+        click.echo(
+            f"{len(study.specs)} points x {repeats} gradient estimates on {batch_size} {splits.name} "
+            f"training images, {source}",
+            err=True,
+        )
     progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
     result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
     click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
@@ -314,8 +423,14 @@ def compare(run_a, run_b, k, test_subset, seed, evaluation, as_json) -> None:
     from ..compare import compare_runs, compare_text
 
     a, b = _names(run_a), _names(run_b)
-    result = compare_runs(a[0] if len(a) == 1 else a, b[0] if len(b) == 1 else b, k=k, seed=seed,
-                          test_subset=test_subset, evaluation=evaluation)
+    result = compare_runs(
+        a[0] if len(a) == 1 else a,
+        b[0] if len(b) == 1 else b,
+        k=k,
+        seed=seed,
+        test_subset=test_subset,
+        evaluation=evaluation,
+    )
     click.echo(json.dumps(result, indent=1) if as_json else compare_text(result))
 
 
@@ -329,17 +444,27 @@ Examples:
 
 @click.command(epilog=BDMC_EXAMPLES)
 @click.argument("run_dir", type=click.Path())
-@click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True, help="Images simulated from the model.")
+@click.option(
+    "--n", "n", type=click.IntRange(min=1), default=32, show_default=True, help="Images simulated from the model."
+)
 @click.option("--steps", default="100,1000", show_default=True, help="Comma-separated annealing steps T.")
 @click.option("--chains", type=click.IntRange(min=1), default=16, show_default=True, help="Chains C per image.")
 @click.option("--leapfrog", type=click.IntRange(min=1), default=5, show_default=True, help="Leapfrog steps L.")
-@click.option("--initial", type=click.Choice(["encoder", "prior"]), default="encoder", show_default=True,
-              help="Forward AIS's initial distribution.")
+@click.option(
+    "--initial",
+    type=click.Choice(["encoder", "prior"]),
+    default="encoder",
+    show_default=True,
+    help="Forward AIS's initial distribution.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for torch.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Figure file; the JSON goes beside it.  "
-                                                             "[default: RUN_DIR/bdmc_n{N}_C{C}_L{L}_seed{S}.png]")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Figure file; the JSON goes beside it.  [default: RUN_DIR/bdmc_n{N}_C{C}_L{L}_seed{S}.png]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_user_errors
 def bdmc(run_dir, n, steps, chains, leapfrog, initial, seed, device, threads, out, as_json) -> None:
@@ -349,6 +474,15 @@ def bdmc(run_dir, n, steps, chains, leapfrog, initial, seed, device, threads, ou
     from ..ais import bdmc_run, bdmc_text
 
     _threads(threads)
-    result = bdmc_run(run_dir, n=n, steps=_int_list(steps, "--steps"), chains=chains, leapfrog=leapfrog,
-                      initial=initial, seed=seed, device=device, out=out)
+    result = bdmc_run(
+        run_dir,
+        n=n,
+        steps=_int_list(steps, "--steps"),
+        chains=chains,
+        leapfrog=leapfrog,
+        initial=initial,
+        seed=seed,
+        device=device,
+        out=out,
+    )
     click.echo(json.dumps(result, indent=1) if as_json else bdmc_text(result))

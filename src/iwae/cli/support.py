@@ -87,8 +87,9 @@ def int_list(value: str | None, name: str) -> list[int] | None:
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 100,50, got {value!r}",
-                                 param_hint=name) from None
+        raise click.BadParameter(
+            f"expected comma-separated integers like 100,50, got {value!r}", param_hint=name
+        ) from None
     if not out or min(out) < 1:
         raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
     return out
@@ -138,8 +139,7 @@ def _setting_option(f: dataclasses.Field, hint: object):
         kind = _Dims(nested=typing.get_origin(typing.get_args(base[0])[0]) is list)
     else:
         kind = base[0]
-    return click.option(flag(f.name), f.name, type=kind, default=default, show_default=default is not None,
-                        help=text)
+    return click.option(flag(f.name), f.name, type=kind, default=default, show_default=default is not None, help=text)
 
 
 def setting_options(config_class: type) -> Callable:

@@ -13,5 +13,17 @@ from .model import ModelConfig
 from .objective import ObjectiveSpec
 from .train import PAPER_STAGES, RESUMABLE, TrainConfig, configure
 
-__all__ = ["TrainConfig", "ModelConfig", "ObjectiveSpec", "configure", "RESUMABLE", "PAPER_STAGES",
-           "GridPoint", "Run", "canonical_run", "distinct_runs", "grid_points", "points_of"]
+__all__ = [
+    "TrainConfig",
+    "ModelConfig",
+    "ObjectiveSpec",
+    "configure",
+    "RESUMABLE",
+    "PAPER_STAGES",
+    "GridPoint",
+    "Run",
+    "canonical_run",
+    "distinct_runs",
+    "grid_points",
+    "points_of",
+]

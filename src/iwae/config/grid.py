@@ -15,13 +15,23 @@ from dataclasses import dataclass
 
 from .train import TrainConfig
 
-__all__ = ["GridPoint", "Run", "canonical_run", "divisors", "grid_points", "distinct_runs", "points_of", "section_points",
-           "DEFAULT_TOTAL", "DEFAULT_BETAS", "OBJECTIVES"]
+__all__ = [
+    "GridPoint",
+    "Run",
+    "canonical_run",
+    "divisors",
+    "grid_points",
+    "distinct_runs",
+    "points_of",
+    "section_points",
+    "DEFAULT_TOTAL",
+    "DEFAULT_BETAS",
+    "OBJECTIVES",
+]
 
 DEFAULT_TOTAL = 64  # M * K, samples per example for every objective
 DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # CIWAE's ELBO weights
 OBJECTIVES = ("miwae", "piwae", "ciwae")  # the objectives of the grid
-
 
 
 @dataclass(frozen=True)
@@ -110,8 +120,9 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def grid_points(total: int = DEFAULT_TOTAL, betas=DEFAULT_BETAS, ms: list[int] | None = None,
-                objectives=OBJECTIVES) -> list[GridPoint]:
+def grid_points(
+    total: int = DEFAULT_TOTAL, betas=DEFAULT_BETAS, ms: list[int] | None = None, objectives=OBJECTIVES
+) -> list[GridPoint]:
     """MIWAE and PIWAE at (M, total / M) for every M in ``ms`` (default: all divisors of ``total``,
     ascending), then CIWAE at every beta in ``betas``.
 
@@ -126,8 +137,10 @@ def grid_points(total: int = DEFAULT_TOTAL, betas=DEFAULT_BETAS, ms: list[int] |
     ms = divisors(total) if ms is None else list(ms)
     bad = [m for m in ms if int(m) != m or m < 1 or total % m]
     if bad:
-        raise ValueError(f"M = {bad[0]} does not divide total = {total}; choose among its divisors "
-                         f"{','.join(map(str, divisors(total)))}")
+        raise ValueError(
+            f"M = {bad[0]} does not divide total = {total}; choose among its divisors "
+            f"{','.join(map(str, divisors(total)))}"
+        )
     betas = list(betas)
     bad = [b for b in betas if not 0.0 <= b <= 1.0]
     if bad:
@@ -153,8 +166,11 @@ def points_of(config: dict, grid: dict) -> list[dict]:
     ``config`` (a TrainConfig dict) serves, in grid order: ``{label, objective, m, k, beta, index}``,
     index being the point's place in :func:`grid_points`."""
     run = Run.of_config(config)
-    return [{"label": p.label, "objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "index": i}
-            for i, p in enumerate(section_points(grid)) if canonical_run(p) == run]
+    return [
+        {"label": p.label, "objective": p.objective, "m": p.m, "k": p.k, "beta": p.beta, "index": i}
+        for i, p in enumerate(section_points(grid))
+        if canonical_run(p) == run
+    ]
 
 
 def section_points(grid: dict) -> list[GridPoint]:

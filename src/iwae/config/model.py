@@ -35,15 +35,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
         object.__setattr__(self, "latent_dims", tuple(int(d) for d in self.latent_dims))
-        object.__setattr__(
-            self, "hidden_dims", tuple(tuple(int(h) for h in hs) for hs in self.hidden_dims)
-        )
+        object.__setattr__(self, "hidden_dims", tuple(tuple(int(h) for h in hs) for hs in self.hidden_dims))
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if self.sigma is not None:
             if self.likelihood != "gaussian":
-                raise ValueError(f"sigma is the fixed standard deviation of the gaussian likelihood, "
-                                 f"not of {self.likelihood}")
+                raise ValueError(
+                    f"sigma is the fixed standard deviation of the gaussian likelihood, not of {self.likelihood}"
+                )
             if not (math.isfinite(self.sigma) and self.sigma > 0):
                 raise ValueError(f"sigma must be a positive number, got {self.sigma}")
         if len(self.latent_dims) < 1:
@@ -61,18 +60,17 @@ class ModelConfig:
         if self.network not in NETWORKS:
             raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
         if self.network != "mlp" and len(self.latent_dims) != 1:
-            raise ValueError(f"the {self.network} network has one stochastic layer, got {len(self.latent_dims)}; "
-                             f"use network mlp for 2 layers")
+            raise ValueError(
+                f"the {self.network} network has one stochastic layer, got {len(self.latent_dims)}; "
+                f"use network mlp for 2 layers"
+            )
         if self.prior_components < 1:
             raise ValueError(f"prior_components must be >= 1, got {self.prior_components}")
         if self.prior == "normal" and self.prior_components != 1:
-            raise ValueError(f"the normal prior has no components (got {self.prior_components}); "
-                             f"use prior mog or vamp")
+            raise ValueError(f"the normal prior has no components (got {self.prior_components}); use prior mog or vamp")
         if self.prior_learn_weights and self.prior != "mog":
             raise ValueError(f"learnable mixture weights apply to the mog prior only, not {self.prior}")
-        if self.input_dim < 1 or min(self.latent_dims) < 1 or any(
-            h < 1 for hs in self.hidden_dims for h in hs
-        ):
+        if self.input_dim < 1 or min(self.latent_dims) < 1 or any(h < 1 for hs in self.hidden_dims for h in hs):
             raise ValueError(f"all sizes must be positive, got {self}")
 
     @classmethod
@@ -87,5 +85,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """The fields as JSON values; those added later (likelihood, sigma, network, image_shape) only
         where they differ from their defaults, so that older models keep their digest."""
-        return {k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
+        return {
+            k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+            if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]
+        }

@@ -41,8 +41,10 @@ class ObjectiveSpec:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATOR_OBJECTIVES)}")
         if self.name not in supported:
             usable = [name for name, objectives in ESTIMATOR_OBJECTIVES.items() if self.name in objectives]
-            raise ValueError(f"the {self.estimator} estimator is defined for the {' and '.join(supported)} "
-                             f"objective only, not {self.name}; use the {_or(usable)} estimator")
+            raise ValueError(
+                f"the {self.estimator} estimator is defined for the {' and '.join(supported)} "
+                f"objective only, not {self.name}; use the {_or(usable)} estimator"
+            )
 
     @property
     def label(self) -> str:

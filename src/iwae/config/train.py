@@ -49,8 +49,16 @@ PAPER_STAGES = 8  # i = 0..7
 DEVICE = re.compile(r"cpu|cuda(:\d{1,4})?")
 
 
-def _setting(default: object, help: str, *, choices: tuple[str, ...] | None = None, shown: str | None = None,
-             resumable: bool = False, folder: bool = False, flag_default: object = MISSING) -> object:
+def _setting(
+    default: object,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+    resumable: bool = False,
+    folder: bool = False,
+    flag_default: object = MISSING,
+) -> object:
     """A TrainConfig field with what ``iwae train`` shows for it, so that adding a field adds its flag:
     ``help`` (the flag's help text), ``choices`` (the library's list of the valid values), ``shown``
     (the text of ``[default: ...]`` where the default is None), ``resumable`` (may change when a run
@@ -72,45 +80,69 @@ class TrainConfig:
 
     # data
     dataset: str = _setting("mnist", "mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
-    data_dir: str | None = _setting(None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).",
-                                    folder=True)
+    data_dir: str | None = _setting(
+        None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).", folder=True
+    )
     train_subset: int | None = _setting(None, "Train on the first N training examples only.")
-    binarize: str = _setting("auto", "Grey-level data: dynamic (a fresh binarization at every use), static (once, "
-                             "seeded), none (grey levels k/255); auto: dynamic for the bernoulli likelihood, none "
-                             "for the others.", choices=("auto",) + BINARIZATIONS)
-    dequantize: bool = _setting(False, "8-bit data with binarize none: y = (255 x + u) / 256, u ~ U[0, 1), afresh for "
-                                "training, seeded for valid/test (continuous likelihoods only).")
+    binarize: str = _setting(
+        "auto",
+        "Grey-level data: dynamic (a fresh binarization at every use), static (once, "
+        "seeded), none (grey levels k/255); auto: dynamic for the bernoulli likelihood, none "
+        "for the others.",
+        choices=("auto",) + BINARIZATIONS,
+    )
+    dequantize: bool = _setting(
+        False,
+        "8-bit data with binarize none: y = (255 x + u) / 256, u ~ U[0, 1), afresh for "
+        "training, seeded for valid/test (continuous likelihoods only).",
+    )
     # model (latent_dims / hidden_dims None: Burda et al.'s for ``layers``)
     layers: int = _setting(1, "Stochastic layers, 1 or 2 for Burda et al.'s nets.")
     latent_dims: list[int] | None = _setting(None, "Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
     hidden_dims: list[list[int]] | None = _setting(
-        None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100.")
-    network: str = _setting("mlp", "The encoder and decoder: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense "
-                            "(hidden dims: block widths, default 300,300) or a small conv net (hidden dims: channels, "
-                            "default 32,64); gated and conv have one stochastic layer.", choices=NETWORKS)
-    prior: str = _setting("normal", "p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the "
-                          "VampPrior.", choices=PRIORS)
+        None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100."
+    )
+    network: str = _setting(
+        "mlp",
+        "The encoder and decoder: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense "
+        "(hidden dims: block widths, default 300,300) or a small conv net (hidden dims: channels, "
+        "default 32,64); gated and conv have one stochastic layer.",
+        choices=NETWORKS,
+    )
+    prior: str = _setting(
+        "normal", "p(z) of the top layer: N(0, I), a learnable mixture of Gaussians, or the VampPrior.", choices=PRIORS
+    )
     # components: None means 1 for the normal prior, as config.yaml files have recorded
     components: int | None = _setting(None, "Mixture components (mog) or pseudo-inputs (vamp); required for them.")
     learn_mixture_weights: bool = _setting(False, "mog: learn the mixture weights (else uniform).")
-    likelihood: str = _setting("bernoulli", "p(x|z): Bernoulli pixels (binary data), a Gaussian density, or the "
-                               "discretized logistic over 256 grey levels (8-bit data).", choices=LIKELIHOODS)
-    sigma: float | None = _setting(None, "gaussian only: fixed standard deviation of p(x|z).",
-                                   shown="learned, a bounded log-variance head")
+    likelihood: str = _setting(
+        "bernoulli",
+        "p(x|z): Bernoulli pixels (binary data), a Gaussian density, or the "
+        "discretized logistic over 256 grey levels (8-bit data).",
+        choices=LIKELIHOODS,
+    )
+    sigma: float | None = _setting(
+        None, "gaussian only: fixed standard deviation of p(x|z).", shown="learned, a bounded log-variance head"
+    )
     # objective
     objective: str = _setting("iwae", "Training objective.", choices=OBJECTIVES)
     k: int = _setting(5, "Total samples per example (for miwae/piwae: M groups of k/M).")
     m: int = _setting(1, "Groups M, for miwae and piwae.")
     beta: float = _setting(0.5, "ELBO weight in [0, 1], for ciwae.")
-    estimator: str = _setting("reparam", "The encoder's gradient estimator (the decoder always gets its "
-                              "objective's gradient).", choices=ESTIMATORS)
+    estimator: str = _setting(
+        "reparam",
+        "The encoder's gradient estimator (the decoder always gets its objective's gradient).",
+        choices=ESTIMATORS,
+    )
     kl_warmup: int = _setting(0, "vae only: epochs over which the weight of log p(z) - log q(z|x) rises from 0 to 1.")
     # optimisation
     batch_size: int = _setting(20, "Examples per minibatch (gradients are summed over it).")
-    schedule: str = _setting("paper", "paper: 3^i epochs at lr*10^(-i/7), i=0..7; constant: --lr throughout.",
-                             choices=SCHEDULES)
-    epochs: int | None = _setting(None, "Run the first N epochs of the schedule.",
-                                  shown="all 3,280 of the paper schedule", resumable=True)
+    schedule: str = _setting(
+        "paper", "paper: 3^i epochs at lr*10^(-i/7), i=0..7; constant: --lr throughout.", choices=SCHEDULES
+    )
+    epochs: int | None = _setting(
+        None, "Run the first N epochs of the schedule.", shown="all 3,280 of the paper schedule", resumable=True
+    )
     lr: float = _setting(1e-3, "Initial or constant learning rate.")
     beta1: float = _setting(0.9, "Adam beta1 (Burda et al.'s code: 0.99).")
     beta2: float = _setting(0.999, "Adam beta2.")
@@ -118,24 +150,40 @@ class TrainConfig:
     # validation
     valid_k: int | None = _setting(None, "Samples for the per-epoch validation L_k.", shown="--k")
     # run
-    init_from: str | None = _setting(None, "Start from this run directory's trained model (a fresh optimiser).",
-                                     folder=True)
-    init_sha256: str | None = _setting(None, "With --init-from: refuse it unless its model.safetensors has this "
-                                       "SHA-256.")
+    init_from: str | None = _setting(
+        None, "Start from this run directory's trained model (a fresh optimiser).", folder=True
+    )
+    init_sha256: str | None = _setting(
+        None, "With --init-from: refuse it unless its model.safetensors has this SHA-256."
+    )
     seed: int = _setting(0, "Seed of the initialisation, the data order and the samples.")
-    device: str = _setting("cpu", "cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU "
-                           "and CUDA draw other random numbers).", resumable=True)
+    device: str = _setting(
+        "cpu",
+        "cpu, cuda or cuda:N. A run resumes on the device type it was trained on (CPU "
+        "and CUDA draw other random numbers).",
+        resumable=True,
+    )
     threads: int | None = _setting(None, "CPU threads for torch.", resumable=True)  # None: torch's default
     # speed (iwae.precision, iwae.compiled): precision changes the numbers, so it is part of the run's identity
-    precision: str = _setting("32", "Training precision: 32 (float32), or bf16-mixed (matrix products in bfloat16 "
-                              "under autocast, the rest float32). Evaluation is float32 either way.",
-                              choices=PRECISIONS)
-    compile: str = _setting("none", "torch.compile the training step's forward pass (and so its backward): none, "
-                            "default, or reduce-overhead (CUDA graphs on CUDA).", choices=COMPILE_MODES,
-                            resumable=True)
+    precision: str = _setting(
+        "32",
+        "Training precision: 32 (float32), or bf16-mixed (matrix products in bfloat16 "
+        "under autocast, the rest float32). Evaluation is float32 either way.",
+        choices=PRECISIONS,
+    )
+    compile: str = _setting(
+        "none",
+        "torch.compile the training step's forward pass (and so its backward): none, "
+        "default, or reduce-overhead (CUDA graphs on CUDA).",
+        choices=COMPILE_MODES,
+        resumable=True,
+    )
     checkpoint_every: int | None = _setting(
-        None, "Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.",
-        shown="at the end of each epoch", resumable=True)
+        None,
+        "Also checkpoint every N optimizer steps, so that a killed run loses at most N steps.",
+        shown="at the end of each epoch",
+        resumable=True,
+    )
     # the Python API's default; the command line requires --out (or --resume)
     out: str = _setting("runs/run", "Run directory to create.", folder=True, flag_default=None)
 
@@ -156,19 +204,22 @@ class TrainConfig:
         self.spec  # noqa: B018 - the property validates objective, k, m, beta, estimator
         if self.components is None:  # a default of one would make mog a plain Gaussian and vamp one pseudo-input
             if self.prior in ("mog", "vamp"):
-                raise ValueError(f"prior {self.prior} needs components: how many Gaussians (mog) or pseudo-inputs "
-                                 f"(vamp) it has; Tomczak & Welling use 500")
+                raise ValueError(
+                    f"prior {self.prior} needs components: how many Gaussians (mog) or pseudo-inputs "
+                    f"(vamp) it has; Tomczak & Welling use 500"
+                )
             self.components = 1
         if self.components < 1:  # checked here too, so that the message names this setting, not the model's
             raise ValueError(f"components must be >= 1, got {self.components}")
         if self.learn_mixture_weights and self.prior != "mog":
-            raise ValueError(f"learn_mixture_weights applies to the mog prior only, not {self.prior}; "
-                             f"use prior mog")
+            raise ValueError(f"learn_mixture_weights applies to the mog prior only, not {self.prior}; use prior mog")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         if self.sigma is not None and self.likelihood != "gaussian":
-            raise ValueError(f"sigma is the fixed standard deviation of the gaussian likelihood, not of "
-                             f"{self.likelihood}; use likelihood gaussian, or no sigma")
+            raise ValueError(
+                f"sigma is the fixed standard deviation of the gaussian likelihood, not of "
+                f"{self.likelihood}; use likelihood gaussian, or no sigma"
+            )
         if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive number, got {self.sigma}")
         if self.layers < 1:
@@ -200,17 +251,23 @@ class TrainConfig:
         if self.kl_warmup < 0:
             raise ValueError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}")
         if self.kl_warmup and self.objective != "vae":
-            raise ValueError(f"kl_warmup applies to the vae objective (the ELBO) only, not {self.objective}; "
-                             f"use objective vae or kl_warmup 0")
+            raise ValueError(
+                f"kl_warmup applies to the vae objective (the ELBO) only, not {self.objective}; "
+                f"use objective vae or kl_warmup 0"
+            )
         if self.network != "mlp" and self.layers != 1:
-            raise ValueError(f"network {self.network} has one stochastic layer, got layers {self.layers}; "
-                             f"use network mlp for 2 layers")
+            raise ValueError(
+                f"network {self.network} has one stochastic layer, got layers {self.layers}; "
+                f"use network mlp for 2 layers"
+            )
         self.binarization  # noqa: B018 - the property validates binarize
         if self.dequantize:
             likelihood = self.likelihood
             if likelihood in ("bernoulli", "logistic256"):
-                raise ValueError(f"dequantize applies to continuous likelihoods (gaussian), not to {likelihood}, "
-                                 f"which models the 8-bit values themselves")
+                raise ValueError(
+                    f"dequantize applies to continuous likelihoods (gaussian), not to {likelihood}, "
+                    f"which models the 8-bit values themselves"
+                )
             if self.binarization != "none":
                 raise ValueError(f"dequantize applies to grey levels: use binarize none (or auto), not {self.binarize}")
         if self.network != "conv":  # conv validates against the data's image shape when the model is built
@@ -236,16 +293,19 @@ class TrainConfig:
         # deferred: the data loaders load PyTorch, which a config (read by ``iwae train --help``) must not
         from ..data import load_dataset
 
-        return load_dataset(self.dataset, data_dir or self.data_dir, binarize=self.binarization,
-                                        dequantize=self.dequantize, **kwargs)
+        return load_dataset(
+            self.dataset, data_dir or self.data_dir, binarize=self.binarization, dequantize=self.dequantize, **kwargs
+        )
 
     def model_config(self, input_dim: int, image_shape: tuple[int, ...] | None = None) -> ModelConfig:
         """The network sizes: ``latent_dims`` / ``hidden_dims`` where given, else Burda et al.'s for ``layers``
         (the gated network's default widths are the VampPrior paper's 300, 300; conv's channels 32, 64)."""
         if self.latent_dims is None or self.hidden_dims is None:
             if self.layers not in (1, 2):
-                raise ValueError(f"{self.layers} stochastic layers need explicit latent_dims and hidden_dims "
-                                 f"(Burda et al. define 1 and 2)")
+                raise ValueError(
+                    f"{self.layers} stochastic layers need explicit latent_dims and hidden_dims "
+                    f"(Burda et al. define 1 and 2)"
+                )
             burda = ModelConfig.burda(self.layers, input_dim)
         latent = self.latent_dims or burda.latent_dims
         default_hidden = {"gated": ((300, 300),), "conv": ((32, 64),)}.get(self.network)
@@ -253,9 +313,18 @@ class TrainConfig:
         if len(latent) != self.layers:
             raise ValueError(f"latent_dims {list(latent)} has {len(latent)} entries for {self.layers} layers")
         extra = {} if self.network == "mlp" else {"network": self.network}
-        return ModelConfig(input_dim, tuple(latent), tuple(map(tuple, hidden)), self.prior, self.components,
-                           self.learn_mixture_weights, likelihood=self.likelihood,
-                           sigma=None if self.sigma is None else float(self.sigma), image_shape=image_shape, **extra)
+        return ModelConfig(
+            input_dim,
+            tuple(latent),
+            tuple(map(tuple, hidden)),
+            self.prior,
+            self.components,
+            self.learn_mixture_weights,
+            likelihood=self.likelihood,
+            sigma=None if self.sigma is None else float(self.sigma),
+            image_shape=image_shape,
+            **extra,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -311,7 +380,6 @@ def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> Trai
     return TrainConfig.from_dict(values)
 
 
-
 def _matches(value: object, hint: object) -> bool:
     """Whether ``value`` has the type a TrainConfig field declares (``int | None``, ``list[int]``, ...)."""
     origin = typing.get_origin(hint)
@@ -343,7 +411,4 @@ def _check_types(config: TrainConfig) -> None:
             extra = ""
             if isinstance(value, str) and "float" in hint:
                 extra = " (YAML reads 1e-3 as text: write 1.0e-3)"
-            raise ValueError(f"config key {f.name!r} must be {hint}, got {value!r} "
-                             f"({type(value).__name__}){extra}")
-
-
+            raise ValueError(f"config key {f.name!r} must be {hint}, got {value!r} ({type(value).__name__}){extra}")

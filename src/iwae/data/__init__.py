@@ -76,14 +76,14 @@ from ..errors import DataError
 from .files import default_cache_dir
 from .load import load_dataset, missing_files
 from .registry import (
-                       BINARIZATIONS,
-                       DATASETS,
-                       TEST_BINARIZATION_SEED,
-                       TEST_DEQUANTIZATION_SEED,
-                       TRAIN_BINARIZATION_SEED,
-                       VALID_BINARIZATION_SEED,
-                       VALID_DEQUANTIZATION_SEED,
-                       resolve_binarize,
+    BINARIZATIONS,
+    DATASETS,
+    TEST_BINARIZATION_SEED,
+    TEST_DEQUANTIZATION_SEED,
+    TRAIN_BINARIZATION_SEED,
+    VALID_BINARIZATION_SEED,
+    VALID_DEQUANTIZATION_SEED,
+    resolve_binarize,
 )
 from .splits import Splits
 from .transforms import binarize, dequantize, fixed_binarization, fixed_dequantization

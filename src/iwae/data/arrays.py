@@ -29,7 +29,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise DataError(f"{path} holds object arrays (pickled); save plain numeric arrays instead") from None
-        raise DataError(f"{path} is corrupt or truncated, or not a .npz file ({e}); write it again with numpy.savez") from None
+        raise DataError(
+            f"{path} is corrupt or truncated, or not a .npz file ({e}); write it again with numpy.savez"
+        ) from None
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError) as e:
         raise DataError(
             f"{path} is corrupt or truncated, or not a .npz file ({type(e).__name__}: {e}); "
@@ -44,9 +46,13 @@ def _read_npy(path: Path) -> np.ndarray:
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise DataError(f"{path} holds an object array (pickled); save a plain numeric array instead") from None
-        raise DataError(f"{path} is corrupt or truncated, or not a .npy file ({e}); write it again with numpy.save") from None
+        raise DataError(
+            f"{path} is corrupt or truncated, or not a .npy file ({e}); write it again with numpy.save"
+        ) from None
     except (EOFError, OSError) as e:
-        raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); write it again with numpy.save") from None
+        raise DataError(
+            f"{path} is corrupt or truncated ({type(e).__name__}: {e}); write it again with numpy.save"
+        ) from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path} is a .npz archive, not a .npy file; name it .npz")
     return arr
@@ -57,8 +63,8 @@ def _holdout(n: int) -> int:
 
 
 def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Splits:
-    path = Path(spec[len("npz:"):]).expanduser()
-    if not spec[len("npz:"):]:
+    path = Path(spec[len("npz:") :]).expanduser()
+    if not spec[len("npz:") :]:
         raise DataError("dataset 'npz:' needs a path, e.g. npz:/path/to/images.npz")
     if not path.is_file():
         raise DataError(f"user data file {path} not found; give an existing .npz or .npy file as npz:PATH")
@@ -76,7 +82,9 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
     elif head == b"\x93NUMPY":
         splits = {"all": _read_npy(path)}
     else:
-        raise DataError(f"{path} is neither a .npz nor a .npy file (or it is corrupt); save it with numpy.savez or numpy.save")
+        raise DataError(
+            f"{path} is neither a .npz nor a .npy file (or it is corrupt); save it with numpy.savez or numpy.save"
+        )
 
     checked: dict[str, np.ndarray] = {}
     feature_shape = None
@@ -98,15 +106,17 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
         n = x.shape[0]
         k = _holdout(n)
         if n - 2 * k < 1:
-            raise DataError(f"{path} has only {n} images; a .npy file needs at least 3 (split 80/10/10 into train/valid/test)")
-        checked = {"train": x[: n - 2 * k], "valid": x[n - 2 * k: n - k], "test": x[n - k:]}
+            raise DataError(
+                f"{path} has only {n} images; a .npy file needs at least 3 (split 80/10/10 into train/valid/test)"
+            )
+        checked = {"train": x[: n - 2 * k], "valid": x[n - 2 * k : n - k], "test": x[n - k :]}
     elif "valid" not in checked:
         x = checked["train"]
         n = x.shape[0]
         k = _holdout(n)
         if n - k < 1:
             raise DataError(f"{path} array 'train' has only {n} image; add an array 'valid' or more training images")
-        checked["train"], checked["valid"] = x[: n - k], x[n - k:]
+        checked["train"], checked["valid"] = x[: n - k], x[n - k :]
 
     assert feature_shape is not None
     if len(feature_shape) in (2, 3):

@@ -32,14 +32,16 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         ) from None
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is corrupt or truncated: only {len(raw)} bytes after decompression; delete it and re-download it")
+        raise DataError(
+            f"{path} is corrupt or truncated: only {len(raw)} bytes after decompression; delete it and re-download it"
+        )
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise DataError(
             f"{path} is not an IDX file of the expected kind: magic number 0x{found:x}, expected 0x{magic:x}; "
             "check that the file names are not swapped, or delete it and re-download it"
         )
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = math.prod(dims)
     if len(raw) - header != expected:
         raise DataError(
@@ -49,8 +51,16 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str, ...],
-                      dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
+def _load_idx_dataset(
+    name: str,
+    what: str,
+    sha: dict[str, str],
+    urls: tuple[str, ...],
+    dirs: list[Path],
+    download: bool,
+    mode: str = "dynamic",
+    deq: bool = False,
+) -> Splits:
     paths = {f: _locate((f,), dirs, download, urls, "sha256", sha[f], what) for f in MNIST_FILES}
     x_train = _read_idx(paths["train-images-idx3-ubyte.gz"], 0x803, 3)
     y_train = _read_idx(paths["train-labels-idx1-ubyte.gz"], 0x801, 1)
@@ -58,8 +68,10 @@ def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str
     y_test = _read_idx(paths["t10k-labels-idx1-ubyte.gz"], 0x801, 1)
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
         if x.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
-            raise DataError(f"{what} {split} images have shape {x.shape[1:]}, expected (28, 28); "
-                            "delete the files and re-download them")
+            raise DataError(
+                f"{what} {split} images have shape {x.shape[1:]}, expected (28, 28); "
+                "delete the files and re-download them"
+            )
         if x.shape[0] != y.shape[0]:
             raise DataError(
                 f"{what} {split} files disagree: {x.shape[0]} images but {y.shape[0]} labels; "
@@ -67,14 +79,22 @@ def _load_idx_dataset(name: str, what: str, sha: dict[str, str], urls: tuple[str
             )
     n = x_train.shape[0]
     if n <= registry.MNIST_N_VALID:
-        raise DataError(f"{what} has only {n} training images, need more than {registry.MNIST_N_VALID}; "
-                        "delete the files and re-download them")
+        raise DataError(
+            f"{what} has only {n} training images, need more than {registry.MNIST_N_VALID}; "
+            "delete the files and re-download them"
+        )
     grey_train = x_train.reshape(n, _IMAGE_DIM).astype(np.float32) / np.float32(255)
     grey_test = x_test.reshape(x_test.shape[0], _IMAGE_DIM).astype(np.float32) / np.float32(255)
     cut = n - registry.MNIST_N_VALID
     return _dynamic_splits(
-        name, grey_train[:cut], grey_train[cut:], grey_test, (_IMAGE_SIDE, _IMAGE_SIDE),
-        labels=(y_train[:cut], y_train[cut:], y_test), mode=mode, deq=deq,
+        name,
+        grey_train[:cut],
+        grey_train[cut:],
+        grey_test,
+        (_IMAGE_SIDE, _IMAGE_SIDE),
+        labels=(y_train[:cut], y_train[cut:], y_test),
+        mode=mode,
+        deq=deq,
     )
 
 
@@ -114,7 +134,9 @@ def _parse_amat(path: Path) -> np.ndarray:
     if raw.startswith(b"MATLAB"):
         mat = _read_mat(path, raw)
         if "X" not in mat:
-            raise DataError(f"{path} is a MATLAB file without variable 'X'; replace it with Larochelle's text .amat file")
+            raise DataError(
+                f"{path} is a MATLAB file without variable 'X'; replace it with Larochelle's text .amat file"
+            )
         arr = np.asarray(mat["X"])
     else:
         width = 2 * _IMAGE_DIM
@@ -122,8 +144,7 @@ def _parse_amat(path: Path) -> np.ndarray:
         if a.size and a.size % width == 0:
             a = a.reshape(-1, width)
             digits = a[:, ::2]
-            if ((a[:, 1:-1:2] == 32).all() and (a[:, -1] == 10).all()
-                    and ((digits == 48) | (digits == 49)).all()):
+            if (a[:, 1:-1:2] == 32).all() and (a[:, -1] == 10).all() and ((digits == 48) | (digits == 49)).all():
                 return digits - np.uint8(48)
         # general text: any whitespace, values such as "0.0"
         try:
@@ -155,12 +176,20 @@ def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static"
         arrays = {}
         for split, f in _AMAT_FILES.items():
             try:
-                p = _locate((f,), dirs, download, registry.BINARIZED_MNIST_URLS, "sha256",
-                            registry.BINARIZED_MNIST_AMAT_SHA256[f], what)
+                p = _locate(
+                    (f,),
+                    dirs,
+                    download,
+                    registry.BINARIZED_MNIST_URLS,
+                    "sha256",
+                    registry.BINARIZED_MNIST_AMAT_SHA256[f],
+                    what,
+                )
             except DataError as e:
                 if "not found" in str(e):
-                    raise DataError(str(e).replace(
-                        f"file {f} not found", f"file {BINARIZED_MNIST_NPZ} (or {f}) not found", 1)) from None
+                    raise DataError(
+                        str(e).replace(f"file {f} not found", f"file {BINARIZED_MNIST_NPZ} (or {f}) not found", 1)
+                    ) from None
                 raise
             arrays[split] = _parse_amat(p)
     t = {k: _to_tensor(v) for k, v in arrays.items()}
@@ -184,26 +213,42 @@ def _read_mat(path: Path, raw: bytes | None = None) -> dict:
 def _omniglot_images(mat: dict, key: str, path: Path) -> np.ndarray:
     """Convert a (784, N) Fortran-order array to (N, 784) row-major images, as Burda et al.'s code."""
     if key not in mat:
-        raise DataError(f"{path} has no variable '{key}'; it needs 'data' and 'testdata' as in Burda et al.'s chardata.mat")
+        raise DataError(
+            f"{path} has no variable '{key}'; it needs 'data' and 'testdata' as in Burda et al.'s chardata.mat"
+        )
     data = np.asarray(mat[key])
     if data.dtype.kind not in "biuf" or data.ndim != 2 or data.shape[0] != _IMAGE_DIM or data.shape[1] == 0:
-        raise DataError(f"{path} variable '{key}' has dtype {data.dtype} and shape {data.shape}; expected (784, N) numbers")
+        raise DataError(
+            f"{path} variable '{key}' has dtype {data.dtype} and shape {data.shape}; expected (784, N) numbers"
+        )
     if not np.isfinite(data).all() or data.min() < 0 or data.max() > 1:
-        raise DataError(f"{path} variable '{key}' has values outside [0, 1] or not finite; replace the file with the original")
+        raise DataError(
+            f"{path} variable '{key}' has values outside [0, 1] or not finite; replace the file with the original"
+        )
     # Burda et al.: data.T.reshape((-1, 28, 28)).reshape((-1, 28*28), order='fortran')
     images = data.T.reshape((-1, _IMAGE_SIDE, _IMAGE_SIDE)).reshape((-1, _IMAGE_DIM), order="F")
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def _load_omniglot(dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
-    path = _locate(registry.OMNIGLOT_FILES, dirs, download, registry.OMNIGLOT_URLS, "git-blob", registry.OMNIGLOT_GIT_BLOB_SHA1, "OMNIGLOT")
+    path = _locate(
+        registry.OMNIGLOT_FILES,
+        dirs,
+        download,
+        registry.OMNIGLOT_URLS,
+        "git-blob",
+        registry.OMNIGLOT_GIT_BLOB_SHA1,
+        "OMNIGLOT",
+    )
     mat = _read_mat(path)
     train = _omniglot_images(mat, "data", path)
     test = _omniglot_images(mat, "testdata", path)
     n = train.shape[0]
     if n <= registry.OMNIGLOT_N_VALID:
-        raise DataError(f"{path} has only {n} training images, need more than {registry.OMNIGLOT_N_VALID}; "
-                        "replace it with the original")
+        raise DataError(
+            f"{path} has only {n} training images, need more than {registry.OMNIGLOT_N_VALID}; "
+            "replace it with the original"
+        )
     train = train[np.random.RandomState(registry.OMNIGLOT_PERMUTATION_SEED).permutation(n)]
     cut = n - registry.OMNIGLOT_N_VALID
     return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq)

@@ -104,8 +104,10 @@ def _verify_file(path: Path, kind: str, expected: str | tuple[str, ...], what: s
 
 # --------------------------------------------------------------------------- download
 
-def _download(urls: tuple[str, ...], name: str, dest_dir: Path, kind: str,
-              expected: str | tuple[str, ...], what: str) -> tuple[Path | None, str]:
+
+def _download(
+    urls: tuple[str, ...], name: str, dest_dir: Path, kind: str, expected: str | tuple[str, ...], what: str
+) -> tuple[Path | None, str]:
     """Download ``name`` from the first working base URL into ``dest_dir``, verified.
 
     Returns (path, "") on success, (None, reason) if no source could be reached.
@@ -147,9 +149,7 @@ def _download(urls: tuple[str, ...], name: str, dest_dir: Path, kind: str,
                         h.update(chunk)
             actual = h.hexdigest()
             if actual not in accepted:
-                mismatches.append(
-                    f"{url} gave {_hash_label(kind)} {actual}, expected {' or '.join(accepted)}"
-                )
+                mismatches.append(f"{url} gave {_hash_label(kind)} {actual}, expected {' or '.join(accepted)}")
                 continue
             final = dest_dir / name
             os.replace(tmp, final)
@@ -170,8 +170,15 @@ def _download(urls: tuple[str, ...], name: str, dest_dir: Path, kind: str,
     return None, "; ".join(reasons)
 
 
-def _locate(names: tuple[str, ...], dirs: list[Path], download: bool, urls: tuple[str, ...],
-            kind: str, expected: str | tuple[str, ...], what: str) -> Path:
+def _locate(
+    names: tuple[str, ...],
+    dirs: list[Path],
+    download: bool,
+    urls: tuple[str, ...],
+    kind: str,
+    expected: str | tuple[str, ...],
+    what: str,
+) -> Path:
     """Find the first of ``names`` in ``dirs`` (in order), else download ``names[0]``; verify it."""
     for d in dirs:
         for n in names:

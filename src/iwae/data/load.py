@@ -28,11 +28,13 @@ def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
     if name.startswith("npz:"):
-        path = Path(name[len("npz:"):]).expanduser()
+        path = Path(name[len("npz:") :]).expanduser()
         return [] if path.is_file() else [str(path)]
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays")
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays"
+        )
     dirs = _search_dirs(data_dir, _SUBDIRS[key])
 
     def present(names: tuple[str, ...]) -> bool:
@@ -47,8 +49,14 @@ def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[
     return [] if present(registry.OMNIGLOT_FILES) else [registry.OMNIGLOT_FILES[0]]
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
-                 binarize: str = "dynamic", dequantize: bool = False) -> Splits:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    binarize: str = "dynamic",
+    dequantize: bool = False,
+) -> Splits:
     """Load a benchmark dataset (one of :data:`DATASETS`) or user arrays (``"npz:PATH"``) as :class:`Splits`.
 
     Files are searched in ``data_dir`` (else ``$IWAE_DATA_DIR``), in its
@@ -86,13 +94,25 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         return _load_user_arrays(name, mode, dequantize)
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays")
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or npz:PATH for your own arrays"
+        )
     dirs = _search_dirs(data_dir, _SUBDIRS[key])
     if key == "mnist":
-        return _load_idx_dataset("mnist", "MNIST", registry.MNIST_SHA256, registry.MNIST_URLS, dirs, download, mode, dequantize)
+        return _load_idx_dataset(
+            "mnist", "MNIST", registry.MNIST_SHA256, registry.MNIST_URLS, dirs, download, mode, dequantize
+        )
     if key == "fashion-mnist":
-        return _load_idx_dataset("fashion-mnist", "Fashion-MNIST", registry.FASHION_MNIST_SHA256, registry.FASHION_MNIST_URLS, dirs,
-                                 download, mode, dequantize)
+        return _load_idx_dataset(
+            "fashion-mnist",
+            "Fashion-MNIST",
+            registry.FASHION_MNIST_SHA256,
+            registry.FASHION_MNIST_URLS,
+            dirs,
+            download,
+            mode,
+            dequantize,
+        )
     if key == "binarized-mnist":
         if dequantize:
             raise DataError("binarized-mnist is binary: dequantize applies to 8-bit grey levels (mnist, fashion-mnist)")

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from ..choices import BINARIZATIONS, DATASETS, resolve_binarize
 
-__all__ = ["DATASETS", "BINARIZATIONS", "resolve_binarize", "TEST_BINARIZATION_SEED", "VALID_BINARIZATION_SEED",
-           "TRAIN_BINARIZATION_SEED", "VALID_DEQUANTIZATION_SEED", "TEST_DEQUANTIZATION_SEED"]
+__all__ = [
+    "DATASETS",
+    "BINARIZATIONS",
+    "resolve_binarize",
+    "TEST_BINARIZATION_SEED",
+    "VALID_BINARIZATION_SEED",
+    "TRAIN_BINARIZATION_SEED",
+    "VALID_DEQUANTIZATION_SEED",
+    "TEST_DEQUANTIZATION_SEED",
+]
 
 #: Seed of the one-time binarization of the test split of dynamically binarized datasets.
 TEST_BINARIZATION_SEED: int = 20160201
@@ -39,9 +47,7 @@ MNIST_URLS: tuple[str, ...] = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 FASHION_MNIST_URLS: tuple[str, ...] = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
-BINARIZED_MNIST_URLS: tuple[str, ...] = (
-    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
-)
+BINARIZED_MNIST_URLS: tuple[str, ...] = ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",)
 OMNIGLOT_URLS: tuple[str, ...] = ("https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/",)
 
 MNIST_FILES = (

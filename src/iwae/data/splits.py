@@ -92,13 +92,11 @@ def _check_array(arr: np.ndarray, what: str, grey8: bool | None = None) -> np.nd
             f"pixel values in [0, 1]"
         )
     if arr.ndim not in (2, 3, 4):
-        raise DataError(
-            f"{what} has shape {arr.shape}; expected (N, D), (N, H, W) or (N, C, H, W) images"
-        )
+        raise DataError(f"{what} has shape {arr.shape}; expected (N, D), (N, H, W) or (N, C, H, W) images")
     if arr.size == 0:
         raise DataError(f"{what} is empty (shape {arr.shape}); it needs at least one image with at least one pixel")
     if arr.dtype == np.uint8 and (not _is_binary(arr) if grey8 is None else grey8):
-        return (arr.reshape(arr.shape[0], -1).astype(np.float32) / np.float32(255))
+        return arr.reshape(arr.shape[0], -1).astype(np.float32) / np.float32(255)
     if kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{what} contains NaN or infinite values; replace them with values in [0, 1]")
     lo, hi = arr.min(), arr.max()
@@ -126,9 +124,16 @@ def _on_8bit_grid(x: np.ndarray) -> bool:
     return bool(np.all(np.abs(x.astype(np.float64) * 255 - np.round(x.astype(np.float64) * 255)) < 1e-3))
 
 
-def _dynamic_splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.ndarray,
-                    image_shape: tuple[int, ...] | None, labels: tuple | None = None,
-                    mode: str = "dynamic", deq: bool = False) -> Splits:
+def _dynamic_splits(
+    name: str,
+    train: np.ndarray,
+    valid: np.ndarray,
+    test: np.ndarray,
+    image_shape: tuple[int, ...] | None,
+    labels: tuple | None = None,
+    mode: str = "dynamic",
+    deq: bool = False,
+) -> Splits:
     """Grey-level splits, binarized as ``mode`` says (module docstring); dequantised where ``deq``."""
     lab = [None, None, None] if labels is None else [_to_tensor(y, torch.int64) for y in labels]
     if deq:
@@ -136,8 +141,10 @@ def _dynamic_splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.nd
             raise DataError(f"dequantize applies to grey levels (binarize none), not to binarize {mode}")
         for split in (train, valid, test):
             if not _on_8bit_grid(split):
-                raise DataError(f"{name} is not 8-bit data (values k/255): uniform dequantisation needs 8-bit grey "
-                                f"levels; train it without dequantize")
+                raise DataError(
+                    f"{name} is not 8-bit data (values k/255): uniform dequantisation needs 8-bit grey "
+                    f"levels; train it without dequantize"
+                )
         valid = fixed_dequantization(valid, VALID_DEQUANTIZATION_SEED)
         test = fixed_dequantization(test, TEST_DEQUANTIZATION_SEED)
     elif mode != "none":
@@ -145,5 +152,16 @@ def _dynamic_splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.nd
             train = fixed_binarization(train, TRAIN_BINARIZATION_SEED)
         valid = fixed_binarization(valid, VALID_BINARIZATION_SEED)
         test = fixed_binarization(test, TEST_BINARIZATION_SEED)
-    return Splits(name, _to_tensor(train), _to_tensor(valid), _to_tensor(test), mode == "dynamic",
-                  lab[0], lab[1], lab[2], image_shape, mode, deq)
+    return Splits(
+        name,
+        _to_tensor(train),
+        _to_tensor(valid),
+        _to_tensor(test),
+        mode == "dynamic",
+        lab[0],
+        lab[1],
+        lab[2],
+        image_shape,
+        mode,
+        deq,
+    )

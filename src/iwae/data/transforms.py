@@ -65,5 +65,7 @@ def fixed_dequantization(x: np.ndarray, seed: int) -> np.ndarray:
     x = np.asarray(x)
     out = np.empty(x.shape, dtype=np.float32)
     for rows, u in _fixed_uniform_rows(x.reshape(x.shape[0], -1), seed):
-        out.reshape(x.shape[0], -1)[rows] = (np.round(x.reshape(x.shape[0], -1)[rows].astype(np.float64) * 255) + u) / 256
+        out.reshape(x.shape[0], -1)[rows] = (
+            np.round(x.reshape(x.shape[0], -1)[rows].astype(np.float64) * 255) + u
+        ) / 256
     return out

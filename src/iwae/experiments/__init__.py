@@ -17,6 +17,21 @@ from .engine import Summary, plan, reproduce
 from .report import markdown_report, read_reproduction, write_report
 from .spec import Experiment, ExperimentError, RunSpec, experiment_from_dict, load_experiment, shipped_experiments
 
-__all__ = ["engine", "published", "report", "spec", "Experiment", "ExperimentError", "RunSpec", "Summary",
-           "experiment_from_dict", "load_experiment", "markdown_report", "plan", "read_reproduction", "reproduce",
-           "shipped_experiments", "write_report"]
+__all__ = [
+    "engine",
+    "published",
+    "report",
+    "spec",
+    "Experiment",
+    "ExperimentError",
+    "RunSpec",
+    "Summary",
+    "experiment_from_dict",
+    "load_experiment",
+    "markdown_report",
+    "plan",
+    "read_reproduction",
+    "reproduce",
+    "shipped_experiments",
+    "write_report",
+]

@@ -47,8 +47,19 @@ from .executors import _device_failure_written, _Inline, _Pool, _Ray
 from .plan import PlannedRun, estimate_seconds, finished_result, plan, plan_text
 from .spec import Experiment, RunSpec, load_experiment
 
-__all__ = ["reproduce", "plan", "execute_run", "estimate_seconds", "Summary", "STATE_FILE", "is_device_failure",
-           "plan_text", "summary_text", "finished_result", "hardware"]
+__all__ = [
+    "reproduce",
+    "plan",
+    "execute_run",
+    "estimate_seconds",
+    "Summary",
+    "STATE_FILE",
+    "is_device_failure",
+    "plan_text",
+    "summary_text",
+    "finished_result",
+    "hardware",
+]
 
 STATE_FILE = "reproduction.json"
 
@@ -72,9 +83,11 @@ def summary_text(name: str, summary: Summary) -> tuple[str, list[str]]:
     """What ``iwae reproduce`` prints when it ends: the counts of each status, and one line per
     failed or blocked run with its error."""
     counts = {s: list(summary.status.values()).count(s) for s in ("done", "skipped", "failed", "blocked")}
-    text = (f"{name}: {counts['done']} run(s) done, {counts['skipped']} finished before, {counts['failed']} failed, "
-            f"{counts['blocked']} blocked; see {summary.out_dir / 'reproduction.json'}; "
-            f"report with: iwae report {summary.out_dir}")
+    text = (
+        f"{name}: {counts['done']} run(s) done, {counts['skipped']} finished before, {counts['failed']} failed, "
+        f"{counts['blocked']} blocked; see {summary.out_dir / 'reproduction.json'}; "
+        f"report with: iwae report {summary.out_dir}"
+    )
     return text, [f"  {n}: {summary.results.get(n, {}).get('error', 'its dependency failed')}" for n in summary.failed]
 
 
@@ -84,11 +97,16 @@ def _cpu_count() -> int:
 
 def _describe(workers: int, threads: int, device: str, ray: str | None, cpus: int) -> str:
     if ray:
-        return f"ray ({ray}): one task per run, {cpus} CPU{'s' if cpus > 1 else ''}" + \
-            (" and 1 GPU" if device == "cuda" else "") + " each"
+        return (
+            f"ray ({ray}): one task per run, {cpus} CPU{'s' if cpus > 1 else ''}"
+            + (" and 1 GPU" if device == "cuda" else "")
+            + " each"
+        )
     if device == "cuda":
         return f"local: {workers} worker process{'es' if workers > 1 else ''} on the GPUs in turn"
-    return f"local: {workers} worker process{'es' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    return (
+        f"local: {workers} worker process{'es' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    )
 
 
 def reproduce(
@@ -160,10 +178,22 @@ def reproduce(
             executor = _Pool(workers, threads, device, progress=progress and workers == 1)
         # in this process, as the runs would be: worker processes keep each run apart (a worker that
         # dies takes one run down, a device failure is retried alone), so runs given to them train alone
-        batches = _train_batches(planned, out_dir, data_dir, device, threads, progress, splits) \
-            if batch and isinstance(executor, _Inline) else []
-        summary = _run_all(exp, protocol, overrides, planned, out_dir, executor, data_dir,
-                           _describe(workers, threads, device, ray, cpus_per_run), progress)
+        batches = (
+            _train_batches(planned, out_dir, data_dir, device, threads, progress, splits)
+            if batch and isinstance(executor, _Inline)
+            else []
+        )
+        summary = _run_all(
+            exp,
+            protocol,
+            overrides,
+            planned,
+            out_dir,
+            executor,
+            data_dir,
+            _describe(workers, threads, device, ray, cpus_per_run),
+            progress,
+        )
         summary.batches = batches
         return summary
     finally:
@@ -179,24 +209,46 @@ def _lock(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise ValueError(f"another iwae reproduce is writing to {out_dir}; wait for it to finish or use "
-                             f"another --out") from None
+            raise ValueError(
+                f"another iwae reproduce is writing to {out_dir}; wait for it to finish or use another --out"
+            ) from None
     return handle
 
 
-def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: list[PlannedRun], out_dir: Path,
-             executor, data_dir: str | None, executor_name: str, progress: bool) -> Summary:
+def _run_all(
+    exp: Experiment,
+    protocol: str,
+    overrides: dict | None,
+    planned: list[PlannedRun],
+    out_dir: Path,
+    executor,
+    data_dir: str | None,
+    executor_name: str,
+    progress: bool,
+) -> Summary:
     """Runs the planned runs that are not done, each once its dependency is done, and keeps
     ``reproduction.json`` up to date."""
     summary = Summary(out_dir)
     state = {
-        "experiment": exp.name, "title": exp.title, "description": exp.description, "source": exp.source,
-        "protocol": {"name": protocol, "description": str(exp.protocols[protocol].get("description", "")).strip(),
-                     "settings": exp.protocol_settings(protocol, overrides), "overrides": dict(overrides or {})},
-        "published": exp.published_table(), "figures": exp.figures, "compare": exp.comparisons,
+        "experiment": exp.name,
+        "title": exp.title,
+        "description": exp.description,
+        "source": exp.source,
+        "protocol": {
+            "name": protocol,
+            "description": str(exp.protocols[protocol].get("description", "")).strip(),
+            "settings": exp.protocol_settings(protocol, overrides),
+            "overrides": dict(overrides or {}),
+        },
+        "published": exp.published_table(),
+        "figures": exp.figures,
+        "compare": exp.comparisons,
         "runs": [{**p.spec.to_dict(), "status": "done" if p.state == "done" else "pending"} for p in planned],
-        "started": datetime.now().isoformat(timespec="seconds"), "finished": None, "wall_seconds": None,
-        "executor": executor_name, "hardware": hardware("cpu"),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "finished": None,
+        "wall_seconds": None,
+        "executor": executor_name,
+        "hardware": hardware("cpu"),
     }
     entry = {r["name"]: r for r in state["runs"]}
     t_start = time.perf_counter()
@@ -205,15 +257,20 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         before = json.loads((out_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         before = None
-    if isinstance(before, dict) and before.get("experiment") == exp.name and before.get("protocol") == state["protocol"]:
+    if (
+        isinstance(before, dict)
+        and before.get("experiment") == exp.name
+        and before.get("protocol") == state["protocol"]
+    ):
         # the same reproduction again (resumed, or another selection of its runs): keep its first start,
         # add up its wall time, and keep the runs an earlier selection ran, in the experiment's order
         state["started"] = before.get("started") or state["started"]
         earlier_seconds = float(before.get("wall_seconds") or 0.0)
         order = [r.name for r in exp.resolve(protocol, overrides=overrides)]
         kept = [r for r in before.get("runs", []) if isinstance(r, dict) and r.get("name") not in entry]
-        state["runs"] = sorted(kept + state["runs"],
-                               key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        state["runs"] = sorted(
+            kept + state["runs"], key=lambda r: order.index(r["name"]) if r["name"] in order else len(order)
+        )
 
     def save() -> None:
         with atomic_write(out_dir / STATE_FILE) as f:
@@ -231,9 +288,11 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
         save()
         if result["status"] == "done":
             m = result["metrics"]
-            say(f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
+            say(
+                f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
                 f"active units {'+'.join(map(str, result['active_units']))}, "
-                f"{result['train_seconds'] + result['eval_seconds']:.0f} s")
+                f"{result['train_seconds'] + result['eval_seconds']:.0f} s"
+            )
         else:
             say(f"[{finished}/{len(planned)}] {spec.name}: FAILED: {result['error']}")
 
@@ -317,8 +376,10 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
                         suspects.add(spec.name)
                         pending.insert(0, spec)
                     elif spec.name in suspects:  # it ran alone: its own worker died
-                        fail(spec, "its worker process died (killed, or out of memory?) twice, the second time "
-                                   "running alone")
+                        fail(
+                            spec,
+                            "its worker process died (killed, or out of memory?) twice, the second time running alone",
+                        )
                     else:
                         broken = True
                         suspects.add(spec.name)
@@ -330,8 +391,9 @@ def _run_all(exp: Experiment, protocol: str, overrides: dict | None, planned: li
                     suspects.add(spec.name)
                     pending.insert(0, spec)
                 running.clear()
-                say("a worker process died; starting new workers and running the runs it took down again, "
-                    "one at a time")
+                say(
+                    "a worker process died; starting new workers and running the runs it took down again, one at a time"
+                )
                 executor.restart()
     finally:
         executor.shutdown()

@@ -39,8 +39,16 @@ def hardware(device: str = "cpu") -> dict:
         pass
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"host": platform.node(), "cpu": cpu, "cores": cores, "threads": torch.get_num_threads(), "device": device,
-            "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": cores,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def is_device_failure(error: BaseException) -> bool:
@@ -50,17 +58,31 @@ def is_device_failure(error: BaseException) -> bool:
     illegal memory access, a launch failure) is sticky, it poisons the process's CUDA context for
     every later run. Either way the run's worker process must go, as if it had died.
     """
-    kinds = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch, "AcceleratorError", None),
-                              getattr(torch.cuda, "OutOfMemoryError", None), getattr(torch.cuda, "CudaError", None))
-                  if isinstance(t, type))
+    kinds = tuple(
+        t
+        for t in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(torch, "AcceleratorError", None),
+            getattr(torch.cuda, "OutOfMemoryError", None),
+            getattr(torch.cuda, "CudaError", None),
+        )
+        if isinstance(t, type)
+    )
     if isinstance(error, kinds):
         return True
     message = str(error)
     return isinstance(error, RuntimeError) and ("CUDA error" in message or "CUDA out of memory" in message)
 
 
-def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: str = "cpu",
-                threads: int | None = None, progress: bool = False, splits=None) -> dict:
+def execute_run(
+    spec: dict,
+    run_dir: str,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: bool = False,
+    splits=None,
+) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
 
     A continued run records the SHA-256 of the model it starts from; if its folder was started from
@@ -86,8 +108,11 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
                 rundir.delete(run_dir)  # started from the old model: train it again from the new
-        if splits is None or (splits.name, splits.binarization, splits.dequantize) != \
-                (config.dataset, config.binarization, config.dequantize):
+        if splits is None or (splits.name, splits.binarization, splits.dequantize) != (
+            config.dataset,
+            config.binarization,
+            config.dequantize,
+        ):
             splits = config.load_data(data_dir)  # once: training and every evaluation share it
         t0 = time.perf_counter()
         done = train_or_resume(config, splits=splits, progress=progress)
@@ -96,15 +121,15 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         ev = run.eval
-        main = evaluate(run_dir, splits=splits, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"],
-                        device=device)
+        main = evaluate(
+            run_dir, splits=splits, k=ev["k"], test_subset=ev["test_subset"], seed=ev["seed"], device=device
+        )
         metrics = {"nll": main["nll"], "nll_stderr": main["nll_stderr"], "log_p_hat": -main["nll"]}
         if main.get("bits_per_dim") is not None:  # a code length (discrete or dequantised): also in bits/dim
             metrics["bits_per_dim"] = main["bits_per_dim"]
             metrics["bits_per_dim_stderr"] = main["nll_stderr"] * main["bits_per_dim"] / main["nll_discrete"]
         for k in ev["bound_ks"]:
-            bound = evaluate(run_dir, splits=splits, k=k, test_subset=ev["test_subset"], seed=ev["seed"],
-                             device=device)
+            bound = evaluate(run_dir, splits=splits, k=k, test_subset=ev["test_subset"], seed=ev["seed"], device=device)
             metrics[f"iwae{k}"] = -bound["nll"]
             metrics[f"iwae{k}_stderr"] = bound["nll_stderr"]
             metrics["neg_kl" if len(ev["bound_ks"]) == 1 else f"neg_kl{k}"] = main["nll"] - bound["nll"]
@@ -112,19 +137,31 @@ def execute_run(spec: dict, run_dir: str, data_dir: str | None = None, device: s
         if ais:
             metrics.update(ais.pop("metrics"))
         result = {
-            "name": run.name, "status": "done", "metrics": metrics,
-            "active_units": main["active_units_per_layer"], "n_test": main["n_test"], "eval_k": ev["k"],
-            "epochs": config.total_epochs, "training": done, "init_sha256": config.init_sha256,
-            "train_seconds": training_seconds(run_dir) or train_seconds, "eval_seconds": time.perf_counter() - t0,
+            "name": run.name,
+            "status": "done",
+            "metrics": metrics,
+            "active_units": main["active_units_per_layer"],
+            "n_test": main["n_test"],
+            "eval_k": ev["k"],
+            "epochs": config.total_epochs,
+            "training": done,
+            "init_sha256": config.init_sha256,
+            "train_seconds": training_seconds(run_dir) or train_seconds,
+            "eval_seconds": time.perf_counter() - t0,
             "model": main["model"],  # the weights measured: epoch and SHA-256 of model.safetensors
-            "hardware": hardware(device), "spec": run.to_dict(),
+            "hardware": hardware(device),
+            "spec": run.to_dict(),
             **({"ais": ais} if ais else {}),  # the AIS settings and images, beside its metrics
         }
         rundir.write_result(run_dir, result)
         return result
     except Exception as e:
-        error = {"name": run.name, "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
-                 "traceback": traceback.format_exc()}
+        error = {
+            "name": run.name,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}".splitlines()[0],
+            "traceback": traceback.format_exc(),
+        }
         if is_device_failure(e):
             error["device_failure"] = True
         rundir.write_error(run_dir, error)
@@ -140,25 +177,35 @@ def _ais_metrics(run_dir: Path, ev: dict, device: str, data_dir: str | None) -> 
     _, ais = rundir.read_evaluation(run_dir, Path(result["files"]["json"]).stem)
     _, l_k = rundir.read_evaluation(run_dir, rundir.eval_name(ev["k"], ev["seed"], ev["test_subset"]))
     gap, gap_stderr = paired_difference(ais, l_k[: len(ais)])
-    return {"metrics": {"nll_ais": result["nll"], "nll_ais_stderr": result["nll_stderr"], "ais_gap": gap,
-                        "ais_gap_stderr": gap_stderr},
-            "n_test": result["n_test"], **{k: result[k] for k in ("steps", "chains", "leapfrog", "schedule", "initial")}}
+    return {
+        "metrics": {
+            "nll_ais": result["nll"],
+            "nll_ais_stderr": result["nll_stderr"],
+            "ais_gap": gap,
+            "ais_gap_stderr": gap_stderr,
+        },
+        "n_test": result["n_test"],
+        **{k: result[k] for k in ("steps", "chains", "leapfrog", "schedule", "initial")},
+    }
 
 
 # ----------------------------------------------------------------------------- runs trained as one batched model
 _BATCH_TRAINED: dict[str, str] = {}  # run folder -> trained or resumed, by _train_batches in this process
 
 
-def _train_batches(planned: list[PlannedRun], out_dir: Path, data_dir: str | None, device: str, threads: int,
-                   progress: bool, splits) -> list[list[str]]:
+def _train_batches(
+    planned: list[PlannedRun], out_dir: Path, data_dir: str | None, device: str, threads: int, progress: bool, splits
+) -> list[list[str]]:
     """Trains each group of :func:`batch_groups` with :func:`iwae.members.train_members`, so that
     ``execute_run`` finds them trained and only evaluates them; a member that fails (nan or inf) is
     left at its last checkpoint, where ``execute_run`` resumes it alone and reports the failure as
     for any run. Returns the groups' run names."""
     names = []
     for group in batch_groups(planned, out_dir, data_dir, device, threads):
-        configs = [p.spec.train_config(out_dir / "runs" / p.spec.name, data_dir=data_dir, device=device,
-                                       threads=threads) for p in group]
+        configs = [
+            p.spec.train_config(out_dir / "runs" / p.spec.name, data_dir=data_dir, device=device, threads=threads)
+            for p in group
+        ]
         dataset = configs[0].dataset
         data = splits if splits is not None and splits.name == dataset else load_dataset(dataset, data_dir)
         names.append([p.spec.name for p in group])
@@ -167,12 +214,17 @@ def _train_batches(planned: list[PlannedRun], out_dir: Path, data_dir: str | Non
         for p in group:
             rundir.clear_error(out_dir / "runs" / p.spec.name)
         try:
-            results = members.train_members(configs, resume=group[0].state == "partial", overwrite=True, progress=progress,
-                                    splits=data)
+            results = members.train_members(
+                configs, resume=group[0].state == "partial", overwrite=True, progress=progress, splits=data
+            )
         except Exception as e:
             if progress:
-                print(f"  batched training failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                      f"the runs train one at a time", file=sys.stderr, flush=True)
+                print(
+                    f"  batched training failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                    f"the runs train one at a time",
+                    file=sys.stderr,
+                    flush=True,
+                )
             names.pop()
             continue
         for p, r in zip(group, results):

@@ -55,8 +55,7 @@ def _init_worker(slots, threads: int, device: str, progress: bool = False) -> No
 
 
 def _pool_run(spec: dict, run_dir: str, data_dir: str | None) -> dict:
-    result = execute_run(spec, run_dir, data_dir, _WORKER["device"], _WORKER["threads"],
-                         _WORKER.get("progress", False))
+    result = execute_run(spec, run_dir, data_dir, _WORKER["device"], _WORKER["threads"], _WORKER.get("progress", False))
     if result.get("device_failure"):
         # out of memory or a CUDA error: this process's CUDA context may be unusable for any later
         # run, so it exits like a dead worker; the pool is rebuilt and the run retried alone, and
@@ -74,8 +73,7 @@ class _Inline:
 
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         future: cf.Future = cf.Future()
-        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress,
-                                      self.splits))
+        future.set_result(execute_run(spec, run_dir, data_dir, self.device, self.threads, self.progress, self.splits))
         return future
 
     def shutdown(self) -> None:
@@ -98,8 +96,12 @@ class _Pool:
         slots = ctx.Queue()
         for i in range(self.workers):
             slots.put(i)
-        self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                           initargs=(slots, self.threads, self.device, self.progress))
+        self.pool = cf.ProcessPoolExecutor(
+            self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(slots, self.threads, self.device, self.progress),
+        )
 
     def submit(self, spec: dict, run_dir: str, data_dir: str | None) -> cf.Future:
         return self.pool.submit(_pool_run, spec, run_dir, data_dir)
@@ -119,8 +121,9 @@ def _device_failure_written(run_dir: Path) -> dict | None:
     return error if error is not None and error.get("device_failure") else None
 
 
-def _ray_task(spec: dict, files: dict[str, bytes], dependency: dict[str, bytes], data_dir: str | None,
-              device: str, threads: int) -> tuple[dict, dict[str, bytes]]:
+def _ray_task(
+    spec: dict, files: dict[str, bytes], dependency: dict[str, bytes], data_dir: str | None, device: str, threads: int
+) -> tuple[dict, dict[str, bytes]]:
     """A run on a Ray worker: rebuild its folder (and its dependency's model) in a temporary
     folder, execute it there, and return its result and files."""
     with tempfile.TemporaryDirectory(prefix="iwae-ray-") as tmp:
@@ -162,15 +165,19 @@ class _Ray:
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ValueError(f"cannot connect to the Ray cluster at {address or 'a new local instance'}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                raise ValueError(
+                    f"cannot connect to the Ray cluster at {address or 'a new local instance'}: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                ) from None
         if device == "cuda":
             # a task asking for a GPU that no node has is never scheduled: Ray would wait for ever
             available = ray.cluster_resources().get("GPU", 0)
             if available < 1:
-                raise ValueError(f"--device cuda, but the Ray cluster at {address or 'a new local instance'} has no "
-                                 f"GPU (ray.cluster_resources() lists {available:g}); its tasks would wait for ever: "
-                                 f"add nodes with GPUs or use --device cpu")
+                raise ValueError(
+                    f"--device cuda, but the Ray cluster at {address or 'a new local instance'} has no "
+                    f"GPU (ray.cluster_resources() lists {available:g}); its tasks would wait for ever: "
+                    f"add nodes with GPUs or use --device cpu"
+                )
         gpus = 1 if device == "cuda" else 0
         # max_calls=1 on a GPU (Ray's default there, said anyway): a worker whose CUDA context a
         # failed run may have poisoned serves no other run

@@ -36,7 +36,9 @@ def estimate_seconds(spec: RunSpec) -> float:
     """Rough seconds one run takes on a 2-core CPU (training + evaluation); for planning only."""
     c = spec.config
     n_train = min(c["train_subset"] or 10**9, TRAIN_IMAGES.get(c["dataset"], 50000))
-    train = spec.total_epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
+    train = (
+        spec.total_epochs * n_train * (TRAIN_BASE + TRAIN_PER_SAMPLE * c["k"]) * ESTIMATOR_COST.get(c["estimator"], 1.0)
+    )
     n_test = min(spec.eval["test_subset"] or 10**9, TEST_IMAGES.get(c["dataset"], 10000))
     evaluation = n_test * EVAL_PER_SAMPLE * (spec.eval["k"] + sum(spec.eval["bound_ks"]))
     return train + evaluation + RUN_OVERHEAD
@@ -47,7 +49,9 @@ class PlannedRun:
     spec: RunSpec
     state: str  # done; partial (a checkpoint to resume); new (including a continued run that must start again)
     seconds: float  # estimated cost if it has to run
-    missing_data: list[str] = field(default_factory=list)  # data files not present locally (a download would fetch them)
+    missing_data: list[str] = field(
+        default_factory=list
+    )  # data files not present locally (a download would fetch them)
 
 
 def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
@@ -66,8 +70,9 @@ def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
     # a changed starting model (init_sha256) restarts the run instead
     diff = [k for k in rundir.changed_settings(old, new) if k != "init_sha256"]
     if diff:
-        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
-                         f"use another --out for another protocol")
+        raise ValueError(
+            f"{run_dir} holds a run with other settings ({', '.join(diff)}); use another --out for another protocol"
+        )
     if spec.after and old.init_sha256 != rundir.dependency_digest(run_dir, spec.after):
         return "new"
     try:
@@ -75,8 +80,9 @@ def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
     except CheckpointError:
         return "new"
     if trained > new.total_epochs:
-        raise ValueError(f"{run_dir} has trained {trained} epochs, more than the {new.total_epochs} asked for; "
-                         f"use another --out")
+        raise ValueError(
+            f"{run_dir} has trained {trained} epochs, more than the {new.total_epochs} asked for; use another --out"
+        )
     return "partial"
 
 
@@ -93,7 +99,9 @@ def plan(runs: list[RunSpec], out_dir: str | os.PathLike, data_dir: str | None =
     missing: dict[str, list[str]] = {}
     out = []
     for spec in runs:
-        states[spec.name] = _state(spec, Path(out_dir) / "runs" / spec.name, states.get(spec.after) if spec.after else None)
+        states[spec.name] = _state(
+            spec, Path(out_dir) / "runs" / spec.name, states.get(spec.after) if spec.after else None
+        )
         dataset = spec.config["dataset"]
         if dataset not in missing:
             missing[dataset] = missing_files(dataset, data_dir or spec.config.get("data_dir"))
@@ -117,22 +125,33 @@ def plan_text(title: str, planned: list[PlannedRun], out_dir: str | os.PathLike)
         after = f", continues {p.spec.after}" if p.spec.after else ""
         # a run whose data is missing cannot start until it is downloaded (or found): say so
         no_data = ", its data is missing" if p.missing_data and p.state != "done" else ""
-        lines.append(f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
-                     f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on {p.spec.eval['test_subset'] or 'all'} "
-                     f"test images{after}  ~{_format_seconds(p.seconds)}{no_data}")
+        lines.append(
+            f"  {p.spec.name:<{width}}  {p.state:<7}  {c['objective']} k={c['k']}, {c['layers']} layer(s), "
+            f"{p.spec.total_epochs} epochs, L_{p.spec.eval['k']} on {p.spec.eval['test_subset'] or 'all'} "
+            f"test images{after}  ~{_format_seconds(p.seconds)}{no_data}"
+        )
     todo = sum(p.seconds for p in planned if p.state != "done")
-    lines.append(f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
-                 f"(rough; divide by --workers on a machine with the cores for them)")
+    lines.append(
+        f"estimated cost of what is left: {_format_seconds(todo)} of one run at a time on a 2-core CPU "
+        f"(rough; divide by --workers on a machine with the cores for them)"
+    )
     missing = sorted({c for p in planned if p.state != "done" for c in p.missing_data})
     if missing:
-        lines.append(f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
-                     f"({', '.join(missing)}): they download it when they start, or fail offline; "
-                     f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it")
+        lines.append(
+            f"data missing for {sum(bool(p.missing_data) and p.state != 'done' for p in planned)} run(s) "
+            f"({', '.join(missing)}): they download it when they start, or fail offline; "
+            f"pass --data-dir DIR or set IWAE_DATA_DIR to a folder that holds it"
+        )
     return "\n".join(lines)
 
 
-def batch_groups(planned: list[PlannedRun], out_dir: Path, data_dir: str | None = None, device: str = "cpu",
-                 threads: int | None = None) -> list[list[PlannedRun]]:
+def batch_groups(
+    planned: list[PlannedRun],
+    out_dir: Path,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> list[list[PlannedRun]]:
     """The groups of two or more planned runs that may train as one batched model: not done, not
     continuing another run, of one :func:`iwae.members.group_key` (all settings but seed, objective,
     estimator, beta, m, ...), stackable, and standing at the same point (new, or checkpointed at the

@@ -29,8 +29,15 @@ import yaml
 
 from ..config.grid import GridPoint, Run, canonical_run
 
-__all__ = ["load", "citation", "burda2016_table1", "burda2016_table2", "burda2016_table3", "rainforth2018",
-           "rainforth_by_run"]
+__all__ = [
+    "load",
+    "citation",
+    "burda2016_table1",
+    "burda2016_table2",
+    "burda2016_table3",
+    "rainforth2018",
+    "rainforth_by_run",
+]
 
 RESOURCE = "references/published.yaml"
 

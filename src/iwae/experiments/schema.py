@@ -15,8 +15,23 @@ FIGURES = ("curves", "samples", "reconstructions", "latent", "grid", "snr")
 PROTOCOL_KEYS = {"test_subset", "eval_k", "description", "seeds"}  # protocol settings that are not TrainConfig fields
 RUN_KEYS = {"name", "continue_from", "protocols", "published"}  # run entries that are not TrainConfig fields
 AIS_KEYS = {"steps", "chains", "leapfrog", "test_subset"}  # evaluate.ais: settings of iwae.ais.ais_evaluate
-TOP_KEYS = {"name", "title", "description", "name_format", "labels", "defaults", "matrix", "runs", "evaluate",
-            "protocols", "published", "figures", "seeds", "grid", "compare"}
+TOP_KEYS = {
+    "name",
+    "title",
+    "description",
+    "name_format",
+    "labels",
+    "defaults",
+    "matrix",
+    "runs",
+    "evaluate",
+    "protocols",
+    "published",
+    "figures",
+    "seeds",
+    "grid",
+    "compare",
+}
 # set per invocation, never by an experiment file: where and how a run executes
 EXECUTION_KEYS = {"out", "data_dir", "device", "threads", "init_from", "init_sha256"}
 _CONFIG_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -26,8 +41,9 @@ def _check_seeds(seeds: object, source: str) -> list[int]:
     """``seeds`` if it is a non-empty list of distinct integers >= 0; else ExperimentError."""
     ok = isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
     if not ok or len(set(seeds)) != len(seeds):
-        raise ExperimentError(f"{source}: seeds must be a list of distinct integers >= 0, e.g. [0, 1, 2, 3], "
-                              f"got {seeds!r}")
+        raise ExperimentError(
+            f"{source}: seeds must be a list of distinct integers >= 0, e.g. [0, 1, 2, 3], got {seeds!r}"
+        )
     return list(seeds)
 
 
@@ -56,7 +72,9 @@ def check_spec(spec: object, source: str) -> dict:
         raise ExperimentError(f"{source} must hold a mapping")
     unknown = set(spec) - TOP_KEYS
     if unknown:
-        raise ExperimentError(f"{source}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise ExperimentError(
+            f"{source}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
+        )
     for key in ("name", "protocols"):
         if key not in spec:
             raise ExperimentError(f"{source} has no {key!r}")
@@ -88,28 +106,42 @@ def check_spec(spec: object, source: str) -> dict:
     for raw in spec["runs"]:
         bad = set(raw) - _CONFIG_KEYS - RUN_KEYS
         if bad or set(raw) & EXECUTION_KEYS:
-            raise ExperimentError(f"{source}: a run sets {', '.join(sorted(bad or set(raw) & EXECUTION_KEYS))}, "
-                                  f"which is not a run setting")
+            raise ExperimentError(
+                f"{source}: a run sets {', '.join(sorted(bad or set(raw) & EXECUTION_KEYS))}, "
+                f"which is not a run setting"
+            )
     pairs = spec.get("compare")
-    if pairs is not None and (not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) and p[0] != p[1] for p in pairs)):
-        raise ExperimentError(f"{source}: compare must be a list of pairs of two different run names, e.g. "
-                              f"[[iwae-k5, vae-k5]], got {pairs!r}")
+    if pairs is not None and (
+        not isinstance(pairs, list)
+        or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) and p[0] != p[1] for p in pairs
+        )
+    ):
+        raise ExperimentError(
+            f"{source}: compare must be a list of pairs of two different run names, e.g. "
+            f"[[iwae-k5, vae-k5]], got {pairs!r}"
+        )
     for key in ("defaults", "evaluate", "published"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise ExperimentError(f"{source}: {key} must be a mapping, got {spec[key]!r}")
     evaluation = spec.get("evaluate") or {}
     unknown = set(evaluation) - {"k", "bound_ks", "seed", "ais"}
     if unknown:
-        raise ExperimentError(f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, "
-                              f"seed, ais")
+        raise ExperimentError(
+            f"{source}: evaluate has unknown keys {', '.join(sorted(unknown))}; allowed: k, bound_ks, seed, ais"
+        )
     ais = evaluation.get("ais")
-    if ais is not None and (not isinstance(ais, dict) or set(ais) - AIS_KEYS
-                            or not all(type(v) is int and v >= 1 for v in ais.values())):
-        raise ExperimentError(f"{source}: evaluate.ais must map some of {', '.join(sorted(AIS_KEYS))} to integers "
-                              f">= 1, got {ais!r}")
-    ks = [evaluation.get("k", 5000), *evaluation.get("bound_ks", [])] if isinstance(evaluation.get("bound_ks", []), list) \
+    if ais is not None and (
+        not isinstance(ais, dict) or set(ais) - AIS_KEYS or not all(type(v) is int and v >= 1 for v in ais.values())
+    ):
+        raise ExperimentError(
+            f"{source}: evaluate.ais must map some of {', '.join(sorted(AIS_KEYS))} to integers >= 1, got {ais!r}"
+        )
+    ks = (
+        [evaluation.get("k", 5000), *evaluation.get("bound_ks", [])]
+        if isinstance(evaluation.get("bound_ks", []), list)
         else [None]
+    )
     if not all(type(k) is int and k >= 1 for k in ks) or type(evaluation.get("seed", 0)) is not int:
         raise ExperimentError(f"{source}: evaluate needs k >= 1, a list bound_ks of integers >= 1 and an integer seed")
     for raw in spec["runs"]:
@@ -131,5 +163,7 @@ def check_spec(spec: object, source: str) -> dict:
         raise ExperimentError(f"{source}: figures must be a list, e.g. [curves, samples]")
     unknown = set(figures) - set(FIGURES)
     if unknown:
-        raise ExperimentError(f"{source}: unknown figures {', '.join(sorted(unknown))}; choose among {', '.join(FIGURES)}")
+        raise ExperimentError(
+            f"{source}: unknown figures {', '.join(sorted(unknown))}; choose among {', '.join(FIGURES)}"
+        )
     return spec

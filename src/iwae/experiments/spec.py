@@ -82,8 +82,17 @@ from .schema import (
     run_entry,
 )
 
-__all__ = ["Experiment", "RunSpec", "ExperimentError", "load_experiment", "experiment_from_dict", "shipped_experiments", "PROTOCOLS",
-           "FIGURES", "run_entry"]
+__all__ = [
+    "Experiment",
+    "RunSpec",
+    "ExperimentError",
+    "load_experiment",
+    "experiment_from_dict",
+    "shipped_experiments",
+    "PROTOCOLS",
+    "FIGURES",
+    "run_entry",
+]
 
 
 @dataclass(frozen=True)
@@ -109,12 +118,21 @@ class RunSpec:
     group: str | None = None
     points: list = field(default_factory=list)
 
-    def train_config(self, out: str | os.PathLike, *, data_dir: str | None = None, device: str = "cpu",
-                     threads: int | None = None) -> TrainConfig:
+    def train_config(
+        self, out: str | os.PathLike, *, data_dir: str | None = None, device: str = "cpu", threads: int | None = None
+    ) -> TrainConfig:
         """The run's TrainConfig writing to ``out``; a continued run starts from ``out/../<after>``."""
         init = str(Path(out).parent / self.after) if self.after else None
-        return TrainConfig.from_dict({**self.config, "out": str(out), "data_dir": data_dir, "device": device,
-                                      "threads": threads, "init_from": init})
+        return TrainConfig.from_dict(
+            {
+                **self.config,
+                "out": str(out),
+                "data_dir": data_dir,
+                "device": device,
+                "threads": threads,
+                "init_from": init,
+            }
+        )
 
     @property
     def total_epochs(self) -> int:
@@ -122,13 +140,29 @@ class RunSpec:
         return TrainConfig.from_dict({**self.config, "out": "unused"}).total_epochs
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "config": self.config, "eval": self.eval, "after": self.after,
-                "labels": self.labels, "published": self.published, "group": self.group, "points": self.points}
+        return {
+            "name": self.name,
+            "config": self.config,
+            "eval": self.eval,
+            "after": self.after,
+            "labels": self.labels,
+            "published": self.published,
+            "group": self.group,
+            "points": self.points,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
-        return cls(d["name"], d["config"], d["eval"], d.get("after"), d.get("labels", {}), d.get("published"),
-                   d.get("group"), d.get("points") or [])
+        return cls(
+            d["name"],
+            d["config"],
+            d["eval"],
+            d.get("after"),
+            d.get("labels", {}),
+            d.get("published"),
+            d.get("group"),
+            d.get("points") or [],
+        )
 
 
 @dataclass
@@ -163,20 +197,31 @@ class Experiment:
         data = published_module.load()
         table = data["papers"][pub["paper"]][pub["table"]]
         sign = table.get("sign", "nll")
-        return {"key": pub["paper"], "table": pub["table"], "caption": table.get("caption", ""),
-                "citation": published_module.citation(pub["paper"]),
-                "sign": f"{sign}: {data['sign_conventions'][sign]}"}
+        return {
+            "key": pub["paper"],
+            "table": pub["table"],
+            "caption": table.get("caption", ""),
+            "citation": published_module.citation(pub["paper"]),
+            "sign": f"{sign}: {data['sign_conventions'][sign]}",
+        }
 
     def protocol_settings(self, protocol: str, overrides: dict | None = None) -> dict:
         """The protocol's settings with ``overrides`` applied (what the report records as 'used')."""
         if protocol not in self.protocols:
-            raise ExperimentError(f"{self.name} has no protocol {protocol!r}; choose one of "
-                                  f"{', '.join(self.protocols)}")
+            raise ExperimentError(
+                f"{self.name} has no protocol {protocol!r}; choose one of {', '.join(self.protocols)}"
+            )
         settings = {k: v for k, v in self.protocols[protocol].items() if k != "description"}
         return {**settings, **(overrides or {})}
 
-    def resolve(self, protocol: str = "short", *, datasets: list[str] | None = None, only: list[str] | None = None,
-                overrides: dict | None = None) -> list[RunSpec]:
+    def resolve(
+        self,
+        protocol: str = "short",
+        *,
+        datasets: list[str] | None = None,
+        only: list[str] | None = None,
+        overrides: dict | None = None,
+    ) -> list[RunSpec]:
         """The runs under ``protocol``, restricted to ``datasets`` and to the names matching ``only``
         (shell patterns; a continued run brings the run it continues), with ``overrides`` (TrainConfig
         settings, ``test_subset``, ``eval_k``) over every run's settings.
@@ -193,8 +238,11 @@ class Experiment:
         if seeds is not None and "seed" in overrides:
             raise ExperimentError(f"{self.name} trains seeds {seeds}: cannot override seed (override seeds instead)")
         # seed by seed: every run of the first seed (a complete table) before any of the next
-        resolved = [self._resolve_run(raw, combo, protocol, overrides, seed)
-                    for seed in (seeds or [None]) for raw, combo in self._expanded()]
+        resolved = [
+            self._resolve_run(raw, combo, protocol, overrides, seed)
+            for seed in (seeds or [None])
+            for raw, combo in self._expanded()
+        ]
         runs = {r.name: r for r in resolved}
         if len(runs) != len(resolved):
             names = [r.name for r in resolved]
@@ -208,8 +256,10 @@ class Experiment:
         for pair in self.comparisons:
             unknown = [n for n in pair if n not in named]
             if unknown:
-                raise ExperimentError(f"{self.source}: compare names {unknown[0]}, which is not a run; its runs are "
-                                      f"{', '.join(sorted(named))}")
+                raise ExperimentError(
+                    f"{self.source}: compare names {unknown[0]}, which is not a run; its runs are "
+                    f"{', '.join(sorted(named))}"
+                )
         selected = list(runs.values())
         if datasets is not None:
             wanted = {d.strip().lower().replace("_", "-") for d in datasets if d.strip()}
@@ -217,14 +267,18 @@ class Experiment:
             if not wanted:
                 raise ExperimentError("--datasets lists no dataset")
             if wanted - known:
-                raise ExperimentError(f"{self.name} has no runs on {', '.join(sorted(wanted - known))}; "
-                                      f"its datasets are {', '.join(sorted(known))}")
+                raise ExperimentError(
+                    f"{self.name} has no runs on {', '.join(sorted(wanted - known))}; "
+                    f"its datasets are {', '.join(sorted(known))}"
+                )
             selected = [r for r in selected if r.config["dataset"] in wanted]
         if only:
             missing = [p for p in only if not any(fnmatch.fnmatchcase(r.name, p) for r in selected)]
             if missing:
-                raise ExperimentError(f"--only {missing[0]} matches no run of {self.name}; its runs are "
-                                      f"{', '.join(r.name for r in selected)}")
+                raise ExperimentError(
+                    f"--only {missing[0]} matches no run of {self.name}; its runs are "
+                    f"{', '.join(r.name for r in selected)}"
+                )
             selected = [r for r in selected if any(fnmatch.fnmatchcase(r.name, p) for p in only)]
         chosen = {r.name for r in selected}
         for name in list(chosen):  # a continued run needs the run it continues
@@ -258,18 +312,25 @@ class Experiment:
     def _resolve_run(self, raw: dict, combo: dict, protocol: str, overrides: dict, seed: int | None = None) -> RunSpec:
         proto = self.protocols[protocol]
         run_proto = (raw.get("protocols") or {}).get(protocol, {})
-        settings = {**(self.spec.get("defaults") or {}), **combo,
-                    **{k: v for k, v in raw.items() if k not in RUN_KEYS},
-                    **{k: v for k, v in proto.items() if k not in ("description", "seeds")}, **run_proto,
-                    **{k: v for k, v in overrides.items() if k != "seeds"}}
+        settings = {
+            **(self.spec.get("defaults") or {}),
+            **combo,
+            **{k: v for k, v in raw.items() if k not in RUN_KEYS},
+            **{k: v for k, v in proto.items() if k not in ("description", "seeds")},
+            **run_proto,
+            **{k: v for k, v in overrides.items() if k != "seeds"},
+        }
         settings.pop("seeds", None)
         if seed is not None:
             settings["seed"] = seed
         evaluation = dict(self.spec.get("evaluate") or {})
-        eval_spec = {"k": settings.pop("eval_k", evaluation.get("k", 5000)),
-                     "bound_ks": list(evaluation.get("bound_ks", [])),
-                     **({"ais": dict(evaluation["ais"])} if evaluation.get("ais") else {}),
-                     "test_subset": settings.pop("test_subset", None), "seed": evaluation.get("seed", 0)}
+        eval_spec = {
+            "k": settings.pop("eval_k", evaluation.get("k", 5000)),
+            "bound_ks": list(evaluation.get("bound_ks", [])),
+            **({"ais": dict(evaluation["ais"])} if evaluation.get("ais") else {}),
+            "test_subset": settings.pop("test_subset", None),
+            "seed": evaluation.get("seed", 0),
+        }
         fmt_values = {**TrainConfig(out="x").to_dict(), **settings}
         try:
             group = raw.get("name") or self.spec["name_format"].format(**fmt_values)
@@ -284,8 +345,10 @@ class Experiment:
         for key, value in settings.items():
             default = TrainConfig.__dataclass_fields__[key].default if key in _CONFIG_KEYS else None
             if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-                raise ExperimentError(f"{self.source}: run {name}: {key} must be a number, got {value!r} (YAML reads "
-                                      f"1e-4 without a dot as text: write 1.0e-4)")
+                raise ExperimentError(
+                    f"{self.source}: run {name}: {key} must be a number, got {value!r} (YAML reads "
+                    f"1e-4 without a dot as text: write 1.0e-4)"
+                )
         try:
             config = TrainConfig.from_dict({**settings, "out": "unused"})
         except (ValueError, TypeError) as e:
@@ -296,8 +359,16 @@ class Experiment:
         if "published" in raw:
             pub_spec = None if raw["published"] is None else {**(pub_spec or {}), **raw["published"]}
         points = points_of(config_dict, self.spec["grid"]) if self.spec.get("grid") else []
-        return RunSpec(name, config_dict, eval_spec, after, labels, self._published_values(name, pub_spec, fmt_values),
-                       None if seed is None else group, points)
+        return RunSpec(
+            name,
+            config_dict,
+            eval_spec,
+            after,
+            labels,
+            self._published_values(name, pub_spec, fmt_values),
+            None if seed is None else group,
+            points,
+        )
 
     def _published_values(self, name: str, pub: dict | None, values: dict) -> dict | None:
         if not pub or not pub.get("values"):
@@ -305,19 +376,25 @@ class Experiment:
         try:
             table = published_module.load()["papers"][pub["paper"]][pub["table"]]
         except (KeyError, TypeError):
-            raise ExperimentError(f"{self.source}: run {name}: published needs a known paper and table, got "
-                                  f"{pub.get('paper')!r} {pub.get('table')!r}") from None
+            raise ExperimentError(
+                f"{self.source}: run {name}: published needs a known paper and table, got "
+                f"{pub.get('paper')!r} {pub.get('table')!r}"
+            ) from None
         if not isinstance(pub["values"], dict):
             raise ExperimentError(f"{self.source}: published values must map our metrics to the table's columns")
         match = pub.get("match", [])
         if isinstance(match, list) and set(match) - set(values):
-            raise ExperimentError(f"{self.source}: published match lists {', '.join(sorted(set(match) - set(values)))}, "
-                                  f"which is not a run setting")
+            raise ExperimentError(
+                f"{self.source}: published match lists {', '.join(sorted(set(match) - set(values)))}, "
+                f"which is not a run setting"
+            )
         wanted = {f: values[f] for f in match} if isinstance(match, list) else dict(match)
         rows = [r for r in table["rows"] if all(r.get(f) == v for f, v in wanted.items())]
         if len(rows) != 1:
-            raise ExperimentError(f"{self.source}: run {name}: {len(rows)} rows of {pub['paper']} {pub['table']} "
-                                  f"match {wanted}; expected one (set published: null for a run without one)")
+            raise ExperimentError(
+                f"{self.source}: run {name}: {len(rows)} rows of {pub['paper']} {pub['table']} "
+                f"match {wanted}; expected one (set published: null for a run without one)"
+            )
         row = rows[0]
         scale = pub.get("scale", 1)  # -1 turns a published log-likelihood into our positive NLL
         out = {}
@@ -325,7 +402,9 @@ class Experiment:
             try:
                 column = str(column).format(**values)
             except (KeyError, IndexError) as e:
-                raise ExperimentError(f"{self.source}: published column {column!r} needs {e}, not a run setting") from None
+                raise ExperimentError(
+                    f"{self.source}: published column {column!r} needs {e}, not a run setting"
+                ) from None
             if column not in row:
                 raise ExperimentError(f"{self.source}: {pub['paper']} {pub['table']} has no column {column!r}")
             out[metric] = scale * row[column]
@@ -376,8 +455,10 @@ def load_experiment(name_or_path: str | os.PathLike) -> Experiment:
         source, text = str(path), path.read_text()
     else:
         if str(name_or_path) not in shipped_experiments():
-            raise ExperimentError(f"unknown experiment {name_or_path!r}; choose one of "
-                                  f"{', '.join(shipped_experiments())}, or give a path to a .yaml file")
+            raise ExperimentError(
+                f"unknown experiment {name_or_path!r}; choose one of "
+                f"{', '.join(shipped_experiments())}, or give a path to a .yaml file"
+            )
         source = f"iwae/experiments/{name_or_path}.yaml"
         text = resources.files("iwae").joinpath(f"experiments/{name_or_path}.yaml").read_text(encoding="utf-8")
     try:
@@ -395,8 +476,13 @@ def experiment_from_dict(spec: dict, source: str = "<experiment>") -> Experiment
         ExperimentError: invalid content, a run that does not resolve.
     """
     spec = check_spec(copy.deepcopy(spec), source)
-    exp = Experiment(str(spec["name"]), str(spec.get("title", spec["name"])), str(spec.get("description", "")).strip(),
-                     source, copy.deepcopy(spec))
+    exp = Experiment(
+        str(spec["name"]),
+        str(spec.get("title", spec["name"])),
+        str(spec.get("description", "")).strip(),
+        source,
+        copy.deepcopy(spec),
+    )
     for protocol in exp.protocols:  # every run of every protocol resolves, or the file is refused now
         exp.resolve(protocol)
     return exp

@@ -24,7 +24,21 @@ from .posterior import plot_qew, qew_figure
 from .toy import TOY_KS, TOY_SETTINGS, plot_toy
 
 __all__ = [
-    "plot_samples", "plot_pseudo_inputs", "plot_reconstructions", "plot_latent", "plot_activity",
-    "plot_curves", "plot_snr", "plot_grid", "plot_bdmc", "plot_qew", "qew_figure", "plot_toy",
-    "image_shape_of", "FORMATS", "DPI", "TOY_SETTINGS", "TOY_KS",
+    "plot_samples",
+    "plot_pseudo_inputs",
+    "plot_reconstructions",
+    "plot_latent",
+    "plot_activity",
+    "plot_curves",
+    "plot_snr",
+    "plot_grid",
+    "plot_bdmc",
+    "plot_qew",
+    "qew_figure",
+    "plot_toy",
+    "image_shape_of",
+    "FORMATS",
+    "DPI",
+    "TOY_SETTINGS",
+    "TOY_KS",
 ]

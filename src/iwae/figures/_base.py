@@ -68,8 +68,9 @@ def _plane(image_shape: tuple[int, ...]) -> tuple[int, int]:
     return shape
 
 
-def tile(images: torch.Tensor | np.ndarray, image_shape: tuple[int, ...], cols: int | None = None,
-         pad: int = 1) -> np.ndarray:
+def tile(
+    images: torch.Tensor | np.ndarray, image_shape: tuple[int, ...], cols: int | None = None, pad: int = 1
+) -> np.ndarray:
     """Images ``(N, H*W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, cols*(W+pad)+pad)`` array, padded with 1 (white).
 
     Each row is read in C order as ``image_shape`` = (H, W) (or (1, H, W)): H rows of W pixels."""
@@ -81,8 +82,9 @@ def tile(images: torch.Tensor | np.ndarray, image_shape: tuple[int, ...], cols: 
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = \
-            x[i].reshape(h, w)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = x[
+            i
+        ].reshape(h, w)
     return grid
 
 

@@ -23,8 +23,9 @@ __all__ = ["plot_curves", "plot_snr", "plot_grid", "plot_bdmc"]
 
 
 # ----------------------------------------------------------------------------- training curves
-def plot_curves(metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *,
-                dpi: int = DPI) -> Path:
+def plot_curves(
+    metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *, dpi: int = DPI
+) -> Path:
     """Training bound (solid) and validation L_k (dashed) against epoch, one colour per run.
 
     Args:
@@ -39,11 +40,25 @@ def plot_curves(metrics: Mapping[str, Sequence[Mapping[str, float]]], path: str 
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
         prefix = f"{title}, " if title else ""
-        ax.plot(epochs, [r["train_bound"] for r in rows], "-", marker="o", markersize=3, color=color,
-                label=f"{prefix}train bound")
+        ax.plot(
+            epochs,
+            [r["train_bound"] for r in rows],
+            "-",
+            marker="o",
+            markersize=3,
+            color=color,
+            label=f"{prefix}train bound",
+        )
         for key in sorted({k for r in rows for k in r if k.startswith("valid_L")}):
-            ax.plot(epochs, [r.get(key, math.nan) for r in rows], "--", marker="s", markersize=3, color=color,
-                    label=f"{prefix}valid L_{key[len('valid_L'):]}")
+            ax.plot(
+                epochs,
+                [r.get(key, math.nan) for r in rows],
+                "--",
+                marker="s",
+                markersize=3,
+                color=color,
+                label=f"{prefix}valid L_{key[len('valid_L') :]}",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("bound (nats per example)")
     ax.set_title("Training curves")
@@ -68,8 +83,10 @@ def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=dpi)
     colors = {"encoder": "tab:blue", "decoder": "tab:red"}
     styles = ["-", "--", ":", "-."]
-    panels = (("iwae", "k", "K (samples)", "IWAE: SNR against K"),
-              ("miwae", "m", "M (groups)", "MIWAE(M, K): SNR against M"))
+    panels = (
+        ("iwae", "k", "K (samples)", "IWAE: SNR against K"),
+        ("miwae", "m", "M (groups)", "MIWAE(M, K): SNR against M"),
+    )
     for ax, (objective, axis, xlabel, panel_title) in zip(axes, panels):
         curves = snr_curves(rows, objective, axis)
         group_k = sorted({r["k_per_group"] for r in rows if r["objective"] == objective})
@@ -80,8 +97,9 @@ def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None
             label = f"{part}, {estimator}"
             if len(set(xs)) >= 2:
                 label += f" (slope {fit_slope(xs, ys):+.2f})"
-            ax.plot(xs, ys, styles[estimators.index(estimator) % len(styles)], marker="o",
-                    color=colors[part], label=label)
+            ax.plot(
+                xs, ys, styles[estimators.index(estimator) % len(styles)], marker="o", color=colors[part], label=label
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
@@ -105,8 +123,11 @@ def plot_snr(rows: Sequence[dict], path: str | Path, *, title: str | None = None
 GRID_FIGURE_SIZE = (15.0, 8.0)  # inches, at GRID_FIGURE_DPI: grid.png is 1500 x 800 pixels
 GRID_FIGURE_DPI = 100
 PUBLISHED_LABEL = "Rainforth et al. 2018 (full protocol)"
-METRICS = (("iwae_bound", "iwae64", "IWAE-{k}"), ("log_p_hat", "log_p_hat", "log p-hat (L_{kp})"),
-           ("neg_kl", "neg_kl", "-KL(Q||P)"))
+METRICS = (
+    ("iwae_bound", "iwae64", "IWAE-{k}"),
+    ("log_p_hat", "log_p_hat", "log p-hat (L_{kp})"),
+    ("neg_kl", "neg_kl", "-KL(Q||P)"),
+)
 _COLORS = {"miwae": "tab:blue", "piwae": "tab:orange", "ciwae": "tab:green"}
 
 
@@ -147,13 +168,18 @@ def plot_grid(rows: list[dict], path: str | os.PathLike, *, published: Sequence[
                     pts = sorted((r for r in mk if r["objective"] == objective), key=lambda r: r["m"])
                     if pts:
                         ys = [r[key] for r in pts]
-                        ax.plot([ms.index(r["m"]) for r in pts], ys, "o-", color=_COLORS[objective],
-                                label=objective.upper())
+                        ax.plot(
+                            [ms.index(r["m"]) for r in pts], ys, "o-", color=_COLORS[objective], label=objective.upper()
+                        )
                         ours += ys
                 ax.set_xticks(range(len(ms)), [f"({m},{total // m})" for m in ms])
                 ax.set_xlabel("(M, K)")
-                published_points = [(0, "IWAE"), (ms.index(8) if 8 in ms else None, "PIWAE (8,8)"),
-                                    (ms.index(8) if 8 in ms else None, "MIWAE (8,8)"), (len(ms) - 1, "VAE")]
+                published_points = [
+                    (0, "IWAE"),
+                    (ms.index(8) if 8 in ms else None, "PIWAE (8,8)"),
+                    (ms.index(8) if 8 in ms else None, "MIWAE (8,8)"),
+                    (len(ms) - 1, "VAE"),
+                ]
             else:
                 if ciwae:
                     ys = [r[key] for r in ciwae]
@@ -176,8 +202,16 @@ def plot_grid(rows: list[dict], path: str | os.PathLike, *, published: Sequence[
                     target.set_ylabel("published (stars)", color="black")
                 for x, name, y in pts:  # star face: the objective's colour (white for IWAE and VAE)
                     face = _COLORS.get(pub[name]["objective"], "white")
-                    target.plot([x], [y], "*", markerfacecolor=face, markeredgecolor="black", markersize=13,
-                                linestyle="none", label=PUBLISHED_LABEL)
+                    target.plot(
+                        [x],
+                        [y],
+                        "*",
+                        markerfacecolor=face,
+                        markeredgecolor="black",
+                        markersize=13,
+                        linestyle="none",
+                        label=PUBLISHED_LABEL,
+                    )
                     legend[PUBLISHED_LABEL] = target.lines[-1]
             for line in ax.lines:
                 legend.setdefault(line.get_label(), line)
@@ -185,11 +219,13 @@ def plot_grid(rows: list[dict], path: str | os.PathLike, *, published: Sequence[
             ax.set_ylabel(f"{title} (nats)")
             ax.grid(alpha=0.3)
     first = rows[0]
-    fig.suptitle(f"MIWAE / PIWAE / CIWAE at M*K = {total}: {first['epochs']} epochs on "
-                 f"{first['train_subset'] or 'all'} training images, {first['n_test']} test images "
-                 f"(short protocol)", fontsize=11)
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9,
-               frameon=False)
+    fig.suptitle(
+        f"MIWAE / PIWAE / CIWAE at M*K = {total}: {first['epochs']} epochs on "
+        f"{first['train_subset'] or 'all'} training images, {first['n_test']} test images "
+        f"(short protocol)",
+        fontsize=11,
+    )
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
@@ -199,8 +235,7 @@ def plot_grid(rows: list[dict], path: str | os.PathLike, *, published: Sequence[
 
 
 # ----------------------------------------------------------------------------- the BDMC sandwich
-def plot_bdmc(rows: Sequence[Mapping], path: str | os.PathLike, *, title: str | None = None,
-              dpi: int = DPI) -> Path:
+def plot_bdmc(rows: Sequence[Mapping], path: str | os.PathLike, *, title: str | None = None, dpi: int = DPI) -> Path:
     """The BDMC sandwich against T from :func:`iwae.ais.bdmc` rows: the reverse-AIS upper bound and
     the forward-AIS lower bound of the mean log p(x) over the simulated images, log-scale T, the
     gap shaded. 4.5 x 3.2 inches, 450 x 320 pixels as PNG at the default ``dpi``.

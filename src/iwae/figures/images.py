@@ -18,8 +18,16 @@ from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]
 
 
-def plot_samples(models, path: str | os.PathLike, *, n: int = 64, seed: int = 0, probabilities: bool = True,
-                 image_shape: tuple[int, int] | None = None, dpi: int = DPI) -> Path:
+def plot_samples(
+    models,
+    path: str | os.PathLike,
+    *,
+    n: int = 64,
+    seed: int = 0,
+    probabilities: bool = True,
+    image_shape: tuple[int, int] | None = None,
+    dpi: int = DPI,
+) -> Path:
     """A grid of ``n`` samples from each model's prior through its decoder, one panel per model
     (:func:`iwae.analysis.sample_images` with ``seed``).
 
@@ -37,8 +45,9 @@ def plot_samples(models, path: str | os.PathLike, *, n: int = 64, seed: int = 0,
 
 
 @torch.no_grad()
-def plot_pseudo_inputs(model, path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None,
-                       title: str = "", dpi: int = DPI) -> Path:
+def plot_pseudo_inputs(
+    model, path: str | os.PathLike, *, image_shape: tuple[int, int] | None = None, title: str = "", dpi: int = DPI
+) -> Path:
     """The VampPrior's pseudo-inputs u_c = sigmoid(raw_c) as images. Size: 5 x 5.5 inches, 500 x 550 pixels.
 
     Raises:
@@ -54,8 +63,15 @@ def plot_pseudo_inputs(model, path: str | os.PathLike, *, image_shape: tuple[int
     return save(fig, path)
 
 
-def plot_reconstructions(models, x: torch.Tensor, path: str | os.PathLike, *, n: int = 10,
-                         image_shape: tuple[int, int] | None = None, dpi: int = DPI) -> Path:
+def plot_reconstructions(
+    models,
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    n: int = 10,
+    image_shape: tuple[int, int] | None = None,
+    dpi: int = DPI,
+) -> Path:
     """The first ``n`` rows of ``x`` (top) above the means of p(x | z_1 = E_q[z_1 | x]) (bottom,
     :func:`iwae.analysis.reconstruct`).
 
@@ -70,8 +86,7 @@ def plot_reconstructions(models, x: torch.Tensor, path: str | os.PathLike, *, n:
         shape = model_image_shape(model, image_shape)
         show(axes[0, j], tile(x, shape, cols=len(x)))
         show(axes[1, j], tile(recon, shape, cols=len(x)))
-        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)",
-                             fontsize=10)
+        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)", fontsize=10)
         axes[0, j].set_ylabel("x", fontsize=9)
         axes[1, j].set_ylabel("E p(x | E[z|x])", fontsize=9)
     return save(fig, path)

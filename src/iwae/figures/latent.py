@@ -21,8 +21,15 @@ from ._base import DPI, as_runs, pyplot, save
 __all__ = ["plot_latent", "plot_activity"]
 
 
-def plot_latent(models, x: torch.Tensor, path: str | os.PathLike, *, labels: torch.Tensor | None = None,
-                x_units: torch.Tensor | None = None, dpi: int = DPI) -> Path:
+def plot_latent(
+    models,
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    labels: torch.Tensor | None = None,
+    x_units: torch.Tensor | None = None,
+    dpi: int = DPI,
+) -> Path:
     """Posterior means E_q[z_L | x] of the rows of ``x`` in the top stochastic layer, coloured by ``labels``.
 
     With L > 1 layers E_q[z_L | x] is a Monte Carlo average over 100 draws of the layers below
@@ -89,11 +96,17 @@ def plot_activity(models, x_units: torch.Tensor, path: str | os.PathLike, *, dpi
         for ax, v in zip(axes[0], units.variances):
             v = torch.sort(v, descending=True).values.clamp_min(floor).numpy()
             active = int((v > ACTIVE_THRESHOLD).sum())
-            ax.plot(np.arange(1, len(v) + 1), v, marker="o", markersize=3,
-                    label=f"{title + ', ' if title else ''}{active} of {len(v)} active")
+            ax.plot(
+                np.arange(1, len(v) + 1),
+                v,
+                marker="o",
+                markersize=3,
+                label=f"{title + ', ' if title else ''}{active} of {len(v)} active",
+            )
     for layer, ax in enumerate(axes[0]):
-        ax.axhline(ACTIVE_THRESHOLD, color="black", linestyle="--", linewidth=1,
-                   label=f"threshold {ACTIVE_THRESHOLD:g}")
+        ax.axhline(
+            ACTIVE_THRESHOLD, color="black", linestyle="--", linewidth=1, label=f"threshold {ACTIVE_THRESHOLD:g}"
+        )
         ax.set_yscale("log")
         ax.set_xlabel("unit, sorted by activity")
         ax.set_ylabel("A_u = Var_x(E_q[u | x])")

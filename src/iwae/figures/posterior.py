@@ -32,10 +32,21 @@ def _image(x1: torch.Tensor, image_shape):
     return x1.detach().cpu().float().reshape(_plane(image_shape)).numpy()  # (1, H, W) drawn as (H, W)
 
 
-def qew_figure(model, x: torch.Tensor, ks, path: str | os.PathLike, *, grid: torch.Tensor | None = None,
-               samples: int = 20_000, generator: torch.Generator | None = None, grid_size: int = 121,
-               extent="auto", image_shape: tuple[int, int] | None = None, panel_inches: float = 2.2,
-               dpi: int = 100) -> list[dict]:
+def qew_figure(
+    model,
+    x: torch.Tensor,
+    ks,
+    path: str | os.PathLike,
+    *,
+    grid: torch.Tensor | None = None,
+    samples: int = 20_000,
+    generator: torch.Generator | None = None,
+    grid_size: int = 121,
+    extent="auto",
+    image_shape: tuple[int, int] | None = None,
+    panel_inches: float = 2.2,
+    dpi: int = 100,
+) -> list[dict]:
     """Compute the panels (:func:`iwae.qew.qew_panels`, arguments as :func:`iwae.qew.qew_report`) and draw
     them (:func:`plot_qew`): one row per input, the image, p(z|x), q(z|x) and q_EW for each k.
 
@@ -50,8 +61,15 @@ def qew_figure(model, x: torch.Tensor, ks, path: str | os.PathLike, *, grid: tor
     return [r for p in panels for r in p.rows]
 
 
-def plot_qew(panels: Sequence[QEWPanel], x: torch.Tensor, path: str | os.PathLike, *,
-             image_shape: tuple[int, int] | None = None, panel_inches: float = 2.2, dpi: int = 100) -> Path:
+def plot_qew(
+    panels: Sequence[QEWPanel],
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    image_shape: tuple[int, int] | None = None,
+    panel_inches: float = 2.2,
+    dpi: int = 100,
+) -> Path:
     """Draw :func:`iwae.qew.qew_panels`' panels, one row per input ``x[b]``: the image, p(z|x), q(z|x)
     and q_EW for each k of the panels; returns the path.
 
@@ -64,8 +82,7 @@ def plot_qew(panels: Sequence[QEWPanel], x: torch.Tensor, path: str | os.PathLik
     ks = [r["k"] for r in panels[0].rows]  # the columns, in the order asked for
     samples = panels[0].rows[0]["samples"]
     nrows, ncols = len(panels), 3 + len(ks)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols, panel_inches * nrows), dpi=dpi,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols, panel_inches * nrows), dpi=dpi, squeeze=False)
     for b, (panel, row) in enumerate(zip(panels, axes)):
         row[0].imshow(_image(x[b], image_shape), cmap="gray_r", vmin=0, vmax=1)
         row[0].set_title(f"input {b}", fontsize=8)
@@ -77,21 +94,25 @@ def plot_qew(panels: Sequence[QEWPanel], x: torch.Tensor, path: str | os.PathLik
         box = [g[0] - h + cx, g[-1] + h + cx, g[0] - h + cy, g[-1] + h + cy]
         p = panel.p.cpu().numpy()
         by_k = {r["k"]: r for r in panel.rows}
-        maps = [(f"true p(z|x)\nTV floor {panel.rows[0]['tv_floor']:.3f}", p, False),
-                (f"q(z|x)\nTV {panel.rows[0]['tv_q']:.3f}", panel.q.cpu().numpy(), True)]
+        maps = [
+            (f"true p(z|x)\nTV floor {panel.rows[0]['tv_floor']:.3f}", p, False),
+            (f"q(z|x)\nTV {panel.rows[0]['tv_q']:.3f}", panel.q.cpu().numpy(), True),
+        ]
         maps += [(f"q_EW k={k}\nTV {by_k[k]['tv_qew']:.3f}", panel.qew[k].cpu().numpy(), True) for k in ks]
         for ax, (title, mass, contour) in zip(row[1:], maps):
             ax.imshow(mass.T, origin="lower", extent=box, cmap="viridis", interpolation="nearest", aspect="equal")
             if contour and p.max() > 0:
-                ax.contour(g + cx, g + cy, p.T, levels=[0.1 * p.max(), 0.5 * p.max()], colors="white",
-                           linewidths=0.6)
+                ax.contour(g + cx, g + cy, p.T, levels=[0.1 * p.max(), 0.5 * p.max()], colors="white", linewidths=0.6)
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=6)
         row[1].set_ylabel("z_2", fontsize=7)
     for ax in axes[-1][1:]:
         ax.set_xlabel("z_1", fontsize=7)
-    fig.suptitle(f"q_EW(z|x) approaches p(z|x) as k grows ({samples:,} draws each; white: contours of p; "
-                 f"TV floor: TV of {samples:,} draws from p itself)", fontsize=9)
+    fig.suptitle(
+        f"q_EW(z|x) approaches p(z|x) as k grows ({samples:,} draws each; white: contours of p; "
+        f"TV floor: TV of {samples:,} draws from p itself)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,13 @@ TOY_SETTINGS = ((0.1, 2.0, 0.5), (0.1, 2.0, 0.9), (0.1, 2.0, 0.99))  # (a, b, p)
 TOY_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-def plot_toy(path: str | os.PathLike, *, settings: Sequence[tuple[float, float, float]] = TOY_SETTINGS,
-             ks: Sequence[int] = TOY_KS, dpi: int = DPI) -> Path:
+def plot_toy(
+    path: str | os.PathLike,
+    *,
+    settings: Sequence[tuple[float, float, float]] = TOY_SETTINGS,
+    ks: Sequence[int] = TOY_KS,
+    dpi: int = DPI,
+) -> Path:
     """The bias E[log mean of k samples] - log E[X] of a two-valued X against k (log x axis), one line
     per ``(a, b, p)`` setting: always <= 0 and shrinking towards 0 as k grows.
 
@@ -27,8 +32,9 @@ def plot_toy(path: str | os.PathLike, *, settings: Sequence[tuple[float, float, 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=dpi)
     for a, b, p in settings:
-        ax.plot(ks, [toy_bias(k, a, b, p) for k in ks], marker="o", markersize=3,
-                label=f"X = {a:g} w.p. {p:g}, else {b:g}")
+        ax.plot(
+            ks, [toy_bias(k, a, b, p) for k in ks], marker="o", markersize=3, label=f"X = {a:g} w.p. {p:g}, else {b:g}"
+        )
     ax.axhline(0.0, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("k (samples averaged inside the log)")

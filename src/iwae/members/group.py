@@ -12,8 +12,7 @@ __all__ = ["MAY_DIFFER", "MemberResult", "check_group", "group_key", "stackable"
 
 # the settings in which the members of one group may differ: what a member's own loss, random stream
 # and folder depend on; every other TrainConfig setting (also those added later) must be equal
-MAY_DIFFER = ("seed", "objective", "estimator", "beta", "m", "kl_warmup", "valid_k", "out", "init_from",
-              "init_sha256")
+MAY_DIFFER = ("seed", "objective", "estimator", "beta", "m", "kl_warmup", "valid_k", "out", "init_from", "init_sha256")
 
 
 @dataclass
@@ -41,9 +40,11 @@ def check_group(configs: list) -> None:
         values = other.to_dict()
         for f in fields(configs[0]):
             if f.name not in MAY_DIFFER and values[f.name] != first[f.name]:
-                raise ConfigError(f"runs trained as one batched model must share {f.name}, but the members differ in "
-                                  f"it ({first[f.name]!r} vs {values[f.name]!r}); train them in separate groups",
-                                  [f.name])
+                raise ConfigError(
+                    f"runs trained as one batched model must share {f.name}, but the members differ in "
+                    f"it ({first[f.name]!r} vs {values[f.name]!r}); train them in separate groups",
+                    [f.name],
+                )
     outs = [str(Path(c.out).resolve()) for c in configs]
     if len(set(outs)) != len(outs):
         dup = next(o for o in outs if outs.count(o) > 1)

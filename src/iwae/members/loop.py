@@ -60,15 +60,26 @@ def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
 
 def _nonfinite_message(epoch: int, bad_step: int, checkpointed: tuple | None) -> str:
     # the words of iwae.train.train's FloatingPointError, so that a member fails as its single run would
-    last = (f"checkpoint.safetensors (epoch {checkpointed[0]}, step {checkpointed[1]}) is intact"
-            if checkpointed else "no checkpoint was written yet")
-    return (f"training stopped: the loss or a gradient became nan or inf in epoch {epoch + 1} at step {bad_step}, "
-            f"and the parameters did not take that step; {last}; try a smaller --lr in a new run")
+    last = (
+        f"checkpoint.safetensors (epoch {checkpointed[0]}, step {checkpointed[1]}) is intact"
+        if checkpointed
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"training stopped: the loss or a gradient became nan or inf in epoch {epoch + 1} at step {bad_step}, "
+        f"and the parameters did not take that step; {last}; try a smaller --lr in a new run"
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
-def train_members(configs: list, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                  splits: data_module.Splits | None = None) -> list[MemberResult]:
+def train_members(
+    configs: list,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    splits: data_module.Splits | None = None,
+) -> list[MemberResult]:
     """Trains the runs ``configs`` together as one batched model; each member's folder ends as
     :func:`iwae.train.train` would leave it for that config alone (weights equal within float rounding).
 
@@ -98,12 +109,16 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
 
     members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched
     active = [m for m in members if m.result is None]
-    points = {(m.saved[1].get("epoch"), m.saved[1].get("step"), m.saved[1].get("epoch_position")) if m.saved
-              else (0, 0, None) for m in active}
+    points = {
+        (m.saved[1].get("epoch"), m.saved[1].get("step"), m.saved[1].get("epoch_position")) if m.saved else (0, 0, None)
+        for m in active
+    }
     if len(points) > 1:
         where = ", ".join(f"{m.run_dir} at step {m.saved[1].get('step') if m.saved else 0}" for m in active)
-        raise ValueError(f"members to resume together must stand at the same step ({where}); resume them one at a "
-                         f"time with iwae train --resume RUN_DIR")
+        raise ValueError(
+            f"members to resume together must stand at the same step ({where}); resume them one at a "
+            f"time with iwae train --resume RUN_DIR"
+        )
     for m in members:
         if m.result is not None:  # trained all its epochs: as train() does for it, nothing is drawn
             rundir.remove_run_temporaries(m.run_dir)
@@ -121,8 +136,9 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
     n_train = x_train.shape[0]
     for m in active:
         if m.config.init_from and m.saved is None and not (Path(m.config.init_from) / "model.safetensors").is_file():
-            raise ConfigError(f"init_from {m.config.init_from} holds no model.safetensors (a trained run)",
-                              ["init_from"])
+            raise ConfigError(
+                f"init_from {m.config.init_from} holds no model.safetensors (a trained run)", ["init_from"]
+            )
 
     # each member set up exactly as train() sets up its run: the global seed, the model, its
     # output bias and prior, the optimiser, the generator; restored from its checkpoint if resumed
@@ -140,7 +156,8 @@ def train_members(configs: list, *, resume: bool = False, overwrite: bool = Fals
         m.metrics = []
         if m.saved is not None:
             epoch, step, m.metrics, m.partial, m.wall_time = rundir.restore(
-                m.run_dir / rundir.CHECKPOINT, *m.saved, m.model, m.optimizer, m.generator, n_train)
+                m.run_dir / rundir.CHECKPOINT, *m.saved, m.model, m.optimizer, m.generator, n_train
+            )
             m.start = (epoch, step)
             rundir.sync_outputs(m.run_dir, m.config, m.metrics)
             m.checkpointed = m.start
@@ -186,8 +203,9 @@ class _Group:
         states = {n: _gather_state([m.optimizer for m in members], models, n) for n in names}
         self._build(template, stacked, states)
         # D_l of each stochastic layer: half the width of its encoder layer's (loc, log sigma) head
-        self.latent_dims = [self.model.param(f"{names[-1]}.bias").shape[1] // 2
-                            for names in self.model.layout["encoder"]]
+        self.latent_dims = [
+            self.model.param(f"{names[-1]}.bias").shape[1] // 2 for names in self.model.layout["encoder"]
+        ]
 
     def _build(self, template: nn.Module, stacked: dict, states: dict) -> None:
         self.model = StackedVAE(template, stacked)
@@ -201,8 +219,14 @@ class _Group:
         old = self.model
         stacked = {n: old.param(n).detach()[index].clone() for n in old.names}
         grads = {n: old.param(n).grad[index].clone() for n in old.names if old.param(n).grad is not None}
-        states = {n: (_slice_state(self.optimizer.state[old.param(n)], index) if self.optimizer.state.get(old.param(n))
-                      else None) for n in old.names}
+        states = {
+            n: (
+                _slice_state(self.optimizer.state[old.param(n)], index)
+                if self.optimizer.state.get(old.param(n))
+                else None
+            )
+            for n in old.names
+        }
         lr = self.optimizer.param_groups[0]["lr"]
         self.members = [self.members[i] for i in index]
         self._build(self.members[0].model, stacked, states)
@@ -211,20 +235,29 @@ class _Group:
         for n, g in grads.items():
             self.model.param(n).grad = g
 
-    def step(self, x_train: torch.Tensor, i: int, batch_size: int, k: int, dims: list[int], dynamic: bool,
-             kinds: dict[tuple, list[int]]) -> tuple[torch.Tensor, list[int]]:
+    def step(
+        self,
+        x_train: torch.Tensor,
+        i: int,
+        batch_size: int,
+        k: int,
+        dims: list[int],
+        dynamic: bool,
+        kinds: dict[tuple, list[int]],
+    ) -> tuple[torch.Tensor, list[int]]:
         """One training step's draws and gradients for the batch at position ``i`` of each member's
         epoch order: returns the members' bounds ``(M, B)`` and the members whose bound or gradient is
         not finite (the caller drops them before ``optimizer.step()``)."""
         xs, eps = [], [[] for _ in dims]
         for m in self.members:  # each member's draws in its single run's order
-            x = x_train[m.order[i: i + batch_size]]
+            x = x_train[m.order[i : i + batch_size]]
             if dynamic:
                 x = data_module.binarize(x, m.generator)
             xs.append(x)
             for layer, d in enumerate(dims):
-                eps[layer].append(torch.randn((k, x.shape[0], d), generator=m.generator, device=x.device,
-                                              dtype=x.dtype))
+                eps[layer].append(
+                    torch.randn((k, x.shape[0], d), generator=m.generator, device=x.device, dtype=x.dtype)
+                )
         self.optimizer.zero_grad(set_to_none=True)
         bound = _accumulate(self.model, torch.stack(xs), [torch.stack(e) for e in eps], kinds)  # (M, B)
         return bound, _nonfinite_members(bound, self.model)
@@ -255,15 +288,17 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
         m.run_start = time.perf_counter() - m.wall_time
 
     def fail(m: _Member, epoch: int, bad_step: int) -> None:
-        m.result = MemberResult(m.config, m.run_dir, "failed",
-                                FloatingPointError(_nonfinite_message(epoch, bad_step, m.checkpointed)))
+        m.result = MemberResult(
+            m.config, m.run_dir, "failed", FloatingPointError(_nonfinite_message(epoch, bad_step, m.checkpointed))
+        )
         if progress:
             print(f"{m.run_dir}: {m.result.error}", file=sys.stderr)
 
     def save_checkpoint(m: _Member, epoch: int, partial_state=None, wall_time: float = 0.0) -> None:
         torch.set_rng_state(m.torch_rng)  # the global RNG state its single run would record
-        rundir.save_checkpoint(m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state,
-                               wall_time)
+        rundir.save_checkpoint(
+            m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state, wall_time
+        )
 
     for epoch in range(start_epoch, total_epochs):
         if not group.members:
@@ -285,8 +320,14 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                 m.order = torch.randperm(n_train, generator=m.generator, device=device)
             bound_sums = torch.zeros(len(group.members), device=device)  # each member's bound summed so far
             t0 = time.perf_counter()
-        bar = tqdm(range(first, n_train, batch_size), desc=f"epoch {epoch + 1}/{total_epochs} ({len(group.members)} "
-                   f"members)", disable=None if progress else True, leave=False, file=sys.stderr, unit="batch")
+        bar = tqdm(
+            range(first, n_train, batch_size),
+            desc=f"epoch {epoch + 1}/{total_epochs} ({len(group.members)} members)",
+            disable=None if progress else True,
+            leave=False,
+            file=sys.stderr,
+            unit="batch",
+        )
         for i in bar:
             bound, bad = group.step(x_train, i, batch_size, k, dims, dynamic, kinds)
             if bad:
@@ -307,8 +348,12 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                 group.sync(lr)
                 for j, m in enumerate(group.members):
                     m.bound_sum = bound_sums[j].clone()
-                    save_checkpoint(m, epoch, rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0),
-                                    time.perf_counter() - m.run_start)
+                    save_checkpoint(
+                        m,
+                        epoch,
+                        rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0),
+                        time.perf_counter() - m.run_start,
+                    )
                     m.checkpointed = (epoch, step)
         bar.close()
         if not group.members:
@@ -321,9 +366,14 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
             valid_k = m.config.valid_k or m.config.k
             valid_bound = train_module.validation_bound(m.model, x_valid, valid_k, m.generator)
             row = {
-                "epoch": epoch + 1, "stage": stage, "lr": lr, "step": step,
-                "train_bound": m.bound_sum.item() / n_train, f"valid_L{valid_k}": valid_bound,
-                "epoch_time_s": epoch_time, "examples_per_s": n_train / epoch_time,
+                "epoch": epoch + 1,
+                "stage": stage,
+                "lr": lr,
+                "step": step,
+                "train_bound": m.bound_sum.item() / n_train,
+                f"valid_L{valid_k}": valid_bound,
+                "epoch_time_s": epoch_time,
+                "examples_per_s": n_train / epoch_time,
                 "wall_time_s": time.perf_counter() - m.run_start,
             }
             m.metrics.append(row)
@@ -336,11 +386,17 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
             m.checkpointed = (epoch + 1, step)
             rundir.write_metrics(m.run_dir, m.metrics)
             if progress:
-                print(f"{m.run_dir}: epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {m.config.spec.label} "
-                      f"{row['train_bound']:.3f}  valid L_{valid_k} {valid_bound:.3f}", file=sys.stderr)
+                print(
+                    f"{m.run_dir}: epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {m.config.spec.label} "
+                    f"{row['train_bound']:.3f}  valid L_{valid_k} {valid_bound:.3f}",
+                    file=sys.stderr,
+                )
         if progress:
-            print(f"epoch {epoch + 1}/{total_epochs}: {len(group.members)} members, "
-                  f"{n_train * len(group.members) / epoch_time:.0f} member-examples/s", file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}/{total_epochs}: {len(group.members)} members, "
+                f"{n_train * len(group.members) / epoch_time:.0f} member-examples/s",
+                file=sys.stderr,
+            )
     for m in group.members:
         m.result = MemberResult(m.config, m.run_dir, "trained")
 
@@ -353,8 +409,9 @@ def _kinds(train_module, members: list[_Member], epoch: int) -> dict[tuple, list
     return kinds
 
 
-def _accumulate(model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kinds: dict[tuple, list[int]]
-                ) -> torch.Tensor:
+def _accumulate(
+    model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kinds: dict[tuple, list[int]]
+) -> torch.Tensor:
     """Fills the stacked parameters' ``.grad`` with each member's estimator gradient of its negated,
     minibatch-summed objective and returns the members' true bounds ``(M, B)``.
 
@@ -369,15 +426,20 @@ def _accumulate(model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kin
     bound = x.new_empty(members, b)
     losses = {"all": [], "decoder": [], "encoder": []}
     for (spec, kl), index in kinds.items():
+
         def side_by_side(t):  # (M, K, B) -> (K, M_kind * B): this kind's members as one batch
             if t is None:
                 return None
             t = t if len(index) == members else t[index]
             return t.transpose(0, 1).reshape(k, len(index) * b)
-        kind_parts = LogWeightParts(side_by_side(parts["log_p"]), side_by_side(parts["log_q"]),
-                                    side_by_side(parts["log_q_stop_params"]),
-                                    side_by_side(parts["log_q_stop_samples"]),
-                                    log_likelihood=side_by_side(parts["log_likelihood"]))
+
+        kind_parts = LogWeightParts(
+            side_by_side(parts["log_p"]),
+            side_by_side(parts["log_q"]),
+            side_by_side(parts["log_q_stop_params"]),
+            side_by_side(parts["log_q_stop_samples"]),
+            log_likelihood=side_by_side(parts["log_likelihood"]),
+        )
         result = gradient_terms(model, kind_parts, spec, kl)
         bound[index] = result.bound.reshape(len(index), b)
         for surrogate, params in result.terms:
@@ -396,9 +458,11 @@ def _accumulate(model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kin
 def _nonfinite_members(bound: torch.Tensor, model: StackedVAE) -> list[int]:
     """The members whose bound or gradient holds a nan or inf: iwae.train's rule (any element), by the
     float32 sums per member first and confirmed in float64, where no sum of finite floats overflows."""
+
     def totals(dtype: torch.dtype) -> torch.Tensor:
-        sums = [bound.sum(1, dtype=dtype)] + [p.grad.reshape(p.shape[0], -1).sum(1, dtype=dtype)
-                                              for p in model.parameters() if p.grad is not None]
+        sums = [bound.sum(1, dtype=dtype)] + [
+            p.grad.reshape(p.shape[0], -1).sum(1, dtype=dtype) for p in model.parameters() if p.grad is not None
+        ]
         return torch.stack(sums).sum(0)  # (M,)
 
     suspect = ~torch.isfinite(totals(torch.float32))

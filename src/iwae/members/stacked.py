@@ -44,8 +44,10 @@ def _layout(model: nn.Module) -> dict | None:
         return None
     if any(type(layer) is not GaussianMLP for layer in list(encoder) + list(decoder[1:])):
         return None
-    layout = {"encoder": [_mlp_names(layer, f"encoder.{i}") for i, layer in enumerate(encoder)],
-              "decoder": [_mlp_names(layer, f"decoder.{i}") for i, layer in enumerate(decoder)]}
+    layout = {
+        "encoder": [_mlp_names(layer, f"encoder.{i}") for i, layer in enumerate(encoder)],
+        "decoder": [_mlp_names(layer, f"decoder.{i}") for i, layer in enumerate(decoder)],
+    }
     if any(names is None for names in layout["encoder"] + layout["decoder"]):
         return None
     covered = {f"{p}.{w}" for names in layout["encoder"] + layout["decoder"] for p in names for w in ("weight", "bias")}
@@ -110,14 +112,16 @@ class StackedVAE(nn.Module):
                 h = tanh(h)
         return h.reshape(h.shape[:1] + lead + h.shape[-1:])
 
-    def _loc_log_scale(self, names: list[str], h: torch.Tensor, detach: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loc_log_scale(
+        self, names: list[str], h: torch.Tensor, detach: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         loc, log_scale = self._mlp(names, h, detach=detach).chunk(2, dim=-1)
         return loc, log_scale
 
     # ----------------------------------------------------------------- log-weights
-    def log_weight_parts(self, x: torch.Tensor, eps: list[torch.Tensor], *, stop_params: bool = False,
-                         stop_samples: bool = False) -> dict[str, torch.Tensor | None]:
+    def log_weight_parts(
+        self, x: torch.Tensor, eps: list[torch.Tensor], *, stop_params: bool = False, stop_samples: bool = False
+    ) -> dict[str, torch.Tensor | None]:
         """Each member's log p(x, z), log q(z|x), log p(x|z_1) and the views of log q, ``(M, K, B)`` each,
         at z_l = loc_l + sigma_l * eps_l, the computation of ``VAE.log_weight_parts`` with
         :func:`iwae.estimators.add_views`, batched over the members.
@@ -141,8 +145,13 @@ class StackedVAE(nn.Module):
         for names, z_above, z_below in zip(dec[1:], zs[1:], zs[:-1]):
             log_p = log_p + diag_normal_log_prob(z_below, *self._loc_log_scale(names, z_above))
         log_lik = bernoulli_log_prob_from_logits(self._mlp(dec[0], zs[0], output=True), x.unsqueeze(1))
-        parts = {"log_p": log_p + log_lik, "log_q": log_q, "log_likelihood": log_lik,
-                 "log_q_stop_params": None, "log_q_stop_samples": None}
+        parts = {
+            "log_p": log_p + log_lik,
+            "log_q": log_q,
+            "log_likelihood": log_lik,
+            "log_q_stop_params": None,
+            "log_q_stop_samples": None,
+        }
         inputs = [None] + zs[:-1]
         if stop_params:  # layer 1's loc and sigma detached as drawn; a layer above run with its weights detached
             view = diag_normal_log_prob(zs[0], loc.detach(), log_scale.detach())
@@ -198,11 +207,27 @@ def _gather_state(optimizers: list[torch.optim.Optimizer], models: list[nn.Modul
 
 def _slice_state(state: dict, index) -> dict:
     """The stacked Adam state of some members (``index``, a list), still stacked."""
-    return {k: (v[index].clone() if isinstance(v, torch.Tensor) and v.dim() > 0 else
-                v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    return {
+        k: (
+            v[index].clone()
+            if isinstance(v, torch.Tensor) and v.dim() > 0
+            else v.clone()
+            if isinstance(v, torch.Tensor)
+            else v
+        )
+        for k, v in state.items()
+    }
 
 
 def _member_state(state: dict, name: str, i: int) -> dict:
     """Member ``i``'s Adam state of parameter ``name``, as its own optimizer holds it."""
-    return {k: (member_tensor(v, name, i) if isinstance(v, torch.Tensor) and v.dim() > 0 else
-                v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    return {
+        k: (
+            member_tensor(v, name, i)
+            if isinstance(v, torch.Tensor) and v.dim() > 0
+            else v.clone()
+            if isinstance(v, torch.Tensor)
+            else v
+        )
+        for k, v in state.items()
+    }

@@ -39,27 +39,34 @@ def chw(pixels: int, image_shape: Sequence[int] | None, layers: int) -> tuple[in
     if image_shape is None:
         side = math.isqrt(pixels)
         if side * side != pixels:
-            raise ValueError(f"the conv network needs the image shape of inputs of {pixels} pixels (not a square); "
-                             f"give image_shape (H, W) or (C, H, W)")
+            raise ValueError(
+                f"the conv network needs the image shape of inputs of {pixels} pixels (not a square); "
+                f"give image_shape (H, W) or (C, H, W)"
+            )
         shape = (1, side, side)
     else:
         shape = tuple(int(s) for s in image_shape)
         shape = (1,) + shape if len(shape) == 2 else shape
         if len(shape) != 3 or math.prod(shape) != pixels:
-            raise ValueError(f"image_shape {tuple(image_shape)} does not describe {pixels} pixels as (H, W) or (C, H, W)")
+            raise ValueError(
+                f"image_shape {tuple(image_shape)} does not describe {pixels} pixels as (H, W) or (C, H, W)"
+            )
     c, h, w = shape
-    step = 2 ** layers
+    step = 2**layers
     if h % step or w % step:
-        raise ValueError(f"the conv network with {layers} stride-2 layers needs H and W divisible by {step}, "
-                         f"got {h} x {w}; pad or crop the images, or give fewer channels")
+        raise ValueError(
+            f"the conv network with {layers} stride-2 layers needs H and W divisible by {step}, "
+            f"got {h} x {w}; pad or crop the images, or give fewer channels"
+        )
     return c, h, w
 
 
 class ConvEncoder(nn.Module):
     """q(z | x) from stride-2 convolutions and a linear head (see the module docstring)."""
 
-    def __init__(self, in_features: int, channels: Sequence[int], out_features: int,
-                 image_shape: Sequence[int] | None = None):
+    def __init__(
+        self, in_features: int, channels: Sequence[int], out_features: int, image_shape: Sequence[int] | None = None
+    ):
         super().__init__()
         self.shape = chw(in_features, image_shape, len(channels))
         c, h, w = self.shape
@@ -90,16 +97,19 @@ class ConvDecoder(nn.Module):
     ``image_shape`` None means a square one-channel image and P = 1 (pass the shape for P > 1).
     """
 
-    def __init__(self, in_features: int, channels: Sequence[int], out_features: int,
-                 image_shape: Sequence[int] | None = None):
+    def __init__(
+        self, in_features: int, channels: Sequence[int], out_features: int, image_shape: Sequence[int] | None = None
+    ):
         super().__init__()
         if image_shape is None:  # square, one channel, one parameter per pixel
             pixels = out_features
         else:
             pixels = math.prod(int(s) for s in image_shape)
         if out_features % pixels:
-            raise ValueError(f"the conv decoder's {out_features} outputs are not a whole number of parameters "
-                             f"per pixel of a {tuple(image_shape or ())} image")
+            raise ValueError(
+                f"the conv decoder's {out_features} outputs are not a whole number of parameters "
+                f"per pixel of a {tuple(image_shape or ())} image"
+            )
         c, h, w = chw(pixels, image_shape, len(channels))
         self.params_per_pixel = out_features // pixels
         self.image = (c, h, w)

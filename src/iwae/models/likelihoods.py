@@ -39,8 +39,18 @@ from ..choices import LIKELIHOODS
 from .gaussian import diag_normal_log_prob
 from .likelihood import bernoulli_log_prob_from_logits
 
-__all__ = ["LIKELIHOODS", "Likelihood", "Bernoulli", "Gaussian", "DiscretizedLogistic256", "make_likelihood",
-           "bits_per_dim", "discrete_nll", "on_8bit_grid"]
+__all__ = [
+    "LIKELIHOODS",
+    "Likelihood",
+    "Bernoulli",
+    "Gaussian",
+    "DiscretizedLogistic256",
+    "make_likelihood",
+    "bits_per_dim",
+    "discrete_nll",
+    "on_8bit_grid",
+]
+
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:
     """Bits per dimension of a negative log-likelihood in nats: nll / (D ln 2)."""
@@ -81,8 +91,10 @@ class Likelihood(nn.Module):
     def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The P parameters of every pixel, each ``(..., D)``, from the parameter-major ``(..., P * D)``."""
         if raw.shape[-1] != self.params_per_pixel * self.input_dim:
-            raise ValueError(f"the {self.name} likelihood needs {self.params_per_pixel} x {self.input_dim} decoder "
-                             f"outputs per sample, got {raw.shape[-1]}")
+            raise ValueError(
+                f"the {self.name} likelihood needs {self.params_per_pixel} x {self.input_dim} decoder "
+                f"outputs per sample, got {raw.shape[-1]}"
+            )
         return raw.split(self.input_dim, dim=-1)
 
     def log_prob(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +129,7 @@ class Bernoulli(Likelihood):
     discrete = True
 
     def log_prob(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if raw.dim() < x.dim() or raw.shape[-x.dim():] != x.shape:  # the kernel broadcasts x, not the logits
+        if raw.dim() < x.dim() or raw.shape[-x.dim() :] != x.shape:  # the kernel broadcasts x, not the logits
             raw = raw.expand(torch.broadcast_shapes(raw.shape, x.shape))
         return bernoulli_log_prob_from_logits(raw, x)
 
@@ -270,8 +282,10 @@ class DiscretizedLogistic256(Likelihood):
 
     def check_data(self, x: torch.Tensor, what: str = "the data") -> None:
         if not on_8bit_grid(x):
-            raise ValueError(f"{what} is not on the 8-bit grid k/255 that the logistic256 likelihood models; "
-                             f"use 8-bit grey levels (not dequantised), or likelihood gaussian")
+            raise ValueError(
+                f"{what} is not on the 8-bit grid k/255 that the logistic256 likelihood models; "
+                f"use 8-bit grey levels (not dequantised), or likelihood gaussian"
+            )
 
 
 def make_likelihood(name: str, input_dim: int, sigma: float | None = None) -> Likelihood:

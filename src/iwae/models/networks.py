@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-__all__ = ["GaussianMLP", "MLPDecoder", "BernoulliMLP", "Tanh",
-           "glorot_linear", "tanh_kernel", "output_layer_kernel"]
+__all__ = ["GaussianMLP", "MLPDecoder", "BernoulliMLP", "Tanh", "glorot_linear", "tanh_kernel", "output_layer_kernel"]
 
 
 class _TanhFunction(torch.autograd.Function):

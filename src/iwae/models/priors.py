@@ -42,7 +42,7 @@ def _sliced_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor
     step = max(1, _COMPONENT_FLOATS // z.shape[-1])
     pieces = []
     for start in _slices(loc.shape[0], z.shape[-1]):
-        loc_c, log_scale_c = loc[start: start + step], log_scale[start: start + step]
+        loc_c, log_scale_c = loc[start : start + step], log_scale[start : start + step]
         pieces.append(diag_normal_log_prob(z.unsqueeze(-2), loc_c, log_scale_c))  # (..., c)
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, -1)  # (..., C)
 
@@ -77,9 +77,9 @@ class _DiagNormalLogProb(torch.autograd.Function):
         grad_z = torch.zeros_like(zf) if need_z else None
         grad_loc, grad_scale = [], []
         for start in _slices(loc.shape[0], dim):
-            inv = torch.exp(-log_scale[start: start + step])  # (c, D)
-            eps = (zf.unsqueeze(-2) - loc[start: start + step]) * inv  # (R, c, D)
-            g = gf[:, start: start + step].unsqueeze(-1)  # (R, c, 1)
+            inv = torch.exp(-log_scale[start : start + step])  # (c, D)
+            eps = (zf.unsqueeze(-2) - loc[start : start + step]) * inv  # (R, c, D)
+            g = gf[:, start : start + step].unsqueeze(-1)  # (R, c, 1)
             if need_z or need_loc:
                 g_eps = (g * eps).mul_(inv)  # g_c eps_c / sigma_c
                 if need_z:
@@ -88,9 +88,11 @@ class _DiagNormalLogProb(torch.autograd.Function):
                     grad_loc.append(g_eps.sum(0))
             if need_scale:
                 grad_scale.append((g * eps.square_().sub_(1.0)).sum(0))
-        return (grad_z.reshape(z.shape) if need_z else None,
-                torch.cat(grad_loc).reshape(loc.shape) if need_loc else None,
-                torch.cat(grad_scale).reshape(log_scale.shape) if need_scale else None)
+        return (
+            grad_z.reshape(z.shape) if need_z else None,
+            torch.cat(grad_loc).reshape(loc.shape) if need_loc else None,
+            torch.cat(grad_scale).reshape(log_scale.shape) if need_scale else None,
+        )
 
 
 def _diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -176,8 +178,9 @@ class MixturePrior(nn.Module):
             self.register_buffer("logits", logits)
 
     def forward(self) -> Distribution:
-        return MixtureSameFamily(Categorical(logits=self.logits),
-                                 Independent(Normal(self.loc, torch.exp(0.5 * self.log_var)), 1))
+        return MixtureSameFamily(
+            Categorical(logits=self.logits), Independent(Normal(self.loc, torch.exp(0.5 * self.log_var)), 1)
+        )
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log sum_c exp(log pi_c + log N(z; mu_c, sigma_c^2)), for z of shape ``(..., D)`` -> ``(...)``."""
@@ -291,8 +294,15 @@ class VampPrior(nn.Module):
         return mixture_floats_per_row(self.components, self.dim)
 
 
-def make_prior(name: str, dim: int, components: int = 1, *, learn_weights: bool = False,
-               encoder: nn.ModuleList | None = None, input_dim: int | None = None) -> nn.Module:
+def make_prior(
+    name: str,
+    dim: int,
+    components: int = 1,
+    *,
+    learn_weights: bool = False,
+    encoder: nn.ModuleList | None = None,
+    input_dim: int | None = None,
+) -> nn.Module:
     """Builds the prior called ``name`` (one of ``PRIORS``) over ``dim`` latent units.
 
     Args:

@@ -1,8 +1,8 @@
 """The networks by name (:data:`~iwae.choices.NETWORKS`): the encoder layer and the decoder each builds.
 
-    mlp     Burda et al.'s tanh MLPs (:mod:`.networks`)
-    gated   Tomczak & Welling's GatedDense (:mod:`.gated`)
-    conv    a small convolutional net (:mod:`.conv`)
+mlp     Burda et al.'s tanh MLPs (:mod:`.networks`)
+gated   Tomczak & Welling's GatedDense (:mod:`.gated`)
+conv    a small convolutional net (:mod:`.conv`)
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def _check_network(network: str) -> None:
         raise ValueError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
 
 
-def make_encoder_layer(network: str, in_features: int, hidden: Sequence[int], out_features: int,
-                       image_shape: Sequence[int] | None = None) -> nn.Module:
+def make_encoder_layer(
+    network: str, in_features: int, hidden: Sequence[int], out_features: int, image_shape: Sequence[int] | None = None
+) -> nn.Module:
     """One encoder layer q(z | h) of ``network``: a module with ``loc_log_scale(h) -> (loc, log_scale)``,
     ``h`` of shape ``(..., in_features)``, each output ``(..., out_features)``.
 
@@ -41,8 +42,9 @@ def make_encoder_layer(network: str, in_features: int, hidden: Sequence[int], ou
     return ConvEncoder(in_features, hidden, out_features, image_shape)
 
 
-def make_decoder(network: str, in_features: int, hidden: Sequence[int], out_features: int,
-                 image_shape: Sequence[int] | None = None) -> nn.Module:
+def make_decoder(
+    network: str, in_features: int, hidden: Sequence[int], out_features: int, image_shape: Sequence[int] | None = None
+) -> nn.Module:
     """The decoder of p(x | z) of ``network``: ``z (..., in_features) -> raw (..., out_features)``,
     ``out_features = P * D`` parameter-major, with ``output_bias`` (a ``(out_features,)`` Parameter).
 

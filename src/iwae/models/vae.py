@@ -31,6 +31,7 @@ from .registry import make_decoder, make_encoder_layer
 
 __all__ = ["ModelConfig", "VAE", "LogWeightParts", "PosteriorSample", "Decoded", "UserEncoder"]
 
+
 @dataclass
 class PosteriorSample:
     """Draws z_l = loc_l + sigma_l * eps_l ~ q(z_l | z_{l-1}) of every stochastic layer (z_0 = x) and
@@ -156,49 +157,76 @@ class VAE(nn.Module):
         torch.Size([5, 3])
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, encoder: nn.Module | None = None,
-                 decoder: nn.Module | None = None, prior: str | nn.Module | None = None,
-                 likelihood: str | Likelihood | None = None):
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        prior: str | nn.Module | None = None,
+        likelihood: str | Likelihood | None = None,
+    ):
         super().__init__()
         config = config or ModelConfig()
         if isinstance(prior, str):
             config = dataclasses.replace(config, prior=prior)
         if isinstance(likelihood, str):
-            config = dataclasses.replace(config, likelihood=likelihood, sigma=None if likelihood != "gaussian"
-                                         else config.sigma)
+            config = dataclasses.replace(
+                config, likelihood=likelihood, sigma=None if likelihood != "gaussian" else config.sigma
+            )
         elif isinstance(likelihood, Likelihood) and likelihood.name in LIKELIHOODS:  # the config says what it is
             config = dataclasses.replace(config, likelihood=likelihood.name, sigma=getattr(likelihood, "sigma", None))
         self.config = config
         # whether a config can rebuild this model (rundir refuses to load one it cannot)
-        self.user_modules = (any(m is not None and not isinstance(m, str) for m in (encoder, decoder, prior))
-                             or (isinstance(likelihood, Likelihood) and likelihood.name not in LIKELIHOODS))
+        self.user_modules = any(m is not None and not isinstance(m, str) for m in (encoder, decoder, prior)) or (
+            isinstance(likelihood, Likelihood) and likelihood.name not in LIKELIHOODS
+        )
         if (encoder is not None or decoder is not None) and len(config.latent_dims) != 1:
-            raise ValueError(f"user encoder and decoder modules make one stochastic layer; config.latent_dims "
-                             f"{config.latent_dims} has {len(config.latent_dims)}")
-        self.likelihood = (likelihood if isinstance(likelihood, Likelihood)
-                           else make_likelihood(config.likelihood, config.input_dim, config.sigma))
+            raise ValueError(
+                f"user encoder and decoder modules make one stochastic layer; config.latent_dims "
+                f"{config.latent_dims} has {len(config.latent_dims)}"
+            )
+        self.likelihood = (
+            likelihood
+            if isinstance(likelihood, Likelihood)
+            else make_likelihood(config.likelihood, config.input_dim, config.sigma)
+        )
         if self.likelihood.input_dim != config.input_dim:
-            raise ValueError(f"the likelihood models {self.likelihood.input_dim} pixels, config.input_dim is "
-                             f"{config.input_dim}")
+            raise ValueError(
+                f"the likelihood models {self.likelihood.input_dim} pixels, config.input_dim is {config.input_dim}"
+            )
         dims = (config.input_dim,) + config.latent_dims
         net, shape = config.network, config.image_shape
         side = math.isqrt(config.input_dim)
         if net == "conv" and shape is None and side * side == config.input_dim:
             shape = (side, side)  # None means square; the conv layers refuse other sizes without a shape
         self.encoder = nn.ModuleList(
-            [UserEncoder(encoder)] if encoder is not None else
-            [make_encoder_layer(net, dims[0], config.hidden_dims[0], dims[1], shape)]
+            [UserEncoder(encoder)]
+            if encoder is not None
+            else [make_encoder_layer(net, dims[0], config.hidden_dims[0], dims[1], shape)]
             + [GaussianMLP(dims[i], config.hidden_dims[i], dims[i + 1]) for i in range(1, len(config.latent_dims))]
         )
         out = self.likelihood.params_per_pixel * dims[0]
         self.decoder = nn.ModuleList(
             [decoder if decoder is not None else make_decoder(net, dims[1], config.hidden_dims[0][::-1], out, shape)]
-            + [GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i]) for i in range(1, len(config.latent_dims))]
+            + [
+                GaussianMLP(dims[i + 1], config.hidden_dims[i][::-1], dims[i])
+                for i in range(1, len(config.latent_dims))
+            ]
         )
         # the VampPrior maps its pseudo-inputs through the encoder, which stays outside the prior's parameters
-        self.prior_module = prior if isinstance(prior, nn.Module) else make_prior(
-            config.prior, config.latent_dims[-1], config.prior_components, learn_weights=config.prior_learn_weights,
-            encoder=self.encoder, input_dim=config.input_dim)
+        self.prior_module = (
+            prior
+            if isinstance(prior, nn.Module)
+            else make_prior(
+                config.prior,
+                config.latent_dims[-1],
+                config.prior_components,
+                learn_weights=config.prior_learn_weights,
+                encoder=self.encoder,
+                input_dim=config.input_dim,
+            )
+        )
 
     # ----------------------------------------------------------------- distributions
     @property
@@ -248,7 +276,9 @@ class VAE(nn.Module):
         with ``rws`` the encoder gets no gradient through the prior at all.
         """
         encoder = {id(p) for p in self.encoder.parameters()}
-        rest = list(self.decoder.parameters()) + list(self.prior_module.parameters()) + list(self.likelihood.parameters())
+        rest = (
+            list(self.decoder.parameters()) + list(self.prior_module.parameters()) + list(self.likelihood.parameters())
+        )
         return [p for p in rest if id(p) not in encoder]  # a user prior holding the encoder counts it once
 
     @torch.no_grad()
@@ -276,9 +306,7 @@ class VAE(nn.Module):
             self.likelihood.init_output_bias(bias, train_mean)
 
     # ----------------------------------------------------------------- log-weights
-    def log_weights(
-        self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """log w_i = log p(x, z_i) - log q(z_i | x) for ``num_samples`` samples z_i ~ q(z | x).
 
         The first encoder layer runs once per input; the samples are drawn by reparameterisation
@@ -367,8 +395,9 @@ class VAE(nn.Module):
         """
         return self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator), prior_direct)
 
-    def log_joint(self, x: torch.Tensor, zs: list[torch.Tensor], prior_direct: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def log_joint(
+        self, x: torch.Tensor, zs: list[torch.Tensor], prior_direct: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """log p(x, z_1, ..., z_L) at samples ``zs`` (bottom-up, each ``(K, B, D_l)``), one decoder pass.
 
         Returns:
@@ -386,8 +415,10 @@ class VAE(nn.Module):
         log_lik = self.likelihood.log_prob(self.decoder_output(zs[0]), x)
         return log_p + log_lik, log_lik, log_prior_direct
 
-    def _log_weight_parts(self, x: torch.Tensor, posterior: PosteriorSample, prior_direct: bool = False
-                          ) -> LogWeightParts:
+    def _log_weight_parts(
+        self, x: torch.Tensor, posterior: PosteriorSample, prior_direct: bool = False
+    ) -> LogWeightParts:
         log_p, log_lik, log_prior_direct = self.log_joint(x, posterior.zs, prior_direct)
-        return LogWeightParts(log_p, posterior.log_q, log_likelihood=log_lik, log_prior_direct=log_prior_direct,
-                              posterior=posterior)
+        return LogWeightParts(
+            log_p, posterior.log_q, log_likelihood=log_lik, log_prior_direct=log_prior_direct, posterior=posterior
+        )

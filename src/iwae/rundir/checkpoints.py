@@ -16,8 +16,18 @@ from ..models import VAE
 from .layout import CHECKPOINT, METRICS, MODEL, START_FILES
 from .weights import model_digest, model_epoch
 
-__all__ = ["EpochState", "save_checkpoint", "read_checkpoint", "has_checkpoint", "checkpoint_metrics",
-           "generator_device", "check_same_device_type", "restore", "trained_epochs", "only_start_files"]
+__all__ = [
+    "EpochState",
+    "save_checkpoint",
+    "read_checkpoint",
+    "has_checkpoint",
+    "checkpoint_metrics",
+    "generator_device",
+    "check_same_device_type",
+    "restore",
+    "trained_epochs",
+    "only_start_files",
+]
 
 
 @dataclass
@@ -31,9 +41,17 @@ class EpochState:
     seconds: float
 
 
-def save_checkpoint(run_dir: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, epoch: int, step: int, metrics: list[dict],
-                    partial: EpochState | None = None, wall_time: float = 0.0) -> None:
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    step: int,
+    metrics: list[dict],
+    partial: EpochState | None = None,
+    wall_time: float = 0.0,
+) -> None:
     """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
     ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``."""
     opt_state = optimizer.state_dict()
@@ -47,9 +65,16 @@ def save_checkpoint(run_dir: str | os.PathLike, model: VAE, optimizer: torch.opt
                 scalars.setdefault(str(idx), {})[name] = value
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"epoch": epoch, "step": step, "metrics": metrics, "param_groups": opt_state["param_groups"],
-            "optim_scalars": scalars, "model_digest": model_digest(model.config),
-            "rng_device": generator.device.type, "wall_time_s": wall_time}
+    meta = {
+        "epoch": epoch,
+        "step": step,
+        "metrics": metrics,
+        "param_groups": opt_state["param_groups"],
+        "optim_scalars": scalars,
+        "model_digest": model_digest(model.config),
+        "rng_device": generator.device.type,
+        "wall_time_s": wall_time,
+    }
     if partial is not None:
         tensors["epoch.order"] = partial.order
         tensors["epoch.bound_sum"] = partial.bound_sum
@@ -83,34 +108,48 @@ def generator_device(tensors: dict[str, torch.Tensor], meta: dict) -> str:
 def check_same_device_type(path: Path, tensors: dict[str, torch.Tensor], meta: dict, device: str) -> None:
     saved, wanted = generator_device(tensors, meta), torch.device(device).type
     if saved != wanted:
-        raise ValueError(f"{path.parent} was trained on {saved}; resuming it on {wanted} would draw other random "
-                         f"numbers (CPU and CUDA generators differ), so it would not be the same run: resume it "
-                         f"with --device {saved}, or train a new run on {wanted}")
+        raise ValueError(
+            f"{path.parent} was trained on {saved}; resuming it on {wanted} would draw other random "
+            f"numbers (CPU and CUDA generators differ), so it would not be the same run: resume it "
+            f"with --device {saved}, or train a new run on {wanted}"
+        )
 
 
-def restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator, n_train: int,
-            ) -> tuple[int, int, list[dict], EpochState | None, float]:
+def restore(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    n_train: int,
+) -> tuple[int, int, list[dict], EpochState | None, float]:
     """Loads a checkpoint into ``model``, ``optimizer`` and ``generator`` after checking that every
     tensor fits them; returns ``(epoch, step, metrics, partial epoch or None, wall time)``."""
+
     def refuse(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} {why}; it was not written for this run's config.yaml (delete the run or "
-                               f"restore the files that belong together)")
+        return CheckpointError(
+            f"{path} {why}; it was not written for this run's config.yaml (delete the run or "
+            f"restore the files that belong together)"
+        )
 
     if meta.get("model_config") not in (None, model.config.to_dict()):  # a checkpoint of an older run
-        raise refuse(f"holds another architecture ({meta['model_config']}) than config.yaml's "
-                     f"({model.config.to_dict()})")
+        raise refuse(
+            f"holds another architecture ({meta['model_config']}) than config.yaml's ({model.config.to_dict()})"
+        )
     if meta.get("model_digest") not in (None, model_digest(model.config)):
         raise refuse(f"holds another architecture than config.yaml's ({model.config.to_dict()})")
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
         raise refuse(f"lacks {', '.join(missing) or 'nothing'} and has unexpected {', '.join(extra) or 'nothing'}")
     for name, value in expected.items():
         if weights[name].shape != value.shape or weights[name].dtype != value.dtype:
-            raise refuse(f"holds {name} of shape {tuple(weights[name].shape)} ({weights[name].dtype}), the model "
-                         f"needs {tuple(value.shape)} ({value.dtype})")
+            raise refuse(
+                f"holds {name} of shape {tuple(weights[name].shape)} ({weights[name].dtype}), the model "
+                f"needs {tuple(value.shape)} ({value.dtype})"
+            )
     params = list(model.parameters())
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -119,8 +158,9 @@ def restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE
             if not idx.isdigit() or int(idx) >= len(params):
                 raise refuse(f"holds optimizer state {key} for a parameter the model does not have")
             if name in ("exp_avg", "exp_avg_sq") and value.shape != params[int(idx)].shape:
-                raise refuse(f"holds {key} of shape {tuple(value.shape)}, its parameter has "
-                             f"{tuple(params[int(idx)].shape)}")
+                raise refuse(
+                    f"holds {key} of shape {tuple(value.shape)}, its parameter has {tuple(params[int(idx)].shape)}"
+                )
             state.setdefault(int(idx), {})[name] = value
     try:
         for idx, extra in meta.get("optim_scalars", {}).items():
@@ -136,8 +176,12 @@ def restore(path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE
                 raise ValueError(f"its epoch order of shape {tuple(order.shape)} does not fit {n_train} images")
             if order.is_floating_point() or not torch.equal(order.sort().values, torch.arange(n_train)):
                 raise ValueError(f"its epoch order is not a permutation of the {n_train} training images")
-            partial = EpochState(order.to(generator.device), int(meta["epoch_position"]),
-                                 tensors["epoch.bound_sum"].to(generator.device), float(meta["epoch_seconds"]))
+            partial = EpochState(
+                order.to(generator.device),
+                int(meta["epoch_position"]),
+                tensors["epoch.bound_sum"].to(generator.device),
+                float(meta["epoch_seconds"]),
+            )
         metrics = list(meta["metrics"])
         return int(meta["epoch"]), int(meta["step"]), metrics, partial, float(meta.get("wall_time_s", 0.0))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

@@ -12,8 +12,15 @@ import numpy as np
 from ..errors import CheckpointError
 from .layout import _write_json, atomic_write
 
-__all__ = ["eval_name", "evaluation_files", "write_evaluation", "read_evaluation", "read_bounds", "write_surgery",
-           "write_figure_record"]
+__all__ = [
+    "eval_name",
+    "evaluation_files",
+    "write_evaluation",
+    "read_evaluation",
+    "read_bounds",
+    "write_surgery",
+    "write_figure_record",
+]
 
 
 def eval_name(k: int, seed: int, test_subset: int | None = None) -> str:

@@ -11,8 +11,17 @@ import yaml
 from ..config import TrainConfig
 from .layout import CONFIG, atomic_write
 
-__all__ = ["NOT_IDENTITY", "ADDED_DEFAULTS", "run_identity", "run_key", "changed_settings", "read_config",
-           "read_config_values", "write_config", "check_same_run"]
+__all__ = [
+    "NOT_IDENTITY",
+    "ADDED_DEFAULTS",
+    "run_identity",
+    "run_key",
+    "changed_settings",
+    "read_config",
+    "read_config_values",
+    "write_config",
+    "check_same_run",
+]
 
 # settings that may differ between two invocations on the same run directory. None of them changes
 # the result except the device: CPU and CUDA draw other random numbers and round differently, so a
@@ -22,16 +31,25 @@ __all__ = ["NOT_IDENTITY", "ADDED_DEFAULTS", "run_identity", "run_key", "changed
 NOT_IDENTITY = ("threads", "data_dir", "out", "device", "epochs", "init_from", "checkpoint_every", "compile")
 
 
-
 # settings added after runs were recorded, with the value every older run had: a config at that value
 # has the identity it had before the setting existed, so older runs and results stay valid
-ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "binarize": "auto", "dequantize": False,
-                  "precision": "32"}
+ADDED_DEFAULTS = {
+    "likelihood": "bernoulli",
+    "sigma": None,
+    "network": "mlp",
+    "binarize": "auto",
+    "dequantize": False,
+    "precision": "32",
+}
 
 
 def _identity(config: Mapping, *, length: bool) -> dict:
-    return {k: v for k, v in config.items() if (k not in NOT_IDENTITY or (length and k == "epochs"))
-            and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+    return {
+        k: v
+        for k, v in config.items()
+        if (k not in NOT_IDENTITY or (length and k == "epochs"))
+        and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])
+    }
 
 
 def run_identity(config: TrainConfig | Mapping) -> dict:
@@ -51,8 +69,11 @@ def run_key(spec: Mapping) -> dict:
     whose ``spec`` has another key is stale."""
     spec = spec if isinstance(spec, Mapping) else {}
     config = spec.get("config")
-    return {"config": _identity(config, length=True) if isinstance(config, Mapping) else config,
-            "eval": spec.get("eval"), "after": spec.get("after")}
+    return {
+        "config": _identity(config, length=True) if isinstance(config, Mapping) else config,
+        "eval": spec.get("eval"),
+        "after": spec.get("after"),
+    }
 
 
 def changed_settings(recorded: TrainConfig | Mapping, wanted: TrainConfig | Mapping) -> list[str]:
@@ -101,5 +122,6 @@ def check_same_run(run_dir: str | os.PathLike, config: TrainConfig) -> None:
     changed = changed_settings(recorded, wanted)
     if changed:
         details = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {run_dir} with other settings ({details}); resume it as it is, "
-                         f"or train a new run")
+        raise ValueError(
+            f"cannot resume {run_dir} with other settings ({details}); resume it as it is, or train a new run"
+        )

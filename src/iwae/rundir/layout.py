@@ -12,12 +12,33 @@ from pathlib import Path
 from ..checkpoint import WriteError, atomic_write, check_writable, remove_temporaries
 from ..config.train import CONFIG_FILE
 
-__all__ = ["CONFIG", "MODEL", "CHECKPOINT", "METRICS", "TENSORBOARD", "RESULT_FILE", "ERROR_FILE", "START_FILES",
-           "RUN_FILES", "is_empty", "clear_start_files", "prepare", "delete", "remove_run_temporaries", "read_files",
-           "write_files", "model_bytes"]
+__all__ = [
+    "CONFIG",
+    "MODEL",
+    "CHECKPOINT",
+    "METRICS",
+    "TENSORBOARD",
+    "RESULT_FILE",
+    "ERROR_FILE",
+    "START_FILES",
+    "RUN_FILES",
+    "is_empty",
+    "clear_start_files",
+    "prepare",
+    "delete",
+    "remove_run_temporaries",
+    "read_files",
+    "write_files",
+    "model_bytes",
+]
 
-CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = CONFIG_FILE, "model.safetensors", "checkpoint.safetensors", \
-    "metrics.csv", "tb"
+CONFIG, MODEL, CHECKPOINT, METRICS, TENSORBOARD = (
+    CONFIG_FILE,
+    "model.safetensors",
+    "checkpoint.safetensors",
+    "metrics.csv",
+    "tb",
+)
 RESULT_FILE = "result.json"  # written last in a run directory: its presence marks a finished run
 ERROR_FILE = "error.json"
 # the files train() writes into a run directory when it starts, before its first checkpoint

@@ -11,8 +11,15 @@ from ..config import TrainConfig
 from .identity import write_config
 from .layout import METRICS, TENSORBOARD, atomic_write
 
-__all__ = ["metrics_text", "write_metrics", "read_metrics", "has_metrics", "training_seconds", "tensorboard_writer",
-           "sync_outputs"]
+__all__ = [
+    "metrics_text",
+    "write_metrics",
+    "read_metrics",
+    "has_metrics",
+    "training_seconds",
+    "tensorboard_writer",
+    "sync_outputs",
+]
 
 
 def metrics_text(metrics: list[dict]) -> str:

@@ -14,8 +14,16 @@ from .identity import run_key
 from .layout import ERROR_FILE, RESULT_FILE, _read_json, _write_json
 from .weights import model_sha256
 
-__all__ = ["write_result", "write_error", "read_error", "clear_error", "RunStatus", "dependency_digest", "run_status",
-           "finished_result"]
+__all__ = [
+    "write_result",
+    "write_error",
+    "read_error",
+    "clear_error",
+    "RunStatus",
+    "dependency_digest",
+    "run_status",
+    "finished_result",
+]
 
 
 def write_result(run_dir: str | os.PathLike, result: dict) -> None:
@@ -69,8 +77,11 @@ def run_status(run_dir: str | os.PathLike, spec: Mapping) -> RunStatus:
     (for a continued run) it started from the model its dependency holds now; else it is stale.
     """
     run_dir = Path(run_dir)
-    outcome = max((p for p in (run_dir / RESULT_FILE, run_dir / ERROR_FILE) if p.is_file()),
-                  key=lambda p: p.stat().st_mtime, default=None)
+    outcome = max(
+        (p for p in (run_dir / RESULT_FILE, run_dir / ERROR_FILE) if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+        default=None,
+    )
     if outcome is None:
         return RunStatus(None)
     value = _read_json(outcome)

@@ -17,8 +17,16 @@ from ..models import VAE
 from .identity import read_config
 from .layout import CONFIG, MODEL
 
-__all__ = ["model_digest", "save_model", "model_config_of", "load_model", "model_epoch", "model_sha256",
-           "load_trained", "init_from"]
+__all__ = [
+    "model_digest",
+    "save_model",
+    "model_config_of",
+    "load_model",
+    "model_epoch",
+    "model_sha256",
+    "load_trained",
+    "init_from",
+]
 
 
 def model_digest(model_config: ModelConfig) -> str:
@@ -44,30 +52,37 @@ def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
     holds it in ``model_config``."""
     path = run_dir / what
     if meta.get("user_modules"):
-        raise CheckpointError(f"{path} holds the weights of a model built from user modules, which no config "
-                              f"rebuilds: build the model again and load them with "
-                              f"model.load_state_dict(iwae.checkpoint.load_tensors(path)[0])")
+        raise CheckpointError(
+            f"{path} holds the weights of a model built from user modules, which no config "
+            f"rebuilds: build the model again and load them with "
+            f"model.load_state_dict(iwae.checkpoint.load_tensors(path)[0])"
+        )
     if "model_config" in meta:  # written before the model config was stored once
         try:
             return ModelConfig(**meta["model_config"])
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path} has an invalid model config ({e}); was it written by another "
-                                  f"version of iwae?") from e
+            raise CheckpointError(
+                f"{path} has an invalid model config ({e}); was it written by another version of iwae?"
+            ) from e
     if not isinstance(meta.get("input_dim"), int):
-        raise CheckpointError(f"{path} has no model config in its metadata, nor the input size that, with "
-                              f"config.yaml, gives the architecture; was it written by iwae?")
+        raise CheckpointError(
+            f"{path} has no model config in its metadata, nor the input size that, with "
+            f"config.yaml, gives the architecture; was it written by iwae?"
+        )
     if not (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"{run_dir} has no config.yaml, which records the architecture of {what}; "
-                              f"restore it from a copy of the run")
+        raise CheckpointError(
+            f"{run_dir} has no config.yaml, which records the architecture of {what}; restore it from a copy of the run"
+        )
     try:
         shape = meta.get("image_shape")
         architecture = read_config(run_dir).model_config(meta["input_dim"], tuple(shape) if shape else None)
     except ValueError as e:
-        raise CheckpointError(f"{path}: config.yaml gives no architecture for {meta['input_dim']} pixels ({e})") \
-            from e
+        raise CheckpointError(f"{path}: config.yaml gives no architecture for {meta['input_dim']} pixels ({e})") from e
     if meta.get("model_digest") not in (None, model_digest(architecture)):
-        raise CheckpointError(f"{path} was written for another architecture than config.yaml's "
-                              f"({architecture.to_dict()}); restore the files that belong together")
+        raise CheckpointError(
+            f"{path} was written for another architecture than config.yaml's "
+            f"({architecture.to_dict()}); restore the files that belong together"
+        )
     return architecture
 
 
@@ -89,8 +104,9 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{run_dir / MODEL} has an invalid model config ({e}); "
-                              f"was it written by another version of iwae?") from e
+        raise CheckpointError(
+            f"{run_dir / MODEL} has an invalid model config ({e}); was it written by another version of iwae?"
+        ) from e
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -130,13 +146,17 @@ def load_trained(run_dir: str | os.PathLike, device: str | torch.device = "cpu")
     model = load_model(run_dir, device)
     epoch = model_epoch(run_dir)
     if model_sha256(run_dir) != sha256:  # both reads above must have seen the file whose digest we report
-        raise CheckpointError(f"{run_dir / MODEL} changed while it was read; is the run still "
-                              f"training? measure it when it has stopped, or a copy of it")
+        raise CheckpointError(
+            f"{run_dir / MODEL} changed while it was read; is the run still "
+            f"training? measure it when it has stopped, or a copy of it"
+        )
     if not isinstance(epoch, int):
         raise CheckpointError(f"{run_dir / MODEL} records no epoch; was it written by another version of iwae?")
     if epoch < 1:
-        raise CheckpointError(f"{run_dir} has not completed an epoch: its model.safetensors holds the initial "
-                              f"weights; train it first (iwae train --resume {run_dir})")
+        raise CheckpointError(
+            f"{run_dir} has not completed an epoch: its model.safetensors holds the initial "
+            f"weights; train it first (iwae train --resume {run_dir})"
+        )
     return model, {"epoch": epoch, "sha256": sha256}
 
 
@@ -145,11 +165,14 @@ def init_from(model: VAE, source: str | os.PathLike, sha256: str | None) -> None
     match, and the file must be the one whose digest is ``sha256`` (when given)."""
     source = Path(source)
     if sha256 is not None and model_sha256(source) != sha256:
-        raise ValueError(f"init_from {source}: its model.safetensors is not the model this run was planned "
-                         f"from (SHA-256 differs); was it trained again?")
+        raise ValueError(
+            f"init_from {source}: its model.safetensors is not the model this run was planned "
+            f"from (SHA-256 differs); was it trained again?"
+        )
     tensors, meta = load_tensors(source / MODEL)
     theirs = _architecture(source, meta, MODEL)
     if theirs != model.config:
-        raise ValueError(f"init_from {source}: its model ({theirs.to_dict()}) is not this run's "
-                         f"({model.config.to_dict()})")
+        raise ValueError(
+            f"init_from {source}: its model ({theirs.to_dict()}) is not this run's ({model.config.to_dict()})"
+        )
     model.load_state_dict(tensors)

@@ -23,6 +23,19 @@ from .loop import build_model, load, train, train_or_resume, validation_bound
 from .resume import resume_config, resume_point
 from .schedule import kl_weight, learning_rate, paper_schedule
 
-__all__ = ["TrainConfig", "train", "train_or_resume", "paper_schedule", "learning_rate", "kl_weight",
-           "load", "build_model", "SCHEDULES", "RESUMABLE", "configure", "resume_config", "resume_point",
-           "validation_bound"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "train_or_resume",
+    "paper_schedule",
+    "learning_rate",
+    "kl_weight",
+    "load",
+    "build_model",
+    "SCHEDULES",
+    "RESUMABLE",
+    "configure",
+    "resume_config",
+    "resume_point",
+    "validation_bound",
+]

@@ -40,8 +40,14 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
 
 # ----------------------------------------------------------------------------- evaluation helper
 @torch.no_grad()
-def validation_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, batch_size: int = 100,
-                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
+def validation_bound(
+    model: VAE,
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    batch_size: int = 100,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> float:
     """Mean L_k over ``x`` (already binarized), in nats, ``batch_size`` images at a time; no decoder
     call exceeds ``memory_budget`` bytes (by :mod:`iwae.memory`'s estimate of a sample's memory).
 
@@ -54,7 +60,7 @@ def validation_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Gener
     one_call = min(batch_size, x.shape[0]) * k * bytes_per_row(model) <= memory_budget
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         if one_call:
             total += iwae_bound(model.log_weights(xb, k, generator)).sum().item()
         else:
@@ -126,21 +132,33 @@ def _check_device(config: TrainConfig) -> torch.device:
     try:
         device = torch.device(config.device)
     except RuntimeError as e:  # e.g. an index beyond what torch parses
-        raise ValueError(f"device {config.device!r} is not a device torch knows ({e}); use cpu, cuda or cuda:N") from None
+        raise ValueError(
+            f"device {config.device!r} is not a device torch knows ({e}); use cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {config.device} requested but CUDA is not available on this machine; "
-                             f"use --device cpu")
+            raise ValueError(
+                f"device {config.device} requested but CUDA is not available on this machine; use --device cpu"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device {config.device} requested but this machine has {count} CUDA device(s), "
-                             f"cuda:0 to cuda:{count - 1}")
+            raise ValueError(
+                f"device {config.device} requested but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     return device
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          splits: data_module.Splits | None = None, model: VAE | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    splits: data_module.Splits | None = None,
+    model: VAE | None = None,
+) -> Path:
     """Trains a model as ``config`` says and returns its run directory ``config.out``.
 
     ``model`` trains a model built in Python (e.g. ``VAE(cfg, encoder=..., decoder=...)``) in place
@@ -179,8 +197,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         return run_dir  # on any device: nothing is drawn
     device = _check_device(config)
     if config.precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"precision bf16-mixed needs a GPU with bfloat16 (Ampere or newer); {config.device} has "
-                          f"none: use precision 32", ["precision"])
+        raise ConfigError(
+            f"precision bf16-mixed needs a GPU with bfloat16 (Ampere or newer); {config.device} has "
+            f"none: use precision 32",
+            ["precision"],
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     tune_allocator()
@@ -191,10 +212,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     x_train, x_valid = x_train.to(device), splits.valid.to(device)
     n_train = x_train.shape[0]
     if model is not None and model.config.input_dim != x_train.shape[1]:
-        raise ConfigError(f"the model takes {model.config.input_dim} pixels, {config.dataset} has {x_train.shape[1]}",
-                          ["dataset"])
-    likelihood_of = model.likelihood if model is not None else make_likelihood(config.likelihood, x_train.shape[1],
-                                                                             config.sigma)
+        raise ConfigError(
+            f"the model takes {model.config.input_dim} pixels, {config.dataset} has {x_train.shape[1]}", ["dataset"]
+        )
+    likelihood_of = (
+        model.likelihood if model is not None else make_likelihood(config.likelihood, x_train.shape[1], config.sigma)
+    )
     try:  # e.g. logistic256 needs 8-bit grey levels
         likelihood_of.check_data(x_train, f"the training data of {config.dataset}")
         likelihood_of.check_data(x_valid, f"the validation data of {config.dataset}")
@@ -225,11 +248,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     start_epoch, step, metrics, partial, wall_time = 0, 0, [], None, 0.0
     if saved is not None:
-        start_epoch, step, metrics, partial, wall_time = rundir.restore(ckpt_path, *saved, model, optimizer,
-                                                                        generator, n_train)
+        start_epoch, step, metrics, partial, wall_time = rundir.restore(
+            ckpt_path, *saved, model, optimizer, generator, n_train
+        )
         rundir.sync_outputs(run_dir, config, metrics)
-        where = f"step {step}" + (f", {partial.position} of {n_train} images into epoch {start_epoch + 1}"
-                                  if partial else "")
+        where = f"step {step}" + (
+            f", {partial.position} of {n_train} images into epoch {start_epoch + 1}" if partial else ""
+        )
         print(f"resuming {run_dir} from epoch {start_epoch} of {total_epochs} ({where})", file=sys.stderr)
     else:
         rundir.write_config(run_dir, config)
@@ -248,11 +273,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             bad_step = None if bad_step < 0 else bad_step
         if bad_step is None:
             return
-        last = (f"checkpoint.safetensors (epoch {checkpointed[0]}, step {checkpointed[1]}) is intact"
-                if checkpointed else "no checkpoint was written yet")
-        raise FloatingPointError(f"training stopped: the loss or a gradient became nan or inf in epoch {epoch + 1} "
-                                 f"at step {bad_step}, and the parameters did not take that step; {last}; "
-                                 f"try a smaller --lr in a new run")
+        last = (
+            f"checkpoint.safetensors (epoch {checkpointed[0]}, step {checkpointed[1]}) is intact"
+            if checkpointed
+            else "no checkpoint was written yet"
+        )
+        raise FloatingPointError(
+            f"training stopped: the loss or a gradient became nan or inf in epoch {epoch + 1} "
+            f"at step {bad_step}, and the parameters did not take that step; {last}; "
+            f"try a smaller --lr in a new run"
+        )
 
     try:
         for epoch in range(start_epoch, total_epochs):
@@ -269,11 +299,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 order = torch.randperm(n_train, generator=generator, device=device)
                 first, bound_sum = 0, torch.zeros((), device=device)
                 t0 = time.perf_counter()
-            bar = tqdm(range(first, n_train, config.batch_size), desc=f"epoch {epoch + 1}/{total_epochs}",
-                       disable=None if progress else True,  # None: off when stderr is not a terminal
-                       leave=False, file=sys.stderr, unit="batch")
+            bar = tqdm(
+                range(first, n_train, config.batch_size),
+                desc=f"epoch {epoch + 1}/{total_epochs}",
+                disable=None if progress else True,  # None: off when stderr is not a terminal
+                leave=False,
+                file=sys.stderr,
+                unit="batch",
+            )
             for i in bar:
-                x = x_train[order[i: i + config.batch_size]]
+                x = x_train[order[i : i + config.batch_size]]
                 if splits.dynamic:
                     x = data_module.binarize(x, generator)
                 elif splits.dequantize:
@@ -294,9 +329,17 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 position = i + config.batch_size
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:
                     stop_if_nonfinite(epoch)
-                    rundir.save_checkpoint(run_dir, model, optimizer, generator, epoch, step, metrics,
-                                           rundir.EpochState(order, position, bound_sum, time.perf_counter() - t0),
-                                           time.perf_counter() - run_start)
+                    rundir.save_checkpoint(
+                        run_dir,
+                        model,
+                        optimizer,
+                        generator,
+                        epoch,
+                        step,
+                        metrics,
+                        rundir.EpochState(order, position, bound_sum, time.perf_counter() - t0),
+                        time.perf_counter() - run_start,
+                    )
                     checkpointed = (epoch, step)
             bar.close()
             stop_if_nonfinite(epoch)
@@ -305,9 +348,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             epoch_time = time.perf_counter() - t0
             valid_bound = validation_bound(model, x_valid, valid_k, generator)
             row = {
-                "epoch": epoch + 1, "stage": stage, "lr": lr, "step": step,
-                "train_bound": train_bound, f"valid_L{valid_k}": valid_bound,
-                "epoch_time_s": epoch_time, "examples_per_s": n_train / epoch_time,
+                "epoch": epoch + 1,
+                "stage": stage,
+                "lr": lr,
+                "step": step,
+                "train_bound": train_bound,
+                f"valid_L{valid_k}": valid_bound,
+                "epoch_time_s": epoch_time,
+                "examples_per_s": n_train / epoch_time,
                 "wall_time_s": time.perf_counter() - run_start,
             }
             metrics.append(row)
@@ -318,15 +366,19 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             # from the checkpoint (metrics.csv, see rundir.sync_outputs): a kill between two of them loses
             # nothing, and model.safetensors is never behind checkpoint.safetensors
             rundir.save_model(run_dir, model, epoch + 1)
-            rundir.save_checkpoint(run_dir, model, optimizer, generator, epoch + 1, step, metrics,
-                                   wall_time=row["wall_time_s"])
+            rundir.save_checkpoint(
+                run_dir, model, optimizer, generator, epoch + 1, step, metrics, wall_time=row["wall_time_s"]
+            )
             checkpointed = (epoch + 1, step)
             rundir.write_metrics(run_dir, metrics)
             if progress:
                 eta = (time.perf_counter() - run_start) / (epoch + 1) * (total_epochs - epoch - 1)
-                print(f"epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {spec.label} {train_bound:.3f}  "
-                      f"valid L_{valid_k} {valid_bound:.3f}  {row['examples_per_s']:.0f} ex/s  "
-                      f"ETA {_duration(eta)}", file=sys.stderr)
+                print(
+                    f"epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {spec.label} {train_bound:.3f}  "
+                    f"valid L_{valid_k} {valid_bound:.3f}  {row['examples_per_s']:.0f} ex/s  "
+                    f"ETA {_duration(eta)}",
+                    file=sys.stderr,
+                )
     finally:
         writer.close()
     return run_dir
@@ -349,16 +401,20 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
             old = config  # unreadable config: the checkpoint check below decides
         diff = rundir.changed_settings(old, config)
         if diff:
-            raise ValueError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
-                             f"use another --out for a different protocol")
+            raise ValueError(
+                f"{run_dir} was trained with other settings ({', '.join(diff)}); "
+                f"use another --out for a different protocol"
+            )
         try:
             done = rundir.trained_epochs(run_dir)
         except CheckpointError:
             done = None  # unreadable: start again below
         if done is not None:
             if done > config.total_epochs:
-                raise ValueError(f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
-                                 f"asked for; use another --out")
+                raise ValueError(
+                    f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
+                    f"asked for; use another --out"
+                )
             if done == config.total_epochs:  # nothing to train, on any device
                 rundir.sync_outputs(run_dir, config, rundir.checkpoint_metrics(run_dir))
                 return "trained before"

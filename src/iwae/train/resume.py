@@ -25,14 +25,19 @@ def resume_config(run_dir: str | os.PathLike, changes: dict) -> TrainConfig:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
     if not (run_dir / rundir.CONFIG).is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
-                              f"it started); train it again with --out {run_dir}")
+        raise CheckpointError(
+            f"cannot resume {run_dir}: it holds no config.yaml (the run was stopped before "
+            f"it started); train it again with --out {run_dir}"
+        )
     values = rundir.read_config(run_dir).to_dict()
     # device may change within a device type (cuda:0 -> cuda:1); train() refuses another type
     fixed = sorted(set(changes) - set(RESUMABLE) - {"out"})
     if fixed:
-        raise ConfigError(f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE[:-1])} "
-                          f"and {RESUMABLE[-1]} may change", fixed)
+        raise ConfigError(
+            f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE[:-1])} "
+            f"and {RESUMABLE[-1]} may change",
+            fixed,
+        )
     values.update({name: value for name, value in changes.items() if name in RESUMABLE})
     values["out"] = str(run_dir)
     return TrainConfig.from_dict(values)  # train() writes it to config.yaml once it is checked
@@ -59,19 +64,26 @@ def resume_point(config: TrainConfig, *, resume: bool, overwrite: bool) -> tuple
             if not isinstance(done, int):
                 raise CheckpointError(f"{run_dir / rundir.CHECKPOINT} has no epoch count; was it written by iwae?")
             if done > total_epochs:
-                raise ValueError(f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
-                                 f"ask for --epochs {done} or more, or train a new run")
+                raise ValueError(
+                    f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
+                    f"ask for --epochs {done} or more, or train a new run"
+                )
             if done == total_epochs:
                 return saved, True
             rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *saved, config.device)
             return saved, False
         if not rundir.only_start_files(run_dir):
-            raise CheckpointError(f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
-                                  f"(Adam's state and the random streams are gone); train a new run, or pass "
-                                  f"--overwrite to start this one again")
-        print(f"{run_dir} holds no checkpoint (it was stopped before its first one): "
-              f"starting it from the beginning", file=sys.stderr)
+            raise CheckpointError(
+                f"cannot resume {run_dir}: it holds a trained model but no checkpoint.safetensors "
+                f"(Adam's state and the random streams are gone); train a new run, or pass "
+                f"--overwrite to start this one again"
+            )
+        print(
+            f"{run_dir} holds no checkpoint (it was stopped before its first one): starting it from the beginning",
+            file=sys.stderr,
+        )
     elif not rundir.is_empty(run_dir) and not overwrite and not rundir.only_start_files(run_dir):
-        raise FileExistsError(f"run directory {run_dir} exists and is not empty; choose another --out, "
-                              f"--resume it, or pass --overwrite")
+        raise FileExistsError(
+            f"run directory {run_dir} exists and is not empty; choose another --out, --resume it, or pass --overwrite"
+        )
     return None, False

@@ -36,6 +36,21 @@ from .read import SPEC_FILE, find_experiments, read_reproduction, seed_groups
 from .render import SUMMARY_FILE, markdown_report, render_html, summary, write_report
 from .tables import FLAG_NATS, compare, comparisons
 
-__all__ = ["find_experiments", "read_reproduction", "compare", "markdown_report", "render_html", "write_report",
-           "seed_groups", "grid_rows", "grid_table", "comparisons", "summary", "FLAG_NATS", "FIGURE_DIR", "DRAW",
-           "SPEC_FILE", "SUMMARY_FILE"]
+__all__ = [
+    "find_experiments",
+    "read_reproduction",
+    "compare",
+    "markdown_report",
+    "render_html",
+    "write_report",
+    "seed_groups",
+    "grid_rows",
+    "grid_table",
+    "comparisons",
+    "summary",
+    "FLAG_NATS",
+    "FIGURE_DIR",
+    "DRAW",
+    "SPEC_FILE",
+    "SUMMARY_FILE",
+]

@@ -40,6 +40,7 @@ def _done(runs: list[dict]) -> list[dict]:
 
 def _representatives(runs: list[dict], cap: int) -> list[dict]:
     """One finished run per label combination apart from k (the one with the largest k), at most ``cap``."""
+
     def k_of(r: dict) -> int:
         return int(r["labels"].get("k") or r["config"].get("k") or 0)
 
@@ -63,7 +64,9 @@ def _splits(run: dict, data_dir, cache: dict):
     mode = resolve_binarize(run["config"].get("binarize", "auto"), run["config"].get("likelihood", "bernoulli"))
     deq = bool(run["config"].get("dequantize", False))
     if (dataset, folder, mode, deq) not in cache:
-        cache[(dataset, folder, mode, deq)] = load_dataset(dataset, folder, download=False, binarize=mode, dequantize=deq)
+        cache[(dataset, folder, mode, deq)] = load_dataset(
+            dataset, folder, download=False, binarize=mode, dequantize=deq
+        )
     return cache[(dataset, folder, mode, deq)]
 
 
@@ -77,11 +80,16 @@ def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
         raise ValueError("no run has a metrics.csv yet")
     out = []
     for i in range(0, len(runs), CURVES_PER_FIGURE):
-        chunk = runs[i: i + CURVES_PER_FIGURE]
+        chunk = runs[i : i + CURVES_PER_FIGURE]
         part = f"-{i // CURVES_PER_FIGURE + 1}" if len(runs) > CURVES_PER_FIGURE else ""
         path = plot_curves({r["name"]: read_metrics(r["dir"]) for r in chunk}, fig_dir / f"curves{part}.png")
-        out.append((path, f"Training curves of runs {i + 1}-{i + len(chunk)} of the {len(runs)} with a metrics.csv: "
-                          f"training bound (solid) and validation L_k (dashed) per epoch."))
+        out.append(
+            (
+                path,
+                f"Training curves of runs {i + 1}-{i + len(chunk)} of the {len(runs)} with a metrics.csv: "
+                f"training bound (solid) and validation L_k (dashed) per epoch.",
+            )
+        )
     return out
 
 
@@ -89,8 +97,13 @@ def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_samples of a few finished runs (:func:`_representatives`)."""
     runs = _representatives(exp["runs"], MAX_PANELS)
     path = plot_samples({r["name"]: load(r["dir"]) for r in runs}, fig_dir / "samples.png")
-    return [(path, f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
-                   f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z).")]
+    return [
+        (
+            path,
+            f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
+            f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z).",
+        )
+    ]
 
 
 RECONSTRUCTIONS = 10  # test images per reconstruction panel
@@ -102,10 +115,19 @@ def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Dra
     dataset = runs[0]["config"].get("dataset", "mnist")
     runs = [r for r in runs if r["config"].get("dataset", "mnist") == dataset]  # one test set
     splits = _splits(runs[0], data_dir, cache)
-    path = plot_reconstructions({r["name"]: load(r["dir"]) for r in runs}, splits.test[:RECONSTRUCTIONS],
-                                fig_dir / "reconstructions.png", n=RECONSTRUCTIONS)
-    return [(path, f"The first {RECONSTRUCTIONS} {splits.name} test images (top) and the means of "
-                   f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs.")]
+    path = plot_reconstructions(
+        {r["name"]: load(r["dir"]) for r in runs},
+        splits.test[:RECONSTRUCTIONS],
+        fig_dir / "reconstructions.png",
+        n=RECONSTRUCTIONS,
+    )
+    return [
+        (
+            path,
+            f"The first {RECONSTRUCTIONS} {splits.name} test images (top) and the means of "
+            f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs.",
+        )
+    ]
 
 
 def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
@@ -118,11 +140,21 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     if splits.dynamic:  # grey levels: binarize once, as evaluation does
         x_units = torch.from_numpy(fixed_binarization(x_units.numpy(), ACTIVE_UNITS_SEED))
     labels = None if splits.test_labels is None else splits.test_labels[:LATENT_POINTS]
-    path = plot_latent({r["name"]: load(r["dir"]) for r in runs}, splits.test[:LATENT_POINTS],
-                       fig_dir / "latent.png", labels=labels, x_units=x_units)
-    return [(path, f"Posterior means E_q[z | x] of the first {min(LATENT_POINTS, len(splits.test))} {splits.name} "
-                   f"test images in the two most active latent units, "
-                   f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs.")]
+    path = plot_latent(
+        {r["name"]: load(r["dir"]) for r in runs},
+        splits.test[:LATENT_POINTS],
+        fig_dir / "latent.png",
+        labels=labels,
+        x_units=x_units,
+    )
+    return [
+        (
+            path,
+            f"Posterior means E_q[z | x] of the first {min(LATENT_POINTS, len(splits.test))} {splits.name} "
+            f"test images in the two most active latent units, "
+            f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs.",
+        )
+    ]
 
 
 def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
@@ -130,18 +162,28 @@ def _fig_grid(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     rows = _grid_rows(exp)
     path = plot_grid(rows, fig_dir / "grid.png", published=published.rainforth2018())
     bound = f"IWAE-{rows[0]['iwae_k']}"
-    return [(path, f"{bound}, log p-hat and -KL(Q||P) = {bound} - log p-hat against (M, K) for MIWAE and PIWAE "
-                   f"(top) and against beta for CIWAE (bottom), M * K = {rows[0]['total']}: {len(rows)} grid points "
-                   f"with a finished run (identical objectives share one run, e.g. MIWAE(1,K) = PIWAE(1,K) = "
-                   f"CIWAE(0) = IWAE). Stars: Rainforth et al. (2018), full protocol.")]
+    return [
+        (
+            path,
+            f"{bound}, log p-hat and -KL(Q||P) = {bound} - log p-hat against (M, K) for MIWAE and PIWAE "
+            f"(top) and against beta for CIWAE (bottom), M * K = {rows[0]['total']}: {len(rows)} grid points "
+            f"with a finished run (identical objectives share one run, e.g. MIWAE(1,K) = PIWAE(1,K) = "
+            f"CIWAE(0) = IWAE). Stars: Rainforth et al. (2018), full protocol.",
+        )
+    ]
 
 
 def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """A small snr.snr_sweep (IWAE against K, MIWAE against M; reparam, STL, DReG) of one trained run."""
+
     def preference(r):  # Rainforth et al.'s model: IWAE, k = 50, reparameterised gradients
         c = r["config"]
-        return (c.get("objective") == "iwae", c.get("estimator", "reparam") == "reparam", c.get("k") == 50,
-                c.get("k", 0))
+        return (
+            c.get("objective") == "iwae",
+            c.get("estimator", "reparam") == "reparam",
+            c.get("k") == 50,
+            c.get("k", 0),
+        )
 
     done = _done(exp["runs"])
     if not done:
@@ -154,14 +196,22 @@ def _fig_snr(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     t0 = time.perf_counter()
     rows = snr_sweep(load(run["dir"]), x, specs, SNR_REPEATS, seed=0)
     seconds = time.perf_counter() - t0
-    path = plot_snr(rows, fig_dir / "snr.png", title=f"Gradient SNR of run {run['name']} "
-                    f"(R = {SNR_REPEATS} estimates per point, batch {len(x)})")
-    return [(path, f"Gradient SNR of the trained run `{run['name']}`: median |mean| / std over the encoder's and "
-                   f"the decoder's parameters, R = {SNR_REPEATS} gradient estimates per point on one fixed batch of "
-                   f"the first {len(x)} training images (binarized once); IWAE at K = "
-                   f"{', '.join(map(str, SNR_KS))}, MIWAE(M, {SNR_GROUP_K}) at M = {', '.join(map(str, SNR_MS))}; "
-                   f"estimators {', '.join(SNR_ESTIMATORS)}; slopes are log-log fits. A small sweep "
-                   f"({seconds:.0f} s): `iwae snr RUN_DIR --repeats 200` is the full study.")]
+    path = plot_snr(
+        rows,
+        fig_dir / "snr.png",
+        title=f"Gradient SNR of run {run['name']} (R = {SNR_REPEATS} estimates per point, batch {len(x)})",
+    )
+    return [
+        (
+            path,
+            f"Gradient SNR of the trained run `{run['name']}`: median |mean| / std over the encoder's and "
+            f"the decoder's parameters, R = {SNR_REPEATS} gradient estimates per point on one fixed batch of "
+            f"the first {len(x)} training images (binarized once); IWAE at K = "
+            f"{', '.join(map(str, SNR_KS))}, MIWAE(M, {SNR_GROUP_K}) at M = {', '.join(map(str, SNR_MS))}; "
+            f"estimators {', '.join(SNR_ESTIMATORS)}; slopes are log-log fits. A small sweep "
+            f"({seconds:.0f} s): `iwae snr RUN_DIR --repeats 200` is the full study.",
+        )
+    ]
 
 
 DRAW = {kind: globals()[f"_fig_{kind}"] for kind in FIGURES}  # the kinds an experiment may ask for
@@ -183,6 +233,10 @@ def _figures(exp: dict, out_dir: Path, data_dir, cache: dict, counter: list[int]
             continue
         for path, caption in drawn:
             counter[0] += 1
-            lines += [f"![{kind}]({quote(Path(path).relative_to(out_dir).as_posix())})", "",
-                      f"**Figure {counter[0]}.** {caption}", ""]
+            lines += [
+                f"![{kind}]({quote(Path(path).relative_to(out_dir).as_posix())})",
+                "",
+                f"**Figure {counter[0]}.** {caption}",
+                "",
+            ]
     return lines if len(lines) > 2 else []

@@ -28,20 +28,38 @@ def grid_rows(exp: dict) -> list[dict]:
         train, evaluation = result.get("train_seconds"), result.get("eval_seconds")
         units = result.get("active_units")
         for p in r["points"]:
-            rows.append({"objective": p["objective"], "m": p["m"], "k": p["k"], "beta": p["beta"],
-                         "total": p["m"] * p["k"], "label": p["label"], "run": r["name"], "iwae_bound": bound,
-                         "iwae_stderr": metrics.get(f"iwae{bound_k}_stderr"), "log_p_hat": log_p,
-                         "log_p_hat_stderr": metrics.get("nll_stderr"), "neg_kl": metrics.get("neg_kl", bound - log_p),
-                         "active_units": sum(units) if isinstance(units, list) else units, "iwae_k": bound_k,
-                         "log_p_k": result.get("eval_k"), "n_test": result.get("n_test"),
-                         "epochs": result.get("epochs"), "train_subset": r["config"].get("train_subset"),
-                         "train_seconds": train, "eval_seconds": evaluation,
-                         "seconds": None if train is None or evaluation is None else train + evaluation,
-                         "index": p["index"]})
+            rows.append(
+                {
+                    "objective": p["objective"],
+                    "m": p["m"],
+                    "k": p["k"],
+                    "beta": p["beta"],
+                    "total": p["m"] * p["k"],
+                    "label": p["label"],
+                    "run": r["name"],
+                    "iwae_bound": bound,
+                    "iwae_stderr": metrics.get(f"iwae{bound_k}_stderr"),
+                    "log_p_hat": log_p,
+                    "log_p_hat_stderr": metrics.get("nll_stderr"),
+                    "neg_kl": metrics.get("neg_kl", bound - log_p),
+                    "active_units": sum(units) if isinstance(units, list) else units,
+                    "iwae_k": bound_k,
+                    "log_p_k": result.get("eval_k"),
+                    "n_test": result.get("n_test"),
+                    "epochs": result.get("epochs"),
+                    "train_subset": r["config"].get("train_subset"),
+                    "train_seconds": train,
+                    "eval_seconds": evaluation,
+                    "seconds": None if train is None or evaluation is None else train + evaluation,
+                    "index": p["index"],
+                }
+            )
     if not rows:
-        raise ValueError("no finished run has an IWAE-k bound (metric iwae{k}, k the first of eval.bound_ks) and "
-                         "serves a grid point (runs record their points when the experiment has a grid; an older folder: "
-                         "run `iwae reproduce` on it again)")
+        raise ValueError(
+            "no finished run has an IWAE-k bound (metric iwae{k}, k the first of eval.bound_ks) and "
+            "serves a grid point (runs record their points when the experiment has a grid; an older folder: "
+            "run `iwae reproduce` on it again)"
+        )
     return sorted(rows, key=lambda row: row["index"])
 
 
@@ -72,10 +90,13 @@ def grid_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['label']} | {r['run']} | {num(r['iwae_bound'])} | {num(r['log_p_hat'])} | {num(r['neg_kl'])} "
             f"| {r['active_units']} | {num(r['seconds'], 0)} | {num(pub.get('iwae64'))} "
-            f"| {num(pub.get('log_p_hat'))} | {num(pub.get('neg_kl'))} |")
+            f"| {num(pub.get('log_p_hat'))} | {num(pub.get('neg_kl'))} |"
+        )
     lines.append("")
-    lines.append(f"Published: {published.citation('rainforth2018')} Full protocol (3,280 epochs, all of MNIST, "
-                 f"mean of 4 runs); numbers as quoted by a public reproduction of the paper's table.")
+    lines.append(
+        f"Published: {published.citation('rainforth2018')} Full protocol (3,280 epochs, all of MNIST, "
+        f"mean of 4 runs); numbers as quoted by a public reproduction of the paper's table."
+    )
     return "\n".join(lines)
 
 

@@ -29,8 +29,10 @@ def find_experiments(out_dir: str | os.PathLike) -> list[Path]:
         return [out_dir]
     found = sorted(p for p in out_dir.iterdir() if (p / SPEC_FILE).is_file())
     if not found:
-        raise ValueError(f"{out_dir} holds no {SPEC_FILE}, nor does any folder in it; "
-                         f"give the --out folder of `iwae reproduce` (or its parent)")
+        raise ValueError(
+            f"{out_dir} holds no {SPEC_FILE}, nor does any folder in it; "
+            f"give the --out folder of `iwae reproduce` (or its parent)"
+        )
     return found
 
 
@@ -41,8 +43,15 @@ def _json_type(x) -> str:
     """JSON's name for a value's type, or for a type (of a tuple of types, the first)."""
     t = x if isinstance(x, (type, tuple)) else type(x)
     t = t[0] if isinstance(t, tuple) else t
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(t, t.__name__)
 
 
@@ -82,8 +91,9 @@ def _result(run: dict) -> tuple[str, dict, str | None]:
         raise ValueError(f"{name} {found.message}")
     if found.status == "failed":
         return "failed", {}, found.message
-    result = _check(found.raw, name, metrics=dict, spec=dict, hardware=dict, train_seconds=_NUMBER,
-                    eval_seconds=_NUMBER)
+    result = _check(
+        found.raw, name, metrics=dict, spec=dict, hardware=dict, train_seconds=_NUMBER, eval_seconds=_NUMBER
+    )
     _check(result.get("metrics") or {}, f"{name}: metrics", every=_NUMBER)
     if found.status == "unreadable":
         raise ValueError(f"{name} {found.message}")
@@ -154,8 +164,11 @@ def _merge(name: str, members: list[dict]) -> dict:
     keys = list(dict.fromkeys(k for r in done for k in r["metrics"] if not k.endswith("_stderr")))
     per_seed = {k: [r["metrics"][k] for r in done if r["metrics"].get(k) is not None] for k in keys}
     mean = {k: sum(v) / len(v) for k, v in per_seed.items() if v}
-    sd = {k: math.sqrt(sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
-          for k, v in per_seed.items() if v}
+    sd = {
+        k: math.sqrt(sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+        for k, v in per_seed.items()
+        if v
+    }
     first = done[0] if done else members[0]
     result = dict(first["result"])
     for key in ("train_seconds", "eval_seconds"):
@@ -168,10 +181,20 @@ def _merge(name: str, members: list[dict]) -> dict:
         status, error = f"{len(done)} of {len(members)} seeds done", None
     else:
         status, error = first["status"], first["error"]
-    return {**first, "name": name, "status": status, "error": error, "result": result, "metrics": mean,
-            "metrics_sd": sd, "per_seed": per_seed, "seeds": [r["config"].get("seed") for r in done],
-            "n_seeds": len(done), "units_per_seed": units if len(units) > 1 else None,
-            "runs": [r["name"] for r in members]}
+    return {
+        **first,
+        "name": name,
+        "status": status,
+        "error": error,
+        "result": result,
+        "metrics": mean,
+        "metrics_sd": sd,
+        "per_seed": per_seed,
+        "seeds": [r["config"].get("seed") for r in done],
+        "n_seeds": len(done),
+        "units_per_seed": units if len(units) > 1 else None,
+        "runs": [r["name"] for r in members],
+    }
 
 
 def _units(value) -> str:

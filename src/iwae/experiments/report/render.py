@@ -37,7 +37,6 @@ code { background: #f3f3f3; padding: 0 0.2em; }
 """
 
 
-
 def summary(exp: dict) -> dict:
     """What ``report.json`` holds of one experiment: per group (a run without seeds is a group of
     one) its seeds, and per metric the mean, the standard deviation over seeds and the per-seed values;
@@ -45,21 +44,41 @@ def summary(exp: dict) -> dict:
     groups = []
     for g in seed_groups(exp["runs"]):
         if "per_seed" in g:
-            metrics = {k: {"mean": g["metrics"][k], "sd": g["metrics_sd"][k], "per_seed": v}
-                       for k, v in g["per_seed"].items() if k in g["metrics"]}
+            metrics = {
+                k: {"mean": g["metrics"][k], "sd": g["metrics_sd"][k], "per_seed": v}
+                for k, v in g["per_seed"].items()
+                if k in g["metrics"]
+            }
         else:
-            metrics = {k: {"mean": v, "sd": None, "per_seed": [v]} for k, v in g["metrics"].items()
-                       if not k.endswith("_stderr") and v is not None}
-        groups.append({"name": g["name"], "runs": g.get("runs", [g["name"]]), "status": g["status"],
-                       "seeds": g.get("seeds", [g["config"].get("seed")] if g["status"] == "done" else []),
-                       "n_seeds": g.get("n_seeds", int(g["status"] == "done")), "labels": g["labels"],
-                       "published": g["published"], "metrics": metrics})
-    return {"experiment": exp["experiment"], "dir": str(exp["dir"]), "protocol": (exp.get("protocol") or {}).get("name"),
-            "groups": groups, "comparisons": comparisons(exp)}
+            metrics = {
+                k: {"mean": v, "sd": None, "per_seed": [v]}
+                for k, v in g["metrics"].items()
+                if not k.endswith("_stderr") and v is not None
+            }
+        groups.append(
+            {
+                "name": g["name"],
+                "runs": g.get("runs", [g["name"]]),
+                "status": g["status"],
+                "seeds": g.get("seeds", [g["config"].get("seed")] if g["status"] == "done" else []),
+                "n_seeds": g.get("n_seeds", int(g["status"] == "done")),
+                "labels": g["labels"],
+                "published": g["published"],
+                "metrics": metrics,
+            }
+        )
+    return {
+        "experiment": exp["experiment"],
+        "dir": str(exp["dir"]),
+        "protocol": (exp.get("protocol") or {}).get("name"),
+        "groups": groups,
+        "comparisons": comparisons(exp),
+    }
 
 
-def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                    figures: bool = True, per_seed: bool = False) -> str:
+def markdown_report(
+    out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, figures: bool = True, per_seed: bool = False
+) -> str:
     """The report of every experiment under ``out_dir`` (see :func:`find_experiments`) as Markdown;
     with ``figures``, also draws the figures under ``out_dir/report_figures/``, which it links to
     relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data;
@@ -72,9 +91,13 @@ def markdown_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | No
         by = "iwae"
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = [f"`{e['experiment']}`" for e in experiments]
-    lines = ["# Reproduction report", "",
-             f"Generated {now} by {by} from `{out_dir}`: {len(experiments)} experiment"
-             f"{'s' if len(experiments) != 1 else ''} ({', '.join(names)}).", ""]
+    lines = [
+        "# Reproduction report",
+        "",
+        f"Generated {now} by {by} from `{out_dir}`: {len(experiments)} experiment"
+        f"{'s' if len(experiments) != 1 else ''} ({', '.join(names)}).",
+        "",
+    ]
     cache: dict = {}
     counter = [0]
     for exp in experiments:
@@ -102,13 +125,16 @@ def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "R
         return f'src="data:{mime};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
 
     body = re.sub(r'src="([^"]+)"', embed, body)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
-def write_report(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 figures: bool = True, per_seed: bool = False) -> tuple[Path, Path]:
+def write_report(
+    out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, figures: bool = True, per_seed: bool = False
+) -> tuple[Path, Path]:
     """Writes ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/report.json`` (the
     :func:`summary` of each experiment: means, standard deviations and per-seed values), each
     atomically, and, with ``figures``, the PNGs under ``out_dir/report_figures/``. Returns the

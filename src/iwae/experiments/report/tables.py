@@ -52,9 +52,11 @@ def _hardware(h: dict | None) -> str:
     if not h:
         return ""
     threads = h.get("threads")
-    parts = [str(h.get("gpu") or h.get("cpu") or h.get("device") or "unknown device"),
-             f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
-             f"torch {h['torch']}" if h.get("torch") else None]
+    parts = [
+        str(h.get("gpu") or h.get("cpu") or h.get("device") or "unknown device"),
+        f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
+        f"torch {h['torch']}" if h.get("torch") else None,
+    ]
     text = ", ".join(p for p in parts if p)
     return f"{h['host']}: {text}" if h.get("host") else text
 
@@ -100,8 +102,18 @@ def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     published table."""
     ours, published = {k for r in runs for k in r["metrics"]}, {k for r in runs for k in r["published"]}
     ks = sorted({int(m[1]) for m in map(BOUND_KEY.match, ours | published) if m})
-    keys = [key for key in ("nll", "bits_per_dim", "log_p_hat", *(f"iwae{n}" for n in ks), "neg_kl", *(f"neg_kl{n}" for n in ks))
-            if key in ours | published]
+    keys = [
+        key
+        for key in (
+            "nll",
+            "bits_per_dim",
+            "log_p_hat",
+            *(f"iwae{n}" for n in ks),
+            "neg_kl",
+            *(f"neg_kl{n}" for n in ks),
+        )
+        if key in ours | published
+    ]
     if "log_p_hat" in published and "nll" not in published:
         keys = [k for k in keys if k != "nll"]
     else:
@@ -110,21 +122,34 @@ def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     k = eval_ks.pop() if len(eval_ks) == 1 else "k"
     single = {str(r["eval"]["bound_ks"][0]) for r in runs if len(r["eval"].get("bound_ks") or []) == 1}
     bound = single.pop() if len(single) == 1 else "k"  # the k of neg_kl, which has none in its name
-    metrics = {"nll": ("NLL", False, f"NLL = -mean L_{k} over the test images, ± its standard error over images"),
-               "log_p_hat": ("log p-hat", True, f"log p-hat = mean L_{k}, ± its standard error over images"),
-               "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat"),
-               "bits_per_dim": ("bits/dim", False, "bits/dim = the NLL as a code length (a dequantised density's "
-                                                   "plus D ln 256) / (D ln 2), ± its standard error")}
+    metrics = {
+        "nll": ("NLL", False, f"NLL = -mean L_{k} over the test images, ± its standard error over images"),
+        "log_p_hat": ("log p-hat", True, f"log p-hat = mean L_{k}, ± its standard error over images"),
+        "neg_kl": ("-KL(Q||P)", True, f"-KL(Q||P) = IWAE-{bound} - log p-hat"),
+        "bits_per_dim": (
+            "bits/dim",
+            False,
+            "bits/dim = the NLL as a code length (a dequantised density's "
+            "plus D ln 256) / (D ln 2), ± its standard error",
+        ),
+    }
     ais = [r["result"]["ais"] for r in runs if isinstance(r["result"].get("ais"), dict) and "nll_ais" in r["metrics"]]
     if ais:
         keys += ["nll_ais", "ais_gap"]
         how = "; ".join(sorted({f"T = {a.get('steps')}, C = {a.get('chains')}, L = {a.get('leapfrog')}" for a in ais}))
         n_ais = sorted({a["n_test"] for a in ais if isinstance(a.get("n_test"), int)})
         on = f"the first {', '.join(map(str, n_ais))} test images" if n_ais else "the test images"
-        metrics["nll_ais"] = ("NLL (AIS)", False, f"NLL (AIS) = -mean AIS log p-hat ({how}) on {on}, ± its "
-                                                  f"standard error over images")
-        metrics["ais_gap"] = (f"AIS - L_{k}", True, f"AIS - L_{k} = mean (AIS log p-hat - L_{k}) on the same images, "
-                                                   f"± its paired standard error: how far L_{k} lies below log p(x)")
+        metrics["nll_ais"] = (
+            "NLL (AIS)",
+            False,
+            f"NLL (AIS) = -mean AIS log p-hat ({how}) on {on}, ± its standard error over images",
+        )
+        metrics["ais_gap"] = (
+            f"AIS - L_{k}",
+            True,
+            f"AIS - L_{k} = mean (AIS log p-hat - L_{k}) on the same images, "
+            f"± its paired standard error: how far L_{k} lies below log p(x)",
+        )
     for n in ks:
         metrics[f"iwae{n}"] = (f"IWAE-{n}", True, f"IWAE-{n} = mean L_{n}")
         metrics[f"neg_kl{n}"] = (f"-KL(Q||P) at {n}", True, f"-KL(Q||P) at {n} = IWAE-{n} - log p-hat")
@@ -138,17 +163,23 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
     columns = [("run", False, lambda r: f"`{r.get('name')}`")]
     if any("n_seeds" in r for r in runs):
         columns.append(("seeds", True, lambda r: r.get("n_seeds", "")))
-    columns += [(key, False, lambda r, key=key: "" if r["labels"].get(key) is None else r["labels"][key])
-                for key in dict.fromkeys(k for r in runs for k in r["labels"])]
+    columns += [
+        (key, False, lambda r, key=key: "" if r["labels"].get(key) is None else r["labels"][key])
+        for key in dict.fromkeys(k for r in runs for k in r["labels"])
+    ]
     for key, (name, _, _) in _metrics(runs).items():
         columns.append((name, True, lambda r, key=key: _value(r, key)))
         if key in published:
-            columns += [(f"{name} published", True, lambda r, key=key: _num(r["published"].get(key))),
-                        (f"delta {name}", True, lambda r, key=key: _delta(r, key))]
-    columns += [("active units", True, _active_units),
-                ("epochs", True, lambda r: r["result"].get("epochs", "")),
-                ("train", True, lambda r: _duration(r["result"].get("train_seconds"))),
-                ("eval", True, lambda r: _duration(r["result"].get("eval_seconds")))]
+            columns += [
+                (f"{name} published", True, lambda r, key=key: _num(r["published"].get(key))),
+                (f"delta {name}", True, lambda r, key=key: _delta(r, key)),
+            ]
+    columns += [
+        ("active units", True, _active_units),
+        ("epochs", True, lambda r: r["result"].get("epochs", "")),
+        ("train", True, lambda r: _duration(r["result"].get("train_seconds"))),
+        ("eval", True, lambda r: _duration(r["result"].get("eval_seconds"))),
+    ]
     if len({_hardware(r["result"].get("hardware")) for r in runs if r["result"]}) > 1:
         columns.append(("hardware", False, lambda r: _hardware(r["result"].get("hardware"))))
     return columns + [("status", False, _status)]
@@ -161,21 +192,28 @@ def _caption(runs: list[dict]) -> str:
     higher = [name for key, (name, higher, _) in metrics.items() if key in published and higher]
     parts = []
     if lower or higher:
-        parts.append("delta = ours - published, in nats, in the published table's sign convention"
-                     + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better"
-                        if lower else "")
-                     + (f"; for {', '.join(higher)} (log-likelihoods, higher is better) a positive delta "
-                        f"means ours is better" if higher else "")
-                     + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
-                       f"those cells blank.")
+        parts.append(
+            "delta = ours - published, in nats, in the published table's sign convention"
+            + (f"; for {', '.join(lower)} (lower is better) a negative delta means ours is better" if lower else "")
+            + (
+                f"; for {', '.join(higher)} (log-likelihoods, higher is better) a positive delta means ours is better"
+                if higher
+                else ""
+            )
+            + f". ⚠ marks |delta| > {FLAG_NATS:g} nats. Runs without a published number leave "
+            f"those cells blank."
+        )
     if metrics:
         parts.append("; ".join(definition for *_, definition in metrics.values()) + ".")
     if any("n_seeds" in r for r in runs):
-        parts.append("A row of several seeds gives the mean over its finished seeds ± their standard deviation "
-                     "(n - 1), not the standard error over images; seeds: how many finished; delta = mean - "
-                     "published; times are means per seed.")
-    parts.append("Active units: A_u > 0.01, per stochastic layer, ours / published. "
-                 "Times: training and evaluation, wall clock.")
+        parts.append(
+            "A row of several seeds gives the mean over its finished seeds ± their standard deviation "
+            "(n - 1), not the standard error over images; seeds: how many finished; delta = mean - "
+            "published; times are means per seed."
+        )
+    parts.append(
+        "Active units: A_u > 0.01, per stochastic layer, ours / published. Times: training and evaluation, wall clock."
+    )
     machines = {_hardware(r["result"].get("hardware")) for r in runs if r["result"]}
     if len(machines) == 1:
         parts.append(f"Hardware (all finished runs): {machines.pop()}.")
@@ -201,8 +239,10 @@ def _rows_table(runs: list[dict], members: list[dict]) -> list[str]:
     def row(cells) -> str:
         return "| " + " | ".join(cells) + " |"
 
-    lines = [row(_cell(header) for header, _, _ in columns),
-             row("---:" if numeric else "---" for _, numeric, _ in columns)]
+    lines = [
+        row(_cell(header) for header, _, _ in columns),
+        row("---:" if numeric else "---" for _, numeric, _ in columns),
+    ]
     lines += [row(_cell(cell(r)) for *_, cell in columns) for r in runs]
     lines += ["", _caption(runs)]
     failed = [r for r in (members or runs) if r["status"] in ("failed", "unreadable")]
@@ -219,16 +259,22 @@ def _header(exp: dict) -> list[str]:
         lines += [str(exp["description"]).replace("<", "&lt;"), ""]
     protocol = exp.get("protocol") or {}
     settings = "; ".join(f"{k.replace('_', ' ')} {_setting(k, v)}" for k, v in (protocol.get("settings") or {}).items())
-    lines.append(f"- **Protocol** `{protocol.get('name', 'unknown')}`: {_cell(protocol.get('description', ''))}"
-                 + (f" Settings: {settings}." if settings else ""))
+    lines.append(
+        f"- **Protocol** `{protocol.get('name', 'unknown')}`: {_cell(protocol.get('description', ''))}"
+        + (f" Settings: {settings}." if settings else "")
+    )
     lines.append(f"- **Executor**: {_cell(exp.get('executor') or 'unknown')}")
     wall = _duration(exp.get("wall_seconds")) or "not finished"
-    lines.append(f"- **Started** {exp.get('started') or '?'}, **finished** {exp.get('finished') or 'not yet'}, "
-                 f"**total wall time** {wall}")
+    lines.append(
+        f"- **Started** {exp.get('started') or '?'}, **finished** {exp.get('finished') or 'not yet'}, "
+        f"**total wall time** {wall}"
+    )
     pub = exp.get("published")
     if pub:
-        lines.append(f"- **Published**: {_cell(pub.get('citation', pub.get('key', '')))} "
-                     f"Table `{pub.get('table', '?')}`. Sign convention: {_cell(pub.get('sign', 'as published'))}.")
+        lines.append(
+            f"- **Published**: {_cell(pub.get('citation', pub.get('key', '')))} "
+            f"Table `{pub.get('table', '?')}`. Sign convention: {_cell(pub.get('sign', 'as published'))}."
+        )
     else:
         lines.append("- **Published**: no published table for this experiment.")
     return lines + [""]
@@ -244,9 +290,13 @@ def comparisons(exp: dict) -> list[dict]:
     """The paired comparisons the experiment names (``compare: [[A, B], ...]``), one dict each:
     ``a``, ``b``, ``seeds`` (those both have finished) and :func:`iwae.compare.compare_runs`'s result
     on their evaluations (L_k of the experiment's k, seed and test images), or ``error``."""
+
     def finished(name: str) -> dict:
-        return {r["config"].get("seed", 0): r for r in exp["runs"]
-                if (r.get("group") or r["name"]) == name and r["status"] == "done"}
+        return {
+            r["config"].get("seed", 0): r
+            for r in exp["runs"]
+            if (r.get("group") or r["name"]) == name and r["status"] == "done"
+        }
 
     out = []
     for a, b in exp.get("compare") or []:
@@ -262,8 +312,13 @@ def comparisons(exp: dict) -> list[dict]:
                 return str(runs[seeds[0]]["dir"]) if len(seeds) == 1 else [str(runs[s]["dir"]) for s in seeds]
 
             try:
-                entry["result"] = compare_runs(side(runs_a), side(runs_b), k=ev.get("k", 5000), seed=ev.get("seed", 0),
-                                               test_subset=ev.get("test_subset"))
+                entry["result"] = compare_runs(
+                    side(runs_a),
+                    side(runs_b),
+                    k=ev.get("k", 5000),
+                    seed=ev.get("seed", 0),
+                    test_subset=ev.get("test_subset"),
+                )
             except (OSError, ValueError) as e:
                 entry["error"] = str(e).splitlines()[0]
         out.append(entry)
@@ -276,9 +331,12 @@ def _compare_section(exp: dict) -> list[str]:
     entries = comparisons(exp)
     if not entries:
         return []
-    lines = ["### Paired comparisons", "",
-             "| A | B | seeds | NLL(A) - NLL(B) | s.e. across seeds | paired s.e. | unpaired s.e. | test images |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "### Paired comparisons",
+        "",
+        "| A | B | seeds | NLL(A) - NLL(B) | s.e. across seeds | paired s.e. | unpaired s.e. | test images |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for e in entries:
         r = e.get("result")
         if r is None:
@@ -288,11 +346,17 @@ def _compare_section(exp: dict) -> list[str]:
         across = _num(r["stderr_across_seeds"]) if several else ""
         paired = _num(r["pooled_paired_stderr"] if several else r["paired_stderr"])
         unpaired = "" if several else _num(r["unpaired_stderr"])
-        lines.append(f"| `{e['a']}` | `{e['b']}` | {len(e['seeds'])} | {r['difference']:+.2f} | {across} | {paired} | "
-                     f"{unpaired} | {r['n_test']} |")
-    lines += ["", "*NLL(A) - NLL(B) on the same test images from the per-image bounds evaluation saved "
-              "(negative: A is better). Paired s.e. = std of the per-image differences / sqrt(N) (pooled over "
-              "seed pairs); with several seeds the difference is the mean over seed pairs, and its s.e. across "
-              "seeds includes the run-to-run noise: a difference is larger than that noise when it is several "
-              "of those from 0.*", ""]
+        lines.append(
+            f"| `{e['a']}` | `{e['b']}` | {len(e['seeds'])} | {r['difference']:+.2f} | {across} | {paired} | "
+            f"{unpaired} | {r['n_test']} |"
+        )
+    lines += [
+        "",
+        "*NLL(A) - NLL(B) on the same test images from the per-image bounds evaluation saved "
+        "(negative: A is better). Paired s.e. = std of the per-image differences / sqrt(N) (pooled over "
+        "seed pairs); with several seeds the difference is the mean over seed pairs, and its s.e. across "
+        "seeds includes the run-to-run noise: a difference is larger than that noise when it is several "
+        "of those from 0.*",
+        "",
+    ]
     return lines
