@@ -57,6 +57,8 @@ __all__ = [
     "TrainConfig",
     "ConfigError",
     "VAE",
+    "HVAE",
+    "make_model",
     "LIKELIHOODS",
     "Likelihood",
     "make_likelihood",
@@ -74,6 +76,8 @@ _NAMES = {
     "TrainConfig": "iwae.config",
     "ConfigError": "iwae.errors",
     "VAE": "iwae.models",
+    "HVAE": "iwae.models",
+    "make_model": "iwae.models",
     "LIKELIHOODS": "iwae.models",
     "Likelihood": "iwae.models",
     "make_likelihood": "iwae.models",
@@ -113,7 +117,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from .data import load_dataset
     from .errors import ConfigError
     from .evaluate import active_units, log_likelihood
-    from .models import LIKELIHOODS, VAE, Likelihood, bits_per_dim, make_likelihood
+    from .models import HVAE, LIKELIHOODS, VAE, Likelihood, bits_per_dim, make_likelihood, make_model
     from .rundir import open_run
     from .train import load
 

@@ -14,6 +14,7 @@ __all__ = [
     "OBJECTIVES",
     "ESTIMATORS",
     "ESTIMATOR_OBJECTIVES",
+    "MODELS",
     "NETWORKS",
     "PRIORS",
     "LIKELIHOODS",
@@ -39,6 +40,9 @@ ESTIMATOR_OBJECTIVES: dict[str, tuple[str, ...]] = {
 }
 ESTIMATORS = tuple(ESTIMATOR_OBJECTIVES)  # the CLI's choices
 
+MODELS: tuple[str, ...] = ("vae", "hvae")
+"""The model families: ``vae``, a chain of stochastic layers (Burda et al.), and ``hvae``, the two-level model
+of Tomczak & Welling with coupled q(z_1 | x, z_2) and p(x | z_1, z_2) (:mod:`iwae.models.hvae`)."""
 NETWORKS: tuple[str, ...] = ("mlp", "gated", "conv")
 """The built-in networks: Burda et al.'s tanh MLPs, Tomczak & Welling's GatedDense, a small conv net."""
 PRIORS = ("normal", "mog", "vamp")  # p(z_L): N(0, I), a mixture of Gaussians, the VampPrior

@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..choices import LIKELIHOODS, NETWORKS
+from ..choices import LIKELIHOODS, MODELS, NETWORKS
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "HVAE_LATENT_DIMS", "HVAE_HIDDEN_DIMS"]
 
 # fields added after runs were recorded: at these defaults they are left out of to_dict(), so that
 # the architecture digest (iwae.rundir.model_digest) of every older model stays what it was
-_ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "image_shape": None}
+_ADDED_DEFAULTS = {"likelihood": "bernoulli", "sigma": None, "network": "mlp", "image_shape": None, "model": "vae"}
+
+# Tomczak & Welling's two-level model (their code's models/HVAE_2level.py): z_1 = z_2 = 40, 300-unit networks
+HVAE_LATENT_DIMS = (40, 40)  # (z_1, z_2)
+HVAE_HIDDEN_DIMS = ((300, 300), (300, 300))  # (coupled networks: branch, join), (q(z_2 | x): two blocks)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class ModelConfig:
     network: str = "mlp"  # the encoder q(z_1 | x) and decoder p(x | z_1): mlp, gated or conv (iwae.models.networks)
     # (H, W) or (C, H, W) of the flat inputs; None: square, one channel (a square (H, H) is stored as None)
     image_shape: tuple[int, ...] | None = None
+    # vae, or hvae (iwae.models.hvae): latent_dims (z_1, z_2); hidden_dims[0] the widths of the coupled networks
+    # q(z_1 | x, z_2) and p(x | z_1, z_2), each branch's then the joint blocks'; hidden_dims[1] those of q(z_2 | x),
+    # mirrored by p(z_1 | z_2)
+    model: str = "vae"
 
     def __post_init__(self) -> None:
         # tolerate lists (from YAML / JSON) while keeping the dataclass hashable
@@ -59,7 +67,21 @@ class ModelConfig:
             object.__setattr__(self, "image_shape", None if len(shape) == 2 and shape[0] == shape[1] else shape)
         if self.network not in NETWORKS:
             raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
-        if self.network != "mlp" and len(self.latent_dims) != 1:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.model == "hvae":
+            if len(self.latent_dims) != 2:
+                raise ValueError(
+                    f"the hvae model has two stochastic layers (z_1, z_2), got latent_dims {self.latent_dims}"
+                )
+            if self.network not in ("mlp", "gated"):
+                raise ValueError(f"the hvae model takes network mlp or gated, not {self.network}")
+            if len(self.hidden_dims[0]) < 2:
+                raise ValueError(
+                    f"hvae's first hidden_dims are the coupled networks' widths, each branch's then the joint "
+                    f"blocks': at least 2 (the paper's 300,300), got {self.hidden_dims[0]}"
+                )
+        elif self.network != "mlp" and len(self.latent_dims) != 1:
             raise ValueError(
                 f"the {self.network} network has one stochastic layer, got {len(self.latent_dims)}; "
                 f"use network mlp for 2 layers"
@@ -82,8 +104,16 @@ class ModelConfig:
             return cls(input_dim, (100, 50), ((200, 200), (100, 100)))
         raise ValueError(f"Burda et al. define 1 or 2 stochastic layers, got {layers}")
 
+    @classmethod
+    def hvae(cls, input_dim: int = 784, **fields) -> ModelConfig:
+        """Tomczak & Welling's two-level model at the sizes of their code, z_1 = z_2 = 40 and 300-unit networks
+        (:data:`HVAE_LATENT_DIMS`, :data:`HVAE_HIDDEN_DIMS`), with ``fields`` on top (e.g. ``network="gated",
+        prior="vamp", prior_components=500``)."""
+        values = dict(latent_dims=HVAE_LATENT_DIMS, hidden_dims=HVAE_HIDDEN_DIMS) | fields
+        return cls(input_dim, model="hvae", **values)
+
     def to_dict(self) -> dict:
-        """The fields as JSON values; those added later (likelihood, sigma, network, image_shape) only
+        """The fields as JSON values; those added later (likelihood, sigma, network, image_shape, model) only
         where they differ from their defaults, so that older models keep their digest."""
         return {
             k: (list(map(list, v)) if k == "hidden_dims" else list(v) if isinstance(v, tuple) else v)

@@ -28,6 +28,7 @@ from ..choices import (
     COMPILE_MODES,
     ESTIMATORS,
     LIKELIHOODS,
+    MODELS,
     NETWORKS,
     OBJECTIVES,
     PRECISIONS,
@@ -96,8 +97,15 @@ class TrainConfig:
         "8-bit data with binarize none: y = (255 x + u) / 256, u ~ U[0, 1), afresh for "
         "training, seeded for valid/test (continuous likelihoods only).",
     )
-    # model (latent_dims / hidden_dims None: Burda et al.'s for ``layers``)
-    layers: int = _setting(1, "Stochastic layers, 1 or 2 for Burda et al.'s nets.")
+    # model (latent_dims / hidden_dims None: Burda et al.'s for ``layers``, Tomczak & Welling's for hvae)
+    model: str = _setting(
+        "vae",
+        "vae: a chain of stochastic layers (Burda et al.); hvae: the two-level VAE of Tomczak & Welling, "
+        "q(z2|x) q(z1|x,z2) and p(z2) p(z1|z2) p(x|z1,z2) (2 layers; default latent dims 40,40 (z1,z2), hidden "
+        "dims 300,300/300,300: the coupled networks' branch and join widths / q(z2|x)'s blocks).",
+        choices=MODELS,
+    )
+    layers: int = _setting(1, "Stochastic layers, 1 or 2 for Burda et al.'s nets (2 for hvae).")
     latent_dims: list[int] | None = _setting(None, "Units per stochastic layer, bottom-up, e.g. 50, 100,50 or 2.")
     hidden_dims: list[list[int]] | None = _setting(
         None, "Tanh widths per stochastic layer, layers separated by '/', e.g. 200,200/100,100."
@@ -255,10 +263,17 @@ class TrainConfig:
                 f"kl_warmup applies to the vae objective (the ELBO) only, not {self.objective}; "
                 f"use objective vae or kl_warmup 0"
             )
-        if self.network != "mlp" and self.layers != 1:
+        if self.model == "hvae" and self.latent_dims is not None and len(self.latent_dims) != 2:
+            raise ValueError(
+                f"the hvae model has two latent levels, z1 and z2: latent_dims needs 2 entries, got "
+                f"{list(self.latent_dims)}"
+            )
+        if self.model == "hvae" and self.layers != 2:
+            raise ValueError(f"the hvae model has two latent levels, z1 and z2: use layers 2, not {self.layers}")
+        if self.model == "vae" and self.network != "mlp" and self.layers != 1:
             raise ValueError(
                 f"network {self.network} has one stochastic layer, got layers {self.layers}; "
-                f"use network mlp for 2 layers"
+                f"use network mlp for 2 layers (or model hvae)"
             )
         self.binarization  # noqa: B018 - the property validates binarize
         if self.dequantize:
@@ -270,8 +285,10 @@ class TrainConfig:
                 )
             if self.binarization != "none":
                 raise ValueError(f"dequantize applies to grey levels: use binarize none (or auto), not {self.binarize}")
-        if self.network != "conv":  # conv validates against the data's image shape when the model is built
-            self.model_config(input_dim=784)  # validates the sizes
+        # conv validates against the data's image shape when the model is built; this validates the sizes
+        # (and refuses hvae with conv)
+        if self.network != "conv" or self.model == "hvae":
+            self.model_config(input_dim=784)
 
     @property
     def spec(self) -> ObjectiveSpec:
@@ -299,7 +316,25 @@ class TrainConfig:
 
     def model_config(self, input_dim: int, image_shape: tuple[int, ...] | None = None) -> ModelConfig:
         """The network sizes: ``latent_dims`` / ``hidden_dims`` where given, else Burda et al.'s for ``layers``
-        (the gated network's default widths are the VampPrior paper's 300, 300; conv's channels 32, 64)."""
+        (the gated network's default widths are the VampPrior paper's 300, 300; conv's channels 32, 64).
+        The hvae model's defaults are the paper's, z1 = z2 = 40 and 300-unit networks, for mlp and gated."""
+        if self.model == "hvae":
+            sizes = {}
+            if self.latent_dims:
+                sizes["latent_dims"] = tuple(self.latent_dims)
+            if self.hidden_dims:
+                sizes["hidden_dims"] = tuple(map(tuple, self.hidden_dims))
+            return ModelConfig.hvae(
+                input_dim,
+                **sizes,
+                prior=self.prior,
+                prior_components=self.components,
+                prior_learn_weights=self.learn_mixture_weights,
+                likelihood=self.likelihood,
+                sigma=None if self.sigma is None else float(self.sigma),
+                network=self.network,
+                image_shape=image_shape,
+            )
         if self.latent_dims is None or self.hidden_dims is None:
             if self.layers not in (1, 2):
                 raise ValueError(
@@ -369,14 +404,17 @@ RESUMABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resumab
 def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> TrainConfig:
     """The config of a new run: TrainConfig's defaults, or the settings of the config file ``base``,
     with ``overrides`` on top. ``latent_dims`` given without ``layers`` sets ``layers`` to its length
-    (also over a file's ``layers``: ``latent_dims=[100, 50]`` means 2 layers). ``out``, the run
-    directory, must be given (in ``overrides`` or ``base``): a default folder would mix runs."""
+    (also over a file's ``layers``: ``latent_dims=[100, 50]`` means 2 layers); ``model=hvae`` without
+    ``latent_dims`` sets it to 2 (z1, z2). ``out``, the run directory, must be given (in ``overrides`` or
+    ``base``): a default folder would mix runs."""
     values = TrainConfig.from_yaml(base).to_dict() if base else {}
     values.update(overrides)
     if not values.get("out"):
         raise ConfigError("out is required: the run directory to create", ["out"])
-    if "layers" not in overrides and ("latent_dims" in overrides or values.get("layers") is None):
-        values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
+    resized = "latent_dims" in overrides or overrides.get("model") == "hvae"
+    if "layers" not in overrides and (resized or values.get("layers") is None):
+        hvae = values.get("model") == "hvae"  # two layers, z1 and z2
+        values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 2 if hvae else 1
     return TrainConfig.from_dict(values)
 
 

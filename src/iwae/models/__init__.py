@@ -1,6 +1,10 @@
-"""Models: the VAE of Burda et al. with its encoder, decoder, prior and likelihood."""
+"""Models: the VAE of Burda et al. and the two-level HVAE of Tomczak & Welling, with their encoders,
+decoders, priors and likelihoods; ``make_model(config)`` builds the one a ModelConfig names."""
 
+from ..choices import MODELS
+from .factory import make_model
 from .gaussian import diag_normal_log_prob
+from .hvae import HVAE
 from .likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -18,6 +22,9 @@ from .vae import VAE, Decoded, LogWeightParts, ModelConfig, PosteriorSample, Use
 
 __all__ = [
     "VAE",
+    "HVAE",
+    "MODELS",
+    "make_model",
     "ModelConfig",
     "GaussianMLP",
     "BernoulliMLP",

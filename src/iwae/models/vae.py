@@ -53,6 +53,11 @@ class PosteriorSample:
         """Each layer's input: x, z_1, ..., z_{L-1}."""
         return [self.x] + self.zs[:-1]
 
+    def layer_inputs(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """For each encoder layer, in the order of ``model.encoder``: its inputs (the arguments of its
+        ``loc_log_scale``) and its draw; here ``((x,), z_1), ((z_1,), z_2), ...``."""
+        return [((h,), z) for h, z in zip(self.inputs, self.zs)]
+
 
 @dataclass
 class LogWeightParts:
@@ -168,6 +173,11 @@ class VAE(nn.Module):
     ):
         super().__init__()
         config = config or ModelConfig()
+        if config.model != "vae":
+            raise ValueError(
+                f"VAE builds the vae model; config.model is {config.model!r}: build it with "
+                f"iwae.models.make_model(config)"
+            )
         if isinstance(prior, str):
             config = dataclasses.replace(config, prior=prior)
         if isinstance(likelihood, str):
@@ -261,6 +271,10 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> Decoded:
         """p(x | z_1) as a :class:`Decoded`: ``log_prob(x)``, ``mean`` and ``sample(generator)``."""
         return Decoded(self.likelihood, self.decoder_output(z))
+
+    def decode_latents(self, zs: list[torch.Tensor]) -> Decoded:
+        """p(x | z) for the latents ``zs`` (bottom-up, as :meth:`log_joint` takes them): here p(x | z_1)."""
+        return self.decode(zs[0])
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The inference network's parameters (phi)."""
