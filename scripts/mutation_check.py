@@ -163,8 +163,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "rws-view-keeps-the-sample-below",
         "src/iwae/estimators.py",
-        "else layer.loc_log_scale(h.detach())",
-        "else layer.loc_log_scale(h)",
+        "else layer.loc_log_scale(*(a.detach() for a in h))",
+        "else layer.loc_log_scale(*h)",
         ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
         "RWS's view of q(z_2 | z_1) lets the gradient through the sample z_1",
     ),

@@ -265,11 +265,11 @@ class _Method(nn.Module):
         return getattr(self.module, self.name)(*args)
 
 
-def _loc_log_scale_params_detached(layer: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``layer.loc_log_scale(h)`` with the layer's parameters detached: gradients reach ``h`` only.
+def _loc_log_scale_params_detached(layer: nn.Module, *h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer.loc_log_scale(*h)`` with the layer's parameters detached: gradients reach the inputs ``h`` only.
     Any module works unchanged (no twin forward): torch.func swaps in the detached tensors."""
     params = {f"module.{name}": p.detach() for name, p in layer.named_parameters()}
-    return torch.func.functional_call(_Method(layer, "loc_log_scale"), params, (h,))
+    return torch.func.functional_call(_Method(layer, "loc_log_scale"), params, h)
 
 
 def add_views(
@@ -282,10 +282,12 @@ def add_views(
         log_q_stop_samples = sum_l log N(stop_grad(z_l); loc_l(stop_grad(z_{l-1})), ...):
                              phi-gradient through q's parameters only (RWS).
 
-    Layer 1's loc and log sigma depend on x only (not on a sample), so they are reused, detached for
-    the first view (which then detaches the parameters without a second pass); a layer above is run
-    again on its input (with its parameters detached, or on the detached input). No decoder
-    pass: the decoder ran once, in ``model.log_weight_parts``.
+    The first encoder layer's loc and log sigma depend on x only (not on a sample), so they are
+    reused, detached for the first view (which then detaches the parameters without a second pass);
+    a layer that reads samples is run again on its inputs (``parts.posterior.layer_inputs()``, with
+    its parameters detached, or on the detached inputs): q(z_2 | z_1) of Burda's chain, and the
+    HVAE's q(z_1 | x, z_2), whose path view keeps the gradient through z_2. No decoder pass: the
+    decoder ran once, in ``model.log_weight_parts``.
 
     Args:
         model: the model whose ``encoder`` layers (``loc_log_scale(h)``) drew ``parts.posterior``.
@@ -300,15 +302,19 @@ def add_views(
     if post is None:
         raise ValueError("the views of log q need the samples: pass the LogWeightParts of model.log_weight_parts")
     log_q_sp = log_q_ss = None
-    for i, (layer, h, z) in enumerate(zip(model.encoder, post.inputs, post.zs)):
+    for i, (layer, (h, z)) in enumerate(zip(model.encoder, post.layer_inputs())):
         if want_sp:
             term = diag_normal_log_prob(
                 z,
-                *((post.loc.detach(), post.log_scale.detach()) if i == 0 else _loc_log_scale_params_detached(layer, h)),
+                *(
+                    (post.loc.detach(), post.log_scale.detach())
+                    if i == 0
+                    else _loc_log_scale_params_detached(layer, *h)
+                ),
             )
             log_q_sp = term if log_q_sp is None else log_q_sp + term
-        if want_ss:  # layer 1 as drawn, a layer above again on its detached input
-            loc, log_scale = (post.loc, post.log_scale) if i == 0 else layer.loc_log_scale(h.detach())
+        if want_ss:  # the first layer as drawn, a layer that reads samples again on its detached inputs
+            loc, log_scale = (post.loc, post.log_scale) if i == 0 else layer.loc_log_scale(*(a.detach() for a in h))
             term = diag_normal_log_prob(z.detach(), loc, log_scale)
             log_q_ss = term if log_q_ss is None else log_q_ss + term
     return dataclasses.replace(

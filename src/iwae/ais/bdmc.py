@@ -23,7 +23,7 @@ def _simulate(model: VAE, n: int, generator: torch.Generator | None) -> tuple[to
     """(z, x) ~ p(z) p(x | z): z the whole chain ``(n, sum D_l)``, x a sample of the model's likelihood ``(n, D)``."""
     like = next(model.parameters())
     zs = _sample_prior_chain(model, (n,), generator, like)
-    x = model.decode(zs[0]).sample(generator)
+    x = model.decode_latents(zs).sample(generator)  # p(x | z_1), or the HVAE's p(x | z_1, z_2)
     return torch.cat(zs, -1), x
 
 

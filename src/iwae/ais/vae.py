@@ -1,5 +1,6 @@
-"""The AIS target and initial distributions of an :class:`iwae.models.VAE`: log p(x, z) over the whole
-latent chain, the encoder's q(z | x) and the prior p(z), both sampled ancestrally with a generator."""
+"""The AIS target and initial distributions of an :class:`iwae.models.VAE` (or :class:`iwae.models.HVAE`):
+log p(x, z) over the whole latent chain, the encoder's q(z | x) and the prior p(z), both sampled
+ancestrally with a generator."""
 
 from __future__ import annotations
 
@@ -109,6 +110,22 @@ class _PriorInitial:
         return _log_prior_chain(self.model, _split(self.model, z))
 
 
+class _ModelEncoderInitial:
+    """q(z | x) of a model that samples and scores its own posterior (``sample_posterior``,
+    ``posterior_log_prob``: the HVAE's q(z_2 | x) q(z_1 | x, z_2)); z concatenated bottom-up."""
+
+    def __init__(self, model, x: torch.Tensor):
+        self.model, self.x = model, x
+        with torch.no_grad():
+            self.first = model.encoder[0].loc_log_scale(x)  # q(z_2 | x), once per image
+
+    def sample(self, num_chains: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.cat(self.model.sample_posterior(self.x, num_chains, generator, self.first).zs, -1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.posterior_log_prob(self.x, _split(self.model, z), self.first)
+
+
 def vae_target(model: VAE, x: torch.Tensor, initial: str = "encoder") -> tuple[LogDensity, InitialDistribution]:
     """``(log_joint, p_0)`` for AIS on the images ``x`` (``(B, D)``) under ``model``.
 
@@ -116,12 +133,21 @@ def vae_target(model: VAE, x: torch.Tensor, initial: str = "encoder") -> tuple[L
     ``(C, B, sum D_l)``; log_joint(z) = log p(z_L) + sum_l log p(z_l | z_{l+1}) + log p(x | z_1)
     with the model's own prior, Gaussian layers and likelihood (``model.likelihood``). ``initial`` is
     ``encoder`` (q(z | x)) or ``prior`` (p(z)).
+
+    For the HVAE (:class:`iwae.models.HVAE`) z = (z_1, z_2) and log_joint(z) = log p(z_2) + log p(z_1 | z_2)
+    + log p(x | z_1, z_2), its own :meth:`~iwae.models.HVAE.log_joint`; its ``decoder[1]`` is p(z_1 | z_2),
+    so the prior chain is drawn as the VAE's; q(z | x) is q(z_2 | x) q(z_1 | x, z_2).
     """
     if initial not in ("encoder", "prior"):
         raise ValueError(f"unknown initial distribution {initial!r}; choose encoder or prior")
+    coupled = hasattr(model, "posterior_log_prob")  # a posterior that is not a chain of layers (HVAE)
 
     def log_joint(z: torch.Tensor) -> torch.Tensor:
         zs = _split(model, z)
+        if coupled:
+            return model.log_joint(x, zs)[0]
         return _log_prior_chain(model, zs) + model.likelihood.log_prob(model.decoder_output(zs[0]), x)
 
-    return log_joint, (_EncoderInitial(model, x) if initial == "encoder" else _PriorInitial(model, x))
+    if initial == "prior":
+        return log_joint, _PriorInitial(model, x)
+    return log_joint, (_ModelEncoderInitial(model, x) if coupled else _EncoderInitial(model, x))

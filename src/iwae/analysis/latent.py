@@ -68,10 +68,13 @@ def sample_images(model, n: int = 64, seed: int = 0, probabilities: bool = True)
     was_training = model.training
     model.eval()
     z = _sample_prior(model.prior, n, generator)  # (n, D_L)
+    zs = [z]
     for layer in reversed(model.decoder[1:]):  # decoder[l] is p(z_l | z_{l+1})
         loc, log_scale = layer.loc_log_scale(z)
         z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)
-    px = model.decode(z)
+        zs.insert(0, z)
+    # p(x | z_1), or the HVAE's p(x | z_1, z_2)
+    px = model.decode_latents(zs) if hasattr(model, "decode_latents") else model.decode(z)
     if probabilities:
         x = px.mean
     elif isinstance(px, Decoded):  # the model's likelihood draws x (Bernoulli: binary pixels)
@@ -86,11 +89,16 @@ def sample_images(model, n: int = 64, seed: int = 0, probabilities: bool = True)
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
     """The means E[x | z_1] of p(x | z_1 = E_q[z_1 | x]), shape ``(N, input_dim)``, on the CPU.
 
-    Only the first layer's mean is used (no sampling): the reconstruction a figure shows under x.
+    Only the first layer's mean is used (no sampling): the reconstruction a figure shows under x. For
+    the HVAE, the means of p(x | z_1, z_2) at z_2 = E_q[z_2 | x] and z_1 = the mean of q(z_1 | x, z_2).
     """
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
+    if hasattr(model, "top_posterior"):
+        recon = model.decode_latents([q.mean for q in model.encode(x.to(dev))]).mean.cpu()
+        model.train(was_training)
+        return recon
     loc, _ = model.encoder[0].loc_log_scale(x.to(dev))  # z_1 = E_q[z_1 | x]
     recon = model.decode(loc).mean.cpu()
     model.train(was_training)
@@ -107,13 +115,17 @@ def posterior_means(model, x: torch.Tensor, num_samples: int = LATENT_SAMPLES, s
     the chain of ``VAE.encode``, is not that expectation when q(z_L | z_{L-1}) is nonlinear in
     z_{L-1}. The estimator and the order of its random draws are those of
     :func:`active_units`, so with the same seed the variances of these points are
-    its A_u of the top layer.
+    its A_u of the top layer. The HVAE's top layer z_2: q(z_2 | x)'s mean, exactly.
     """
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     x = x.to(dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
+    if hasattr(model, "top_posterior"):  # the HVAE's q(z_2 | x): its mean, exactly
+        mean = model.top_posterior(x).mean
+        model.train(was_training)
+        return mean.cpu()
     loc, log_scale = model.encoder[0].loc_log_scale(x)
     mean = loc
     if model.num_layers > 1:
@@ -148,10 +160,16 @@ def active_units(
 
     Layer 1: E_q[z_1 | x] is q's mean. Layer l > 1: E_q[z_l | x] = E_{z_{l-1} ~ q}[mean of
     q(z_l | z_{l-1})], averaged over ``num_samples`` samples of the chain below (Burda et al.'s
-    code used one sample). Variances are over x, without Bessel's correction (as ``np.var``).
+    code used one sample). A model whose posterior is not such a chain gives its means itself
+    (``model.posterior_means``: the HVAE's E_q[z_1 | x] averages q(z_1 | x, z_2) over draws of z_2).
+    Variances are over x, without Bessel's correction (as ``np.var``).
     """
     was_training = model.training
     model.eval()
+    if hasattr(model, "posterior_means"):
+        means = model.posterior_means(x, num_samples, generator)
+        model.train(was_training)
+        return ActiveUnits([m.var(0, unbiased=False).cpu() for m in means], threshold)
     loc, log_scale = model.encoder[0].loc_log_scale(x)
     means = [loc]
     if model.num_layers > 1:

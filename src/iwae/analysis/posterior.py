@@ -6,7 +6,8 @@ probability proportional to its importance weight (sampling-importance-resamplin
 approaches the true posterior p(z|x), which :func:`posterior_grid` computes on a grid for 2-D latents.
 
 Only the public surface of a model is used (``encode``, ``decode``, ``prior``); models with more than
-one stochastic layer are refused: q(z_L) of the top layer has no closed-form density.
+one stochastic layer are refused: q(z_L) of the top layer has no closed-form density. :func:`sample_qew`
+also takes the HVAE (``top_posterior``), whose SIR draws are of the whole latent (z_1, z_2).
 
 References:
     [1] C. Cremer, Q. Morris, D. Duvenaud. Reinterpreting Importance-Weighted Autoencoders.
@@ -65,18 +66,20 @@ def sample_qew(model, x: torch.Tensor, k: int, n: int, generator: torch.Generato
         generator: random numbers for proposals and choices (one generator serves both).
 
     Returns:
-        Shape ``(n, B, D)``.
+        Shape ``(n, B, D)``; for the HVAE the whole latent (z_1, z_2) concatenated, ``(n, B, D_1 + D_2)``.
     """
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be >= 1, got k={k}, n={n}")
-    _one_layer(model)
+    if not hasattr(model, "top_posterior"):
+        _one_layer(model)
     b = x.shape[0]
     draws = max(1, _ROWS_PER_DECODE // (k * b))  # draws per decoder call
     out = []
     for j in range(0, n, draws):
         m = min(draws, n - j)
         # the model's own log w and the samples it was computed at, m draws of k proposals
-        log_w, (z,) = model.log_weights_with_samples(x, m * k, generator)  # (m k, B), (m k, B, D)
+        log_w, zs = model.log_weights_with_samples(x, m * k, generator)  # (m k, B), each (m k, B, D_l)
+        z = zs[0] if len(zs) == 1 else torch.cat(zs, -1)
         z = z.reshape(m, k, b, -1)
         probs = torch.softmax(log_w.reshape(m, k, b), dim=1).permute(0, 2, 1).reshape(m * b, k)  # (m B, k)
         pick = torch.multinomial(probs, 1, generator=generator).reshape(m, 1, b, 1)

@@ -5,6 +5,10 @@ q(z) = (1/N) sum_n q(z | x_n):
 
 where I_q[n; z] = E_{n, z ~ q(z|x_n)} [log q(z|x_n) - log q(z)] is the index-code mutual information.
 
+Models with more than one stochastic layer are refused (q(z_L) of a chain's top layer has no closed-form
+density), except a model whose top layer's posterior depends on x alone (``top_posterior(x)``, the HVAE's
+q(z_2 | x)): the split is then of z_2's KL term, its ``elbo_given_top`` giving the rest of the ELBO.
+
 References:
     [1] M. D. Hoffman, M. J. Johnson. ELBO surgery: yet another way to carve up the variational
         evidence lower bound. NIPS 2016 Workshop on Advances in Approximate Bayesian Inference.
@@ -47,6 +51,16 @@ def _log_aggregate(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, chun
     return out - math.log(loc.shape[0])
 
 
+def _top_posterior(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top layer's q(z_L|x) ``loc`` and ``scale``: the HVAE's q(z_2 | x) (``top_posterior``), else a
+    one-layer model's q(z|x)."""
+    top = getattr(model, "top_posterior", None)
+    if top is None:
+        return _gaussian_posterior(model, x)
+    q = top(x)
+    return q.base_dist.loc, q.base_dist.scale
+
+
 def _mean_and_stderr(per_point: torch.Tensor) -> tuple[float, float]:
     n = per_point.shape[0]
     stderr = per_point.std().item() / math.sqrt(n) if n > 1 else float("nan")
@@ -75,6 +89,10 @@ def elbo_surgery(
     ``mutual_info <= log N`` holds for every sample. log q(z) is a logsumexp over all N encodings,
     computed in float64 blocks of ``chunk`` samples: memory is O(chunk * N), time O(S N^2 D).
 
+    For the HVAE the split is of z = z_2 (q(z_2 | x) depends on x alone), and ``reconstruction`` is
+    the rest of the ELBO, (1/N) sum_n E_q[log p(x_n | z_1, z_2) + log p(z_1 | z_2) - log q(z_1 | x_n, z_2)],
+    with one z_1 ~ q(z_1 | x_n, z_2) per z_2 (``model.elbo_given_top``); ``elbo`` is then the ELBO.
+
     Standard errors are the standard deviation over n of the per-image averages divided by sqrt(N),
     as :func:`iwae.evaluate.evaluate` reports them (for i.i.d. n this is the Monte Carlo error; with
     every n taken once it is an upper estimate). ``avg_kl_analytic`` is the closed-form average KL
@@ -90,7 +108,8 @@ def elbo_surgery(
     Returns:
         A dict of floats: ``reconstruction``, ``avg_kl``, ``mutual_info``, ``marginal_kl``, each with a
         ``*_stderr``, plus ``elbo`` (= reconstruction - avg_kl), ``avg_kl_analytic``, ``log_n``,
-        ``identity_residual`` (avg_kl - mutual_info - marginal_kl), ``n`` and ``num_samples``.
+        ``identity_residual`` (avg_kl - mutual_info - marginal_kl), ``n``, ``num_samples`` and ``latent``
+        (the latent split: ``z``, or ``z_2`` for the HVAE).
 
     Raises:
         ValueError: for fewer than 1 sample or input, or a model with more than one stochastic layer.
@@ -109,14 +128,16 @@ def elbo_surgery(
     rows = max(1, _ROWS_PER_DECODE // num_samples)  # images per encoder / decoder call
     locs, scales, recon = [], [], []
     for i in range(0, n, rows):
-        loc, scale = _gaussian_posterior(model, x[i : i + rows])
+        loc, scale = _top_posterior(model, x[i : i + rows])
         locs.append(loc)
         scales.append(scale)
     loc, scale = torch.cat(locs), torch.cat(scales)  # (N, D)
     eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
     z = loc + scale * eps  # (S, N, D)
+    below = getattr(model, "elbo_given_top", None)  # the HVAE: the ELBO's terms other than z_2's
     for i in range(0, n, rows):
-        recon.append(model.decode(z[:, i : i + rows]).log_prob(x[i : i + rows]).double())  # (S, b)
+        xb, zb = x[i : i + rows], z[:, i : i + rows]
+        recon.append((below(xb, zb, generator) if below else model.decode(zb).log_prob(xb)).double())  # (S, b)
     recon = torch.cat(recon, dim=1)  # (S, N)
 
     log_q_own = diag_normal_log_prob(z.double(), loc.double(), scale.double().log())  # (S, N) log q(z|x_n)
@@ -142,6 +163,7 @@ def elbo_surgery(
     result["identity_residual"] = result["avg_kl"] - result["mutual_info"] - result["marginal_kl"]
     result["n"] = n
     result["num_samples"] = num_samples
+    result["latent"] = "z_2" if below else "z"
     if hasattr(model, "train"):
         model.train(was_training)
     return result
@@ -174,13 +196,16 @@ def run_surgery(
 def surgery_text(result: dict) -> str:
     """The lines ``iwae analyze`` prints for a result of :func:`elbo_surgery`, each term with its standard error."""
     r = result
+    z = r.get("latent", "z")
     analytic = f"  (analytic {r['avg_kl_analytic']:.3f})" if r["avg_kl_analytic"] is not None else ""
+    rest = "E_q log p(x|z)" if z == "z" else "E_q[log p(x|z_1,z_2) + log p(z_1|z_2) - log q(z_1|x,z_2)]"
+    of = "" if z == "z" else f"  (of {z})"
     return label_table(
         [
-            ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  (E_q log p(x|z))"),
-            ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}"),
-            ("I[n;z]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
-            ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q(z) || p(z)))"),
+            ("reconstruction", f"{r['reconstruction']:.3f} ± {r['reconstruction_stderr']:.3f}  ({rest})"),
+            ("average KL", f"{r['avg_kl']:.3f} ± {r['avg_kl_stderr']:.3f}{analytic}{of}"),
+            (f"I[n;{z}]", f"{r['mutual_info']:.3f} ± {r['mutual_info_stderr']:.3f}  (log N = {r['log_n']:.2f})"),
+            ("marginal KL", f"{r['marginal_kl']:.3f} ± {r['marginal_kl_stderr']:.3f}  (KL(q({z}) || p({z})))"),
             ("ELBO", f"{r['elbo']:.3f}"),
             ("residual", f"{r['identity_residual']:.2e}  (average KL - I - marginal KL)"),
             ("images", f"{r['n']} training images x {r['num_samples']} samples"),

@@ -282,7 +282,8 @@ Examples:
 @_user_errors
 def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     """ELBO surgery (Hoffman & Johnson 2016) of a trained 1-layer run on training images: reconstruction,
-    average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error.
+    average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error. For an hvae run,
+    of z2: the KL of q(z2|x), the rest of the ELBO as the reconstruction.
 
     The result is also written to RUN_DIR/surgery_n{N}.json.
     """

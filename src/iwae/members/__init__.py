@@ -30,8 +30,8 @@ checkpoint is intact, as for a single run) and leaves the group; the others go o
 Members must share everything that shapes the parameters or the step (see :data:`MAY_DIFFER`):
 architecture, prior, data, train subset, batch size, schedule, epochs, learning rate and Adam's
 settings, device, and the total number of samples k (so MIWAE and PIWAE at the same M*K group
-with IWAE at that k). Models this module cannot stack (another prior than the standard Normal,
-another network or likelihood than the Bernoulli tanh MLP) are trained one after another by
+with IWAE at that k). Models this module cannot stack (the hvae model, another prior than the standard
+Normal, another network or likelihood than the Bernoulli tanh MLP) are trained one after another by
 :func:`iwae.train.train`: the same runs, without the speed.
 
 The package: :mod:`.group` (which runs may stack), :mod:`.stacked` (the stacked model), :mod:`.loop`

@@ -59,6 +59,8 @@ def group_key(config) -> tuple:
 
 def stackable(config) -> str | None:
     """None if :class:`StackedVAE` can stack models of ``config``; else why not (they then train in turn)."""
+    if config.model != "vae":  # the HVAE's coupled networks have no stacked implementation
+        return f"the {config.model} model"
     if config.prior != "normal":
         return f"the {config.prior} prior"
     # StackedVAE implements the tanh MLPs with the Bernoulli likelihood in float32, eagerly

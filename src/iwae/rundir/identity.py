@@ -40,6 +40,7 @@ ADDED_DEFAULTS = {
     "binarize": "auto",
     "dequantize": False,
     "precision": "32",
+    "model": "vae",
 }
 
 

@@ -13,7 +13,7 @@ import torch
 from ..checkpoint import load_tensors, save_tensors
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..models import VAE
+from ..models import VAE, make_model
 from .identity import read_config
 from .layout import CONFIG, MODEL
 
@@ -100,7 +100,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
         raise CheckpointError(f"run directory {run_dir} not found")
     tensors, meta = load_tensors(run_dir / MODEL)
     try:
-        model = VAE(_architecture(run_dir, meta, MODEL))
+        model = make_model(_architecture(run_dir, meta, MODEL))
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise

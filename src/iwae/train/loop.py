@@ -19,7 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..estimators import accumulate_gradients
 from ..evaluate import log_likelihood
 from ..memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
-from ..models import VAE, make_likelihood
+from ..models import HVAE, VAE, make_likelihood, make_model
 from ..objectives import iwae as iwae_bound
 from ..runtime import synchronize, tune_allocator
 from .resume import resume_point
@@ -29,8 +29,9 @@ __all__ = ["train", "train_or_resume", "build_model", "load", "validation_bound"
 
 
 # ----------------------------------------------------------------------------- model i/o
-def build_model(config: TrainConfig, input_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
-    return VAE(config.model_config(input_dim, image_shape))
+def build_model(config: TrainConfig, input_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE | HVAE:
+    """The model ``config`` describes for data of ``input_dim`` pixels (:func:`iwae.models.make_model`)."""
+    return make_model(config.model_config(input_dim, image_shape))
 
 
 def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
