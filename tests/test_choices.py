@@ -12,7 +12,7 @@ from iwae import choices, estimators, objectives
 from iwae.compiled import compiled_forward
 from iwae.config import ModelConfig, TrainConfig
 from iwae.errors import DataError
-from iwae.models import VAE, make_likelihood, make_prior
+from iwae.models import HVAE, VAE, make_likelihood, make_model, make_prior
 from iwae.precision import autocast_dtype
 
 
@@ -45,6 +45,12 @@ def test_every_model_part_name_builds_and_an_unknown_one_is_refused():
     for name in choices.NETWORKS:
         config = ModelConfig(16, (2,), ((4, 4),), network=name)
         assert VAE(config).log_weights(torch.rand(3, 16).round(), 2).shape == (2, 3), name
+    for name in choices.MODELS:
+        config = ModelConfig(16, (2, 2), ((4, 4), (3,)), model=name)
+        assert make_model(config).log_weights(torch.rand(3, 16).round(), 2).shape == (2, 3), name
+    assert isinstance(make_model(ModelConfig.hvae(16)), HVAE) and isinstance(make_model(ModelConfig(16)), VAE)
+    with pytest.raises(ValueError, match="unknown model 'ladder'"):
+        ModelConfig(16, model="ladder")
     for maker, args in ((make_prior, ("cauchy", 2)), (make_likelihood, ("poisson", 12))):
         with pytest.raises(ValueError, match="cauchy|poisson"):
             maker(*args)
@@ -66,6 +72,7 @@ def test_train_config_offers_exactly_these_choices():
     offered = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
     assert offered["objective"] == choices.OBJECTIVES and offered["estimator"] == choices.ESTIMATORS
     assert offered["network"] == choices.NETWORKS and offered["prior"] == choices.PRIORS
+    assert offered["model"] == choices.MODELS
     assert offered["likelihood"] == choices.LIKELIHOODS and offered["precision"] == choices.PRECISIONS
     assert offered["compile"] == choices.COMPILE_MODES and offered["schedule"] == choices.SCHEDULES
     assert offered["binarize"] == ("auto",) + choices.BINARIZATIONS
