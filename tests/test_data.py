@@ -494,10 +494,18 @@ def test_unknown_dataset_lists_valid_names():
     with pytest.raises(
         DataError,
         match=r"unknown dataset 'cifar'; choose one of mnist, binarized-mnist, "
-        r"fashion-mnist, omniglot, or npz:PATH",
+        r"fashion-mnist, omniglot, mnist-vamp, caltech101, frey, or npz:PATH",
     ):
         load_dataset("cifar")
-    assert data.DATASETS == ("mnist", "binarized-mnist", "fashion-mnist", "omniglot")
+    assert data.DATASETS == (
+        "mnist",
+        "binarized-mnist",
+        "fashion-mnist",
+        "omniglot",
+        "mnist-vamp",
+        "caltech101",
+        "frey",
+    )
 
 
 # --------------------------------------------------------------------------- IDX parsing (synthetic files)

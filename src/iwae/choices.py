@@ -51,7 +51,15 @@ PRECISIONS = ("32", "bf16-mixed")  # the training step's precision (iwae.precisi
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile of the training step (iwae.compiled)
 SCHEDULES = ("paper", "constant")  # learning-rate schedules (iwae.train.schedule)
 
-DATASETS: tuple[str, ...] = ("mnist", "binarized-mnist", "fashion-mnist", "omniglot")
+DATASETS: tuple[str, ...] = (
+    "mnist",
+    "binarized-mnist",
+    "fashion-mnist",
+    "omniglot",
+    "mnist-vamp",
+    "caltech101",
+    "frey",
+)
 """Names accepted by :func:`iwae.data.load_dataset`, besides ``"npz:PATH"``."""
 BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "none")
 """The ``binarize`` modes of :func:`iwae.data.load_dataset` (see :mod:`iwae.data`)."""

@@ -80,7 +80,11 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = _setting("mnist", "mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
+    dataset: str = _setting(
+        "mnist",
+        "mnist, binarized-mnist, fashion-mnist, omniglot; the VampPrior paper's mnist-vamp (50,000/10,000/10,000), "
+        "caltech101, frey (28x20 grey levels); or npz:PATH.",
+    )
     data_dir: str | None = _setting(
         None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).", folder=True
     )

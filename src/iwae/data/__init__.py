@@ -20,6 +20,11 @@ plus user arrays:
     converted exactly as their released code does; 24,345 training images are
     shuffled once with ``np.random.RandomState(123)`` and the last 1,345 of them
     are held out for validation (23,000 train), 8,070 test.
+``mnist-vamp``, ``caltech101``, ``frey``
+    the data sets of Tomczak & Welling's VampPrior paper (AISTATS 2018), read as its code reads them:
+    MNIST split 50,000 / 10,000 / 10,000 with the validation and test images binarized once by the
+    code's generator; Marlin's Caltech 101 Silhouettes (28x28, split 1, binary); Roweis's Frey faces
+    (28x20 grey levels, split 1,565 / 200 / 200). See :mod:`.vampprior`.
 ``npz:PATH``
     user arrays, see :func:`load_dataset`.
 
@@ -55,21 +60,24 @@ Files are looked up in this order (for every dataset):
 
 1. the ``data_dir`` argument, else the environment variable ``IWAE_DATA_DIR``:
    a root folder holding one subfolder per dataset (``mnist/``,
-   ``fashion_mnist/``, ``binarized_mnist/``, ``omniglot/``), or the files
+   ``fashion_mnist/``, ``binarized_mnist/``, ``omniglot/``, ``caltech101/``,
+   ``frey/``; ``mnist-vamp`` reads ``mnist/``), or the files
    directly inside it;
 2. the user cache ``default_cache_dir()/<subfolder>/``;
 3. if ``download`` is true, a download from the official source into the cache
    (written to a temporary file in the same folder, checked, then renamed).
 
 Every file is checked against a known hash (SHA-256; per-array SHA-256 for
-``binarized_mnist.npz``; the git blob id for ``chardata.mat``) before it is
-parsed; any problem raises :class:`DataError` with a one-line message that says
+``binarized_mnist.npz``; the git blob id for ``chardata.mat``; the SHA-256 of
+the images for ``frey_rawface.mat``, whose file hash is not published) before
+it is used; any problem raises :class:`DataError` with a one-line message that says
 what to do.
 
 The package: :mod:`.registry` (the data sets' names, files, checksums, sources, seeds), :mod:`.files`
 (finding, checking and downloading files), :mod:`.benchmarks` (reading MNIST, binarized MNIST,
-OMNIGLOT), :mod:`.arrays` (user arrays), :mod:`.transforms` (binarize, dequantize), :mod:`.splits`
-(:class:`Splits`) and :mod:`.load` (:func:`load_dataset`, :func:`missing_files`).
+OMNIGLOT), :mod:`.vampprior` (the VampPrior paper's MNIST split, Caltech 101, Frey faces),
+:mod:`.arrays` (user arrays), :mod:`.transforms` (binarize, dequantize), :mod:`.splits` (:class:`Splits`)
+and :mod:`.load` (:func:`load_dataset`, :func:`missing_files`).
 """
 
 from ..errors import DataError

@@ -51,16 +51,11 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_idx_dataset(
-    name: str,
-    what: str,
-    sha: dict[str, str],
-    urls: tuple[str, ...],
-    dirs: list[Path],
-    download: bool,
-    mode: str = "dynamic",
-    deq: bool = False,
-) -> Splits:
+def _read_idx_files(
+    what: str, sha: dict[str, str], urls: tuple[str, ...], dirs: list[Path], download: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four IDX files of MNIST or Fashion-MNIST, found and verified: ``(x_train, y_train, x_test, y_test)``,
+    uint8 images ``(N, 28, 28)`` and labels ``(N,)``."""
     paths = {f: _locate((f,), dirs, download, urls, "sha256", sha[f], what) for f in MNIST_FILES}
     x_train = _read_idx(paths["train-images-idx3-ubyte.gz"], 0x803, 3)
     y_train = _read_idx(paths["train-labels-idx1-ubyte.gz"], 0x801, 1)
@@ -77,6 +72,22 @@ def _load_idx_dataset(
                 f"{what} {split} files disagree: {x.shape[0]} images but {y.shape[0]} labels; "
                 "delete them and re-download them"
             )
+    return x_train, y_train, x_test, y_test
+
+
+def _load_idx_dataset(
+    name: str,
+    what: str,
+    sha: dict[str, str],
+    urls: tuple[str, ...],
+    dirs: list[Path],
+    download: bool,
+    mode: str = "dynamic",
+    deq: bool = False,
+) -> Splits:
+    """MNIST or Fashion-MNIST with Burda et al.'s split: the last :data:`~.registry.MNIST_N_VALID` training
+    images held out for validation."""
+    x_train, y_train, x_test, y_test = _read_idx_files(what, sha, urls, dirs, download)
     n = x_train.shape[0]
     if n <= registry.MNIST_N_VALID:
         raise DataError(

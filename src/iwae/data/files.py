@@ -1,6 +1,9 @@
 """Where the data files are and whether they are the originals: the folders searched, the checksums
 (computed once per process), and the download into the cache (written to a temporary file, checked,
-then renamed, so no partial file is ever left under its final name)."""
+then renamed, so no partial file is ever left under its final name).
+
+A checksum is of the file's bytes (``"sha256"``, ``"git-blob"``) or, where only the content's is known,
+of what the file holds (a :class:`ContentHash`: Frey faces' images, whatever the MAT container's bytes)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import logging
 import os
 import tempfile
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
 from . import registry
 
-__all__ = ["default_cache_dir"]
+__all__ = ["default_cache_dir", "ContentHash"]
 
 logger = logging.getLogger("iwae.data")
 
@@ -55,20 +60,44 @@ def _describe_dirs(dirs: list[Path]) -> str:
 
 
 # --------------------------------------------------------------------------- hashing
+@dataclass(frozen=True)
+class ContentHash:
+    """A checksum of what a file holds rather than of its bytes: ``compute(path)`` reads the file and returns
+    the hex digest of its content (raising DataError for a file it cannot read); ``label`` says what is
+    hashed, in messages; ``name`` keys the per-process cache."""
+
+    name: str
+    label: str
+    compute: Callable[[Path], str]
+
+
+Kind = str | ContentHash  # "sha256", "git-blob", or a ContentHash
+
 # Digests computed in this process, keyed by (real path, device, inode, size, mtime_ns, kind).
 _DIGEST_CACHE: dict[tuple, str] = {}
 
 
-def _stat_key(path: Path, kind: str) -> tuple:
+def _stat_key(path: Path, kind: Kind) -> tuple:
     real = os.path.realpath(path)
     st = os.stat(real)
-    return (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kind)
+    return (
+        real,
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        kind.name if isinstance(kind, ContentHash) else kind,
+    )
 
 
-def _file_digest(path: Path, kind: str) -> str:
-    """SHA-256 (kind "sha256") or git blob SHA-1 (kind "git-blob") of a file, cached per process."""
+def _file_digest(path: Path, kind: Kind) -> str:
+    """SHA-256 (kind "sha256"), git blob SHA-1 (kind "git-blob") or the content digest (a ContentHash) of a
+    file, cached per process."""
     key = _stat_key(path, kind)
     if key in _DIGEST_CACHE:
+        return _DIGEST_CACHE[key]
+    if isinstance(kind, ContentHash):
+        _DIGEST_CACHE[key] = kind.compute(path)
         return _DIGEST_CACHE[key]
     if kind == "sha256":
         h = hashlib.sha256()
@@ -85,11 +114,13 @@ def _file_digest(path: Path, kind: str) -> str:
     return digest
 
 
-def _hash_label(kind: str) -> str:
+def _hash_label(kind: Kind) -> str:
+    if isinstance(kind, ContentHash):
+        return kind.label
     return "sha256" if kind == "sha256" else "git blob sha1"
 
 
-def _verify_file(path: Path, kind: str, expected: str | tuple[str, ...], what: str) -> None:
+def _verify_file(path: Path, kind: Kind, expected: str | tuple[str, ...], what: str) -> None:
     """Raise DataError unless the file's digest is one of ``expected``."""
     accepted = (expected,) if isinstance(expected, str) else tuple(expected)
     actual = _file_digest(path, kind)
@@ -106,7 +137,7 @@ def _verify_file(path: Path, kind: str, expected: str | tuple[str, ...], what: s
 
 
 def _download(
-    urls: tuple[str, ...], name: str, dest_dir: Path, kind: str, expected: str | tuple[str, ...], what: str
+    urls: tuple[str, ...], name: str, dest_dir: Path, kind: Kind, expected: str | tuple[str, ...], what: str
 ) -> tuple[Path | None, str]:
     """Download ``name`` from the first working base URL into ``dest_dir``, verified.
 
@@ -142,12 +173,19 @@ def _download(
                         while chunk := response.read(1 << 20):
                             h.update(chunk)
                             out.write(chunk)
-            if kind == "git-blob":
+            if isinstance(kind, ContentHash):  # read what the temporary file holds, before it may be kept
+                try:
+                    actual = kind.compute(tmp)
+                except DataError as e:
+                    mismatches.append(f"{url} gave a file that cannot be read ({str(e).replace(str(tmp), name)})")
+                    continue
+            elif kind == "git-blob":
                 h.update(b"blob %d\0" % tmp.stat().st_size)
                 with open(tmp, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
-            actual = h.hexdigest()
+            if not isinstance(kind, ContentHash):
+                actual = h.hexdigest()
             if actual not in accepted:
                 mismatches.append(f"{url} gave {_hash_label(kind)} {actual}, expected {' or '.join(accepted)}")
                 continue
@@ -175,7 +213,7 @@ def _locate(
     dirs: list[Path],
     download: bool,
     urls: tuple[str, ...],
-    kind: str,
+    kind: Kind,
     expected: str | tuple[str, ...],
     what: str,
 ) -> Path:

@@ -12,6 +12,7 @@ from .benchmarks import _load_binarized_mnist, _load_idx_dataset, _load_omniglot
 from .files import _search_dirs
 from .registry import _AMAT_FILES, _SUBDIRS, BINARIZED_MNIST_NPZ, DATASETS, MNIST_FILES, resolve_binarize
 from .splits import Splits
+from .vampprior import _load_caltech101, _load_frey, _load_mnist_vamp
 
 __all__ = ["load_dataset", "missing_files"]
 
@@ -40,8 +41,11 @@ def missing_files(name: str, data_dir: str | os.PathLike | None = None) -> list[
     def present(names: tuple[str, ...]) -> bool:
         return any((d / n).is_file() for d in dirs for n in names)
 
-    if key in ("mnist", "fashion-mnist"):
+    if key in ("mnist", "fashion-mnist", "mnist-vamp"):
         return [f for f in MNIST_FILES if not present((f,))]
+    if key in ("caltech101", "frey"):
+        name = registry.CALTECH101_FILE if key == "caltech101" else registry.FREY_FILE
+        return [] if present((name,)) else [name]
     if key == "binarized-mnist":
         if present((BINARIZED_MNIST_NPZ,)):
             return []
@@ -113,6 +117,14 @@ def load_dataset(
             mode,
             dequantize,
         )
+    if key == "mnist-vamp":
+        return _load_mnist_vamp(dirs, download, mode, dequantize)
+    if key == "caltech101" and dequantize:
+        raise DataError("caltech101 is binary: dequantize applies to 8-bit grey levels (frey, mnist, fashion-mnist)")
+    if key == "caltech101":
+        return _load_caltech101(dirs, download, mode)
+    if key == "frey":
+        return _load_frey(dirs, download, mode, dequantize)
     if key == "binarized-mnist":
         if dequantize:
             raise DataError("binarized-mnist is binary: dequantize applies to 8-bit grey levels (mnist, fashion-mnist)")

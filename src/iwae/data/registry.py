@@ -35,6 +35,18 @@ MNIST_N_VALID: int = 400
 OMNIGLOT_N_VALID: int = 1345
 #: OMNIGLOT: seed of ``np.random.RandomState`` that shuffles the training images once.
 OMNIGLOT_PERMUTATION_SEED: int = 123
+#: mnist-vamp (Tomczak & Welling's dynamic MNIST): training images 50,000..59,999 held out for validation.
+MNIST_VAMP_N_VALID: int = 10000
+#: mnist-vamp: seed of the legacy ``np.random.RandomState`` whose ``binomial`` draws binarize the validation,
+#: then the test images, once (the VampPrior code's ``np.random.seed(777)``).
+MNIST_VAMP_BINARIZATION_SEED: int = 777
+#: Frey faces: train / validation / test images, the VampPrior code's split of the 1,965 faces.
+FREY_SPLIT: tuple[int, int, int] = (1565, 200, 200)
+#: Frey faces: seed of ``np.random.RandomState`` that shuffles the faces once before the split (the
+#: VampPrior code shuffles with numpy's unseeded global generator, so its split changes from run to run).
+FREY_PERMUTATION_SEED: int = 14
+#: Frey faces: height and width of an image (28 rows of 20 pixels).
+FREY_IMAGE_SHAPE: tuple[int, int] = (28, 20)
 #: User ``.npz`` without ``valid``/``.npy``: fraction of rows held out (at least one row).
 NPZ_HOLDOUT_FRACTION: float = 0.1
 
@@ -49,6 +61,8 @@ MNIST_URLS: tuple[str, ...] = (
 FASHION_MNIST_URLS: tuple[str, ...] = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 BINARIZED_MNIST_URLS: tuple[str, ...] = ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",)
 OMNIGLOT_URLS: tuple[str, ...] = ("https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/",)
+CALTECH101_URLS: tuple[str, ...] = ("https://people.cs.umass.edu/~marlin/data/",)  # Marlin's data page
+FREY_URLS: tuple[str, ...] = ("https://cs.nyu.edu/~roweis/data/",)  # Roweis's data page
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -95,11 +109,22 @@ OMNIGLOT_FILES = ("chardata.mat", "omniglot.mat")
 #: Git blob id (``git hash-object``) of Burda et al.'s chardata.mat; no SHA-256 is published.
 OMNIGLOT_GIT_BLOB_SHA1: str = "016a3536ffe5e1d38e42563a18d7a78bfaf643ec"
 
+#: Marlin's Caltech 101 Silhouettes, 28x28, split 1 (MAT v5): 872,124 bytes.
+CALTECH101_FILE = "caltech101_silhouettes_28_split1.mat"
+CALTECH101_SHA256: str = "eb6735e8d84b1850fabc5590124aab1755e90c9fd28123585324398405e1e42a"
+#: Roweis's Frey faces (MAT, variable ``ff``, uint8 560 x 1,965). The file's own hash is not published;
+#: this is the SHA-256 of its images, ``ff.T`` as uint8 (1965, 560) in C order (the content, not the container).
+FREY_FILE = "frey_rawface.mat"
+FREY_CONTENT_SHA256: str = "2438ba4f0d2a6bd8bac43de756141eaa33c8d248dd613d464bdb1210d9b7af78"
+
 _SUBDIRS = {
     "mnist": "mnist",
     "fashion-mnist": "fashion_mnist",
     "binarized-mnist": "binarized_mnist",
     "omniglot": "omniglot",
+    "mnist-vamp": "mnist",  # the MNIST files, split as Tomczak & Welling's code
+    "caltech101": "caltech101",
+    "frey": "frey",
 }
 _IMAGE_SIDE = 28
 _IMAGE_DIM = _IMAGE_SIDE * _IMAGE_SIDE

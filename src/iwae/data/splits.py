@@ -133,8 +133,11 @@ def _dynamic_splits(
     labels: tuple | None = None,
     mode: str = "dynamic",
     deq: bool = False,
+    binarize_once=None,
 ) -> Splits:
-    """Grey-level splits, binarized as ``mode`` says (module docstring); dequantised where ``deq``."""
+    """Grey-level splits, binarized as ``mode`` says (module docstring); dequantised where ``deq``.
+    ``binarize_once(valid, test) -> (valid, test)`` replaces the fixed binarization of validation and test
+    images with the module's seeds (for a data set whose paper binarized them with a generator of its own)."""
     lab = [None, None, None] if labels is None else [_to_tensor(y, torch.int64) for y in labels]
     if deq:
         if mode != "none":
@@ -150,8 +153,11 @@ def _dynamic_splits(
     elif mode != "none":
         if mode == "static":
             train = fixed_binarization(train, TRAIN_BINARIZATION_SEED)
-        valid = fixed_binarization(valid, VALID_BINARIZATION_SEED)
-        test = fixed_binarization(test, TEST_BINARIZATION_SEED)
+        if binarize_once is not None:
+            valid, test = binarize_once(valid, test)
+        else:
+            valid = fixed_binarization(valid, VALID_BINARIZATION_SEED)
+            test = fixed_binarization(test, TEST_BINARIZATION_SEED)
     return Splits(
         name,
         _to_tensor(train),
