@@ -155,8 +155,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "stl-view-keeps-layer-1-parameters",
         "src/iwae/estimators.py",
-        "*((post.loc.detach(), post.log_scale.detach()) if i == 0",
-        "*((post.loc, post.log_scale) if i == 0",
+        "(post.loc.detach(), post.log_scale.detach()) if i == 0",
+        "(post.loc, post.log_scale) if i == 0",
         ("tests/test_estimators.py::test_add_views_match_frozen_copies",),
         "the path view keeps q(z_1 | x)'s parameters: STL and DReG keep the score term they exist to drop",
     ),

@@ -304,14 +304,8 @@ def add_views(
     log_q_sp = log_q_ss = None
     for i, (layer, (h, z)) in enumerate(zip(model.encoder, post.layer_inputs())):
         if want_sp:
-            term = diag_normal_log_prob(
-                z,
-                *(
-                    (post.loc.detach(), post.log_scale.detach())
-                    if i == 0
-                    else _loc_log_scale_params_detached(layer, *h)
-                ),
-            )
+            first = (post.loc.detach(), post.log_scale.detach()) if i == 0 else None  # the first layer as drawn
+            term = diag_normal_log_prob(z, *(first or _loc_log_scale_params_detached(layer, *h)))
             log_q_sp = term if log_q_sp is None else log_q_sp + term
         if want_ss:  # the first layer as drawn, a layer that reads samples again on its detached inputs
             loc, log_scale = (post.loc, post.log_scale) if i == 0 else layer.loc_log_scale(*(a.detach() for a in h))
