@@ -72,7 +72,7 @@ def test_train_config_offers_exactly_these_choices():
     offered = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
     assert offered["objective"] == choices.OBJECTIVES and offered["estimator"] == choices.ESTIMATORS
     assert offered["network"] == choices.NETWORKS and offered["prior"] == choices.PRIORS
-    assert offered["model"] == choices.MODELS
+    assert offered["model"] == choices.MODELS and offered["optimizer"] == choices.OPTIMIZERS
     assert offered["likelihood"] == choices.LIKELIHOODS and offered["precision"] == choices.PRECISIONS
     assert offered["compile"] == choices.COMPILE_MODES and offered["schedule"] == choices.SCHEDULES
     assert offered["binarize"] == ("auto",) + choices.BINARIZATIONS

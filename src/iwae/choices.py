@@ -21,6 +21,7 @@ __all__ = [
     "PRECISIONS",
     "COMPILE_MODES",
     "SCHEDULES",
+    "OPTIMIZERS",
     "DATASETS",
     "BINARIZATIONS",
     "PLOT_KINDS",
@@ -50,6 +51,8 @@ LIKELIHOODS = ("bernoulli", "gaussian", "logistic256")  # p(x | z_1)
 PRECISIONS = ("32", "bf16-mixed")  # the training step's precision (iwae.precision)
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile of the training step (iwae.compiled)
 SCHEDULES = ("paper", "constant")  # learning-rate schedules (iwae.train.schedule)
+# Adam, or Adam on each parameter's gradient divided by its norm (Tomczak & Welling's AdamNormGrad; iwae.train.loop)
+OPTIMIZERS = ("adam", "adam-normgrad")
 
 DATASETS: tuple[str, ...] = (
     "mnist",

@@ -57,7 +57,7 @@ Examples:
 @_user_errors
 def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
-    from ..rundir import trained_epochs
+    from ..rundir import finished_training, read_checkpoint
     from ..train import configure, resume_config
     from ..train import train as run_training
 
@@ -79,9 +79,17 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **op
     config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
-        finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do
+        # train() says there is nothing to do
+        finished = finished_training(read_checkpoint(resume)[1], config.total_epochs)
     run_dir = run_training(config, resume=bool(resume), overwrite=overwrite, progress=not quiet)
-    if not finished:
+    stopped = (read_checkpoint(run_dir)[1].get("early_stopping") or {}) if config.early_stopping is not None else {}
+    if not finished and stopped.get("stopped"):
+        click.echo(
+            f"trained {config.spec.label}: early stopping ended it after epoch "
+            f"{read_checkpoint(run_dir)[1]['epoch']} of {config.total_epochs}; model.safetensors holds the best, "
+            f"epoch {stopped['best_epoch']}: {run_dir}"
+        )
+    elif not finished:
         click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
     click.echo(f"evaluate it with: iwae evaluate {run_dir}")
 

@@ -31,6 +31,7 @@ from ..choices import (
     MODELS,
     NETWORKS,
     OBJECTIVES,
+    OPTIMIZERS,
     PRECISIONS,
     PRIORS,
     SCHEDULES,
@@ -156,11 +157,23 @@ class TrainConfig:
         None, "Run the first N epochs of the schedule.", shown="all 3,280 of the paper schedule", resumable=True
     )
     lr: float = _setting(1e-3, "Initial or constant learning rate.")
+    optimizer: str = _setting(
+        "adam",
+        "adam; or adam-normgrad: Adam on each parameter's gradient divided by its L2 norm (+1e-7), the "
+        "optimiser of Tomczak & Welling's code (AdamNormGrad).",
+        choices=OPTIMIZERS,
+    )
     beta1: float = _setting(0.9, "Adam beta1 (Burda et al.'s code: 0.99).")
     beta2: float = _setting(0.999, "Adam beta2.")
     adam_eps: float = _setting(1e-4, "Adam epsilon (Burda et al.: 1e-4).")
     # validation
     valid_k: int | None = _setting(None, "Samples for the per-epoch validation L_k.", shown="--k")
+    early_stopping: int | None = _setting(
+        None,
+        "Patience P: stop when the validation L_k has not improved for more than P epochs in a row (not "
+        "counted during KL warm-up), and keep the best epoch's model (Tomczak & Welling: 50).",
+        shown="off",
+    )
     # run
     init_from: str | None = _setting(
         None, "Start from this run directory's trained model (a fresh optimiser).", folder=True
@@ -252,6 +265,10 @@ class TrainConfig:
             raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.valid_k is not None and self.valid_k < 1:
             raise ValueError(f"valid_k must be >= 1, got {self.valid_k}")
+        if self.early_stopping is not None and self.early_stopping < 0:
+            raise ValueError(f"early_stopping (a patience) must be >= 0, got {self.early_stopping}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 optimizer steps, got {self.checkpoint_every}")
         if self.precision not in PRECISIONS:

@@ -61,6 +61,10 @@ def stackable(config) -> str | None:
     """None if :class:`StackedVAE` can stack models of ``config``; else why not (they then train in turn)."""
     if config.model != "vae":  # the HVAE's coupled networks have no stacked implementation
         return f"the {config.model} model"
+    if config.early_stopping is not None:  # each member would stop at its own epoch
+        return "early stopping"
+    if config.optimizer != "adam":  # the stacked optimiser is Adam
+        return f"the {config.optimizer} optimizer"
     if config.prior != "normal":
         return f"the {config.prior} prior"
     # StackedVAE implements the tanh MLPs with the Bernoulli likelihood in float32, eagerly

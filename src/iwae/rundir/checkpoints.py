@@ -1,6 +1,6 @@
 """checkpoint.safetensors: everything a run needs to resume (weights, Adam's state, the random streams,
-the epoch and step, the metrics so far, the place in an interrupted epoch), and whether a folder holds
-anything trained at all."""
+the epoch and step, the metrics so far, the place in an interrupted epoch, early stopping's state and best
+weights), whether it has anything left to train, and whether a folder holds anything trained at all."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ __all__ = [
     "restore",
     "trained_epochs",
     "only_start_files",
+    "finished_training",
+    "read_early_stopping",
 ]
 
 
@@ -51,9 +53,11 @@ def save_checkpoint(
     metrics: list[dict],
     partial: EpochState | None = None,
     wall_time: float = 0.0,
+    early_stopping: tuple[dict, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
-    ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``."""
+    ``epoch`` (completed epochs), ``step``, the metrics so far, in the middle of an epoch ``partial``, and
+    with early stopping its ``(state, best weights)`` (:class:`iwae.train.early_stopping.EarlyStopping`)."""
     opt_state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict] = {}
@@ -75,6 +79,10 @@ def save_checkpoint(
         "rng_device": generator.device.type,
         "wall_time_s": wall_time,
     }
+    if early_stopping is not None:
+        state, best = early_stopping
+        meta["early_stopping"] = state
+        tensors.update({f"best.{k}": v for k, v in best.items()})
     if partial is not None:
         tensors["epoch.order"] = partial.order
         tensors["epoch.bound_sum"] = partial.bound_sum
@@ -186,6 +194,43 @@ def restore(
         return int(meta["epoch"]), int(meta["step"]), metrics, partial, float(meta.get("wall_time_s", 0.0))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} is incomplete or does not match the config: {e}".splitlines()[0]) from e
+
+
+def finished_training(meta: dict, total_epochs: int) -> bool:
+    """Whether the checkpoint whose metadata is ``meta`` has nothing left to train: it has trained all
+    ``total_epochs``, or early stopping stopped it."""
+    return meta.get("epoch") == total_epochs or bool((meta.get("early_stopping") or {}).get("stopped"))
+
+
+def read_early_stopping(
+    path: Path, tensors: dict[str, torch.Tensor], meta: dict, model: VAE
+) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Early stopping's ``(state, best weights)`` in a checkpoint (``path``, its tensors and metadata), the
+    weights checked against ``model``; None when the checkpoint has none (a run without early stopping).
+
+    Raises:
+        CheckpointError: a state without the best weights, or weights that do not fit ``model``.
+    """
+    state = meta.get("early_stopping")
+    if state is None:
+        return None
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+    expected = model.state_dict()
+    keys = {"patience", "best", "best_epoch", "bad_epochs", "stopped"}
+    if not (isinstance(state, dict) and keys <= set(state)):
+        fits = False
+    elif state["best"] is None:  # no finite validation bound yet: no weights kept
+        fits = not best
+    else:
+        fits = set(best) == set(expected) and all(
+            best[k].shape == v.shape and best[k].dtype == v.dtype for k, v in expected.items()
+        )
+    if not fits:
+        raise CheckpointError(
+            f"{path} holds an early-stopping state without the best weights that fit this model; delete the run "
+            f"or restore the files that belong together"
+        )
+    return state, best
 
 
 def trained_epochs(run_dir: str | os.PathLike) -> int:

@@ -41,6 +41,8 @@ ADDED_DEFAULTS = {
     "dequantize": False,
     "precision": "32",
     "model": "vae",
+    "optimizer": "adam",
+    "early_stopping": None,
 }
 
 

@@ -36,14 +36,17 @@ def model_digest(model_config: ModelConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save_model(run_dir: str | os.PathLike, model: VAE, epoch: int) -> None:
-    """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``."""
+def save_model(
+    run_dir: str | os.PathLike, model: VAE, epoch: int, weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``
+    (``weights``, a state dict of ``model``, in their place: an earlier epoch's, kept by early stopping)."""
     meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
     if getattr(model, "user_modules", False):  # no config rebuilds it: load_model says so instead of misreading it
         meta["user_modules"] = True
     if getattr(model.config, "image_shape", None) is not None:  # not square: with config.yaml, the architecture
         meta["image_shape"] = list(model.config.image_shape)
-    save_tensors(Path(run_dir) / MODEL, model.state_dict(), meta)
+    save_tensors(Path(run_dir) / MODEL, model.state_dict() if weights is None else weights, meta)
 
 
 def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:

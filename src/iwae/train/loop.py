@@ -22,6 +22,7 @@ from ..memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
 from ..models import HVAE, VAE, make_likelihood, make_model
 from ..objectives import iwae as iwae_bound
 from ..runtime import synchronize, tune_allocator
+from .early_stopping import EarlyStopping
 from .resume import resume_point
 from .schedule import kl_weight, learning_rate
 
@@ -90,6 +91,15 @@ def _make_optimizer(config: TrainConfig, model: VAE, device: torch.device) -> to
             _FUSED_ADAM[device.type] = True
             return optimizer
     return torch.optim.Adam(model.parameters(), **settings)
+
+
+@torch.no_grad()
+def _normalize_gradients(model: VAE) -> None:
+    """Divides each parameter's gradient by its L2 norm plus 1e-7, in place: what Tomczak & Welling's
+    AdamNormGrad does before its Adam update (``grad / (torch.norm(grad, 2) + 1e-7)``, ``utils/optimizer.py``)."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
 
 
 def _defer_finite_check(device: torch.device) -> bool:
@@ -194,7 +204,9 @@ def train(
     if finished:
         rundir.remove_run_temporaries(run_dir)
         rundir.sync_outputs(run_dir, config, list(saved[1].get("metrics", [])))
-        print(f"nothing to do: {run_dir} has trained all {total_epochs} epochs", file=sys.stderr)
+        stopped = (saved[1].get("early_stopping") or {}).get("stopped")
+        done = f"stopped early after epoch {saved[1].get('epoch')}" if stopped else f"trained all {total_epochs} epochs"
+        print(f"nothing to do: {run_dir} has {done}", file=sys.stderr)
         return run_dir  # on any device: nothing is drawn
     device = _check_device(config)
     if config.precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -246,6 +258,8 @@ def train(
     forward = compiled_forward(config.compile, device)  # None: eager
     # the step's precision and compiled forward, passed only when not the defaults (float32, eager)
     speed = {k: v for k, v in (("precision", config.precision), ("forward", forward)) if v not in ("32", None)}
+    normalize = config.optimizer == "adam-normgrad"
+    stopper = None if config.early_stopping is None else EarlyStopping(config.early_stopping, config.kl_warmup)
 
     start_epoch, step, metrics, partial, wall_time = 0, 0, [], None, 0.0
     if saved is not None:
@@ -253,6 +267,14 @@ def train(
             ckpt_path, *saved, model, optimizer, generator, n_train
         )
         rundir.sync_outputs(run_dir, config, metrics)
+        kept = rundir.read_early_stopping(ckpt_path, *saved, model)
+        if stopper is not None:
+            if kept is None:
+                raise CheckpointError(f"{ckpt_path} holds no early-stopping state, and the run stops early")
+            try:
+                stopper = EarlyStopping.restored(config.early_stopping, config.kl_warmup, *kept)
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{ckpt_path}: {e}") from None
         where = f"step {step}" + (
             f", {partial.position} of {n_train} images into epoch {start_epoch + 1}" if partial else ""
         )
@@ -322,6 +344,8 @@ def train(
                     optimizer.found_inf = bad.float()  # fused Adam skips the update when it is 1
                 elif _nonfinite_now(bound, model):
                     stop_if_nonfinite(epoch, step + 1)
+                if normalize:
+                    _normalize_gradients(model)
                 optimizer.step()
                 bound_sum += bound.sum()
                 step += 1
@@ -340,6 +364,7 @@ def train(
                         metrics,
                         rundir.EpochState(order, position, bound_sum, time.perf_counter() - t0),
                         time.perf_counter() - run_start,
+                        early_stopping=None if stopper is None else (stopper.state(), stopper.best_weights),
                     )
                     checkpointed = (epoch, step)
             bar.close()
@@ -365,10 +390,26 @@ def train(
             writer.flush()
             # the model first, then the checkpoint that commits the epoch, then what can be rebuilt
             # from the checkpoint (metrics.csv, see rundir.sync_outputs): a kill between two of them loses
-            # nothing, and model.safetensors is never behind checkpoint.safetensors
-            rundir.save_model(run_dir, model, epoch + 1)
+            # nothing, and model.safetensors is never behind checkpoint.safetensors (with early stopping,
+            # once the run ends, it holds the best epoch's weights: the model the test evaluation reads)
+            kept = None
+            if stopper is not None:
+                stopper.update(epoch + 1, valid_bound, model.state_dict())
+                kept = (stopper.state(), stopper.best_weights)
+            if stopper is not None and (stopper.stopped or epoch + 1 == total_epochs) and stopper.best_weights:
+                rundir.save_model(run_dir, model, stopper.best_epoch, stopper.best_weights)
+            else:
+                rundir.save_model(run_dir, model, epoch + 1)
             rundir.save_checkpoint(
-                run_dir, model, optimizer, generator, epoch + 1, step, metrics, wall_time=row["wall_time_s"]
+                run_dir,
+                model,
+                optimizer,
+                generator,
+                epoch + 1,
+                step,
+                metrics,
+                wall_time=row["wall_time_s"],
+                early_stopping=kept,
             )
             checkpointed = (epoch + 1, step)
             rundir.write_metrics(run_dir, metrics)
@@ -380,6 +421,15 @@ def train(
                     f"ETA {_duration(eta)}",
                     file=sys.stderr,
                 )
+            if stopper is not None and stopper.stopped:
+                if progress:
+                    print(
+                        f"early stopping: no better validation L_{valid_k} for {stopper.bad_epochs} epochs; "
+                        f"model.safetensors holds the best, "
+                        + (f"epoch {stopper.best_epoch} ({stopper.best:.3f})" if stopper.best_weights else "none"),
+                        file=sys.stderr,
+                    )
+                break
     finally:
         writer.close()
     return run_dir
@@ -416,7 +466,9 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
                     f"{run_dir} has trained {done} epochs, more than the {config.total_epochs} "
                     f"asked for; use another --out"
                 )
-            if done == config.total_epochs:  # nothing to train, on any device
+            if done == config.total_epochs or rundir.finished_training(
+                rundir.read_checkpoint(run_dir)[1], config.total_epochs
+            ):  # nothing to train (all epochs, or stopped early), on any device
                 rundir.sync_outputs(run_dir, config, rundir.checkpoint_metrics(run_dir))
                 return "trained before"
             train(config, resume=True, progress=progress, splits=splits)  # checks the device type

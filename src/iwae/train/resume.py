@@ -68,7 +68,7 @@ def resume_point(config: TrainConfig, *, resume: bool, overwrite: bool) -> tuple
                     f"cannot resume {run_dir} for {total_epochs} epochs: it has trained {done}; "
                     f"ask for --epochs {done} or more, or train a new run"
                 )
-            if done == total_epochs:
+            if rundir.finished_training(saved[1], total_epochs):  # all epochs, or stopped early
                 return saved, True
             rundir.check_same_device_type(run_dir / rundir.CHECKPOINT, *saved, config.device)
             return saved, False
