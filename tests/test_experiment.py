@@ -15,7 +15,16 @@ PAPER_EPOCHS = sum(3**i for i in range(8))
 
 
 def test_the_issue_s_experiments_are_shipped():
-    assert set(shipped_experiments()) >= {"table1", "table2", "table3", "rainforth", "estimators", "priors", "grey"}
+    assert set(shipped_experiments()) >= {
+        "table1",
+        "table2",
+        "table3",
+        "rainforth",
+        "estimators",
+        "priors",
+        "grey",
+        "vampprior",
+    }
 
 
 @pytest.mark.parametrize("name", ["table1", "table2", "table3", "rainforth", "estimators", "priors", "grey"])

@@ -290,6 +290,7 @@ def test_init_from_starts_a_run_from_another_run_s_trained_weights(tmp_path, mni
         ("estimators", "iwae-k5-dreg"),
         ("priors", "vamp-iwae-k5"),
         ("grey", "gated-vamp-iwae-k50"),
+        ("vampprior", "hvae-vamp-dreg-k5"),
     ],
 )
 def test_every_shipped_experiment_runs_end_to_end(experiment, only, tmp_path, shared_data_dir):
