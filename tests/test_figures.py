@@ -199,9 +199,9 @@ def test_sample_command(runs, tmp_path):
     result = invoke("sample", runs["iwae2d"], "--n", 16, "--out", tmp_path / "s.png")
     assert result.exit_code == 0, result.output
     assert image_size(tmp_path / "s.png") == (550, 500)
-    result = invoke("sample", runs["vamp2l"], "--binary")  # 2 layers, top-down
+    result = invoke("sample", runs["vamp2l"], "--binary")  # 2 layers, top-down; a second row holds z_2 per row
     assert result.exit_code == 0, result.output
-    assert image_size(runs["vamp2l"] / "samples.png") == (550, 500)
+    assert image_size(runs["vamp2l"] / "samples.png") == (1100, 500)
     result = invoke("sample", runs["vamp2l"], "--pseudo-inputs", "--out", tmp_path / "u.pdf")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "u.pdf").read_bytes().startswith(b"%PDF")
@@ -226,7 +226,7 @@ def test_plot_all_two_runs_side_by_side(runs, tmp_path):
 def test_plot_one_run_latent_and_activity_of_two_layers(runs, tmp_path):
     result = invoke("plot", runs["vamp2l"], "--what", "latent", "--points", 200, "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    assert image_size(tmp_path / "latent.png") == (500, 600)
+    assert image_size(tmp_path / "latent.png") == (1000, 600)  # a row per stochastic layer
     result = invoke("plot", runs["vamp2l"], "--what", "activity", "--format", "svg", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "activity.svg").read_bytes().startswith(b"<?xml")

@@ -46,7 +46,10 @@ def check_model(model) -> None:
     """Raise ValueError unless ``model`` has one stochastic layer with a 2-D latent."""
     layers = getattr(model, "num_layers", 1)
     if layers != 1:
-        raise ValueError(f"the q_EW figure needs a model with one stochastic layer, this one has {layers}")
+        raise ValueError(
+            f"the q_EW figure needs a model with one stochastic layer (it draws p(z|x) on a grid of a 2-D latent), "
+            f"this one has {layers}; iwae.analysis.sample_qew draws the q_EW of any layers, the hvae's (z1, z2) too"
+        )
     shape = tuple(model.prior.event_shape)
     if shape != (2,):
         raise ValueError(

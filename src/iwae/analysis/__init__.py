@@ -39,9 +39,11 @@ from .latent import (
     LATENT_SAMPLES,
     ActiveUnits,
     active_units,
+    layer_means,
     posterior_means,
     reconstruct,
     sample_images,
+    sample_layer_grid,
 )
 from .posterior import histogram_on_grid, posterior_grid, qew_density_on_grid, sample_qew, total_variation
 from .surgery import elbo_surgery, run_surgery, surgery_text
@@ -57,8 +59,10 @@ __all__ = [
     "qew_density_on_grid",
     "total_variation",
     "sample_images",
+    "sample_layer_grid",
     "reconstruct",
     "posterior_means",
+    "layer_means",
     "toy_bias",
     "LATENT_SAMPLES",
     "active_units",

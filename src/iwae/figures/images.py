@@ -1,8 +1,11 @@
 """Image grids of trained models: samples x ~ p(x), the VampPrior's pseudo-inputs, reconstructions.
 
 The images come from :mod:`iwae.analysis` (:func:`~iwae.analysis.sample_images`,
-:func:`~iwae.analysis.reconstruct`); this module only lays them out. Functions that draw several
-runs take a mapping ``{title: model}`` and draw one panel per run, side by side.
+:func:`~iwae.analysis.sample_layer_grid`, :func:`~iwae.analysis.reconstruct`); this module only lays
+them out. Functions that draw several runs take a mapping ``{title: model}`` and draw one panel per run,
+side by side. A model of two stochastic layers (Burda et al.'s, or the HVAE) gets a row per layer: its
+samples with the top layer held fixed along a row, its reconstructions from the top layer alone.
+Images are drawn in the shape the model records (28 x 20 for Frey faces), else square.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.latent import reconstruct, sample_images
+from ..analysis.latent import reconstruct, sample_images, sample_layer_grid
 from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
 
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]
@@ -29,18 +32,32 @@ def plot_samples(
     dpi: int = DPI,
 ) -> Path:
     """A grid of ``n`` samples from each model's prior through its decoder, one panel per model
-    (:func:`iwae.analysis.sample_images` with ``seed``).
+    (:func:`iwae.analysis.sample_images` with ``seed``). Where a model has two or more stochastic layers a
+    second row shows what the layers below the top one draw: 8 rows of one z_L ~ p(z_L) each, along a
+    row 8 draws of z_{L-1}, ..., z_1 (:func:`iwae.analysis.sample_layer_grid`).
 
-    Size: 5 x 5.5 inches per panel, 500 x 550 pixels per panel as PNG at ``dpi`` 100.
+    Size: 5 x 5.5 inches per panel and row, 500 x 550 pixels per panel as PNG at ``dpi`` 100.
     """
     plt = pyplot()
     runs = as_runs(models)
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5.5), dpi=dpi, squeeze=False)
-    for ax, (title, model) in zip(axes[0], runs.items()):
+    rows = 2 if any(getattr(m, "num_layers", 1) > 1 for m in runs.values()) else 1
+    fig, axes = plt.subplots(rows, len(runs), figsize=(5 * len(runs), 5.5 * rows), dpi=dpi, squeeze=False)
+    what = "means of p(x | z)" if probabilities else "samples x ~ p(x | z)"
+    for j, (title, model) in enumerate(runs.items()):
         shape = model_image_shape(model, image_shape)
-        show(ax, tile(sample_images(model, n, seed, probabilities), shape))
-        what = "means of p(x | z)" if probabilities else "samples x ~ p(x | z)"
-        ax.set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
+        show(axes[0, j], tile(sample_images(model, n, seed, probabilities), shape))
+        axes[0, j].set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
+        if rows == 1:
+            continue
+        layers = getattr(model, "num_layers", 1)
+        if layers == 1:
+            axes[1, j].axis("off")
+            continue
+        show(axes[1, j], tile(sample_layer_grid(model, 8, 8, seed, probabilities), shape, cols=8))
+        below = "z_1" if layers == 2 else f"z_1..z_{layers - 1}"
+        axes[1, j].set_title(
+            f"each row one z_{layers} ~ p(z_{layers}); along it {below} drawn again\n{what}", fontsize=10
+        )
     return save(fig, path)
 
 
@@ -72,21 +89,33 @@ def plot_reconstructions(
     image_shape: tuple[int, int] | None = None,
     dpi: int = DPI,
 ) -> Path:
-    """The first ``n`` rows of ``x`` (top) above the means of p(x | z_1 = E_q[z_1 | x]) (bottom,
-    :func:`iwae.analysis.reconstruct`).
+    """The first ``n`` rows of ``x`` (top) above the means of p(x | z) at the posterior's means (below,
+    :func:`iwae.analysis.reconstruct`); for a model of L > 1 stochastic layers, one more row per layer l > 1:
+    the reconstruction from z_l, ..., z_L alone (the layers below at their prior means), what layer l and
+    those above hold of x.
 
-    Size: 8 x 3 inches per panel, 800 x 300 pixels per panel as PNG at ``dpi`` 100.
+    Size: 8 x 1.5 inches per panel and row (3 inches for one layer), 800 x 150 pixels per panel and row as
+    PNG at ``dpi`` 100.
     """
     plt = pyplot()
     runs = as_runs(models)
     x = x[:n]
-    fig, axes = plt.subplots(2, len(runs), figsize=(8 * len(runs), 3), dpi=dpi, squeeze=False)
+    layers = max(getattr(m, "num_layers", 1) for m in runs.values())
+    rows = 1 + layers
+    fig, axes = plt.subplots(rows, len(runs), figsize=(8 * len(runs), 1.5 * rows), dpi=dpi, squeeze=False)
     for j, (title, model) in enumerate(runs.items()):
-        recon = reconstruct(model, x)
         shape = model_image_shape(model, image_shape)
         show(axes[0, j], tile(x, shape, cols=len(x)))
-        show(axes[1, j], tile(recon, shape, cols=len(x)))
-        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)", fontsize=10)
+        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (below)", fontsize=10)
         axes[0, j].set_ylabel("x", fontsize=9)
-        axes[1, j].set_ylabel("E p(x | E[z|x])", fontsize=9)
+        own = getattr(model, "num_layers", 1)
+        for layer in range(1, rows):
+            ax = axes[layer, j]
+            if layer > own:
+                ax.axis("off")
+                continue
+            show(ax, tile(reconstruct(model, x, layer), shape, cols=len(x)))
+            ax.set_ylabel(
+                "E p(x | E[z|x])" if layer == 1 else f"from z_{layer}" + ("" if layer == own else "+"), fontsize=9
+            )
     return save(fig, path)
