@@ -29,7 +29,7 @@ DOCS = ROOT / "docs"
 RUN = {"python", "bash"}  # the labels that are executed
 # labels that look runnable but would not be run: refused, so that nothing runnable escapes the tests
 REFUSED = {"py", "python3", "sh", "shell", "console", "zsh", "pycon", "ipython", "shell-session", "bash-session"}
-BLOCK_TIMEOUT_S = 600
+BLOCK_TIMEOUT_S = 1800  # the README quickstart trains on all of MNIST: minutes on a busy machine
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)(?P<info>[^\n]*)$")
 TITLE = re.compile(r'title="(?P<title>[^"/]+)"')  # a block titled "my.yaml" is written to that file first
