@@ -258,8 +258,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "samples-skip-p-z1-given-z2",
         "src/iwae/analysis/latent.py",
-        "z = loc + log_scale.exp() * torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
-        "z = torch.randn(loc.shape, generator=generator, device=device, dtype=loc.dtype)",
+        "zs.insert(0, loc + log_scale.exp() * eps)",
+        "zs.insert(0, eps)",
         (
             P + "test_two_layer_samples_go_through_p_z1_given_z2",
             "tests/test_figure_inputs.py::test_sample_images_follow_the_ancestral_distribution",
