@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import iwae.compiled as compiled_module
+import iwae.compiled.forward as compiled_module
 from iwae import rundir
 from iwae.compiled import COMPILE_MODES, compiled_forward
 from iwae.data import Splits

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import data as data_module
 from .. import rundir
-from ..compiled import compiled_forward
+from ..compiled import CompiledStep, compiled_forward, compiled_step
 from ..config.train import TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..estimators import accumulate_gradients
@@ -119,6 +119,24 @@ def _nonfinite_now(bound: torch.Tensor, model: VAE) -> bool:
     """:func:`_nonfinite` read on the host, by the cheaper float32 sum first (about 50 us for Burda's
     1-layer net on one CPU core, 1% of a step; the float64 sums take 170 us), confirmed in float64."""
     return not bool(torch.isfinite(_total(bound, model, torch.float32))) and bool(_nonfinite(bound, model))
+
+
+def _step_program(
+    config: TrainConfig, model: VAE, optimizer: torch.optim.Optimizer, device: torch.device, progress: bool
+) -> CompiledStep | None:
+    """``--compile step``: the run's step as one compiled program (:mod:`iwae.compiled.step`; on CUDA
+    replayed as a CUDA graph), or None with a one-line note on stderr where it does not apply."""
+    if progress:
+        print("compiling the training step (cached for later runs and resumes)", file=sys.stderr, flush=True)
+    return compiled_step(
+        model,
+        optimizer,
+        config.spec,
+        config.batch_size,
+        precision=config.precision,
+        kl_warmup=config.kl_warmup > 0,
+        note=lambda line: print(line, file=sys.stderr, flush=True),
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -242,7 +260,7 @@ def train(
     generator.manual_seed(config.seed)
     spec = config.spec
     valid_k = config.valid_k or config.k
-    forward = compiled_forward(config.compile, device)  # None: eager
+    forward = compiled_forward(config.compile, device)  # None: eager, or the whole step compiled below
     # the step's precision and compiled forward, passed only when not the defaults (float32, eager)
     speed = {k: v for k, v in (("precision", config.precision), ("forward", forward)) if v not in ("32", None)}
 
@@ -260,6 +278,9 @@ def train(
         rundir.write_config(run_dir, config)
         rundir.save_model(run_dir, model, 0)
     checkpointed = (start_epoch, step) if saved is not None else None  # what checkpoint.safetensors holds
+    # --compile step: the whole step as one program (built here, before any epoch is timed), or None where
+    # it does not apply (a one-line note says why; the run trains with the eager step)
+    program = _step_program(config, model, optimizer, device, progress) if config.compile == "step" else None
 
     writer = rundir.tensorboard_writer(run_dir, purge_step=start_epoch + 1 if saved is not None else None)
     run_start = time.perf_counter() - wall_time
@@ -313,15 +334,22 @@ def train(
                     x = data_module.binarize(x, generator)
                 elif splits.dequantize:
                     x = data_module.dequantize(x, generator)
-                optimizer.zero_grad(set_to_none=True)
-                bound = accumulate_gradients(model, x, spec, generator, warmup_weight, **speed)
-                if defer:
-                    bad = _nonfinite(bound, model)
-                    first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
-                    optimizer.found_inf = bad.float()  # fused Adam skips the update when it is 1
-                elif _nonfinite_now(bound, model):
-                    stop_if_nonfinite(epoch, step + 1)
-                optimizer.step()
+                if program is not None:  # checks and skips a non-finite step inside; no .grad to clear
+                    bound, finite = program(x, generator, warmup_weight)
+                    if defer:
+                        first_bad = torch.where(~finite & (first_bad < 0), step + 1, first_bad)
+                    elif not finite:
+                        stop_if_nonfinite(epoch, step + 1)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    bound = accumulate_gradients(model, x, spec, generator, warmup_weight, **speed)
+                    if defer:
+                        bad = _nonfinite(bound, model)
+                        first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
+                        optimizer.found_inf = bad.float()  # fused Adam skips the update when it is 1
+                    elif _nonfinite_now(bound, model):
+                        stop_if_nonfinite(epoch, step + 1)
+                    optimizer.step()
                 bound_sum += bound.sum()
                 step += 1
                 if not bar.disable and step % 50 == 0:  # .item() syncs CUDA: only for a bar that is shown
