@@ -20,6 +20,8 @@ import copy
 import pytest
 import torch
 
+import iwae.compiled.program as program_module
+import iwae.compiled.step as step_module
 import iwae.estimators as estimators_module
 from iwae import rundir
 from iwae.compiled.step import CompiledStep, NotCompilable, compiled_step
@@ -308,13 +310,18 @@ def test_a_nonfinite_compiled_step_changes_nothing(float64_program):
     _nonfinite_check(CompiledStep(*pair, spec, BATCH), pair, config)
 
 
+# the float32 program: the shapes of tests/test_compiled_training.py and test_fault_injection.py's compiled
+# runs (IWAE(k=3), 4 latent units, 16 hidden, B = 10), so that a pytest process compiles it once for all
+FLOAT32_BATCH = 10
+
+
 @pytest.fixture(scope="module")
 def float32_program():
-    config = ModelConfig(784, (6,), ((10, 10),))
+    config = ModelConfig(784, (4,), ((16,),))
     spec = ObjectiveSpec("iwae", 3)
-    x = _data(config, BATCH)
+    x = _data(config, FLOAT32_BATCH)
     pairs = _pair(config, x, torch.float32)
-    return config, spec, pairs, CompiledStep(*copy.deepcopy(pairs[0]), spec, BATCH)
+    return config, spec, pairs, CompiledStep(*copy.deepcopy(pairs[0]), spec, FLOAT32_BATCH)
 
 
 def test_the_float32_program_takes_the_eager_step_to_float32_rounding(float32_program):
@@ -322,8 +329,8 @@ def test_the_float32_program_takes_the_eager_step_to_float32_rounding(float32_pr
     (the eager step's own error against float64 is of that size: sums over the batch cancel)."""
     config, spec, pairs, _ = float32_program
     pairs = copy.deepcopy(pairs)
-    step = CompiledStep(*pairs[0], spec, BATCH)
-    x = _data(config, BATCH)
+    step = CompiledStep(*pairs[0], spec, FLOAT32_BATCH)
+    x = _data(config, FLOAT32_BATCH)
     g, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     bound, finite = step(x, g)
     torch.testing.assert_close(bound, _eager_step(*pairs[1], x, spec, g_ref), rtol=1e-5, atol=0.0)
@@ -336,31 +343,65 @@ def test_a_compiled_run_resumes_bit_exactly(float32_program, tmp_path):
     """Four compiled steps in a row, against two, a checkpoint through iwae.rundir, a fresh model, optimizer
     and generator restored from it, and two more: the same parameters and Adam state, bit for bit."""
     config, spec, pairs, _ = float32_program
-    x = _data(config, 4 * BATCH, seed=3)
+    x = _data(config, 4 * FLOAT32_BATCH, seed=3)
     straight = copy.deepcopy(pairs[0])
-    step = CompiledStep(*straight, spec, BATCH)
+    step = CompiledStep(*straight, spec, FLOAT32_BATCH)
     g = torch.Generator().manual_seed(11)
     for i in range(4):
-        step(x[i * BATCH : (i + 1) * BATCH], g)
+        step(x[i * FLOAT32_BATCH : (i + 1) * FLOAT32_BATCH], g)
     first = copy.deepcopy(pairs[0])
-    step = CompiledStep(*first, spec, BATCH)
+    step = CompiledStep(*first, spec, FLOAT32_BATCH)
     g = torch.Generator().manual_seed(11)
     for i in range(2):
-        step(x[i * BATCH : (i + 1) * BATCH], g)
+        step(x[i * FLOAT32_BATCH : (i + 1) * FLOAT32_BATCH], g)
     rundir.save_checkpoint(tmp_path, *first, g, epoch=0, step=2, metrics=[])
     resumed = copy.deepcopy(pairs[0])
     with torch.no_grad():
         for p in resumed[0].parameters():
             p.zero_()  # nothing of the old weights survives but what the checkpoint holds
     g = torch.Generator()
-    rundir.restore(tmp_path / rundir.CHECKPOINT, *rundir.read_checkpoint(tmp_path), *resumed, g, n_train=4 * BATCH)
-    step = CompiledStep(*resumed, spec, BATCH)
+    rundir.restore(
+        tmp_path / rundir.CHECKPOINT, *rundir.read_checkpoint(tmp_path), *resumed, g, n_train=4 * FLOAT32_BATCH
+    )
+    step = CompiledStep(*resumed, spec, FLOAT32_BATCH)
     for i in range(2, 4):
-        step(x[i * BATCH : (i + 1) * BATCH], g)
+        step(x[i * FLOAT32_BATCH : (i + 1) * FLOAT32_BATCH], g)
     for p, q in zip(resumed[0].parameters(), straight[0].parameters()):
         assert torch.equal(p, q)
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(resumed[1].state[p][key], straight[1].state[q][key])
+
+
+# ----------------------------------------------------------------------------- the CUDA graph path, on the CPU
+def test_the_cuda_graph_path_writes_each_step_into_one_capture(monkeypatch):
+    """On CUDA the program is replayed as a CUDA graph: each step's minibatch, eps and mask are written
+    into the captured tensors, the learning rate too, and the bias corrections are computed in the
+    program from Adam's step tensor. Run here with a stand-in capture (the traced graph called on the
+    captured tensors at every replay), it takes the eager steps: full and short minibatches, a new
+    learning rate, and an optimizer whose state was loaded again (then captured again)."""
+    captured = []
+
+    def capture(program, args):
+        captured.append([a.data_ptr() for a in args])
+        return lambda: program(*args)
+
+    monkeypatch.setattr(program_module, "capture_cuda_graph", capture)
+    monkeypatch.setattr(step_module, "_bias_on_device", lambda device: True)
+    config, spec = ModelConfig(**SMALL), ObjectiveSpec("iwae", 4, estimator="dreg")
+    x = _data(config, BATCH).double()
+    compiled, eager = _pair(config, x)
+    step = CompiledStep(*compiled, spec, BATCH, compile=False, cuda_graph=True)
+    g, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for i, (rows, lr) in enumerate([(5, 1e-3), (3, 1e-3), (5, 3e-4), (2, 3e-4), (5, 3e-4)]):
+        for opt in (compiled[1], eager[1]):
+            opt.param_groups[0]["lr"] = lr
+        if i == 3:  # a resume loads the optimizer's state into new tensors: captured again
+            compiled[1].load_state_dict(copy.deepcopy(compiled[1].state_dict()))
+        bound, finite = step(x[:rows], g)
+        torch.testing.assert_close(bound, _eager_step(*eager, x[:rows], spec, g_ref), rtol=1e-10, atol=0.0)
+        assert bool(finite)
+    assert len(captured) == 2 and captured[0][: len(step._params)] == captured[1][: len(step._params)]
+    _assert_same_state(compiled, eager, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- where it does not apply
@@ -402,7 +443,7 @@ def test_where_the_compiled_step_does_not_apply_training_is_eager_with_a_one_lin
 def test_compiled_step_builds_the_inductor_program_where_it_applies(float32_program):
     config, spec, pairs, step = float32_program
     notes = []
-    built = compiled_step(*copy.deepcopy(pairs[0]), spec, BATCH, note=notes.append)
+    built = compiled_step(*copy.deepcopy(pairs[0]), spec, FLOAT32_BATCH, note=notes.append)
     assert isinstance(built, CompiledStep) and notes == []
     assert built._program is step._program and built._program is not built.graph  # inductor's, shared
 

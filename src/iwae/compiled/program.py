@@ -60,9 +60,10 @@ def compile_graph(graph: torch.fx.GraphModule, example: list[torch.Tensor], devi
 
     if any(node.op == "get_attr" for node in graph.graph.nodes):  # tensor constants: the code does not say all
         return build()
-    key = (
+    key = (  # C++ kernels are compiled for the number of threads (as inductor's own cache keys them)
         hashlib.sha256(graph.code.encode()).hexdigest(),
         tuple((t.shape, t.stride(), t.dtype, t.device) for t in example),
+        torch.get_num_threads(),
     )
     if key not in _PROGRAMS:
         _PROGRAMS[key] = build()

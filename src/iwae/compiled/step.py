@@ -114,7 +114,7 @@ class CompiledStep:
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         # the bias corrections of Adam: on the host on the CPU; in the program elsewhere (a host-to-device
         # copy at every step would wait for the GPU)
-        self._device_bias = self.device.type != "cpu"
+        self._device_bias = _bias_on_device(self.device)
         self._draws = draw_shapes(model, precision)  # [(D_l, dtype)] of eps, layer by layer
         self._state_ref: tuple | None = None
         self._step_count = 0
@@ -275,6 +275,12 @@ class CompiledStep:
         # is counted too, but it stops the run anyway
         self._step_count = t
         return bound[:b], finite
+
+
+def _bias_on_device(device: torch.device) -> bool:
+    """Whether Adam's bias corrections are computed in the program (from Adam's step tensor) rather than
+    on the host: everywhere but on the CPU, where the host reads the step count for free."""
+    return device.type != "cpu"
 
 
 def compiled_step(
