@@ -26,8 +26,8 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import iwae.data as data_module
-import iwae.members as members_module
-import iwae.train as train_module
+import iwae.members.loop as members_module
+import iwae.train.loop as train_module
 from iwae.compiled.program import INDUCTOR_OPTIONS
 from iwae.compiled.step import CompiledStep
 from iwae.compiled.trace import adam_update as _adam
@@ -169,7 +169,7 @@ def main() -> None:
                 x = data_module.binarize(x_train[m.order[i : i + batch]], m.generator)
                 m.optimizer.zero_grad(set_to_none=True)
                 bound = accumulate_gradients(m.model, x, m.config.spec, m.generator)
-                if train_module._nonfinite_now(bound, m.model):
+                if train_module._nonfinite_now(bound, list(m.model.parameters())):
                     raise FloatingPointError
                 m.optimizer.step()
 

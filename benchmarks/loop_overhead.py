@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 import iwae.data as data_module
-import iwae.train as train_module
+import iwae.train.loop as train_module
 from iwae.compiled.step import CompiledStep
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.models import VAE, ModelConfig
@@ -75,6 +75,7 @@ class _Setup:
         self.model = VAE(ModelConfig.burda(1))
         config = train_module.TrainConfig(k=args.k, batch_size=args.batch, out="unused")
         self.optimizer = train_module._make_optimizer(config, self.model, torch.device("cpu"))
+        self.params = list(self.model.parameters())
         self.generator = torch.Generator().manual_seed(0)
         self.spec = ObjectiveSpec("iwae", args.k)
         self.x_train = torch.rand(args.images, 784, generator=torch.Generator().manual_seed(1))
@@ -111,7 +112,7 @@ def pieces(args: argparse.Namespace) -> None:
         "binarize by uniforms (rand < x)": lambda: (torch.rand(s.x.shape, generator=s.generator) < s.x).float(),
         "zero_grad": lambda: s.optimizer.zero_grad(set_to_none=False),
         "forward + backward (accumulate_gradients)": lambda: accumulate_gradients(s.model, s.x, s.spec, s.generator),
-        "non-finite check (train._nonfinite_now)": lambda: train_module._nonfinite_now(bound, s.model),
+        "non-finite check (train._nonfinite_now)": lambda: train_module._nonfinite_now(bound, s.params),
         "fused Adam step": lambda: s.optimizer.step(),
         "bound_sum += bound.sum()": running_sum,
         "compiled step (all of the step)": lambda: step(compiled.x, compiled.generator),
@@ -147,7 +148,7 @@ def _loop_body(s: _Setup, step: CompiledStep | None, uniform: bool = False):
         if step is None:
             s.optimizer.zero_grad(set_to_none=True)
             bound = accumulate_gradients(s.model, x, s.spec, s.generator)
-            if train_module._nonfinite_now(bound, s.model):
+            if train_module._nonfinite_now(bound, s.params):
                 raise FloatingPointError("nan")
             s.optimizer.step()
         else:

@@ -101,24 +101,52 @@ def _defer_finite_check(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _total(bound: torch.Tensor, model: VAE, dtype: torch.dtype) -> torch.Tensor:
+def _gradients(params: VAE | list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """The gradients of a model's parameters, or of a list of them (the loop's: walking a model's
+    modules for its parameters at every step cost as much as the check itself)."""
+    return [
+        p.grad for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.grad is not None
+    ]
+
+
+def _total(bound: torch.Tensor, params: VAE | list, dtype: torch.dtype) -> torch.Tensor:
     """The sum of ``bound`` and of every gradient element, in ``dtype``: nan or inf if one of them is
     (inf + -inf is nan). In float64 the sum of finite float32 values cannot overflow, so it is
     finite exactly when they all are; in float32 it can (a false alarm only)."""
-    sums = [bound.sum(dtype=dtype)] + [p.grad.sum(dtype=dtype) for p in model.parameters() if p.grad is not None]
+    sums = [bound.sum(dtype=dtype)] + [g.sum(dtype=dtype) for g in _gradients(params)]
     return torch.stack(sums).sum()
 
 
-def _nonfinite(bound: torch.Tensor, model: VAE) -> torch.Tensor:
+def _nonfinite(bound: torch.Tensor, params: VAE | list) -> torch.Tensor:
     """A 0-dim bool tensor on the model's device, without a host sync: is any of ``bound`` or of
-    the gradients nan or inf?"""
-    return ~torch.isfinite(_total(bound, model, torch.float64))
+    the gradients (of a model, or of a list of parameters) nan or inf?"""
+    return ~torch.isfinite(_total(bound, params, torch.float64))
 
 
-def _nonfinite_now(bound: torch.Tensor, model: VAE) -> bool:
-    """:func:`_nonfinite` read on the host, by the cheaper float32 sum first (about 50 us for Burda's
-    1-layer net on one CPU core, 1% of a step; the float64 sums take 170 us), confirmed in float64."""
-    return not bool(torch.isfinite(_total(bound, model, torch.float32))) and bool(_nonfinite(bound, model))
+# device type -> whether this torch has the fused non-finite check for it: tried once, by the first check there
+_FUSED_CHECK: dict[str, bool] = {}
+
+
+def _nonfinite_now(bound: torch.Tensor, params: VAE | list) -> bool:
+    """:func:`_nonfinite` read on the host, in one pass over the bound and every gradient: the fused check
+    of torch.amp's GradScaler (``_amp_foreach_non_finite_check_and_unscale_``, which multiplies each element
+    by 1, an exact no-op, and flags a nan or inf; with the loop's list of parameters about 40% less time
+    than the float32 sums over ``model.parameters()`` that it replaced, measured on one core of a loaded
+    2-core CPU at B = 20, k = 1); where this torch lacks it for the device, by the float32 sums first,
+    confirmed in float64."""
+    device = bound.device.type
+    if _FUSED_CHECK.get(device, True):
+        found = torch.zeros((), device=bound.device)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(
+                [bound] + _gradients(params), found, torch.ones((), device=bound.device)
+            )
+        except (RuntimeError, NotImplementedError):  # no kernel for this device or dtype in this torch
+            _FUSED_CHECK[device] = False
+        else:
+            _FUSED_CHECK[device] = True
+            return bool(found)
+    return not bool(torch.isfinite(_total(bound, params, torch.float32))) and bool(_nonfinite(bound, params))
 
 
 def _step_program(
@@ -281,6 +309,7 @@ def train(
     # --compile step: the whole step as one program (built here, before any epoch is timed), or None where
     # it does not apply (a one-line note says why; the run trains with the eager step)
     program = _step_program(config, model, optimizer, device, progress) if config.compile == "step" else None
+    params = list(model.parameters())  # the eager step's finite check reads their gradients
 
     writer = rundir.tensorboard_writer(run_dir, purge_step=start_epoch + 1 if saved is not None else None)
     run_start = time.perf_counter() - wall_time
@@ -344,10 +373,10 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     bound = accumulate_gradients(model, x, spec, generator, warmup_weight, **speed)
                     if defer:
-                        bad = _nonfinite(bound, model)
+                        bad = _nonfinite(bound, params)
                         first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
                         optimizer.found_inf = bad.float()  # fused Adam skips the update when it is 1
-                    elif _nonfinite_now(bound, model):
+                    elif _nonfinite_now(bound, params):
                         stop_if_nonfinite(epoch, step + 1)
                     optimizer.step()
                 bound_sum += bound.sum()
