@@ -31,9 +31,19 @@ keeps glibc's default allocator settings (see ``iwae.runtime``): the clean eager
    from one implementation to the next), and the implementations alternate within each of
    ``--rounds`` rounds, so that a change in the machine's load hits them all alike; a rate is the
    median over the rounds. A table row gives each rate and its ratio to float32 eager (and to
-   pythae). ``--variants`` prints only this section.
+   pythae and the JAX peer). ``--variants`` prints only this section. ``compiled-step`` is the whole
+   step as one compiled program (``iwae.compiled.step``, ``--compile step``); with ``--peers`` the
+   JAX peer (``../shared/peers/jax_iwae.py``: the same model, its whole step one jitted XLA program)
+   runs too, by a Python that has jax and optax, given by ``--jax-python PATH`` or
+   ``$IWAE_JAX_PYTHON`` (its own venv, see ``../shared/peers/README.md``; never an iwae dependency),
+   pinned to as many CPUs as ``--threads``. ``--cli`` adds what a user gets: ``iwae train``'s own
+   epoch rate, eager (``cli-eager``) and with ``--compile step`` (``cli-step``), from two runs of
+   different sizes whose difference cancels start-up (``benchmarks/train_rate.py``; MNIST from
+   ``--data-dir``).
 
        python benchmarks/bench.py --variants --peers --rounds 3 --batches 20,100 --ks 1,5,50
+       python benchmarks/bench.py --variants --peers --cli --jax-python JAXVENV/bin/python --threads 2 \
+           --only fp32,compiled-step,cli-eager,cli-step,jax,pythae --batches 20,100 --ks 1,5,50 --json rates.json
 
 ``--device cuda`` runs everything on the GPU (the GEMM peak is then the GPU's, at torch's current
 TF32 setting, which the header prints); every timed block ends with a CUDA synchronisation.
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -238,7 +249,20 @@ def estimator_table(
 
 
 # ----------------------------------------------------------------------------- 5. variants, process per measurement
-TRAIN_VARIANTS = ("fp32", "bf16-mixed", "compiled", "members-4", "members-10", "pythae")
+TRAIN_VARIANTS = (
+    "fp32",
+    "bf16-mixed",
+    "compiled",
+    "compiled-step",
+    "compiled-step-nograph",
+    "members-4",
+    "members-10",
+    "cli-eager",
+    "cli-step",
+    "pythae",
+    "jax",
+)
+JAX_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "jax_iwae.py"  # ../shared/peers
 
 
 def _members_available() -> bool:
@@ -252,7 +276,9 @@ def _members_available() -> bool:
 def variant_step(variant: str, batch: int, k: int, layers: int = 1):
     """One training step of Burda et al.'s ``layers``-layer model on IWAE(k), batch ``batch``, as ``variant``
     runs it: ``fp32``, ``bf16-mixed``, ``compiled`` (iwae.train's step: accumulate_gradients, then
-    fused Adam), ``members-N`` (N members as one batched model; rate in member-steps/s, so the
+    fused Adam), ``compiled-step`` (the whole step one compiled program, iwae.compiled.step, its
+    compile time not in the rate; on CUDA replayed as a CUDA graph, ``compiled-step-nograph`` not),
+    ``members-N`` (N members as one batched model; rate in member-steps/s, so the
     step returned counts N) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
     backward and torch's Adam as its trainer runs them)."""
     torch.manual_seed(0)
@@ -269,6 +295,13 @@ def variant_step(variant: str, batch: int, k: int, layers: int = 1):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4, fused=True)
     spec = ObjectiveSpec("iwae", k=k)
     generator = torch.Generator(device=DEVICE).manual_seed(0)
+    if variant in ("compiled-step", "compiled-step-nograph"):  # on CUDA replayed as a CUDA graph, or not
+        from iwae.compiled.step import CompiledStep
+
+        compiled = CompiledStep(
+            model, opt, spec, batch, cuda_graph=DEVICE.type == "cuda" and variant == "compiled-step"
+        )
+        return lambda: compiled(x, generator)
     precision = "bf16-mixed" if variant == "bf16-mixed" else "32"
     # on CUDA with CUDA graphs, as --compile reduce-overhead (on CPU it is the default mode)
     forward = compiled_forward("reduce-overhead", DEVICE) if variant == "compiled" else None
@@ -377,13 +410,65 @@ def variant_eval_rate(variant: str, images: int, k: int = 5000) -> float:
         return images / _time(lambda: model.get_nll(x, n_samples=k))
 
 
-def _measure(what: str, seconds: float, eval_images: int) -> float:
+def _measure(what: str, seconds: float, eval_images: int, data_dir: str | None = None) -> float:
     """The child process's one measurement: ``train:VARIANT:B:K[:LAYERS]`` (steps/s) or ``eval:VARIANT`` (images/s)."""
     kind, variant, *rest = what.split(":")
     if kind == "eval":
         return variant_eval_rate(variant, eval_images)
     batch, k, *layers = map(int, rest)
+    if variant.startswith("cli-"):  # iwae train's own rate, in processes of its own (benchmarks/train_rate.py)
+        from train_rate import DEFAULT_DATA, train_rate
+
+        compile = {"cli-eager": "none", "cli-step": "step"}[variant]
+        threads = torch.get_num_threads()
+        data_dir = data_dir or os.environ.get("IWAE_DATA_DIR") or DEFAULT_DATA
+        extra = ("--layers", str(layers[0])) if layers else ()
+        return train_rate(k, batch, compile=compile, threads=threads, data_dir=data_dir, extra=extra)
     return _step_rate(variant_step(variant, batch, k, *layers), seconds)
+
+
+def _jax_python(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The Python that runs the JAX peer (``--jax-python`` or ``$IWAE_JAX_PYTHON``) if it imports jax and
+    optax and the peer script is there, else None; and a line saying which, or why not."""
+    import os
+    import subprocess
+
+    python = args.jax_python or os.environ.get("IWAE_JAX_PYTHON")
+    setup = "see ../shared/peers/README.md for its venv"
+    if not python:
+        return None, f"JAX peer: skipped, no Python with jax given (--jax-python PATH or IWAE_JAX_PYTHON; {setup})"
+    if not JAX_SCRIPT.is_file():
+        return None, f"JAX peer: skipped, {JAX_SCRIPT} not found"
+    try:
+        done = subprocess.run(
+            [python, "-c", "import jax, optax; print(jax.__version__, optax.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"JAX peer: skipped, {python} does not run ({e})"
+    if done.returncode:
+        return None, f"JAX peer: skipped, {python} cannot import jax and optax ({setup})"
+    jax_version, optax_version = done.stdout.split()
+    return python, f"JAX peer: {JAX_SCRIPT.name}, jax {jax_version}, optax {optax_version}, run by {python}"
+
+
+def _jax_child(what: str, args: argparse.Namespace) -> float | str:
+    """One measurement of the JAX peer in its own process (``jax_iwae.py --one``, pinned to as many CPUs
+    as iwae's threads, 2 by default): steps/s or images/s."""
+    import subprocess
+
+    kind, _, *rest = what.split(":")
+    if kind == "train" and len(rest) > 2 and rest[2] != "1":
+        return "skipped: the JAX peer has one stochastic layer"
+    sizes = rest[:2] if kind == "train" else [str(args.eval_images), "5000"]
+    cmd = [args.jax_python, str(JAX_SCRIPT), "--one", kind, *sizes, "--cpus", str(args.threads or 2)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return f"failed: {(done.stderr.strip().splitlines() or ['no output'])[-1][:120]}"
 
 
 def _child(what: str, args: argparse.Namespace) -> float | str:
@@ -392,6 +477,8 @@ def _child(what: str, args: argparse.Namespace) -> float | str:
     import subprocess
     import sys
 
+    if what.split(":")[1] == "jax":
+        return _jax_child(what, args)
     cmd = [
         sys.executable,
         __file__,
@@ -404,6 +491,7 @@ def _child(what: str, args: argparse.Namespace) -> float | str:
         "--eval-images",
         str(args.eval_images),
     ] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     env = dict(os.environ)
     if args.peers_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), args.peers_path]))
@@ -425,10 +513,15 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
     if args.peers_path:
         sys.path.append(args.peers_path)
     have_pythae = args.peers and importlib.util.find_spec("pythae") is not None
+    args.jax_python, jax_note = _jax_python(args) if args.peers else (None, None)
+    have_jax = args.jax_python is not None
     variants = (
-        ["fp32", "bf16-mixed", "compiled"]
+        ["fp32", "bf16-mixed", "compiled", "compiled-step"]
+        + (["compiled-step-nograph"] if DEVICE.type == "cuda" else [])
         + (["members-4", "members-10"] if _members_available() else [])
+        + (["cli-eager", "cli-step"] if args.cli and DEVICE.type == "cpu" else [])
         + (["pythae"] if have_pythae else [])
+        + (["jax"] if have_jax else [])
     )
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
@@ -440,10 +533,10 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
         for b in batches
         for k in ks
         for v in variants
-        if not (v == "pythae" and l != 1)
+        if v not in ("pythae", "jax") or l == 1
     ]
     if not args.no_eval:
-        cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else [])
+        cells += ["eval:iwae"] + (["eval:pythae"] if have_pythae else []) + (["eval:jax"] if have_jax else [])
     results = {cell: [] for cell in cells}
     for r in range(args.rounds):
         for cell in cells:  # alternating: every implementation once per round, in turn
@@ -457,17 +550,25 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
     notes = [] if _members_available() else ["batched members: skipped, iwae.members is not importable"]
     if args.peers and not have_pythae:
         notes.append("pythae: not importable (pip install --no-deps pythae, or --peers-path DIR)")
+    if jax_note:
+        notes.append(jax_note)
+    if args.cli:
+        notes.append(
+            "cli-eager, cli-step: iwae train's own rate (metrics.csv's epoch time, runs of "
+            "2,000 and 12,000 MNIST images differenced: start-up and compiling cancel)"
+        )
     print(f"\nSide by side: one process per measurement, {args.rounds} alternating rounds, median\n")
     if args.json:
         import json
 
         Path(args.json).write_text(json.dumps({cell: rate(cell) for cell in cells}, indent=1) + "\n")
-    print("| what | layers | batch | k | implementation | rate | vs fp32 eager | vs pythae |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| what | layers | batch | k | implementation | rate | vs fp32 eager | vs pythae | vs JAX |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for l, b, k in ((l, b, k) for l in layer_counts for b in batches for k in ks):
         cell = lambda v: cell_name(v, b, k, l)  # noqa: E731
         base = rate(cell("fp32")) if "fp32" in variants else None
         peer = rate(cell("pythae")) if have_pythae and l == 1 and "pythae" in variants else None
+        jax = rate(cell("jax")) if have_jax and l == 1 and "jax" in variants else None
         for v in variants:
             if cell(v) not in results:
                 continue
@@ -477,20 +578,28 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
             unit = "member-steps/s" if v.startswith("members-") else "steps/s"
             shown = f"{value:.1f} {unit}" if isinstance(value, float) else value
             ratio = f"{value / base:.2f}x" if isinstance(value, float) and isinstance(base, float) else ""
-            vs_peer = (
-                f"{value / peer:.2f}x" if isinstance(value, float) and isinstance(peer, float) and v != "pythae" else ""
+            vs_peer, vs_jax = (
+                f"{value / other:.2f}x"
+                if isinstance(value, float) and isinstance(other, float) and v != name and v not in ("pythae", "jax")
+                else ""
+                for name, other in (("pythae", peer), ("jax", jax))
             )
-            print(f"| train step | {l} | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} |", flush=True)
+            what = "iwae train" if v.startswith("cli-") else "train step"
+            print(f"| {what} | {l} | {b} | {k} | {v} | {shown} | {ratio} | {vs_peer} | {vs_jax} |", flush=True)
     if args.no_eval:
         return
     iw = rate("eval:iwae")
     py = rate("eval:pythae") if have_pythae else None
-    for name, value in (("iwae", iw), ("pythae", py)):
+    jx = rate("eval:jax") if have_jax else None
+    for name, value in (("iwae", iw), ("pythae", py), ("jax", jx)):
         if value is None:
             continue
         shown = f"{value:.2f} images/s" if isinstance(value, float) else value
-        vs_peer = f"{value / py:.2f}x" if name == "iwae" and isinstance(value, float) and isinstance(py, float) else ""
-        print(f"| L_5000 | 1 | {args.eval_images} images | 5000 | {name} | {shown} | | {vs_peer} |")
+        vs_peer, vs_jax = (
+            f"{value / other:.2f}x" if name == "iwae" and isinstance(value, float) and isinstance(other, float) else ""
+            for other in (py, jx)
+        )
+        print(f"| L_5000 | 1 | {args.eval_images} images | 5000 | {name} | {shown} | | {vs_peer} | {vs_jax} |")
     for note in notes:
         print(f"\n{note}")
 
@@ -525,8 +634,28 @@ def main() -> None:
         action="store_true",
         help="run only section 5: fp32 / bf16-mixed / compiled (/ members) side by side",
     )
-    parser.add_argument("--peers", action="store_true", help="with --variants: also time pythae, if importable")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="with --variants: also time pythae, if importable, and the JAX peer (--jax-python)",
+    )
     parser.add_argument("--peers-path", default=None, help="a folder to import pythae from (appended to sys.path)")
+    parser.add_argument(
+        "--jax-python",
+        default=None,
+        help="with --peers: a Python with jax and optax (its own venv) to run the JAX peer "
+        "../shared/peers/jax_iwae.py (default: $IWAE_JAX_PYTHON; none: no JAX rows)",
+    )
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="with --variants: also iwae train's own epoch rate, eager and --compile step (CPU; MNIST from --data-dir)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="with --cli: the folder holding mnist/ (default $IWAE_DATA_DIR, ../shared/data)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")
     parser.add_argument("--only", default=None, help="with --variants: these implementations only, e.g. fp32,compiled")
     parser.add_argument("--layers", default="1", help="with --variants: stochastic layers, e.g. 1,2 (default 1)")
@@ -566,7 +695,7 @@ def main() -> None:
 
             sys.path.append(args.peers_path)
         try:
-            print(f"RATE {_measure(args.measure, args.seconds, args.eval_images)}")
+            print(f"RATE {_measure(args.measure, args.seconds, args.eval_images, args.data_dir)}")
         except (ImportError, NotImplementedError) as e:
             print(f"SKIP {e}")
         return

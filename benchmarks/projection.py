@@ -3,6 +3,10 @@
     python benchmarks/bench.py --variants --layers 1,2 --ks 1,5,50 --batches 20 --json rates.json
     python benchmarks/projection.py rates.json
 
+The rates are those of ``bench.py --variants`` (``--cli`` adds ``iwae train``'s own rate, eager and
+``--compile step``: the numbers a user's runs take; ``fp32`` and ``compiled-step`` are the bare steps;
+``jax`` the JAX peer, whose L_5000 rate is iwae's here).
+
 One run of the paper's protocol is 3,280 epochs of ceil(59,600 / 20) = 2,980 steps: 9,774,400
 steps, then L_5000 on the 10,000 test images. Table 1's MNIST half is 10 runs: 1 and 2 stochastic
 layers x VAE k = 1, 5, 50 and IWAE k = 5, 50 (at k = 1 the VAE and the IWAE are one algorithm,
@@ -48,9 +52,10 @@ def _rate(rates: dict, variant: str, layers: int, k: int) -> float | None:
 
 def table(rates: dict) -> str:
     """The markdown table: hours per run for each (layers, k, implementation) measured, and Table 1's MNIST half."""
+    order = ("cli-eager", "cli-step", "fp32", "compiled-step", "bf16-mixed", "compiled", "jax")
     variants = sorted(
         {key.split(":")[1] for key in rates if key.startswith("train:")} - {"pythae"},
-        key=lambda v: ("fp32", "bf16-mixed", "compiled").index(v) if v in ("fp32", "bf16-mixed", "compiled") else 9,
+        key=lambda v: order.index(v) if v in order else len(order),
     )
     images_per_s = rates.get("eval:iwae") if isinstance(rates.get("eval:iwae"), (int, float)) else None
     lines = [

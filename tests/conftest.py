@@ -66,6 +66,19 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _inductor_cache(tmp_path_factory):
+    """The tests' compiled programs (--compile step) go to a folder of this session, not to the user's
+    cache (~/.cache/iwae/inductor), unless $TORCHINDUCTOR_CACHE_DIR names one; the tests share them
+    within the session (iwae.compiled.program keeps each program once per process)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield
+    del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """One intra-op thread: the tiny models here gain nothing from more, and on a shared, busy
     machine spinning OpenMP workers make runs many times slower."""

@@ -60,7 +60,8 @@ def test_precisions_compile_modes_and_binarizations_are_the_code_s():
     assert autocast_dtype("32") is None and autocast_dtype("bf16-mixed") is torch.bfloat16
     assert set(choices.PRECISIONS) == {"32", "bf16-mixed"}
     assert compiled_forward("none", "cpu") is None
-    with pytest.raises(ValueError, match="choose one of none, default, reduce-overhead"):
+    assert compiled_forward("step", "cpu") is None  # the whole step, iwae.compiled.step, in place of the forward
+    with pytest.raises(ValueError, match="choose one of none, step, default, reduce-overhead"):
         compiled_forward("max-autotune", "cpu")
     assert [choices.resolve_binarize(b) for b in choices.BINARIZATIONS] == list(choices.BINARIZATIONS)
     assert choices.resolve_binarize("auto", "gaussian") == "none"

@@ -1,4 +1,6 @@
-"""Tests for --compile (iwae.compiled): a compiled training step computes what the eager one does.
+"""Tests for --compile default and reduce-overhead (iwae.compiled.forward): a training step with a compiled
+forward pass computes what the eager one does (--compile step: tests/test_compiled_step.py and
+tests/test_compiled_training.py).
 
 One real compilation (a tiny model, one shape, through ``train``), about 30 s on one CPU core; the
 rest checks the mode handling without compiling.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import iwae.compiled as compiled_module
+import iwae.compiled.forward as compiled_module
 from iwae import rundir
 from iwae.compiled import COMPILE_MODES, compiled_forward
 from iwae.data import Splits
@@ -20,7 +22,7 @@ from iwae.train import RESUMABLE, TrainConfig, train
 
 
 def test_modes_default_to_eager():
-    assert COMPILE_MODES == ("none", "default", "reduce-overhead")
+    assert COMPILE_MODES == ("none", "step", "default", "reduce-overhead")
     assert TrainConfig().compile == "none"
     assert compiled_forward("none", "cpu") is None
     assert "compile" in RESUMABLE  # how the step is run, not what it computes (like threads)

@@ -26,6 +26,7 @@ from iwae.data import (
     TEST_DEQUANTIZATION_SEED,
     TRAIN_BINARIZATION_SEED,
     DataError,
+    binarize,
     dequantize,
     fixed_binarization,
     fixed_dequantization,
@@ -85,6 +86,27 @@ def test_fixed_binarization_in_blocks_is_the_one_call_stream():
     x = np.random.default_rng(3).random((5000, 900)).astype(np.float32)  # several blocks of rows
     u = np.random.default_rng(11).random(x.shape, dtype=np.float64)
     np.testing.assert_array_equal(fixed_binarization(x, 11), (u < x).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1,), (15,), (17, 3), (20, 784), (400, 784)])
+def test_dynamic_binarization_draws_torch_bernoulli_s_numbers(dtype, shape):
+    """binarize compares uniforms with x where torch.bernoulli would be called: the same pixels and the
+    generator left in the same state, bit for bit (what a run's numbers and its resumes rest on); 0 and 1
+    stay as they are. Negative control: another seed gives other pixels."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    x.view(-1)[:2] = torch.tensor([0.0, 1.0], dtype=dtype)[: x.numel()]
+    for seed in (0, 1):
+        g, g_ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        pixels = binarize(x, g)
+        assert pixels.dtype == torch.float32
+        assert torch.equal(pixels, torch.bernoulli(x, generator=g_ref).to(torch.float32))
+        assert torch.equal(g.get_state(), g_ref.get_state())
+        assert pixels.view(-1)[0] == 0 and (x.numel() < 2 or pixels.view(-1)[1] == 1)
+    if x.numel() > 100:
+        assert not torch.equal(
+            binarize(x, torch.Generator().manual_seed(0)), binarize(x, torch.Generator().manual_seed(1))
+        )
 
 
 def test_binary_data_are_the_same_in_every_mode(tmp_path):

@@ -126,10 +126,22 @@ def _install_hooks(monkeypatch, on_event) -> None:
         on_event("validation", None, None)
         return real_validation(*args, **kwargs)
 
+    real_compiled_step = train_module.compiled_step
+
+    def compiled_step(*args, **kwargs):  # --compile step: the program's steps are the run's steps
+        program = real_compiled_step(*args, **kwargs)
+
+        def step(*step_args, **step_kwargs):
+            on_event("step", None, None)
+            return program(*step_args, **step_kwargs)
+
+        return step if program is not None else None
+
     monkeypatch.setattr(checkpoint_module.os, "replace", replace)
     monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
     monkeypatch.setattr(train_module, "accumulate_gradients", accumulate)
     monkeypatch.setattr(train_module, "validation_bound", validation)
+    monkeypatch.setattr(train_module, "compiled_step", compiled_step)
 
 
 def _run_killed(args: list[str], point: tuple) -> None:
@@ -218,8 +230,8 @@ def assert_same_run(ref: Path, out: Path) -> None:
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
 
 
-def _kill_and_resume(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
-    start = ["train", "--dataset", small_npz, *map(str, TRAIN_ARGS), "--out", str(out)]
+def _kill_and_resume(points: list[tuple], out: Path, small_npz: str, reference: Path, extra: tuple = ()) -> None:
+    start = ["train", "--dataset", small_npz, *map(str, TRAIN_ARGS), *extra, "--out", str(out)]
     _run_killed(start, points[0])
     assert_complete(out)
     for point in points[1:]:
@@ -256,3 +268,43 @@ def test_the_kill_points_are_spread_over_the_run():
     assert {"fsync", "replace", "replaced", "step", "validation"} <= set(kinds)
     for name, n in WRITES.items():  # half-way through the first and the last write of every file
         assert ("fsync", name, 1) in KILL_POINTS and ("fsync", name, n) in KILL_POINTS
+
+
+# ----------------------------------------------------------------------------- the compiled step (--compile step)
+# kills of a run whose step is one compiled program (iwae.compiled.step): mid-epoch after a step-4 checkpoint,
+# half-way through a checkpoint, at a validation, in the last epoch; resumed, compiled again from the config
+COMPILED_KILLS = [
+    ("step", None, 5),
+    ("fsync", "checkpoint.safetensors", 3),
+    ("validation", None, 2),
+    ("step", None, 13),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled_reference(tmp_path_factory, small_npz, reference) -> Path:
+    """The uninterrupted compiled run: its events are the eager run's, its numbers the eager run's to
+    float rounding (the random streams exactly). The forked children reuse its program (compiled once)."""
+    out = tmp_path_factory.mktemp("compiled") / "run"
+    events: collections.Counter = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        _install_hooks(mp, lambda kind, name, path: events.update([(kind, name)]))
+        result = invoke("train", "--dataset", small_npz, *TRAIN_ARGS, "--compile", "step", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert events["step", None] == 18 and events["validation", None] == 3
+    compiled, eager = (
+        load_tensors(out / "checkpoint.safetensors")[0],
+        load_tensors(reference / "checkpoint.safetensors")[0],
+    )
+    for key, value in eager.items():
+        if key.startswith("rng.") or key.endswith(".step"):
+            assert torch.equal(compiled[key], value), key
+        else:
+            torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=lambda m: f"{key}: {m}")
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+@pytest.mark.parametrize("point", COMPILED_KILLS, ids=[f"{k}-{n or ''}-{i}" for k, n, i in COMPILED_KILLS])
+def test_a_compiled_run_killed_then_resumed_is_bit_exact(tmp_path, small_npz, compiled_reference, point):
+    _kill_and_resume([point], tmp_path / "run", small_npz, compiled_reference, extra=("--compile", "step"))

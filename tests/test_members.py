@@ -20,10 +20,17 @@ from iwae.cli import main
 from iwae.data import Splits
 from iwae.errors import ConfigError
 from iwae.experiments.engine import reproduce
-from iwae.members import MAY_DIFFER, StackedVAE, check_group, train_members
+from iwae.members import BATCH_BY_DEFAULT, MAY_DIFFER, StackedVAE, batch_by_default, check_group
 from iwae.members import loop as members_loop
 from iwae.members import stacked as members_stacked
 from iwae.train import TrainConfig, train
+
+
+def train_members(configs, **kwargs):
+    """iwae.members.train_members on the stacked path, which most of these tests check (on the CPU the
+    default trains the members one after another: test_the_device_rule_decides_whether_members_stack)."""
+    return members_module.train_members(configs, **{"batch": True, **kwargs})
+
 
 TIME_COLUMNS = ("epoch_time_s", "examples_per_s", "wall_time_s")  # the group's clock, not the run's numbers
 # 100 steps: 400 images, batches of 20, 5 epochs; tiny tanh nets so that the test takes seconds
@@ -340,6 +347,38 @@ def test_existing_folders_are_refused_before_any_member_starts(tmp_path, splits)
     assert not (tmp_path / "a").exists() and (tmp_path / "b" / "model.safetensors").read_bytes() == before
 
 
+def _stacked_steps(monkeypatch) -> list[int]:
+    """Counts the stacked model's steps (its log_weight_parts calls)."""
+    calls: list[int] = []
+    original = StackedVAE.log_weight_parts
+    monkeypatch.setattr(
+        StackedVAE, "log_weight_parts", lambda self, *a, **kw: calls.append(self.members) or original(self, *a, **kw)
+    )
+    return calls
+
+
+def test_the_device_rule_decides_whether_members_stack(tmp_path, splits, monkeypatch):
+    """By default members stack on CUDA and train one after another on the CPU (measured: there a single
+    run is as fast); one after another, each member is its run alone, bit for bit; batch=True stacks."""
+    assert BATCH_BY_DEFAULT == {"cpu": False, "cuda": True}
+    assert [batch_by_default(d) for d in ("cpu", "cuda", "cuda:1")] == [False, True, True]
+    calls = _stacked_steps(monkeypatch)
+    seeds = [dict(objective="iwae", k=3, seed=s, epochs=1) for s in (0, 1)]
+    results = members_module.train_members(
+        [config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits
+    )
+    assert [r.status for r in results] == ["trained"] * 2 and calls == []
+    for i, settings in enumerate(seeds):
+        alone = train_alone(config(tmp_path / f"alone{i}", **settings), splits)
+        for name in ("model.safetensors", "checkpoint.safetensors"):
+            a, b = load_tensors(alone / name)[0], load_tensors(tmp_path / f"m{i}" / name)[0]
+            assert all(torch.equal(a[key], b[key]) for key in a), name
+    members_module.train_members(
+        [config(tmp_path / f"b{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits, batch=True
+    )
+    assert calls == [2] * 20  # 400 images in batches of 20, both members in every step
+
+
 # ----------------------------------------------------------------------------- the command line
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -381,6 +420,20 @@ def test_train_seeds_writes_one_run_per_seed_and_resume_continues_them(tmp_path,
     assert bad.exit_code == 2 and "distinct seeds" in bad.output
 
 
+def test_train_seeds_batch_and_no_batch(tmp_path, shared_data_dir, monkeypatch):
+    """--batch stacks the seeds, --no-batch and the CPU's default train them one after another; either
+    flag without --seeds is a usage error."""
+    calls = _stacked_steps(monkeypatch)
+    flags = ["--train-subset", 40, "--latent-dims", 4, "--hidden-dims", 16, "--k", 2, "--epochs", 1, "--quiet"]
+    flags += ["--data-dir", shared_data_dir]
+    for name, extra in (("default", []), ("no-batch", ["--no-batch"]), ("batch", ["--batch"])):
+        result = cli("train", "--seeds", "0,1", "--out", tmp_path / name, *flags, *extra)
+        assert result.exit_code == 0, result.output
+        assert len(calls) == (2 if name == "batch" else 0), name
+    bad = cli("train", "--seed", 0, "--out", tmp_path / "bad", *flags, "--batch")
+    assert bad.exit_code == 2 and "--batch and --no-batch apply to --seeds" in bad.output
+
+
 # ----------------------------------------------------------------------------- reproduce's grouping
 def write_experiment(path: Path) -> Path:
     path.write_text(
@@ -405,7 +458,7 @@ def write_experiment(path: Path) -> Path:
 
 def test_reproduce_groups_compatible_runs_and_the_results_are_those_of_runs_alone(tmp_path, shared_data_dir):
     exp = write_experiment(tmp_path / "tiny.yaml")
-    batched = reproduce(exp, tmp_path / "batched", data_dir=str(shared_data_dir), progress=False)
+    batched = reproduce(exp, tmp_path / "batched", data_dir=str(shared_data_dir), progress=False, batch=True)
     alone = reproduce(exp, tmp_path / "alone", data_dir=str(shared_data_dir), progress=False, batch=False)
     # the 8 runs: vae, iwae (k = 2) and their seed-1 twins share a model; batch 10 and k = 3 stay apart
     assert batched.batches == [
@@ -428,5 +481,6 @@ def test_reproduce_no_batch_trains_nothing_together(tmp_path, shared_data_dir, m
     args = [exp, "--out", tmp_path / "cli", "--data-dir", shared_data_dir, "--quiet", "--only", "vae*"]
     assert cli("reproduce", *args, "--no-batch").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "cli" / "runs").iterdir()) == ["vae", "vae-s1"]
-    with pytest.raises(BaseException, match="batched with --no-batch"):  # and without it, they would be
-        cli("reproduce", *args[:2], tmp_path / "cli2", *args[3:])
+    assert cli("reproduce", *args[:2], tmp_path / "cli2", *args[3:]).exit_code == 0  # the CPU's default: alone
+    with pytest.raises(BaseException, match="batched with --no-batch"):  # and with --batch, they would be
+        cli("reproduce", *args[:2], tmp_path / "cli3", *args[3:], "--batch")

@@ -49,7 +49,9 @@ NETWORKS: tuple[str, ...] = ("mlp", "gated", "conv")
 PRIORS = ("normal", "mog", "vamp")  # p(z_L): N(0, I), a mixture of Gaussians, the VampPrior
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic256")  # p(x | z_1)
 PRECISIONS = ("32", "bf16-mixed")  # the training step's precision (iwae.precision)
-COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile of the training step (iwae.compiled)
+# how the training step runs (iwae.compiled): eager; the whole step one compiled program (a CUDA graph on
+# CUDA); or torch.compile of its forward pass only, in torch.compile's default or reduce-overhead mode
+COMPILE_MODES = ("none", "step", "default", "reduce-overhead")
 SCHEDULES = ("paper", "constant")  # learning-rate schedules (iwae.train.schedule)
 # Adam, or Adam on each parameter's gradient divided by its norm (Tomczak & Welling's AdamNormGrad; iwae.train.loop)
 OPTIMIZERS = ("adam", "adam-normgrad")

@@ -334,7 +334,10 @@ def _kl_weighted(parts: LogWeightParts, kl_weight: float) -> LogWeightParts:
 
 
 def gradient_terms(
-    model: torch.nn.Module, log_w: torch.Tensor | LogWeightParts, spec: ObjectiveSpec, kl_weight: float = 1.0
+    model: torch.nn.Module,
+    log_w: torch.Tensor | LogWeightParts,
+    spec: ObjectiveSpec,
+    kl_weight: float | torch.Tensor = 1.0,
 ) -> GradientTerms:
     """The surrogates whose gradients train ``model`` on ``spec``'s objective with ``spec``'s estimator.
 
@@ -346,7 +349,8 @@ def gradient_terms(
             log q that the estimator needs is added here (:func:`add_views`) unless present.
         spec: the objective and estimator.
         kl_weight: KL warm-up, ELBO only: the surrogates use log p(x|z) + kl_weight * (log p(z) -
-            log q(z|x)) in place of log w (the reported bound does not). Default 1.0: none.
+            log q(z|x)) in place of log w (the reported bound does not). Default 1.0: none. A 0-dim
+            tensor (the compiled step's input, :mod:`iwae.compiled.step`) always takes the weighted form.
 
     Returns:
         The true bound (detached, for reporting) and the (surrogate, parameters) pairs.
@@ -356,7 +360,7 @@ def gradient_terms(
     """
     parts = log_w if isinstance(log_w, LogWeightParts) else None
     entry = ESTIMATOR_TABLE[spec.estimator]
-    if kl_weight != 1.0:
+    if isinstance(kl_weight, torch.Tensor) or kl_weight != 1.0:
         if spec.name != "vae":
             raise ValueError(
                 f"KL warm-up (kl_weight {kl_weight}) is defined for the vae objective (the ELBO) "

@@ -71,9 +71,10 @@ Examples:
 @click.option("--eval-k", type=click.IntRange(min=1), help="Override: samples of the test bound L_k (default 5000).")
 @click.option("--quiet", is_flag=True, help="No per-run lines or progress bars.")
 @click.option(
-    "--no-batch",
-    is_flag=True,
-    help="Train each run alone, not the compatible runs (seeds, objectives at one k) together as one batched model.",
+    "--batch/--no-batch",
+    default=None,
+    help="Train the compatible runs (seeds, objectives at one k) together as one batched model, or each "
+    "alone. Default: by device, measured (alone on the CPU, where a single run is as fast; batched on CUDA).",
 )
 @_user_errors
 def reproduce(
@@ -95,7 +96,7 @@ def reproduce(
     test_subset,
     eval_k,
     quiet,
-    no_batch,
+    batch,
 ) -> None:
     """Trains and evaluates every run of EXPERIMENT (a shipped name, or a path to an experiment file),
     skipping finished runs and resuming interrupted ones.
@@ -152,7 +153,7 @@ def reproduce(
             device=device,
             data_dir=data_dir,
             progress=not quiet,
-            batch=not no_batch,
+            batch=batch,
         )
     except KeyboardInterrupt:
         click.echo(

@@ -33,7 +33,8 @@ Examples:
   iwae train --objective vae --latent-dims 2 --epochs 5 --train-subset 5000 --out runs/vae-2d
   iwae train --resume runs/iwae-k5 --epochs 40                                 # continue, extend
   iwae train --objective iwae --k 5 --seeds 0,1,2,3 --epochs 10 --out runs/iwae-k5   # runs/iwae-k5/seed0 ...
-  iwae train --resume runs/iwae-k5 --epochs 20                # all its seed*/ members, as one batched model
+  iwae train --resume runs/iwae-k5 --epochs 20                # all its seed*/ members
+  iwae train --objective iwae --k 1 --compile step --epochs 10 --out runs/iwae-k1   # the step as one program
 """
 
 
@@ -50,12 +51,18 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option(
     "--seeds",
-    help="Train these seeds (e.g. 0,1,2,3) together as one batched model, each a run of its "
-    "own in OUT/seed0, OUT/seed1, ...; one seed is --seed (OUT itself).",
+    help="Train these seeds (e.g. 0,1,2,3), each a run of its own in OUT/seed0, OUT/seed1, ...; "
+    "one seed is --seed (OUT itself).",
+)
+@click.option(
+    "--batch/--no-batch",
+    default=None,
+    help="With --seeds: train them together as one batched model, or one after another. Default: "
+    "by device, measured (one after another on the CPU, where a single run is as fast; batched on CUDA).",
 )
 @click.pass_context
 @_user_errors
-def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
+def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, batch, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from ..rundir import finished_training, read_checkpoint
     from ..train import configure, resume_config
@@ -74,8 +81,10 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **op
             seed_list = None
     members = _member_dirs(resume) if resume and seed_list is None else None
     if seed_list is not None or members:
-        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members)
+        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members, batch)
         return
+    if batch is not None:
+        raise click.UsageError("--batch and --no-batch apply to --seeds (or to --resume of a folder of seed runs)")
     config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
@@ -120,9 +129,17 @@ def _member_dirs(folder: str) -> list[Path] | None:
 
 
 def _train_seeds(
-    given: dict, config_file, resume, overwrite: bool, quiet: bool, seeds: list[int] | None, members: list[Path] | None
+    given: dict,
+    config_file,
+    resume,
+    overwrite: bool,
+    quiet: bool,
+    seeds: list[int] | None,
+    members: list[Path] | None,
+    batch: bool | None,
 ) -> None:
-    """``--seeds``: the seeds' runs (or, resumed, the member folders) trained as one batched model."""
+    """``--seeds``: the seeds' runs (or, resumed, the member folders), as one batched model or one after
+    another (``batch``; None: :func:`iwae.members.batch_by_default`)."""
     from ..members import train_members
     from ..train import configure, resume_config
 
@@ -132,7 +149,7 @@ def _train_seeds(
     else:
         out = given.get("out") or configure(given, base=config_file).out
         configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file) for s in seeds]
-    results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet, batch=batch)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.status == "trained":

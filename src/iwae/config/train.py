@@ -198,8 +198,9 @@ class TrainConfig:
     )
     compile: str = _setting(
         "none",
-        "torch.compile the training step's forward pass (and so its backward): none, "
-        "default, or reduce-overhead (CUDA graphs on CUDA).",
+        "How the training step runs: none (eager); step (the whole step, forward, backward and "
+        "Adam, as one compiled program, a CUDA graph on CUDA; compiled once, then cached); default or "
+        "reduce-overhead (torch.compile of the forward pass only).",
         choices=COMPILE_MODES,
         resumable=True,
     )

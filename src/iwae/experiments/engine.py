@@ -42,6 +42,7 @@ except ImportError:  # not on Windows: no lock there
 
 from .. import rundir
 from ..checkpoint import atomic_write
+from ..members import batch_by_default
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
 from .plan import PlannedRun, estimate_seconds, finished_result, plan, plan_text
@@ -125,7 +126,7 @@ def reproduce(
     data_dir: str | None = None,
     progress: bool = True,
     splits=None,
-    batch: bool = True,
+    batch: bool | None = None,
 ) -> Summary:
     """Runs every unfinished run of ``experiment`` under ``protocol`` and records them in ``out_dir``.
 
@@ -147,7 +148,8 @@ def reproduce(
             each group (:func:`iwae.members.train_members`), then evaluate every run as before;
             with the in-process executor only (one worker on CPU: not worker processes, CUDA or
             Ray, which keep each run in a process of its own). False: each run trains alone
-            (``--no-batch``).
+            (``--no-batch``). None (the default): as :func:`iwae.members.batch_by_default` decides
+            for ``device`` (alone on the CPU, where it measured as fast).
 
     Returns:
         A :class:`Summary`; runs that failed are listed in ``summary.failed``.
@@ -180,7 +182,7 @@ def reproduce(
         # dies takes one run down, a device failure is retried alone), so runs given to them train alone
         batches = (
             _train_batches(planned, out_dir, data_dir, device, threads, progress, splits)
-            if batch and isinstance(executor, _Inline)
+            if (batch_by_default(device) if batch is None else batch) and isinstance(executor, _Inline)
             else []
         )
         summary = _run_all(

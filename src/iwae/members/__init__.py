@@ -6,7 +6,10 @@
     results = train_members(configs)   # one MemberResult per config: its run folder, or the error that stopped it
 
 ``iwae train --seeds 0,1,2,3 --out runs/x`` is this call with the members in ``runs/x/seed0`` ... and
-``iwae reproduce`` groups the compatible runs of an experiment this way (``--no-batch``: one at a time).
+``iwae reproduce`` groups the compatible runs of an experiment this way. Whether they are stacked or
+trained one after another is decided per device by a measured rule (:func:`batch_by_default`: not on
+the CPU, where a compiled single run is as fast; on CUDA, yes); ``batch=True`` / ``False``
+(``--batch`` / ``--no-batch``) overrides it.
 
 The members' weights are stacked on a leading dimension M and every layer computes all members'
 matrix products in one batched call (``torch.bmm`` / ``baddbmm`` on (M, rows, in) x (M, in, out)).
@@ -38,8 +41,18 @@ The package: :mod:`.group` (which runs may stack), :mod:`.stacked` (the stacked 
 (the loop, :func:`train_members`).
 """
 
-from .group import MAY_DIFFER, MemberResult, check_group, group_key, stackable
+from .group import BATCH_BY_DEFAULT, MAY_DIFFER, MemberResult, batch_by_default, check_group, group_key, stackable
 from .loop import train_members
 from .stacked import StackedVAE
 
-__all__ = ["train_members", "MemberResult", "check_group", "group_key", "stackable", "MAY_DIFFER", "StackedVAE"]
+__all__ = [
+    "train_members",
+    "MemberResult",
+    "check_group",
+    "group_key",
+    "stackable",
+    "batch_by_default",
+    "BATCH_BY_DEFAULT",
+    "MAY_DIFFER",
+    "StackedVAE",
+]

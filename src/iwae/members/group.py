@@ -8,11 +8,39 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["MAY_DIFFER", "MemberResult", "check_group", "group_key", "stackable"]
+__all__ = [
+    "MAY_DIFFER",
+    "BATCH_BY_DEFAULT",
+    "MemberResult",
+    "batch_by_default",
+    "check_group",
+    "group_key",
+    "stackable",
+]
 
 # the settings in which the members of one group may differ: what a member's own loss, random stream
 # and folder depend on; every other TrainConfig setting (also those added later) must be equal
 MAY_DIFFER = ("seed", "objective", "estimator", "beta", "m", "kl_warmup", "valid_k", "out", "init_from", "init_sha256")
+
+
+# Whether runs that may stack train as one batched model by default, by device type: a measured rule
+# (issue 24; docs: the speed page). Batching changes a run's numbers by float rounding (the stacked
+# matrix products sum in another order), so it is worth it only where it is faster than the runs one
+# after another, measured through the command line (`iwae train --seeds 0,1,2,3` against four single
+# runs, k = 1 and 5, B = 20, start-up cancelled by differencing two run sizes; benchmarks/members.py cli):
+# - cpu: no. The stacked eager step gave 0.85x the member-steps/s of single eager runs at k = 1 (idle,
+#   2 threads), and single runs with --compile step are as fast as a stacked compiled step (prototype,
+#   benchmarks/compiled_members.py): a 20-image step is per-operation overhead that the compiled program
+#   removes for one run as well as for four.
+# - cuda: yes, as before (not measured on a GPU yet: benchmarks/gpu_check.sh times members-4 and -10).
+# `--batch` / `--no-batch` (iwae train --seeds, iwae reproduce) and train_members(batch=...) override it.
+BATCH_BY_DEFAULT = {"cpu": False, "cuda": True}
+
+
+def batch_by_default(device: str) -> bool:
+    """Whether members train as one batched model on ``device`` (``cpu``, ``cuda``, ``cuda:N``) unless
+    told otherwise (:data:`BATCH_BY_DEFAULT`)."""
+    return BATCH_BY_DEFAULT.get(str(device).split(":")[0], False)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ..models.vae import LogWeightParts
 from ..runtime import synchronize, tune_allocator
 from ..train import loop as train_module
 from ..train.resume import resume_point
-from .group import MemberResult, check_group, stackable
+from .group import MemberResult, batch_by_default, check_group, stackable
 from .stacked import StackedVAE, _gather_state, _layout, _member_state, _slice_state, member_tensor, stack_parameters
 
 __all__ = ["train_members"]
@@ -79,9 +79,11 @@ def train_members(
     overwrite: bool = False,
     progress: bool = True,
     splits: data_module.Splits | None = None,
+    batch: bool | None = None,
 ) -> list[MemberResult]:
-    """Trains the runs ``configs`` together as one batched model; each member's folder ends as
-    :func:`iwae.train.train` would leave it for that config alone (weights equal within float rounding).
+    """Trains the runs ``configs`` together as one batched model, or one after another; each member's
+    folder ends as :func:`iwae.train.train` would leave it for that config alone (batched: weights equal
+    within float rounding; one after another: bit for bit).
 
     Args:
         configs: the members' settings; they may differ only in :data:`MAY_DIFFER` (:func:`check_group`).
@@ -90,6 +92,8 @@ def train_members(
         overwrite: replace existing run directories.
         progress: a progress bar and a line per member and epoch.
         splits: the data already loaded (else ``config.load_data()``: its binarization).
+        batch: stack the members into one batched model (True), or train them one after another (False);
+            None: as :func:`~iwae.members.batch_by_default` decides for the configs' device.
 
     Returns:
         One :class:`MemberResult` per config, in order. A member whose loss or gradient turns nan or
@@ -101,10 +105,14 @@ def train_members(
     """
     configs = list(configs)
     check_group(configs)
+    if batch is None:
+        batch = batch_by_default(configs[0].device)
     why = stackable(configs[0])
-    if why is not None or len(configs) == 1:
-        if progress and why is not None:
+    if not batch or why is not None or len(configs) == 1:
+        if progress and why is not None and batch:
             print(f"members: cannot batch runs with {why}; training them one after another", file=sys.stderr)
+        for c in configs:  # every folder checked before any is touched, as for a batched group
+            _check_folder(c, resume, overwrite)
         return [_train_alone(train_module, c, resume, overwrite, progress, splits) for c in configs]
 
     members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched

@@ -368,6 +368,7 @@ class VAE(nn.Module):
         num_samples: int,
         generator: torch.Generator | None = None,
         first_layer: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eps: list[torch.Tensor] | None = None,
     ) -> PosteriorSample:
         """``num_samples`` draws of the whole chain z_1 ~ q(z_1 | x), z_2 ~ q(z_2 | z_1), ... by
         reparameterisation, z_l = loc_l + sigma_l * eps_l (eps of layer 1 first, then layer 2, ...).
@@ -377,16 +378,30 @@ class VAE(nn.Module):
             num_samples: K.
             generator: random numbers for eps.
             first_layer: q(z_1 | x)'s ``(loc, log_scale)`` when already computed (else from ``encoder[0]``).
+            eps: the standard normal draws of every layer, each ``(K, B, D_l)``, drawn already (the
+                compiled training step, :mod:`iwae.compiled.step`, takes them as inputs); else drawn
+                here from ``generator``, in the same order and shapes.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if eps is not None and len(eps) != len(self.encoder):
+            raise ValueError(f"eps needs one tensor per stochastic layer: {len(self.encoder)}, got {len(eps)}")
+        drawn = iter(eps) if eps is not None else None
         loc, log_scale = first_layer if first_layer is not None else self.encoder[0].loc_log_scale(x)
-        eps = torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        eps = (
+            next(drawn)
+            if drawn is not None
+            else torch.randn((num_samples,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        )
         zs = [torch.addcmul(loc, log_scale.exp(), eps)]  # (K, B, D_1)
         log_q = diag_normal_log_prob_from_eps(eps, log_scale)  # (K, B)
         for layer in self.encoder[1:]:
             loc_l, log_scale_l = layer.loc_log_scale(zs[-1])  # (K, B, D_l)
-            eps = torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            eps = (
+                next(drawn)
+                if drawn is not None
+                else torch.randn(loc_l.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            )
             zs.append(torch.addcmul(loc_l, log_scale_l.exp(), eps))
             log_q = log_q + diag_normal_log_prob_from_eps(eps, log_scale_l)
         return PosteriorSample(x, loc, log_scale, zs, log_q)
@@ -398,6 +413,7 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
         *,
         prior_direct: bool = False,
+        eps: list[torch.Tensor] | None = None,
     ) -> LogWeightParts:
         """log p(x, z_i) and log q(z_i | x) of ``num_samples`` draws, with the draws themselves.
 
@@ -405,9 +421,10 @@ class VAE(nn.Module):
         prior that depends on the encoder (VampPrior), also log p(z_L) at the detached top-layer
         samples, whose gradient is that direct dependence alone (DReG, RWS-DReG); the prior computes
         both from one encoder pass over its pseudo-inputs. The views of log q with the encoder's
-        parameters or the samples detached are built by :func:`iwae.estimators.add_views`.
+        parameters or the samples detached are built by :func:`iwae.estimators.add_views`. ``eps``:
+        the draws, as :meth:`sample_posterior` takes them (else drawn from ``generator``).
         """
-        return self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator), prior_direct)
+        return self._log_weight_parts(x, self.sample_posterior(x, num_samples, generator, eps=eps), prior_direct)
 
     def log_joint(
         self, x: torch.Tensor, zs: list[torch.Tensor], prior_direct: bool = False

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 
-from .choices import COMPILE_MODES
-from .errors import ConfigError
-from .estimators import forward_terms
+from ..choices import COMPILE_MODES
+from ..errors import ConfigError
+from ..estimators import forward_terms
 
 __all__ = ["COMPILE_MODES", "compiled_forward"]
 
@@ -31,7 +31,7 @@ def compiled_forward(mode: str, device: str | torch.device) -> Callable | None:
     """:func:`iwae.estimators.forward_terms` compiled in ``mode`` for ``device``; None for ``none`` (eager)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
-    if mode == "none":
+    if mode in ("none", "step"):  # eager, or the whole step (iwae.compiled.step) instead
         return None
     if mode == "reduce-overhead" and torch.device(device).type != "cuda":
         mode = "default"  # CUDA graphs only exist on CUDA
