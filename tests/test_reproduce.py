@@ -24,6 +24,7 @@ from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.experiments.engine import STATE_FILE, _lock, reproduce
 from iwae.rundir import ERROR_FILE, RESULT_FILE, model_sha256
+from iwae.tables import with_error
 from iwae.train import TrainConfig, train
 
 TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
@@ -745,7 +746,9 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     text = (out / "report.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `a")]
     assert len(rows) == 1 and rows[0].startswith("| `a` | 2 |")  # one row for the group, 2 seeds
-    assert f"{mean:.2f} ± {sd:.2f}" in rows[0]
+    assert with_error(mean, sd) in rows[0]  # as many decimals as the sd needs
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert "| NLL (mean ± sd over seeds) |" in header  # what its ± is, in the header
     assert "Per seed" not in text
     summary_json = read_json(out / "report.json")["experiments"][0]["groups"]
     assert [(g["name"], g["runs"], g["seeds"], g["n_seeds"]) for g in summary_json] == [("a", ["a", "a-s1"], [0, 1], 2)]
@@ -756,6 +759,7 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     assert result.exit_code == 0, result.output
     text = (out / "report.md").read_text(encoding="utf-8")
     per_seed = text.split("#### Per seed", 1)[1]
+    assert "| NLL (± s.e. over images) |" in next(ln for ln in per_seed.splitlines() if ln.startswith("| run |"))
     for name, value in zip(("a", "a-s1"), nlls):
         line = next(ln for ln in per_seed.splitlines() if ln.startswith(f"| `{name}` |"))
         assert f"{value:.2f} ± " in line  # a run's own value, ± its standard error over images

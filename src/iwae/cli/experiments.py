@@ -55,7 +55,11 @@ Examples:
     help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn)."
     "  [default: 1 on CPU, one per GPU with --device cuda]",
 )
-@click.option("--threads", type=int, help="torch threads per run.  [default: the cores divided among the workers]")
+@click.option(
+    "--threads",
+    type=int,
+    help="torch threads per run.  [default: the free cores (by the load average) divided among the workers]",
+)
 @click.option(
     "--ray",
     "ray_address",

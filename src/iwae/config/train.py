@@ -163,7 +163,9 @@ class TrainConfig:
         "and CUDA draw other random numbers).",
         resumable=True,
     )
-    threads: int | None = _setting(None, "CPU threads for torch.", resumable=True)  # None: torch's default
+    threads: int | None = _setting(
+        None, "CPU threads for torch.", shown="torch's, at most the free cores", resumable=True
+    )  # None: torch's default, capped at the cores the load average leaves free (iwae.runtime.choose_threads)
     # speed (iwae.precision, iwae.compiled): precision changes the numbers, so it is part of the run's identity
     precision: str = _setting(
         "32",

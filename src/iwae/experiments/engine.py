@@ -42,6 +42,7 @@ except ImportError:  # not on Windows: no lock there
 
 from .. import rundir
 from ..checkpoint import atomic_write
+from ..runtime import free_cores
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
 from .plan import PlannedRun, estimate_seconds, finished_result, plan, plan_text
@@ -135,7 +136,7 @@ def reproduce(
         protocol: ``short`` or ``paper`` (or any protocol the file defines).
         datasets, only, overrides: see :meth:`iwae.experiments.spec.Experiment.resolve`.
         workers: local worker processes (1: in this process). Default: 1 on CPU, one per GPU on CUDA.
-        threads: torch threads per run (default: the cores divided among the workers).
+        threads: torch threads per run (default: the free cores, by the load average, divided among the workers).
         ray: a Ray address (``auto``, ``host:port``, ``local`` for a new local instance); None: local.
         cpus_per_run: CPUs each Ray task asks for (and its torch threads).
         device: ``cpu`` or ``cuda``.
@@ -163,7 +164,8 @@ def reproduce(
     workers = 1 if workers is None else workers
     if workers < 1 or cpus_per_run < 1 or (threads is not None and threads < 1):
         raise ValueError("--workers, --threads and --cpus-per-run must be >= 1")
-    threads = threads or (cpus_per_run if ray else max(1, _cpu_count() // workers))
+    # each worker's share of the cores, of those the load average leaves free where this machine runs them
+    threads = threads or (cpus_per_run if ray else max(1, min(_cpu_count(), free_cores()) // workers))
     out_dir = Path(out_dir)
     # Ray first: a cluster that cannot be reached, or has no GPU for --device cuda, is refused before
     # anything is written
