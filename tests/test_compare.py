@@ -441,6 +441,22 @@ def test_the_ais_compare_and_bdmc_commands(tmp_path, shared_data_dir, mnist_spli
     text = invoke("compare", runs[0], runs[1], "--evaluation", stem).output
     assert "A - B" in text and "paired s.e. over 30 test images" in text
     assert_one_line_error(invoke("compare", runs[0], runs[1]), "iwae evaluate")  # no L_5000 evaluation yet
+    assert "verdict" in text and "evaluation noise only" in text
+    assert (
+        json.loads(invoke("compare", runs[0], runs[1], "--method", "ais", "--json").output)["evaluation"]["a"] == stem
+    )
+
+    # AIS - L_k, printed by evaluate --method ais once an L_k of the same images exists
+    ais_args = ("--method", "ais", "--steps", 4, "--chains", 2, "--leapfrog", 2, "--test-subset", 30)
+    text = invoke("evaluate", runs[0], *ais_args, "--quiet").output
+    assert f"no L_k evaluation of these 30 images yet: iwae evaluate {runs[0]} --test-subset 30" in text
+    assert invoke("evaluate", runs[0], "--k", 50, "--test-subset", 30, "--quiet").exit_code == 0
+    text = invoke("evaluate", runs[0], *ais_args, "--quiet").output
+    d = np.load(runs[0] / f"{stem}.npy") - np.load(runs[0] / "eval_k50_n30_seed0.npy")
+    line = next(line for line in text.splitlines() if line.startswith("AIS - L_50"))
+    assert f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(30):.3f} nats" in line and "same 30 images" in line
+    gaps = json.loads(invoke("evaluate", runs[0], *ais_args, "--quiet", "--json").output)["gaps"]
+    assert [g["b"] for g in gaps] == ["eval_k50_n30_seed0"] and gaps[0]["gap"] == pytest.approx(d.mean())
 
     result = invoke("bdmc", runs[0], "--n", 3, "--steps", "2,20", "--chains", 2, "--leapfrog", 2, "--json")
     assert result.exit_code == 0, result.output

@@ -66,7 +66,7 @@ from .evaluations import (
     write_figure_record,
     write_surgery,
 )
-from .group import SEED_FOLDER, is_seed_group, member_seed, seed_members
+from .group import SEED_FOLDER, check_run_or_seeds, is_seed_group, member_seed, seed_members
 from .identity import (
     ADDED_DEFAULTS,
     NOT_IDENTITY,
@@ -203,6 +203,7 @@ __all__ = [
     "seed_members",
     "is_seed_group",
     "member_seed",
+    "check_run_or_seeds",
     # results of iwae reproduce
     "write_result",
     "write_error",

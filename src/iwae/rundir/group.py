@@ -9,9 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from .layout import CONFIG
+from ..errors import CheckpointError
+from .layout import CONFIG, MODEL
 
-__all__ = ["SEED_FOLDER", "seed_members", "is_seed_group", "member_seed"]
+__all__ = ["SEED_FOLDER", "seed_members", "is_seed_group", "member_seed", "check_run_or_seeds"]
 
 SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed0, seed1, ..., seed12: the member folders' names
 
@@ -35,3 +36,15 @@ def seed_members(folder: str | os.PathLike) -> list[Path]:
 def is_seed_group(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` is a folder of seeds (see :func:`seed_members`) rather than a run."""
     return bool(seed_members(folder))
+
+
+def check_run_or_seeds(folder: str | os.PathLike) -> None:
+    """Refuses an existing folder that is neither a run (config.yaml, model.safetensors) nor a folder of
+    seeds, saying both, rather than naming the one file of a run it lacks."""
+    folder = Path(folder)
+    run_files = (folder / CONFIG).exists() or (folder / MODEL).exists()
+    if folder.is_dir() and not run_files and not is_seed_group(folder):
+        raise CheckpointError(
+            f"{folder} is neither a run (it holds no {CONFIG} or {MODEL}) nor a folder of seeds (no "
+            f"seed0/, seed1/, ... with a {CONFIG} each, as iwae train --seeds writes)"
+        )

@@ -75,7 +75,8 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
+    # one curve per run folder (a folder of seeds lists each member once per evaluation)
+    runs = list({str(r["dir"]): r for r in exp["runs"] if rundir.has_metrics(r["dir"])}.values())
     if not runs:
         raise ValueError("no run has a metrics.csv yet")
     out = []
