@@ -79,7 +79,11 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = _setting("mnist", "mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH.")
+    dataset: str = _setting(
+        "mnist",
+        "mnist, binarized-mnist, fashion-mnist, omniglot, or npz:PATH (your arrays: train, test, optional valid; "
+        "the path is stored absolute).",
+    )
     data_dir: str | None = _setting(
         None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).", folder=True
     )
@@ -192,6 +196,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         try:
             _check_types(self)
+            self.dataset = resolve_user_path(self.dataset)
             self._validate()
         except ValueError as e:  # a ConfigError names the settings its message is about: the CLI prints their flags
             raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
@@ -380,6 +385,13 @@ def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> Trai
     if "layers" not in overrides and ("latent_dims" in overrides or values.get("layers") is None):
         values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 1
     return TrainConfig.from_dict(values)
+
+
+def resolve_user_path(dataset: str) -> str:
+    """``npz:PATH`` with PATH absolute (``~`` expanded, relative to the working folder, symlinks kept),
+    so that a run's config.yaml names its data file from anywhere; other names unchanged."""
+    path = dataset[len("npz:") :] if dataset.startswith("npz:") else ""
+    return f"npz:{os.path.abspath(os.path.expanduser(path))}" if path else dataset
 
 
 def _matches(value: object, hint: object) -> bool:
