@@ -675,6 +675,40 @@ def test_figures_of_real_runs(trained):
     assert len(parse(html_path.read_text(encoding="utf-8")).images) == 4
 
 
+def test_figures_say_which_runs_they_leave_out_and_why(trained, tmp_path):
+    """A run of the same labels but a smaller k, and one beyond the latent figure's cap, are named in
+    the caption with the reason (the figure used to show 3 of 6 runs and say '3 runs')."""
+    from iwae.experiments.report import figures as report_figures
+
+    spec = json.loads((trained / "reproduction.json").read_text())
+    runs = []
+    for entry in spec["runs"]:
+        if entry["status"] != "done":
+            continue
+        result = json.loads((trained / "runs" / entry["name"] / "result.json").read_text())
+        runs.append({**entry, "metrics": result["metrics"], "active_units": result["active_units"]})
+    small = {**runs[0], "name": "iwae-k2", "labels": {"objective": "iwae", "k": 2}}
+    small["config"] = {**small["config"], "k": 2}
+    out = make_experiment(tmp_path / "more", runs + [small], name="estimators", published=None, figures=["latent"])
+    for name in ("iwae-k4", "vae-k4"):
+        shutil.copytree(trained / "runs" / name, out / "runs" / name, dirs_exist_ok=True)
+    shutil.copytree(trained / "runs" / "iwae-k4", out / "runs" / "iwae-k2", dirs_exist_ok=True)
+    (out / "runs" / "iwae-k2" / "result.json").unlink()
+    make_experiment(out, runs + [small], name="estimators", published=None, figures=["latent"])  # its result.json
+    text = report.markdown_report(out)
+    caption = next(line for line in text.splitlines() if line.startswith("**Figure 1.**"))
+    assert "2 runs." in caption
+    assert "Left out: `iwae-k2` (one run is drawn per combination of labels apart from k" in caption
+    # with a cap of one run, the other is left out for the cap
+    original = report_figures.LATENT_RUNS
+    try:
+        report_figures.LATENT_RUNS = 1
+        caption = next(line for line in report.markdown_report(out).splitlines() if line.startswith("**Figure 1.**"))
+    finally:
+        report_figures.LATENT_RUNS = original
+    assert "`vae-k4` (the figure holds at most 1 runs)" in caption
+
+
 def test_figures_without_data_become_notes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.latent import reconstruct, sample_images
-from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
+from ._base import DPI, as_runs, model_image_shape, panel_grid, pyplot, save, show, tile, wrap_title
 
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]
 
@@ -29,18 +29,22 @@ def plot_samples(
     dpi: int = DPI,
 ) -> Path:
     """A grid of ``n`` samples from each model's prior through its decoder, one panel per model
-    (:func:`iwae.analysis.sample_images` with ``seed``).
+    (:func:`iwae.analysis.sample_images` with ``seed``), wrapped after three panels a row.
 
-    Size: 5 x 5.5 inches per panel, 500 x 550 pixels per panel as PNG at ``dpi`` 100.
+    Size: 5 x 5.5 inches per panel, 500 x 550 pixels per panel as PNG at ``dpi`` 100 (three runs in a
+    row: 1500 x 550; four to six: 1500 x 1100).
     """
     plt = pyplot()
     runs = as_runs(models)
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5.5), dpi=dpi, squeeze=False)
-    for ax, (title, model) in zip(axes[0], runs.items()):
+    rows, cols = panel_grid(len(runs))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5.5 * rows), dpi=dpi, squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.set_axis_off()
+    for ax, (title, model) in zip(axes.flat, runs.items()):
         shape = model_image_shape(model, image_shape)
         show(ax, tile(sample_images(model, n, seed, probabilities), shape))
         what = "means of p(x | z)" if probabilities else "samples x ~ p(x | z)"
-        ax.set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
+        ax.set_title(wrap_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}"), fontsize=10)
     return save(fig, path)
 
 
@@ -75,18 +79,26 @@ def plot_reconstructions(
     """The first ``n`` rows of ``x`` (top) above the means of p(x | z_1 = E_q[z_1 | x]) (bottom,
     :func:`iwae.analysis.reconstruct`).
 
-    Size: 8 x 3 inches per panel, 800 x 300 pixels per panel as PNG at ``dpi`` 100.
+    Panels wrap after two a row.
+
+    Size: 8 x 3 inches per panel, 800 x 300 pixels per panel as PNG at ``dpi`` 100 (two runs in a row:
+    1600 x 300; three or four: 1600 x 600).
     """
     plt = pyplot()
     runs = as_runs(models)
     x = x[:n]
-    fig, axes = plt.subplots(2, len(runs), figsize=(8 * len(runs), 3), dpi=dpi, squeeze=False)
+    rows, cols = panel_grid(len(runs), columns=2)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(8 * cols, 3 * rows), dpi=dpi, squeeze=False)
+    for j in range(len(runs), rows * cols):  # the empty places of the last row
+        axes[2 * (j // cols), j % cols].set_axis_off()
+        axes[2 * (j // cols) + 1, j % cols].set_axis_off()
     for j, (title, model) in enumerate(runs.items()):
+        top, bottom = axes[2 * (j // cols), j % cols], axes[2 * (j // cols) + 1, j % cols]
         recon = reconstruct(model, x)
         shape = model_image_shape(model, image_shape)
-        show(axes[0, j], tile(x, shape, cols=len(x)))
-        show(axes[1, j], tile(recon, shape, cols=len(x)))
-        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)", fontsize=10)
-        axes[0, j].set_ylabel("x", fontsize=9)
-        axes[1, j].set_ylabel("E p(x | E[z|x])", fontsize=9)
+        show(top, tile(x, shape, cols=len(x)))
+        show(bottom, tile(recon, shape, cols=len(x)))
+        top.set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (bottom)", fontsize=10)
+        top.set_ylabel("x", fontsize=9)
+        bottom.set_ylabel("E p(x | E[z|x])", fontsize=9)
     return save(fig, path)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..analysis.latent import ACTIVE_THRESHOLD, LATENT_SAMPLES, active_units, posterior_means
-from ._base import DPI, as_runs, pyplot, save
+from ._base import DPI, as_runs, panel_grid, pyplot, save, wrap_title
 
 __all__ = ["plot_latent", "plot_activity"]
 
@@ -39,14 +39,20 @@ def plot_latent(
     images, as evaluation does), or, without ``x_units``, the variance of the plotted points' own
     posterior means. Axis labels give each unit's A_u; a unit with A_u <= 0.01 is marked inactive.
 
+    Panels wrap after three a row; titles wrap to the panel's width, and the layout leaves room for
+    them (matplotlib's constrained layout), so that neighbours' titles do not overlap.
+
     Size: 5 x 5 inches per panel plus 1 inch for the colour bar, 600 x 500 pixels for one panel
-    as PNG at ``dpi`` 100 (1100 x 500 for two).
+    as PNG at ``dpi`` 100 (1100 x 500 for two, 1600 x 500 for three, 1600 x 1000 for four to six).
     """
     plt = pyplot()
     runs = as_runs(models)
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs) + 1, 5), dpi=dpi, squeeze=False)
+    rows, cols = panel_grid(len(runs))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols + 1, 5 * rows), dpi=dpi, squeeze=False, layout="constrained")
+    for ax in axes.flat[len(runs) :]:
+        ax.set_axis_off()
     scatter = None
-    for ax, (title, model) in zip(axes[0], runs.items()):
+    for ax, (title, model) in zip(axes.flat, runs.items()):
         z = posterior_means(model, x)  # (N, D_L)
         if x_units is not None:
             gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
@@ -71,10 +77,10 @@ def plot_latent(
             heading += f"\nE_q[z_{top} | x] averaged over {LATENT_SAMPLES} draws of {below}"
         if z.shape[1] != 2:
             heading += f"\n2 most active of {z.shape[1]} units ({source})"
-        ax.set_title(heading, fontsize=10)
+        ax.set_title(wrap_title(heading), fontsize=10)
         ax.grid(True, alpha=0.3)
     if labels is not None and scatter is not None:
-        bar = fig.colorbar(scatter, ax=axes[0].tolist(), ticks=range(10), fraction=0.9 / (5 * len(runs) + 1))
+        bar = fig.colorbar(scatter, ax=axes.ravel().tolist(), ticks=range(10), fraction=0.9 / (5 * cols + 1))
         bar.set_label("digit label")
     return save(fig, path)
 
