@@ -882,3 +882,34 @@ def test_the_report_compares_the_pairs_an_experiment_names(tmp_path, shared_data
     bad.write_text(yaml.safe_dump({**spec, "compare": [["a", "c"]]}))
     result = cli("reproduce", bad, "--out", tmp_path / "bad-out", "--dry-run")
     assert result.exit_code == 2 and "compare names c, which is not a run" in result.output
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_the_console_says_a_run_started_before_its_epoch_lines(tmp_path, shared_data_dir, capsys, batch):
+    """reproduce printed a run's epoch lines before its 'started' line (the in-process executor runs a
+    run inside submit(), and batched runs train before any is submitted)."""
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "two",
+                "labels": ["objective"],
+                "runs": [{"name": n, "objective": n, "k": 2, "published": None} for n in ("iwae", "vae")],
+                "protocols": {"short": TINY},
+            }
+        )
+    )
+    summary = reproduce(path, tmp_path / "out", data_dir=str(shared_data_dir), progress=True, batch=batch)
+    assert summary.status == {"iwae": "done", "vae": "done"}
+    err = capsys.readouterr().err.splitlines()
+    for name in ("iwae", "vae"):
+        started = err.index(f"{name}: started")
+        # its training: batched, its own epoch lines; alone, the line that starts its training
+        mark = f"/runs/{name}: epoch 1/1" if batch else f"/runs/{name}: {name.upper()}(k=2), epochs 1-1 of 1"
+        trained = [i for i, line in enumerate(err) if mark in line]
+        done = next(i for i, line in enumerate(err) if line.startswith(f"[") and f"] {name}: NLL" in line)
+        assert trained and started < min(trained) < done, err
+        if batch:  # when it is evaluated, the line says it was trained above
+            assert f"{name}: trained above as one batched model; evaluating" in err
+    if not batch:  # one run after the other: each one's epoch lines between its start and its result
+        assert err.index("vae: started") > next(i for i, line in enumerate(err) if "] iwae: NLL" in line)

@@ -339,6 +339,10 @@ def _run_all(
                 # an error.json left now is this attempt's (a worker that exits for a device failure
                 # leaves its error there), not an earlier one's
                 rundir.clear_error(out_dir / "runs" / spec.name)
+                inline = isinstance(executor, _Inline)
+                if inline:  # it runs inside submit(): said before, so that its epoch lines follow this line
+                    trained = str(out_dir / "runs" / spec.name) in _BATCH_TRAINED
+                    say(f"{spec.name}: {'trained above as one batched model; evaluating' if trained else 'started'}")
                 try:
                     future = executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)
                 except cf.process.BrokenProcessPool:
@@ -348,7 +352,8 @@ def _run_all(
                         executor.restart()
                     break
                 pending.remove(spec)
-                say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
+                if not inline:
+                    say(f"{spec.name}: submitted")
                 running[future] = spec
             if not running:
                 if pending and not ready:  # nothing can start: should not happen, as every dependency is selected
