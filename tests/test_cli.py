@@ -224,14 +224,51 @@ def test_resume_extends_a_run_like_a_longer_run(tmp_path, run_dir):
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interrupt_exits_130_with_a_hint(tmp_path, monkeypatch):
+def test_interrupt_exits_130_with_the_command_that_resumes(tmp_path, monkeypatch):
+    """Ctrl-C prints the actual command (iwae train --resume RUN), or that nothing started yet."""
+    stop_after_start = True
+
     def interrupted(config, **kw):
+        if stop_after_start:  # as train() does before its first epoch: config.yaml, then the epochs
+            Path(config.out).mkdir(parents=True)
+            (Path(config.out) / "config.yaml").write_text("objective: iwae\n")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "train", interrupted)
-    result = invoke("train", "--epochs", 1, "--out", tmp_path / "run")
+    run = tmp_path / "my run"
+    result = invoke("train", "--epochs", 1, "--out", run)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert f"interrupted; resume with: iwae train --resume '{run}'" in result.output  # quoted for the shell
+    stop_after_start = False
+    result = invoke("train", "--epochs", 1, "--out", tmp_path / "other")
     assert result.exit_code == 130
-    assert "--resume" in result.output and "Traceback" not in result.output
+    assert "interrupted before the run started; nothing to resume: run the same command again" in result.output
+
+    # a folder of seeds resumes as a whole
+    import iwae.members as members_module
+
+    def members_interrupted(configs, **kw):
+        for c in configs:
+            Path(c.out).mkdir(parents=True)
+            (Path(c.out) / "config.yaml").write_text("objective: iwae\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(members_module, "train_members", members_interrupted)
+    result = invoke("train", "--epochs", 1, "--seeds", "0,1", "--out", tmp_path / "seeds")
+    assert result.exit_code == 130
+    assert f"interrupted; resume with: iwae train --resume {tmp_path / 'seeds'}" in result.output
+
+    # evaluate: nothing half-written to resume from
+    import iwae.evaluate as evaluate_module
+
+    def evaluation_interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluation_interrupted)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("objective: iwae\n")
+    result = invoke("evaluate", tmp_path / "r")
+    assert result.exit_code == 130 and "run the same command again" in result.output
 
 
 def test_console_script_exit_status(tmp_path):
@@ -261,6 +298,12 @@ def test_help_shows_examples():
     assert "Examples:" in result.stdout
     assert "iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5" in result.stdout
     assert "iwae train --resume runs/iwae-k5 --epochs 40" in result.stdout
+    # every example that starts a run says how long it trains: without --epochs it is the whole paper
+    # schedule, 3,280 epochs (weeks on a CPU)
+    examples = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("iwae train")]
+    new_runs = [line for line in examples if "--resume" not in line]
+    assert len(new_runs) >= 5 and all("--epochs" in line for line in new_runs), new_runs
+    assert "3,280 epochs" in result.stdout and "--threads 1" in result.stdout
     result = invoke("evaluate", "--help")
     assert result.exit_code == 0
     assert "Examples:" in result.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import socket
 import struct
@@ -746,6 +747,49 @@ def test_user_array_validation_errors(tmp_path, make, message):
         load_dataset(f"npz:{p}")
     assert "\n" not in str(e.value)
     assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "shape, fix",
+    [((6, 28, 28, 1), r"x\[\.\.\., 0\]"), ((6, 8, 6, 3), r"np\.moveaxis\(x, -1, 1\)"), ((6, 5, 5, 4), "np.moveaxis")],
+)
+def test_channels_last_arrays_are_refused_at_load_time(tmp_path, shape, fix):
+    """(N, H, W, C) arrays would be read as (N, C, H, W): H channels of W x C images. Refused in one
+    line that says how to save them; (N, C, H, W) and (N, H, W) of the same pixels load."""
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    np.savez(tmp_path / "last.npz", train=x, test=x)
+    with pytest.raises(
+        DataError, match=rf"looks channels-last \(N, H, W, C\) = {re.escape(str(shape))}.*save {fix}"
+    ) as e:
+        load_dataset(f"npz:{tmp_path / 'last.npz'}")
+    assert "\n" not in str(e.value)
+    np.savez(tmp_path / "first.npz", train=np.moveaxis(x, -1, 1), test=np.moveaxis(x, -1, 1))
+    first = load_dataset(f"npz:{tmp_path / 'first.npz'}")
+    assert first.image_shape == (shape[3], shape[1], shape[2])
+    # as a single .npy too
+    np.save(tmp_path / "last.npy", x)
+    with pytest.raises(DataError, match="channels-last"):
+        load_dataset(f"npz:{tmp_path / 'last.npy'}")
+
+
+def test_channels_last_is_refused_by_train_before_anything_is_written(tmp_path):
+    from cli_helpers import assert_one_line_error, invoke
+
+    x = np.random.default_rng(0).integers(0, 256, (30, 28, 28, 1), dtype=np.uint8)
+    np.savez(tmp_path / "last.npz", train=x, test=x[:5])
+    result = invoke(
+        "train",
+        "--dataset",
+        f"npz:{tmp_path / 'last.npz'}",
+        "--network",
+        "conv",
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "run",
+    )
+    assert_one_line_error(result, "looks channels-last")
+    assert not (tmp_path / "run").exists()
 
 
 def test_user_file_missing(tmp_path):

@@ -246,3 +246,64 @@ def test_command_errors_are_one_line(runs, tmp_path):
     )
     assert_one_line_error(invoke("plot", runs["vae2d"], "--what", "everything", "--out", tmp_path), "--what")
     assert_one_line_error(invoke("plot", "toy", runs["vae2d"], "--out", tmp_path / "t.png"), "toy")
+
+
+# ----------------------------------------------------------------------------- several runs: wrapped panels
+def _models(n: int) -> dict:
+    torch.manual_seed(0)
+    return {
+        f"a long run name number {i} with a VampPrior and k = 50": VAE(ModelConfig(16, (3,), ((8,),))) for i in range(n)
+    }
+
+
+def test_panels_of_many_runs_wrap_after_three(tmp_path):
+    models = _models(5)
+    x = (torch.rand(40, 16) > 0.5).float()
+    assert image_size(figures.plot_samples(models, tmp_path / "s.png", n=4)) == (1100, 1500)
+    assert image_size(figures.plot_samples(dict(list(models.items())[:3]), tmp_path / "s3.png", n=4)) == (550, 1500)
+    assert image_size(figures.plot_latent(models, x, tmp_path / "l.png")) == (1000, 1600)
+    assert image_size(figures.plot_reconstructions(models, x, tmp_path / "r.png", n=4)) == (900, 1600)
+
+
+def test_panel_titles_are_wrapped_and_do_not_overlap(tmp_path, monkeypatch):
+    """The titles of panels side by side (long run names, three lines each) stay within their panels'
+    columns and inside the figure: the latent figure's text extents, measured before it is saved."""
+    from iwae.figures import _base, latent
+
+    assert all(len(line) <= _base.TITLE_CHARS for line in _base.wrap_title("word " * 40 + "\nshort").split("\n"))
+    boxes = []
+
+    def measure(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            if ax.get_title():
+                boxes.append(ax.title.get_window_extent(renderer))
+        return _base.save(fig, path)
+
+    monkeypatch.setattr(latent, "save", measure)
+    x = (torch.rand(40, 16) > 0.5).float()
+    figures.plot_latent(_models(3), x, tmp_path / "l.png")
+    assert len(boxes) == 3
+    width, height = 1600, 500
+    for i, a in enumerate(boxes):
+        assert a.x0 >= 0 and a.x1 <= width and a.y1 <= height, a  # inside the figure
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_training_curves_have_whole_epochs_on_the_axis(tmp_path, monkeypatch):
+    from iwae.figures import _base
+    from iwae.figures import curves as curves_module
+
+    ticks = []
+
+    def measure(fig, path):
+        fig.canvas.draw()
+        ticks.extend(fig.axes[0].get_xticks())
+        return _base.save(fig, path)
+
+    monkeypatch.setattr(curves_module, "save", measure)
+    rows = [{"epoch": e, "train_bound": -100.0 + e, "valid_L5": -101.0 + e} for e in (1, 2, 3)]
+    figures.plot_curves({"run": rows}, tmp_path / "c.png")
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

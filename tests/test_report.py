@@ -204,10 +204,10 @@ def test_table_deltas_flags_blanks_and_failures(tmp_path):
     assert list(table[0])[:5] == ["run", "dataset", "layers", "objective", "k"]  # label columns, in order
 
     flagged, close, unpublished = rows["mnist-l1-iwae-k5"], rows["mnist-l1-iwae-k50"], rows["mnist-l1-vae-k7"]
-    assert flagged["NLL"] == "85.85 ± 0.25" and flagged["NLL published"] == "85.54"
+    assert flagged["NLL (± s.e. over images)"] == "85.85 ± 0.25" and flagged["NLL published"] == "85.54"
     assert flagged["delta NLL"] == "+0.31 ⚠"
     assert close["delta NLL"] == "-0.29"  # |delta| < 0.3: no flag
-    assert unpublished["NLL"] == "90.00 ± 0.30"
+    assert unpublished["NLL (± s.e. over images)"] == "90.00 ± 0.30"
     assert unpublished["NLL published"] == "" and unpublished["delta NLL"] == ""
     assert flagged["active units"] == "38 / 22"
     assert close["active units"] == "44"  # none published
@@ -216,7 +216,7 @@ def test_table_deltas_flags_blanks_and_failures(tmp_path):
 
     failed = rows["mnist-l2-iwae-k5"]
     assert failed["status"].startswith("failed: FloatingPointError: the training bound became nan")
-    assert failed["NLL"] == "" and failed["NLL published"] == "83.89" and failed["delta NLL"] == ""
+    assert failed["NLL (± s.e. over images)"] == "" and failed["NLL published"] == "83.89" and failed["delta NLL"] == ""
     assert rows["mnist-l2-iwae-k50"]["status"] == "pending"
     assert rows["mnist-l2-vae-k50"]["status"] == "blocked: `mnist-l2-iwae-k5` did not finish"
 
@@ -271,7 +271,10 @@ def test_log_likelihood_table_and_hardware_column(tmp_path):
     (table,) = markdown_tables(text)
     rows = by_run(table)
     assert "NLL" not in table[0]
-    assert rows["iwae-k64"]["log p-hat"] == "-84.00 ± 0.50" and rows["iwae-k64"]["delta log p-hat"] == "+0.52 ⚠"
+    assert (
+        rows["iwae-k64"]["log p-hat (± s.e. over images)"] == "-84.00 ± 0.50"
+        and rows["iwae-k64"]["delta log p-hat"] == "+0.52 ⚠"
+    )
     assert rows["iwae-k64"]["delta IWAE-64"] == "-0.39 ⚠" and rows["vae-k64"]["delta IWAE-64"] == "+0.19"
     assert rows["vae-k64"]["delta -KL(Q\\|\\|P)"] == "-0.03"
     assert rows["vae-k64"]["hardware"] == "gpu-box: NVIDIA H100, torch 2.13.0"
@@ -358,7 +361,7 @@ def test_malformed_result_makes_its_run_unreadable(tmp_path, change, phrase):
     rows = by_run(markdown_tables(text)[0])
     assert rows["mnist-l1-iwae-k5"]["delta NLL"] == "+0.31 ⚠"  # the other run is intact
     assert rows["mnist-l1-iwae-k50"]["status"].startswith("unreadable: runs/mnist-l1-iwae-k50/result.json: ")
-    assert rows["mnist-l1-iwae-k50"]["NLL"] == ""
+    assert rows["mnist-l1-iwae-k50"]["NLL (± s.e. over images)"] == ""
     assert f"- `mnist-l1-iwae-k50`: runs/mnist-l1-iwae-k50/result.json: {phrase}" in text  # in full below the table
 
 
@@ -372,7 +375,7 @@ def test_stale_result_is_not_a_finished_run(tmp_path):
     rows = by_run(markdown_tables(text)[0])
     stale = rows["mnist-l1-iwae-k5"]
     assert stale["status"] == "stale: result of other settings (eval), rerun `iwae reproduce`"
-    assert (stale["NLL"], stale["delta NLL"], stale["epochs"], stale["train"]) == ("", "", "", "")
+    assert (stale["NLL (± s.e. over images)"], stale["delta NLL"], stale["epochs"], stale["train"]) == ("", "", "", "")
     assert stale["active units"] == "- / 22" and stale["NLL published"] == "85.54"
     assert rows["mnist-l1-iwae-k50"]["status"] == "done" and rows["mnist-l1-iwae-k50"]["delta NLL"] == "-0.29"
     assert "2 runs: 1 stale, 1 done." in text and "Failed runs" not in text
@@ -431,8 +434,8 @@ def test_bounds_follow_eval_bound_ks(tmp_path):
     text = report.markdown_report(make_experiment(tmp_path / "t", runs, published=None), figures=False)
     (table,) = markdown_tables(text)
     assert list(table[0])[1:9] == [
-        "NLL",
-        "IWAE-16",
+        "NLL (± s.e. over images)",
+        "IWAE-16 (± s.e. over images)",
         "IWAE-16 published",
         "delta IWAE-16",
         "IWAE-64",
@@ -441,7 +444,7 @@ def test_bounds_follow_eval_bound_ks(tmp_path):
         "-KL(Q\\|\\|P) at 64",
     ]
     rows = by_run(table)
-    assert rows["one"]["IWAE-16"] == "-91.00 ± 0.40" and rows["one"]["delta IWAE-16"] == "-0.50 ⚠"
+    assert rows["one"]["IWAE-16 (± s.e. over images)"] == "-91.00 ± 0.40" and rows["one"]["delta IWAE-16"] == "-0.50 ⚠"
     assert rows["one"]["-KL(Q\\|\\|P)"] == "-1.00" and rows["two"]["-KL(Q\\|\\|P) at 64"] == "-0.50"
     assert (
         "IWAE-16 = mean L_16; IWAE-64 = mean L_64; -KL(Q||P) = IWAE-16 - log p-hat; "
@@ -672,6 +675,40 @@ def test_figures_of_real_runs(trained):
     assert len(parse(html_path.read_text(encoding="utf-8")).images) == 4
 
 
+def test_figures_say_which_runs_they_leave_out_and_why(trained, tmp_path):
+    """A run of the same labels but a smaller k, and one beyond the latent figure's cap, are named in
+    the caption with the reason (the figure used to show 3 of 6 runs and say '3 runs')."""
+    from iwae.experiments.report import figures as report_figures
+
+    spec = json.loads((trained / "reproduction.json").read_text())
+    runs = []
+    for entry in spec["runs"]:
+        if entry["status"] != "done":
+            continue
+        result = json.loads((trained / "runs" / entry["name"] / "result.json").read_text())
+        runs.append({**entry, "metrics": result["metrics"], "active_units": result["active_units"]})
+    small = {**runs[0], "name": "iwae-k2", "labels": {"objective": "iwae", "k": 2}}
+    small["config"] = {**small["config"], "k": 2}
+    out = make_experiment(tmp_path / "more", runs + [small], name="estimators", published=None, figures=["latent"])
+    for name in ("iwae-k4", "vae-k4"):
+        shutil.copytree(trained / "runs" / name, out / "runs" / name, dirs_exist_ok=True)
+    shutil.copytree(trained / "runs" / "iwae-k4", out / "runs" / "iwae-k2", dirs_exist_ok=True)
+    (out / "runs" / "iwae-k2" / "result.json").unlink()
+    make_experiment(out, runs + [small], name="estimators", published=None, figures=["latent"])  # its result.json
+    text = report.markdown_report(out)
+    caption = next(line for line in text.splitlines() if line.startswith("**Figure 1.**"))
+    assert "2 runs." in caption
+    assert "Left out: `iwae-k2` (one run is drawn per combination of labels apart from k" in caption
+    # with a cap of one run, the other is left out for the cap
+    original = report_figures.LATENT_RUNS
+    try:
+        report_figures.LATENT_RUNS = 1
+        caption = next(line for line in report.markdown_report(out).splitlines() if line.startswith("**Figure 1.**"))
+    finally:
+        report_figures.LATENT_RUNS = original
+    assert "`vae-k4` (the figure holds at most 1 runs)" in caption
+
+
 def test_figures_without_data_become_notes(trained, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(trained, out)
@@ -709,10 +746,15 @@ def test_report_of_a_real_reproduction(tmp_path, shared_data_dir):
     text = (out / "report.md").read_text(encoding="utf-8")
     row = by_run(markdown_tables(text)[0])["iwae-k5-reparam"]
     metrics = json.loads((out / "runs" / "iwae-k5-reparam" / "result.json").read_text())["metrics"]
-    assert row["NLL"] == f"{metrics['nll']:.2f} ± {metrics['nll_stderr']:.2f}"
+    assert row["NLL (± s.e. over images)"] == f"{metrics['nll']:.2f} ± {metrics['nll_stderr']:.2f}"
     assert (row["k"], row["estimator"], row["epochs"], row["status"]) == ("5", "reparam", "1", "done")
     assert "NLL = -mean L_10 over the test images" in text
-    assert "Settings: epochs 1;" in text and "train subset 100" in text and "eval k 10" in text
+    # the protocol's description, then what the command line overrode, said as such
+    protocol = next(line for line in text.splitlines() if line.startswith("- **Protocol**"))
+    overridden = protocol.split("**Overridden** on the command line: ")[1]
+    assert overridden.startswith("epochs 1;") and "train subset 100" in overridden and "eval k 10" in overridden
+    before = protocol.split("**Overridden**")[0]  # the description, and the settings nobody overrode
+    assert "The first 4 epochs" in before and "epochs 1" not in before and "train subset" not in before
     assert "*Figures (curves, snr) not drawn: --no-figures.*" in text
     # reproduce passes the data folder per invocation: the figures find it in the run's config.yaml
     (run,) = report.read_reproduction(out)["runs"]

@@ -24,6 +24,7 @@ from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.experiments.engine import STATE_FILE, _lock, reproduce
 from iwae.rundir import ERROR_FILE, RESULT_FILE, model_sha256
+from iwae.tables import with_error
 from iwae.train import TrainConfig, train
 
 TINY = {"epochs": 1, "train_subset": 100, "test_subset": 10, "eval_k": 20}
@@ -746,7 +747,9 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     text = (out / "report.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `a")]
     assert len(rows) == 1 and rows[0].startswith("| `a` | 2 |")  # one row for the group, 2 seeds
-    assert f"{mean:.2f} ± {sd:.2f}" in rows[0]
+    assert with_error(mean, sd) in rows[0]  # as many decimals as the sd needs
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert "| NLL (mean ± sd over seeds) |" in header  # what its ± is, in the header
     assert "Per seed" not in text
     summary_json = read_json(out / "report.json")["experiments"][0]["groups"]
     assert [(g["name"], g["runs"], g["seeds"], g["n_seeds"]) for g in summary_json] == [("a", ["a", "a-s1"], [0, 1], 2)]
@@ -757,6 +760,7 @@ def test_two_seeds_train_two_runs_and_the_report_gives_their_mean_and_sd(tmp_pat
     assert result.exit_code == 0, result.output
     text = (out / "report.md").read_text(encoding="utf-8")
     per_seed = text.split("#### Per seed", 1)[1]
+    assert "| NLL (± s.e. over images) |" in next(ln for ln in per_seed.splitlines() if ln.startswith("| run |"))
     for name, value in zip(("a", "a-s1"), nlls):
         line = next(ln for ln in per_seed.splitlines() if ln.startswith(f"| `{name}` |"))
         assert f"{value:.2f} ± " in line  # a run's own value, ± its standard error over images
@@ -879,3 +883,34 @@ def test_the_report_compares_the_pairs_an_experiment_names(tmp_path, shared_data
     bad.write_text(yaml.safe_dump({**spec, "compare": [["a", "c"]]}))
     result = cli("reproduce", bad, "--out", tmp_path / "bad-out", "--dry-run")
     assert result.exit_code == 2 and "compare names c, which is not a run" in result.output
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_the_console_says_a_run_started_before_its_epoch_lines(tmp_path, shared_data_dir, capsys, batch):
+    """reproduce printed a run's epoch lines before its 'started' line (the in-process executor runs a
+    run inside submit(), and batched runs train before any is submitted)."""
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "two",
+                "labels": ["objective"],
+                "runs": [{"name": n, "objective": n, "k": 2, "published": None} for n in ("iwae", "vae")],
+                "protocols": {"short": TINY},
+            }
+        )
+    )
+    summary = reproduce(path, tmp_path / "out", data_dir=str(shared_data_dir), progress=True, batch=batch)
+    assert summary.status == {"iwae": "done", "vae": "done"}
+    err = capsys.readouterr().err.splitlines()
+    for name in ("iwae", "vae"):
+        started = err.index(f"{name}: started")
+        # its training: batched, its own epoch lines; alone, the line that starts its training
+        mark = f"/runs/{name}: epoch 1/1" if batch else f"/runs/{name}: {name.upper()}(k=2), epochs 1-1 of 1"
+        trained = [i for i, line in enumerate(err) if mark in line]
+        done = next(i for i, line in enumerate(err) if line.startswith("[") and f"] {name}: NLL" in line)
+        assert trained and started < min(trained) < done, err
+        if batch:  # when it is evaluated, the line says it was trained above
+            assert f"{name}: trained above as one batched model; evaluating" in err
+    if not batch:  # one run after the other: each one's epoch lines between its start and its result
+        assert err.index("vae: started") > next(i for i, line in enumerate(err) if "] iwae: NLL" in line)

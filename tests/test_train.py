@@ -967,3 +967,30 @@ def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided
     a, b = load_tensors(fused_run / "model.safetensors")[0], load_tensors(plain_run / "model.safetensors")[0]
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_run_says_its_planned_epochs_and_after_the_first_how_long_the_rest_takes(tmp_path, tiny_splits, capsys):
+    from iwae.train.announce import duration, estimate_line, plan_line
+
+    out = tmp_path / "run"
+    train(TrainConfig(k=1, epochs=3, batch_size=20, valid_k=1, out=str(out)), progress=True, splits=tiny_splits)
+    err = capsys.readouterr().err.splitlines()
+    start = next(i for i, line in enumerate(err) if line.startswith(f"training {out}: IWAE(k=1), epochs 1-3 of 3"))
+    first = next(i for i, line in enumerate(err) if line.startswith("the first epoch took "))
+    assert start < first and "the 2 left will take about " in err[first] and "at that pace" in err[first]
+    epoch_lines = [i for i, line in enumerate(err) if line.startswith("epoch ")]
+    assert epoch_lines[0] > first  # the estimate comes right after the first epoch
+    # resumed: the epochs it goes on with
+    train(TrainConfig(k=1, epochs=4, batch_size=20, valid_k=1, out=str(out)), resume=True, splits=tiny_splits)
+    assert f"training {out}: IWAE(k=1), epochs 4-4 of 4" in capsys.readouterr().err
+    # quiet, no line; without epochs, the whole paper schedule is said, with how to ask for fewer
+    train(
+        TrainConfig(k=1, epochs=1, batch_size=20, valid_k=1, out=str(tmp_path / "q")),
+        progress=False,
+        splits=tiny_splits,
+    )
+    assert "training" not in capsys.readouterr().err
+    line = plan_line(TrainConfig(out="runs/x"), 59600)
+    assert "epochs 1-3280 of 3280" in line and "the whole paper schedule" in line and "--epochs N" in line
+    assert [duration(s) for s in (0.42, 42, 725, 12000, 4 * 86400)] == ["0.4 s", "42 s", "12m05s", "3h20m", "4.0 days"]
+    assert estimate_line(60.0, 3279).endswith("the 3279 left will take about 2.3 days at that pace")  # 196,740 s

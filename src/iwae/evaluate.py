@@ -26,6 +26,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ from .errors import ConfigError
 from .memory import DEFAULT_MEMORY_BUDGET, GIB, bytes_per_row, chunking
 from .models import VAE, bits_per_dim, discrete_nll
 from .objectives import iwae as iwae_bound
-from .runtime import check_device, describe, synchronize, tune_allocator
-from .tables import label_table
+from .runtime import check_device, describe, runtime_text, synchronize, tune_allocator
+from .tables import label_table, with_error
 
 __all__ = [
     "log_likelihood",
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate",
     "nll_in_bits",
     "paired_difference",
+    "PairedDifference",
     "summary_text",
     "ACTIVE_THRESHOLD",
     "ACTIVE_UNITS_IMAGES",
@@ -124,8 +126,22 @@ def log_likelihood(
     return out
 
 
-def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | os.PathLike) -> tuple[float, float]:
-    """Mean of ``a - b`` over the same images and its paired standard error ``std(a - b) / sqrt(N)``.
+class PairedDifference(NamedTuple):
+    """The mean difference of two per-image values over the same images, and its paired standard error.
+
+    ``difference`` = (1/N) sum_n (a_n - b_n), the sign as the arguments' order: positive when ``a`` is
+    larger on average (for log-likelihood estimates such as L_k: ``a`` is the higher, tighter one);
+    ``stderr`` = std_n(a_n - b_n) / sqrt(N), with N - 1 in the standard deviation. A tuple, so that
+    ``difference, stderr = paired_difference(a, b)`` works too.
+    """
+
+    difference: float
+    stderr: float
+
+
+def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | os.PathLike) -> PairedDifference:
+    """Mean of ``a - b`` over the same images and its paired standard error ``std(a - b) / sqrt(N)``
+    (:class:`PairedDifference`).
 
     ``a`` and ``b`` are per-image values (e.g. the L_k of two evaluations, their ``.npy`` files) of the
     same N images in the same order. The images' own spread cancels in ``a - b``, so the paired error
@@ -136,7 +152,17 @@ def paired_difference(a: np.ndarray | str | os.PathLike, b: np.ndarray | str | o
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"paired values need the same N >= 2 images, got shapes {a.shape} and {b.shape}")
     d = a.astype(np.float64) - b.astype(np.float64)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    return PairedDifference(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))))
+
+
+def _bits_text(result: dict) -> str:
+    """bits/dim ± its standard error (the NLL's, in bits per dimension), with the decimals it needs."""
+    bits, nats = result["bits_per_dim"], result["nll_discrete"]
+    stderr = result["nll_stderr"] * bits / nats if nats else None
+    return (
+        f"{with_error(bits, stderr)}  ({nats:.2f} nats as a code length, {result.get('likelihood', 'bernoulli')} "
+        f"likelihood; ± s.e. over images)"
+    )
 
 
 def summary_text(result: dict) -> str:
@@ -153,17 +179,7 @@ def summary_text(result: dict) -> str:
                 f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  "
                 f"(-mean L_{result['k']} ± s.e., seed {result['seed']})",
             ),
-            *(
-                [
-                    (
-                        "bits/dim",
-                        f"{result['bits_per_dim']:.4f}  ({result['nll_discrete']:.2f} nats as a code length, "
-                        f"{result.get('likelihood', 'bernoulli')} likelihood)",
-                    )
-                ]
-                if result.get("bits_per_dim")
-                else []
-            ),
+            *([("bits/dim", _bits_text(result))] if result.get("bits_per_dim") else []),
             ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
             ("active units", units),
             (
@@ -171,13 +187,7 @@ def summary_text(result: dict) -> str:
                 f"epoch {measured['epoch']} of {measured['epochs_planned']}, "
                 f"model.safetensors sha256 {measured['sha256']}",
             ),
-            (
-                "device",
-                f"{runtime['device']}"
-                + (f" ({runtime['gpu']})" if runtime["gpu"] else "")
-                + f", torch {runtime['torch']}"
-                + (f", CUDA {runtime['cuda']}" if runtime["cuda"] else ""),
-            ),
+            ("device", runtime_text(runtime)),
             ("time", f"{result['seconds']:.1f} s ({result['images_per_s']:.1f} images/s)"),
             ("written", ", ".join(written) or "nothing"),
         ]
@@ -204,7 +214,9 @@ def evaluate(
     A run is measured with the weights of its last completed epoch (:func:`iwae.rundir.load_trained`; a run that
     has completed none is refused). With ``save`` (and the run's own model, not ``model``), the
     result is written to ``RUN_DIR/{rundir.eval_name(k, seed, test_subset)}.json`` and L_k of each test image
-    to the ``.npy`` beside it (float64, in test-set order), both atomically.
+    to the ``.npy`` beside it (float64, in test-set order), both atomically. ``dataset`` names the run's
+    data file where it has moved since training (``npz:PATH``; any other data set is refused,
+    :func:`iwae.rundir.check_moved_data`); ``data_dir`` where a benchmark's files are.
 
     Returns:
         A dict with ``nll``, ``nll_stderr``, ``nll_discrete`` and ``bits_per_dim`` (:func:`nll_in_bits`; None
@@ -233,6 +245,8 @@ def evaluate(
         model, weights = rundir.load_trained(run_dir, device)
         config = rundir.read_config(run_dir)
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
+        if dataset is not None and dataset != config.dataset:
+            rundir.check_moved_data(config, dataset)  # a moved copy of the run's own data file only
         if splits is None:
             # the data as training saw them: its binarization (or none) and dequantisation
             splits = data_module.load_dataset(
@@ -246,6 +260,12 @@ def evaluate(
     n_total = splits.test.shape[0]
     dev = next(model.parameters()).device
     x_test = splits.first("test", test_subset, "test_subset").to(dev)  # refuses more than there are
+    if x_test.shape[1] != model.config.input_dim:
+        raise ConfigError(
+            f"{splits.name} has images of {x_test.shape[1]} pixels, the model takes {model.config.input_dim}: "
+            f"not the data it was trained on",
+            ["dataset"],
+        )
     likelihood = getattr(model, "likelihood", None)
     if likelihood is not None:  # e.g. logistic256's masses are of the values k/255 only
         try:

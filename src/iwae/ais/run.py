@@ -43,6 +43,7 @@ def ais_evaluate(
     device: str = "cpu",
     memory_budget: int | None = None,
     data_dir: str | None = None,
+    dataset: str | None = None,
     progress: bool = False,
     save: bool = True,
     announce=None,
@@ -54,6 +55,7 @@ def ais_evaluate(
     the ``.npy`` beside it (float64, test-set order; the ``.npy`` first, both atomically), so that
     :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem). ``announce``, if
     given, is called with :func:`iwae.ais.ais_cost`'s estimate before the run starts (the CLI prints it).
+    ``dataset``: the run's data file when it has moved (``npz:PATH``, see :func:`iwae.rundir.open_run`).
     """
     for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
         if value < 1:
@@ -64,7 +66,7 @@ def ais_evaluate(
     if initial not in ("encoder", "prior"):
         raise ConfigError(f"unknown initial distribution {initial!r}; choose encoder or prior", ["initial"])
     check_device(device)
-    run = open_run(run_dir, device, data_dir=data_dir)  # never the initial weights of an untrained run
+    run = open_run(run_dir, device, data_dir=data_dir, dataset=dataset)  # never an untrained run's initial weights
     model, splits = run.model, run.splits
     dev = next(model.parameters()).device
     x = splits.first("test", test_subset, "test_subset").to(dev)

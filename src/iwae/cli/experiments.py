@@ -55,7 +55,11 @@ Examples:
     help="Local worker processes, each pinned to its share of the CPU cores (or taking the GPUs in turn)."
     "  [default: 1 on CPU, one per GPU with --device cuda]",
 )
-@click.option("--threads", type=int, help="torch threads per run.  [default: the cores divided among the workers]")
+@click.option(
+    "--threads",
+    type=int,
+    help="torch threads per run.  [default: the free cores (by the load average) divided among the workers]",
+)
 @click.option(
     "--ray",
     "ray_address",
@@ -175,6 +179,7 @@ REPORT_EXAMPLES = """
 Examples:
   iwae report runs/table1                  # report.md, report.html, report_figures/ in runs/table1
   iwae report runs --no-figures            # every runs/*/reproduction.json, tables only
+  iwae report runs/iwae-seeds              # a folder of iwae train --seeds runs: mean ± sd over seeds
 """
 
 
@@ -192,7 +197,9 @@ Examples:
 def report(out_dir, data_dir, no_figures, per_seed, threads) -> None:
     """Report of an `iwae reproduce` folder (or of every one in a parent folder): the protocol, one
     row per run with our numbers beside the published ones and their difference (flagged above
-    0.3 nats), and the experiment's figures. Writes OUT_DIR/report.md and a self-contained
+    0.3 nats), and the experiment's figures. OUT_DIR may also be a folder of seeds (iwae train
+    --seeds): a row per evaluation every seed has (mean ± sd over seeds), a row per seed, the curves.
+    Writes OUT_DIR/report.md and a self-contained
     OUT_DIR/report.html (figures embedded), with the figures as PNGs in OUT_DIR/report_figures/."""
     from ..experiments.report import FIGURE_DIR, write_report
 

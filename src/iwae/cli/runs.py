@@ -13,6 +13,7 @@ from ..choices import ESTIMATORS, OBJECTIVES
 from ..config import TrainConfig
 from .support import UserError as _UserError
 from .support import int_list as _int_list
+from .support import interrupted as _interrupted
 from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
@@ -28,13 +29,17 @@ TRAIN_EXAMPLES = """
 Examples:
   iwae train --objective iwae --k 5 --epochs 10 --out runs/iwae-k5
   iwae train --objective miwae --k 64 --m 8 --epochs 40 --out runs/miwae-8-8     # MIWAE(8,8)
-  iwae train --objective ciwae --k 64 --beta 0.5 --layers 2 --out runs/ciwae
+  iwae train --objective ciwae --k 64 --beta 0.5 --layers 2 --epochs 10 --out runs/ciwae
   iwae train --objective iwae --k 50 --estimator dreg --epochs 10 --out runs/iwae-dreg
   iwae train --objective vae --latent-dims 2 --epochs 5 --train-subset 5000 --out runs/vae-2d
   iwae train --resume runs/iwae-k5 --epochs 40                                 # continue, extend
-  iwae train --objective iwae --k 5 --seeds 0,1,2,3 --epochs 10 --out runs/iwae-k5   # runs/iwae-k5/seed0 ...
-  iwae train --resume runs/iwae-k5 --epochs 20                # all its seed*/ members
+  iwae train --objective iwae --k 5 --seeds 0,1,2 --epochs 10 --out runs/iwae-seeds  # runs/iwae-seeds/seed0 ...
+  iwae train --resume runs/iwae-seeds --epochs 20             # all its seed*/ members
   iwae train --objective iwae --k 1 --compile step --epochs 10 --out runs/iwae-k1   # the step as one program
+
+Without --epochs a run trains Burda et al.'s whole schedule, 3,280 epochs (weeks on a CPU); the
+first epoch's time and the estimate for the rest are printed when it starts. On a busy machine,
+--threads 1 is often many times faster than torch's default.
 """
 
 
@@ -86,6 +91,7 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, batc
     if batch is not None:
         raise click.UsageError("--batch and --no-batch apply to --seeds (or to --resume of a folder of seed runs)")
     config = resume_config(resume, given) if resume else configure(given, base=config_file)
+    _interrupted(lambda: _resume_hint(config.out))
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
         # train() says there is nothing to do
@@ -117,15 +123,21 @@ def _seed_list(value: str) -> list[int]:
 
 
 def _member_dirs(folder: str) -> list[Path] | None:
-    """The member folders (seed*/ with a config.yaml) of a folder of ``--seeds`` runs, which holds none itself."""
+    """The member folders (seed<N>/ with a config.yaml) of a folder of ``--seeds`` runs, which holds none itself."""
+    from ..rundir import seed_members
+
+    return seed_members(folder) or None
+
+
+def _resume_hint(folder: str | Path, members: bool = False) -> str:
+    """What a Ctrl-C of ``iwae train`` prints: the command that resumes the run (or the folder of seeds)."""
+    import shlex
+
     path = Path(folder)
-    if not path.is_dir() or (path / "config.yaml").exists():
-        return None
-    found = sorted(
-        (p for p in path.glob("seed*") if (p / "config.yaml").is_file() and p.name[4:].isdigit()),
-        key=lambda p: int(p.name[4:]),
-    )
-    return found or None
+    started = any((p / "config.yaml").is_file() for p in ([path] if not members else path.glob("seed*")))
+    if not started:
+        return "interrupted before the run started; nothing to resume: run the same command again"
+    return f"interrupted; resume with: iwae train --resume {shlex.quote(str(path))}"
 
 
 def _train_seeds(
@@ -146,9 +158,11 @@ def _train_seeds(
     if resume:
         folders = members or [Path(resume) / f"seed{s}" for s in seeds]
         configs = [resume_config(folder, given) for folder in folders]
+        out = resume
     else:
         out = given.get("out") or configure(given, base=config_file).out
         configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file) for s in seeds]
+    _interrupted(lambda: _resume_hint(out, members=True))
     results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet, batch=batch)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
@@ -157,10 +171,7 @@ def _train_seeds(
                 f"trained {r.config.spec.label} (seed {r.config.seed}) for {r.config.total_epochs} epochs: {r.run_dir}"
             )
     if len(failed) < len(results):
-        click.echo(
-            f"evaluate them with: iwae evaluate RUN_DIR, for each of "
-            f"{', '.join(str(r.run_dir) for r in results if r.status != 'failed')}"
-        )
+        click.echo(f"evaluate them with: iwae evaluate {out}  (each seed, then mean ± sd over seeds)")
     if failed:
         raise _UserError("; ".join(f"{r.run_dir}: {r.error}" for r in failed))
 
@@ -170,7 +181,9 @@ EVALUATE_EXAMPLES = """
 Examples:
   iwae evaluate runs/iwae-k5                       # test NLL by L_5000 and active units
   iwae evaluate runs/iwae-k5 --k 100 --test-subset 1000 --json
-  iwae evaluate runs/iwae-k5 --method ais --test-subset 100   # AIS: T = 1000, C = 16, L = 5
+  iwae evaluate runs/iwae-k5 --method ais --test-subset 100   # AIS: T = 1000, C = 16, L = 5; and AIS - L_k
+  iwae evaluate runs/iwae-seeds --test-subset 1000 # a folder of --seeds runs: each seed, mean ± sd
+  iwae evaluate runs/mine --dataset npz:/new/place/mine.npz   # the run's data file has moved
 """
 
 
@@ -180,10 +193,16 @@ Examples:
 @click.option("--test-subset", type=int, help="Evaluate on the first N test images only.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option(
+    "--dataset",
+    metavar="npz:PATH",
+    help="The run's own data file where it has moved since training (user arrays only; checked to be the "
+    "data the run was trained on).",
+)
 @click.option("--memory-budget", type=float, default=1.0, show_default=True, help="GiB a decoder call may use.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the importance samples.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's, at most the free cores]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--method",
@@ -222,6 +241,7 @@ def evaluate(
     test_subset,
     as_json,
     data_dir,
+    dataset,
     memory_budget,
     seed,
     device,
@@ -240,50 +260,77 @@ def evaluate(
     The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
     first N test images), and L_k of each test image to the .npy beside it. With --method ais, the
-    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy.
+    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy, and
+    the paired gap AIS - L_k to every L_k evaluation of the same images.
+
+    RUN_DIR may be a folder of seeds (iwae train --seeds 0,1,2 --out DIR): each seed's run is
+    evaluated (its files written in its folder), then the mean ± standard deviation over seeds.
     """
-    from ..evaluate import GIB, summary_text
-    from ..evaluate import evaluate as run_evaluation
+    from ..evaluate import GIB
+    from ..rundir import check_run_or_seeds, is_seed_group
 
+    check_run_or_seeds(run_dir)
     _threads(threads)
-    if method == "ais":
-        from ..ais import ais_evaluate, ais_summary_text
-
-        def announce(cost: dict) -> None:
-            if not as_json:
-                click.echo(
-                    f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
-                    f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
-                    err=True,
-                )
-
-        result = ais_evaluate(
-            run_dir,
-            steps=steps,
-            chains=chains,
-            leapfrog=leapfrog,
-            schedule=schedule,
-            initial=initial,
-            test_subset=test_subset,
-            seed=seed,
-            device=device,
-            memory_budget=int(memory_budget * GIB),
-            data_dir=data_dir,
-            progress=not quiet and not as_json,
-            announce=announce,
-        )
-        click.echo(json.dumps(result, indent=1) if as_json else ais_summary_text(result))
-        return
-    result = run_evaluation(
-        run_dir,
-        k=k,
+    _interrupted("interrupted; evaluation files are written whole or not at all: run the same command again")
+    settings = dict(
         test_subset=test_subset,
-        data_dir=data_dir,
-        memory_budget=memory_budget * GIB,
         seed=seed,
         device=device,
+        data_dir=data_dir,
+        dataset=dataset,
         progress=not quiet and not as_json,
     )
+    ais = dict(steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule, initial=initial)
+
+    def announce(cost: dict) -> None:
+        if not as_json:
+            click.echo(
+                f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
+                f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
+                err=True,
+            )
+
+    if is_seed_group(run_dir):
+        from ..groups import evaluate_group, group_text
+
+        def member_done(entry: dict) -> None:
+            if not as_json:
+                r = entry["result"]
+                click.echo(f"seed {entry['seed']}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f}", err=True)
+
+        result = evaluate_group(
+            run_dir,
+            method=method,
+            k=k,
+            memory_budget=memory_budget * GIB,
+            **settings,
+            **ais,
+            announce=announce,
+            on_member=member_done,
+        )
+        click.echo(json.dumps(result, indent=1) if as_json else group_text(result))
+        return
+    if method == "ais":
+        from ..ais import ais_evaluate, ais_summary_text
+        from ..compare import ais_gaps, gap_text
+
+        result = ais_evaluate(run_dir, **ais, **settings, memory_budget=int(memory_budget * GIB), announce=announce)
+        gaps = ais_gaps(run_dir, Path(result["files"]["json"]).stem)
+        if as_json:
+            click.echo(json.dumps({**result, "gaps": [g.to_dict() for g in gaps]}, indent=1))
+            return
+        click.echo(ais_summary_text(result))
+        n = result["n_test"]
+        click.echo(
+            gap_text(gaps)
+            or f"AIS - L_k  no L_k evaluation of these {n} images yet: iwae evaluate {run_dir} --test-subset {n} "
+            f"makes one, and then this command prints AIS - L_k on them"
+        )
+        return
+    from ..evaluate import evaluate as run_evaluation
+    from ..evaluate import summary_text
+
+    result = run_evaluation(run_dir, k=k, memory_budget=memory_budget * GIB, **settings)
     click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
@@ -427,31 +474,48 @@ def snr(
 COMPARE_EXAMPLES = """
 \b
 Examples:
-  iwae compare runs/iwae-k5 runs/vae-k5                     # both evaluated by iwae evaluate (L_5000)
-  iwae compare runs/iwae-k5 runs/vae-k5 --test-subset 1000 --k 5000
-  iwae compare runs/iwae-s0,runs/iwae-s1 runs/vae-s0,runs/vae-s1   # over seeds, paired by position
+  iwae compare runs/iwae-k5 runs/vae-k5                     # the L_k evaluation both have
+  iwae compare runs/iwae-k5 runs/vae-k5 --k 5000 --test-subset 1000   # when they have several
+  iwae compare runs/iwae-k5 runs/vae-k5 --method ais        # their AIS evaluations
+  iwae compare runs/iwae-seeds runs/vae-seeds               # folders of --seeds runs: seed s with seed s
+  iwae compare runs/iwae-s0,runs/iwae-s1 runs/vae-s0,runs/vae-s1   # runs listed per seed, paired by position
 """
 
 
 @click.command(epilog=COMPARE_EXAMPLES)
 @click.argument("run_a")
 @click.argument("run_b")
-@click.option("--k", "k", type=int, default=5000, show_default=True, help="The evaluation's k (iwae evaluate --k).")
-@click.option("--test-subset", type=int, help="The evaluation's --test-subset.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The evaluation's --seed.")
-@click.option("--evaluation", help="Another evaluation's file stem, e.g. ais_T1000_C16_L5_n100_seed0.")
+@click.option(
+    "--method",
+    type=click.Choice(["lk", "ais"]),
+    default="lk",
+    show_default=True,
+    help="Compare the runs' L_k or AIS evaluations.",
+)
+@click.option("--k", "k", type=int, help="Only the evaluations of this k (iwae evaluate --k).")
+@click.option("--test-subset", type=int, help="Only the evaluations of the first N test images.")
+@click.option("--seed", type=int, help="Only the evaluations of this --seed.")
+@click.option("--evaluation", metavar="NAME", help="This evaluation's file stem, e.g. eval_k5000_n500_seed0.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_user_errors
-def compare(run_a, run_b, k, test_subset, seed, evaluation, as_json) -> None:
+def compare(run_a, run_b, method, k, test_subset, seed, evaluation, as_json) -> None:
     """NLL(A) - NLL(B) on the same test images with its paired standard error, from the per-image
-    bounds that `iwae evaluate` saved; RUN_A and RUN_B may be comma-separated lists of runs (one per
-    seed, paired by position), giving the mean difference and its standard error across seeds."""
+    values that `iwae evaluate` saved, and a verdict: which has the lower NLL, by how much, and
+    whether the difference is resolved at 2 standard errors.
+
+    The evaluation used is the one both runs have (the same method and settings, test images and
+    seed); when several fit, the command lists them: choose with --k, --test-subset, --seed or
+    --evaluation. One run a side, the standard error is evaluation noise only. RUN_A and RUN_B may be
+    folders of seeds (iwae train --seeds), or comma-separated lists of runs (one per seed, paired by
+    position): then the mean difference over seeds with its standard error across seeds, which
+    includes the training noise."""
     from ..compare import compare_runs, compare_text
 
     a, b = _names(run_a), _names(run_b)
     result = compare_runs(
         a[0] if len(a) == 1 else a,
         b[0] if len(b) == 1 else b,
+        method=method,
         k=k,
         seed=seed,
         test_subset=test_subset,

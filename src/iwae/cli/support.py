@@ -22,7 +22,19 @@ from click.core import ParameterSource
 
 from ..errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["UserError", "USER_ERRORS", "user_errors", "setting_options", "int_list", "names", "flag", "set_threads"]
+__all__ = [
+    "UserError",
+    "USER_ERRORS",
+    "user_errors",
+    "interrupted",
+    "setting_options",
+    "int_list",
+    "names",
+    "flag",
+    "set_threads",
+]
+
+_INTERRUPTED = "iwae.interrupted"  # the context's meta key of what a Ctrl-C prints
 
 # user errors: reported in one line with exit status 2, never as a traceback
 USER_ERRORS = (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError, FloatingPointError)
@@ -50,9 +62,16 @@ def given_flags(ctx: click.Context) -> dict[str, str]:
     return flags
 
 
+def interrupted(message: str | Callable[[], str]) -> None:
+    """Sets what a Ctrl-C of the running command prints (:func:`user_errors`): the command that goes on
+    from where it stopped, e.g. ``iwae train --resume runs/x``; a callable is asked at that moment (the
+    run folder may not exist yet)."""
+    click.get_current_context().meta[_INTERRUPTED] = message
+
+
 def user_errors(fn: Callable) -> Callable:
     """Runs a command, turning USER_ERRORS into one-line UserErrors (a ConfigError's settings named by
-    their flags) and Ctrl-C into exit status 130 with a hint."""
+    their flags) and Ctrl-C into exit status 130 with the line :func:`interrupted` set."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -64,20 +83,22 @@ def user_errors(fn: Callable) -> Callable:
             message = e.renamed(given_flags(click.get_current_context())) if isinstance(e, ConfigError) else str(e)
             raise UserError(message.splitlines()[0] if message else type(e).__name__) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; resume with --resume RUN_DIR", err=True)
+            message = click.get_current_context().meta.get(_INTERRUPTED, "interrupted")
+            click.echo(message() if callable(message) else message, err=True)
             sys.exit(130)
 
     return wrapper
 
 
 def set_threads(threads: int | None) -> None:
-    """``--threads``: torch's CPU threads, refused below 1."""
+    """``--threads``: torch's CPU threads, refused below 1; without it, torch's default capped at the
+    free cores (:func:`iwae.runtime.choose_threads`)."""
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}", ["threads"])
-    if threads:
-        import torch  # deferred: the command line imports PyTorch only to run a command, never for --help
+    # deferred: the command line imports PyTorch only to run a command, never for --help
+    from ..runtime import choose_threads
 
-        torch.set_num_threads(threads)
+    choose_threads(threads)
 
 
 def int_list(value: str | None, name: str) -> list[int] | None:

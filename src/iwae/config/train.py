@@ -84,7 +84,8 @@ class TrainConfig:
     dataset: str = _setting(
         "mnist",
         "mnist, binarized-mnist, fashion-mnist, omniglot; the VampPrior paper's mnist-vamp (50,000/10,000/10,000), "
-        "caltech101, frey (28x20 grey levels); or npz:PATH.",
+        "caltech101, frey (28x20 grey levels); or npz:PATH (your arrays: train, test, optional valid; the path is "
+        "stored absolute).",
     )
     data_dir: str | None = _setting(
         None, "Folder with the data files (else $IWAE_DATA_DIR, the cache, download).", folder=True
@@ -188,7 +189,9 @@ class TrainConfig:
         "and CUDA draw other random numbers).",
         resumable=True,
     )
-    threads: int | None = _setting(None, "CPU threads for torch.", resumable=True)  # None: torch's default
+    threads: int | None = _setting(
+        None, "CPU threads for torch.", shown="torch's, at most the free cores", resumable=True
+    )  # None: torch's default, capped at the cores the load average leaves free (iwae.runtime.choose_threads)
     # speed (iwae.precision, iwae.compiled): precision changes the numbers, so it is part of the run's identity
     precision: str = _setting(
         "32",
@@ -216,6 +219,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         try:
             _check_types(self)
+            self.dataset = resolve_user_path(self.dataset)
             self._validate()
         except ValueError as e:  # a ConfigError names the settings its message is about: the CLI prints their flags
             raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
@@ -438,6 +442,13 @@ def configure(overrides: dict, *, base: str | os.PathLike | None = None) -> Trai
         hvae = values.get("model") == "hvae"  # two layers, z1 and z2
         values["layers"] = len(values["latent_dims"]) if values.get("latent_dims") else 2 if hvae else 1
     return TrainConfig.from_dict(values)
+
+
+def resolve_user_path(dataset: str) -> str:
+    """``npz:PATH`` with PATH absolute (``~`` expanded, relative to the working folder, symlinks kept),
+    so that a run's config.yaml names its data file from anywhere; other names unchanged."""
+    path = dataset[len("npz:") :] if dataset.startswith("npz:") else ""
+    return f"npz:{os.path.abspath(os.path.expanduser(path))}" if path else dataset
 
 
 def _matches(value: object, hint: object) -> bool:

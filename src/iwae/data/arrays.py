@@ -58,6 +58,21 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts of images saved channels-last
+
+
+def _refuse_channels_last(arr: np.ndarray, what: str) -> None:
+    """Refuses a 4-D array that looks channels-last, (N, H, W, C) with C of 1, 3 or 4 and H not: read as
+    (N, C, H, W) it would be H channels of W x C images, and a conv net would convolve the wrong axes."""
+    if arr.ndim == 4 and arr.shape[3] in CHANNELS and arr.shape[1] not in CHANNELS:
+        n, h, w, c = arr.shape
+        fix = "x[..., 0] (one channel)" if c == 1 else "np.moveaxis(x, -1, 1)"
+        raise DataError(
+            f"{what} has shape {arr.shape}, which looks channels-last (N, H, W, C) = ({n}, {h}, {w}, {c}); "
+            f"4-D arrays are read as (N, C, H, W): save {fix} instead"
+        )
+
+
 def _holdout(n: int) -> int:
     return max(1, int(n * registry.NPZ_HOLDOUT_FRACTION))
 
@@ -92,6 +107,7 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
     grey8 = any(a.dtype == np.uint8 and not _is_binary(a) for a in splits.values())
     for key, arr in splits.items():
         what = f"{path}" if key == "all" else f"{path} array '{key}'"
+        _refuse_channels_last(arr, what)
         x = _check_array(arr, what, grey8)
         if feature_shape is None:
             feature_shape = arr.shape[1:]

@@ -43,6 +43,7 @@ except ImportError:  # not on Windows: no lock there
 from .. import rundir
 from ..checkpoint import atomic_write
 from ..members import batch_by_default
+from ..runtime import free_cores
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
 from .plan import PlannedRun, estimate_seconds, finished_result, plan, plan_text
@@ -136,7 +137,7 @@ def reproduce(
         protocol: ``short`` or ``paper`` (or any protocol the file defines).
         datasets, only, overrides: see :meth:`iwae.experiments.spec.Experiment.resolve`.
         workers: local worker processes (1: in this process). Default: 1 on CPU, one per GPU on CUDA.
-        threads: torch threads per run (default: the cores divided among the workers).
+        threads: torch threads per run (default: the free cores, by the load average, divided among the workers).
         ray: a Ray address (``auto``, ``host:port``, ``local`` for a new local instance); None: local.
         cpus_per_run: CPUs each Ray task asks for (and its torch threads).
         device: ``cpu`` or ``cuda``.
@@ -165,7 +166,8 @@ def reproduce(
     workers = 1 if workers is None else workers
     if workers < 1 or cpus_per_run < 1 or (threads is not None and threads < 1):
         raise ValueError("--workers, --threads and --cpus-per-run must be >= 1")
-    threads = threads or (cpus_per_run if ray else max(1, _cpu_count() // workers))
+    # each worker's share of the cores, of those the load average leaves free where this machine runs them
+    threads = threads or (cpus_per_run if ray else max(1, min(_cpu_count(), free_cores()) // workers))
     out_dir = Path(out_dir)
     # Ray first: a cluster that cannot be reached, or has no GPU for --device cuda, is refused before
     # anything is written
@@ -339,6 +341,10 @@ def _run_all(
                 # an error.json left now is this attempt's (a worker that exits for a device failure
                 # leaves its error there), not an earlier one's
                 rundir.clear_error(out_dir / "runs" / spec.name)
+                inline = isinstance(executor, _Inline)
+                if inline:  # it runs inside submit(): said before, so that its epoch lines follow this line
+                    trained = str(out_dir / "runs" / spec.name) in _BATCH_TRAINED
+                    say(f"{spec.name}: {'trained above as one batched model; evaluating' if trained else 'started'}")
                 try:
                     future = executor.submit(spec.to_dict(), str(out_dir / "runs" / spec.name), data_dir)
                 except cf.process.BrokenProcessPool:
@@ -348,7 +354,8 @@ def _run_all(
                         executor.restart()
                     break
                 pending.remove(spec)
-                say(f"{spec.name}: {'started' if isinstance(executor, _Inline) else 'submitted'}")
+                if not inline:
+                    say(f"{spec.name}: submitted")
                 running[future] = spec
             if not running:
                 if pending and not ready:  # nothing can start: should not happen, as every dependency is selected

@@ -210,6 +210,8 @@ def _train_batches(
         data = splits if splits is not None and splits.name == dataset else load_dataset(dataset, data_dir)
         names.append([p.spec.name for p in group])
         if progress:
+            for name in names[-1]:  # each run's start, before the epoch lines of its training
+                print(f"{name}: started", file=sys.stderr, flush=True)
             print(f"training {', '.join(names[-1])} together as one batched model", file=sys.stderr, flush=True)
         for p in group:
             rundir.clear_error(out_dir / "runs" / p.spec.name)

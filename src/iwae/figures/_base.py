@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 
 FORMATS = ("png", "svg", "pdf")
 DPI = 100
+PANEL_COLUMNS = 3  # figures of several runs wrap after this many panels, so that each stays readable
+TITLE_CHARS = 46  # a panel title's line length at fontsize 10 in a 5-inch panel: wrapped beyond it
 
 
 def pyplot():
@@ -98,3 +101,15 @@ def show(ax, grid: np.ndarray) -> None:
 def as_runs(models) -> dict:
     """``{title: model}`` from one model (title "") or a mapping."""
     return dict(models) if isinstance(models, Mapping) else {"": models}
+
+
+def panel_grid(n: int, columns: int = PANEL_COLUMNS) -> tuple[int, int]:
+    """``(rows, cols)`` of ``n`` panels wrapped after ``columns``: 2 -> (1, 2), 4 -> (2, 3), 6 -> (2, 3)."""
+    cols = max(1, min(n, columns))
+    return math.ceil(n / cols), cols
+
+
+def wrap_title(text: str, width: int = TITLE_CHARS) -> str:
+    """``text`` with each of its lines wrapped to ``width`` characters, so that the titles of panels side
+    by side do not run into each other."""
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))

@@ -60,6 +60,7 @@ def plot_curves(
                 label=f"{prefix}valid L_{key[len('valid_L') :]}",
             )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(pyplot().MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     ax.set_ylabel("bound (nats per example)")
     ax.set_title("Training curves")
     ax.grid(True, alpha=0.3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.latent import reconstruct, sample_images, sample_layer_grid
-from ._base import DPI, as_runs, model_image_shape, pyplot, save, show, tile
+from ._base import DPI, as_runs, model_image_shape, panel_grid, pyplot, save, show, tile, wrap_title
 
 __all__ = ["plot_samples", "plot_pseudo_inputs", "plot_reconstructions"]
 
@@ -32,31 +32,39 @@ def plot_samples(
     dpi: int = DPI,
 ) -> Path:
     """A grid of ``n`` samples from each model's prior through its decoder, one panel per model
-    (:func:`iwae.analysis.sample_images` with ``seed``). Where a model has two or more stochastic layers a
-    second row shows what the layers below the top one draw: 8 rows of one z_L ~ p(z_L) each, along a
-    row 8 draws of z_{L-1}, ..., z_1 (:func:`iwae.analysis.sample_layer_grid`).
+    (:func:`iwae.analysis.sample_images` with ``seed``), wrapped after three panels a row. Where a model has
+    two or more stochastic layers a second row shows what the layers below the top one draw: 8 rows of one
+    z_L ~ p(z_L) each, along a row 8 draws of z_{L-1}, ..., z_1 (:func:`iwae.analysis.sample_layer_grid`).
 
-    Size: 5 x 5.5 inches per panel and row, 500 x 550 pixels per panel as PNG at ``dpi`` 100.
+    Size: 5 x 5.5 inches per panel and row, 500 x 550 pixels per panel as PNG at ``dpi`` 100 (three runs
+    of one layer in a row: 1500 x 550; four to six: 1500 x 1100).
     """
     plt = pyplot()
     runs = as_runs(models)
-    rows = 2 if any(getattr(m, "num_layers", 1) > 1 for m in runs.values()) else 1
-    fig, axes = plt.subplots(rows, len(runs), figsize=(5 * len(runs), 5.5 * rows), dpi=dpi, squeeze=False)
+    per = 2 if any(getattr(m, "num_layers", 1) > 1 for m in runs.values()) else 1  # rows of panels per model
+    prows, cols = panel_grid(len(runs))
+    fig, axes = plt.subplots(prows * per, cols, figsize=(5 * cols, 5.5 * prows * per), dpi=dpi, squeeze=False)
+    for j in range(len(runs), prows * cols):  # the empty places of the last row of models
+        for row in range(per):
+            axes[(j // cols) * per + row, j % cols].set_axis_off()
     what = "means of p(x | z)" if probabilities else "samples x ~ p(x | z)"
     for j, (title, model) in enumerate(runs.items()):
+        first, col = (j // cols) * per, j % cols
         shape = model_image_shape(model, image_shape)
-        show(axes[0, j], tile(sample_images(model, n, seed, probabilities), shape))
-        axes[0, j].set_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}", fontsize=10)
-        if rows == 1:
+        show(axes[first, col], tile(sample_images(model, n, seed, probabilities), shape))
+        axes[first, col].set_title(
+            wrap_title(f"{title + ': ' if title else ''}{n} samples, z ~ p(z)\n{what}"), fontsize=10
+        )
+        if per == 1:
             continue
         layers = getattr(model, "num_layers", 1)
         if layers == 1:
-            axes[1, j].axis("off")
+            axes[first + 1, col].set_axis_off()
             continue
-        show(axes[1, j], tile(sample_layer_grid(model, 8, 8, seed, probabilities), shape, cols=8))
+        show(axes[first + 1, col], tile(sample_layer_grid(model, 8, 8, seed, probabilities), shape, cols=8))
         below = "z_1" if layers == 2 else f"z_1..z_{layers - 1}"
-        axes[1, j].set_title(
-            f"each row one z_{layers} ~ p(z_{layers}); along it {below} drawn again\n{what}", fontsize=10
+        axes[first + 1, col].set_title(
+            wrap_title(f"each row one z_{layers} ~ p(z_{layers}); along it {below} drawn again\n{what}"), fontsize=10
         )
     return save(fig, path)
 
@@ -94,25 +102,34 @@ def plot_reconstructions(
     the reconstruction from z_l, ..., z_L alone (the layers below at their prior means), what layer l and
     those above hold of x.
 
+    Panels wrap after two models a row.
+
     Size: 8 x 1.5 inches per panel and row (3 inches for one layer), 800 x 150 pixels per panel and row as
-    PNG at ``dpi`` 100.
+    PNG at ``dpi`` 100 (two runs of one layer in a row: 1600 x 300; three or four: 1600 x 600).
     """
     plt = pyplot()
     runs = as_runs(models)
     x = x[:n]
     layers = max(getattr(m, "num_layers", 1) for m in runs.values())
-    rows = 1 + layers
-    fig, axes = plt.subplots(rows, len(runs), figsize=(8 * len(runs), 1.5 * rows), dpi=dpi, squeeze=False)
+    per = 1 + layers  # rows of panels per model: x, then a reconstruction per layer
+    prows, cols = panel_grid(len(runs), columns=2)
+    fig, axes = plt.subplots(prows * per, cols, figsize=(8 * cols, 1.5 * prows * per), dpi=dpi, squeeze=False)
+    for j in range(len(runs), prows * cols):  # the empty places of the last row of models
+        for row in range(per):
+            axes[(j // cols) * per + row, j % cols].set_axis_off()
     for j, (title, model) in enumerate(runs.items()):
+        first, col = (j // cols) * per, j % cols
         shape = model_image_shape(model, image_shape)
-        show(axes[0, j], tile(x, shape, cols=len(x)))
-        axes[0, j].set_title(f"{title + ': ' if title else ''}test images (top), reconstructions (below)", fontsize=10)
-        axes[0, j].set_ylabel("x", fontsize=9)
+        show(axes[first, col], tile(x, shape, cols=len(x)))
+        axes[first, col].set_title(
+            wrap_title(f"{title + ': ' if title else ''}test images (top), reconstructions (below)"), fontsize=10
+        )
+        axes[first, col].set_ylabel("x", fontsize=9)
         own = getattr(model, "num_layers", 1)
-        for layer in range(1, rows):
-            ax = axes[layer, j]
+        for layer in range(1, per):
+            ax = axes[first + layer, col]
             if layer > own:
-                ax.axis("off")
+                ax.set_axis_off()
                 continue
             show(ax, tile(reconstruct(model, x, layer), shape, cols=len(x)))
             ax.set_ylabel(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..analysis.latent import ACTIVE_THRESHOLD, LATENT_SAMPLES, active_units, posterior_means
-from ._base import DPI, as_runs, pyplot, save
+from ._base import DPI, as_runs, panel_grid, pyplot, save, wrap_title
 
 __all__ = ["plot_latent", "plot_activity"]
 
@@ -40,13 +40,23 @@ def plot_latent(
     first 500 training images, as evaluation does), or, without ``x_units``, the variance of the plotted
     points' own posterior means. Axis labels give each unit's A_u; a unit with A_u <= 0.01 is marked inactive.
 
+    Panels wrap after three models a row, each model taking a row of panels per layer; titles wrap to the
+    panel's width and the layout leaves room for them (matplotlib's constrained layout).
+
     Size: 5 x 5 inches per panel and layer plus 1 inch for the colour bar, 600 x 500 pixels for one
-    panel of one layer as PNG at ``dpi`` 100 (1100 x 500 for two models, 600 x 1000 for two layers).
+    panel of one layer as PNG at ``dpi`` 100 (1100 x 500 for two models, 600 x 1000 for two layers,
+    1600 x 1000 for four to six models of one layer).
     """
     plt = pyplot()
     runs = as_runs(models)
-    rows = max(getattr(m, "num_layers", 1) for m in runs.values())
-    fig, axes = plt.subplots(rows, len(runs), figsize=(5 * len(runs) + 1, 5 * rows), dpi=dpi, squeeze=False)
+    layers = max(getattr(m, "num_layers", 1) for m in runs.values())
+    prows, cols = panel_grid(len(runs))
+    fig, axes = plt.subplots(
+        prows * layers, cols, figsize=(5 * cols + 1, 5 * prows * layers), dpi=dpi, squeeze=False, layout="constrained"
+    )
+    for j in range(len(runs), prows * cols):  # the empty places of the last row of models
+        for row in range(layers):
+            axes[(j // cols) * layers + row, j % cols].set_axis_off()
     scatter = None
     for j, (title, model) in enumerate(runs.items()):
         top = getattr(model, "num_layers", 1)
@@ -54,10 +64,10 @@ def plot_latent(
         if x_units is not None:
             gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
             variances = active_units(model, x_units.to(next(model.parameters()).device), generator=gen).variances
-        for row in range(rows):
-            ax, layer = axes[row, j], top - row  # the top layer first
+        for row in range(layers):
+            ax, layer = axes[(j // cols) * layers + row, j % cols], top - row  # the top layer first
             if layer < 1:
-                ax.axis("off")
+                ax.set_axis_off()
                 continue
             z = posterior_means(model, x, layer=layer)  # (N, D_l)
             if variances is not None:
@@ -70,9 +80,9 @@ def plot_latent(
                 heading += f"\nE_q[z_{layer} | x] averaged over {LATENT_SAMPLES} draws of " + _others(model, layer)
             if z.shape[1] != 2:
                 heading += f"\n2 most active of {z.shape[1]} units ({source})"
-            ax.set_title(heading, fontsize=10)
+            ax.set_title(wrap_title(heading), fontsize=10)
     if labels is not None and scatter is not None:
-        bar = fig.colorbar(scatter, ax=axes.ravel().tolist(), ticks=range(10), fraction=0.9 / (5 * len(runs) + 1))
+        bar = fig.colorbar(scatter, ax=axes.ravel().tolist(), ticks=range(10), fraction=0.9 / (5 * cols + 1))
         bar.set_label("digit label")
     return save(fig, path)
 

@@ -17,8 +17,9 @@ from .. import rundir
 from ..errors import ConfigError
 from ..estimators import ESTIMATOR_TABLE, gradient_terms
 from ..models.vae import LogWeightParts
-from ..runtime import synchronize, tune_allocator
+from ..runtime import choose_threads, synchronize, tune_allocator
 from ..train import loop as train_module
+from ..train.announce import estimate_line, plan_line
 from ..train.resume import resume_point
 from .group import MemberResult, batch_by_default, check_group, stackable
 from .stacked import StackedVAE, _gather_state, _layout, _member_state, _slice_state, member_tensor, stack_parameters
@@ -135,8 +136,7 @@ def train_members(
                 print(f"nothing to do: {m.run_dir} has trained all {m.config.total_epochs} epochs", file=sys.stderr)
     config = configs[0]
     device = train_module._check_device(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    choose_threads(config.threads)  # None: torch's default, at most the free cores
     tune_allocator()
     splits = splits or config.load_data()
     x_train = splits.first("train", config.train_subset, "train_subset")
@@ -294,6 +294,8 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
     for m in members:
         m.writer = rundir.tensorboard_writer(m.run_dir, purge_step=start_epoch + 1 if m.saved is not None else None)
         m.run_start = time.perf_counter() - m.wall_time
+    if progress or config.epochs is None:  # the whole paper schedule is said even with progress off
+        print(plan_line(config, n_train, start_epoch, members=len(members)), file=sys.stderr)
 
     def fail(m: _Member, epoch: int, bad_step: int) -> None:
         m.result = MemberResult(
@@ -399,6 +401,8 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                     f"{row['train_bound']:.3f}  valid L_{valid_k} {valid_bound:.3f}",
                     file=sys.stderr,
                 )
+        if progress and epoch == start_epoch:
+            print(estimate_line(epoch_time, total_epochs - epoch - 1), file=sys.stderr)
         if progress:
             print(
                 f"epoch {epoch + 1}/{total_epochs}: {len(group.members)} members, "

@@ -23,6 +23,9 @@ A run directory holds
     error.json                the run failed (``iwae reproduce``)
     samples.png, qew.png ...  figures the CLI draws into the run by default (written by the figure code)
 
+A folder of seeds (``iwae train --seeds 0,1,2 --out D``) holds one run per seed, ``D/seed0``, ``D/seed1``,
+..., and no config.yaml of its own (:mod:`.group`).
+
 Runs written before the model config was stored once (their safetensors metadata holds a
 ``model_config``) are read as before: that metadata is their architecture.
 
@@ -33,9 +36,9 @@ old file as it was.
 
 The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.identity` (config.yaml and
 which settings make the same run), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
-(checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.results`
-(what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
-run folders through the names this package exports.
+(checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.group` (a
+folder of seeds), :mod:`.results` (what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`).
+Code outside reads and writes run folders through the names this package exports.
 
 Two rules live here and nowhere else: which settings make two configs the same run
 (:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
@@ -58,16 +61,19 @@ from .checkpoints import (
 from .evaluations import (
     eval_name,
     evaluation_files,
+    list_evaluations,
     read_bounds,
     read_evaluation,
     write_evaluation,
     write_figure_record,
     write_surgery,
 )
+from .group import SEED_FOLDER, check_run_or_seeds, is_seed_group, member_seed, seed_members
 from .identity import (
     ADDED_DEFAULTS,
     NOT_IDENTITY,
     changed_settings,
+    check_moved_data,
     check_same_run,
     read_config,
     read_config_values,
@@ -156,6 +162,7 @@ __all__ = [
     "read_config_values",
     "write_config",
     "check_same_run",
+    "check_moved_data",
     # model.safetensors
     "model_digest",
     "save_model",
@@ -189,11 +196,18 @@ __all__ = [
     # evaluations
     "eval_name",
     "evaluation_files",
+    "list_evaluations",
     "write_evaluation",
     "read_evaluation",
     "read_bounds",
     "write_surgery",
     "write_figure_record",
+    # a folder of seeds (iwae train --seeds)
+    "SEED_FOLDER",
+    "seed_members",
+    "is_seed_group",
+    "member_seed",
+    "check_run_or_seeds",
     # results of iwae reproduce
     "write_result",
     "write_error",

@@ -15,6 +15,7 @@ from .layout import _write_json, atomic_write
 __all__ = [
     "eval_name",
     "evaluation_files",
+    "list_evaluations",
     "write_evaluation",
     "read_evaluation",
     "read_bounds",
@@ -32,6 +33,19 @@ def eval_name(k: int, seed: int, test_subset: int | None = None) -> str:
 def evaluation_files(name: str) -> dict:
     """The files of evaluation ``name``, relative to its run directory: ``{"json", "bounds"}``."""
     return {"json": f"{name}.json", "bounds": f"{name}.npy"}
+
+
+def list_evaluations(run_dir: str | os.PathLike) -> list[str]:
+    """The stems of the evaluations in ``run_dir`` (L_k's ``eval_...`` and AIS's ``ais_...``) whose JSON
+    and per-image ``.npy`` are both there, sorted by name; what each measured is in its JSON."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(
+        p.stem
+        for p in run_dir.glob("*.json")
+        if p.stem.startswith(("eval_", "ais_")) and not p.name.startswith(".") and p.with_suffix(".npy").is_file()
+    )
 
 
 def write_evaluation(run_dir: str | os.PathLike, name: str, result: dict, bounds: np.ndarray) -> None:

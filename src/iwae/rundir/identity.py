@@ -21,6 +21,7 @@ __all__ = [
     "read_config_values",
     "write_config",
     "check_same_run",
+    "check_moved_data",
 ]
 
 # settings that may differ between two invocations on the same run directory. None of them changes
@@ -128,3 +129,37 @@ def check_same_run(run_dir: str | os.PathLike, config: TrainConfig) -> None:
         raise ValueError(
             f"cannot resume {run_dir} with other settings ({details}); resume it as it is, or train a new run"
         )
+
+
+def check_moved_data(config: TrainConfig, dataset: str) -> None:
+    """Refuses ``dataset`` in place of the data set a run was trained on (``config.dataset``), unless both
+    are user arrays (``npz:PATH``): a moved or copied data file is given by its new path, a benchmark's
+    files by ``data_dir``. A run is always measured on the data it was trained on.
+
+    Raises:
+        ValueError: ``dataset`` is a benchmark, or the run was not trained on user arrays, or the new
+            file holds other data than the run was trained on (:func:`_data_content_changed`).
+    """
+    if dataset == config.dataset:
+        return
+    if not config.dataset.startswith("npz:"):
+        raise ValueError(
+            f"the run was trained on {config.dataset}; a data path replaces only a moved npz: file "
+            f"(for {config.dataset}'s files give their folder as the data dir)"
+        )
+    if not dataset.startswith("npz:"):
+        raise ValueError(f"the run was trained on user arrays ({config.dataset}); give the moved file as npz:PATH")
+    changed = _data_content_changed(config, dataset)
+    if changed:
+        raise ValueError(f"{dataset} is not the data {config.dataset} held when the run trained: {changed}")
+
+
+def _data_content_changed(config: TrainConfig, dataset: str) -> str | None:
+    """Why the file ``dataset`` names holds other data than the run's ``config.dataset`` did, or None.
+
+    The integration point for the data files' SHA-256 that a run records (issue 20, integrity of
+    numbers): the comparison of the moved file's digest with the recorded one is wired here. Until a
+    run records it, nothing about the file's content is known here, and None is returned; evaluate
+    still refuses a file whose images have another size than the model's.
+    """
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import CheckpointError
 from ..models import VAE
-from .identity import read_config
+from .identity import check_moved_data, read_config
 from .weights import load_trained
 
 if TYPE_CHECKING:
@@ -25,19 +26,31 @@ __all__ = ["Run", "open_run"]
 class Run:
     """A trained run: ``config`` (config.yaml), ``model`` (the weights of its last completed epoch, in
     eval mode), ``weights`` (``{"epoch", "sha256"}`` of them) and ``splits``, its dataset, loaded on
-    first access from ``data_dir`` (else the config's)."""
+    first access from ``data_dir`` (else the config's), or from ``dataset`` (a moved ``npz:`` file,
+    :func:`check_moved_data`)."""
 
     path: Path
     config: TrainConfig
     model: VAE
     weights: dict
     data_dir: str | None = None
+    dataset: str | None = None
     _splits: Splits | None = field(default=None, repr=False)
 
     @property
     def splits(self) -> Splits:
         if self._splits is None:
-            self._splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
+            config = self.config
+            if self.dataset is not None and self.dataset != config.dataset:
+                check_moved_data(config, self.dataset)
+                config = dataclasses.replace(config, dataset=self.dataset)
+            splits = config.load_data(self.data_dir)  # binarized (or not) as training saw it
+            if splits.dim != self.model.config.input_dim:
+                raise ValueError(
+                    f"{config.dataset} has images of {splits.dim} pixels, the model of {self.path} takes "
+                    f"{self.model.config.input_dim}: not the data it was trained on"
+                )
+            self._splits = splits
         return self._splits
 
     @property
@@ -46,9 +59,16 @@ class Run:
         return self.config.spec.label
 
 
-def open_run(path: str | os.PathLike, device: str | torch.device = "cpu", *, data_dir: str | None = None) -> Run:
+def open_run(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+) -> Run:
     """The run in ``path``: its config, the model of its last completed epoch (a run that completed
-    none is refused, see :func:`load_trained`) and its data, loaded when first asked for.
+    none is refused, see :func:`load_trained`) and its data, loaded when first asked for (from
+    ``dataset``, ``npz:PATH``, when the run's data file has moved).
 
     Raises:
         CheckpointError: no such directory, an untrained run, or files that are missing or unreadable.
@@ -57,4 +77,4 @@ def open_run(path: str | os.PathLike, device: str | torch.device = "cpu", *, dat
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} not found")
     model, weights = load_trained(path, device)
-    return Run(path, read_config(path), model, weights, data_dir)
+    return Run(path, read_config(path), model, weights, data_dir, dataset)

@@ -21,7 +21,8 @@ from ..evaluate import log_likelihood
 from ..memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
 from ..models import HVAE, VAE, make_likelihood, make_model
 from ..objectives import iwae as iwae_bound
-from ..runtime import synchronize, tune_allocator
+from ..runtime import choose_threads, synchronize, tune_allocator
+from .announce import estimate_line, plan_line
 from .early_stopping import EarlyStopping
 from .resume import resume_point
 from .schedule import kl_weight, learning_rate
@@ -264,8 +265,7 @@ def train(
             f"none: use precision 32",
             ["precision"],
         )
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    choose_threads(config.threads)  # None: torch's default, at most the free cores
     tune_allocator()
 
     # data first: a data error must not leave an empty run directory or delete an old run
@@ -337,6 +337,8 @@ def train(
     program = _step_program(config, model, optimizer, device, progress) if config.compile == "step" else None
     params = list(model.parameters())  # the eager step's finite check reads their gradients
 
+    if progress or config.epochs is None:  # the whole paper schedule is said even with progress off
+        print(plan_line(config, n_train, start_epoch), file=sys.stderr)
     writer = rundir.tensorboard_writer(run_dir, purge_step=start_epoch + 1 if saved is not None else None)
     run_start = time.perf_counter() - wall_time
     # deferred, the check hands its flag to fused Adam as found_inf: the unfused Adam would ignore it
@@ -473,6 +475,8 @@ def train(
             )
             checkpointed = (epoch + 1, step)
             rundir.write_metrics(run_dir, metrics)
+            if progress and epoch == start_epoch:
+                print(estimate_line(epoch_time, total_epochs - epoch - 1), file=sys.stderr)
             if progress:
                 eta = (time.perf_counter() - run_start) / (epoch + 1) * (total_epochs - epoch - 1)
                 print(

@@ -22,9 +22,13 @@ deviation (n - 1 in the denominator; blank for one seed), n seeds beside it, and
 published. ``per_seed=True`` (``iwae report --per-seed``) adds the table of every run; ``report.json``
 holds, per group, the mean, the standard deviation and the per-seed values of every metric.
 
-The package: :mod:`.read` (the folders, seed groups), :mod:`.tables` (the tables, paired
-comparisons), :mod:`.grid` (the (M, K) grid's rows and table), :mod:`.figures` (the figures of each
-kind) and :mod:`.render` (report.md, report.html, report.json).
+A folder of seeds (``iwae train --seeds 0,1,2 --out D``; ``iwae report D``) is read as an experiment
+of its own (:mod:`.seeds`): a row per evaluation that every seed has, mean ± sd over the seeds, the
+seeds' rows below it, and their training curves.
+
+The package: :mod:`.read` (the folders, seed groups), :mod:`.seeds` (a folder of seeds),
+:mod:`.tables` (the tables, paired comparisons), :mod:`.grid` (the (M, K) grid's rows and table),
+:mod:`.figures` (the figures of each kind) and :mod:`.render` (report.md, report.html, report.json).
 
 The HTML is the same Markdown rendered by python-markdown (``tables`` extension), with inline CSS
 and every figure embedded as a base64 data URI: one file that renders offline, as it is.
@@ -33,12 +37,15 @@ and every figure embedded as a base64 data URI: one file that renders offline, a
 from .figures import DRAW, FIGURE_DIR
 from .grid import grid_rows, grid_table
 from .read import SPEC_FILE, find_experiments, read_reproduction, seed_groups
-from .render import SUMMARY_FILE, markdown_report, render_html, summary, write_report
+from .render import SUMMARY_FILE, markdown_report, read_folder, render_html, summary, write_report
+from .seeds import read_seed_folder
 from .tables import FLAG_NATS, compare, comparisons
 
 __all__ = [
     "find_experiments",
     "read_reproduction",
+    "read_seed_folder",
+    "read_folder",
     "compare",
     "markdown_report",
     "render_html",

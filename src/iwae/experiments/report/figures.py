@@ -27,7 +27,7 @@ __all__ = ["FIGURE_DIR", "DRAW"]
 FIGURE_DIR = "report_figures"
 MAX_PANELS = 6  # the samples figure: at most this many runs side by side
 CURVES_PER_FIGURE = 6  # runs per training-curves figure (each run adds two legend entries)
-LATENT_RUNS, LATENT_POINTS = 3, 1000  # runs and test images of the latent figure
+LATENT_RUNS, LATENT_POINTS = 6, 1000  # runs and test images of the latent figure (its panels wrap after 3)
 # the report's SNR sweep: small enough for ~10-30 s on a CPU; `iwae snr` is the full study
 SNR_KS, SNR_MS, SNR_GROUP_K = (1, 4, 16, 64), (1, 4, 16), 4
 SNR_ESTIMATORS = ("reparam", "stl", "dreg")
@@ -55,6 +55,26 @@ def _representatives(runs: list[dict], cap: int) -> list[dict]:
     return list(chosen.values())[:cap]
 
 
+def _left_out(exp: dict, shown: list[dict], dataset: str | None = None, cap: int | None = None) -> str:
+    """The caption's sentence on the finished runs a figure leaves out, and why; "" when none is."""
+    names = {r.get("name") for r in shown}
+    chosen = {r.get("name") for r in _representatives(exp["runs"], len(exp["runs"]))} if _done(exp["runs"]) else set()
+    why: dict[str, list[str]] = {}
+    for r in _done(exp["runs"]):
+        if r.get("name") in names:
+            continue
+        if r.get("name") not in chosen:
+            reason = "one run is drawn per combination of labels apart from k: the largest k, the first seed"
+        elif dataset is not None and r["config"].get("dataset", "mnist") != dataset:
+            reason = f"another data set than {dataset}"
+        else:
+            reason = f"the figure holds at most {cap} runs"
+        why.setdefault(reason, []).append(f"`{r.get('name')}`")
+    if not why:
+        return ""
+    return " Left out: " + "; ".join(f"{', '.join(runs)} ({reason})" for reason, runs in why.items()) + "."
+
+
 def _splits(run: dict, data_dir, cache: dict):
     """The run's dataset, loaded once per report and never downloaded (a report must not hit the network),
     from ``data_dir``, else the run's data_dir: its spec's, or its config.yaml's (where the data was at
@@ -75,7 +95,8 @@ Drawn = list[tuple[Path, str]]  # (figure file, caption) per figure a kind draws
 
 def _fig_curves(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     """figures.plot_curves of every run with a metrics.csv, finished or not, a few runs per figure."""
-    runs = [r for r in exp["runs"] if rundir.has_metrics(r["dir"])]
+    # one curve per run folder (a folder of seeds lists each member once per evaluation)
+    runs = list({str(r["dir"]): r for r in exp["runs"] if rundir.has_metrics(r["dir"])}.values())
     if not runs:
         raise ValueError("no run has a metrics.csv yet")
     out = []
@@ -101,7 +122,7 @@ def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
         (
             path,
             f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
-            f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z).",
+            f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z)." + _left_out(exp, runs, cap=MAX_PANELS),
         )
     ]
 
@@ -125,7 +146,7 @@ def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Dra
         (
             path,
             f"The first {RECONSTRUCTIONS} {splits.name} test images (top) and the means of "
-            f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs.",
+            f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs." + _left_out(exp, runs, dataset, MAX_PANELS),
         )
     ]
 
@@ -152,7 +173,8 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
             path,
             f"Posterior means E_q[z | x] of the first {min(LATENT_POINTS, len(splits.test))} {splits.name} "
             f"test images in the two most active latent units, "
-            f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs.",
+            f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs."
+            + _left_out(exp, runs, dataset, LATENT_RUNS),
         )
     ]
 

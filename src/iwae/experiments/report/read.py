@@ -15,23 +15,29 @@ __all__ = ["SPEC_FILE", "find_experiments", "read_reproduction", "seed_groups"]
 SPEC_FILE = "reproduction.json"
 
 
+def _reportable(folder: Path) -> bool:
+    """An `iwae reproduce` folder (reproduction.json) or a folder of seeds (`iwae train --seeds`)."""
+    return (folder / SPEC_FILE).is_file() or rundir.is_seed_group(folder)
+
+
 def find_experiments(out_dir: str | os.PathLike) -> list[Path]:
-    """``[out_dir]`` when it holds reproduction.json, else its subfolders that do, sorted by name.
+    """``[out_dir]`` when it holds reproduction.json or is a folder of seeds (``iwae train --seeds``),
+    else its subfolders that are either, sorted by name.
 
     Raises:
         FileNotFoundError: ``out_dir`` is not a folder.
-        ValueError: neither ``out_dir`` nor any subfolder holds a reproduction.json.
+        ValueError: neither ``out_dir`` nor any subfolder is one.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir} is not a folder; give the --out folder of `iwae reproduce`")
-    if (out_dir / SPEC_FILE).is_file():
+    if _reportable(out_dir):
         return [out_dir]
-    found = sorted(p for p in out_dir.iterdir() if (p / SPEC_FILE).is_file())
+    found = sorted(p for p in out_dir.iterdir() if p.is_dir() and _reportable(p))
     if not found:
         raise ValueError(
-            f"{out_dir} holds no {SPEC_FILE}, nor does any folder in it; "
-            f"give the --out folder of `iwae reproduce` (or its parent)"
+            f"{out_dir} holds no {SPEC_FILE} and no seed0/, seed1/, ... runs, nor does any folder in it; "
+            f"give the --out folder of `iwae reproduce` or of `iwae train --seeds` (or their parent)"
         )
     return found
 

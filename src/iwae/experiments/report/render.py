@@ -18,10 +18,11 @@ import markdown
 from ...checkpoint import atomic_write
 from .figures import _figures
 from .grid import _grid_section
-from .read import find_experiments, read_reproduction, seed_groups
+from .read import SPEC_FILE, find_experiments, read_reproduction, seed_groups
+from .seeds import SEEDS_KIND, read_seed_folder, seed_header
 from .tables import _compare_section, _header, _table, comparisons
 
-__all__ = ["markdown_report", "render_html", "write_report", "summary", "SUMMARY_FILE"]
+__all__ = ["markdown_report", "render_html", "write_report", "summary", "read_folder", "SUMMARY_FILE"]
 
 SUMMARY_FILE = "report.json"
 CSS = """
@@ -35,6 +36,14 @@ th { background: #eef; } tr:nth-child(even) td { background: #f7f7f7; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
+
+
+def read_folder(folder: str | os.PathLike) -> dict:
+    """The experiment of an `iwae reproduce` folder (:func:`read_reproduction`), or a folder of seeds
+    read as one (:func:`read_seed_folder`)."""
+    if (Path(folder) / SPEC_FILE).is_file():
+        return read_reproduction(folder)
+    return read_seed_folder(folder)
 
 
 def summary(exp: dict) -> dict:
@@ -84,24 +93,28 @@ def markdown_report(
     relatively. ``data_dir`` overrides the runs' ``data_dir`` for the figures that need data;
     ``per_seed`` adds a table of every run below each table of seed groups."""
     out_dir = Path(out_dir)
-    experiments = [read_reproduction(p) for p in find_experiments(out_dir)]
+    experiments = [read_folder(p) for p in find_experiments(out_dir)]
     try:
         by = f"iwae {version('iwae')}"
     except Exception:  # not installed as a distribution: the report is still valid
         by = "iwae"
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     names = [f"`{e['experiment']}`" for e in experiments]
+    seeds_only = all(e.get("kind") == SEEDS_KIND for e in experiments)
+    what = "folder of seeds" if seeds_only else "experiment"
     lines = [
-        "# Reproduction report",
+        "# Report" if seeds_only else "# Reproduction report",
         "",
-        f"Generated {now} by {by} from `{out_dir}`: {len(experiments)} experiment"
+        f"Generated {now} by {by} from `{out_dir}`: {len(experiments)} {what}"
         f"{'s' if len(experiments) != 1 else ''} ({', '.join(names)}).",
         "",
     ]
     cache: dict = {}
     counter = [0]
     for exp in experiments:
-        lines += _header(exp) + ["### Results", ""] + _table(exp, per_seed) + [""] + _grid_section(exp)
+        seeds = exp.get("kind") == SEEDS_KIND
+        header = seed_header(exp) if seeds else _header(exp)
+        lines += header + ["### Results", ""] + _table(exp, per_seed or seeds) + [""] + _grid_section(exp)
         lines += _compare_section(exp)
         if figures:
             lines += _figures(exp, out_dir, data_dir, cache, counter)
@@ -153,7 +166,7 @@ def write_report(
     page = render_html(text, out_dir, title="Reproduction report" + (f": {titles[0]}" if len(titles) == 1 else ""))
     with atomic_write(html_path, "wb") as f:
         f.write(page.encode("utf-8"))
-    summaries = [summary(read_reproduction(p)) for p in find_experiments(out_dir)]
+    summaries = [summary(read_folder(p)) for p in find_experiments(out_dir)]
     with atomic_write(out_dir / SUMMARY_FILE) as f:
         json.dump({"experiments": summaries}, f, indent=1)
     return md_path, html_path

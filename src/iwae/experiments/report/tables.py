@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from ...compare import compare_runs
+from ...rundir import eval_name
+from ...tables import with_error
 from .read import _units, seed_groups
 
 __all__ = ["FLAG_NATS", "compare", "comparisons"]
@@ -62,15 +64,36 @@ def _hardware(h: dict | None) -> str:
 
 
 # ----------------------------------------------------------------------------- the table: cells of one run
-def _value(run: dict, key: str) -> str:
-    """Our metric ``key`` with its standard error (log p-hat = -NLL has NLL's), or for a seed group
-    its mean with the standard deviation over seeds."""
-    value = run["metrics"].get(key)
+def _error(run: dict, key: str) -> float | None:
+    """The ± of our metric ``key`` in a row: for a seed group the standard deviation over its seeds,
+    else the metric's standard error (log p-hat = -NLL has NLL's)."""
     if "metrics_sd" in run:
-        stderr = run["metrics_sd"].get(key)
-    else:
-        stderr = run["metrics"].get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")
-    return _num(value) + (f" ± {stderr:.2f}" if value is not None and stderr is not None else "")
+        return run["metrics_sd"].get(key)
+    return run["metrics"].get("nll_stderr" if key in ("nll", "log_p_hat") else f"{key}_stderr")
+
+
+def _value(run: dict, key: str) -> str:
+    """Our metric ``key`` ± its error (:func:`_error`), with as many decimals as the error needs
+    (bits/dim's s.e. is often 0.001-0.01: two decimals would hide it)."""
+    value = run["metrics"].get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return with_error(value, _error(run, key), least=3 if key == "bits_per_dim" else 2)
+
+
+def _pm_label(runs: list[dict], key: str) -> str:
+    """What the ± of column ``key`` is, for its header: the sd over seeds (seed groups), the s.e. over
+    images (single runs; paired for AIS - L_k), or both where a table mixes them."""
+    groups = any(r["metrics"].get(key) is not None and "metrics_sd" in r and _error(r, key) is not None for r in runs)
+    single = any(
+        r["metrics"].get(key) is not None and "metrics_sd" not in r and _error(r, key) is not None for r in runs
+    )
+    over_images = "± paired s.e. over images" if key == "ais_gap" else "± s.e. over images"
+    if groups and single:
+        return f"mean ± sd over seeds; one run: {over_images}"
+    if groups:
+        return "mean ± sd over seeds"
+    return over_images if single else ""
 
 
 def _delta(run: dict, key: str) -> str:
@@ -168,7 +191,8 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
         for key in dict.fromkeys(k for r in runs for k in r["labels"])
     ]
     for key, (name, _, _) in _metrics(runs).items():
-        columns.append((name, True, lambda r, key=key: _value(r, key)))
+        label = _pm_label(runs, key)
+        columns.append((f"{name} ({label})" if label else name, True, lambda r, key=key: _value(r, key)))
         if key in published:
             columns += [
                 (f"{name} published", True, lambda r, key=key: _num(r["published"].get(key))),
@@ -258,10 +282,21 @@ def _header(exp: dict) -> list[str]:
     if exp.get("description"):
         lines += [str(exp["description"]).replace("<", "&lt;"), ""]
     protocol = exp.get("protocol") or {}
-    settings = "; ".join(f"{k.replace('_', ' ')} {_setting(k, v)}" for k, v in (protocol.get("settings") or {}).items())
+    overrides = protocol.get("overrides") if isinstance(protocol.get("overrides"), dict) else {}
+
+    def listed(items) -> str:
+        return "; ".join(f"{k.replace('_', ' ')} {_setting(k, v)}" for k, v in items)
+
+    settings = listed((k, v) for k, v in (protocol.get("settings") or {}).items() if k not in overrides)
     lines.append(
         f"- **Protocol** `{protocol.get('name', 'unknown')}`: {_cell(protocol.get('description', ''))}"
         + (f" Settings: {settings}." if settings else "")
+        + (
+            f" **Overridden** on the command line: {listed(overrides.items())} (where the description "
+            f"says otherwise, these apply)."
+            if overrides
+            else ""
+        )
     )
     lines.append(f"- **Executor**: {_cell(exp.get('executor') or 'unknown')}")
     wall = _duration(exp.get("wall_seconds")) or "not finished"
@@ -315,9 +350,7 @@ def comparisons(exp: dict) -> list[dict]:
                 entry["result"] = compare_runs(
                     side(runs_a),
                     side(runs_b),
-                    k=ev.get("k", 5000),
-                    seed=ev.get("seed", 0),
-                    test_subset=ev.get("test_subset"),
+                    evaluation=eval_name(ev.get("k", 5000), ev.get("seed", 0), ev.get("test_subset")),
                 )
             except (OSError, ValueError) as e:
                 entry["error"] = str(e).splitlines()[0]
