@@ -24,9 +24,13 @@ import iwae.compiled.program as program_module
 import iwae.compiled.step as step_module
 import iwae.estimators as estimators_module
 from iwae import rundir
+from iwae.checkpoint import load_tensors
 from iwae.compiled.step import CompiledStep, NotCompilable, compiled_step
+from iwae.config import TrainConfig
+from iwae.data import Splits
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
-from iwae.models import VAE, ModelConfig
+from iwae.models import HVAE, VAE, ModelConfig
+from iwae.train import train
 
 SMALL = dict(input_dim=784, latent_dims=(4,), hidden_dims=((8,),))
 BATCH = 5
@@ -438,6 +442,29 @@ def test_where_the_compiled_step_does_not_apply_training_is_eager_with_a_one_lin
     assert "exactly the model's parameters" in _fallback_note(model, torch.optim.Adam(list(model.parameters())[:2]))
     user = VAE(ModelConfig(784, (4,), ((8,),)), encoder=_BranchingEncoder())
     assert "cannot be traced" in _fallback_note(user, torch.optim.Adam(user.parameters()))
+    # Tomczak & Welling's two-level HVAE (--model hvae) draws its own noise: it trains with the eager step
+    hvae = HVAE(ModelConfig.hvae(784, latent_dims=(3, 2), hidden_dims=((8, 8), (8,))))
+    assert "HVAE" in _fallback_note(hvae, torch.optim.Adam(hvae.parameters()))
+
+
+def test_compile_step_with_adam_normgrad_or_an_hvae_trains_eager_and_says_so(tmp_path, mnist_splits, capsys):
+    """--compile step on a run the program cannot hold (AdamNormGrad's gradient rescaling, the HVAE) trains
+    exactly as the eager run of the same config, with one line on stderr saying why."""
+    s = mnist_splits
+    tiny = Splits("mnist", s.train[:40].clone(), s.valid[:20].clone(), s.test[:20].clone(), True)
+    common = dict(objective="iwae", k=2, epochs=1, train_subset=40, batch_size=20, schedule="constant", lr=1e-3)
+    hvae = dict(model="hvae", layers=2, latent_dims=[3, 2], hidden_dims=[[8, 8], [8]])
+    for extra, why in ((dict(optimizer="adam-normgrad"), "adam-normgrad trains eager"), (hvae, "HVAE")):
+        weights = []
+        for compile_ in ("none", "step"):
+            out = tmp_path / f"{why[:4]}-{compile_}"
+            train(TrainConfig(**common, **extra, compile=compile_, out=str(out)), progress=False, splits=tiny)
+            weights.append(load_tensors(out / "model.safetensors")[0])
+        lines = [line for line in capsys.readouterr().err.splitlines() if why in line]
+        assert len(lines) == 1, lines
+        assert sorted(weights[0]) == sorted(weights[1])
+        for key in weights[0]:
+            assert torch.equal(weights[0][key], weights[1][key]), key
 
 
 def test_compiled_step_builds_the_inductor_program_where_it_applies(float32_program):
