@@ -404,6 +404,83 @@ def test_the_cuda_graph_path_writes_each_step_into_one_capture(monkeypatch):
     _assert_same_state(compiled, eager, rtol=1e-10, atol=1e-12)
 
 
+class _FakeCuda:
+    """Stand-ins for torch.cuda's streams and graphs that record what capture_cuda_graph does with them."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                fake.events.append("side stream")
+
+            def wait_stream(self, other):
+                fake.events.append("side waits")
+
+        class CurrentStream:
+            def wait_stream(self, other):
+                fake.events.append("main waits")
+
+        class Graph:
+            def replay(self):
+                fake.events.append("replay")
+
+        class Capturing:
+            def __init__(self, graph):
+                pass
+
+            def __enter__(self):
+                fake.events.append("capture begins")
+
+            def __exit__(self, *exc):
+                fake.events.append("capture ends")
+
+        class OnStream:
+            def __init__(self, stream):
+                pass
+
+            def __enter__(self):
+                fake.events.append("on side stream")
+
+            def __exit__(self, *exc):
+                fake.events.append("back on main stream")
+
+        self.Stream, self.CUDAGraph, self.graph, self.stream = Stream, Graph, Capturing, OnStream
+        self.current_stream = lambda device=None: CurrentStream()
+
+
+def test_capture_warms_up_on_copies_then_records_the_real_tensors(monkeypatch):
+    """capture_cuda_graph: the program (which writes its inputs) is warmed up twice on a side stream on
+    copies of the inputs, which are left as they were; then captured once on the inputs themselves; each
+    replay replays the graph and returns the captured outputs."""
+    fake = _FakeCuda()
+    for name in ("Stream", "CUDAGraph", "graph", "stream", "current_stream"):
+        monkeypatch.setattr(program_module.torch.cuda, name, getattr(fake, name))
+    args = [torch.arange(3.0), torch.ones(2)]
+    before = [a.clone() for a in args]
+    calls = []
+
+    def program(a, b):
+        calls.append((a.data_ptr(), b.data_ptr(), fake.events[-1]))
+        a.add_(1.0)  # it updates its inputs, as the step does its parameters
+        return (a.sum(),)
+
+    replay = program_module.capture_cuda_graph(program, args)
+    real = (args[0].data_ptr(), args[1].data_ptr())
+    assert [c[:2] != real for c in calls] == [True, True, False]  # two warm-ups on copies, the capture on args
+    assert [c[2] for c in calls] == ["on side stream", "on side stream", "capture begins"]
+    assert fake.events.index("main waits") < fake.events.index("capture begins")
+    torch.testing.assert_close(args[1], before[1])
+    outputs = replay()
+    assert fake.events[-1] == "replay" and replay() is outputs
+
+
+def test_on_cuda_inductor_s_python_wrapper_is_used_under_the_graph():
+    assert program_module.inductor_options(torch.device("cpu")) == {"config_patches": {"cpp_wrapper": True}}
+    assert program_module.inductor_options(torch.device("cuda", 0)) == {}
+
+
 # ----------------------------------------------------------------------------- where it does not apply
 class _BranchingEncoder(torch.nn.Module):
     """A user encoder whose forward branches on a value: make_fx cannot trace it."""
