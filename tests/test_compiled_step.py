@@ -16,6 +16,7 @@ the gradient's norm, against 0.7% for either one against float32.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ import iwae.compiled.program as program_module
 import iwae.compiled.step as step_module
 import iwae.estimators as estimators_module
 from iwae import rundir
+from iwae.choices import ESTIMATOR_OBJECTIVES, LIKELIHOODS, NETWORKS, PRECISIONS, PRIORS
 from iwae.compiled.step import CompiledStep, NotCompilable, compiled_step
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.models import VAE, ModelConfig
@@ -201,6 +203,79 @@ MODELS = {
 def test_priors_layers_likelihoods_and_networks_take_the_eager_step(name):
     config, spec, grey = MODELS[name]
     _compare(config, spec, grey=grey)
+
+
+# ----------------------------------------------------------------------------- where it applies: the matrix
+# The settings' values, as iwae.choices lists them (1 and 2 stochastic layers for the MLP; the gated and conv
+# networks have one). Every combination compiles; what falls back to eager is listed in FALLS_BACK.
+NETWORK_LAYERS = {
+    "mlp-1": dict(latent_dims=(4,), hidden_dims=((8,),)),
+    "mlp-2": dict(latent_dims=(4, 3), hidden_dims=((8,), (6,))),
+    "gated": dict(latent_dims=(4,), hidden_dims=((8, 8),), network="gated"),
+    "conv": dict(latent_dims=(4,), hidden_dims=((2, 3),), network="conv"),
+}
+# 12 cells in which every pair of values of two of (prior, network and layers, likelihood, precision) meets
+# (a pairwise covering array: each axis's code and its interaction with each other axis is traced and
+# compared with the eager step), each with one of the objective x estimator pairs, all of them tested above
+MATRIX = [
+    ("normal", "mlp-1", "bernoulli", "32", ("iwae", 1, "rws-dreg")),
+    ("normal", "mlp-2", "logistic256", "bf16-mixed", ("piwae", 2, "dreg")),
+    ("normal", "gated", "bernoulli", "bf16-mixed", ("miwae", 2, "stl")),
+    ("normal", "conv", "gaussian", "32", ("vae", 1, "dreg")),
+    ("mog", "mlp-1", "gaussian", "bf16-mixed", ("ciwae", 1, "reparam")),
+    ("mog", "mlp-2", "bernoulli", "32", ("iwae", 1, "rws")),
+    ("mog", "gated", "logistic256", "32", ("miwae", 2, "dreg")),
+    ("mog", "conv", "logistic256", "bf16-mixed", ("iwae", 1, "stl")),
+    ("vamp", "mlp-1", "logistic256", "bf16-mixed", ("vae", 1, "reparam")),
+    ("vamp", "mlp-2", "gaussian", "bf16-mixed", ("iwae", 1, "dreg")),
+    ("vamp", "gated", "gaussian", "32", ("ciwae", 1, "stl")),
+    ("vamp", "conv", "bernoulli", "32", ("piwae", 2, "reparam")),
+]
+# where the compiled step does not apply, and what a run does instead (each has a test: see its name)
+FALLS_BACK = {
+    "another optimizer than iwae.train's Adam (API only)": "eager step, one-line note "
+    "(test_where_the_compiled_step_does_not_apply_training_is_eager_with_a_one_line_note)",
+    "a user module that make_fx cannot trace (API only)": "eager step, one-line note (the same test, and "
+    "tests/test_compiled_training.py::test_a_model_the_compiled_step_cannot_trace_trains_eager_with_a_one_line_note)",
+    "batched members (--seeds with --batch, or the CUDA default)": "the members train one after another, each "
+    "with the compiled step, one-line note (tests/test_compiled_training.py::"
+    "test_batched_members_with_the_compiled_step_train_one_after_another_with_a_one_line_note)",
+}
+
+
+def test_the_matrix_covers_every_setting_and_every_pair_of_settings():
+    """A new prior, network, likelihood, precision, objective or estimator in iwae.choices fails here
+    until it is put in the matrix (and traced by the test below)."""
+    axes = (PRIORS, tuple(NETWORK_LAYERS), LIKELIHOODS, PRECISIONS)
+    assert {n.split("-")[0] for n in NETWORK_LAYERS} == set(NETWORKS)
+    for i, j in itertools.combinations(range(4), 2):
+        met = {(cell[i], cell[j]) for cell in MATRIX}
+        assert met == set(itertools.product(axes[i], axes[j])), (i, j)
+    every_pair = {(o, e) for e, objectives in ESTIMATOR_OBJECTIVES.items() for o in objectives}
+    assert {(o, e) for o, _, e in OBJECTIVES_AND_ESTIMATORS} == every_pair
+
+
+@pytest.mark.parametrize(
+    "prior, network, likelihood, precision, objective", MATRIX, ids=["-".join(c[:4]) for c in MATRIX]
+)
+def test_every_prior_network_likelihood_and_precision_compiles(
+    prior, network, likelihood, precision, objective, monkeypatch
+):
+    """Each cell builds the compiled step (no fallback) and takes the eager step: float64 to its rounding;
+    bf16-mixed in float32 with autocast's weight cache off (see test_bf16_mixed_matches_eager_...)."""
+    components = {} if prior == "normal" else {"prior_components": 2}
+    config = ModelConfig(784, **NETWORK_LAYERS[network], prior=prior, likelihood=likelihood, **components)
+    spec = ObjectiveSpec(objective[0], 4, objective[1], estimator=objective[2])
+    grey = likelihood != "bernoulli"
+    if precision == "32":
+        _compare(config, spec, steps=1, grey=grey)
+        return
+    monkeypatch.setattr(
+        estimators_module,
+        "training_autocast",
+        lambda precision, device: torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False),
+    )
+    _compare(config, spec, steps=1, grey=grey, precision=precision, dtype=torch.float32, rtol=2e-5)
 
 
 def test_a_short_last_minibatch_is_padded_and_masked():
