@@ -159,9 +159,9 @@ def test_a_user_file_and_unknown_names(tmp_path):
         load_experiment(tmp_path / "broken.yaml")
 
 
-def test_the_readme_s_example_experiment_file_is_valid(tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("**Your own experiments**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_example_experiment_file_is_valid(tmp_path):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "experiments.md").read_text()
+    block = page.split("## Your own experiments", 1)[1].split('```yaml title="my.yaml"\n', 1)[1].split("```", 1)[0]
     path = tmp_path / "mine.yaml"
     path.write_text(block)
     runs = load_experiment(path).resolve("short")
