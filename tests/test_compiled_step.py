@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,6 +255,14 @@ def test_the_matrix_covers_every_setting_and_every_pair_of_settings():
         assert met == set(itertools.product(axes[i], axes[j])), (i, j)
     every_pair = {(o, e) for e, objectives in ESTIMATOR_OBJECTIVES.items() for o in objectives}
     assert {(o, e) for o, _, e in OBJECTIVES_AND_ESTIMATORS} == every_pair
+
+
+def test_each_fallback_names_the_test_that_shows_it():
+    here = Path(__file__).parent
+    tests = "".join((here / name).read_text() for name in ("test_compiled_step.py", "test_compiled_training.py"))
+    for what, instead in FALLS_BACK.items():
+        names = re.findall(r"(?:\(|::)(test_\w+)", instead)
+        assert names and all(f"def {name}(" in tests for name in names), what
 
 
 @pytest.mark.parametrize(
