@@ -15,6 +15,8 @@
 #   4. benchmarks/bench.py: training steps/s at batch 20, k = 1 and 50 (eager), and L_5000 images/s;
 #   5. side by side, one process each: eager / compiled (CUDA graphs) / bf16-mixed (/ batched members
 #      4 and 10 where iwae.members exists) at batch 20, k = 1 and 50, and L_5000 images/s;
+#  5b. the whole step as one compiled program (--compile step): eager, the program called, and the
+#      program replayed as a CUDA graph, at batch 20, k = 1 and 50;
 #   6. the projected wall time of the paper protocol (3,280 epochs) for one run and for Table 1's
 #      MNIST half (10 runs), from steps/s of 1 and 2 layers at k = 1, 5, 50 (benchmarks/projection.py).
 # Each step has its own time limit; the script goes on after a failed step and exits 1 if any failed.
@@ -152,6 +154,17 @@ if [ "$DEVICE" = cuda ]; then
 else
     step 200 "bench.py --variants" "$PY" benchmarks/bench.py --variants --device cpu --rounds 1 --batches 20 \
         --ks 1 --only fp32,bf16-mixed --seconds 0.1 --eval-images 1 --json "$RATES/side.json"
+fi
+
+# ----------------------------------------------------------------------------- 5b. the compiled step
+section "5b. the training step on $DEVICE: eager / compiled step (--compile step) / the same replayed as a CUDA graph"
+if [ "$DEVICE" = cuda ]; then  # compiled twice (k = 1, 50; the graphed and called programs are one), then cached
+    step 240 "bench.py --variants (compiled step)" "$PY" benchmarks/bench.py --variants --device cuda --rounds 1 \
+        --batches 20 --ks 1,50 --only fp32,compiled-step-nograph,compiled-step --seconds 2 --no-eval \
+        --json "$RATES/step.json"
+else  # one small program: inductor's C++ for the CPU (no CUDA graph there)
+    step 200 "bench.py --variants (compiled step)" "$PY" benchmarks/bench.py --variants --device cpu --rounds 1 \
+        --batches 4 --ks 1 --only fp32,compiled-step --seconds 0.1 --no-eval --json "$RATES/step.json"
 fi
 
 # ----------------------------------------------------------------------------- 6. projection

@@ -16,6 +16,9 @@ the gradient's norm, against 0.7% for either one against float32.
 from __future__ import annotations
 
 import copy
+import itertools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ import iwae.compiled.step as step_module
 import iwae.estimators as estimators_module
 from iwae import rundir
 from iwae.checkpoint import load_tensors
+from iwae.choices import ESTIMATOR_OBJECTIVES, LIKELIHOODS, NETWORKS, PRECISIONS, PRIORS
 from iwae.compiled.step import CompiledStep, NotCompilable, compiled_step
 from iwae.config import TrainConfig
 from iwae.data import Splits
@@ -205,6 +209,91 @@ MODELS = {
 def test_priors_layers_likelihoods_and_networks_take_the_eager_step(name):
     config, spec, grey = MODELS[name]
     _compare(config, spec, grey=grey)
+
+
+# ----------------------------------------------------------------------------- where it applies: the matrix
+# The settings' values, as iwae.choices lists them (1 and 2 stochastic layers for the MLP; the gated and conv
+# networks have one). Every combination compiles; what falls back to eager is listed in FALLS_BACK.
+NETWORK_LAYERS = {
+    "mlp-1": dict(latent_dims=(4,), hidden_dims=((8,),)),
+    "mlp-2": dict(latent_dims=(4, 3), hidden_dims=((8,), (6,))),
+    "gated": dict(latent_dims=(4,), hidden_dims=((8, 8),), network="gated"),
+    "conv": dict(latent_dims=(4,), hidden_dims=((2, 3),), network="conv"),
+}
+# 12 cells in which every pair of values of two of (prior, network and layers, likelihood, precision) meets
+# (a pairwise covering array: each axis's code and its interaction with each other axis is traced and
+# compared with the eager step), each with one of the objective x estimator pairs, all of them tested above
+MATRIX = [
+    ("normal", "mlp-1", "bernoulli", "32", ("iwae", 1, "rws-dreg")),
+    ("normal", "mlp-2", "logistic256", "bf16-mixed", ("piwae", 2, "dreg")),
+    ("normal", "gated", "bernoulli", "bf16-mixed", ("miwae", 2, "stl")),
+    ("normal", "conv", "gaussian", "32", ("vae", 1, "dreg")),
+    ("mog", "mlp-1", "gaussian", "bf16-mixed", ("ciwae", 1, "reparam")),
+    ("mog", "mlp-2", "bernoulli", "32", ("iwae", 1, "rws")),
+    ("mog", "gated", "logistic256", "32", ("miwae", 2, "dreg")),
+    ("mog", "conv", "logistic256", "bf16-mixed", ("iwae", 1, "stl")),
+    ("vamp", "mlp-1", "logistic256", "bf16-mixed", ("vae", 1, "reparam")),
+    ("vamp", "mlp-2", "gaussian", "bf16-mixed", ("iwae", 1, "dreg")),
+    ("vamp", "gated", "gaussian", "32", ("ciwae", 1, "stl")),
+    ("vamp", "conv", "bernoulli", "32", ("piwae", 2, "reparam")),
+]
+# where the compiled step does not apply, and what a run does instead (each has a test: see its name)
+FALLS_BACK = {
+    "another optimizer than iwae.train's Adam (API only)": "eager step, one-line note "
+    "(test_where_the_compiled_step_does_not_apply_training_is_eager_with_a_one_line_note)",
+    "a user module that make_fx cannot trace (API only)": "eager step, one-line note (the same test, and "
+    "tests/test_compiled_training.py::test_a_model_the_compiled_step_cannot_trace_trains_eager_with_a_one_line_note)",
+    "batched members (--seeds with --batch, or the CUDA default)": "the members train one after another, each "
+    "with the compiled step, one-line note (tests/test_compiled_training.py::"
+    "test_batched_members_with_the_compiled_step_train_one_after_another_with_a_one_line_note)",
+    "--model hvae (Tomczak & Welling's two-level model draws its own noise)": "eager step, one-line note, "
+    "bit for bit the eager run (test_compile_step_with_adam_normgrad_or_an_hvae_trains_eager_and_says_so)",
+    "--optimizer adam-normgrad (the gradients are rescaled before Adam)": "eager step, one-line note, bit for "
+    "bit the eager run (test_compile_step_with_adam_normgrad_or_an_hvae_trains_eager_and_says_so)",
+}
+
+
+def test_the_matrix_covers_every_setting_and_every_pair_of_settings():
+    """A new prior, network, likelihood, precision, objective or estimator in iwae.choices fails here
+    until it is put in the matrix (and traced by the test below)."""
+    axes = (PRIORS, tuple(NETWORK_LAYERS), LIKELIHOODS, PRECISIONS)
+    assert {n.split("-")[0] for n in NETWORK_LAYERS} == set(NETWORKS)
+    for i, j in itertools.combinations(range(4), 2):
+        met = {(cell[i], cell[j]) for cell in MATRIX}
+        assert met == set(itertools.product(axes[i], axes[j])), (i, j)
+    every_pair = {(o, e) for e, objectives in ESTIMATOR_OBJECTIVES.items() for o in objectives}
+    assert {(o, e) for o, _, e in OBJECTIVES_AND_ESTIMATORS} == every_pair
+
+
+def test_each_fallback_names_the_test_that_shows_it():
+    here = Path(__file__).parent
+    tests = "".join((here / name).read_text() for name in ("test_compiled_step.py", "test_compiled_training.py"))
+    for what, instead in FALLS_BACK.items():
+        names = re.findall(r"(?:\(|::)(test_\w+)", instead)
+        assert names and all(f"def {name}(" in tests for name in names), what
+
+
+@pytest.mark.parametrize(
+    "prior, network, likelihood, precision, objective", MATRIX, ids=["-".join(c[:4]) for c in MATRIX]
+)
+def test_every_prior_network_likelihood_and_precision_compiles(
+    prior, network, likelihood, precision, objective, monkeypatch
+):
+    """Each cell builds the compiled step (no fallback) and takes the eager step: float64 to its rounding;
+    bf16-mixed in float32 with autocast's weight cache off (see test_bf16_mixed_matches_eager_...)."""
+    components = {} if prior == "normal" else {"prior_components": 2}
+    config = ModelConfig(784, **NETWORK_LAYERS[network], prior=prior, likelihood=likelihood, **components)
+    spec = ObjectiveSpec(objective[0], 4, objective[1], estimator=objective[2])
+    grey = likelihood != "bernoulli"
+    if precision == "32":
+        _compare(config, spec, steps=1, grey=grey)
+        return
+    monkeypatch.setattr(
+        estimators_module,
+        "training_autocast",
+        lambda precision, device: torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False),
+    )
+    _compare(config, spec, steps=1, grey=grey, precision=precision, dtype=torch.float32, rtol=2e-5)
 
 
 def test_a_short_last_minibatch_is_padded_and_masked():
@@ -406,6 +495,83 @@ def test_the_cuda_graph_path_writes_each_step_into_one_capture(monkeypatch):
         assert bool(finite)
     assert len(captured) == 2 and captured[0][: len(step._params)] == captured[1][: len(step._params)]
     _assert_same_state(compiled, eager, rtol=1e-10, atol=1e-12)
+
+
+class _FakeCuda:
+    """Stand-ins for torch.cuda's streams and graphs that record what capture_cuda_graph does with them."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                fake.events.append("side stream")
+
+            def wait_stream(self, other):
+                fake.events.append("side waits")
+
+        class CurrentStream:
+            def wait_stream(self, other):
+                fake.events.append("main waits")
+
+        class Graph:
+            def replay(self):
+                fake.events.append("replay")
+
+        class Capturing:
+            def __init__(self, graph):
+                pass
+
+            def __enter__(self):
+                fake.events.append("capture begins")
+
+            def __exit__(self, *exc):
+                fake.events.append("capture ends")
+
+        class OnStream:
+            def __init__(self, stream):
+                pass
+
+            def __enter__(self):
+                fake.events.append("on side stream")
+
+            def __exit__(self, *exc):
+                fake.events.append("back on main stream")
+
+        self.Stream, self.CUDAGraph, self.graph, self.stream = Stream, Graph, Capturing, OnStream
+        self.current_stream = lambda device=None: CurrentStream()
+
+
+def test_capture_warms_up_on_copies_then_records_the_real_tensors(monkeypatch):
+    """capture_cuda_graph: the program (which writes its inputs) is warmed up twice on a side stream on
+    copies of the inputs, which are left as they were; then captured once on the inputs themselves; each
+    replay replays the graph and returns the captured outputs."""
+    fake = _FakeCuda()
+    for name in ("Stream", "CUDAGraph", "graph", "stream", "current_stream"):
+        monkeypatch.setattr(program_module.torch.cuda, name, getattr(fake, name))
+    args = [torch.arange(3.0), torch.ones(2)]
+    before = [a.clone() for a in args]
+    calls = []
+
+    def program(a, b):
+        calls.append((a.data_ptr(), b.data_ptr(), fake.events[-1]))
+        a.add_(1.0)  # it updates its inputs, as the step does its parameters
+        return (a.sum(),)
+
+    replay = program_module.capture_cuda_graph(program, args)
+    real = (args[0].data_ptr(), args[1].data_ptr())
+    assert [c[:2] != real for c in calls] == [True, True, False]  # two warm-ups on copies, the capture on args
+    assert [c[2] for c in calls] == ["on side stream", "on side stream", "capture begins"]
+    assert fake.events.index("main waits") < fake.events.index("capture begins")
+    torch.testing.assert_close(args[1], before[1])
+    outputs = replay()
+    assert fake.events[-1] == "replay" and replay() is outputs
+
+
+def test_on_cuda_inductor_s_python_wrapper_is_used_under_the_graph():
+    assert program_module.inductor_options(torch.device("cpu")) == {"config_patches": {"cpp_wrapper": True}}
+    assert program_module.inductor_options(torch.device("cuda", 0)) == {}
 
 
 # ----------------------------------------------------------------------------- where it does not apply

@@ -17,6 +17,7 @@ import iwae.compiled.program as program_module
 from iwae import rundir
 from iwae.checkpoint import load_tensors
 from iwae.data import Splits
+from iwae.members import train_members
 from iwae.models import VAE, ModelConfig
 from iwae.train import TrainConfig, train
 from iwae.train import loop as train_module
@@ -175,3 +176,21 @@ def test_a_model_the_compiled_step_cannot_trace_trains_eager_with_a_one_line_not
     notes = [line for line in capsys.readouterr().err.splitlines() if "compiled step" in line]
     assert len(notes) == 1 and "cannot be traced" in notes[0] and notes[0].endswith("training with the eager step")
     assert len(calls) == 6
+
+
+def test_batched_members_with_the_compiled_step_train_one_after_another_with_a_one_line_note(
+    tmp_path, monkeypatch, capsys, traced_only
+):
+    """--seeds with --batch and --compile step: the stacked model has no compiled step, so the members
+    train one after another, each with its own compiled step (no eager step), each its run alone bit
+    for bit; one line says so."""
+    calls = _eager_steps(monkeypatch)
+    splits = _splits()
+    configs = [_config(tmp_path, f"seed{seed}", seed=seed, compile="step", epochs=1) for seed in (0, 1)]
+    results = train_members(configs, batch=True, progress=True, splits=splits)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("members:")]
+    assert notes == ["members: cannot batch runs with compile step; training them one after another"]
+    assert [r.status for r in results] == ["trained", "trained"] and calls == []
+    alone = train(_config(tmp_path, "alone", seed=1, compile="step", epochs=1), progress=False, splits=splits)
+    state, state_ref = _weights(results[1].run_dir), _weights(alone)
+    assert sorted(state) == sorted(state_ref) and all(torch.equal(state[k], state_ref[k]) for k in state)

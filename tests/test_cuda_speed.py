@@ -1,6 +1,7 @@
 """CUDA-only tests of training and evaluation on a real GPU (issue 13): every tensor a run builds on
 the device, its generators there, checkpoint/resume on CUDA, evaluation's chunking under the memory
-budget, bf16-mixed and compiled steps on CUDA. Marked ``cuda``; they skip where CUDA is absent
+budget, bf16-mixed and compiled steps on CUDA (--compile step: inductor's program, called and replayed
+as a CUDA graph). Marked ``cuda``; they skip where CUDA is absent
 (``pytest -m cuda`` and benchmarks/gpu_check.sh run them).
 
 Written without a GPU to run them on: they were checked by reading, and each one's CPU counterpart
@@ -9,10 +10,13 @@ runs in tests/test_train.py, test_precision.py, test_compiled.py and test_memory
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from iwae import rundir
+from iwae.compiled.step import CompiledStep
 from iwae.data import Splits
 from iwae.estimators import ObjectiveSpec, accumulate_gradients
 from iwae.evaluate import log_likelihood
@@ -154,3 +158,47 @@ def test_a_compiled_cuda_step_computes_the_eager_step(mode):
         torch.testing.assert_close(b, b0, rtol=1e-4, atol=1e-3)
         for a, e in zip(g, g0):
             torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("graph", [False, True], ids=["program", "cuda-graph"])
+def test_the_compiled_cuda_step_takes_the_eager_step(graph, monkeypatch):
+    """--compile step on CUDA: inductor's program for the GPU, replayed as a CUDA graph or called, takes the
+    eager step (accumulate_gradients, fused Adam) from the same weights and generator: the bounds and
+    the updated weights to float rounding (TF32 off), the generator's state exactly; a short batch and a
+    new learning rate between steps, and the whole state in place (the optimizer's own tensors)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(784, (8,), ((32,),))).cuda()
+    twin = copy.deepcopy(model)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, eps=1e-4, fused=True) for m in (model, twin)]
+    x = torch.bernoulli(torch.full((20, 784), 0.3, device="cuda"))
+    spec = ObjectiveSpec("iwae", 5, estimator="dreg")
+    step = CompiledStep(model, opts[0], spec, 20, cuda_graph=graph)
+    g, g_ref = torch.Generator("cuda").manual_seed(3), torch.Generator("cuda").manual_seed(3)
+    for rows, lr in ((20, 1e-3), (20, 1e-3), (7, 3e-4), (20, 3e-4)):
+        for opt in opts:
+            opt.param_groups[0]["lr"] = lr
+        bound, finite = step(x[:rows], g)
+        opts[1].zero_grad(set_to_none=True)
+        bound_ref = accumulate_gradients(twin, x[:rows], spec, g_ref)
+        opts[1].step()
+        assert bool(finite) and torch.equal(g.get_state(), g_ref.get_state())
+        torch.testing.assert_close(bound, bound_ref, rtol=1e-5, atol=1e-4)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        assert opts[0].state[p]["step"].device.type == "cuda" and int(opts[0].state[p]["step"]) == 4
+
+
+@cuda
+def test_a_cuda_run_with_the_compiled_step_resumes_bit_exactly(tmp_path):
+    """iwae train --compile step --device cuda: two epochs straight against one and a resume, bit for bit."""
+    splits = _splits()
+    settings = dict(latent_dims=[4], hidden_dims=[[16]], k=3, batch_size=10, schedule="constant", device="cuda")
+    straight = train(TrainConfig(**settings, epochs=2, compile="step", out=str(tmp_path / "a")), splits=splits)
+    train(TrainConfig(**settings, epochs=1, compile="step", out=str(tmp_path / "b")), splits=splits)
+    resumed = train(
+        TrainConfig(**settings, epochs=2, compile="step", out=str(tmp_path / "b")), resume=True, splits=splits
+    )
+    a, b = rundir.read_checkpoint(straight)[0], rundir.read_checkpoint(resumed)[0]
+    assert sorted(a) == sorted(b) and all(torch.equal(a[key], b[key]) for key in a)

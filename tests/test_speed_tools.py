@@ -99,8 +99,11 @@ def test_gpu_check_runs_all_its_steps_on_the_cpu():
         "3. kernel variants",
         "4. training steps/s",
         "5. side by side",
+        "5b. the training step",
         "6. projected wall time",
     ):
         assert section in out
     assert "| train step | 1 | 20 | 1 | bf16-mixed |" in out
+    step_rows = [line for line in out.splitlines() if line.startswith("| train step | 1 | 4 | 1 | compiled-step |")]
+    assert len(step_rows) == 1 and "steps/s" in step_rows[0]  # a rate, not "failed: ..."
     assert "9,774,400 steps per run" in out and "all steps passed" in out

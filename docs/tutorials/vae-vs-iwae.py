@@ -104,8 +104,9 @@ print(f"paired s.e. {comparison['paired_stderr']:.3f} against unpaired {comparis
 # and the figure's titles give the total-variation distance of q and of q_EW to it.
 
 # %%
-config_2d = TrainConfig(objective="iwae", k=5, epochs=2, train_subset=5000, latent_dims=[2],
-                        out="runs/tutorial-iwae-2d")
+config_2d = TrainConfig(
+    objective="iwae", k=5, epochs=2, train_subset=5000, latent_dims=[2], out="runs/tutorial-iwae-2d"
+)
 model_2d = iwae.load(train(config_2d, overwrite=True, progress=False))
 x = iwae.load_dataset("mnist").test[:2]
 rows = iwae.figures.qew_figure(model_2d, x, (1, 5, 50), "runs/tutorial-qew.png", samples=5000, grid_size=81)

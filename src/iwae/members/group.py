@@ -24,10 +24,11 @@ MAY_DIFFER = ("seed", "objective", "estimator", "beta", "m", "kl_warmup", "valid
 
 
 # Whether runs that may stack train as one batched model by default, by device type: a measured rule
-# (issue 24; docs: the speed page). Batching changes a run's numbers by float rounding (the stacked
-# matrix products sum in another order), so it is worth it only where it is faster than the runs one
-# after another, measured through the command line (`iwae train --seeds 0,1,2,3` against four single
-# runs, k = 1 and 5, B = 20, start-up cancelled by differencing two run sizes; benchmarks/members.py cli):
+# (issue 24; docs: guide/members.md, "When members are batched"). Batching changes a run's numbers by
+# float rounding (the stacked matrix products sum in another order), so it is worth it only where it is
+# faster than the runs one after another, measured through the command line (`iwae train --seeds
+# 0,1,2,3` against four single runs, k = 1 and 5, B = 20, start-up cancelled by differencing two run
+# sizes: benchmarks/train_rate.py --seeds 0,1,2,3 --batch-members / --no-batch-members):
 # - cpu: no. The stacked eager step gave 0.85x the member-steps/s of single eager runs at k = 1 (idle,
 #   2 threads), and single runs with --compile step are as fast as a stacked compiled step (prototype,
 #   benchmarks/compiled_members.py): a 20-image step is per-operation overhead that the compiled program
