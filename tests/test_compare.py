@@ -164,7 +164,7 @@ def test_the_evaluation_both_runs_have_is_used(tmp_path):
     b = _write_eval(tmp_path / "b", x - 0.2, test_subset=500, of=10000)
     out = compare_runs(a, b)
     assert out["evaluation"]["a"] == out["evaluation"]["b"] == "eval_k5000_n500_seed0"
-    assert "L_5000 on the first 500 of 10000 mnist test images, seed 0" == out["evaluation"]["description"]
+    assert out["evaluation"]["description"] == "L_5000 on the first 500 of 10000 mnist test images, seed 0"
     assert out["difference"] == pytest.approx(-0.3) and out["k"] == 5000 and out["method"] == "lk"
     # an evaluation only one of them has is no candidate
     _write_eval(a, x[:100], k=100, test_subset=100, of=10000)
@@ -296,6 +296,12 @@ def test_the_verdict_says_which_is_lower_and_whether_it_is_resolved(tmp_path):
     assert v["stderr_kind"] == "s.e. across 3 seed pairs"
     assert f"covers only {2 / np.sqrt(6):.0%}" in v["note"] and "±4.30 s.e." in v["note"]
     assert "verdict" in compare_text(compare_runs(fa, fb))
+    # every image differs by the same amount: the s.e. is 0, the ratio None (JSON has no infinity)
+    same_a = _write_eval(tmp_path / "same-a", np.full(400, -90.0))
+    same_b = _write_eval(tmp_path / "same-b", np.full(400, -90.5))  # exactly 0.5 lower bound on every image
+    v = compare_runs(same_a, same_b)["verdict"]
+    assert v["lower"] == "A" and v["stderr"] == 0 and v["resolved"] and v["by"] == 0.5
+    assert v["ratio"] is None and json.loads(json.dumps(v, allow_nan=False)) == v
 
 
 def test_ais_minus_lk_on_the_same_images_against_numpy(tmp_path):

@@ -907,7 +907,7 @@ def test_the_console_says_a_run_started_before_its_epoch_lines(tmp_path, shared_
         # its training: batched, its own epoch lines; alone, the line that starts its training
         mark = f"/runs/{name}: epoch 1/1" if batch else f"/runs/{name}: {name.upper()}(k=2), epochs 1-1 of 1"
         trained = [i for i, line in enumerate(err) if mark in line]
-        done = next(i for i, line in enumerate(err) if line.startswith(f"[") and f"] {name}: NLL" in line)
+        done = next(i for i, line in enumerate(err) if line.startswith("[") and f"] {name}: NLL" in line)
         assert trained and started < min(trained) < done, err
         if batch:  # when it is evaluated, the line says it was trained above
             assert f"{name}: trained above as one batched model; evaluating" in err

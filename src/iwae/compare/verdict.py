@@ -33,7 +33,8 @@ def verdict(result: dict) -> dict:
     Returns:
         ``lower`` (``"A"``, ``"B"``, or None when the NLLs are equal), ``by`` (|NLL(A) - NLL(B)|, in
         nats), ``stderr`` and ``stderr_kind`` (the paired s.e. over images for one run a side; the
-        s.e. across seeds for seeds, which includes training noise), ``ratio`` (by / stderr),
+        s.e. across seeds for seeds, which includes training noise), ``ratio`` (by / stderr; None
+        when the s.e. is 0, as it is when every image differs by the same amount),
         ``resolved`` (ratio >= 2), ``text`` (one line), ``note`` (what the s.e. leaves out, or how
         far 2 s.e. across few seeds is from 95%; None when nothing needs saying).
     """
@@ -74,7 +75,7 @@ def verdict(result: dict) -> dict:
         "by": by,
         "stderr": stderr,
         "stderr_kind": kind,
-        "ratio": ratio,
+        "ratio": ratio if math.isfinite(ratio) else None,  # JSON has no infinity
         "resolved": resolved,
         "text": text,
         "note": note,
