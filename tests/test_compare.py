@@ -329,8 +329,14 @@ def test_ais_minus_lk_on_the_same_images_against_numpy(tmp_path):
     assert "positive: L_5000 lies below" in gap_text(gaps)
     # refused: evaluations of other images (L_k of fewer images than AIS), the same evaluation twice
     _write_eval(run, x[:3], k=7, test_subset=3, of=10000)
-    with pytest.raises(ValueError, match="not of the same test images"):
+    with pytest.raises(ValueError, match="b must cover a's images; swap a and b"):
         evaluation_gap(run, stem, "eval_k7_n3_seed0")
+    swapped = evaluation_gap(run, "eval_k7_n3_seed0", stem)  # L_7 - AIS on AIS's first 3 images
+    assert swapped.prefix and swapped.n_test == 3
+    assert swapped.gap == pytest.approx(np.mean(x[:3] - ais[:3]), rel=1e-12)
+    _write_eval(run, x[:6], k=9, test_subset=6, of=10000, dataset="fashion-mnist")  # other images: no order pairs
+    with pytest.raises(ValueError, match="not of the same test images"):
+        evaluation_gap(run, stem, "eval_k9_n6_seed0")
     assert "eval_k7_n3_seed0" not in [g.b for g in ais_gaps(run, stem)]
     with pytest.raises(ValueError, match="two different evaluations"):
         evaluation_gap(run, stem, stem)
