@@ -150,4 +150,13 @@ def gap_text(gaps: list, name: str = "AIS") -> str:
                 f"positive: {k} lies below AIS's estimate of log p(x))",
             )
         )
+    if any(g.gap + RESOLVED_AT * g.stderr < 0 for g in gaps):
+        # both are lower bounds of log p(x): AIS resolved below an L_k means this AIS is the looser one
+        rows.append(
+            (
+                "note",
+                f"{name} lies below an L_k by more than {RESOLVED_AT:g} s.e.: this {name} has not converged (more "
+                f"--steps or --chains); both are lower bounds of log p(x), so there the L_k is the tighter",
+            )
+        )
     return label_table(rows) if rows else ""
