@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,12 @@ def test_the_verdict_says_which_is_lower_and_whether_it_is_resolved(tmp_path):
     assert v["stderr_kind"] == "s.e. across 3 seed pairs"
     assert f"covers only {2 / np.sqrt(6):.0%}" in v["note"] and "±4.30 s.e." in v["note"]
     assert "verdict" in compare_text(compare_runs(fa, fb))
+    # every image differs by the same amount: the s.e. is 0, the ratio None (JSON has no infinity)
+    same_a = _write_eval(tmp_path / "same-a", np.full(400, -90.0))
+    same_b = _write_eval(tmp_path / "same-b", np.full(400, -90.5))  # exactly 0.5 lower bound on every image
+    v = compare_runs(same_a, same_b)["verdict"]
+    assert v["lower"] == "A" and v["stderr"] == 0 and v["resolved"] and v["by"] == 0.5
+    assert v["ratio"] is None and json.loads(json.dumps(v, allow_nan=False)) == v
 
 
 def test_ais_minus_lk_on_the_same_images_against_numpy(tmp_path):
@@ -320,11 +327,19 @@ def test_ais_minus_lk_on_the_same_images_against_numpy(tmp_path):
     # the sign follows the order: b - a is the negative
     back = evaluation_gap(run, "eval_k5000_n6_seed0", stem)
     assert back.gap == pytest.approx(-gaps[0].gap) and back.stderr == pytest.approx(gaps[0].stderr)
-    assert "positive: L_5000 lies below" in gap_text(gaps)
+    assert "positive: L_5000 lies below" in gap_text(gaps) and "has not converged" not in gap_text(gaps)
+    # an AIS resolved below an L_k is said to be the looser bound (here the order stands in for it)
+    assert "AIS lies below an L_k by more than 2 s.e.: this AIS has not converged" in gap_text([back])
     # refused: evaluations of other images (L_k of fewer images than AIS), the same evaluation twice
     _write_eval(run, x[:3], k=7, test_subset=3, of=10000)
-    with pytest.raises(ValueError, match="not of the same test images"):
+    with pytest.raises(ValueError, match="b must cover a's images; swap a and b"):
         evaluation_gap(run, stem, "eval_k7_n3_seed0")
+    swapped = evaluation_gap(run, "eval_k7_n3_seed0", stem)  # L_7 - AIS on AIS's first 3 images
+    assert swapped.prefix and swapped.n_test == 3
+    assert swapped.gap == pytest.approx(np.mean(x[:3] - ais[:3]), rel=1e-12)
+    _write_eval(run, x[:6], k=9, test_subset=6, of=10000, dataset="fashion-mnist")  # other images: no order pairs
+    with pytest.raises(ValueError, match="not of the same test images"):
+        evaluation_gap(run, stem, "eval_k9_n6_seed0")
     assert "eval_k7_n3_seed0" not in [g.b for g in ais_gaps(run, stem)]
     with pytest.raises(ValueError, match="two different evaluations"):
         evaluation_gap(run, stem, stem)
@@ -449,6 +464,8 @@ def test_the_ais_compare_and_bdmc_commands(tmp_path, shared_data_dir, mnist_spli
     # AIS - L_k, printed by evaluate --method ais once an L_k of the same images exists
     ais_args = ("--method", "ais", "--steps", 4, "--chains", 2, "--leapfrog", 2, "--test-subset", 30)
     text = invoke("evaluate", runs[0], *ais_args, "--quiet").output
+    # its cost first: a short AIS is a fraction of L_5000's passes, not "0x"
+    assert re.search(r"AIS on 30 images: (about \d+ s|under 1 s) \(0\.\d+x the passes of L_5000\)", text), text
     assert f"no L_k evaluation of these 30 images yet: iwae evaluate {runs[0]} --test-subset 30" in text
     assert invoke("evaluate", runs[0], "--k", 50, "--test-subset", 30, "--quiet").exit_code == 0
     text = invoke("evaluate", runs[0], *ais_args, "--quiet").output

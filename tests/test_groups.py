@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, invoke, small_npz
 
+import iwae
 from iwae.compare import compare_runs
 from iwae.groups import evaluate_group, mean_sd
 from iwae.rundir import check_run_or_seeds, is_seed_group, member_seed, seed_members
@@ -67,6 +68,7 @@ def test_the_folder_and_its_members(folders, tmp_path):
     assert_one_line_error(result, "is neither a run")
     check_run_or_seeds(folders["iwae"])  # no error for a folder of seeds, nor for a run
     check_run_or_seeds(folders["iwae"] / "seed0")
+    assert iwae.groups.evaluate_group is evaluate_group and "groups" in iwae.__all__  # iwae.groups, lazily
 
 
 def test_evaluate_a_folder_of_seeds(folders):

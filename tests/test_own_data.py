@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import assert_one_line_error, invoke
 
 from iwae.config import TrainConfig
+from iwae.errors import DataError
 from iwae.evaluate import evaluate
 from iwae.rundir import check_moved_data, open_run, read_config
 
@@ -63,7 +64,12 @@ def test_the_run_evaluates_from_anywhere_and_a_moved_file_is_given_explicitly(tm
 
     # the file moves: evaluate says where it looked, and takes the new place explicitly
     shutil.move(tmp_path / "data", tmp_path / "moved")
-    assert_one_line_error(invoke("evaluate", run, "--k", 10), "user data file")
+    gone = f"the data file {tmp_path / 'data' / 'fm.npz'} that {run} was trained on is not there"
+    assert_one_line_error(invoke("evaluate", run, "--k", 10), gone)
+    assert f"iwae evaluate {run} --dataset npz:NEW_PATH" in invoke("evaluate", run, "--k", 10).output
+    assert_one_line_error(invoke("evaluate", run, "--method", "ais", "--steps", 2, "--chains", 2), gone)
+    with pytest.raises(DataError, match="dataset='npz:NEW_PATH'"):
+        evaluate(run, k=10)
     moved = f"npz:{tmp_path / 'moved' / 'fm.npz'}"
     after = invoke("evaluate", run, "--k", 10, "--dataset", moved, "--json")
     assert after.exit_code == 0, after.output

@@ -400,6 +400,27 @@ def test_labels_that_do_not_apply_are_blank(tmp_path):
     assert (rows["iwae-k5"]["m"], rows["iwae-k5"]["beta"], rows["ciwae"]["beta"]) == ("", "", "0.5")
 
 
+def test_values_carry_the_decimals_their_error_needs(tmp_path):
+    """bits/dim's s.e. is ~0.001: printed with two decimals it would read 1.30 ± 0.00. Each value gets
+    as many decimals as its error's two significant digits need; the header says what the ± is."""
+    from iwae.tables import error_digits, with_error
+
+    assert [error_digits(e) for e in (0.56, 0.056, 0.0012, 3.1, None, float("nan"), 0.0)] == [2, 3, 4, 2, 2, 2, 2]
+    assert with_error(1.30123, 0.00123) == "1.3012 ± 0.0012" and with_error(92.681, 0.561) == "92.68 ± 0.56"
+    assert with_error(1.30123, None, least=3) == "1.301"
+    runs = [
+        {
+            "name": "grey",
+            "published": None,
+            "metrics": {"nll": 2650.123, "nll_stderr": 2.21, "bits_per_dim": 4.87654, "bits_per_dim_stderr": 0.00406},
+        }
+    ]
+    (table,) = markdown_tables(report.markdown_report(make_experiment(tmp_path / "t", runs), figures=False))
+    row = by_run(table)["grey"]
+    assert row["bits/dim (± s.e. over images)"] == "4.8765 ± 0.0041"
+    assert row["NLL (± s.e. over images)"] == "2650.12 ± 2.21"  # at least two decimals
+
+
 def test_bounds_follow_eval_bound_ks(tmp_path):
     """bound_ks [16]: IWAE-16 and a -KL(Q||P) of IWAE-16; [16, 64]: a -KL per bound (neg_kl16, neg_kl64)."""
     evaluation = {"k": 5000, "test_subset": 2000, "seed": 0}

@@ -247,6 +247,8 @@ def evaluate(
         measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
         if dataset is not None and dataset != config.dataset:
             rundir.check_moved_data(config, dataset)  # a moved copy of the run's own data file only
+        elif splits is None:
+            rundir.check_run_data_present(config, run_dir)  # moved: say how to give its new place
         if splits is None:
             # the data as training saw them: its binarization (or none) and dequantisation
             splits = data_module.load_dataset(

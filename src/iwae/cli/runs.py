@@ -284,11 +284,10 @@ def evaluate(
 
     def announce(cost: dict) -> None:
         if not as_json:
-            click.echo(
-                f"AIS on {cost['images']} images: about {cost['seconds']:.0f} s "
-                f"({cost['passes_per_image'] / cost['l_k_passes_per_image']:.0f}x the passes of L_5000)",
-                err=True,
-            )
+            seconds, times = cost["seconds"], cost["passes_per_image"] / cost["l_k_passes_per_image"]
+            took = f"about {seconds:.0f} s" if seconds >= 1 else "under 1 s"
+            ratio = f"{times:.0f}" if times >= 10 else f"{times:.2g}"  # 0.4x, not 0x, for a short AIS
+            click.echo(f"AIS on {cost['images']} images: {took} ({ratio}x the passes of L_5000)", err=True)
 
     if is_seed_group(run_dir):
         from ..groups import evaluate_group, group_text

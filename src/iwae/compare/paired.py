@@ -254,10 +254,10 @@ def evaluation_gap(run_dir: RunDir, a: str, b: str) -> EvaluationGap:
     meta_b, v_b = load_bounds(run_dir, b)
     pairs, prefix = _same_images(meta_a, meta_b)
     if not pairs:
-        raise ValueError(
-            f"{a} ({describe_evaluation(meta_a)}) and {b} ({describe_evaluation(meta_b)}) are not of the same "
-            f"test images; evaluate them on the same --test-subset"
-        )
+        what = f"{a} ({describe_evaluation(meta_a)}) and {b} ({describe_evaluation(meta_b)})"
+        if _same_images(meta_b, meta_a)[0]:  # b's images are a's first ones: the other order pairs them
+            raise ValueError(f"{what}: b must cover a's images; swap a and b (the gap is then a - b's negative)")
+        raise ValueError(f"{what} are not of the same test images; evaluate them on the same --test-subset")
     gap, stderr = paired_difference(v_a, v_b[: len(v_a)])
     return EvaluationGap(
         str(run_dir), a, b, gap, stderr, len(v_a), describe_evaluation(meta_a), describe_evaluation(meta_b), prefix

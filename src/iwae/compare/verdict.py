@@ -33,7 +33,8 @@ def verdict(result: dict) -> dict:
     Returns:
         ``lower`` (``"A"``, ``"B"``, or None when the NLLs are equal), ``by`` (|NLL(A) - NLL(B)|, in
         nats), ``stderr`` and ``stderr_kind`` (the paired s.e. over images for one run a side; the
-        s.e. across seeds for seeds, which includes training noise), ``ratio`` (by / stderr),
+        s.e. across seeds for seeds, which includes training noise), ``ratio`` (by / stderr; None
+        when the s.e. is 0, as it is when every image differs by the same amount),
         ``resolved`` (ratio >= 2), ``text`` (one line), ``note`` (what the s.e. leaves out, or how
         far 2 s.e. across few seeds is from 95%; None when nothing needs saying).
     """
@@ -74,7 +75,7 @@ def verdict(result: dict) -> dict:
         "by": by,
         "stderr": stderr,
         "stderr_kind": kind,
-        "ratio": ratio,
+        "ratio": ratio if math.isfinite(ratio) else None,  # JSON has no infinity
         "resolved": resolved,
         "text": text,
         "note": note,
@@ -147,6 +148,15 @@ def gap_text(gaps: list, name: str = "AIS") -> str:
                 f"{name} - {k}",
                 f"{g.gap:+.3f} ± {g.stderr:.3f} nats  (mean per-image log p-hat - {k} ± paired s.e., on {images}; "
                 f"positive: {k} lies below AIS's estimate of log p(x))",
+            )
+        )
+    if any(g.gap + RESOLVED_AT * g.stderr < 0 for g in gaps):
+        # both are lower bounds of log p(x): AIS resolved below an L_k means this AIS is the looser one
+        rows.append(
+            (
+                "note",
+                f"{name} lies below an L_k by more than {RESOLVED_AT:g} s.e.: this {name} has not converged (more "
+                f"--steps or --chains); both are lower bounds of log p(x), so there the L_k is the tighter",
             )
         )
     return label_table(rows) if rows else ""

@@ -74,6 +74,7 @@ from .identity import (
     NOT_IDENTITY,
     changed_settings,
     check_moved_data,
+    check_run_data_present,
     check_same_run,
     read_config,
     read_config_values,
@@ -163,6 +164,7 @@ __all__ = [
     "write_config",
     "check_same_run",
     "check_moved_data",
+    "check_run_data_present",
     # model.safetensors
     "model_digest",
     "save_model",

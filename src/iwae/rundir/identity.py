@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..config import TrainConfig
+from ..errors import DataError
 from .layout import CONFIG, atomic_write
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "write_config",
     "check_same_run",
     "check_moved_data",
+    "check_run_data_present",
 ]
 
 # settings that may differ between two invocations on the same run directory. None of them changes
@@ -152,6 +154,24 @@ def check_moved_data(config: TrainConfig, dataset: str) -> None:
     changed = _data_content_changed(config, dataset)
     if changed:
         raise ValueError(f"{dataset} is not the data {config.dataset} held when the run trained: {changed}")
+
+
+def check_run_data_present(config: TrainConfig, run_dir: str | os.PathLike) -> None:
+    """Refuses, in one line that names the way on, a run trained on user arrays (``npz:PATH``) whose
+    data file is no longer at the path its config.yaml holds: the file has moved, and the moved file
+    is given as ``--dataset npz:NEW`` (Python: ``dataset="npz:NEW"``).
+
+    Raises:
+        DataError: the run's ``npz:`` file is missing.
+    """
+    if not config.dataset.startswith("npz:"):
+        return
+    path = Path(config.dataset[len("npz:") :]).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"the data file {path} that {run_dir} was trained on is not there; if it has moved, give its new "
+            f"place: iwae evaluate {run_dir} --dataset npz:NEW_PATH (Python: dataset='npz:NEW_PATH')"
+        )
 
 
 def _data_content_changed(config: TrainConfig, dataset: str) -> str | None:

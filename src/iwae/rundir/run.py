@@ -13,7 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import CheckpointError
 from ..models import VAE
-from .identity import check_moved_data, read_config
+from .identity import check_moved_data, check_run_data_present, read_config
 from .weights import load_trained
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class Run:
             if self.dataset is not None and self.dataset != config.dataset:
                 check_moved_data(config, self.dataset)
                 config = dataclasses.replace(config, dataset=self.dataset)
+            else:
+                check_run_data_present(config, self.path)
             splits = config.load_data(self.data_dir)  # binarized (or not) as training saw it
             if splits.dim != self.model.config.input_dim:
                 raise ValueError(
