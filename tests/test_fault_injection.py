@@ -29,6 +29,7 @@ from cli_helpers import small_npz as write_small_npz  # the fixture below takes 
 import iwae.checkpoint as checkpoint_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
+from iwae.rundir import MARKER, checkpoint_path
 from iwae.train import TrainConfig
 from iwae.train import loop as train_module
 
@@ -132,8 +133,9 @@ def _install_hooks(monkeypatch, on_event) -> None:
     monkeypatch.setattr(train_module, "validation_bound", validation)
 
 
-def _run_killed(args: list[str], point: tuple) -> None:
-    """Runs ``iwae ARGS`` in a forked child that SIGKILLs itself at ``point``; asserts it died so."""
+def _run_killed(args: list[str], point: tuple, name_events=lambda on_event: on_event) -> None:
+    """Runs ``iwae ARGS`` in a forked child that SIGKILLs itself at ``point``; asserts it died so.
+    ``name_events`` wraps the child's event handler (to rename events, see :func:`_member_events`)."""
     kind, name, occurrence = point
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -149,7 +151,7 @@ def _run_killed(args: list[str], point: tuple) -> None:
                     _die()
 
             with pytest.MonkeyPatch.context() as mp:
-                _install_hooks(mp, on_event)
+                _install_hooks(mp, name_events(on_event))
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1), os.dup2(devnull, 2)
                 main([str(a) for a in args], standalone_mode=False)
@@ -215,7 +217,8 @@ def assert_same_run(ref: Path, out: Path) -> None:
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows_b
     ]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
+    # no temporary file is left (the hidden mark, which command created the folder, is no temporary)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER]
 
 
 def _kill_and_resume(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
@@ -256,3 +259,85 @@ def test_the_kill_points_are_spread_over_the_run():
     assert {"fsync", "replace", "replaced", "step", "validation"} <= set(kinds)
     for name, n in WRITES.items():  # half-way through the first and the last write of every file
         assert ("fsync", name, 1) in KILL_POINTS and ("fsync", name, n) in KILL_POINTS
+
+
+# ----------------------------------------------------------------------------- batched members (issue 20, 7)
+# two seeds trained as one batched model (``--seeds``): each checkpoint of the group is one commit,
+# both members' staged checkpoints, then the commit record, then both renamed into place. A kill
+# between or inside those writes must leave both members at one step and resume bit for bit.
+SEEDS = "0,1"
+MEMBER_ARGS = tuple(a for a in TRAIN_ARGS[:-3]) + ("--quiet",)  # no --seed: --seeds gives them
+STAGED = "checkpoint.staged.safetensors"
+RECORD = "group-record"  # .iwae-group-<digest>.json, by this name in the events
+MEMBER_KILL_POINTS = [
+    ("fsync", STAGED, 1),  # inside the first member's first staged write
+    ("replaced", STAGED, 1),  # between the two members' staged writes
+    ("replaced", STAGED, 2),  # both staged, no record yet
+    ("fsync", RECORD, 2),  # the record half-written
+    ("replaced", RECORD, 3),  # committed, neither renamed into place
+    ("replaced", "checkpoint.safetensors", 5),  # committed, one member renamed into place, the other not
+    ("replace", "checkpoint.safetensors", 8),  # the second member's rename of the epoch-2 commit
+    ("fsync", "model.safetensors", 3),  # between the epoch's model writes (before its commit)
+    ("fsync", "metrics.csv", 2),  # after the epoch's commit, between the members' metrics
+    ("fsync", STAGED, 11),  # inside the first member's last staged write
+]
+MEMBER_KILL_CHAINS = [[("replaced", STAGED, 1), ("replaced", RECORD, 2)]]
+
+
+def _member_events(on_event):
+    """``on_event`` with the group record's name (it holds a digest) given as :data:`RECORD`."""
+    return lambda kind, name, path: on_event(kind, RECORD if (name or "").startswith(".iwae-group-") else name, path)
+
+
+@pytest.fixture(scope="module")
+def member_reference(tmp_path_factory, small_npz) -> Path:
+    """The uninterrupted group, with the events it passes through counted (the kill points exist)."""
+    out = tmp_path_factory.mktemp("members") / "group"
+    events: collections.Counter = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        _install_hooks(mp, _member_events(lambda kind, name, path: events.update([(kind, name)])))
+        result = invoke("train", "--dataset", small_npz, *MEMBER_ARGS, "--seeds", SEEDS, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert events["fsync", STAGED] == 12 and events["fsync", RECORD] == 6  # 6 commits of 2 members
+    assert events["replaced", "checkpoint.safetensors"] == 12
+    for kind, name, occurrence in MEMBER_KILL_POINTS + [p for chain in MEMBER_KILL_CHAINS for p in chain]:
+        assert events[kind, name] >= occurrence, (kind, name, occurrence)
+    return out
+
+
+def _members_stand_together(out: Path) -> None:
+    """Each member's files are whole, and every member's checkpoint (the committed one: a staged file
+    a record commits counts, see iwae.rundir.group) stands at the same step as the others'."""
+    steps = set()
+    for member in sorted(p for p in out.iterdir() if p.is_dir()):
+        path = checkpoint_path(member)
+        if path.is_file():
+            steps.add(load_tensors(path)[1]["step"])
+        else:
+            steps.add(None)
+    assert len(steps) == 1, f"members at different steps after the kill: {steps}"
+
+
+def _kill_and_resume_members(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
+    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--out", str(out)]
+    _run_killed(start, points[0], _member_events)
+    _members_stand_together(out)
+    for point in points[1:]:
+        _run_killed(["train", "--resume", str(out), "--quiet"], point, _member_events)
+        _members_stand_together(out)
+    result = invoke("train", "--resume", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        assert_same_run(reference / f"seed{seed}", out / f"seed{seed}")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no record or temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+@pytest.mark.parametrize("point", MEMBER_KILL_POINTS, ids=[f"{k}-{n or ''}-{i}" for k, n, i in MEMBER_KILL_POINTS])
+def test_a_killed_group_of_members_resumes_bit_exact(tmp_path, small_npz, member_reference, point):
+    _kill_and_resume_members([point], tmp_path / "group", small_npz, member_reference)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+def test_a_group_killed_again_while_resuming(tmp_path, small_npz, member_reference):
+    _kill_and_resume_members(MEMBER_KILL_CHAINS[0], tmp_path / "group", small_npz, member_reference)

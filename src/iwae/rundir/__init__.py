@@ -45,12 +45,14 @@ from .checkpoints import (
     EpochState,
     check_same_device_type,
     checkpoint_metrics,
+    checkpoint_path,
     generator_device,
     has_checkpoint,
     only_start_files,
     read_checkpoint,
     restore,
     save_checkpoint,
+    trained_as,
     trained_epochs,
 )
 from .evaluations import (
@@ -62,6 +64,8 @@ from .evaluations import (
     write_figure_record,
     write_surgery,
 )
+from .folder import MARKER, REPRODUCE, check_replaceable, created_by
+from .group import STAGED, close_group, commit_group, group_record, settle
 from .identity import (
     ADDED_DEFAULTS,
     NOT_IDENTITY,
@@ -90,8 +94,10 @@ from .layout import (
     prepare,
     read_files,
     remove_run_temporaries,
+    run_folder,
     write_files,
 )
+from .lock import LOCK_FILE, FolderBusy, locks, writing
 from .metrics import (
     has_metrics,
     metrics_text,
@@ -101,6 +107,7 @@ from .metrics import (
     training_seconds,
     write_metrics,
 )
+from .names import RUN_NAME_RULE, check_run_name, is_run_name
 from .results import (
     RunStatus,
     clear_error,
@@ -137,6 +144,7 @@ __all__ = [
     "START_FILES",
     "RUN_FILES",
     "is_empty",
+    "run_folder",
     "clear_start_files",
     "prepare",
     "delete",
@@ -144,6 +152,19 @@ __all__ = [
     "read_files",
     "write_files",
     "model_bytes",
+    # one writer at a time, and who made a folder
+    "LOCK_FILE",
+    "MARKER",
+    "REPRODUCE",
+    "FolderBusy",
+    "writing",
+    "locks",
+    "created_by",
+    "check_replaceable",
+    # run names
+    "RUN_NAME_RULE",
+    "check_run_name",
+    "is_run_name",
     # identity and config.yaml
     "NOT_IDENTITY",
     "ADDED_DEFAULTS",
@@ -173,6 +194,14 @@ __all__ = [
     "check_same_device_type",
     "restore",
     "trained_epochs",
+    "checkpoint_path",
+    "trained_as",
+    # the group commit of batched members
+    "STAGED",
+    "group_record",
+    "commit_group",
+    "settle",
+    "close_group",
     "only_start_files",
     # metrics.csv, tb/
     "metrics_text",
