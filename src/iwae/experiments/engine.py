@@ -38,7 +38,7 @@ import torch
 from .. import rundir
 from ..checkpoint import atomic_write
 from ..errors import CheckpointError
-from ..rundir.lock import acquire_lock, release_lock
+from ..rundir.lock import acquire_lock, holder_text, release_lock
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
 from .plan import PlannedRun, estimate_seconds, finished_result, plan, plan_text
@@ -205,7 +205,13 @@ class _lock:
     lock: a report may be written while a reproduction runs, and runs are locked one by one."""
 
     def __init__(self, out_dir: Path):
-        self.fd = acquire_lock(out_dir, REPRODUCE_LOCK)
+        try:
+            self.fd = acquire_lock(out_dir, REPRODUCE_LOCK)
+        except rundir.FolderBusy:
+            raise rundir.FolderBusy(
+                f"another iwae reproduce is writing to {out_dir} "
+                f"({holder_text(out_dir / REPRODUCE_LOCK)}); wait for it to finish or use another --out"
+            ) from None
 
     def close(self) -> None:
         release_lock(self.fd)

@@ -40,7 +40,17 @@ try:
 except ImportError:  # not POSIX (Windows): folders are not locked
     fcntl = None
 
-__all__ = ["LOCK_FILE", "FolderBusy", "writing", "locks", "held", "holder_of", "acquire_lock", "release_lock"]
+__all__ = [
+    "LOCK_FILE",
+    "FolderBusy",
+    "writing",
+    "locks",
+    "held",
+    "holder_of",
+    "holder_text",
+    "acquire_lock",
+    "release_lock",
+]
 
 LOCK_FILE = ".iwae.lock"  # locked instead of the folder where the file system cannot lock a directory
 
@@ -114,12 +124,17 @@ def holder_of(path: str | os.PathLike) -> int | None:
     return exact or same_inode
 
 
-def _busy(folder: Path, path: Path) -> FolderBusy:
+def holder_text(path: str | os.PathLike) -> str:
+    """Who holds the lock of ``path``, for a message: ``another process (pid 1234: iwae train ...)``."""
     pid = holder_of(path)
-    who = "another process" if pid is None else f"another process (pid {pid}"
-    if pid is not None:
-        command = _command_of(pid)
-        who += f": {command})" if command else ")"
+    if pid is None:
+        return "another process"
+    command = _command_of(pid)
+    return f"another process (pid {pid}: {command})" if command else f"another process (pid {pid})"
+
+
+def _busy(folder: Path, path: Path) -> FolderBusy:
+    who = holder_text(path)
     return FolderBusy(
         f"{folder} is in use: {who} is writing to it; wait for it to finish, or write somewhere else "
         f"(the lock goes when that process ends, even if it is killed)"
