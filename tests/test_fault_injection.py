@@ -8,21 +8,30 @@ half its size, as a kill during the write would leave it), with the temporary fi
 yet renamed, or just after the rename. After each kill every file of the run directory under its
 real name must be complete, and after ``--resume`` the run must end with the uninterrupted run's
 weights, optimizer state and RNG state, bit for bit, and the same metrics.
+
+The same for two seeds trained as one batched model (``--seeds``): 10 kill points and a chain of
+two, between and inside the members' staged writes, the group's commit record and the renames that
+settle it; after each kill both members stand at one step, and the group resumes bit for bit. And a
+reproduction with a pool of two worker processes, killed (with its workers) while both runs train,
+then run again: every run ends bit-identical to the uninterrupted reproduction.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helpers import assert_one_line_error, invoke
 from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
 
@@ -30,6 +39,7 @@ import iwae.checkpoint as checkpoint_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.rundir import MARKER, checkpoint_path
+from iwae.rundir.lock import holder_of
 from iwae.train import TrainConfig
 from iwae.train import loop as train_module
 
@@ -341,3 +351,62 @@ def test_a_killed_group_of_members_resumes_bit_exact(tmp_path, small_npz, member
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
 def test_a_group_killed_again_while_resuming(tmp_path, small_npz, member_reference):
     _kill_and_resume_members(MEMBER_KILL_CHAINS[0], tmp_path / "group", small_npz, member_reference)
+
+
+# ----------------------------------------------------------------------------- reproduce with a worker pool
+# two runs of their own (not batched), each in a worker process of its own: the reproduction, its
+# workers included, is killed (SIGKILL to the process group) while both train, then run again
+POOL_RUN = {"latent_dims": [4], "hidden_dims": [[16]], "batch_size": 10, "checkpoint_every": 50}
+POOL_PROTOCOL = {"epochs": 4, "train_subset": 2000, "test_subset": 10, "eval_k": 4}
+
+
+def _reproduction(exp: Path, out: Path, data_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp), "--out", str(out),
+        "--data-dir", str(data_dir), "--workers", "2", "--threads", "1", "--no-batch", "--quiet",
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs process groups and /proc (Linux)")
+def test_a_reproduction_with_a_worker_pool_killed_resumes_bit_exact(tmp_path, shared_data_dir):
+    runs = [
+        {"name": "a", "objective": "iwae", "k": 3, **POOL_RUN},
+        {"name": "b", "objective": "vae", "k": 1, **POOL_RUN},
+    ]
+    exp = tmp_path / "pool.yaml"
+    exp.write_text(yaml.safe_dump({"name": "pool", "runs": runs, "protocols": {"short": POOL_PROTOCOL}}))
+    reference = tmp_path / "reference"
+    done = subprocess.run(_reproduction(exp, reference, shared_data_dir), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "out"
+    folders = [out / "runs" / r["name"] for r in runs]
+    proc = subprocess.Popen(
+        _reproduction(exp, out, shared_data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its workers too
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        started = all((f / "checkpoint.safetensors").is_file() for f in folders)  # both past step 50
+        if started and not any((f / "result.json").exists() for f in folders):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the reproduction finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not all((f / "result.json").exists() for f in folders)
+    deadline = time.time() + 60  # SIGKILL reaches the workers at once, but they take a moment to exit
+    while time.time() < deadline and any(holder_of(f) is not None for f in folders):
+        time.sleep(0.05)
+    for folder in folders:
+        assert holder_of(folder) is None  # the killed workers' locks went with them
+        assert_complete(folder)
+
+    done = subprocess.run(_reproduction(exp, out, shared_data_dir), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    for folder in folders:
+        assert_same_run(reference / "runs" / folder.name, folder)
+        ours, theirs = (json.loads((f / "result.json").read_text()) for f in (folder, reference / "runs" / folder.name))
+        assert ours["metrics"] == theirs["metrics"], folder.name
