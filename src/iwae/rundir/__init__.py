@@ -22,6 +22,8 @@ A run directory holds
     result.json               written last by ``iwae reproduce``: the run is finished (:func:`run_status`)
     error.json                the run failed (``iwae reproduce``)
     samples.png, qew.png ...  figures the CLI draws into the run by default (written by the figure code)
+    .iwae-created             which command created the folder (:mod:`.folder`)
+    checkpoint.staged.safetensors   a batched member's checkpoint before its group commits it (:mod:`.group`)
 
 Runs written before the model config was stored once (their safetensors metadata holds a
 ``model_config``) are read as before: that metadata is their architecture.
@@ -31,14 +33,38 @@ renamed over the old one (:mod:`iwae.checkpoint`), so a killed run never leaves 
 under its real name; a write that fails raises :class:`~iwae.checkpoint.WriteError` and leaves the
 old file as it was.
 
-The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.identity` (config.yaml and
-which settings make the same run), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
-(checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.results`
+The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.folder` (who made a folder,
+creating and replacing it), :mod:`.lock` (one writer per folder), :mod:`.names` (run names),
+:mod:`.identity` (config.yaml and which settings make the same run), :mod:`.weights`
+(model.safetensors), :mod:`.checkpoints` (checkpoint.safetensors), :mod:`.group` (the group commit
+of batched members), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.results`
 (what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
 run folders through the names this package exports.
 
 Two rules live here and nowhere else: which settings make two configs the same run
 (:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
+
+What identifies what, and who checks it when (the one place this is written down; the docs'
+"Reliability" page says the same in prose):
+
+- A run is its folder and the identity settings of its config.yaml (:func:`run_identity`). A folder
+  has one writer at a time (:mod:`.lock`: every command that writes into it holds an OS lock on it;
+  a second is refused naming the holder); it is created and replaced whole, never emptied where a
+  reader can look, and only by whom may (:mod:`.folder`: its ``.iwae-created`` mark says which
+  command made it; the engine replaces only what a reproduction made, ``--overwrite`` only run
+  folders, nobody a symbolic link). A run an experiment file names is a plain name inside the
+  output folder (:mod:`.names`), checked when the file is read, before ``--dry-run`` prints.
+  Checked: by ``train --resume`` and ``iwae reproduce`` (same settings, :func:`check_same_run`),
+  by every writer (the lock), by the engine's plan (the folder is its own) before anything runs.
+- Runs trained as one batched model commit each checkpoint together (:mod:`.group`), and each
+  checkpoint says how its run was trained (``trained_as``: alone, or batched with which runs),
+  which result.json and the report repeat.
+- Its weights: model.safetensors carries the epoch and the architecture's digest, checked against
+  config.yaml by every load; evaluations and results record the file's SHA-256 (:func:`model_sha256`).
+- Its data and an evaluation: the dataset's name, binarization and images an evaluation measured
+  are in its record (:mod:`.evaluations`).
+- [Digests of weights' tensor bytes, of the test tensor an evaluation measured and of data files,
+  and who verifies them (load, evaluate, resume, compare): written by issue 20's other half.]
 """
 
 from .checkpoints import (
