@@ -12,15 +12,18 @@ ConfigError, never another exception.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import invoke
+from cli_helpers import invoke, invoke_unprivileged
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +97,43 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
             }
         )
     )
+    # run names that are not one plain folder name (issue 20, 1): each experiment file is refused
+    elsewhere = root / "elsewhere"  # where an absolute name would write: inside the world, so the snapshot sees it
+    for case, runs in BAD_NAME_RUNS.items():
+        runs = [
+            {k: (str(elsewhere / v[len("ABS/") :]) if str(v).startswith("ABS/") else v) for k, v in r.items()}
+            for r in runs
+        ]
+        spec = {"name": "x", "title": "x", "runs": runs, "protocols": {"short": {"epochs": 1}}}
+        (files / f"exp-{case}.yaml").write_text(yaml.safe_dump(spec))
+    (files / "exp-name-format-path.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "name_format": "{dataset}-k{k}",  # a user's npz:PATH dataset puts a path in the name
+                "runs": [{"dataset": f"npz:{files / 'two.npy'}"}],
+                "protocols": {"short": {"epochs": 1}},
+            }
+        )
+    )
+    (files / "exp-experiment-name.yaml").write_text(
+        yaml.safe_dump({"name": "../up", "runs": [{"name": "a"}], "protocols": {"short": {"epochs": 1}}})
+    )
+    # two seeds trained as one batched model, and a reproduction's folder (for the locked cases)
+    result = invoke(
+        "train", "--objective", "vae", "--k", 1, "--epochs", 1, "--train-subset", 200, "--valid-k", 1,
+        "--seeds", "0,1", "--data-dir", shared_data_dir, "--out", root / "seeds", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    (root / "repro").mkdir()
+    (root / "repro" / "reproduction.json").write_text(json.dumps({"experiment": "x", "runs": []}))
+    assert invoke("report", root / "repro", "--no-figures").exit_code == 0  # a folder a report accepts
+    # a link to the run, a read-only copy of it and a read-only folder (issue 20, 10)
+    (root / "link").symlink_to(run, target_is_directory=True)
+    shutil.copytree(run, root / "ro-run")
+    (root / "ro-dir").mkdir()
+    for path in [*sorted((root / "ro-run").rglob("*"), reverse=True), root / "ro-run", root / "ro-dir"]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
     return {
         "root": root,
         "RUN": run,
@@ -102,6 +142,31 @@ def world(tmp_path_factory, shared_data_dir) -> dict:
         "FILES": files,
         "NEW": root / "new",
     }
+
+
+# experiment files whose run names are not plain names: an absolute path (ABS/: inside the world),
+# traversal, separators, the folder itself and its parent, hidden, an option, the empty name, NUL and
+# other control characters, too long, Unicode look-alikes; and continue_from spelled so
+BAD_NAME_RUNS = {
+    "name-absolute": [{"name": "ABS/base"}, {"name": "ABS/victim", "continue_from": "ABS/base"}],  # the issue's
+    "name-dotdot": [{"name": "../victim"}],
+    "name-deep-dotdot": [{"name": "a/../../victim"}],
+    "name-slash": [{"name": "a/b"}],
+    "name-parent": [{"name": ".."}],
+    "name-itself": [{"name": "."}],
+    "name-hidden": [{"name": ".x"}],
+    "name-option": [{"name": "-rf"}],
+    "name-empty": [{"name": ""}],
+    "name-null": [{"name": None}],
+    "name-backslash": [{"name": "a\\b"}],
+    "name-nul": [{"name": "a\x00b"}],
+    "name-newline": [{"name": "a\nb"}],
+    "name-long": [{"name": "x" * 101}],
+    "name-fullwidth": [{"name": "\uff4dnist"}],  # a fullwidth m
+    "name-cyrillic": [{"name": "v\u0430e"}],  # a Cyrillic a
+    "continue-absolute": [{"name": "base"}, {"name": "b", "continue_from": "ABS/base"}],
+    "continue-dotdot": [{"name": "base"}, {"name": "b", "continue_from": "../base"}],
+}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -228,6 +293,52 @@ CASES = [
     ("plot-untrained", "plot UNTRAINED --what samples --out NEW"),
     ("report-missing", "report NEW"),
     ("report-threads0", "report RUN --threads 0"),
+    # experiment files whose run names leave runs/ (issue 20, 1): refused by --dry-run and by a reproduction
+    *[(f"reproduce-{case}", f"reproduce FILES/exp-{case}.yaml --dry-run") for case in BAD_NAME_RUNS],
+    ("reproduce-name-format-path", "reproduce FILES/exp-name-format-path.yaml --dry-run"),
+    ("reproduce-experiment-name", "reproduce FILES/exp-experiment-name.yaml --dry-run"),
+    ("reproduce-name-absolute-run", "reproduce FILES/exp-name-absolute.yaml --out NEW"),
+    ("reproduce-name-dotdot-run", "reproduce FILES/exp-name-dotdot.yaml --out NEW"),
+    # a link to a run folder is not replaced, nor what it points to (issue 20, 10)
+    (
+        "train-overwrite-link",
+        f"train --objective vae --k 1 --epochs 1 --train-subset 20 {D} DATA --overwrite --out LINK",
+    ),
+]
+
+# read-only folders (issue 20, 10): run as a user whom permissions stop (:func:`invoke_unprivileged`)
+READ_ONLY_CASES = [
+    (
+        "ro-train-overwrite",
+        f"train --objective vae --k 1 --epochs 1 --train-subset 20 {D} DATA --overwrite --out RO-RUN",
+    ),
+    ("ro-train-resume", "train --resume RO-RUN --epochs 2"),
+    ("ro-evaluate", "evaluate RO-RUN --k 2 --test-subset 2"),
+    ("ro-analyze", "analyze RO-RUN --subset 5"),
+    ("ro-sample", "sample RO-RUN"),
+    ("ro-sample-out", "sample RUN --out RO-DIR/s.png"),
+    ("ro-plot", "plot RUN --what samples --out RO-DIR"),
+    ("ro-plot-into-the-run", "plot RO-RUN --what samples --out RO-RUN"),
+]
+
+# every command that writes into a run folder, while another process writes there (holds its lock, issue 20, 2)
+LOCKED_CASES = [
+    (
+        "locked-train-overwrite",
+        f"train --objective vae --k 1 --epochs 1 --train-subset 20 {D} DATA --overwrite --out RUN",
+    ),
+    ("locked-train-same-out", f"train --objective iwae --k 2 --epochs 1 --train-subset 20 {D} DATA --out RUN"),
+    ("locked-train-resume", "train --resume RUN --epochs 2"),
+    ("locked-members-resume", "train --resume SEEDS --epochs 2"),
+    ("locked-evaluate", "evaluate RUN --k 2 --test-subset 2"),
+    ("locked-evaluate-ais", "evaluate RUN --method ais --steps 2 --chains 1 --test-subset 2"),
+    ("locked-bdmc", "bdmc RUN --n 2 --steps 2 --chains 1"),
+    ("locked-analyze", "analyze RUN --subset 5"),
+    ("locked-snr", "snr RUN --k 1 --repeats 2 --batch-size 2 --out RUN"),
+    ("locked-sample", "sample RUN"),
+    ("locked-plot", "plot RUN --what samples --out RUN"),
+    ("locked-qew", "qew RUN"),
+    ("locked-report", "report REPRO"),
 ]
 
 
@@ -245,6 +356,8 @@ def resolve(word: str, world: dict) -> str:
 
 
 def test_the_matrix_is_large_and_distinct():
+    assert len(LOCKED_CASES) >= 12 and len(READ_ONLY_CASES) >= 6
+    assert len({i for i, _ in CASES + READ_ONLY_CASES + LOCKED_CASES}) == len(CASES + READ_ONLY_CASES + LOCKED_CASES)
     ids = [i for i, _ in CASES]
     assert len(ids) == len(set(ids)) and len({c for _, c in CASES}) == len(CASES)
     assert len(CASES) >= 40
@@ -267,6 +380,63 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(world, command, mon
     errors = [line for line in text.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and len(errors[0]) > len("Error: ") + 10, text
     assert snapshot(world["root"]) == before  # no file changed, none added (no output folder, no cache)
+
+
+def _refused_in_one_line(result, before: dict, world: dict) -> str:
+    text = result.output
+    assert result.exit_code == 2, (result.exit_code, text, result.exception)
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and len(errors[0]) > len("Error: ") + 10, text
+    assert snapshot(world["root"]) == before  # no file changed, none added
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", [c for _, c in READ_ONLY_CASES], ids=[i for i, _ in READ_ONLY_CASES])
+def test_a_read_only_folder_is_one_line_and_changes_nothing(world, command, monkeypatch):
+    monkeypatch.setenv("IWAE_CACHE_DIR", str(world["root"] / "cache"))
+    monkeypatch.delenv("IWAE_DATA_DIR", raising=False)
+    args = [resolve(word, world) for word in command.split()]
+    before = snapshot(world["root"])
+    error = _refused_in_one_line(invoke_unprivileged(*args), before, world)
+    assert "Permission denied" in error and "writable" in error, error
+
+
+@pytest.fixture
+def holder(world):
+    """Starts another process that holds the lock of a folder (flock on it, as iwae's writers do) until
+    the test ends; returns a function ``hold(folder) -> pid``."""
+    started = []
+
+    def hold(folder: Path) -> int:
+        code = (
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc.pid
+
+    yield hold
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("command", [c for _, c in LOCKED_CASES], ids=[i for i, _ in LOCKED_CASES])
+def test_a_folder_another_process_writes_to_is_refused_naming_it(world, holder, command, monkeypatch):
+    monkeypatch.setenv("IWAE_CACHE_DIR", str(world["root"] / "cache"))
+    monkeypatch.delenv("IWAE_DATA_DIR", raising=False)
+    args = [resolve(word, world) for word in command.split()]
+    folder = world["root"] / ("seeds/seed1" if "SEEDS" in command else "repro" if "REPRO" in command else "run")
+    pid = holder(folder)
+    before = snapshot(world["root"])
+    error = _refused_in_one_line(invoke(*args), before, world)
+    assert f"{folder} is in use" in error and f"pid {pid}" in error, error
 
 
 # ----------------------------------------------------------------------------- TrainConfig over numbers

@@ -8,27 +8,38 @@ half its size, as a kill during the write would leave it), with the temporary fi
 yet renamed, or just after the rename. After each kill every file of the run directory under its
 real name must be complete, and after ``--resume`` the run must end with the uninterrupted run's
 weights, optimizer state and RNG state, bit for bit, and the same metrics.
+
+The same for two seeds trained as one batched model (``--seeds``): 10 kill points and a chain of
+two, between and inside the members' staged writes, the group's commit record and the renames that
+settle it; after each kill both members stand at one step, and the group resumes bit for bit. And a
+reproduction with a pool of two worker processes, killed (with its workers) while both runs train,
+then run again: every run ends bit-identical to the uninterrupted reproduction.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helpers import assert_one_line_error, invoke
 from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
 
 import iwae.checkpoint as checkpoint_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
+from iwae.rundir import MARKER, checkpoint_path
+from iwae.rundir.lock import holder_of
 from iwae.train import TrainConfig
 from iwae.train import loop as train_module
 
@@ -144,8 +155,9 @@ def _install_hooks(monkeypatch, on_event) -> None:
     monkeypatch.setattr(train_module, "compiled_step", compiled_step)
 
 
-def _run_killed(args: list[str], point: tuple) -> None:
-    """Runs ``iwae ARGS`` in a forked child that SIGKILLs itself at ``point``; asserts it died so."""
+def _run_killed(args: list[str], point: tuple, name_events=lambda on_event: on_event) -> None:
+    """Runs ``iwae ARGS`` in a forked child that SIGKILLs itself at ``point``; asserts it died so.
+    ``name_events`` wraps the child's event handler (to rename events, see :func:`_member_events`)."""
     kind, name, occurrence = point
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -161,7 +173,7 @@ def _run_killed(args: list[str], point: tuple) -> None:
                     _die()
 
             with pytest.MonkeyPatch.context() as mp:
-                _install_hooks(mp, on_event)
+                _install_hooks(mp, name_events(on_event))
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1), os.dup2(devnull, 2)
                 main([str(a) for a in args], standalone_mode=False)
@@ -227,7 +239,8 @@ def assert_same_run(ref: Path, out: Path) -> None:
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows_b
     ]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file is left
+    # no temporary file is left (the hidden mark, which command created the folder, is no temporary)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER]
 
 
 def _kill_and_resume(points: list[tuple], out: Path, small_npz: str, reference: Path, extra: tuple = ()) -> None:
@@ -308,3 +321,144 @@ def compiled_reference(tmp_path_factory, small_npz, reference) -> Path:
 @pytest.mark.parametrize("point", COMPILED_KILLS, ids=[f"{k}-{n or ''}-{i}" for k, n, i in COMPILED_KILLS])
 def test_a_compiled_run_killed_then_resumed_is_bit_exact(tmp_path, small_npz, compiled_reference, point):
     _kill_and_resume([point], tmp_path / "run", small_npz, compiled_reference, extra=("--compile", "step"))
+
+
+# ----------------------------------------------------------------------------- batched members (issue 20, 7)
+# two seeds trained as one batched model (``--seeds``): each checkpoint of the group is one commit,
+# both members' staged checkpoints, then the commit record, then both renamed into place. A kill
+# between or inside those writes must leave both members at one step and resume bit for bit.
+SEEDS = "0,1"
+MEMBER_ARGS = tuple(a for a in TRAIN_ARGS[:-3]) + ("--quiet",)  # no --seed: --seeds gives them
+STAGED = "checkpoint.staged.safetensors"
+RECORD = "group-record"  # .iwae-group-<digest>.json, by this name in the events
+MEMBER_KILL_POINTS = [
+    ("fsync", STAGED, 1),  # inside the first member's first staged write
+    ("replaced", STAGED, 1),  # between the two members' staged writes
+    ("replaced", STAGED, 2),  # both staged, no record yet
+    ("fsync", RECORD, 2),  # the record half-written
+    ("replaced", RECORD, 3),  # committed, neither renamed into place
+    ("replaced", "checkpoint.safetensors", 5),  # committed, one member renamed into place, the other not
+    ("replace", "checkpoint.safetensors", 8),  # the second member's rename of the epoch-2 commit
+    ("fsync", "model.safetensors", 3),  # between the epoch's model writes (before its commit)
+    ("fsync", "metrics.csv", 2),  # after the epoch's commit, between the members' metrics
+    ("fsync", STAGED, 11),  # inside the first member's last staged write
+]
+MEMBER_KILL_CHAINS = [[("replaced", STAGED, 1), ("replaced", RECORD, 2)]]
+
+
+def _member_events(on_event):
+    """``on_event`` with the group record's name (it holds a digest) given as :data:`RECORD`."""
+    return lambda kind, name, path: on_event(kind, RECORD if (name or "").startswith(".iwae-group-") else name, path)
+
+
+@pytest.fixture(scope="module")
+def member_reference(tmp_path_factory, small_npz) -> Path:
+    """The uninterrupted group, with the events it passes through counted (the kill points exist)."""
+    out = tmp_path_factory.mktemp("members") / "group"
+    events: collections.Counter = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        _install_hooks(mp, _member_events(lambda kind, name, path: events.update([(kind, name)])))
+        result = invoke("train", "--dataset", small_npz, *MEMBER_ARGS, "--seeds", SEEDS, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert events["fsync", STAGED] == 12 and events["fsync", RECORD] == 6  # 6 commits of 2 members
+    assert events["replaced", "checkpoint.safetensors"] == 12
+    for kind, name, occurrence in MEMBER_KILL_POINTS + [p for chain in MEMBER_KILL_CHAINS for p in chain]:
+        assert events[kind, name] >= occurrence, (kind, name, occurrence)
+    return out
+
+
+def _members_stand_together(out: Path) -> None:
+    """Each member's files are whole, and every member's checkpoint (the committed one: a staged file
+    a record commits counts, see iwae.rundir.group) stands at the same step as the others'."""
+    steps = set()
+    for member in sorted(p for p in out.iterdir() if p.is_dir()):
+        path = checkpoint_path(member)
+        if path.is_file():
+            steps.add(load_tensors(path)[1]["step"])
+        else:
+            steps.add(None)
+    assert len(steps) == 1, f"members at different steps after the kill: {steps}"
+
+
+def _kill_and_resume_members(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
+    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--out", str(out)]
+    _run_killed(start, points[0], _member_events)
+    _members_stand_together(out)
+    for point in points[1:]:
+        _run_killed(["train", "--resume", str(out), "--quiet"], point, _member_events)
+        _members_stand_together(out)
+    result = invoke("train", "--resume", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        assert_same_run(reference / f"seed{seed}", out / f"seed{seed}")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no record or temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+@pytest.mark.parametrize("point", MEMBER_KILL_POINTS, ids=[f"{k}-{n or ''}-{i}" for k, n, i in MEMBER_KILL_POINTS])
+def test_a_killed_group_of_members_resumes_bit_exact(tmp_path, small_npz, member_reference, point):
+    _kill_and_resume_members([point], tmp_path / "group", small_npz, member_reference)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+def test_a_group_killed_again_while_resuming(tmp_path, small_npz, member_reference):
+    _kill_and_resume_members(MEMBER_KILL_CHAINS[0], tmp_path / "group", small_npz, member_reference)
+
+
+# ----------------------------------------------------------------------------- reproduce with a worker pool
+# two runs of their own (not batched), each in a worker process of its own: the reproduction, its
+# workers included, is killed (SIGKILL to the process group) while both train, then run again
+POOL_RUN = {"latent_dims": [4], "hidden_dims": [[16]], "batch_size": 10, "checkpoint_every": 50}
+POOL_PROTOCOL = {"epochs": 4, "train_subset": 2000, "test_subset": 10, "eval_k": 4}
+
+
+def _reproduction(exp: Path, out: Path, data_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-c", "from iwae.cli import main; main()", "reproduce", str(exp), "--out", str(out),
+        "--data-dir", str(data_dir), "--workers", "2", "--threads", "1", "--no-batch", "--quiet",
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs process groups and /proc (Linux)")
+def test_a_reproduction_with_a_worker_pool_killed_resumes_bit_exact(tmp_path, shared_data_dir):
+    runs = [
+        {"name": "a", "objective": "iwae", "k": 3, **POOL_RUN},
+        {"name": "b", "objective": "vae", "k": 1, **POOL_RUN},
+    ]
+    exp = tmp_path / "pool.yaml"
+    exp.write_text(yaml.safe_dump({"name": "pool", "runs": runs, "protocols": {"short": POOL_PROTOCOL}}))
+    reference = tmp_path / "reference"
+    done = subprocess.run(_reproduction(exp, reference, shared_data_dir), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "out"
+    folders = [out / "runs" / r["name"] for r in runs]
+    proc = subprocess.Popen(
+        _reproduction(exp, out, shared_data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its workers too
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        started = all((f / "checkpoint.safetensors").is_file() for f in folders)  # both past step 50
+        if started and not any((f / "result.json").exists() for f in folders):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the reproduction finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not all((f / "result.json").exists() for f in folders)
+    deadline = time.time() + 60  # SIGKILL reaches the workers at once, but they take a moment to exit
+    while time.time() < deadline and any(holder_of(f) is not None for f in folders):
+        time.sleep(0.05)
+    for folder in folders:
+        assert holder_of(folder) is None  # the killed workers' locks went with them
+        assert_complete(folder)
+
+    done = subprocess.run(_reproduction(exp, out, shared_data_dir), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    for folder in folders:
+        assert_same_run(reference / "runs" / folder.name, folder)
+        ours, theirs = (json.loads((f / "result.json").read_text()) for f in (folder, reference / "runs" / folder.name))
+        assert ours["metrics"] == theirs["metrics"], folder.name

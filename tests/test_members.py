@@ -473,6 +473,17 @@ def test_reproduce_groups_compatible_runs_and_the_results_are_those_of_runs_alon
         assert b["training"] == a["training"] == "trained"
         assert b["metrics"]["nll"] == pytest.approx(a["metrics"]["nll"], abs=1e-3), name
         assert_same_run(tmp_path / "alone" / "runs" / name, tmp_path / "batched" / "runs" / name)
+    # each result.json says how its run was trained (issue 20, 7): with which runs as one model, or alone
+    for batch in batched.batches:
+        for name in batch:
+            others = sorted(n for n in batch if n != name)
+            assert batched.results[name]["trained_as"] == [{"from_step": 0, "batched_with": others}], name
+            assert alone.results[name]["trained_as"] == [{"from_step": 0, "batched_with": []}], name
+    for folder, shown in (("batched", True), ("alone", False)):
+        assert cli("report", tmp_path / folder, "--no-figures").exit_code == 0
+        text = (tmp_path / folder / "report.md").read_text(encoding="utf-8")
+        assert ("batched (4 runs)" in text and "batched (2 runs)" in text) is shown, text
+        assert ("| trained |" in text) is shown
 
 
 def test_reproduce_no_batch_trains_nothing_together(tmp_path, shared_data_dir, monkeypatch):

@@ -26,6 +26,7 @@ from iwae.data import Splits
 from iwae.estimators import ObjectiveSpec, gradient_terms
 from iwae.models import VAE, ModelConfig
 from iwae.models.vae import LogWeightParts
+from iwae.rundir import MARKER
 from iwae.train import TrainConfig, learning_rate, paper_schedule, train
 
 # ``iwae.train`` is the function (re-exported by iwae/__init__), so fetch the module itself
@@ -71,7 +72,8 @@ def assert_same_bounds(a: Path, b: Path, valid_key: str) -> None:
 
 
 def hidden_files(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.rglob("*") if p.name.startswith(".")]
+    """Hidden files but the folder's mark (which command created it): temporaries a write left."""
+    return [p for p in run_dir.rglob("*") if p.name.startswith(".") and p.name != MARKER]
 
 
 RESUME_SETTINGS = {

@@ -194,6 +194,7 @@ def summary_text(result: dict) -> str:
     )
 
 
+@rundir.locks("iwae evaluate", lambda a: a["run_dir"] if a["model"] is None and a["save"] else None)
 def evaluate(
     run_dir: str | os.PathLike | None = None,
     *,

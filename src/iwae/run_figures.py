@@ -32,7 +32,7 @@ from .figures import (
     qew_figure,
 )
 from .qew import check_model
-from .rundir import open_run, read_config, read_metrics, write_figure_record
+from .rundir import locks, open_run, read_config, read_metrics, run_folder, write_figure_record
 
 __all__ = ["read_metrics", "run_title", "plot_runs", "sample_run", "qew_run", "PLOT_KINDS"]
 
@@ -42,6 +42,12 @@ def run_title(run_dir: str | os.PathLike) -> str:
     return read_config(run_dir).spec.label
 
 
+def _destination(out, run_dir) -> Path | None:
+    """The run folder a figure is written into (``out``'s folder, else the run's own), or None."""
+    return run_folder(Path(out).parent) if out is not None else run_folder(run_dir)
+
+
+@locks("iwae sample", lambda a: _destination(a["out"], a["run_dir"]))
 def sample_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -71,6 +77,7 @@ def sample_run(
     return plot_samples({title: model}, out or path / "samples.png", n=n, seed=seed, probabilities=probabilities)
 
 
+@locks("iwae plot", lambda a: run_folder(a["out_dir"]))  # a run's folder, if the figures go there
 def plot_runs(
     run_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -150,6 +157,7 @@ def _extent(extent) -> str | float:
     return value
 
 
+@locks("iwae qew", lambda a: _destination(a["out"], a["run_dir"]))
 def qew_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,

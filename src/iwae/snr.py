@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import figures
+from . import figures, rundir
 from .analysis.curves import PARTS, curve_slopes, fit_slope
 from .checkpoint import atomic_write
 from .data import Splits, fixed_binarization
@@ -392,6 +392,7 @@ def _write_csv(path: Path, records: list[dict]) -> None:
         f.write(buf.getvalue())
 
 
+@rundir.locks("iwae snr", lambda a: rundir.run_folder(a["out"]))  # a run's folder, if written into one
 def run_study(
     study: Study, model: torch.nn.Module, splits: Splits, out: str | Path, *, source: str = "", progress=None
 ) -> dict:

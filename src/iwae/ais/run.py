@@ -30,6 +30,7 @@ def ais_eval_name(steps: int, chains: int, leapfrog: int, seed: int, test_subset
     )
 
 
+@rundir.locks("iwae evaluate", lambda a: a["run_dir"] if a["save"] else None)
 def ais_evaluate(
     run_dir,
     *,
@@ -99,6 +100,7 @@ def ais_evaluate(
     return out
 
 
+@rundir.locks("iwae bdmc", lambda a: rundir.run_folder(Path(a["out"]).parent) if a["out"] else a["run_dir"])
 def bdmc_run(
     run_dir,
     *,

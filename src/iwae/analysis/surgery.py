@@ -25,7 +25,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ..data import fixed_binarization
 from ..errors import ConfigError
 from ..models.gaussian import HALF_LOG_2PI, diag_normal_log_prob
-from ..rundir import write_surgery
+from ..rundir import locks, write_surgery
 from ..tables import label_table
 from .posterior import _ROWS_PER_DECODE, _gaussian_posterior
 
@@ -169,6 +169,7 @@ def elbo_surgery(
     return result
 
 
+@locks("iwae analyze", lambda a: a["run_dir"])
 def run_surgery(
     model, splits, run_dir: str | os.PathLike, *, weights: dict, subset: int = 5000, num_samples: int = 1, seed: int = 0
 ) -> dict:

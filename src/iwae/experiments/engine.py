@@ -35,14 +35,11 @@ from pathlib import Path
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: no lock there
-    fcntl = None
-
 from .. import rundir
 from ..checkpoint import atomic_write
+from ..errors import CheckpointError
 from ..members import batch_by_default
+from ..rundir.lock import acquire_lock, holder_text, release_lock
 from ..runtime import free_cores
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
@@ -64,6 +61,7 @@ __all__ = [
 ]
 
 STATE_FILE = "reproduction.json"
+REPRODUCE_LOCK = ".reproduce.lock"  # one reproduction at a time writes to an output folder
 
 
 # ----------------------------------------------------------------------------- the reproduction
@@ -205,18 +203,22 @@ def reproduce(
         _BATCH_TRAINED.clear()
 
 
-def _lock(out_dir: Path):
-    """An exclusive lock on ``out_dir/.reproduce.lock``, held until the returned file is closed."""
-    handle = open(out_dir / ".reproduce.lock", "w")  # noqa: SIM115 - held open by the caller, as the lock
-    if fcntl is not None:
+class _lock:
+    """An exclusive lock on ``out_dir/.reproduce.lock`` (:func:`iwae.rundir.lock.acquire_lock`: refused
+    in one line naming the process that holds it), held until :meth:`close`. Not the run folders'
+    lock: a report may be written while a reproduction runs, and runs are locked one by one."""
+
+    def __init__(self, out_dir: Path):
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ValueError(
-                f"another iwae reproduce is writing to {out_dir}; wait for it to finish or use another --out"
+            self.fd = acquire_lock(out_dir, REPRODUCE_LOCK)
+        except rundir.FolderBusy:
+            raise rundir.FolderBusy(
+                f"another iwae reproduce is writing to {out_dir} "
+                f"({holder_text(out_dir / REPRODUCE_LOCK)}); wait for it to finish or use another --out"
             ) from None
-    return handle
+
+    def close(self) -> None:
+        release_lock(self.fd)
 
 
 def _run_all(
@@ -302,7 +304,11 @@ def _run_all(
 
     def fail(spec: RunSpec, message: str, details: dict | None = None) -> None:
         result = {**(details or {}), "name": spec.name, "status": "failed", "error": message}
-        rundir.write_error(out_dir / "runs" / spec.name, result)
+        try:
+            with rundir.writing(out_dir / "runs" / spec.name, rundir.REPRODUCE):
+                rundir.write_error(out_dir / "runs" / spec.name, result)
+        except (rundir.FolderBusy, CheckpointError):  # another process writes there (or it cannot be written)
+            pass
         record(spec, result)
 
     pending = []

@@ -4,6 +4,7 @@ write its result.json; and the groups of runs trained first as one batched model
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -16,7 +17,7 @@ import torch
 from .. import members, rundir
 from ..ais import ais_evaluate
 from ..data import load_dataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, WriteError
 from ..evaluate import evaluate, paired_difference
 from ..rundir import model_sha256, training_seconds
 from ..train import train_or_resume
@@ -85,6 +86,10 @@ def execute_run(
 ) -> dict:
     """Trains (or resumes) and evaluates one run in ``run_dir``; writes and returns its result.
 
+    The run's folder is locked while it executes (:func:`iwae.rundir.writing`, as ``iwae reproduce``,
+    which replaces only folders a reproduction created); a folder another process is writing to
+    fails the run, and nothing is written into it.
+
     A continued run records the SHA-256 of the model it starts from; if its folder was started from
     another model (the dependency was trained again since), it starts again from the new one.
     Never raises for a failing run: the error is written to ``error.json`` and returned as
@@ -93,6 +98,16 @@ def execute_run(
     Ray then retry the run once, in a fresh process. ``splits``: the run's dataset already loaded
     (in this process; else it is loaded from ``data_dir``).
     """
+    try:
+        with rundir.writing(run_dir, rundir.REPRODUCE):
+            return _execute_run(spec, run_dir, data_dir, device, threads, progress, splits)
+    except (rundir.FolderBusy, WriteError) as e:  # not its folder to write: no error.json either
+        return {"name": spec.get("name"), "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
+def _execute_run(
+    spec: dict, run_dir: str, data_dir: str | None, device: str, threads: int | None, progress: bool, splits
+) -> dict:
     run = RunSpec.from_dict(spec)
     run_dir = Path(run_dir)
     try:
@@ -107,7 +122,7 @@ def execute_run(
             except (CheckpointError, ValueError, TypeError):
                 started_from = config.init_sha256  # nothing (readable) there: train_or_resume starts it
             if started_from != config.init_sha256:
-                rundir.delete(run_dir)  # started from the old model: train it again from the new
+                rundir.delete(run_dir)  # started from the old model: train it again from the new (if ours to delete)
         if splits is None or (splits.name, splits.binarization, splits.dequantize) != (
             config.dataset,
             config.binarization,
@@ -145,6 +160,8 @@ def execute_run(
             "eval_k": ev["k"],
             "epochs": config.total_epochs,
             "training": done,
+            # alone, or batched with which runs: the two differ by float rounding that training amplifies
+            "trained_as": rundir.trained_as(run_dir),
             "init_sha256": config.init_sha256,
             "train_seconds": training_seconds(run_dir) or train_seconds,
             "eval_seconds": time.perf_counter() - t0,
@@ -216,9 +233,12 @@ def _train_batches(
         for p in group:
             rundir.clear_error(out_dir / "runs" / p.spec.name)
         try:
-            results = members.train_members(
-                configs, resume=group[0].state == "partial", overwrite=True, progress=progress, splits=data
-            )
+            with contextlib.ExitStack() as held:  # as reproduce: it replaces only folders a reproduction made
+                for p in group:
+                    held.enter_context(rundir.writing(out_dir / "runs" / p.spec.name, rundir.REPRODUCE))
+                results = members.train_members(
+                    configs, resume=group[0].state == "partial", overwrite=True, progress=progress, splits=data
+                )
         except Exception as e:
             if progress:
                 print(

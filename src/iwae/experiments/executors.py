@@ -201,7 +201,8 @@ class _Ray:
         def gather(ray_future: cf.Future) -> None:
             try:
                 result, out_files = ray_future.result()
-                rundir.write_files(run_dir, out_files)
+                with rundir.writing(run_dir, rundir.REPRODUCE):
+                    rundir.write_files(run_dir, out_files)
                 future.set_result(result)
             except BaseException as e:
                 future.set_exception(e)

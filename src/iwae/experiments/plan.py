@@ -79,7 +79,9 @@ class PlannedRun:
 
 
 def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
-    """done, partial or new; raises ValueError for a folder that holds another run."""
+    """done, partial or new; raises ValueError for a folder that holds another run, or that a
+    reproduction did not make and may not write into (a link, someone else's files)."""
+    _check_ours(run_dir)
     if dependency_state not in (None, "done"):
         return "new"  # its dependency trains (again) first, so it starts again from the new model
     if finished_result(run_dir, spec):
@@ -108,6 +110,15 @@ def _state(spec: RunSpec, run_dir: Path, dependency_state: str | None) -> str:
             f"{run_dir} has trained {trained} epochs, more than the {new.total_epochs} asked for; use another --out"
         )
     return "partial"
+
+
+def _check_ours(run_dir: Path) -> None:
+    """Refuses, before anything runs, a run folder the engine may not write into: a symbolic link (it
+    would write, or delete, where the link points), or a folder holding files but no run that a
+    reproduction did not make (:func:`iwae.rundir.check_replaceable`). A run folder of an older
+    iwae (config.yaml, no mark) is resumed, but not replaced."""
+    if run_dir.is_symlink() or not (run_dir / rundir.CONFIG).is_file():
+        rundir.check_replaceable(run_dir, rundir.REPRODUCE)
 
 
 def plan(runs: list[RunSpec], out_dir: str | os.PathLike, data_dir: str | None = None) -> list[PlannedRun]:

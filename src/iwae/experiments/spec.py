@@ -68,6 +68,7 @@ import yaml
 from ..config import TrainConfig
 from ..config.grid import points_of
 from ..errors import ExperimentError
+from ..rundir.names import check_run_name
 from . import published as published_module
 from .schema import (
     _CONFIG_KEYS,
@@ -333,13 +334,18 @@ class Experiment:
         }
         fmt_values = {**TrainConfig(out="x").to_dict(), **settings}
         try:
-            group = raw.get("name") or self.spec["name_format"].format(**fmt_values)
+            group = raw["name"] if "name" in raw else self.spec["name_format"].format(**fmt_values)
         except (KeyError, IndexError) as e:
             raise ExperimentError(f"{self.source}: name_format needs {e}, which a run does not set") from None
+        if isinstance(group, int) and not isinstance(group, bool):  # YAML reads name: 2016 as a number
+            group = str(group)
+        group = _plain(group, "run name", self.source)
         suffix = f"-s{seed}" if seed else ""  # seed 0 keeps the name: a one-seed folder is reused
-        name = group + suffix
+        name = _plain(group + suffix, "run name", self.source)
         if raw.get("continue_from"):
-            after = str(raw["continue_from"]).format(**fmt_values) + suffix
+            after = _plain(
+                str(raw["continue_from"]).format(**fmt_values) + suffix, f"run {name}: continue_from", self.source
+            )
         else:
             after = None
         for key, value in settings.items():
@@ -424,6 +430,15 @@ def _applies(setting: str, config: dict) -> bool:
     return True
 
 
+def _plain(name: str, what: str, source: str) -> str:
+    """``name`` if it is a plain run name (:func:`iwae.rundir.names.check_run_name`): a run's folder is
+    ``OUT/runs/NAME``, which must lie inside ``OUT`` (no ``/``, ``..``, absolute path, ...)."""
+    try:
+        return check_run_name(name, what)
+    except ValueError as e:
+        raise ExperimentError(f"{source}: {e}") from None
+
+
 def _check_acyclic(runs: dict[str, RunSpec], source: str) -> None:
     for r in runs.values():
         seen = [r.name]
@@ -477,7 +492,7 @@ def experiment_from_dict(spec: dict, source: str = "<experiment>") -> Experiment
     """
     spec = check_spec(copy.deepcopy(spec), source)
     exp = Experiment(
-        str(spec["name"]),
+        _plain(str(spec["name"]), "experiment name", source),  # names the default --out, runs/NAME-PROTOCOL
         str(spec.get("title", spec["name"])),
         str(spec.get("description", "")).strip(),
         source,

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write
+from ..errors import WriteError
+
 FORMATS = ("png", "svg", "pdf")
 DPI = 100
 PANEL_COLUMNS = 3  # figures of several runs wrap after this many panels, so that each stays readable
@@ -33,17 +36,27 @@ def pyplot():
 
 
 def save(fig, path: str | os.PathLike) -> Path:
-    """Writes ``fig`` in the format of ``path``'s extension (``.png`` appended when there is none)."""
+    """Writes ``fig`` in the format of ``path``'s extension (``.png`` appended when there is none),
+    atomically (:func:`iwae.checkpoint.atomic_write`): a folder that cannot be written is a
+    :class:`~iwae.errors.WriteError`, and a half-drawn figure never takes the file's name."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         path, fmt = path.with_suffix(".png"), "png"
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown figure format .{fmt} of {path}; use one of {', '.join('.' + f for f in FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # no bbox_inches="tight": the pixel size must be figsize * dpi exactly
-    fig.savefig(path, format=fmt, dpi=fig.dpi, metadata={"Software": "iwae"} if fmt == "png" else None)
-    pyplot().close(fig)
+    try:
+        if fmt not in FORMATS:
+            raise ValueError(
+                f"unknown figure format .{fmt} of {path}; use one of {', '.join('.' + f for f in FORMATS)}"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"could not create the folder {path.parent}: {e.strerror or e}") from e
+        with atomic_write(path, "wb") as f:
+            # no bbox_inches="tight": the pixel size must be figsize * dpi exactly
+            fig.savefig(f, format=fmt, dpi=fig.dpi, metadata={"Software": "iwae"} if fmt == "png" else None)
+    finally:
+        pyplot().close(fig)
     return path
 
 

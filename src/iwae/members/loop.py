@@ -3,8 +3,10 @@ validated as its single run would be, and stopped alone when its loss or gradien
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,7 @@ def _nonfinite_message(epoch: int, bad_step: int, checkpointed: tuple | None) ->
 
 
 # ----------------------------------------------------------------------------- the loop
+@rundir.locks("iwae train", lambda a: [c.out for c in a["configs"]])  # every member's folder, before any is read
 def train_members(
     configs: list,
     *,
@@ -128,6 +131,7 @@ def train_members(
             f"members to resume together must stand at the same step ({where}); resume them one at a "
             f"time with iwae train --resume RUN_DIR"
         )
+    rundir.close_group(rundir.group_record([m.run_dir for m in members]))  # what a kill left of the last commit
     for m in members:
         if m.result is not None:  # trained all its epochs: as train() does for it, nothing is drawn
             rundir.remove_run_temporaries(m.run_dir)
@@ -304,11 +308,34 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
         if progress:
             print(f"{m.run_dir}: {m.result.error}", file=sys.stderr)
 
-    def save_checkpoint(m: _Member, epoch: int, partial_state=None, wall_time: float = 0.0) -> None:
-        torch.set_rng_state(m.torch_rng)  # the global RNG state its single run would record
-        rundir.save_checkpoint(
-            m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state, wall_time
-        )
+    record = rundir.group_record([m.run_dir for m in members])
+
+    def commit(entries: list[tuple[_Member, int, rundir.EpochState | None, float]]) -> None:
+        """The checkpoints of ``entries`` (member, completed epochs, place in the epoch, wall time) as one
+        group commit (:mod:`iwae.rundir.group`): every member's staged, then the record, then renamed;
+        a kill anywhere leaves all members at this step or all at the last."""
+        commit_id = f"{step}-{uuid.uuid4().hex}"
+        names = [m.run_dir.name for m, *_ in entries]
+        for m, epoch_done, partial_state, wall_time in entries:
+            torch.set_rng_state(m.torch_rng)  # the global RNG state its single run would record
+            rundir.save_checkpoint(
+                m.run_dir,
+                m.model,
+                m.optimizer,
+                m.generator,
+                epoch_done,
+                step,
+                m.metrics,
+                partial_state,
+                wall_time,
+                batched_with=[n for n in names if n != m.run_dir.name],
+                commit={"id": commit_id, "record": os.path.relpath(record, m.run_dir)},
+            )
+        rundir.commit_group(record, commit_id, [m.run_dir for m, *_ in entries], entries[0][1], step)
+        for m, epoch_done, *_ in entries:
+            rundir.settle(m.run_dir)
+            m.checkpointed = (epoch_done, step)
+        rundir.close_group(record)
 
     for epoch in range(start_epoch, total_epochs):
         if not group.members:
@@ -356,21 +383,19 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
             position = i + batch_size
             if config.checkpoint_every and step % config.checkpoint_every == 0 and position < n_train:
                 group.sync(lr)
+                entries = []
                 for j, m in enumerate(group.members):
                     m.bound_sum = bound_sums[j].clone()
-                    save_checkpoint(
-                        m,
-                        epoch,
-                        rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0),
-                        time.perf_counter() - m.run_start,
-                    )
-                    m.checkpointed = (epoch, step)
+                    where = rundir.EpochState(m.order, position, m.bound_sum, time.perf_counter() - t0)
+                    entries.append((m, epoch, where, time.perf_counter() - m.run_start))
+                commit(entries)
         bar.close()
         if not group.members:
             break
         synchronize(device)
         epoch_time = time.perf_counter() - t0
         group.sync(lr)
+        entries = []
         for j, m in enumerate(group.members):
             m.bound_sum = bound_sums[j]
             valid_k = m.config.valid_k or m.config.k
@@ -390,15 +415,18 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
             for key in ("train_bound", f"valid_L{valid_k}", "examples_per_s", "lr"):
                 m.writer.add_scalar(key, row[key], epoch + 1)
             m.writer.flush()
-            # the order of train(): the model, the checkpoint that commits the epoch, then metrics.csv
+            # the order of train(): the model, the checkpoint that commits the epoch (here all members'
+            # at once), then metrics.csv
             rundir.save_model(m.run_dir, m.model, epoch + 1)
-            save_checkpoint(m, epoch + 1, wall_time=row["wall_time_s"])
-            m.checkpointed = (epoch + 1, step)
+            entries.append((m, epoch + 1, None, row["wall_time_s"]))
+        commit(entries)
+        for m, *_ in entries:
             rundir.write_metrics(m.run_dir, m.metrics)
             if progress:
+                row, valid_k = m.metrics[-1], m.config.valid_k or m.config.k
                 print(
                     f"{m.run_dir}: epoch {epoch + 1}/{total_epochs}  lr {lr:.2e}  train {m.config.spec.label} "
-                    f"{row['train_bound']:.3f}  valid L_{valid_k} {valid_bound:.3f}",
+                    f"{row['train_bound']:.3f}  valid L_{valid_k} {row[f'valid_L{valid_k}']:.3f}",
                     file=sys.stderr,
                 )
         if progress and epoch == start_epoch:

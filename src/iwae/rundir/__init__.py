@@ -22,9 +22,11 @@ A run directory holds
     result.json               written last by ``iwae reproduce``: the run is finished (:func:`run_status`)
     error.json                the run failed (``iwae reproduce``)
     samples.png, qew.png ...  figures the CLI draws into the run by default (written by the figure code)
+    .iwae-created             which command created the folder (:mod:`.folder`)
+    checkpoint.staged.safetensors   a batched member's checkpoint before its group commits it (:mod:`.group`)
 
 A folder of seeds (``iwae train --seeds 0,1,2 --out D``) holds one run per seed, ``D/seed0``, ``D/seed1``,
-..., and no config.yaml of its own (:mod:`.group`).
+..., and no config.yaml of its own (:mod:`.seeds`).
 
 Runs written before the model config was stored once (their safetensors metadata holds a
 ``model_config``) are read as before: that metadata is their architecture.
@@ -34,20 +36,46 @@ renamed over the old one (:mod:`iwae.checkpoint`), so a killed run never leaves 
 under its real name; a write that fails raises :class:`~iwae.checkpoint.WriteError` and leaves the
 old file as it was.
 
-The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.identity` (config.yaml and
-which settings make the same run), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
-(checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.group` (a
-folder of seeds), :mod:`.results` (what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`).
-Code outside reads and writes run folders through the names this package exports.
+The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.folder` (who made a folder,
+creating and replacing it), :mod:`.lock` (one writer per folder), :mod:`.names` (run names),
+:mod:`.identity` (config.yaml and which settings make the same run), :mod:`.weights`
+(model.safetensors), :mod:`.checkpoints` (checkpoint.safetensors), :mod:`.group` (the group commit
+of batched members), :mod:`.seeds` (a folder of seeds), :mod:`.metrics` (metrics.csv, tb/),
+:mod:`.evaluations`, :mod:`.results`
+(what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
+run folders through the names this package exports.
 
 Two rules live here and nowhere else: which settings make two configs the same run
 (:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
+
+What identifies what, and who checks it when (the one place this is written down; the docs'
+"Reliability" page says the same in prose):
+
+- A run is its folder and the identity settings of its config.yaml (:func:`run_identity`). A folder
+  has one writer at a time (:mod:`.lock`: every command that writes into it holds an OS lock on it;
+  a second is refused naming the holder); it is created and replaced whole, never emptied where a
+  reader can look, and only by whom may (:mod:`.folder`: its ``.iwae-created`` mark says which
+  command made it; the engine replaces only what a reproduction made, ``--overwrite`` only run
+  folders, nobody a symbolic link). A run an experiment file names is a plain name inside the
+  output folder (:mod:`.names`), checked when the file is read, before ``--dry-run`` prints.
+  Checked: by ``train --resume`` and ``iwae reproduce`` (same settings, :func:`check_same_run`),
+  by every writer (the lock), by the engine's plan (the folder is its own) before anything runs.
+- Runs trained as one batched model commit each checkpoint together (:mod:`.group`), and each
+  checkpoint says how its run was trained (``trained_as``: alone, or batched with which runs),
+  which result.json and the report repeat.
+- Its weights: model.safetensors carries the epoch and the architecture's digest, checked against
+  config.yaml by every load; evaluations and results record the file's SHA-256 (:func:`model_sha256`).
+- Its data and an evaluation: the dataset's name, binarization and images an evaluation measured
+  are in its record (:mod:`.evaluations`).
+- [Digests of weights' tensor bytes, of the test tensor an evaluation measured and of data files,
+  and who verifies them (load, evaluate, resume, compare): written by issue 20's other half.]
 """
 
 from .checkpoints import (
     EpochState,
     check_same_device_type,
     checkpoint_metrics,
+    checkpoint_path,
     finished_training,
     generator_device,
     has_checkpoint,
@@ -56,6 +84,7 @@ from .checkpoints import (
     read_early_stopping,
     restore,
     save_checkpoint,
+    trained_as,
     trained_epochs,
 )
 from .evaluations import (
@@ -68,7 +97,8 @@ from .evaluations import (
     write_figure_record,
     write_surgery,
 )
-from .group import SEED_FOLDER, check_run_or_seeds, is_seed_group, member_seed, seed_members
+from .folder import MARKER, REPRODUCE, check_replaceable, created_by
+from .group import STAGED, close_group, commit_group, group_record, settle
 from .identity import (
     ADDED_DEFAULTS,
     NOT_IDENTITY,
@@ -99,8 +129,10 @@ from .layout import (
     prepare,
     read_files,
     remove_run_temporaries,
+    run_folder,
     write_files,
 )
+from .lock import LOCK_FILE, FolderBusy, locks, writing
 from .metrics import (
     has_metrics,
     metrics_text,
@@ -110,6 +142,7 @@ from .metrics import (
     training_seconds,
     write_metrics,
 )
+from .names import RUN_NAME_RULE, check_run_name, is_run_name
 from .results import (
     RunStatus,
     clear_error,
@@ -121,6 +154,7 @@ from .results import (
     write_result,
 )
 from .run import Run, open_run
+from .seeds import SEED_FOLDER, check_run_or_seeds, is_seed_group, member_seed, seed_members
 from .weights import (
     init_from,
     load_model,
@@ -146,6 +180,7 @@ __all__ = [
     "START_FILES",
     "RUN_FILES",
     "is_empty",
+    "run_folder",
     "clear_start_files",
     "prepare",
     "delete",
@@ -153,6 +188,19 @@ __all__ = [
     "read_files",
     "write_files",
     "model_bytes",
+    # one writer at a time, and who made a folder
+    "LOCK_FILE",
+    "MARKER",
+    "REPRODUCE",
+    "FolderBusy",
+    "writing",
+    "locks",
+    "created_by",
+    "check_replaceable",
+    # run names
+    "RUN_NAME_RULE",
+    "check_run_name",
+    "is_run_name",
     # identity and config.yaml
     "NOT_IDENTITY",
     "ADDED_DEFAULTS",
@@ -186,6 +234,14 @@ __all__ = [
     "trained_epochs",
     "finished_training",
     "read_early_stopping",
+    "checkpoint_path",
+    "trained_as",
+    # the group commit of batched members
+    "STAGED",
+    "group_record",
+    "commit_group",
+    "settle",
+    "close_group",
     "only_start_files",
     # metrics.csv, tb/
     "metrics_text",

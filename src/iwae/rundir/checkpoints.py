@@ -5,6 +5,7 @@ weights), whether it has anything left to train, and whether a folder holds anyt
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from ..checkpoint import load_tensors, save_tensors
 from ..errors import CheckpointError
 from ..models import VAE
+from .folder import visible
+from .group import STAGED, committed_stage, header
 from .layout import CHECKPOINT, METRICS, MODEL, START_FILES
 from .weights import model_digest, model_epoch
 
@@ -26,6 +29,8 @@ __all__ = [
     "check_same_device_type",
     "restore",
     "trained_epochs",
+    "checkpoint_path",
+    "trained_as",
     "only_start_files",
     "finished_training",
     "read_early_stopping",
@@ -54,10 +59,17 @@ def save_checkpoint(
     partial: EpochState | None = None,
     wall_time: float = 0.0,
     early_stopping: tuple[dict, dict[str, torch.Tensor]] | None = None,
+    *,
+    batched_with: Sequence[str] = (),
+    commit: dict | None = None,
 ) -> None:
     """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
-    ``epoch`` (completed epochs), ``step``, the metrics so far, in the middle of an epoch ``partial``, and
-    with early stopping its ``(state, best weights)`` (:class:`iwae.train.early_stopping.EarlyStopping`)."""
+    ``epoch`` (completed epochs), ``step``, the metrics so far, in the middle of an epoch ``partial``, with
+    early stopping its ``(state, best weights)`` (:class:`iwae.train.early_stopping.EarlyStopping`); and how
+    the run was trained, ``trained_as``: one ``{"from_step", "batched_with"}`` per stretch trained alone
+    (``batched_with`` empty) or as a member of one batched model with the runs ``batched_with`` (their
+    folder names). With ``commit`` (a member of a group commit, see :mod:`.group`: ``{"id", "record"}``) it
+    goes to checkpoint.staged.safetensors instead."""
     opt_state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict] = {}
@@ -78,25 +90,56 @@ def save_checkpoint(
         "model_digest": model_digest(model.config),
         "rng_device": generator.device.type,
         "wall_time_s": wall_time,
+        "trained_as": _trained_as(Path(run_dir), sorted(batched_with)),
     }
     if early_stopping is not None:
         state, best = early_stopping
         meta["early_stopping"] = state
         tensors.update({f"best.{k}": v for k, v in best.items()})
+    if commit is not None:
+        meta["group_commit"] = commit
     if partial is not None:
         tensors["epoch.order"] = partial.order
         tensors["epoch.bound_sum"] = partial.bound_sum
         meta.update(epoch_position=partial.position, epoch_seconds=partial.seconds)
-    save_tensors(Path(run_dir) / CHECKPOINT, tensors, meta)
+    save_tensors(Path(run_dir) / (STAGED if commit is not None else CHECKPOINT), tensors, meta)
+
+
+def _trained_as(run_dir: Path, batched_with: list[str]) -> list[dict]:
+    """The checkpoint's ``trained_as`` (:func:`save_checkpoint`): the previous checkpoint's, with a new
+    stretch from its step when this one was trained otherwise (alone, or with other members)."""
+    previous = checkpoint_path(run_dir)
+    meta = header(previous) if previous.is_file() else {}
+    stretches = [s for s in meta.get("trained_as", []) if isinstance(s, dict)]
+    if not stretches or stretches[-1].get("batched_with") != batched_with:
+        stretches.append({"from_step": int(meta.get("step", 0)), "batched_with": batched_with})
+    return stretches
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """The file that holds ``run_dir``'s checkpoint: checkpoint.safetensors, or the staged checkpoint of
+    a group commit whose record commits it (a kill came before it was renamed, see :mod:`.group`)."""
+    return committed_stage(run_dir) or Path(run_dir) / CHECKPOINT
+
+
+def trained_as(run_dir: str | os.PathLike) -> list[dict]:
+    """How the run in ``run_dir`` was trained, from its checkpoint's header: one ``{"from_step",
+    "batched_with"}`` per stretch, ``batched_with`` empty for a stretch trained alone, else the folder
+    names of the runs it was one batched model with (see :func:`save_checkpoint`); ``[]`` when the run
+    has no checkpoint or an older one that does not say."""
+    path = checkpoint_path(run_dir)
+    stretches = header(path).get("trained_as", []) if path.is_file() else []
+    return [s for s in stretches if isinstance(s, dict)] if isinstance(stretches, list) else []
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, metadata)`` of checkpoint.safetensors (CheckpointError if missing or unreadable)."""
-    return load_tensors(Path(run_dir) / CHECKPOINT)
+    """``(tensors, metadata)`` of the run's checkpoint (:func:`checkpoint_path`; CheckpointError if missing
+    or unreadable)."""
+    return load_tensors(checkpoint_path(run_dir))
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    return (Path(run_dir) / CHECKPOINT).is_file()
+    return checkpoint_path(run_dir).is_file()
 
 
 def checkpoint_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -245,9 +288,9 @@ def only_start_files(run_dir: str | os.PathLike) -> bool:
     The names alone do not tell: a run whose checkpoint was deleted (to save space) still holds a
     trained model, so model.safetensors must record epoch 0 and metrics.csv hold no epoch."""
     run_dir = Path(run_dir)
-    names = {p.name for p in run_dir.iterdir()}
+    names = set(visible(run_dir))  # not the lock and the mark: every folder iwae writes holds them
     leftovers = {n for n in names if n.startswith(".") and n.endswith(".tmp")}
-    if CHECKPOINT in names or not names - leftovers <= set(START_FILES):
+    if CHECKPOINT in names or STAGED in names or not names - leftovers <= set(START_FILES):
         return False
     if MODEL in names:
         try:

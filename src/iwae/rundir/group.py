@@ -1,50 +1,123 @@
-"""A folder of seeds: what ``iwae train --seeds 0,1,2 --out D`` writes, one run per seed in ``D/seed0``,
-``D/seed1``, ... and nothing else of its own. ``iwae evaluate D``, ``iwae compare D1 D2`` and
-``iwae report D`` take such a folder as one thing; this module says which folders are one and what
-their members are."""
+"""Committing the checkpoints of runs trained as one batched model at once: all members' state, then one
+commit record, so that a kill at any moment leaves every member at the same step.
+
+A group checkpoint is written in three steps (:func:`iwae.members.train_members` does them):
+
+1. each member's checkpoint goes to ``checkpoint.staged.safetensors`` in its folder, its metadata naming
+   the commit it belongs to (``group_commit``: an id and where the record is);
+2. the commit record, ``.iwae-group-<digest>.json`` in the members' common folder (else in the first
+   member's), is written atomically with that id: this is the moment the group's step is committed;
+3. each member's staged file is renamed over its ``checkpoint.safetensors`` (:func:`settle`), and
+   then the record, which commits nothing any more, is deleted (:func:`close_group`).
+
+A kill before step 2 leaves staged files no record commits: they are discarded, and every member
+resumes from the previous commit. A kill after it leaves staged files the record commits: they are
+the members' checkpoints (:func:`committed_stage`; readers see them already), and the next writer
+renames them into place. Either way the members stand together, and the group resumes as a single
+run does, bit for bit.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
-import re
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
+from ..checkpoint import atomic_write, remove_temporaries
 from ..errors import CheckpointError
-from .layout import CONFIG, MODEL
+from .layout import CHECKPOINT, STAGED
 
-__all__ = ["SEED_FOLDER", "seed_members", "is_seed_group", "member_seed", "check_run_or_seeds"]
-
-SEED_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)")  # seed0, seed1, ..., seed12: the member folders' names
+__all__ = ["STAGED", "header", "group_record", "commit_group", "committed_stage", "settle", "close_group"]
 
 
-def member_seed(path: str | os.PathLike) -> int | None:
-    """The seed in a member folder's name (``seed3`` -> 3), None for any other name."""
-    match = SEED_FOLDER.fullmatch(Path(path).name)
-    return int(match[1]) if match else None
+def group_record(run_dirs: Sequence[str | os.PathLike]) -> Path:
+    """Where the commit record of the group ``run_dirs`` lives: ``.iwae-group-<digest>.json`` in their
+    common parent folder (``OUT`` of ``--seeds``, ``runs/`` of a reproduction), else in the first
+    member's folder; the digest is of the members' names, so two groups never share a record."""
+    folders = [Path(d) for d in run_dirs]
+    digest = hashlib.sha256("\0".join(sorted(f.name for f in folders)).encode()).hexdigest()[:12]
+    parents = {os.path.realpath(f.parent) for f in folders}
+    home = folders[0].parent if len(parents) == 1 else folders[0]
+    return home / f".iwae-group-{digest}.json"
 
 
-def seed_members(folder: str | os.PathLike) -> list[Path]:
-    """The member runs of a folder of seeds, in seed order: its subfolders ``seed<N>`` that hold a
-    config.yaml. Empty when ``folder`` is missing, is a run itself (holds a config.yaml), or has none."""
-    folder = Path(folder)
-    if not folder.is_dir() or (folder / CONFIG).exists():
-        return []
-    found = [p for p in folder.iterdir() if member_seed(p) is not None and (p / CONFIG).is_file()]
-    return sorted(found, key=member_seed)
+def header(path: str | os.PathLike) -> dict:
+    """The metadata of a safetensors file written by :func:`iwae.checkpoint.save_tensors`, from its header
+    only (the tensors are not read); ``{}`` if it is missing or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("json", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
-def is_seed_group(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a folder of seeds (see :func:`seed_members`) rather than a run."""
-    return bool(seed_members(folder))
+def _stage_meta(path: Path) -> dict | None:
+    """The ``group_commit`` entry of a staged checkpoint's metadata, or None (an unreadable file: no
+    commit can name it)."""
+    commit = header(path).get("group_commit")
+    return commit if isinstance(commit, dict) else None
 
 
-def check_run_or_seeds(folder: str | os.PathLike) -> None:
-    """Refuses an existing folder that is neither a run (config.yaml, model.safetensors) nor a folder of
-    seeds, saying both, rather than naming the one file of a run it lacks."""
-    folder = Path(folder)
-    run_files = (folder / CONFIG).exists() or (folder / MODEL).exists()
-    if folder.is_dir() and not run_files and not is_seed_group(folder):
-        raise CheckpointError(
-            f"{folder} is neither a run (it holds no {CONFIG} or {MODEL}) nor a folder of seeds (no "
-            f"seed0/, seed1/, ... with a {CONFIG} each, as iwae train --seeds writes)"
-        )
+def commit_group(record: Path, commit_id: str, run_dirs: Sequence[str | os.PathLike], epoch: int, step: int) -> None:
+    """Writes the commit record (step 2 of the module's docstring): from now on the staged checkpoints
+    of commit ``commit_id`` are the members' checkpoints."""
+    value = {
+        "id": commit_id,
+        "members": [Path(d).name for d in run_dirs],
+        "epoch": epoch,
+        "step": step,
+        "committed": datetime.now().isoformat(timespec="seconds"),
+    }
+    with atomic_write(record) as f:
+        json.dump(value, f, indent=1)
+
+
+def committed_stage(run_dir: str | os.PathLike) -> Path | None:
+    """``run_dir``'s staged checkpoint if its group's record commits it (then it, not checkpoint.safetensors,
+    is the run's checkpoint), else None."""
+    path = Path(run_dir) / STAGED
+    if not path.is_file():
+        return None
+    commit = _stage_meta(path)
+    if commit is None or not isinstance(commit.get("record"), str):
+        return None
+    try:
+        record = json.loads((Path(run_dir) / commit["record"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(record, dict) and record.get("id") == commit.get("id") else None
+
+
+def settle(run_dir: str | os.PathLike) -> str | None:
+    """Finishes or undoes a group commit a kill interrupted in ``run_dir`` (by the folder's lock holder):
+    a committed staged checkpoint is renamed over checkpoint.safetensors (``"committed"``), one no
+    record commits is deleted (``"discarded"``); None when there is none."""
+    run_dir = Path(run_dir)
+    path = run_dir / STAGED
+    if not path.is_file():
+        return None
+    try:
+        if committed_stage(run_dir) is not None:
+            os.replace(path, run_dir / CHECKPOINT)
+            return "committed"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    except OSError as e:
+        raise CheckpointError(f"could not settle the group checkpoint {path}: {e.strerror or e}") from e
+    return "discarded"
+
+
+def close_group(record: Path) -> None:
+    """Deletes the commit record once every member's staged checkpoint is settled (step 3 of the module's
+    docstring), and any temporary file a kill left while writing it: it commits nothing any more. A
+    kill before this leaves a record no staged file names, which the next commit replaces."""
+    with contextlib.suppress(FileNotFoundError):
+        record.unlink()
+    remove_temporaries(record.parent, (record.name,))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .identity import run_key
-from .layout import ERROR_FILE, RESULT_FILE, _read_json, _write_json
+from .layout import ERROR_FILE, RESULT_FILE, _read_json, _write_json, ensure
 from .weights import model_sha256
 
 __all__ = [
@@ -32,8 +32,8 @@ def write_result(run_dir: str | os.PathLike, result: dict) -> None:
 
 
 def write_error(run_dir: str | os.PathLike, error: dict) -> None:
-    """Writes error.json (creating the run directory): the run failed."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    """Writes error.json (creating the run directory, see :func:`~iwae.rundir.layout.ensure`): the run failed."""
+    ensure(run_dir)
     _write_json(Path(run_dir) / ERROR_FILE, error)
 
 

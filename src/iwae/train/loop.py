@@ -211,6 +211,7 @@ def _check_device(config: TrainConfig) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- the loop
+@rundir.locks("iwae train", lambda a: a["config"].out)  # one writer per run folder
 def train(
     config: TrainConfig,
     *,
@@ -500,6 +501,7 @@ def train(
 
 
 # ----------------------------------------------------------------------------- train, or resume what is there
+@rundir.locks("iwae train", lambda a: a["config"].out)
 def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = None, progress: bool = True) -> str:
     """Trains ``config.out``, resuming its checkpoint when one of the same run is there.
 
@@ -509,6 +511,8 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
     :func:`iwae.rundir.run_identity`) or of more epochs than asked for raises ValueError and is left alone.
     """
     run_dir = Path(config.out)
+    if run_dir.is_dir():
+        rundir.settle(run_dir)  # a group commit a kill interrupted: finished or undone
     if rundir.has_checkpoint(run_dir):
         try:
             old = rundir.read_config(run_dir)

@@ -54,10 +54,13 @@ def resume_point(config: TrainConfig, *, resume: bool, overwrite: bool) -> tuple
     Shared by :func:`train` and :func:`iwae.members.train_members`, so a member resumes as its run would.
     """
     run_dir, total_epochs = Path(config.out), config.total_epochs
+    if overwrite and not resume and run_dir.is_symlink():  # before the data are loaded; prepare() refuses it too
+        rundir.check_replaceable(run_dir, "iwae train")
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"cannot resume: run directory {run_dir} not found")
         rundir.check_same_run(run_dir, config)
+        rundir.settle(run_dir)  # a group commit a kill interrupted: finished or undone (under the run's lock)
         if rundir.has_checkpoint(run_dir):
             saved = rundir.read_checkpoint(run_dir)
             done = saved[1].get("epoch")

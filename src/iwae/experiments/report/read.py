@@ -134,6 +134,8 @@ def read_reproduction(exp_dir: str | os.PathLike) -> dict:
             raise ValueError(f"{where} has no {' or '.join(missing)}; was it written by `iwae reproduce`?")
         _check(run.get("published") or {}, f"{where}: published", every=_NUMBER, active_units=(list, int, float))
         _check(run["eval"], f"{where}: eval", bound_ks=list)
+        # a name that is not one plain folder name would point outside runs/: nothing is read there
+        rundir.check_run_name(run["name"], f"{where}: run name")
         run["dir"] = exp_dir / "runs" / run["name"]
         try:
             run["status"], run["result"], run["error"] = _result(run)
@@ -163,6 +165,19 @@ def seed_groups(runs: list[dict]) -> list[dict]:
     for key, members in order.items():
         out.append(members[0] if key.startswith("\0") else _merge(key, members))
     return out
+
+
+def trained_text(result: dict | None) -> str:
+    """How a run was trained, from its result.json's ``trained_as``: ``alone``, ``batched (N runs)``
+    (one batched model of N runs, this one included), or its stretches in order (``alone, then batched
+    (2 runs) from step 40``); ``""`` when the result does not say (an older run)."""
+    stretches = (result or {}).get("trained_as") or []
+    parts = []
+    for i, stretch in enumerate(stretches):
+        others = stretch.get("batched_with") or []
+        text = f"batched ({len(others) + 1} runs)" if others else "alone"
+        parts.append(text if i == 0 else f"{text} from step {stretch.get('from_step')}")
+    return ", then ".join(parts)
 
 
 def _merge(name: str, members: list[dict]) -> dict:
@@ -199,6 +214,7 @@ def _merge(name: str, members: list[dict]) -> dict:
         "seeds": [r["config"].get("seed") for r in done],
         "n_seeds": len(done),
         "units_per_seed": units if len(units) > 1 else None,
+        "trained": ", ".join(dict.fromkeys(trained_text(r["result"]) for r in done)),  # each seed's, once
         "runs": [r["name"] for r in members],
     }
 

@@ -1,5 +1,12 @@
-"""The report as files: ``report.md``, a self-contained ``report.html`` (python-markdown, inline CSS,
-figures embedded as data URIs) and ``report.json``."""
+"""The report as files: ``report.md``, a self-contained ``report.html`` (python-markdown, sanitised by
+nh3, inline CSS, figures embedded as data URIs) and ``report.json``.
+
+An experiment file is input from anyone (its title and description go into the report), so the HTML
+is cleaned by a maintained sanitiser, nh3 (Ammonia), rather than by hand: only its allowed tags and
+attributes stay, and links and images only with the schemes http, https and mailto, or relative.
+Only then are images embedded, and only files inside the report's own folder (resolved, symbolic
+links included): ``![x](/home/me/.ssh/id_rsa)`` or a link in the folder pointing out of it is not
+embedded (the image keeps its alt text)."""
 
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import markdown
+import nh3
 
+from ... import rundir
 from ...checkpoint import atomic_write
 from .figures import _figures
 from .grid import _grid_section
@@ -123,21 +132,47 @@ def markdown_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
+URL_SCHEMES = {"http", "https", "mailto"}  # and relative URLs: what a link or image of the report may use
+# Markdown tables align their columns with style="text-align: ..."; no other style is kept
+_ATTRIBUTES = {**nh3.ALLOWED_ATTRIBUTES, "th": {*nh3.ALLOWED_ATTRIBUTES["th"], "style"}}
+_ATTRIBUTES["td"] = {*nh3.ALLOWED_ATTRIBUTES["td"], "style"}
+_EMBEDDED = {
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, every link resolved, is a file inside ``folder`` (resolved too)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve()) and path.resolve().is_file()
+    except (OSError, RuntimeError):  # a loop of links
+        return False
+
+
 def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "Reproduction report") -> str:
-    """A self-contained HTML page of ``markdown_text``: inline CSS, and every relative image (resolved
-    against ``base_dir``) embedded as a base64 data URI."""
+    """A self-contained HTML page of ``markdown_text``: sanitised by nh3 (tags, attributes and URL
+    schemes allowed, see the module's docstring), inline CSS, and every relative image that is a file
+    inside ``base_dir`` (links resolved) embedded as a base64 data URI; other local images are not
+    embedded (their ``src`` is dropped, their alt text stays)."""
     body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    body = nh3.clean(body, attributes=_ATTRIBUTES, url_schemes=URL_SCHEMES, filter_style_properties={"text-align"})
     base_dir = Path(base_dir)
 
     def embed(match: re.Match) -> str:
         src = unquote(html.unescape(match.group(1)))
+        if src.startswith(("http://", "https://")):
+            return match.group(0)  # a remote image, as the author linked it
         path = base_dir / src
-        if "://" in src or not path.is_file():
-            return match.group(0)
-        mime = "image/png" if path.suffix.lower() == ".png" else f"image/{path.suffix.lstrip('.').lower()}"
-        return f'src="data:{mime};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+        mime = _EMBEDDED.get(path.suffix.lower())
+        if mime is None or not _inside(path, base_dir):  # outside the report's folder: not embedded
+            return f'data-not-embedded="{html.escape(src)}"'
+        return f'src="data:{mime};base64,{base64.b64encode(path.resolve().read_bytes()).decode("ascii")}"'
 
-    body = re.sub(r'src="([^"]+)"', embed, body)
+    body = re.sub(r'src="([^"]*)"', embed, body)  # after nh3 only <img> has a src
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -145,6 +180,7 @@ def render_html(markdown_text: str, base_dir: str | os.PathLike, title: str = "R
     )
 
 
+@rundir.locks("iwae report", lambda a: a["out_dir"])  # two reports do not write one folder at once
 def write_report(
     out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, figures: bool = True, per_seed: bool = False
 ) -> tuple[Path, Path]:

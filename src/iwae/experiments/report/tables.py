@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ...compare import compare_runs
 from ...rundir import eval_name
 from ...tables import with_error
-from .read import _units, seed_groups
+from .read import _units, seed_groups, trained_text
 
 __all__ = ["FLAG_NATS", "compare", "comparisons"]
 
@@ -118,6 +118,11 @@ def _status(run: dict) -> str:
     return f"{status}, after `{after}`" if after else status
 
 
+def _trained(run: dict) -> str:
+    """How a run (or each seed of a group) was trained: alone, or batched with others."""
+    return run["trained"] if "trained" in run else trained_text(run["result"])
+
+
 # ----------------------------------------------------------------------------- the table
 def _metrics(runs: list[dict]) -> dict[str, tuple[str, bool, str]]:
     """The metrics to show, ``{key: (column, higher is better, definition)}``: those evaluated or
@@ -204,6 +209,8 @@ def _columns(runs: list[dict]) -> list[tuple[str, bool, Callable[[dict], object]
         ("train", True, lambda r: _duration(r["result"].get("train_seconds"))),
         ("eval", True, lambda r: _duration(r["result"].get("eval_seconds"))),
     ]
+    if any(_trained(r) not in ("", "alone") for r in runs):  # some run was one batched model with others
+        columns.append(("trained", False, _trained))
     if len({_hardware(r["result"].get("hardware")) for r in runs if r["result"]}) > 1:
         columns.append(("hardware", False, lambda r: _hardware(r["result"].get("hardware"))))
     return columns + [("status", False, _status)]
@@ -238,6 +245,12 @@ def _caption(runs: list[dict]) -> str:
     parts.append(
         "Active units: A_u > 0.01, per stochastic layer, ours / published. Times: training and evaluation, wall clock."
     )
+    if any(_trained(r) not in ("", "alone") for r in runs):
+        parts.append(
+            "Trained: alone, or as one batched model of N runs (result.json's trained_as names them); "
+            "a batched run and the same run alone differ by float rounding that training amplifies "
+            "(see the guide's page on batched runs)."
+        )
     machines = {_hardware(r["result"].get("hardware")) for r in runs if r["result"]}
     if len(machines) == 1:
         parts.append(f"Hardware (all finished runs): {machines.pop()}.")
