@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from . import registry
 from .arrays import _read_npz
-from .files import _DIGEST_CACHE, _locate, _stat_key
+from .files import _DIGEST_CACHE, _file_digest, _locate, _stat_key
 from .registry import _AMAT_FILES, _IMAGE_DIM, _IMAGE_SIDE, BINARIZED_MNIST_NPZ, MNIST_FILES
 from .splits import Splits, _dynamic_splits, _is_binary, _to_tensor
 
@@ -95,6 +95,7 @@ def _load_idx_dataset(
         labels=(y_train[:cut], y_train[cut:], y_test),
         mode=mode,
         deq=deq,
+        files={f: _file_digest(p, "sha256") for f, p in paths.items()},
     )
 
 
@@ -166,9 +167,11 @@ def _parse_amat(path: Path) -> np.ndarray:
 def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static") -> Splits:
     what = "binarized-MNIST"
     arrays = None
+    files: dict[str, str] = {}
     for d in dirs:
         if (d / BINARIZED_MNIST_NPZ).is_file():
             arrays = _load_binarized_npz(d / BINARIZED_MNIST_NPZ)
+            files[BINARIZED_MNIST_NPZ] = _file_digest(d / BINARIZED_MNIST_NPZ, "sha256")
             break
         if all((d / f).is_file() for f in _AMAT_FILES.values()):
             break
@@ -192,8 +195,9 @@ def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static"
                     ) from None
                 raise
             arrays[split] = _parse_amat(p)
+            files[f] = _file_digest(p, "sha256")
     t = {k: _to_tensor(v) for k, v in arrays.items()}
-    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False, binarization=mode)
+    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False, binarization=mode, files=files)
 
 
 # --------------------------------------------------------------------------- OMNIGLOT
@@ -251,4 +255,7 @@ def _load_omniglot(dirs: list[Path], download: bool, mode: str = "dynamic", deq:
         )
     train = train[np.random.RandomState(registry.OMNIGLOT_PERMUTATION_SEED).permutation(n)]
     cut = n - registry.OMNIGLOT_N_VALID
-    return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq)
+    files = {path.name: _file_digest(path, "sha256")}
+    return _dynamic_splits(
+        "omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq, files=files
+    )

@@ -8,9 +8,11 @@ A run directory holds
     config.yaml               the resolved training config (re-runnable with ``iwae train --config``);
                               the model's architecture is derived from it (TrainConfig.model_config)
                               and stored nowhere else
-    model.safetensors         the model's weights; metadata: epoch, input_dim (the data's pixels) and
+    model.safetensors         the model's weights; metadata: epoch, input_dim (the data's pixels),
                               model_digest (SHA-256 of the architecture, to check that the weights and
-                              config.yaml belong together)
+                              config.yaml belong together), run_identity (the run they belong to),
+                              data (the data files trained on, with their SHA-256) and, beside it,
+                              tensors_sha256 (SHA-256 of the tensors, checked by every read)
     checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
                               and the generator's device type, epoch, step and the metrics so
                               far, in one file; in the middle of an epoch (``checkpoint_every``)
@@ -32,13 +34,16 @@ under its real name; a write that fails raises :class:`~iwae.checkpoint.WriteErr
 old file as it was.
 
 The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.identity` (config.yaml and
-which settings make the same run), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
+which settings make the same run), :mod:`.integrity` (what identifies a run, its data, its weights and
+an evaluation, and who checks what when: read it first), :mod:`.weights` (model.safetensors), :mod:`.checkpoints`
 (checkpoint.safetensors), :mod:`.metrics` (metrics.csv, tb/), :mod:`.evaluations`, :mod:`.results`
 (what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
 run folders through the names this package exports.
 
-Two rules live here and nowhere else: which settings make two configs the same run
-(:func:`run_identity`, :func:`run_key`), and when a run is finished (:func:`run_status`).
+Three rules live here and nowhere else: which settings make two configs the same run
+(:func:`run_identity`, :func:`run_key`), when a run is finished (:func:`run_status`), and what
+identifies a run's weights, data and evaluations, checked by whom and when (:mod:`.integrity`, with
+:func:`comparable`, whether two evaluations may be paired).
 """
 
 from .checkpoints import (
@@ -72,6 +77,20 @@ from .identity import (
     run_identity,
     run_key,
     write_config,
+)
+from .integrity import (
+    AIS_SETTINGS,
+    changed_files,
+    check_belongs,
+    check_data,
+    check_finite,
+    comparable,
+    data_record,
+    data_text,
+    identity_record,
+    images_record,
+    images_sha256,
+    images_text,
 )
 from .layout import (
     CHECKPOINT,
@@ -113,6 +132,7 @@ from .results import (
 )
 from .run import Run, open_run
 from .weights import (
+    check_weights,
     init_from,
     load_model,
     load_trained,
@@ -121,6 +141,7 @@ from .weights import (
     model_epoch,
     model_sha256,
     save_model,
+    training_data,
 )
 
 __all__ = [
@@ -161,8 +182,23 @@ __all__ = [
     "load_model",
     "model_epoch",
     "model_sha256",
+    "training_data",
+    "check_weights",
     "load_trained",
     "init_from",
+    # integrity: identities and digests, who checks what
+    "images_sha256",
+    "images_record",
+    "images_text",
+    "data_text",
+    "data_record",
+    "identity_record",
+    "check_belongs",
+    "check_finite",
+    "changed_files",
+    "check_data",
+    "comparable",
+    "AIS_SETTINGS",
     # checkpoint.safetensors
     "EpochState",
     "save_checkpoint",

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, save_tensors
+from ..checkpoint import load_tensors, read_metadata, save_tensors
 from ..errors import CheckpointError
 from ..models import VAE
+from .integrity import check_belongs, check_finite, identity_record
 from .layout import CHECKPOINT, METRICS, MODEL, START_FILES
 from .weights import model_digest, model_epoch
 
@@ -51,9 +52,13 @@ def save_checkpoint(
     metrics: list[dict],
     partial: EpochState | None = None,
     wall_time: float = 0.0,
+    *,
+    data: dict | None = None,
 ) -> None:
     """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
-    ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``."""
+    ``epoch`` (completed epochs), ``step``, the metrics so far and, in the middle of an epoch, ``partial``;
+    with the identity of the run in config.yaml and ``data``, the record of its data files
+    (:func:`iwae.rundir.integrity.data_record`), that resuming checks."""
     opt_state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict] = {}
@@ -75,6 +80,11 @@ def save_checkpoint(
         "rng_device": generator.device.type,
         "wall_time_s": wall_time,
     }
+    identity = identity_record(run_dir)
+    if identity is not None:
+        meta["run_identity"] = identity
+    if data is not None:
+        meta["data"] = data
     if partial is not None:
         tensors["epoch.order"] = partial.order
         tensors["epoch.bound_sum"] = partial.bound_sum
@@ -83,8 +93,12 @@ def save_checkpoint(
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, metadata)`` of checkpoint.safetensors (CheckpointError if missing or unreadable)."""
-    return load_tensors(Path(run_dir) / CHECKPOINT)
+    """``(tensors, metadata)`` of checkpoint.safetensors: CheckpointError if it is missing, unreadable,
+    corrupt (its tensors fail their digest) or of another run than config.yaml's."""
+    path = Path(run_dir) / CHECKPOINT
+    tensors, meta = load_tensors(path)
+    check_belongs(run_dir, path, meta)
+    return tensors, meta
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -92,8 +106,8 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 
 
 def checkpoint_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The per-epoch metrics the checkpoint records."""
-    return list(read_checkpoint(run_dir)[1].get("metrics", []))
+    """The per-epoch metrics the checkpoint records (from its metadata: its tensors are not read)."""
+    return list(read_metadata(Path(run_dir) / CHECKPOINT).get("metrics", []))
 
 
 def generator_device(tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -140,6 +154,7 @@ def restore(
     if meta.get("model_digest") not in (None, model_digest(model.config)):
         raise refuse(f"holds another architecture than config.yaml's ({model.config.to_dict()})")
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_finite(path, weights)
     expected = model.state_dict()
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -189,9 +204,9 @@ def restore(
 
 
 def trained_epochs(run_dir: str | os.PathLike) -> int:
-    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable)."""
-    _, meta = read_checkpoint(run_dir)
-    return int(meta.get("epoch", 0))
+    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable);
+    from its metadata: its tensors are read, and checked, when it is resumed."""
+    return int(read_metadata(Path(run_dir) / CHECKPOINT).get("epoch", 0))
 
 
 def only_start_files(run_dir: str | os.PathLike) -> bool:

@@ -13,7 +13,8 @@ from ..config import TrainConfig
 from ..errors import CheckpointError
 from ..models import VAE
 from .identity import read_config
-from .weights import load_trained
+from .integrity import check_data
+from .weights import load_trained, training_data
 
 if TYPE_CHECKING:
     from ..data import Splits
@@ -25,19 +26,25 @@ __all__ = ["Run", "open_run"]
 class Run:
     """A trained run: ``config`` (config.yaml), ``model`` (the weights of its last completed epoch, in
     eval mode), ``weights`` (``{"epoch", "sha256"}`` of them) and ``splits``, its dataset, loaded on
-    first access from ``data_dir`` (else the config's)."""
+    first access from ``data_dir`` (else the config's) and checked against the data files the run was
+    trained on (:func:`iwae.rundir.integrity.check_data`: files that changed are refused unless
+    ``accept_changed_data``; ``data`` then holds what the check found)."""
 
     path: Path
     config: TrainConfig
     model: VAE
     weights: dict
     data_dir: str | None = None
+    accept_changed_data: bool = False
+    data: dict | None = None  # the data check's record, once the splits are loaded
     _splits: Splits | None = field(default=None, repr=False)
 
     @property
     def splits(self) -> Splits:
         if self._splits is None:
-            self._splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
+            splits = self.config.load_data(self.data_dir)  # binarized (or not) as training saw it
+            self.data = check_data(self.path, training_data(self.path), splits, self.accept_changed_data)
+            self._splits = splits
         return self._splits
 
     @property
@@ -46,15 +53,23 @@ class Run:
         return self.config.spec.label
 
 
-def open_run(path: str | os.PathLike, device: str | torch.device = "cpu", *, data_dir: str | None = None) -> Run:
+def open_run(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    data_dir: str | None = None,
+    accept_changed_data: bool = False,
+) -> Run:
     """The run in ``path``: its config, the model of its last completed epoch (a run that completed
-    none is refused, see :func:`load_trained`) and its data, loaded when first asked for.
+    none is refused, see :func:`load_trained`) and its data, loaded when first asked for and refused if
+    its files changed since training (unless ``accept_changed_data``).
 
     Raises:
-        CheckpointError: no such directory, an untrained run, or files that are missing or unreadable.
+        CheckpointError: no such directory, an untrained run, or files that are missing, unreadable,
+            corrupt or of another run.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} not found")
     model, weights = load_trained(path, device)
-    return Run(path, read_config(path), model, weights, data_dir)
+    return Run(path, read_config(path), model, weights, data_dir, accept_changed_data)
