@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -26,16 +27,19 @@ def _write_eval(
     dataset: str = "mnist",
     of: int = 10000,
 ) -> Path:
-    """An evaluation's two files as iwae.evaluate.evaluate writes them (the fields compare reads)."""
+    """An evaluation's two files as iwae.evaluate.evaluate writes them (the fields compare reads); the
+    test images' SHA-256 stands for the images the record describes (the same description, the same images)."""
     run.mkdir(parents=True, exist_ok=True)
     name = eval_name(k, seed, test_subset)
     np.save(run / f"{name}.npy", np.asarray(bounds, dtype=np.float64))
+    images = {"dataset": dataset, "split": "test", "first": len(bounds), "of": of}
     meta = {
         "nll": float(-np.mean(bounds)),
+        "method": "lk",
         "k": k,
         "seed": seed,
         "n_test": len(bounds),
-        "test_images": {"dataset": dataset, "split": "test", "first": len(bounds), "of": of},
+        "test_images": {**images, "sha256": hashlib.sha256(json.dumps(images).encode()).hexdigest()},
     }
     (run / f"{name}.json").write_text(json.dumps(meta))
     return run

@@ -10,6 +10,13 @@ d_n = -L_k^A(x_n) + L_k^B(x_n), is averaged over the same images; the images' ow
 d_n, so its paired standard error std(d) / sqrt(N) is far smaller than the two NLLs' standard errors
 combined (:func:`iwae.evaluate.paired_difference`).
 
+Two evaluations are paired only when :func:`iwae.rundir.comparable` finds nothing that differs: the
+same test tensor (its SHA-256, recorded by the evaluation after binarization or dequantisation), the same
+method and settings (L_k's k; AIS's T, C, L, schedule and initial distribution), the same units (a code
+length or a density), and data files unchanged since training (or accepted deliberately with
+``accept_changed_data``). Otherwise the comparison is refused with its one-line reason; an evaluation
+written before these records existed is refused with the command that makes it again.
+
 Over seeds (lists of runs, paired by position: seed s of A with seed s of B), the per-seed
 differences D_s are averaged; ``stderr_across_seeds`` = std_s(D_s) / sqrt(S) includes the
 run-to-run (training) noise, ``pooled_paired_stderr`` = sqrt(sum_s se_s^2) / S only the test
@@ -28,10 +35,10 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .evaluate import paired_difference
-from .rundir import eval_name, evaluation_files, read_evaluation
+from .rundir import comparable, eval_name, evaluation_files, read_evaluation
 from .tables import label_table
 
-__all__ = ["load_bounds", "compare_runs", "compare_text"]
+__all__ = ["load_bounds", "compare_runs", "compare_text", "comparable"]
 
 RunDir = str | os.PathLike
 
@@ -90,18 +97,30 @@ def load_bounds(
         )
     if not np.isfinite(bounds).all():
         raise ValueError(f"{npy_path} holds non-finite bounds")
+    images = meta["test_images"] if isinstance(meta["test_images"], dict) else {}
+    if not images.get("sha256"):
+        raise ValueError(
+            f"{json_path} records no SHA-256 of its test images (written by an older iwae), so it cannot be "
+            f"checked to be on the same images as another; make it again with: "
+            f"{_evaluate_command(run_dir, k, seed, test_subset, evaluation)}"
+        )
     return meta, bounds.astype(np.float64)
 
 
-def _pair(run_a: RunDir, run_b: RunDir, k: int, seed: int, test_subset: int | None, evaluation: str | None) -> dict:
+def _pair(
+    run_a: RunDir,
+    run_b: RunDir,
+    k: int,
+    seed: int,
+    test_subset: int | None,
+    evaluation: str | None,
+    accept_changed_data: bool = False,
+) -> dict:
     meta_a, l_a = load_bounds(run_a, k=k, seed=seed, test_subset=test_subset, evaluation=evaluation)
     meta_b, l_b = load_bounds(run_b, k=k, seed=seed, test_subset=test_subset, evaluation=evaluation)
-    if meta_a["test_images"] != meta_b["test_images"] or meta_a["n_test"] != meta_b["n_test"]:
-        describe = lambda m: f"{m['n_test']} images {m['test_images']}"  # noqa: E731
-        raise ValueError(
-            f"{run_a} and {run_b} were evaluated on different test images "
-            f"({describe(meta_a)} vs {describe(meta_b)}); a paired comparison needs the same images"
-        )
+    why = comparable(meta_a, meta_b, accept_changed_data=accept_changed_data)
+    if why is not None:
+        raise ValueError(f"cannot pair the evaluations of {run_a} and {run_b}: {why}")
     if len(l_a) < 2:
         raise ValueError(f"a paired standard error needs at least 2 test images, got {len(l_a)}")
     # NLL_A - NLL_B = (-L_A) - (-L_B) = L_B - L_A, per image
@@ -128,6 +147,7 @@ def compare_runs(
     seed: int = 0,
     test_subset: int | None = None,
     evaluation: str | None = None,
+    accept_changed_data: bool = False,
 ) -> dict:
     """NLL(A) - NLL(B) on the same test images with its paired standard error (negative: A is better).
 
@@ -137,6 +157,8 @@ def compare_runs(
         k, seed, test_subset: which evaluation to read (``iwae evaluate RUN --k K --seed S
             [--test-subset N]``), the same for every run.
         evaluation: read this file stem instead (e.g. an AIS evaluation, ``iwae.ais.ais_eval_name``).
+        accept_changed_data: pair evaluations made on data files that changed since their runs were
+            trained (``iwae evaluate --accept-changed-data``), deliberately.
 
     Returns:
         For one run a side: ``run_a``, ``run_b``, ``nll_a``, ``nll_b``, ``difference``,
@@ -146,19 +168,20 @@ def compare_runs(
 
     Raises:
         FileNotFoundError: a run or its evaluation is missing.
-        ValueError: the evaluations are not on the same images, or the lists differ in length.
+        ValueError: the evaluations may not be paired (:func:`iwae.rundir.comparable` says why; one without
+            a test-image SHA-256 must be made again), or the lists differ in length.
     """
     single = isinstance(run_a, (str, os.PathLike)) and isinstance(run_b, (str, os.PathLike))
     if single:
-        return {**_pair(run_a, run_b, k, seed, test_subset, evaluation), "k": k, "seed": seed}
+        return {**_pair(run_a, run_b, k, seed, test_subset, evaluation, accept_changed_data), "k": k, "seed": seed}
     runs_a = [run_a] if isinstance(run_a, (str, os.PathLike)) else list(run_a)
     runs_b = [run_b] if isinstance(run_b, (str, os.PathLike)) else list(run_b)
     if not runs_a or len(runs_a) != len(runs_b):
         raise ValueError(
             f"comparing over seeds pairs run i of A with run i of B: got {len(runs_a)} and {len(runs_b)} runs"
         )
-    pairs = [_pair(a, b, k, seed, test_subset, evaluation) for a, b in zip(runs_a, runs_b)]
-    if any(p["test_images"] != pairs[0]["test_images"] for p in pairs):
+    pairs = [_pair(a, b, k, seed, test_subset, evaluation, accept_changed_data) for a, b in zip(runs_a, runs_b)]
+    if any(p["test_images"].get("sha256") != pairs[0]["test_images"].get("sha256") for p in pairs):
         raise ValueError("the seeds' evaluations are on different test images; evaluate all runs on the same ones")
     d = np.array([p["difference"] for p in pairs])
     s = len(d)

@@ -3,12 +3,12 @@ measure runs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from .. import strict_json
 from ..choices import ESTIMATORS, OBJECTIVES
 from ..config import TrainConfig
 from .support import UserError as _UserError
@@ -17,6 +17,8 @@ from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
 from .support import user_errors as _user_errors
+
+LONG_SECONDS = 10  # iwae evaluate says how long an L_k pass will take when it is longer than this
 
 # Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
 # ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
@@ -49,13 +51,18 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="With --resume: go on although a data file's SHA-256 changed since the checkpoint (the weights record it).",
+)
+@click.option(
     "--seeds",
     help="Train these seeds (e.g. 0,1,2,3) together as one batched model, each a run of its "
     "own in OUT/seed0, OUT/seed1, ...; one seed is --seed (OUT itself).",
 )
 @click.pass_context
 @_user_errors
-def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **options) -> None:
+def train(ctx: click.Context, config_file, resume, overwrite, quiet, accept_changed_data, seeds, **options) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from ..rundir import trained_epochs
     from ..train import configure, resume_config
@@ -74,13 +81,15 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, **op
             seed_list = None
     members = _member_dirs(resume) if resume and seed_list is None else None
     if seed_list is not None or members:
-        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members)
+        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members, accept_changed_data)
         return
     config = resume_config(resume, given) if resume else configure(given, base=config_file)
     finished = False
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
         finished = trained_epochs(resume) == config.total_epochs  # train() says there is nothing to do
-    run_dir = run_training(config, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    run_dir = run_training(
+        config, resume=bool(resume), overwrite=overwrite, progress=not quiet, accept_changed_data=accept_changed_data
+    )
     if not finished:
         click.echo(f"trained {config.spec.label} for {config.total_epochs} epochs: {run_dir}")
     click.echo(f"evaluate it with: iwae evaluate {run_dir}")
@@ -112,7 +121,14 @@ def _member_dirs(folder: str) -> list[Path] | None:
 
 
 def _train_seeds(
-    given: dict, config_file, resume, overwrite: bool, quiet: bool, seeds: list[int] | None, members: list[Path] | None
+    given: dict,
+    config_file,
+    resume,
+    overwrite: bool,
+    quiet: bool,
+    seeds: list[int] | None,
+    members: list[Path] | None,
+    accept_changed_data: bool = False,
 ) -> None:
     """``--seeds``: the seeds' runs (or, resumed, the member folders) trained as one batched model."""
     from ..members import train_members
@@ -124,7 +140,9 @@ def _train_seeds(
     else:
         out = given.get("out") or configure(given, base=config_file).out
         configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file) for s in seeds]
-    results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    results = train_members(
+        configs, resume=bool(resume), overwrite=overwrite, progress=not quiet, accept_changed_data=accept_changed_data
+    )
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.status == "trained":
@@ -190,6 +208,12 @@ Examples:
     show_default=True,
     help="ais: the initial distribution, q(z|x) or p(z).",
 )
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Measure the data files as they are now although their SHA-256 changed since the run was trained "
+    "(the evaluation records it, and iwae compare then asks for this flag too).",
+)
 @_user_errors
 def evaluate(
     run_dir,
@@ -208,6 +232,7 @@ def evaluate(
     leapfrog,
     schedule,
     initial,
+    accept_changed_data,
 ) -> None:
     """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
     weights of its last completed epoch (a run that has completed none is refused).
@@ -215,9 +240,12 @@ def evaluate(
     The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
     first N test images), and L_k of each test image to the .npy beside it. With --method ais, the
-    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy.
+    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}_{SCHEDULE}_{INITIAL}[_n{N}]_seed{S}.json
+    and .npy. The record holds the SHA-256 of the test images measured and how they were binarized; the
+    data files must be those the run was trained on (their SHA-256 is checked). A long evaluation says
+    its estimated time first; one estimated over a week is refused.
     """
-    from ..evaluate import GIB, summary_text
+    from ..evaluate import GIB, duration_text, summary_text
     from ..evaluate import evaluate as run_evaluation
 
     _threads(threads)
@@ -246,9 +274,19 @@ def evaluate(
             data_dir=data_dir,
             progress=not quiet and not as_json,
             announce=announce,
+            accept_changed_data=accept_changed_data,
         )
-        click.echo(json.dumps(result, indent=1) if as_json else ais_summary_text(result))
+        click.echo(strict_json.dumps(result, indent=1) if as_json else ais_summary_text(result))
         return
+
+    def announce_lk(cost: dict) -> None:
+        if not as_json and cost["seconds"] > LONG_SECONDS:
+            click.echo(
+                f"L_{k} on {cost['images']} images: about {duration_text(cost['seconds'])} "
+                f"({cost['rows']:.3g} importance samples)",
+                err=True,
+            )
+
     result = run_evaluation(
         run_dir,
         k=k,
@@ -258,8 +296,10 @@ def evaluate(
         seed=seed,
         device=device,
         progress=not quiet and not as_json,
+        accept_changed_data=accept_changed_data,
+        announce=announce_lk,
     )
-    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 ANALYZE_EXAMPLES = """
@@ -293,7 +333,7 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     result = run_surgery(
         run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples, seed=seed
     )
-    click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else surgery_text(result))
 
 
 SNR_EXAMPLES = """
@@ -395,7 +435,7 @@ def snr(
         )
     progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
     result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
-    click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
 
 
 COMPARE_EXAMPLES = """
@@ -413,13 +453,23 @@ Examples:
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="The evaluation's k (iwae evaluate --k).")
 @click.option("--test-subset", type=int, help="The evaluation's --test-subset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The evaluation's --seed.")
-@click.option("--evaluation", help="Another evaluation's file stem, e.g. ais_T1000_C16_L5_n100_seed0.")
+@click.option("--evaluation", help="Another evaluation's file stem, e.g. ais_T1000_C16_L5_sigmoid_encoder_n100_seed0.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Pair evaluations made with evaluate --accept-changed-data (on data files changed since training).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_user_errors
-def compare(run_a, run_b, k, test_subset, seed, evaluation, as_json) -> None:
+def compare(run_a, run_b, k, test_subset, seed, evaluation, accept_changed_data, as_json) -> None:
     """NLL(A) - NLL(B) on the same test images with its paired standard error, from the per-image
     bounds that `iwae evaluate` saved; RUN_A and RUN_B may be comma-separated lists of runs (one per
-    seed, paired by position), giving the mean difference and its standard error across seeds."""
+    seed, paired by position), giving the mean difference and its standard error across seeds.
+
+    Two evaluations are paired only when they measured the same test tensor (its SHA-256), by the same
+    method and settings, in the same units, on the data their runs were trained on; otherwise compare
+    says why in one line. An evaluation written before it recorded its test images' SHA-256 must be made
+    again (iwae evaluate)."""
     from ..compare import compare_runs, compare_text
 
     a, b = _names(run_a), _names(run_b)
@@ -430,8 +480,9 @@ def compare(run_a, run_b, k, test_subset, seed, evaluation, as_json) -> None:
         seed=seed,
         test_subset=test_subset,
         evaluation=evaluation,
+        accept_changed_data=accept_changed_data,
     )
-    click.echo(json.dumps(result, indent=1) if as_json else compare_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else compare_text(result))
 
 
 BDMC_EXAMPLES = """
@@ -485,4 +536,4 @@ def bdmc(run_dir, n, steps, chains, leapfrog, initial, seed, device, threads, ou
         device=device,
         out=out,
     )
-    click.echo(json.dumps(result, indent=1) if as_json else bdmc_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else bdmc_text(result))

@@ -40,7 +40,7 @@ try:
 except ImportError:  # not on Windows: no lock there
     fcntl = None
 
-from .. import rundir
+from .. import rundir, strict_json
 from ..checkpoint import atomic_write
 from .execute import _BATCH_TRAINED, _train_batches, execute_run, hardware, is_device_failure
 from .executors import _device_failure_written, _Inline, _Pool, _Ray
@@ -274,7 +274,7 @@ def _run_all(
 
     def save() -> None:
         with atomic_write(out_dir / STATE_FILE) as f:
-            json.dump(state, f, indent=1)
+            strict_json.dump(state, f, indent=1)
 
     def say(msg: str) -> None:
         if progress:
@@ -289,7 +289,9 @@ def _run_all(
         if result["status"] == "done":
             m = result["metrics"]
             say(
-                f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
+                f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f}"
+                + ("" if m["nll_stderr"] is None else f" ± {m['nll_stderr']:.2f}")
+                + ", "
                 f"active units {'+'.join(map(str, result['active_units']))}, "
                 f"{result['train_seconds'] + result['eval_seconds']:.0f} s"
             )
