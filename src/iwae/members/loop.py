@@ -19,6 +19,7 @@ from ..estimators import ESTIMATOR_TABLE, gradient_terms
 from ..models.vae import LogWeightParts
 from ..runtime import synchronize, tune_allocator
 from ..train import loop as train_module
+from ..train.checks import check_run
 from ..train.resume import resume_point
 from .group import MemberResult, check_group, stackable
 from .stacked import StackedVAE, _gather_state, _layout, _member_state, _slice_state, member_tensor, stack_parameters
@@ -46,6 +47,7 @@ class _Member:
     bound_sum: torch.Tensor | None = None
     run_start: float = 0.0
     result: MemberResult | None = None
+    data: dict | None = None  # the record of its data files, written with its weights (check_run)
 
 
 def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
@@ -79,6 +81,7 @@ def train_members(
     overwrite: bool = False,
     progress: bool = True,
     splits: data_module.Splits | None = None,
+    accept_changed_data: bool = False,
 ) -> list[MemberResult]:
     """Trains the runs ``configs`` together as one batched model; each member's folder ends as
     :func:`iwae.train.train` would leave it for that config alone (weights equal within float rounding).
@@ -90,6 +93,7 @@ def train_members(
         overwrite: replace existing run directories.
         progress: a progress bar and a line per member and epoch.
         splits: the data already loaded (else ``config.load_data()``: its binarization).
+        accept_changed_data: resume on data files that changed since the checkpoints, deliberately.
 
     Returns:
         One :class:`MemberResult` per config, in order. A member whose loss or gradient turns nan or
@@ -105,7 +109,9 @@ def train_members(
     if why is not None or len(configs) == 1:
         if progress and why is not None:
             print(f"members: cannot batch runs with {why}; training them one after another", file=sys.stderr)
-        return [_train_alone(train_module, c, resume, overwrite, progress, splits) for c in configs]
+        return [
+            _train_alone(train_module, c, resume, overwrite, progress, splits, accept_changed_data) for c in configs
+        ]
 
     members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched
     active = [m for m in members if m.result is None]
@@ -139,6 +145,20 @@ def train_members(
             raise ConfigError(
                 f"init_from {m.config.init_from} holds no model.safetensors (a trained run)", ["init_from"]
             )
+        if m.config.init_from and m.saved is None:
+            rundir.check_weights(m.config.init_from)  # damaged or foreign weights refused before any folder
+    for i, m in enumerate(active):  # every member checked (the memory of all of them) before any folder is touched
+        m.data = check_run(
+            m.config,
+            splits,
+            x_train,
+            x_valid,
+            device,
+            members=len(active),
+            saved=m.saved,
+            accept_changed_data=accept_changed_data,
+            progress=progress and i == 0,
+        )
 
     # each member set up exactly as train() sets up its run: the global seed, the model, its
     # output bias and prior, the optimiser, the generator; restored from its checkpoint if resumed
@@ -163,7 +183,7 @@ def train_members(
             m.checkpointed = m.start
         else:
             rundir.write_config(m.run_dir, m.config)
-            rundir.save_model(m.run_dir, m.model, 0)
+            rundir.save_model(m.run_dir, m.model, 0, data=m.data)
         m.torch_rng = torch.get_rng_state()
     if not active:
         return [m.result for m in members]
@@ -172,7 +192,9 @@ def train_members(
         if progress:
             print("members: this model cannot be stacked; training the members one after another", file=sys.stderr)
         for m in active:
-            m.result = _train_alone(train_module, m.config, resume or m.saved is not None, True, progress, splits)
+            m.result = _train_alone(
+                train_module, m.config, resume or m.saved is not None, True, progress, splits, accept_changed_data
+            )
         return [m.result for m in members]
     try:
         _loop(train_module, active, x_train, x_valid, splits.dynamic, device, progress)
@@ -183,9 +205,18 @@ def train_members(
     return [m.result for m in members]
 
 
-def _train_alone(train_module, config, resume: bool, overwrite: bool, progress: bool, splits) -> MemberResult:
+def _train_alone(
+    train_module, config, resume: bool, overwrite: bool, progress: bool, splits, accept_changed_data: bool = False
+) -> MemberResult:
     try:
-        run_dir = train_module.train(config, resume=resume, overwrite=overwrite, progress=progress, splits=splits)
+        run_dir = train_module.train(
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            splits=splits,
+            accept_changed_data=accept_changed_data,
+        )
     except FloatingPointError as e:
         return MemberResult(config, Path(config.out), "failed", e)
     return MemberResult(config, run_dir, "trained")
@@ -297,7 +328,7 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
     def save_checkpoint(m: _Member, epoch: int, partial_state=None, wall_time: float = 0.0) -> None:
         torch.set_rng_state(m.torch_rng)  # the global RNG state its single run would record
         rundir.save_checkpoint(
-            m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state, wall_time
+            m.run_dir, m.model, m.optimizer, m.generator, epoch, step, m.metrics, partial_state, wall_time, data=m.data
         )
 
     for epoch in range(start_epoch, total_epochs):
@@ -381,7 +412,7 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                 m.writer.add_scalar(key, row[key], epoch + 1)
             m.writer.flush()
             # the order of train(): the model, the checkpoint that commits the epoch, then metrics.csv
-            rundir.save_model(m.run_dir, m.model, epoch + 1)
+            rundir.save_model(m.run_dir, m.model, epoch + 1, data=m.data)
             save_checkpoint(m, epoch + 1, wall_time=row["wall_time_s"])
             m.checkpointed = (epoch + 1, step)
             rundir.write_metrics(m.run_dir, m.metrics)
