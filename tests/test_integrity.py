@@ -20,6 +20,8 @@ from cli_helpers import assert_one_line_error, invoke
 from damage import copy_file, flip_exponent_bit, max_abs, nan_weight
 from safetensors.torch import save_file
 
+import iwae.cli.runs as cli_runs
+import iwae.train.checks as checks
 from iwae import strict_json
 from iwae.checkpoint import load_tensors, tensors_sha256
 from iwae.data import Splits, load_dataset
@@ -361,3 +363,24 @@ def test_every_evaluation_says_how_its_test_images_were_binarized(runs, tmp_path
     record = json.loads(next(grey.glob("eval_*.json")).read_text())
     assert record["test_images"]["binarization"] == {"mode": "none", "test": "test images as stored"}
     assert record["likelihood"] == "logistic256" and record["code_length"] is True
+
+
+# ----------------------------------------------------------------------------- item 9: long passes say so first
+def test_a_long_evaluation_prints_its_cost_first(run, monkeypatch):
+    quick = _evaluate(run, "--test-subset", 4)
+    assert quick.exit_code == 0 and "importance samples" not in quick.output  # negative control: a short one
+    monkeypatch.setattr(cli_runs, "LONG_SECONDS", -1)  # every pass counts as long
+    result = _evaluate(run, "--test-subset", 4, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "L_2 on 4 images: about 0 s (8 importance samples)" in result.output
+    assert result.output.index("importance samples") < result.output.index("test NLL")
+
+
+def test_a_long_validation_bound_is_announced_before_training(tmp_path, grey_npz, monkeypatch):
+    monkeypatch.setattr(checks, "ANNOUNCE_SECONDS", -1)
+    out = tmp_path / "r"
+    args = ("--k", 2, "--latent-dims", 4, "--hidden-dims", 16, "--batch-size", 20, "--valid-k", 3, "--epochs", 1)
+    result = invoke("train", *args, "--dataset", f"npz:{grey_npz}", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "the validation bound L_3 on 20 images takes about" in result.output
+    assert "per epoch (set by --valid-k)" in result.output
