@@ -318,6 +318,9 @@ def test_data_replaced_after_training_is_refused_unless_accepted(tmp_path, grey_
     assert_one_line_error(invoke("train", "--resume", a, "--epochs", 2, "--quiet"), "--accept-changed-data")
     assert_one_line_error(invoke("analyze", a, "--subset", 5), "changed since it was trained")
     assert snapshot(a) == before
+    analyzed = invoke("analyze", a, "--subset", 5, "--accept-changed-data")
+    assert analyzed.exit_code == 0, analyzed.output
+    (a / "surgery_n5.json").unlink()
     for r in (a, b):
         assert _evaluate(r, "--seed", 1, "--accept-changed-data").exit_code == 0
     record = json.loads((a / "eval_k2_seed1.json").read_text())

@@ -319,8 +319,13 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
-def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
+def analyze(run_dir, subset, samples, as_json, data_dir, seed, accept_changed_data) -> None:
     """ELBO surgery (Hoffman & Johnson 2016) of a trained 1-layer run on training images: reconstruction,
     average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error.
 
@@ -329,7 +334,8 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     from ..analysis import run_surgery, surgery_text
     from ..rundir import open_run
 
-    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    # never the initial weights of a run that has not trained, nor data files changed since it was trained
+    run = open_run(run_dir, data_dir=data_dir, accept_changed_data=accept_changed_data)
     result = run_surgery(
         run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples, seed=seed
     )
@@ -392,9 +398,28 @@ Examples:
 )
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
 def snr(
-    run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed, data_dir, out, threads, as_json
+    run_dir,
+    fresh,
+    ks,
+    ms,
+    group_k,
+    estimators,
+    objectives,
+    repeats,
+    batch_size,
+    seed,
+    data_dir,
+    out,
+    threads,
+    as_json,
+    accept_changed_data,
 ) -> None:
     """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
     over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
@@ -424,7 +449,8 @@ def snr(
     else:
         from ..rundir import open_run
 
-        run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+        # never the initial weights of a run that has not trained, nor data files changed since it was trained
+        run = open_run(run_dir, data_dir=data_dir, accept_changed_data=accept_changed_data)
         model, splits = run.model, run.splits
         source = f"run {run_dir}"
     if not as_json:
