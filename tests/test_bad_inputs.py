@@ -213,6 +213,21 @@ CASES = [
     ("train-objective-choice", "train --objective nope --out NEW"),
     ("train-k-text", "train --k five --out NEW"),
     ("train-no-out", "train --k 5 --epochs 1"),
+    # train: sizes, checked before anything is allocated or written (issue 20, item 9)
+    ("train-k-1e20", "train --k 100000000000000000000 --epochs 1 --out NEW"),
+    ("train-k-int64", "train --k 9223372036854775807 --epochs 1 --out NEW"),
+    ("train-latent-huge", "train --latent-dims 3000000000 --epochs 1 --out NEW"),
+    ("train-seed-huge", "train --seed 100000000000000000000 --epochs 1 --out NEW"),
+    ("train-hidden-memory", f"train --hidden-dims 2000000000 --train-subset 200 {D} DATA --epochs 1 --out NEW"),
+    (
+        "train-components-memory",
+        f"train --prior mog --components 2000000000 --train-subset 200 {D} DATA --epochs 1 --out NEW",
+    ),
+    ("train-k-memory", f"train --k 2000000 --train-subset 200 {D} DATA --epochs 1 --out NEW"),
+    ("train-batch-over-data", f"train --batch-size 1000000000 --train-subset 400 {D} DATA --epochs 1 --out NEW"),
+    ("train-valid-k-absurd", f"train --valid-k 1000000000 --train-subset 200 {D} DATA --epochs 1 --out NEW"),
+    # train: a bernoulli likelihood on grey levels (item 8)
+    ("train-bernoulli-grey", f"train --binarize none --train-subset 200 {D} DATA --epochs 1 --out NEW"),
     # train: data
     ("train-subset-too-big", f"train --train-subset 100000 --epochs 1 {D} DATA --out NEW"),
     ("train-dataset", "train --dataset no-such-data --epochs 1 --out NEW"),
@@ -235,6 +250,8 @@ CASES = [
     ("train-resume-no-config", "train --resume NO-CONFIG"),
     # evaluate
     ("evaluate-k0", "evaluate RUN --k 0"),
+    ("evaluate-k-1e20", "evaluate RUN --k 100000000000000000000"),
+    ("evaluate-k-absurd", "evaluate RUN --k 1000000000"),
     ("evaluate-missing", "evaluate NEW"),
     ("evaluate-subset0", "evaluate RUN --k 2 --test-subset 0"),
     ("evaluate-subset-too-big", "evaluate RUN --k 2 --test-subset 20000"),

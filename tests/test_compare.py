@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -29,16 +30,19 @@ def _write_eval(
     sha256: str | None = None,
 ) -> Path:
     """An evaluation's two files as iwae.evaluate.evaluate writes them (the fields compare reads): on
-    the first ``test_subset`` of ``of`` test images, or on all of them (``of`` = N) without a subset."""
+    the first ``test_subset`` of ``of`` test images, or on all of them (``of`` = N) without a subset; the
+    test images' SHA-256 stands for the images the record describes (the same description, the same images)."""
     run.mkdir(parents=True, exist_ok=True)
     name = eval_name(k, seed, test_subset)
     np.save(run / f"{name}.npy", np.asarray(bounds, dtype=np.float64))
+    images = {"dataset": dataset, "split": "test", "first": len(bounds), "of": of or len(bounds)}
     meta = {
         "nll": float(-np.mean(bounds)),
+        "method": "lk",
         "k": k,
         "seed": seed,
         "n_test": len(bounds),
-        "test_images": {"dataset": dataset, "split": "test", "first": len(bounds), "of": of or len(bounds)},
+        "test_images": {**images, "sha256": hashlib.sha256(json.dumps(images).encode()).hexdigest()},
         "model": {"sha256": sha256 or f"model-of-{run.relative_to(run.parents[1])}"},
     }
     (run / f"{name}.json").write_text(json.dumps(meta))
@@ -52,6 +56,7 @@ def _write_ais(
     run.mkdir(parents=True, exist_ok=True)
     name = f"ais_T{steps}_C2_L2_n{len(values)}_seed{seed}" + ("" if initial == "encoder" else f"_{initial}")
     np.save(run / f"{name}.npy", np.asarray(values, dtype=np.float64))
+    images = {"dataset": "mnist", "split": "test", "first": len(values), "of": of}
     meta = {
         "nll": float(-np.mean(values)),
         "steps": steps,
@@ -61,7 +66,8 @@ def _write_ais(
         "initial": initial,
         "seed": seed,
         "n_test": len(values),
-        "test_images": {"dataset": "mnist", "split": "test", "first": len(values), "of": of},
+        "method": "ais",
+        "test_images": {**images, "sha256": hashlib.sha256(json.dumps(images).encode()).hexdigest()},
         "model": {"sha256": f"model-of-{run.relative_to(run.parents[1])}"},
     }
     (run / f"{name}.json").write_text(json.dumps(meta))

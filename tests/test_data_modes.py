@@ -136,9 +136,13 @@ def test_default_run_first_batch_is_mains(shared_data_dir, monkeypatch):
     with tempfile.TemporaryDirectory() as d, pytest.raises(Stop):
         train(TrainConfig(epochs=1, data_dir=str(shared_data_dir), out=d + "/r"), progress=False)
     assert hashlib.sha256(seen[0].numpy().tobytes()).hexdigest() == MAIN_FIRST_BATCH_SHA256
-    # negative control: binarize none trains on the grey batch itself
+    # negative control: binarize none trains on the grey batch itself (with a likelihood of grey levels:
+    # bernoulli refuses them)
     with tempfile.TemporaryDirectory() as d, pytest.raises(Stop):
-        train(TrainConfig(epochs=1, binarize="none", data_dir=str(shared_data_dir), out=d + "/r"), progress=False)
+        config = TrainConfig(
+            epochs=1, binarize="none", likelihood="logistic256", data_dir=str(shared_data_dir), out=d + "/r"
+        )
+        train(config, progress=False)
     assert not _binary(seen[1]) and _on_grid(seen[1])
 
 
@@ -249,6 +253,7 @@ def test_evaluation_and_the_run_use_the_training_mode(tmp_path):
     config = TrainConfig(
         dataset=name,
         binarize="none",
+        likelihood="logistic256",  # of 8-bit grey levels (bernoulli refuses them)
         network="conv",
         hidden_dims=[[4, 8]],
         latent_dims=[3],

@@ -3,6 +3,7 @@ and evaluate() on a run directory."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -18,6 +19,7 @@ from iwae import evaluate as evaluate_module
 from iwae import memory, objectives, rundir, runtime
 from iwae.checkpoint import CheckpointError
 from iwae.data import Splits, load_dataset
+from iwae.data.registry import MNIST_SHA256
 from iwae.errors import ConfigError
 from iwae.evaluate import active_units, log_likelihood
 from iwae.models import VAE, ModelConfig
@@ -45,7 +47,7 @@ def gen(seed: int) -> torch.Generator:
 # ----------------------------------------------------------------------------- chunking
 def test_same_chunking_gives_identical_values(trained_model, mnist_splits):
     model, x = trained_model, mnist_splits.test[:6]
-    bpr = memory.bytes_per_row(model)
+    bpr = memory.row_budget(model, torch.device("cpu"))  # the budget one sample row takes
     k = 40
     budgets = [bpr * k * 6, bpr * k * 10, bpr * k * 6 + bpr - 1]
     chunkings = {memory.chunking(model, k, 6, b, torch.device("cpu")) for b in budgets}
@@ -61,7 +63,7 @@ def test_same_chunking_gives_identical_values(trained_model, mnist_splits):
 
 def test_different_chunking_agrees_within_monte_carlo_error(trained_model, mnist_splits):
     model, x = trained_model, mnist_splits.test[:60]
-    bpr = memory.bytes_per_row(model)
+    bpr = memory.row_budget(model, torch.device("cpu"))
     k = 40
     one_chunk = bpr * k * 60
     tiny = bpr * 7  # 1 image x 6 chunks of 7 (or fewer) samples
@@ -78,7 +80,7 @@ def test_different_chunking_agrees_within_monte_carlo_error(trained_model, mnist
 def test_log_likelihood_draws_exactly_k_samples_per_image(trained_model, mnist_splits, monkeypatch):
     model, n, k = trained_model, 5, 23
     x = mnist_splits.test[:n]
-    bpr = memory.bytes_per_row(model)
+    bpr = memory.row_budget(model, torch.device("cpu"))
     calls = []
     real = model.log_weights_from_posterior
 
@@ -114,7 +116,8 @@ def test_chunking_respects_the_budget(device):
     dev = torch.device(device)  # only the device type matters; no CUDA needed
     for config in (ModelConfig.burda(1), ModelConfig.burda(2), ModelConfig(784, (2,), ((20,),))):
         model = VAE(config)
-        bpr = memory.bytes_per_row(model)
+        bpr = memory.row_budget(model, dev)  # on the CPU, bytes_per_row times the C heap's factor
+        assert bpr == memory.bytes_per_row(model) * (memory.CPU_HEAP_FACTOR if device == "cpu" else 1)
         for k in (1, 2, 5, 50, 999, 2500, 2501, 5000, 12345):
             for n in (1, 7, 100, 10000):
                 for rows in (1, 2, 3, 10, 100, 2499, 2500, 2501, 10**6):
@@ -308,7 +311,20 @@ def test_evaluate_records_the_weights_seed_images_and_device(trained_run, mnist_
     assert first["nll"] != second["nll"]
     for result, seed in ((first, 0), (second, 1)):
         assert result["seed"] == seed and result["k"] == 5 and result["n_test"] == 20
-        assert result["test_images"] == {"dataset": "mnist", "split": "test", "first": 20, "of": 10000}
+        # the exact tensor measured: its SHA-256 (float32 bytes after the fixed binarization, computed here
+        # with numpy and hashlib) and how it was binarized
+        x = mnist_splits.test[:20].numpy().astype(np.float32)
+        digest = hashlib.sha256(b"torch.float32\0(20, 784)\0" + x.tobytes()).hexdigest()
+        assert result["test_images"] == {
+            "dataset": "mnist",
+            "split": "test",
+            "first": 20,
+            "of": 10000,
+            "binarization": {"mode": "dynamic", "test": "test images binarized once with seed 20160201"},
+            "sha256": digest,
+        }
+        assert result["method"] == "lk" and result["code_length"] is True
+        assert result["data"] == {"files": MNIST_SHA256, "changed": []}  # the published checksums, checked
         assert result["model"] == {"run_dir": str(run), "epoch": 1, "epochs_planned": 1, "sha256": model_sha256(run)}
         assert result["runtime"]["device"] == "cpu" and result["runtime"]["torch"] == torch.__version__
         # the per-image bounds: L_k of test images 0..19, whose mean is -nll
@@ -387,13 +403,14 @@ def test_evaluate_reads_the_clock_only_after_synchronizing(trained_model, mnist_
     )
     evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=3)
     cpu = torch.device("cpu")
-    assert events == [("sync", cpu), ("clock",), ("L_k",), ("sync", cpu), ("clock",)]
+    # the cost estimate's two timing calls (lk_cost), then the pass measured: each between two synchronizations
+    assert events == [("sync", cpu), ("clock",), ("L_k",), ("sync", cpu), ("clock",)] * 3
 
 
 def test_evaluation_records_the_chunking_its_samples_were_drawn_in(trained_model, mnist_splits):
     """With one seed, L_k's samples depend on how they are chunked (the budget, the device), so the
     result says how: a small budget splits the 50 samples of each image, the default does not."""
-    small = 10 * memory.bytes_per_row(trained_model)  # 10 rows a call
+    small = 10 * memory.row_budget(trained_model, torch.device("cpu"))  # 10 rows a call
     wide = evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=50, test_subset=4)
     narrow = evaluate_module.evaluate(
         model=trained_model, splits=mnist_splits, k=50, test_subset=4, memory_budget=small
@@ -429,15 +446,29 @@ def test_summary_text_formats_a_result():
         "active_units_per_layer": [20, 5],
         "seconds": 12.34,
         "images_per_s": 81.0,
-        "test_images": {"dataset": "mnist", "split": "test", "first": 1000, "of": 10000},
+        "test_images": {
+            "dataset": "mnist",
+            "split": "test",
+            "first": 1000,
+            "of": 10000,
+            "binarization": {"mode": "dynamic", "test": "test images binarized once with seed 20160201"},
+            "sha256": "0123456789abcdef" * 4,
+        },
+        "data": {"files": {"t10k-images-idx3-ubyte.gz": "cd" * 32}, "changed": []},
         "model": {"run_dir": "runs/a", "epoch": 3, "epochs_planned": 9, "sha256": "ab" * 32},
         "runtime": {"device": "cuda", "gpu": "H200", "torch": "2.13", "cuda": "12.8"},
         "files": {"json": "eval.json", "bounds": "eval.npy"},
     }
     lines = summary_text(result).splitlines()
     assert lines[0] == "test NLL (nats)  87.12 ± 0.43  (-mean L_5000 ± s.e., seed 2)"
-    assert lines[2] == "active units     20 + 5 = 25"
-    assert lines[4] == "device           cuda (H200), torch 2.13, CUDA 12.8"
+    # how the test images were binarized, and which they are, on every printout (issue 20, item 8)
+    assert lines[1] == (
+        "test images      the first 1000 of 10000 (mnist); binarization dynamic, test images binarized once "
+        "with seed 20160201; sha256 0123456789abcdef"
+    )
+    assert lines[2] == "data files       t10k-images-idx3-ubyte.gz: as trained on (SHA-256 checked)"
+    assert lines[3] == "active units     20 + 5 = 25"
+    assert lines[5] == "device           cuda (H200), torch 2.13, CUDA 12.8"
     assert lines[-1] == f"written          {Path('runs/a') / 'eval.json'}, {Path('runs/a') / 'eval.npy'}"
     one_layer = dict(result, active_units_per_layer=[7], active_units=7, files=None)
     assert "active units     7" in summary_text(one_layer).splitlines() and "nothing" in summary_text(one_layer)

@@ -21,11 +21,10 @@ import pytest
 import torch
 import yaml
 from cli_helpers import assert_one_line_error, invoke, small_npz
-from safetensors.torch import save_file
 
 import iwae
 import iwae.checkpoint as checkpoint_module
-from iwae.checkpoint import CheckpointError, load_tensors
+from iwae.checkpoint import CheckpointError, load_tensors, save_tensors
 from iwae.rundir import MARKER
 from iwae.rundir.lock import holder_of
 from iwae.train import TrainConfig, train, train_or_resume
@@ -96,9 +95,11 @@ def test_a_pickle_named_checkpoint_safetensors_is_refused_unexecuted(half_run, t
 
 # ----------------------------------------------------------------------------- safetensors of another run
 def _rewrite_checkpoint(run: Path, change) -> None:
+    """Rewrites the checkpoint with ``change`` applied, consistently (its digest is that of the changed
+    tensors): the checks after the digest must catch what is wrong."""
     tensors, meta = load_tensors(run / "checkpoint.safetensors")
     change(tensors, meta)
-    save_file(tensors, str(run / "checkpoint.safetensors"), metadata={"json": json.dumps(meta)})
+    save_tensors(run / "checkpoint.safetensors", tensors, meta)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,11 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, half_run, tin
     other = tmp_path / "other"
     train(TrainConfig(**{**SMALL, "latent_dims": [6]}, dataset=tiny_npz, epochs=1, out=str(other)), progress=False)
     shutil.copy(other / "checkpoint.safetensors", half_run / "checkpoint.safetensors")
-    assert_one_line_error(invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "holds another architecture")
+    # the run identity recorded with the weights says which setting differs, before any shape is compared
+    error = assert_one_line_error(
+        invoke("train", "--resume", half_run, "--epochs", 2, "--quiet"), "belongs to another run"
+    )
+    assert "latent_dims [6] there, [4] in config.yaml" in error
 
 
 @pytest.mark.parametrize(

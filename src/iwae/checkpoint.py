@@ -6,16 +6,24 @@ renamed over the old one (``os.replace`` is atomic on POSIX), so a killed run ne
 half-written file under its real name; :func:`remove_temporaries` clears the temporary files a
 kill -9 leaves behind. A write that fails (full disk, read-only folder) raises :class:`WriteError`
 and leaves the old file as it was.
+
+Every safetensors file written here carries the SHA-256 of its tensors (:func:`tensors_sha256`: names,
+dtypes, shapes and bytes) in its metadata, computed from the tensors as they are written, and
+:func:`load_tensors` recomputes it from the tensors it read: a flipped bit, a truncated copy or an
+edited tensor is refused in one line. A file written before the digest existed (no ``tensors_sha256``)
+is read with an :class:`~iwae.errors.UncheckedWarning` that says it cannot be checked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as errno_module
+import hashlib
 import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -24,12 +32,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, WriteError
+from . import strict_json
+from .errors import CheckpointError, UncheckedWarning, WriteError
 
 __all__ = [
     "atomic_write",
+    "tensors_sha256",
     "save_tensors",
     "load_tensors",
+    "read_metadata",
     "remove_temporaries",
     "check_writable",
     "CheckpointError",
@@ -83,12 +94,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         yield f
 
 
+DIGEST_KEY = "tensors_sha256"  # the safetensors metadata key of the tensors' digest, beside "json"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a dict of tensors: for each name in sorted order, the name, dtype and shape, then the
+    tensor's bytes (C order, on the CPU). What a safetensors file of the package records of its tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Writes ``tensors`` to a safetensors file atomically; ``metadata`` is stored as JSON under key ``json``."""
+    """Writes ``tensors`` to a safetensors file atomically; ``metadata`` is stored as strict JSON under key
+    ``json`` (a non-finite number as null), the tensors' digest (:func:`tensors_sha256`) under ``tensors_sha256``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    header = {"json": strict_json.dumps(metadata or {}), DIGEST_KEY: tensors_sha256(tensors)}
     with _atomic_path(Path(path)) as tmp:
         try:
-            save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+            save_file(tensors, tmp, metadata=header)
         except SafetensorError as e:  # the Rust writer reports I/O errors (a full disk) this way
             raise WriteError(
                 f"could not write {path}: {e} (the previous {Path(path).name}, if any, is unchanged)"
@@ -122,15 +149,59 @@ def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> lis
     return removed
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Reads a file written by :func:`save_tensors`: ``(tensors, metadata)``."""
-    path = Path(path)
+def _header(path: Path) -> dict[str, str]:
+    """The safetensors metadata of ``path`` (the header only: no tensor is read)."""
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("json", "{}"))
+            return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e}); delete it or restore a copy") from e
-    return tensors, meta
+
+
+def _metadata(path: Path, header: dict[str, str]) -> dict:
+    try:
+        meta = json.loads(header.get("json", "{}"))
+    except ValueError as e:
+        raise CheckpointError(f"{path} has metadata that is not JSON ({e}); delete it or restore a copy") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has metadata that is not a JSON object; delete it or restore a copy")
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a file written by :func:`save_tensors`, from its header alone: neither its tensors
+    nor their digest are read or checked (:func:`load_tensors` does both)."""
+    path = Path(path)
+    return _metadata(path, _header(path))
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Reads a file written by :func:`save_tensors`: ``(tensors, metadata)``, after checking the tensors
+    against the digest written with them (a file without one, from an older iwae, with an UncheckedWarning).
+
+    Raises:
+        CheckpointError: the file is missing, not safetensors, or its tensors are not the ones its digest
+            was computed from (corrupted or edited).
+    """
+    path = Path(path)
+    header = _header(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e}); delete it or restore a copy") from e
+    recorded = header.get(DIGEST_KEY)
+    if recorded is None:
+        warnings.warn(
+            f"{path} carries no digest of its tensors (written by an older iwae): it cannot be checked for "
+            f"corruption; saving it again (iwae train --resume, iwae.rundir.save_model) adds one",
+            UncheckedWarning,
+            stacklevel=2,
+        )
+    elif tensors_sha256(tensors) != recorded:
+        raise CheckpointError(
+            f"{path} is corrupt: its tensors do not match the SHA-256 written with them (a flipped bit, a "
+            f"damaged copy or an edited file); restore a copy of the run"
+        )
+    return tensors, _metadata(path, header)

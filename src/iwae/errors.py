@@ -7,6 +7,9 @@ command line prints it and exits with status 2 (:mod:`iwae.cli.support`).
   or checkpoint file that is missing, corrupt or inconsistent (:mod:`iwae.rundir`, :mod:`iwae.checkpoint`);
 - :class:`ExperimentError`: an experiment file that cannot be run (:mod:`iwae.experiments.spec`).
 
+and one warning, :class:`UncheckedWarning`: a file written by an older iwae, read without the checks
+its newer copies get (a weights file without the digest of its tensors).
+
 This module imports nothing of the package, so every layer can raise them.
 
 The library speaks of settings by their Python names (``train_subset``, ``kl_warmup``), the command
@@ -20,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ConfigError", "DataError", "CheckpointError", "WriteError", "ExperimentError"]
+__all__ = ["ConfigError", "DataError", "CheckpointError", "WriteError", "ExperimentError", "UncheckedWarning"]
 
 
 class ConfigError(ValueError):
@@ -77,3 +80,8 @@ class WriteError(CheckpointError, OSError):
 
 class ExperimentError(ValueError):
     """An experiment file that cannot be used, or a selection that matches nothing; the message says why."""
+
+
+class UncheckedWarning(UserWarning):
+    """A file is read without a check that its newer copies carry (written by an older iwae): e.g. a
+    weights file without the digest of its tensors, which cannot be checked for corruption or a swap."""

@@ -72,13 +72,16 @@ def evaluate_group(
     initial: str = "encoder",
     announce: Callable[[dict], None] | None = None,
     on_member: Callable[[dict], None] | None = None,
+    accept_changed_data: bool = False,
+    announce_lk: Callable[[dict], None] | None = None,
 ) -> dict:
     """Evaluates every member of a folder of seeds, as :func:`iwae.evaluate.evaluate` (``method="lk"``)
     or :func:`iwae.ais.ais_evaluate` (``"ais"``) evaluate a run, with the same arguments; the
     members' files are written in their folders.
 
     ``on_member`` is called with each member's entry as it is done (the CLI prints it); ``announce``
-    with AIS's cost estimate before each member's AIS starts.
+    with AIS's cost estimate before each member's AIS starts, ``announce_lk`` with L_k's
+    (:func:`iwae.evaluate.lk_cost`) before each member's L_k. ``accept_changed_data``: as evaluate's.
 
     Returns:
         ``folder``, ``method``, ``members`` (per seed: ``seed``, ``run_dir``, ``result`` (the member's
@@ -115,6 +118,8 @@ def evaluate_group(
                 seed=seed,
                 device=device,
                 progress=progress,
+                accept_changed_data=accept_changed_data,
+                announce=announce_lk,
             )
         else:
             entry["result"] = ais_evaluate(
@@ -132,6 +137,7 @@ def evaluate_group(
                 dataset=dataset,
                 progress=progress,
                 announce=announce,
+                accept_changed_data=accept_changed_data,
             )
             stem = Path(entry["result"]["files"]["json"]).stem
             entry["gaps"] = [g.to_dict() for g in ais_gaps(run, stem)]

@@ -40,6 +40,7 @@ __all__ = [
     "cores",
     "free_cores",
     "choose_threads",
+    "available_memory",
 ]
 
 # environment variables by which a user has already chosen the thread count: left alone
@@ -150,3 +151,23 @@ def check_device(device: str | torch.device) -> torch.device:
             f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices", ["device"]
         )
     return dev
+
+
+def available_memory(device: str | torch.device) -> int:
+    """Bytes of memory a new allocation on ``device`` can still get: on CUDA the device's free memory; on
+    the CPU the system's available memory (``MemAvailable`` of /proc/meminfo on Linux: free pages plus
+    caches the kernel can drop), else the physical memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file says kB and means KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf: nothing known, nothing refused
+        return 1 << 62

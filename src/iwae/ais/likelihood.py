@@ -62,7 +62,7 @@ class AISResult:
         n = len(nll)
         return {
             "nll": nll.mean().item(),
-            "nll_stderr": nll.std().item() / math.sqrt(n) if n > 1 else math.nan,
+            "nll_stderr": nll.std().item() / math.sqrt(n) if n > 1 else None,  # undefined for one image
             "n_test": n,
             "mean_chain_stderr": self.stderr.mean().item(),
             "mean_ess": self.ess.mean().item(),

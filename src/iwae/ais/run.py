@@ -3,6 +3,7 @@ files, and the BDMC sandwich on data simulated from it."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +23,23 @@ from .likelihood import ais_cost, ais_log_likelihood
 __all__ = ["ais_eval_name", "ais_evaluate", "bdmc_run", "ais_summary_text", "bdmc_text"]
 
 
-def ais_eval_name(steps: int, chains: int, leapfrog: int, seed: int, test_subset: int | None = None) -> str:
+def ais_eval_name(
+    steps: int,
+    chains: int,
+    leapfrog: int,
+    seed: int,
+    test_subset: int | None = None,
+    schedule: str = "sigmoid",
+    initial: str = "encoder",
+) -> str:
     """File stem of an AIS evaluation in a run directory, beside evaluate's ``eval_k...`` files:
-    ``ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}`` (the JSON and the per-image ``.npy`` share it)."""
+    ``ais_T{T}_C{C}_L{L}_{schedule}_{initial}[_n{N}]_seed{S}`` (the JSON and the per-image ``.npy`` share
+    it): every setting that changes the estimate's expected value (:data:`iwae.rundir.AIS_SETTINGS`) is
+    in the name, so an evaluation with other settings never overwrites another's files."""
     return (
-        f"ais_T{steps}_C{chains}_L{leapfrog}" + (f"_n{test_subset}" if test_subset is not None else "") + f"_seed{seed}"
+        f"ais_T{steps}_C{chains}_L{leapfrog}_{schedule}_{initial}"
+        + (f"_n{test_subset}" if test_subset is not None else "")
+        + f"_seed{seed}"
     )
 
 
@@ -48,14 +61,18 @@ def ais_evaluate(
     progress: bool = False,
     save: bool = True,
     announce=None,
+    accept_changed_data: bool = False,
 ) -> dict:
     """Test NLL of a run by AIS, as :func:`iwae.evaluate.evaluate` by L_k (the same keys where they apply).
 
     Measures the weights of the run's last completed epoch on the first ``test_subset`` test images
+    (of the data files the run was trained on: changed files are refused unless ``accept_changed_data``)
     and, with ``save``, writes ``RUN_DIR/{ais_eval_name(...)}.json`` and the per-image log p-hat to
     the ``.npy`` beside it (float64, test-set order; the ``.npy`` first, both atomically), so that
-    :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem). ``announce``, if
-    given, is called with :func:`iwae.ais.ais_cost`'s estimate before the run starts (the CLI prints it).
+    :func:`iwae.compare.compare_runs` can pair them (``evaluation=`` that stem). The record holds every
+    setting, ``method`` ``"ais"``, the test images' SHA-256 and binarization and the data check, as
+    evaluate's does. ``announce``, if given, is called with :func:`iwae.ais.ais_cost`'s estimate before
+    the run starts (the CLI prints it).
     ``dataset``: the run's data file when it has moved (``npz:PATH``, see :func:`iwae.rundir.open_run`).
     """
     for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
@@ -67,10 +84,17 @@ def ais_evaluate(
     if initial not in ("encoder", "prior"):
         raise ConfigError(f"unknown initial distribution {initial!r}; choose encoder or prior", ["initial"])
     check_device(device)
-    run = open_run(run_dir, device, data_dir=data_dir, dataset=dataset)  # never an untrained run's initial weights
+    # never the initial weights of an untrained run, nor data files that changed since it was trained
+    run = open_run(run_dir, device, data_dir=data_dir, dataset=dataset, accept_changed_data=accept_changed_data)
     model, splits = run.model, run.splits
     dev = next(model.parameters()).device
     x = splits.first("test", test_subset, "test_subset").to(dev)
+    likelihood = getattr(model, "likelihood", None)
+    if likelihood is not None:  # e.g. bernoulli's probabilities are of binary pixels only
+        try:
+            likelihood.check_data(x, f"the test data of {splits.name}")
+        except ValueError as e:
+            raise ConfigError(str(e), ["dataset", "likelihood", "binarize"]) from None
     if announce is not None:
         announce(ais_cost(model, x, steps=steps, chains=chains, leapfrog=leapfrog, memory_budget=memory_budget))
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -86,11 +110,18 @@ def ais_evaluate(
         generator=generator,
         progress=progress,
     )
-    name = ais_eval_name(steps, chains, leapfrog, seed, test_subset)
+    name = ais_eval_name(steps, chains, leapfrog, seed, test_subset, schedule, initial)
+    summary = result.summary()
+    if not math.isfinite(summary["nll"]):
+        raise ValueError(f"AIS gave a log-likelihood that is not finite on {len(x)} test images; nothing was written")
     out = {
-        **result.summary(),
+        **summary,
+        "method": "ais",
+        "likelihood": getattr(likelihood, "name", "bernoulli"),
+        "code_length": likelihood is None or bool(likelihood.discrete),
         "seed": seed,
-        "test_images": {"dataset": splits.name, "split": "test", "first": len(x), "of": splits.test.shape[0]},
+        "test_images": rundir.images_record(splits, x, splits.test.shape[0]),
+        "data": run.data,
         "model": {**run.weights, "run_dir": str(run_dir), "epochs_planned": run.config.total_epochs},
         "runtime": describe(dev),
         "files": rundir.evaluation_files(name) if save else None,
@@ -168,8 +199,9 @@ def ais_summary_text(result: dict) -> str:
         [
             (
                 "test NLL (nats)",
-                f"{result['nll']:.2f} ± {result['nll_stderr']:.2f}  (-mean AIS log p-hat ± s.e. over "
-                f"images, seed {result['seed']})",
+                f"{result['nll']:.2f} ± "
+                + ("n/a (one image)" if result["nll_stderr"] is None else f"{result['nll_stderr']:.2f}")
+                + f"  (-mean AIS log p-hat ± s.e. over images, seed {result['seed']})",
             ),
             (
                 "AIS",
@@ -181,7 +213,8 @@ def ais_summary_text(result: dict) -> str:
                 f"acceptance {result['acceptance']:.2f}, mean ESS {result['mean_ess']:.1f} of "
                 f"{result['chains']}, mean per-image s.e. {result['mean_chain_stderr']:.3f}",
             ),
-            ("test images", f"the first {images['first']} of {images['of']} ({images['dataset']})"),
+            ("test images", rundir.images_text(images)),
+            ("data files", rundir.data_text(result.get("data"))),
             (
                 "model",
                 f"epoch {measured['epoch']} of {measured['epochs_planned']}, "

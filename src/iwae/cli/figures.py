@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from .. import strict_json
 from ..choices import PLOT_KINDS
 from .support import int_list as _int_list
 from .support import user_errors as _user_errors
@@ -162,7 +162,7 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
         data_dir=data_dir,
     )
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        click.echo(strict_json.dumps(result, indent=1))
         return
     rows, figure = result["rows"], Path(result["figure"])
     header = ("image", "k", "TV(q_EW,p)", "KL(p||q_EW)", "TV(q,p)", "KL(p||q)", "TV floor", "p edge mass")

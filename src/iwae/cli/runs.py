@@ -3,12 +3,12 @@ measure runs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from .. import strict_json
 from ..choices import ESTIMATORS, OBJECTIVES
 from ..config import TrainConfig
 from .support import UserError as _UserError
@@ -18,6 +18,8 @@ from .support import names as _names
 from .support import set_threads as _threads
 from .support import setting_options
 from .support import user_errors as _user_errors
+
+LONG_SECONDS = 10  # iwae evaluate says how long an L_k pass will take when it is longer than this
 
 # Each command imports the library code it calls when it runs, not here: that code loads PyTorch, which
 # ``iwae --help`` and ``iwae COMMAND --help`` must not (the group imports this module to show the help;
@@ -55,6 +57,11 @@ first epoch's time and the estimate for the rest are printed when it starts. On 
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="With --resume: go on although a data file's SHA-256 changed since the checkpoint (the weights record it).",
+)
+@click.option(
     "--seeds",
     help="Train these seeds (e.g. 0,1,2,3), each a run of its own in OUT/seed0, OUT/seed1, ...; "
     "one seed is --seed (OUT itself).",
@@ -67,7 +74,9 @@ first epoch's time and the estimate for the rest are printed when it starts. On 
 )
 @click.pass_context
 @_user_errors
-def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, batch, **options) -> None:
+def train(
+    ctx: click.Context, config_file, resume, overwrite, quiet, accept_changed_data, seeds, batch, **options
+) -> None:
     """Train a model and write a run directory (config, weights, checkpoint, metrics)."""
     from ..rundir import finished_training, read_checkpoint
     from ..train import configure, resume_config
@@ -86,7 +95,7 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, batc
             seed_list = None
     members = _member_dirs(resume) if resume and seed_list is None else None
     if seed_list is not None or members:
-        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members, batch)
+        _train_seeds(given, config_file, resume, overwrite, quiet, seed_list, members, batch, accept_changed_data)
         return
     if batch is not None:
         raise click.UsageError("--batch and --no-batch apply to --seeds (or to --resume of a folder of seed runs)")
@@ -96,7 +105,9 @@ def train(ctx: click.Context, config_file, resume, overwrite, quiet, seeds, batc
     if resume and (Path(resume) / "checkpoint.safetensors").is_file():
         # train() says there is nothing to do
         finished = finished_training(read_checkpoint(resume)[1], config.total_epochs)
-    run_dir = run_training(config, resume=bool(resume), overwrite=overwrite, progress=not quiet)
+    run_dir = run_training(
+        config, resume=bool(resume), overwrite=overwrite, progress=not quiet, accept_changed_data=accept_changed_data
+    )
     stopped = (read_checkpoint(run_dir)[1].get("early_stopping") or {}) if config.early_stopping is not None else {}
     if not finished and stopped.get("stopped"):
         click.echo(
@@ -149,6 +160,7 @@ def _train_seeds(
     seeds: list[int] | None,
     members: list[Path] | None,
     batch: bool | None,
+    accept_changed_data: bool = False,
 ) -> None:
     """``--seeds``: the seeds' runs (or, resumed, the member folders), as one batched model or one after
     another (``batch``; None: :func:`iwae.members.batch_by_default`)."""
@@ -163,7 +175,14 @@ def _train_seeds(
         out = given.get("out") or configure(given, base=config_file).out
         configs = [configure({**given, "seed": s, "out": str(Path(out) / f"seed{s}")}, base=config_file) for s in seeds]
     _interrupted(lambda: _resume_hint(out, members=True))
-    results = train_members(configs, resume=bool(resume), overwrite=overwrite, progress=not quiet, batch=batch)
+    results = train_members(
+        configs,
+        resume=bool(resume),
+        overwrite=overwrite,
+        progress=not quiet,
+        batch=batch,
+        accept_changed_data=accept_changed_data,
+    )
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.status == "trained":
@@ -234,6 +253,12 @@ Examples:
     show_default=True,
     help="ais: the initial distribution, q(z|x) or p(z).",
 )
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Measure the data files as they are now although their SHA-256 changed since the run was trained "
+    "(the evaluation records it, and iwae compare then asks for this flag too).",
+)
 @_user_errors
 def evaluate(
     run_dir,
@@ -253,6 +278,7 @@ def evaluate(
     leapfrog,
     schedule,
     initial,
+    accept_changed_data,
 ) -> None:
     """Test NLL = -mean L_k (with standard error) and active units of a trained run, measured with the
     weights of its last completed epoch (a run that has completed none is refused).
@@ -260,18 +286,30 @@ def evaluate(
     The result, with the epoch and SHA-256 of the model measured, the seed, the test images used and
     the device, is also written to RUN_DIR/eval_k{K}_seed{S}.json (eval_k{K}_n{N}_seed{S}.json for the
     first N test images), and L_k of each test image to the .npy beside it. With --method ais, the
-    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}[_n{N}]_seed{S}.json and .npy, and
-    the paired gap AIS - L_k to every L_k evaluation of the same images.
+    AIS estimate of log p(x) instead, to RUN_DIR/ais_T{T}_C{C}_L{L}_{SCHEDULE}_{INITIAL}[_n{N}]_seed{S}.json
+    and .npy, and the paired gap AIS - L_k to every L_k evaluation of the same images. The record holds
+    the SHA-256 of the test images measured and how they were binarized; the data files must be those
+    the run was trained on (their SHA-256 is checked). A long evaluation says its estimated time first;
+    one estimated over a week is refused.
 
     RUN_DIR may be a folder of seeds (iwae train --seeds 0,1,2 --out DIR): each seed's run is
     evaluated (its files written in its folder), then the mean ± standard deviation over seeds.
     """
-    from ..evaluate import GIB
+    from ..evaluate import GIB, duration_text
     from ..rundir import check_run_or_seeds, is_seed_group
 
     check_run_or_seeds(run_dir)
     _threads(threads)
     _interrupted("interrupted; evaluation files are written whole or not at all: run the same command again")
+
+    def announce_lk(cost: dict) -> None:
+        if not as_json and cost["seconds"] > LONG_SECONDS:
+            click.echo(
+                f"L_{k} on {cost['images']} images: about {duration_text(cost['seconds'])} "
+                f"({cost['rows']:.3g} importance samples)",
+                err=True,
+            )
+
     settings = dict(
         test_subset=test_subset,
         seed=seed,
@@ -279,6 +317,7 @@ def evaluate(
         data_dir=data_dir,
         dataset=dataset,
         progress=not quiet and not as_json,
+        accept_changed_data=accept_changed_data,
     )
     ais = dict(steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule, initial=initial)
 
@@ -306,8 +345,9 @@ def evaluate(
             **ais,
             announce=announce,
             on_member=member_done,
+            announce_lk=announce_lk,
         )
-        click.echo(json.dumps(result, indent=1) if as_json else group_text(result))
+        click.echo(strict_json.dumps(result, indent=1) if as_json else group_text(result))
         return
     if method == "ais":
         from ..ais import ais_evaluate, ais_summary_text
@@ -316,7 +356,7 @@ def evaluate(
         result = ais_evaluate(run_dir, **ais, **settings, memory_budget=int(memory_budget * GIB), announce=announce)
         gaps = ais_gaps(run_dir, Path(result["files"]["json"]).stem)
         if as_json:
-            click.echo(json.dumps({**result, "gaps": [g.to_dict() for g in gaps]}, indent=1))
+            click.echo(strict_json.dumps({**result, "gaps": [g.to_dict() for g in gaps]}, indent=1))
             return
         click.echo(ais_summary_text(result))
         n = result["n_test"]
@@ -329,8 +369,8 @@ def evaluate(
     from ..evaluate import evaluate as run_evaluation
     from ..evaluate import summary_text
 
-    result = run_evaluation(run_dir, k=k, memory_budget=memory_budget * GIB, **settings)
-    click.echo(json.dumps(result, indent=1) if as_json else summary_text(result))
+    result = run_evaluation(run_dir, k=k, memory_budget=memory_budget * GIB, announce=announce_lk, **settings)
+    click.echo(strict_json.dumps(result, indent=1) if as_json else summary_text(result))
 
 
 ANALYZE_EXAMPLES = """
@@ -350,8 +390,13 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (and of a binarization).")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
-def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
+def analyze(run_dir, subset, samples, as_json, data_dir, seed, accept_changed_data) -> None:
     """ELBO surgery (Hoffman & Johnson 2016) of a trained 1-layer run on training images: reconstruction,
     average KL(q(z|x) || p(z)) = I[n; z] + KL(q(z) || p(z)), each with its standard error. For an hvae run,
     of z2: the KL of q(z2|x), the rest of the ELBO as the reconstruction.
@@ -361,11 +406,12 @@ def analyze(run_dir, subset, samples, as_json, data_dir, seed) -> None:
     from ..analysis import run_surgery, surgery_text
     from ..rundir import open_run
 
-    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    # never the initial weights of a run that has not trained, nor data files changed since it was trained
+    run = open_run(run_dir, data_dir=data_dir, accept_changed_data=accept_changed_data)
     result = run_surgery(
         run.model, run.splits, run_dir, weights=run.weights, subset=subset, num_samples=samples, seed=seed
     )
-    click.echo(json.dumps(result, indent=1) if as_json else surgery_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else surgery_text(result))
 
 
 SNR_EXAMPLES = """
@@ -424,9 +470,28 @@ Examples:
 )
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (rows and slopes).")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
 def snr(
-    run_dir, fresh, ks, ms, group_k, estimators, objectives, repeats, batch_size, seed, data_dir, out, threads, as_json
+    run_dir,
+    fresh,
+    ks,
+    ms,
+    group_k,
+    estimators,
+    objectives,
+    repeats,
+    batch_size,
+    seed,
+    data_dir,
+    out,
+    threads,
+    as_json,
+    accept_changed_data,
 ) -> None:
     """Gradient signal-to-noise ratio, |mean| / std per parameter, of each objective and estimator
     over R estimates on one fixed batch, summarised for the encoder and the decoder (Rainforth
@@ -456,7 +521,8 @@ def snr(
     else:
         from ..rundir import open_run
 
-        run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+        # never the initial weights of a run that has not trained, nor data files changed since it was trained
+        run = open_run(run_dir, data_dir=data_dir, accept_changed_data=accept_changed_data)
         model, splits = run.model, run.splits
         source = f"run {run_dir}"
     if not as_json:
@@ -467,7 +533,7 @@ def snr(
         )
     progress = None if as_json else lambda row: click.echo(snr_module.row_text(row), err=True)
     result = snr_module.run_study(study, model, splits, out, source=source, progress=progress)
-    click.echo(json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else snr_module.study_text(result))
 
 
 COMPARE_EXAMPLES = """
@@ -495,9 +561,14 @@ Examples:
 @click.option("--test-subset", type=int, help="Only the evaluations of the first N test images.")
 @click.option("--seed", type=int, help="Only the evaluations of this --seed.")
 @click.option("--evaluation", metavar="NAME", help="This evaluation's file stem, e.g. eval_k5000_n500_seed0.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Pair evaluations made with evaluate --accept-changed-data (on data files changed since training).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_user_errors
-def compare(run_a, run_b, method, k, test_subset, seed, evaluation, as_json) -> None:
+def compare(run_a, run_b, method, k, test_subset, seed, evaluation, accept_changed_data, as_json) -> None:
     """NLL(A) - NLL(B) on the same test images with its paired standard error, from the per-image
     values that `iwae evaluate` saved, and a verdict: which has the lower NLL, by how much, and
     whether the difference is resolved at 2 standard errors.
@@ -507,7 +578,12 @@ def compare(run_a, run_b, method, k, test_subset, seed, evaluation, as_json) -> 
     --evaluation. One run a side, the standard error is evaluation noise only. RUN_A and RUN_B may be
     folders of seeds (iwae train --seeds), or comma-separated lists of runs (one per seed, paired by
     position): then the mean difference over seeds with its standard error across seeds, which
-    includes the training noise."""
+    includes the training noise.
+
+    Two evaluations are paired only when they measured the same test tensor (its SHA-256), by the same
+    method and settings, in the same units, on the data their runs were trained on; otherwise compare
+    says why in one line. An evaluation written before it recorded its test images' SHA-256 must be made
+    again (iwae evaluate)."""
     from ..compare import compare_runs, compare_text
 
     a, b = _names(run_a), _names(run_b)
@@ -519,8 +595,9 @@ def compare(run_a, run_b, method, k, test_subset, seed, evaluation, as_json) -> 
         seed=seed,
         test_subset=test_subset,
         evaluation=evaluation,
+        accept_changed_data=accept_changed_data,
     )
-    click.echo(json.dumps(result, indent=1) if as_json else compare_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else compare_text(result))
 
 
 BDMC_EXAMPLES = """
@@ -574,4 +651,4 @@ def bdmc(run_dir, n, steps, chains, leapfrog, initial, seed, device, threads, ou
         device=device,
         out=out,
     )
-    click.echo(json.dumps(result, indent=1) if as_json else bdmc_text(result))
+    click.echo(strict_json.dumps(result, indent=1) if as_json else bdmc_text(result))

@@ -92,6 +92,7 @@ def compare_runs(
     seed: int | None = None,
     test_subset: int | None = None,
     evaluation: str | None = None,
+    accept_changed_data: bool = False,
 ) -> dict:
     """NLL(A) - NLL(B) on the same test images with its paired standard error (negative: A is better),
     and a verdict in words.
@@ -105,6 +106,8 @@ def compare_runs(
             There must be exactly one that every run has (same method and settings, images and seed,
             :func:`iwae.compare.evaluations_match`); when several fit, the error lists them.
         evaluation: use this file stem (e.g. ``eval_k5000_n500_seed0``) instead.
+        accept_changed_data: pair evaluations made on data files that changed since their runs were
+            trained (``iwae evaluate --accept-changed-data``), deliberately.
 
     Returns:
         For one run a side: ``run_a``, ``run_b``, ``nll_a``, ``nll_b`` (each with ``nll_stderr_*``
@@ -162,6 +165,7 @@ def compare_runs(
         seed=seed,
         evaluation=evaluation,
         targets=targets,
+        accept_changed_data=accept_changed_data,
     )
     pairs = [_pair(a, b, chosen[a], chosen[b]) for a, b in zip(runs_a, runs_b)]
     record = evaluation_records(runs_a[0])[chosen[runs_a[0]]]
@@ -179,7 +183,7 @@ def compare_runs(
         s = len(d)
         result = {
             "difference": float(d.mean()),
-            "stderr_across_seeds": float(d.std(ddof=1) / math.sqrt(s)) if s > 1 else math.nan,
+            "stderr_across_seeds": float(d.std(ddof=1) / math.sqrt(s)) if s > 1 else None,  # strict JSON: no NaN
             "pooled_paired_stderr": float(math.sqrt(sum(p["paired_stderr"] ** 2 for p in pairs)) / s),
             "seeds": s,
             "pairs": pairs,

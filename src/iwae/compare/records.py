@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from ..rundir import eval_name, evaluation_files, list_evaluations, read_evaluation
+from ..rundir import comparable, eval_name, evaluation_files, list_evaluations, read_evaluation
 
 __all__ = [
     "METHODS",
@@ -76,14 +76,16 @@ def describe_evaluation(record: Mapping) -> str:
     return f"{_method_text(kind)} on {_images_text(kind)}, seed {kind['seed']}"
 
 
-def evaluations_match(a: Mapping, b: Mapping) -> str | None:
+def evaluations_match(a: Mapping, b: Mapping, *, accept_changed_data: bool = False) -> str | None:
     """None when evaluation records ``a`` and ``b`` measured two models the same way on the same
     images, so that their per-image values pair; else why not, in a few words.
 
     Compared here: the method and its settings (k; AIS's T, C, L, schedule, initial distribution),
-    the test images (dataset, split, the first N of how many, N measured) and the seed of the samples.
-    Every comparison of two runs asks this function, so that what makes two evaluations comparable is
-    decided in this one place.
+    the test images (dataset, split, the first N of how many, N measured) and the seed of the samples;
+    then :func:`iwae.rundir.comparable`: the SHA-256 of the test tensor measured, the units (a code length
+    or a density) and data files unchanged since training (unless ``accept_changed_data``). Every
+    comparison of two runs asks this function, so that what makes two evaluations comparable is decided
+    in this one place.
     """
     ka, kb = evaluation_kind(a), evaluation_kind(b)
     if ka["method"] != kb["method"] or ka["settings"] != kb["settings"]:
@@ -92,9 +94,9 @@ def evaluations_match(a: Mapping, b: Mapping) -> str | None:
         return f"different test images ({ka['n']} images {ka['images']} vs {kb['n']} images {kb['images']})"
     if ka["seed"] != kb["seed"]:
         return f"different seeds of the samples ({ka['seed']} vs {kb['seed']})"
-    # The integrity checks of the records themselves (the digest of the exact test tensor, the
-    # binarization, the data files) join here, so that every comparison refuses what they refuse.
-    return None
+    # the integrity of the records themselves: the digest of the exact test tensor (binarization
+    # included), the units, the data files (iwae.rundir.comparable, the one rule of which pairs)
+    return comparable(a, b, accept_changed_data=accept_changed_data)
 
 
 def evaluation_records(run_dir: str | os.PathLike) -> dict[str, dict]:
@@ -160,6 +162,7 @@ def choose_evaluation(
     seed: int | None = None,
     evaluation: str | None = None,
     targets: Mapping[str, str] | None = None,
+    accept_changed_data: bool = False,
 ) -> dict[Path, str]:
     """The evaluation every run of ``runs`` has, as each run's file stem.
 
@@ -198,7 +201,7 @@ def choose_evaluation(
             )
             raise FileNotFoundError(f"{run / evaluation}.json not found; make it with: {how}")
         chosen = dict.fromkeys(runs, evaluation)
-        _check_pairs(chosen, records)
+        _check_pairs(chosen, records, accept_changed_data)
         return chosen
 
     mine = {run: {s: r for s, r in records[run].items() if _selected(r, method, k, test_subset, seed)} for run in runs}
@@ -220,10 +223,17 @@ def choose_evaluation(
         for run in runs:
             if run == reference:
                 continue
-            fits = [s for s, r in mine[run].items() if evaluations_match(record, r) is None]
+            fits = [
+                s
+                for s, r in mine[run].items()
+                if evaluations_match(record, r, accept_changed_data=accept_changed_data) is None
+            ]
             if not fits:
                 if stem in mine[run]:  # a namesake that does not pair: say why
-                    refused[stem] = f"{reference} and {run}: {evaluations_match(record, mine[run][stem])}"
+                    refused[stem] = (
+                        f"{reference} and {run}: "
+                        f"{evaluations_match(record, mine[run][stem], accept_changed_data=accept_changed_data)}"
+                    )
                 break
             chosen[run] = stem if stem in fits else fits[0]
         else:
@@ -241,7 +251,13 @@ def choose_evaluation(
         raise ValueError(f"the evaluations {stem} do not pair: {why}; a paired comparison needs the same images")
     # none fits: name the first run that lacks the reference's first evaluation, and its command
     first = next(iter(mine[reference].values()))
-    lacking = next(r for r in runs if not any(evaluations_match(first, x) is None for x in mine[r].values()))
+    lacking = next(
+        r
+        for r in runs
+        if not any(
+            evaluations_match(first, x, accept_changed_data=accept_changed_data) is None for x in mine[r].values()
+        )
+    )
     raise FileNotFoundError(
         f"{target(lacking)} has no evaluation that {target(reference)} has ({_listing(mine[reference])}; "
         f"{target(lacking)} has {_listing(mine[lacking])}); make it with: "
@@ -249,11 +265,11 @@ def choose_evaluation(
     )
 
 
-def _check_pairs(chosen: Mapping[Path, str], records: Mapping[Path, dict]) -> None:
+def _check_pairs(chosen: Mapping[Path, str], records: Mapping[Path, dict], accept_changed_data: bool) -> None:
     runs = list(chosen)
     first = records[runs[0]][chosen[runs[0]]]
     for run in runs[1:]:
-        why = evaluations_match(first, records[run][chosen[run]])
+        why = evaluations_match(first, records[run][chosen[run]], accept_changed_data=accept_changed_data)
         if why:
             raise ValueError(
                 f"{runs[0]}'s {chosen[runs[0]]} and {run}'s {chosen[run]} do not pair: {why}; "

@@ -27,6 +27,10 @@ def _t_coverage(df: int, at: float) -> tuple[float, float]:
     return float(2 * t.cdf(at, df) - 1), float(t.ppf(0.975, df))
 
 
+def _across(stderr: float | None) -> str:
+    return "n/a (one seed pair)" if stderr is None else f"{stderr:.3f}"
+
+
 def verdict(result: dict) -> dict:
     """The verdict on a result of :func:`iwae.compare.compare_runs`.
 
@@ -109,7 +113,7 @@ def compare_text(result: dict) -> str:
         rows += [
             (
                 "A - B",
-                f"{result['difference']:+.3f} ± {result['stderr_across_seeds']:.3f}  (mean over {result['seeds']} "
+                f"{result['difference']:+.3f} ± {_across(result['stderr_across_seeds'])}  (mean over {result['seeds']} "
                 f"seed pairs ± s.e. across seeds, training noise included)",
             ),
             ("seed pairs", f"range over {lo:+.3f} … {hi:+.3f}"),

@@ -11,7 +11,7 @@ imports this package and nothing heavier; the code that trains (:mod:`iwae.train
 from .grid import GridPoint, Run, canonical_run, distinct_runs, grid_points, points_of
 from .model import ModelConfig
 from .objective import ObjectiveSpec
-from .train import PAPER_STAGES, RESUMABLE, TrainConfig, configure
+from .train import MAX_SEED, MAX_SIZE, PAPER_STAGES, RESUMABLE, TrainConfig, configure
 
 __all__ = [
     "TrainConfig",
@@ -20,6 +20,8 @@ __all__ = [
     "configure",
     "RESUMABLE",
     "PAPER_STAGES",
+    "MAX_SIZE",
+    "MAX_SEED",
     "GridPoint",
     "Run",
     "canonical_run",

@@ -44,9 +44,13 @@ from .objective import ObjectiveSpec
 if TYPE_CHECKING:
     from ..data import Splits
 
-__all__ = ["TrainConfig", "configure", "RESUMABLE", "SCHEDULES", "PAPER_STAGES", "CONFIG_FILE"]
+__all__ = ["TrainConfig", "configure", "RESUMABLE", "SCHEDULES", "PAPER_STAGES", "CONFIG_FILE", "MAX_SIZE", "MAX_SEED"]
 
 CONFIG_FILE = "config.yaml"  # a run directory's config (iwae.rundir.CONFIG)
+# the largest count or size a setting may take (k, batch size, layer widths, components, epochs, ...): no tensor
+# dimension of a run comes near it, and a product of two of them still fits torch's int64 sizes
+MAX_SIZE = 2**31 - 1
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
 PAPER_STAGES = 8  # i = 0..7
 DEVICE = re.compile(r"cpu|cuda(:\d{1,4})?")
 
@@ -225,6 +229,7 @@ class TrainConfig:
             raise ConfigError.naming(e, [f.name for f in fields(self)]) from None
 
     def _validate(self) -> None:
+        _check_ranges(self)
         for name in ("beta", "lr", "beta1", "beta2", "adam_eps"):  # inf and nan pass the range checks below
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not math.isfinite(value):
@@ -470,6 +475,22 @@ def _matches(value: object, hint: object) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
     return True
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Refuses an integer setting beyond what a run can hold (MAX_SIZE; a seed beyond 64 bits): such a
+    value would reach torch as a size it cannot allocate or an index it overflows."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "seed":
+            if not -MAX_SEED - 1 <= value <= MAX_SEED:
+                raise ValueError(f"seed must be a 64-bit integer, between {-MAX_SEED - 1} and {MAX_SEED}, got {value}")
+            continue
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            for v in item if isinstance(item, list) else [item]:
+                if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE:
+                    raise ValueError(f"{f.name} must be at most {MAX_SIZE}, got {v}")
 
 
 def _check_types(config: TrainConfig) -> None:

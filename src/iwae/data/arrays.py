@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import registry
+from .files import _file_digest
 from .splits import Splits, _check_array, _dynamic_splits, _is_binary, _to_tensor
 
 __all__: list[str] = []
@@ -135,6 +136,7 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
         checked["train"], checked["valid"] = x[: n - k], x[n - k :]
 
     assert feature_shape is not None
+    files = {path.name: _file_digest(path, "sha256")}  # what a run trained on these arrays records
     if len(feature_shape) in (2, 3):
         image_shape: tuple[int, ...] | None = tuple(int(n) for n in feature_shape)
     else:
@@ -144,5 +146,9 @@ def _load_user_arrays(spec: str, mode: str = "dynamic", deq: bool = False) -> Sp
         if deq:
             raise DataError(f"{path} holds binary images (values 0 and 1): dequantize applies to 8-bit grey levels")
         t = {k: _to_tensor(v) for k, v in checked.items()}
-        return Splits(spec, t["train"], t["valid"], t["test"], False, image_shape=image_shape, binarization=mode)
-    return _dynamic_splits(spec, checked["train"], checked["valid"], checked["test"], image_shape, mode=mode, deq=deq)
+        return Splits(
+            spec, t["train"], t["valid"], t["test"], False, image_shape=image_shape, binarization=mode, files=files
+        )
+    return _dynamic_splits(
+        spec, checked["train"], checked["valid"], checked["test"], image_shape, mode=mode, deq=deq, files=files
+    )

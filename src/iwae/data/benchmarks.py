@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from . import registry
 from .arrays import _read_npz
-from .files import _DIGEST_CACHE, _locate, _stat_key
+from .files import _DIGEST_CACHE, _file_digest, _locate, _stat_key
 from .registry import _AMAT_FILES, _IMAGE_DIM, _IMAGE_SIDE, BINARIZED_MNIST_NPZ, MNIST_FILES
 from .splits import Splits, _dynamic_splits, _is_binary, _to_tensor
 
@@ -53,9 +53,9 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 def _read_idx_files(
     what: str, sha: dict[str, str], urls: tuple[str, ...], dirs: list[Path], download: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The four IDX files of MNIST or Fashion-MNIST, found and verified: ``(x_train, y_train, x_test, y_test)``,
-    uint8 images ``(N, 28, 28)`` and labels ``(N,)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
+    """The four IDX files of MNIST or Fashion-MNIST, found and verified: ``(x_train, y_train, x_test, y_test,
+    files)``, uint8 images ``(N, 28, 28)``, labels ``(N,)`` and each file's SHA-256 (what a run records)."""
     paths = {f: _locate((f,), dirs, download, urls, "sha256", sha[f], what) for f in MNIST_FILES}
     x_train = _read_idx(paths["train-images-idx3-ubyte.gz"], 0x803, 3)
     y_train = _read_idx(paths["train-labels-idx1-ubyte.gz"], 0x801, 1)
@@ -72,7 +72,7 @@ def _read_idx_files(
                 f"{what} {split} files disagree: {x.shape[0]} images but {y.shape[0]} labels; "
                 "delete them and re-download them"
             )
-    return x_train, y_train, x_test, y_test
+    return x_train, y_train, x_test, y_test, {f: _file_digest(p, "sha256") for f, p in paths.items()}
 
 
 def _load_idx_dataset(
@@ -87,7 +87,7 @@ def _load_idx_dataset(
 ) -> Splits:
     """MNIST or Fashion-MNIST with Burda et al.'s split: the last :data:`~.registry.MNIST_N_VALID` training
     images held out for validation."""
-    x_train, y_train, x_test, y_test = _read_idx_files(what, sha, urls, dirs, download)
+    x_train, y_train, x_test, y_test, files = _read_idx_files(what, sha, urls, dirs, download)
     n = x_train.shape[0]
     if n <= registry.MNIST_N_VALID:
         raise DataError(
@@ -106,6 +106,7 @@ def _load_idx_dataset(
         labels=(y_train[:cut], y_train[cut:], y_test),
         mode=mode,
         deq=deq,
+        files=files,
     )
 
 
@@ -177,9 +178,11 @@ def _parse_amat(path: Path) -> np.ndarray:
 def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static") -> Splits:
     what = "binarized-MNIST"
     arrays = None
+    files: dict[str, str] = {}
     for d in dirs:
         if (d / BINARIZED_MNIST_NPZ).is_file():
             arrays = _load_binarized_npz(d / BINARIZED_MNIST_NPZ)
+            files[BINARIZED_MNIST_NPZ] = _file_digest(d / BINARIZED_MNIST_NPZ, "sha256")
             break
         if all((d / f).is_file() for f in _AMAT_FILES.values()):
             break
@@ -203,8 +206,9 @@ def _load_binarized_mnist(dirs: list[Path], download: bool, mode: str = "static"
                     ) from None
                 raise
             arrays[split] = _parse_amat(p)
+            files[f] = _file_digest(p, "sha256")
     t = {k: _to_tensor(v) for k, v in arrays.items()}
-    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False, binarization=mode)
+    return Splits("binarized-mnist", t["train"], t["valid"], t["test"], False, binarization=mode, files=files)
 
 
 # --------------------------------------------------------------------------- OMNIGLOT
@@ -262,4 +266,7 @@ def _load_omniglot(dirs: list[Path], download: bool, mode: str = "dynamic", deq:
         )
     train = train[np.random.RandomState(registry.OMNIGLOT_PERMUTATION_SEED).permutation(n)]
     cut = n - registry.OMNIGLOT_N_VALID
-    return _dynamic_splits("omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq)
+    files = {path.name: _file_digest(path, "sha256")}
+    return _dynamic_splits(
+        "omniglot", train[:cut], train[cut:], test, (_IMAGE_SIDE, _IMAGE_SIDE), mode=mode, deq=deq, files=files
+    )

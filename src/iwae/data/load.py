@@ -88,12 +88,21 @@ def load_dataset(
     Names are matched case-insensitively with ``_`` read as ``-`` (``"fashion_mnist"``
     works); ``Splits.name`` is the canonical name, or the ``npz:PATH`` string.
 
+    ``Splits.files`` names each file read with its SHA-256 (a run records them: :mod:`iwae.rundir.integrity`),
+    and ``Splits.test_seed`` the seed of the test split's one-time binarization or dequantisation.
+
     Raises :class:`DataError` for an unknown name, missing or corrupt files,
     checksum mismatches and invalid arrays.
     """
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
-    mode = resolve_binarize(binarize)
+    splits = _load(name, data_dir, download, resolve_binarize(binarize), dequantize)
+    # every loader records the files it read: a run records them to tell, later, whether they changed
+    assert splits.files, f"the loader of {splits.name} recorded no data files (Splits.files)"
+    return splits
+
+
+def _load(name: str, data_dir, download: bool, mode: str, dequantize: bool) -> Splits:
     if name.startswith("npz:"):
         return _load_user_arrays(name, mode, dequantize)
     key = name.strip().lower().replace("_", "-")

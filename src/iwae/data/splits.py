@@ -3,7 +3,7 @@ are made from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ class Splits:
     with "none" they are grey levels, dequantised once where ``dequantize``.
     Labels are int64 tensors for MNIST and Fashion-MNIST, else None.
     ``image_shape`` is (H, W) or (C, H, W) with product D, or None when unknown.
+    ``files`` maps the name of each data file read to its SHA-256 (empty for splits built in Python):
+    what a run records of its data (:mod:`iwae.rundir.integrity`). ``test_seed`` is the seed the test
+    split was binarized or dequantised with, once; None when the test images are as stored (binary
+    data, grey levels with binarization none, splits built in Python).
     """
 
     name: str
@@ -47,6 +51,8 @@ class Splits:
     image_shape: tuple[int, ...] | None = (_IMAGE_SIDE, _IMAGE_SIDE)
     binarization: str = "dynamic"  # the mode asked for (binary data are the same in every mode)
     dequantize: bool = False  # train: grey levels to dequantise afresh at every use
+    files: dict[str, str] = field(default_factory=dict)  # data file name -> SHA-256
+    test_seed: int | None = None  # the one-time binarization's (or dequantisation's) seed of the test split
 
     @property
     def dim(self) -> int:
@@ -68,6 +74,17 @@ class Splits:
             what = {"train": "training", "valid": "validation", "test": "test"}[split]
             raise ConfigError(f"{setting} {n} is more than the {x.shape[0]} {what} images of {self.name}", [setting])
         return x[:n]
+
+    def test_binarization(self) -> dict:
+        """How the test images were made from the data files, as evaluations record and print it:
+        ``{"mode": the binarization mode, "test": what was done to the test images}``."""
+        if self.test_seed is None:
+            test = "test images as stored" + (" (binary data)" if self.binarization != "none" else "")
+        elif self.dequantize:
+            test = f"test images dequantised once with seed {self.test_seed}"
+        else:
+            test = f"test images binarized once with seed {self.test_seed}"
+        return {"mode": self.binarization, "test": test}
 
     def __repr__(self) -> str:
         return (
@@ -134,10 +151,13 @@ def _dynamic_splits(
     mode: str = "dynamic",
     deq: bool = False,
     binarize_once=None,
+    files: dict[str, str] | None = None,
 ) -> Splits:
     """Grey-level splits, binarized as ``mode`` says (module docstring); dequantised where ``deq``.
-    ``binarize_once(valid, test) -> (valid, test)`` replaces the fixed binarization of validation and test
-    images with the module's seeds (for a data set whose paper binarized them with a generator of its own)."""
+    ``binarize_once(valid, test) -> (valid, test)`` (with its generator's seed as ``.seed``) replaces the
+    fixed binarization of validation and test images with the module's seeds (for a data set whose paper
+    binarized them with a generator of its own);
+    ``files``: the data files they were read from (name -> SHA-256)."""
     lab = [None, None, None] if labels is None else [_to_tensor(y, torch.int64) for y in labels]
     if deq:
         if mode != "none":
@@ -150,14 +170,19 @@ def _dynamic_splits(
                 )
         valid = fixed_dequantization(valid, VALID_DEQUANTIZATION_SEED)
         test = fixed_dequantization(test, TEST_DEQUANTIZATION_SEED)
+        test_seed = TEST_DEQUANTIZATION_SEED
     elif mode != "none":
         if mode == "static":
             train = fixed_binarization(train, TRAIN_BINARIZATION_SEED)
         if binarize_once is not None:
             valid, test = binarize_once(valid, test)
+            test_seed = binarize_once.seed  # the generator's seed that binarized them
         else:
             valid = fixed_binarization(valid, VALID_BINARIZATION_SEED)
             test = fixed_binarization(test, TEST_BINARIZATION_SEED)
+            test_seed = TEST_BINARIZATION_SEED
+    else:
+        test_seed = None
     return Splits(
         name,
         _to_tensor(train),
@@ -170,4 +195,6 @@ def _dynamic_splits(
         image_shape,
         mode,
         deq,
+        dict(files or {}),
+        test_seed,
     )

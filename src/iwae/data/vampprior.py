@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import DataError
 from . import registry
 from .benchmarks import _read_idx_files, _read_mat
-from .files import ContentHash, _locate
+from .files import ContentHash, _file_digest, _locate
 from .registry import _IMAGE_DIM, _IMAGE_SIDE
 from .splits import Splits, _dynamic_splits, _is_binary, _to_tensor
 
@@ -52,8 +52,11 @@ def _paper_binarization(valid: np.ndarray, test: np.ndarray) -> tuple[np.ndarray
     return valid, test
 
 
+_paper_binarization.seed = registry.MNIST_VAMP_BINARIZATION_SEED  # recorded by evaluations (Splits.test_seed)
+
+
 def _load_mnist_vamp(dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
-    x_train, y_train, x_test, y_test = _read_idx_files(
+    x_train, y_train, x_test, y_test, files = _read_idx_files(
         "MNIST", registry.MNIST_SHA256, registry.MNIST_URLS, dirs, download
     )
     n = x_train.shape[0]
@@ -76,6 +79,7 @@ def _load_mnist_vamp(dirs: list[Path], download: bool, mode: str = "dynamic", de
         mode=mode,
         deq=deq,
         binarize_once=_paper_binarization,
+        files=files,
     )
 
 
@@ -110,7 +114,10 @@ def _load_caltech101(dirs: list[Path], download: bool, mode: str = "static") -> 
     )
     mat = _read_mat(path)
     train, valid, test = (_caltech_split(mat, key, path) for key in ("train_data", "val_data", "test_data"))
-    return Splits("caltech101", _to_tensor(train), _to_tensor(valid), _to_tensor(test), False, binarization=mode)
+    files = {registry.CALTECH101_FILE: _file_digest(path, "sha256")}  # what a run records
+    return Splits(
+        "caltech101", _to_tensor(train), _to_tensor(valid), _to_tensor(test), False, binarization=mode, files=files
+    )
 
 
 # --------------------------------------------------------------------------- Frey faces
@@ -164,4 +171,5 @@ def _load_frey(dirs: list[Path], download: bool, mode: str = "none", deq: bool =
         tuple(registry.FREY_IMAGE_SHAPE),
         mode=mode,
         deq=deq,
+        files={registry.FREY_FILE: _file_digest(path, "sha256")},  # what a run records
     )

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .. import rundir
+from .. import rundir, strict_json
 from ..checkpoint import atomic_write
 from ..errors import CheckpointError
 from ..members import batch_by_default
@@ -280,7 +280,7 @@ def _run_all(
 
     def save() -> None:
         with atomic_write(out_dir / STATE_FILE) as f:
-            json.dump(state, f, indent=1)
+            strict_json.dump(state, f, indent=1)
 
     def say(msg: str) -> None:
         if progress:
@@ -295,7 +295,9 @@ def _run_all(
         if result["status"] == "done":
             m = result["metrics"]
             say(
-                f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f} ± {m['nll_stderr']:.2f}, "
+                f"[{finished}/{len(planned)}] {spec.name}: NLL {m['nll']:.2f}"
+                + ("" if m["nll_stderr"] is None else f" ± {m['nll_stderr']:.2f}")
+                + ", "
                 f"active units {'+'.join(map(str, result['active_units']))}, "
                 f"{result['train_seconds'] + result['eval_seconds']:.0f} s"
             )

@@ -142,7 +142,8 @@ def _execute_run(
         metrics = {"nll": main["nll"], "nll_stderr": main["nll_stderr"], "log_p_hat": -main["nll"]}
         if main.get("bits_per_dim") is not None:  # a code length (discrete or dequantised): also in bits/dim
             metrics["bits_per_dim"] = main["bits_per_dim"]
-            metrics["bits_per_dim_stderr"] = main["nll_stderr"] * main["bits_per_dim"] / main["nll_discrete"]
+            stderr, ratio = main["nll_stderr"], main["bits_per_dim"] / main["nll_discrete"]
+            metrics["bits_per_dim_stderr"] = None if stderr is None else stderr * ratio  # None: one test image
         for k in ev["bound_ks"]:
             bound = evaluate(run_dir, splits=splits, k=k, test_subset=ev["test_subset"], seed=ev["seed"], device=device)
             metrics[f"iwae{k}"] = -bound["nll"]
@@ -166,6 +167,9 @@ def _execute_run(
             "train_seconds": training_seconds(run_dir) or train_seconds,
             "eval_seconds": time.perf_counter() - t0,
             "model": main["model"],  # the weights measured: epoch and SHA-256 of model.safetensors
+            # the images measured: which, how binarized, their SHA-256; and the data files checked
+            "test_images": main["test_images"],
+            "data": main["data"],
             "hardware": hardware(device),
             "spec": run.to_dict(),
             **({"ais": ais} if ais else {}),  # the AIS settings and images, beside its metrics

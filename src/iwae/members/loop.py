@@ -22,6 +22,7 @@ from ..models.vae import LogWeightParts
 from ..runtime import choose_threads, synchronize, tune_allocator
 from ..train import loop as train_module
 from ..train.announce import estimate_line, plan_line
+from ..train.checks import check_run
 from ..train.resume import resume_point
 from .group import MemberResult, batch_by_default, check_group, stackable
 from .stacked import StackedVAE, _gather_state, _layout, _member_state, _slice_state, member_tensor, stack_parameters
@@ -49,6 +50,7 @@ class _Member:
     bound_sum: torch.Tensor | None = None
     run_start: float = 0.0
     result: MemberResult | None = None
+    data: dict | None = None  # the record of its data files, written with its weights (check_run)
 
 
 def _check_folder(config, resume: bool, overwrite: bool) -> _Member:
@@ -84,6 +86,7 @@ def train_members(
     progress: bool = True,
     splits: data_module.Splits | None = None,
     batch: bool | None = None,
+    accept_changed_data: bool = False,
 ) -> list[MemberResult]:
     """Trains the runs ``configs`` together as one batched model, or one after another; each member's
     folder ends as :func:`iwae.train.train` would leave it for that config alone (batched: weights equal
@@ -98,6 +101,7 @@ def train_members(
         splits: the data already loaded (else ``config.load_data()``: its binarization).
         batch: stack the members into one batched model (True), or train them one after another (False);
             None: as :func:`~iwae.members.batch_by_default` decides for the configs' device.
+        accept_changed_data: resume on data files that changed since the checkpoints, deliberately.
 
     Returns:
         One :class:`MemberResult` per config, in order. A member whose loss or gradient turns nan or
@@ -117,7 +121,9 @@ def train_members(
             print(f"members: cannot batch runs with {why}; training them one after another", file=sys.stderr)
         for c in configs:  # every folder checked before any is touched, as for a batched group
             _check_folder(c, resume, overwrite)
-        return [_train_alone(train_module, c, resume, overwrite, progress, splits) for c in configs]
+        return [
+            _train_alone(train_module, c, resume, overwrite, progress, splits, accept_changed_data) for c in configs
+        ]
 
     members = [_check_folder(c, resume, overwrite) for c in configs]  # every folder checked before any is touched
     active = [m for m in members if m.result is None]
@@ -151,6 +157,20 @@ def train_members(
             raise ConfigError(
                 f"init_from {m.config.init_from} holds no model.safetensors (a trained run)", ["init_from"]
             )
+        if m.config.init_from and m.saved is None:
+            rundir.check_weights(m.config.init_from)  # damaged or foreign weights refused before any folder
+    for i, m in enumerate(active):  # every member checked (the memory of all of them) before any folder is touched
+        m.data = check_run(
+            m.config,
+            splits,
+            x_train,
+            x_valid,
+            device,
+            members=len(active),
+            saved=m.saved,
+            accept_changed_data=accept_changed_data,
+            progress=progress and i == 0,
+        )
 
     # each member set up exactly as train() sets up its run: the global seed, the model, its
     # output bias and prior, the optimiser, the generator; restored from its checkpoint if resumed
@@ -175,7 +195,7 @@ def train_members(
             m.checkpointed = m.start
         else:
             rundir.write_config(m.run_dir, m.config)
-            rundir.save_model(m.run_dir, m.model, 0)
+            rundir.save_model(m.run_dir, m.model, 0, data=m.data)
         m.torch_rng = torch.get_rng_state()
     if not active:
         return [m.result for m in members]
@@ -184,7 +204,9 @@ def train_members(
         if progress:
             print("members: this model cannot be stacked; training the members one after another", file=sys.stderr)
         for m in active:
-            m.result = _train_alone(train_module, m.config, resume or m.saved is not None, True, progress, splits)
+            m.result = _train_alone(
+                train_module, m.config, resume or m.saved is not None, True, progress, splits, accept_changed_data
+            )
         return [m.result for m in members]
     try:
         _loop(train_module, active, x_train, x_valid, splits.dynamic, device, progress)
@@ -195,9 +217,18 @@ def train_members(
     return [m.result for m in members]
 
 
-def _train_alone(train_module, config, resume: bool, overwrite: bool, progress: bool, splits) -> MemberResult:
+def _train_alone(
+    train_module, config, resume: bool, overwrite: bool, progress: bool, splits, accept_changed_data: bool = False
+) -> MemberResult:
     try:
-        run_dir = train_module.train(config, resume=resume, overwrite=overwrite, progress=progress, splits=splits)
+        run_dir = train_module.train(
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            splits=splits,
+            accept_changed_data=accept_changed_data,
+        )
     except FloatingPointError as e:
         return MemberResult(config, Path(config.out), "failed", e)
     return MemberResult(config, run_dir, "trained")
@@ -330,6 +361,7 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
                 wall_time,
                 batched_with=[n for n in names if n != m.run_dir.name],
                 commit={"id": commit_id, "record": os.path.relpath(record, m.run_dir)},
+                data=m.data,
             )
         rundir.commit_group(record, commit_id, [m.run_dir for m, *_ in entries], entries[0][1], step)
         for m, epoch_done, *_ in entries:
@@ -417,7 +449,7 @@ def _loop(train_module, members: list[_Member], x_train, x_valid, dynamic: bool,
             m.writer.flush()
             # the order of train(): the model, the checkpoint that commits the epoch (here all members'
             # at once), then metrics.csv
-            rundir.save_model(m.run_dir, m.model, epoch + 1)
+            rundir.save_model(m.run_dir, m.model, epoch + 1, data=m.data)
             entries.append((m, epoch + 1, None, row["wall_time_s"]))
         commit(entries)
         for m, *_ in entries:

@@ -145,6 +145,16 @@ class Bernoulli(Likelihood):
         p = train_mean.to(bias).clamp(1e-3, 1 - 1e-3)
         bias.copy_(torch.log(p) - torch.log1p(-p))
 
+    def check_data(self, x: torch.Tensor, what: str = "the data") -> None:
+        """Binary pixels only: on x in (0, 1), x l - softplus(l) is neither a probability nor a density,
+        so its NLL would be reported as a code length that means nothing."""
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError(
+                f"{what} is not binary (it has values other than 0 and 1), and the bernoulli likelihood is a "
+                f"probability of binary pixels only; set binarize dynamic or static, or use "
+                f"likelihood logistic256 (8-bit grey levels) or gaussian"
+            )
+
 
 def _pixel_variance(train_mean: torch.Tensor) -> torch.Tensor:
     """m (1 - m), the largest variance a pixel in [0, 1] with mean m can have: a starting scale."""

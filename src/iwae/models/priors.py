@@ -40,11 +40,20 @@ def _slices(components: int, dim: int) -> range:
 
 def _sliced_log_prob(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     step = max(1, _COMPONENT_FLOATS // z.shape[-1])
-    pieces = []
+    if loc.shape[0] <= step:
+        return diag_normal_log_prob(z.unsqueeze(-2), loc, log_scale)  # (..., C)
+    # each slice written into its place at once: slices kept in a list to concatenate would stay alive
+    # between the next slices' large temporaries and fragment the C heap, whose resident size then grows
+    # well past the tensors' (a process-level cost the memory budget does not see)
+    out = None
     for start in _slices(loc.shape[0], z.shape[-1]):
         loc_c, log_scale_c = loc[start : start + step], log_scale[start : start + step]
-        pieces.append(diag_normal_log_prob(z.unsqueeze(-2), loc_c, log_scale_c))  # (..., c)
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, -1)  # (..., C)
+        piece = diag_normal_log_prob(z.unsqueeze(-2), loc_c, log_scale_c)  # (..., c)
+        if out is None:
+            out = piece.new_empty(piece.shape[:-1] + (loc.shape[0],))  # (..., C)
+        out[..., start : start + step] = piece
+        del piece
+    return out
 
 
 class _DiagNormalLogProb(torch.autograd.Function):

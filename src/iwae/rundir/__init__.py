@@ -8,9 +8,11 @@ A run directory holds
     config.yaml               the resolved training config (re-runnable with ``iwae train --config``);
                               the model's architecture is derived from it (TrainConfig.model_config)
                               and stored nowhere else
-    model.safetensors         the model's weights; metadata: epoch, input_dim (the data's pixels) and
+    model.safetensors         the model's weights; metadata: epoch, input_dim (the data's pixels),
                               model_digest (SHA-256 of the architecture, to check that the weights and
-                              config.yaml belong together)
+                              config.yaml belong together), run_identity (the run they belong to),
+                              data (the data files trained on, with their SHA-256) and, beside it,
+                              tensors_sha256 (SHA-256 of the tensors, checked by every read)
     checkpoint.safetensors    everything needed to resume: weights, optimizer state, RNG state
                               and the generator's device type, epoch, step and the metrics so
                               far, in one file; in the middle of an epoch (``checkpoint_every``)
@@ -39,7 +41,8 @@ old file as it was.
 The package: :mod:`.layout` (file names, the folder as a whole), :mod:`.folder` (who made a folder,
 creating and replacing it), :mod:`.lock` (one writer per folder), :mod:`.names` (run names),
 :mod:`.identity` (config.yaml and which settings make the same run), :mod:`.weights`
-(model.safetensors), :mod:`.checkpoints` (checkpoint.safetensors), :mod:`.group` (the group commit
+(model.safetensors), :mod:`.integrity` (digests of weights, data and evaluations: what identifies them
+and who checks them when; read it first), :mod:`.checkpoints` (checkpoint.safetensors), :mod:`.group` (the group commit
 of batched members), :mod:`.seeds` (a folder of seeds), :mod:`.metrics` (metrics.csv, tb/),
 :mod:`.evaluations`, :mod:`.results`
 (what ``iwae reproduce`` writes) and :mod:`.run` (:func:`open_run`). Code outside reads and writes
@@ -63,12 +66,10 @@ What identifies what, and who checks it when (the one place this is written down
 - Runs trained as one batched model commit each checkpoint together (:mod:`.group`), and each
   checkpoint says how its run was trained (``trained_as``: alone, or batched with which runs),
   which result.json and the report repeat.
-- Its weights: model.safetensors carries the epoch and the architecture's digest, checked against
-  config.yaml by every load; evaluations and results record the file's SHA-256 (:func:`model_sha256`).
-- Its data and an evaluation: the dataset's name, binarization and images an evaluation measured
-  are in its record (:mod:`.evaluations`).
-- [Digests of weights' tensor bytes, of the test tensor an evaluation measured and of data files,
-  and who verifies them (load, evaluate, resume, compare): written by issue 20's other half.]
+- Its weights, its data and an evaluation: the digests of weights' tensor bytes, of the data files and
+  of the test tensor an evaluation measured, the run's identity in every weights file, and who verifies
+  them when (load, evaluate, resume, AIS, figures, compare: :func:`comparable`) are written down in
+  :mod:`.integrity`, the other half of this rule.
 """
 
 from .checkpoints import (
@@ -111,6 +112,20 @@ from .identity import (
     run_identity,
     run_key,
     write_config,
+)
+from .integrity import (
+    AIS_SETTINGS,
+    changed_files,
+    check_belongs,
+    check_data,
+    check_finite,
+    comparable,
+    data_record,
+    data_text,
+    identity_record,
+    images_record,
+    images_sha256,
+    images_text,
 )
 from .layout import (
     CHECKPOINT,
@@ -156,6 +171,7 @@ from .results import (
 from .run import Run, open_run
 from .seeds import SEED_FOLDER, check_run_or_seeds, is_seed_group, member_seed, seed_members
 from .weights import (
+    check_weights,
     init_from,
     load_model,
     load_trained,
@@ -164,6 +180,7 @@ from .weights import (
     model_epoch,
     model_sha256,
     save_model,
+    training_data,
 )
 
 __all__ = [
@@ -220,8 +237,23 @@ __all__ = [
     "load_model",
     "model_epoch",
     "model_sha256",
+    "training_data",
+    "check_weights",
     "load_trained",
     "init_from",
+    # integrity: identities and digests, who checks what
+    "images_sha256",
+    "images_record",
+    "images_text",
+    "data_text",
+    "data_record",
+    "identity_record",
+    "check_belongs",
+    "check_finite",
+    "changed_files",
+    "check_data",
+    "comparable",
+    "AIS_SETTINGS",
     # checkpoint.safetensors
     "EpochState",
     "save_checkpoint",

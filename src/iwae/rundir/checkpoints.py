@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, save_tensors
+from ..checkpoint import load_tensors, read_metadata, save_tensors
 from ..errors import CheckpointError
 from ..models import VAE
 from .folder import visible
 from .group import STAGED, committed_stage, header
+from .integrity import check_belongs, check_finite, identity_record
 from .layout import CHECKPOINT, METRICS, MODEL, START_FILES
 from .weights import model_digest, model_epoch
 
@@ -62,14 +63,16 @@ def save_checkpoint(
     *,
     batched_with: Sequence[str] = (),
     commit: dict | None = None,
+    data: dict | None = None,
 ) -> None:
     """Writes checkpoint.safetensors: weights, Adam state, both RNG states, the generator's device type,
     ``epoch`` (completed epochs), ``step``, the metrics so far, in the middle of an epoch ``partial``, with
-    early stopping its ``(state, best weights)`` (:class:`iwae.train.early_stopping.EarlyStopping`); and how
+    early stopping its ``(state, best weights)`` (:class:`iwae.train.early_stopping.EarlyStopping`); how
     the run was trained, ``trained_as``: one ``{"from_step", "batched_with"}`` per stretch trained alone
     (``batched_with`` empty) or as a member of one batched model with the runs ``batched_with`` (their
-    folder names). With ``commit`` (a member of a group commit, see :mod:`.group`: ``{"id", "record"}``) it
-    goes to checkpoint.staged.safetensors instead."""
+    folder names); the identity of the run in config.yaml and ``data``, the record of its data files
+    (:func:`iwae.rundir.integrity.data_record`), that resuming checks. With ``commit`` (a member of a group
+    commit, see :mod:`.group`: ``{"id", "record"}``) it goes to checkpoint.staged.safetensors instead."""
     opt_state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict] = {}
@@ -98,6 +101,11 @@ def save_checkpoint(
         tensors.update({f"best.{k}": v for k, v in best.items()})
     if commit is not None:
         meta["group_commit"] = commit
+    identity = identity_record(run_dir)
+    if identity is not None:
+        meta["run_identity"] = identity
+    if data is not None:
+        meta["data"] = data
     if partial is not None:
         tensors["epoch.order"] = partial.order
         tensors["epoch.bound_sum"] = partial.bound_sum
@@ -133,9 +141,12 @@ def trained_as(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, metadata)`` of the run's checkpoint (:func:`checkpoint_path`; CheckpointError if missing
-    or unreadable)."""
-    return load_tensors(checkpoint_path(run_dir))
+    """``(tensors, metadata)`` of the run's checkpoint (:func:`checkpoint_path`): CheckpointError if it is
+    missing, unreadable, corrupt (its tensors fail their digest) or of another run than config.yaml's."""
+    path = checkpoint_path(run_dir)
+    tensors, meta = load_tensors(path)
+    check_belongs(run_dir, path, meta)
+    return tensors, meta
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -143,8 +154,8 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 
 
 def checkpoint_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The per-epoch metrics the checkpoint records."""
-    return list(read_checkpoint(run_dir)[1].get("metrics", []))
+    """The per-epoch metrics the checkpoint records (from its metadata: its tensors are not read)."""
+    return list(read_metadata(Path(run_dir) / CHECKPOINT).get("metrics", []))
 
 
 def generator_device(tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -191,6 +202,7 @@ def restore(
     if meta.get("model_digest") not in (None, model_digest(model.config)):
         raise refuse(f"holds another architecture than config.yaml's ({model.config.to_dict()})")
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_finite(path, weights)
     expected = model.state_dict()
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -277,9 +289,9 @@ def read_early_stopping(
 
 
 def trained_epochs(run_dir: str | os.PathLike) -> int:
-    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable)."""
-    _, meta = read_checkpoint(run_dir)
-    return int(meta.get("epoch", 0))
+    """Epochs the checkpoint of ``run_dir`` has trained (CheckpointError if it has none or it is unreadable);
+    from its metadata: its tensors are read, and checked, when it is resumed."""
+    return int(read_metadata(checkpoint_path(run_dir)).get("epoch", 0))
 
 
 def only_start_files(run_dir: str | os.PathLike) -> bool:

@@ -175,11 +175,8 @@ def check_run_data_present(config: TrainConfig, run_dir: str | os.PathLike) -> N
 
 
 def _data_content_changed(config: TrainConfig, dataset: str) -> str | None:
-    """Why the file ``dataset`` names holds other data than the run's ``config.dataset`` did, or None.
-
-    The integration point for the data files' SHA-256 that a run records (issue 20, integrity of
-    numbers): the comparison of the moved file's digest with the recorded one is wired here. Until a
-    run records it, nothing about the file's content is known here, and None is returned; evaluate
-    still refuses a file whose images have another size than the model's.
-    """
+    """Why the file ``dataset`` names holds other data than the run's ``config.dataset`` did, or None,
+    from what is known before loading it: nothing. The content is checked after loading, against the
+    SHA-256 of the files the run recorded when it trained (:func:`iwae.rundir.integrity.check_data`, which
+    accepts a moved or renamed file of the same contents and refuses any other)."""
     return None

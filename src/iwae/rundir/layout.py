@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import strict_json
 from ..checkpoint import WriteError, atomic_write, check_writable, remove_temporaries
 from ..config.train import CONFIG_FILE
 from . import folder as folder_module
@@ -142,7 +143,7 @@ def remove_run_temporaries(run_dir: str | os.PathLike) -> None:
 
 def _write_json(path: Path, value) -> None:
     with atomic_write(path) as f:
-        json.dump(value, f, indent=1)
+        strict_json.dump(value, f, indent=1)  # no NaN or Infinity tokens: null
 
 
 def _read_json(path: Path):

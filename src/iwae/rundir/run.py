@@ -14,7 +14,8 @@ from ..config import TrainConfig
 from ..errors import CheckpointError
 from ..models import VAE
 from .identity import check_moved_data, check_run_data_present, read_config
-from .weights import load_trained
+from .integrity import check_data
+from .weights import load_trained, training_data
 
 if TYPE_CHECKING:
     from ..data import Splits
@@ -27,7 +28,9 @@ class Run:
     """A trained run: ``config`` (config.yaml), ``model`` (the weights of its last completed epoch, in
     eval mode), ``weights`` (``{"epoch", "sha256"}`` of them) and ``splits``, its dataset, loaded on
     first access from ``data_dir`` (else the config's), or from ``dataset`` (a moved ``npz:`` file,
-    :func:`check_moved_data`)."""
+    :func:`check_moved_data`), and checked against the data files the run was trained on
+    (:func:`iwae.rundir.integrity.check_data`: files that changed are refused unless
+    ``accept_changed_data``; ``data`` then holds what the check found)."""
 
     path: Path
     config: TrainConfig
@@ -35,6 +38,8 @@ class Run:
     weights: dict
     data_dir: str | None = None
     dataset: str | None = None
+    accept_changed_data: bool = False
+    data: dict | None = None  # the data check's record, once the splits are loaded
     _splits: Splits | None = field(default=None, repr=False)
 
     @property
@@ -52,6 +57,7 @@ class Run:
                     f"{config.dataset} has images of {splits.dim} pixels, the model of {self.path} takes "
                     f"{self.model.config.input_dim}: not the data it was trained on"
                 )
+            self.data = check_data(self.path, training_data(self.path), splits, self.accept_changed_data)
             self._splits = splits
         return self._splits
 
@@ -67,16 +73,19 @@ def open_run(
     *,
     data_dir: str | None = None,
     dataset: str | None = None,
+    accept_changed_data: bool = False,
 ) -> Run:
     """The run in ``path``: its config, the model of its last completed epoch (a run that completed
     none is refused, see :func:`load_trained`) and its data, loaded when first asked for (from
-    ``dataset``, ``npz:PATH``, when the run's data file has moved).
+    ``dataset``, ``npz:PATH``, when the run's data file has moved) and refused if its files changed since
+    training (unless ``accept_changed_data``).
 
     Raises:
-        CheckpointError: no such directory, an untrained run, or files that are missing or unreadable.
+        CheckpointError: no such directory, an untrained run, or files that are missing, unreadable,
+            corrupt or of another run.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} not found")
     model, weights = load_trained(path, device)
-    return Run(path, read_config(path), model, weights, data_dir, dataset)
+    return Run(path, read_config(path), model, weights, data_dir, dataset, accept_changed_data)

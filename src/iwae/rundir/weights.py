@@ -1,5 +1,6 @@
 """model.safetensors: a run's weights, which architecture they are for (config.yaml's, checked by digest),
-and which trained model a run holds (its epoch and SHA-256)."""
+which run they belong to and which data they were trained on (:mod:`.integrity`), and which trained model
+a run holds (its epoch and SHA-256)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, save_tensors
+from ..checkpoint import load_tensors, read_metadata, save_tensors
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..models import VAE, make_model
 from .identity import read_config
+from .integrity import check_belongs, check_finite, identity_record
 from .layout import CONFIG, MODEL
 
 __all__ = [
@@ -24,8 +26,10 @@ __all__ = [
     "load_model",
     "model_epoch",
     "model_sha256",
+    "training_data",
     "load_trained",
     "init_from",
+    "check_weights",
 ]
 
 
@@ -37,11 +41,23 @@ def model_digest(model_config: ModelConfig) -> str:
 
 
 def save_model(
-    run_dir: str | os.PathLike, model: VAE, epoch: int, weights: dict[str, torch.Tensor] | None = None
+    run_dir: str | os.PathLike,
+    model: VAE,
+    epoch: int,
+    weights: dict[str, torch.Tensor] | None = None,
+    *,
+    data: dict | None = None,
 ) -> None:
     """Writes the weights of ``model`` after ``epoch`` completed epochs to ``run_dir/model.safetensors``
-    (``weights``, a state dict of ``model``, in their place: an earlier epoch's, kept by early stopping)."""
+    (``weights``, a state dict of ``model``, in their place: an earlier epoch's, kept by early stopping),
+    with the identity of the run in config.yaml and ``data``, the record of the data files it is trained
+    on (:func:`iwae.rundir.integrity.data_record`), in its metadata."""
     meta = {"epoch": epoch, "input_dim": model.config.input_dim, "model_digest": model_digest(model.config)}
+    identity = identity_record(run_dir)
+    if identity is not None:
+        meta["run_identity"] = identity
+    if data is not None:
+        meta["data"] = data
     if getattr(model, "user_modules", False):  # no config rebuilds it: load_model says so instead of misreading it
         meta["user_modules"] = True
     if getattr(model.config, "image_shape", None) is not None:  # not square: with config.yaml, the architecture
@@ -92,12 +108,16 @@ def _architecture(run_dir: Path, meta: dict, what: str) -> ModelConfig:
 def model_config_of(run_dir: str | os.PathLike) -> ModelConfig:
     """The architecture of the model in ``run_dir``."""
     run_dir = Path(run_dir)
-    _, meta = load_tensors(run_dir / MODEL)
-    return _architecture(run_dir, meta, MODEL)
+    return _architecture(run_dir, read_metadata(run_dir / MODEL), MODEL)
 
 
 def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
-    """The model of a run directory (whatever epoch model.safetensors holds), in eval mode."""
+    """The model of a run directory (whatever epoch model.safetensors holds), in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt (its tensors fail their digest), of another run
+            than config.yaml's, of another architecture, or holds weights that are not finite.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} not found")
@@ -110,6 +130,8 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
         raise CheckpointError(
             f"{run_dir / MODEL} has an invalid model config ({e}); was it written by another version of iwae?"
         ) from e
+    check_belongs(run_dir, run_dir / MODEL, meta)  # after the architecture: its message is the more precise
+    check_finite(run_dir / MODEL, tensors)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -119,7 +141,14 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
 
 def model_epoch(run_dir: str | os.PathLike):
     """The epoch model.safetensors records (any JSON value; None if it records none)."""
-    return load_tensors(Path(run_dir) / MODEL)[1].get("epoch")
+    return read_metadata(Path(run_dir) / MODEL).get("epoch")
+
+
+def training_data(run_dir: str | os.PathLike) -> dict | None:
+    """The data files the weights in model.safetensors were trained on, as recorded with them
+    (:func:`iwae.rundir.integrity.data_record`); None for a file that records none (an older iwae)."""
+    data = read_metadata(Path(run_dir) / MODEL).get("data")
+    return data if isinstance(data, dict) else None
 
 
 def model_sha256(run_dir: str | os.PathLike) -> str:
@@ -163,6 +192,16 @@ def load_trained(run_dir: str | os.PathLike, device: str | torch.device = "cpu")
     return model, {"epoch": epoch, "sha256": sha256}
 
 
+def check_weights(run_dir: str | os.PathLike) -> None:
+    """Checks model.safetensors of ``run_dir`` as :func:`load_model` reads it (its tensors against their
+    digest, the run it belongs to, finite values) without building a model: for a source read later,
+    checked before anything is written (``init_from``)."""
+    path = Path(run_dir) / MODEL
+    tensors, meta = load_tensors(path)
+    check_belongs(run_dir, path, meta)
+    check_finite(path, tensors)
+
+
 def init_from(model: VAE, source: str | os.PathLike, sha256: str | None) -> None:
     """Copies the trained weights of run directory ``source`` into ``model``; the architectures must
     match, and the file must be the one whose digest is ``sha256`` (when given)."""
@@ -174,6 +213,8 @@ def init_from(model: VAE, source: str | os.PathLike, sha256: str | None) -> None
         )
     tensors, meta = load_tensors(source / MODEL)
     theirs = _architecture(source, meta, MODEL)
+    check_belongs(source, source / MODEL, meta)
+    check_finite(source / MODEL, tensors)
     if theirs != model.config:
         raise ValueError(
             f"init_from {source}: its model ({theirs.to_dict()}) is not this run's ({model.config.to_dict()})"

@@ -19,10 +19,11 @@ from ..errors import CheckpointError, ConfigError
 from ..estimators import accumulate_gradients
 from ..evaluate import log_likelihood
 from ..memory import DEFAULT_MEMORY_BUDGET, bytes_per_row
-from ..models import HVAE, VAE, make_likelihood, make_model
+from ..models import HVAE, VAE, make_model
 from ..objectives import iwae as iwae_bound
 from ..runtime import choose_threads, synchronize, tune_allocator
 from .announce import estimate_line, plan_line
+from .checks import check_run
 from .early_stopping import EarlyStopping
 from .resume import resume_point
 from .schedule import kl_weight, learning_rate
@@ -220,6 +221,7 @@ def train(
     progress: bool = True,
     splits: data_module.Splits | None = None,
     model: VAE | None = None,
+    accept_changed_data: bool = False,
 ) -> Path:
     """Trains a model as ``config`` says and returns its run directory ``config.out``.
 
@@ -241,10 +243,18 @@ def train(
         progress: show a progress bar and a line per epoch.
         splits: data already loaded (else ``config.load_data()``: its binarization and dequantisation).
         model: the model to train (else ``build_model(config, ...)``); its ``input_dim`` must be the data's.
+        accept_changed_data: resume on data files whose SHA-256 changed since the checkpoint was written,
+            deliberately (the weights then record when the data changed); else that is refused.
+
+    Before anything is written the run is checked (:func:`iwae.train.checks.check_run`): the data against
+    the likelihood, the batch size against the data, the memory of the model and of one step against
+    the device's, the data files against the checkpoint's record, the validation bound's cost.
 
     Raises:
-        ValueError: bad settings; a resume on another device type or for fewer epochs than trained.
-        CheckpointError: a checkpoint that is unreadable or does not fit the config.
+        ValueError: bad settings (a ConfigError naming them); a resume on another device type or for
+            fewer epochs than trained.
+        DataError: resuming on data files that changed since the checkpoint (without ``accept_changed_data``).
+        CheckpointError: a checkpoint that is unreadable, corrupt, of another run or does not fit the config.
         FloatingPointError: the loss or a gradient became nan or inf (the parameters did not take
             that step; the last checkpoint is intact).
     """
@@ -278,17 +288,22 @@ def train(
         raise ConfigError(
             f"the model takes {model.config.input_dim} pixels, {config.dataset} has {x_train.shape[1]}", ["dataset"]
         )
-    likelihood_of = (
-        model.likelihood if model is not None else make_likelihood(config.likelihood, x_train.shape[1], config.sigma)
+    data = check_run(
+        config,
+        splits,
+        x_train,
+        x_valid,
+        device,
+        model=model,
+        saved=saved,
+        accept_changed_data=accept_changed_data,
+        progress=progress,
     )
-    try:  # e.g. logistic256 needs 8-bit grey levels
-        likelihood_of.check_data(x_train, f"the training data of {config.dataset}")
-        likelihood_of.check_data(x_valid, f"the validation data of {config.dataset}")
-    except ValueError as e:
-        raise ConfigError(str(e), ["likelihood", "dataset"]) from None
     if config.init_from and saved is None and not (Path(config.init_from) / "model.safetensors").is_file():
         # before the run directory is made: a missing source must not leave an empty run behind
         raise ConfigError(f"init_from {config.init_from} holds no model.safetensors (a trained run)", ["init_from"])
+    if config.init_from and saved is None:
+        rundir.check_weights(config.init_from)  # damaged or foreign weights refused before the folder is made
 
     # replaced, or (a run stopped before its first checkpoint: nothing trained to keep) cleared
     rundir.prepare(run_dir, replace=saved is None and overwrite and not resume, clear_start=saved is None)
@@ -331,7 +346,7 @@ def train(
         print(f"resuming {run_dir} from epoch {start_epoch} of {total_epochs} ({where})", file=sys.stderr)
     else:
         rundir.write_config(run_dir, config)
-        rundir.save_model(run_dir, model, 0)
+        rundir.save_model(run_dir, model, 0, data=data)
     checkpointed = (start_epoch, step) if saved is not None else None  # what checkpoint.safetensors holds
     # --compile step: the whole step as one program (built here, before any epoch is timed), or None where
     # it does not apply (a one-line note says why; the run trains with the eager step)
@@ -428,6 +443,7 @@ def train(
                         rundir.EpochState(order, position, bound_sum, time.perf_counter() - t0),
                         time.perf_counter() - run_start,
                         early_stopping=None if stopper is None else (stopper.state(), stopper.best_weights),
+                        data=data,
                     )
                     checkpointed = (epoch, step)
             bar.close()
@@ -460,9 +476,9 @@ def train(
                 stopper.update(epoch + 1, valid_bound, model.state_dict())
                 kept = (stopper.state(), stopper.best_weights)
             if stopper is not None and (stopper.stopped or epoch + 1 == total_epochs) and stopper.best_weights:
-                rundir.save_model(run_dir, model, stopper.best_epoch, stopper.best_weights)
+                rundir.save_model(run_dir, model, stopper.best_epoch, stopper.best_weights, data=data)
             else:
-                rundir.save_model(run_dir, model, epoch + 1)
+                rundir.save_model(run_dir, model, epoch + 1, data=data)
             rundir.save_checkpoint(
                 run_dir,
                 model,
@@ -473,6 +489,7 @@ def train(
                 metrics,
                 wall_time=row["wall_time_s"],
                 early_stopping=kept,
+                data=data,
             )
             checkpointed = (epoch + 1, step)
             rundir.write_metrics(run_dir, metrics)

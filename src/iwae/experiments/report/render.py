@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import os
 import re
 from importlib.metadata import version
@@ -23,7 +22,7 @@ from urllib.parse import unquote
 import markdown
 import nh3
 
-from ... import rundir
+from ... import rundir, strict_json
 from ...checkpoint import atomic_write
 from .figures import _figures
 from .grid import _grid_section
@@ -204,5 +203,5 @@ def write_report(
         f.write(page.encode("utf-8"))
     summaries = [summary(read_folder(p)) for p in find_experiments(out_dir)]
     with atomic_write(out_dir / SUMMARY_FILE) as f:
-        json.dump({"experiments": summaries}, f, indent=1)
+        strict_json.dump({"experiments": summaries}, f, indent=1)
     return md_path, html_path
