@@ -468,7 +468,7 @@ def test_summary_text_formats_a_result():
     )
     assert lines[2] == "data files       t10k-images-idx3-ubyte.gz: as trained on (SHA-256 checked)"
     assert lines[3] == "active units     20 + 5 = 25"
-    assert lines[5] == "device           cuda (H200), torch 2.13, CUDA 12.8"
+    assert lines[5] == "device           cuda (H200), torch 2.13, built for CUDA 12.8"
     assert lines[-1] == f"written          {Path('runs/a') / 'eval.json'}, {Path('runs/a') / 'eval.npy'}"
     one_layer = dict(result, active_units_per_layer=[7], active_units=7, files=None)
     assert "active units     7" in summary_text(one_layer).splitlines() and "nothing" in summary_text(one_layer)

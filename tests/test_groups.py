@@ -150,7 +150,7 @@ def test_ais_over_a_folder_of_seeds_gives_each_seeds_gap(folders):
     assert "AIS - L_20 ± paired s.e." in result.output
     gaps = []
     for s in SEEDS:
-        ais = np.load(folder / f"seed{s}" / "ais_T3_C2_L2_n10_seed0.npy")
+        ais = np.load(folder / f"seed{s}" / "ais_T3_C2_L2_sigmoid_encoder_n10_seed0.npy")
         l_k = np.load(folder / f"seed{s}" / "eval_k20_n10_seed0.npy")
         d = ais - l_k
         gaps.append(d.mean())

@@ -192,8 +192,8 @@ def test_bad_hvae_settings_exit_2(tmp_path, args, phrase):
 
 
 def test_seeds_train_one_after_another(tmp_path, npz):
-    """``--seeds 0,1`` with the hvae says it cannot batch the runs and trains them one after another: each
-    member is the run ``--seed`` alone would have made, bit for bit."""
+    """``--seeds 0,1 --batch`` with the hvae says it cannot batch the runs and trains them one after another:
+    each member is the run ``--seed`` alone would have made, bit for bit."""
     common = [
         "--model",
         "hvae",
@@ -210,7 +210,7 @@ def test_seeds_train_one_after_another(tmp_path, npz):
         "--dataset",
         npz,
     ]
-    r = invoke("train", *common, "--seeds", "0,1", "--out", tmp_path / "group")
+    r = invoke("train", *common, "--seeds", "0,1", "--batch", "--out", tmp_path / "group")
     assert r.exit_code == 0, (r.output, r.exception)
     assert "cannot batch runs with the hvae model" in r.output
     r = invoke("train", *common, "--seed", "1", "--quiet", "--out", tmp_path / "alone")

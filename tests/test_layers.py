@@ -15,18 +15,20 @@ PACKAGE = ROOT / "src" / "iwae"
 # the function-level imports the code may have, by file: each defers a library that is slow to import
 # and needed by one path only (the command line imports the library, which loads PyTorch, only when a
 # command runs; TrainConfig.load_data imports the data loaders, which load PyTorch, only when called;
-# inductor takes seconds to import and only --compile step needs it)
+# inductor takes seconds to import and only --compile step needs it; scipy.stats only for a comparison
+# over a few seeds)
 ALLOWED = {
     "cli/runs.py": "iwae",
     "cli/experiments.py": "iwae",
     "cli/figures.py": "iwae|torch",
-    "cli/support.py": "torch",
+    "cli/support.py": "torch|iwae",
     "config/train.py": "iwae",
     "figures/_base.py": "matplotlib",
     "experiments/executors.py": "ray",
     "rundir/metrics.py": "torch.utils.tensorboard",
     "data/benchmarks.py": "scipy.io",
     "compiled/program.py": "torch._inductor",
+    "compare/verdict.py": "scipy.stats",
 }
 
 

@@ -338,7 +338,6 @@ def evaluate(
                 binarize=config.binarization,
                 dequantize=config.dequantize,
             )
-        data = rundir.check_data(run_dir, rundir.training_data(run_dir), splits, accept_changed_data)
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
     n_total = splits.test.shape[0]
@@ -350,6 +349,8 @@ def evaluate(
             f"not the data it was trained on",
             ["dataset"],
         )
+    if own_model:  # the data files the run was trained on, checked once the images fit the model
+        data = rundir.check_data(run_dir, rundir.training_data(run_dir), splits, accept_changed_data)
     likelihood = getattr(model, "likelihood", None)
     if likelihood is not None:  # e.g. logistic256's masses are of the values k/255 only, bernoulli's of 0 and 1
         try:

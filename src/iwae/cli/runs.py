@@ -3,6 +3,7 @@ measure runs."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -142,8 +143,6 @@ def _member_dirs(folder: str) -> list[Path] | None:
 
 def _resume_hint(folder: str | Path, members: bool = False) -> str:
     """What a Ctrl-C of ``iwae train`` prints: the command that resumes the run (or the folder of seeds)."""
-    import shlex
-
     path = Path(folder)
     started = any((p / "config.yaml").is_file() for p in ([path] if not members else path.glob("seed*")))
     if not started:

@@ -96,7 +96,13 @@ def evaluations_match(a: Mapping, b: Mapping, *, accept_changed_data: bool = Fal
         return f"different seeds of the samples ({ka['seed']} vs {kb['seed']})"
     # the integrity of the records themselves: the digest of the exact test tensor (binarization
     # included), the units, the data files (iwae.rundir.comparable, the one rule of which pairs)
-    return comparable(a, b, accept_changed_data=accept_changed_data)
+    why = comparable(a, b, accept_changed_data=accept_changed_data)
+    for record in (a, b):  # an evaluation older than the test tensor's digest: name the command that remakes it
+        images = record.get("test_images") if isinstance(record.get("test_images"), Mapping) else {}
+        run = (record.get("model") or {}).get("run_dir") if isinstance(record.get("model"), Mapping) else None
+        if why is not None and not images.get("sha256") and run:
+            return f"{why}; make it again with: {make_command(run, evaluation_kind(record))}"
+    return why
 
 
 def evaluation_records(run_dir: str | os.PathLike) -> dict[str, dict]:

@@ -28,6 +28,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from .. import strict_json
 from ..checkpoint import WriteError, atomic_write
 from ..errors import CheckpointError
 from .lock import LOCK_FILE, FolderBusy, Lock, acquire_lock, release_lock
@@ -69,7 +70,7 @@ def created_by(folder: str | os.PathLike) -> str | None:
 def mark(folder: str | os.PathLike, command: str) -> None:
     """Marks ``folder`` as created by ``command`` (atomically)."""
     with atomic_write(Path(folder) / MARKER) as f:
-        json.dump({"created_by": command, "created": datetime.now().isoformat(timespec="seconds")}, f)
+        strict_json.dump({"created_by": command, "created": datetime.now().isoformat(timespec="seconds")}, f)
 
 
 def check_replaceable(folder: str | os.PathLike, command: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from .. import strict_json
 from ..checkpoint import atomic_write, remove_temporaries
 from ..errors import CheckpointError
 from .layout import CHECKPOINT, STAGED
@@ -76,7 +77,7 @@ def commit_group(record: Path, commit_id: str, run_dirs: Sequence[str | os.PathL
         "committed": datetime.now().isoformat(timespec="seconds"),
     }
     with atomic_write(record) as f:
-        json.dump(value, f, indent=1)
+        strict_json.dump(value, f, indent=1)
 
 
 def committed_stage(run_dir: str | os.PathLike) -> Path | None:

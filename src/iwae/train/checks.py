@@ -99,7 +99,9 @@ def _check_validation(
     # a model of this config times it: built with the global random state put back after, so the run's
     # own model, built next from the seed, is the one it would be without this check
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        timed = model if model is not None else VAE(config.model_config(splits.train.shape[1], splits.image_shape))
+        timed = (
+            model if model is not None else make_model(config.model_config(splits.train.shape[1], splits.image_shape))
+        )
         timed = timed.to(device)
         cost = lk_cost(timed, x_valid, valid_k)
     setting = "valid_k" if config.valid_k else "k"
