@@ -240,8 +240,13 @@ def _train_batches(
             with contextlib.ExitStack() as held:  # as reproduce: it replaces only folders a reproduction made
                 for p in group:
                     held.enter_context(rundir.writing(out_dir / "runs" / p.spec.name, rundir.REPRODUCE))
-                results = members.train_members(
-                    configs, resume=group[0].state == "partial", overwrite=True, progress=progress, splits=data
+                results = members.train_members(  # the engine chose to batch these (batch=True or the device's rule)
+                    configs,
+                    resume=group[0].state == "partial",
+                    overwrite=True,
+                    progress=progress,
+                    splits=data,
+                    batch=True,
                 )
         except Exception as e:
             if progress:
