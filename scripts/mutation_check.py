@@ -256,6 +256,17 @@ MUTATIONS: list[Mutation] = [
         "the hidden units are softsign, not tanh",
     ),
     M(
+        "hvae-view-cuts-z2",
+        "src/iwae/models/hvae.py",
+        "return [((self.x,), z2), ((self.x, z2), z1)]",
+        "return [((self.x,), z2), ((self.x, z2.detach()), z1)]",
+        (
+            "tests/test_hvae.py::test_views_keep_the_path_through_z2_into_q_z1",
+            "tests/test_hvae_gradients.py::test_dreg_needs_the_path_through_z2",
+        ),
+        "the HVAE's detached-parameter view of q(z_1 | x, z_2) cuts the path through z_2 (STL and DReG biased)",
+    ),
+    M(
         "samples-skip-p-z1-given-z2",
         "src/iwae/analysis/latent.py",
         "zs.insert(0, loc + log_scale.exp() * eps)",
