@@ -558,6 +558,6 @@ def train_or_resume(config: TrainConfig, *, splits: data_module.Splits | None = 
                 return "trained before"
             train(config, resume=True, progress=progress, splits=splits)  # checks the device type
             return "resumed"
-    existed = run_dir.exists()
+    existed = not rundir.is_empty(run_dir)  # an empty folder (iwae's hidden files only) held no run
     train(config, overwrite=True, progress=progress, splits=splits)
     return "restarted" if existed else "trained"
