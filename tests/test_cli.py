@@ -3,6 +3,7 @@ subprocess of the installed console script for the exit status)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -92,6 +93,11 @@ def test_train_then_evaluate_end_to_end(run_dir, mnist_splits):
         "split": "test",
         "first": 100,
         "of": 10000,
+        "binarization": {"mode": "dynamic", "test": "test images binarized once with seed 20160201"},
+        # the exact tensor measured, its digest computed here from the fixture's binarized test images
+        "sha256": hashlib.sha256(
+            b"torch.float32\0(100, 784)\0" + mnist_splits.test[:100].numpy().astype(np.float32).tobytes()
+        ).hexdigest(),
     }
     assert saved["runtime"]["device"] == "cpu" and saved["runtime"]["torch"] == torch.__version__
     bounds = np.load(run_dir / "eval_k50_n100_seed0.npy")
@@ -545,7 +551,8 @@ def test_every_train_config_field_has_its_flag_with_the_fields_default():
         )
         assert option.help.startswith(f.metadata["help"]), f.name
     extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
-    assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds"}  # seeds: members, see iwae.members
+    # seeds: members, see iwae.members; accept_changed_data: resuming on changed data files, deliberately
+    assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds", "accept_changed_data"}
 
 
 def test_train_choices_are_the_librarys_lists():
