@@ -4,6 +4,7 @@ measure runs."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from click.core import ParameterSource
 
 from ..choices import ESTIMATORS, OBJECTIVES
 from ..config import TrainConfig
+from ..errors import ConfigError
 from .support import UserError as _UserError
 from .support import int_list as _int_list
 from .support import interrupted as _interrupted
@@ -114,8 +116,6 @@ def _member_dirs(folder: str) -> list[Path] | None:
 
 def _resume_hint(folder: str | Path, members: bool = False) -> str:
     """What a Ctrl-C of ``iwae train`` prints: the command that resumes the run (or the folder of seeds)."""
-    import shlex
-
     path = Path(folder)
     started = any((p / "config.yaml").is_file() for p in ([path] if not members else path.glob("seed*")))
     if not started:
@@ -244,6 +244,10 @@ def evaluate(
     from ..evaluate import GIB
     from ..rundir import check_run_or_seeds, is_seed_group
 
+    # the arguments first: a bad value is said before anything about the folder (evaluate checks them again)
+    for name, value in (("k", k), ("test_subset", test_subset)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}", [name])
     check_run_or_seeds(run_dir)
     _threads(threads)
     _interrupted("interrupted; evaluation files are written whole or not at all: run the same command again")
