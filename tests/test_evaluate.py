@@ -437,7 +437,7 @@ def test_summary_text_formats_a_result():
     lines = summary_text(result).splitlines()
     assert lines[0] == "test NLL (nats)  87.12 ± 0.43  (-mean L_5000 ± s.e., seed 2)"
     assert lines[2] == "active units     20 + 5 = 25"
-    assert lines[4] == "device           cuda (H200), torch 2.13, CUDA 12.8"
+    assert lines[4] == "device           cuda (H200), torch 2.13, built for CUDA 12.8"  # the build's CUDA
     assert lines[-1] == f"written          {Path('runs/a') / 'eval.json'}, {Path('runs/a') / 'eval.npy'}"
     one_layer = dict(result, active_units_per_layer=[7], active_units=7, files=None)
     assert "active units     7" in summary_text(one_layer).splitlines() and "nothing" in summary_text(one_layer)
