@@ -971,7 +971,9 @@ def test_without_a_fused_cpu_adam_training_falls_back_to_the_unfused_one_decided
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_run_says_its_planned_epochs_and_after_the_first_how_long_the_rest_takes(tmp_path, tiny_splits, capsys):
+def test_a_run_says_its_planned_epochs_and_after_the_first_how_long_the_rest_takes(
+    tmp_path, tiny_splits, capsys, monkeypatch
+):
     from iwae.train.announce import duration, estimate_line, plan_line
 
     out = tmp_path / "run"
@@ -992,6 +994,18 @@ def test_a_run_says_its_planned_epochs_and_after_the_first_how_long_the_rest_tak
         splits=tiny_splits,
     )
     assert "training" not in capsys.readouterr().err
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_the_estimate(*args):
+        raise Stop(estimate_line(*args))
+
+    # quiet but the whole schedule: the plan and the first epoch's estimate are still said
+    monkeypatch.setattr(train_module, "estimate_line", stop_after_the_estimate)
+    with pytest.raises(Stop, match="the first epoch took .*: the 3279 left will take about"):
+        train(TrainConfig(k=1, batch_size=20, valid_k=1, out=str(tmp_path / "w")), progress=False, splits=tiny_splits)
+    assert "epochs 1-3280 of 3280" in capsys.readouterr().err
     line = plan_line(TrainConfig(out="runs/x"), 59600)
     assert "epochs 1-3280 of 3280" in line and "the whole paper schedule" in line and "--epochs N" in line
     assert [duration(s) for s in (0.42, 42, 725, 12000, 4 * 86400)] == ["0.4 s", "42 s", "12m05s", "3h20m", "4.0 days"]

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from .. import strict_json
 from ..choices import ESTIMATORS, OBJECTIVES
 from ..config import TrainConfig
+from ..errors import ConfigError
 from .support import UserError as _UserError
 from .support import int_list as _int_list
 from .support import interrupted as _interrupted
@@ -297,6 +298,10 @@ def evaluate(
     from ..evaluate import GIB, duration_text
     from ..rundir import check_run_or_seeds, is_seed_group
 
+    # the arguments first: a bad value is said before anything about the folder (evaluate checks them again)
+    for name, value in (("k", k), ("test_subset", test_subset)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}", [name])
     check_run_or_seeds(run_dir)
     _threads(threads)
     _interrupted("interrupted; evaluation files are written whole or not at all: run the same command again")

@@ -493,7 +493,7 @@ def train(
             )
             checkpointed = (epoch + 1, step)
             rundir.write_metrics(run_dir, metrics)
-            if progress and epoch == start_epoch:
+            if (progress or config.epochs is None) and epoch == start_epoch:  # quiet, but weeks: say how long
                 print(estimate_line(epoch_time, total_epochs - epoch - 1), file=sys.stderr)
             if progress:
                 eta = (time.perf_counter() - run_start) / (epoch + 1) * (total_epochs - epoch - 1)
