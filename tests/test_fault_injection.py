@@ -36,6 +36,7 @@ from cli_helpers import assert_one_line_error, invoke
 from cli_helpers import small_npz as write_small_npz  # the fixture below takes the name
 
 import iwae.checkpoint as checkpoint_module
+import iwae.rundir as rundir_module
 from iwae.checkpoint import load_tensors
 from iwae.cli import main
 from iwae.rundir import MARKER, checkpoint_path
@@ -462,3 +463,16 @@ def test_a_reproduction_with_a_worker_pool_killed_resumes_bit_exact(tmp_path, sh
         assert_same_run(reference / "runs" / folder.name, folder)
         ours, theirs = (json.loads((f / "result.json").read_text()) for f in (folder, reference / "runs" / folder.name))
         assert ours["metrics"] == theirs["metrics"], folder.name
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs fork and /proc (Linux)")
+def test_without_the_group_commit_a_kill_leaves_members_apart(tmp_path, small_npz, monkeypatch):
+    """Negative control: each member's checkpoint written in place at once (as before the group commit),
+    a kill between two members' writes leaves them at different steps, which the check above catches."""
+    real = rundir_module.save_checkpoint
+    monkeypatch.setattr(rundir_module, "save_checkpoint", lambda *a, **k: real(*a, **{**k, "commit": None}))
+    out = tmp_path / "group"
+    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--out", str(out)]
+    _run_killed(start, ("replaced", "checkpoint.safetensors", 1), _member_events)
+    with pytest.raises(AssertionError, match="members at different steps"):
+        _members_stand_together(out)

@@ -509,7 +509,9 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, tiny_splits):
         assert data[8:9] == b"{"
         header = json.loads(data[8 : 8 + n])
         assert "__metadata__" in header
-        assert not data.startswith(b"\x80") and not data.startswith(b"PK")  # neither pickle nor torch.save zip
+        # not torch.save's zip; nor a pickle, which could not hold a JSON header at byte 8 (its first byte
+        # alone does not tell: a header of 0x..80 bytes starts with b"\x80" as a pickle does)
+        assert not data.startswith(b"PK")
     tensors, meta = load_tensors(out / "checkpoint.safetensors")
     assert {"epoch", "step", "metrics", "param_groups", "model_digest"} <= set(meta) and "model_config" not in meta
     assert "rng.generator" in tensors and "rng.torch" in tensors
