@@ -551,8 +551,8 @@ def test_every_train_config_field_has_its_flag_with_the_fields_default():
         )
         assert option.help.startswith(f.metadata["help"]), f.name
     extra = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
-    # seeds: members, see iwae.members; accept_changed_data: resuming on changed data files, deliberately
-    assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds", "accept_changed_data"}
+    # seeds, batch: members, see iwae.members; accept_changed_data: resuming on changed data files, deliberately
+    assert extra == {"config_file", "resume", "overwrite", "quiet", "seeds", "batch", "accept_changed_data"}
 
 
 def test_train_choices_are_the_librarys_lists():

@@ -359,7 +359,7 @@ def member_reference(tmp_path_factory, small_npz) -> Path:
     events: collections.Counter = collections.Counter()
     with pytest.MonkeyPatch.context() as mp:
         _install_hooks(mp, _member_events(lambda kind, name, path: events.update([(kind, name)])))
-        result = invoke("train", "--dataset", small_npz, *MEMBER_ARGS, "--seeds", SEEDS, "--out", out)
+        result = invoke("train", "--dataset", small_npz, *MEMBER_ARGS, "--seeds", SEEDS, "--batch", "--out", out)
     assert result.exit_code == 0, result.output
     assert events["fsync", STAGED] == 12 and events["fsync", RECORD] == 6  # 6 commits of 2 members
     assert events["replaced", "checkpoint.safetensors"] == 12
@@ -382,7 +382,7 @@ def _members_stand_together(out: Path) -> None:
 
 
 def _kill_and_resume_members(points: list[tuple], out: Path, small_npz: str, reference: Path) -> None:
-    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--out", str(out)]
+    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--batch", "--out", str(out)]
     _run_killed(start, points[0], _member_events)
     _members_stand_together(out)
     for point in points[1:]:
@@ -472,7 +472,7 @@ def test_without_the_group_commit_a_kill_leaves_members_apart(tmp_path, small_np
     real = rundir_module.save_checkpoint
     monkeypatch.setattr(rundir_module, "save_checkpoint", lambda *a, **k: real(*a, **{**k, "commit": None}))
     out = tmp_path / "group"
-    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--out", str(out)]
+    start = ["train", "--dataset", small_npz, *map(str, MEMBER_ARGS), "--seeds", SEEDS, "--batch", "--out", str(out)]
     _run_killed(start, ("replaced", "checkpoint.safetensors", 1), _member_events)
     with pytest.raises(AssertionError, match="members at different steps"):
         _members_stand_together(out)

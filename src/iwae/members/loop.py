@@ -100,7 +100,9 @@ def train_members(
         progress: a progress bar and a line per member and epoch.
         splits: the data already loaded (else ``config.load_data()``: its binarization).
         batch: stack the members into one batched model (True), or train them one after another (False);
-            None: as :func:`~iwae.members.batch_by_default` decides for the configs' device.
+            None: resumed members go on as their checkpoints say they were trained (batched together, or
+            not), so that a resumed group ends bit for bit as the uninterrupted one; new ones as
+            :func:`~iwae.members.batch_by_default` decides for the configs' device.
         accept_changed_data: resume on data files that changed since the checkpoints, deliberately.
 
     Returns:
@@ -113,6 +115,8 @@ def train_members(
     """
     configs = list(configs)
     check_group(configs)
+    if batch is None:
+        batch = _trained_together(configs) if resume else None
     if batch is None:
         batch = batch_by_default(configs[0].device)
     why = stackable(configs[0])
@@ -215,6 +219,16 @@ def train_members(
             if m.writer is not None:
                 m.writer.close()
     return [m.result for m in members]
+
+
+def _trained_together(configs) -> bool | None:
+    """Whether the members' checkpoints say their last stretch was trained as one batched model with each
+    other (True), each alone (False), or None: no checkpoint says (new runs, an older iwae)."""
+    last = [(rundir.trained_as(c.out) or [None])[-1] for c in configs]
+    if any(stretch is None for stretch in last):
+        return None
+    names = {Path(c.out).name for c in configs}
+    return all(stretch.get("batched_with") and set(stretch["batched_with"]) <= names for stretch in last)
 
 
 def _train_alone(
