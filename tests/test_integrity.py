@@ -20,7 +20,7 @@ from cli_helpers import assert_one_line_error, invoke
 from damage import copy_file, flip_exponent_bit, max_abs, nan_weight
 from safetensors.torch import save_file
 
-import iwae.cli.runs as cli_runs
+import iwae.cli.measure as cli_runs
 import iwae.train.checks as checks
 from iwae import strict_json
 from iwae.checkpoint import load_tensors, tensors_sha256

@@ -19,6 +19,7 @@ PACKAGE = ROOT / "src" / "iwae"
 # over a few seeds)
 ALLOWED = {
     "cli/runs.py": "iwae",
+    "cli/measure.py": "iwae",
     "cli/experiments.py": "iwae",
     "cli/figures.py": "iwae|torch",
     "cli/support.py": "torch|iwae",

@@ -225,6 +225,31 @@ def test_a_member_resumes_alone_and_the_group_resumes_together(tmp_path, splits)
         )
 
 
+def test_a_resumed_group_goes_on_as_its_checkpoints_say_it_was_trained(tmp_path, splits):
+    """A group trained as one batched model and resumed without batch= goes on batched, bit for bit the
+    uninterrupted batched group (the CPU's default alone would not); negative control: the same group
+    resumed one after another ends with other weights."""
+    seeds = [dict(objective="iwae", k=3, seed=s) for s in (0, 1)]
+
+    def group(name: str, epochs: int, **kw):
+        folders = [tmp_path / name / f"seed{i}" for i in range(2)]
+        train_members(
+            [config(f, **s, epochs=epochs) for f, s in zip(folders, seeds)], progress=False, splits=splits, **kw
+        )
+        return folders
+
+    reference = group("ref", 2, batch=True)
+    group("resumed", 1, batch=True)
+    resumed = group("resumed", 2, resume=True)  # batch=None: as the checkpoints say
+    other = group("alone", 1, batch=True)
+    group("alone", 2, resume=True, batch=False)
+    for ref, res, alone in zip(reference, resumed, other):
+        a, b, c = (load_tensors(f / "model.safetensors")[0] for f in (ref, res, alone))
+        assert all(torch.equal(a[key], b[key]) for key in a)
+        assert not all(torch.equal(a[key], c[key]) for key in a)
+    assert load_tensors(resumed[0] / "checkpoint.safetensors")[1]["trained_as"][-1]["batched_with"] == ["seed1"]
+
+
 class SimulatedKill(BaseException):
     """What a kill -9 looks like to the code: nothing after it runs (not an Exception: nothing catches it)."""
 

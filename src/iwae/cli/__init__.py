@@ -6,9 +6,9 @@
 Each command parses its arguments, makes one library call (the call a Python user makes, which
 writes the same result files) and prints what it returns; bad input exits with status 2 and one
 line (:mod:`iwae.cli.support`). ``iwae train``'s options are generated from TrainConfig's fields.
-The commands live by what they work on: :mod:`~iwae.cli.runs` (train, evaluate, compare, bdmc,
-analyze, snr), :mod:`~iwae.cli.experiments` (reproduce, report, grid), :mod:`~iwae.cli.figures`
-(plot, sample, qew).
+The commands live by what they work on: :mod:`~iwae.cli.runs` (train), :mod:`~iwae.cli.measure`
+(evaluate, compare, bdmc, analyze, snr), :mod:`~iwae.cli.experiments` (reproduce, report, grid),
+:mod:`~iwae.cli.figures` (plot, sample, qew).
 
 The group loads a command's module only when the command runs or its help is shown
 (:class:`LazyGroup`), and those modules import the library, which loads PyTorch, only inside the
@@ -27,11 +27,11 @@ __all__ = ["main", "LazyGroup", "COMMANDS"]
 # command name -> "module:attribute" of its click command
 COMMANDS = {
     "train": "iwae.cli.runs:train",
-    "evaluate": "iwae.cli.runs:evaluate",
-    "analyze": "iwae.cli.runs:analyze",
-    "snr": "iwae.cli.runs:snr",
-    "compare": "iwae.cli.runs:compare",
-    "bdmc": "iwae.cli.runs:bdmc",
+    "evaluate": "iwae.cli.measure:evaluate",
+    "analyze": "iwae.cli.measure:analyze",
+    "snr": "iwae.cli.measure:snr",
+    "compare": "iwae.cli.measure:compare",
+    "bdmc": "iwae.cli.measure:bdmc",
     "reproduce": "iwae.cli.experiments:reproduce",
     "report": "iwae.cli.experiments:report",
     "grid": "iwae.cli.experiments:grid",
