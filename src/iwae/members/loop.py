@@ -17,8 +17,6 @@ from tqdm.auto import tqdm
 from .. import data as data_module
 from .. import rundir
 from ..errors import ConfigError
-from ..estimators import ESTIMATOR_TABLE, gradient_terms
-from ..models.vae import LogWeightParts
 from ..runtime import choose_threads, synchronize, tune_allocator
 from ..train import loop as train_module
 from ..train.announce import estimate_line, plan_line
@@ -26,6 +24,7 @@ from ..train.checks import check_run
 from ..train.resume import resume_point
 from .group import MemberResult, batch_by_default, check_group, stackable
 from .stacked import StackedVAE, _gather_state, _layout, _member_state, _slice_state, member_tensor, stack_parameters
+from .step import _accumulate, _nonfinite_members
 
 __all__ = ["train_members"]
 
@@ -493,66 +492,3 @@ def _kinds(train_module, members: list[_Member], epoch: int) -> dict[tuple, list
     for i, m in enumerate(members):
         kinds.setdefault((m.config.spec, train_module.kl_weight(m.config, epoch)), []).append(i)
     return kinds
-
-
-def _accumulate(
-    model: StackedVAE, x: torch.Tensor, eps: list[torch.Tensor], kinds: dict[tuple, list[int]]
-) -> torch.Tensor:
-    """Fills the stacked parameters' ``.grad`` with each member's estimator gradient of its negated,
-    minibatch-summed objective and returns the members' true bounds ``(M, B)``.
-
-    ``kinds`` maps (spec, KL weight) to the members that share them; each kind's members go to
-    :func:`iwae.estimators.gradient_terms` side by side, log w of shape (K, M_kind * B). The
-    surrogates that train all parameters, the decoder's or the encoder's are summed over the kinds
-    and back-propagated once per parameter set (a member's surrogate has no gradient in another
-    member's slice, so the sum's gradient is each member's own)."""
-    views = {ESTIMATOR_TABLE[spec.estimator].log_q_view for spec, _ in kinds}
-    parts = model.log_weight_parts(x, eps, stop_params="stop_params" in views, stop_samples="stop_samples" in views)
-    members, k, b = parts["log_q"].shape
-    bound = x.new_empty(members, b)
-    losses = {"all": [], "decoder": [], "encoder": []}
-    for (spec, kl), index in kinds.items():
-
-        def side_by_side(t):  # (M, K, B) -> (K, M_kind * B): this kind's members as one batch
-            if t is None:
-                return None
-            t = t if len(index) == members else t[index]
-            return t.transpose(0, 1).reshape(k, len(index) * b)
-
-        kind_parts = LogWeightParts(
-            side_by_side(parts["log_p"]),
-            side_by_side(parts["log_q"]),
-            side_by_side(parts["log_q_stop_params"]),
-            side_by_side(parts["log_q_stop_samples"]),
-            log_likelihood=side_by_side(parts["log_likelihood"]),
-        )
-        result = gradient_terms(model, kind_parts, spec, kl)
-        bound[index] = result.bound.reshape(len(index), b)
-        for surrogate, params in result.terms:
-            which = "all" if params is None else "encoder" if params is model.encoder_parameters() else "decoder"
-            losses[which].append(-surrogate.sum())
-    if not losses["decoder"] and not losses["encoder"]:
-        torch.stack(losses["all"]).sum().backward()
-    else:  # as estimators.backward: each parameter set its surrogates, the decoder's first
-        decoder_loss = torch.stack(losses["all"] + losses["decoder"]).sum()
-        encoder_loss = torch.stack(losses["all"] + losses["encoder"]).sum()
-        decoder_loss.backward(inputs=model.decoder_parameters(), retain_graph=True)
-        encoder_loss.backward(inputs=model.encoder_parameters())
-    return bound
-
-
-def _nonfinite_members(bound: torch.Tensor, model: StackedVAE) -> list[int]:
-    """The members whose bound or gradient holds a nan or inf: iwae.train's rule (any element), by the
-    float32 sums per member first and confirmed in float64, where no sum of finite floats overflows."""
-
-    def totals(dtype: torch.dtype) -> torch.Tensor:
-        sums = [bound.sum(1, dtype=dtype)] + [
-            p.grad.reshape(p.shape[0], -1).sum(1, dtype=dtype) for p in model.parameters() if p.grad is not None
-        ]
-        return torch.stack(sums).sum(0)  # (M,)
-
-    suspect = ~torch.isfinite(totals(torch.float32))
-    if not bool(suspect.any()):
-        return []
-    bad = ~torch.isfinite(totals(torch.float64))
-    return [int(j) for j in torch.nonzero(bad).flatten()]
