@@ -84,19 +84,24 @@ def _load_idx_dataset(
     download: bool,
     mode: str = "dynamic",
     deq: bool = False,
+    *,
+    n_valid: int = registry.MNIST_N_VALID,
+    binarize_once=None,
 ) -> Splits:
-    """MNIST or Fashion-MNIST with Burda et al.'s split: the last :data:`~.registry.MNIST_N_VALID` training
-    images held out for validation."""
+    """MNIST or Fashion-MNIST split as Burda et al. split it: the last ``n_valid`` training images
+    (:data:`~.registry.MNIST_N_VALID`) held out for validation (the VampPrior paper's ``mnist-vamp``:
+    10,000, its validation and test images binarized once by ``binarize_once``, see
+    :func:`iwae.data.splits._dynamic_splits`)."""
     x_train, y_train, x_test, y_test, files = _read_idx_files(what, sha, urls, dirs, download)
     n = x_train.shape[0]
-    if n <= registry.MNIST_N_VALID:
+    if n <= n_valid:
         raise DataError(
-            f"{what} has only {n} training images, need more than {registry.MNIST_N_VALID}; "
-            "delete the files and re-download them"
+            f"{what} has only {n} training images, need more than {n_valid}; delete the files and re-download them"
         )
+    # grey levels: float32 k / 255 (as the VampPrior paper's code makes them too)
     grey_train = x_train.reshape(n, _IMAGE_DIM).astype(np.float32) / np.float32(255)
     grey_test = x_test.reshape(x_test.shape[0], _IMAGE_DIM).astype(np.float32) / np.float32(255)
-    cut = n - registry.MNIST_N_VALID
+    cut = n - n_valid
     return _dynamic_splits(
         name,
         grey_train[:cut],
@@ -106,6 +111,7 @@ def _load_idx_dataset(
         labels=(y_train[:cut], y_train[cut:], y_test),
         mode=mode,
         deq=deq,
+        binarize_once=binarize_once,
         files=files,
     )
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import registry
-from .benchmarks import _read_idx_files, _read_mat
+from .benchmarks import _load_idx_dataset, _read_mat
 from .files import ContentHash, _file_digest, _locate
 from .registry import _IMAGE_DIM, _IMAGE_SIDE
 from .splits import Splits, _dynamic_splits, _is_binary, _to_tensor
@@ -56,30 +56,17 @@ _paper_binarization.seed = registry.MNIST_VAMP_BINARIZATION_SEED  # recorded by 
 
 
 def _load_mnist_vamp(dirs: list[Path], download: bool, mode: str = "dynamic", deq: bool = False) -> Splits:
-    x_train, y_train, x_test, y_test, files = _read_idx_files(
-        "MNIST", registry.MNIST_SHA256, registry.MNIST_URLS, dirs, download
-    )
-    n = x_train.shape[0]
-    if n <= registry.MNIST_VAMP_N_VALID:
-        raise DataError(
-            f"MNIST has only {n} training images, need more than {registry.MNIST_VAMP_N_VALID}; "
-            "delete the files and re-download them"
-        )
-    # the code's grey levels: float32 k / 255
-    grey_train = x_train.reshape(n, _IMAGE_DIM).astype(np.float32) / np.float32(255)
-    grey_test = x_test.reshape(x_test.shape[0], _IMAGE_DIM).astype(np.float32) / np.float32(255)
-    cut = n - registry.MNIST_VAMP_N_VALID
-    return _dynamic_splits(
+    return _load_idx_dataset(
         "mnist-vamp",
-        grey_train[:cut],
-        grey_train[cut:],
-        grey_test,
-        (_IMAGE_SIDE, _IMAGE_SIDE),
-        labels=(y_train[:cut], y_train[cut:], y_test),
-        mode=mode,
-        deq=deq,
+        "MNIST",
+        registry.MNIST_SHA256,
+        registry.MNIST_URLS,
+        dirs,
+        download,
+        mode,
+        deq,
+        n_valid=registry.MNIST_VAMP_N_VALID,
         binarize_once=_paper_binarization,
-        files=files,
     )
 
 
