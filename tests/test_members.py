@@ -383,14 +383,15 @@ def _stacked_steps(monkeypatch) -> list[int]:
 
 
 def test_the_device_rule_decides_whether_members_stack(tmp_path, splits, monkeypatch):
-    """By default members stack on CUDA and train one after another on the CPU (measured: there a single
-    run is as fast); one after another, each member is its run alone, bit for bit; batch=True stacks."""
-    assert BATCH_BY_DEFAULT == {"cpu": False, "cuda": True}
-    assert [batch_by_default(d) for d in ("cpu", "cuda", "cuda:1")] == [False, True, True]
+    """By default members stack on the CPU and on CUDA (measured: batched is faster on both), and on a
+    device the rule does not know they train one after another; batch=False trains each member as its run
+    alone, bit for bit; batch=None stacks as batch=True does."""
+    assert BATCH_BY_DEFAULT == {"cpu": True, "cuda": True}
+    assert [batch_by_default(d) for d in ("cpu", "cuda", "cuda:1", "mps")] == [True, True, True, False]
     calls = _stacked_steps(monkeypatch)
     seeds = [dict(objective="iwae", k=3, seed=s, epochs=1) for s in (0, 1)]
     results = members_module.train_members(
-        [config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits
+        [config(tmp_path / f"m{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits, batch=False
     )
     assert [r.status for r in results] == ["trained"] * 2 and calls == []
     for i, settings in enumerate(seeds):
@@ -399,9 +400,9 @@ def test_the_device_rule_decides_whether_members_stack(tmp_path, splits, monkeyp
             a, b = load_tensors(alone / name)[0], load_tensors(tmp_path / f"m{i}" / name)[0]
             assert all(torch.equal(a[key], b[key]) for key in a), name
     members_module.train_members(
-        [config(tmp_path / f"b{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits, batch=True
+        [config(tmp_path / f"b{i}", **s) for i, s in enumerate(seeds)], progress=False, splits=splits
     )
-    assert calls == [2] * 20  # 400 images in batches of 20, both members in every step
+    assert calls == [2] * 20  # the default stacks: 400 images in batches of 20, both members in every step
 
 
 # ----------------------------------------------------------------------------- the command line
