@@ -447,15 +447,16 @@ def test_train_seeds_writes_one_run_per_seed_and_resume_continues_them(tmp_path,
 
 
 def test_train_seeds_batch_and_no_batch(tmp_path, shared_data_dir, monkeypatch):
-    """--batch stacks the seeds, --no-batch and the CPU's default train them one after another; either
+    """--batch and the CPU's default stack the seeds, --no-batch trains them one after another; either
     flag without --seeds is a usage error."""
     calls = _stacked_steps(monkeypatch)
     flags = ["--train-subset", 40, "--latent-dims", 4, "--hidden-dims", 16, "--k", 2, "--epochs", 1, "--quiet"]
     flags += ["--data-dir", shared_data_dir]
-    for name, extra in (("default", []), ("no-batch", ["--no-batch"]), ("batch", ["--batch"])):
+    for name, extra, stacked in (("no-batch", ["--no-batch"], 0), ("default", [], 2), ("batch", ["--batch"], 2)):
+        calls.clear()
         result = cli("train", "--seeds", "0,1", "--out", tmp_path / name, *flags, *extra)
         assert result.exit_code == 0, result.output
-        assert len(calls) == (2 if name == "batch" else 0), name
+        assert len(calls) == stacked, name
     bad = cli("train", "--seed", 0, "--out", tmp_path / "bad", *flags, "--batch")
     assert bad.exit_code == 2 and "--batch and --no-batch apply to --seeds" in bad.output
 
@@ -518,6 +519,6 @@ def test_reproduce_no_batch_trains_nothing_together(tmp_path, shared_data_dir, m
     args = [exp, "--out", tmp_path / "cli", "--data-dir", shared_data_dir, "--quiet", "--only", "vae*"]
     assert cli("reproduce", *args, "--no-batch").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "cli" / "runs").iterdir()) == ["vae", "vae-s1"]
-    assert cli("reproduce", *args[:2], tmp_path / "cli2", *args[3:]).exit_code == 0  # the CPU's default: alone
-    with pytest.raises(BaseException, match="batched with --no-batch"):  # and with --batch, they would be
-        cli("reproduce", *args[:2], tmp_path / "cli3", *args[3:], "--batch")
+    for out, flag in (("cli2", ()), ("cli3", ("--batch",))):  # the CPU's default and --batch stack them
+        with pytest.raises(BaseException, match="batched with --no-batch"):
+            cli("reproduce", *args[:2], tmp_path / out, *args[3:], *flag)
