@@ -85,7 +85,7 @@ def _load_idx_dataset(
     mode: str = "dynamic",
     deq: bool = False,
     *,
-    n_valid: int = registry.MNIST_N_VALID,
+    n_valid: int | None = None,
     binarize_once=None,
 ) -> Splits:
     """MNIST or Fashion-MNIST split as Burda et al. split it: the last ``n_valid`` training images
@@ -93,6 +93,7 @@ def _load_idx_dataset(
     10,000, its validation and test images binarized once by ``binarize_once``, see
     :func:`iwae.data.splits._dynamic_splits`)."""
     x_train, y_train, x_test, y_test, files = _read_idx_files(what, sha, urls, dirs, download)
+    n_valid = registry.MNIST_N_VALID if n_valid is None else n_valid  # read when called (tests patch it)
     n = x_train.shape[0]
     if n <= n_valid:
         raise DataError(
