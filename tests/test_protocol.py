@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from iwae import data as data_module
 from iwae import evaluate as evaluate_module
+from iwae import memory as memory_module
 from iwae.analysis import sample_images
 from iwae.checkpoint import load_tensors, save_tensors
 from iwae.data import Splits
@@ -314,8 +315,9 @@ class _PeakMemory(TorchDispatchMode):
     ids=["1layer", "2layer", "mog30", "vamp30", "vamp100"],
 )
 def test_log_likelihood_stays_within_its_memory_budget(config):
-    """The evaluation's promise: no more than ``memory_budget`` bytes of temporaries alive at once,
-    measured here op by op (the budget is 2 MiB, so 1,000 samples of 4 images go in chunks).
+    """The evaluation's promise: no more than ``memory_budget`` bytes alive at once, of which the tensors'
+    share on the CPU is ``memory_budget / CPU_HEAP_FACTOR``, measured here op by op (the budget is 2 MiB,
+    so 1,000 samples of 4 images go in chunks).
     Measured per sample row: 6.7 kB (1 layer), 7.9 kB (2 layers), 12.5 kB (30 prior components)."""
     torch.manual_seed(0)
     model = VAE(config).eval()
@@ -325,8 +327,10 @@ def test_log_likelihood_stays_within_its_memory_budget(config):
     with meter:
         ll = evaluate_module.log_likelihood(model, x, 1000, memory_budget=budget)
     assert ll.shape == (4,) and torch.isfinite(ll).all()
-    # also used: at least a fifth of the budget (a much smaller estimate would waste the budget)
-    assert budget / 5 < meter.peak <= budget, meter.peak
+    # on the CPU the tensors get 1 / CPU_HEAP_FACTOR of the budget (the rest is the C heap's slack, see
+    # iwae.memory); they use at least a fifth of that share (a much smaller estimate would waste it)
+    share = budget / memory_module.CPU_HEAP_FACTOR
+    assert share / 5 < meter.peak <= share, (meter.peak, share)
 
 
 # ----------------------------------------------------------------------------- the (M, K) grid
