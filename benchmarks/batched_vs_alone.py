@@ -1,6 +1,6 @@
 """How far a run trained as a member of one batched model ends from the same run trained alone.
 
-    python benchmarks/batched_vs_alone.py --data-dir ../shared/data --out /tmp/bva --steps 200 --threads 1
+    python benchmarks/batched_vs_alone.py --data-dir ../shared/data --out runs/bva --steps 200 --threads 1
 
 Trains seeds 0 and 1 of Burda et al.'s 1-layer MNIST model with IWAE (k = 5, batch 20, dynamic
 binarization, the first ``20 * steps_per_epoch`` training images) twice: as one batched model

@@ -6,7 +6,7 @@ seconds on a 2-core CPU; inductor's on-disk caches (its FX graph and AOTAutograd
 same program to a later process, a resume or another run of the same shapes, in a few seconds. They
 live in :func:`cache_dir`: ``$TORCHINDUCTOR_CACHE_DIR`` where it is set, else ``inductor/`` in iwae's
 cache folder (``$IWAE_CACHE_DIR``, ``$XDG_CACHE_HOME/iwae`` or ``~/.cache/iwae``, where the data sets
-are kept too), not inductor's default ``/tmp/torchinductor_$USER``, which a reboot empties.
+are kept too), not inductor's default under the system's temporary folder, which a reboot empties.
 """
 
 from __future__ import annotations

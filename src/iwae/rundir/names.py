@@ -4,7 +4,7 @@ so that ``OUT/runs/NAME`` always lies inside ``OUT``.
 
 A name is 1 to 100 characters of ASCII letters, digits, ``-``, ``_`` and ``.``, and starts with a
 letter, a digit or ``_``. That rules out, by construction rather than by a list of bad spellings:
-absolute paths (``/tmp/x``), traversal (``..``, ``../x``, ``a/../../b``), separators of any system
+absolute paths (anything starting with ``/``), traversal (``..``, ``../x``, ``a/../../b``), separators of any system
 (``a/b``, ``a\\b``), the current folder (``.``), hidden names (``.x``, which iwae uses for its own
 files), a name read as an option (``-rf``), the empty name, NUL and other control characters, and
 Unicode look-alikes (a fullwidth ``ｍ`` or a Cyrillic ``а`` are other letters than ``m`` and ``a``).
