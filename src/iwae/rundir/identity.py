@@ -139,8 +139,9 @@ def check_moved_data(config: TrainConfig, dataset: str) -> None:
     files by ``data_dir``. A run is always measured on the data it was trained on.
 
     Raises:
-        ValueError: ``dataset`` is a benchmark, or the run was not trained on user arrays, or the new
-            file holds other data than the run was trained on (:func:`_data_content_changed`).
+        ValueError: ``dataset`` is a benchmark, or the run was not trained on user arrays. Whether the new
+            file holds the run's data is checked once it is loaded, against the digests the run recorded
+            (:func:`iwae.rundir.integrity.check_data`, a DataError).
     """
     if dataset == config.dataset:
         return
@@ -151,9 +152,6 @@ def check_moved_data(config: TrainConfig, dataset: str) -> None:
         )
     if not dataset.startswith("npz:"):
         raise ValueError(f"the run was trained on user arrays ({config.dataset}); give the moved file as npz:PATH")
-    changed = _data_content_changed(config, dataset)
-    if changed:
-        raise ValueError(f"{dataset} is not the data {config.dataset} held when the run trained: {changed}")
 
 
 def check_run_data_present(config: TrainConfig, run_dir: str | os.PathLike) -> None:
@@ -172,11 +170,3 @@ def check_run_data_present(config: TrainConfig, run_dir: str | os.PathLike) -> N
             f"the data file {path} that {run_dir} was trained on is not there; if it has moved, give its new "
             f"place: iwae evaluate {run_dir} --dataset npz:NEW_PATH (Python: dataset='npz:NEW_PATH')"
         )
-
-
-def _data_content_changed(config: TrainConfig, dataset: str) -> str | None:
-    """Why the file ``dataset`` names holds other data than the run's ``config.dataset`` did, or None,
-    from what is known before loading it: nothing. The content is checked after loading, against the
-    SHA-256 of the files the run recorded when it trained (:func:`iwae.rundir.integrity.check_data`, which
-    accepts a moved or renamed file of the same contents and refuses any other)."""
-    return None
