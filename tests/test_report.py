@@ -727,7 +727,7 @@ def test_figures_say_which_runs_they_leave_out_and_why(trained, tmp_path):
         caption = next(line for line in report.markdown_report(out).splitlines() if line.startswith("**Figure 1.**"))
     finally:
         report_figures.LATENT_RUNS = original
-    assert "`vae-k4` (the figure holds at most 1 runs)" in caption
+    assert "`vae-k4` (the figure holds at most 1 run)" in caption
 
 
 def test_figures_without_data_become_notes(trained, tmp_path):
@@ -840,3 +840,9 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert image.shape[:2] == (1600, 1280)
     colours = np.unique((image.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
     assert len(colours) > 20 and image.std() > 0.02, "the screenshot is (nearly) one colour"
+
+
+def test_the_footer_counts_one_run_in_the_singular(tmp_path):
+    out = make_experiment(tmp_path / "t", table1_runs()[:1])
+    text = report.markdown_report(out, figures=False)
+    assert "*1 run: 1 done.*" in text and "1 runs" not in text

@@ -21,6 +21,7 @@ from .. import published
 from ..spec import FIGURES
 from .grid import _grid_rows
 from .tables import _cell
+from .tables import runs_phrase as _runs
 
 __all__ = ["FIGURE_DIR", "DRAW"]
 
@@ -68,7 +69,7 @@ def _left_out(exp: dict, shown: list[dict], dataset: str | None = None, cap: int
         elif dataset is not None and r["config"].get("dataset", "mnist") != dataset:
             reason = f"another data set than {dataset}"
         else:
-            reason = f"the figure holds at most {cap} runs"
+            reason = f"the figure holds at most {_runs(cap)}"
         why.setdefault(reason, []).append(f"`{r.get('name')}`")
     if not why:
         return ""
@@ -121,7 +122,7 @@ def _fig_samples(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
     return [
         (
             path,
-            f"64 samples from each of {len(runs)} finished runs (one per label combination, the largest k "
+            f"64 samples from each of {_runs(len(runs), 'finished ')} (one per label combination, the largest k "
             f"of each, at most {MAX_PANELS}): z ~ p(z), the means of p(x | z)." + _left_out(exp, runs, cap=MAX_PANELS),
         )
     ]
@@ -146,7 +147,7 @@ def _fig_reconstructions(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Dra
         (
             path,
             f"The first {RECONSTRUCTIONS} {splits.name} test images (top) and the means of "
-            f"p(x | z = E_q[z | x]) (bottom), for {len(runs)} runs." + _left_out(exp, runs, dataset, MAX_PANELS),
+            f"p(x | z = E_q[z | x]) (bottom), for {_runs(len(runs))}." + _left_out(exp, runs, dataset, MAX_PANELS),
         )
     ]
 
@@ -173,7 +174,7 @@ def _fig_latent(exp: dict, fig_dir: Path, data_dir, cache: dict) -> Drawn:
             path,
             f"Posterior means E_q[z | x] of the first {min(LATENT_POINTS, len(splits.test))} {splits.name} "
             f"test images in the two most active latent units, "
-            f"{'coloured by label' if labels is not None else 'unlabelled'}; {len(runs)} runs."
+            f"{'coloured by label' if labels is not None else 'unlabelled'}; {_runs(len(runs))}."
             + _left_out(exp, runs, dataset, LATENT_RUNS),
         )
     ]

@@ -255,7 +255,12 @@ def _caption(runs: list[dict]) -> str:
     if len(machines) == 1:
         parts.append(f"Hardware (all finished runs): {machines.pop()}.")
     counts = ", ".join(f"{n} {status}" for status, n in Counter(r["status"] for r in runs).items())
-    return f"*{len(runs)} runs: {counts}.* " + " ".join(parts)
+    return f"*{runs_phrase(len(runs))}: {counts}.* " + " ".join(parts)
+
+
+def runs_phrase(n: int, adjective: str = "") -> str:
+    """'1 run', '2 runs' (with an adjective between: '1 finished run')."""
+    return f"{n} {adjective}run{'' if n == 1 else 's'}"
 
 
 def _table(exp: dict, per_seed: bool = False) -> list[str]:
