@@ -279,7 +279,8 @@ def variant_step(variant: str, batch: int, k: int, layers: int = 1):
     fused Adam), ``compiled-step`` (the whole step one compiled program, iwae.compiled.step, its
     compile time not in the rate; on CUDA replayed as a CUDA graph, ``compiled-step-nograph`` not),
     ``members-N`` (N members as one batched model; rate in member-steps/s, so the
-    step returned counts N) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
+    step returned counts N), ``gemm-floor`` (only the step's matrix products, replayed:
+    benchmarks/gemm_floor.py; the ceiling of any implementation that uses PyTorch's GEMMs) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
     backward and torch's Adam as its trainer runs them)."""
     torch.manual_seed(0)
     x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
@@ -289,6 +290,10 @@ def variant_step(variant: str, batch: int, k: int, layers: int = 1):
         return _pythae_step(x, k)
     if variant.startswith("members-"):
         return _members_step(x, k, int(variant.split("-")[1]))
+    if variant == "gemm-floor":  # the step's matrix products alone: a ceiling on any implementation's rate
+        from gemm_floor import floor_step
+
+        return floor_step(batch, k, layers, DEVICE)
     from iwae.compiled import compiled_forward
 
     model = VAE(ModelConfig.burda(layers)).to(DEVICE)
@@ -522,6 +527,7 @@ def variants_table(args: argparse.Namespace, batches: list[int], ks: list[int]) 
         + (["cli-eager", "cli-step"] if args.cli and DEVICE.type == "cpu" else [])
         + (["pythae"] if have_pythae else [])
         + (["jax"] if have_jax else [])
+        + ["gemm-floor"]
     )
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]

@@ -82,6 +82,21 @@ def test_bench_variants_rows_name_their_implementation(tmp_path):
     assert set(rates) == {"train:fp32:4:2", "train:bf16-mixed:4:2"} and all(v > 0 for v in rates.values())
 
 
+def test_the_gemm_floor_records_every_product_of_a_step_and_no_other():
+    """Burda et al.'s 1-layer model: encoder 784-200-200-(50+50) on B rows, decoder 50-200-200-784 on
+    k*B rows. A step has each layer's forward product and its weight gradient, and the input gradient
+    of every layer but the first (the images need none): 6 + 6 + 5 products."""
+    floor = _load("gemm_floor")
+    batch, k = 3, 4
+    encoder, decoder = [(784, 200), (200, 200), (200, 100)], [(50, 200), (200, 200), (200, 784)]
+    layer_flops = lambda rows, layers: [2 * rows * i * o for i, o in layers]  # noqa: E731
+    expected = 2 * layer_flops(batch, encoder)[0] + 3 * sum(layer_flops(batch, encoder)[1:])
+    expected += 3 * sum(layer_flops(k * batch, decoder))
+    assert len(floor.step_products(batch, k)) == 17
+    assert floor.flops(batch, k) == expected
+    floor.floor_step(batch, k)()  # the replay runs
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU try-out; on a GPU machine run the real check")
 def test_gpu_check_runs_all_its_steps_on_the_cpu():
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
