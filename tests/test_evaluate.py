@@ -348,6 +348,21 @@ def test_a_model_passed_in_writes_no_file_and_records_no_weights(trained_run, tr
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_a_run_given_splits_checks_them_as_its_own_data(trained_run, mnist_splits, tmp_path):
+    """Splits passed in beside a run go through the run's one data check (rundir.Run.check_splits):
+    images of another size are a ConfigError naming the dataset; the run's own images pass, with the
+    data files' record. (Splits built in memory name no files: what tells them apart is the SHA-256
+    of the test tensor in the evaluation, which compare checks.)"""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    small = Splits("small", mnist_splits.train[:, :10], mnist_splits.valid[:, :10], mnist_splits.test[:, :10], True)
+    with pytest.raises(ConfigError, match="has images of 10 pixels") as refused:
+        evaluate_module.evaluate(run, splits=small, k=1, test_subset=2, save=False)
+    assert refused.value.fields == ("dataset",)
+    own = evaluate_module.evaluate(run, splits=mnist_splits, k=1, test_subset=2, save=False)
+    assert own["data"] == {"files": MNIST_SHA256, "changed": []}
+
+
 def test_a_test_subset_beyond_the_data_is_refused(trained_model, mnist_splits):
     with pytest.raises(ConfigError, match="test_subset 10001 is more than the 10000 test images of mnist") as e:
         evaluate_module.evaluate(model=trained_model, splits=mnist_splits, k=2, test_subset=10001)

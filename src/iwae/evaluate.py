@@ -317,40 +317,33 @@ def evaluate(
             f"memory_budget must be a positive, finite number of GiB, got {memory_budget / GIB:g}", ["memory_budget"]
         )
     measured = {"run_dir": None, "epoch": None, "epochs_planned": None, "sha256": None}
-    own_model = model is None
-    data = None
+    run = None
     if model is None:
         if run_dir is None:
             raise ValueError("evaluate needs a run directory or a model")
         check_device(device)
-        model, weights = rundir.load_trained(run_dir, device)
-        config = rundir.read_config(run_dir)
-        measured.update(weights, run_dir=str(run_dir), epochs_planned=config.total_epochs)
-        if dataset is not None and dataset != config.dataset:
-            rundir.check_moved_data(config, dataset)  # a moved copy of the run's own data file only
-        elif splits is None:
-            rundir.check_run_data_present(config, run_dir)  # moved: say how to give its new place
+        # the data as training saw them (its binarization, or none, and dequantisation), checked against
+        # the files the run was trained on: one place for it, rundir.Run
+        run = rundir.open_run(
+            run_dir, device, data_dir=data_dir, dataset=dataset, accept_changed_data=accept_changed_data
+        )
+        model = run.model
+        measured.update(run.weights, run_dir=str(run_dir), epochs_planned=run.config.total_epochs)
         if splits is None:
-            # the data as training saw them: its binarization (or none) and dequantisation
-            splits = data_module.load_dataset(
-                dataset or config.dataset,
-                data_dir or config.data_dir,
-                binarize=config.binarization,
-                dequantize=config.dequantize,
-            )
+            splits = run.splits
+        else:
+            run.check_splits(splits)
     if splits is None:
         splits = data_module.load_dataset(dataset or "mnist", data_dir)
     n_total = splits.test.shape[0]
     dev = next(model.parameters()).device
     x_test = splits.first("test", test_subset, "test_subset").to(dev)  # refuses more than there are
-    if x_test.shape[1] != model.config.input_dim:
+    if x_test.shape[1] != model.config.input_dim:  # a model passed in with splits of another size
         raise ConfigError(
             f"{splits.name} has images of {x_test.shape[1]} pixels, the model takes {model.config.input_dim}: "
             f"not the data it was trained on",
             ["dataset"],
         )
-    if own_model:  # the data files the run was trained on, checked once the images fit the model
-        data = rundir.check_data(run_dir, rundir.training_data(run_dir), splits, accept_changed_data)
     likelihood = getattr(model, "likelihood", None)
     if likelihood is not None:  # e.g. logistic256's masses are of the values k/255 only, bernoulli's of 0 and 1
         try:
@@ -381,7 +374,7 @@ def evaluate(
     units = active_units(model, x_units.to(dev), generator=generator)
     bounds = ll.double().cpu().numpy()
     nll = -ll.double()
-    save = save and own_model
+    save = save and run is not None
     name = rundir.eval_name(k, seed, test_subset)
     result = {
         "nll": nll.mean().item(),
@@ -400,7 +393,7 @@ def evaluate(
         "images_per_s": len(nll) / seconds,
         "seed": seed,
         "test_images": rundir.images_record(splits, x_test, n_total),
-        "data": data,
+        "data": run.data if run is not None else None,
         "model": measured,
         "runtime": describe(dev),
         # the samples are drawn chunk by chunk, so with one seed the numbers depend on the chunking too

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import TrainConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import VAE
 from .identity import check_moved_data, check_run_data_present, read_config
 from .integrity import check_data
@@ -52,14 +52,27 @@ class Run:
             else:
                 check_run_data_present(config, self.path)
             splits = config.load_data(self.data_dir)  # binarized (or not) as training saw it
-            if splits.dim != self.model.config.input_dim:
-                raise ValueError(
-                    f"{config.dataset} has images of {splits.dim} pixels, the model of {self.path} takes "
-                    f"{self.model.config.input_dim}: not the data it was trained on"
-                )
-            self.data = check_data(self.path, training_data(self.path), splits, self.accept_changed_data)
+            self.check_splits(splits)
             self._splits = splits
         return self._splits
+
+    def check_splits(self, splits: Splits) -> dict:
+        """Check that ``splits`` are the data this run was trained on: images of the model's size
+        (first, for the clearer message), then the data files' SHA-256 against the training record
+        (:func:`iwae.rundir.integrity.check_data`); sets and returns ``data``, what the check found.
+
+        Raises:
+            ConfigError: images of another size than the model takes.
+            DataError: data files changed since training (without ``accept_changed_data``).
+        """
+        if splits.dim != self.model.config.input_dim:
+            raise ConfigError(
+                f"{splits.name} has images of {splits.dim} pixels, the model of {self.path} takes "
+                f"{self.model.config.input_dim}: not the data it was trained on",
+                ["dataset"],
+            )
+        self.data = check_data(self.path, training_data(self.path), splits, self.accept_changed_data)
+        return self.data
 
     @property
     def title(self) -> str:
