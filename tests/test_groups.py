@@ -14,7 +14,7 @@ from cli_helpers import assert_one_line_error, invoke, small_npz
 
 import iwae
 from iwae.compare import compare_runs
-from iwae.groups import evaluate_group, mean_sd
+from iwae.groups import evaluate_group, group_text, mean_sd
 from iwae.rundir import check_run_or_seeds, is_seed_group, member_seed, seed_members
 
 SEEDS = (0, 1, 2)
@@ -148,13 +148,40 @@ def test_ais_over_a_folder_of_seeds_gives_each_seeds_gap(folders):
     )
     assert result.exit_code == 0, result.output
     assert "AIS - L_20 ± paired s.e." in result.output
-    gaps = []
+    gaps, unconverged = [], []
     for s in SEEDS:
         ais = np.load(folder / f"seed{s}" / "ais_T3_C2_L2_sigmoid_encoder_n10_seed0.npy")
         l_k = np.load(folder / f"seed{s}" / "eval_k20_n10_seed0.npy")
         d = ais - l_k
         gaps.append(d.mean())
+        if d.mean() + 2 * d.std(ddof=1) / np.sqrt(10) < 0:  # AIS resolved below L_20: not converged
+            unconverged.append(str(s))
         row = next(line for line in result.output.splitlines() if line.startswith(f"{s} "))
         assert f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(10):.3f}" in row
     summary = next(line for line in result.output.splitlines() if line.startswith("AIS - L_20"))
     assert f"{np.mean(gaps):.3f}" in summary or f"{np.mean(gaps):.4f}" in summary
+    # the not-converged note names exactly the seeds whose AIS lies resolved below their L_k
+    notes = [line for line in result.output.splitlines() if "not converged" in line]
+    if unconverged:
+        plural = "s" if len(unconverged) > 1 else ""
+        assert len(notes) == 1 and f"by more than 2 s.e. for seed{plural} {', '.join(unconverged)}:" in notes[0]
+    else:
+        assert notes == []
+
+
+def test_the_not_converged_note_names_each_seed_whose_ais_is_resolved_below_its_l_k():
+    def member(seed: int, gap: float, stderr: float) -> dict:
+        record = {"gap": gap, "stderr": stderr, "description_b": "L_20 on 10 images", "b": "eval_k20_n10_seed0"}
+        return {"seed": seed, "result": {"nll": 90.0, "nll_stderr": 1.0}, "gaps": [record]}
+
+    def text(*members: dict) -> str:
+        nll = {"mean": 90.0, "sd": 0.0, "stderr": 0.0, "per_seed": [90.0] * len(members)}
+        result = {"method": "ais", "n": len(members), "members": list(members), "nll": nll}
+        return group_text({**result, "description": "AIS", "evaluation": "ais_T3"})
+
+    # seed 1: -0.5 + 2 * 0.2 < 0, resolved below; seed 0 (-0.3 + 2 * 0.2 > 0) and seed 2 (above) are not
+    one = text(member(0, -0.3, 0.2), member(1, -0.5, 0.2), member(2, 0.4, 0.1))
+    assert "AIS lies below an L_k by more than 2 s.e. for seed 1: its AIS has not converged" in one
+    two = text(member(0, -0.5, 0.2), member(1, -0.5, 0.2))
+    assert "for seeds 0, 1: their AIS has not converged" in two
+    assert "not converged" not in text(member(0, -0.3, 0.2), member(1, 0.1, 0.2))

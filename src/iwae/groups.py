@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import rundir
 from .ais import ais_evaluate
-from .compare import ais_gaps, describe_evaluation
+from .compare import NOT_CONVERGED, RESOLVED_AT, ais_gaps, describe_evaluation, not_converged
 from .errors import CheckpointError
 from .evaluate import evaluate
 from .memory import DEFAULT_MEMORY_BUDGET
@@ -222,6 +222,15 @@ def group_text(result: dict) -> str:
         a = result["active_units"]
         summary.append(("active units", f"{_pm(a['mean'], a['sd'], 1)}  (mean ± sd over seeds)"))
     summary.append(("evaluation", f"{result['description']} ({result['evaluation']} in each seed's folder)"))
+    unconverged = [
+        str(e["seed"])
+        for e in result["members"]
+        if any(not_converged(gap["gap"], gap["stderr"]) for gap in e.get("gaps", []))
+    ]
+    if ais and unconverged:
+        where = f" for seed{'s' if len(unconverged) > 1 else ''} {', '.join(unconverged)}"
+        this = "their AIS has" if len(unconverged) > 1 else "its AIS has"
+        summary.append(("note", NOT_CONVERGED.format(name="AIS", n=RESOLVED_AT, where=where, this=this)))
     if n == 1:
         summary.append(
             ("note", "one seed: the ± above is evaluation noise only; train more seeds for the training noise")

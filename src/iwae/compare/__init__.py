@@ -27,13 +27,15 @@ from .records import (
     evaluations_match,
     load_bounds,
 )
-from .verdict import RESOLVED_AT, compare_text, gap_text, verdict
+from .verdict import NOT_CONVERGED, RESOLVED_AT, compare_text, gap_text, not_converged, verdict
 
 __all__ = [
     "compare_runs",
     "compare_text",
     "verdict",
     "RESOLVED_AT",
+    "NOT_CONVERGED",
+    "not_converged",
     "EvaluationGap",
     "evaluation_gap",
     "ais_gaps",

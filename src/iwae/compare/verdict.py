@@ -140,6 +140,18 @@ def compare_text(result: dict) -> str:
     return label_table(rows)
 
 
+def not_converged(gap: float, stderr: float) -> bool:
+    """Whether an AIS - L_k gap says the AIS has not converged: AIS below the L_k by more than
+    RESOLVED_AT paired standard errors (both are lower bounds of log p(x), so the L_k is then the tighter)."""
+    return gap + RESOLVED_AT * stderr < 0
+
+
+NOT_CONVERGED = (
+    "{name} lies below an L_k by more than {n:g} s.e.{where}: {this} not converged (more --steps or "
+    "--chains); both are lower bounds of log p(x), so there the L_k is the tighter"
+)
+
+
 def gap_text(gaps: list, name: str = "AIS") -> str:
     """The lines ``iwae evaluate --method ais`` adds: AIS - L_k on the same images for each L_k
     evaluation of the run (:func:`iwae.compare.ais_gaps`)."""
@@ -154,13 +166,6 @@ def gap_text(gaps: list, name: str = "AIS") -> str:
                 f"positive: {k} lies below AIS's estimate of log p(x))",
             )
         )
-    if any(g.gap + RESOLVED_AT * g.stderr < 0 for g in gaps):
-        # both are lower bounds of log p(x): AIS resolved below an L_k means this AIS is the looser one
-        rows.append(
-            (
-                "note",
-                f"{name} lies below an L_k by more than {RESOLVED_AT:g} s.e.: this {name} has not converged (more "
-                f"--steps or --chains); both are lower bounds of log p(x), so there the L_k is the tighter",
-            )
-        )
+    if any(not_converged(g.gap, g.stderr) for g in gaps):
+        rows.append(("note", NOT_CONVERGED.format(name=name, n=RESOLVED_AT, where="", this=f"this {name} has")))
     return label_table(rows) if rows else ""
