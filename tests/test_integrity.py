@@ -309,6 +309,8 @@ def test_data_replaced_after_training_is_refused_unless_accepted(tmp_path, grey_
     for r, seed in ((a, 0), (b, 1)):
         train(TrainConfig(**SMALL, seed=seed, dataset=f"npz:{data}", epochs=1, out=str(r)), progress=False)
         assert _evaluate(r).exit_code == 0  # negative control: the files it was trained on
+    flat = tmp_path / "flat"  # a 2-D latent, for iwae qew
+    train(TrainConfig(**{**SMALL, "latent_dims": [2]}, dataset=f"npz:{data}", epochs=1, out=str(flat)), progress=False)
     weights = load_tensors(a / "model.safetensors")[1]["data"]["files"]
     assert weights == {"user.npz": hashlib.sha256(data.read_bytes()).hexdigest()}
     s = grey_mnist  # other images of the same shape
@@ -317,7 +319,16 @@ def test_data_replaced_after_training_is_refused_unless_accepted(tmp_path, grey_
     assert_one_line_error(_evaluate(a, "--seed", 1), "changed since it was trained: user.npz")
     assert_one_line_error(invoke("train", "--resume", a, "--epochs", 2, "--quiet"), "--accept-changed-data")
     assert_one_line_error(invoke("analyze", a, "--subset", 5), "changed since it was trained")
-    assert snapshot(a) == before
+    figures = tmp_path / "figures"
+    plot = ("plot", a, "--what", "activity", "--out", figures)
+    assert_one_line_error(invoke(*plot), "changed since it was trained")
+    qew = ("qew", flat, "--images", 1, "--k", 1, "--samples", 50, "--grid-size", 8, "--out", figures / "qew.png")
+    assert_one_line_error(invoke(*qew), "changed since it was trained")
+    assert snapshot(a) == before and not figures.exists()
+    for command in (plot, qew):
+        accepted = invoke(*command, "--accept-changed-data")
+        assert accepted.exit_code == 0, accepted.output
+    assert {p.name for p in figures.iterdir()} >= {"activity.png", "qew.png"}
     analyzed = invoke("analyze", a, "--subset", 5, "--accept-changed-data")
     assert analyzed.exit_code == 0, analyzed.output
     (a / "surgery_n5.json").unlink()

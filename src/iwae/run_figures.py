@@ -87,6 +87,7 @@ def plot_runs(
     points: int = 2000,
     seed: int = 0,
     data_dir=None,
+    accept_changed_data: bool = False,
 ) -> list[Path]:
     """The figures of one run, or of two side by side (e.g. VAE vs IWAE), as ``OUT_DIR/<kind>.<fmt>``.
 
@@ -94,7 +95,8 @@ def plot_runs(
     first 10 test images, posterior means of the first ``points`` test images coloured by label,
     per-unit activity A_u on the first 500 training images (binarized once, as evaluation does), and
     training curves. The latent figure draws the top stochastic layer: a 2-D latent directly, else
-    its two units of largest A_u on those training images. Returns the paths written.
+    its two units of largest A_u on those training images. The data files must be those each run was
+    trained on (their SHA-256), unless ``accept_changed_data``. Returns the paths written.
 
     Raises:
         CheckpointError: a run is missing or has not finished an epoch.
@@ -107,7 +109,9 @@ def plot_runs(
         raise ConfigError(f"unknown figure what={what!r}; use one of {', '.join(PLOT_KINDS)} or all", ["what"])
     if points < 1:
         raise ConfigError(f"points must be >= 1, got {points}", ["points"])
-    opened = [open_run(r, data_dir=data_dir) for r in run_dirs]  # never the initial weights of an untrained run
+    opened = [
+        open_run(r, data_dir=data_dir, accept_changed_data=accept_changed_data) for r in run_dirs
+    ]  # never the initial weights of an untrained run
     paths = [r.path for r in opened]
     titles = [r.title for r in opened]
     if len(set(titles)) < len(titles):  # same objective and K: tell the panels apart by folder
@@ -169,10 +173,12 @@ def qew_run(
     extent="auto",
     seed: int = 0,
     data_dir=None,
+    accept_changed_data: bool = False,
 ) -> dict:
     """The q_EW figure (:func:`iwae.figures.qew_figure`) of a 2-D-latent, 1-layer run on its first
     ``images`` test images, written to ``out`` (default ``RUN_DIR/qew.png``) with the result as JSON
-    beside it (same name, ``.json``; written atomically).
+    beside it (same name, ``.json``; written atomically). The data files must be those the run was
+    trained on (their SHA-256), unless ``accept_changed_data``.
 
     Returns:
         The JSON's content: ``run_dir``, ``figure``, ``images``, ``ks``, ``samples``, ``grid_size``,
@@ -194,7 +200,8 @@ def qew_run(
     if grid_size < 2:
         raise ConfigError(f"grid_size must be >= 2, got {grid_size}", ["grid_size"])
     extent = _extent(extent)
-    run = open_run(run_dir, data_dir=data_dir)  # never the initial weights of a run that has not trained
+    # never the initial weights of a run that has not trained
+    run = open_run(run_dir, data_dir=data_dir, accept_changed_data=accept_changed_data)
     path, model = run.path, run.model
     check_model(model)  # before the data (run.splits loads it): a 50-D or 2-layer run fails at once
     splits = run.splits

@@ -51,8 +51,13 @@ Examples:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
-def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
+def plot(runs, what, out, fmt, points, seed, data_dir, accept_changed_data) -> None:
     """Figures of one run, or of two side by side (e.g. VAE vs IWAE): samples, reconstructions of
     test images, latent spread of test points coloured by label, per-unit activity A_u, and
     training curves; written to OUT/<what>.<format>. `iwae plot toy --out FILE` draws the bias of
@@ -71,7 +76,16 @@ def plot(runs, what, out, fmt, points, seed, data_dir) -> None:
         return
     if len(runs) > 2:
         raise click.UsageError(f"give one or two run directories, got {len(runs)}")
-    written = plot_runs(runs, out, what=what, fmt=fmt, points=points, seed=seed, data_dir=data_dir)
+    written = plot_runs(
+        runs,
+        out,
+        what=what,
+        fmt=fmt,
+        points=points,
+        seed=seed,
+        data_dir=data_dir,
+        accept_changed_data=accept_changed_data,
+    )
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -138,8 +152,15 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data files.")
 @click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="Use the data files as they are now although their SHA-256 changed since the run was trained.",
+)
 @_user_errors
-def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, data_dir, threads) -> None:
+def qew(
+    run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, data_dir, threads, accept_changed_data
+) -> None:
     """The IWAE's implicit posterior q_EW (Cremer et al. 2017) of a 2-D-latent, 1-layer run: for each
     of the first test images, the true posterior p(z|x) normalised on a grid, q(z|x) and q_EW for
     each k, with the total variation distance of each to p. Writes the figure and a JSON beside it."""
@@ -160,6 +181,7 @@ def qew(run_dir, images, ks, samples, grid_size, extent, seed, out, as_json, dat
         extent=extent,
         seed=seed,
         data_dir=data_dir,
+        accept_changed_data=accept_changed_data,
     )
     if as_json:
         click.echo(strict_json.dumps(result, indent=1))
