@@ -185,3 +185,25 @@ def test_the_not_converged_note_names_each_seed_whose_ais_is_resolved_below_its_
     two = text(member(0, -0.5, 0.2), member(1, -0.5, 0.2))
     assert "for seeds 0, 1: their AIS has not converged" in two
     assert "not converged" not in text(member(0, -0.3, 0.2), member(1, 0.1, 0.2))
+
+
+def test_several_runs_in_one_evaluate_command(folders, tmp_path):
+    """iwae evaluate A B: each run (here a seed of each folder) measured as alone, under its name; with
+    --json a list; every RUN_DIR checked before the first is measured; a run given twice refused."""
+    a, b = folders["iwae"] / "seed0", folders["vae"] / "seed1"
+    both = invoke("evaluate", a, b, "--k", 3, "--test-subset", 4, "--seed", 5, "--quiet")
+    assert both.exit_code == 0, both.output
+    lines = both.output.splitlines()
+    assert lines.index(f"{a}:") < lines.index(f"{b}:") and sum("test NLL" in line for line in lines) == 2
+    files = [json.loads((r / "eval_k3_n4_seed5.json").read_text()) for r in (a, b)]
+    alone = json.loads(invoke("evaluate", b, "--k", 3, "--test-subset", 4, "--seed", 5, "--json").output)
+    assert alone["nll"] == files[1]["nll"]  # the same number as evaluated by itself
+    listed = json.loads(invoke("evaluate", a, b, "--k", 3, "--test-subset", 4, "--seed", 5, "--json").output)
+    assert [r["nll"] for r in listed] == [f["nll"] for f in files]
+    # a bad second folder: nothing is measured, the first run's folder is unchanged
+    before = sorted(p.name for p in a.iterdir())
+    assert_one_line_error(invoke("evaluate", a, tmp_path / "nowhere", "--k", 2, "--quiet"), "nowhere")
+    assert sorted(p.name for p in a.iterdir()) == before
+    assert_one_line_error(invoke("evaluate", a, f"{a}/", "--k", 2, "--quiet"), "given twice")
+    moved = ("--dataset", "npz:elsewhere.npz")
+    assert_one_line_error(invoke("evaluate", a, b, *moved, "--k", 2, "--quiet"), "give one RUN_DIR")

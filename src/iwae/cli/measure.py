@@ -3,13 +3,14 @@ runs (``iwae train`` is in :mod:`iwae.cli.runs`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from .. import strict_json
 from ..choices import ESTIMATORS, OBJECTIVES
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .support import int_list as _int_list
 from .support import interrupted as _interrupted
 from .support import names as _names
@@ -29,12 +30,13 @@ Examples:
   iwae evaluate runs/iwae-k5 --k 100 --test-subset 1000 --json
   iwae evaluate runs/iwae-k5 --method ais --test-subset 100   # AIS: T = 1000, C = 16, L = 5; and AIS - L_k
   iwae evaluate runs/iwae-seeds --test-subset 1000 # a folder of --seeds runs: each seed, mean ± sd
+  iwae evaluate runs/vae runs/iwae --k 500         # several runs, one after another
   iwae evaluate runs/mine --dataset npz:/new/place/mine.npz   # the run's data file has moved
 """
 
 
 @click.command(epilog=EVALUATE_EXAMPLES)
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path())
 @click.option("--k", "k", type=int, default=5000, show_default=True, help="Importance samples per test image.")
 @click.option("--test-subset", type=int, help="Evaluate on the first N test images only.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -88,7 +90,7 @@ Examples:
 )
 @_user_errors
 def evaluate(
-    run_dir,
+    run_dirs,
     k,
     test_subset,
     as_json,
@@ -121,6 +123,9 @@ def evaluate(
 
     RUN_DIR may be a folder of seeds (iwae train --seeds 0,1,2 --out DIR): each seed's run is
     evaluated (its files written in its folder), then the mean ± standard deviation over seeds.
+    Several RUN_DIRs are evaluated one after another with the same settings, each under its name
+    (with --json, a list of their results); each must be a run or a folder of seeds before the first
+    is measured.
     """
     from ..evaluate import GIB, duration_text
     from ..rundir import check_run_or_seeds, is_seed_group
@@ -129,7 +134,14 @@ def evaluate(
     for name, value in (("k", k), ("test_subset", test_subset)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}", [name])
-    check_run_or_seeds(run_dir)
+    for run_dir in run_dirs:  # every folder before the first is measured: a typo must not wait an hour
+        if not Path(run_dir).is_dir():
+            raise CheckpointError(f"run directory {run_dir} not found")
+        check_run_or_seeds(run_dir)
+    if len({os.path.realpath(r) for r in run_dirs}) < len(run_dirs):
+        raise click.UsageError("a run is given twice; give each RUN_DIR once")
+    if dataset is not None and len(run_dirs) > 1:
+        raise click.UsageError("--dataset names one run's moved data file: give one RUN_DIR with it")
     _threads(threads)
     _interrupted("interrupted; evaluation files are written whole or not at all: run the same command again")
 
@@ -159,49 +171,56 @@ def evaluate(
             ratio = f"{times:.0f}" if times >= 10 else f"{times:.2g}"  # 0.4x, not 0x, for a short AIS
             click.echo(f"AIS on {cost['images']} images: {took} ({ratio}x the passes of L_5000)", err=True)
 
-    if is_seed_group(run_dir):
-        from ..groups import evaluate_group, group_text
+    def evaluate_one(run_dir: str) -> tuple[dict, str]:
+        """The result of one RUN_DIR and the text that says it."""
+        if is_seed_group(run_dir):
+            from ..groups import evaluate_group, group_text
 
-        def member_done(entry: dict) -> None:
-            if not as_json:
-                r = entry["result"]
-                click.echo(f"seed {entry['seed']}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f}", err=True)
+            def member_done(entry: dict) -> None:
+                if not as_json:
+                    r = entry["result"]
+                    click.echo(f"seed {entry['seed']}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f}", err=True)
 
-        result = evaluate_group(
-            run_dir,
-            method=method,
-            k=k,
-            memory_budget=memory_budget * GIB,
-            **settings,
-            **ais,
-            announce=announce,
-            on_member=member_done,
-            announce_lk=announce_lk,
-        )
-        click.echo(strict_json.dumps(result, indent=1) if as_json else group_text(result))
-        return
-    if method == "ais":
-        from ..ais import ais_evaluate, ais_summary_text
-        from ..compare import ais_gaps, gap_text
+            result = evaluate_group(
+                run_dir,
+                method=method,
+                k=k,
+                memory_budget=memory_budget * GIB,
+                **settings,
+                **ais,
+                announce=announce,
+                on_member=member_done,
+                announce_lk=announce_lk,
+            )
+            return result, group_text(result)
+        if method == "ais":
+            from ..ais import ais_evaluate, ais_summary_text
+            from ..compare import ais_gaps, gap_text
 
-        result = ais_evaluate(run_dir, **ais, **settings, memory_budget=int(memory_budget * GIB), announce=announce)
-        gaps = ais_gaps(run_dir, Path(result["files"]["json"]).stem)
-        if as_json:
-            click.echo(strict_json.dumps({**result, "gaps": [g.to_dict() for g in gaps]}, indent=1))
-            return
-        click.echo(ais_summary_text(result))
-        n = result["n_test"]
-        click.echo(
-            gap_text(gaps)
-            or f"AIS - L_k  no L_k evaluation of these {n} images yet: iwae evaluate {run_dir} --test-subset {n} "
-            f"makes one, and then this command prints AIS - L_k on them"
-        )
-        return
-    from ..evaluate import evaluate as run_evaluation
-    from ..evaluate import summary_text
+            result = ais_evaluate(run_dir, **ais, **settings, memory_budget=int(memory_budget * GIB), announce=announce)
+            gaps = ais_gaps(run_dir, Path(result["files"]["json"]).stem)
+            n = result["n_test"]
+            text = gap_text(gaps) or (
+                f"AIS - L_k  no L_k evaluation of these {n} images yet: iwae evaluate {run_dir} --test-subset {n} "
+                f"makes one, and then this command prints AIS - L_k on them"
+            )
+            return {**result, "gaps": [g.to_dict() for g in gaps]}, ais_summary_text(result) + "\n" + text
+        from ..evaluate import evaluate as run_evaluation
+        from ..evaluate import summary_text
 
-    result = run_evaluation(run_dir, k=k, memory_budget=memory_budget * GIB, announce=announce_lk, **settings)
-    click.echo(strict_json.dumps(result, indent=1) if as_json else summary_text(result))
+        result = run_evaluation(run_dir, k=k, memory_budget=memory_budget * GIB, announce=announce_lk, **settings)
+        return result, summary_text(result)
+
+    results = []
+    for i, run_dir in enumerate(run_dirs):
+        if len(run_dirs) > 1 and not as_json:
+            click.echo(("\n" if i else "") + f"{run_dir}:")
+        result, text = evaluate_one(run_dir)
+        results.append(result)
+        if not as_json:
+            click.echo(text)
+    if as_json:
+        click.echo(strict_json.dumps(results[0] if len(results) == 1 else results, indent=1))
 
 
 ANALYZE_EXAMPLES = """
