@@ -280,8 +280,9 @@ def variant_step(variant: str, batch: int, k: int, layers: int = 1):
     compile time not in the rate; on CUDA replayed as a CUDA graph, ``compiled-step-nograph`` not),
     ``members-N`` (N members as one batched model; rate in member-steps/s, so the
     step returned counts N), ``gemm-floor`` (only the step's matrix products, replayed:
-    benchmarks/gemm_floor.py; the ceiling of any implementation that uses PyTorch's GEMMs) or ``pythae`` (pythae's IWAE with the same architecture, its forward,
-    backward and torch's Adam as its trainer runs them)."""
+    benchmarks/gemm_floor.py; the ceiling of any implementation that uses PyTorch's GEMMs) or
+    ``pythae`` (pythae's IWAE with the same architecture, its forward, backward and torch's Adam as
+    its trainer runs them)."""
     torch.manual_seed(0)
     x = torch.bernoulli(torch.rand(batch, 784)).to(DEVICE)
     if variant == "pythae":
@@ -415,7 +416,9 @@ def variant_eval_rate(variant: str, images: int, k: int = 5000) -> float:
         return images / _time(lambda: model.get_nll(x, n_samples=k))
 
 
-def _measure(what: str, seconds: float, eval_images: int, data_dir: str | None = None) -> float:
+def _measure(
+    what: str, seconds: float, eval_images: int, data_dir: str | None = None, cli_images: str | None = None
+) -> float:
     """The child process's one measurement: ``train:VARIANT:B:K[:LAYERS]`` (steps/s) or ``eval:VARIANT`` (images/s)."""
     kind, variant, *rest = what.split(":")
     if kind == "eval":
@@ -428,7 +431,8 @@ def _measure(what: str, seconds: float, eval_images: int, data_dir: str | None =
         threads = torch.get_num_threads()
         data_dir = data_dir or os.environ.get("IWAE_DATA_DIR") or DEFAULT_DATA
         extra = ("--layers", str(layers[0])) if layers else ()
-        return train_rate(k, batch, compile=compile, threads=threads, data_dir=data_dir, extra=extra)
+        sizes = dict(zip(("small", "large"), map(int, cli_images.split(",")))) if cli_images else {}
+        return train_rate(k, batch, compile=compile, threads=threads, data_dir=data_dir, extra=extra, **sizes)
     return _step_rate(variant_step(variant, batch, k, *layers), seconds)
 
 
@@ -497,6 +501,7 @@ def _child(what: str, args: argparse.Namespace) -> float | str:
         str(args.eval_images),
     ] + (["--threads", str(args.threads)] if args.threads else [])
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    cmd += ["--cli-images", args.cli_images] if args.cli_images else []
     env = dict(os.environ)
     if args.peers_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), args.peers_path]))
@@ -662,6 +667,12 @@ def main() -> None:
         default=None,
         help="with --cli: the folder holding mnist/ (default $IWAE_DATA_DIR, ../shared/data)",
     )
+    parser.add_argument(
+        "--cli-images",
+        default=None,
+        help="with --cli: training images of the two runs differenced, SMALL,LARGE (default 2000,12000; a fast "
+        "cell wants a larger LARGE, e.g. 2000,50000, so that the difference lasts seconds)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --variants: alternating rounds (default 3)")
     parser.add_argument("--only", default=None, help="with --variants: these implementations only, e.g. fp32,compiled")
     parser.add_argument("--layers", default="1", help="with --variants: stochastic layers, e.g. 1,2 (default 1)")
@@ -701,7 +712,7 @@ def main() -> None:
 
             sys.path.append(args.peers_path)
         try:
-            print(f"RATE {_measure(args.measure, args.seconds, args.eval_images, args.data_dir)}")
+            print(f"RATE {_measure(args.measure, args.seconds, args.eval_images, args.data_dir, args.cli_images)}")
         except (ImportError, NotImplementedError) as e:
             print(f"SKIP {e}")
         return

@@ -118,9 +118,8 @@ def main() -> None:
                 n = len(step_products(batch, k, layers))
                 gflop = flops(batch, k, layers) / 1e9
                 dt = seconds_per_call(floor_step(batch, k, layers))
-                print(
-                    f"| {layers} | {batch} | {k} | {n} | {gflop:.3f} | {dt * 1e3:.2f} | {1 / dt:.1f} | {gflop / dt:.0f} |"
-                )
+                cells = (layers, batch, k, n, f"{gflop:.3f}", f"{dt * 1e3:.2f}", f"{1 / dt:.1f}", f"{gflop / dt:.0f}")
+                print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
