@@ -39,7 +39,9 @@ keeps glibc's default allocator settings (see ``iwae.runtime``): the clean eager
    pinned to as many CPUs as ``--threads``. ``--cli`` adds what a user gets: ``iwae train``'s own
    epoch rate, eager (``cli-eager``) and with ``--compile step`` (``cli-step``), from two runs of
    different sizes whose difference cancels start-up (``benchmarks/train_rate.py``; MNIST from
-   ``--data-dir``).
+   ``--data-dir``; ``--cli-images 2000,50000`` for a window of seconds at the fast cells).
+   ``gemm-floor`` replays only the step's matrix products (``benchmarks/gemm_floor.py``): no
+   implementation that uses PyTorch's float32 GEMMs can beat its rate.
 
        python benchmarks/bench.py --variants --peers --rounds 3 --batches 20,100 --ks 1,5,50
        python benchmarks/bench.py --variants --peers --cli --jax-python JAXVENV/bin/python --threads 2 \
