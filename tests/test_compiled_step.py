@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from user_models import BranchingEncoder
 
 import iwae.compiled.program as program_module
 import iwae.compiled.step as step_module
@@ -575,20 +576,6 @@ def test_on_cuda_inductor_s_python_wrapper_is_used_under_the_graph():
 
 
 # ----------------------------------------------------------------------------- where it does not apply
-class _BranchingEncoder(torch.nn.Module):
-    """A user encoder whose forward branches on a value: make_fx cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(784, 8)
-
-    def forward(self, x):
-        h = self.linear(x)
-        if h.sum() > 0:
-            h = -h
-        return h[..., :4], h[..., 4:]
-
-
 def _fallback_note(model, optimizer, spec=None):
     spec = spec or ObjectiveSpec("iwae", 4)
     notes = []
@@ -606,7 +593,7 @@ def test_where_the_compiled_step_does_not_apply_training_is_eager_with_a_one_lin
     assert "amsgrad=True" in _fallback_note(model, torch.optim.Adam(model.parameters(), amsgrad=True))
     assert "weight_decay=0.1" in _fallback_note(model, torch.optim.Adam(model.parameters(), weight_decay=0.1))
     assert "exactly the model's parameters" in _fallback_note(model, torch.optim.Adam(list(model.parameters())[:2]))
-    user = VAE(ModelConfig(784, (4,), ((8,),)), encoder=_BranchingEncoder())
+    user = VAE(ModelConfig(784, (4,), ((8,),)), encoder=BranchingEncoder())
     assert "cannot be traced" in _fallback_note(user, torch.optim.Adam(user.parameters()))
     # Tomczak & Welling's two-level HVAE (--model hvae) draws its own noise: it trains with the eager step
     hvae = HVAE(ModelConfig.hvae(784, latent_dims=(3, 2), hidden_dims=((8, 8), (8,))))

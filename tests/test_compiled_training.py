@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from user_models import BranchingEncoder
 
 import iwae.compiled.program as program_module
 from iwae import rundir
@@ -153,25 +154,11 @@ def test_a_nonfinite_compiled_step_stops_the_run_as_the_eager_one_does(tmp_path,
     assert "in epoch 1 at step 3" in errors["step"]
 
 
-class _BranchingEncoder(torch.nn.Module):
-    """A user encoder whose forward branches on a value: make_fx cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(784, 8)
-
-    def forward(self, x):
-        h = self.linear(x)
-        if h.sum() > 0:
-            h = -h
-        return h[..., :4], h[..., 4:]
-
-
 def test_a_model_the_compiled_step_cannot_trace_trains_eager_with_a_one_line_note(tmp_path, monkeypatch, capsys):
     """User modules that make_fx cannot trace (data-dependent control flow): one line on stderr, then
     the eager step trains the run."""
     calls = _eager_steps(monkeypatch)
-    model = VAE(ModelConfig(784, (4,), ((16,),)), encoder=_BranchingEncoder())
+    model = VAE(ModelConfig(784, (4,), ((16,),)), encoder=BranchingEncoder())
     train(_config(tmp_path, "user", compile="step", epochs=1), progress=False, splits=_splits(), model=model)
     notes = [line for line in capsys.readouterr().err.splitlines() if "compiled step" in line]
     assert len(notes) == 1 and "cannot be traced" in notes[0] and notes[0].endswith("training with the eager step")
